@@ -1,0 +1,1 @@
+print("bus benchmark: not yet written")

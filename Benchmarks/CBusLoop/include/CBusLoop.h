@@ -1,0 +1,1 @@
+int cbusloop_placeholder(void);

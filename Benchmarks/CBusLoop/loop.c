@@ -1,0 +1,2 @@
+#include "CBusLoop.h"
+int cbusloop_placeholder(void) { return 0; }

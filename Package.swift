@@ -1,0 +1,133 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "SagaKit",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Participant", targets: ["Participant"]),
+        .library(name: "SagaCore", targets: ["SagaCore"]),
+        .library(name: "SagaRabbitMQ", targets: ["SagaRabbitMQ"]),
+        .library(name: "SagaSQLite", targets: ["SagaSQLite"]),
+        .library(name: "SagaPostgres", targets: ["SagaPostgres"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.25.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
+    ],
+    targets: [
+        // MARK: Core model (no I/O)
+        .target(
+            name: "SagaCore",
+            dependencies: [.product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
+
+        // MARK: RabbitMQ transport
+        .systemLibrary(
+            name: "CRabbitMQ",
+            pkgConfig: "librabbitmq",
+            providers: [.apt(["librabbitmq-dev"])]
+        ),
+        .target(
+            name: "SagaRabbitMQ",
+            dependencies: [
+                "CRabbitMQ",
+                "SagaCore",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+
+        // MARK: Stores
+        .target(
+            name: "SagaSQLite",
+            dependencies: [
+                "SagaCore",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "SagaPostgres",
+            dependencies: [
+                "SagaCore",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+
+        // MARK: Participant runtime (what services import)
+        .target(
+            name: "Participant",
+            dependencies: [
+                "SagaCore",
+                "SagaRabbitMQ",
+                "SagaSQLite",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+
+        // MARK: Test support (server fixtures shared by tests and benchmarks)
+        .target(
+            name: "SagaTestSupport",
+            dependencies: ["SagaCore"],
+            swiftSettings: strict
+        ),
+
+        // MARK: Benchmarks (executables that print figures; never run by the tests)
+        .target(
+            name: "CBusLoop",
+            dependencies: ["CRabbitMQ"],
+            path: "Benchmarks/CBusLoop"
+        ),
+        .executableTarget(
+            name: "BusBenchmark",
+            dependencies: ["SagaRabbitMQ", "CBusLoop", "SagaTestSupport"],
+            path: "Benchmarks/BusBenchmark",
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "StoreBenchmark",
+            dependencies: ["SagaCore", "SagaSQLite", "SagaPostgres", "SagaTestSupport"],
+            path: "Benchmarks/StoreBenchmark",
+            swiftSettings: strict
+        ),
+
+        // MARK: Tests
+        .testTarget(
+            name: "SagaCoreTests",
+            dependencies: ["SagaCore"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "SagaBusTests",
+            dependencies: ["SagaCore", "SagaRabbitMQ", "SagaTestSupport"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "SagaStoreTests",
+            dependencies: ["SagaCore", "SagaSQLite", "SagaPostgres", "SagaTestSupport"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "ParticipantTests",
+            dependencies: ["Participant", "SagaPostgres", "SagaTestSupport"],
+            swiftSettings: strict
+        ),
+    ]
+)

@@ -1,0 +1,173 @@
+/// A message broker as SagaKit uses it: declare a topology, publish with a broker confirm,
+/// and consume deliveries that are settled explicitly.
+///
+/// Two implementations ship with SagaKit: `RabbitMQBus` (module `SagaRabbitMQ`) and
+/// ``InMemoryBus`` for unit tests. Both pass the same conformance suite.
+///
+/// Semantics every implementation guarantees:
+/// - ``publish(_:)`` returns only once the broker has taken responsibility for the message
+///   (a publisher confirm). A message that cannot be routed to any queue throws
+///   ``BusError/Code/unroutable``; nothing is dropped silently.
+/// - Deliveries are at-least-once: a delivery that is not acknowledged (consumer gone,
+///   connection lost, `nack(requeue: true)`) is delivered again, possibly to another consumer,
+///   with ``Delivery/redelivered`` set.
+/// - `reject()` and `nack(requeue: false)` dead-letter the message when the queue has a
+///   dead-letter exchange, and drop it otherwise (broker semantics).
+public protocol MessageBus: Sendable {
+    /// Declares exchanges, queues and bindings. Idempotent; the bus records the topology and
+    /// re-declares it after a reconnect.
+    func declare(_ topology: Topology) async throws
+
+    /// Publishes one message and waits for the broker's confirm.
+    ///
+    /// - Throws: ``BusError`` with code `unroutable` (mandatory publish that matched no queue),
+    ///   `nacked` (the broker refused it), `messageTooLarge`, `connectionLost` (the confirm did not
+    ///   arrive and the message could not be re-sent), `closed`.
+    func publish(_ message: OutgoingMessage) async throws
+
+    /// Starts consuming from a queue with the given prefetch (the number of unacknowledged
+    /// deliveries the broker hands to this consumer at once).
+    ///
+    /// The returned sequence ends when the bus is shut down or the consumer is cancelled. After a
+    /// connection loss it resumes by itself; deliveries that were not settled before the loss are
+    /// redelivered by the broker and settling the old ones is a no-op.
+    func consume(queue: String, prefetch: Int) async throws -> DeliveryStream
+
+    /// Stops consuming, waits for in-flight publishes to be confirmed and closes the connection.
+    func shutdown() async
+}
+
+/// The deliveries of one consumer, in broker order.
+public typealias DeliveryStream = AsyncThrowingStream<Delivery, any Error>
+
+/// A message to publish.
+public struct OutgoingMessage: Sendable, Hashable {
+    /// Exchange to publish to; `""` is the default exchange (routing key = queue name).
+    public var exchange: String
+    /// Routing key.
+    public var routingKey: String
+    /// The body bytes.
+    public var body: [UInt8]
+    /// Application headers (AMQP headers table, string values).
+    public var headers: [String: String]
+    /// A unique message id (AMQP `message-id`).
+    public var messageId: String?
+    /// The body's content type (AMQP `content-type`), for example `application/json`.
+    public var contentType: String?
+    /// The message type (AMQP `type`); SagaKit sets it to the command name.
+    public var type: String?
+    /// The correlation id (AMQP `correlation-id`).
+    public var correlationId: String?
+    /// Per-message TTL (AMQP `expiration`).
+    public var expiration: Duration?
+    /// Persistent (survives a broker restart on a durable queue). Default `true`.
+    public var persistent: Bool
+    /// Mandatory: an unroutable message is returned to the publisher as an error. Default `true`.
+    public var mandatory: Bool
+
+    /// Creates a message; persistent and mandatory by default.
+    public init(
+        exchange: String,
+        routingKey: String,
+        body: [UInt8],
+        headers: [String: String] = [:],
+        messageId: String? = nil,
+        contentType: String? = nil,
+        type: String? = nil,
+        correlationId: String? = nil,
+        expiration: Duration? = nil,
+        persistent: Bool = true,
+        mandatory: Bool = true
+    ) {
+        self.exchange = exchange
+        self.routingKey = routingKey
+        self.body = body
+        self.headers = headers
+        self.messageId = messageId
+        self.contentType = contentType
+        self.type = type
+        self.correlationId = correlationId
+        self.expiration = expiration
+        self.persistent = persistent
+        self.mandatory = mandatory
+    }
+}
+
+/// One delivered message. Settle it exactly once with ``ack()``, ``nack(requeue:)`` or
+/// ``reject()``; settling twice, or settling a delivery from a connection that has since been
+/// lost, does nothing (the broker redelivers such messages).
+public struct Delivery: Sendable {
+    /// The exchange the message was published to.
+    public var exchange: String
+    /// The routing key it was published with.
+    public var routingKey: String
+    /// The queue it was consumed from.
+    public var queue: String
+    /// The body bytes.
+    public var body: [UInt8]
+    /// Application headers, values rendered as strings.
+    public var headers: [String: String]
+    /// AMQP `message-id`, if set.
+    public var messageId: String?
+    /// AMQP `content-type`, if set.
+    public var contentType: String?
+    /// AMQP `type`, if set.
+    public var type: String?
+    /// AMQP `correlation-id`, if set.
+    public var correlationId: String?
+    /// `true` when the broker has delivered this message before.
+    public var redelivered: Bool
+    /// Settles the delivery; provided by the bus implementation.
+    public var settler: any DeliverySettler
+
+    /// Creates a delivery (bus implementations use this).
+    public init(
+        exchange: String,
+        routingKey: String,
+        queue: String,
+        body: [UInt8],
+        headers: [String: String] = [:],
+        messageId: String? = nil,
+        contentType: String? = nil,
+        type: String? = nil,
+        correlationId: String? = nil,
+        redelivered: Bool = false,
+        settler: any DeliverySettler
+    ) {
+        self.exchange = exchange
+        self.routingKey = routingKey
+        self.queue = queue
+        self.body = body
+        self.headers = headers
+        self.messageId = messageId
+        self.contentType = contentType
+        self.type = type
+        self.correlationId = correlationId
+        self.redelivered = redelivered
+        self.settler = settler
+    }
+
+    /// Acknowledges the message: the broker forgets it.
+    public func ack() async throws { try await settler.settle(.ack) }
+    /// Negatively acknowledges the message; with `requeue` it is delivered again, otherwise it is
+    /// dead-lettered (or dropped when the queue has no dead-letter exchange).
+    public func nack(requeue: Bool) async throws { try await settler.settle(.nack(requeue: requeue)) }
+    /// Rejects the message: dead-lettered, or dropped when the queue has no dead-letter exchange.
+    public func reject() async throws { try await settler.settle(.reject) }
+}
+
+/// How a delivery is settled.
+public enum Settlement: Sendable, Hashable {
+    /// Acknowledge.
+    case ack
+    /// Negative acknowledgement, optionally requeued.
+    case nack(requeue: Bool)
+    /// Reject without requeue.
+    case reject
+}
+
+/// Settles one delivery. Implemented by each bus.
+public protocol DeliverySettler: Sendable {
+    /// Settles the delivery this settler belongs to. Idempotent.
+    func settle(_ settlement: Settlement) async throws
+}
