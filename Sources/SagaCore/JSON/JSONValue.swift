@@ -1,0 +1,164 @@
+public import Foundation
+
+/// A JSON value. Saga payloads are JSON objects (``JSONObject``) so that services that do not
+/// share Swift types can still read and extend them.
+public enum JSONValue: Sendable, Hashable, Codable {
+    /// `null`
+    case null
+    /// `true` / `false`
+    case bool(Bool)
+    /// A number.
+    case number(Double)
+    /// A string.
+    case string(String)
+    /// An array.
+    case array([JSONValue])
+    /// An object.
+    case object(JSONObject)
+
+    /// Decodes any JSON value.
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if container.decodeNil() {
+            self = .null
+        } else if let bool = try? container.decode(Bool.self) {
+            self = .bool(bool)
+        } else if let number = try? container.decode(Double.self) {
+            self = .number(number)
+        } else if let string = try? container.decode(String.self) {
+            self = .string(string)
+        } else if let array = try? container.decode([JSONValue].self) {
+            self = .array(array)
+        } else {
+            self = .object(try container.decode(JSONObject.self))
+        }
+    }
+
+    /// Encodes the value.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .null: try container.encodeNil()
+        case .bool(let value): try container.encode(value)
+        case .number(let value): try container.encode(value)
+        case .string(let value): try container.encode(value)
+        case .array(let value): try container.encode(value)
+        case .object(let value): try container.encode(value)
+        }
+    }
+
+    /// The string, if this is a string.
+    public var stringValue: String? {
+        if case .string(let value) = self { return value }
+        return nil
+    }
+
+    /// The number, if this is a number.
+    public var doubleValue: Double? {
+        if case .number(let value) = self { return value }
+        return nil
+    }
+
+    /// The number as an `Int`, if this is a whole number.
+    public var intValue: Int? {
+        if case .number(let value) = self, let int = Int(exactly: value) { return int }
+        return nil
+    }
+
+    /// The boolean, if this is a boolean.
+    public var boolValue: Bool? {
+        if case .bool(let value) = self { return value }
+        return nil
+    }
+
+    /// The object, if this is an object.
+    public var objectValue: JSONObject? {
+        if case .object(let value) = self { return value }
+        return nil
+    }
+}
+
+/// A JSON object: the shape of every saga payload.
+public typealias JSONObject = [String: JSONValue]
+
+extension JSONValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByFloatLiteral,
+    ExpressibleByBooleanLiteral, ExpressibleByArrayLiteral, ExpressibleByDictionaryLiteral, ExpressibleByNilLiteral
+{
+    /// A string literal.
+    public init(stringLiteral value: String) { self = .string(value) }
+    /// An integer literal.
+    public init(integerLiteral value: Int) { self = .number(Double(value)) }
+    /// A floating-point literal.
+    public init(floatLiteral value: Double) { self = .number(value) }
+    /// A boolean literal.
+    public init(booleanLiteral value: Bool) { self = .bool(value) }
+    /// An array literal.
+    public init(arrayLiteral elements: JSONValue...) { self = .array(elements) }
+    /// A dictionary literal.
+    public init(dictionaryLiteral elements: (String, JSONValue)...) {
+        self = .object(Dictionary(elements, uniquingKeysWith: { _, last in last }))
+    }
+    /// `nil`
+    public init(nilLiteral: ()) { self = .null }
+}
+
+/// Conversions between JSON objects, bytes and `Codable` types.
+public enum JSONCoding {
+    /// Encodes a value as JSON bytes with sorted keys (stable output).
+    public static func encode<T: Encodable>(_ value: T) throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        encoder.dateEncodingStrategy = .iso8601
+        return try encoder.encode(value)
+    }
+
+    /// Decodes a value from JSON bytes.
+    public static func decode<T: Decodable>(_ type: T.Type, from data: Data) throws -> T {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return try decoder.decode(type, from: data)
+    }
+
+    /// Converts an `Encodable` value into a JSON object.
+    ///
+    /// - Throws: ``SagaError`` `invalidPayload` when the value does not encode to a JSON object.
+    public static func object<T: Encodable>(from value: T) throws -> JSONObject {
+        let data = try encode(value)
+        guard case .object(let object) = try decode(JSONValue.self, from: data) else {
+            throw SagaError(
+                .invalidPayload,
+                "\(T.self) encodes to a JSON \(String(describing: try? decode(JSONValue.self, from: data)).prefix(20))…, not to a JSON object",
+                recoverySuggestion: "Saga payloads are JSON objects: use a struct or a dictionary."
+            )
+        }
+        return object
+    }
+
+    /// Decodes a `Decodable` value from a JSON object (missing keys are errors as usual).
+    public static func value<T: Decodable>(_ type: T.Type, from object: JSONObject) throws -> T {
+        try decode(type, from: encode(object))
+    }
+
+    /// Parses bytes that must hold a JSON object.
+    public static func object(fromJSON data: Data) throws -> JSONObject {
+        let value: JSONValue
+        do {
+            value = try decode(JSONValue.self, from: data)
+        } catch {
+            throw SagaError(.invalidPayload, "payload is not valid JSON: \(error)")
+        }
+        guard case .object(let object) = value else {
+            throw SagaError(.invalidPayload, "payload is JSON but not a JSON object", recoverySuggestion: "Send a JSON object such as {\"orderId\": \"42\"}.")
+        }
+        return object
+    }
+}
+
+extension Dictionary where Key == String, Value == JSONValue {
+    /// Shallow merge: every top-level key of `patch` replaces the same key here; keys absent from
+    /// the patch are kept; nested objects are replaced, not merged; a `null` value is stored as
+    /// `null` (it does not delete the key).
+    public func merging(patch: JSONObject) -> JSONObject {
+        merging(patch, uniquingKeysWith: { _, new in new })
+    }
+}

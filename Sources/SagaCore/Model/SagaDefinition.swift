@@ -1,0 +1,257 @@
+import Foundation
+
+/// The blueprint of a saga: an ordered list of steps, each with an action command and an
+/// optional compensation command.
+///
+/// Build one with ``SagaBuilder``:
+/// ```swift
+/// let orderSaga = try SagaBuilder("order")
+///     .step("reserve-stock", action: "inventory.reserve", compensation: "inventory.release")
+///     .step("charge-card", action: "payment.charge", compensation: "payment.refund")
+///     .step("ship", action: "shipping.ship", options: .pivot)
+///     .build()
+/// ```
+public struct SagaDefinition: Sendable, Hashable {
+    /// The saga's unique name.
+    public let name: String
+    /// The steps in execution order.
+    public let steps: [SagaStep]
+    /// How long a saga may run before the ``SagaEvent/deadlinePassed`` event applies; `nil` for no
+    /// deadline.
+    public let deadline: Duration?
+    /// Retry policy for compensations (they must eventually succeed; after
+    /// `maxAttempts` the saga needs attention).
+    public let compensationRetry: RetryPolicy
+
+    init(name: String, steps: [SagaStep], deadline: Duration?, compensationRetry: RetryPolicy) {
+        self.name = name
+        self.steps = steps
+        self.deadline = deadline
+        self.compensationRetry = compensationRetry
+    }
+
+    /// The index of the pivot step, if there is one.
+    public var pivotIndex: Int? { steps.firstIndex(where: \.options.isPivot) }
+
+    /// Whether step `index` is at or after the pivot (failures there are retried forward).
+    public func isForwardOnly(_ index: Int) -> Bool {
+        guard let pivotIndex else { return false }
+        return index >= pivotIndex
+    }
+
+    /// Every command (action or compensation) this saga sends.
+    public var commands: [String] {
+        steps.flatMap { [$0.action] + ($0.compensation.map { [$0] } ?? []) }
+    }
+
+    /// The step index and phase that a command belongs to.
+    public func locate(command: String) -> (index: Int, phase: StepPhase)? {
+        for (index, step) in steps.enumerated() {
+            if step.action == command { return (index, .action) }
+            if step.compensation == command { return (index, .compensation) }
+        }
+        return nil
+    }
+}
+
+/// One step of a saga.
+public struct SagaStep: Sendable, Hashable {
+    /// The step name, unique in the saga.
+    public let name: String
+    /// The command that performs the step (a routing key on the bus).
+    public let action: String
+    /// The command that semantically undoes the step; `nil` when there is nothing to undo.
+    public let compensation: String?
+    /// Pivot, retry and timeout options.
+    public let options: StepOptions
+}
+
+/// Options of a step.
+public struct StepOptions: Sendable, Hashable {
+    /// The point of no return: from this step on, failures are retried forward until success and
+    /// nothing is compensated.
+    public var isPivot: Bool
+    /// How a failing action is retried.
+    public var retry: RetryPolicy
+    /// How long the handler may run before the attempt counts as failed (retryable).
+    public var timeout: Duration?
+
+    /// Creates options.
+    public init(isPivot: Bool = false, retry: RetryPolicy = .default, timeout: Duration? = nil) {
+        self.isPivot = isPivot
+        self.retry = retry
+        self.timeout = timeout
+    }
+
+    /// Default options: not a pivot, default retry policy, no timeout.
+    public static let `default` = StepOptions()
+    /// A pivot step with the default retry policy.
+    public static let pivot = StepOptions(isPivot: true)
+}
+
+/// How a failing step is retried: up to `maxAttempts` attempts in all, waiting
+/// `initialDelay × multiplier^(attempt-1)`, capped at `maxDelay`, between them.
+public struct RetryPolicy: Sendable, Hashable {
+    /// Total number of attempts, the first included (1 = no retry). Forward-only steps (pivot and
+    /// after) ignore it and retry until success.
+    public var maxAttempts: Int
+    /// The delay before the second attempt.
+    public var initialDelay: Duration
+    /// The growth factor of the delay.
+    public var multiplier: Double
+    /// The longest delay.
+    public var maxDelay: Duration
+
+    /// Creates a retry policy.
+    public init(maxAttempts: Int = 3, initialDelay: Duration = .seconds(1), multiplier: Double = 2, maxDelay: Duration = .seconds(60)) {
+        self.maxAttempts = maxAttempts
+        self.initialDelay = initialDelay
+        self.multiplier = multiplier
+        self.maxDelay = maxDelay
+    }
+
+    /// Three attempts, 1 s then 2 s apart, capped at 60 s.
+    public static let `default` = RetryPolicy()
+    /// A single attempt.
+    public static let none = RetryPolicy(maxAttempts: 1)
+
+    /// The delay to wait after failed attempt number `attempt` (1-based) before the next one.
+    public func delay(afterAttempt attempt: Int) -> Duration {
+        let exponent = Double(max(0, attempt - 1))
+        let seconds = initialDelay.seconds * pow(multiplier, exponent)
+        return .seconds(min(seconds, maxDelay.seconds))
+    }
+}
+
+extension Duration {
+    /// The duration in seconds as a `Double`.
+    public var seconds: Double {
+        let parts = components
+        return Double(parts.seconds) + Double(parts.attoseconds) / 1e18
+    }
+}
+
+private func pow(_ base: Double, _ exponent: Double) -> Double {
+    var result = 1.0
+    var remaining = Int(exponent)
+    while remaining > 0 && result < 1e12 {
+        result *= base
+        remaining -= 1
+    }
+    return result
+}
+
+/// Builds and validates a ``SagaDefinition``.
+public struct SagaBuilder: Sendable {
+    private let name: String
+    private var steps: [SagaStep] = []
+    private var deadline: Duration?
+    private var compensationRetry = RetryPolicy(maxAttempts: 10, initialDelay: .seconds(1), multiplier: 2, maxDelay: .seconds(300))
+
+    /// Starts a definition with the saga's name.
+    public init(_ name: String) { self.name = name }
+
+    /// Adds a step.
+    /// - Parameters:
+    ///   - name: the step's name, unique in the saga.
+    ///   - action: the command that performs it.
+    ///   - compensation: the command that undoes it, or `nil` when there is nothing to undo.
+    ///   - options: pivot, retry, timeout.
+    public func step(_ name: String, action: String, compensation: String? = nil, options: StepOptions = .default) -> SagaBuilder {
+        var copy = self
+        copy.steps.append(SagaStep(name: name, action: action, compensation: compensation, options: options))
+        return copy
+    }
+
+    /// Sets a deadline for the whole saga: a saga still running after it is compensated (before the
+    /// pivot) or flagged (after it).
+    public func deadline(_ deadline: Duration) -> SagaBuilder {
+        var copy = self
+        copy.deadline = deadline
+        return copy
+    }
+
+    /// Sets the retry policy of compensations (default: 10 attempts, 1 s doubling up to 5 min).
+    public func compensationRetry(_ policy: RetryPolicy) -> SagaBuilder {
+        var copy = self
+        copy.compensationRetry = policy
+        return copy
+    }
+
+    /// Validates and returns the definition.
+    ///
+    /// - Throws: ``SagaError`` `invalidDefinition` naming the saga and the offending step.
+    public func build() throws -> SagaDefinition {
+        func fail(_ message: String, _ suggestion: String? = nil) -> SagaError {
+            SagaError(.invalidDefinition, "saga '\(name)': \(message)", recoverySuggestion: suggestion)
+        }
+        if name.trimmingCharacters(in: .whitespaces).isEmpty { throw fail("the saga name is empty") }
+        if steps.isEmpty { throw fail("it has no steps", "add at least one step with .step(_:action:)") }
+        var stepNames: Set<String> = []
+        var commands: [String: String] = [:]
+        var pivotSeen: String?
+        for (index, step) in steps.enumerated() {
+            let position = "step \(index + 1) '\(step.name)'"
+            if step.name.isEmpty { throw fail("step \(index + 1) has an empty name") }
+            if !stepNames.insert(step.name).inserted { throw fail("\(position): the step name is used twice") }
+            for command in [step.action] + (step.compensation.map { [$0] } ?? []) {
+                if command.isEmpty { throw fail("\(position): a command name is empty") }
+                if let other = commands[command] {
+                    throw fail("\(position): command '\(command)' is already used by step '\(other)'", "every action and compensation needs its own command name")
+                }
+                commands[command] = step.name
+            }
+            if step.options.retry.maxAttempts < 1 { throw fail("\(position): retry maxAttempts must be at least 1") }
+            if let pivot = pivotSeen {
+                if step.options.isPivot { throw fail("\(position) is a second pivot (the pivot is '\(pivot)')", "a saga has at most one pivot") }
+                if step.compensation != nil {
+                    throw fail("\(position) declares compensation '\(step.compensation!)' after the pivot '\(pivot)'", "steps after the pivot are retried forward and never compensated: remove the compensation")
+                }
+            }
+            if step.options.isPivot {
+                if let compensation = step.compensation {
+                    throw fail("\(position) is the pivot but declares compensation '\(compensation)'", "the pivot is retried forward and never compensated: remove the compensation")
+                }
+                pivotSeen = step.name
+            }
+        }
+        if compensationRetry.maxAttempts < 1 { throw fail("compensation retry maxAttempts must be at least 1") }
+        return SagaDefinition(name: name, steps: steps, deadline: deadline, compensationRetry: compensationRetry)
+    }
+}
+
+/// The saga definitions a process knows, by name.
+public struct SagaDefinitionRegistry: Sendable {
+    private var byName: [String: SagaDefinition] = [:]
+
+    /// Creates a registry with these definitions.
+    /// - Throws: `invalidDefinition` when two definitions share a name.
+    public init(_ definitions: [SagaDefinition] = []) throws {
+        for definition in definitions { try register(definition) }
+    }
+
+    /// Registers a definition.
+    /// - Throws: `invalidDefinition` when a definition with the same name is registered.
+    public mutating func register(_ definition: SagaDefinition) throws {
+        if byName[definition.name] != nil {
+            throw SagaError(.invalidDefinition, "a saga definition named '\(definition.name)' is already registered")
+        }
+        byName[definition.name] = definition
+    }
+
+    /// The definition with that name.
+    /// - Throws: `unknownDefinition`.
+    public func definition(named name: String) throws -> SagaDefinition {
+        guard let definition = byName[name] else {
+            throw SagaError(
+                .unknownDefinition,
+                "no saga definition named '\(name)' (known: \(byName.keys.sorted().joined(separator: ", ")))",
+                recoverySuggestion: "register the definition in every process that handles this saga"
+            )
+        }
+        return definition
+    }
+
+    /// All definitions, sorted by name.
+    public var all: [SagaDefinition] { byName.values.sorted { $0.name < $1.name } }
+}

@@ -1,0 +1,83 @@
+/// An error from SagaKit's saga model, stores and runtime: what happened and what to do.
+///
+/// `description` is safe to log: it never contains payloads or passwords.
+public struct SagaError: Error, Sendable, CustomStringConvertible {
+    /// What kind of failure this is.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private let name: String
+        private init(_ name: String) { self.name = name }
+
+        /// No saga with that id.
+        public static let unknownSaga = Code("unknownSaga")
+        /// No saga definition with that name.
+        public static let unknownDefinition = Code("unknownDefinition")
+        /// The saga definition is invalid.
+        public static let invalidDefinition = Code("invalidDefinition")
+        /// A payload that is not a JSON object, or that does not decode into the requested type.
+        public static let invalidPayload = Code("invalidPayload")
+        /// Someone else changed the saga first (optimistic concurrency).
+        public static let versionConflict = Code("versionConflict")
+        /// A saga with that id already exists with different content.
+        public static let duplicateSaga = Code("duplicateSaga")
+        /// The store cannot be reached or opened.
+        public static let storeUnavailable = Code("storeUnavailable")
+        /// The database was created by a newer SagaKit.
+        public static let schemaTooNew = Code("schemaTooNew")
+        /// A configuration value is invalid.
+        public static let invalidConfiguration = Code("invalidConfiguration")
+        /// A handler for the command was already registered.
+        public static let duplicateHandler = Code("duplicateHandler")
+        /// A message that cannot be processed (malformed, unknown command, wrong content type).
+        public static let invalidMessage = Code("invalidMessage")
+        /// An operation that is not allowed in the saga's current state.
+        public static let invalidState = Code("invalidState")
+        /// Waiting for an outcome timed out.
+        public static let timeout = Code("timeout")
+
+        /// The code's name.
+        public var description: String { name }
+    }
+
+    /// What kind of failure this is.
+    public var code: Code
+    /// What happened.
+    public var message: String
+    /// What to do about it, when there is something to do.
+    public var recoverySuggestion: String?
+    /// The underlying error, if any.
+    public var underlying: (any Error)?
+
+    /// Creates an error.
+    public init(_ code: Code, _ message: String, recoverySuggestion: String? = nil, underlying: (any Error)? = nil) {
+        self.code = code
+        self.message = message
+        self.recoverySuggestion = recoverySuggestion
+        self.underlying = underlying
+    }
+
+    /// The message followed by the recovery suggestion.
+    public var description: String {
+        var text = message
+        if let recoverySuggestion { text += " (\(recoverySuggestion))" }
+        return text
+    }
+
+    /// A version conflict on a saga.
+    public static func versionConflict(sagaID: SagaID, expected: Int64, actual: Int64?) -> SagaError {
+        let actualText = actual.map { "\($0)" } ?? "unknown"
+        return SagaError(
+            .versionConflict,
+            "saga \(sagaID) changed concurrently: expected version \(expected), store has \(actualText)",
+            recoverySuggestion: "reload the saga and decide again; the runtime does this by itself"
+        )
+    }
+
+    /// An unknown saga id.
+    public static func unknownSaga(_ id: SagaID) -> SagaError {
+        SagaError(
+            .unknownSaga,
+            "no saga with id \(id)",
+            recoverySuggestion: "check the id, and that every participant uses the same store"
+        )
+    }
+}

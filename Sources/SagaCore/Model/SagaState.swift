@@ -1,0 +1,138 @@
+public import Foundation
+
+/// A saga instance id. Callers may choose it (to make starts idempotent); otherwise it is a UUID.
+public typealias SagaID = String
+
+/// Where a saga is in its life.
+public enum SagaStatus: String, Sendable, Hashable, Codable, CaseIterable {
+    /// Running actions forward.
+    case running
+    /// Running compensations backward.
+    case compensating
+    /// Every step completed. Terminal.
+    case completed
+    /// Every needed compensation completed. Terminal.
+    case compensated
+    /// Stopped: a compensation failed too often, or the reaper gave up. Terminal until an operator
+    /// acts (retry or compensate from the `saga` CLI).
+    case needsAttention
+
+    /// Whether the saga will never move again by itself.
+    public var isTerminal: Bool {
+        switch self {
+        case .running, .compensating: false
+        case .completed, .compensated, .needsAttention: true
+        }
+    }
+}
+
+/// Whether a command performs a step or undoes it.
+public enum StepPhase: String, Sendable, Hashable, Codable {
+    /// The step's action.
+    case action
+    /// The step's compensation.
+    case compensation
+}
+
+/// What happened to one attempt of a step.
+public enum StepOutcome: String, Sendable, Hashable, Codable {
+    /// The attempt succeeded.
+    case completed
+    /// The attempt failed and will be retried.
+    case retrying
+    /// The attempt failed for good (starts compensation, or needs attention).
+    case failed
+    /// The reaper found the step stalled and sent its command again.
+    case resent
+}
+
+/// One entry of a saga's step history.
+public struct StepRecord: Sendable, Hashable, Codable {
+    /// The step index (0-based).
+    public var step: Int
+    /// The step name.
+    public var stepName: String
+    /// Action or compensation.
+    public var phase: StepPhase
+    /// The attempt number (1-based).
+    public var attempt: Int
+    /// When the handler started.
+    public var startedAt: Date
+    /// When the outcome was recorded.
+    public var finishedAt: Date
+    /// The outcome.
+    public var outcome: StepOutcome
+    /// The error, for failed attempts.
+    public var error: String?
+
+    /// Creates a record.
+    public init(step: Int, stepName: String, phase: StepPhase, attempt: Int, startedAt: Date, finishedAt: Date, outcome: StepOutcome, error: String? = nil) {
+        self.step = step
+        self.stepName = stepName
+        self.phase = phase
+        self.attempt = attempt
+        self.startedAt = startedAt
+        self.finishedAt = finishedAt
+        self.outcome = outcome
+        self.error = error
+    }
+}
+
+/// The persisted state of one saga instance.
+public struct SagaState: Sendable, Hashable, Codable {
+    /// The saga id.
+    public var id: SagaID
+    /// The definition's name.
+    public var name: String
+    /// The status.
+    public var status: SagaStatus
+    /// The step whose command is current: the action being run (running) or the compensation
+    /// being run (compensating). For terminal sagas, the last step that ran.
+    public var currentStep: Int
+    /// The attempt number of the current command (1-based).
+    public var attempt: Int
+    /// The business payload, a JSON object updated by shallow merge (see
+    /// `Dictionary.merging(patch:)`).
+    public var payload: JSONObject
+    /// Trace and correlation ids (for example `traceparent`, `correlationId`).
+    public var context: [String: String]
+    /// Every attempt of every step, in order.
+    public var history: [StepRecord]
+    /// Why the saga is compensating or needs attention.
+    public var failureReason: String?
+    /// When the saga must be finished (from the definition's deadline).
+    public var deadline: Date?
+    /// How many times the reaper re-sent the current command since the saga last moved.
+    public var reapAttempts: Int
+    /// Creation time.
+    public var createdAt: Date
+    /// Last change.
+    public var updatedAt: Date
+    /// Optimistic-concurrency version, incremented by every committed transition.
+    public var version: Int64
+
+    /// Creates a state.
+    public init(
+        id: SagaID, name: String, status: SagaStatus, currentStep: Int, attempt: Int, payload: JSONObject,
+        context: [String: String], history: [StepRecord], failureReason: String? = nil, deadline: Date? = nil,
+        reapAttempts: Int = 0, createdAt: Date, updatedAt: Date, version: Int64
+    ) {
+        self.id = id
+        self.name = name
+        self.status = status
+        self.currentStep = currentStep
+        self.attempt = attempt
+        self.payload = payload
+        self.context = context
+        self.history = history
+        self.failureReason = failureReason
+        self.deadline = deadline
+        self.reapAttempts = reapAttempts
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+        self.version = version
+    }
+
+    /// The phase of the current command.
+    public var phase: StepPhase { status == .compensating ? .compensation : .action }
+}

@@ -1,0 +1,1 @@
+// The saga state machine is being written.
