@@ -1,0 +1,170 @@
+public import Foundation
+import Synchronization
+
+/// A ``SagaStore`` that keeps everything in memory: for unit tests (yours and SagaKit's) and for
+/// single-process experiments.
+///
+/// It follows the same contract as the SQL stores and passes the same conformance suite: every
+/// method runs under one lock, so a commit and its outbox messages are recorded atomically, and
+/// two concurrent claimers never receive the same saga. Nothing survives the process.
+///
+/// ```swift
+/// let store = InMemorySagaStore()
+/// let created = try await store.create(state, outbox: [])
+/// ```
+public final class InMemorySagaStore: SagaStore {
+    private struct Row {
+        var state: SagaState
+        var leaseOwner: String?
+        var leaseUntil: Date?
+    }
+
+    private struct OutboxRow {
+        var message: OutboxMessage
+        /// Insertion order, the tie-breaker for messages created at the same instant.
+        var sequence: Int
+        var sent: Bool
+    }
+
+    private struct Storage {
+        var sagas: [SagaID: Row] = [:]
+        var outbox: [String: OutboxRow] = [:]
+        var nextSequence = 0
+
+        /// Records messages; a message whose id is already recorded is ignored (as in the SQL
+        /// stores), since it is the same message recorded again.
+        mutating func record(_ messages: [OutboxMessage]) {
+            for message in messages where outbox[message.id] == nil {
+                outbox[message.id] = OutboxRow(message: message, sequence: nextSequence, sent: false)
+                nextSequence += 1
+            }
+        }
+    }
+
+    private let storage = Mutex(Storage())
+
+    /// Creates an empty store.
+    public init() {}
+
+    /// Creates a saga (version 1) and records its outbox messages, unless a saga with that id
+    /// exists: then nothing is written and the stored saga is returned.
+    public func create(_ state: SagaState, outbox: [OutboxMessage]) async throws -> SagaCreation {
+        storage.withLock { storage in
+            if let existing = storage.sagas[state.id] {
+                return .existing(existing.state)
+            }
+            var stored = state
+            stored.version = 1
+            storage.sagas[state.id] = Row(state: stored)
+            storage.record(outbox)
+            return .created(stored)
+        }
+    }
+
+    /// Loads a saga.
+    /// - Throws: ``SagaError`` `unknownSaga`.
+    public func load(_ id: SagaID) async throws -> SagaState {
+        let row = storage.withLock { $0.sagas[id] }
+        guard let row else { throw SagaError.unknownSaga(id) }
+        return row.state
+    }
+
+    /// Replaces the saga's state when its version is still `transition.expectedVersion` and
+    /// records the transition's outbox messages. Ends any reaper lease on the saga.
+    @discardableResult
+    public func commit(_ transition: SagaTransition) async throws -> SagaState {
+        let id = transition.state.id
+        let result: Result<SagaState, SagaError> = storage.withLock { storage in
+            guard let row = storage.sagas[id] else { return .failure(.unknownSaga(id)) }
+            guard row.state.version == transition.expectedVersion else {
+                return .failure(
+                    .versionConflict(
+                        sagaID: id, expected: transition.expectedVersion, actual: row.state.version)
+                )
+            }
+            var stored = transition.state
+            stored.version = transition.expectedVersion + 1
+            storage.sagas[id] = Row(state: stored)
+            storage.record(transition.outbox)
+            return .success(stored)
+        }
+        return try result.get()
+    }
+
+    /// Sagas matching the query, most recently updated first (ties by id).
+    public func list(_ query: SagaQuery) async throws -> [SagaState] {
+        let all = storage.withLock { storage in Array(storage.sagas.values.map(\.state)) }
+        let matching = all.filter { state in
+            if let statuses = query.statuses, !statuses.contains(state.status) { return false }
+            if let name = query.name, state.name != name { return false }
+            if let before = query.updatedBefore, !(state.updatedAt < before) { return false }
+            return true
+        }
+        let sorted = matching.sorted { lhs, rhs in
+            lhs.updatedAt != rhs.updatedAt ? lhs.updatedAt > rhs.updatedAt : lhs.id < rhs.id
+        }
+        return Array(sorted.prefix(max(0, query.limit)))
+    }
+
+    /// The number of sagas in each status; every status is present, with 0 when none.
+    public func countByStatus(name: String?) async throws -> [SagaStatus: Int] {
+        storage.withLock { storage in
+            var counts = Dictionary(uniqueKeysWithValues: SagaStatus.allCases.map { ($0, 0) })
+            for row in storage.sagas.values where name == nil || row.state.name == name {
+                counts[row.state.status, default: 0] += 1
+            }
+            return counts
+        }
+    }
+
+    /// Claims up to `limit` stalled sagas, oldest update first. A saga whose lease is held by
+    /// `owner` itself may be claimed again (the lease is renewed).
+    public func claimStalled(
+        updatedBefore: Date, now: Date, owner: String, lease: Duration, limit: Int
+    ) async throws -> [SagaState] {
+        let until = now.addingTimeInterval(seconds(lease))
+        return storage.withLock { storage in
+            let candidates = storage.sagas.values.filter { row in
+                !row.state.status.isTerminal && row.state.updatedAt < updatedBefore
+                    && ((row.leaseUntil.map { $0 <= now } ?? true) || row.leaseOwner == owner)
+            }
+            let chosen = candidates.sorted { lhs, rhs in
+                lhs.state.updatedAt != rhs.state.updatedAt
+                    ? lhs.state.updatedAt < rhs.state.updatedAt : lhs.state.id < rhs.state.id
+            }
+            .prefix(max(0, limit))
+            for row in chosen {
+                storage.sagas[row.state.id]?.leaseOwner = owner
+                storage.sagas[row.state.id]?.leaseUntil = until
+            }
+            return chosen.map(\.state)
+        }
+    }
+
+    /// Unsent outbox messages created before `createdBefore`, oldest first.
+    public func pendingOutbox(createdBefore: Date, limit: Int) async throws -> [OutboxMessage] {
+        storage.withLock { storage in
+            storage.outbox.values
+                .filter { !$0.sent && $0.message.createdAt < createdBefore }
+                .sorted { lhs, rhs in
+                    lhs.message.createdAt != rhs.message.createdAt
+                        ? lhs.message.createdAt < rhs.message.createdAt : lhs.sequence < rhs.sequence
+                }
+                .prefix(max(0, limit))
+                .map(\.message)
+        }
+    }
+
+    /// Marks messages as sent; unknown ids are ignored.
+    public func markSent(_ ids: [String]) async throws {
+        storage.withLock { storage in
+            for id in ids { storage.outbox[id]?.sent = true }
+        }
+    }
+}
+
+/// A duration in seconds, as a `TimeInterval`.
+private func seconds(_ duration: Duration) -> TimeInterval {
+    let (seconds, attoseconds) = duration.components
+    return TimeInterval(seconds) + TimeInterval(attoseconds) / 1e18
+}
