@@ -1,1 +1,283 @@
-// The saga state machine is being written.
+public import Foundation
+
+/// Something that happened to a saga.
+public enum SagaEvent: Sendable, Hashable {
+    /// The action of `step` succeeded on attempt `attempt`; `patch` is shallow-merged into the
+    /// payload.
+    case stepCompleted(step: Int, attempt: Int, patch: JSONObject, startedAt: Date)
+    /// The action of `step` failed. A `retryable` failure is retried by the step's policy; a
+    /// non-retryable one (a business refusal: `failAndCompensate`) starts compensation at once.
+    case stepFailed(step: Int, attempt: Int, error: String, retryable: Bool, startedAt: Date)
+    /// The compensation of `step` succeeded.
+    case compensationCompleted(step: Int, attempt: Int, startedAt: Date)
+    /// The compensation of `step` failed; it is retried with capped backoff up to the definition's
+    /// compensation policy, then the saga needs attention.
+    case compensationFailed(step: Int, attempt: Int, error: String, startedAt: Date)
+    /// The saga's deadline passed.
+    case deadlinePassed
+    /// The reaper found the saga not updated for too long. After `maxReapAttempts` re-sends
+    /// without progress the saga needs attention.
+    case foundStalled(maxReapAttempts: Int)
+    /// An operator asked to run the current step again (also from needs-attention).
+    case retryRequested
+    /// An operator asked to compensate the saga now (only before the pivot).
+    case compensationRequested(reason: String)
+}
+
+/// What the state machine decided.
+public enum SagaDecision: Sendable, Hashable {
+    /// Store this state and send these commands (atomically, through the outbox).
+    case transition(SagaState, [ScheduledCommand])
+    /// Nothing to do: the event is a duplicate, stale, or arrives after the saga finished. The
+    /// reason says which, for the log line.
+    case ignored(String)
+    /// The event is not allowed in the saga's state (for example compensating after the pivot).
+    case rejected(String)
+
+    /// The new state, for transitions.
+    public var state: SagaState? {
+        if case .transition(let state, _) = self { return state }
+        return nil
+    }
+
+    /// The commands to send, for transitions (empty otherwise).
+    public var commands: [ScheduledCommand] {
+        if case .transition(_, let commands) = self { return commands }
+        return []
+    }
+}
+
+/// The saga state machine: a pure function from a definition, a state and an event to the next
+/// state and the commands to send. No I/O; the runtime stores the result atomically with its
+/// commands and publishes them.
+///
+/// Rules:
+/// - Actions run in order. When the action of step *k* fails for good before the pivot, the
+///   compensations of the completed steps *k-1 … 1* run in reverse order, skipping steps that
+///   have no compensation. The failed step itself is not compensated (its local transaction did
+///   not commit).
+/// - A deadline or an operator's request compensates from the *current* step inclusive, because
+///   its action may be running at that moment; compensations must therefore tolerate an action
+///   that never happened (they are idempotent by the idempotency key anyway).
+/// - From the pivot on, retryable failures are retried forward without limit (capped backoff).
+///   A non-retryable failure there cannot be compensated: the saga needs attention.
+/// - A failing compensation is retried with the definition's compensation policy; when it is
+///   exhausted the saga needs attention.
+/// - An event for another step, phase or attempt than the current one is ignored, and a
+///   terminal saga never moves again except by an operator's retry from needs-attention.
+public struct SagaStateMachine: Sendable {
+    /// The definition the saga follows.
+    public let definition: SagaDefinition
+
+    /// Creates a state machine for a definition.
+    public init(definition: SagaDefinition) {
+        self.definition = definition
+    }
+
+    /// The initial state of a new saga and its first command.
+    public func start(id: SagaID, payload: JSONObject, context: [String: String] = [:], now: Date) -> (SagaState, ScheduledCommand) {
+        let state = SagaState(
+            id: id,
+            name: definition.name,
+            status: .running,
+            currentStep: 0,
+            attempt: 1,
+            payload: payload,
+            context: context,
+            history: [],
+            deadline: definition.deadline.map { now.addingTimeInterval($0.seconds) },
+            createdAt: now,
+            updatedAt: now,
+            version: 1
+        )
+        return (state, command(for: state))
+    }
+
+    /// The command that is current for a non-terminal state (what the saga waits for).
+    public func command(for state: SagaState) -> ScheduledCommand {
+        ScheduledCommand(currentCommand(state, phase: state.phase))
+    }
+
+    /// Applies an event. Every transition sets `updatedAt` to `now`.
+    public func apply(_ event: SagaEvent, to state: SagaState, now: Date) -> SagaDecision {
+        let decision = decide(event, state, now: now)
+        guard case .transition(var next, let commands) = decision else { return decision }
+        next.updatedAt = now
+        return .transition(next, commands)
+    }
+
+    private func decide(_ event: SagaEvent, _ state: SagaState, now: Date) -> SagaDecision {
+        guard state.name == definition.name else {
+            return .rejected("saga \(state.id) follows '\(state.name)', not '\(definition.name)'")
+        }
+        guard definition.steps.indices.contains(state.currentStep) else {
+            return .rejected("saga \(state.id) is at step \(state.currentStep), which definition '\(definition.name)' does not have")
+        }
+        switch event {
+        case .stepCompleted(let step, let attempt, let patch, let startedAt):
+            if let stale = staleness(state, step: step, phase: .action, attempt: attempt) { return .ignored(stale) }
+            var next = state
+            next.payload = state.payload.merging(patch: patch)
+            record(&next, step: step, phase: .action, attempt: attempt, startedAt: startedAt, now: now, outcome: .completed)
+            if step == definition.steps.count - 1 {
+                next.status = .completed
+                return .transition(next, [])
+            }
+            next.currentStep = step + 1
+            next.attempt = 1
+            return .transition(next, [ScheduledCommand(currentCommand(next, phase: .action))])
+
+        case .stepFailed(let step, let attempt, let error, let retryable, let startedAt):
+            if let stale = staleness(state, step: step, phase: .action, attempt: attempt) { return .ignored(stale) }
+            let policy = definition.steps[step].options.retry
+            let forwardOnly = definition.isForwardOnly(step)
+            var next = state
+            if retryable && (forwardOnly || attempt < policy.maxAttempts) {
+                record(&next, step: step, phase: .action, attempt: attempt, startedAt: startedAt, now: now, outcome: .retrying, error: error)
+                next.attempt = attempt + 1
+                let delay = policy.delay(afterAttempt: attempt)
+                return .transition(next, [ScheduledCommand(currentCommand(next, phase: .action), delay: delay)])
+            }
+            record(&next, step: step, phase: .action, attempt: attempt, startedAt: startedAt, now: now, outcome: .failed, error: error)
+            let stepName = definition.steps[step].name
+            if forwardOnly {
+                next.status = .needsAttention
+                next.failureReason = "step '\(stepName)' failed after the pivot and cannot be compensated: \(error)"
+                return .transition(next, [])
+            }
+            let why = retryable ? "failed \(attempt) time(s)" : "failed"
+            return compensate(next, before: step, reason: "step '\(stepName)' \(why): \(error)")
+
+        case .compensationCompleted(let step, let attempt, let startedAt):
+            if let stale = staleness(state, step: step, phase: .compensation, attempt: attempt) { return .ignored(stale) }
+            var next = state
+            record(&next, step: step, phase: .compensation, attempt: attempt, startedAt: startedAt, now: now, outcome: .completed)
+            return compensate(next, before: step, reason: nil)
+
+        case .compensationFailed(let step, let attempt, let error, let startedAt):
+            if let stale = staleness(state, step: step, phase: .compensation, attempt: attempt) { return .ignored(stale) }
+            let policy = definition.compensationRetry
+            var next = state
+            if attempt < policy.maxAttempts {
+                record(&next, step: step, phase: .compensation, attempt: attempt, startedAt: startedAt, now: now, outcome: .retrying, error: error)
+                next.attempt = attempt + 1
+                let delay = policy.delay(afterAttempt: attempt)
+                return .transition(next, [ScheduledCommand(currentCommand(next, phase: .compensation), delay: delay)])
+            }
+            record(&next, step: step, phase: .compensation, attempt: attempt, startedAt: startedAt, now: now, outcome: .failed, error: error)
+            next.status = .needsAttention
+            next.failureReason = "compensation of step '\(definition.steps[step].name)' failed \(attempt) time(s): \(error)"
+            return .transition(next, [])
+
+        case .deadlinePassed:
+            guard !state.status.isTerminal else { return .ignored("saga \(state.id) is already \(state.status.rawValue)") }
+            guard state.status == .running else { return .ignored("saga \(state.id) is already compensating") }
+            guard !definition.isForwardOnly(state.currentStep) else {
+                return .ignored("saga \(state.id) passed its deadline after the pivot; it keeps going forward")
+            }
+            return compensate(state, from: state.currentStep, reason: "deadline passed at step '\(definition.steps[state.currentStep].name)'")
+
+        case .foundStalled(let maxReapAttempts):
+            guard !state.status.isTerminal else { return .ignored("saga \(state.id) is already \(state.status.rawValue)") }
+            var next = state
+            let phase = state.phase
+            if state.reapAttempts >= maxReapAttempts {
+                next.status = .needsAttention
+                next.failureReason = "stalled at step '\(definition.steps[state.currentStep].name)' (\(phase.rawValue)); the reaper re-sent its command \(state.reapAttempts) time(s) without progress"
+                return .transition(next, [])
+            }
+            next.reapAttempts += 1
+            record(&next, step: state.currentStep, phase: phase, attempt: state.attempt, startedAt: now, now: now, outcome: .resent, error: "stalled since \(state.updatedAt)")
+            return .transition(next, [ScheduledCommand(currentCommand(next, phase: phase))])
+
+        case .retryRequested:
+            guard state.status != .completed, state.status != .compensated else {
+                return .rejected("saga \(state.id) is \(state.status.rawValue); there is nothing to retry")
+            }
+            var next = state
+            let phase: StepPhase
+            if state.status == .needsAttention {
+                phase = state.history.last(where: { $0.step == state.currentStep })?.phase ?? .action
+                next.status = phase == .compensation ? .compensating : .running
+            } else {
+                phase = state.phase
+            }
+            next.attempt = state.attempt + 1
+            next.reapAttempts = 0
+            next.failureReason = state.status == .needsAttention ? nil : state.failureReason
+            return .transition(next, [ScheduledCommand(currentCommand(next, phase: phase))])
+
+        case .compensationRequested(let reason):
+            switch state.status {
+            case .completed, .compensated, .compensating:
+                return .rejected("saga \(state.id) is \(state.status.rawValue); it cannot be compensated now")
+            case .running, .needsAttention:
+                if state.status == .needsAttention, state.history.last(where: { $0.step == state.currentStep })?.phase == .compensation {
+                    return .rejected("saga \(state.id) is stuck in a compensation; retry it instead")
+                }
+                if definition.isForwardOnly(state.currentStep) {
+                    return .rejected("saga \(state.id) is past its pivot step; it can only go forward")
+                }
+                return compensate(state, from: state.currentStep, reason: reason)
+            }
+        }
+    }
+
+    // MARK: - Helpers
+
+    /// Why an event for (step, phase, attempt) does not apply to `state`, or `nil` when it does.
+    private func staleness(_ state: SagaState, step: Int, phase: StepPhase, attempt: Int) -> String? {
+        if state.status.isTerminal {
+            return "saga \(state.id) is already \(state.status.rawValue)"
+        }
+        if state.phase != phase || state.currentStep != step || state.attempt != attempt {
+            return "saga \(state.id) waits for step \(state.currentStep) \(state.phase.rawValue) attempt \(state.attempt), not step \(step) \(phase.rawValue) attempt \(attempt)"
+        }
+        return nil
+    }
+
+    /// Starts or continues compensation with the last compensatable step before `step`.
+    private func compensate(_ state: SagaState, before step: Int, reason: String?) -> SagaDecision {
+        compensate(state, from: step - 1, reason: reason)
+    }
+
+    /// Compensates the last step at or before `index` that has a compensation; compensated when
+    /// none is left.
+    private func compensate(_ state: SagaState, from index: Int, reason: String?) -> SagaDecision {
+        var next = state
+        if let reason { next.failureReason = reason }
+        next.reapAttempts = 0
+        let candidates = stride(from: index, through: 0, by: -1)
+        guard let target = candidates.first(where: { definition.steps[$0].compensation != nil }) else {
+            next.status = .compensated
+            return .transition(next, [])
+        }
+        next.status = .compensating
+        next.currentStep = target
+        next.attempt = 1
+        return .transition(next, [ScheduledCommand(currentCommand(next, phase: .compensation))])
+    }
+
+    private func record(
+        _ state: inout SagaState, step: Int, phase: StepPhase, attempt: Int, startedAt: Date, now: Date, outcome: StepOutcome,
+        error: String? = nil
+    ) {
+        state.history.append(
+            StepRecord(
+                step: step, stepName: definition.steps[step].name, phase: phase, attempt: attempt, startedAt: startedAt,
+                finishedAt: now, outcome: outcome, error: error
+            )
+        )
+        if outcome != .resent { state.reapAttempts = 0 }
+        state.updatedAt = now
+    }
+
+    private func currentCommand(_ state: SagaState, phase: StepPhase) -> SagaCommand {
+        let step = definition.steps[state.currentStep]
+        let name = phase == .action ? step.action : (step.compensation ?? step.action)
+        return SagaCommand(
+            sagaID: state.id, sagaName: state.name, command: name, step: state.currentStep, stepName: step.name,
+            phase: phase, attempt: state.attempt
+        )
+    }
+}

@@ -1,0 +1,150 @@
+import Foundation
+import Synchronization
+
+/// What a handler receives: which saga and step it serves, the payload, an idempotency key, a
+/// logger, and the calls that report the outcome.
+///
+/// An action handler calls ``completeStep(merging:)-(JSONObject)`` or
+/// ``failAndCompensate(reason:)``; a compensation handler calls ``completeCompensation()``.
+/// Returning without calling any counts as success with no payload change. Throwing counts as a
+/// retryable failure handled by the step's retry policy (compensations are retried until they
+/// succeed or their policy gives up, and then the saga needs attention).
+public struct SagaContext: Sendable {
+    /// The saga id.
+    public let sagaID: SagaID
+    /// The saga definition's name.
+    public let sagaName: String
+    /// The step name.
+    public let stepName: String
+    /// The step index (0-based).
+    public let step: Int
+    /// Action or compensation.
+    public let phase: StepPhase
+    /// The attempt number (1-based); greater than 1 on retries.
+    public let attempt: Int
+    /// The command being handled.
+    public let command: String
+    /// The saga payload as JSON.
+    public let payload: JSONObject
+    /// Trace and correlation ids of the saga.
+    public let sagaContext: [String: String]
+    /// The same for every delivery and attempt of this step and phase of this saga. Use it to apply
+    /// the handler's effect once (for example as a unique key in the service's own table).
+    public let idempotencyKey: String
+    /// A logger whose metadata carries the saga id, name, step, phase and attempt.
+    public var logger: Logger
+
+    let execution: StepExecution
+
+    /// Decodes the payload into a service's own type (keys the type does not know are ignored).
+    /// - Throws: `invalidPayload` saying what is missing or mistyped.
+    public func payload<T: Decodable>(as type: T.Type) throws -> T {
+        do {
+            return try JSONCoding.value(type, from: payload)
+        } catch {
+            throw SagaError(.invalidPayload, "saga \(sagaID): the payload does not decode as \(T.self): \(error)", underlying: error)
+        }
+    }
+
+    /// Completes this step's action, shallow-merges `patch` into the payload, and publishes the
+    /// next step's command (or marks the saga completed). Returns once the new state is stored and
+    /// the broker has confirmed the next command.
+    public func completeStep(merging patch: JSONObject = [:]) async throws {
+        try requirePhase(.action, "completeStep")
+        try await execution.finish(.completed(patch))
+    }
+
+    /// Completes this step's action, merging the top-level keys of an encodable value.
+    public func completeStep<Patch: Encodable>(merging patch: Patch) async throws {
+        try await completeStep(merging: try JSONCoding.object(from: patch))
+    }
+
+    /// Fails this step for a business reason (no retry) and starts compensating the completed
+    /// steps in reverse order. After the pivot nothing can be compensated: the saga then needs
+    /// attention.
+    public func failAndCompensate(reason: String) async throws {
+        try requirePhase(.action, "failAndCompensate")
+        try await execution.finish(.failed(reason, retryable: false))
+    }
+
+    /// Completes this compensation and publishes the next one (or marks the saga compensated).
+    public func completeCompensation() async throws {
+        try requirePhase(.compensation, "completeCompensation")
+        try await execution.finish(.compensated)
+    }
+
+    private func requirePhase(_ expected: StepPhase, _ call: String) throws {
+        guard phase == expected else {
+            throw SagaError(
+                .invalidState,
+                "\(call)() was called by the handler of '\(command)', which is a \(phase.rawValue)",
+                recoverySuggestion: phase == .compensation ? "call completeCompensation() in compensation handlers" : "call completeStep() or failAndCompensate() in action handlers"
+            )
+        }
+    }
+}
+
+/// The outcome a handler reported.
+enum StepResult: Sendable {
+    case completed(JSONObject)
+    case failed(String, retryable: Bool)
+    case compensated
+    case compensationFailed(String)
+}
+
+/// One run of a handler: lets exactly one outcome be reported, and remembers whether reporting
+/// it failed (then the delivery must not be acknowledged).
+final class StepExecution: Sendable {
+    private enum Progress: Sendable {
+        case pending, reporting, reported
+        case failed(any Error)
+    }
+    private let progress = Mutex(Progress.pending)
+    private let report: @Sendable (StepResult) async throws -> Void
+
+    init(report: @escaping @Sendable (StepResult) async throws -> Void) {
+        self.report = report
+    }
+
+    /// Whether an outcome was claimed already (reported, being reported, or failed to report).
+    var isFinished: Bool {
+        progress.withLock { if case .pending = $0 { false } else { true } }
+    }
+
+    /// The error that reporting the outcome ended with, if it failed.
+    var reportFailure: (any Error)? {
+        progress.withLock { if case .failed(let error) = $0 { error } else { nil } }
+    }
+
+    private func claim() -> Bool {
+        progress.withLock { progress in
+            guard case .pending = progress else { return false }
+            progress = .reporting
+            return true
+        }
+    }
+
+    private func perform(_ result: StepResult) async throws {
+        do {
+            try await report(result)
+            progress.withLock { $0 = .reported }
+        } catch {
+            progress.withLock { $0 = .failed(error) }
+            throw error
+        }
+    }
+
+    /// Reports an outcome; a second report is an error.
+    func finish(_ result: StepResult) async throws {
+        guard claim() else {
+            throw SagaError(.invalidState, "the outcome of this step was already reported", recoverySuggestion: "call completeStep/failAndCompensate/completeCompensation once per handler run")
+        }
+        try await perform(result)
+    }
+
+    /// Reports an outcome when nothing was reported yet; does nothing otherwise.
+    func finishIfNeeded(_ result: StepResult) async throws {
+        guard claim() else { return }
+        try await perform(result)
+    }
+}

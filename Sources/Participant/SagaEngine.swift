@@ -1,0 +1,104 @@
+import Foundation
+import Logging
+
+/// What participants, the starter and the reaper share: applying an event to a saga, storing
+/// the transition with its outbox atomically, and publishing the outbox.
+struct SagaEngine: Sendable {
+    let store: any SagaStore
+    let bus: any MessageBus
+    let definitions: SagaDefinitionRegistry
+    let topology: SagaTopology
+    let metrics = SagaMetrics()
+
+    /// The outcome of ``advance(_:event:logger:)``.
+    enum Advance: Sendable {
+        case committed(SagaState)
+        case ignored(String, SagaState)
+        case rejected(String, SagaState)
+    }
+
+    /// Applies `event` to the saga and commits the result, reloading and re-deciding when another
+    /// instance changed the saga concurrently. Publishes the transition's commands and marks them
+    /// sent. A publish failure is logged and left to the outbox relay (the state is committed).
+    func advance(_ sagaID: SagaID, from loaded: SagaState, event: SagaEvent, logger: Logger, maxConflicts: Int = 8) async throws -> Advance {
+        var state = loaded
+        var conflicts = 0
+        while true {
+            let machine = SagaStateMachine(definition: try definitions.definition(named: state.name))
+            let now = Date()
+            switch machine.apply(event, to: state, now: now) {
+            case .ignored(let reason):
+                return .ignored(reason, state)
+            case .rejected(let reason):
+                return .rejected(reason, state)
+            case .transition(let next, let commands):
+                let outbox = try commands.map { try SagaMessages.outbox($0, state: next, topology: topology, now: now) }
+                do {
+                    let stored = try await store.commit(SagaTransition(state: next, expectedVersion: state.version, outbox: outbox))
+                    metrics.transition(from: state, to: stored)
+                    logTransition(from: state, to: stored, commands: commands, logger: logger)
+                    try await publish(outbox, logger: logger)
+                    return .committed(stored)
+                } catch let error as SagaError where error.code == .versionConflict && conflicts < maxConflicts {
+                    conflicts += 1
+                    logger.debug("version conflict, reloading", metadata: ["saga.version": "\(state.version)"])
+                    state = try await store.load(sagaID)
+                }
+            }
+        }
+    }
+
+    /// Publishes outbox messages (each awaits its broker confirm) and marks them sent.
+    /// - Throws: the first publish error; messages that were confirmed are still marked sent.
+    func publish(_ messages: [OutboxMessage], logger: Logger) async throws {
+        guard !messages.isEmpty else { return }
+        var sent: [String] = []
+        var failure: (any Error)?
+        for message in messages {
+            do {
+                try await bus.publish(SagaMessages.outgoing(message))
+                sent.append(message.id)
+            } catch {
+                failure = failure ?? error
+                logger.warning(
+                    "publish failed; the outbox relay will send it again",
+                    metadata: ["saga.command": "\(message.routingKey)", "error": "\(error)"]
+                )
+            }
+        }
+        if !sent.isEmpty { try await store.markSent(sent) }
+        if let failure { throw failure }
+    }
+
+    private func logTransition(from old: SagaState, to new: SagaState, commands: [ScheduledCommand], logger: Logger) {
+        var metadata: Logger.Metadata = ["saga.status": "\(new.status.rawValue)", "saga.version": "\(new.version)"]
+        if let next = commands.first {
+            metadata["saga.next"] = "\(next.command.command)#\(next.command.attempt)"
+            if let delay = next.delay { metadata["saga.delay"] = "\(delay)" }
+        }
+        if new.status != old.status {
+            switch new.status {
+            case .needsAttention:
+                logger.error("saga needs attention: \(new.failureReason ?? "unknown reason")", metadata: metadata)
+            case .compensating:
+                logger.warning("saga is compensating: \(new.failureReason ?? "")", metadata: metadata)
+            case .completed, .compensated:
+                logger.info("saga \(new.status.rawValue)", metadata: metadata)
+            case .running:
+                logger.info("saga is running again", metadata: metadata)
+            }
+        } else {
+            logger.debug("saga advanced", metadata: metadata)
+        }
+    }
+}
+
+extension Logger {
+    /// A copy of this logger with the saga's metadata.
+    func with(saga id: SagaID, name: String) -> Logger {
+        var copy = self
+        copy[metadataKey: "saga.id"] = "\(id)"
+        copy[metadataKey: "saga.name"] = "\(name)"
+        return copy
+    }
+}

@@ -1,0 +1,280 @@
+import Foundation
+
+/// A service's part in choreographed sagas: it consumes the commands it has handlers for, runs
+/// them, stores the saga's next state with its next command atomically, publishes that command,
+/// and only then acknowledges the delivery.
+///
+/// ```swift
+/// var handlers = SagaHandlerRegistry()
+/// handlers.register("inventory.reserve") { context in
+///     try await context.completeStep(merging: ["reserved": true])
+/// }
+/// let participant = SagaParticipant(
+///     configuration: ParticipantConfiguration(service: "inventory"),
+///     definitions: definitions, handlers: handlers, bus: bus, store: store, logger: logger)
+/// try await participant.run()   // or add it to a ServiceGroup
+/// ```
+///
+/// For each delivery: decode → load the saga → check the command is the saga's current one
+/// (stale and duplicate deliveries are acknowledged and ignored, with a log line and the
+/// `saga_stale_messages_total` counter) → run the handler → commit the transition with its
+/// outgoing command → publish it and wait for the confirm → mark it sent → acknowledge.
+/// Messages that cannot be processed (malformed, unknown command, unknown saga, wrong content
+/// type, too large) are published to the dead-letter exchange with the reason in headers, then
+/// acknowledged.
+///
+/// On graceful shutdown the participant stops taking deliveries and lets running handlers
+/// finish and acknowledge.
+public struct SagaParticipant: Service {
+    /// The configuration.
+    public let configuration: ParticipantConfiguration
+    /// The handlers.
+    public let handlers: SagaHandlerRegistry
+    let engine: SagaEngine
+    let logger: Logger
+
+    /// Creates a participant.
+    public init(
+        configuration: ParticipantConfiguration,
+        definitions: SagaDefinitionRegistry,
+        handlers: SagaHandlerRegistry,
+        bus: any MessageBus,
+        store: any SagaStore,
+        logger: Logger
+    ) {
+        self.configuration = configuration
+        self.handlers = handlers
+        self.engine = SagaEngine(store: store, bus: bus, definitions: definitions, topology: configuration.topology)
+        var logger = logger
+        logger[metadataKey: "saga.service"] = "\(configuration.service)"
+        self.logger = logger
+    }
+
+    /// The queue this participant consumes.
+    public var queue: String { configuration.topology.queue(forService: configuration.service) }
+
+    /// Declares the topology, then consumes until cancelled or gracefully shut down. Runs the
+    /// outbox relay and, when configured, the reaper alongside.
+    public func run() async throws {
+        try handlers.validate(against: engine.definitions)
+        guard !handlers.commands.isEmpty else {
+            throw SagaError(.invalidConfiguration, "service '\(configuration.service)' has no handlers", recoverySuggestion: "register at least one handler before running the participant")
+        }
+        try await engine.bus.declare(configuration.topology.topology(forService: configuration.service, commands: handlers.commands))
+        logger.info(
+            "participant started",
+            metadata: ["queue": "\(queue)", "commands": "\(handlers.commands.joined(separator: ","))", "prefetch": "\(configuration.prefetch)"]
+        )
+        try await withThrowingDiscardingTaskGroup { group in
+            let relay = OutboxRelay(engine: engine, pollInterval: configuration.outboxPollInterval, gracePeriod: configuration.outboxGracePeriod, logger: logger)
+            group.addTask { await relay.run() }
+            if let reaperConfiguration = configuration.reaper {
+                let reaper = SagaReaper(engine: engine, configuration: reaperConfiguration, logger: logger)
+                group.addTask { await reaper.run() }
+            }
+            let deliveries = try await engine.bus.consume(queue: queue, prefetch: configuration.prefetch)
+            for try await delivery in deliveries.cancelOnGracefulShutdown() {
+                group.addTask { await process(delivery) }
+            }
+            logger.info("participant stopped consuming; waiting for running handlers")
+            // The relay and reaper end on graceful shutdown too; cancel them when the stream
+            // ended for another reason.
+            if !Task.isShuttingDownGracefully { group.cancelAll() }
+        }
+        logger.info("participant stopped")
+    }
+
+    // MARK: - One delivery
+
+    /// Processes one delivery to the end: it is always settled, never left hanging.
+    func process(_ delivery: Delivery) async {
+        var logger = self.logger
+        logger[metadataKey: "saga.command"] = "\(delivery.routingKey)"
+        let command: SagaCommand
+        switch SagaMessages.command(from: delivery, maxBodyBytes: configuration.maxBodyBytes) {
+        case .failure(let error):
+            return await deadLetter(delivery, reason: error.message, logger: logger)
+        case .success(let decoded):
+            command = decoded
+        }
+        logger = logger.with(saga: command.sagaID, name: command.sagaName)
+        logger[metadataKey: "saga.step"] = "\(command.stepName)"
+        logger[metadataKey: "saga.phase"] = "\(command.phase.rawValue)"
+        logger[metadataKey: "saga.attempt"] = "\(command.attempt)"
+
+        guard let handler = handlers.handler(for: command.command) else {
+            return await deadLetter(delivery, reason: "service '\(configuration.service)' has no handler for command '\(command.command)'", logger: logger)
+        }
+        let definition: SagaDefinition
+        do {
+            definition = try engine.definitions.definition(named: command.sagaName)
+        } catch {
+            return await deadLetter(delivery, reason: "\(error)", logger: logger)
+        }
+        guard let located = definition.locate(command: command.command), located.index == command.step, located.phase == command.phase else {
+            return await deadLetter(
+                delivery,
+                reason: "command '\(command.command)' is not step \(command.step) \(command.phase.rawValue) of saga definition '\(definition.name)'",
+                logger: logger
+            )
+        }
+
+        do {
+            let state: SagaState
+            do {
+                state = try await engine.store.load(command.sagaID)
+            } catch let error as SagaError where error.code == .unknownSaga {
+                return await deadLetter(delivery, reason: error.message, logger: logger)
+            }
+            if state.name != command.sagaName {
+                return await deadLetter(delivery, reason: "saga \(state.id) follows '\(state.name)', but the command names '\(command.sagaName)'", logger: logger)
+            }
+            guard isCurrent(command, of: state) else {
+                engine.metrics.stale(service: configuration.service)
+                logger.info(
+                    "ignoring a stale or duplicate command",
+                    metadata: ["saga.status": "\(state.status.rawValue)", "saga.current": "\(state.currentStep)/\(state.phase.rawValue)#\(state.attempt)"]
+                )
+                return await settle(delivery, .ack, logger: logger)
+            }
+            if command.phase == .action, let deadline = state.deadline, deadline < Date(), !definition.isForwardOnly(command.step) {
+                _ = try await engine.advance(state.id, from: state, event: .deadlinePassed, logger: logger)
+                return await settle(delivery, .ack, logger: logger)
+            }
+            try await runHandler(handler, command: command, state: state, definition: definition, logger: logger)
+            await settle(delivery, .ack, logger: logger)
+        } catch {
+            // Infrastructure failure (store or broker). Nothing was acknowledged: the broker
+            // redelivers, and a committed but unpublished command is sent by the outbox relay.
+            logger.error("processing failed; the command will be redelivered", metadata: ["error": "\(error)"])
+            try? await Task.sleep(for: .milliseconds(500))
+            await settle(delivery, .nack(requeue: true), logger: logger)
+        }
+    }
+
+    private func isCurrent(_ command: SagaCommand, of state: SagaState) -> Bool {
+        !state.status.isTerminal && state.phase == command.phase && state.currentStep == command.step && state.attempt == command.attempt
+    }
+
+    /// Runs the handler (with the step's timeout) and reports its outcome.
+    private func runHandler(_ handler: @escaping SagaHandler, command: SagaCommand, state: SagaState, definition: SagaDefinition, logger: Logger) async throws {
+        let startedAt = Date()
+        let clock = ContinuousClock()
+        let began = clock.now
+        let engine = self.engine
+        let metrics = engine.metrics
+        let execution = StepExecution { result in
+            metrics.stepDuration(saga: command.sagaName, step: command.stepName, phase: command.phase, duration: clock.now - began)
+            let event = SagaParticipant.event(for: result, command: command, startedAt: startedAt)
+            switch try await engine.advance(state.id, from: state, event: event, logger: logger) {
+            case .committed:
+                break
+            case .ignored(let reason, _):
+                logger.info("outcome not recorded: the saga moved on meanwhile (\(reason))")
+            case .rejected(let reason, _):
+                logger.error("outcome rejected: \(reason)")
+            }
+        }
+        let context = SagaContext(
+            sagaID: state.id, sagaName: state.name, stepName: command.stepName, step: command.step, phase: command.phase,
+            attempt: command.attempt, command: command.command, payload: state.payload, sagaContext: state.context,
+            idempotencyKey: command.idempotencyKey, logger: logger, execution: execution
+        )
+        let timeout = command.phase == .action ? definition.steps[command.step].options.timeout : nil
+        let outcome = await Self.run(handler, context: context, timeout: timeout)
+        if let failure = execution.reportFailure { throw failure }
+        switch outcome {
+        case .returned:
+            try await execution.finishIfNeeded(command.phase == .action ? .completed([:]) : .compensated)
+        case .threw(let error):
+            if execution.isFinished {
+                logger.warning("handler threw after reporting its outcome; the error is ignored", metadata: ["error": "\(error)"])
+                return
+            }
+            logger.warning("handler failed", metadata: ["error": "\(error)"])
+            let message = String(describing: error)
+            try await execution.finishIfNeeded(command.phase == .action ? .failed(message, retryable: true) : .compensationFailed(message))
+        case .timedOut(let limit):
+            logger.warning("handler timed out after \(limit)")
+            try await execution.finishIfNeeded(.failed("timed out after \(limit)", retryable: true))
+        }
+    }
+
+    private enum HandlerOutcome: Sendable {
+        case returned
+        case threw(any Error)
+        case timedOut(Duration)
+    }
+
+    private static func run(_ handler: @escaping SagaHandler, context: SagaContext, timeout: Duration?) async -> HandlerOutcome {
+        guard let timeout else {
+            do {
+                try await handler(context)
+                return .returned
+            } catch {
+                return .threw(error)
+            }
+        }
+        return await withTaskGroup(of: HandlerOutcome?.self) { group in
+            group.addTask {
+                do {
+                    try await handler(context)
+                    return .returned
+                } catch {
+                    return .threw(error)
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return Task.isCancelled ? nil : .timedOut(timeout)
+            }
+            while let next = await group.next() {
+                guard let outcome = next else { continue }
+                if case .timedOut = outcome, context.execution.isFinished {
+                    // The handler is reporting its outcome right now: let it finish.
+                    continue
+                }
+                group.cancelAll()
+                return outcome
+            }
+            return .returned
+        }
+    }
+
+    static func event(for result: StepResult, command: SagaCommand, startedAt: Date) -> SagaEvent {
+        switch result {
+        case .completed(let patch):
+            .stepCompleted(step: command.step, attempt: command.attempt, patch: patch, startedAt: startedAt)
+        case .failed(let error, let retryable):
+            .stepFailed(step: command.step, attempt: command.attempt, error: error, retryable: retryable, startedAt: startedAt)
+        case .compensated:
+            .compensationCompleted(step: command.step, attempt: command.attempt, startedAt: startedAt)
+        case .compensationFailed(let error):
+            .compensationFailed(step: command.step, attempt: command.attempt, error: error, startedAt: startedAt)
+        }
+    }
+
+    // MARK: - Settling
+
+    private func deadLetter(_ delivery: Delivery, reason: String, logger: Logger) async {
+        logger.error("dead-lettering a message: \(reason)", metadata: ["queue": "\(delivery.queue)", "message.id": "\(delivery.messageId ?? "-")"])
+        let letter = SagaMessages.deadLetter(delivery, reason: reason, service: configuration.service, topology: configuration.topology, now: Date())
+        do {
+            try await engine.bus.publish(letter)
+            engine.metrics.deadLettered(service: configuration.service)
+            await settle(delivery, .ack, logger: logger)
+        } catch {
+            logger.error("could not dead-letter the message; it will be redelivered", metadata: ["error": "\(error)"])
+            try? await Task.sleep(for: .seconds(1))
+            await settle(delivery, .nack(requeue: true), logger: logger)
+        }
+    }
+
+    private func settle(_ delivery: Delivery, _ settlement: Settlement, logger: Logger) async {
+        do {
+            try await delivery.settler.settle(settlement)
+        } catch {
+            logger.warning("could not settle the delivery; the broker will redeliver it", metadata: ["error": "\(error)"])
+        }
+    }
+}

@@ -1,0 +1,82 @@
+public import Foundation
+import Logging
+import ServiceLifecycle
+
+/// Finds stalled sagas (running or compensating, not updated for the stalled threshold) and
+/// re-sends their current command; handlers are protected by the idempotency key and stale
+/// deliveries are ignored, so a re-send is safe. After `maxReapAttempts` re-sends without
+/// progress the saga needs attention. A stalled saga past its deadline (before the pivot) is
+/// compensated instead.
+///
+/// Safe in several processes at once: sagas are claimed with a lease in the store, and every
+/// change is a compare-and-swap on the saga's version.
+public struct SagaReaper: Service {
+    let engine: SagaEngine
+    let configuration: ReaperConfiguration
+    let logger: Logger
+    let owner: String
+
+    init(engine: SagaEngine, configuration: ReaperConfiguration, logger: Logger) {
+        self.engine = engine
+        self.configuration = configuration
+        var logger = logger
+        logger[metadataKey: "component"] = "reaper"
+        self.logger = logger
+        self.owner = "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier):\(UUID().uuidString.prefix(8))"
+    }
+
+    /// Creates a reaper that runs on its own (the participants run one by default).
+    public init(configuration: ReaperConfiguration, definitions: SagaDefinitionRegistry, bus: any MessageBus, store: any SagaStore, topology: SagaTopology = SagaTopology(), logger: Logger) {
+        self.init(engine: SagaEngine(store: store, bus: bus, definitions: definitions, topology: topology), configuration: configuration, logger: logger)
+    }
+
+    /// Polls until cancelled or gracefully shut down.
+    public func run() async {
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                try await gracefulSleep(configuration.pollInterval)
+                _ = try await reapOnce()
+            } catch is CancellationError {
+                return
+            } catch {
+                logger.warning("reaper pass failed; retrying at the next poll", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    /// One pass: claims stalled sagas and re-sends (or gives up on) each. Returns the sagas it
+    /// changed.
+    @discardableResult
+    public func reapOnce(now: Date = Date()) async throws -> [SagaState] {
+        let stalled = try await engine.store.claimStalled(
+            updatedBefore: now.addingTimeInterval(-configuration.stalledThreshold.seconds),
+            now: now,
+            owner: owner,
+            lease: configuration.pollInterval,
+            limit: configuration.batchSize
+        )
+        var changed: [SagaState] = []
+        for state in stalled {
+            let logger = logger.with(saga: state.id, name: state.name)
+            let pastDeadline = state.deadline.map { $0 < now } ?? false
+            let event: SagaEvent = pastDeadline && state.status == .running ? .deadlinePassed : .foundStalled(maxReapAttempts: configuration.maxReapAttempts)
+            do {
+                var outcome = try await engine.advance(state.id, from: state, event: event, logger: logger)
+                if case .ignored = outcome, case .deadlinePassed = event {
+                    // Past the pivot a deadline does not compensate: re-send instead.
+                    outcome = try await engine.advance(state.id, from: state, event: .foundStalled(maxReapAttempts: configuration.maxReapAttempts), logger: logger)
+                }
+                if case .committed(let next) = outcome {
+                    logger.warning(
+                        "stalled saga handled",
+                        metadata: ["saga.status": "\(next.status.rawValue)", "saga.reapAttempts": "\(next.reapAttempts)", "saga.stalledSince": "\(state.updatedAt)"]
+                    )
+                    changed.append(next)
+                }
+            } catch {
+                logger.error("could not handle a stalled saga", metadata: ["error": "\(error)"])
+            }
+        }
+        return changed
+    }
+}

@@ -1,0 +1,75 @@
+/// The names of the exchanges and queues SagaKit uses on the broker, and the topology a
+/// participant declares.
+///
+/// - `<prefix>.commands` (direct): every saga command, routed by command name.
+/// - `<prefix>.<service>` (one queue per service): bound to the commands the service handles;
+///   competing consumers of one service share it.
+/// - `<prefix>.delay.<n>s` (fanout exchange + queue with a TTL of *n* seconds that dead-letters
+///   back to the commands exchange with the original routing key): delayed retries on a stock
+///   broker, no plugin. A delay is rounded up to the next level.
+/// - `<prefix>.dead-letter` (fanout) → `<prefix>.dead-letters`: messages that cannot be
+///   processed, with headers saying why and where they came from.
+public struct SagaTopology: Sendable, Hashable {
+    /// The prefix of every name (default `sagakit`).
+    public var prefix: String
+    /// The type of the service queues (quorum queues for replicated clusters).
+    public var queueKind: QueueSpec.Kind
+    /// The delay levels, in seconds, ascending.
+    public var delayLevels: [Int]
+
+    /// Creates the naming scheme.
+    public init(prefix: String = "sagakit", queueKind: QueueSpec.Kind = .classic, delayLevels: [Int] = [1, 2, 5, 10, 30, 60, 300, 900, 3600]) {
+        self.prefix = prefix
+        self.queueKind = queueKind
+        self.delayLevels = delayLevels.sorted()
+    }
+
+    /// The exchange every command is published to.
+    public var commandsExchange: String { "\(prefix).commands" }
+    /// The exchange dead letters are published to.
+    public var deadLetterExchange: String { "\(prefix).dead-letter" }
+    /// The queue that keeps dead letters.
+    public var deadLetterQueue: String { "\(prefix).dead-letters" }
+    /// The queue of a service.
+    public func queue(forService service: String) -> String { "\(prefix).\(service)" }
+    /// The delay exchange/queue name of a level.
+    public func delayName(seconds: Int) -> String { "\(prefix).delay.\(seconds)s" }
+
+    /// The smallest delay level that is at least `delay` (the largest level when none is).
+    public func delayLevel(for delay: Duration) -> Int {
+        let seconds = delay.seconds
+        return delayLevels.first(where: { Double($0) >= seconds }) ?? delayLevels.last ?? 1
+    }
+
+    /// Exchanges and queues shared by every participant: commands, delays, dead letters.
+    public var shared: Topology {
+        var topology = Topology(
+            exchanges: [
+                ExchangeSpec(name: commandsExchange, kind: .direct),
+                ExchangeSpec(name: deadLetterExchange, kind: .fanout),
+            ],
+            queues: [QueueSpec(name: deadLetterQueue, kind: queueKind)],
+            bindings: [BindingSpec(queue: deadLetterQueue, exchange: deadLetterExchange, routingKey: "")]
+        )
+        for level in delayLevels {
+            let name = delayName(seconds: level)
+            topology.exchanges.append(ExchangeSpec(name: name, kind: .fanout))
+            topology.queues.append(
+                QueueSpec(name: name, kind: queueKind, deadLetterExchange: commandsExchange, messageTTL: .seconds(level))
+            )
+            topology.bindings.append(BindingSpec(queue: name, exchange: name, routingKey: ""))
+        }
+        return topology
+    }
+
+    /// The shared topology plus a service's queue bound to its commands.
+    public func topology(forService service: String, commands: [String]) -> Topology {
+        let queue = queue(forService: service)
+        return shared.merging(
+            Topology(
+                queues: [QueueSpec(name: queue, kind: queueKind, deadLetterExchange: deadLetterExchange, deadLetterRoutingKey: queue)],
+                bindings: commands.sorted().map { BindingSpec(queue: queue, exchange: commandsExchange, routingKey: $0) }
+            )
+        )
+    }
+}
