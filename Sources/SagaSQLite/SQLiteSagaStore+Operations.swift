@@ -1,0 +1,268 @@
+public import Foundation
+import GRDB
+public import SagaCore
+
+extension SQLiteSagaStore {
+    /// Creates a saga (version 1) with its outbox messages in one transaction, unless a saga
+    /// with that id exists: then nothing is written and the stored saga is returned.
+    public func create(_ state: SagaState, outbox: [OutboxMessage]) async throws -> SagaCreation {
+        var initial = state
+        initial.version = 1
+        let stored = initial
+        let row = try SagaRow(stored)
+        let messages = try outbox.map(OutboxRow.init)
+        return try await write("create a saga in") { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO sagas (\(SagaRow.columns)) VALUES (\(SagaRow.placeholders))
+                    ON CONFLICT (id) DO NOTHING
+                    """,
+                arguments: row.arguments
+            )
+            guard db.changesCount == 1 else {
+                return .existing(try Self.fetchSaga(db, id: state.id)!)
+            }
+            try Self.insert(messages, into: db)
+            return .created(stored)
+        }
+    }
+
+    /// Loads a saga.
+    /// - Throws: ``SagaCore/SagaError`` `unknownSaga`.
+    public func load(_ id: SagaID) async throws -> SagaState {
+        let state = try await read("load a saga from") { db in try Self.fetchSaga(db, id: id) }
+        guard let state else { throw SagaError.unknownSaga(id) }
+        return state
+    }
+
+    /// The compare-and-swap on the version and the outbox inserts, in one `IMMEDIATE`
+    /// transaction. Ends any reaper lease on the saga.
+    @discardableResult
+    public func commit(_ transition: SagaTransition) async throws -> SagaState {
+        var next = transition.state
+        next.version = transition.expectedVersion + 1
+        let stored = next
+        let row = try SagaRow(stored)
+        let messages = try transition.outbox.map(OutboxRow.init)
+        let expected = transition.expectedVersion
+        return try await write("commit a transition to") { db in
+            try db.execute(
+                sql: """
+                    UPDATE sagas SET \(SagaRow.assignments), lease_owner = NULL, lease_until = NULL
+                    WHERE id = ? AND version = ?
+                    """,
+                arguments: row.arguments + [stored.id, expected]
+            )
+            guard db.changesCount == 1 else {
+                let actual = try Int64.fetchOne(
+                    db, sql: "SELECT version FROM sagas WHERE id = ?", arguments: [stored.id])
+                guard let actual else { throw SagaError.unknownSaga(stored.id) }
+                throw SagaError.versionConflict(sagaID: stored.id, expected: expected, actual: actual)
+            }
+            try Self.insert(messages, into: db)
+            return stored
+        }
+    }
+
+    /// Sagas matching the query, most recently updated first (ties by id).
+    public func list(_ query: SagaQuery) async throws -> [SagaState] {
+        var conditions: [String] = []
+        var arguments = StatementArguments()
+        if let statuses = query.statuses {
+            guard !statuses.isEmpty else { return [] }
+            conditions.append("status IN (\(Array(repeating: "?", count: statuses.count).joined(separator: ", ")))")
+            arguments += StatementArguments(statuses.map(\.rawValue))
+        }
+        if let name = query.name {
+            conditions.append("name = ?")
+            arguments += [name]
+        }
+        if let before = query.updatedBefore {
+            conditions.append("updated_at < ?")
+            arguments += [StoreCoding.milliseconds(before)]
+        }
+        arguments += [max(0, query.limit)]
+        let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        let sql = "SELECT \(SagaRow.columns) FROM sagas \(filter) ORDER BY updated_at DESC, id LIMIT ?"
+        let finalArguments = arguments
+        return try await read("list sagas in") { db in
+            try Row.fetchAll(db, sql: sql, arguments: finalArguments).map(SagaRow.state(from:))
+        }
+    }
+
+    /// The number of sagas in each status; every status is present, with 0 when none.
+    public func countByStatus(name: String?) async throws -> [SagaStatus: Int] {
+        let rows = try await read("count sagas in") { db in
+            if let name {
+                return try Row.fetchAll(
+                    db, sql: "SELECT status, COUNT(*) AS n FROM sagas WHERE name = ? GROUP BY status", arguments: [name]
+                ).map { ($0["status"] as String, $0["n"] as Int) }
+            }
+            return try Row.fetchAll(db, sql: "SELECT status, COUNT(*) AS n FROM sagas GROUP BY status")
+                .map { ($0["status"] as String, $0["n"] as Int) }
+        }
+        var counts = Dictionary(uniqueKeysWithValues: SagaStatus.allCases.map { ($0, 0) })
+        for (status, count) in rows {
+            counts[try StoreCoding.status(status, sagaID: "(any)"), default: 0] += count
+        }
+        return counts
+    }
+
+    /// Claims up to `limit` stalled sagas, oldest update first, in one `IMMEDIATE` transaction
+    /// (writers are serialized, across processes too, so two claimers never take the same
+    /// saga). A saga whose lease `owner` itself holds may be claimed again (the lease is renewed).
+    public func claimStalled(
+        updatedBefore: Date, now: Date, owner: String, lease: Duration, limit: Int
+    ) async throws -> [SagaState] {
+        let before = StoreCoding.milliseconds(updatedBefore)
+        let nowMS = StoreCoding.milliseconds(now)
+        let until = nowMS + StoreCoding.milliseconds(lease)
+        let limit = max(0, limit)
+        return try await write("claim stalled sagas in") { db in
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT \(SagaRow.columns) FROM sagas
+                    WHERE status IN ('running', 'compensating') AND updated_at < ?
+                      AND (lease_until IS NULL OR lease_until <= ? OR lease_owner = ?)
+                    ORDER BY updated_at, id LIMIT ?
+                    """,
+                arguments: [before, nowMS, owner, limit]
+            )
+            let states = try rows.map(SagaRow.state(from:))
+            for state in states {
+                try db.execute(
+                    sql: "UPDATE sagas SET lease_owner = ?, lease_until = ? WHERE id = ?",
+                    arguments: [owner, until, state.id]
+                )
+            }
+            return states
+        }
+    }
+
+    /// Unsent outbox messages created before `createdBefore`, oldest first.
+    public func pendingOutbox(createdBefore: Date, limit: Int) async throws -> [OutboxMessage] {
+        let before = StoreCoding.milliseconds(createdBefore)
+        let limit = max(0, limit)
+        return try await read("read the outbox of") { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT id, saga_id, exchange, routing_key, body, headers, created_at FROM outbox
+                    WHERE sent_at IS NULL AND created_at < ? ORDER BY created_at, seq LIMIT ?
+                    """,
+                arguments: [before, limit]
+            ).map(OutboxRow.message(from:))
+        }
+    }
+
+    /// Marks messages as sent; unknown ids are ignored.
+    public func markSent(_ ids: [String]) async throws {
+        guard !ids.isEmpty else { return }
+        let now = StoreCoding.milliseconds(Date())
+        try await write("mark outbox messages sent in") { db in
+            var start = 0
+            while start < ids.count {
+                let chunk = ids[start..<min(ids.count, start + 500)]
+                try db.execute(
+                    sql: """
+                        UPDATE outbox SET sent_at = ? WHERE sent_at IS NULL
+                        AND id IN (\(Array(repeating: "?", count: chunk.count).joined(separator: ", ")))
+                        """,
+                    arguments: [now] + StatementArguments(Array(chunk))
+                )
+                start += chunk.count
+            }
+        }
+    }
+
+    // MARK: Rows
+
+    static func fetchSaga(_ db: Database, id: SagaID) throws -> SagaState? {
+        try Row.fetchOne(db, sql: "SELECT \(SagaRow.columns) FROM sagas WHERE id = ?", arguments: [id])
+            .map(SagaRow.state(from:))
+    }
+
+    static func insert(_ messages: [OutboxRow], into db: Database) throws {
+        for message in messages {
+            try db.execute(
+                sql: """
+                    INSERT INTO outbox (id, saga_id, exchange, routing_key, body, headers, created_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING
+                    """,
+                arguments: message.arguments
+            )
+        }
+    }
+}
+
+/// A saga as column values.
+struct SagaRow: Sendable {
+    static let columns = """
+        id, name, status, current_step, attempt, payload, context, history, failure_reason, deadline, \
+        reap_attempts, created_at, updated_at, version
+        """
+    static let placeholders = Array(repeating: "?", count: 14).joined(separator: ", ")
+    static let assignments = columns.split(separator: ",")
+        .map { "\($0.trimmingCharacters(in: .whitespaces)) = ?" }
+        .joined(separator: ", ")
+
+    let arguments: StatementArguments
+
+    init(_ state: SagaState) throws {
+        arguments = [
+            state.id, state.name, state.status.rawValue, state.currentStep, state.attempt,
+            try StoreCoding.json(state.payload), try StoreCoding.json(state.context),
+            try StoreCoding.json(state.history),
+            state.failureReason, state.deadline.map(StoreCoding.milliseconds), state.reapAttempts,
+            StoreCoding.milliseconds(state.createdAt), StoreCoding.milliseconds(state.updatedAt), state.version,
+        ]
+    }
+
+    static func state(from row: Row) throws -> SagaState {
+        let id: String = row["id"]
+        return SagaState(
+            id: id,
+            name: row["name"],
+            status: try StoreCoding.status(row["status"], sagaID: id),
+            currentStep: row["current_step"],
+            attempt: row["attempt"],
+            payload: try StoreCoding.decode(JSONObject.self, json: row["payload"], column: "payload", sagaID: id),
+            context: try StoreCoding.decode([String: String].self, json: row["context"], column: "context", sagaID: id),
+            history: try StoreCoding.decode([StepRecord].self, json: row["history"], column: "history", sagaID: id),
+            failureReason: row["failure_reason"],
+            deadline: (row["deadline"] as Int64?).map(StoreCoding.date(milliseconds:)),
+            reapAttempts: row["reap_attempts"],
+            createdAt: StoreCoding.date(milliseconds: row["created_at"]),
+            updatedAt: StoreCoding.date(milliseconds: row["updated_at"]),
+            version: row["version"]
+        )
+    }
+}
+
+/// An outbox message as column values.
+struct OutboxRow: Sendable {
+    let arguments: StatementArguments
+
+    init(_ message: OutboxMessage) throws {
+        arguments = [
+            message.id, message.sagaID, message.exchange, message.routingKey, Data(message.body),
+            try StoreCoding.json(message.headers), StoreCoding.milliseconds(message.createdAt),
+        ]
+    }
+
+    static func message(from row: Row) throws -> OutboxMessage {
+        let id: String = row["id"]
+        let body: Data = row["body"]
+        return OutboxMessage(
+            id: id,
+            sagaID: row["saga_id"],
+            exchange: row["exchange"],
+            routingKey: row["routing_key"],
+            body: [UInt8](body),
+            headers: try StoreCoding.decode(
+                [String: String].self, json: row["headers"], column: "headers", sagaID: row["saga_id"]),
+            createdAt: StoreCoding.date(milliseconds: row["created_at"])
+        )
+    }
+}

@@ -1,0 +1,94 @@
+import Foundation
+import GRDB
+import Logging
+import SagaCore
+
+/// The SQLite schema and its migrations.
+///
+/// `sagakit_schema` holds one row with the version of the schema in the file. Opening a store
+/// runs, in one `IMMEDIATE` transaction, every migration after the recorded version; processes
+/// that open the same file at once take turns, and the later ones find nothing to do.
+enum SQLiteSchema {
+    /// The version this SagaKit writes.
+    static let currentVersion = 1
+
+    /// Migration `n` brings the schema from version `n` to `n + 1`.
+    static let migrations: [String] = [
+        // 0 → 1
+        """
+        CREATE TABLE sagas (
+            id TEXT PRIMARY KEY NOT NULL,
+            name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            current_step INTEGER NOT NULL,
+            attempt INTEGER NOT NULL,
+            payload TEXT NOT NULL,
+            context TEXT NOT NULL,
+            history TEXT NOT NULL,
+            failure_reason TEXT,
+            deadline INTEGER,
+            reap_attempts INTEGER NOT NULL,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            version INTEGER NOT NULL,
+            lease_owner TEXT,
+            lease_until INTEGER
+        );
+        CREATE INDEX sagas_status_updated ON sagas (status, updated_at);
+        CREATE INDEX sagas_name ON sagas (name);
+        CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            saga_id TEXT NOT NULL,
+            exchange TEXT NOT NULL,
+            routing_key TEXT NOT NULL,
+            body BLOB NOT NULL,
+            headers TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            sent_at INTEGER
+        );
+        CREATE INDEX outbox_pending ON outbox (created_at, seq) WHERE sent_at IS NULL;
+        CREATE INDEX outbox_saga ON outbox (saga_id);
+        """
+    ]
+
+    static func migrate(_ pool: DatabasePool, path: String, logger: Logger) async throws {
+        let (from, to) = try await pool.write { db -> (Int, Int) in
+            try db.execute(
+                sql: """
+                    CREATE TABLE IF NOT EXISTS sagakit_schema (
+                        id INTEGER PRIMARY KEY CHECK (id = 1),
+                        version INTEGER NOT NULL,
+                        migrated_at INTEGER NOT NULL
+                    )
+                    """
+            )
+            let found = try Int.fetchOne(db, sql: "SELECT version FROM sagakit_schema WHERE id = 1") ?? 0
+            guard found <= currentVersion else {
+                throw SagaError(
+                    .schemaTooNew,
+                    "the SQLite store \(path) has schema version \(found); this SagaKit knows up to \(currentVersion)",
+                    recoverySuggestion: "upgrade SagaKit in this process, or use another file"
+                )
+            }
+            guard found < currentVersion else { return (found, found) }
+            for version in found..<currentVersion {
+                try db.execute(sql: migrations[version])
+            }
+            try db.execute(
+                sql: """
+                    INSERT INTO sagakit_schema (id, version, migrated_at) VALUES (1, ?, ?)
+                    ON CONFLICT (id) DO UPDATE SET version = excluded.version, migrated_at = excluded.migrated_at
+                    """,
+                arguments: [currentVersion, StoreCoding.milliseconds(Date())]
+            )
+            return (found, currentVersion)
+        }
+        if from != to {
+            logger.info(
+                "migrated the SQLite saga store",
+                metadata: ["store.path": "\(path)", "store.schema.from": "\(from)", "store.schema.to": "\(to)"]
+            )
+        }
+    }
+}

@@ -1,0 +1,2 @@
+/// PostgreSQL is not wired yet.
+func makePostgresStore() async throws -> StoreUnderTest? { nil }
