@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The whole test suite, as a user and CI run it (`make test`).
+#
+# Installs what is missing (apt-get), starts a local RabbitMQ and PostgreSQL on 127.0.0.1 unless
+# AMQP_URL / POSTGRES_URL point elsewhere, builds once, runs every test once, and stops the
+# servers it started. Integration tests never skip silently when CI is set: an unreachable
+# server fails them.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+log() { echo "test.sh: $*" >&2; }
+
+# Build dependencies (headers and pkg-config files of the C libraries SagaKit links).
+missing=()
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+pkg-config --exists librabbitmq 2>/dev/null || missing+=(librabbitmq-dev)
+pkg-config --exists sqlite3 2>/dev/null || missing+=(libsqlite3-dev)
+if ((${#missing[@]})); then
+    log "installing ${missing[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+started=()
+cleanup() {
+    local status=$?
+    for server in "${started[@]}"; do
+        "scripts/$server.sh" stop || true
+    done
+    exit $status
+}
+trap cleanup EXIT INT TERM
+
+if [[ -z "${AMQP_URL:-}" ]]; then
+    scripts/rabbitmq.sh start
+    started+=(rabbitmq)
+    AMQP_URL="$(scripts/rabbitmq.sh url)"
+fi
+if [[ -z "${POSTGRES_URL:-}" ]]; then
+    scripts/postgres.sh start
+    started+=(postgres)
+    POSTGRES_URL="$(scripts/postgres.sh url)"
+fi
+export AMQP_URL POSTGRES_URL
+log "servers ready (AMQP_URL and POSTGRES_URL exported to the tests)"
+
+log "building (first build compiles the dependencies: several minutes)"
+swift build --build-tests "$@"
+log "running the tests"
+# Only Swift Testing is used; --disable-xctest avoids XCTest's empty "Executed 0 tests" summary.
+swift test --skip-build --disable-xctest "$@"
