@@ -1,9 +1,63 @@
 #pragma once
+// The parts of librabbitmq (rabbitmq-c) that SagaRabbitMQ uses, plus static inline wrappers for what Swift
+// cannot call directly. Only SagaRabbitMQ's internal CBridge folder imports this module.
 #if __has_include(<rabbitmq-c/amqp.h>)
 #include <rabbitmq-c/amqp.h>
 #include <rabbitmq-c/tcp.h>
+#include <rabbitmq-c/framing.h>
 #else
 #include <amqp.h>
-#include <amqp_tcp_socket.h>
 #include <amqp_framing.h>
+#include <amqp_tcp_socket.h>
 #endif
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+/// `amqp_login_with_properties` is C-variadic; this is its SASL PLAIN form. `properties` are client properties
+/// (for example `connection_name`); librabbitmq adds its own capabilities to them.
+static inline amqp_rpc_reply_t sagakit_amqp_login_plain(amqp_connection_state_t state, const char *vhost,
+                                                        int channel_max, int frame_max, int heartbeat,
+                                                        const amqp_table_t *properties, const char *user,
+                                                        const char *password) {
+    return amqp_login_with_properties(state, vhost, channel_max, frame_max, heartbeat, properties,
+                                      AMQP_SASL_METHOD_PLAIN, user, password);
+}
+
+/// A non-blocking eventfd used to wake a connection thread that waits in poll().
+static inline int sagakit_eventfd_create(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
+
+/// Adds one to the eventfd's counter (wakes the poller).
+static inline void sagakit_eventfd_signal(int fd) {
+    eventfd_t one = 1;
+    (void)eventfd_write(fd, one);
+}
+
+/// Resets the eventfd's counter.
+static inline void sagakit_eventfd_drain(int fd) {
+    eventfd_t value;
+    (void)eventfd_read(fd, &value);
+}
+
+/// Waits until `socket_fd` is readable or `wake_fd` is signalled, at most `timeout_ms`.
+/// Returns a bit set: 1 = socket readable (or in error), 2 = woken; 0 on timeout; -1 on error.
+static inline int sagakit_poll2(int socket_fd, int wake_fd, int timeout_ms) {
+    struct pollfd fds[2];
+    int n = 0;
+    if (socket_fd >= 0) {
+        fds[n].fd = socket_fd;
+        fds[n].events = POLLIN;
+        fds[n].revents = 0;
+        n++;
+    }
+    fds[n].fd = wake_fd;
+    fds[n].events = POLLIN;
+    fds[n].revents = 0;
+    n++;
+    int rc = poll(fds, (nfds_t)n, timeout_ms);
+    if (rc < 0) return -1;
+    int result = 0;
+    if (socket_fd >= 0 && fds[0].revents != 0) result |= 1;
+    if (fds[n - 1].revents != 0) result |= 2;
+    return result;
+}

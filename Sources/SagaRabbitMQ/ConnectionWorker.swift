@@ -1,0 +1,844 @@
+import Foundation
+import Logging
+import SagaCore
+
+/// What a connection is used for (see ``RabbitMQBus`` for why publishing and consuming are separated).
+enum ConnectionRole: String, Sendable {
+    case publisher
+    case consumer
+}
+
+/// Starts a connection thread and returns its mailbox once the first connection is open.
+enum ConnectionThread {
+    static func start(
+        role: ConnectionRole, configuration: RabbitMQConfiguration, registry: TopologyRegistry
+    ) async throws -> Mailbox {
+        let mailbox = try Mailbox()
+        try await withCheckedThrowingContinuation { (startup: CheckedContinuation<Void, any Error>) in
+            let thread = Thread {
+                let worker = ConnectionWorker(
+                    role: role, configuration: configuration, mailbox: mailbox, registry: registry)
+                worker.run(startup: startup)
+            }
+            thread.name = "SagaKit.amqp.\(role.rawValue)"
+            thread.stackSize = 1 << 20
+            thread.start()
+        }
+        return mailbox
+    }
+}
+
+/// Owns one AMQP connection and runs on its own dedicated OS thread, never on Swift's cooperative pool.
+///
+/// The loop: take the mailbox's commands; send queued publishes while fewer than `confirmWindow` confirms are
+/// outstanding; read whatever frames the socket has (deliveries, confirms, returns, closes) without blocking;
+/// then sleep in poll() on the socket and the mailbox's eventfd, at most a second (heartbeats are serviced
+/// inside library calls, so the thread calls into the library at least every heartbeat/2).
+///
+/// Channels: 1 carries declarations (a failed declaration closes only it), 2 is the confirm-mode publish channel,
+/// 3 and up carry one consumer each (a per-consumer prefetch is a per-channel `basic.qos`).
+///
+/// Not `Sendable`: created on its thread and never leaves it.
+final class ConnectionWorker {
+    private static let controlChannel: UInt16 = 1
+    private static let publishChannel: UInt16 = 2
+    private static let firstConsumerChannel: UInt16 = 3
+
+    private struct ActiveConsumer {
+        var registration: ConsumerRegistration
+        /// `nil` while disconnected.
+        var channel: UInt16?
+        var epoch: UInt64 = 0
+        var consumerTag = ""
+        /// Deliveries handed to the stream and not yet settled.
+        var unsettled = 0
+        /// Cancelled by shutdown: the stream is finished, settlements are still accepted.
+        var stopping = false
+    }
+
+    private struct PartialContent {
+        enum Kind {
+            case delivery(tag: UInt64, redelivered: Bool)
+            case returned(code: UInt16, text: String)
+        }
+        var kind: Kind
+        var exchange: String
+        var routingKey: String
+        var bodySize: UInt64 = 0
+        var properties = ContentProperties()
+        var body: [UInt8] = []
+    }
+
+    private let role: ConnectionRole
+    private let configuration: RabbitMQConfiguration
+    private let mailbox: Mailbox
+    private let registry: TopologyRegistry
+    private var logger: Logger
+    private let clock = ContinuousClock()
+    private let place: String
+
+    private var connection: AMQPConnection?
+    private var controlChannelOpen = false
+    private var publishChannelOpen = false
+    private var nextChannel = firstConsumerChannel
+    private var freeChannels: [UInt16] = []
+    private var epochCounter: UInt64 = 0
+    private var blocked = false
+
+    private var queued = FIFO<PublishRequest>()
+    private var tracker = ConfirmTracker<PublishRequest>()
+
+    private var consumers: [UInt64: ActiveConsumer] = [:]
+    private var channelConsumers: [UInt16: UInt64] = [:]
+    private var partials: [UInt16: PartialContent] = [:]
+
+    /// Declarations and consumer starts that arrived while disconnected.
+    private var parked: [Command] = []
+
+    private var shutdownWaiters: [CheckedContinuation<Void, Never>] = []
+    private var shutdownDeadline: ContinuousClock.Instant?
+
+    private var lastHeard: ContinuousClock.Instant
+    private var lastServiced: ContinuousClock.Instant
+    private var disconnectedSince: ContinuousClock.Instant?
+    private var reconnectAttempt = 0
+
+    init(
+        role: ConnectionRole, configuration: RabbitMQConfiguration, mailbox: Mailbox, registry: TopologyRegistry
+    ) {
+        self.role = role
+        self.configuration = configuration
+        self.mailbox = mailbox
+        self.registry = registry
+        self.place = "\(configuration.host):\(configuration.port)"
+        var logger = configuration.logger
+        logger[metadataKey: "amqp.connection"] = "\(role.rawValue)"
+        logger[metadataKey: "amqp.broker"] = "\(place)"
+        self.logger = logger
+        lastHeard = clock.now
+        lastServiced = clock.now
+    }
+
+    // MARK: The loop
+
+    func run(startup: CheckedContinuation<Void, any Error>) {
+        do {
+            try establish()
+        } catch {
+            startup.resume(throwing: error)
+            finish()
+            return
+        }
+        startup.resume()
+        loop()
+        finish()
+    }
+
+    private func loop() {
+        var socketReadable = false
+        while true {
+            guard let current = connection else {
+                if shutdownDeadline != nil { return }
+                if !reconnect() { return }
+                continue
+            }
+            for command in mailbox.takeAll() { execute(command) }
+            guard connection === current else { continue }
+            do {
+                try pumpPublishes(current)
+                let now = clock.now
+                if heartbeatInterval > .zero, now - lastServiced >= heartbeatInterval / 2 {
+                    socketReadable = true
+                    lastServiced = now
+                }
+                if socketReadable || current.hasBufferedInput { try readFrames(current) }
+                socketReadable = false
+                guard connection === current else { continue }
+                if shutdownDeadline != nil, shutdownFinished() { return }
+                if heartbeatInterval > .zero, now - lastHeard > heartbeatInterval * 2 {
+                    throw AMQPFailure.connectionLost(reason: "no data and no heartbeat from the broker", code: nil)
+                }
+            } catch let failure as AMQPFailure {
+                connectionLost(failure)
+                continue
+            } catch {
+                connectionLost(.connectionLost(reason: "\(error)", code: nil))
+                continue
+            }
+            let busy = current.hasBufferedInput || (!queued.isEmpty && tracker.count < window && !blocked)
+            if busy {
+                socketReadable = current.wait(wake: mailbox.wake, timeoutMilliseconds: 0).readable
+            } else if mailbox.prepareToSleep() {
+                let timeout: Int32 = shutdownDeadline == nil ? idleTimeoutMilliseconds : 20
+                let (readable, woken) = current.wait(wake: mailbox.wake, timeoutMilliseconds: timeout)
+                mailbox.awake()
+                if woken { mailbox.wake.drain() }
+                socketReadable = readable
+            }
+            if socketReadable { lastHeard = clock.now }
+        }
+    }
+
+    private var window: Int { max(1, configuration.confirmWindow) }
+    private var heartbeatInterval: Duration { configuration.heartbeat }
+    private var idleTimeoutMilliseconds: Int32 {
+        guard heartbeatInterval > .zero else { return 1000 }
+        return Int32(min(1000, max(10, (heartbeatInterval / 2).milliseconds)))
+    }
+
+    // MARK: Connecting
+
+    /// Opens the connection, re-declares the recorded topology, resumes consumers and runs parked commands.
+    private func establish() throws(BusError) {
+        let opened = try AMQPConnection.open(configuration.connectParameters(role: role.rawValue))
+        connection = opened
+        controlChannelOpen = false
+        publishChannelOpen = false
+        blocked = false
+        nextChannel = Self.firstConsumerChannel
+        freeChannels.removeAll()
+        lastHeard = clock.now
+        lastServiced = clock.now
+        disconnectedSince = nil
+
+        redeclareTopology()
+        for id in consumers.keys.sorted() where connection === opened {
+            guard let consumer = consumers[id], !consumer.stopping else { continue }
+            startConsumer(consumer.registration, reply: nil)
+        }
+        let waiting = parked
+        parked.removeAll()
+        for command in waiting { execute(command) }
+    }
+
+    private func redeclareTopology() {
+        let topology = registry.current
+        guard let current = connection,
+            !(topology.exchanges.isEmpty && topology.queues.isEmpty && topology.bindings.isEmpty)
+        else { return }
+        var failures = 0
+        for item in topology.operations {
+            do throws(AMQPFailure) {
+                try ensureControlChannel(current)
+                try item.run(current, Self.controlChannel)
+            } catch .channelClosed(_, let code, let text) {
+                controlChannelOpen = false
+                failures += 1
+                logger.warning(
+                    "re-declaring after reconnect failed",
+                    metadata: ["amqp.operation": "\(item.description)", "amqp.reply": "\(code) \(text)"])
+            } catch {
+                connectionLost(error)
+                return
+            }
+        }
+        logger.debug("topology re-declared", metadata: ["amqp.failures": "\(failures)"])
+    }
+
+    /// Waits out the backoff delay (still taking commands), then tries to connect once.
+    /// - Returns: `false` when the bus is shutting down.
+    private func reconnect() -> Bool {
+        let base = configuration.reconnectDelayMin * (1 << min(reconnectAttempt, 20))
+        let capped = min(base, configuration.reconnectDelayMax)
+        let delay = capped * Double.random(in: 0.8...1.0)
+        let until = clock.now + delay
+        while clock.now < until {
+            for command in mailbox.takeAll() { execute(command) }
+            if shutdownDeadline != nil { return false }
+            failExpiredPublishes()
+            if mailbox.prepareToSleep() {
+                let remaining = max(.milliseconds(1), until - clock.now)
+                mailbox.wake.wait(timeoutMilliseconds: Int32(min(remaining.milliseconds + 1, 1000)))
+                mailbox.awake()
+            }
+        }
+        reconnectAttempt += 1
+        do {
+            try establish()
+            logger.info("reconnected", metadata: ["amqp.attempts": "\(reconnectAttempt)"])
+            reconnectAttempt = 0
+        } catch {
+            logger.warning(
+                "reconnecting failed; trying again", metadata: ["amqp.error": "\(error)", "amqp.attempt": "\(reconnectAttempt)"])
+        }
+        return true
+    }
+
+    /// Tears the connection down after a failure and prepares for a reconnect: unconfirmed publishes go back to
+    /// the front of the queue (they are sent again), consumers will be restarted, and settlements of deliveries
+    /// from this connection become no-ops (the broker requeues those messages).
+    private func connectionLost(_ failure: AMQPFailure) {
+        guard let lost = connection else { return }
+        lost.destroy()
+        connection = nil
+        disconnectedSince = clock.now
+        reconnectAttempt = 0
+        switch failure {
+        case .connectionLost(let reason, let code):
+            logger.warning(
+                "connection lost; reconnecting",
+                metadata: ["amqp.reason": "\(reason)", "amqp.reply_code": "\(code.map(String.init) ?? "none")"])
+        case .channelClosed(let channel, let code, let text):
+            logger.warning(
+                "unexpected channel close; reconnecting",
+                metadata: ["amqp.channel": "\(channel)", "amqp.reply": "\(code) \(text)"])
+        }
+        partials.removeAll()
+        requeueOutstandingPublishes()
+        channelConsumers.removeAll()
+        for (id, consumer) in consumers {
+            if consumer.stopping {
+                consumers[id] = nil
+            } else {
+                consumers[id]?.channel = nil
+                consumers[id]?.unsettled = 0
+            }
+        }
+    }
+
+    private func requeueOutstandingPublishes() {
+        var resend: [PublishRequest] = []
+        for entry in tracker.removeAll() {
+            if entry.returned != nil {
+                entry.item.continuation.resume(throwing: unroutable(entry.item.message))
+            } else {
+                resend.append(entry.item)
+            }
+        }
+        if !resend.isEmpty {
+            logger.info("re-sending unconfirmed publishes after reconnect", metadata: ["amqp.count": "\(resend.count)"])
+        }
+        queued.prepend(contentsOf: resend)
+    }
+
+    private func failExpiredPublishes() {
+        let limit = clock.now - configuration.publishRecoveryTimeout
+        let expired = queued.removeAll { $0.enqueued < limit }
+        for request in expired {
+            request.continuation.resume(throwing: connectionLostError(request.message))
+        }
+    }
+
+    // MARK: Commands
+
+    private func execute(_ command: Command) {
+        switch command {
+        case .publish(let request):
+            queued.append(request)
+        case .declare(let topology, let reply):
+            runControl(command, reply: reply, operations: topology.operations) { registry.record(topology) }
+        case .deleteQueue(let name, let reply):
+            runControl(command, reply: reply, operations: [.deleteQueue(name)]) { registry.forgetQueue(name) }
+        case .deleteExchange(let name, let reply):
+            runControl(command, reply: reply, operations: [.deleteExchange(name)]) { registry.forgetExchange(name) }
+        case .consume(let registration, let reply):
+            if shutdownDeadline != nil {
+                reply.resume(throwing: closedError())
+            } else if connection == nil {
+                parked.append(command)
+            } else {
+                startConsumer(registration, reply: reply)
+            }
+        case .cancelConsumer(let id):
+            cancelConsumer(id)
+        case .settle(let channel, let epoch, let tag, let settlement):
+            settle(channel: channel, epoch: epoch, tag: tag, settlement)
+        case .shutdown(let reply):
+            shutdownWaiters.append(reply)
+            if shutdownDeadline == nil { beginShutdown() }
+        }
+    }
+
+    /// Runs declarations on the control channel; a channel error fails `reply` with a `BusError` naming the
+    /// queue/exchange/argument, a connection loss parks the command until the connection is back.
+    private func runControl(
+        _ command: Command, reply: CheckedContinuation<Void, any Error>, operations: [TopologyOperation],
+        onSuccess: () -> Void
+    ) {
+        guard let current = connection else {
+            parked.append(command)
+            return
+        }
+        for operation in operations {
+            do throws(AMQPFailure) {
+                try ensureControlChannel(current)
+                try operation.run(current, Self.controlChannel)
+            } catch .channelClosed(_, let code, let text) {
+                controlChannelOpen = false
+                reply.resume(
+                    throwing: BrokerErrorText.channelError(code: code, text: text, operation: operation.description))
+                return
+            } catch {
+                parked.append(command)
+                connectionLost(error)
+                return
+            }
+        }
+        onSuccess()
+        reply.resume()
+    }
+
+    private func ensureControlChannel(_ current: AMQPConnection) throws(AMQPFailure) {
+        guard !controlChannelOpen else { return }
+        try current.openChannel(Self.controlChannel)
+        controlChannelOpen = true
+    }
+
+    // MARK: Publishing
+
+    private func pumpPublishes(_ current: AMQPConnection) throws(AMQPFailure) {
+        guard !queued.isEmpty, !blocked, tracker.count < window else { return }
+        if !publishChannelOpen {
+            try current.openChannel(Self.publishChannel)
+            try current.confirmSelect(Self.publishChannel)
+            publishChannelOpen = true
+        }
+        while tracker.count < window, let request = queued.popFirst() {
+            tracker.add(request)
+            try current.publish(Self.publishChannel, request.message)
+        }
+    }
+
+    private func confirmed(tag: UInt64, multiple: Bool, ack: Bool) {
+        tracker.confirm(tag: tag, multiple: multiple) { entry in
+            let message = entry.item.message
+            if !ack {
+                entry.item.continuation.resume(
+                    throwing: BusError(
+                        .nacked,
+                        "The broker refused the message to exchange '\(message.exchange)' with routing key "
+                            + "'\(message.routingKey)' (basic.nack)",
+                        recoverySuggestion: "the broker could not store it (queue limits, disk or memory alarm); "
+                            + "publish it again later",
+                        isRetryable: true))
+            } else if entry.returned != nil {
+                entry.item.continuation.resume(throwing: unroutable(message))
+            } else {
+                entry.item.continuation.resume()
+            }
+        }
+    }
+
+    private func returned(_ content: PartialContent, code: UInt16, text: String) {
+        let info = ConfirmTracker<PublishRequest>.ReturnedInfo(replyCode: code, replyText: text)
+        let matched = tracker.markReturned(info) { request in
+            request.message.exchange == content.exchange && request.message.routingKey == content.routingKey
+                && request.message.messageId == content.properties.messageId && request.message.body == content.body
+        }
+        if !matched {
+            logger.debug("a returned message matched no outstanding publish", metadata: ["amqp.reply": "\(text)"])
+        }
+    }
+
+    /// The broker closed the publish channel (for example: publishing to an exchange that does not exist).
+    /// The publishes it names fail; the others are sent again on a new channel.
+    private func publishChannelClosed(code: UInt16, text: String) {
+        publishChannelOpen = false
+        let outstanding = tracker.removeAll()
+        let missingExchange = code == 404 ? BrokerErrorText.quoted(in: text, after: "no exchange '") : nil
+        var resend: [PublishRequest] = []
+        var failedOne = false
+        for entry in outstanding {
+            let message = entry.item.message
+            if let missingExchange, message.exchange == missingExchange {
+                entry.item.continuation.resume(
+                    throwing: BrokerErrorText.channelError(
+                        code: code, text: text, operation: "publishing to exchange '\(message.exchange)'"))
+            } else if entry.returned != nil {
+                entry.item.continuation.resume(throwing: unroutable(message))
+            } else if missingExchange == nil, !failedOne {
+                // The broker does not say which publish it refused; the oldest unconfirmed one is the likeliest.
+                failedOne = true
+                entry.item.continuation.resume(
+                    throwing: BrokerErrorText.channelError(
+                        code: code, text: text, operation: "publishing to exchange '\(message.exchange)'"))
+            } else {
+                resend.append(entry.item)
+            }
+        }
+        if let missingExchange {
+            for request in queued.removeAll(where: { $0.message.exchange == missingExchange }) {
+                request.continuation.resume(
+                    throwing: BrokerErrorText.channelError(
+                        code: code, text: text, operation: "publishing to exchange '\(missingExchange)'"))
+            }
+        }
+        queued.prepend(contentsOf: resend)
+    }
+
+    private func unroutable(_ message: OutgoingMessage) -> BusError {
+        let exchange = message.exchange.isEmpty ? "(default exchange)" : "'\(message.exchange)'"
+        return BusError(
+            .unroutable,
+            "No queue is bound to exchange \(exchange) for routing key '\(message.routingKey)'; "
+                + "the mandatory message was returned",
+            recoverySuggestion: "declare the queue and its binding before publishing")
+    }
+
+    private func connectionLostError(_ message: OutgoingMessage) -> BusError {
+        BusError(
+            .connectionLost,
+            "The connection to \(place) was lost and the message to exchange '\(message.exchange)' with routing "
+                + "key '\(message.routingKey)' could not be confirmed",
+            recoverySuggestion: "publish it again when the broker is reachable; it may have been delivered "
+                + "already, so deduplicate by message id",
+            isRetryable: true)
+    }
+
+    private func closedError() -> BusError {
+        BusError(.closed, "The RabbitMQ bus has been shut down", recoverySuggestion: "connect a new bus")
+    }
+
+    // MARK: Consuming
+
+    private func startConsumer(_ registration: ConsumerRegistration, reply: CheckedContinuation<Void, any Error>?) {
+        guard let current = connection else { return }
+        let channel = freeChannels.popLast() ?? nextChannel
+        if channel == nextChannel { nextChannel += 1 }
+        epochCounter += 1
+        var consumer = consumers[registration.id] ?? ActiveConsumer(registration: registration)
+        do throws(AMQPFailure) {
+            try current.openChannel(channel)
+            try current.qos(channel, prefetch: registration.prefetch)
+            consumer.consumerTag = try current.consume(channel, queue: registration.queue)
+            consumer.channel = channel
+            consumer.epoch = epochCounter
+            consumer.unsettled = 0
+            consumers[registration.id] = consumer
+            channelConsumers[channel] = registration.id
+            reply?.resume()
+        } catch .channelClosed(_, let code, let text) {
+            freeChannels.append(channel)
+            let error = BrokerErrorText.channelError(
+                code: code, text: text, operation: "consuming from queue '\(registration.queue)'")
+            consumers[registration.id] = nil
+            if let reply {
+                reply.resume(throwing: error)
+            } else {
+                logger.warning(
+                    "a consumer could not be resumed", metadata: ["amqp.queue": "\(registration.queue)"])
+            }
+            registration.continuation.finish(throwing: error)
+        } catch {
+            // Connection lost while starting: it starts again after the reconnect.
+            if let reply {
+                parked.append(.consume(registration, reply))
+            } else {
+                consumer.channel = nil
+                consumers[registration.id] = consumer
+            }
+            connectionLost(error)
+        }
+    }
+
+    private func cancelConsumer(_ id: UInt64) {
+        guard let consumer = consumers[id], !consumer.stopping else { return }
+        consumers[id] = nil
+        guard let channel = consumer.channel, let current = connection else { return }
+        channelConsumers[channel] = nil
+        do throws(AMQPFailure) {
+            // Closing the channel makes the broker requeue what this consumer had not settled.
+            try current.closeChannel(channel)
+            freeChannels.append(channel)
+        } catch .channelClosed {
+            freeChannels.append(channel)
+        } catch {
+            connectionLost(error)
+        }
+    }
+
+    private func settle(channel: UInt16, epoch: UInt64, tag: UInt64, _ settlement: Settlement) {
+        guard let current = connection, let id = channelConsumers[channel], let consumer = consumers[id],
+            consumer.epoch == epoch
+        else { return }
+        do throws(AMQPFailure) {
+            switch settlement {
+            case .ack: try current.ack(channel, tag: tag, multiple: false)
+            case .nack(let requeue): try current.nack(channel, tag: tag, requeue: requeue)
+            case .reject: try current.reject(channel, tag: tag)
+            }
+            consumers[id]?.unsettled -= 1
+        } catch {
+            connectionLost(error)
+        }
+    }
+
+    private func deliver(_ content: PartialContent, channel: UInt16, tag: UInt64, redelivered: Bool)
+        throws(AMQPFailure)
+    {
+        guard let id = channelConsumers[channel], let consumer = consumers[id] else { return }
+        let delivery = Delivery(
+            exchange: content.exchange,
+            routingKey: content.routingKey,
+            queue: consumer.registration.queue,
+            body: content.body,
+            headers: content.properties.headers,
+            messageId: content.properties.messageId,
+            contentType: content.properties.contentType,
+            type: content.properties.type,
+            correlationId: content.properties.correlationId,
+            redelivered: redelivered,
+            settler: RabbitMQSettler(mailbox: mailbox, channel: channel, epoch: consumer.epoch, tag: tag)
+        )
+        if case .terminated = consumer.registration.continuation.yield(delivery) {
+            // Nobody reads this stream any more: hand the message back at once.
+            try connection?.nack(channel, tag: tag, requeue: true)
+        } else {
+            consumers[id]?.unsettled += 1
+        }
+    }
+
+    private func consumerChannelClosed(_ channel: UInt16, code: UInt16, text: String) {
+        guard let id = channelConsumers.removeValue(forKey: channel), let consumer = consumers[id] else { return }
+        freeChannels.append(channel)
+        logger.warning(
+            "the broker closed a consumer's channel; restarting the consumer",
+            metadata: ["amqp.queue": "\(consumer.registration.queue)", "amqp.reply": "\(code) \(text)"])
+        consumers[id]?.channel = nil
+        if consumer.stopping {
+            consumers[id] = nil
+        } else {
+            startConsumer(consumer.registration, reply: nil)
+        }
+    }
+
+    private func brokerCancelled(_ channel: UInt16) {
+        guard let id = channelConsumers.removeValue(forKey: channel), let consumer = consumers.removeValue(forKey: id)
+        else { return }
+        consumer.registration.continuation.finish(
+            throwing: BusError(
+                .notFound,
+                "The broker cancelled the consumer of queue '\(consumer.registration.queue)' (the queue was deleted)",
+                recoverySuggestion: "declare the queue again and start a new consumer"))
+        if let current = connection {
+            do throws(AMQPFailure) {
+                try current.closeChannel(channel)
+            } catch .channelClosed {
+            } catch {
+                connectionLost(error)
+            }
+        }
+        freeChannels.append(channel)
+    }
+
+    // MARK: Reading
+
+    private func readFrames(_ current: AMQPConnection) throws(AMQPFailure) {
+        var budget = 4096
+        repeat {
+            guard let frame = try current.nextFrame() else { break }
+            try handle(frame)
+            guard connection === current else { return }
+            budget -= 1
+        } while budget > 0 && current.hasBufferedInput
+        current.releaseBuffers()
+    }
+
+    private func handle(_ frame: IncomingFrame) throws(AMQPFailure) {
+        switch frame {
+        case .deliver(let channel, let tag, let redelivered, let exchange, let routingKey):
+            partials[channel] = PartialContent(
+                kind: .delivery(tag: tag, redelivered: redelivered), exchange: exchange, routingKey: routingKey)
+        case .returned(let channel, let code, let text, let exchange, let routingKey):
+            partials[channel] = PartialContent(
+                kind: .returned(code: code, text: text), exchange: exchange, routingKey: routingKey)
+        case .header(let channel, let bodySize, let properties):
+            guard partials[channel] != nil else { return }
+            partials[channel]!.properties = properties
+            partials[channel]!.bodySize = bodySize
+            if bodySize == 0 { try complete(channel) }
+        case .body(let channel, let bytes):
+            guard partials[channel] != nil else { return }
+            if partials[channel]!.body.isEmpty {
+                partials[channel]!.body = bytes
+            } else {
+                partials[channel]!.body.append(contentsOf: bytes)
+            }
+            if UInt64(partials[channel]!.body.count) >= partials[channel]!.bodySize { try complete(channel) }
+        case .confirm(let channel, let tag, let multiple, let ack):
+            if channel == Self.publishChannel { confirmed(tag: tag, multiple: multiple, ack: ack) }
+        case .brokerCancel(let channel):
+            brokerCancelled(channel)
+        case .channelClose(let channel, let code, let text):
+            partials[channel] = nil
+            if channel == Self.publishChannel {
+                publishChannelClosed(code: code, text: text)
+            } else if channel == Self.controlChannel {
+                controlChannelOpen = false
+            } else {
+                consumerChannelClosed(channel, code: code, text: text)
+            }
+        case .blocked(let isBlocked):
+            blocked = isBlocked
+            logger.warning(isBlocked ? "the broker blocked publishing (resource alarm)" : "publishing unblocked")
+        case .other:
+            break
+        }
+    }
+
+    private func complete(_ channel: UInt16) throws(AMQPFailure) {
+        guard let content = partials.removeValue(forKey: channel) else { return }
+        switch content.kind {
+        case .delivery(let tag, let redelivered):
+            try deliver(content, channel: channel, tag: tag, redelivered: redelivered)
+        case .returned(let code, let text):
+            returned(content, code: code, text: text)
+        }
+    }
+
+    // MARK: Shutdown
+
+    /// Stops every consumer (basic.cancel, the stream ends after what it buffered) but keeps accepting
+    /// settlements and confirms until ``shutdownFinished()``.
+    private func beginShutdown() {
+        shutdownDeadline = clock.now + configuration.shutdownTimeout
+        for id in consumers.keys.sorted() {
+            guard var consumer = consumers[id] else { continue }
+            consumer.stopping = true
+            consumers[id] = consumer
+            if let channel = consumer.channel, let current = connection {
+                do throws(AMQPFailure) {
+                    try current.cancel(channel, consumerTag: consumer.consumerTag)
+                } catch .channelClosed {
+                } catch {
+                    connectionLost(error)
+                }
+            }
+            consumer.registration.continuation.finish()
+        }
+    }
+
+    private func shutdownFinished() -> Bool {
+        let settled = consumers.values.allSatisfy { $0.unsettled <= 0 }
+        if settled && queued.isEmpty && tracker.isEmpty { return true }
+        if let deadline = shutdownDeadline, clock.now >= deadline {
+            logger.warning(
+                "shutdown timed out",
+                metadata: [
+                    "amqp.unconfirmed": "\(tracker.count + queued.count)",
+                    "amqp.unsettled": "\(consumers.values.reduce(0) { $0 + $1.unsettled })",
+                ])
+            return true
+        }
+        return false
+    }
+
+    /// Ends the thread's work: refuses new commands, fails whatever is left, closes the connection.
+    private func finish() {
+        let leftovers = mailbox.close()
+        for command in leftovers + parked { refuse(command) }
+        parked.removeAll()
+        for entry in tracker.removeAll() {
+            entry.item.continuation.resume(throwing: connectionLostError(entry.item.message))
+        }
+        while let request = queued.popFirst() {
+            request.continuation.resume(throwing: connectionLostError(request.message))
+        }
+        for consumer in consumers.values where !consumer.stopping {
+            consumer.registration.continuation.finish()
+        }
+        consumers.removeAll()
+        if let current = connection {
+            current.close()
+            connection = nil
+        }
+        for waiter in shutdownWaiters { waiter.resume() }
+        shutdownWaiters.removeAll()
+        logger.debug("connection thread finished")
+    }
+
+    private func refuse(_ command: Command) {
+        switch command {
+        case .publish(let request): request.continuation.resume(throwing: closedError())
+        case .declare(_, let reply), .deleteQueue(_, let reply), .deleteExchange(_, let reply):
+            reply.resume(throwing: closedError())
+        case .consume(let registration, let reply):
+            registration.continuation.finish()
+            reply.resume(throwing: closedError())
+        case .cancelConsumer, .settle: break
+        case .shutdown(let reply): shutdownWaiters.append(reply)
+        }
+    }
+}
+
+/// One broker operation on the control channel.
+enum TopologyOperation: CustomStringConvertible {
+    case exchange(ExchangeSpec)
+    case queue(QueueSpec)
+    case binding(BindingSpec)
+    case deleteQueue(String)
+    case deleteExchange(String)
+
+    func run(_ connection: AMQPConnection, _ channel: UInt16) throws(AMQPFailure) {
+        switch self {
+        case .exchange(let spec): try connection.declareExchange(channel, spec)
+        case .queue(let spec): try connection.declareQueue(channel, spec)
+        case .binding(let spec): try connection.bind(channel, spec)
+        case .deleteQueue(let name): try connection.deleteQueue(channel, name)
+        case .deleteExchange(let name): try connection.deleteExchange(channel, name)
+        }
+    }
+
+    var description: String {
+        switch self {
+        case .exchange(let spec): "declaring exchange '\(spec.name)'"
+        case .queue(let spec): "declaring queue '\(spec.name)'"
+        case .binding(let spec):
+            "binding queue '\(spec.queue)' to exchange '\(spec.exchange)' with key '\(spec.routingKey)'"
+        case .deleteQueue(let name): "deleting queue '\(name)'"
+        case .deleteExchange(let name): "deleting exchange '\(name)'"
+        }
+    }
+}
+
+extension Topology {
+    /// Exchanges, then queues, then bindings.
+    var operations: [TopologyOperation] {
+        exchanges.map(TopologyOperation.exchange) + queues.map(TopologyOperation.queue)
+            + bindings.map(TopologyOperation.binding)
+    }
+}
+
+/// A first-in first-out queue with cheap removal at the front.
+struct FIFO<Element> {
+    private var items: [Element] = []
+    private var head = 0
+
+    var isEmpty: Bool { head == items.count }
+    var count: Int { items.count - head }
+
+    mutating func append(_ element: Element) { items.append(element) }
+
+    mutating func popFirst() -> Element? {
+        guard head < items.count else { return nil }
+        let element = items[head]
+        head += 1
+        if head == items.count {
+            items.removeAll(keepingCapacity: true)
+            head = 0
+        } else if head >= 1024, head * 2 >= items.count {
+            items.removeFirst(head)
+            head = 0
+        }
+        return element
+    }
+
+    mutating func prepend(contentsOf elements: [Element]) {
+        guard !elements.isEmpty else { return }
+        items = elements + items[head...]
+        head = 0
+    }
+
+    mutating func removeAll(where shouldRemove: (Element) -> Bool) -> [Element] {
+        var removed: [Element] = []
+        var kept: [Element] = []
+        for element in items[head...] {
+            if shouldRemove(element) { removed.append(element) } else { kept.append(element) }
+        }
+        if !removed.isEmpty {
+            items = kept
+            head = 0
+        }
+        return removed
+    }
+}

@@ -1,0 +1,157 @@
+import SagaCore
+import Synchronization
+
+/// Work handed from async callers to a connection thread.
+enum Command: Sendable {
+    case publish(PublishRequest)
+    case declare(Topology, CheckedContinuation<Void, any Error>)
+    case deleteQueue(String, CheckedContinuation<Void, any Error>)
+    case deleteExchange(String, CheckedContinuation<Void, any Error>)
+    case consume(ConsumerRegistration, CheckedContinuation<Void, any Error>)
+    case cancelConsumer(id: UInt64)
+    case settle(channel: UInt16, epoch: UInt64, tag: UInt64, Settlement)
+    case shutdown(CheckedContinuation<Void, Never>)
+}
+
+/// One publish waiting for its confirm.
+struct PublishRequest: Sendable {
+    var message: OutgoingMessage
+    var continuation: CheckedContinuation<Void, any Error>
+    var enqueued: ContinuousClock.Instant
+}
+
+/// A consumer as the bus knows it; survives reconnects.
+struct ConsumerRegistration: Sendable {
+    var id: UInt64
+    var queue: String
+    var prefetch: UInt16
+    var continuation: DeliveryStream.Continuation
+}
+
+/// The hand-off point between async callers (any thread) and one connection thread.
+///
+/// Callers append commands under a mutex; the eventfd is written only when the connection thread said it is
+/// about to sleep in poll(), so a busy thread is not woken by a syscall per command.
+final class Mailbox: Sendable {
+    private struct State {
+        var commands: [Command] = []
+        var sleeping = false
+        var closed = false
+    }
+
+    private let state = Mutex(State())
+    let wake: WakeSignal
+
+    init() throws(BusError) {
+        wake = try WakeSignal()
+    }
+
+    /// Queues a command. Returns `false` when the connection thread has exited.
+    @discardableResult
+    func send(_ command: Command) -> Bool {
+        let (accepted, wakeUp) = state.withLock { state -> (Bool, Bool) in
+            guard !state.closed else { return (false, false) }
+            state.commands.append(command)
+            let wakeUp = state.sleeping
+            state.sleeping = false
+            return (true, wakeUp)
+        }
+        if wakeUp { wake.signal() }
+        return accepted
+    }
+
+    /// Takes every queued command, in order.
+    func takeAll() -> [Command] {
+        state.withLock { state in
+            guard !state.commands.isEmpty else { return [] }
+            var taken: [Command] = []
+            swap(&taken, &state.commands)
+            return taken
+        }
+    }
+
+    /// Called by the connection thread before poll(): returns `false` (do not sleep) when commands are waiting.
+    func prepareToSleep() -> Bool {
+        state.withLock { state in
+            guard state.commands.isEmpty else { return false }
+            state.sleeping = true
+            return true
+        }
+    }
+
+    /// Called by the connection thread after poll().
+    func awake() {
+        state.withLock { $0.sleeping = false }
+    }
+
+    /// Refuses further commands and returns those still queued.
+    func close() -> [Command] {
+        state.withLock { state in
+            state.closed = true
+            var taken: [Command] = []
+            swap(&taken, &state.commands)
+            return taken
+        }
+    }
+}
+
+/// Settles one RabbitMQ delivery by handing the settlement to the consumer connection's thread.
+///
+/// The `epoch` identifies the channel the delivery came on: after a reconnect (or a channel reopen) the epoch
+/// differs and the settlement is dropped, because the broker has already requeued the message.
+final class RabbitMQSettler: DeliverySettler {
+    private let mailbox: Mailbox
+    private let channel: UInt16
+    private let epoch: UInt64
+    private let tag: UInt64
+    private let settled = Atomic<Bool>(false)
+
+    init(mailbox: Mailbox, channel: UInt16, epoch: UInt64, tag: UInt64) {
+        self.mailbox = mailbox
+        self.channel = channel
+        self.epoch = epoch
+        self.tag = tag
+    }
+
+    func settle(_ settlement: Settlement) async throws {
+        guard !settled.exchange(true, ordering: .relaxed) else { return }
+        mailbox.send(.settle(channel: channel, epoch: epoch, tag: tag, settlement))
+    }
+}
+
+/// Every topology declared through the bus, re-declared after a reconnect.
+final class TopologyRegistry: Sendable {
+    private let recorded = Mutex(Topology())
+
+    func record(_ topology: Topology) {
+        recorded.withLock { all in
+            for exchange in topology.exchanges where !all.exchanges.contains(exchange) {
+                all.exchanges.append(exchange)
+            }
+            for queue in topology.queues {
+                if let index = all.queues.firstIndex(where: { $0.name == queue.name }) {
+                    all.queues[index] = queue
+                } else {
+                    all.queues.append(queue)
+                }
+            }
+            for binding in topology.bindings where !all.bindings.contains(binding) { all.bindings.append(binding) }
+        }
+    }
+
+    func forgetQueue(_ name: String) {
+        recorded.withLock { all in
+            all.queues.removeAll { $0.name == name }
+            all.bindings.removeAll { $0.queue == name }
+        }
+    }
+
+    func forgetExchange(_ name: String) {
+        recorded.withLock { all in
+            all.exchanges.removeAll { $0.name == name }
+            all.bindings.removeAll { $0.exchange == name }
+        }
+    }
+
+    var current: Topology { recorded.withLock { $0 } }
+}
