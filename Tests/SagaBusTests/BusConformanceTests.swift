@@ -1,0 +1,287 @@
+import Foundation
+import SagaCore
+import SagaRabbitMQ
+import SagaTestSupport
+import Testing
+
+/// One suite, run against every ``MessageBus`` implementation: what SagaKit relies on.
+@Suite("MessageBus conformance", .timeLimit(.minutes(1)))
+struct BusConformanceTests {
+    @Test("publish → consume round trip (default exchange and a direct exchange)", arguments: BusKind.allCases)
+    func roundTrip(kind: BusKind) async throws {
+        try await BusFixture.with(kind) { f in
+            let queue = try await f.queue("round-trip")
+            let exchange = f.name("commands")
+            try await f.declare(
+                Topology(
+                    exchanges: [ExchangeSpec(name: exchange, kind: .direct)],
+                    bindings: [BindingSpec(queue: queue, exchange: exchange, routingKey: "do.it")]))
+            let inbox = try await f.consume(queue)
+
+            try await f.publish(queue, body: "via default exchange")
+            try await f.publish("do.it", exchange: exchange, body: "via direct exchange")
+
+            let deliveries = try await inbox.take(2)
+            #expect(deliveries.map(\.text) == ["via default exchange", "via direct exchange"])
+            #expect(deliveries[0].exchange == "" && deliveries[0].routingKey == queue)
+            #expect(deliveries[1].exchange == exchange && deliveries[1].routingKey == "do.it")
+            #expect(deliveries.allSatisfy { $0.queue == queue && !$0.redelivered })
+            for delivery in deliveries { try await delivery.ack() }
+        }
+    }
+
+    @Test("headers and properties are preserved", arguments: BusKind.allCases)
+    func headersAndProperties(kind: BusKind) async throws {
+        try await BusFixture.with(kind) { f in
+            let queue = try await f.queue("properties")
+            let inbox = try await f.consume(queue)
+            let body: [UInt8] = [0, 1, 2, 255, 254] + Array("ünïcode".utf8)
+            try await f.bus.publish(
+                OutgoingMessage(
+                    exchange: "", routingKey: queue, body: body,
+                    headers: ["saga-id": "s-1", "attempt": "3", "trace": "00-abc-01"],
+                    messageId: "m-42", contentType: "application/json", type: "ReserveStock",
+                    correlationId: "c-7"))
+            let delivery = try await inbox.next()
+            #expect(delivery.body == body)
+            #expect(delivery.headers == ["saga-id": "s-1", "attempt": "3", "trace": "00-abc-01"])
+            #expect(delivery.messageId == "m-42")
+            #expect(delivery.contentType == "application/json")
+            #expect(delivery.type == "ReserveStock")
+            #expect(delivery.correlationId == "c-7")
+            try await delivery.ack()
+        }
+    }
+
+    @Test("nack(requeue: true) redelivers with the redelivered flag", arguments: BusKind.allCases)
+    func nackRequeue(kind: BusKind) async throws {
+        try await BusFixture.with(kind) { f in
+            let queue = try await f.queue("requeue")
+            let inbox = try await f.consume(queue)
+            try await f.publish(queue, body: "again")
+            let first = try await inbox.next()
+            #expect(!first.redelivered)
+            try await first.nack(requeue: true)
+            let second = try await inbox.next()
+            #expect(second.text == "again")
+            #expect(second.redelivered)
+            try await second.ack()
+            try await second.ack()  // settling twice does nothing
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(inbox.count == 0)
+        }
+    }
+
+    @Test("reject and nack(requeue: false) dead-letter", arguments: BusKind.allCases)
+    func rejectDeadLetters(kind: BusKind) async throws {
+        try await BusFixture.with(kind) { f in
+            let dlx = f.name("dlx")
+            let dead = f.name("dead")
+            let work = f.name("work")
+            try await f.declare(
+                Topology(
+                    exchanges: [ExchangeSpec(name: dlx, kind: .fanout)],
+                    queues: [QueueSpec(name: dead), QueueSpec(name: work, deadLetterExchange: dlx)],
+                    bindings: [BindingSpec(queue: dead, exchange: dlx, routingKey: "")]))
+            let inbox = try await f.consume(work)
+            let deadInbox = try await f.consume(dead)
+            try await f.publish(work, body: "rejected")
+            try await f.publish(work, body: "nacked")
+            let deliveries = try await inbox.take(2)
+            try await deliveries[0].reject()
+            try await deliveries[1].nack(requeue: false)
+
+            let deadLettered = try await deadInbox.take(2)
+            #expect(deadLettered.map(\.text) == ["rejected", "nacked"])
+            #expect(deadLettered.allSatisfy { $0.headers["x-first-death-reason"] == "rejected" })
+            #expect(deadLettered.allSatisfy { $0.headers["x-first-death-queue"] == work })
+            #expect(deadLettered.allSatisfy { $0.exchange == dlx && $0.queue == dead })
+            for delivery in deadLettered { try await delivery.ack() }
+        }
+    }
+
+    @Test("a mandatory message that matches no queue fails with unroutable", arguments: BusKind.allCases)
+    func unroutable(kind: BusKind) async throws {
+        try await BusFixture.with(kind) { f in
+            let exchange = f.name("nowhere")
+            try await f.declare(Topology(exchanges: [ExchangeSpec(name: exchange, kind: .direct)]))
+            let error = await #expect(throws: BusError.self) {
+                try await f.publish("no.such.key", exchange: exchange, body: "lost?")
+            }
+            #expect(error?.matches(.unroutable, mentioning: [exchange, "no.such.key"]) == true, "\(String(describing: error))")
+            // Not mandatory: accepted and dropped (broker semantics).
+            try await f.publish("no.such.key", exchange: exchange, body: "dropped", mandatory: false)
+            // A routable publish after the failure still works.
+            let queue = try await f.queue("after-unroutable")
+            try await f.publish(queue, body: "fine")
+        }
+    }
+
+    @Test("a queue TTL dead-letters back to the command exchange (retry delay)", arguments: BusKind.allCases)
+    func ttlDeadLettersBack(kind: BusKind) async throws {
+        try await BusFixture.with(kind) { f in
+            let commands = f.name("commands")
+            let work = f.name("work")
+            let retry = f.name("retry-200ms")
+            try await f.declare(
+                Topology(
+                    exchanges: [ExchangeSpec(name: commands, kind: .direct)],
+                    queues: [
+                        QueueSpec(name: work),
+                        QueueSpec(
+                            name: retry, deadLetterExchange: commands, deadLetterRoutingKey: "work",
+                            messageTTL: .milliseconds(200)),
+                    ],
+                    bindings: [BindingSpec(queue: work, exchange: commands, routingKey: "work")]))
+            let inbox = try await f.consume(work)
+            let start = ContinuousClock.now
+            try await f.publish(retry, body: "later", headers: ["attempt": "2"])
+            let delivery = try await inbox.next(timeout: .seconds(5))
+            let waited = ContinuousClock.now - start
+            #expect(waited >= .milliseconds(150), "arrived after \(waited)")
+            #expect(delivery.text == "later")
+            #expect(delivery.headers["attempt"] == "2")
+            #expect(delivery.headers["x-first-death-reason"] == "expired")
+            #expect(delivery.exchange == commands && delivery.routingKey == "work")
+            try await delivery.ack()
+        }
+    }
+
+    @Test("prefetch bounds unsettled deliveries per consumer", arguments: BusKind.allCases)
+    func prefetchRespected(kind: BusKind) async throws {
+        try await BusFixture.with(kind) { f in
+            let queue = try await f.queue("prefetch")
+            for i in 0..<5 { try await f.publish(queue, body: "m\(i)") }
+            let inbox = try await f.consume(queue, prefetch: 2)
+            let firstTwo = try await inbox.take(2)
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(inbox.count == 0, "a third delivery arrived although prefetch is 2")
+            try await firstTwo[0].ack()
+            let third = try await inbox.next()
+            #expect(third.text == "m2")
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(inbox.count == 0)
+            for delivery in [firstTwo[1], third] { try await delivery.ack() }
+            let rest = try await inbox.take(2)
+            #expect(rest.map(\.text) == ["m3", "m4"])
+            for delivery in rest { try await delivery.ack() }
+        }
+    }
+
+    @Test("redeclaring is idempotent; conflicting arguments name the queue and the argument", arguments: BusKind.allCases)
+    func redeclare(kind: BusKind) async throws {
+        try await BusFixture.with(kind) { f in
+            let name = f.name("redeclare")
+            let spec = QueueSpec(name: name, messageTTL: .seconds(60))
+            let exchange = ExchangeSpec(name: f.name("x"), kind: .topic)
+            let topology = Topology(
+                exchanges: [exchange], queues: [spec],
+                bindings: [BindingSpec(queue: name, exchange: exchange.name, routingKey: "a.#")])
+            try await f.declare(topology)
+            try await f.declare(topology)
+
+            var conflicting = spec
+            conflicting.messageTTL = .seconds(5)
+            let error = await #expect(throws: BusError.self) { try await f.declare(Topology(queues: [conflicting])) }
+            #expect(error?.matches(.preconditionFailed, mentioning: [name, "x-message-ttl"]) == true, "\(String(describing: error))")
+
+            let exchangeError = await #expect(throws: BusError.self) {
+                try await f.declare(Topology(exchanges: [ExchangeSpec(name: exchange.name, kind: .fanout)]))
+            }
+            #expect(exchangeError?.code == .preconditionFailed)
+            #expect(exchangeError?.description.contains(exchange.name) == true)
+
+            // The bus still works after the refused declarations.
+            try await f.declare(topology)
+            let inbox = try await f.consume(name)
+            try await f.publish("a.b.c", exchange: exchange.name, body: "topic")
+            try await inbox.next().ack()
+        }
+    }
+
+    @Test("fanout and topic exchanges route like RabbitMQ", arguments: BusKind.allCases)
+    func exchangeKinds(kind: BusKind) async throws {
+        try await BusFixture.with(kind) { f in
+            let fanout = f.name("events")
+            let topic = f.name("topic")
+            let a = f.name("a")
+            let b = f.name("b")
+            try await f.declare(
+                Topology(
+                    exchanges: [ExchangeSpec(name: fanout, kind: .fanout), ExchangeSpec(name: topic, kind: .topic)],
+                    queues: [QueueSpec(name: a), QueueSpec(name: b)],
+                    bindings: [
+                        BindingSpec(queue: a, exchange: fanout, routingKey: ""),
+                        BindingSpec(queue: b, exchange: fanout, routingKey: ""),
+                        BindingSpec(queue: a, exchange: topic, routingKey: "order.*.created"),
+                        BindingSpec(queue: b, exchange: topic, routingKey: "order.#"),
+                    ]))
+            let inboxA = try await f.consume(a)
+            let inboxB = try await f.consume(b)
+            try await f.publish("anything", exchange: fanout, body: "both")
+            try await f.publish("order.eu.created", exchange: topic, body: "both-topic")
+            try await f.publish("order", exchange: topic, body: "b-only")
+            let gotA = try await inboxA.take(2)
+            let gotB = try await inboxB.take(3)
+            #expect(gotA.map(\.text) == ["both", "both-topic"])
+            #expect(gotB.map(\.text) == ["both", "both-topic", "b-only"])
+            for delivery in gotA + gotB { try await delivery.ack() }
+        }
+    }
+
+    @Test("a consumer that stops hands its unsettled deliveries to the next one", arguments: BusKind.allCases)
+    func cancelledConsumerRequeues(kind: BusKind) async throws {
+        try await BusFixture.with(kind) { f in
+            let queue = try await f.queue("handover")
+            try await f.publish(queue, body: "held")
+            let first = try await f.consume(queue)
+            _ = try await first.next()
+            first.stop()
+            let second = try await f.consume(queue)
+            let again = try await second.next()
+            #expect(again.text == "held")
+            #expect(again.redelivered)
+            try await again.ack()
+        }
+    }
+
+    @Test("errors: body over the limit, missing queue, missing exchange", arguments: BusKind.allCases)
+    func errors(kind: BusKind) async throws {
+        try await BusFixture.with(kind, maxBodySize: 1024) { f in
+            let queue = try await f.queue("limits")
+            let tooLarge = await #expect(throws: BusError.self) {
+                try await f.bus.publish(OutgoingMessage(exchange: "", routingKey: queue, body: Array(repeating: 1, count: 1025)))
+            }
+            #expect(tooLarge?.matches(.messageTooLarge, mentioning: ["1025", "1024"]) == true)
+            try await f.bus.publish(OutgoingMessage(exchange: "", routingKey: queue, body: Array(repeating: 1, count: 1024)))
+
+            let missing = f.name("missing")
+            let noQueue = await #expect(throws: BusError.self) { _ = try await f.bus.consume(queue: missing, prefetch: 1) }
+            #expect(noQueue?.matches(.notFound, mentioning: [missing]) == true, "\(String(describing: noQueue))")
+
+            let noExchange = await #expect(throws: BusError.self) { try await f.publish("k", exchange: missing, body: "x") }
+            #expect(noExchange?.matches(.notFound, mentioning: [missing]) == true, "\(String(describing: noExchange))")
+
+            // The bus still publishes and consumes afterwards.
+            let inbox = try await f.consume(queue)
+            #expect(try await inbox.next().body.count == 1024)
+        }
+    }
+
+    @Test("shutdown ends consumer streams and refuses new work", arguments: BusKind.allCases)
+    func shutdown(kind: BusKind) async throws {
+        guard let f = try await BusFixture.make(kind) else { return }
+        let queue = try await f.queue("shutdown")
+        let inbox = try await f.consume(queue)
+        try await f.publish(queue, body: "last")
+        let delivery = try await inbox.next()
+        try await delivery.ack()
+        if let rabbit = f.bus as? RabbitMQBus { try await rabbit.deleteQueue(queue) }
+        await f.bus.shutdown()
+        let end = try await inbox.waitForEnd()
+        #expect((try? end.get()) != nil)
+        let error = await #expect(throws: BusError.self) { try await f.publish(queue, body: "too late") }
+        #expect(error?.code == .closed)
+        await f.bus.shutdown()  // twice is fine
+    }
+}

@@ -1,0 +1,177 @@
+import Foundation
+import SagaCore
+import SagaRabbitMQ
+import SagaTestSupport
+import Synchronization
+import Testing
+
+/// Connection loss and broker restart. These run against a private broker started by `scripts/rabbitmq.sh` on
+/// its own port (the shared test broker's port + 1), so closing every connection and restarting the broker does
+/// not disturb the other tests running in parallel.
+@Suite(
+    "RabbitMQ recovery (private broker)", .serialized, .enabled(if: TestBroker.shouldRunIntegrationTests),
+    .timeLimit(.minutes(3)))
+struct RabbitMQRecoveryTests {
+    static let port = (Int(ProcessInfo.processInfo.environment["RABBITMQ_PORT"] ?? "") ?? 5672) + 1
+
+    /// Everything the publishers and the consumer of one scenario observed.
+    final class Ledger: Sendable {
+        private struct State {
+            var confirmed = Set<Int>()
+            var failed: [Int: BusError.Code] = [:]
+            var consumed = Set<Int>()
+            var deliveries = 0
+        }
+        private let state = Mutex(State())
+
+        func confirm(_ n: Int) { state.withLock { _ = $0.confirmed.insert(n) } }
+        func fail(_ n: Int, _ code: BusError.Code) { state.withLock { $0.failed[n] = code } }
+        func consume(_ n: Int) {
+            state.withLock {
+                $0.consumed.insert(n)
+                $0.deliveries += 1
+            }
+        }
+        var confirmed: Set<Int> { state.withLock { $0.confirmed } }
+        var failed: [Int: BusError.Code] { state.withLock { $0.failed } }
+        var consumed: Set<Int> { state.withLock { $0.consumed } }
+        var deliveries: Int { state.withLock { $0.deliveries } }
+    }
+
+    @Test("connections closed by the broker mid-flow, then a broker restart: nothing confirmed is lost")
+    func recovery() async throws {
+        try TestBroker.runScript(["start"], port: Self.port)
+        defer { _ = try? TestBroker.runScript(["stop"], port: Self.port) }
+
+        var configuration = try RabbitMQConfiguration(url: TestBroker.privateBrokerURL(port: Self.port))
+        configuration.reconnectDelayMin = .milliseconds(50)
+        configuration.reconnectDelayMax = .milliseconds(500)
+        configuration.heartbeat = .seconds(5)
+        configuration.connectionName = "SagaBusTests recovery"
+        let bus = try await RabbitMQBus.connect(configuration)
+
+        try await connectionsClosedWhileFlowing(bus)
+        try await brokerRestartKeepsDurableMessages(bus)
+        await bus.shutdown()
+    }
+
+    /// `rabbitmqctl close_all_connections` while one task publishes and a consumer acks: every confirmed message
+    /// is consumed, unconfirmed ones are re-sent (or reported as connectionLost), and the consumer resumes by
+    /// itself.
+    private func connectionsClosedWhileFlowing(_ bus: RabbitMQBus) async throws {
+        let queue = "test.close-all.\(UUID().uuidString.prefix(8))"
+        try await bus.declare(Topology(queues: [QueueSpec(name: queue)]))
+        let ledger = Ledger()
+        let stop = Atomic<Bool>(false)
+
+        let stream = try await bus.consume(queue: queue, prefetch: 100)
+        let consumer = Task {
+            for try await delivery in stream {
+                ledger.consume(Int(delivery.messageId ?? "") ?? -1)
+                try await delivery.ack()
+            }
+        }
+        let publisher = Task {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for lane in 0..<32 {
+                    group.addTask {
+                        var n = lane
+                        while !stop.load(ordering: .relaxed) {
+                            do {
+                                try await bus.publish(
+                                    OutgoingMessage(
+                                        exchange: "", routingKey: queue, body: Array(repeating: 7, count: 64),
+                                        messageId: String(n)))
+                                ledger.confirm(n)
+                            } catch let error as BusError {
+                                ledger.fail(n, error.code)
+                            }
+                            n += 32
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+
+        try await waitUntil("500 confirms before the close") { ledger.confirmed.count >= 500 }
+        try TestBroker.runScript(["ctl", "close_all_connections", "SagaKit recovery test"], port: Self.port)
+        let consumedAtClose = ledger.deliveries
+        let confirmedAtClose = ledger.confirmed.count
+        try await waitUntil("publishing and consuming resume after the close", timeout: .seconds(30)) {
+            ledger.confirmed.count > confirmedAtClose + 500 && ledger.deliveries > consumedAtClose + 500
+        }
+        stop.store(true, ordering: .relaxed)
+        try await publisher.value
+
+        let confirmed = ledger.confirmed
+        try await waitUntil("every confirmed message consumed", timeout: .seconds(30)) {
+            ledger.consumed.isSuperset(of: confirmed)
+        }
+        #expect(ledger.failed.values.allSatisfy { $0 == .connectionLost }, "\(ledger.failed)")
+        #expect(confirmed.count > 1000)
+        consumer.cancel()
+        try await bus.deleteQueue(queue)
+    }
+
+    /// Stop and start the broker with messages in a durable queue: no confirmed message is lost, and publishes
+    /// made while the broker is down wait for the reconnect.
+    private func brokerRestartKeepsDurableMessages(_ bus: RabbitMQBus) async throws {
+        let queue = "test.restart.\(UUID().uuidString.prefix(8))"
+        try await bus.declare(Topology(queues: [QueueSpec(name: queue, durable: true)]))
+        let ledger = Ledger()
+        func publish(_ range: Range<Int>) async throws {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for n in range {
+                    group.addTask {
+                        do {
+                            try await bus.publish(
+                                OutgoingMessage(
+                                    exchange: "", routingKey: queue, body: Array("durable".utf8), messageId: String(n),
+                                    persistent: true))
+                            ledger.confirm(n)
+                        } catch let error as BusError {
+                            ledger.fail(n, error.code)
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+        try await publish(0..<1000)
+        #expect(ledger.confirmed.count == 1000)
+
+        async let during: Void = {
+            try await Task.sleep(for: .milliseconds(300))
+            try await publish(1000..<1200)
+        }()
+        try TestBroker.runScript(["restart"], port: Self.port)
+        try await during
+
+        let stream = try await bus.consume(queue: queue, prefetch: 300)
+        let confirmed = ledger.confirmed
+        #expect(confirmed.count == 1200, "failed: \(ledger.failed)")
+        let consumer = Task {
+            for try await delivery in stream {
+                ledger.consume(Int(delivery.messageId ?? "") ?? -1)
+                try await delivery.ack()
+            }
+        }
+        try await waitUntil("every confirmed message consumed after the restart", timeout: .seconds(30)) {
+            ledger.consumed.isSuperset(of: confirmed)
+        }
+        consumer.cancel()
+        try await bus.deleteQueue(queue)
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds.
+func waitUntil(
+    _ what: String, timeout: Duration = .seconds(15), _ condition: () -> Bool
+) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while !condition() {
+        if ContinuousClock.now > deadline { throw TimeLimitExceeded(limit: timeout, what: what) }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+}

@@ -1,0 +1,92 @@
+import SagaCore
+@testable import SagaRabbitMQ
+import Testing
+
+/// Pure parts of the RabbitMQ transport, no broker needed.
+@Suite("RabbitMQ transport units")
+struct RabbitMQUnitTests {
+    @Test("URL parsing: credentials, port, %2F vhost, defaults, query")
+    func urlParsing() throws {
+        let c = try RabbitMQConfiguration(url: "amqp://us%40er:p%3Ass@broker.local:5673/%2F?heartbeat=5")
+        #expect(c.user == "us@er" && c.password == "p:ss")
+        #expect(c.host == "broker.local" && c.port == 5673 && c.vhost == "/")
+        #expect(c.heartbeat == .seconds(5))
+        #expect(!c.redactedURL.contains("p:ss"))
+
+        let d = try RabbitMQConfiguration(url: "amqp://localhost")
+        #expect(d.host == "localhost" && d.port == 5672 && d.vhost == "/" && d.user == "guest")
+        #expect(try RabbitMQConfiguration(url: "amqp://u:p@h/sagas").vhost == "sagas")
+        #expect(try RabbitMQConfiguration(url: "amqp://u:p@[::1]:5000/v").host == "::1")
+
+        #expect(throws: BusError.self) { try RabbitMQConfiguration(url: "http://x") }
+        #expect(throws: BusError.self) { try RabbitMQConfiguration(url: "amqp://h:99999/") }
+        #expect(throws: BusError.self) { try RabbitMQConfiguration(url: "amqp://u:%zz@h/") }
+        #expect(RabbitMQConfiguration.redacted("amqp://u:secret@h/") == "amqp://u:***@h/")
+    }
+
+    @Test("confirm tracker: single and multiple acks, returns, reset")
+    func confirmTracker() {
+        var tracker = ConfirmTracker<String>()
+        for name in ["a", "b", "c", "d", "e"] { tracker.add(name) }
+        #expect(tracker.count == 5)
+
+        var done: [String] = []
+        tracker.confirm(tag: 2, multiple: false) { done.append($0.item) }
+        #expect(done == ["b"])
+        tracker.confirm(tag: 4, multiple: true) { done.append($0.item) }
+        #expect(done == ["b", "a", "c", "d"])
+        tracker.confirm(tag: 4, multiple: true) { done.append($0.item) }  // duplicate: nothing
+        tracker.confirm(tag: 99, multiple: false) { done.append($0.item) }  // unknown: nothing
+        #expect(tracker.count == 1)
+
+        tracker.add("f")
+        let info = ConfirmTracker<String>.ReturnedInfo(replyCode: 312, replyText: "NO_ROUTE")
+        #expect(tracker.markReturned(info) { $0 == "f" })
+        #expect(!tracker.markReturned(info) { $0 == "f" })  // already returned
+        var returned: [String] = []
+        tracker.confirm(tag: 6, multiple: true) { entry in if entry.returned != nil { returned.append(entry.item) } }
+        #expect(returned == ["f"])
+        #expect(tracker.isEmpty)
+
+        tracker.add("g")
+        tracker.add("h")
+        #expect(tracker.removeAll().map(\.item) == ["g", "h"])
+        #expect(tracker.add("i") == 1)  // a new channel numbers from 1
+    }
+
+    @Test("confirm tracker stays correct across compaction")
+    func confirmTrackerCompaction() {
+        var tracker = ConfirmTracker<Int>()
+        var confirmed = 0
+        for i in 0..<10_000 {
+            tracker.add(i)
+            if i % 3 == 2 { tracker.confirm(tag: UInt64(i + 1), multiple: true) { _ in confirmed += 1 } }
+        }
+        tracker.confirm(tag: 10_000, multiple: true) { _ in confirmed += 1 }
+        #expect(confirmed == 10_000)
+        #expect(tracker.isEmpty)
+    }
+
+    @Test("broker reply texts become errors that name the queue and the argument")
+    func brokerErrorText() {
+        let conflict = BrokerErrorText.channelError(
+            code: 406,
+            text: "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'orders' in vhost '/': "
+                + "received the value '5000' of type 'signedint' but current is none",
+            operation: "declaring queue 'orders'")
+        #expect(conflict.code == .preconditionFailed)
+        #expect(conflict.message.contains("'orders'") && conflict.message.contains("'x-message-ttl'"))
+
+        let missing = BrokerErrorText.channelError(
+            code: 404, text: "NOT_FOUND - no exchange 'ex' in vhost '/'", operation: "publishing")
+        #expect(missing.code == .notFound && missing.message.contains("'ex'"))
+
+        let login = BrokerErrorText.connectionRefusal(
+            code: 403, text: "ACCESS_REFUSED - Login was refused", user: "bob", vhost: "/", place: "h:1")
+        #expect(login.code == .authenticationFailed && login.message.contains("'bob'") && login.message.contains("'/'"))
+
+        let vhost = BrokerErrorText.connectionRefusal(
+            code: 530, text: "NOT_ALLOWED - vhost nope not found", user: "bob", vhost: "nope", place: "h:1")
+        #expect(vhost.code == .vhostNotFound && vhost.message.contains("'nope'"))
+    }
+}
