@@ -126,7 +126,11 @@ let package = Package(
         ),
         .testTarget(
             name: "ParticipantTests",
-            dependencies: ["Participant", "SagaPostgres", "SagaTestSupport"],
+            dependencies: [
+                "Participant", "SagaPostgres", "SagaTestSupport",
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
             swiftSettings: strict
         ),
     ]

@@ -1,0 +1,252 @@
+import CoreMetrics
+import Foundation
+import MetricsTestKit
+import Participant
+import Synchronization
+import Testing
+
+/// Choreography semantics on the in-memory bus and store (fast, deterministic). The same
+/// scenarios run against RabbitMQ with SQLite and PostgreSQL in the integration suite.
+@Suite("Participant runtime (in-memory bus and store)", .timeLimit(.minutes(1)))
+struct ParticipantTests {
+    let bus = InMemoryBus()
+    let store = InMemorySagaStore()
+    let ledger = Ledger()
+
+    @Test func threeStepSagaCompletes() async throws {
+        let final = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { manager in
+            let id = try await manager.start("order", payload: ["orderId": "o-1", "amount": 30])
+            return try await manager.outcome(of: id, timeout: .seconds(10))
+        }
+        #expect(final.status == .completed)
+        #expect(final.payload["reservationId"] == .string("r-\(final.id)"))
+        #expect(final.payload["chargeId"] == "c-o-1")
+        #expect(final.payload["trackingId"] == "t-1")
+        #expect(ledger.effects(of: final.id) == ["inventory.reserve", "payment.charge", "shipping.ship"])
+        #expect(final.history.map(\.stepName) == ["reserve-stock", "charge-card", "ship"])
+        #expect(try await store.pendingOutbox(createdBefore: .distantFuture, limit: 10).isEmpty)
+    }
+
+    @Test func declinedPaymentReleasesStockAndShipsNothing() async throws {
+        let final = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { manager in
+            let id = try await manager.start("order", payload: ["orderId": "o-2", "amount": 30, "declinePayment": true])
+            return try await manager.outcome(of: id, timeout: .seconds(10))
+        }
+        #expect(final.status == .compensated)
+        #expect(final.failureReason == "step 'charge-card' failed: card declined")
+        #expect(ledger.effects(of: final.id) == ["inventory.reserve", "inventory.release"])
+        #expect(final.history.map { "\($0.stepName)/\($0.phase.rawValue)/\($0.outcome.rawValue)" } == [
+            "reserve-stock/action/completed", "charge-card/action/failed", "reserve-stock/compensation/completed",
+        ])
+    }
+
+    @Test func failuresAfterThePivotAreRetriedForwardThroughTheDelayQueue() async throws {
+        let final = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { manager in
+            let id = try await manager.start("order", payload: ["orderId": "o-3", "amount": 30, "failShippingTimes": 2])
+            return try await manager.outcome(of: id, timeout: .seconds(20))
+        }
+        #expect(final.status == .completed)
+        let shipping = final.history.filter { $0.stepName == "ship" }
+        #expect(shipping.map(\.outcome) == [.retrying, .retrying, .completed])
+        #expect(shipping.map(\.attempt) == [1, 2, 3])
+        // Each retry waited at least the one-second delay level.
+        #expect(shipping[2].startedAt.timeIntervalSince(shipping[0].finishedAt) >= 2.0)
+    }
+
+    @Test func aCompensationThatKeepsFailingLeavesTheSagaNeedingAttention() async throws {
+        let final = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { manager in
+            // A saga waiting at the charge step (its command lost), compensated by an operator:
+            // the refund fails on both attempts its policy allows.
+            var (state, _) = SagaStateMachine(definition: orderSaga).start(id: "stuck-1", payload: ["orderId": "o-4", "amount": 1, "failRefundAlways": true], now: Date())
+            state.currentStep = 1
+            _ = try await store.create(state, outbox: [])
+            try await manager.compensate("stuck-1")
+            return try await manager.outcome(of: "stuck-1", timeout: .seconds(20))
+        }
+        #expect(final.status == .needsAttention)
+        #expect(final.failureReason == "compensation of step 'charge-card' failed 2 time(s): refund service down")
+        #expect(final.history.filter { $0.phase == .compensation }.map(\.outcome) == [.retrying, .failed])
+    }
+
+    @Test func staleAndDuplicateCommandsAreAcknowledgedIgnoredAndCounted() async throws {
+        // A service name of its own, so that the stale-message counter belongs to this test.
+        var handlers = orderHandlers(ledger: ledger)
+        handlers["inventory-stale"] = handlers.removeValue(forKey: "inventory")
+        let metrics = TestMetricsBackend.shared
+        let final = try await withParticipants(handlers, bus: bus, store: store) { manager in
+            let id = try await manager.start("order", payload: ["orderId": "o-5", "amount": 30])
+            let final = try await manager.outcome(of: id, timeout: .seconds(10))
+            // Deliver the first command again, twice: the saga is completed, nothing runs.
+            let duplicate = SagaCommand(sagaID: id, sagaName: "order", command: "inventory.reserve", step: 0, stepName: "reserve-stock", phase: .action, attempt: 1)
+            for _ in 0..<2 {
+                try await bus.publish(OutgoingMessage(exchange: testTopology.commandsExchange, routingKey: "inventory.reserve", body: Array(try JSONCoding.encode(duplicate)), contentType: "application/json"))
+            }
+            try await waitUntil { (try? metrics.expectCounter("saga_stale_messages_total", [("service", "inventory-stale")]).totalValue) == 2 }
+            return final
+        }
+        #expect(ledger.calls("inventory.reserve", of: final.id) == 1)
+        #expect(try await store.load(final.id).version == final.version)
+    }
+
+    @Test(arguments: [
+        ("not json", "inventory.reserve", "application/json", "body is not a saga command (not valid JSON)"),
+        ("{\"sagaID\":\"x\"}", "inventory.reserve", "application/json", "body is not a saga command (missing key 'sagaName')"),
+        ("{}", "inventory.reserve", "text/plain", "content type 'text/plain' is not application/json"),
+        (#"{"sagaID":"nope","sagaName":"order","command":"inventory.reserve","step":0,"stepName":"reserve-stock","phase":"action","attempt":1}"#, "inventory.reserve", "application/json", "no saga with id nope"),
+        (#"{"sagaID":"x","sagaName":"nope","command":"inventory.reserve","step":0,"stepName":"reserve-stock","phase":"action","attempt":1}"#, "inventory.reserve", "application/json", "no saga definition named 'nope'"),
+        (#"{"sagaID":"x","sagaName":"order","command":"inventory.reserve","step":1,"stepName":"reserve-stock","phase":"action","attempt":1}"#, "inventory.reserve", "application/json", "is not step 1 action of saga definition 'order'"),
+    ])
+    func badMessagesAreDeadLetteredWithTheirReason(body: String, routingKey: String, contentType: String, reason: String) async throws {
+        let letters = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { manager in
+            try await bus.publish(OutgoingMessage(exchange: testTopology.commandsExchange, routingKey: routingKey, body: Array(body.utf8), contentType: contentType))
+            // A saga keeps flowing meanwhile.
+            let id = try await manager.start("order", payload: ["orderId": "o-6", "amount": 1])
+            #expect(try await manager.outcome(of: id, timeout: .seconds(10)).status == .completed)
+            return try await collect(queue: testTopology.deadLetterQueue, count: 1)
+        }
+        let letter = try #require(letters.first)
+        #expect(letter.headers[SagaHeaders.deadLetterReason]?.contains(reason) == true, "reason was \(letter.headers[SagaHeaders.deadLetterReason] ?? "none")")
+        #expect(letter.headers[SagaHeaders.deadLetterQueue] == testTopology.queue(forService: "inventory"))
+        #expect(letter.headers[SagaHeaders.deadLetterRoutingKey] == routingKey)
+        #expect(letter.headers[SagaHeaders.deadLetterService] == "inventory")
+        #expect(letter.body == Array(body.utf8))
+    }
+
+    @Test func anOversizedBodyIsDeadLettered() async throws {
+        let letters = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { _ in
+            try await bus.publish(OutgoingMessage(exchange: testTopology.commandsExchange, routingKey: "payment.charge", body: Array(repeating: 0x20, count: 70_000), contentType: "application/json"))
+            return try await collect(queue: testTopology.deadLetterQueue, count: 1)
+        }
+        #expect(letters.first?.headers[SagaHeaders.deadLetterReason] == "body of 70000 bytes exceeds the limit of 65536 bytes")
+    }
+
+    @Test func theReaperResendsTheCommandOfAStalledSaga() async throws {
+        let reaper = ReaperConfiguration(pollInterval: .milliseconds(200), stalledThreshold: .milliseconds(300), maxReapAttempts: 3)
+        let final = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store, reaper: reaper) { manager in
+            // A saga stored without its first command (as if it was lost): only the reaper can
+            // move it.
+            let (state, _) = SagaStateMachine(definition: orderSaga).start(id: "lost-1", payload: ["orderId": "o-7", "amount": 1], now: Date())
+            _ = try await store.create(state, outbox: [])
+            return try await manager.outcome(of: "lost-1", timeout: .seconds(15))
+        }
+        #expect(final.status == .completed)
+        #expect(final.history.first?.outcome == .resent)
+    }
+
+    @Test func theOutboxRelayPublishesCommittedButUnsentCommands() async throws {
+        let final = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { manager in
+            // A saga whose first command was committed to the outbox but never published (the
+            // starter died between the two).
+            let (state, first) = SagaStateMachine(definition: orderSaga).start(id: "unsent-1", payload: ["orderId": "o-8", "amount": 1], now: Date())
+            let command = first.command
+            let message = OutboxMessage(
+                id: command.messageID, sagaID: state.id, exchange: testTopology.commandsExchange, routingKey: command.command,
+                body: Array(try JSONCoding.encode(command)), headers: [:], createdAt: Date().addingTimeInterval(-10)
+            )
+            _ = try await store.create(state, outbox: [message])
+            return try await manager.outcome(of: "unsent-1", timeout: .seconds(10))
+        }
+        #expect(final.status == .completed)
+    }
+
+    @Test func manyConcurrentSagasAllFinishWithTwoCompetingInstancesPerService() async throws {
+        let outcomes = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store, prefetch: 8, instances: 2) { manager in
+            try await withThrowingTaskGroup(of: SagaState.self) { group in
+                for index in 0..<60 {
+                    group.addTask {
+                        let id = try await manager.start("order", payload: ["orderId": .string("m-\(index)"), "amount": 1, "declinePayment": .bool(index % 3 == 0)])
+                        return try await manager.outcome(of: id, timeout: .seconds(30))
+                    }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+        }
+        #expect(outcomes.count == 60)
+        #expect(outcomes.filter { $0.status == .completed }.count == 40)
+        #expect(outcomes.filter { $0.status == .compensated }.count == 20)
+        for outcome in outcomes {
+            let expected: Set<String> = outcome.status == .completed ? ["inventory.reserve", "payment.charge", "shipping.ship"] : ["inventory.reserve", "inventory.release"]
+            #expect(ledger.effects(of: outcome.id) == expected)
+        }
+    }
+
+    @Test func startingTheSameSagaIdTwiceStartsItOnce() async throws {
+        let final = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { manager in
+            try await manager.start("order", payload: ["orderId": "o-9", "amount": 1], id: "same-id")
+            try await manager.start("order", payload: ["orderId": "o-9", "amount": 1], id: "same-id")
+            return try await manager.outcome(of: "same-id", timeout: .seconds(10))
+        }
+        #expect(final.status == .completed)
+        #expect(ledger.calls("inventory.reserve", of: "same-id") == 1)
+    }
+
+    @Test func handlersForCommandsOutsideEveryDefinitionAreRefusedAtStartup() async throws {
+        var registry = SagaHandlerRegistry()
+        registry.register("inventory.resrve") { _ in }
+        let participant = SagaParticipant(
+            configuration: ParticipantConfiguration(service: "typo", topology: testTopology), definitions: orderDefinitions,
+            handlers: registry, bus: bus, store: store, logger: quietTestLogger
+        )
+        let error = await #expect(throws: SagaError.self) { try await participant.run() }
+        #expect(error?.message.contains("inventory.resrve") == true)
+    }
+
+    @Test func registeringTwoHandlersForOneCommandStopsTheProcess() async {
+        await #expect(processExitsWith: .failure) {
+            var registry = SagaHandlerRegistry()
+            registry.register("a") { _ in }
+            registry.register("a") { _ in }
+        }
+    }
+
+    @Test func contextRefusesTheWrongCompletionCall() async throws {
+        let seen = Mutex<String?>(nil)
+        var handlers = orderHandlers(ledger: ledger)
+        var inventory = SagaHandlerRegistry()
+        inventory.register("inventory.reserve") { context in
+            do {
+                try await context.completeCompensation()
+            } catch {
+                seen.withLock { $0 = "\(error)" }
+            }
+            try await context.completeStep()
+        }
+        inventory.register("inventory.release") { context in try await context.completeCompensation() }
+        handlers["inventory"] = inventory
+        let final = try await withParticipants(handlers, bus: bus, store: store) { manager in
+            let id = try await manager.start("order", payload: ["orderId": "o-10", "amount": 1])
+            return try await manager.outcome(of: id, timeout: .seconds(10))
+        }
+        #expect(final.status == .completed)
+        #expect(seen.withLock { $0 }?.contains("completeCompensation() was called by the handler of 'inventory.reserve'") == true)
+    }
+
+    /// Consumes `count` messages from a queue and acknowledges them.
+    private func collect(queue: String, count: Int) async throws -> [Delivery] {
+        var collected: [Delivery] = []
+        for try await delivery in try await bus.consume(queue: queue, prefetch: 10) {
+            try await delivery.ack()
+            collected.append(delivery)
+            if collected.count == count { break }
+        }
+        return collected
+    }
+}
+
+/// The process-wide metrics backend of the tests (bootstrapped once).
+enum TestMetricsBackend {
+    static let shared: TestMetrics = {
+        let metrics = TestMetrics()
+        MetricsSystem.bootstrap(metrics)
+        return metrics
+    }()
+}
+
+/// Polls a condition until it holds (at most 10 s).
+func waitUntil(_ condition: @Sendable () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now.advanced(by: .seconds(10))
+    while try await !condition() {
+        if ContinuousClock.now > deadline { throw TestFailure("condition not met within 10 s") }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+}
