@@ -232,3 +232,17 @@ func seconds(_ duration: Duration) -> TimeInterval {
     let (seconds, attoseconds) = duration.components
     return TimeInterval(seconds) + TimeInterval(attoseconds) / 1e18
 }
+
+extension SQLiteSagaStore {
+    /// Runs raw SQL (tests use it to simulate a newer schema).
+    func executeForTesting(_ sql: String) async throws {
+        try await write("execute SQL in") { db in try db.execute(sql: sql) }
+    }
+
+    /// The result of `PRAGMA integrity_check` ("ok" for a sound file).
+    func integrityCheck() async throws -> String {
+        try await read("check") { db in
+            try String.fetchAll(db, sql: "PRAGMA integrity_check").joined(separator: "; ")
+        }
+    }
+}

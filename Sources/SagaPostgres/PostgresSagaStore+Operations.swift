@@ -1,0 +1,315 @@
+public import Foundation
+import PostgresNIO
+public import SagaCore
+
+extension PostgresSagaStore {
+    /// Creates a saga (version 1) with its outbox messages in one statement, unless a saga with
+    /// that id exists: then nothing is written and the stored saga is returned.
+    public func create(_ state: SagaState, outbox: [OutboxMessage]) async throws -> SagaCreation {
+        var stored = state
+        stored.version = 1
+        let row = try SagaRow(stored)
+        let messages = try OutboxRows(outbox)
+        let inserted = try await rows(
+            "create a saga",
+            """
+            WITH inserted AS (
+                INSERT INTO \(unescaped: namespace).sagas (\(unescaped: SagaRow.columns))
+                VALUES (\(row.id), \(row.name), \(row.status), \(row.currentStep), \(row.attempt), \(row.payload)::json,
+                    \(row.context)::json, \(row.history)::json, \(row.failureReason),
+                    timestamptz 'epoch' + \(row.deadline) * interval '1 millisecond', \(row.reapAttempts),
+                    timestamptz 'epoch' + \(row.createdAt) * interval '1 millisecond',
+                    timestamptz 'epoch' + \(row.updatedAt) * interval '1 millisecond', 1)
+                ON CONFLICT (id) DO NOTHING
+                RETURNING id
+            ), messages AS (
+                INSERT INTO \(unescaped: namespace).outbox (id, saga_id, exchange, routing_key, body, headers, created_at)
+                SELECT m.id, m.saga_id, m.exchange, m.routing_key, m.body, m.headers::json,
+                    timestamptz 'epoch' + m.created_at * interval '1 millisecond'
+                FROM inserted, unnest(\(messages.ids)::text[], \(messages.sagaIDs)::text[], \(messages.exchanges)::text[],
+                    \(messages.routingKeys)::text[], \(messages.bodies)::bytea[], \(messages.headers)::text[],
+                    \(messages.createdAt)::int8[]) WITH ORDINALITY AS m(id, saga_id, exchange, routing_key, body, headers, created_at, n)
+                ORDER BY m.n
+                ON CONFLICT (id) DO NOTHING
+            )
+            SELECT count(*) AS n FROM inserted
+            """
+        )
+        if try inserted.first?["n"].decode(Int.self) == 1 {
+            return .created(stored)
+        }
+        guard let existing = try await fetchSaga(state.id) else {
+            // Deleted between the two statements (by an operator): report it as unknown.
+            throw SagaError.unknownSaga(state.id)
+        }
+        return .existing(existing)
+    }
+
+    /// Loads a saga.
+    /// - Throws: ``SagaCore/SagaError`` `unknownSaga`.
+    public func load(_ id: SagaID) async throws -> SagaState {
+        guard let state = try await fetchSaga(id) else { throw SagaError.unknownSaga(id) }
+        return state
+    }
+
+    /// The compare-and-swap on the version and the outbox inserts, in one statement. Ends any
+    /// reaper lease on the saga.
+    @discardableResult
+    public func commit(_ transition: SagaTransition) async throws -> SagaState {
+        var stored = transition.state
+        stored.version = transition.expectedVersion + 1
+        let row = try SagaRow(stored)
+        let messages = try OutboxRows(transition.outbox)
+        let expected = transition.expectedVersion
+        let updated = try await rows(
+            "commit a transition",
+            """
+            WITH updated AS (
+                UPDATE \(unescaped: namespace).sagas SET name = \(row.name), status = \(row.status),
+                    current_step = \(row.currentStep), attempt = \(row.attempt), payload = \(row.payload)::json,
+                    context = \(row.context)::json, history = \(row.history)::json, failure_reason = \(row.failureReason),
+                    deadline = timestamptz 'epoch' + \(row.deadline) * interval '1 millisecond',
+                    reap_attempts = \(row.reapAttempts),
+                    created_at = timestamptz 'epoch' + \(row.createdAt) * interval '1 millisecond',
+                    updated_at = timestamptz 'epoch' + \(row.updatedAt) * interval '1 millisecond',
+                    version = \(stored.version), lease_owner = NULL, lease_until = NULL
+                WHERE id = \(row.id) AND version = \(expected)
+                RETURNING id
+            ), messages AS (
+                INSERT INTO \(unescaped: namespace).outbox (id, saga_id, exchange, routing_key, body, headers, created_at)
+                SELECT m.id, m.saga_id, m.exchange, m.routing_key, m.body, m.headers::json,
+                    timestamptz 'epoch' + m.created_at * interval '1 millisecond'
+                FROM updated, unnest(\(messages.ids)::text[], \(messages.sagaIDs)::text[], \(messages.exchanges)::text[],
+                    \(messages.routingKeys)::text[], \(messages.bodies)::bytea[], \(messages.headers)::text[],
+                    \(messages.createdAt)::int8[]) WITH ORDINALITY AS m(id, saga_id, exchange, routing_key, body, headers, created_at, n)
+                ORDER BY m.n
+                ON CONFLICT (id) DO NOTHING
+            )
+            SELECT count(*) AS n FROM updated
+            """
+        )
+        if try updated.first?["n"].decode(Int.self) == 1 {
+            return stored
+        }
+        let current = try await rows(
+            "load a saga's version",
+            "SELECT version FROM \(unescaped: namespace).sagas WHERE id = \(row.id)"
+        )
+        guard let actual = try current.first?["version"].decode(Int64.self) else {
+            throw SagaError.unknownSaga(stored.id)
+        }
+        throw SagaError.versionConflict(sagaID: stored.id, expected: expected, actual: actual)
+    }
+
+    /// Sagas matching the query, most recently updated first (ties by id).
+    public func list(_ query: SagaQuery) async throws -> [SagaState] {
+        if let statuses = query.statuses, statuses.isEmpty { return [] }
+        let statuses = query.statuses.map { $0.map(\.rawValue).sorted() }
+        let before = query.updatedBefore.map(StoreCoding.milliseconds)
+        let result = try await rows(
+            "list sagas",
+            """
+            SELECT \(unescaped: SagaRow.selection) FROM \(unescaped: namespace).sagas
+            WHERE (\(statuses)::text[] IS NULL OR status = ANY(\(statuses)::text[]))
+              AND (\(query.name)::text IS NULL OR name = \(query.name)::text)
+              AND (\(before)::int8 IS NULL OR updated_at < timestamptz 'epoch' + \(before)::int8 * interval '1 millisecond')
+            ORDER BY updated_at DESC, id
+            LIMIT \(max(0, query.limit))
+            """
+        )
+        return try result.map(SagaRow.state(from:))
+    }
+
+    /// The number of sagas in each status; every status is present, with 0 when none.
+    public func countByStatus(name: String?) async throws -> [SagaStatus: Int] {
+        let result = try await rows(
+            "count sagas",
+            """
+            SELECT status, count(*) AS n FROM \(unescaped: namespace).sagas
+            WHERE \(name)::text IS NULL OR name = \(name)::text
+            GROUP BY status
+            """
+        )
+        var counts = Dictionary(uniqueKeysWithValues: SagaStatus.allCases.map { ($0, 0) })
+        for row in result {
+            let status = try StoreCoding.status(row["status"].decode(String.self), sagaID: "(any)")
+            counts[status, default: 0] += try row["n"].decode(Int.self)
+        }
+        return counts
+    }
+
+    /// Claims up to `limit` stalled sagas, oldest update first, in one statement that locks the
+    /// candidates with `FOR UPDATE SKIP LOCKED`: a concurrent claimer skips them (and, once this
+    /// claim commits, sees the new lease), so two claimers never take the same saga. A saga whose
+    /// lease `owner` itself holds may be claimed again (the lease is renewed).
+    public func claimStalled(
+        updatedBefore: Date, now: Date, owner: String, lease: Duration, limit: Int
+    ) async throws -> [SagaState] {
+        let before = StoreCoding.milliseconds(updatedBefore)
+        let nowMS = StoreCoding.milliseconds(now)
+        let until = nowMS + StoreCoding.milliseconds(lease)
+        let result = try await rows(
+            "claim stalled sagas",
+            """
+            UPDATE \(unescaped: namespace).sagas SET lease_owner = \(owner),
+                lease_until = timestamptz 'epoch' + \(until) * interval '1 millisecond'
+            WHERE id IN (
+                SELECT id FROM \(unescaped: namespace).sagas
+                WHERE status IN ('running', 'compensating')
+                  AND updated_at < timestamptz 'epoch' + \(before) * interval '1 millisecond'
+                  AND (lease_until IS NULL OR lease_until <= timestamptz 'epoch' + \(nowMS) * interval '1 millisecond'
+                       OR lease_owner = \(owner))
+                ORDER BY updated_at, id
+                LIMIT \(max(0, limit))
+                FOR UPDATE SKIP LOCKED
+            )
+            RETURNING \(unescaped: SagaRow.selection)
+            """
+        )
+        return try result.map(SagaRow.state(from:)).sorted { lhs, rhs in
+            lhs.updatedAt != rhs.updatedAt ? lhs.updatedAt < rhs.updatedAt : lhs.id < rhs.id
+        }
+    }
+
+    /// Unsent outbox messages created before `createdBefore`, oldest first.
+    public func pendingOutbox(createdBefore: Date, limit: Int) async throws -> [OutboxMessage] {
+        let before = StoreCoding.milliseconds(createdBefore)
+        let result = try await rows(
+            "read the outbox",
+            """
+            SELECT id, saga_id, exchange, routing_key, body, headers::text AS headers,
+                (extract(epoch FROM created_at) * 1000)::int8 AS created_at
+            FROM \(unescaped: namespace).outbox
+            WHERE sent_at IS NULL AND created_at < timestamptz 'epoch' + \(before) * interval '1 millisecond'
+            ORDER BY created_at, seq
+            LIMIT \(max(0, limit))
+            """
+        )
+        return try result.map { row in
+            let sagaID = try row["saga_id"].decode(String.self)
+            let body = try row["body"].decode(ByteBuffer.self)
+            return OutboxMessage(
+                id: try row["id"].decode(String.self),
+                sagaID: sagaID,
+                exchange: try row["exchange"].decode(String.self),
+                routingKey: try row["routing_key"].decode(String.self),
+                body: Array(body.readableBytesView),
+                headers: try StoreCoding.decode(
+                    [String: String].self, json: row["headers"].decode(String.self), column: "headers", sagaID: sagaID
+                ),
+                createdAt: StoreCoding.date(milliseconds: try row["created_at"].decode(Int64.self))
+            )
+        }
+    }
+
+    /// Marks messages as sent; unknown ids are ignored.
+    public func markSent(_ ids: [String]) async throws {
+        guard !ids.isEmpty else { return }
+        _ = try await rows(
+            "mark outbox messages sent",
+            "UPDATE \(unescaped: namespace).outbox SET sent_at = now() WHERE sent_at IS NULL AND id = ANY(\(ids)::text[])"
+        )
+    }
+
+    func fetchSaga(_ id: SagaID) async throws -> SagaState? {
+        let result = try await rows(
+            "load a saga",
+            "SELECT \(unescaped: SagaRow.selection) FROM \(unescaped: namespace).sagas WHERE id = \(id)"
+        )
+        return try result.first.map(SagaRow.state(from:))
+    }
+}
+
+/// A saga as bind values.
+struct SagaRow {
+    static let columns = """
+        id, name, status, current_step, attempt, payload, context, history, failure_reason, deadline, \
+        reap_attempts, created_at, updated_at, version
+        """
+    /// The columns as ``state(from:)`` reads them: JSON as text, times as Unix milliseconds.
+    static let selection = """
+        id, name, status, current_step, attempt, payload::text AS payload, context::text AS context, \
+        history::text AS history, failure_reason, (extract(epoch FROM deadline) * 1000)::int8 AS deadline, \
+        reap_attempts, (extract(epoch FROM created_at) * 1000)::int8 AS created_at, \
+        (extract(epoch FROM updated_at) * 1000)::int8 AS updated_at, version
+        """
+
+    let id: String
+    let name: String
+    let status: String
+    let currentStep: Int
+    let attempt: Int
+    let payload: String
+    let context: String
+    let history: String
+    let failureReason: String?
+    let deadline: Int64?
+    let reapAttempts: Int
+    let createdAt: Int64
+    let updatedAt: Int64
+
+    init(_ state: SagaState) throws {
+        id = state.id
+        name = state.name
+        status = state.status.rawValue
+        currentStep = state.currentStep
+        attempt = state.attempt
+        payload = try StoreCoding.json(state.payload)
+        context = try StoreCoding.json(state.context)
+        history = try StoreCoding.json(state.history)
+        failureReason = state.failureReason
+        deadline = state.deadline.map(StoreCoding.milliseconds)
+        reapAttempts = state.reapAttempts
+        createdAt = StoreCoding.milliseconds(state.createdAt)
+        updatedAt = StoreCoding.milliseconds(state.updatedAt)
+    }
+
+    static func state(from row: PostgresRandomAccessRow) throws -> SagaState {
+        let id = try row["id"].decode(String.self)
+        return SagaState(
+            id: id,
+            name: try row["name"].decode(String.self),
+            status: try StoreCoding.status(row["status"].decode(String.self), sagaID: id),
+            currentStep: try row["current_step"].decode(Int.self),
+            attempt: try row["attempt"].decode(Int.self),
+            payload: try StoreCoding.decode(
+                JSONObject.self, json: row["payload"].decode(String.self), column: "payload", sagaID: id
+            ),
+            context: try StoreCoding.decode(
+                [String: String].self, json: row["context"].decode(String.self), column: "context", sagaID: id
+            ),
+            history: try StoreCoding.decode(
+                [StepRecord].self, json: row["history"].decode(String.self), column: "history", sagaID: id
+            ),
+            failureReason: try row["failure_reason"].decode(String?.self),
+            deadline: try row["deadline"].decode(Int64?.self).map(StoreCoding.date(milliseconds:)),
+            reapAttempts: try row["reap_attempts"].decode(Int.self),
+            createdAt: StoreCoding.date(milliseconds: try row["created_at"].decode(Int64.self)),
+            updatedAt: StoreCoding.date(milliseconds: try row["updated_at"].decode(Int64.self)),
+            version: try row["version"].decode(Int64.self)
+        )
+    }
+}
+
+/// Outbox messages as parallel arrays, for `unnest`.
+struct OutboxRows {
+    var ids: [String] = []
+    var sagaIDs: [String] = []
+    var exchanges: [String] = []
+    var routingKeys: [String] = []
+    var bodies: [ByteBuffer] = []
+    var headers: [String] = []
+    var createdAt: [Int64] = []
+
+    init(_ messages: [OutboxMessage]) throws {
+        for message in messages {
+            ids.append(message.id)
+            sagaIDs.append(message.sagaID)
+            exchanges.append(message.exchange)
+            routingKeys.append(message.routingKey)
+            bodies.append(ByteBuffer(bytes: message.body))
+            headers.append(try StoreCoding.json(message.headers))
+            createdAt.append(StoreCoding.milliseconds(message.createdAt))
+        }
+    }
+}

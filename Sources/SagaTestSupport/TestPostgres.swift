@@ -1,0 +1,147 @@
+public import Foundation
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// The PostgreSQL server that tests and benchmarks use.
+///
+/// Where it is, in order:
+/// 1. `POSTGRES_URL`, when set;
+/// 2. the server started by `scripts/postgres.sh` (its URL is in `.local/postgres/url` in the
+///    package); when no such server answers, `scripts/postgres.sh start` is run once to start one
+///    (it installs PostgreSQL with apt-get when missing). Set `SAGAKIT_NO_POSTGRES_START=1` to
+///    prevent that.
+///
+/// When no server answers: with `CI` set, ``url()`` throws (tests must fail in CI, never skip);
+/// otherwise it returns `nil` after printing why, and the tests skip PostgreSQL.
+public enum TestPostgres {
+    /// Why PostgreSQL is not available.
+    public struct Unavailable: Error, CustomStringConvertible {
+        /// What went wrong.
+        public var description: String
+    }
+
+    private static let resolved = Mutex<Result<String?, Unavailable>?>(nil)
+
+    /// The package root (found from this file's path).
+    public static var packageRoot: URL {
+        URL(fileURLWithPath: #filePath)
+            .deletingLastPathComponent()  // SagaTestSupport
+            .deletingLastPathComponent()  // Sources
+            .deletingLastPathComponent()
+    }
+
+    /// The URL of a PostgreSQL that answers, or `nil` (after printing why) when there is none
+    /// outside CI.
+    /// - Throws: ``Unavailable`` in CI (`CI` set) when no server answers.
+    public static func url() async throws -> String? {
+        if let result = resolved.withLock({ $0 }) { return try result.get() }
+        let result = await resolve()
+        resolved.withLock { $0 = result }
+        return try result.get()
+    }
+
+    /// The URL of a PostgreSQL that answers.
+    /// - Throws: ``Unavailable`` when there is none (in CI or not).
+    public static func requireURL() async throws -> String {
+        guard let url = try await url() else {
+            throw Unavailable(description: "PostgreSQL is not available (see the message above)")
+        }
+        return url
+    }
+
+    private static func resolve() async -> Result<String?, Unavailable> {
+        let environment = ProcessInfo.processInfo.environment
+        let inCI = !(environment["CI"] ?? "").isEmpty
+        func unavailable(_ why: String) -> Result<String?, Unavailable> {
+            if inCI {
+                return .failure(Unavailable(description: "PostgreSQL is required in CI (CI is set) but \(why)"))
+            }
+            print("⚠️ skipping PostgreSQL tests: \(why)")
+            return .success(nil)
+        }
+
+        if let url = environment["POSTGRES_URL"], !url.isEmpty {
+            guard let (host, port) = hostAndPort(url) else {
+                return unavailable("POSTGRES_URL is not a postgres:// URL")
+            }
+            return answers(host: host, port: port)
+                ? .success(url) : unavailable("nothing answers at \(host):\(port) (from POSTGRES_URL)")
+        }
+
+        let urlFile = packageRoot.appendingPathComponent(".local/postgres/url")
+        if let url = readURL(urlFile), let (host, port) = hostAndPort(url), answers(host: host, port: port) {
+            return .success(url)
+        }
+        guard (environment["SAGAKIT_NO_POSTGRES_START"] ?? "").isEmpty else {
+            return unavailable("no server of scripts/postgres.sh answers and SAGAKIT_NO_POSTGRES_START is set")
+        }
+        let script = packageRoot.appendingPathComponent("scripts/postgres.sh")
+        let status = await run(script.path, ["start"])
+        guard status == 0 else {
+            return unavailable(
+                "`scripts/postgres.sh start` failed with status \(status); set POSTGRES_URL to use another server")
+        }
+        if let url = readURL(urlFile), let (host, port) = hostAndPort(url), answers(host: host, port: port) {
+            return .success(url)
+        }
+        return unavailable("`scripts/postgres.sh start` ran but no server answers; see .local/postgres/postgres.log")
+    }
+
+    private static func readURL(_ file: URL) -> String? {
+        guard let text = try? String(contentsOf: file, encoding: .utf8) else { return nil }
+        let url = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        return url.isEmpty ? nil : url
+    }
+
+    private static func hostAndPort(_ url: String) -> (String, Int)? {
+        guard let components = URLComponents(string: url), let host = components.host else { return nil }
+        return (host, components.port ?? 5432)
+    }
+
+    /// Runs a program, its output going to ours, and returns its exit status.
+    private static func run(_ path: String, _ arguments: [String]) async -> Int32 {
+        await withCheckedContinuation { continuation in
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/bin/bash")
+            process.arguments = [path] + arguments
+            process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
+            do {
+                try process.run()
+            } catch {
+                continuation.resume(returning: -1)
+            }
+        }
+    }
+
+    /// Whether a TCP connection to host:port succeeds within two seconds.
+    public static func answers(host: String, port: Int) -> Bool {
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        #if canImport(Glibc)
+            hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        #else
+            hints.ai_socktype = SOCK_STREAM
+        #endif
+        var list: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, String(port), &hints, &list) == 0, let first = list else { return false }
+        defer { freeaddrinfo(list) }
+        var entry: UnsafeMutablePointer<addrinfo>? = first
+        while let info = entry {
+            let fd = socket(info.pointee.ai_family, info.pointee.ai_socktype, info.pointee.ai_protocol)
+            if fd >= 0 {
+                var timeout = timeval(tv_sec: 2, tv_usec: 0)
+                setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+                let connected = connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0
+                close(fd)
+                if connected { return true }
+            }
+            entry = info.pointee.ai_next
+        }
+        return false
+    }
+}
