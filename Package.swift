@@ -15,6 +15,12 @@ let package = Package(
         .library(name: "SagaRabbitMQ", targets: ["SagaRabbitMQ"]),
         .library(name: "SagaSQLite", targets: ["SagaSQLite"]),
         .library(name: "SagaPostgres", targets: ["SagaPostgres"]),
+        .executable(name: "saga", targets: ["SagaCLI"]),
+        .executable(name: "sagakit-demo", targets: ["SagaKitDemo"]),
+        .executable(name: "order-service", targets: ["OrderService"]),
+        .executable(name: "inventory-service", targets: ["InventoryService"]),
+        .executable(name: "payment-service", targets: ["PaymentService"]),
+        .executable(name: "shipping-service", targets: ["ShippingService"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
@@ -23,6 +29,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.25.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
+        .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0"),
     ],
     targets: [
         // MARK: Core model (no I/O)
@@ -79,6 +86,67 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            swiftSettings: strict
+        ),
+
+        // MARK: App support, the example order system, the demo driver and the `saga` CLI
+        .target(
+            name: "SagaKitApp",
+            dependencies: [
+                "Participant",
+                "SagaPostgres",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "OrderService",
+            dependencies: ["SagaKitApp", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Examples/OrderSystem/OrderService",
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "InventoryService",
+            dependencies: [
+                "SagaKitApp", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            path: "Examples/OrderSystem/InventoryService",
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "PaymentService",
+            dependencies: [
+                "SagaKitApp", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            path: "Examples/OrderSystem/PaymentService",
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "ShippingService",
+            dependencies: [
+                "SagaKitApp", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            path: "Examples/OrderSystem/ShippingService",
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "SagaKitDemo",
+            dependencies: [
+                "SagaKitApp", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            path: "Examples/OrderSystem/Demo",
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "SagaCLI",
+            dependencies: ["SagaKitApp", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict
         ),
 

@@ -1,0 +1,241 @@
+import ArgumentParser
+import Foundation
+import Participant
+import SagaKitApp
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The order service: starts order sagas and follows them until they finish, printing progress.
+/// It takes no part in the saga itself; the inventory, payment and shipping services do.
+@main
+struct OrderService: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "order-service",
+        abstract: "Starts order sagas and prints their progress (example saga starter)."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+
+    @Option(help: "This instance's name.")
+    var instance: String?
+
+    @Option(help: "How many orders to place.")
+    var count = 10
+
+    @Option(help: "How many sagas may be in flight at once.")
+    var concurrency = 50
+
+    @Option(help: "Prefix of this batch's order ids (random by default).")
+    var runID: String?
+
+    @Option(help: "How many different SKUs the orders use.")
+    var skus = 5
+
+    @Option(help: "Give up waiting for the sagas after this many seconds.")
+    var timeout = 600
+
+    @Option(help: "Write the batch's figures as JSON to this file.")
+    var report: String?
+
+    func validate() throws {
+        guard count >= 0 else { throw ValidationError("--count must not be negative") }
+        guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
+        guard skus >= 1 else { throw ValidationError("--skus must be at least 1") }
+    }
+
+    func run() async throws {
+        let configuration = try connection.configuration()
+        ConsoleLogHandler.bootstrap(level: configuration.logLevel)
+        let instance = instance ?? "order-\(ProcessInfo.processInfo.processIdentifier)"
+        var logger = Logger(label: "order")
+        logger[metadataKey: "instance"] = "\(instance)"
+        let runID = runID ?? String(UUID().uuidString.lowercased().prefix(6))
+
+        let opened = try await AppStore.open(url: configuration.storeURL, logger: logger)
+        let bus: RabbitMQBus
+        do {
+            bus = try await ParticipantApp.connectBus(configuration, name: "order \(instance)", logger: logger)
+        } catch {
+            await opened.close()
+            throw error
+        }
+        // Sagas started here log at debug: the progress line says more than 500 "saga started".
+        var managerLogger = logger
+        managerLogger.logLevel = Swift.max(configuration.logLevel, .notice)
+        let manager = SagaManager(
+            definitions: OrderSaga.definitions, bus: bus, store: opened.store, topology: configuration.topology, logger: managerLogger)
+        let batch = OrderBatch(
+            manager: manager, runID: runID, count: count, concurrency: concurrency, skus: skus, timeout: .seconds(timeout),
+            report: report, logger: logger)
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: opened.services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) } + [
+                    ServiceGroupConfiguration.ServiceConfiguration(service: batch, successTerminationBehavior: .gracefullyShutdownGroup)
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        var failure: (any Error)?
+        do {
+            try await group.run()
+        } catch {
+            failure = error
+        }
+        await bus.shutdown()
+        await opened.close()
+        if let failure { throw failure }
+        if batch.failed.withLock({ $0 }) { throw ExitCode(1) }
+    }
+}
+
+/// Starts `count` orders with at most `concurrency` in flight, then waits for all of them.
+final class OrderBatch: Service, Sendable {
+    let manager: SagaManager
+    let runID: String
+    let count: Int
+    let concurrency: Int
+    let skus: Int
+    let timeout: Duration
+    let report: String?
+    let logger: Logger
+    let failed = Mutex(false)
+
+    init(manager: SagaManager, runID: String, count: Int, concurrency: Int, skus: Int, timeout: Duration, report: String?, logger: Logger) {
+        self.manager = manager
+        self.runID = runID
+        self.count = count
+        self.concurrency = concurrency
+        self.skus = skus
+        self.timeout = timeout
+        self.report = report
+        self.logger = logger
+    }
+
+    func id(_ number: Int) -> String { String(format: "%@-%05d", runID, number) }
+
+    func order(_ number: Int) -> JSONObject {
+        [
+            "orderId": .string(id(number)),
+            "sku": .string("sku-\(number % skus)"),
+            "quantity": .number(Double(1 + number % 3)),
+            "amount": .number(Double(10 + number % 90)),
+            "customer": .string("customer-\(number % 37)"),
+        ]
+    }
+
+    func run() async throws {
+        guard count > 0 else {
+            logger.info("nothing to do (--count 0)")
+            return
+        }
+        try await manager.declareTopology()
+        let store = manager.store
+        let terminal: Set<SagaStatus> = [.completed, .compensated, .needsAttention]
+        func finishedCount() async throws -> [SagaStatus: Int] { try await store.countByStatus(name: OrderSaga.name) }
+        let baseline = try await finishedCount()
+        let progress = ProgressLine(total: count)
+        logger.info("placing \(count) orders", metadata: ["run": "\(runID)", "concurrency": "\(concurrency)"])
+
+        let clock = ContinuousClock()
+        let began = clock.now
+        var started = 0
+        var lastPrint = clock.now
+        while !Task.isShuttingDownGracefully {
+            let counts = try await finishedCount()
+            let done = terminal.reduce(0) { $0 + (counts[$1] ?? 0) - (baseline[$1] ?? 0) }
+            let line = progress.line(
+                started: started,
+                completed: (counts[.completed] ?? 0) - (baseline[.completed] ?? 0),
+                compensated: (counts[.compensated] ?? 0) - (baseline[.compensated] ?? 0),
+                needsAttention: (counts[.needsAttention] ?? 0) - (baseline[.needsAttention] ?? 0),
+                elapsed: clock.now - began
+            )
+            if clock.now - lastPrint >= .seconds(1) {
+                progress.show(line)
+                lastPrint = clock.now
+            }
+            if done >= count && started == count { break }
+            if clock.now - began > timeout {
+                progress.finish(line)
+                logger.error("gave up waiting after \(timeout)")
+                failed.withLock { $0 = true }
+                break
+            }
+            let room = Swift.min(concurrency - (started - done), count - started)
+            if room > 0 {
+                let first = started
+                try await withThrowingDiscardingTaskGroup { group in
+                    for number in first..<(first + room) {
+                        group.addTask { [self] in
+                            _ = try await manager.start(OrderSaga.name, payload: order(number), id: id(number))
+                        }
+                    }
+                }
+                started += room
+            } else {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        // Exact figures from the stored states of this batch.
+        var states: [SagaState] = []
+        for number in 0..<started {
+            states.append(try await store.load(id(number)))
+        }
+        let statistics = RunStatistics(states: states)
+        progress.finish(
+            progress.line(
+                started: started, completed: statistics.completed, compensated: statistics.compensated,
+                needsAttention: statistics.needsAttention, elapsed: clock.now - began))
+        print(
+            """
+            order-service: \(statistics.count) orders (run \(runID)) in \(formatSeconds(statistics.seconds)): \
+            \(String(format: "%.1f", statistics.throughput)) sagas/s
+              completed \(statistics.completed) · compensated \(statistics.compensated) · needs attention \(statistics.needsAttention) · unfinished \(statistics.unfinished)
+              latency p50 \(formatSeconds(statistics.p50)) · p99 \(formatSeconds(statistics.p99)) · max \(formatSeconds(statistics.max))
+            """)
+        if statistics.unfinished > 0 { failed.withLock { $0 = true } }
+        if let report {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try encoder.encode(BatchReport(runID: runID, ids: (0..<started).map(id), statistics: statistics))
+                .write(to: URL(fileURLWithPath: report))
+        }
+    }
+}
+
+/// What `--report` writes.
+struct BatchReport: Codable {
+    var runID: String
+    var ids: [String]
+    var statistics: RunStatistics
+}
+
+/// The progress display: one updating line on a terminal, a line every few seconds otherwise.
+struct ProgressLine: Sendable {
+    let total: Int
+    let isTerminal = isatty(STDOUT_FILENO) == 1
+
+    func line(started: Int, completed: Int, compensated: Int, needsAttention: Int, elapsed: Duration) -> String {
+        let finished = completed + compensated + needsAttention
+        let rate = elapsed.seconds > 0 ? Double(finished) / elapsed.seconds : 0
+        return "started \(started)/\(total) · completed \(completed) · compensated \(compensated) · needs attention \(needsAttention)"
+            + " · in flight \(Swift.max(started - finished, 0)) · \(String(format: "%.0f", rate)) sagas/s"
+    }
+
+    func show(_ line: String) {
+        if isTerminal {
+            print("\r\u{1B}[2K" + line, terminator: "")
+            fflush(nil)
+        } else {
+            print(line)
+        }
+    }
+
+    func finish(_ line: String) {
+        if isTerminal { print("\r\u{1B}[2K" + line) } else { print(line) }
+    }
+}
