@@ -1,0 +1,166 @@
+import Foundation
+import GRDB
+import Participant
+import SagaKitApp
+
+/// Checks the demo's invariants against the saga store and every service's own database.
+struct Verifier {
+    let configuration: AppConfiguration
+    let declineRate: Double
+    let logger: Logger
+
+    struct Check {
+        var passed: Bool
+        var title: String
+        var detail: String
+    }
+
+    struct Outcome {
+        var statistics: RunStatistics
+        var checks: [Check]
+        var passed: Bool { checks.allSatisfy(\.passed) }
+
+        func summary(sagas: Int, kills: [String], store: String, logs: String) -> String {
+            let s = statistics
+            var lines = [
+                "",
+                "Summary",
+                "  completed        \(s.completed)",
+                "  compensated      \(s.compensated)",
+                "  needs attention  \(s.needsAttention)",
+                "  unfinished       \(s.unfinished)",
+                "  throughput       \(String(format: "%.1f", s.throughput)) sagas/s (\(s.count) sagas in \(formatSeconds(s.seconds)))",
+                "  latency          p50 \(formatSeconds(s.p50)) · p99 \(formatSeconds(s.p99)) · max \(formatSeconds(s.max))",
+            ]
+            if !kills.isEmpty { lines.append("  chaos            killed with SIGKILL and restarted: \(kills.joined(separator: ", "))") }
+            lines.append("Invariants")
+            for check in checks {
+                lines.append("  \(check.passed ? "✔" : "✘") \(check.title)")
+                if !check.detail.isEmpty { lines.append("      \(check.detail)") }
+            }
+            lines.append(
+                passed ? "All invariants hold." : "INVARIANT VIOLATED: see above, the service logs in \(logs), and `saga show <id>`.")
+            lines.append("Explore: swift run saga list · swift run saga show <id> · swift run saga graph order")
+            return lines.joined(separator: "\n")
+        }
+    }
+
+    func verify(_ report: BatchReport) async throws -> Outcome {
+        let states = try await AppStore.withStore(url: configuration.storeURL, logger: logger) { store in
+            var states: [SagaState] = []
+            for id in report.ids { states.append(try await store.load(id)) }
+            return states
+        }
+        let statistics = RunStatistics(states: states)
+        var checks: [Check] = []
+
+        // 1. Every saga finished.
+        let unfinished = states.filter { !$0.status.isTerminal }
+        let attention = states.filter { $0.status == .needsAttention }
+        checks.append(
+            Check(
+                passed: unfinished.isEmpty && attention.isEmpty,
+                title: "every saga is terminal (completed or compensated)",
+                detail: unfinished.isEmpty && attention.isEmpty
+                    ? "" : "unfinished: \(sample(unfinished.map(\.id))); needs attention: \(sample(attention.map(\.id)))"))
+
+        // 2. Outcomes follow the payment rule.
+        let expectedDeclines = Set(report.ids.filter { OrderSaga.isDeclined(orderID: $0, rate: declineRate) })
+        let compensated = Set(states.filter { $0.status == .compensated }.map(\.id))
+        let completed = Set(states.filter { $0.status == .completed }.map(\.id))
+        checks.append(
+            Check(
+                passed: compensated == expectedDeclines,
+                title: "exactly the declined orders were compensated (\(expectedDeclines.count) declined)",
+                detail: compensated == expectedDeclines
+                    ? ""
+                    : "compensated but not declined: \(sample(compensated.subtracting(expectedDeclines))); declined but not compensated: \(sample(expectedDeclines.subtracting(compensated)))"
+            ))
+
+        // 3. Inventory: stock conserved.
+        let inventory = try LocalDatabase.open(path: configuration.dataPath("inventory.db"))
+        let reservations = try await inventory.read { db in
+            try Row.fetchAll(db, sql: "SELECT saga_id, sku, quantity, status FROM reservations").map {
+                (id: $0["saga_id"] as String, sku: $0["sku"] as String, quantity: $0["quantity"] as Int, status: $0["status"] as String)
+            }
+        }
+        let stock = try await inventory.read { db in
+            try Row.fetchAll(db, sql: "SELECT sku, initial, on_hand FROM stock").map {
+                (sku: $0["sku"] as String, initial: $0["initial"] as Int, onHand: $0["on_hand"] as Int)
+            }
+        }
+        let shipping = try LocalDatabase.open(path: configuration.dataPath("shipping.db"))
+        let shipments = try await shipping.read { db in
+            try Row.fetchAll(db, sql: "SELECT saga_id, sku, quantity FROM shipments").map {
+                (id: $0["saga_id"] as String, sku: $0["sku"] as String, quantity: $0["quantity"] as Int)
+            }
+        }
+        let held = reservations.filter { $0.status == "reserved" }
+        let heldBySKU = Dictionary(grouping: held, by: { $0.sku }).mapValues { $0.reduce(0) { $0 + $1.quantity } }
+        let shippedBySKU = Dictionary(grouping: shipments, by: { $0.sku }).mapValues { $0.reduce(0) { $0 + $1.quantity } }
+        let unbalancedSKUs = stock.filter { $0.initial - $0.onHand != (heldBySKU[$0.sku] ?? 0) }.map(\.sku)
+        let heldIDs = Set(held.map(\.id))
+        let shippedIDs = Set(shipments.map(\.id))
+        let reservedTotal = reservations.filter { $0.status != "cancelled" }.reduce(0) { $0 + $1.quantity }
+        let releasedTotal = reservations.filter { $0.status == "released" }.reduce(0) { $0 + $1.quantity }
+        let stockOK = unbalancedSKUs.isEmpty && heldBySKU == shippedBySKU && heldIDs == shippedIDs && heldIDs == completed
+        checks.append(
+            Check(
+                passed: stockOK,
+                title:
+                    "stock conserved: reserved − released = shipped (\(reservedTotal) − \(releasedTotal) = \(shipments.reduce(0) { $0 + $1.quantity }) units, \(stock.count) SKUs)",
+                detail: stockOK
+                    ? ""
+                    : "SKUs whose on-hand does not match: \(sample(unbalancedSKUs)); held but not shipped: \(sample(heldIDs.subtracting(shippedIDs))); shipped but not held: \(sample(shippedIDs.subtracting(heldIDs))); held for unfinished/compensated sagas: \(sample(heldIDs.subtracting(completed)))"
+            ))
+
+        // 4. Payment: charged completed orders, nothing left charged for compensated ones.
+        let payment = try LocalDatabase.open(path: configuration.dataPath("payment.db"))
+        let charges = try await payment.read { db in
+            try Row.fetchAll(db, sql: "SELECT saga_id, status FROM charges").map {
+                (id: $0["saga_id"] as String, status: $0["status"] as String)
+            }
+        }
+        let chargeStatus = Dictionary(charges.map { ($0.id, $0.status) }) { first, _ in first }
+        let unrefunded = compensated.filter { chargeStatus[$0] == "charged" }
+        let refunded = compensated.filter { chargeStatus[$0] == "refunded" }
+        checks.append(
+            Check(
+                passed: unrefunded.isEmpty,
+                title:
+                    "every compensated saga that was charged was refunded (\(refunded.count) refund(s), \(compensated.count - refunded.count) never charged)",
+                detail: unrefunded.isEmpty ? "" : "charged and not refunded: \(sample(unrefunded))"))
+        let unpaid = completed.filter { chargeStatus[$0] != "charged" }
+        checks.append(
+            Check(
+                passed: unpaid.isEmpty, title: "every completed saga was charged once",
+                detail: unpaid.isEmpty ? "" : "completed without a charge: \(sample(unpaid))"))
+
+        // 5. Shipping: nothing shipped for a compensated saga.
+        let wronglyShipped = shippedIDs.intersection(compensated)
+        checks.append(
+            Check(
+                passed: wronglyShipped.isEmpty && shipments.count == shippedIDs.count,
+                title: "nothing shipped for a compensated saga, nothing shipped twice (\(shipments.count) shipments)",
+                detail: wronglyShipped.isEmpty ? "" : "shipped but compensated: \(sample(wronglyShipped))"))
+
+        // 6. Retries happened where the demo says they do.
+        let shippingRetries = states.reduce(0) { total, state in
+            total + state.history.filter { $0.stepName == "ship" && $0.outcome == .retrying }.count
+        }
+        checks.append(
+            Check(
+                passed: true, title: "shipping failures retried forward: \(shippingRetries) retry(ies), all of them shipped in the end",
+                detail: ""))
+        try inventory.close()
+        try shipping.close()
+        try payment.close()
+        return Outcome(statistics: statistics, checks: checks)
+    }
+
+    private func sample<S: Sequence>(_ ids: S) -> String where S.Element == String {
+        let sorted = ids.sorted()
+        if sorted.isEmpty { return "none" }
+        return sorted.prefix(5).joined(separator: ", ") + (sorted.count > 5 ? " … (\(sorted.count))" : "")
+    }
+}

@@ -1,0 +1,218 @@
+import ArgumentParser
+import Foundation
+import Participant
+import SagaKitApp
+import Synchronization
+
+struct DeadLetterCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dlq",
+        abstract: "Dead-lettered messages: list them with their reasons, put them back.",
+        subcommands: [DeadLetterList.self, DeadLetterRequeue.self]
+    )
+}
+
+/// One dead letter as the CLI shows it.
+struct DeadLetter: Encodable {
+    var messageId: String?
+    var reason: String?
+    var service: String?
+    var sourceQueue: String?
+    var sourceExchange: String?
+    var sourceRoutingKey: String?
+    var deadLetteredAt: String?
+    var sagaId: String?
+    var command: String?
+    var redelivered: Bool
+    var bytes: Int
+    var body: String
+
+    init(_ delivery: Delivery) {
+        let headers = delivery.headers
+        messageId = delivery.messageId
+        reason = headers[SagaHeaders.deadLetterReason] ?? (headers["x-death"] != nil ? "dead-lettered by the broker (x-death)" : nil)
+        service = headers[SagaHeaders.deadLetterService]
+        sourceQueue = headers[SagaHeaders.deadLetterQueue]
+        sourceExchange = headers[SagaHeaders.deadLetterExchange]
+        sourceRoutingKey = headers[SagaHeaders.deadLetterRoutingKey]
+        deadLetteredAt = headers[SagaHeaders.deadLetterTime]
+        sagaId = headers[SagaHeaders.sagaID] ?? delivery.correlationId
+        command = delivery.type
+        redelivered = delivery.redelivered
+        bytes = delivery.body.count
+        let text = String(decoding: delivery.body.prefix(512), as: UTF8.self)
+        body = text + (delivery.body.count > 512 ? "…" : "")
+    }
+}
+
+/// Consumes up to `limit` dead letters (stopping when none arrived for `idle`), hands them to
+/// `body`, then stops consuming: whatever `body` did not acknowledge goes back to the queue, in
+/// its order (the broker requeues a cancelled consumer's unsettled messages).
+func withDeadLetters<T: Sendable>(
+    bus: RabbitMQBus, topology: SagaTopology, limit: Int, idle: Duration = .seconds(1),
+    _ body: @Sendable ([Delivery]) async throws -> T
+) async throws -> T {
+    try await bus.declare(topology.shared)
+    let stream = try await bus.consume(queue: topology.deadLetterQueue, prefetch: min(max(limit, 1), 65_535))
+    let collected = DeliveryBuffer()
+    return try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask {
+            for try await delivery in stream {
+                collected.items.withLock { $0.append(delivery) }
+            }
+        }
+        var last = -1
+        while true {
+            try await Task.sleep(for: idle)
+            let count = collected.items.withLock { $0.count }
+            if count >= limit || count == last { break }
+            last = count
+        }
+        let deliveries = Array(collected.items.withLock { $0 }.prefix(limit))
+        do {
+            let result = try await body(deliveries)
+            group.cancelAll()
+            return result
+        } catch {
+            group.cancelAll()
+            throw error
+        }
+    }
+}
+
+/// Deliveries shared between the consuming task and the command.
+final class DeliveryBuffer: Sendable {
+    let items = Mutex<[Delivery]>([])
+}
+
+struct DeadLetterList: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "list",
+        abstract: "List dead-lettered messages with why and where they came from (they stay in the queue)."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+
+    @Option(help: "At most this many messages.")
+    var limit = 100
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() async throws {
+        let environment = try CommandEnvironment(connection)
+        let topology = environment.configuration.topology
+        let limit = limit
+        let letters = try await environment.withBus { bus in
+            try await withDeadLetters(bus: bus, topology: topology, limit: limit) { deliveries in deliveries.map(DeadLetter.init) }
+        }
+        if json { return try printJSON(letters) }
+        if letters.isEmpty {
+            print("\(topology.deadLetterQueue) is empty")
+            return
+        }
+        for (index, letter) in letters.enumerated() {
+            print("#\(index + 1) \(letter.messageId ?? "(no message id)")")
+            print("  reason      \(letter.reason ?? "(none recorded)")")
+            print(
+                "  from        queue \(letter.sourceQueue ?? "?") · service \(letter.service ?? "?") · at \(letter.deadLetteredAt ?? "?")")
+            print(
+                "  requeue to  exchange '\(letter.sourceExchange ?? "?")' routing key '\(letter.sourceRoutingKey ?? letter.command ?? "?")'"
+            )
+            if let saga = letter.sagaId { print("  saga        \(saga)") }
+            print("  body        \(letter.bytes) bytes: \(letter.body)")
+        }
+        print(
+            "\n\(letters.count) dead letter(s) in \(topology.deadLetterQueue)\(letters.count == limit ? " (limit reached; there may be more)" : "")"
+        )
+        print("put them back with: saga dlq requeue --all   (or --id <message id>)")
+    }
+}
+
+struct DeadLetterRequeue: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "requeue",
+        abstract: "Republish dead letters to the exchange and routing key they were consumed from, then remove them.",
+        discussion: "Fix the cause first (deploy the missing handler, repair the data): a message that fails again is dead-lettered again."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+
+    @Flag(help: "Requeue every dead letter (up to --limit).")
+    var all = false
+
+    @Option(name: .customLong("id"), help: "Requeue the dead letter with this message id (repeatable).")
+    var ids: [String] = []
+
+    @Option(help: "Look at most at this many messages.")
+    var limit = 1000
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func validate() throws {
+        guard all || !ids.isEmpty else { throw ValidationError("say which: --all, or --id <message id> (see `saga dlq list`)") }
+    }
+
+    struct Result: Encodable {
+        var requeued: [DeadLetter]
+        var failed: [String]
+        var kept: Int
+    }
+
+    func run() async throws {
+        let environment = try CommandEnvironment(connection)
+        let topology = environment.configuration.topology
+        let (limit, all, wanted) = (limit, all, Set(ids))
+        let result = try await environment.withBus { bus in
+            try await withDeadLetters(bus: bus, topology: topology, limit: limit) { deliveries in
+                var result = Result(requeued: [], failed: [], kept: 0)
+                for delivery in deliveries {
+                    guard all || wanted.contains(delivery.messageId ?? "") else {
+                        result.kept += 1
+                        continue
+                    }
+                    let letter = DeadLetter(delivery)
+                    do {
+                        try await bus.publish(Self.original(of: delivery, topology: topology))
+                        try await delivery.ack()
+                        result.requeued.append(letter)
+                    } catch {
+                        result.failed.append("\(letter.messageId ?? "?"): \(error)")
+                    }
+                }
+                return result
+            }
+        }
+        if json { return try printJSON(result) }
+        for letter in result.requeued {
+            print(
+                "requeued \(letter.messageId ?? "?") → '\(letter.sourceExchange ?? "")' / '\(letter.sourceRoutingKey ?? letter.command ?? "")'"
+            )
+        }
+        for failure in result.failed { print("could not requeue \(failure)") }
+        let missing = wanted.subtracting(result.requeued.compactMap(\.messageId))
+        if !all && !missing.isEmpty { print("not found in the first \(limit) dead letters: \(missing.sorted().joined(separator: ", "))") }
+        print("\(result.requeued.count) requeued, \(result.failed.count) failed, \(result.kept) left in \(topology.deadLetterQueue)")
+        if !result.failed.isEmpty { throw ExitCode(1) }
+    }
+
+    /// The message as it was before it was dead-lettered. Dead letters written by a participant
+    /// say where they came from; for others (dead-lettered by the broker) the AMQP type (the
+    /// command name) routes them to the commands exchange.
+    static func original(of delivery: Delivery, topology: SagaTopology) -> OutgoingMessage {
+        var headers = delivery.headers
+        let exchange = headers[SagaHeaders.deadLetterExchange] ?? topology.commandsExchange
+        let routingKey = headers[SagaHeaders.deadLetterRoutingKey] ?? delivery.type ?? delivery.routingKey
+        for key in [
+            SagaHeaders.deadLetterReason, SagaHeaders.deadLetterQueue, SagaHeaders.deadLetterExchange, SagaHeaders.deadLetterRoutingKey,
+            SagaHeaders.deadLetterService, SagaHeaders.deadLetterTime, "x-death", "x-first-death-exchange", "x-first-death-queue",
+            "x-first-death-reason",
+        ] {
+            headers.removeValue(forKey: key)
+        }
+        return OutgoingMessage(
+            exchange: exchange, routingKey: routingKey, body: delivery.body, headers: headers, messageId: delivery.messageId,
+            contentType: delivery.contentType, type: delivery.type, correlationId: delivery.correlationId)
+    }
+}
