@@ -59,7 +59,7 @@ struct ShowCommand: AsyncParsableCommand {
             let at = "+" + formatSeconds(record.finishedAt.timeIntervalSince(state.createdAt))
             let took = record.outcome == .resent ? "" : formatSeconds(record.finishedAt.timeIntervalSince(record.startedAt))
             var line =
-                "  \(pad(at, 10))  \(pad(record.stepName, 16))  \(pad("\(record.phase.rawValue) #\(record.attempt)", 16))  \(pad(describe(record.outcome), 10))  \(pad(took, 8))"
+                "  \(pad(at, 10))  \(pad(record.stepName, 16))  \(pad("\(record.phase.rawValue) #\(record.attempt)", 16))  \(pad(describe(record.outcome), 13))  \(pad(took, 8))"
             if let error = record.error { line += "  \(error)" }
             lines.append(line.trimmingTrailingSpaces())
         }

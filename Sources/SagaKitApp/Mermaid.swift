@@ -10,10 +10,11 @@ extension SagaDefinition {
         let pivot = pivotIndex
         for (index, step) in steps.enumerated() {
             let marker = index == pivot ? " · PIVOT" : (isForwardOnly(index) ? " · forward only" : "")
-            let shape = index == pivot ? "{{\"\(step.name)\\n\(step.action)\(marker)\"}}" : "[\"\(step.name)\\n\(step.action)\(marker)\"]"
+            let shape =
+                index == pivot ? "{{\"\(step.name)<br/>\(step.action)\(marker)\"}}" : "[\"\(step.name)<br/>\(step.action)\(marker)\"]"
             lines.append("    a\(index)\(shape)")
             if let compensation = step.compensation {
-                lines.append("    c\(index)[/\"undo \(step.name)\\n\(compensation)\"/]")
+                lines.append("    c\(index)[/\"undo \(step.name)<br/>\(compensation)\"/]")
             }
         }
         lines.append("    done((completed))")

@@ -71,14 +71,21 @@ public enum OrderSaga {
         fraction("\(orderID)#ship#\(attempt)") < rate
     }
 
-    /// A stable number in [0, 1) for a string (FNV-1a 64, the same in every process, unlike
-    /// `Hasher`).
+    /// A stable, evenly spread number in [0, 1) for a string (FNV-1a 64 with a MurmurHash3
+    /// finalizer: the same in every process, unlike `Hasher`).
     public static func fraction(_ text: String) -> Double {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         for byte in text.utf8 {
             hash ^= UInt64(byte)
             hash = hash &* 0x0000_0100_0000_01b3
         }
+        // FNV alone barely moves the high bits for strings that differ in their last characters
+        // (order-00041, order-00042); the MurmurHash3 finalizer spreads every bit.
+        hash ^= hash >> 33
+        hash = hash &* 0xff51_afd7_ed55_8ccd
+        hash ^= hash >> 33
+        hash = hash &* 0xc4ce_b9fe_1a85_ec53
+        hash ^= hash >> 33
         return Double(hash >> 11) / Double(UInt64(1) << 53)
     }
 }

@@ -56,6 +56,7 @@ public struct RunStatistics: Sendable, Codable {
 public func formatSeconds(_ seconds: Double) -> String {
     switch seconds {
     case ..<0.001: String(format: "%.0f µs", seconds * 1_000_000)
+    case ..<0.01: String(format: "%.1f ms", seconds * 1000)
     case ..<1: String(format: "%.0f ms", seconds * 1000)
     case ..<120: String(format: "%.2f s", seconds)
     default: "\(Int(seconds) / 60) min \(Int(seconds) % 60) s"

@@ -154,7 +154,7 @@ final class OrderBatch: Service, Sendable {
                 needsAttention: (counts[.needsAttention] ?? 0) - (baseline[.needsAttention] ?? 0),
                 elapsed: clock.now - began
             )
-            if clock.now - lastPrint >= .seconds(1) {
+            if clock.now - lastPrint >= (progress.isTerminal ? .seconds(1) : .seconds(5)) {
                 progress.show(line)
                 lastPrint = clock.now
             }
