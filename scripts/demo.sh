@@ -81,10 +81,7 @@ fi
 # 3. Build.
 BUILD_DIR="${SAGAKIT_BUILD_DIR:-.build}"
 log "building ($CONFIG, in $BUILD_DIR; the first build takes several minutes)"
-for product in sagakit-demo inventory-service payment-service shipping-service order-service saga; do
-    log "  swift build --product $product"
-    swift build -q -c "$CONFIG" --scratch-path "$BUILD_DIR" --product "$product" || { log "the build of $product failed"; exit 1; }
-done
+swift build -c "$CONFIG" --scratch-path "$BUILD_DIR" || { log "the build failed"; exit 1; }
 BIN="$(swift build -c "$CONFIG" --scratch-path "$BUILD_DIR" --show-bin-path)"
 
 # 4. Run, in its own process group so that every process it starts can be stopped together.
