@@ -31,7 +31,19 @@ log() { echo "rabbitmq.sh: $*" >&2; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
 
-own_broker_running() { [[ -f "$PIDFILE" ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+# The pid of our node's Erlang VM, found by the node name in its environment (robust to a lost pid file).
+own_broker_pid() {
+    local pid
+    for pid in $(pgrep -f beam.smp 2>/dev/null); do
+        if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "RABBITMQ_NODENAME=$NODE"; then
+            echo "$pid"
+            return 0
+        fi
+    done
+    return 1
+}
+
+own_broker_running() { own_broker_pid >/dev/null; }
 
 install_if_missing() {
     local missing=()
@@ -127,15 +139,15 @@ EOF
     ) &
     echo $! >"$PIDFILE"
     wait_until_answering 90 "$(cat "$PIDFILE")"
+    own_broker_pid >"$PIDFILE" || true
     "$RMQ_BIN/rabbitmqctl" -n "$NODE" -q await_startup --timeout 60 >/dev/null 2>&1 || true
     log "broker answers at $(url)"
 }
 
 stop() {
-    if [[ -n "${AMQP_URL:-}" ]]; then log "AMQP_URL is set: not stopping that broker"; return 0; fi
-    if ! own_broker_running; then log "no broker started by this script is running"; rm -f "$PIDFILE"; return 0; fi
+    if [[ -n "${AMQP_URL:-}" ]] && ! controllable; then log "AMQP_URL is set: not stopping that broker"; return 0; fi
     local pid
-    pid="$(cat "$PIDFILE")"
+    if ! pid="$(own_broker_pid)"; then log "no broker started by this script is running"; rm -f "$PIDFILE"; return 0; fi
     node_env
     "$RMQ_BIN/rabbitmqctl" -n "$NODE" -q shutdown >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
@@ -167,7 +179,7 @@ url() { echo "${AMQP_URL:-$DEFAULT_URL}"; }
 status() {
     if [[ -n "${AMQP_URL:-}" ]]; then echo "using AMQP_URL"; return 0; fi
     if port_open; then
-        if own_broker_running; then echo "running ($NODE, pid $(cat "$PIDFILE")) at $(url)"; else echo "a broker answers at $(url)"; fi
+        if own_broker_running; then echo "running ($NODE, pid $(own_broker_pid)) at $(url)"; else echo "a broker answers at $(url)"; fi
     else
         echo "not running"
         return 1

@@ -78,6 +78,11 @@ public final class RabbitMQBus: MessageBus {
         try await connect(RabbitMQConfiguration(url: url))
     }
 
+    /// Declares exchanges, queues and bindings on the broker and records them for re-declaration after a
+    /// reconnect. Idempotent.
+    ///
+    /// - Throws: ``BusError`` `preconditionFailed` (naming the queue or exchange and the argument that differs),
+    ///   `notFound`, `accessRefused`, `closed`.
     public func declare(_ topology: Topology) async throws {
         try checkOpen()
         try await withCheckedThrowingContinuation { reply in
@@ -101,6 +106,12 @@ public final class RabbitMQBus: MessageBus {
         }
     }
 
+    /// Publishes a message and returns once the broker has confirmed it (pipelined with other publishes, at most
+    /// ``RabbitMQConfiguration/confirmWindow`` in flight). A publish caught by a connection loss is sent again after
+    /// the reconnect.
+    ///
+    /// - Throws: ``BusError`` `unroutable`, `nacked`, `messageTooLarge`, `notFound` (missing exchange),
+    ///   `connectionLost`, `closed`.
     public func publish(_ message: OutgoingMessage) async throws {
         guard message.body.count <= configuration.maxBodySize else {
             throw BusError(
@@ -117,6 +128,10 @@ public final class RabbitMQBus: MessageBus {
         }
     }
 
+    /// Starts a consumer on its own channel with `basic.qos(prefetch)` and manual acknowledgements. The stream
+    /// survives reconnects; ending its iteration cancels the consumer.
+    ///
+    /// - Throws: ``BusError`` `notFound` (no such queue), `invalidArgument` (prefetch outside 1...65535), `closed`.
     public func consume(queue: String, prefetch: Int) async throws -> DeliveryStream {
         guard (1...Int(UInt16.max)).contains(prefetch) else {
             throw BusError(.invalidArgument, "prefetch must be between 1 and 65535, not \(prefetch)")

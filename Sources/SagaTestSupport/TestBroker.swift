@@ -55,41 +55,54 @@ public enum TestBroker {
         return false
     }
 
-    /// `true` when the broker in use is the one `scripts/rabbitmq.sh` started, so tests may close its connections
-    /// or restart it.
-    public static var isControllable: Bool {
-        (try? runScript(["controllable"])) != nil
-    }
-
     /// Runs `scripts/rabbitmq.sh` with `arguments` (for example `["ctl", "close_all_connections", "test"]`) and
-    /// returns its standard output. With `port`, the script manages the private broker on that port (and ignores
+    /// returns its output. With `port`, the script manages the private broker on that port (and ignores
     /// `AMQP_URL`): tests that restart a broker use one of their own, so they do not disturb other tests.
+    ///
+    /// The script runs on a thread of its own (starting a broker takes seconds; the cooperative pool must not
+    /// wait for it), with `posix_spawn` and `waitpid` (Foundation's `Process.waitUntilExit` can miss the exit of
+    /// a script that leaves a daemon behind).
     @discardableResult
-    public static func runScript(_ arguments: [String], port: Int? = nil) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = [scriptPath] + arguments
+    public static func runScript(_ arguments: [String], port: Int? = nil) async throws -> String {
+        var environment = ProcessInfo.processInfo.environment
         if let port {
-            var environment = ProcessInfo.processInfo.environment
             environment["RABBITMQ_PORT"] = String(port)
             environment["AMQP_URL"] = nil
-            process.environment = environment
         }
-        let output = Pipe()
-        let errors = Pipe()
-        process.standardOutput = output
-        process.standardError = errors
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        let errorData = errors.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
-        guard process.terminationStatus == 0 else {
+        let command = ["/bin/bash", scriptPath] + arguments
+        let env = environment.map { "\($0.key)=\($0.value)" }
+        let (status, output) = await withCheckedContinuation { (done: CheckedContinuation<(Int32, String), Never>) in
+            let thread = Thread { done.resume(returning: spawnAndWait(command, environment: env)) }
+            thread.start()
+        }
+        guard status == 0 else {
             throw TestBrokerUnavailable(
-                message: "scripts/rabbitmq.sh \(arguments.joined(separator: " ")) failed "
-                    + "(exit \(process.terminationStatus)): \(text) \(String(decoding: errorData, as: UTF8.self))")
+                message: "scripts/rabbitmq.sh \(arguments.joined(separator: " ")) failed (exit \(status)): \(output)")
         }
-        return text
+        return output
+    }
+
+    /// Runs a command to completion; returns its exit status (-1 when it could not start or was killed) and its
+    /// standard output and error, interleaved.
+    private static func spawnAndWait(_ command: [String], environment: [String]) -> (Int32, String) {
+        let outputPath = NSTemporaryDirectory() + "sagakit-script-\(UUID().uuidString).log"
+        defer { try? FileManager.default.removeItem(atPath: outputPath) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        let argv = command.map { strdup($0) } + [nil]
+        let envp = environment.map { strdup($0) } + [nil]
+        defer { (argv + envp).forEach { free($0) } }
+        var pid: pid_t = 0
+        guard posix_spawn(&pid, command[0], &actions, nil, argv, envp) == 0 else { return (-1, "cannot start \(command[0])") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0, errno == EINTR {}
+        let output = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
+        let exited = status & 0x7f == 0
+        return (exited ? (status >> 8) & 0xff : -1, output)
     }
 
     /// The URL of the private broker `runScript(["start"], port: port)` starts.

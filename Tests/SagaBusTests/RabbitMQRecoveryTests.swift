@@ -23,6 +23,8 @@ struct RabbitMQRecoveryTests {
             var deliveries = 0
         }
         private let state = Mutex(State())
+        /// Tells the publishers to stop.
+        let stop = Atomic<Bool>(false)
 
         func confirm(_ n: Int) { state.withLock { _ = $0.confirmed.insert(n) } }
         func fail(_ n: Int, _ code: BusError.Code) { state.withLock { $0.failed[n] = code } }
@@ -40,8 +42,7 @@ struct RabbitMQRecoveryTests {
 
     @Test("connections closed by the broker mid-flow, then a broker restart: nothing confirmed is lost")
     func recovery() async throws {
-        try TestBroker.runScript(["start"], port: Self.port)
-        defer { _ = try? TestBroker.runScript(["stop"], port: Self.port) }
+        try await TestBroker.runScript(["start"], port: Self.port)
 
         var configuration = try RabbitMQConfiguration(url: TestBroker.privateBrokerURL(port: Self.port))
         configuration.reconnectDelayMin = .milliseconds(50)
@@ -50,9 +51,16 @@ struct RabbitMQRecoveryTests {
         configuration.connectionName = "SagaBusTests recovery"
         let bus = try await RabbitMQBus.connect(configuration)
 
-        try await connectionsClosedWhileFlowing(bus)
-        try await brokerRestartKeepsDurableMessages(bus)
+        do {
+            try await connectionsClosedWhileFlowing(bus)
+            try await brokerRestartKeepsDurableMessages(bus)
+        } catch {
+            await bus.shutdown()
+            _ = try? await TestBroker.runScript(["stop"], port: Self.port)
+            throw error
+        }
         await bus.shutdown()
+        try await TestBroker.runScript(["stop"], port: Self.port)
     }
 
     /// `rabbitmqctl close_all_connections` while one task publishes and a consumer acks: every confirmed message
@@ -62,7 +70,6 @@ struct RabbitMQRecoveryTests {
         let queue = "test.close-all.\(UUID().uuidString.prefix(8))"
         try await bus.declare(Topology(queues: [QueueSpec(name: queue)]))
         let ledger = Ledger()
-        let stop = Atomic<Bool>(false)
 
         let stream = try await bus.consume(queue: queue, prefetch: 100)
         let consumer = Task {
@@ -76,7 +83,7 @@ struct RabbitMQRecoveryTests {
                 for lane in 0..<32 {
                     group.addTask {
                         var n = lane
-                        while !stop.load(ordering: .relaxed) {
+                        while !ledger.stop.load(ordering: .relaxed) {
                             do {
                                 try await bus.publish(
                                     OutgoingMessage(
@@ -95,13 +102,13 @@ struct RabbitMQRecoveryTests {
         }
 
         try await waitUntil("500 confirms before the close") { ledger.confirmed.count >= 500 }
-        try TestBroker.runScript(["ctl", "close_all_connections", "SagaKit recovery test"], port: Self.port)
+        try await TestBroker.runScript(["ctl", "close_all_connections", "SagaKit recovery test"], port: Self.port)
         let consumedAtClose = ledger.deliveries
         let confirmedAtClose = ledger.confirmed.count
         try await waitUntil("publishing and consuming resume after the close", timeout: .seconds(30)) {
             ledger.confirmed.count > confirmedAtClose + 500 && ledger.deliveries > consumedAtClose + 500
         }
-        stop.store(true, ordering: .relaxed)
+        ledger.stop.store(true, ordering: .relaxed)
         try await publisher.value
 
         let confirmed = ledger.confirmed
@@ -145,7 +152,7 @@ struct RabbitMQRecoveryTests {
             try await Task.sleep(for: .milliseconds(300))
             try await publish(1000..<1200)
         }()
-        try TestBroker.runScript(["restart"], port: Self.port)
+        try await TestBroker.runScript(["restart"], port: Self.port)
         try await during
 
         let stream = try await bus.consume(queue: queue, prefetch: 300)

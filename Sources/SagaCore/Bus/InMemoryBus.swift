@@ -26,18 +26,22 @@ public final class InMemoryBus: MessageBus {
         core = Core(maxBodySize: maxBodySize)
     }
 
+    /// Declares exchanges, queues and bindings; fails with `preconditionFailed` on a conflicting redeclaration.
     public func declare(_ topology: Topology) async throws {
         try core.declare(topology)
     }
 
+    /// Routes the message into its queues; fails with `unroutable` when a mandatory message reaches none.
     public func publish(_ message: OutgoingMessage) async throws {
         try core.publish(message)
     }
 
+    /// Starts a consumer; ending the stream's iteration cancels it and requeues what it had not settled.
     public func consume(queue: String, prefetch: Int) async throws -> DeliveryStream {
         try core.consume(queue: queue, prefetch: prefetch)
     }
 
+    /// Ends every consumer's stream and refuses further work.
     public func shutdown() async {
         core.shutdown()
     }
@@ -339,13 +343,10 @@ extension InMemoryBus {
                     // Yielding under the lock keeps each consumer's deliveries in queue order; `yield` runs no
                     // user code.
                     if case .terminated = consumer.continuation.yield(delivery) {
-                        var returned = message
-                        returned.redelivered = message.redelivered
-                        state.queues[name]?.ready.insert(returned, at: 0)
-                        state.queues[name]?.consumerOrder.removeAll { $0 == id }
-                        if let gone = state.consumers.removeValue(forKey: id) {
-                            effects.finishes.append((gone.continuation, nil))
-                        }
+                        // The stream ended and its onTermination is about to cancel the consumer: put the message
+                        // back and cancel it here.
+                        state.queues[name]?.ready.insert(message, at: 0)
+                        removeConsumer(&state, id, &effects)
                         continue
                     }
                     state.unsettled[tag] = Unsettled(message: message, queue: name, consumer: id)
@@ -395,24 +396,31 @@ extension InMemoryBus {
         private func cancelConsumer(_ id: UInt64) {
             let effects = state.withLock { state -> Effects in
                 var effects = Effects()
-                guard let consumer = state.consumers.removeValue(forKey: id) else { return effects }
-                // Released after the lock: dropping the last continuation may end its stream.
-                effects.finishes.append((consumer.continuation, nil))
-                state.queues[consumer.queue]?.consumerOrder.removeAll { $0 == id }
-                // What the consumer had not settled goes back to the head of its queue, in delivery order.
-                let returned = state.unsettled.filter { $0.value.consumer == id }.sorted { $0.key < $1.key }
-                var requeued: [Message] = []
-                for (tag, entry) in returned {
-                    state.unsettled[tag] = nil
-                    var message = entry.message
-                    message.redelivered = true
-                    requeued.append(message)
+                if let queue = state.consumers[id]?.queue {
+                    removeConsumer(&state, id, &effects)
+                    dispatch(&state, [queue], &effects)
                 }
-                state.queues[consumer.queue]?.ready.insert(contentsOf: requeued, at: 0)
-                dispatch(&state, [consumer.queue], &effects)
                 return effects
             }
             run(effects)
+        }
+
+        /// Removes a consumer; what it had not settled goes back to the head of its queue, in delivery order,
+        /// marked redelivered.
+        private func removeConsumer(_ state: inout State, _ id: UInt64, _ effects: inout Effects) {
+            guard let consumer = state.consumers.removeValue(forKey: id) else { return }
+            // Released after the lock: dropping the last continuation may end its stream.
+            effects.finishes.append((consumer.continuation, nil))
+            state.queues[consumer.queue]?.consumerOrder.removeAll { $0 == id }
+            let returned = state.unsettled.filter { $0.value.consumer == id }.sorted { $0.key < $1.key }
+            var requeued: [Message] = []
+            for (tag, entry) in returned {
+                state.unsettled[tag] = nil
+                var message = entry.message
+                message.redelivered = true
+                requeued.append(message)
+            }
+            state.queues[consumer.queue]?.ready.insert(contentsOf: requeued, at: 0)
         }
 
         // MARK: Settle
