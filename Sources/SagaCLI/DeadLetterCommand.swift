@@ -36,7 +36,9 @@ struct DeadLetter: Encodable {
         sourceExchange = headers[SagaHeaders.deadLetterExchange]
         sourceRoutingKey = headers[SagaHeaders.deadLetterRoutingKey]
         deadLetteredAt = headers[SagaHeaders.deadLetterTime]
-        sagaId = headers[SagaHeaders.sagaID] ?? delivery.correlationId
+        sagaId =
+            headers[SagaHeaders.sagaID] ?? (try? JSONCoding.decode(SagaCommand.self, from: Data(delivery.body)))?.sagaID
+            ?? delivery.correlationId
         command = delivery.type
         redelivered = delivery.redelivered
         bytes = delivery.body.count
