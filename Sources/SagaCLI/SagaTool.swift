@@ -2,7 +2,7 @@ import ArgumentParser
 
 /// `saga`: inspect and operate the sagas in a SagaKit store.
 @main
-struct SagaCommand: AsyncParsableCommand {
+struct SagaTool: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "saga",
         abstract: "Inspect and operate SagaKit sagas.",
