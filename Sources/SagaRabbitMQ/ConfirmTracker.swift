@@ -101,3 +101,51 @@ struct ConfirmTracker<Item> {
         }
     }
 }
+
+/// The settled delivery tags of one consumer channel, so that a run of acks can go out as a single
+/// `basic.ack(multiple: true)` instead of one frame each.
+///
+/// The broker numbers a channel's deliveries 1, 2, 3 … Acks handed over together (one mailbox drain) are held
+/// in `pending`; ``flush()`` then acknowledges, with one `multiple` ack, everything below the lowest tag that is
+/// still unsettled — only tags the application has settled are ever covered — and sends the tags above a gap
+/// one by one. Nacks and rejects are sent at once (after a flush) and recorded with ``settledOtherwise(_:)``.
+/// A value type with no I/O, unit-tested on its own.
+struct AckCoalescer {
+    /// Every tag below this one is settled.
+    private(set) var lowestUnsettled: UInt64 = 1
+    private var settledAbove: Set<UInt64> = []
+    private var pending: [UInt64] = []
+
+    init() {}
+
+    var hasPending: Bool { !pending.isEmpty }
+
+    /// Records an ack to send at the next flush.
+    mutating func ack(_ tag: UInt64) { pending.append(tag) }
+
+    /// Records a tag settled by a nack or reject that was sent already.
+    mutating func settledOtherwise(_ tag: UInt64) { markSettled(tag) }
+
+    /// The frames that acknowledge the pending acks: one `multiple` ack up to `multipleUpTo`, then `singles`.
+    mutating func flush() -> (multipleUpTo: UInt64?, singles: [UInt64]) {
+        guard !pending.isEmpty else { return (nil, []) }
+        for tag in pending { markSettled(tag) }
+        let boundary = lowestUnsettled
+        var covered = false
+        var singles: [UInt64] = []
+        for tag in pending {
+            if tag < boundary { covered = true } else { singles.append(tag) }
+        }
+        pending.removeAll(keepingCapacity: true)
+        return (covered ? boundary - 1 : nil, singles)
+    }
+
+    private mutating func markSettled(_ tag: UInt64) {
+        if tag == lowestUnsettled {
+            lowestUnsettled += 1
+            while settledAbove.remove(lowestUnsettled) != nil { lowestUnsettled += 1 }
+        } else if tag > lowestUnsettled {
+            settledAbove.insert(tag)
+        }
+    }
+}

@@ -52,6 +52,8 @@ final class ConnectionWorker {
         var consumerTag = ""
         /// Deliveries handed to the stream and not yet settled.
         var unsettled = 0
+        /// Acks waiting to be sent, coalesced.
+        var acks = AckCoalescer()
         /// Cancelled by shutdown: the stream is finished, settlements are still accepted.
         var stopping = false
     }
@@ -91,6 +93,8 @@ final class ConnectionWorker {
     private var consumers: [UInt64: ActiveConsumer] = [:]
     private var channelConsumers: [UInt16: UInt64] = [:]
     private var partials: [UInt16: PartialContent] = [:]
+    /// Channels with acks waiting for ``flushAcks()`` (at the end of each mailbox drain).
+    private var channelsWithAcks: [UInt16] = []
 
     /// Declarations and consumer starts that arrived while disconnected.
     private var parked: [Command] = []
@@ -143,6 +147,7 @@ final class ConnectionWorker {
                 continue
             }
             for command in mailbox.takeAll() { execute(command) }
+            flushAcks()
             guard connection === current else { continue }
             do {
                 try pumpPublishes(current)
@@ -504,6 +509,7 @@ final class ConnectionWorker {
             consumer.channel = channel
             consumer.epoch = epochCounter
             consumer.unsettled = 0
+            consumer.acks = AckCoalescer()
             consumers[registration.id] = consumer
             channelConsumers[channel] = registration.id
             reply?.resume()
@@ -533,16 +539,21 @@ final class ConnectionWorker {
 
     private func cancelConsumer(_ id: UInt64) {
         guard let consumer = consumers[id], !consumer.stopping else { return }
-        consumers[id] = nil
-        guard let channel = consumer.channel, let current = connection else { return }
-        channelConsumers[channel] = nil
+        guard let channel = consumer.channel, let current = connection else {
+            consumers[id] = nil
+            return
+        }
         do throws(AMQPFailure) {
+            try flushAcks(channel: channel, current)
+            consumers[id] = nil
+            channelConsumers[channel] = nil
             // Closing the channel makes the broker requeue what this consumer had not settled.
             try current.closeChannel(channel)
             freeChannels.append(channel)
         } catch .channelClosed {
             freeChannels.append(channel)
         } catch {
+            consumers[id] = nil
             connectionLost(error)
         }
     }
@@ -551,16 +562,46 @@ final class ConnectionWorker {
         guard let current = connection, let id = channelConsumers[channel], let consumer = consumers[id],
             consumer.epoch == epoch
         else { return }
+        consumers[id]?.unsettled -= 1
+        if case .ack = settlement {
+            consumers[id]?.acks.ack(tag)
+            channelsWithAcks.append(channel)
+            return
+        }
         do throws(AMQPFailure) {
+            try flushAcks(channel: channel, current)
             switch settlement {
-            case .ack: try current.ack(channel, tag: tag, multiple: false)
+            case .ack: break
             case .nack(let requeue): try current.nack(channel, tag: tag, requeue: requeue)
             case .reject: try current.reject(channel, tag: tag)
             }
-            consumers[id]?.unsettled -= 1
+            consumers[id]?.acks.settledOtherwise(tag)
         } catch {
             connectionLost(error)
         }
+    }
+
+    /// Sends the acks collected while draining the mailbox (coalesced per channel).
+    private func flushAcks() {
+        guard !channelsWithAcks.isEmpty, let current = connection else {
+            channelsWithAcks.removeAll()
+            return
+        }
+        let channels = channelsWithAcks
+        channelsWithAcks.removeAll(keepingCapacity: true)
+        do throws(AMQPFailure) {
+            for channel in channels { try flushAcks(channel: channel, current) }
+        } catch {
+            connectionLost(error)
+        }
+    }
+
+    private func flushAcks(channel: UInt16, _ current: AMQPConnection) throws(AMQPFailure) {
+        guard let id = channelConsumers[channel], consumers[id]?.acks.hasPending == true,
+            let (multipleUpTo, singles) = consumers[id]?.acks.flush()
+        else { return }
+        if let multipleUpTo { try current.ack(channel, tag: multipleUpTo, multiple: true) }
+        for tag in singles { try current.ack(channel, tag: tag, multiple: false) }
     }
 
     private func deliver(_ content: PartialContent, channel: UInt16, tag: UInt64, redelivered: Bool)
@@ -582,7 +623,10 @@ final class ConnectionWorker {
         )
         if case .terminated = consumer.registration.continuation.yield(delivery) {
             // Nobody reads this stream any more: hand the message back at once.
-            try connection?.nack(channel, tag: tag, requeue: true)
+            guard let current = connection else { return }
+            try flushAcks(channel: channel, current)
+            try current.nack(channel, tag: tag, requeue: true)
+            consumers[id]?.acks.settledOtherwise(tag)
         } else {
             consumers[id]?.unsettled += 1
         }

@@ -90,3 +90,30 @@ struct RabbitMQUnitTests {
         #expect(vhost.code == .vhostNotFound && vhost.message.contains("'nope'"))
     }
 }
+
+@Suite("Ack coalescing")
+struct AckCoalescerTests {
+    @Test("in-order acks become one multiple ack")
+    func inOrder() {
+        var acks = AckCoalescer()
+        for tag in 1...5 as ClosedRange<UInt64> { acks.ack(tag) }
+        let frames = acks.flush()
+        #expect(frames.multipleUpTo == 5 && frames.singles.isEmpty)
+        #expect(acks.flush().multipleUpTo == nil)
+    }
+
+    @Test("a held delivery is never covered by a multiple ack")
+    func gap() {
+        var acks = AckCoalescer()
+        acks.ack(1)
+        acks.ack(2)
+        acks.ack(4)  // 3 is still held by the application
+        let first = acks.flush()
+        #expect(first.multipleUpTo == 2 && first.singles == [4])
+        acks.settledOtherwise(3)  // nacked
+        acks.ack(5)
+        let second = acks.flush()
+        #expect(second.multipleUpTo == 5 && second.singles.isEmpty)
+        #expect(acks.lowestUnsettled == 6)
+    }
+}
