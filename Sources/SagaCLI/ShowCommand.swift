@@ -111,9 +111,9 @@ struct ShowCommand: AsyncParsableCommand {
             if definition.isForwardOnly(state.currentStep) && state.status == .running {
                 text += ";\n  past the pivot: failures are retried forward, never compensated"
             } else if state.status == .running {
-                let policy = step.options.retry
-                text +=
-                    ";\n  if it fails \(max(0, policy.maxAttempts - state.attempt + 1)) more time(s), the completed steps are compensated"
+                let left = max(0, step.options.retry.maxAttempts - state.attempt)
+                text += ";\n  a business failure (failAndCompensate) compensates at once; a thrown error is retried"
+                text += " (\(left) retry(ies) left), then the saga compensates"
             }
             let stalledAt = state.updatedAt.addingTimeInterval(reaper.stalledThreshold.seconds)
             text += ".\n  If nothing happens by \(isoFormatter.string(from: stalledAt)), the reaper re-sends it"

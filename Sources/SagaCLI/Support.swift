@@ -12,7 +12,7 @@ struct CommandEnvironment {
         var configuration = try options.configuration()
         // Quiet by default: the command's output is what matters.
         if options.logLevel == nil, ProcessInfo.processInfo.environment["SAGAKIT_LOG_LEVEL"] == nil {
-            configuration.logLevel = .warning
+            configuration.logLevel = .error
         }
         ConsoleLogHandler.bootstrap(level: configuration.logLevel)
         self.configuration = configuration
