@@ -176,7 +176,26 @@ let package = Package(
             swiftSettings: strict
         ),
 
+        .executableTarget(
+            name: "SagaBenchmark",
+            dependencies: [
+                "Participant", "SagaPostgres", "SagaTestSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Benchmarks/SagaBenchmark",
+            swiftSettings: strict
+        ),
+
         // MARK: Tests
+        .executableTarget(
+            name: "ParticipantTestHost",
+            dependencies: [
+                "Participant", "SagaPostgres", "SagaTestSupport",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            path: "Tests/ParticipantTestHost",
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "SagaCoreTests",
             dependencies: ["SagaCore"],

@@ -8,6 +8,8 @@ struct SagaEngine: Sendable {
     let bus: any MessageBus
     let definitions: SagaDefinitionRegistry
     let topology: SagaTopology
+    /// Batches `markSent` when set (participants); marks at once otherwise (the manager).
+    var sentMarker: SentMarker?
     let metrics = SagaMetrics()
 
     /// The outcome of ``advance(_:event:logger:)``.
@@ -66,7 +68,13 @@ struct SagaEngine: Sendable {
                 )
             }
         }
-        if !sent.isEmpty { try await store.markSent(sent) }
+        if !sent.isEmpty {
+            if let sentMarker {
+                sentMarker.enqueue(sent)
+            } else {
+                try await store.markSent(sent)
+            }
+        }
         if let failure { throw failure }
     }
 

@@ -86,11 +86,6 @@ enum SagaMessages {
         } catch {
             return .failure(SagaError(.invalidMessage, "body is not a saga command (\(describe(error)))"))
         }
-        if command.command != delivery.routingKey {
-            return .failure(
-                SagaError(.invalidMessage, "body names command '\(command.command)' but it was routed as '\(delivery.routingKey)'")
-            )
-        }
         if command.attempt < 1 || command.step < 0 {
             return .failure(SagaError(.invalidMessage, "step \(command.step) / attempt \(command.attempt) out of range"))
         }

@@ -44,10 +44,12 @@ public struct SagaParticipant: Service {
     ) {
         self.configuration = configuration
         self.handlers = handlers
-        self.engine = SagaEngine(store: store, bus: bus, definitions: definitions, topology: configuration.topology)
         var logger = logger
         logger[metadataKey: "saga.service"] = "\(configuration.service)"
         self.logger = logger
+        var engine = SagaEngine(store: store, bus: bus, definitions: definitions, topology: configuration.topology)
+        engine.sentMarker = SentMarker(store: store, interval: .milliseconds(20), logger: logger)
+        self.engine = engine
     }
 
     /// The queue this participant consumes.
@@ -65,6 +67,20 @@ public struct SagaParticipant: Service {
             "participant started",
             metadata: ["queue": "\(queue)", "commands": "\(handlers.commands.joined(separator: ","))", "prefetch": "\(configuration.prefetch)"]
         )
+        try await withThrowingDiscardingTaskGroup { outer in
+            let marker = engine.sentMarker
+            if let marker { outer.addTask { await marker.run() } }
+            try await consume()
+            // Mark what the last handlers published, then stop the marker.
+            await marker?.flush()
+            outer.cancelAll()
+        }
+        logger.info("participant stopped")
+    }
+
+    /// Consumes the queue until cancelled or gracefully shut down, with the outbox relay and the
+    /// reaper alongside; returns once running handlers have finished.
+    private func consume() async throws {
         try await withThrowingDiscardingTaskGroup { group in
             let relay = OutboxRelay(engine: engine, pollInterval: configuration.outboxPollInterval, gracePeriod: configuration.outboxGracePeriod, logger: logger)
             group.addTask { await relay.run() }
@@ -81,7 +97,6 @@ public struct SagaParticipant: Service {
             // ended for another reason.
             if !Task.isShuttingDownGracefully { group.cancelAll() }
         }
-        logger.info("participant stopped")
     }
 
     // MARK: - One delivery

@@ -112,6 +112,19 @@ struct ParticipantTests {
         #expect(letter.body == Array(body.utf8))
     }
 
+    @Test func aCommandWithoutAHandlerInThisServiceIsDeadLettered() async throws {
+        // Published straight to the inventory queue through the default exchange.
+        let queue = testTopology.queue(forService: "inventory")
+        let body = #"{"sagaID":"x","sagaName":"order","command":"payment.charge","step":1,"stepName":"charge-card","phase":"action","attempt":1}"#
+        let letters = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { _ in
+            try await bus.publish(OutgoingMessage(exchange: "", routingKey: queue, body: Array(body.utf8), contentType: "application/json"))
+            return try await collect(queue: testTopology.deadLetterQueue, count: 1)
+        }
+        #expect(letters.first?.headers[SagaHeaders.deadLetterReason] == "service 'inventory' has no handler for command 'payment.charge'")
+        #expect(letters.first?.headers[SagaHeaders.deadLetterExchange] == "")
+        #expect(letters.first?.headers[SagaHeaders.deadLetterRoutingKey] == queue)
+    }
+
     @Test func anOversizedBodyIsDeadLettered() async throws {
         let letters = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { _ in
             try await bus.publish(OutgoingMessage(exchange: testTopology.commandsExchange, routingKey: "payment.charge", body: Array(repeating: 0x20, count: 70_000), contentType: "application/json"))

@@ -1,0 +1,116 @@
+// A participant process for the fault tests: runs one service of the test order saga on the real
+// broker and store, and records every handler effect in a shared SQLite "effects" file, once per
+// idempotency key. The tests kill it with SIGKILL at random moments and start it again.
+//
+// Environment: SERVICE (inventory | payment | shipping), AMQP_URL, STORE_URL (sqlite:… or
+// postgres://…), EFFECTS_DB (path), PREFIX (topology prefix), REAPER_MS (reaper poll and stall
+// threshold in milliseconds), HANDLER_DELAY_MS (work time per handler).
+import Foundation
+import GRDB
+import Participant
+import SagaPostgres
+import SagaTestSupport
+
+let environment = ProcessInfo.processInfo.environment
+func required(_ name: String) -> String {
+    guard let value = environment[name], !value.isEmpty else {
+        FileHandle.standardError.write(Data("ParticipantTestHost: set \(name)\n".utf8))
+        exit(2)
+    }
+    return value
+}
+
+let service = required("SERVICE")
+let prefix = required("PREFIX")
+let reaperMilliseconds = Int(environment["REAPER_MS"] ?? "") ?? 1000
+let handlerDelay = Duration.milliseconds(Int(environment["HANDLER_DELAY_MS"] ?? "") ?? 5)
+
+LoggingSystem.bootstrap { label in
+    var handler = StreamLogHandler.standardError(label: label)
+    handler.logLevel = environment["LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .error
+    return handler
+}
+let logger = Logger(label: "host.\(service).\(ProcessInfo.processInfo.processIdentifier)")
+
+let effects = try DatabasePool(path: required("EFFECTS_DB"), configuration: {
+    var configuration = Configuration()
+    configuration.busyMode = .timeout(10)
+    return configuration
+}())
+try effects.write { db in
+    try db.execute(sql: "CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY, command TEXT NOT NULL, saga_id TEXT NOT NULL)")
+    try db.execute(sql: "CREATE TABLE IF NOT EXISTS calls (id INTEGER PRIMARY KEY AUTOINCREMENT, command TEXT NOT NULL, saga_id TEXT NOT NULL)")
+}
+
+/// The service's local transaction: the effect, applied once per idempotency key.
+@Sendable func apply(_ context: SagaContext) async throws {
+    try await Task.sleep(for: handlerDelay)
+    try await effects.write { db in
+        try db.execute(sql: "INSERT INTO calls (command, saga_id) VALUES (?, ?)", arguments: [context.command, context.sagaID])
+        try db.execute(sql: "INSERT OR IGNORE INTO effects (key, command, saga_id) VALUES (?, ?, ?)", arguments: [context.idempotencyKey, context.command, context.sagaID])
+    }
+}
+
+var handlers = SagaHandlerRegistry()
+switch service {
+case "inventory":
+    handlers.register("inventory.reserve") { context in
+        try await apply(context)
+        try await context.completeStep(merging: ["reserved": true])
+    }
+    handlers.register("inventory.release") { context in
+        try await apply(context)
+        try await context.completeCompensation()
+    }
+case "payment":
+    handlers.register("payment.charge") { context in
+        if context.payload["declinePayment"] == .bool(true) {
+            try await context.failAndCompensate(reason: "card declined")
+            return
+        }
+        try await apply(context)
+        try await context.completeStep(merging: ["charged": true])
+    }
+    handlers.register("payment.refund") { context in
+        try await apply(context)
+        try await context.completeCompensation()
+    }
+case "shipping":
+    handlers.register("shipping.ship") { context in
+        try await apply(context)
+        try await context.completeStep(merging: ["shipped": true])
+    }
+default:
+    FileHandle.standardError.write(Data("ParticipantTestHost: unknown SERVICE \(service)\n".utf8))
+    exit(2)
+}
+
+let storeURL = required("STORE_URL")
+let store: any SagaStore
+let postgres: PostgresSagaStore?
+if storeURL.hasPrefix("postgres") {
+    let opened = try await PostgresSagaStore(url: storeURL, logger: logger)
+    postgres = opened
+    store = opened
+} else {
+    store = try await SQLiteSagaStore(url: storeURL, logger: logger)
+    postgres = nil
+}
+let bus = try await RabbitMQBus.connect(url: required("AMQP_URL"))
+let participant = SagaParticipant(
+    configuration: ParticipantConfiguration(
+        service: service,
+        topology: SagaTopology(prefix: prefix, delayLevels: [1]),
+        prefetch: 32,
+        outboxPollInterval: .milliseconds(300),
+        outboxGracePeriod: .milliseconds(1000),
+        reaper: ReaperConfiguration(pollInterval: .milliseconds(reaperMilliseconds), stalledThreshold: .milliseconds(reaperMilliseconds * 2), maxReapAttempts: 20)
+    ),
+    definitions: TestSagas.registry, handlers: handlers, bus: bus, store: store, logger: logger
+)
+let group = ServiceGroup(
+    configuration: ServiceGroupConfiguration(services: [.init(service: participant)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+)
+try await group.run()
+await bus.shutdown()
+await postgres?.shutdown()

@@ -1,0 +1,122 @@
+import Foundation
+import GRDB
+import Participant
+import SagaTestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One participant process (`ParticipantTestHost`), killed and restarted by the fault tests.
+final class HostProcess: Sendable {
+    let service: String
+    private let process: Process
+
+    init(service: String, environment: [String: String]) throws {
+        self.service = service
+        let process = Process()
+        let testBinary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var directory = testBinary.deletingLastPathComponent()
+        // The test binary sits in `<bin>/SagaKitPackageTests.xctest` (a file on Linux).
+        if directory.lastPathComponent.hasSuffix(".xctest") { directory = directory.deletingLastPathComponent() }
+        process.executableURL = directory.appendingPathComponent("ParticipantTestHost")
+        var env = ProcessInfo.processInfo.environment
+        env.merge(environment) { _, new in new }
+        env["SERVICE"] = service
+        process.environment = env
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        self.process = process
+    }
+
+    /// SIGKILL: the process dies wherever it is (mid-handler, between commit and publish, …).
+    func kill() {
+        Glibc.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    /// SIGTERM: graceful shutdown; waits for the exit.
+    func stop() {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+    }
+}
+
+@Suite(
+    "Crash recovery with participant processes",
+    .enabled(if: IntegrationServers.available, "set AMQP_URL and POSTGRES_URL, or run `make test`"),
+    .timeLimit(.minutes(4))
+)
+struct ParticipantFaultTests {
+    @Test(arguments: StoreKind.allCases)
+    func killedParticipantsRestartAndEverySagaFinishesExactlyOnce(store kind: StoreKind) async throws {
+        let servers = try IntegrationServers.require()
+        let storeURL = kind.url(postgres: servers.postgres)
+        let (store, close) = try await openStore(storeURL)
+        let topology = SagaTopology(prefix: "fault-\(UUID().uuidString.prefix(8))", delayLevels: [1])
+        let effectsPath = FileManager.default.temporaryDirectory.appendingPathComponent("sagakit-effects-\(UUID().uuidString).db").path
+        let environment = [
+            "AMQP_URL": servers.amqp, "STORE_URL": storeURL, "EFFECTS_DB": effectsPath, "PREFIX": topology.prefix,
+            "REAPER_MS": "1000", "HANDLER_DELAY_MS": "200",
+        ]
+        let bus = try await RabbitMQBus.connect(url: servers.amqp)
+        let manager = SagaManager(definitions: TestSagas.registry, bus: bus, store: store, topology: topology, logger: quietTestLogger)
+        try await manager.declareTopology()
+        for (service, commands) in TestSagas.commandsByService {
+            try await bus.declare(topology.topology(forService: service, commands: commands))
+        }
+
+        // Two competing payment instances, one of each other service.
+        var hosts = try ["inventory", "payment", "payment", "shipping"].map { try HostProcess(service: $0, environment: environment) }
+        defer { for host in hosts { host.stop() } }
+
+        let count = 40
+        let ids = try await withThrowingTaskGroup(of: SagaID.self) { group in
+            for index in 0..<count {
+                group.addTask {
+                    try await manager.start("order", payload: ["orderId": .string("f-\(index)"), "amount": 1, "declinePayment": .bool(index % 4 == 0)])
+                }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        // Once a few sagas have finished, kill one payment instance and the shipping service
+        // mid-flow (SIGKILL: wherever they are in a step), and restart them a moment later.
+        try await waitUntil {
+            var finished = 0
+            for id in ids where try await store.load(id).status.isTerminal { finished += 1 }
+            return finished >= 1
+        }
+        hosts[1].kill()
+        hosts[3].kill()
+        var unfinished = 0
+        for id in ids where !(try await store.load(id).status.isTerminal) { unfinished += 1 }
+        // The kill really interrupted running sagas (otherwise this test proves nothing).
+        try #require(unfinished > 0)
+        try await Task.sleep(for: .milliseconds(500))
+        hosts[1] = try HostProcess(service: "payment", environment: environment)
+        hosts[3] = try HostProcess(service: "shipping", environment: environment)
+
+        var finals: [SagaState] = []
+        for id in ids { finals.append(try await manager.outcome(of: id, timeout: .seconds(90))) }
+        #expect(finals.filter { $0.status == .completed }.count == 30)
+        #expect(finals.filter { $0.status == .compensated }.count == 10)
+
+        // Every saga's effects, read from the services' own table, are exactly its outcome's.
+        let effects = try DatabaseQueue(path: effectsPath)
+        let rows = try effects.read { db in
+            try Row.fetchAll(db, sql: "SELECT saga_id, command FROM effects")
+        }
+        var bySaga: [String: Set<String>] = [:]
+        for row in rows { bySaga[row["saga_id"], default: []].insert(row["command"]) }
+        for saga in finals {
+            let expected: Set<String> = saga.status == .completed ? ["inventory.reserve", "payment.charge", "shipping.ship"] : ["inventory.reserve", "inventory.release"]
+            #expect(bySaga[saga.id] ?? [] == expected, "saga \(saga.id) (\(saga.status)) has effects \(bySaga[saga.id] ?? [])")
+        }
+        #expect(try await store.pendingOutbox(createdBefore: .distantFuture, limit: 1).filter { ids.contains($0.sagaID) }.isEmpty)
+        await bus.shutdown()
+        await close()
+    }
+}
