@@ -78,7 +78,13 @@ if [[ "$STORE" == postgres && -z "${SAGAKIT_STORE_URL:-}" ]]; then
     export SAGAKIT_STORE_URL
 fi
 
-# 3. Build.
+# 3. Build (GRDB needs SQLite's headers; librabbitmq-dev came with the broker above).
+if ! pkg-config --exists sqlite3 2>/dev/null; then
+    SUDO=""; ((EUID == 0)) || SUDO=sudo
+    log "installing libsqlite3-dev with apt-get"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends libsqlite3-dev pkg-config >/dev/null
+fi
 BUILD_DIR="${SAGAKIT_BUILD_DIR:-.build}"
 log "building ($CONFIG, in $BUILD_DIR; the first build takes several minutes)"
 swift build -c "$CONFIG" --scratch-path "$BUILD_DIR" || { log "the build failed"; exit 1; }
