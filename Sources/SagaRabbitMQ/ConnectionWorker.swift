@@ -263,8 +263,11 @@ final class ConnectionWorker {
             logger.info("reconnected", metadata: ["amqp.attempts": "\(reconnectAttempt)"])
             reconnectAttempt = 0
         } catch {
-            logger.warning(
-                "reconnecting failed; trying again", metadata: ["amqp.error": "\(error)", "amqp.attempt": "\(reconnectAttempt)"])
+            // The first failure and then every tenth are warnings; the rest would only repeat them.
+            let level: Logger.Level = reconnectAttempt == 1 || reconnectAttempt % 10 == 0 ? .warning : .debug
+            logger.log(
+                level: level, "reconnecting failed; trying again",
+                metadata: ["amqp.error": "\(error)", "amqp.attempt": "\(reconnectAttempt)"])
         }
         return true
     }
@@ -349,7 +352,7 @@ final class ConnectionWorker {
         case .settle(let channel, let epoch, let tag, let settlement):
             settle(channel: channel, epoch: epoch, tag: tag, settlement)
         case .shutdown(let reply):
-            shutdownWaiters.append(reply)
+            if let reply { shutdownWaiters.append(reply) }
             if shutdownDeadline == nil { beginShutdown() }
         }
     }
@@ -800,7 +803,7 @@ final class ConnectionWorker {
             registration.continuation.finish()
             reply.resume(throwing: closedError())
         case .cancelConsumer, .settle: break
-        case .shutdown(let reply): shutdownWaiters.append(reply)
+        case .shutdown(let reply): if let reply { shutdownWaiters.append(reply) }
         }
     }
 }

@@ -10,7 +10,8 @@ enum Command: Sendable {
     case consume(ConsumerRegistration, CheckedContinuation<Void, any Error>)
     case cancelConsumer(id: UInt64)
     case settle(channel: UInt16, epoch: UInt64, tag: UInt64, Settlement)
-    case shutdown(CheckedContinuation<Void, Never>)
+    /// Graceful shutdown; the continuation (if any) resumes when the thread has finished.
+    case shutdown(CheckedContinuation<Void, Never>?)
 }
 
 /// One publish waiting for its confirm.

@@ -54,6 +54,12 @@ public final class RabbitMQBus: MessageBus {
         self.consumer = consumer
     }
 
+    /// A bus dropped without ``shutdown()`` still ends its threads (gracefully, without anyone waiting).
+    deinit {
+        consumer.send(.shutdown(nil))
+        publisher.send(.shutdown(nil))
+    }
+
     /// Connects to the broker (a publishing and a consuming connection).
     ///
     /// - Throws: ``BusError`` with code `unreachable` (naming host:port), `authenticationFailed` (naming user and

@@ -1,6 +1,7 @@
 import SagaCore
-@testable import SagaRabbitMQ
 import Testing
+
+@testable import SagaRabbitMQ
 
 /// Pure parts of the RabbitMQ transport, no broker needed.
 @Suite("RabbitMQ transport units")

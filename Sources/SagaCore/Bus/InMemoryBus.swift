@@ -275,8 +275,7 @@ extension InMemoryBus {
             return match(0, 0)
         }
 
-        private func enqueue(_ state: inout State, _ message: Message, into name: String, _ effects: inout Effects)
-        {
+        private func enqueue(_ state: inout State, _ message: Message, into name: String, _ effects: inout Effects) {
             guard var queue = state.queues[name] else { return }
             var message = message
             let ttl = [queue.spec.messageTTL, message.expiration].compactMap { $0 }.min()
