@@ -11,7 +11,7 @@ import SagaTestSupport
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 @main
@@ -63,7 +63,8 @@ struct SagaBenchmark: AsyncParsableCommand {
         switch store {
         case "postgres":
             guard let url = postgresURL ?? ProcessInfo.processInfo.environment["POSTGRES_URL"] else {
-                throw ValidationError("--store postgres needs --postgres-url or POSTGRES_URL (scripts/postgres.sh start; scripts/postgres.sh url)")
+                throw ValidationError(
+                    "--store postgres needs --postgres-url or POSTGRES_URL (scripts/postgres.sh start; scripts/postgres.sh url)")
             }
             let store = try await PostgresSagaStore(url: url)
             return (store, { await store.shutdown() })

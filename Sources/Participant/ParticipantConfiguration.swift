@@ -52,7 +52,9 @@ public struct ReaperConfiguration: Sendable {
     public var batchSize: Int
 
     /// Creates a reaper configuration.
-    public init(pollInterval: Duration = .seconds(300), stalledThreshold: Duration = .seconds(900), maxReapAttempts: Int = 3, batchSize: Int = 100) {
+    public init(
+        pollInterval: Duration = .seconds(300), stalledThreshold: Duration = .seconds(900), maxReapAttempts: Int = 3, batchSize: Int = 100
+    ) {
         self.pollInterval = pollInterval
         self.stalledThreshold = stalledThreshold
         self.maxReapAttempts = maxReapAttempts

@@ -78,7 +78,9 @@ public struct SagaContext: Sendable {
             throw SagaError(
                 .invalidState,
                 "\(call)() was called by the handler of '\(command)', which is a \(phase.rawValue)",
-                recoverySuggestion: phase == .compensation ? "call completeCompensation() in compensation handlers" : "call completeStep() or failAndCompensate() in action handlers"
+                recoverySuggestion: phase == .compensation
+                    ? "call completeCompensation() in compensation handlers"
+                    : "call completeStep() or failAndCompensate() in action handlers"
             )
         }
     }
@@ -137,7 +139,9 @@ final class StepExecution: Sendable {
     /// Reports an outcome; a second report is an error.
     func finish(_ result: StepResult) async throws {
         guard claim() else {
-            throw SagaError(.invalidState, "the outcome of this step was already reported", recoverySuggestion: "call completeStep/failAndCompensate/completeCompensation once per handler run")
+            throw SagaError(
+                .invalidState, "the outcome of this step was already reported",
+                recoverySuggestion: "call completeStep/failAndCompensate/completeCompensation once per handler run")
         }
         try await perform(result)
     }

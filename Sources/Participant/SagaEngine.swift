@@ -22,7 +22,8 @@ struct SagaEngine: Sendable {
     /// Applies `event` to the saga and commits the result, reloading and re-deciding when another
     /// instance changed the saga concurrently. Publishes the transition's commands and marks them
     /// sent. A publish failure is logged and left to the outbox relay (the state is committed).
-    func advance(_ sagaID: SagaID, from loaded: SagaState, event: SagaEvent, logger: Logger, maxConflicts: Int = 8) async throws -> Advance {
+    func advance(_ sagaID: SagaID, from loaded: SagaState, event: SagaEvent, logger: Logger, maxConflicts: Int = 8) async throws -> Advance
+    {
         var state = loaded
         var conflicts = 0
         while true {

@@ -12,7 +12,10 @@ public struct SagaManager: Sendable {
     let logger: Logger
 
     /// Creates a manager.
-    public init(definitions: SagaDefinitionRegistry, bus: any MessageBus, store: any SagaStore, topology: SagaTopology = SagaTopology(), logger: Logger) {
+    public init(
+        definitions: SagaDefinitionRegistry, bus: any MessageBus, store: any SagaStore, topology: SagaTopology = SagaTopology(),
+        logger: Logger
+    ) {
         self.engine = SagaEngine(store: store, bus: bus, definitions: definitions, topology: topology)
         self.logger = logger
     }
@@ -58,7 +61,9 @@ public struct SagaManager: Sendable {
 
     /// Starts a saga with a payload of the caller's own `Encodable` type.
     @discardableResult
-    public func start<Payload: Encodable>(_ name: String, payload: Payload, id: SagaID? = nil, context: [String: String] = [:]) async throws -> SagaID {
+    public func start<Payload: Encodable>(_ name: String, payload: Payload, id: SagaID? = nil, context: [String: String] = [:]) async throws
+        -> SagaID
+    {
         try await start(name, payload: JSONCoding.object(from: payload), id: id, context: context)
     }
 

@@ -46,13 +46,18 @@ struct SagaMetrics: Sendable {
         }
         Meter(label: "saga_in_progress", dimensions: [("saga", saga)]).decrement()
         let seconds = max(0, new.updatedAt.timeIntervalSince(new.createdAt))
-        Timer(label: "saga_duration_seconds", dimensions: [("saga", saga), ("outcome", new.status.rawValue)], preferredDisplayUnit: .seconds)
-            .recordNanoseconds(Int64(seconds * 1e9))
+        Timer(
+            label: "saga_duration_seconds", dimensions: [("saga", saga), ("outcome", new.status.rawValue)], preferredDisplayUnit: .seconds
+        )
+        .recordNanoseconds(Int64(seconds * 1e9))
     }
 
     func stepDuration(saga: String, step: String, phase: StepPhase, duration: Duration) {
-        Timer(label: "saga_step_duration_seconds", dimensions: [("saga", saga), ("step", step), ("phase", phase.rawValue)], preferredDisplayUnit: .seconds)
-            .recordNanoseconds(Int64(duration.seconds * 1e9))
+        Timer(
+            label: "saga_step_duration_seconds", dimensions: [("saga", saga), ("step", step), ("phase", phase.rawValue)],
+            preferredDisplayUnit: .seconds
+        )
+        .recordNanoseconds(Int64(duration.seconds * 1e9))
     }
 
     func stale(service: String) {

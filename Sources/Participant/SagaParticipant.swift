@@ -60,12 +60,16 @@ public struct SagaParticipant: Service {
     public func run() async throws {
         try handlers.validate(against: engine.definitions)
         guard !handlers.commands.isEmpty else {
-            throw SagaError(.invalidConfiguration, "service '\(configuration.service)' has no handlers", recoverySuggestion: "register at least one handler before running the participant")
+            throw SagaError(
+                .invalidConfiguration, "service '\(configuration.service)' has no handlers",
+                recoverySuggestion: "register at least one handler before running the participant")
         }
         try await engine.bus.declare(configuration.topology.topology(forService: configuration.service, commands: handlers.commands))
         logger.info(
             "participant started",
-            metadata: ["queue": "\(queue)", "commands": "\(handlers.commands.joined(separator: ","))", "prefetch": "\(configuration.prefetch)"]
+            metadata: [
+                "queue": "\(queue)", "commands": "\(handlers.commands.joined(separator: ","))", "prefetch": "\(configuration.prefetch)",
+            ]
         )
         try await withThrowingDiscardingTaskGroup { outer in
             let marker = engine.sentMarker
@@ -82,7 +86,9 @@ public struct SagaParticipant: Service {
     /// reaper alongside; returns once running handlers have finished.
     private func consume() async throws {
         try await withThrowingDiscardingTaskGroup { group in
-            let relay = OutboxRelay(engine: engine, pollInterval: configuration.outboxPollInterval, gracePeriod: configuration.outboxGracePeriod, logger: logger)
+            let relay = OutboxRelay(
+                engine: engine, pollInterval: configuration.outboxPollInterval, gracePeriod: configuration.outboxGracePeriod, logger: logger
+            )
             group.addTask { await relay.run() }
             if let reaperConfiguration = configuration.reaper {
                 let reaper = SagaReaper(engine: engine, configuration: reaperConfiguration, logger: logger)
@@ -118,7 +124,8 @@ public struct SagaParticipant: Service {
         logger[metadataKey: "saga.attempt"] = "\(command.attempt)"
 
         guard let handler = handlers.handler(for: command.command) else {
-            return await deadLetter(delivery, reason: "service '\(configuration.service)' has no handler for command '\(command.command)'", logger: logger)
+            return await deadLetter(
+                delivery, reason: "service '\(configuration.service)' has no handler for command '\(command.command)'", logger: logger)
         }
         let definition: SagaDefinition
         do {
@@ -126,10 +133,12 @@ public struct SagaParticipant: Service {
         } catch {
             return await deadLetter(delivery, reason: "\(error)", logger: logger)
         }
-        guard let located = definition.locate(command: command.command), located.index == command.step, located.phase == command.phase else {
+        guard let located = definition.locate(command: command.command), located.index == command.step, located.phase == command.phase
+        else {
             return await deadLetter(
                 delivery,
-                reason: "command '\(command.command)' is not step \(command.step) \(command.phase.rawValue) of saga definition '\(definition.name)'",
+                reason:
+                    "command '\(command.command)' is not step \(command.step) \(command.phase.rawValue) of saga definition '\(definition.name)'",
                 logger: logger
             )
         }
@@ -142,13 +151,18 @@ public struct SagaParticipant: Service {
                 return await deadLetter(delivery, reason: error.message, logger: logger)
             }
             if state.name != command.sagaName {
-                return await deadLetter(delivery, reason: "saga \(state.id) follows '\(state.name)', but the command names '\(command.sagaName)'", logger: logger)
+                return await deadLetter(
+                    delivery, reason: "saga \(state.id) follows '\(state.name)', but the command names '\(command.sagaName)'",
+                    logger: logger)
             }
             guard isCurrent(command, of: state) else {
                 engine.metrics.stale(service: configuration.service)
                 logger.info(
                     "ignoring a stale or duplicate command",
-                    metadata: ["saga.status": "\(state.status.rawValue)", "saga.current": "\(state.currentStep)/\(state.phase.rawValue)#\(state.attempt)"]
+                    metadata: [
+                        "saga.status": "\(state.status.rawValue)",
+                        "saga.current": "\(state.currentStep)/\(state.phase.rawValue)#\(state.attempt)",
+                    ]
                 )
                 return await settle(delivery, .ack, logger: logger)
             }
@@ -172,7 +186,9 @@ public struct SagaParticipant: Service {
     }
 
     /// Runs the handler (with the step's timeout) and reports its outcome.
-    private func runHandler(_ handler: @escaping SagaHandler, command: SagaCommand, state: SagaState, definition: SagaDefinition, logger: Logger) async throws {
+    private func runHandler(
+        _ handler: @escaping SagaHandler, command: SagaCommand, state: SagaState, definition: SagaDefinition, logger: Logger
+    ) async throws {
         let startedAt = Date()
         let clock = ContinuousClock()
         let began = clock.now
@@ -272,8 +288,10 @@ public struct SagaParticipant: Service {
     // MARK: - Settling
 
     private func deadLetter(_ delivery: Delivery, reason: String, logger: Logger) async {
-        logger.error("dead-lettering a message: \(reason)", metadata: ["queue": "\(delivery.queue)", "message.id": "\(delivery.messageId ?? "-")"])
-        let letter = SagaMessages.deadLetter(delivery, reason: reason, service: configuration.service, topology: configuration.topology, now: Date())
+        logger.error(
+            "dead-lettering a message: \(reason)", metadata: ["queue": "\(delivery.queue)", "message.id": "\(delivery.messageId ?? "-")"])
+        let letter = SagaMessages.deadLetter(
+            delivery, reason: reason, service: configuration.service, topology: configuration.topology, now: Date())
         do {
             try await engine.bus.publish(letter)
             engine.metrics.deadLettered(service: configuration.service)

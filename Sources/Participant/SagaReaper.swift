@@ -26,8 +26,13 @@ public struct SagaReaper: Service {
     }
 
     /// Creates a reaper that runs on its own (the participants run one by default).
-    public init(configuration: ReaperConfiguration, definitions: SagaDefinitionRegistry, bus: any MessageBus, store: any SagaStore, topology: SagaTopology = SagaTopology(), logger: Logger) {
-        self.init(engine: SagaEngine(store: store, bus: bus, definitions: definitions, topology: topology), configuration: configuration, logger: logger)
+    public init(
+        configuration: ReaperConfiguration, definitions: SagaDefinitionRegistry, bus: any MessageBus, store: any SagaStore,
+        topology: SagaTopology = SagaTopology(), logger: Logger
+    ) {
+        self.init(
+            engine: SagaEngine(store: store, bus: bus, definitions: definitions, topology: topology), configuration: configuration,
+            logger: logger)
     }
 
     /// Polls until cancelled or gracefully shut down.
@@ -59,17 +64,22 @@ public struct SagaReaper: Service {
         for state in stalled {
             let logger = logger.with(saga: state.id, name: state.name)
             let pastDeadline = state.deadline.map { $0 < now } ?? false
-            let event: SagaEvent = pastDeadline && state.status == .running ? .deadlinePassed : .foundStalled(maxReapAttempts: configuration.maxReapAttempts)
+            let event: SagaEvent =
+                pastDeadline && state.status == .running ? .deadlinePassed : .foundStalled(maxReapAttempts: configuration.maxReapAttempts)
             do {
                 var outcome = try await engine.advance(state.id, from: state, event: event, logger: logger)
                 if case .ignored = outcome, case .deadlinePassed = event {
                     // Past the pivot a deadline does not compensate: re-send instead.
-                    outcome = try await engine.advance(state.id, from: state, event: .foundStalled(maxReapAttempts: configuration.maxReapAttempts), logger: logger)
+                    outcome = try await engine.advance(
+                        state.id, from: state, event: .foundStalled(maxReapAttempts: configuration.maxReapAttempts), logger: logger)
                 }
                 if case .committed(let next) = outcome {
                     logger.warning(
                         "stalled saga handled",
-                        metadata: ["saga.status": "\(next.status.rawValue)", "saga.reapAttempts": "\(next.reapAttempts)", "saga.stalledSince": "\(state.updatedAt)"]
+                        metadata: [
+                            "saga.status": "\(next.status.rawValue)", "saga.reapAttempts": "\(next.reapAttempts)",
+                            "saga.stalledSince": "\(state.updatedAt)",
+                        ]
                     )
                     changed.append(next)
                 }

@@ -18,7 +18,9 @@ public struct SagaTopology: Sendable, Hashable {
     public var delayLevels: [Int]
 
     /// Creates the naming scheme.
-    public init(prefix: String = "sagakit", queueKind: QueueSpec.Kind = .classic, delayLevels: [Int] = [1, 2, 5, 10, 30, 60, 300, 900, 3600]) {
+    public init(
+        prefix: String = "sagakit", queueKind: QueueSpec.Kind = .classic, delayLevels: [Int] = [1, 2, 5, 10, 30, 60, 300, 900, 3600]
+    ) {
         self.prefix = prefix
         self.queueKind = queueKind
         self.delayLevels = delayLevels.sorted()

@@ -43,7 +43,8 @@ final class SentMarker: Sendable {
             try await store.markSent(ids)
         } catch {
             // Not lost: the relay re-sends them, and they are ignored as stale.
-            logger.warning("could not mark \(ids.count) outbox message(s) sent; the relay may publish them again", metadata: ["error": "\(error)"])
+            logger.warning(
+                "could not mark \(ids.count) outbox message(s) sent; the relay may publish them again", metadata: ["error": "\(error)"])
         }
     }
 }

@@ -7,9 +7,19 @@ public enum TestSagas {
     public static let order: SagaDefinition = {
         do {
             return try SagaBuilder("order")
-                .step("reserve-stock", action: "inventory.reserve", compensation: "inventory.release", options: StepOptions(retry: RetryPolicy(maxAttempts: 2, initialDelay: .seconds(1))))
-                .step("charge-card", action: "payment.charge", compensation: "payment.refund", options: StepOptions(retry: RetryPolicy(maxAttempts: 2, initialDelay: .seconds(1))))
-                .step("ship", action: "shipping.ship", options: StepOptions(isPivot: true, retry: RetryPolicy(maxAttempts: 1, initialDelay: .seconds(1), maxDelay: .seconds(1))))
+                .step(
+                    "reserve-stock", action: "inventory.reserve", compensation: "inventory.release",
+                    options: StepOptions(retry: RetryPolicy(maxAttempts: 2, initialDelay: .seconds(1)))
+                )
+                .step(
+                    "charge-card", action: "payment.charge", compensation: "payment.refund",
+                    options: StepOptions(retry: RetryPolicy(maxAttempts: 2, initialDelay: .seconds(1)))
+                )
+                .step(
+                    "ship", action: "shipping.ship",
+                    options: StepOptions(
+                        isPivot: true, retry: RetryPolicy(maxAttempts: 1, initialDelay: .seconds(1), maxDelay: .seconds(1)))
+                )
                 .compensationRetry(RetryPolicy(maxAttempts: 2, initialDelay: .seconds(1), maxDelay: .seconds(1)))
                 .build()
         } catch {

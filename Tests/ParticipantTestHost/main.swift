@@ -32,14 +32,17 @@ LoggingSystem.bootstrap { label in
 }
 let logger = Logger(label: "host.\(service).\(ProcessInfo.processInfo.processIdentifier)")
 
-let effects = try DatabasePool(path: required("EFFECTS_DB"), configuration: {
-    var configuration = Configuration()
-    configuration.busyMode = .timeout(10)
-    return configuration
-}())
+let effects = try DatabasePool(
+    path: required("EFFECTS_DB"),
+    configuration: {
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(10)
+        return configuration
+    }())
 try effects.write { db in
     try db.execute(sql: "CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY, command TEXT NOT NULL, saga_id TEXT NOT NULL)")
-    try db.execute(sql: "CREATE TABLE IF NOT EXISTS calls (id INTEGER PRIMARY KEY AUTOINCREMENT, command TEXT NOT NULL, saga_id TEXT NOT NULL)")
+    try db.execute(
+        sql: "CREATE TABLE IF NOT EXISTS calls (id INTEGER PRIMARY KEY AUTOINCREMENT, command TEXT NOT NULL, saga_id TEXT NOT NULL)")
 }
 
 /// The service's local transaction: the effect, applied once per idempotency key.
@@ -47,7 +50,9 @@ try effects.write { db in
     try await Task.sleep(for: handlerDelay)
     try await effects.write { db in
         try db.execute(sql: "INSERT INTO calls (command, saga_id) VALUES (?, ?)", arguments: [context.command, context.sagaID])
-        try db.execute(sql: "INSERT OR IGNORE INTO effects (key, command, saga_id) VALUES (?, ?, ?)", arguments: [context.idempotencyKey, context.command, context.sagaID])
+        try db.execute(
+            sql: "INSERT OR IGNORE INTO effects (key, command, saga_id) VALUES (?, ?, ?)",
+            arguments: [context.idempotencyKey, context.command, context.sagaID])
     }
 }
 
@@ -104,12 +109,14 @@ let participant = SagaParticipant(
         prefetch: 32,
         outboxPollInterval: .milliseconds(300),
         outboxGracePeriod: .milliseconds(1000),
-        reaper: ReaperConfiguration(pollInterval: .milliseconds(reaperMilliseconds), stalledThreshold: .milliseconds(reaperMilliseconds * 2), maxReapAttempts: 20)
+        reaper: ReaperConfiguration(
+            pollInterval: .milliseconds(reaperMilliseconds), stalledThreshold: .milliseconds(reaperMilliseconds * 2), maxReapAttempts: 20)
     ),
     definitions: TestSagas.registry, handlers: handlers, bus: bus, store: store, logger: logger
 )
 let group = ServiceGroup(
-    configuration: ServiceGroupConfiguration(services: [.init(service: participant)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+    configuration: ServiceGroupConfiguration(
+        services: [.init(service: participant)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
 )
 try await group.run()
 await bus.shutdown()

@@ -112,7 +112,8 @@ func withParticipants<T: Sendable>(
     body: @Sendable (SagaManager) async throws -> T
 ) async throws -> T {
     try await withParticipants(
-        handlers, buses: [bus], starterBus: bus, store: store, topology: testTopology, reaper: reaper, prefetch: prefetch, instances: instances,
+        handlers, buses: [bus], starterBus: bus, store: store, topology: testTopology, reaper: reaper, prefetch: prefetch,
+        instances: instances,
         body: body
     )
 }

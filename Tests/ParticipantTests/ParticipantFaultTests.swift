@@ -5,7 +5,7 @@ import SagaTestSupport
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// One participant process (`ParticipantTestHost`), killed and restarted by the fault tests.
@@ -77,7 +77,8 @@ struct ParticipantFaultTests {
         let ids = try await withThrowingTaskGroup(of: SagaID.self) { group in
             for index in 0..<count {
                 group.addTask {
-                    try await manager.start("order", payload: ["orderId": .string("f-\(index)"), "amount": 1, "declinePayment": .bool(index % 4 == 0)])
+                    try await manager.start(
+                        "order", payload: ["orderId": .string("f-\(index)"), "amount": 1, "declinePayment": .bool(index % 4 == 0)])
                 }
             }
             return try await group.reduce(into: []) { $0.append($1) }
@@ -112,7 +113,9 @@ struct ParticipantFaultTests {
         var bySaga: [String: Set<String>] = [:]
         for row in rows { bySaga[row["saga_id"], default: []].insert(row["command"]) }
         for saga in finals {
-            let expected: Set<String> = saga.status == .completed ? ["inventory.reserve", "payment.charge", "shipping.ship"] : ["inventory.reserve", "inventory.release"]
+            let expected: Set<String> =
+                saga.status == .completed
+                ? ["inventory.reserve", "payment.charge", "shipping.ship"] : ["inventory.reserve", "inventory.release"]
             #expect(bySaga[saga.id] ?? [] == expected, "saga \(saga.id) (\(saga.status)) has effects \(bySaga[saga.id] ?? [])")
         }
         #expect(try await store.pendingOutbox(createdBefore: .distantFuture, limit: 1).filter { ids.contains($0.sagaID) }.isEmpty)

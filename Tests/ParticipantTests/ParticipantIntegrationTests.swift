@@ -17,7 +17,8 @@ enum IntegrationServers {
 
     static func require() throws -> (amqp: String, postgres: String) {
         guard let amqpURL, let postgresURL else {
-            throw TestFailure("CI is set but AMQP_URL or POSTGRES_URL is not: run the tests with `make test`, which starts RabbitMQ and PostgreSQL")
+            throw TestFailure(
+                "CI is set but AMQP_URL or POSTGRES_URL is not: run the tests with `make test`, which starts RabbitMQ and PostgreSQL")
         }
         return (amqpURL, postgresURL)
     }
@@ -63,13 +64,23 @@ struct ParticipantIntegrationTests {
         var connections: [RabbitMQBus] = []
         for _ in 0..<4 { connections.append(try await RabbitMQBus.connect(url: servers.amqp)) }
         let buses = connections
-        let results = try await withParticipants(orderHandlers(ledger: ledger), buses: Array(buses.dropFirst()), starterBus: buses[0], store: store, topology: topology) { manager in
+        let results = try await withParticipants(
+            orderHandlers(ledger: ledger), buses: Array(buses.dropFirst()), starterBus: buses[0], store: store, topology: topology
+        ) { manager in
             // A malformed message on the inventory queue while sagas flow.
-            try await buses[0].publish(OutgoingMessage(exchange: topology.commandsExchange, routingKey: "inventory.reserve", body: Array("garbage".utf8), contentType: "application/json"))
+            try await buses[0].publish(
+                OutgoingMessage(
+                    exchange: topology.commandsExchange, routingKey: "inventory.reserve", body: Array("garbage".utf8),
+                    contentType: "application/json"))
             return try await withThrowingTaskGroup(of: SagaState.self) { group in
                 for index in 0..<20 {
                     group.addTask {
-                        let id = try await manager.start("order", payload: ["orderId": .string("it-\(index)"), "amount": 5, "declinePayment": .bool(index % 4 == 0), "failShippingTimes": .number(index % 5 == 0 ? 1 : 0)])
+                        let id = try await manager.start(
+                            "order",
+                            payload: [
+                                "orderId": .string("it-\(index)"), "amount": 5, "declinePayment": .bool(index % 4 == 0),
+                                "failShippingTimes": .number(index % 5 == 0 ? 1 : 0),
+                            ])
                         return try await manager.outcome(of: id, timeout: .seconds(60))
                     }
                 }
@@ -79,7 +90,9 @@ struct ParticipantIntegrationTests {
         #expect(results.filter { $0.status == .completed }.count == 15)
         #expect(results.filter { $0.status == .compensated }.count == 5)
         for saga in results {
-            let expected: Set<String> = saga.status == .completed ? ["inventory.reserve", "payment.charge", "shipping.ship"] : ["inventory.reserve", "inventory.release"]
+            let expected: Set<String> =
+                saga.status == .completed
+                ? ["inventory.reserve", "payment.charge", "shipping.ship"] : ["inventory.reserve", "inventory.release"]
             #expect(ledger.effects(of: saga.id) == expected, "saga \(saga.id) \(saga.status)")
         }
         // The malformed message is in the dead-letter queue with its reason.
@@ -100,8 +113,11 @@ struct ParticipantIntegrationTests {
         let topology = SagaTopology(prefix: "it-\(UUID().uuidString.prefix(8))", delayLevels: [1])
         // The same charge command published twice at once, before either is processed: both
         // deliveries may run the handler, the idempotency key keeps the effect single.
-        let final = try await withParticipants(orderHandlers(ledger: ledger), buses: [bus], starterBus: bus, store: store, topology: topology) { manager in
-            let (state, first) = SagaStateMachine(definition: TestSagas.order).start(id: UUID().uuidString, payload: ["orderId": "dup", "amount": 1], now: Date())
+        let final = try await withParticipants(
+            orderHandlers(ledger: ledger), buses: [bus], starterBus: bus, store: store, topology: topology
+        ) { manager in
+            let (state, first) = SagaStateMachine(definition: TestSagas.order).start(
+                id: UUID().uuidString, payload: ["orderId": "dup", "amount": 1], now: Date())
             var atCharge = state
             atCharge.currentStep = 1
             _ = try await store.create(atCharge, outbox: [])
@@ -110,7 +126,10 @@ struct ParticipantIntegrationTests {
             command.step = 1
             command.stepName = "charge-card"
             for _ in 0..<2 {
-                try await bus.publish(OutgoingMessage(exchange: topology.commandsExchange, routingKey: "payment.charge", body: Array(try JSONCoding.encode(command)), contentType: "application/json"))
+                try await bus.publish(
+                    OutgoingMessage(
+                        exchange: topology.commandsExchange, routingKey: "payment.charge", body: Array(try JSONCoding.encode(command)),
+                        contentType: "application/json"))
             }
             return try await manager.outcome(of: state.id, timeout: .seconds(30))
         }

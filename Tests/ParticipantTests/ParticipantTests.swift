@@ -35,9 +35,10 @@ struct ParticipantTests {
         #expect(final.status == .compensated)
         #expect(final.failureReason == "step 'charge-card' failed: card declined")
         #expect(ledger.effects(of: final.id) == ["inventory.reserve", "inventory.release"])
-        #expect(final.history.map { "\($0.stepName)/\($0.phase.rawValue)/\($0.outcome.rawValue)" } == [
-            "reserve-stock/action/completed", "charge-card/action/failed", "reserve-stock/compensation/completed",
-        ])
+        #expect(
+            final.history.map { "\($0.stepName)/\($0.phase.rawValue)/\($0.outcome.rawValue)" } == [
+                "reserve-stock/action/completed", "charge-card/action/failed", "reserve-stock/compensation/completed",
+            ])
     }
 
     @Test func failuresAfterThePivotAreRetriedForwardThroughTheDelayQueue() async throws {
@@ -57,7 +58,8 @@ struct ParticipantTests {
         let final = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { manager in
             // A saga waiting at the charge step (its command lost), compensated by an operator:
             // the refund fails on both attempts its policy allows.
-            var (state, _) = SagaStateMachine(definition: orderSaga).start(id: "stuck-1", payload: ["orderId": "o-4", "amount": 1, "failRefundAlways": true], now: Date())
+            var (state, _) = SagaStateMachine(definition: orderSaga).start(
+                id: "stuck-1", payload: ["orderId": "o-4", "amount": 1, "failRefundAlways": true], now: Date())
             state.currentStep = 1
             _ = try await store.create(state, outbox: [])
             try await manager.compensate("stuck-1")
@@ -77,11 +79,17 @@ struct ParticipantTests {
             let id = try await manager.start("order", payload: ["orderId": "o-5", "amount": 30])
             let final = try await manager.outcome(of: id, timeout: .seconds(10))
             // Deliver the first command again, twice: the saga is completed, nothing runs.
-            let duplicate = SagaCommand(sagaID: id, sagaName: "order", command: "inventory.reserve", step: 0, stepName: "reserve-stock", phase: .action, attempt: 1)
+            let duplicate = SagaCommand(
+                sagaID: id, sagaName: "order", command: "inventory.reserve", step: 0, stepName: "reserve-stock", phase: .action, attempt: 1)
             for _ in 0..<2 {
-                try await bus.publish(OutgoingMessage(exchange: testTopology.commandsExchange, routingKey: "inventory.reserve", body: Array(try JSONCoding.encode(duplicate)), contentType: "application/json"))
+                try await bus.publish(
+                    OutgoingMessage(
+                        exchange: testTopology.commandsExchange, routingKey: "inventory.reserve",
+                        body: Array(try JSONCoding.encode(duplicate)), contentType: "application/json"))
             }
-            try await waitUntil { (try? metrics.expectCounter("saga_stale_messages_total", [("service", "inventory-stale")]).totalValue) == 2 }
+            try await waitUntil {
+                (try? metrics.expectCounter("saga_stale_messages_total", [("service", "inventory-stale")]).totalValue) == 2
+            }
             return final
         }
         #expect(ledger.calls("inventory.reserve", of: final.id) == 1)
@@ -92,20 +100,33 @@ struct ParticipantTests {
         ("not json", "inventory.reserve", "application/json", "body is not a saga command (not valid JSON)"),
         ("{\"sagaID\":\"x\"}", "inventory.reserve", "application/json", "body is not a saga command (missing key 'sagaName')"),
         ("{}", "inventory.reserve", "text/plain", "content type 'text/plain' is not application/json"),
-        (#"{"sagaID":"nope","sagaName":"order","command":"inventory.reserve","step":0,"stepName":"reserve-stock","phase":"action","attempt":1}"#, "inventory.reserve", "application/json", "no saga with id nope"),
-        (#"{"sagaID":"x","sagaName":"nope","command":"inventory.reserve","step":0,"stepName":"reserve-stock","phase":"action","attempt":1}"#, "inventory.reserve", "application/json", "no saga definition named 'nope'"),
-        (#"{"sagaID":"x","sagaName":"order","command":"inventory.reserve","step":1,"stepName":"reserve-stock","phase":"action","attempt":1}"#, "inventory.reserve", "application/json", "is not step 1 action of saga definition 'order'"),
+        (
+            #"{"sagaID":"nope","sagaName":"order","command":"inventory.reserve","step":0,"stepName":"reserve-stock","phase":"action","attempt":1}"#,
+            "inventory.reserve", "application/json", "no saga with id nope"
+        ),
+        (
+            #"{"sagaID":"x","sagaName":"nope","command":"inventory.reserve","step":0,"stepName":"reserve-stock","phase":"action","attempt":1}"#,
+            "inventory.reserve", "application/json", "no saga definition named 'nope'"
+        ),
+        (
+            #"{"sagaID":"x","sagaName":"order","command":"inventory.reserve","step":1,"stepName":"reserve-stock","phase":"action","attempt":1}"#,
+            "inventory.reserve", "application/json", "is not step 1 action of saga definition 'order'"
+        ),
     ])
     func badMessagesAreDeadLetteredWithTheirReason(body: String, routingKey: String, contentType: String, reason: String) async throws {
         let letters = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { manager in
-            try await bus.publish(OutgoingMessage(exchange: testTopology.commandsExchange, routingKey: routingKey, body: Array(body.utf8), contentType: contentType))
+            try await bus.publish(
+                OutgoingMessage(
+                    exchange: testTopology.commandsExchange, routingKey: routingKey, body: Array(body.utf8), contentType: contentType))
             // A saga keeps flowing meanwhile.
             let id = try await manager.start("order", payload: ["orderId": "o-6", "amount": 1])
             #expect(try await manager.outcome(of: id, timeout: .seconds(10)).status == .completed)
             return try await collect(queue: testTopology.deadLetterQueue, count: 1)
         }
         let letter = try #require(letters.first)
-        #expect(letter.headers[SagaHeaders.deadLetterReason]?.contains(reason) == true, "reason was \(letter.headers[SagaHeaders.deadLetterReason] ?? "none")")
+        #expect(
+            letter.headers[SagaHeaders.deadLetterReason]?.contains(reason) == true,
+            "reason was \(letter.headers[SagaHeaders.deadLetterReason] ?? "none")")
         #expect(letter.headers[SagaHeaders.deadLetterQueue] == testTopology.queue(forService: "inventory"))
         #expect(letter.headers[SagaHeaders.deadLetterRoutingKey] == routingKey)
         #expect(letter.headers[SagaHeaders.deadLetterService] == "inventory")
@@ -115,7 +136,8 @@ struct ParticipantTests {
     @Test func aCommandWithoutAHandlerInThisServiceIsDeadLettered() async throws {
         // Published straight to the inventory queue through the default exchange.
         let queue = testTopology.queue(forService: "inventory")
-        let body = #"{"sagaID":"x","sagaName":"order","command":"payment.charge","step":1,"stepName":"charge-card","phase":"action","attempt":1}"#
+        let body =
+            #"{"sagaID":"x","sagaName":"order","command":"payment.charge","step":1,"stepName":"charge-card","phase":"action","attempt":1}"#
         let letters = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { _ in
             try await bus.publish(OutgoingMessage(exchange: "", routingKey: queue, body: Array(body.utf8), contentType: "application/json"))
             return try await collect(queue: testTopology.deadLetterQueue, count: 1)
@@ -127,7 +149,10 @@ struct ParticipantTests {
 
     @Test func anOversizedBodyIsDeadLettered() async throws {
         let letters = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { _ in
-            try await bus.publish(OutgoingMessage(exchange: testTopology.commandsExchange, routingKey: "payment.charge", body: Array(repeating: 0x20, count: 70_000), contentType: "application/json"))
+            try await bus.publish(
+                OutgoingMessage(
+                    exchange: testTopology.commandsExchange, routingKey: "payment.charge", body: Array(repeating: 0x20, count: 70_000),
+                    contentType: "application/json"))
             return try await collect(queue: testTopology.deadLetterQueue, count: 1)
         }
         #expect(letters.first?.headers[SagaHeaders.deadLetterReason] == "body of 70000 bytes exceeds the limit of 65536 bytes")
@@ -138,7 +163,8 @@ struct ParticipantTests {
         let final = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store, reaper: reaper) { manager in
             // A saga stored without its first command (as if it was lost): only the reaper can
             // move it.
-            let (state, _) = SagaStateMachine(definition: orderSaga).start(id: "lost-1", payload: ["orderId": "o-7", "amount": 1], now: Date())
+            let (state, _) = SagaStateMachine(definition: orderSaga).start(
+                id: "lost-1", payload: ["orderId": "o-7", "amount": 1], now: Date())
             _ = try await store.create(state, outbox: [])
             return try await manager.outcome(of: "lost-1", timeout: .seconds(15))
         }
@@ -150,7 +176,8 @@ struct ParticipantTests {
         let final = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { manager in
             // A saga whose first command was committed to the outbox but never published (the
             // starter died between the two).
-            let (state, first) = SagaStateMachine(definition: orderSaga).start(id: "unsent-1", payload: ["orderId": "o-8", "amount": 1], now: Date())
+            let (state, first) = SagaStateMachine(definition: orderSaga).start(
+                id: "unsent-1", payload: ["orderId": "o-8", "amount": 1], now: Date())
             let command = first.command
             let message = OutboxMessage(
                 id: command.messageID, sagaID: state.id, exchange: testTopology.commandsExchange, routingKey: command.command,
@@ -163,11 +190,13 @@ struct ParticipantTests {
     }
 
     @Test func manyConcurrentSagasAllFinishWithTwoCompetingInstancesPerService() async throws {
-        let outcomes = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store, prefetch: 8, instances: 2) { manager in
+        let outcomes = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store, prefetch: 8, instances: 2) {
+            manager in
             try await withThrowingTaskGroup(of: SagaState.self) { group in
                 for index in 0..<60 {
                     group.addTask {
-                        let id = try await manager.start("order", payload: ["orderId": .string("m-\(index)"), "amount": 1, "declinePayment": .bool(index % 3 == 0)])
+                        let id = try await manager.start(
+                            "order", payload: ["orderId": .string("m-\(index)"), "amount": 1, "declinePayment": .bool(index % 3 == 0)])
                         return try await manager.outcome(of: id, timeout: .seconds(30))
                     }
                 }
@@ -178,7 +207,9 @@ struct ParticipantTests {
         #expect(outcomes.filter { $0.status == .completed }.count == 40)
         #expect(outcomes.filter { $0.status == .compensated }.count == 20)
         for outcome in outcomes {
-            let expected: Set<String> = outcome.status == .completed ? ["inventory.reserve", "payment.charge", "shipping.ship"] : ["inventory.reserve", "inventory.release"]
+            let expected: Set<String> =
+                outcome.status == .completed
+                ? ["inventory.reserve", "payment.charge", "shipping.ship"] : ["inventory.reserve", "inventory.release"]
             #expect(ledger.effects(of: outcome.id) == expected)
         }
     }

@@ -42,8 +42,12 @@ struct SagaBuilderTests {
     }
 
     @Test func rejectsACompensatedPivotAndTwoPivots() {
-        expectInvalid(SagaBuilder("s").step("p", action: "p.do", compensation: "p.undo", options: .pivot), mentioning: "is the pivot but declares compensation")
-        expectInvalid(SagaBuilder("s").step("p", action: "p.do", options: .pivot).step("q", action: "q.do", options: .pivot), mentioning: "second pivot")
+        expectInvalid(
+            SagaBuilder("s").step("p", action: "p.do", compensation: "p.undo", options: .pivot),
+            mentioning: "is the pivot but declares compensation")
+        expectInvalid(
+            SagaBuilder("s").step("p", action: "p.do", options: .pivot).step("q", action: "q.do", options: .pivot),
+            mentioning: "second pivot")
     }
 
     @Test func rejectsZeroAttempts() {
@@ -73,7 +77,9 @@ struct SagaBuilderTests {
     private func expectInvalid(_ builder: SagaBuilder, mentioning text: String, sourceLocation: SourceLocation = #_sourceLocation) {
         let error = #expect(throws: SagaError.self, sourceLocation: sourceLocation) { try builder.build() }
         #expect(error?.code == .invalidDefinition, sourceLocation: sourceLocation)
-        #expect(error?.description.contains(text) == true, "\(error?.description ?? "no error") should mention \(text)", sourceLocation: sourceLocation)
+        #expect(
+            error?.description.contains(text) == true, "\(error?.description ?? "no error") should mention \(text)",
+            sourceLocation: sourceLocation)
     }
 }
 

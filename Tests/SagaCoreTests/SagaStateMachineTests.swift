@@ -40,7 +40,9 @@ struct SagaStateMachineTests {
         var (state, command) = machine.start(id: "s1", payload: ["order": "o-1"], now: t0)
         var sent: [String] = [command.command.command]
         for index in definition.steps.indices {
-            let decision = machine.apply(.stepCompleted(step: index, attempt: 1, patch: ["step\(index)": true], startedAt: t0), to: state, now: t0.addingTimeInterval(Double(index)))
+            let decision = machine.apply(
+                .stepCompleted(step: index, attempt: 1, patch: ["step\(index)": true], startedAt: t0), to: state,
+                now: t0.addingTimeInterval(Double(index)))
             state = decision.state!
             sent += decision.commands.map(\.command.command)
         }
@@ -54,7 +56,8 @@ struct SagaStateMachineTests {
     @Test(arguments: [0, 1, 2])
     func failureAtStepKCompensatesEarlierStepsInReverseOrder(failing k: Int) {
         var state = state(atStep: k)
-        var decision = machine.apply(.stepFailed(step: k, attempt: 1, error: "declined", retryable: false, startedAt: t0), to: state, now: t0)
+        var decision = machine.apply(
+            .stepFailed(step: k, attempt: 1, error: "declined", retryable: false, startedAt: t0), to: state, now: t0)
         var compensations: [String] = []
         while case .transition(let next, let commands) = decision, let command = commands.first {
             state = next
@@ -78,7 +81,9 @@ struct SagaStateMachineTests {
         #expect(decision.commands.map(\.command.command) == ["c.undo"])
         let next = machine.apply(.compensationCompleted(step: 2, attempt: 1, startedAt: t0), to: decision.state!, now: t0)
         #expect(next.commands.map(\.command.command) == ["a.undo"])  // b is skipped
-        #expect(machine.apply(.compensationRequested(reason: "operator"), to: atPivot, now: t0) == .rejected("saga s1 is past its pivot step; it can only go forward"))
+        #expect(
+            machine.apply(.compensationRequested(reason: "operator"), to: atPivot, now: t0)
+                == .rejected("saga s1 is past its pivot step; it can only go forward"))
     }
 
     @Test func retryableFailureIsRetriedWithBackoffThenCompensates() {
@@ -86,10 +91,16 @@ struct SagaStateMachineTests {
         let retry = machine.apply(.stepFailed(step: 2, attempt: 1, error: "timeout", retryable: true, startedAt: t0), to: atC, now: t0)
         #expect(retry.state?.attempt == 2)
         #expect(retry.state?.status == .running)
-        #expect(retry.commands == [ScheduledCommand(SagaCommand(sagaID: "s1", sagaName: "trip", command: "c.do", step: 2, stepName: "c", phase: .action, attempt: 2), delay: .seconds(3))])
+        #expect(
+            retry.commands == [
+                ScheduledCommand(
+                    SagaCommand(sagaID: "s1", sagaName: "trip", command: "c.do", step: 2, stepName: "c", phase: .action, attempt: 2),
+                    delay: .seconds(3))
+            ])
         #expect(retry.state?.history.last?.outcome == .retrying)
         // Second attempt is the last one (maxAttempts 2): compensation starts.
-        let exhausted = machine.apply(.stepFailed(step: 2, attempt: 2, error: "timeout", retryable: true, startedAt: t0), to: retry.state!, now: t0)
+        let exhausted = machine.apply(
+            .stepFailed(step: 2, attempt: 2, error: "timeout", retryable: true, startedAt: t0), to: retry.state!, now: t0)
         #expect(exhausted.state?.status == .compensating)
         #expect(exhausted.commands.map(\.command.command) == ["a.undo"])
         #expect(exhausted.state?.failureReason == "step 'c' failed 2 time(s): timeout")
@@ -98,7 +109,8 @@ struct SagaStateMachineTests {
     @Test func failuresAtAndAfterThePivotAreRetriedForwardWithoutLimit() {
         var state = state(atStep: 3)
         for attempt in 1...50 {
-            let decision = machine.apply(.stepFailed(step: 3, attempt: attempt, error: "carrier down", retryable: true, startedAt: t0), to: state, now: t0)
+            let decision = machine.apply(
+                .stepFailed(step: 3, attempt: attempt, error: "carrier down", retryable: true, startedAt: t0), to: state, now: t0)
             #expect(decision.state?.status == .running)
             #expect(decision.commands.first?.command.command == "p.do")
             #expect(decision.commands.first?.delay ?? .zero <= RetryPolicy.default.maxDelay)
@@ -111,19 +123,22 @@ struct SagaStateMachineTests {
 
     @Test func aBusinessFailureAfterThePivotNeedsAttention() {
         let state = state(atStep: 4)
-        let decision = machine.apply(.stepFailed(step: 4, attempt: 1, error: "address invalid", retryable: false, startedAt: t0), to: state, now: t0)
+        let decision = machine.apply(
+            .stepFailed(step: 4, attempt: 1, error: "address invalid", retryable: false, startedAt: t0), to: state, now: t0)
         #expect(decision.state?.status == .needsAttention)
         #expect(decision.commands.isEmpty)
         #expect(decision.state?.failureReason?.contains("after the pivot") == true)
     }
 
     @Test func failingCompensationIsRetriedThenNeedsAttention() {
-        let failed = machine.apply(.stepFailed(step: 1, attempt: 1, error: "no", retryable: false, startedAt: t0), to: state(atStep: 1), now: t0)
+        let failed = machine.apply(
+            .stepFailed(step: 1, attempt: 1, error: "no", retryable: false, startedAt: t0), to: state(atStep: 1), now: t0)
         var state = failed.state!
         #expect(failed.commands.map(\.command.command) == ["a.undo"])
         var delays: [Duration?] = []
         for attempt in 1...2 {
-            let decision = machine.apply(.compensationFailed(step: 0, attempt: attempt, error: "db down", startedAt: t0), to: state, now: t0)
+            let decision = machine.apply(
+                .compensationFailed(step: 0, attempt: attempt, error: "db down", startedAt: t0), to: state, now: t0)
             state = decision.state!
             #expect(state.status == .compensating)
             delays += decision.commands.map(\.delay)
@@ -138,14 +153,18 @@ struct SagaStateMachineTests {
     @Test func duplicateAndStaleEventsChangeNothing() {
         let atB = state(atStep: 1)
         // A redelivery of step 0's completion.
-        #expect(machine.apply(.stepCompleted(step: 0, attempt: 1, patch: ["x": 1], startedAt: t0), to: atB, now: t0) == .ignored("saga s1 waits for step 1 action attempt 1, not step 0 action attempt 1"))
+        #expect(
+            machine.apply(.stepCompleted(step: 0, attempt: 1, patch: ["x": 1], startedAt: t0), to: atB, now: t0)
+                == .ignored("saga s1 waits for step 1 action attempt 1, not step 0 action attempt 1"))
         // An older attempt of the current step.
         let retried = machine.apply(.stepFailed(step: 1, attempt: 1, error: "e", retryable: true, startedAt: t0), to: atB, now: t0).state!
-        if case .ignored = machine.apply(.stepCompleted(step: 1, attempt: 1, patch: [:], startedAt: t0), to: retried, now: t0) {} else {
+        if case .ignored = machine.apply(.stepCompleted(step: 1, attempt: 1, patch: [:], startedAt: t0), to: retried, now: t0) {
+        } else {
             Issue.record("an old attempt must be ignored")
         }
         // A compensation event while running.
-        if case .ignored = machine.apply(.compensationCompleted(step: 1, attempt: 1, startedAt: t0), to: atB, now: t0) {} else {
+        if case .ignored = machine.apply(.compensationCompleted(step: 1, attempt: 1, startedAt: t0), to: atB, now: t0) {
+        } else {
             Issue.record("a compensation event while running must be ignored")
         }
     }
@@ -155,7 +174,9 @@ struct SagaStateMachineTests {
             machine.apply(.stepCompleted(step: index, attempt: 1, patch: [:], startedAt: t0), to: state, now: t0).state!
         }
         #expect(completed.status == .completed)
-        let compensated = machine.apply(.stepFailed(step: 0, attempt: 1, error: "x", retryable: false, startedAt: t0), to: state(atStep: 0), now: t0).state!
+        let compensated = machine.apply(
+            .stepFailed(step: 0, attempt: 1, error: "x", retryable: false, startedAt: t0), to: state(atStep: 0), now: t0
+        ).state!
         #expect(compensated.status == .compensated)
         for terminal in [completed, compensated] {
             let events: [SagaEvent] = [
@@ -175,7 +196,8 @@ struct SagaStateMachineTests {
         let decision = machine.apply(.deadlinePassed, to: state(atStep: 2), now: t0)
         #expect(decision.state?.status == .compensating)
         #expect(decision.commands.map(\.command.command) == ["c.undo"])
-        if case .ignored = machine.apply(.deadlinePassed, to: state(atStep: 4), now: t0) {} else {
+        if case .ignored = machine.apply(.deadlinePassed, to: state(atStep: 4), now: t0) {
+        } else {
             Issue.record("a deadline after the pivot must not compensate")
         }
     }
@@ -184,7 +206,10 @@ struct SagaStateMachineTests {
         var state = state(atStep: 1)
         for round in 1...2 {
             let decision = machine.apply(.foundStalled(maxReapAttempts: 2), to: state, now: t0.addingTimeInterval(Double(round)))
-            #expect(decision.commands.map(\.command) == [SagaCommand(sagaID: "s1", sagaName: "trip", command: "b.do", step: 1, stepName: "b", phase: .action, attempt: 1)])
+            #expect(
+                decision.commands.map(\.command) == [
+                    SagaCommand(sagaID: "s1", sagaName: "trip", command: "b.do", step: 1, stepName: "b", phase: .action, attempt: 1)
+                ])
             state = decision.state!
             #expect(state.reapAttempts == round)
             #expect(state.updatedAt == t0.addingTimeInterval(Double(round)))
@@ -202,12 +227,16 @@ struct SagaStateMachineTests {
     }
 
     @Test func retryOfAStuckCompensationResumesCompensating() {
-        var state = machine.apply(.stepFailed(step: 1, attempt: 1, error: "no", retryable: false, startedAt: t0), to: state(atStep: 1), now: t0).state!
+        var state = machine.apply(
+            .stepFailed(step: 1, attempt: 1, error: "no", retryable: false, startedAt: t0), to: state(atStep: 1), now: t0
+        ).state!
         for attempt in 1...3 {
             state = machine.apply(.compensationFailed(step: 0, attempt: attempt, error: "down", startedAt: t0), to: state, now: t0).state!
         }
         #expect(state.status == .needsAttention)
-        #expect(machine.apply(.compensationRequested(reason: "x"), to: state, now: t0) == .rejected("saga s1 is stuck in a compensation; retry it instead"))
+        #expect(
+            machine.apply(.compensationRequested(reason: "x"), to: state, now: t0)
+                == .rejected("saga s1 is stuck in a compensation; retry it instead"))
         let retried = machine.apply(.retryRequested, to: state, now: t0)
         #expect(retried.state?.status == .compensating)
         #expect(retried.commands.map(\.command.command) == ["a.undo"])

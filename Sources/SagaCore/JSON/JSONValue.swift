@@ -148,7 +148,9 @@ public enum JSONCoding {
             throw SagaError(.invalidPayload, "payload is not valid JSON: \(error)")
         }
         guard case .object(let object) = value else {
-            throw SagaError(.invalidPayload, "payload is JSON but not a JSON object", recoverySuggestion: "Send a JSON object such as {\"orderId\": \"42\"}.")
+            throw SagaError(
+                .invalidPayload, "payload is JSON but not a JSON object",
+                recoverySuggestion: "Send a JSON object such as {\"orderId\": \"42\"}.")
         }
         return object
     }

@@ -197,20 +197,28 @@ public struct SagaBuilder: Sendable {
             for command in [step.action] + (step.compensation.map { [$0] } ?? []) {
                 if command.isEmpty { throw fail("\(position): a command name is empty") }
                 if let other = commands[command] {
-                    throw fail("\(position): command '\(command)' is already used by step '\(other)'", "every action and compensation needs its own command name")
+                    throw fail(
+                        "\(position): command '\(command)' is already used by step '\(other)'",
+                        "every action and compensation needs its own command name")
                 }
                 commands[command] = step.name
             }
             if step.options.retry.maxAttempts < 1 { throw fail("\(position): retry maxAttempts must be at least 1") }
             if let pivot = pivotSeen {
-                if step.options.isPivot { throw fail("\(position) is a second pivot (the pivot is '\(pivot)')", "a saga has at most one pivot") }
+                if step.options.isPivot {
+                    throw fail("\(position) is a second pivot (the pivot is '\(pivot)')", "a saga has at most one pivot")
+                }
                 if step.compensation != nil {
-                    throw fail("\(position) declares compensation '\(step.compensation!)' after the pivot '\(pivot)'", "steps after the pivot are retried forward and never compensated: remove the compensation")
+                    throw fail(
+                        "\(position) declares compensation '\(step.compensation!)' after the pivot '\(pivot)'",
+                        "steps after the pivot are retried forward and never compensated: remove the compensation")
                 }
             }
             if step.options.isPivot {
                 if let compensation = step.compensation {
-                    throw fail("\(position) is the pivot but declares compensation '\(compensation)'", "the pivot is retried forward and never compensated: remove the compensation")
+                    throw fail(
+                        "\(position) is the pivot but declares compensation '\(compensation)'",
+                        "the pivot is retried forward and never compensated: remove the compensation")
                 }
                 pivotSeen = step.name
             }

@@ -66,7 +66,10 @@ public struct StepRecord: Sendable, Hashable, Codable {
     public var error: String?
 
     /// Creates a record.
-    public init(step: Int, stepName: String, phase: StepPhase, attempt: Int, startedAt: Date, finishedAt: Date, outcome: StepOutcome, error: String? = nil) {
+    public init(
+        step: Int, stepName: String, phase: StepPhase, attempt: Int, startedAt: Date, finishedAt: Date, outcome: StepOutcome,
+        error: String? = nil
+    ) {
         self.step = step
         self.stepName = stepName
         self.phase = phase

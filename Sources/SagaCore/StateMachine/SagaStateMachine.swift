@@ -133,7 +133,8 @@ public struct SagaStateMachine: Sendable {
             let forwardOnly = definition.isForwardOnly(step)
             var next = state
             if retryable && (forwardOnly || attempt < policy.maxAttempts) {
-                record(&next, step: step, phase: .action, attempt: attempt, startedAt: startedAt, now: now, outcome: .retrying, error: error)
+                record(
+                    &next, step: step, phase: .action, attempt: attempt, startedAt: startedAt, now: now, outcome: .retrying, error: error)
                 next.attempt = attempt + 1
                 let delay = policy.delay(afterAttempt: attempt)
                 return .transition(next, [ScheduledCommand(currentCommand(next, phase: .action), delay: delay)])
@@ -159,12 +160,15 @@ public struct SagaStateMachine: Sendable {
             let policy = definition.compensationRetry
             var next = state
             if attempt < policy.maxAttempts {
-                record(&next, step: step, phase: .compensation, attempt: attempt, startedAt: startedAt, now: now, outcome: .retrying, error: error)
+                record(
+                    &next, step: step, phase: .compensation, attempt: attempt, startedAt: startedAt, now: now, outcome: .retrying,
+                    error: error)
                 next.attempt = attempt + 1
                 let delay = policy.delay(afterAttempt: attempt)
                 return .transition(next, [ScheduledCommand(currentCommand(next, phase: .compensation), delay: delay)])
             }
-            record(&next, step: step, phase: .compensation, attempt: attempt, startedAt: startedAt, now: now, outcome: .failed, error: error)
+            record(
+                &next, step: step, phase: .compensation, attempt: attempt, startedAt: startedAt, now: now, outcome: .failed, error: error)
             next.status = .needsAttention
             next.failureReason = "compensation of step '\(definition.steps[step].name)' failed \(attempt) time(s): \(error)"
             return .transition(next, [])
@@ -175,7 +179,8 @@ public struct SagaStateMachine: Sendable {
             guard !definition.isForwardOnly(state.currentStep) else {
                 return .ignored("saga \(state.id) passed its deadline after the pivot; it keeps going forward")
             }
-            return compensate(state, from: state.currentStep, reason: "deadline passed at step '\(definition.steps[state.currentStep].name)'")
+            return compensate(
+                state, from: state.currentStep, reason: "deadline passed at step '\(definition.steps[state.currentStep].name)'")
 
         case .foundStalled(let maxReapAttempts):
             guard !state.status.isTerminal else { return .ignored("saga \(state.id) is already \(state.status.rawValue)") }
@@ -183,11 +188,14 @@ public struct SagaStateMachine: Sendable {
             let phase = state.phase
             if state.reapAttempts >= maxReapAttempts {
                 next.status = .needsAttention
-                next.failureReason = "stalled at step '\(definition.steps[state.currentStep].name)' (\(phase.rawValue)); the reaper re-sent its command \(state.reapAttempts) time(s) without progress"
+                next.failureReason =
+                    "stalled at step '\(definition.steps[state.currentStep].name)' (\(phase.rawValue)); the reaper re-sent its command \(state.reapAttempts) time(s) without progress"
                 return .transition(next, [])
             }
             next.reapAttempts += 1
-            record(&next, step: state.currentStep, phase: phase, attempt: state.attempt, startedAt: now, now: now, outcome: .resent, error: "stalled since \(state.updatedAt)")
+            record(
+                &next, step: state.currentStep, phase: phase, attempt: state.attempt, startedAt: now, now: now, outcome: .resent,
+                error: "stalled since \(state.updatedAt)")
             return .transition(next, [ScheduledCommand(currentCommand(next, phase: phase))])
 
         case .retryRequested:
@@ -231,7 +239,8 @@ public struct SagaStateMachine: Sendable {
             return "saga \(state.id) is already \(state.status.rawValue)"
         }
         if state.phase != phase || state.currentStep != step || state.attempt != attempt {
-            return "saga \(state.id) waits for step \(state.currentStep) \(state.phase.rawValue) attempt \(state.attempt), not step \(step) \(phase.rawValue) attempt \(attempt)"
+            return
+                "saga \(state.id) waits for step \(state.currentStep) \(state.phase.rawValue) attempt \(state.attempt), not step \(step) \(phase.rawValue) attempt \(attempt)"
         }
         return nil
     }
