@@ -83,6 +83,36 @@ struct RabbitMQIntegrationTests {
         #expect(error?.matches(.vhostNotFound, mentioning: [configuration.vhost]) == true, "\(String(describing: error))")
     }
 
+    @Test("shutdown stops consuming, waits for in-flight deliveries to be acked, then closes")
+    func gracefulShutdown() async throws {
+        let bus = try await RabbitMQBus.connect(configuration())
+        let queue = "test.graceful.\(UUID().uuidString.prefix(8))"
+        try await bus.declare(Topology(queues: [QueueSpec(name: queue)]))
+        for n in 0..<3 {
+            try await bus.publish(OutgoingMessage(exchange: "", routingKey: queue, body: [UInt8(n)]))
+        }
+        let inbox = Inbox(try await bus.consume(queue: queue, prefetch: 1))
+        let inFlight = try await inbox.next()
+
+        let start = ContinuousClock.now
+        let shutdown = Task { await bus.shutdown() }
+        try await Task.sleep(for: .milliseconds(300))
+        try await inFlight.ack()  // still accepted while the bus drains
+        await shutdown.value
+        #expect(ContinuousClock.now - start < .seconds(3), "shutdown waited for its timeout instead of the ack")
+        #expect((try? await inbox.waitForEnd().get()) != nil, "the stream ends normally")
+
+        // The acked message is gone; the two never delivered are still there, not redelivered.
+        let check = try await RabbitMQBus.connect(configuration())
+        let remaining = Inbox(try await check.consume(queue: queue, prefetch: 10))
+        let rest = try await remaining.take(2)
+        #expect(rest.map(\.body) == [[1], [2]])
+        #expect(rest.allSatisfy { !$0.redelivered })
+        for delivery in rest { try await delivery.ack() }
+        try await check.deleteQueue(queue)
+        await check.shutdown()
+    }
+
     @Test("a quorum queue with dead-lettering round-trips")
     func quorumQueue() async throws {
         let bus = try await RabbitMQBus.connect(configuration())
