@@ -171,9 +171,13 @@ final class ConnectionWorker {
                 continue
             }
             let busy = current.hasBufferedInput || (!queued.isEmpty && tracker.count < window && !blocked)
-            if busy {
-                socketReadable = current.wait(wake: mailbox.wake, timeoutMilliseconds: 0).readable
-            } else if mailbox.prepareToSleep() {
+            if busy || !mailbox.prepareToSleep() {
+                // More work is waiting: only look whether the socket has something (confirms must be read even
+                // while callers keep the mailbox full, or a full window would never open again).
+                let (readable, woken) = current.wait(wake: mailbox.wake, timeoutMilliseconds: 0)
+                if woken { mailbox.wake.drain() }
+                socketReadable = readable
+            } else {
                 let timeout: Int32 = shutdownDeadline == nil ? idleTimeoutMilliseconds : 20
                 let (readable, woken) = current.wait(wake: mailbox.wake, timeoutMilliseconds: timeout)
                 mailbox.awake()

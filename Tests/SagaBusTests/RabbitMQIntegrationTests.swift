@@ -17,7 +17,9 @@ struct RabbitMQIntegrationTests {
 
     @Test("10,000 confirmed messages, none lost")
     func tenThousandConfirmed() async throws {
-        let bus = try await RabbitMQBus.connect(configuration())
+        var configuration = try configuration()
+        configuration.confirmWindow = 64  // fewer than the 256 concurrent publishers: the window fills and reopens
+        let bus = try await RabbitMQBus.connect(configuration)
         let queue = "test.ten-thousand.\(UUID().uuidString.prefix(8))"
         try await bus.declare(Topology(queues: [QueueSpec(name: queue)]))
         let total = 10_000
