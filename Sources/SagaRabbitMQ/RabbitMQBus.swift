@@ -116,6 +116,9 @@ public final class RabbitMQBus: MessageBus {
     /// ``RabbitMQConfiguration/confirmWindow`` in flight). A publish caught by a connection loss is sent again after
     /// the reconnect.
     ///
+    /// Cancelling the calling task does not withdraw a message already handed to the bus; the call still returns
+    /// the broker's answer.
+    ///
     /// - Throws: ``BusError`` `unroutable`, `nacked`, `messageTooLarge`, `notFound` (missing exchange),
     ///   `connectionLost`, `closed`.
     public func publish(_ message: OutgoingMessage) async throws {
