@@ -140,8 +140,8 @@ extension PostgresSagaStore {
 
     /// Claims up to `limit` stalled sagas, oldest update first, in one statement that locks the
     /// candidates with `FOR UPDATE SKIP LOCKED`: a concurrent claimer skips them (and, once this
-    /// claim commits, sees the new lease), so two claimers never take the same saga. A saga whose
-    /// lease `owner` itself holds may be claimed again (the lease is renewed).
+    /// claim commits, sees the new lease), so two claimers never take the same saga. A valid
+    /// lease excludes everyone, its owner too.
     public func claimStalled(
         updatedBefore: Date, now: Date, owner: String, lease: Duration, limit: Int
     ) async throws -> [SagaState] {
@@ -157,8 +157,7 @@ extension PostgresSagaStore {
                 SELECT id FROM \(unescaped: namespace).sagas
                 WHERE status IN ('running', 'compensating')
                   AND updated_at < timestamptz 'epoch' + \(before) * interval '1 millisecond'
-                  AND (lease_until IS NULL OR lease_until <= timestamptz 'epoch' + \(nowMS) * interval '1 millisecond'
-                       OR lease_owner = \(owner))
+                  AND (lease_until IS NULL OR lease_until <= timestamptz 'epoch' + \(nowMS) * interval '1 millisecond')
                 ORDER BY updated_at, id
                 LIMIT \(max(0, limit))
                 FOR UPDATE SKIP LOCKED

@@ -187,6 +187,11 @@ public final class PostgresSagaStore: SagaStore {
 
     /// What went wrong, without query parameters (which may hold payloads).
     static func describe(_ error: any Error) -> String {
+        if let error = error as? PostgresTransactionError,
+            let inner = error.closureError ?? error.beginError ?? error.commitError ?? error.rollbackError
+        {
+            return describe(inner)
+        }
         if let error = error as? PSQLError {
             var parts = ["\(error.code)"]
             if let message = error.serverInfo?[.message] { parts.append(message) }
@@ -201,6 +206,12 @@ public final class PostgresSagaStore: SagaStore {
     /// `storeUnavailable` naming the server.
     static func storeError(_ error: any Error, location: String, doing action: String) -> any Error {
         if error is SagaError || error is CancellationError { return error }
+        if let transaction = error as? PostgresTransactionError {
+            // Report what went wrong inside the transaction (a SagaError stays a SagaError).
+            if let inner = transaction.closureError ?? transaction.beginError ?? transaction.commitError {
+                return storeError(inner, location: location, doing: action)
+            }
+        }
         return SagaError(
             .storeUnavailable,
             "cannot \(action) in PostgreSQL at \(location): \(describe(error))",

@@ -110,7 +110,7 @@ extension SQLiteSagaStore {
 
     /// Claims up to `limit` stalled sagas, oldest update first, in one `IMMEDIATE` transaction
     /// (writers are serialized, across processes too, so two claimers never take the same
-    /// saga). A saga whose lease `owner` itself holds may be claimed again (the lease is renewed).
+    /// saga). A valid lease excludes everyone, its owner too.
     public func claimStalled(
         updatedBefore: Date, now: Date, owner: String, lease: Duration, limit: Int
     ) async throws -> [SagaState] {
@@ -124,10 +124,10 @@ extension SQLiteSagaStore {
                 sql: """
                     SELECT \(SagaRow.columns) FROM sagas
                     WHERE status IN ('running', 'compensating') AND updated_at < ?
-                      AND (lease_until IS NULL OR lease_until <= ? OR lease_owner = ?)
+                      AND (lease_until IS NULL OR lease_until <= ?)
                     ORDER BY updated_at, id LIMIT ?
                     """,
-                arguments: [before, nowMS, owner, limit]
+                arguments: [before, nowMS, limit]
             )
             let states = try rows.map(SagaRow.state(from:))
             for state in states {

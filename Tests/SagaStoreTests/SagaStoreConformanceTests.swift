@@ -331,22 +331,32 @@ struct SagaStoreConformanceTests {
             )
             #expect(second.isEmpty, "leased to reaper-a")
 
-            let renewed = try await store.claimStalled(
-                updatedBefore: cutoff, now: now.addingTimeInterval(1), owner: "reaper-a", lease: .seconds(30), limit: 1
+            let sameOwner = try await store.claimStalled(
+                updatedBefore: cutoff, now: now.addingTimeInterval(29), owner: "reaper-a", lease: .seconds(30),
+                limit: 10
             )
-            #expect(renewed.map(\.id) == [running.id], "the owner may claim again; limit respected")
+            #expect(sameOwner.isEmpty, "a valid lease excludes its owner too")
 
-            // reaper-a's lease on `compensating` ends at now + 30 s; on `running` at now + 31 s.
+            // reaper-a's leases end at now + 30 s.
             let afterExpiry = try await fixture.other.claimStalled(
-                updatedBefore: cutoff, now: now.addingTimeInterval(30), owner: "reaper-b", lease: .seconds(30),
+                updatedBefore: cutoff, now: now.addingTimeInterval(30), owner: "reaper-b", lease: .seconds(30), limit: 1
+            )
+            #expect(afterExpiry.map(\.id) == [running.id], "limit respected, oldest first")
+            let rest = try await store.claimStalled(
+                updatedBefore: cutoff, now: now.addingTimeInterval(30), owner: "reaper-c", lease: .seconds(30),
                 limit: 10
             )
-            #expect(afterExpiry.map(\.id) == [compensating.id])
-            let later = try await fixture.other.claimStalled(
-                updatedBefore: cutoff, now: now.addingTimeInterval(31), owner: "reaper-b", lease: .seconds(30),
+            #expect(rest.map(\.id) == [compensating.id])
+            let none = try await store.claimStalled(
+                updatedBefore: cutoff, now: now.addingTimeInterval(59), owner: "reaper-a", lease: .seconds(30),
                 limit: 10
             )
-            #expect(later.map(\.id) == [running.id])
+            #expect(none.isEmpty)
+            let both = try await store.claimStalled(
+                updatedBefore: cutoff, now: now.addingTimeInterval(60), owner: "reaper-a", lease: .seconds(30),
+                limit: 10
+            )
+            #expect(both.map(\.id) == [running.id, compensating.id])
             #expect(try await store.load(running.id).version == 1)
         }
     }

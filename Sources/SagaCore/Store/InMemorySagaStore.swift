@@ -117,8 +117,9 @@ public final class InMemorySagaStore: SagaStore {
         }
     }
 
-    /// Claims up to `limit` stalled sagas, oldest update first. A saga whose lease is held by
-    /// `owner` itself may be claimed again (the lease is renewed).
+    /// Claims up to `limit` stalled sagas, oldest update first. A valid lease excludes everyone,
+    /// its owner too, so that two reapers that happen to share a name still never receive the
+    /// same saga, and a reaper that claims in a loop does not get its own sagas back.
     public func claimStalled(
         updatedBefore: Date, now: Date, owner: String, lease: Duration, limit: Int
     ) async throws -> [SagaState] {
@@ -126,7 +127,7 @@ public final class InMemorySagaStore: SagaStore {
         return storage.withLock { storage in
             let candidates = storage.sagas.values.filter { row in
                 !row.state.status.isTerminal && row.state.updatedAt < updatedBefore
-                    && ((row.leaseUntil.map { $0 <= now } ?? true) || row.leaseOwner == owner)
+                    && (row.leaseUntil.map { $0 <= now } ?? true)
             }
             let chosen = candidates.sorted { lhs, rhs in
                 lhs.state.updatedAt != rhs.state.updatedAt
