@@ -38,6 +38,9 @@ struct Demo: AsyncParsableCommand {
     @Option(help: "Share of orders the payment service declines (0…1).")
     var declineRate = 0.1
 
+    @Option(help: "Share of orders the customer cancels shortly after placing them (0…1); before the pivot they are compensated.")
+    var cancelRate = 0.05
+
     @Option(help: "Share of shipping attempts that fail transiently and are retried forward (0…1).")
     var shippingFailureRate = 0.05
 
@@ -58,7 +61,7 @@ struct Demo: AsyncParsableCommand {
 
     func validate() throws {
         guard sagas >= 1 else { throw ValidationError("--sagas must be at least 1") }
-        guard (0...1).contains(declineRate), (0...1).contains(shippingFailureRate) else {
+        guard (0...1).contains(declineRate), (0...1).contains(shippingFailureRate), (0...1).contains(cancelRate) else {
             throw ValidationError("rates are between 0 and 1")
         }
         guard shippingFailureRate < 1 else { throw ValidationError("--shipping-failure-rate 1 would never ship anything") }
@@ -118,7 +121,7 @@ struct Demo: AsyncParsableCommand {
             name: "order-service", executable: "\(binDirectory)/order-service",
             arguments: [
                 "--instance", "order-1", "--count", "\(sagas)", "--concurrency", "\(concurrency)", "--run-id", runID,
-                "--report", reportPath, "--timeout", "\(timeout)",
+                "--report", reportPath, "--timeout", "\(timeout)", "--cancel-rate", "\(cancelRate)",
             ],
             logPath: nil)
         let orderProcess = try supervisor.start(order, environment: orderEnvironment)
@@ -230,6 +233,8 @@ func sayOverProgress(_ text: String) {
 struct BatchReport: Codable {
     var runID: String
     var ids: [String]
+    /// Orders whose cancellation was accepted (compensated on the customer's request).
+    var cancelled: [String]
     var statistics: RunStatistics
 }
 

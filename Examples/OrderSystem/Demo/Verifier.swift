@@ -64,17 +64,20 @@ struct Verifier {
                 detail: unfinished.isEmpty && attention.isEmpty
                     ? "" : "unfinished: \(sample(unfinished.map(\.id))); needs attention: \(sample(attention.map(\.id)))"))
 
-        // 2. Outcomes follow the payment rule.
+        // 2. Outcomes follow the payment rule and the accepted cancellations.
         let expectedDeclines = Set(report.ids.filter { OrderSaga.isDeclined(orderID: $0, rate: declineRate) })
+        let cancelled = Set(report.cancelled)
+        let expected = expectedDeclines.union(cancelled)
         let compensated = Set(states.filter { $0.status == .compensated }.map(\.id))
         let completed = Set(states.filter { $0.status == .completed }.map(\.id))
         checks.append(
             Check(
-                passed: compensated == expectedDeclines,
-                title: "exactly the declined orders were compensated (\(expectedDeclines.count) declined)",
-                detail: compensated == expectedDeclines
+                passed: compensated == expected,
+                title:
+                    "exactly the declined and the cancelled orders were compensated (\(expectedDeclines.count) declined, \(cancelled.count) cancelled, \(expectedDeclines.intersection(cancelled).count) both)",
+                detail: compensated == expected
                     ? ""
-                    : "compensated but not declined: \(sample(compensated.subtracting(expectedDeclines))); declined but not compensated: \(sample(expectedDeclines.subtracting(compensated)))"
+                    : "compensated unexpectedly: \(sample(compensated.subtracting(expected))); expected compensated: \(sample(expected.subtracting(compensated)))"
             ))
 
         // 3. Inventory: stock conserved.

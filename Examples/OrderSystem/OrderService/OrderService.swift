@@ -34,6 +34,9 @@ struct OrderService: AsyncParsableCommand {
     @Option(help: "How many different SKUs the orders use.")
     var skus = 5
 
+    @Option(help: "Share of orders the customer cancels shortly after placing them (0…1), by `saga compensate` semantics.")
+    var cancelRate = 0.0
+
     @Option(help: "Give up waiting for the sagas after this many seconds.")
     var timeout = 600
 
@@ -44,6 +47,7 @@ struct OrderService: AsyncParsableCommand {
         guard count >= 0 else { throw ValidationError("--count must not be negative") }
         guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
         guard skus >= 1 else { throw ValidationError("--skus must be at least 1") }
+        guard (0...1).contains(cancelRate) else { throw ValidationError("--cancel-rate must be between 0 and 1") }
     }
 
     func run() async throws {
@@ -62,13 +66,14 @@ struct OrderService: AsyncParsableCommand {
             await opened.close()
             throw error
         }
-        // Sagas started here log at debug: the progress line says more than 500 "saga started".
+        // The manager logs errors only: the progress line says more than 500 "saga started".
         var managerLogger = logger
-        managerLogger.logLevel = Swift.max(configuration.logLevel, .notice)
+        managerLogger.logLevel = Swift.max(configuration.logLevel, .error)
         let manager = SagaManager(
             definitions: OrderSaga.definitions, bus: bus, store: opened.store, topology: configuration.topology, logger: managerLogger)
         let batch = OrderBatch(
-            manager: manager, runID: runID, count: count, concurrency: concurrency, skus: skus, timeout: .seconds(timeout),
+            manager: manager, runID: runID, count: count, concurrency: concurrency, skus: skus, cancelRate: cancelRate,
+            timeout: .seconds(timeout),
             report: report, logger: logger)
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
@@ -99,17 +104,25 @@ final class OrderBatch: Service, Sendable {
     let count: Int
     let concurrency: Int
     let skus: Int
+    let cancelRate: Double
     let timeout: Duration
     let report: String?
     let logger: Logger
     let failed = Mutex(false)
+    /// Orders whose cancellation was accepted (the saga was compensated on request).
+    let cancelled = Mutex<[String]>([])
 
-    init(manager: SagaManager, runID: String, count: Int, concurrency: Int, skus: Int, timeout: Duration, report: String?, logger: Logger) {
+    init(
+        manager: SagaManager, runID: String, count: Int, concurrency: Int, skus: Int, cancelRate: Double, timeout: Duration,
+        report: String?,
+        logger: Logger
+    ) {
         self.manager = manager
         self.runID = runID
         self.count = count
         self.concurrency = concurrency
         self.skus = skus
+        self.cancelRate = cancelRate
         self.timeout = timeout
         self.report = report
         self.logger = logger
@@ -125,6 +138,20 @@ final class OrderBatch: Service, Sendable {
             "amount": .number(Double(10 + number % 90)),
             "customer": .string("customer-\(number % 37)"),
         ]
+    }
+
+    /// A customer who changes their mind: after a short, order-dependent wait, asks to compensate
+    /// the saga. Accepted before the pivot (stock released, card refunded), refused after it.
+    func cancelLater(_ id: String) async {
+        let wait = Duration.milliseconds(Int(OrderSaga.fraction("\(id)#cancel-delay") * 150))
+        try? await Task.sleep(for: wait)
+        do {
+            try await manager.compensate(id, reason: "cancelled by the customer")
+            cancelled.withLock { $0.append(id) }
+            logger.info("order cancelled by the customer", metadata: ["saga.id": "\(id)"])
+        } catch {
+            logger.info("cancellation refused: \(error)", metadata: ["saga.id": "\(id)"])
+        }
     }
 
     func run() async throws {
@@ -144,40 +171,46 @@ final class OrderBatch: Service, Sendable {
         let began = clock.now
         var started = 0
         var lastPrint = clock.now
-        while !Task.isShuttingDownGracefully {
-            let counts = try await finishedCount()
-            let done = terminal.reduce(0) { $0 + (counts[$1] ?? 0) - (baseline[$1] ?? 0) }
-            let line = progress.line(
-                started: started,
-                completed: (counts[.completed] ?? 0) - (baseline[.completed] ?? 0),
-                compensated: (counts[.compensated] ?? 0) - (baseline[.compensated] ?? 0),
-                needsAttention: (counts[.needsAttention] ?? 0) - (baseline[.needsAttention] ?? 0),
-                elapsed: clock.now - began
-            )
-            if clock.now - lastPrint >= (progress.isTerminal ? .seconds(1) : .seconds(5)) {
-                progress.show(line)
-                lastPrint = clock.now
-            }
-            if done >= count && started == count { break }
-            if clock.now - began > timeout {
-                progress.finish(line)
-                logger.error("gave up waiting after \(timeout)")
-                failed.withLock { $0 = true }
-                break
-            }
-            let room = Swift.min(concurrency - (started - done), count - started)
-            if room > 0 {
-                let first = started
-                try await withThrowingDiscardingTaskGroup { group in
-                    for number in first..<(first + room) {
-                        group.addTask { [self] in
-                            _ = try await manager.start(OrderSaga.name, payload: order(number), id: id(number))
+        // Cancellations run alongside the batch; the loop ends only when every saga finished.
+        try await withThrowingDiscardingTaskGroup { cancellations in
+            while !Task.isShuttingDownGracefully {
+                let counts = try await finishedCount()
+                let done = terminal.reduce(0) { $0 + (counts[$1] ?? 0) - (baseline[$1] ?? 0) }
+                let line = progress.line(
+                    started: started,
+                    completed: (counts[.completed] ?? 0) - (baseline[.completed] ?? 0),
+                    compensated: (counts[.compensated] ?? 0) - (baseline[.compensated] ?? 0),
+                    needsAttention: (counts[.needsAttention] ?? 0) - (baseline[.needsAttention] ?? 0),
+                    elapsed: clock.now - began
+                )
+                if clock.now - lastPrint >= (progress.isTerminal ? .seconds(1) : .seconds(5)) {
+                    progress.show(line)
+                    lastPrint = clock.now
+                }
+                if done >= count && started == count { break }
+                if clock.now - began > timeout {
+                    progress.finish(line)
+                    logger.error("gave up waiting after \(timeout)")
+                    failed.withLock { $0 = true }
+                    break
+                }
+                let room = Swift.min(concurrency - (started - done), count - started)
+                if room > 0 {
+                    let first = started
+                    try await withThrowingDiscardingTaskGroup { group in
+                        for number in first..<(first + room) {
+                            group.addTask { [self] in
+                                _ = try await manager.start(OrderSaga.name, payload: order(number), id: id(number))
+                            }
                         }
                     }
+                    for number in first..<(first + room) where OrderSaga.fraction("\(id(number))#cancel") < cancelRate {
+                        cancellations.addTask { [self] in await cancelLater(id(number)) }
+                    }
+                    started += room
+                } else {
+                    try await Task.sleep(for: .milliseconds(20))
                 }
-                started += room
-            } else {
-                try await Task.sleep(for: .milliseconds(20))
             }
         }
         // Exact figures from the stored states of this batch.
@@ -201,7 +234,9 @@ final class OrderBatch: Service, Sendable {
         if let report {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try encoder.encode(BatchReport(runID: runID, ids: (0..<started).map(id), statistics: statistics))
+            let batchReport = BatchReport(
+                runID: runID, ids: (0..<started).map(id), cancelled: cancelled.withLock { $0 }.sorted(), statistics: statistics)
+            try encoder.encode(batchReport)
                 .write(to: URL(fileURLWithPath: report))
         }
     }
@@ -211,6 +246,8 @@ final class OrderBatch: Service, Sendable {
 struct BatchReport: Codable {
     var runID: String
     var ids: [String]
+    /// Orders whose cancellation was accepted.
+    var cancelled: [String]
     var statistics: RunStatistics
 }
 
