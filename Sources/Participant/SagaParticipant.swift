@@ -64,6 +64,7 @@ public struct SagaParticipant: Service {
                 .invalidConfiguration, "service '\(configuration.service)' has no handlers",
                 recoverySuggestion: "register at least one handler before running the participant")
         }
+        warnAboutReaperThreshold()
         try await engine.bus.declare(configuration.topology.topology(forService: configuration.service, commands: handlers.commands))
         logger.info(
             "participant started",
@@ -80,6 +81,21 @@ public struct SagaParticipant: Service {
             outer.cancelAll()
         }
         logger.info("participant stopped")
+    }
+
+    /// A reaper whose stalled threshold is shorter than the longest retry delay re-sends commands
+    /// that are only waiting in a delay queue (harmless, but it defeats the backoff).
+    private func warnAboutReaperThreshold() {
+        guard let reaper = configuration.reaper else { return }
+        let policies = engine.definitions.all.flatMap { $0.steps.map(\.options.retry) + [$0.compensationRetry] }
+        guard let longest = policies.map(\.maxDelay).max() else { return }
+        let level = Duration.seconds(configuration.topology.delayLevel(for: longest))
+        if reaper.stalledThreshold <= level {
+            logger.warning(
+                "the reaper's stalled threshold (\(reaper.stalledThreshold)) is not longer than the longest retry delay (\(level)); it will re-send commands that are waiting to be retried",
+                metadata: ["reaper.stalledThreshold": "\(reaper.stalledThreshold)", "retry.maxDelay": "\(level)"]
+            )
+        }
     }
 
     /// Consumes the queue until cancelled or gracefully shut down, with the outbox relay and the
