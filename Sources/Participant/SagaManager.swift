@@ -46,6 +46,8 @@ public struct SagaManager: Sendable {
         let id = id ?? UUID().uuidString.lowercased()
         let logger = logger.with(saga: id, name: name)
         let now = Date()
+        var context = context
+        context[SagaTopology.contextKey] = engine.topology.prefix
         let (state, first) = SagaStateMachine(definition: definition).start(id: id, payload: payload, context: context, now: now)
         let message = try SagaMessages.outbox(first, state: state, topology: engine.topology, now: now)
         switch try await engine.store.create(state, outbox: [message]) {

@@ -63,6 +63,16 @@ public struct SagaReaper: Service {
         var changed: [SagaState] = []
         for state in stalled {
             let logger = logger.with(saga: state.id, name: state.name)
+            // A store can be shared by deployments with other topologies or other definitions:
+            // their sagas are theirs to reap (the lease lapses after one poll interval).
+            if let prefix = state.context[SagaTopology.contextKey], prefix != engine.topology.prefix {
+                logger.debug("skipping a stalled saga of another topology", metadata: ["saga.topology": "\(prefix)"])
+                continue
+            }
+            if (try? engine.definitions.definition(named: state.name)) == nil {
+                logger.debug("skipping a stalled saga whose definition this process does not know")
+                continue
+            }
             let pastDeadline = state.deadline.map { $0 < now } ?? false
             let event: SagaEvent =
                 pastDeadline && state.status == .running ? .deadlinePassed : .foundStalled(maxReapAttempts: configuration.maxReapAttempts)

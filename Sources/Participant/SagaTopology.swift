@@ -26,6 +26,10 @@ public struct SagaTopology: Sendable, Hashable {
         self.delayLevels = delayLevels.sorted()
     }
 
+    /// The key under which a saga's context records the prefix of the topology it was started
+    /// on, so that reapers of other deployments sharing the store leave it alone.
+    public static let contextKey = "sagakit-topology"
+
     /// The exchange every command is published to.
     public var commandsExchange: String { "\(prefix).commands" }
     /// The exchange dead letters are published to.

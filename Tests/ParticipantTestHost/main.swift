@@ -114,6 +114,16 @@ let participant = SagaParticipant(
     ),
     definitions: TestSagas.registry, handlers: handlers, bus: bus, store: store, logger: logger
 )
+// Exit when the test process that started this host is gone (the host is then re-parented), so
+// that a crashed or killed test run leaves no participant behind.
+let parent = getppid()
+Task.detached {
+    while true {
+        try await Task.sleep(for: .milliseconds(250))
+        if getppid() != parent { exit(0) }
+    }
+}
+
 let group = ServiceGroup(
     configuration: ServiceGroupConfiguration(
         services: [.init(service: participant)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

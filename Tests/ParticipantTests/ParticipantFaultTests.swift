@@ -36,12 +36,12 @@ final class HostProcess: Sendable {
         process.waitUntilExit()
     }
 
-    /// SIGTERM: graceful shutdown; waits for the exit.
+    /// SIGTERM: graceful shutdown; SIGKILL when it has not exited after five seconds.
     func stop() {
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
+        guard process.isRunning else { return }
+        process.terminate()
+        for _ in 0..<50 where process.isRunning { usleep(100_000) }
+        if process.isRunning { kill() }
     }
 }
 
@@ -83,12 +83,11 @@ struct ParticipantFaultTests {
             }
             return try await group.reduce(into: []) { $0.append($1) }
         }
-        // Once a few sagas have finished, kill one payment instance and the shipping service
-        // mid-flow (SIGKILL: wherever they are in a step), and restart them a moment later.
+        // As soon as sagas are reaching the payment step, kill one payment instance and the
+        // shipping service (SIGKILL: wherever they are in a step), and restart them a moment later.
         try await waitUntil {
-            var finished = 0
-            for id in ids where try await store.load(id).status.isTerminal { finished += 1 }
-            return finished >= 1
+            for id in ids where try await store.load(id).currentStep >= 1 { return true }
+            return false
         }
         hosts[1].kill()
         hosts[3].kill()

@@ -172,6 +172,21 @@ struct ParticipantTests {
         #expect(final.history.first?.outcome == .resent)
     }
 
+    @Test func theReaperLeavesSagasOfAnotherTopologyAlone() async throws {
+        // Two deployments share one store: a saga started on another topology is not re-sent here.
+        let (foreign, _) = SagaStateMachine(definition: orderSaga).start(
+            id: "foreign-1", payload: ["orderId": "o-11", "amount": 1], context: [SagaTopology.contextKey: "elsewhere"],
+            now: Date().addingTimeInterval(-60)
+        )
+        _ = try await store.create(foreign, outbox: [])
+        let reaper = SagaReaper(
+            configuration: ReaperConfiguration(stalledThreshold: .seconds(1)), definitions: orderDefinitions, bus: bus, store: store,
+            topology: testTopology, logger: quietTestLogger
+        )
+        #expect(try await reaper.reapOnce().isEmpty)
+        #expect(try await store.load("foreign-1").version == 1)
+    }
+
     @Test func theOutboxRelayPublishesCommittedButUnsentCommands() async throws {
         let final = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { manager in
             // A saga whose first command was committed to the outbox but never published (the

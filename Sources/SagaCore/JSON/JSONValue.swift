@@ -18,20 +18,40 @@ public enum JSONValue: Sendable, Hashable, Codable {
 
     /// Decodes any JSON value.
     public init(from decoder: any Decoder) throws {
+        // Objects, strings and numbers first: every failed attempt throws a DecodingError, which
+        // is expensive, so the common shapes of payloads are tried before the rare ones.
+        if let object = try? decoder.container(keyedBy: AnyKey.self) {
+            var result: JSONObject = [:]
+            result.reserveCapacity(object.allKeys.count)
+            for key in object.allKeys {
+                result[key.stringValue] = try object.decode(JSONValue.self, forKey: key)
+            }
+            self = .object(result)
+            return
+        }
+        if var array = try? decoder.unkeyedContainer() {
+            var result: [JSONValue] = []
+            while !array.isAtEnd { result.append(try array.decode(JSONValue.self)) }
+            self = .array(result)
+            return
+        }
         let container = try decoder.singleValueContainer()
         if container.decodeNil() {
             self = .null
-        } else if let bool = try? container.decode(Bool.self) {
-            self = .bool(bool)
-        } else if let number = try? container.decode(Double.self) {
-            self = .number(number)
         } else if let string = try? container.decode(String.self) {
             self = .string(string)
-        } else if let array = try? container.decode([JSONValue].self) {
-            self = .array(array)
+        } else if let number = try? container.decode(Double.self) {
+            self = .number(number)
         } else {
-            self = .object(try container.decode(JSONObject.self))
+            self = .bool(try container.decode(Bool.self))
         }
+    }
+
+    private struct AnyKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
     }
 
     /// Encodes the value.
