@@ -1,24 +1,23 @@
-import Foundation
-import SagaCore
+package import Foundation
 
-/// How the SQL stores turn saga values into column values and back.
+/// How the SQL stores (modules `SagaSQLite` and `SagaPostgres`) turn saga values into column values and back.
 ///
 /// Timestamps are Unix milliseconds: a date with millisecond precision reads back equal (`==`)
 /// to the one written. JSON columns are written with sorted keys; timestamps inside the step
 /// history are Unix milliseconds too.
-enum StoreCoding {
+package enum StoreCoding {
     /// The date as whole Unix milliseconds (rounded to the nearest).
-    static func milliseconds(_ date: Date) -> Int64 {
+    package static func milliseconds(_ date: Date) -> Int64 {
         Int64((date.timeIntervalSince1970 * 1000).rounded())
     }
 
     /// The date of whole Unix milliseconds.
-    static func date(milliseconds: Int64) -> Date {
+    package static func date(milliseconds: Int64) -> Date {
         Date(timeIntervalSince1970: Double(milliseconds) / 1000)
     }
 
     /// JSON text with sorted keys.
-    static func json<T: Encodable>(_ value: T) throws -> String {
+    package static func json<T: Encodable>(_ value: T) throws -> String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         encoder.dateEncodingStrategy = .custom { date, encoder in
@@ -29,7 +28,7 @@ enum StoreCoding {
     }
 
     /// Decodes JSON text written by ``json(_:)``.
-    static func decode<T: Decodable>(_ type: T.Type, json: String, column: String, sagaID: String) throws -> T {
+    package static func decode<T: Decodable>(_ type: T.Type, json: String, column: String, sagaID: String) throws -> T {
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .custom { decoder in
             let container = try decoder.singleValueContainer()
@@ -48,7 +47,7 @@ enum StoreCoding {
     }
 
     /// Parses a stored status.
-    static func status(_ raw: String, sagaID: String) throws -> SagaStatus {
+    package static func status(_ raw: String, sagaID: String) throws -> SagaStatus {
         guard let status = SagaStatus(rawValue: raw) else {
             throw SagaError(
                 .invalidState,
@@ -60,7 +59,7 @@ enum StoreCoding {
     }
 
     /// Whole Unix milliseconds from a `Duration` (rounded to the nearest).
-    static func milliseconds(_ duration: Duration) -> Int64 {
+    package static func milliseconds(_ duration: Duration) -> Int64 {
         let (seconds, attoseconds) = duration.components
         return seconds * 1000 + Int64((Double(attoseconds) / 1e15).rounded())
     }
