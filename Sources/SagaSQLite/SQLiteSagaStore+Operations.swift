@@ -12,13 +12,12 @@ extension SQLiteSagaStore {
         let row = try SagaRow(stored)
         let messages = try outbox.map(OutboxRow.init)
         return try await write("create a saga in") { db in
-            try db.execute(
+            try db.cachedStatement(
                 sql: """
                     INSERT INTO sagas (\(SagaRow.columns)) VALUES (\(SagaRow.placeholders))
                     ON CONFLICT (id) DO NOTHING
-                    """,
-                arguments: row.arguments
-            )
+                    """
+            ).execute(arguments: row.arguments)
             guard db.changesCount == 1 else {
                 return .existing(try Self.fetchSaga(db, id: state.id)!)
             }
@@ -46,13 +45,12 @@ extension SQLiteSagaStore {
         let messages = try transition.outbox.map(OutboxRow.init)
         let expected = transition.expectedVersion
         return try await write("commit a transition to") { db in
-            try db.execute(
+            try db.cachedStatement(
                 sql: """
                     UPDATE sagas SET \(SagaRow.assignments), lease_owner = NULL, lease_until = NULL
                     WHERE id = ? AND version = ?
-                    """,
-                arguments: row.arguments + [stored.id, expected]
-            )
+                    """
+            ).execute(arguments: row.arguments + [stored.id, expected])
             guard db.changesCount == 1 else {
                 let actual = try Int64.fetchOne(
                     db, sql: "SELECT version FROM sagas WHERE id = ?", arguments: [stored.id])
@@ -179,19 +177,19 @@ extension SQLiteSagaStore {
     // MARK: Rows
 
     static func fetchSaga(_ db: Database, id: SagaID) throws -> SagaState? {
-        try Row.fetchOne(db, sql: "SELECT \(SagaRow.columns) FROM sagas WHERE id = ?", arguments: [id])
+        // Cached: statements are compiled (and authorized) once per connection, not per call.
+        try Row.fetchOne(db.cachedStatement(sql: "SELECT \(SagaRow.columns) FROM sagas WHERE id = ?"), arguments: [id])
             .map(SagaRow.state(from:))
     }
 
     static func insert(_ messages: [OutboxRow], into db: Database) throws {
         for message in messages {
-            try db.execute(
+            try db.cachedStatement(
                 sql: """
                     INSERT INTO outbox (id, saga_id, exchange, routing_key, body, headers, created_at)
                     VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING
-                    """,
-                arguments: message.arguments
-            )
+                    """
+            ).execute(arguments: message.arguments)
         }
     }
 }
