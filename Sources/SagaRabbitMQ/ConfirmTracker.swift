@@ -131,13 +131,20 @@ struct AckCoalescer {
         guard !pending.isEmpty else { return (nil, []) }
         for tag in pending { markSettled(tag) }
         let boundary = lowestUnsettled
-        var covered = false
+        // The multiple ack ends at the highest tag of *this* batch below the boundary: a tag below
+        // it that was settled earlier (acked alone, nacked, rejected) is no longer outstanding,
+        // which the broker ignores inside the range but refuses as its end ("unknown delivery tag").
+        var highestCovered: UInt64?
         var singles: [UInt64] = []
         for tag in pending {
-            if tag < boundary { covered = true } else { singles.append(tag) }
+            if tag < boundary {
+                highestCovered = max(highestCovered ?? tag, tag)
+            } else {
+                singles.append(tag)
+            }
         }
         pending.removeAll(keepingCapacity: true)
-        return (covered ? boundary - 1 : nil, singles)
+        return (highestCovered, singles)
     }
 
     private mutating func markSettled(_ tag: UInt64) {

@@ -117,4 +117,17 @@ struct AckCoalescerTests {
         #expect(second.multipleUpTo == 5 && second.singles.isEmpty)
         #expect(acks.lowestUnsettled == 6)
     }
+
+    @Test("a multiple ack never ends on a tag that was settled before")
+    func endsOnAnOutstandingTag() {
+        var acks = AckCoalescer()
+        acks.ack(2)
+        #expect(acks.flush() == (nil, [2]))  // 1 is still held
+        acks.settledOtherwise(3)  // nacked
+        acks.ack(1)
+        // Everything up to 3 is settled now, but 2 and 3 are no longer outstanding at the broker.
+        let frames = acks.flush()
+        #expect(frames.multipleUpTo == 1 && frames.singles.isEmpty)
+        #expect(acks.lowestUnsettled == 4)
+    }
 }
