@@ -101,6 +101,8 @@ struct RabbitMQRecoveryTests {
             }
         }
 
+        // However this test ends, the publishers stop (a failed wait must not leave them spinning).
+        defer { ledger.stop.store(true, ordering: .relaxed) }
         try await waitUntil("500 confirms before the close") { ledger.confirmed.count >= 500 }
         try await TestBroker.runScript(["ctl", "close_all_connections", "SagaKit recovery test"], port: Self.port)
         let consumedAtClose = ledger.deliveries
