@@ -118,30 +118,8 @@ public enum TestPostgres {
         }
     }
 
-    /// Whether a TCP connection to host:port succeeds within two seconds.
+    /// Whether a TCP connection to host:port succeeds (the same probe as the broker's).
     public static func answers(host: String, port: Int) -> Bool {
-        var hints = addrinfo()
-        hints.ai_family = AF_UNSPEC
-        #if canImport(Glibc)
-            hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        #else
-            hints.ai_socktype = SOCK_STREAM
-        #endif
-        var list: UnsafeMutablePointer<addrinfo>?
-        guard getaddrinfo(host, String(port), &hints, &list) == 0, let first = list else { return false }
-        defer { freeaddrinfo(list) }
-        var entry: UnsafeMutablePointer<addrinfo>? = first
-        while let info = entry {
-            let fd = socket(info.pointee.ai_family, info.pointee.ai_socktype, info.pointee.ai_protocol)
-            if fd >= 0 {
-                var timeout = timeval(tv_sec: 2, tv_usec: 0)
-                setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-                let connected = connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0
-                close(fd)
-                if connected { return true }
-            }
-            entry = info.pointee.ai_next
-        }
-        return false
+        TestBroker.isReachable(host: host, port: port)
     }
 }
