@@ -4,101 +4,24 @@ public import SagaCore
 
 extension PostgresSagaStore {
     /// Creates a saga (version 1) with its outbox messages in one statement, unless a saga with
-    /// that id exists: then nothing is written and the stored saga is returned.
+    /// that id exists: then nothing is written and the stored saga is returned. Concurrent
+    /// creations share a statement (see ``PostgresSagaStore``).
     public func create(_ state: SagaState, outbox: [OutboxMessage]) async throws -> SagaCreation {
-        var stored = state
-        stored.version = 1
-        let row = try SagaRow(stored)
-        let messages = try OutboxRows(outbox)
-        let inserted = try await rows(
-            "create a saga",
-            """
-            WITH inserted AS (
-                INSERT INTO \(unescaped: namespace).sagas (\(unescaped: SagaRow.columns))
-                VALUES (\(row.id), \(row.name), \(row.status), \(row.currentStep), \(row.attempt), \(row.payload)::json,
-                    \(row.context)::json, \(row.history)::json, \(row.failureReason),
-                    timestamptz 'epoch' + \(row.deadline) * interval '1 millisecond', \(row.reapAttempts),
-                    timestamptz 'epoch' + \(row.createdAt) * interval '1 millisecond',
-                    timestamptz 'epoch' + \(row.updatedAt) * interval '1 millisecond', 1)
-                ON CONFLICT (id) DO NOTHING
-                RETURNING id
-            ), messages AS (
-                INSERT INTO \(unescaped: namespace).outbox (id, saga_id, exchange, routing_key, body, headers, created_at)
-                SELECT m.id, m.saga_id, m.exchange, m.routing_key, m.body, m.headers::json,
-                    timestamptz 'epoch' + m.created_at * interval '1 millisecond'
-                FROM inserted, unnest(\(messages.ids)::text[], \(messages.sagaIDs)::text[], \(messages.exchanges)::text[],
-                    \(messages.routingKeys)::text[], \(messages.bodies)::bytea[], \(messages.headers)::text[],
-                    \(messages.createdAt)::int8[]) WITH ORDINALITY AS m(id, saga_id, exchange, routing_key, body, headers, created_at, n)
-                ORDER BY m.n
-                ON CONFLICT (id) DO NOTHING
-            )
-            SELECT count(*) AS n FROM inserted
-            """
-        )
-        if try inserted.first?["n"].decode(Int.self) == 1 {
-            return .created(stored)
-        }
-        guard let existing = try await fetchSaga(state.id) else {
-            // Deleted between the two statements (by an operator): report it as unknown.
-            throw SagaError.unknownSaga(state.id)
-        }
-        return .existing(existing)
+        try await creations.submit(SagaCreationRequest(state: state, outbox: outbox), key: state.id)
     }
 
-    /// Loads a saga.
+    /// Loads a saga. Concurrent loads share a statement.
     /// - Throws: ``SagaCore/SagaError`` `unknownSaga`.
     public func load(_ id: SagaID) async throws -> SagaState {
-        guard let state = try await fetchSaga(id) else { throw SagaError.unknownSaga(id) }
-        return state
+        try await loads.submit(id, key: id)
     }
 
     /// The compare-and-swap on the version and the outbox inserts, in one statement. Ends any
-    /// reaper lease on the saga.
+    /// reaper lease on the saga. Concurrent commits of different sagas share a statement; each
+    /// saga's compare-and-swap is still its own.
     @discardableResult
     public func commit(_ transition: SagaTransition) async throws -> SagaState {
-        var stored = transition.state
-        stored.version = transition.expectedVersion + 1
-        let row = try SagaRow(stored)
-        let messages = try OutboxRows(transition.outbox)
-        let expected = transition.expectedVersion
-        let updated = try await rows(
-            "commit a transition",
-            """
-            WITH updated AS (
-                UPDATE \(unescaped: namespace).sagas SET name = \(row.name), status = \(row.status),
-                    current_step = \(row.currentStep), attempt = \(row.attempt), payload = \(row.payload)::json,
-                    context = \(row.context)::json, history = \(row.history)::json, failure_reason = \(row.failureReason),
-                    deadline = timestamptz 'epoch' + \(row.deadline) * interval '1 millisecond',
-                    reap_attempts = \(row.reapAttempts),
-                    created_at = timestamptz 'epoch' + \(row.createdAt) * interval '1 millisecond',
-                    updated_at = timestamptz 'epoch' + \(row.updatedAt) * interval '1 millisecond',
-                    version = \(stored.version), lease_owner = NULL, lease_until = NULL
-                WHERE id = \(row.id) AND version = \(expected)
-                RETURNING id
-            ), messages AS (
-                INSERT INTO \(unescaped: namespace).outbox (id, saga_id, exchange, routing_key, body, headers, created_at)
-                SELECT m.id, m.saga_id, m.exchange, m.routing_key, m.body, m.headers::json,
-                    timestamptz 'epoch' + m.created_at * interval '1 millisecond'
-                FROM updated, unnest(\(messages.ids)::text[], \(messages.sagaIDs)::text[], \(messages.exchanges)::text[],
-                    \(messages.routingKeys)::text[], \(messages.bodies)::bytea[], \(messages.headers)::text[],
-                    \(messages.createdAt)::int8[]) WITH ORDINALITY AS m(id, saga_id, exchange, routing_key, body, headers, created_at, n)
-                ORDER BY m.n
-                ON CONFLICT (id) DO NOTHING
-            )
-            SELECT count(*) AS n FROM updated
-            """
-        )
-        if try updated.first?["n"].decode(Int.self) == 1 {
-            return stored
-        }
-        let current = try await rows(
-            "load a saga's version",
-            "SELECT version FROM \(unescaped: namespace).sagas WHERE id = \(row.id)"
-        )
-        guard let actual = try current.first?["version"].decode(Int64.self) else {
-            throw SagaError.unknownSaga(stored.id)
-        }
-        throw SagaError.versionConflict(sagaID: stored.id, expected: expected, actual: actual)
+        try await commits.submit(transition, key: transition.state.id)
     }
 
     /// Sagas matching the query, most recently updated first (ties by id).
@@ -211,11 +134,7 @@ extension PostgresSagaStore {
     }
 
     func fetchSaga(_ id: SagaID) async throws -> SagaState? {
-        let result = try await rows(
-            "load a saga",
-            "SELECT \(unescaped: SagaRow.selection) FROM \(unescaped: namespace).sagas WHERE id = \(id)"
-        )
-        return try result.first.map(SagaRow.state(from:))
+        try await batches.fetch([id])[id]
     }
 }
 
@@ -310,5 +229,16 @@ struct OutboxRows {
             headers.append(try StoreCoding.json(message.headers))
             createdAt.append(StoreCoding.milliseconds(message.createdAt))
         }
+    }
+
+    /// `unnest(…)` of id, saga_id, exchange, routing_key, body, headers, created_at, binding the
+    /// arrays.
+    func unnest(_ binder: inout Binder) -> String {
+        let columns = [
+            binder.bind(ids, as: "text[]"), binder.bind(sagaIDs, as: "text[]"), binder.bind(exchanges, as: "text[]"),
+            binder.bind(routingKeys, as: "text[]"), binder.bind(bodies, as: "bytea[]"), binder.bind(headers, as: "text[]"),
+            binder.bind(createdAt, as: "int8[]"),
+        ]
+        return "unnest(\(columns.joined(separator: ", ")))"
     }
 }

@@ -39,6 +39,11 @@ public final class PostgresSagaStore: SagaStore {
     let logger: Logger
     /// The quoted schema name, to prefix table names with.
     let namespace: String
+    /// The hot-path statements, batched by the coalescers below.
+    let batches: PostgresBatches
+    let commits: WriteCoalescer<SagaTransition, SagaState>
+    let loads: WriteCoalescer<SagaID, SagaState>
+    let creations: WriteCoalescer<SagaCreationRequest, SagaCreation>
     /// Runs `client.run()` when the store owns its client. Library code prefers structured
     /// concurrency, but a store that users can create with one line and use at once must run its
     /// pool somewhere: this task is the only one, and ``shutdown()`` (or deinit) ends it.
@@ -116,6 +121,9 @@ public final class PostgresSagaStore: SagaStore {
         self.schema = configuration.schema
         self.namespace = namespace
         self.logger = logger
+        (batches, commits, loads, creations) = Self.batching(
+            client: client, namespace: namespace, location: location, logger: logger,
+            connections: clientConfiguration.options.maximumConnections)
         self.runner = Task { await client.run() }
     }
 
@@ -136,6 +144,8 @@ public final class PostgresSagaStore: SagaStore {
         self.namespace = namespace
         self.logger = logger
         self.runner = nil
+        (batches, commits, loads, creations) = Self.batching(
+            client: client, namespace: namespace, location: location, logger: logger, connections: 4)
         do {
             try await client.withConnection { connection in
                 try await PostgresSchema.migrate(
@@ -160,6 +170,27 @@ public final class PostgresSagaStore: SagaStore {
     }
 
     // MARK: Helpers
+
+    /// The most sagas in one batched statement.
+    static let maxBatch = 64
+
+    /// Batches of concurrent commits, loads and creations. A few batches of each kind run at
+    /// once (bounded by the pool), so one slow statement does not hold up everything behind it.
+    private static func batching(
+        client: PostgresClient, namespace: String, location: String, logger: Logger, connections: Int
+    ) -> (
+        PostgresBatches, WriteCoalescer<SagaTransition, SagaState>, WriteCoalescer<SagaID, SagaState>,
+        WriteCoalescer<SagaCreationRequest, SagaCreation>
+    ) {
+        let batches = PostgresBatches(client: client, namespace: namespace, location: location, logger: logger)
+        let concurrent = max(1, min(4, connections / 3))
+        return (
+            batches,
+            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: concurrent) { await batches.commit($0) },
+            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: concurrent) { await batches.load($0) },
+            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: concurrent) { await batches.create($0) }
+        )
+    }
 
     private static func tlsContext(_ configuration: Configuration) throws -> NIOSSLContext {
         do {
@@ -222,15 +253,7 @@ public final class PostgresSagaStore: SagaStore {
 
     /// Runs a query and collects its rows.
     func rows(_ action: String, _ query: PostgresQuery) async throws -> [PostgresRandomAccessRow] {
-        do {
-            var result: [PostgresRandomAccessRow] = []
-            for try await row in try await client.query(query, logger: logger) {
-                result.append(row.makeRandomAccess())
-            }
-            return result
-        } catch {
-            throw Self.storeError(error, location: location, doing: action)
-        }
+        try await batches.rows(action, query)
     }
 
     /// Runs raw SQL (tests use it to simulate a newer schema).

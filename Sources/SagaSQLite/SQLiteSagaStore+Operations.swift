@@ -4,25 +4,38 @@ public import SagaCore
 
 extension SQLiteSagaStore {
     /// Creates a saga (version 1) with its outbox messages in one transaction, unless a saga
-    /// with that id exists: then nothing is written and the stored saga is returned.
+    /// with that id exists: then nothing is written and the stored saga is returned. Concurrent
+    /// creations share a transaction (see ``SQLiteSagaStore``).
     public func create(_ state: SagaState, outbox: [OutboxMessage]) async throws -> SagaCreation {
-        var initial = state
-        initial.version = 1
-        let stored = initial
-        let row = try SagaRow(stored)
-        let messages = try outbox.map(OutboxRow.init)
-        return try await write("create a saga in") { db in
-            try db.cachedStatement(
-                sql: """
-                    INSERT INTO sagas (\(SagaRow.columns)) VALUES (\(SagaRow.placeholders))
-                    ON CONFLICT (id) DO NOTHING
-                    """
-            ).execute(arguments: row.arguments)
-            guard db.changesCount == 1 else {
-                return .existing(try Self.fetchSaga(db, id: state.id)!)
+        try await creations.submit(SagaCreationRequest(state: state, outbox: outbox), key: state.id)
+    }
+
+    /// Creates each saga in one `IMMEDIATE` transaction; a saga that exists is returned as it is.
+    static func create(_ batch: [SagaCreationRequest], in store: SQLiteStoreAccess) async -> [Result<SagaCreation, any Error>] {
+        do {
+            let rows = try batch.map { creation -> (SagaState, SagaRow, [OutboxRow]) in
+                var initial = creation.state
+                initial.version = 1
+                return (initial, try SagaRow(initial), try creation.outbox.map(OutboxRow.init))
             }
-            try Self.insert(messages, into: db)
-            return .created(stored)
+            return try await store.write("create sagas in") { db in
+                try rows.map { stored, row, messages -> Result<SagaCreation, any Error> in
+                    try db.cachedStatement(
+                        sql: """
+                            INSERT INTO sagas (\(SagaRow.columns)) VALUES (\(SagaRow.placeholders))
+                            ON CONFLICT (id) DO NOTHING
+                            """
+                    ).execute(arguments: row.arguments)
+                    guard db.changesCount == 1 else {
+                        guard let existing = try fetchSaga(db, id: stored.id) else { return .failure(SagaError.unknownSaga(stored.id)) }
+                        return .success(.existing(existing))
+                    }
+                    try insert(messages, into: db)
+                    return .success(.created(stored))
+                }
+            }
+        } catch {
+            return Array(repeating: .failure(error), count: batch.count)
         }
     }
 
@@ -35,30 +48,41 @@ extension SQLiteSagaStore {
     }
 
     /// The compare-and-swap on the version and the outbox inserts, in one `IMMEDIATE`
-    /// transaction. Ends any reaper lease on the saga.
+    /// transaction. Ends any reaper lease on the saga. Concurrent commits of different sagas
+    /// share a transaction; each saga's compare-and-swap is still its own.
     @discardableResult
     public func commit(_ transition: SagaTransition) async throws -> SagaState {
-        var next = transition.state
-        next.version = transition.expectedVersion + 1
-        let stored = next
-        let row = try SagaRow(stored)
-        let messages = try transition.outbox.map(OutboxRow.init)
-        let expected = transition.expectedVersion
-        return try await write("commit a transition to") { db in
-            try db.cachedStatement(
-                sql: """
-                    UPDATE sagas SET \(SagaRow.assignments), lease_owner = NULL, lease_until = NULL
-                    WHERE id = ? AND version = ?
-                    """
-            ).execute(arguments: row.arguments + [stored.id, expected])
-            guard db.changesCount == 1 else {
-                let actual = try Int64.fetchOne(
-                    db, sql: "SELECT version FROM sagas WHERE id = ?", arguments: [stored.id])
-                guard let actual else { throw SagaError.unknownSaga(stored.id) }
-                throw SagaError.versionConflict(sagaID: stored.id, expected: expected, actual: actual)
+        try await commits.submit(transition, key: transition.state.id)
+    }
+
+    /// Commits each transition that still matches its saga's version, in one `IMMEDIATE`
+    /// transaction. A lost compare-and-swap fails that transition only.
+    static func commit(_ batch: [SagaTransition], in store: SQLiteStoreAccess) async -> [Result<SagaState, any Error>] {
+        do {
+            let rows = try batch.map { transition -> (SagaState, SagaRow, [OutboxRow], Int64) in
+                var next = transition.state
+                next.version = transition.expectedVersion + 1
+                return (next, try SagaRow(next), try transition.outbox.map(OutboxRow.init), transition.expectedVersion)
             }
-            try Self.insert(messages, into: db)
-            return stored
+            return try await store.write("commit transitions to") { db in
+                try rows.map { stored, row, messages, expected -> Result<SagaState, any Error> in
+                    try db.cachedStatement(
+                        sql: """
+                            UPDATE sagas SET \(SagaRow.assignments), lease_owner = NULL, lease_until = NULL
+                            WHERE id = ? AND version = ?
+                            """
+                    ).execute(arguments: row.arguments + [stored.id, expected])
+                    guard db.changesCount == 1 else {
+                        let actual = try Int64.fetchOne(db, sql: "SELECT version FROM sagas WHERE id = ?", arguments: [stored.id])
+                        guard let actual else { return .failure(SagaError.unknownSaga(stored.id)) }
+                        return .failure(SagaError.versionConflict(sagaID: stored.id, expected: expected, actual: actual))
+                    }
+                    try insert(messages, into: db)
+                    return .success(stored)
+                }
+            }
+        } catch {
+            return Array(repeating: .failure(error), count: batch.count)
         }
     }
 

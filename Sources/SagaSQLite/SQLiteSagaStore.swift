@@ -10,7 +10,9 @@ public import SagaCore
 /// upgrading a read lock; the second one waits), and a writer waits up to
 /// ``Configuration/busyTimeout`` for another process's transaction instead of failing at once.
 /// A transition is one such transaction: the compare-and-swap on the saga's version and the
-/// outbox inserts commit together or not at all.
+/// outbox inserts commit together or not at all. Transitions (and creations) of different sagas
+/// that arrive together share one transaction and one `fsync`; each saga's compare-and-swap is
+/// still judged on its own.
 ///
 /// Blocking SQLite calls run on GRDB's own dispatch queues, never on Swift's cooperative pool.
 ///
@@ -44,8 +46,7 @@ public final class SQLiteSagaStore: SagaStore {
         }
 
         /// Creates a configuration.
-        public init(busyTimeout: Duration = .seconds(10), synchronous: Synchronous = .full, maximumReaderCount: Int = 4)
-        {
+        public init(busyTimeout: Duration = .seconds(10), synchronous: Synchronous = .full, maximumReaderCount: Int = 4) {
             self.busyTimeout = busyTimeout
             self.synchronous = synchronous
             self.maximumReaderCount = maximumReaderCount
@@ -60,6 +61,12 @@ public final class SQLiteSagaStore: SagaStore {
 
     let pool: DatabasePool
     let logger: Logger
+    let access: SQLiteStoreAccess
+    let commits: WriteCoalescer<SagaTransition, SagaState>
+    let creations: WriteCoalescer<SagaCreationRequest, SagaCreation>
+
+    /// The most sagas written in one transaction.
+    static let maxBatch = 64
 
     /// Opens (creating the directory and the file when missing) and migrates a store.
     ///
@@ -77,7 +84,13 @@ public final class SQLiteSagaStore: SagaStore {
         let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
         self.path = absolute
         self.logger = logger
-        self.pool = try await Self.open(path: absolute, configuration: configuration)
+        let pool = try await Self.open(path: absolute, configuration: configuration)
+        self.pool = pool
+        let access = SQLiteStoreAccess(pool: pool, path: absolute)
+        self.access = access
+        // SQLite has one writer at a time: one batch runs, the next one gathers meanwhile.
+        commits = WriteCoalescer(maxBatch: Self.maxBatch, maxConcurrentBatches: 1) { await Self.commit($0, in: access) }
+        creations = WriteCoalescer(maxBatch: Self.maxBatch, maxConcurrentBatches: 1) { await Self.create($0, in: access) }
         do {
             try await SQLiteSchema.migrate(pool, path: absolute, logger: logger)
         } catch {
@@ -211,10 +224,24 @@ public final class SQLiteSagaStore: SagaStore {
     }
 
     func read<T: Sendable>(_ action: String, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        try await access.read(action, body)
+    }
+
+    func write<T: Sendable>(_ action: String, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        try await access.write(action, body)
+    }
+}
+
+/// The database and its path, for the batch functions (which must not hold the store itself).
+struct SQLiteStoreAccess: Sendable {
+    let pool: DatabasePool
+    let path: String
+
+    func read<T: Sendable>(_ action: String, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         do {
             return try await pool.read(body)
         } catch {
-            throw Self.storeError(error, path: path, doing: action)
+            throw SQLiteSagaStore.storeError(error, path: path, doing: action)
         }
     }
 
@@ -222,7 +249,7 @@ public final class SQLiteSagaStore: SagaStore {
         do {
             return try await pool.write(body)
         } catch {
-            throw Self.storeError(error, path: path, doing: action)
+            throw SQLiteSagaStore.storeError(error, path: path, doing: action)
         }
     }
 }

@@ -1,0 +1,105 @@
+import Synchronization
+import Testing
+
+@testable import SagaCore
+
+/// Records what each batch held and lets a test hold batches until it releases them.
+private final class BatchLog: Sendable {
+    let batches = Mutex<[[String]]>([])
+    let running = Mutex(0)
+    let maxRunning = Mutex(0)
+
+    func record(_ batch: [String]) {
+        batches.withLock { $0.append(batch) }
+        let now = running.withLock { value -> Int in
+            value += 1
+            return value
+        }
+        maxRunning.withLock { $0 = max($0, now) }
+    }
+
+    func finished() { running.withLock { $0 -= 1 } }
+}
+
+@Suite("WriteCoalescer")
+struct WriteCoalescerTests {
+    @Test("a lone request runs at once, alone")
+    func loneRequest() async throws {
+        let log = BatchLog()
+        let coalescer = WriteCoalescer<String, String>(maxBatch: 8, maxConcurrentBatches: 1) { batch in
+            log.record(batch)
+            log.finished()
+            return batch.map { .success($0.uppercased()) }
+        }
+        #expect(try await coalescer.submit("a", key: "a") == "A")
+        #expect(log.batches.withLock { $0 } == [["a"]])
+    }
+
+    @Test("concurrent requests share batches, each caller gets its own result")
+    func concurrentRequestsShareBatches() async throws {
+        let log = BatchLog()
+        let coalescer = WriteCoalescer<Int, Int>(maxBatch: 16, maxConcurrentBatches: 2) { batch in
+            log.record(batch.map(String.init))
+            try? await Task.sleep(for: .milliseconds(5))
+            log.finished()
+            return batch.map { $0 % 7 == 0 ? .failure(SagaError(.versionConflict, "\($0)")) : .success($0 * 10) }
+        }
+        let results = await withTaskGroup(of: (Int, Int?).self) { group in
+            for value in 0..<200 {
+                group.addTask { (value, try? await coalescer.submit(value, key: "k\(value)")) }
+            }
+            var results: [Int: Int?] = [:]
+            for await (value, result) in group { results[value] = result }
+            return results
+        }
+        for value in 0..<200 {
+            #expect(results[value] == (value % 7 == 0 ? nil : value * 10))
+        }
+        let batches = log.batches.withLock { $0 }
+        #expect(batches.flatMap { $0 }.count == 200)
+        #expect(batches.count < 100, "200 concurrent requests should share batches, got \(batches.count) batches")
+        #expect(batches.allSatisfy { $0.count <= 16 })
+        #expect(log.maxRunning.withLock { $0 } <= 2)
+    }
+
+    @Test("one key is never twice in a batch nor in two running batches")
+    func keysAreSerialised() async throws {
+        let log = BatchLog()
+        let inFlight = Mutex<Set<String>>([])
+        let overlaps = Mutex(0)
+        let coalescer = WriteCoalescer<String, String>(maxBatch: 32, maxConcurrentBatches: 4) { batch in
+            log.record(batch)
+            let keys = Set(batch)
+            inFlight.withLock { running in
+                if !running.isDisjoint(with: keys) || keys.count != batch.count { overlaps.withLock { $0 += 1 } }
+                running.formUnion(keys)
+            }
+            try? await Task.sleep(for: .milliseconds(2))
+            inFlight.withLock { $0.subtract(keys) }
+            log.finished()
+            return batch.map { .success($0) }
+        }
+        await withTaskGroup(of: Void.self) { group in
+            for index in 0..<300 {
+                // 10 keys, each submitted 30 times concurrently.
+                group.addTask { _ = try? await coalescer.submit("saga-\(index % 10)", key: "saga-\(index % 10)") }
+            }
+        }
+        #expect(overlaps.withLock { $0 } == 0)
+        #expect(log.batches.withLock { $0 }.flatMap { $0 }.count == 300)
+    }
+
+    @Test("a batch that fails as a whole fails every request in it")
+    func wholeBatchFailure() async throws {
+        let coalescer = WriteCoalescer<Int, Int>(maxBatch: 4, maxConcurrentBatches: 1) { batch in
+            batch.map { _ in .failure(SagaError(.storeUnavailable, "down")) }
+        }
+        await withTaskGroup(of: Void.self) { group in
+            for value in 0..<10 {
+                group.addTask {
+                    await #expect(throws: SagaError.self) { try await coalescer.submit(value, key: "\(value)") }
+                }
+            }
+        }
+    }
+}
