@@ -134,7 +134,11 @@ EOF
     log "starting $NODE on 127.0.0.1:$PORT (data in $BASE)"
     (
         cd "$RMQ_BIN"
-        export RABBITMQ_SERVER_ERL_ARGS="+P 1048576 -kernel inet_dist_use_interface {127,0,0,1}"
+        # RabbitMQ's defaults plus: no scheduler busy-waiting (+sbwt none and friends). Erlang
+        # schedulers otherwise spin for a while before sleeping, which on a small host shared with
+        # the database and the services burns CPU they need (RabbitMQ's runtime-tuning guide
+        # recommends this for shared or CPU-constrained hosts).
+        export RABBITMQ_SERVER_ERL_ARGS="+P 1048576 +t 5000000 +stbt db +zdbbl 128000 +sbwt none +sbwtdcpu none +sbwtdio none -kernel inet_dist_use_interface {127,0,0,1}"
         exec setsid ./rabbitmq-server </dev/null >"$BASE/server.out" 2>&1
     ) &
     echo $! >"$PIDFILE"

@@ -20,48 +20,18 @@ struct PostgresBatches: Sendable {
 
     // MARK: Commit
 
-    func commit(_ transitions: [SagaTransition]) async -> [Result<SagaState, any Error>] {
+    func commit(_ sagas: [EncodedSaga]) async -> [Result<SagaState, any Error>] {
         do {
-            var stored: [SagaState] = []
-            stored.reserveCapacity(transitions.count)
-            for transition in transitions {
-                var state = transition.state
-                state.version = transition.expectedVersion + 1
-                stored.append(state)
-            }
-            let columns = try SagaColumns(stored, expected: transitions.map(\.expectedVersion))
-            let messages = try OutboxRows(transitions.flatMap(\.outbox))
+            let columns = SagaColumns(sagas)
+            let messages = OutboxRows(sagas.flatMap(\.outbox))
             var binder = Binder()
-            let input = columns.unnest(&binder)
-            let outbox = messages.unnest(&binder)
+            let arguments = [columns.bind(&binder), messages.bind(&binder)].joined(separator: ", ")
             let query = PostgresQuery(
-                unsafeSQL: """
-                    WITH input AS (
-                        SELECT * FROM \(input) AS u(\(SagaColumns.names))
-                    ), updated AS (
-                        UPDATE \(namespace).sagas AS s SET name = u.name, status = u.status,
-                            current_step = u.current_step, attempt = u.attempt, payload = u.payload::json,
-                            context = u.context::json, history = u.history::json,
-                            failure_reason = CASE WHEN u.has_failure THEN u.failure_reason END,
-                            deadline = \(SagaColumns.deadlineExpression),
-                            reap_attempts = u.reap_attempts,
-                            created_at = timestamptz 'epoch' + u.created_at * interval '1 millisecond',
-                            updated_at = timestamptz 'epoch' + u.updated_at * interval '1 millisecond',
-                            version = u.expected + 1, lease_owner = NULL, lease_until = NULL
-                        FROM input AS u
-                        WHERE s.id = u.id AND s.version = u.expected
-                        RETURNING s.id
-                    ), messages AS (
-                        \(insertOutbox(outbox, from: "updated"))
-                    )
-                    SELECT id FROM updated
-                    """,
-                binds: binder.binds
-            )
+                unsafeSQL: "SELECT id FROM \(namespace).sagakit_commit(\(arguments)) AS id", binds: binder.binds)
             let result = try await retryingDeadlocks("commit transitions") { try await rows("commit transitions", query) }
             var committed: Set<String> = []
             for row in result { committed.insert(try row["id"].decode(String.self)) }
-            let lost = stored.map(\.id).filter { !committed.contains($0) }
+            let lost = sagas.map(\.state.id).filter { !committed.contains($0) }
             var versions: [String: Int64] = [:]
             if !lost.isEmpty {
                 for row in try await rows(
@@ -70,72 +40,55 @@ struct PostgresBatches: Sendable {
                     versions[try row["id"].decode(String.self)] = try row["version"].decode(Int64.self)
                 }
             }
-            return zip(transitions, stored).map { transition, state in
-                if committed.contains(state.id) { return .success(state) }
-                guard let actual = versions[state.id] else { return .failure(SagaError.unknownSaga(state.id)) }
-                return .failure(SagaError.versionConflict(sagaID: state.id, expected: transition.expectedVersion, actual: actual))
+            return sagas.map { saga in
+                let id = saga.state.id
+                if committed.contains(id) { return .success(saga.state) }
+                guard let actual = versions[id] else { return .failure(SagaError.unknownSaga(id)) }
+                return .failure(SagaError.versionConflict(sagaID: id, expected: saga.expected, actual: actual))
             }
         } catch {
-            return Array(repeating: .failure(error), count: transitions.count)
+            return Array(repeating: .failure(error), count: sagas.count)
         }
     }
 
     // MARK: Create
 
-    func create(_ creations: [SagaCreationRequest]) async -> [Result<SagaCreation, any Error>] {
+    func create(_ sagas: [EncodedSaga]) async -> [Result<SagaCreation, any Error>] {
         do {
-            let states = creations.map { creation -> SagaState in
-                var state = creation.state
-                state.version = 1
-                return state
-            }
-            let columns = try SagaColumns(states, expected: states.map { _ in 0 })
-            let messages = try OutboxRows(creations.flatMap(\.outbox))
+            let columns = SagaColumns(sagas)
+            let messages = OutboxRows(sagas.flatMap(\.outbox))
             var binder = Binder()
-            let input = columns.unnest(&binder)
-            let outbox = messages.unnest(&binder)
+            let arguments = [columns.bind(&binder), messages.bind(&binder)].joined(separator: ", ")
             let query = PostgresQuery(
-                unsafeSQL: """
-                    WITH input AS (
-                        SELECT * FROM \(input) AS u(\(SagaColumns.names))
-                    ), inserted AS (
-                        INSERT INTO \(namespace).sagas (\(SagaRow.columns))
-                        SELECT u.id, u.name, u.status, u.current_step, u.attempt, u.payload::json, u.context::json,
-                            u.history::json, CASE WHEN u.has_failure THEN u.failure_reason END,
-                            \(SagaColumns.deadlineExpression), u.reap_attempts,
-                            timestamptz 'epoch' + u.created_at * interval '1 millisecond',
-                            timestamptz 'epoch' + u.updated_at * interval '1 millisecond', 1
-                        FROM input AS u
-                        ON CONFLICT (id) DO NOTHING
-                        RETURNING id
-                    ), messages AS (
-                        \(insertOutbox(outbox, from: "inserted"))
-                    )
-                    SELECT id FROM inserted
-                    """,
-                binds: binder.binds
-            )
+                unsafeSQL: "SELECT id FROM \(namespace).sagakit_create(\(arguments)) AS id", binds: binder.binds)
             let result = try await rows("create sagas", query)
             var created: Set<String> = []
             for row in result { created.insert(try row["id"].decode(String.self)) }
-            let existingIDs = states.map(\.id).filter { !created.contains($0) }
+            let existingIDs = sagas.map(\.state.id).filter { !created.contains($0) }
             let existing = existingIDs.isEmpty ? [:] : try await fetch(existingIDs)
-            return states.map { state in
+            return sagas.map { saga in
+                let state = saga.state
                 if created.contains(state.id) { return .success(.created(state)) }
                 // Deleted between the two statements (by an operator): report it as unknown.
                 guard let found = existing[state.id] else { return .failure(SagaError.unknownSaga(state.id)) }
                 return .success(.existing(found))
             }
         } catch {
-            return Array(repeating: .failure(error), count: creations.count)
+            return Array(repeating: .failure(error), count: sagas.count)
         }
     }
 
     // MARK: Load
 
-    func load(_ ids: [SagaID]) async -> [Result<SagaState, any Error>] {
+    /// The rows of the sagas, undecoded: each caller decodes its own, in its own task.
+    func load(_ ids: [SagaID]) async -> [Result<PostgresRandomAccessRow, any Error>] {
         do {
-            let found = try await fetch(ids)
+            let result = try await rows(
+                "load sagas",
+                "SELECT * FROM \(unescaped: namespace).sagakit_load(\(ids)::text[])"
+            )
+            var found: [SagaID: PostgresRandomAccessRow] = [:]
+            for row in result { found[try row["id"].decode(String.self)] = row }
             return ids.map { id in found[id].map { .success($0) } ?? .failure(SagaError.unknownSaga(id)) }
         } catch {
             return Array(repeating: .failure(error), count: ids.count)
@@ -145,7 +98,7 @@ struct PostgresBatches: Sendable {
     func fetch(_ ids: [SagaID]) async throws -> [SagaID: SagaState] {
         let result = try await rows(
             "load sagas",
-            "SELECT \(unescaped: SagaRow.selection) FROM \(unescaped: namespace).sagas WHERE id = ANY(\(ids)::text[])"
+            "SELECT * FROM \(unescaped: namespace).sagakit_load(\(ids)::text[])"
         )
         var states: [SagaID: SagaState] = [:]
         for row in result {
@@ -155,22 +108,24 @@ struct PostgresBatches: Sendable {
         return states
     }
 
-    // MARK: Helpers
+    // MARK: Mark sent
 
-    /// The outbox `INSERT` of the messages (`unnest`, from ``OutboxRows/unnest(_:)``) whose saga
-    /// is in the CTE `source` (its `id` column).
-    private func insertOutbox(_ unnest: String, from source: String) -> String {
-        """
-        INSERT INTO \(namespace).outbox (id, saga_id, exchange, routing_key, body, headers, created_at)
-            SELECT m.id, m.saga_id, m.exchange, m.routing_key, m.body, m.headers::json,
-                timestamptz 'epoch' + m.created_at * interval '1 millisecond'
-            FROM \(unnest) WITH ORDINALITY
-                AS m(id, saga_id, exchange, routing_key, body, headers, created_at, n)
-            WHERE m.saga_id IN (SELECT id FROM \(source))
-            ORDER BY m.n
-            ON CONFLICT (id) DO NOTHING
-        """
+    /// Deletes the messages: a sent message is of no further use, and a `DELETE` costs the
+    /// database far less than an `UPDATE` that moves the row out of the pending index.
+    func markSent(_ batch: [[String]]) async -> [Result<Void, any Error>] {
+        let ids = batch.flatMap { $0 }
+        do {
+            _ = try await rows(
+                "mark outbox messages sent",
+                "SELECT \(unescaped: namespace).sagakit_mark_sent(\(ids)::text[])"
+            )
+            return Array(repeating: .success(()), count: batch.count)
+        } catch {
+            return Array(repeating: .failure(error), count: batch.count)
+        }
     }
+
+    // MARK: Helpers
 
     /// Runs a statement again when PostgreSQL chose it as a deadlock victim: two processes'
     /// batches can touch the same sagas (a redelivered command racing its original) in different
@@ -207,17 +162,6 @@ struct PostgresBatches: Sendable {
 
 /// Sagas as parallel arrays, one per column, for `unnest`.
 struct SagaColumns {
-    /// The names of ``unnest``'s columns, in order.
-    static let names = """
-        id, expected, name, status, current_step, attempt, payload, context, history, failure_reason, has_failure, \
-        deadline, reap_attempts, created_at, updated_at
-        """
-    /// `deadline` as a `timestamptz`, `NULL` for ``PostgresBatches/noDeadline``.
-    static let deadlineExpression = """
-        CASE WHEN u.deadline = \(PostgresBatches.noDeadline) THEN NULL \
-        ELSE timestamptz 'epoch' + u.deadline * interval '1 millisecond' END
-        """
-
     var ids: [String] = []
     var expected: [Int64] = []
     var names: [String] = []
@@ -234,11 +178,11 @@ struct SagaColumns {
     var createdAt: [Int64] = []
     var updatedAt: [Int64] = []
 
-    init(_ states: [SagaState], expected: [Int64]) throws {
-        for (state, version) in zip(states, expected) {
-            let row = try SagaRow(state)
+    init(_ sagas: [EncodedSaga]) {
+        for saga in sagas {
+            let row = saga.row
             ids.append(row.id)
-            self.expected.append(version)
+            expected.append(saga.expected)
             names.append(row.name)
             statuses.append(row.status)
             steps.append(Int64(row.currentStep))
@@ -255,8 +199,9 @@ struct SagaColumns {
         }
     }
 
-    /// `unnest(…)` of every column, in the order of ``names``, binding the arrays.
-    func unnest(_ binder: inout Binder) -> String {
+    /// Binds every column, in the order of the functions' saga parameters; returns the
+    /// placeholders.
+    func bind(_ binder: inout Binder) -> String {
         let columns = [
             binder.bind(ids, as: "text[]"), binder.bind(expected, as: "int8[]"), binder.bind(names, as: "text[]"),
             binder.bind(statuses, as: "text[]"), binder.bind(steps, as: "int8[]"), binder.bind(attempts, as: "int8[]"),
@@ -265,7 +210,7 @@ struct SagaColumns {
             binder.bind(deadlines, as: "int8[]"), binder.bind(reapAttempts, as: "int8[]"),
             binder.bind(createdAt, as: "int8[]"), binder.bind(updatedAt, as: "int8[]"),
         ]
-        return "unnest(\(columns.joined(separator: ", ")))"
+        return columns.joined(separator: ", ")
     }
 }
 
@@ -277,5 +222,45 @@ struct Binder {
     mutating func bind<Value: PostgresDynamicTypeEncodable>(_ value: Value, as type: String) -> String {
         binds.append(value)
         return "$\(binds.count)::\(type)"
+    }
+}
+
+/// A saga to write, with its outbox messages, encoded by the caller before it joins a batch, so
+/// that encoding runs in the callers' tasks in parallel rather than in the batch one after the
+/// other.
+struct EncodedSaga: Sendable {
+    /// The state as it is stored (with its new version).
+    let state: SagaState
+    /// The version the write expects to replace (0 for a creation).
+    let expected: Int64
+    let row: SagaRow
+    let outbox: [EncodedOutboxMessage]
+
+    init(_ state: SagaState, expected: Int64, outbox: [OutboxMessage]) throws {
+        self.state = state
+        self.expected = expected
+        row = try SagaRow(state)
+        self.outbox = try outbox.map(EncodedOutboxMessage.init)
+    }
+}
+
+/// An outbox message as column values.
+struct EncodedOutboxMessage: Sendable {
+    let id: String
+    let sagaID: String
+    let exchange: String
+    let routingKey: String
+    let body: ByteBuffer
+    let headers: String
+    let createdAt: Int64
+
+    init(_ message: OutboxMessage) throws {
+        id = message.id
+        sagaID = message.sagaID
+        exchange = message.exchange
+        routingKey = message.routingKey
+        body = ByteBuffer(bytes: message.body)
+        headers = try StoreCoding.json(message.headers)
+        createdAt = StoreCoding.milliseconds(message.createdAt)
     }
 }

@@ -7,13 +7,15 @@ extension PostgresSagaStore {
     /// that id exists: then nothing is written and the stored saga is returned. Concurrent
     /// creations share a statement (see ``PostgresSagaStore``).
     public func create(_ state: SagaState, outbox: [OutboxMessage]) async throws -> SagaCreation {
-        try await creations.submit(SagaCreationRequest(state: state, outbox: outbox), key: state.id)
+        var stored = state
+        stored.version = 1
+        return try await creations.submit(try EncodedSaga(stored, expected: 0, outbox: outbox), key: state.id)
     }
 
     /// Loads a saga. Concurrent loads share a statement.
     /// - Throws: ``SagaCore/SagaError`` `unknownSaga`.
     public func load(_ id: SagaID) async throws -> SagaState {
-        try await loads.submit(id, key: id)
+        try SagaRow.state(from: try await loads.submit(id, key: id))
     }
 
     /// The compare-and-swap on the version and the outbox inserts, in one statement. Ends any
@@ -21,7 +23,10 @@ extension PostgresSagaStore {
     /// saga's compare-and-swap is still its own.
     @discardableResult
     public func commit(_ transition: SagaTransition) async throws -> SagaState {
-        try await commits.submit(transition, key: transition.state.id)
+        var stored = transition.state
+        stored.version = transition.expectedVersion + 1
+        let saga = try EncodedSaga(stored, expected: transition.expectedVersion, outbox: transition.outbox)
+        return try await commits.submit(saga, key: stored.id)
     }
 
     /// Sagas matching the query, most recently updated first (ties by id).
@@ -124,13 +129,10 @@ extension PostgresSagaStore {
         }
     }
 
-    /// Marks messages as sent; unknown ids are ignored.
+    /// Marks messages as sent; unknown ids are ignored. Concurrent calls share a statement.
     public func markSent(_ ids: [String]) async throws {
         guard !ids.isEmpty else { return }
-        _ = try await rows(
-            "mark outbox messages sent",
-            "UPDATE \(unescaped: namespace).outbox SET sent_at = now() WHERE sent_at IS NULL AND id = ANY(\(ids)::text[])"
-        )
+        try await marks.submit(ids, key: UUID().uuidString)
     }
 
     func fetchSaga(_ id: SagaID) async throws -> SagaState? {
@@ -219,26 +221,26 @@ struct OutboxRows {
     var headers: [String] = []
     var createdAt: [Int64] = []
 
-    init(_ messages: [OutboxMessage]) throws {
+    init(_ messages: [EncodedOutboxMessage]) {
         for message in messages {
             ids.append(message.id)
             sagaIDs.append(message.sagaID)
             exchanges.append(message.exchange)
             routingKeys.append(message.routingKey)
-            bodies.append(ByteBuffer(bytes: message.body))
-            headers.append(try StoreCoding.json(message.headers))
-            createdAt.append(StoreCoding.milliseconds(message.createdAt))
+            bodies.append(message.body)
+            headers.append(message.headers)
+            createdAt.append(message.createdAt)
         }
     }
 
-    /// `unnest(…)` of id, saga_id, exchange, routing_key, body, headers, created_at, binding the
-    /// arrays.
-    func unnest(_ binder: inout Binder) -> String {
+    /// Binds id, saga_id, exchange, routing_key, body, headers, created_at (the functions'
+    /// outbox parameters); returns the placeholders.
+    func bind(_ binder: inout Binder) -> String {
         let columns = [
             binder.bind(ids, as: "text[]"), binder.bind(sagaIDs, as: "text[]"), binder.bind(exchanges, as: "text[]"),
             binder.bind(routingKeys, as: "text[]"), binder.bind(bodies, as: "bytea[]"), binder.bind(headers, as: "text[]"),
             binder.bind(createdAt, as: "int8[]"),
         ]
-        return "unnest(\(columns.joined(separator: ", ")))"
+        return columns.joined(separator: ", ")
     }
 }

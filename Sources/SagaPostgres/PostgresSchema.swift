@@ -5,12 +5,16 @@ import SagaCore
 
 /// The PostgreSQL schema and its migrations.
 ///
+/// Version 2 adds the functions behind the store's hot path (``PostgresBatches``): PL/pgSQL
+/// caches the plans of the statements in a function for the life of the connection, so a batch
+/// costs the server one trivial parse instead of parsing and planning a multi-CTE statement.
+///
 /// `sagakit_schema` holds one row with the version of the schema. Opening a store runs, in one
 /// transaction holding an advisory lock on the schema's name, every migration after the
 /// recorded version; processes that open the store together take turns.
 enum PostgresSchema {
     /// The version this SagaKit writes.
-    static let currentVersion = 1
+    static let currentVersion = 2
 
     /// Migration `n` brings the schema from version `n` to `n + 1`; `S` stands for the quoted
     /// schema name.
@@ -54,8 +58,125 @@ enum PostgresSchema {
             """,
             "CREATE INDEX outbox_pending ON S.outbox (created_at, seq) WHERE sent_at IS NULL",
             "CREATE INDEX outbox_saga ON S.outbox (saga_id)",
-        ]
+        ],
+        // 1 → 2
+        [
+            // Compare-and-swap of many sagas; outbox rows for the sagas that were updated.
+            // Returns the ids of the updated sagas.
+            """
+            CREATE OR REPLACE FUNCTION S.sagakit_commit(\(sagaParameters), \(outboxParameters))
+            RETURNS SETOF text LANGUAGE plpgsql AS $$
+            BEGIN
+                RETURN QUERY
+                WITH updated AS (
+                    UPDATE S.sagas AS s SET name = u.name, status = u.status, current_step = u.current_step,
+                        attempt = u.attempt, payload = u.payload::json, context = u.context::json,
+                        history = u.history::json,
+                        failure_reason = CASE WHEN u.has_failure THEN u.failure_reason END,
+                        deadline = \(deadline), reap_attempts = u.reap_attempts,
+                        created_at = timestamptz 'epoch' + u.created_at * interval '1 millisecond',
+                        updated_at = timestamptz 'epoch' + u.updated_at * interval '1 millisecond',
+                        version = u.expected + 1, lease_owner = NULL, lease_until = NULL
+                    FROM \(sagaRows)
+                    WHERE s.id = u.id AND s.version = u.expected
+                    RETURNING s.id
+                ), messages AS (
+                    \(insertOutbox(from: "updated"))
+                )
+                SELECT updated.id FROM updated;
+            END
+            $$
+            """,
+            // Creation of many sagas (those whose id is new) with their outbox rows. Returns the
+            // ids of the created sagas.
+            """
+            CREATE OR REPLACE FUNCTION S.sagakit_create(\(sagaParameters), \(outboxParameters))
+            RETURNS SETOF text LANGUAGE plpgsql AS $$
+            BEGIN
+                RETURN QUERY
+                WITH inserted AS (
+                    INSERT INTO S.sagas AS t (id, name, status, current_step, attempt, payload, context, history,
+                        failure_reason, deadline, reap_attempts, created_at, updated_at, version)
+                    SELECT u.id, u.name, u.status, u.current_step, u.attempt, u.payload::json, u.context::json,
+                        u.history::json, CASE WHEN u.has_failure THEN u.failure_reason END, \(deadline),
+                        u.reap_attempts, timestamptz 'epoch' + u.created_at * interval '1 millisecond',
+                        timestamptz 'epoch' + u.updated_at * interval '1 millisecond', 1
+                    FROM \(sagaRows)
+                    ON CONFLICT (id) DO NOTHING
+                    RETURNING t.id
+                ), messages AS (
+                    \(insertOutbox(from: "inserted"))
+                )
+                SELECT inserted.id FROM inserted;
+            END
+            $$
+            """,
+            // The sagas with these ids, JSON as text and times as Unix milliseconds.
+            """
+            CREATE OR REPLACE FUNCTION S.sagakit_load(p_ids text[])
+            RETURNS TABLE (id text, name text, status text, current_step integer, attempt integer, payload text,
+                context text, history text, failure_reason text, deadline int8, reap_attempts integer,
+                created_at int8, updated_at int8, version int8)
+            LANGUAGE plpgsql STABLE AS $$
+            BEGIN
+                RETURN QUERY
+                SELECT s.id, s.name, s.status, s.current_step, s.attempt, s.payload::text, s.context::text,
+                    s.history::text, s.failure_reason, (extract(epoch FROM s.deadline) * 1000)::int8, s.reap_attempts,
+                    (extract(epoch FROM s.created_at) * 1000)::int8, (extract(epoch FROM s.updated_at) * 1000)::int8,
+                    s.version
+                FROM S.sagas AS s WHERE s.id = ANY(p_ids);
+            END
+            $$
+            """,
+            // Sent messages are deleted: they are of no further use.
+            """
+            CREATE OR REPLACE FUNCTION S.sagakit_mark_sent(p_ids text[]) RETURNS void LANGUAGE plpgsql AS $$
+            BEGIN
+                DELETE FROM S.outbox AS o WHERE o.id = ANY(p_ids);
+            END
+            $$
+            """,
+        ],
     ]
+
+    /// The saga columns as function parameters, in the order ``SagaColumns`` binds them.
+    private static let sagaParameters = """
+        p_ids text[], p_expected int8[], p_names text[], p_statuses text[], p_steps int8[], p_attempts int8[], \
+        p_payloads text[], p_contexts text[], p_histories text[], p_failure_reasons text[], p_has_failure bool[], \
+        p_deadlines int8[], p_reap_attempts int8[], p_created_at int8[], p_updated_at int8[]
+        """
+    /// The outbox columns as function parameters, in the order ``OutboxRows`` binds them.
+    private static let outboxParameters = """
+        m_ids text[], m_saga_ids text[], m_exchanges text[], m_routing_keys text[], m_bodies bytea[], \
+        m_headers text[], m_created_at int8[]
+        """
+    /// The saga parameters as rows.
+    private static let sagaRows = """
+        unnest(p_ids, p_expected, p_names, p_statuses, p_steps, p_attempts, p_payloads, p_contexts, p_histories, \
+        p_failure_reasons, p_has_failure, p_deadlines, p_reap_attempts, p_created_at, p_updated_at)
+        AS u(id, expected, name, status, current_step, attempt, payload, context, history, failure_reason, \
+        has_failure, deadline, reap_attempts, created_at, updated_at)
+        """
+    /// A saga row's deadline (`u.deadline`, Unix milliseconds; `Int64.min` for none) as a
+    /// `timestamptz`.
+    private static let deadline = """
+        CASE WHEN u.deadline = \(Int64.min) THEN NULL \
+        ELSE timestamptz 'epoch' + u.deadline * interval '1 millisecond' END
+        """
+
+    /// The outbox `INSERT` of the messages whose saga is in the CTE `source`.
+    private static func insertOutbox(from source: String) -> String {
+        """
+        INSERT INTO S.outbox (id, saga_id, exchange, routing_key, body, headers, created_at)
+                    SELECT m.id, m.saga_id, m.exchange, m.routing_key, m.body, m.headers::json,
+                        timestamptz 'epoch' + m.created_at * interval '1 millisecond'
+                    FROM unnest(m_ids, m_saga_ids, m_exchanges, m_routing_keys, m_bodies, m_headers, m_created_at)
+                        WITH ORDINALITY AS m(id, saga_id, exchange, routing_key, body, headers, created_at, n)
+                    WHERE m.saga_id IN (SELECT \(source).id FROM \(source))
+                    ORDER BY m.n
+                    ON CONFLICT (id) DO NOTHING
+        """
+    }
 
     static func migrate(
         _ connection: PostgresConnection, namespace: String, schema: String, location: String, logger: Logger

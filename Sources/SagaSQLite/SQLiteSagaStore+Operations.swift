@@ -7,19 +7,17 @@ extension SQLiteSagaStore {
     /// with that id exists: then nothing is written and the stored saga is returned. Concurrent
     /// creations share a transaction (see ``SQLiteSagaStore``).
     public func create(_ state: SagaState, outbox: [OutboxMessage]) async throws -> SagaCreation {
-        try await creations.submit(SagaCreationRequest(state: state, outbox: outbox), key: state.id)
+        var initial = state
+        initial.version = 1
+        return try await creations.submit(try EncodedSaga(initial, expected: 0, outbox: outbox), key: state.id)
     }
 
     /// Creates each saga in one `IMMEDIATE` transaction; a saga that exists is returned as it is.
-    static func create(_ batch: [SagaCreationRequest], in store: SQLiteStoreAccess) async -> [Result<SagaCreation, any Error>] {
+    static func create(_ batch: [EncodedSaga], in store: SQLiteStoreAccess) async -> [Result<SagaCreation, any Error>] {
         do {
-            let rows = try batch.map { creation -> (SagaState, SagaRow, [OutboxRow]) in
-                var initial = creation.state
-                initial.version = 1
-                return (initial, try SagaRow(initial), try creation.outbox.map(OutboxRow.init))
-            }
             return try await store.write("create sagas in") { db in
-                try rows.map { stored, row, messages -> Result<SagaCreation, any Error> in
+                try batch.map { saga -> Result<SagaCreation, any Error> in
+                    let (stored, row, messages) = (saga.state, saga.row, saga.outbox)
                     try db.cachedStatement(
                         sql: """
                             INSERT INTO sagas (\(SagaRow.columns)) VALUES (\(SagaRow.placeholders))
@@ -52,20 +50,19 @@ extension SQLiteSagaStore {
     /// share a transaction; each saga's compare-and-swap is still its own.
     @discardableResult
     public func commit(_ transition: SagaTransition) async throws -> SagaState {
-        try await commits.submit(transition, key: transition.state.id)
+        var next = transition.state
+        next.version = transition.expectedVersion + 1
+        return try await commits.submit(
+            try EncodedSaga(next, expected: transition.expectedVersion, outbox: transition.outbox), key: next.id)
     }
 
     /// Commits each transition that still matches its saga's version, in one `IMMEDIATE`
     /// transaction. A lost compare-and-swap fails that transition only.
-    static func commit(_ batch: [SagaTransition], in store: SQLiteStoreAccess) async -> [Result<SagaState, any Error>] {
+    static func commit(_ batch: [EncodedSaga], in store: SQLiteStoreAccess) async -> [Result<SagaState, any Error>] {
         do {
-            let rows = try batch.map { transition -> (SagaState, SagaRow, [OutboxRow], Int64) in
-                var next = transition.state
-                next.version = transition.expectedVersion + 1
-                return (next, try SagaRow(next), try transition.outbox.map(OutboxRow.init), transition.expectedVersion)
-            }
             return try await store.write("commit transitions to") { db in
-                try rows.map { stored, row, messages, expected -> Result<SagaState, any Error> in
+                try batch.map { saga -> Result<SagaState, any Error> in
+                    let (stored, row, messages, expected) = (saga.state, saga.row, saga.outbox, saga.expected)
                     try db.cachedStatement(
                         sql: """
                             UPDATE sagas SET \(SagaRow.assignments), lease_owner = NULL, lease_until = NULL
@@ -178,23 +175,34 @@ extension SQLiteSagaStore {
         }
     }
 
-    /// Marks messages as sent; unknown ids are ignored.
+    /// Marks messages as sent; unknown ids are ignored. Concurrent calls share a transaction.
     public func markSent(_ ids: [String]) async throws {
         guard !ids.isEmpty else { return }
-        let now = StoreCoding.milliseconds(Date())
-        try await write("mark outbox messages sent in") { db in
-            var start = 0
-            while start < ids.count {
-                let chunk = ids[start..<min(ids.count, start + 500)]
-                try db.execute(
-                    sql: """
-                        UPDATE outbox SET sent_at = ? WHERE sent_at IS NULL
-                        AND id IN (\(Array(repeating: "?", count: chunk.count).joined(separator: ", ")))
-                        """,
-                    arguments: [now] + StatementArguments(Array(chunk))
-                )
-                start += chunk.count
+        try await marks.submit(ids, key: UUID().uuidString)
+    }
+
+    /// Marks the messages of every call in the batch in one transaction, by deleting them: a
+    /// sent message is of no further use.
+    static func markSent(_ batch: [[String]], in store: SQLiteStoreAccess) async -> [Result<Void, any Error>] {
+        let ids = batch.flatMap { $0 }
+        do {
+            try await store.write("mark outbox messages sent in") { db in
+                var start = 0
+                while start < ids.count {
+                    let chunk = ids[start..<min(ids.count, start + 500)]
+                    try db.execute(
+                        sql: """
+                            DELETE FROM outbox
+                            WHERE id IN (\(Array(repeating: "?", count: chunk.count).joined(separator: ", ")))
+                            """,
+                        arguments: StatementArguments(Array(chunk))
+                    )
+                    start += chunk.count
+                }
             }
+            return Array(repeating: .success(()), count: batch.count)
+        } catch {
+            return Array(repeating: .failure(error), count: batch.count)
         }
     }
 
@@ -286,5 +294,23 @@ struct OutboxRow: Sendable {
                 [String: String].self, json: row["headers"], column: "headers", sagaID: row["saga_id"]),
             createdAt: StoreCoding.date(milliseconds: row["created_at"])
         )
+    }
+}
+
+/// A saga to write, with its outbox messages, encoded by the caller before it joins a batch (so
+/// that encoding runs in the callers' tasks in parallel, not inside the write transaction).
+struct EncodedSaga: Sendable {
+    /// The state as it is stored (with its new version).
+    let state: SagaState
+    /// The version the write expects to replace (0 for a creation).
+    let expected: Int64
+    let row: SagaRow
+    let outbox: [OutboxRow]
+
+    init(_ state: SagaState, expected: Int64, outbox: [OutboxMessage]) throws {
+        self.state = state
+        self.expected = expected
+        row = try SagaRow(state)
+        self.outbox = try outbox.map(OutboxRow.init)
     }
 }

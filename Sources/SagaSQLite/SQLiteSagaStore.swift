@@ -62,8 +62,9 @@ public final class SQLiteSagaStore: SagaStore {
     let pool: DatabasePool
     let logger: Logger
     let access: SQLiteStoreAccess
-    let commits: WriteCoalescer<SagaTransition, SagaState>
-    let creations: WriteCoalescer<SagaCreationRequest, SagaCreation>
+    let commits: WriteCoalescer<EncodedSaga, SagaState>
+    let creations: WriteCoalescer<EncodedSaga, SagaCreation>
+    let marks: WriteCoalescer<[String], Void>
 
     /// The most sagas written in one transaction.
     static let maxBatch = 64
@@ -91,6 +92,7 @@ public final class SQLiteSagaStore: SagaStore {
         // SQLite has one writer at a time: one batch runs, the next one gathers meanwhile.
         commits = WriteCoalescer(maxBatch: Self.maxBatch, maxConcurrentBatches: 1) { await Self.commit($0, in: access) }
         creations = WriteCoalescer(maxBatch: Self.maxBatch, maxConcurrentBatches: 1) { await Self.create($0, in: access) }
+        marks = WriteCoalescer(maxBatch: Self.maxBatch, maxConcurrentBatches: 1) { await Self.markSent($0, in: access) }
         do {
             try await SQLiteSchema.migrate(pool, path: absolute, logger: logger)
         } catch {

@@ -112,6 +112,83 @@ struct SagaStoreConcurrencyTests {
     }
 }
 
+extension SagaStoreConcurrencyTests {
+    /// Stores batch concurrent writes: a batch holding winners and losers must judge each saga on
+    /// its own, and record the outbox messages of the winners only.
+    @Test(arguments: StoreKind.allCases)
+    func concurrentCommitsAreJudgedPerSaga(kind: StoreKind) async throws {
+        try await withStore(kind) { fixture in
+            let states = try await withThrowingTaskGroup(of: SagaState.self) { group in
+                for index in 0..<60 {
+                    group.addTask {
+                        try await fixture.store.create(makeState(payload: ["i": .number(Double(index))]), outbox: []).state
+                    }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(states.count == 60)
+            #expect(Set(states.map(\.id)).count == 60)
+            // Every third commit uses a stale version; one goes to a saga that does not exist.
+            let results = await withTaskGroup(of: (SagaID, Bool, Result<SagaState, any Error>).self) { group in
+                for (index, state) in states.enumerated() {
+                    let stale = index.isMultiple(of: 3)
+                    var next = state
+                    next.payload["done"] = true
+                    let transition = SagaTransition(
+                        state: next, expectedVersion: stale ? 7 : state.version, outbox: [makeMessage(sagaID: state.id)])
+                    group.addTask {
+                        do {
+                            return (state.id, stale, .success(try await fixture.store.commit(transition)))
+                        } catch {
+                            return (state.id, stale, .failure(error))
+                        }
+                    }
+                }
+                let ghost = makeState(id: uniqueID("ghost"))
+                group.addTask {
+                    do {
+                        return (
+                            ghost.id, true,
+                            .success(try await fixture.store.commit(SagaTransition(state: ghost, expectedVersion: 1, outbox: [])))
+                        )
+                    } catch {
+                        return (ghost.id, true, .failure(error))
+                    }
+                }
+                return await group.reduce(into: []) { $0.append($1) }
+            }
+            var winners: Set<SagaID> = []
+            for (id, stale, result) in results {
+                switch result {
+                case .success(let stored):
+                    #expect(!stale, "saga \(id) committed with a stale version")
+                    #expect(stored.version == 2)
+                    winners.insert(id)
+                case .failure(let error as SagaError):
+                    #expect(stale, "saga \(id) failed: \(error)")
+                    let expected: SagaError.Code = id.hasPrefix("ghost") ? .unknownSaga : .versionConflict
+                    #expect(error.code == expected)
+                case .failure(let error):
+                    Issue.record("unexpected error \(error)")
+                }
+            }
+            #expect(winners.count == 40)
+            for state in states {
+                let loaded = try await fixture.store.load(state.id)
+                #expect(loaded.version == (winners.contains(state.id) ? 2 : 1))
+            }
+            let outbox = try await fixture.store.pendingOutbox(createdBefore: .distantFuture, limit: 1000)
+            #expect(Set(outbox.map(\.sagaID)) == winners)
+            // Concurrent marks land together, and each call's messages are marked.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for message in outbox { group.addTask { try await fixture.store.markSent([message.id]) } }
+                try await group.waitForAll()
+            }
+            #expect(try await fixture.store.pendingOutbox(createdBefore: .distantFuture, limit: 1000).isEmpty)
+        }
+    }
+}
+
 /// Loads a saga, adds 1 to `payload.n` and commits with one outbox message, retrying on conflict.
 func increment(store: any SagaStore, id: SagaID) async throws {
     while true {

@@ -46,8 +46,9 @@ public protocol SagaStore: Sendable {
     /// Outbox messages not yet marked sent, created before `createdBefore`, oldest first.
     func pendingOutbox(createdBefore: Date, limit: Int) async throws -> [OutboxMessage]
 
-    /// Marks outbox messages as sent (they are then never returned by ``pendingOutbox(createdBefore:limit:)``).
-    /// Unknown ids are ignored.
+    /// Marks outbox messages as sent: they are never returned by
+    /// ``pendingOutbox(createdBefore:limit:)`` again. The SQL stores delete them (a sent message
+    /// is of no further use). Unknown ids are ignored.
     func markSent(_ ids: [String]) async throws
 }
 
@@ -101,7 +102,8 @@ public struct OutboxMessage: Sendable, Hashable, Codable {
     public var createdAt: Date
 
     /// Creates an outbox message.
-    public init(id: String, sagaID: SagaID, exchange: String, routingKey: String, body: [UInt8], headers: [String: String], createdAt: Date) {
+    public init(id: String, sagaID: SagaID, exchange: String, routingKey: String, body: [UInt8], headers: [String: String], createdAt: Date)
+    {
         self.id = id
         self.sagaID = sagaID
         self.exchange = exchange

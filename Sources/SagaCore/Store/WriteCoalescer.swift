@@ -56,8 +56,10 @@ package final class WriteCoalescer<Request: Sendable, Response: Sendable>: Senda
             }
             if startDrain {
                 // The drain outlives no request: it ends as soon as the queue holds nothing it can
-                // take, and every queued request is taken by a running drain (see `next`).
-                Task { await self.drain() }
+                // take, and every queued request is taken by a running drain (see `next`). It runs
+                // at high priority: every waiting caller's store round trip goes through it, so it
+                // must not queue behind the callers' own work.
+                Task(priority: .high) { await self.drain() }
             }
         }
     }
@@ -101,16 +103,5 @@ package final class WriteCoalescer<Request: Sendable, Response: Sendable>: Senda
             state.keysInFlight.formUnion(batchKeys)
             return batch
         }
-    }
-}
-
-/// A saga creation (``SagaStore/create(_:outbox:)``) waiting for its batch.
-package struct SagaCreationRequest: Sendable {
-    package let state: SagaState
-    package let outbox: [OutboxMessage]
-
-    package init(state: SagaState, outbox: [OutboxMessage]) {
-        self.state = state
-        self.outbox = outbox
     }
 }
