@@ -124,19 +124,28 @@ extension JSONValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, Ex
 
 /// Conversions between JSON objects, bytes and `Codable` types.
 public enum JSONCoding {
-    /// Encodes a value as JSON bytes with sorted keys (stable output).
-    public static func encode<T: Encodable>(_ value: T) throws -> Data {
+    /// Encoders and decoders are `Sendable` and thread-safe: one shared instance of each saves
+    /// setting one up for every message.
+    private static let encoder: JSONEncoder = {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         encoder.dateEncodingStrategy = .iso8601
-        return try encoder.encode(value)
+        return encoder
+    }()
+    private static let decoder: JSONDecoder = {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return decoder
+    }()
+
+    /// Encodes a value as JSON bytes with sorted keys (stable output).
+    public static func encode<T: Encodable>(_ value: T) throws -> Data {
+        try encoder.encode(value)
     }
 
     /// Decodes a value from JSON bytes.
     public static func decode<T: Decodable>(_ type: T.Type, from data: Data) throws -> T {
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
-        return try decoder.decode(type, from: data)
+        try decoder.decode(type, from: data)
     }
 
     /// Converts an `Encodable` value into a JSON object.
