@@ -22,15 +22,9 @@ struct PostgresBatches: Sendable {
 
     func commit(_ sagas: [EncodedSaga]) async -> [Result<SagaState, any Error>] {
         do {
-            let columns = SagaColumns(sagas)
-            let messages = OutboxRows(sagas.flatMap(\.outbox))
-            var binder = Binder()
-            let arguments = [columns.bind(&binder), messages.bind(&binder)].joined(separator: ", ")
-            let query = PostgresQuery(
-                unsafeSQL: "SELECT id FROM \(namespace).sagakit_commit(\(arguments)) AS id", binds: binder.binds)
-            let result = try await retryingDeadlocks("commit transitions") { try await rows("commit transitions", query) }
-            var committed: Set<String> = []
-            for row in result { committed.insert(try row["id"].decode(String.self)) }
+            let committed = try await retryingDeadlocks("commit transitions") {
+                try await write(sagas, with: "sagakit_commit", doing: "commit transitions")
+            }
             let lost = sagas.map(\.state.id).filter { !committed.contains($0) }
             var versions: [String: Int64] = [:]
             if !lost.isEmpty {
@@ -55,15 +49,7 @@ struct PostgresBatches: Sendable {
 
     func create(_ sagas: [EncodedSaga]) async -> [Result<SagaCreation, any Error>] {
         do {
-            let columns = SagaColumns(sagas)
-            let messages = OutboxRows(sagas.flatMap(\.outbox))
-            var binder = Binder()
-            let arguments = [columns.bind(&binder), messages.bind(&binder)].joined(separator: ", ")
-            let query = PostgresQuery(
-                unsafeSQL: "SELECT id FROM \(namespace).sagakit_create(\(arguments)) AS id", binds: binder.binds)
-            let result = try await rows("create sagas", query)
-            var created: Set<String> = []
-            for row in result { created.insert(try row["id"].decode(String.self)) }
+            let created = try await write(sagas, with: "sagakit_create", doing: "create sagas")
             let existingIDs = sagas.map(\.state.id).filter { !created.contains($0) }
             let existing = existingIDs.isEmpty ? [:] : try await fetch(existingIDs)
             return sagas.map { saga in
@@ -126,6 +112,18 @@ struct PostgresBatches: Sendable {
     }
 
     // MARK: Helpers
+
+    /// Calls one of the write functions (`sagakit_commit`, `sagakit_create`) with the sagas and
+    /// their outbox messages; returns the ids of the sagas it wrote.
+    private func write(_ sagas: [EncodedSaga], with function: String, doing action: String) async throws -> Set<SagaID> {
+        var binder = Binder()
+        let arguments = [SagaColumns(sagas).bind(&binder), OutboxRows(sagas.flatMap(\.outbox)).bind(&binder)]
+        let query = PostgresQuery(
+            unsafeSQL: "SELECT id FROM \(namespace).\(function)(\(arguments.joined(separator: ", "))) AS id", binds: binder.binds)
+        var written: Set<SagaID> = []
+        for row in try await rows(action, query) { written.insert(try row["id"].decode(String.self)) }
+        return written
+    }
 
     /// Runs a statement again when PostgreSQL chose it as a deadlock victim: two processes'
     /// batches can touch the same sagas (a redelivered command racing its original) in different
@@ -225,22 +223,12 @@ struct Binder {
     }
 }
 
-/// A saga to write, with its outbox messages, encoded by the caller before it joins a batch, so
-/// that encoding runs in the callers' tasks in parallel rather than in the batch one after the
-/// other.
-struct EncodedSaga: Sendable {
-    /// The state as it is stored (with its new version).
-    let state: SagaState
-    /// The version the write expects to replace (0 for a creation).
-    let expected: Int64
-    let row: SagaRow
-    let outbox: [EncodedOutboxMessage]
+/// A saga to write with its outbox messages, as PostgreSQL column values.
+typealias EncodedSaga = EncodedWrite<SagaRow, EncodedOutboxMessage>
 
+extension EncodedWrite<SagaRow, EncodedOutboxMessage> {
     init(_ state: SagaState, expected: Int64, outbox: [OutboxMessage]) throws {
-        self.state = state
-        self.expected = expected
-        row = try SagaRow(state)
-        self.outbox = try outbox.map(EncodedOutboxMessage.init)
+        try self.init(state, expected: expected, outbox: outbox, row: SagaRow.init, message: EncodedOutboxMessage.init)
     }
 }
 

@@ -297,20 +297,11 @@ struct OutboxRow: Sendable {
     }
 }
 
-/// A saga to write, with its outbox messages, encoded by the caller before it joins a batch (so
-/// that encoding runs in the callers' tasks in parallel, not inside the write transaction).
-struct EncodedSaga: Sendable {
-    /// The state as it is stored (with its new version).
-    let state: SagaState
-    /// The version the write expects to replace (0 for a creation).
-    let expected: Int64
-    let row: SagaRow
-    let outbox: [OutboxRow]
+/// A saga to write with its outbox messages, as SQLite column values.
+typealias EncodedSaga = EncodedWrite<SagaRow, OutboxRow>
 
+extension EncodedWrite<SagaRow, OutboxRow> {
     init(_ state: SagaState, expected: Int64, outbox: [OutboxMessage]) throws {
-        self.state = state
-        self.expected = expected
-        row = try SagaRow(state)
-        self.outbox = try outbox.map(OutboxRow.init)
+        try self.init(state, expected: expected, outbox: outbox, row: SagaRow.init, message: OutboxRow.init)
     }
 }

@@ -105,3 +105,25 @@ package final class WriteCoalescer<Request: Sendable, Response: Sendable>: Senda
         }
     }
 }
+
+/// A saga to write (a creation or a transition) with its outbox messages, already turned into a
+/// store's column values by the caller, before it joins a batch: encoding then runs in the
+/// callers' tasks in parallel, not one after the other inside the batch.
+package struct EncodedWrite<Row: Sendable, Message: Sendable>: Sendable {
+    /// The state as it is stored (with its new version).
+    package let state: SagaState
+    /// The version the write expects to replace (0 for a creation).
+    package let expected: Int64
+    package let row: Row
+    package let outbox: [Message]
+
+    package init(
+        _ state: SagaState, expected: Int64, outbox: [OutboxMessage], row: (SagaState) throws -> Row,
+        message: (OutboxMessage) throws -> Message
+    ) throws {
+        self.state = state
+        self.expected = expected
+        self.row = try row(state)
+        self.outbox = try outbox.map(message)
+    }
+}
