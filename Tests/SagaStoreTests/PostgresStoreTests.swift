@@ -70,6 +70,52 @@ struct PostgresStoreTests {
         try await fixture.cleanup()
     }
 
+    /// A database left by SagaKit's first schema (version 1: no functions, an index on the
+    /// outbox's saga id, sent messages kept with `sent_at`) is upgraded in place, keeps its sagas
+    /// and works with the batched functions.
+    @Test func aVersion1SchemaIsUpgradedWithItsData() async throws {
+        guard let fixture = try await makePostgresStore() else { return }
+        let store = try #require(fixture.store as? PostgresSagaStore)
+        let namespace = store.namespace
+        let saga = try await store.create(makeState(payload: ["n": 1]), outbox: []).state
+        let pending = makeMessage(sagaID: saga.id)
+        try await store.commit(SagaTransition(state: saga, expectedVersion: 1, outbox: [pending]))
+        for statement in [
+            "DROP FUNCTION \(namespace).sagakit_commit", "DROP FUNCTION \(namespace).sagakit_create",
+            "DROP FUNCTION \(namespace).sagakit_load", "DROP FUNCTION \(namespace).sagakit_mark_sent",
+            "CREATE INDEX outbox_saga ON \(namespace).outbox (saga_id)",
+            """
+            INSERT INTO \(namespace).outbox (id, saga_id, exchange, routing_key, body, headers, created_at, sent_at)
+            VALUES ('sent-by-v1', '\(saga.id)', 'sagas', 'order.reserve', '\\x00', '{}', now() - interval '1 hour', now())
+            """,
+            "UPDATE \(namespace).sagakit_schema SET version = 1",
+        ] {
+            try await store.executeForTesting(statement)
+        }
+
+        var configuration = try PostgresSagaStore.Configuration(url: try await TestPostgres.requireURL())
+        configuration.schema = store.schema
+        let upgraded = try await PostgresSagaStore(configuration: configuration)
+        let versions = try await upgraded.rows("read", "SELECT version FROM \(unescaped: namespace).sagakit_schema")
+        #expect(try versions.first?["version"].decode(Int.self) == PostgresSagaStore.schemaVersion)
+        let index = try await upgraded.rows(
+            "read", "SELECT count(*) AS n FROM pg_indexes WHERE schemaname = \(store.schema) AND indexname = 'outbox_saga'")
+        #expect(try index.first?["n"].decode(Int.self) == 0)
+
+        let loaded = try await upgraded.load(saga.id)
+        #expect(loaded.version == 2)
+        var next = loaded
+        next.payload["n"] = 2
+        let committed = try await upgraded.commit(SagaTransition(state: next, expectedVersion: 2, outbox: []))
+        #expect(committed.version == 3)
+        let outbox = try await upgraded.pendingOutbox(createdBefore: .distantFuture, limit: 10)
+        #expect(outbox.map(\.id) == [pending.id], "a message sent under version 1 stays sent")
+        try await upgraded.markSent([pending.id])
+        #expect(try await upgraded.pendingOutbox(createdBefore: .distantFuture, limit: 10).isEmpty)
+        await upgraded.shutdown()
+        try await fixture.cleanup()
+    }
+
     @Test func processesMigratingTogetherTakeTurns() async throws {
         guard let url = try await TestPostgres.url() else { return }
         var configuration = try PostgresSagaStore.Configuration(url: url)
