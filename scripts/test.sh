@@ -28,7 +28,9 @@ started=()
 cleanup() {
     local status=$?
     for server in "${started[@]}"; do
-        "scripts/$server.sh" stop || true
+        # Without the exported URLs: with them, the scripts take the server for someone else's
+        # and leave it running.
+        env -u AMQP_URL -u POSTGRES_URL "scripts/$server.sh" stop || true
     done
     exit $status
 }
