@@ -1,4 +1,5 @@
 import Foundation
+import Tracing
 
 /// Starts sagas and follows them.
 ///
@@ -42,9 +43,21 @@ public struct SagaManager: Sendable {
     /// - Returns: the saga id.
     @discardableResult
     public func start(_ name: String, payload: JSONObject, id: SagaID? = nil, context: [String: String] = [:]) async throws -> SagaID {
-        let definition = try engine.definitions.definition(named: name)
         let id = id ?? UUID().uuidString.lowercased()
-        let logger = logger.with(saga: id, name: name)
+        // The first command carries this span's context: the saga's steps join its trace.
+        return try await withSpan("saga.start \(name)", ofKind: .producer) { span in
+            if span.isRecording {
+                span.updateAttributes { attributes in
+                    attributes["saga.id"] = id
+                    attributes["saga.name"] = name
+                }
+            }
+            return try await start(name, payload: payload, id: id, context: context, logger: logger.with(saga: id, name: name))
+        }
+    }
+
+    private func start(_ name: String, payload: JSONObject, id: SagaID, context: [String: String], logger: Logger) async throws -> SagaID {
+        let definition = try engine.definitions.definition(named: name)
         let now = Date()
         var context = context
         context[SagaTopology.contextKey] = engine.topology.prefix

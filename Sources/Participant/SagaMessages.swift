@@ -47,6 +47,7 @@ enum SagaMessages {
             exchange = topology.delayName(seconds: level)
             headers[SagaHeaders.delay] = String(level)
         }
+        SagaTracing.inject(into: &headers)
         return OutboxMessage(
             id: "\(command.messageID):\(UUID().uuidString.prefix(8))",
             sagaID: command.sagaID,

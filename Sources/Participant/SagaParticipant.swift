@@ -1,4 +1,5 @@
 import Foundation
+import Tracing
 
 /// A service's part in choreographed sagas: it consumes the commands it has handlers for, runs
 /// them, stores the saga's next state with its next command atomically, publishes that command,
@@ -138,7 +139,15 @@ public struct SagaParticipant: Service {
         logger[metadataKey: "saga.step"] = "\(command.stepName)"
         logger[metadataKey: "saga.phase"] = "\(command.phase.rawValue)"
         logger[metadataKey: "saga.attempt"] = "\(command.attempt)"
+        // One span per delivery, a child of the span that sent the command.
+        await withSpan(command.command, context: SagaTracing.context(from: delivery.headers), ofKind: .consumer) { span in
+            SagaTracing.describe(span, command: command, queue: delivery.queue)
+            await handle(command, delivery: delivery, span: span, logger: logger)
+        }
+    }
 
+    /// Processes a decoded command to the end (always settling the delivery).
+    private func handle(_ command: SagaCommand, delivery: Delivery, span: any Span, logger: Logger) async {
         guard let handler = handlers.handler(for: command.command) else {
             return await deadLetter(
                 delivery, reason: "service '\(configuration.service)' has no handler for command '\(command.command)'", logger: logger)
@@ -186,12 +195,13 @@ public struct SagaParticipant: Service {
                 _ = try await engine.advance(state.id, from: state, event: .deadlinePassed, logger: logger)
                 return await settle(delivery, .ack, logger: logger)
             }
-            try await runHandler(handler, command: command, state: state, definition: definition, logger: logger)
+            try await runHandler(handler, command: command, state: state, definition: definition, span: span, logger: logger)
             await settle(delivery, .ack, logger: logger)
         } catch {
             // Infrastructure failure (store or broker). Nothing was acknowledged: the broker
             // redelivers, and a committed but unpublished command is sent by the outbox relay.
             logger.error("processing failed; the command will be redelivered", metadata: ["error": "\(error)"])
+            span.recordError(error)
             try? await Task.sleep(for: .milliseconds(500))
             await settle(delivery, .nack(requeue: true), logger: logger)
         }
@@ -203,7 +213,8 @@ public struct SagaParticipant: Service {
 
     /// Runs the handler (with the step's timeout) and reports its outcome.
     private func runHandler(
-        _ handler: @escaping SagaHandler, command: SagaCommand, state: SagaState, definition: SagaDefinition, logger: Logger
+        _ handler: @escaping SagaHandler, command: SagaCommand, state: SagaState, definition: SagaDefinition, span: any Span,
+        logger: Logger
     ) async throws {
         let startedAt = Date()
         let clock = ContinuousClock()
@@ -239,6 +250,7 @@ public struct SagaParticipant: Service {
                 return
             }
             logger.warning("handler failed", metadata: ["error": "\(error)"])
+            span.recordError(error)
             let message = String(describing: error)
             try await execution.finishIfNeeded(command.phase == .action ? .failed(message, retryable: true) : .compensationFailed(message))
         case .timedOut(let limit):

@@ -135,9 +135,13 @@ struct ParticipantIntegrationTests {
         }
         #expect(final.status == .completed)
         #expect(ledger.effects(of: final.id) == ["payment.charge", "shipping.ship"])
-        // Whether the second delivery ran the handler or was found stale, the saga advanced once.
+        // Whether the second delivery ran the handler or was found stale, the saga advanced once:
+        // one completed record per step. (The ship handler itself may run twice: when the
+        // machine is loaded enough that committing and publishing take longer than the relay's
+        // grace period, the relay sends the command too, and both copies can be handled at once.)
         #expect(ledger.calls("payment.charge", of: final.id) >= 1)
-        #expect(ledger.calls("shipping.ship", of: final.id) == 1)
+        let completed = final.history.filter { $0.outcome == .completed }.map(\.stepName)
+        #expect(completed == ["charge-card", "ship"])
         await bus.shutdown()
         await close()
     }
