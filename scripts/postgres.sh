@@ -14,7 +14,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BASE="$ROOT/.local/postgres"
+# SAGAKIT_PG_BASE puts a second, private server elsewhere (tests that stop and restart a server use
+# one of their own, with PGPORT, so that they do not disturb the others).
+BASE="${SAGAKIT_PG_BASE:-$ROOT/.local/postgres}"
 DATA="$BASE/data"
 RUN="$BASE/run"
 LOGFILE="$BASE/postgres.log"

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import PostgresNIO
 import SagaCore
+import Synchronization
 
 /// The statements behind the store's hot path, each run for a whole batch of sagas in one
 /// statement: one round trip, one plan, one durable commit for many transitions.
@@ -14,6 +15,8 @@ struct PostgresBatches: Sendable {
     let namespace: String
     let location: String
     let logger: Logger
+    /// See ``PostgresSagaStore/Configuration/statementTimeout``.
+    let statementTimeout: Duration
 
     /// Marks a missing deadline in the `int8[]` of deadlines (arrays cannot hold `nil` here).
     static let noDeadline = Int64.min
@@ -144,16 +147,53 @@ struct PostgresBatches: Sendable {
         (error as? PSQLError)?.serverInfo?[.sqlState] == "40P01"
     }
 
-    /// Runs a query and collects its rows.
+    /// Runs a query and collects its rows, giving up after ``statementTimeout``.
     func rows(_ action: String, _ query: PostgresQuery) async throws -> [PostgresRandomAccessRow] {
+        let (client, logger) = (client, logger)
         do {
-            var result: [PostgresRandomAccessRow] = []
-            for try await row in try await client.query(query, logger: logger) {
-                result.append(row.makeRandomAccess())
+            return try await Self.abandoning(after: statementTimeout) {
+                var result: [PostgresRandomAccessRow] = []
+                for try await row in try await client.query(query, logger: logger) {
+                    result.append(row.makeRandomAccess())
+                }
+                return result
             }
-            return result
+        } catch is StatementTimedOut {
+            throw SagaError(
+                .storeUnavailable,
+                "PostgreSQL at \(location) did not answer within \(statementTimeout) while trying to \(action)",
+                recoverySuggestion:
+                    "check that the server runs and accepts connections; the statement may have been applied, and retrying is safe (the saga's version decides)"
+            )
         } catch {
             throw PostgresSagaStore.storeError(error, location: location, doing: action)
+        }
+    }
+
+    /// Runs `operation` in a task of its own and returns its result, or throws
+    /// ``StatementTimedOut`` after `timeout` and leaves the operation behind (cancelled).
+    ///
+    /// Measured: when the server shuts down at the wrong moment, a query can stay unanswered
+    /// for good. A store runs one batch of each kind at a time, so such a query must not be
+    /// awaited to the end (a task group would wait for it even after cancelling it).
+    static func abandoning<T: Sendable>(
+        after timeout: Duration, _ operation: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        let outcome = FirstOutcome<T>()
+        return try await withCheckedThrowingContinuation { continuation in
+            outcome.set(continuation)
+            let work = Task {
+                do {
+                    outcome.resume(with: .success(try await operation()))
+                } catch {
+                    outcome.resume(with: .failure(error))
+                }
+            }
+            let timer = Task {
+                try await Task.sleep(for: timeout)
+                if outcome.resume(with: .failure(StatementTimedOut())) { work.cancel() }
+            }
+            outcome.onFinish { timer.cancel() }
         }
     }
 }
@@ -209,6 +249,61 @@ struct SagaColumns {
             binder.bind(createdAt, as: "int8[]"), binder.bind(updatedAt, as: "int8[]"),
         ]
         return columns.joined(separator: ", ")
+    }
+}
+
+/// A statement that did not finish within the store's statement timeout.
+struct StatementTimedOut: Error {}
+
+/// The first of several racing results, handed to a continuation once.
+final class FirstOutcome<T: Sendable>: Sendable {
+    private struct State {
+        var continuation: CheckedContinuation<T, any Error>?
+        var result: Result<T, any Error>?
+        var finished: (@Sendable () -> Void)?
+        var done = false
+    }
+    private let state = Mutex(State())
+
+    func set(_ continuation: CheckedContinuation<T, any Error>) {
+        let ready = state.withLock { state -> Result<T, any Error>? in
+            guard let result = state.result else {
+                state.continuation = continuation
+                return nil
+            }
+            return result
+        }
+        if let ready { continuation.resume(with: ready) }
+    }
+
+    /// Runs `body` once the outcome is known (at once when it already is).
+    func onFinish(_ body: @escaping @Sendable () -> Void) {
+        let now = state.withLock { state -> Bool in
+            if state.done { return true }
+            state.finished = body
+            return false
+        }
+        if now { body() }
+    }
+
+    /// Hands over `result` if no result came first; returns whether it did.
+    @discardableResult
+    func resume(with result: Result<T, any Error>) -> Bool {
+        let (won, continuation, finished) = state.withLock {
+            state -> (Bool, CheckedContinuation<T, any Error>?, (@Sendable () -> Void)?) in
+            guard !state.done else { return (false, nil, nil) }
+            state.done = true
+            state.result = result
+            defer {
+                state.continuation = nil
+                state.finished = nil
+            }
+            return (true, state.continuation, state.finished)
+        }
+        guard won else { return false }
+        continuation?.resume(with: result)
+        finished?()
+        return true
     }
 }
 

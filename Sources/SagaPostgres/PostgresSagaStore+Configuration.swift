@@ -33,12 +33,17 @@ extension PostgresSagaStore {
         public var connectTimeout: Duration
         /// The most connections the store's pool opens.
         public var maximumConnections: Int
+        /// How long a statement (waiting for a connection included) may take before the store
+        /// gives up on it with `storeUnavailable`. A connection that died without the client
+        /// noticing would otherwise hold up every saga of the process; the statement may still
+        /// have been applied, which the version check makes safe to retry.
+        public var statementTimeout: Duration
 
         /// Creates a configuration.
         public init(
             host: String, port: Int = 5432, username: String, password: String?, database: String,
             tls: TLSMode? = nil, schema: String = "public", connectTimeout: Duration = .seconds(10),
-            maximumConnections: Int = 20
+            maximumConnections: Int = 20, statementTimeout: Duration = .seconds(30)
         ) {
             self.host = host
             self.port = port
@@ -49,6 +54,7 @@ extension PostgresSagaStore {
             self.schema = schema
             self.connectTimeout = connectTimeout
             self.maximumConnections = maximumConnections
+            self.statementTimeout = statementTimeout
         }
 
         /// Parses `postgres://user:password@host:port/database?sslmode=disable&schema=sagas`

@@ -127,7 +127,8 @@ public final class PostgresSagaStore: SagaStore {
         self.namespace = namespace
         self.logger = logger
         (batches, commits, loads, creations, marks) = Self.batching(
-            client: client, namespace: namespace, location: location, logger: logger)
+            client: client, namespace: namespace, location: location, logger: logger,
+            statementTimeout: configuration.statementTimeout)
         self.runner = Task { await client.run() }
     }
 
@@ -137,9 +138,10 @@ public final class PostgresSagaStore: SagaStore {
     /// - Parameters:
     ///   - schema: the PostgreSQL schema for SagaKit's tables (created when missing).
     ///   - location: how error messages name the server (for example `db.internal:5432/shop`).
+    ///   - statementTimeout: see ``Configuration/statementTimeout``.
     public init(
         client: PostgresClient, schema: String = "public", location: String = "PostgreSQL",
-        logger: Logger = Logger(label: "sagakit.store.postgres")
+        statementTimeout: Duration = .seconds(30), logger: Logger = Logger(label: "sagakit.store.postgres")
     ) async throws {
         let namespace = try Self.quotedSchema(schema)
         self.client = client
@@ -149,7 +151,7 @@ public final class PostgresSagaStore: SagaStore {
         self.logger = logger
         self.runner = nil
         (batches, commits, loads, creations, marks) = Self.batching(
-            client: client, namespace: namespace, location: location, logger: logger)
+            client: client, namespace: namespace, location: location, logger: logger, statementTimeout: statementTimeout)
         do {
             try await client.withConnection { connection in
                 try await PostgresSchema.migrate(
@@ -182,12 +184,13 @@ public final class PostgresSagaStore: SagaStore {
     /// runs at a time while the next one gathers: measured on the saga benchmark, two at a time
     /// made smaller batches, more statements and lower throughput.
     private static func batching(
-        client: PostgresClient, namespace: String, location: String, logger: Logger
+        client: PostgresClient, namespace: String, location: String, logger: Logger, statementTimeout: Duration
     ) -> (
         PostgresBatches, WriteCoalescer<EncodedSaga, SagaState>, WriteCoalescer<SagaID, PostgresRandomAccessRow>,
         WriteCoalescer<EncodedSaga, SagaCreation>, WriteCoalescer<[String], Void>
     ) {
-        let batches = PostgresBatches(client: client, namespace: namespace, location: location, logger: logger)
+        let batches = PostgresBatches(
+            client: client, namespace: namespace, location: location, logger: logger, statementTimeout: statementTimeout)
         return (
             batches,
             WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1) { await batches.commit($0) },

@@ -84,7 +84,7 @@ public enum TestBroker {
 
     /// Runs a command to completion; returns its exit status (-1 when it could not start or was killed) and its
     /// standard output and error, interleaved.
-    private static func spawnAndWait(_ command: [String], environment: [String]) -> (Int32, String) {
+    static func spawnAndWait(_ command: [String], environment: [String]) -> (Int32, String) {
         let outputPath = NSTemporaryDirectory() + "sagakit-script-\(UUID().uuidString).log"
         defer { try? FileManager.default.removeItem(atPath: outputPath) }
         var actions = posix_spawn_file_actions_t()

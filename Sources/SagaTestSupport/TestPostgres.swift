@@ -118,8 +118,45 @@ public enum TestPostgres {
         }
     }
 
+    /// Runs `scripts/postgres.sh` (`start`, `stop`, `url`) for a private server, with its data
+    /// under `.local/postgres-private`: tests that stop and restart PostgreSQL use one of their
+    /// own, so that they do not disturb other tests. `port` is used when the server is first
+    /// created (a server of an earlier run keeps its port; `url` says which). Returns the script's
+    /// output; throws when it fails.
+    @discardableResult
+    public static func privateServer(_ arguments: [String], port: Int) async throws -> String {
+        var environment = ProcessInfo.processInfo.environment
+        environment["POSTGRES_URL"] = nil
+        environment["PGPORT"] = String(port)
+        environment["SAGAKIT_PG_BASE"] = repositoryRoot.appendingPathComponent(".local/postgres-private").path
+        let command = ["/bin/bash", repositoryRoot.appendingPathComponent("scripts/postgres.sh").path] + arguments
+        let env = environment.map { "\($0.key)=\($0.value)" }
+        let (status, output) = await withCheckedContinuation { (done: CheckedContinuation<(Int32, String), Never>) in
+            // Starting a server takes seconds: not on the cooperative pool.
+            let thread = Thread { done.resume(returning: TestBroker.spawnAndWait(command, environment: env)) }
+            thread.start()
+        }
+        guard status == 0 else {
+            throw ScriptFailure(
+                description: "scripts/postgres.sh \(arguments.joined(separator: " ")) (port \(port)) failed (exit \(status)): \(output)")
+        }
+        return output
+    }
+
+    /// The checkout this file is in.
+    static var repositoryRoot: URL {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url
+    }
+
     /// Whether a TCP connection to host:port succeeds (the same probe as the broker's).
     public static func answers(host: String, port: Int) -> Bool {
         TestBroker.isReachable(host: host, port: port)
     }
+}
+
+/// A helper script that failed, with its output.
+public struct ScriptFailure: Error, CustomStringConvertible {
+    public let description: String
 }
