@@ -167,12 +167,19 @@ public final class PostgresSagaStore: SagaStore {
         runner?.cancel()
     }
 
-    /// Closes the connection pool of a store that owns it, and waits until it is closed.
-    /// Does nothing for a store created with a client of yours.
+    /// Closes the connection pool of a store that owns it, and waits until it is closed, or for
+    /// the statement timeout at most (a statement the server never answered can keep the pool
+    /// from closing). Does nothing for a store created with a client of yours.
     public func shutdown() async {
         guard let runner else { return }
         runner.cancel()
-        await runner.value
+        do {
+            try await PostgresBatches.abandoning(after: batches.statementTimeout) { await runner.value }
+        } catch {
+            logger.warning(
+                "the PostgreSQL connection pool did not close within \(batches.statementTimeout); leaving it",
+                metadata: ["store.location": "\(location)"])
+        }
     }
 
     // MARK: Helpers
