@@ -158,5 +158,6 @@ public enum TestPostgres {
 
 /// A helper script that failed, with its output.
 public struct ScriptFailure: Error, CustomStringConvertible {
+    /// What failed, with the script's output.
     public let description: String
 }
