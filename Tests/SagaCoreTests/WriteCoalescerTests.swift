@@ -21,6 +21,11 @@ private final class BatchLog: Sendable {
     func finished() { running.withLock { $0 -= 1 } }
 }
 
+/// A task-local value a caller sets, to see whether a batch runs with it.
+private enum CallerTag {
+    @TaskLocal static var value: String?
+}
+
 @Suite("WriteCoalescer")
 struct WriteCoalescerTests {
     @Test("a lone request runs at once, alone")
@@ -87,6 +92,15 @@ struct WriteCoalescerTests {
         }
         #expect(overlaps.withLock { $0 } == 0)
         #expect(log.batches.withLock { $0 }.flatMap { $0 }.count == 300)
+    }
+
+    @Test("a batch does not run with the task-local values of the caller that started it")
+    func batchesDoNotInheritACallersTaskLocals() async throws {
+        let coalescer = WriteCoalescer<Int, String>(maxBatch: 4, maxConcurrentBatches: 1) { batch in
+            batch.map { _ in .success(CallerTag.value ?? "none") }
+        }
+        let seen = try await CallerTag.$value.withValue("caller-1") { try await coalescer.submit(1, key: "1") }
+        #expect(seen == "none")
     }
 
     @Test("a batch that fails as a whole fails every request in it")

@@ -58,8 +58,10 @@ package final class WriteCoalescer<Request: Sendable, Response: Sendable>: Senda
                 // The drain outlives no request: it ends as soon as the queue holds nothing it can
                 // take, and every queued request is taken by a running drain (see `next`). It runs
                 // at high priority: every waiting caller's store round trip goes through it, so it
-                // must not queue behind the callers' own work.
-                Task(priority: .high) { await self.drain() }
+                // must not queue behind the callers' own work. Detached: the batch serves many
+                // callers, so it must not carry the task-local values (such as the trace
+                // context) of the one that happened to start it.
+                Task.detached(priority: .high) { await self.drain() }
             }
         }
     }
