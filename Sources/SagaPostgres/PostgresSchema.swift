@@ -166,10 +166,10 @@ enum PostgresSchema {
         AS u(id, expected, name, status, current_step, attempt, payload, context, history, failure_reason, \
         has_failure, deadline, reap_attempts, created_at, updated_at)
         """
-    /// A saga row's deadline (`u.deadline`, Unix milliseconds; `Int64.min` for none) as a
-    /// `timestamptz`.
+    /// A saga row's deadline (`u.deadline`, Unix milliseconds; ``PostgresBatches/noDeadline``
+    /// for none) as a `timestamptz`.
     private static let deadline = """
-        CASE WHEN u.deadline = \(Int64.min) THEN NULL \
+        CASE WHEN u.deadline = \(PostgresBatches.noDeadline) THEN NULL \
         ELSE timestamptz 'epoch' + u.deadline * interval '1 millisecond' END
         """
 
