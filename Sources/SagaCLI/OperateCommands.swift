@@ -18,15 +18,8 @@ struct RetryCommand: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let environment = try CommandEnvironment(connection)
-        let configuration = environment.configuration
-        let logger = environment.logger
         let id = id
-        let state = try await environment.withStoreAndBus { store, bus in
-            let manager = SagaManager(
-                definitions: OrderSaga.definitions, bus: bus, store: store, topology: configuration.topology, logger: logger)
-            return try await manager.retry(id)
-        }
+        let state = try await CommandEnvironment(connection).withManager { try await $0.retry(id) }
         if json { return try printJSON(state) }
         print("saga \(id) is \(state.status.cliName) at \(position(state)); its command was sent again.")
     }
@@ -50,15 +43,8 @@ struct CompensateCommand: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let environment = try CommandEnvironment(connection)
-        let configuration = environment.configuration
-        let logger = environment.logger
         let (id, reason) = (id, reason)
-        let state = try await environment.withStoreAndBus { store, bus in
-            let manager = SagaManager(
-                definitions: OrderSaga.definitions, bus: bus, store: store, topology: configuration.topology, logger: logger)
-            return try await manager.compensate(id, reason: reason)
-        }
+        let state = try await CommandEnvironment(connection).withManager { try await $0.compensate(id, reason: reason) }
         if json { return try printJSON(state) }
         print("saga \(id) is \(state.status.cliName) at \(position(state)).")
     }

@@ -4,7 +4,7 @@ import Participant
 import SagaKitApp
 
 /// What every subcommand needs: the configuration, a logger, and JSON output.
-struct CommandEnvironment {
+struct CommandEnvironment: Sendable {
     let configuration: AppConfiguration
     let logger: Logger
 
@@ -26,18 +26,16 @@ struct CommandEnvironment {
 
     /// Runs `body` with the store open and the broker connected.
     func withStoreAndBus<T: Sendable>(_ body: @Sendable (any SagaStore, RabbitMQBus) async throws -> T) async throws -> T {
-        let configuration = configuration
-        let logger = logger
-        return try await withStore { store in
-            let bus = try await ParticipantApp.connectBus(configuration, name: "saga CLI", logger: logger, attempts: 1)
-            do {
-                let result = try await body(store, bus)
-                await bus.shutdown()
-                return result
-            } catch {
-                await bus.shutdown()
-                throw error
-            }
+        try await withStore { store in try await withBus { bus in try await body(store, bus) } }
+    }
+
+    /// Runs `body` with a saga manager on the store and the broker (for commands that move a
+    /// saga).
+    func withManager<T: Sendable>(_ body: @Sendable (SagaManager) async throws -> T) async throws -> T {
+        try await withStoreAndBus { store, bus in
+            try await body(
+                SagaManager(
+                    definitions: OrderSaga.definitions, bus: bus, store: store, topology: configuration.topology, logger: logger))
         }
     }
 
