@@ -1,3 +1,4 @@
+import Foundation
 public import Logging
 public import Participant
 
@@ -5,6 +6,20 @@ public import Participant
 /// bus from an ``AppConfiguration``, runs a `ServiceGroup` that shuts down gracefully on SIGINT
 /// and SIGTERM, then closes the bus and the store.
 public enum ParticipantApp {
+    /// What every example service does first: reads its configuration, sets up console logging,
+    /// and names this instance (`<service>-<pid>` unless one is given); the logger carries the
+    /// instance name.
+    public static func prepare(service: String, connection: ConnectionOptions, instance: String?) throws
+        -> (configuration: AppConfiguration, instance: String, logger: Logger)
+    {
+        let configuration = try connection.configuration()
+        ConsoleLogHandler.bootstrap(level: configuration.logLevel)
+        let instance = instance ?? "\(service)-\(ProcessInfo.processInfo.processIdentifier)"
+        var logger = Logger(label: service)
+        logger[metadataKey: "instance"] = "\(instance)"
+        return (configuration, instance, logger)
+    }
+
     /// Connects to the broker, retrying for a while when it is not up yet (a service started
     /// together with the broker).
     public static func connectBus(_ configuration: AppConfiguration, name: String, logger: Logger, attempts: Int = 10) async throws

@@ -23,11 +23,8 @@ struct InventoryService: AsyncParsableCommand {
     var initialStock = 1_000_000
 
     func run() async throws {
-        let configuration = try connection.configuration()
-        ConsoleLogHandler.bootstrap(level: configuration.logLevel)
-        let instance = instance ?? "inventory-\(ProcessInfo.processInfo.processIdentifier)"
-        var logger = Logger(label: "inventory")
-        logger[metadataKey: "instance"] = "\(instance)"
+        let (configuration, instance, logger) = try ParticipantApp.prepare(
+            service: "inventory", connection: connection, instance: instance)
 
         let stock = try Stock(path: configuration.dataPath("inventory.db"), initialStock: initialStock)
         var handlers = SagaHandlerRegistry()

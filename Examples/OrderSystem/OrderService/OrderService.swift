@@ -51,11 +51,8 @@ struct OrderService: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let configuration = try connection.configuration()
-        ConsoleLogHandler.bootstrap(level: configuration.logLevel)
-        let instance = instance ?? "order-\(ProcessInfo.processInfo.processIdentifier)"
-        var logger = Logger(label: "order")
-        logger[metadataKey: "instance"] = "\(instance)"
+        let (configuration, instance, logger) = try ParticipantApp.prepare(
+            service: "order", connection: connection, instance: instance)
         let runID = runID ?? String(UUID().uuidString.lowercased().prefix(6))
 
         let opened = try await AppStore.open(url: configuration.storeURL, logger: logger)

@@ -24,11 +24,8 @@ struct PaymentService: AsyncParsableCommand {
     var declineRate: Double?
 
     func run() async throws {
-        let configuration = try connection.configuration()
-        ConsoleLogHandler.bootstrap(level: configuration.logLevel)
-        let instance = instance ?? "payment-\(ProcessInfo.processInfo.processIdentifier)"
-        var logger = Logger(label: "payment")
-        logger[metadataKey: "instance"] = "\(instance)"
+        let (configuration, instance, logger) = try ParticipantApp.prepare(
+            service: "payment", connection: connection, instance: instance)
         let declineRate = declineRate ?? ProcessInfo.processInfo.environment["SAGAKIT_DECLINE_RATE"].flatMap(Double.init) ?? 0.1
         guard (0...1).contains(declineRate) else { throw ValidationError("--decline-rate must be between 0 and 1") }
         logger.info("declining \(Int(declineRate * 100))% of orders")

@@ -23,11 +23,8 @@ struct ShippingService: AsyncParsableCommand {
     var failureRate: Double?
 
     func run() async throws {
-        let configuration = try connection.configuration()
-        ConsoleLogHandler.bootstrap(level: configuration.logLevel)
-        let instance = instance ?? "shipping-\(ProcessInfo.processInfo.processIdentifier)"
-        var logger = Logger(label: "shipping")
-        logger[metadataKey: "instance"] = "\(instance)"
+        let (configuration, instance, logger) = try ParticipantApp.prepare(
+            service: "shipping", connection: connection, instance: instance)
         let failureRate = failureRate ?? ProcessInfo.processInfo.environment["SAGAKIT_SHIPPING_FAILURE_RATE"].flatMap(Double.init) ?? 0.05
         guard (0...1).contains(failureRate) else { throw ValidationError("--failure-rate must be between 0 and 1") }
 
