@@ -10,12 +10,21 @@ let package = Package(
     name: "SagaKit",
     platforms: [.macOS(.v15)],
     products: [
+        // What a service imports: the runtime and the RabbitMQ bus (re-exports SagaCore).
         .library(name: "Participant", targets: ["Participant"]),
+        // The model, the state machine, the bus and store protocols, the in-memory bus and store.
         .library(name: "SagaCore", targets: ["SagaCore"]),
+        // The RabbitMQ bus alone (librabbitmq).
         .library(name: "SagaRabbitMQ", targets: ["SagaRabbitMQ"]),
+        // Saga stores: pick the one you run.
         .library(name: "SagaSQLite", targets: ["SagaSQLite"]),
         .library(name: "SagaPostgres", targets: ["SagaPostgres"]),
+        // For users' tests: run handlers and whole sagas in memory; conformance suites.
+        .library(name: "SagaTesting", targets: ["SagaTesting"]),
+        // The operator tool's commands as a library (build your own `saga` with your definitions).
+        .library(name: "SagaOperator", targets: ["SagaOperator"]),
         .executable(name: "saga", targets: ["SagaCLI"]),
+        .executable(name: "order-saga", targets: ["OrderSagaTool"]),
         .executable(name: "sagakit-demo", targets: ["SagaKitDemo"]),
         .executable(name: "order-service", targets: ["OrderService"]),
         .executable(name: "inventory-service", targets: ["InventoryService"]),
@@ -82,7 +91,7 @@ let package = Package(
             dependencies: [
                 "SagaCore",
                 "SagaRabbitMQ",
-                "SagaSQLite",
+                .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -91,30 +100,53 @@ let package = Package(
             swiftSettings: strict
         ),
 
-        // MARK: App support, the example order system, the demo driver and the `saga` CLI
+        // MARK: Testing product (for users' own tests)
         .target(
-            name: "SagaKitApp",
+            name: "SagaTesting",
+            dependencies: ["Participant"],
+            swiftSettings: strict
+        ),
+
+        // MARK: Operator tools: the commands as a library, `saga` as a thin executable
+        .target(
+            name: "SagaOperator",
             dependencies: [
-                "Participant",
-                "SagaPostgres",
+                "Participant", "SagaSQLite", "SagaPostgres",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Configuration", package: "swift-configuration"),
-                .product(name: "GRDB", package: "GRDB.swift"),
-                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
         ),
         .executableTarget(
+            name: "SagaCLI",
+            dependencies: ["SagaOperator"],
+            swiftSettings: strict
+        ),
+
+        // MARK: The example order system (public products only)
+        .target(
+            name: "OrderSystemSupport",
+            dependencies: [
+                "Participant", "SagaSQLite", "SagaPostgres",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            path: "Examples/OrderSystem/OrderSystemSupport",
+            swiftSettings: strict
+        ),
+        .executableTarget(
             name: "OrderService",
-            dependencies: ["SagaKitApp", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "OrderSystemSupport", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             path: "Examples/OrderSystem/OrderService",
             swiftSettings: strict
         ),
         .executableTarget(
             name: "InventoryService",
             dependencies: [
-                "SagaKitApp", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "GRDB", package: "GRDB.swift"),
+                "OrderSystemSupport", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "GRDB", package: "GRDB.swift"),
             ],
             path: "Examples/OrderSystem/InventoryService",
             swiftSettings: strict
@@ -122,8 +154,7 @@ let package = Package(
         .executableTarget(
             name: "PaymentService",
             dependencies: [
-                "SagaKitApp", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "GRDB", package: "GRDB.swift"),
+                "OrderSystemSupport", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "GRDB", package: "GRDB.swift"),
             ],
             path: "Examples/OrderSystem/PaymentService",
             swiftSettings: strict
@@ -131,8 +162,7 @@ let package = Package(
         .executableTarget(
             name: "ShippingService",
             dependencies: [
-                "SagaKitApp", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "GRDB", package: "GRDB.swift"),
+                "OrderSystemSupport", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "GRDB", package: "GRDB.swift"),
             ],
             path: "Examples/OrderSystem/ShippingService",
             swiftSettings: strict
@@ -140,15 +170,15 @@ let package = Package(
         .executableTarget(
             name: "SagaKitDemo",
             dependencies: [
-                "SagaKitApp", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "GRDB", package: "GRDB.swift"),
+                "OrderSystemSupport", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "GRDB", package: "GRDB.swift"),
             ],
             path: "Examples/OrderSystem/Demo",
             swiftSettings: strict
         ),
         .executableTarget(
-            name: "SagaCLI",
-            dependencies: ["SagaKitApp", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            name: "OrderSagaTool",
+            dependencies: ["OrderSystemSupport", "SagaOperator"],
+            path: "Examples/OrderSystem/OrderSagaTool",
             swiftSettings: strict
         ),
 
@@ -181,7 +211,7 @@ let package = Package(
         .executableTarget(
             name: "SagaBenchmark",
             dependencies: [
-                "Participant", "SagaPostgres", "SagaTestSupport",
+                "Participant", "SagaSQLite", "SagaPostgres", "SagaTestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/SagaBenchmark",
@@ -192,7 +222,7 @@ let package = Package(
         .executableTarget(
             name: "ParticipantTestHost",
             dependencies: [
-                "Participant", "SagaPostgres", "SagaTestSupport",
+                "Participant", "SagaSQLite", "SagaPostgres", "SagaTestSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
             ],
             path: "Tests/ParticipantTestHost",
@@ -216,7 +246,7 @@ let package = Package(
         .testTarget(
             name: "ParticipantTests",
             dependencies: [
-                "Participant", "SagaPostgres", "SagaTestSupport",
+                "Participant", "SagaSQLite", "SagaPostgres", "SagaTestSupport", "SagaTesting",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
