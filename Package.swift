@@ -45,7 +45,10 @@ let package = Package(
         // MARK: Core model (no I/O)
         .target(
             name: "SagaCore",
-            dependencies: [.product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict
         ),
 
@@ -60,7 +63,9 @@ let package = Package(
             dependencies: [
                 "CRabbitMQ",
                 "SagaCore",
+                .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict
         ),
@@ -70,8 +75,10 @@ let package = Package(
             name: "SagaSQLite",
             dependencies: [
                 "SagaCore",
+                .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict
         ),
@@ -79,8 +86,10 @@ let package = Package(
             name: "SagaPostgres",
             dependencies: [
                 "SagaCore",
+                .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict
         ),
@@ -241,6 +250,11 @@ let package = Package(
         .testTarget(
             name: "SagaStoreTests",
             dependencies: ["SagaCore", "SagaSQLite", "SagaPostgres", "SagaTestSupport"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "SagaTestingTests",
+            dependencies: ["SagaTesting", "Participant"],
             swiftSettings: strict
         ),
         .testTarget(

@@ -1,0 +1,73 @@
+public import Configuration
+
+/// Typed reads that fail loudly.
+///
+/// swift-configuration's `int(forKey:default:)` falls back to the default when a value is present
+/// but not a number. A misspelt setting must not be ignored silently, so SagaKit's configuration
+/// initialisers read through these helpers: a missing value gives the default, a malformed one
+/// throws `invalidConfiguration` naming the key and what it must be.
+extension ConfigReader {
+    /// A whole number in `range`, or `defaultValue` when the key is absent.
+    /// - Throws: `invalidConfiguration` when the value is not a whole number in `range`.
+    public func sagaInt(_ key: ConfigKey, default defaultValue: Int, in range: ClosedRange<Int> = 1...Int.max) throws -> Int {
+        guard let text = string(forKey: key) else { return defaultValue }
+        guard let value = Int(text.trimmed), range.contains(value) else {
+            throw SagaError(
+                .invalidConfiguration,
+                "configuration value '\(key)' must be a whole number \(Self.describe(range)), not '\(text)'",
+                recoverySuggestion:
+                    "fix or remove the setting (as an environment variable its name is the full key in capitals with _ for .)"
+            )
+        }
+        return value
+    }
+
+    /// A duration given in (possibly fractional) seconds, or `defaultValue` when absent.
+    /// - Throws: `invalidConfiguration` when the value is not a number of seconds greater than 0.
+    public func sagaSeconds(_ key: ConfigKey, default defaultValue: Duration) throws -> Duration {
+        guard let text = string(forKey: key) else { return defaultValue }
+        guard let seconds = Double(text.trimmed), seconds > 0, seconds.isFinite else {
+            throw SagaError(
+                .invalidConfiguration,
+                "configuration value '\(key)' must be a number of seconds greater than 0, not '\(text)'",
+                recoverySuggestion:
+                    "fix or remove the setting (as an environment variable its name is the full key in capitals with _ for .)"
+            )
+        }
+        return .milliseconds(Int64((seconds * 1000).rounded()))
+    }
+
+    /// One of `choices` (compared case-insensitively), or `defaultValue` when absent.
+    /// - Throws: `invalidConfiguration` listing the choices.
+    public func sagaChoice(_ key: ConfigKey, default defaultValue: String, choices: [String]) throws -> String {
+        guard let text = string(forKey: key) else { return defaultValue }
+        guard let match = choices.first(where: { $0.lowercased() == text.lowercased() }) else {
+            throw SagaError(
+                .invalidConfiguration,
+                "configuration value '\(key)' must be one of \(choices.joined(separator: ", ")), not '\(text)'",
+                recoverySuggestion:
+                    "fix or remove the setting (as an environment variable its name is the full key in capitals with _ for .)"
+            )
+        }
+        return match
+    }
+
+    /// The environment variable a key is read from by `EnvironmentVariablesProvider`
+    /// (`sagakit.reaper.poll.seconds` → `SAGAKIT_REAPER_POLL_SECONDS`).
+    public static func environmentName(_ key: ConfigKey) -> String {
+        key.components.joined(separator: "_").uppercased()
+    }
+
+    private static func describe(_ range: ClosedRange<Int>) -> String {
+        switch (range.lowerBound, range.upperBound) {
+        case (let low, Int.max): "of at least \(low)"
+        case (let low, let high): "from \(low) to \(high)"
+        }
+    }
+}
+
+extension String {
+    fileprivate var trimmed: String {
+        String(drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
+    }
+}
