@@ -1,3 +1,5 @@
+public import Configuration
+
 /// How a participant runs.
 public struct ParticipantConfiguration: Sendable {
     /// The service name; its queue is `<prefix>.<service>`. Instances of one service share the
@@ -36,6 +38,48 @@ public struct ParticipantConfiguration: Sendable {
         self.outboxGracePeriod = outboxGracePeriod
         self.reaper = reaper
     }
+
+    /// Reads the configuration of `service` (the service name is code, not configuration).
+    ///
+    /// Keys (relative to the reader; with `EnvironmentVariablesProvider` and the scope
+    /// `sagakit`, `prefetch` is `SAGAKIT_PREFETCH`):
+    /// - `prefetch` (int ≥ 1, default 64)
+    /// - `max.body.bytes` (int ≥ 1, default 65536)
+    /// - `outbox.poll.seconds` (seconds, default 2), `outbox.grace.seconds` (seconds, default 5)
+    /// - `reaper.enabled` (`true`/`false`, default `true`) and the keys of
+    ///   ``ReaperConfiguration/init(reader:)`` under `reaper`
+    /// - the keys of ``SagaTopology/init(reader:)``
+    ///
+    /// - Throws: `invalidConfiguration` naming the key whose value is malformed.
+    public init(service: String, reader: ConfigReader) throws {
+        self.init(
+            service: service,
+            topology: try SagaTopology(reader: reader),
+            prefetch: try reader.sagaInt("prefetch", default: 64, in: 1...65535),
+            maxBodyBytes: try reader.sagaInt("max.body.bytes", default: 64 * 1024),
+            outboxPollInterval: try reader.sagaSeconds("outbox.poll.seconds", default: .seconds(2)),
+            outboxGracePeriod: try reader.sagaSeconds("outbox.grace.seconds", default: .seconds(5)),
+            reaper: try reader.sagaChoice("reaper.enabled", default: "true", choices: ["true", "false"]) == "true"
+                ? ReaperConfiguration(reader: reader.scoped(to: "reaper")) : nil
+        )
+    }
+
+    /// Checks the values a program set.
+    /// - Throws: `invalidConfiguration` naming the value that is out of range.
+    public func validate() throws {
+        guard !service.isEmpty else { throw SagaError(.invalidConfiguration, "the participant's service name is empty") }
+        guard (1...65535).contains(prefetch) else {
+            throw SagaError(.invalidConfiguration, "prefetch must be between 1 and 65535, not \(prefetch)")
+        }
+        guard maxBodyBytes > 0 else { throw SagaError(.invalidConfiguration, "maxBodyBytes must be positive, not \(maxBodyBytes)") }
+        guard outboxPollInterval > .zero, outboxGracePeriod >= .zero else {
+            throw SagaError(
+                .invalidConfiguration,
+                "the outbox poll interval must be positive and the grace period not negative (got \(outboxPollInterval), \(outboxGracePeriod))"
+            )
+        }
+        try reaper?.validate()
+    }
 }
 
 /// The stalled-saga reaper. It runs safely in several processes at once: each poll claims
@@ -59,5 +103,32 @@ public struct ReaperConfiguration: Sendable {
         self.stalledThreshold = stalledThreshold
         self.maxReapAttempts = maxReapAttempts
         self.batchSize = batchSize
+    }
+
+    /// Reads a reaper configuration.
+    ///
+    /// Keys: `poll.seconds` (default 300), `stalled.seconds` (default 900), `max.attempts`
+    /// (default 3), `batch.size` (default 100).
+    /// - Throws: `invalidConfiguration` naming the key whose value is malformed.
+    public init(reader: ConfigReader) throws {
+        self.init(
+            pollInterval: try reader.sagaSeconds("poll.seconds", default: .seconds(300)),
+            stalledThreshold: try reader.sagaSeconds("stalled.seconds", default: .seconds(900)),
+            maxReapAttempts: try reader.sagaInt("max.attempts", default: 3),
+            batchSize: try reader.sagaInt("batch.size", default: 100)
+        )
+    }
+
+    /// Checks the values: every interval positive, attempts and batch size at least 1.
+    /// - Throws: `invalidConfiguration` naming the value that is out of range.
+    public func validate() throws {
+        var problems: [String] = []
+        if pollInterval <= .zero { problems.append("pollInterval must be positive, not \(pollInterval)") }
+        if stalledThreshold <= .zero { problems.append("stalledThreshold must be positive, not \(stalledThreshold)") }
+        if maxReapAttempts < 1 { problems.append("maxReapAttempts must be at least 1, not \(maxReapAttempts)") }
+        if batchSize < 1 { problems.append("batchSize must be at least 1, not \(batchSize)") }
+        guard problems.isEmpty else {
+            throw SagaError(.invalidConfiguration, "invalid reaper configuration: \(problems.joined(separator: "; "))")
+        }
     }
 }

@@ -36,6 +36,47 @@ public struct SagaContext: Sendable {
 
     let execution: StepExecution
 
+    init(
+        sagaID: SagaID, sagaName: String, stepName: String, step: Int, phase: StepPhase, attempt: Int, command: String,
+        payload: JSONObject, sagaContext: [String: String], idempotencyKey: String, logger: Logger, execution: StepExecution
+    ) {
+        self.sagaID = sagaID
+        self.sagaName = sagaName
+        self.stepName = stepName
+        self.step = step
+        self.phase = phase
+        self.attempt = attempt
+        self.command = command
+        self.payload = payload
+        self.sagaContext = sagaContext
+        self.idempotencyKey = idempotencyKey
+        self.logger = logger
+        self.execution = execution
+    }
+
+    /// Creates a context whose reports go to `report` instead of a saga store: for tests of
+    /// handlers and for test doubles. (The `SagaTesting` product builds these for you, positioned
+    /// by a real saga definition.)
+    ///
+    /// The context enforces what the runtime enforces: one report per context, and the report
+    /// call must fit the phase. `report` runs once, with the handler's report; when it throws,
+    /// the handler's report call throws that error.
+    public init(
+        sagaID: SagaID, sagaName: String, stepName: String, step: Int, phase: StepPhase, attempt: Int = 1, command: String,
+        payload: JSONObject, sagaContext: [String: String] = [:], idempotencyKey: String? = nil,
+        logger: Logger = Logger(label: "sagakit.test"),
+        report: @escaping @Sendable (SagaHandlerReport) async throws -> Void
+    ) {
+        self.init(
+            sagaID: sagaID, sagaName: sagaName, stepName: stepName, step: step, phase: phase, attempt: attempt, command: command,
+            payload: payload, sagaContext: sagaContext, idempotencyKey: idempotencyKey ?? "\(sagaID):\(stepName):\(phase.rawValue)",
+            logger: logger, execution: StepExecution(report: report))
+    }
+
+    /// Whether the handler reported an outcome through this context (returning without one
+    /// counts as success).
+    public var hasReported: Bool { execution.isFinished }
+
     /// Decodes the payload into a service's own type (keys the type does not know are ignored).
     /// - Throws: `invalidPayload` saying what is missing or mistyped.
     public func payload<T: Decodable>(as type: T.Type) throws -> T {
@@ -86,11 +127,16 @@ public struct SagaContext: Sendable {
     }
 }
 
-/// The outcome a handler reported.
-enum StepResult: Sendable {
+/// The outcome a handler reports through its ``SagaContext``, as the runtime records it.
+public enum SagaHandlerReport: Sendable, Hashable {
+    /// The action completed; the patch is merged into the payload.
     case completed(JSONObject)
+    /// The action failed: a business refusal (`retryable: false`, from
+    /// ``SagaContext/failAndCompensate(reason:)``) or an error the step's retry policy handles.
     case failed(String, retryable: Bool)
+    /// The compensation completed.
     case compensated
+    /// The compensation failed; it is retried by the definition's compensation policy.
     case compensationFailed(String)
 }
 
@@ -102,9 +148,9 @@ final class StepExecution: Sendable {
         case failed(any Error)
     }
     private let progress = Mutex(Progress.pending)
-    private let report: @Sendable (StepResult) async throws -> Void
+    private let report: @Sendable (SagaHandlerReport) async throws -> Void
 
-    init(report: @escaping @Sendable (StepResult) async throws -> Void) {
+    init(report: @escaping @Sendable (SagaHandlerReport) async throws -> Void) {
         self.report = report
     }
 
@@ -126,7 +172,7 @@ final class StepExecution: Sendable {
         }
     }
 
-    private func perform(_ result: StepResult) async throws {
+    private func perform(_ result: SagaHandlerReport) async throws {
         do {
             try await report(result)
             progress.withLock { $0 = .reported }
@@ -137,7 +183,7 @@ final class StepExecution: Sendable {
     }
 
     /// Reports an outcome; a second report is an error.
-    func finish(_ result: StepResult) async throws {
+    func finish(_ result: SagaHandlerReport) async throws {
         guard claim() else {
             throw SagaError(
                 .invalidState, "the outcome of this step was already reported",
@@ -147,7 +193,7 @@ final class StepExecution: Sendable {
     }
 
     /// Reports an outcome when nothing was reported yet; does nothing otherwise.
-    func finishIfNeeded(_ result: StepResult) async throws {
+    func finishIfNeeded(_ result: SagaHandlerReport) async throws {
         guard claim() else { return }
         try await perform(result)
     }

@@ -1,16 +1,18 @@
 import Foundation
+import Synchronization
 import Tracing
 
 /// Starts sagas and follows them.
 ///
 /// ```swift
-/// let manager = SagaManager(definitions: definitions, bus: bus, store: store, logger: logger)
+/// let manager = SagaManager(runtime: runtime)
 /// let id = try await manager.start("order", payload: ["orderId": "o-42", "amount": 30])
 /// let final = try await manager.outcome(of: id, timeout: .seconds(30))
 /// ```
 public struct SagaManager: Sendable {
     let engine: SagaEngine
     let logger: Logger
+    private let declared = DeclaredOnce()
 
     /// Creates a manager.
     public init(
@@ -21,28 +23,53 @@ public struct SagaManager: Sendable {
         self.logger = logger
     }
 
+    /// Creates a manager from the values the process's components share.
+    public init(runtime: SagaRuntime) {
+        self.init(
+            definitions: runtime.definitions, bus: runtime.bus, store: runtime.store, topology: runtime.topology, logger: runtime.logger)
+    }
+
     /// The store the manager reads and writes.
     public var store: any SagaStore { engine.store }
 
     /// Declares the exchanges and queues the manager publishes to (participants declare them too;
-    /// declaring twice is harmless).
+    /// declaring twice is harmless). ``start(_:payload:id:context:)`` calls it before the first
+    /// saga it stores, so calling it yourself is optional.
     public func declareTopology() async throws {
         try await engine.bus.declare(engine.topology.shared)
+        declared.mark()
     }
 
     /// Starts a saga: stores it with its first command, publishes the command and waits for the
     /// broker's confirm.
     ///
     /// Idempotent when `id` is given: starting an existing saga id again stores and sends nothing
-    /// and returns the id.
+    /// and returns the id (``startIfAbsent(_:payload:id:context:)`` tells the two apart).
+    ///
+    /// Once this returns, the saga is durably stored and will run: when the first command could
+    /// not be published (the broker went away, no participant has bound its queue yet), the
+    /// failure is logged and the outbox relay of any participant sends it later.
     /// - Parameters:
     ///   - name: the saga definition's name.
     ///   - payload: the initial payload (a JSON object).
     ///   - id: the saga id; a new UUID when `nil`.
     ///   - context: trace and correlation ids to carry along.
     /// - Returns: the saga id.
+    /// - Throws: `unknownDefinition`; the bus's error when the topology cannot be declared and
+    ///   the store's when the saga cannot be stored — in both cases nothing was stored.
     @discardableResult
     public func start(_ name: String, payload: JSONObject, id: SagaID? = nil, context: [String: String] = [:]) async throws -> SagaID {
+        try await startIfAbsent(name, payload: payload, id: id, context: context).id
+    }
+
+    /// Starts a saga unless one with this id exists, and says which happened.
+    ///
+    /// The same as ``start(_:payload:id:context:)``, with an explicit result: `.started` when
+    /// this call stored the saga, `.alreadyStarted` when a saga with this id was stored before
+    /// (then nothing is stored or sent, and its current state is returned).
+    public func startIfAbsent(_ name: String, payload: JSONObject, id: SagaID? = nil, context: [String: String] = [:]) async throws
+        -> SagaStartResult
+    {
         let id = id ?? UUID().uuidString.lowercased()
         // The first command carries this span's context: the saga's steps join its trace.
         return try await withSpan("saga.start \(name)", ofKind: .producer) { span in
@@ -56,22 +83,35 @@ public struct SagaManager: Sendable {
         }
     }
 
-    private func start(_ name: String, payload: JSONObject, id: SagaID, context: [String: String], logger: Logger) async throws -> SagaID {
+    private func start(_ name: String, payload: JSONObject, id: SagaID, context: [String: String], logger: Logger) async throws
+        -> SagaStartResult
+    {
         let definition = try engine.definitions.definition(named: name)
+        // Declare before storing: a saga must never be stored by a call that then fails because
+        // the exchanges do not exist yet.
+        if !declared.isDone { try await declareTopology() }
         let now = Date()
         var context = context
         context[SagaTopology.contextKey] = engine.topology.prefix
         let (state, first) = SagaStateMachine(definition: definition).start(id: id, payload: payload, context: context, now: now)
         let message = try SagaMessages.outbox(first, state: state, topology: engine.topology, now: now)
         switch try await engine.store.create(state, outbox: [message]) {
-        case .existing:
-            logger.info("saga already started; nothing sent")
-        case .created:
+        case .existing(let existing):
+            logger.info("saga already started; nothing sent", metadata: ["saga.status": "\(existing.status.rawValue)"])
+            return .alreadyStarted(existing)
+        case .created(let stored):
             engine.metrics.started(name)
             logger.info("saga started", metadata: ["saga.next": "\(first.command.command)"])
-            try await engine.publish([message], logger: logger)
+            do {
+                try await engine.publish([message], logger: logger)
+            } catch {
+                // Stored is started: the relay sends the command (engine.publish logged why).
+                logger.warning(
+                    "saga stored but its first command is not confirmed yet; a participant's outbox relay will send it",
+                    metadata: ["error": "\(error)"])
+            }
+            return .started(stored)
         }
-        return id
     }
 
     /// Starts a saga with a payload of the caller's own `Encodable` type.
@@ -80,6 +120,14 @@ public struct SagaManager: Sendable {
         -> SagaID
     {
         try await start(name, payload: JSONCoding.object(from: payload), id: id, context: context)
+    }
+
+    /// Starts a saga with a payload of the caller's own `Encodable` type unless one with this id
+    /// exists, and says which happened.
+    public func startIfAbsent<Payload: Encodable>(
+        _ name: String, payload: Payload, id: SagaID? = nil, context: [String: String] = [:]
+    ) async throws -> SagaStartResult {
+        try await startIfAbsent(name, payload: JSONCoding.object(from: payload), id: id, context: context)
     }
 
     /// The saga's current state.
@@ -156,4 +204,35 @@ public struct SagaManager: Sendable {
             throw SagaError(.invalidState, reason)
         }
     }
+}
+
+/// What ``SagaManager/startIfAbsent(_:payload:id:context:)`` did.
+public enum SagaStartResult: Sendable, Hashable {
+    /// This call stored the saga (its state right after storing).
+    case started(SagaState)
+    /// A saga with this id had been started before; nothing was stored or sent (its current
+    /// state).
+    case alreadyStarted(SagaState)
+
+    /// The saga id.
+    public var id: SagaID { state.id }
+
+    /// The saga's state as this call saw it.
+    public var state: SagaState {
+        switch self {
+        case .started(let state), .alreadyStarted(let state): state
+        }
+    }
+
+    /// Whether this call started the saga.
+    public var isNew: Bool {
+        if case .started = self { true } else { false }
+    }
+}
+
+/// Remembers, for all copies of one manager, that its topology was declared.
+private final class DeclaredOnce: Sendable {
+    private let done = Atomic<Bool>(false)
+    var isDone: Bool { done.load(ordering: .acquiring) }
+    func mark() { done.store(true, ordering: .releasing) }
 }

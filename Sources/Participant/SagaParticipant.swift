@@ -53,12 +53,29 @@ public struct SagaParticipant: Service {
         self.engine = engine
     }
 
+    /// Creates a participant from the values the process's components share.
+    ///
+    /// The runtime's topology replaces `configuration.topology`.
+    public init(configuration: ParticipantConfiguration, handlers: SagaHandlerRegistry, runtime: SagaRuntime) {
+        var configuration = configuration
+        configuration.topology = runtime.topology
+        self.init(
+            configuration: configuration, definitions: runtime.definitions, handlers: handlers, bus: runtime.bus, store: runtime.store,
+            logger: runtime.logger)
+    }
+
+    /// Creates a participant of `service` with the default options.
+    public init(service: String, handlers: SagaHandlerRegistry, runtime: SagaRuntime) {
+        self.init(configuration: ParticipantConfiguration(service: service), handlers: handlers, runtime: runtime)
+    }
+
     /// The queue this participant consumes.
     public var queue: String { configuration.topology.queue(forService: configuration.service) }
 
     /// Declares the topology, then consumes until cancelled or gracefully shut down. Runs the
     /// outbox relay and, when configured, the reaper alongside.
     public func run() async throws {
+        try configuration.validate()
         try handlers.validate(against: engine.definitions)
         guard !handlers.commands.isEmpty else {
             throw SagaError(
@@ -109,7 +126,7 @@ public struct SagaParticipant: Service {
             group.addTask { await relay.run() }
             if let reaperConfiguration = configuration.reaper {
                 let reaper = SagaReaper(engine: engine, configuration: reaperConfiguration, logger: logger)
-                group.addTask { await reaper.run() }
+                group.addTask { try await reaper.run() }
             }
             let deliveries = try await engine.bus.consume(queue: queue, prefetch: configuration.prefetch)
             for try await delivery in deliveries.cancelOnGracefulShutdown() {
@@ -300,7 +317,7 @@ public struct SagaParticipant: Service {
         }
     }
 
-    static func event(for result: StepResult, command: SagaCommand, startedAt: Date) -> SagaEvent {
+    static func event(for result: SagaHandlerReport, command: SagaCommand, startedAt: Date) -> SagaEvent {
         switch result {
         case .completed(let patch):
             .stepCompleted(step: command.step, attempt: command.attempt, patch: patch, startedAt: startedAt)

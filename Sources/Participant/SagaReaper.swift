@@ -25,6 +25,12 @@ public struct SagaReaper: Service {
         self.owner = "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier):\(UUID().uuidString.prefix(8))"
     }
 
+    /// Creates a reaper that runs on its own (the participants run one by default), from the
+    /// values the process's components share.
+    public init(configuration: ReaperConfiguration, runtime: SagaRuntime) {
+        self.init(engine: runtime.engine, configuration: configuration, logger: runtime.logger)
+    }
+
     /// Creates a reaper that runs on its own (the participants run one by default).
     public init(
         configuration: ReaperConfiguration, definitions: SagaDefinitionRegistry, bus: any MessageBus, store: any SagaStore,
@@ -36,7 +42,11 @@ public struct SagaReaper: Service {
     }
 
     /// Polls until cancelled or gracefully shut down.
-    public func run() async {
+    ///
+    /// - Throws: `invalidConfiguration` when the configuration is out of range (nothing else:
+    ///   a failed pass is logged and retried at the next poll).
+    public func run() async throws {
+        try configuration.validate()
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {
                 try await gracefulSleep(configuration.pollInterval)

@@ -1,3 +1,5 @@
+public import Configuration
+
 /// The names of the exchanges and queues SagaKit uses on the broker, and the topology a
 /// participant declares.
 ///
@@ -24,6 +26,31 @@ public struct SagaTopology: Sendable, Hashable {
         self.prefix = prefix
         self.queueKind = queueKind
         self.delayLevels = delayLevels.sorted()
+    }
+
+    /// Reads the naming scheme.
+    ///
+    /// Keys: `prefix` (default `sagakit`), `queue.kind` (`classic` or `quorum`, default
+    /// `classic`), `delay.levels` (comma-separated seconds, default `1,2,5,10,30,60,300,900,3600`).
+    /// - Throws: `invalidConfiguration` naming the key whose value is malformed.
+    public init(reader: ConfigReader) throws {
+        let prefix = reader.string(forKey: "prefix", default: "sagakit")
+        guard !prefix.isEmpty, prefix.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
+            throw SagaError(
+                .invalidConfiguration, "configuration value 'prefix' must be letters, digits, '-', '_' or '.', not '\(prefix)'")
+        }
+        let kind = try reader.sagaChoice("queue.kind", default: "classic", choices: ["classic", "quorum"])
+        var levels = SagaTopology().delayLevels
+        if let text = reader.string(forKey: "delay.levels") {
+            let parsed = text.split(separator: ",").map { Int($0.trimmingPrefix(" ")) }
+            guard !parsed.isEmpty, parsed.allSatisfy({ ($0 ?? 0) > 0 }) else {
+                throw SagaError(
+                    .invalidConfiguration,
+                    "configuration value 'delay.levels' must be comma-separated whole seconds greater than 0, not '\(text)'")
+            }
+            levels = parsed.compactMap { $0 }
+        }
+        self.init(prefix: prefix, queueKind: kind == "quorum" ? .quorum : .classic, delayLevels: levels)
     }
 
     /// The key under which a saga's context records the prefix of the topology it was started

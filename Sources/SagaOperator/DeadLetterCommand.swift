@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import Participant
-import SagaKitApp
 import Synchronization
 
 struct DeadLetterCommand: AsyncParsableCommand {
@@ -93,7 +92,7 @@ struct DeadLetterList: AsyncParsableCommand {
         abstract: "List dead-lettered messages with why and where they came from (they stay in the queue)."
     )
 
-    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var connection: OperatorOptions
 
     @Option(help: "At most this many messages.")
     var limit = 100
@@ -138,7 +137,7 @@ struct DeadLetterRequeue: AsyncParsableCommand {
         discussion: "Fix the cause first (deploy the missing handler, repair the data): a message that fails again is dead-lettered again."
     )
 
-    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var connection: OperatorOptions
 
     @Flag(help: "Requeue every dead letter (up to --limit).")
     var all = false

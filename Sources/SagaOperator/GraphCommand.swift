@@ -1,14 +1,12 @@
 import ArgumentParser
 import Foundation
 import Participant
-import SagaKitApp
 
 struct GraphCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "graph",
         abstract: "Print a saga definition as a Mermaid flowchart.",
-        discussion:
-            "Paste the output into a ```mermaid block (GitHub renders it). Known definitions: \(OrderSaga.definitions.all.map(\.name).joined(separator: ", "))."
+        discussion: "Paste the output into a ```mermaid block (GitHub renders it)."
     )
 
     @Argument(help: "The definition's name.")
@@ -31,7 +29,7 @@ struct GraphCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let found = try OrderSaga.definitions.definition(named: definition)
+        let found = try SagaOperatorTool.definitions.definition(named: definition)
         if json {
             try printJSON(
                 Output(

@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import Participant
-import SagaKitApp
 
 struct ListCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -10,7 +9,7 @@ struct ListCommand: AsyncParsableCommand {
         discussion: "Examples: saga list --status needs-attention · saga list --stalled 300 · saga list --name order --json"
     )
 
-    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var connection: OperatorOptions
 
     @Option(
         name: .long, parsing: .upToNextOption, help: "Only these statuses: running, compensating, completed, compensated, needs-attention.")

@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import Participant
-import SagaKitApp
 
 struct RetryCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -9,7 +8,7 @@ struct RetryCommand: AsyncParsableCommand {
         abstract: "Send a saga's current command again, as a new attempt (also for a saga that needs attention)."
     )
 
-    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var connection: OperatorOptions
 
     @Argument(help: "The saga id.")
     var id: String
@@ -31,7 +30,7 @@ struct CompensateCommand: AsyncParsableCommand {
         abstract: "Compensate a saga now: undo its completed steps, newest first (only before the pivot)."
     )
 
-    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var connection: OperatorOptions
 
     @Argument(help: "The saga id.")
     var id: String
@@ -57,7 +56,7 @@ struct ReapCommand: AsyncParsableCommand {
         discussion: "Safe while participants run their own reapers: sagas are claimed with a lease."
     )
 
-    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var connection: OperatorOptions
 
     @Option(
         help:
@@ -79,15 +78,30 @@ struct ReapCommand: AsyncParsableCommand {
         if let maxAttempts { reaperConfiguration.maxReapAttempts = maxAttempts }
         reaperConfiguration.pollInterval = .seconds(60)
         let reaper = reaperConfiguration
-        let changed = try await environment.withStoreAndBus { store, bus in
-            try await SagaReaper(
-                configuration: reaper, definitions: OrderSaga.definitions, bus: bus, store: store, topology: configuration.topology,
-                logger: logger
+        let definitions = environment.definitions
+        let topology = configuration.topology
+        let (changed, unknown) = try await environment.withStoreAndBus { store, bus in
+            let changed = try await SagaReaper(
+                configuration: reaper, definitions: definitions, bus: bus, store: store, topology: topology, logger: logger
             ).reapOnce()
+            // The reaper leaves sagas whose definition it does not know alone: say so.
+            let stalled = try await store.list(
+                SagaQuery(
+                    statuses: [.running, .compensating], updatedBefore: Date().addingTimeInterval(-reaper.stalledThreshold.seconds),
+                    limit: 1000))
+            let unknown = stalled.filter { (try? definitions.definition(named: $0.name)) == nil }
+            return (changed, unknown)
         }
         if json { return try printJSON(changed) }
+        if !unknown.isEmpty {
+            let names = Set(unknown.map(\.name)).sorted().joined(separator: ", ")
+            FileHandle.standardError.write(
+                Data(
+                    "saga: \(unknown.count) stalled saga(s) of definitions this tool does not know were left alone (\(names)); run `reap` from a tool built with those definitions (SagaOperatorTool.main(definitions:))\n"
+                        .utf8))
+        }
         if changed.isEmpty {
-            print("no stalled sagas (threshold \(Int(reaper.stalledThreshold.seconds)) s)")
+            print("no stalled sagas of known definitions re-sent (threshold \(Int(reaper.stalledThreshold.seconds)) s)")
             return
         }
         printTable(

@@ -1,13 +1,56 @@
 import ArgumentParser
+public import Participant
+
+/// The `saga` operator tool as a library: build your own `saga` executable that knows your
+/// saga definitions.
+///
+/// ```swift
+/// import SagaOperator
+///
+/// @main struct TripSagaTool {
+///     static func main() async {
+///         await SagaOperatorTool.main(definitions: [TripSaga.definition])
+///     }
+/// }
+/// ```
+///
+/// Commands: `list`, `show`, `graph`, `retry`, `compensate`, `reap`, `dlq list|requeue`; each
+/// takes `--store-url`/`SAGAKIT_STORE_URL`, `--amqp-url`/`AMQP_URL`, `--prefix`/`SAGAKIT_PREFIX`
+/// and prints for people, or JSON with `--json`. `list`, `show` and `dlq` work on any saga;
+/// `graph`, `retry`, `compensate`, `reap` and the "next" part of `show` need the saga's
+/// definition.
+public enum SagaOperatorTool {
+    @TaskLocal static var definitions = SagaDefinitionRegistry.empty
+
+    /// Runs the command line (`arguments`, or the process's when `nil`) with `definitions`, and
+    /// exits the process with the command's status.
+    public static func main(definitions: [SagaDefinition] = [], arguments: [String]? = nil) async {
+        let registry: SagaDefinitionRegistry
+        do {
+            registry = try SagaDefinitionRegistry(definitions)
+        } catch {
+            SagaRootCommand.exit(withError: error)
+        }
+        await $definitions.withValue(registry) {
+            await SagaRootCommand.main(arguments)
+        }
+    }
+}
+
+extension SagaDefinitionRegistry {
+    /// A registry with no definitions.
+    static let empty: SagaDefinitionRegistry = {
+        do { return try SagaDefinitionRegistry([]) } catch { preconditionFailure("an empty registry cannot fail: \(error)") }
+    }()
+}
 
 /// `saga`: inspect and operate the sagas in a SagaKit store.
-@main
-struct SagaTool: AsyncParsableCommand {
+struct SagaRootCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "saga",
         abstract: "Inspect and operate SagaKit sagas.",
         discussion: """
-            Configured like the services: --store-url / SAGAKIT_STORE_URL, --amqp-url / AMQP_URL, \
+            Configured like the services: --store-url / SAGAKIT_STORE_URL (required), --amqp-url / AMQP_URL, \
             --prefix / SAGAKIT_PREFIX. Every command prints for people, or JSON with --json.
             """,
         subcommands: [

@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import Participant
-import SagaKitApp
 
 struct ShowCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -9,7 +8,7 @@ struct ShowCommand: AsyncParsableCommand {
         abstract: "Show a saga: state, payload, its history as a timeline, and what happens next."
     )
 
-    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var connection: OperatorOptions
 
     @Argument(help: "The saga id.")
     var id: String
@@ -74,11 +73,12 @@ struct ShowCommand: AsyncParsableCommand {
     }
 
     /// What will happen to the saga next, in words.
-    static func next(_ state: SagaState, configuration: AppConfiguration) -> String {
-        guard let definition = try? OrderSaga.definitions.definition(named: state.name),
+    static func next(_ state: SagaState, configuration: OperatorConfiguration) -> String {
+        guard let definition = try? SagaOperatorTool.definitions.definition(named: state.name),
             definition.steps.indices.contains(state.currentStep)
         else {
-            return "unknown: this CLI does not know the definition '\(state.name)'"
+            return
+                "unknown: this tool was not built with the definition '\(state.name)' (build one with SagaOperatorTool.main(definitions:))"
         }
         let step = definition.steps[state.currentStep]
         let reaper = configuration.reaper

@@ -1,27 +1,27 @@
 import ArgumentParser
 import Foundation
 import Participant
-import SagaKitApp
 
 /// What every subcommand needs: the configuration, a logger, and JSON output.
 struct CommandEnvironment: Sendable {
-    let configuration: AppConfiguration
+    let configuration: OperatorConfiguration
     let logger: Logger
 
-    init(_ options: ConnectionOptions) throws {
-        var configuration = try options.configuration()
-        // Quiet by default: the command's output is what matters.
-        if options.logLevel == nil, ProcessInfo.processInfo.environment["SAGAKIT_LOG_LEVEL"] == nil {
-            configuration.logLevel = .error
-        }
-        ConsoleLogHandler.bootstrap(level: configuration.logLevel)
+    init(_ options: OperatorOptions) throws {
+        let configuration = try options.configuration()
+        ConsoleLogHandler.bootstrapOnce(level: configuration.logLevel)
         self.configuration = configuration
         self.logger = Logger(label: "saga")
     }
 
-    /// Runs `body` with the store open.
+    /// The definitions this tool knows (compiled in by whoever built it).
+    var definitions: SagaDefinitionRegistry { SagaOperatorTool.definitions }
+
+    /// Runs `body` with the store open. Says on standard error which store it opened.
     func withStore<T: Sendable>(_ body: @Sendable (any SagaStore) async throws -> T) async throws -> T {
-        try await AppStore.withStore(url: configuration.storeURL, logger: logger, body)
+        let url = try configuration.requireStoreURL()
+        FileHandle.standardError.write(Data("saga: store \(ConnectionURL.redact(url))\n".utf8))
+        return try await OperatorStore.withStore(url: url, logger: logger, body)
     }
 
     /// Runs `body` with the store open and the broker connected.
@@ -32,16 +32,21 @@ struct CommandEnvironment: Sendable {
     /// Runs `body` with a saga manager on the store and the broker (for commands that move a
     /// saga).
     func withManager<T: Sendable>(_ body: @Sendable (SagaManager) async throws -> T) async throws -> T {
-        try await withStoreAndBus { store, bus in
-            try await body(
-                SagaManager(
-                    definitions: OrderSaga.definitions, bus: bus, store: store, topology: configuration.topology, logger: logger))
+        let definitions = definitions
+        let topology = configuration.topology
+        let logger = logger
+        return try await withStoreAndBus { store, bus in
+            try await body(SagaManager(definitions: definitions, bus: bus, store: store, topology: topology, logger: logger))
         }
     }
 
-    /// Runs `body` with the broker connected.
+    /// Runs `body` with the broker connected (one attempt: a command fails fast when the broker
+    /// is down).
     func withBus<T: Sendable>(_ body: @Sendable (RabbitMQBus) async throws -> T) async throws -> T {
-        let bus = try await ParticipantApp.connectBus(configuration, name: "saga CLI", logger: logger, attempts: 1)
+        var rabbit = try RabbitMQConfiguration(url: configuration.amqpURL)
+        rabbit.connectionName = "saga CLI"
+        rabbit.logger = logger
+        let bus = try await RabbitMQBus.connect(rabbit)
         do {
             let result = try await body(bus)
             await bus.shutdown()
@@ -99,7 +104,8 @@ func age(_ date: Date, now: Date = Date()) -> String {
 
 /// A saga's current position in words: `charge-card (action #2)`.
 func position(_ state: SagaState) -> String {
-    guard let definition = try? OrderSaga.definitions.definition(named: state.name), definition.steps.indices.contains(state.currentStep)
+    guard let definition = try? SagaOperatorTool.definitions.definition(named: state.name),
+        definition.steps.indices.contains(state.currentStep)
     else {
         return "step \(state.currentStep) #\(state.attempt)"
     }
@@ -124,4 +130,15 @@ extension SagaStatus {
 struct CommandFailure: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
+}
+
+/// Formats a duration in seconds for people: `850 µs`, `35 ms`, `1.24 s`, `2 min 5 s`.
+func formatSeconds(_ seconds: Double) -> String {
+    switch seconds {
+    case ..<0.001: String(format: "%.0f µs", seconds * 1_000_000)
+    case ..<0.01: String(format: "%.1f ms", seconds * 1000)
+    case ..<1: String(format: "%.0f ms", seconds * 1000)
+    case ..<120: String(format: "%.2f s", seconds)
+    default: "\(Int(seconds) / 60) min \(Int(seconds) % 60) s"
+    }
 }

@@ -1,8 +1,8 @@
 import ArgumentParser
 import Dispatch
 import Foundation
+import OrderSystemSupport
 import Participant
-import SagaKitApp
 import Synchronization
 
 #if canImport(Glibc)

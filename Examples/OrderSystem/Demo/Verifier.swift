@@ -1,7 +1,7 @@
 import Foundation
 import GRDB
+import OrderSystemSupport
 import Participant
-import SagaKitApp
 
 /// Checks the demo's invariants against the saga store and every service's own database.
 struct Verifier {

@@ -1,8 +1,8 @@
 import ArgumentParser
 import Foundation
 import GRDB
+import OrderSystemSupport
 import Participant
-import SagaKitApp
 
 /// The inventory service: reserves stock for an order and releases it when the order is
 /// compensated. Its stock and reservations live in its own SQLite file (`inventory.db` in the

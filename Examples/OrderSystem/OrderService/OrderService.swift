@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
+import OrderSystemSupport
 import Participant
-import SagaKitApp
 import Synchronization
 
 #if canImport(Glibc)

@@ -1,9 +1,10 @@
-import Configuration
+public import Configuration
 public import Foundation
 public import Logging
 public import Participant
 
-/// The settings shared by the example services, the demo driver and the `saga` CLI.
+/// The settings shared by the example services and the demo driver: SagaKit's own settings (read
+/// by `SagaApplication` from ``reader``) plus the example's data directory.
 ///
 /// Every value is read, in this order, from a command-line flag, an environment variable, and a
 /// default that works on a fresh clone:
@@ -37,6 +38,10 @@ public struct AppConfiguration: Sendable {
     public var prefetch: Int
     /// The stalled-saga reaper each participant runs.
     public var reaper: ReaperConfiguration
+    /// Where the values came from (flags in front of the environment), for `SagaApplication`.
+    /// The fields above are what it read; a change to them reaches child processes through
+    /// ``environment``, not this reader.
+    public var reader: ConfigReader
 
     /// The default broker URL (a local broker, user `guest`).
     public static let defaultAMQPURL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -61,29 +66,19 @@ public struct AppConfiguration: Sendable {
                 secretsSpecifier: .specific(["AMQP_URL", "SAGAKIT_STORE_URL"])
             ),
         ])
-        let dataDirectory = absolute(reader.string(forKey: "sagakit.data.dir") ?? defaultDataDirectory())
-        let levelText = reader.string(forKey: "sagakit.log.level", default: "info").lowercased()
-        guard let level = Logger.Level(rawValue: levelText) else {
-            throw SagaError(
-                .invalidConfiguration, "log level '\(levelText)' is unknown",
-                recoverySuggestion: "use one of trace, debug, info, notice, warning, error, critical")
-        }
-        let prefetch = try positive(reader.string(forKey: "sagakit.prefetch"), "SAGAKIT_PREFETCH", default: 64)
-        let reaper = ReaperConfiguration(
-            pollInterval: .seconds(
-                try positive(reader.string(forKey: "sagakit.reaper.poll.seconds"), "SAGAKIT_REAPER_POLL_SECONDS", default: 300)),
-            stalledThreshold: .seconds(
-                try positive(reader.string(forKey: "sagakit.reaper.stalled.seconds"), "SAGAKIT_REAPER_STALLED_SECONDS", default: 900)),
-            maxReapAttempts: try positive(reader.string(forKey: "sagakit.reaper.max.attempts"), "SAGAKIT_REAPER_MAX_ATTEMPTS", default: 3)
-        )
+        let sagakit = reader.scoped(to: "sagakit")
+        let dataDirectory = absolute(sagakit.string(forKey: "data.dir") ?? defaultDataDirectory())
+        let level = try sagakit.sagaChoice("log.level", default: "info", choices: Logger.Level.allCases.map(\.rawValue))
+        let participant = try ParticipantConfiguration(service: "example", reader: sagakit)
         return AppConfiguration(
             amqpURL: reader.string(forKey: "amqp.url", isSecret: true) ?? defaultAMQPURL,
-            storeURL: reader.string(forKey: "sagakit.store.url", isSecret: true) ?? "sqlite://\(dataDirectory)/sagas.db",
-            prefix: reader.string(forKey: "sagakit.prefix", default: "sagakit"),
+            storeURL: sagakit.string(forKey: "store.url", isSecret: true) ?? "sqlite://\(dataDirectory)/sagas.db",
+            prefix: participant.topology.prefix,
             dataDirectory: dataDirectory,
-            logLevel: level,
-            prefetch: prefetch,
-            reaper: reaper
+            logLevel: Logger.Level(rawValue: level) ?? .info,
+            prefetch: participant.prefetch,
+            reaper: participant.reaper ?? ReaperConfiguration(),
+            reader: reader
         )
     }
 
@@ -91,18 +86,10 @@ public struct AppConfiguration: Sendable {
     public var topology: SagaTopology { SagaTopology(prefix: prefix) }
 
     /// The store URL with any password hidden, for logs.
-    public var redactedStoreURL: String { Self.redacted(storeURL) }
+    public var redactedStoreURL: String { ConnectionURL.redact(storeURL) }
 
     /// The broker URL with any password hidden, for logs.
-    public var redactedAMQPURL: String { Self.redacted(amqpURL) }
-
-    /// A URL with the password between `:` and `@` replaced by `***`.
-    public static func redacted(_ url: String) -> String {
-        guard let scheme = url.range(of: "://"), let at = url.lastIndex(of: "@"), at > scheme.upperBound else { return url }
-        let userInfo = url[scheme.upperBound..<at]
-        guard let colon = userInfo.firstIndex(of: ":") else { return url }
-        return String(url[..<colon]) + ":***" + String(url[at...])
-    }
+    public var redactedAMQPURL: String { ConnectionURL.redact(amqpURL) }
 
     /// A path under the data directory.
     public func dataPath(_ name: String) -> String {
@@ -140,13 +127,5 @@ public struct AppConfiguration: Sendable {
 
     private static func absolute(_ path: String) -> String {
         URL(fileURLWithPath: path).standardizedFileURL.path
-    }
-
-    private static func positive(_ text: String?, _ name: String, default defaultValue: Int) throws -> Int {
-        guard let text else { return defaultValue }
-        guard let value = Int(text), value > 0 else {
-            throw SagaError(.invalidConfiguration, "\(name) must be a positive whole number, not '\(text)'")
-        }
-        return value
     }
 }

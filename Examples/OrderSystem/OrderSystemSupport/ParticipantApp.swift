@@ -1,10 +1,10 @@
+import Configuration
 import Foundation
 public import Logging
 public import Participant
 
-/// Runs one service's participant the way every example service does: opens the store and the
-/// bus from an ``AppConfiguration``, runs a `ServiceGroup` that shuts down gracefully on SIGINT
-/// and SIGTERM, then closes the bus and the store.
+/// How the example services run: SagaKit's `SagaApplication` with the example's flags, data
+/// directory and store-by-URL.
 public enum ParticipantApp {
     /// What every example service does first: reads its configuration, sets up console logging,
     /// and names this instance (`<service>-<pid>` unless one is given); the logger carries the
@@ -13,16 +13,16 @@ public enum ParticipantApp {
         -> (configuration: AppConfiguration, instance: String, logger: Logger)
     {
         let configuration = try connection.configuration()
-        ConsoleLogHandler.bootstrap(level: configuration.logLevel)
+        ConsoleLogHandler.bootstrapOnce(level: configuration.logLevel)
         let instance = instance ?? "\(service)-\(ProcessInfo.processInfo.processIdentifier)"
         var logger = Logger(label: service)
         logger[metadataKey: "instance"] = "\(instance)"
         return (configuration, instance, logger)
     }
 
-    /// Connects to the broker, retrying for a while when it is not up yet (a service started
-    /// together with the broker).
-    public static func connectBus(_ configuration: AppConfiguration, name: String, logger: Logger, attempts: Int = 10) async throws
+    /// Connects to the broker, trying `attempts` times a second apart, for the example's tools
+    /// that use the broker directly.
+    public static func connectBus(_ configuration: AppConfiguration, name: String, logger: Logger, attempts: Int = 1) async throws
         -> RabbitMQBus
     {
         var rabbit = try RabbitMQConfiguration(url: configuration.amqpURL)
@@ -40,68 +40,41 @@ public enum ParticipantApp {
         }
     }
 
+    /// The `SagaApplication` of one example service.
+    public static func application(service: String, instance: String, configuration: AppConfiguration) throws -> SagaApplication {
+        let named = ConfigReader(providers: [
+            InMemoryProvider(
+                name: "instance", values: [AbsoluteConfigKey(["sagakit", "instance"]): ConfigValue(.string(instance), isSecret: false)]),
+            EnvironmentVariablesProvider(
+                environmentVariables: configuration.environment, secretsSpecifier: .specific(["AMQP_URL", "SAGAKIT_STORE_URL"])),
+        ])
+        return try SagaApplication(
+            service: service, definitions: [OrderSaga.definition], config: named, bootstrapLogging: false)
+    }
+
     /// Runs the participant of `service` until SIGINT or SIGTERM.
     /// - Parameters:
     ///   - service: the service name (its queue is `<prefix>.<service>`).
     ///   - instance: this instance's name, in logs and in the broker's connection list.
     ///   - configuration: broker, store and participant settings.
     ///   - handlers: the service's handlers.
-    ///   - services: more services to run in the same group (started before the participant,
-    ///     stopped after it).
     ///   - logger: the service's logger.
     public static func run(
         service: String,
         instance: String,
         configuration: AppConfiguration,
         handlers: SagaHandlerRegistry,
-        services: [any Service] = [],
         logger: Logger
     ) async throws {
-        logger.info(
-            "starting",
-            metadata: [
-                "broker": "\(configuration.redactedAMQPURL)", "store": "\(configuration.redactedStoreURL)",
-                "prefix": "\(configuration.prefix)",
-            ]
-        )
+        let app = try application(service: service, instance: instance, configuration: configuration)
+        logger.info("opening the saga store", metadata: ["store": "\(configuration.redactedStoreURL)"])
         let opened = try await AppStore.open(url: configuration.storeURL, logger: logger)
-        let bus: RabbitMQBus
         do {
-            bus = try await connectBus(configuration, name: "\(service) \(instance)", logger: logger)
+            try await app.runParticipant(handlers: handlers, store: opened.store, services: opened.services)
         } catch {
             await opened.close()
             throw error
         }
-        let participant = SagaParticipant(
-            configuration: ParticipantConfiguration(
-                service: service,
-                topology: configuration.topology,
-                prefetch: configuration.prefetch,
-                reaper: configuration.reaper
-            ),
-            definitions: OrderSaga.definitions,
-            handlers: handlers,
-            bus: bus,
-            store: opened.store,
-            logger: logger
-        )
-        let group = ServiceGroup(
-            configuration: ServiceGroupConfiguration(
-                services: (opened.services + services + [participant]).map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) },
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger
-            )
-        )
-        do {
-            try await group.run()
-        } catch {
-            logger.error("stopped with an error", metadata: ["error": "\(error)"])
-            await bus.shutdown()
-            await opened.close()
-            throw error
-        }
-        await bus.shutdown()
         await opened.close()
-        logger.info("stopped")
     }
 }

@@ -1,8 +1,8 @@
 import ArgumentParser
 import Foundation
 import GRDB
+import OrderSystemSupport
 import Participant
-import SagaKitApp
 
 /// The payment service: charges the card of an order and refunds it when the order is
 /// compensated. It declines a configurable share of orders, chosen by a hash of the order id, so

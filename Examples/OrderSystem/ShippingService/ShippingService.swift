@@ -1,8 +1,8 @@
 import ArgumentParser
 import Foundation
 import GRDB
+import OrderSystemSupport
 import Participant
-import SagaKitApp
 
 /// The shipping service: the order saga's pivot. Once an order ships there is no going back, so
 /// a failure here is retried forward (after a delay) until it succeeds. It fails transiently at a

@@ -1,0 +1,38 @@
+// swift-tools-version: 6.1
+// A team's own saga in its own package: three services, a starter, handler tests.
+// It depends on SagaKit the way any user's package does (here by path; from a release, by URL)
+// and uses only SagaKit's public products.
+import PackageDescription
+
+let package = Package(
+    name: "TripSaga",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "flight-service", targets: ["FlightService"]),
+        .executable(name: "hotel-service", targets: ["HotelService"]),
+        .executable(name: "payment-service", targets: ["PaymentService"]),
+        .executable(name: "trip-starter", targets: ["TripStarter"]),
+    ],
+    dependencies: [
+        .package(name: "SagaKit", path: "../..")
+    ],
+    targets: [
+        // The saga definition and the handlers, shared by the services and the tests.
+        .target(name: "TripSaga", dependencies: [.product(name: "Participant", package: "SagaKit")]),
+        .executableTarget(
+            name: "FlightService",
+            dependencies: ["TripSaga", .product(name: "Participant", package: "SagaKit"), .product(name: "SagaSQLite", package: "SagaKit")]),
+        .executableTarget(
+            name: "HotelService",
+            dependencies: ["TripSaga", .product(name: "Participant", package: "SagaKit"), .product(name: "SagaSQLite", package: "SagaKit")]),
+        .executableTarget(
+            name: "PaymentService",
+            dependencies: ["TripSaga", .product(name: "Participant", package: "SagaKit"), .product(name: "SagaSQLite", package: "SagaKit")]),
+        .executableTarget(
+            name: "TripStarter",
+            dependencies: ["TripSaga", .product(name: "Participant", package: "SagaKit"), .product(name: "SagaSQLite", package: "SagaKit")]),
+        .testTarget(
+            name: "TripSagaTests",
+            dependencies: ["TripSaga", .product(name: "SagaTesting", package: "SagaKit")]),
+    ]
+)

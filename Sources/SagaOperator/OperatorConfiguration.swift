@@ -1,0 +1,76 @@
+import ArgumentParser
+import Configuration
+import Foundation
+import Participant
+
+/// The flags every `saga` command accepts. Each overrides an environment variable.
+struct OperatorOptions: ParsableArguments, Sendable {
+    @Option(name: .customLong("amqp-url"), help: "Broker URL (env AMQP_URL; default amqp://guest:guest@127.0.0.1:5672/%2F).")
+    var amqpURL: String?
+
+    @Option(
+        name: .customLong("store-url"),
+        help: "Saga store: sqlite:///abs/path.db or postgres://user:pass@host:port/db (env SAGAKIT_STORE_URL; required)."
+    )
+    var storeURL: String?
+
+    @Option(help: "Prefix of every exchange and queue name (env SAGAKIT_PREFIX; default sagakit).")
+    var prefix: String?
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error (env SAGAKIT_LOG_LEVEL; default error).")
+    var logLevel: String?
+
+    /// The configuration these flags, the environment and the defaults give.
+    func configuration(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> OperatorConfiguration {
+        var values: [AbsoluteConfigKey: ConfigValue] = [:]
+        func flag(_ key: String, _ value: String?, secret: Bool = false) {
+            if let value {
+                values[AbsoluteConfigKey(key.split(separator: ".").map(String.init))] = ConfigValue(.string(value), isSecret: secret)
+            }
+        }
+        flag("amqp.url", amqpURL, secret: true)
+        flag("sagakit.store.url", storeURL, secret: true)
+        flag("sagakit.prefix", prefix)
+        flag("sagakit.log.level", logLevel)
+        let reader = ConfigReader(providers: [
+            InMemoryProvider(name: "flags", values: values),
+            EnvironmentVariablesProvider(
+                environmentVariables: environment, secretsSpecifier: .specific(["AMQP_URL", "SAGAKIT_STORE_URL"])),
+        ])
+        return try OperatorConfiguration(reader: reader)
+    }
+}
+
+/// What the operator commands read: where the store and the broker are, the names on the broker,
+/// and the reaper settings the participants use (so that `saga reap` and `saga show` match them).
+struct OperatorConfiguration: Sendable {
+    var amqpURL: String
+    var storeURL: String?
+    var topology: SagaTopology
+    var reaper: ReaperConfiguration
+    var logLevel: Logger.Level
+
+    init(reader: ConfigReader) throws {
+        let sagakit = reader.scoped(to: "sagakit")
+        amqpURL = reader.string(forKey: "amqp.url", isSecret: true) ?? "amqp://guest:guest@127.0.0.1:5672/%2F"
+        storeURL = sagakit.string(forKey: "store.url", isSecret: true)
+        topology = try SagaTopology(reader: sagakit)
+        reaper = try ReaperConfiguration(reader: sagakit.scoped(to: "reaper"))
+        // Quiet by default: the command's output is what matters.
+        let level = try sagakit.sagaChoice("log.level", default: "error", choices: Logger.Level.allCases.map(\.rawValue))
+        logLevel = Logger.Level(rawValue: level) ?? .error
+    }
+
+    /// The store URL; there is no default, so that a command never opens (and creates) a store
+    /// nobody meant.
+    func requireStoreURL() throws -> String {
+        guard let storeURL, !storeURL.isEmpty else {
+            throw SagaError(
+                .invalidConfiguration, "no saga store given",
+                recoverySuggestion:
+                    "pass --store-url (sqlite:///absolute/path/sagas.db or postgres://user:password@host:5432/database) or set SAGAKIT_STORE_URL to the store your services use"
+            )
+        }
+        return storeURL
+    }
+}

@@ -1,0 +1,193 @@
+public import Foundation
+public import Participant
+import Synchronization
+
+/// Runs one of your handlers the way a participant would, without a broker or a store, and says
+/// what it did and what the saga does next — decided by SagaKit's own state machine from your
+/// real definition.
+///
+/// ```swift
+/// import SagaTesting
+/// import Testing
+///
+/// @Test func chargeDeclinesLargeAmounts() async throws {
+///     let tester = try SagaStepTester(definitions: [TripSaga.definition])
+///     let run = try await tester.run("payment.charge", payload: ["amount": 5000], handler: charge)
+///     #expect(run.report == .failed("card declined", retryable: false))
+///     #expect(run.next.map(\.command) == ["hotel.cancel"])   // compensation starts
+/// }
+/// ```
+///
+/// The rules are the runtime's: returning without reporting counts as success (no payload
+/// change); throwing is a retryable failure for an action and a failed attempt for a
+/// compensation; reporting twice or with the wrong call for the phase is an error.
+public struct SagaStepTester: Sendable {
+    /// The definitions commands are looked up in.
+    public let definitions: SagaDefinitionRegistry
+    /// The instant the simulated saga runs at (fixed, so results are deterministic).
+    public var now: Date
+
+    /// Creates a tester for the definitions your handlers take part in.
+    /// - Throws: `invalidDefinition` when two definitions share a name.
+    public init(definitions: [SagaDefinition], now: Date = Date(timeIntervalSince1970: 1_700_000_000)) throws {
+        self.definitions = try SagaDefinitionRegistry(definitions)
+        self.now = now
+    }
+
+    /// Runs `handler` for `command` (an action or a compensation of one of the definitions) at
+    /// `attempt`, on a saga positioned at that step with `payload`.
+    ///
+    /// - Parameters:
+    ///   - command: the command name, e.g. `payment.charge`.
+    ///   - payload: the saga payload the handler sees.
+    ///   - attempt: the attempt number (retries are attempts 2, 3, …).
+    ///   - sagaID: the saga id; the idempotency key derives from it, so two runs with the same id
+    ///     and command share a key (see ``runTwice(_:payload:sagaID:handler:)``).
+    ///   - handler: your handler.
+    /// - Throws: `unknownDefinition` when no definition sends `command`.
+    public func run(
+        _ command: String, payload: JSONObject = [:], attempt: Int = 1, sagaID: SagaID = "test-saga",
+        handler: SagaHandler
+    ) async throws -> SagaStepRun {
+        let (definition, step, phase) = try locate(command)
+        let state = Self.positioned(
+            definition: definition, step: step, phase: phase, attempt: attempt, payload: payload, id: sagaID, now: now)
+        return try await execute(handler, definition: definition, state: state, now: now)
+    }
+
+    /// Runs `handler` for a value handler type's command.
+    public func run<Handler: SagaStepHandler>(
+        _ handler: Handler, payload: JSONObject = [:], attempt: Int = 1, sagaID: SagaID = "test-saga"
+    ) async throws -> SagaStepRun {
+        try await run(Handler.command, payload: payload, attempt: attempt, sagaID: sagaID) { try await handler.handle($0) }
+    }
+
+    /// Delivers the same command twice (same saga, step, attempt and idempotency key), as the
+    /// broker may after a crash, and returns both runs: assert that your service applied its
+    /// effect once and reported the same outcome both times.
+    public func runTwice(
+        _ command: String, payload: JSONObject = [:], sagaID: SagaID = "test-saga", handler: SagaHandler
+    ) async throws -> (first: SagaStepRun, second: SagaStepRun) {
+        let first = try await run(command, payload: payload, sagaID: sagaID, handler: handler)
+        let second = try await run(command, payload: payload, sagaID: sagaID, handler: handler)
+        return (first, second)
+    }
+
+    func locate(_ command: String) throws -> (SagaDefinition, Int, StepPhase) {
+        for definition in definitions.all {
+            for (index, step) in definition.steps.enumerated() {
+                if step.action == command { return (definition, index, .action) }
+                if step.compensation == command { return (definition, index, .compensation) }
+            }
+        }
+        throw SagaError(
+            .unknownDefinition,
+            "no saga definition sends the command '\(command)' (known: \(definitions.all.flatMap(\.commands).sorted().joined(separator: ", ")))",
+            recoverySuggestion: "pass the definition that contains this command to SagaStepTester(definitions:)")
+    }
+
+    /// A saga whose current command is `phase` of `step`: the steps before it completed (and,
+    /// for a compensation, the step itself completed and a later one failed).
+    static func positioned(
+        definition: SagaDefinition, step: Int, phase: StepPhase, attempt: Int, payload: JSONObject, id: SagaID, now: Date
+    ) -> SagaState {
+        let machine = SagaStateMachine(definition: definition)
+        var (state, _) = machine.start(id: id, payload: payload, now: now)
+        let completedThrough = phase == .action ? step - 1 : step
+        var history: [StepRecord] = []
+        if completedThrough >= 0 {
+            for index in 0...completedThrough {
+                history.append(
+                    StepRecord(
+                        step: index, stepName: definition.steps[index].name, phase: .action, attempt: 1, startedAt: now, finishedAt: now,
+                        outcome: .completed))
+            }
+        }
+        state.history = history
+        state.currentStep = step
+        state.attempt = max(1, attempt)
+        if phase == .compensation {
+            state.status = .compensating
+            state.failureReason = "a later step failed (simulated by SagaStepTester)"
+        }
+        return state
+    }
+
+    func execute(_ handler: SagaHandler, definition: SagaDefinition, state: SagaState, now: Date) async throws -> SagaStepRun {
+        let machine = SagaStateMachine(definition: definition)
+        let current = machine.command(for: state).command
+        let recorder = ReportRecorder()
+        let context = SagaContext(
+            sagaID: state.id, sagaName: state.name, stepName: current.stepName, step: current.step, phase: current.phase,
+            attempt: current.attempt, command: current.command, payload: state.payload, sagaContext: state.context,
+            idempotencyKey: current.idempotencyKey, report: { report in recorder.record(report) })
+        var thrown: String?
+        do {
+            try await handler(context)
+        } catch {
+            if !context.hasReported { thrown = String(describing: error) }
+        }
+        let report: SagaHandlerReport
+        if let recorded = recorder.report {
+            report = recorded
+        } else if let thrown {
+            report = current.phase == .action ? .failed(thrown, retryable: true) : .compensationFailed(thrown)
+        } else {
+            report = current.phase == .action ? .completed([:]) : .compensated
+        }
+        let event: SagaEvent =
+            switch report {
+            case .completed(let patch): .stepCompleted(step: current.step, attempt: current.attempt, patch: patch, startedAt: now)
+            case .failed(let error, let retryable):
+                .stepFailed(step: current.step, attempt: current.attempt, error: error, retryable: retryable, startedAt: now)
+            case .compensated: .compensationCompleted(step: current.step, attempt: current.attempt, startedAt: now)
+            case .compensationFailed(let error):
+                .compensationFailed(step: current.step, attempt: current.attempt, error: error, startedAt: now)
+            }
+        switch machine.apply(event, to: state, now: now) {
+        case .transition(let next, let commands):
+            return SagaStepRun(
+                command: current, report: report, handlerThrew: thrown, before: state, after: next, scheduled: commands)
+        case .ignored(let reason), .rejected(let reason):
+            throw SagaError(.invalidState, "the state machine did not accept the handler's outcome: \(reason)")
+        }
+    }
+}
+
+/// What one handler run did, and what the saga does next.
+public struct SagaStepRun: Sendable {
+    /// The command the handler served.
+    public let command: SagaCommand
+    /// The outcome as the runtime records it (returning without a report is `completed([:])` or
+    /// `compensated`; a throw is a retryable `failed` or a `compensationFailed`).
+    public let report: SagaHandlerReport
+    /// The handler's error when it threw without reporting.
+    public let handlerThrew: String?
+    /// The saga before the handler ran.
+    public let before: SagaState
+    /// The saga after the runtime recorded the outcome.
+    public let after: SagaState
+    /// The commands the runtime publishes next, with their delays.
+    public let scheduled: [ScheduledCommand]
+
+    /// The commands published next.
+    public var next: [SagaCommand] { scheduled.map(\.command) }
+
+    /// Whether the same step is sent again (a retry).
+    public var willRetry: Bool {
+        next.contains { $0.step == command.step && $0.phase == command.phase && $0.attempt > command.attempt }
+    }
+
+    /// Whether this run started compensating the saga.
+    public var startedCompensation: Bool { before.status == .running && after.status == .compensating }
+
+    /// The payload after the handler's patch.
+    public var payload: JSONObject { after.payload }
+}
+
+/// Keeps the one report a context accepts.
+private final class ReportRecorder: Sendable {
+    private let stored = Mutex<SagaHandlerReport?>(nil)
+    var report: SagaHandlerReport? { stored.withLock { $0 } }
+    func record(_ report: SagaHandlerReport) { stored.withLock { $0 = report } }
+}

@@ -1,0 +1,177 @@
+public import Foundation
+public import Participant
+
+/// Several services' handlers driving whole sagas in one process, deterministically: no broker,
+/// no threads racing, no sleeps. Commands are delivered one at a time in the order the runtime
+/// would publish them; retry delays advance a virtual clock instead of waiting.
+///
+/// Every decision (next step, retry, compensation order, pivot) is made by SagaKit's own state
+/// machine from your real definitions, and handlers see the same ``SagaContext`` as in
+/// production.
+///
+/// ```swift
+/// let system = try SagaTestSystem(definitions: [TripSaga.definition])
+/// try await system.register(service: "flight", handlers: flightHandlers)
+/// try await system.register(service: "hotel", handlers: hotelHandlers)
+/// try await system.register(service: "payment", handlers: decliningPayment)
+/// let final = try await system.run("trip", payload: ["tripId": "t-1"])
+/// #expect(final.status == .compensated)
+/// #expect(await system.handled.map(\.command) == ["flight.book", "hotel.book", "payment.charge", "hotel.cancel", "flight.cancel"])
+/// ```
+///
+/// With ``Deliveries/twice`` every command is handed to its handler twice before the outcome
+/// is recorded — what a redelivery after a crash looks like — so a whole saga checks that your
+/// handlers are idempotent.
+public actor SagaTestSystem {
+    /// How often each command reaches its handler.
+    public enum Deliveries: Sendable {
+        /// Once.
+        case once
+        /// Twice with the same context (same idempotency key); the second run's report counts,
+        /// as when the first run's commit was lost.
+        case twice
+    }
+
+    /// One handler run.
+    public struct Handled: Sendable {
+        /// The service that handled it.
+        public var service: String
+        /// The command.
+        public var command: String
+        /// Which saga.
+        public var sagaID: SagaID
+        /// The attempt.
+        public var attempt: Int
+        /// What the handler reported (or the runtime recorded for it).
+        public var report: SagaHandlerReport
+        /// The virtual time it ran at.
+        public var at: Date
+    }
+
+    private let definitions: SagaDefinitionRegistry
+    private let deliveries: Deliveries
+    private var handlers: [String: (service: String, handler: SagaHandler)] = [:]
+    private var sagas: [SagaID: SagaState] = [:]
+    private var queue: [(due: Date, sequence: Int, command: SagaCommand)] = []
+    private var sequence = 0
+    private var nextSagaNumber = 1
+    /// The virtual clock.
+    public private(set) var now: Date
+    /// Every handler run, in order.
+    public private(set) var handled: [Handled] = []
+
+    /// Creates a system for the definitions.
+    /// - Throws: `invalidDefinition` when two definitions share a name.
+    public init(definitions: [SagaDefinition], deliveries: Deliveries = .once, start: Date = Date(timeIntervalSince1970: 1_700_000_000))
+        throws
+    {
+        self.definitions = try SagaDefinitionRegistry(definitions)
+        self.deliveries = deliveries
+        self.now = start
+    }
+
+    /// Adds a service's handlers.
+    /// - Throws: `duplicateHandler` when another service handles one of the commands;
+    ///   `invalidConfiguration` when a command belongs to no definition.
+    public func register(service: String, handlers registry: SagaHandlerRegistry) throws {
+        try registry.validate(against: definitions)
+        for command in registry.commands {
+            if let existing = handlers[command] {
+                throw SagaError(
+                    .duplicateHandler, "command '\(command)' is handled by both '\(existing.service)' and '\(service)'",
+                    recoverySuggestion: "one service handles each command")
+            }
+            if let handler = registry.handler(for: command) { handlers[command] = (service, handler) }
+        }
+    }
+
+    /// Starts a saga (it runs when you call ``runUntilIdle(maxDeliveries:)``).
+    @discardableResult
+    public func start(_ name: String, payload: JSONObject, id: SagaID? = nil) throws -> SagaID {
+        let definition = try definitions.definition(named: name)
+        let id = id ?? "saga-\(nextSagaNumber)"
+        nextSagaNumber += 1
+        guard sagas[id] == nil else { return id }
+        let (state, first) = SagaStateMachine(definition: definition).start(id: id, payload: payload, now: now)
+        sagas[id] = state
+        enqueue([first])
+        return id
+    }
+
+    /// Starts a saga and delivers commands until no saga has anything left to do; returns the
+    /// saga's final state.
+    public func run(_ name: String, payload: JSONObject, id: SagaID? = nil) async throws -> SagaState {
+        let id = try start(name, payload: payload, id: id)
+        try await runUntilIdle()
+        return try state(of: id)
+    }
+
+    /// Delivers commands, earliest due first, until none is left.
+    /// - Throws: `invalidState` when a command has no handler (a service is missing), or after
+    ///   `maxDeliveries` (a saga that never ends, e.g. a pivot retried forever).
+    public func runUntilIdle(maxDeliveries: Int = 10_000) async throws {
+        var delivered = 0
+        while let index = queue.indices.min(by: { (queue[$0].due, queue[$0].sequence) < (queue[$1].due, queue[$1].sequence) }) {
+            let (due, _, command) = queue.remove(at: index)
+            now = max(now, due)
+            delivered += 1
+            guard delivered <= maxDeliveries else {
+                throw SagaError(
+                    .invalidState, "sagas still running after \(maxDeliveries) deliveries (last: \(command.command) of \(command.sagaID))",
+                    recoverySuggestion: "a step may be retried forever: check handlers past the pivot")
+            }
+            try await deliver(command)
+        }
+    }
+
+    /// A saga's current state.
+    public func state(of id: SagaID) throws -> SagaState {
+        guard let state = sagas[id] else { throw SagaError.unknownSaga(id) }
+        return state
+    }
+
+    /// Commands waiting to be delivered, earliest first.
+    public var pending: [SagaCommand] {
+        queue.sorted { ($0.due, $0.sequence) < ($1.due, $1.sequence) }.map(\.command)
+    }
+
+    private func enqueue(_ commands: [ScheduledCommand]) {
+        for scheduled in commands {
+            let delay = scheduled.delay.map { $0.seconds } ?? 0
+            queue.append((now.addingTimeInterval(delay), sequence, scheduled.command))
+            sequence += 1
+        }
+    }
+
+    private func deliver(_ command: SagaCommand) async throws {
+        guard let state = sagas[command.sagaID] else { return }
+        // Stale and duplicate commands are ignored, as a participant does.
+        guard !state.status.isTerminal, state.phase == command.phase, state.currentStep == command.step, state.attempt == command.attempt
+        else { return }
+        guard let (service, handler) = handlers[command.command] else {
+            throw SagaError(
+                .invalidState, "no registered service handles '\(command.command)' (saga \(command.sagaID))",
+                recoverySuggestion: "register the service that handles it with register(service:handlers:)")
+        }
+        let definition = try definitions.definition(named: state.name)
+        let tester = SagaStepTester(definitions: definitions, now: now)
+        var run = try await tester.execute(handler, definition: definition, state: state, now: now)
+        if case .twice = deliveries {
+            run = try await tester.execute(handler, definition: definition, state: state, now: now)
+        }
+        handled.append(
+            Handled(
+                service: service, command: command.command, sagaID: command.sagaID, attempt: command.attempt, report: run.report, at: now))
+        var next = run.after
+        next.version = state.version + 1
+        sagas[command.sagaID] = next
+        enqueue(run.scheduled)
+    }
+}
+
+extension SagaStepTester {
+    init(definitions: SagaDefinitionRegistry, now: Date) {
+        self.definitions = definitions
+        self.now = now
+    }
+}

@@ -1,0 +1,200 @@
+import Participant
+import SagaTesting
+import Synchronization
+import Testing
+
+/// A trip: book a flight, book a hotel, charge the card (the pivot).
+private let trip: SagaDefinition = {
+    do {
+        return try SagaBuilder("trip")
+            .step(
+                "flight", action: "flight.book", compensation: "flight.cancel",
+                options: StepOptions(retry: RetryPolicy(maxAttempts: 3, initialDelay: .seconds(2)))
+            )
+            .step("hotel", action: "hotel.book", compensation: "hotel.cancel")
+            .step(
+                "charge", action: "payment.charge",
+                options: StepOptions(isPivot: true, retry: RetryPolicy(maxAttempts: 2, initialDelay: .seconds(5)))
+            )
+            .compensationRetry(RetryPolicy(maxAttempts: 2, initialDelay: .seconds(1)))
+            .build()
+    } catch {
+        preconditionFailure("\(error)")
+    }
+}()
+
+private struct Booking: Error {}
+
+@Suite("SagaStepTester")
+struct SagaStepTesterTests {
+    @Test func aCompletedStepMergesItsPatchAndSendsTheNextCommand() async throws {
+        let tester = try SagaStepTester(definitions: [trip])
+        let run = try await tester.run("flight.book", payload: ["tripId": "t-1"]) { context in
+            #expect(context.stepName == "flight")
+            #expect(context.phase == .action)
+            try await context.completeStep(merging: ["flightId": "F-9"])
+        }
+        #expect(run.report == .completed(["flightId": "F-9"]))
+        #expect(run.payload == ["tripId": "t-1", "flightId": "F-9"])
+        #expect(run.next.map(\.command) == ["hotel.book"])
+        #expect(run.after.status == .running)
+    }
+
+    @Test func returningWithoutReportingCountsAsSuccess() async throws {
+        let tester = try SagaStepTester(definitions: [trip])
+        let run = try await tester.run("hotel.book") { _ in }
+        #expect(run.report == .completed([:]))
+        #expect(run.next.map(\.command) == ["payment.charge"])
+    }
+
+    @Test func aBusinessRefusalStartsCompensatingTheEarlierSteps() async throws {
+        let tester = try SagaStepTester(definitions: [trip])
+        let run = try await tester.run("hotel.book") { try await $0.failAndCompensate(reason: "no rooms") }
+        #expect(run.report == .failed("no rooms", retryable: false))
+        #expect(run.startedCompensation)
+        #expect(run.next.map(\.command) == ["flight.cancel"])
+        #expect(!run.willRetry)
+    }
+
+    @Test func aThrownErrorIsRetriedByThePolicyWithItsDelay() async throws {
+        let tester = try SagaStepTester(definitions: [trip])
+        let first = try await tester.run("flight.book") { _ in throw Booking() }
+        #expect(first.willRetry)
+        #expect(first.handlerThrew != nil)
+        #expect(first.scheduled.first?.delay == .seconds(2))
+        #expect(first.next.first?.attempt == 2)
+        // The last attempt: nothing before the first step to compensate, so the saga ends compensated.
+        let last = try await tester.run("flight.book", attempt: 3) { _ in throw Booking() }
+        #expect(!last.willRetry)
+        #expect(last.after.status == .compensated)
+    }
+
+    @Test func compensationHandlersArePositionedOnACompensatingSaga() async throws {
+        let tester = try SagaStepTester(definitions: [trip])
+        let run = try await tester.run("hotel.cancel") { context in
+            #expect(context.phase == .compensation)
+            try await context.completeCompensation()
+        }
+        #expect(run.report == .compensated)
+        #expect(run.next.map(\.command) == ["flight.cancel"])
+        let wrongCall = try await tester.run("hotel.cancel") { context in
+            await #expect(throws: SagaError.self) { try await context.completeStep() }
+        }
+        #expect(wrongCall.report == .compensated)
+    }
+
+    @Test func runTwiceGivesTheSameIdempotencyKeyToBothRuns() async throws {
+        let tester = try SagaStepTester(definitions: [trip])
+        let keys = Mutex<[String]>([])
+        let charges = Mutex<Set<String>>([])
+        let (first, second) = try await tester.runTwice("payment.charge") { context in
+            keys.withLock { $0.append(context.idempotencyKey) }
+            charges.withLock { _ = $0.insert(context.idempotencyKey) }
+            try await context.completeStep()
+        }
+        #expect(keys.withLock { $0.count } == 2)
+        #expect(Set(keys.withLock { $0 }).count == 1)
+        #expect(charges.withLock { $0.count } == 1)
+        #expect(first.report == second.report)
+        #expect(first.after.status == .completed)
+    }
+
+    @Test func anUnknownCommandSaysWhichCommandsAreKnown() async throws {
+        let tester = try SagaStepTester(definitions: [trip])
+        let error = await #expect(throws: SagaError.self) { try await tester.run("car.rent") { _ in } }
+        #expect(error?.message.contains("flight.book") == true)
+    }
+}
+
+@Suite("SagaTestSystem")
+struct SagaTestSystemTests {
+    static func registries(hotelFails: Bool) -> [(String, SagaHandlerRegistry)] {
+        var flight = SagaHandlerRegistry()
+        flight.register("flight.book") { try await $0.completeStep(merging: ["flight": "F-1"]) }
+        flight.register("flight.cancel") { try await $0.completeCompensation() }
+        var hotel = SagaHandlerRegistry()
+        hotel.register("hotel.book") { context in
+            if hotelFails { return try await context.failAndCompensate(reason: "no rooms") }
+            try await context.completeStep()
+        }
+        hotel.register("hotel.cancel") { try await $0.completeCompensation() }
+        var payment = SagaHandlerRegistry()
+        payment.register("payment.charge") { try await $0.completeStep() }
+        return [("flight", flight), ("hotel", hotel), ("payment", payment)]
+    }
+
+    @Test func aSagaRunsThroughEveryServiceInOrder() async throws {
+        let system = try SagaTestSystem(definitions: [trip])
+        for (service, handlers) in Self.registries(hotelFails: false) { try await system.register(service: service, handlers: handlers) }
+        let final = try await system.run("trip", payload: ["tripId": "t-1"])
+        #expect(final.status == .completed)
+        #expect(final.payload["flight"] == "F-1")
+        #expect(await system.handled.map(\.command) == ["flight.book", "hotel.book", "payment.charge"])
+    }
+
+    @Test func aFailureCompensatesNewestFirst() async throws {
+        let system = try SagaTestSystem(definitions: [trip])
+        for (service, handlers) in Self.registries(hotelFails: true) { try await system.register(service: service, handlers: handlers) }
+        let final = try await system.run("trip", payload: [:])
+        #expect(final.status == .compensated)
+        #expect(await system.handled.map(\.command) == ["flight.book", "hotel.book", "flight.cancel"])
+    }
+
+    @Test func retryDelaysAdvanceAVirtualClockWithoutWaiting() async throws {
+        let system = try SagaTestSystem(definitions: [trip])
+        let attempts = Mutex(0)
+        var flight = SagaHandlerRegistry()
+        flight.register("flight.book") { context in
+            if attempts.withLock({
+                $0 += 1; return $0
+            }) < 3 {
+                throw Booking()
+            }
+            try await context.completeStep()
+        }
+        flight.register("flight.cancel") { try await $0.completeCompensation() }
+        try await system.register(service: "flight", handlers: flight)
+        for (service, handlers) in Self.registries(hotelFails: false) where service != "flight" {
+            try await system.register(service: service, handlers: handlers)
+        }
+        let began = await system.now
+        let clock = ContinuousClock()
+        let wall = clock.now
+        let final = try await system.run("trip", payload: [:])
+        #expect(final.status == .completed)
+        #expect(await system.handled.filter { $0.command == "flight.book" }.map(\.attempt) == [1, 2, 3])
+        #expect(await system.now.timeIntervalSince(began) >= 4)  // two retries, 2 s and 4 s policy delays (rounded by no level)
+        #expect(clock.now - wall < .seconds(2))
+    }
+
+    @Test func twiceDeliveredCommandsExposeAHandlerThatIsNotIdempotent() async throws {
+        let system = try SagaTestSystem(definitions: [trip], deliveries: .twice)
+        let bookings = Mutex(0)
+        var flight = SagaHandlerRegistry()
+        flight.register("flight.book") { context in
+            bookings.withLock { $0 += 1 }  // not keyed by context.idempotencyKey: books twice
+            try await context.completeStep()
+        }
+        flight.register("flight.cancel") { try await $0.completeCompensation() }
+        try await system.register(service: "flight", handlers: flight)
+        for (service, handlers) in Self.registries(hotelFails: false) where service != "flight" {
+            try await system.register(service: service, handlers: handlers)
+        }
+        _ = try await system.run("trip", payload: [:])
+        #expect(bookings.withLock { $0 } == 2)
+    }
+
+    @Test func aMissingServiceIsNamed() async throws {
+        let system = try SagaTestSystem(definitions: [trip])
+        let error = await #expect(throws: SagaError.self) { _ = try await system.run("trip", payload: [:]) }
+        #expect(error?.message.contains("flight.book") == true)
+    }
+
+    @Test func twoServicesCannotHandleOneCommand() async throws {
+        let system = try SagaTestSystem(definitions: [trip])
+        var one = SagaHandlerRegistry()
+        one.register("hotel.book") { _ in }
+        try await system.register(service: "hotel", handlers: one)
+        await #expect(throws: SagaError.self) { try await system.register(service: "other-hotel", handlers: one) }
+    }
+}
