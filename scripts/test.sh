@@ -54,3 +54,8 @@ swift build --build-tests "$@"
 log "running the tests"
 # Only Swift Testing is used; --disable-xctest avoids XCTest's empty "Executed 0 tests" summary.
 swift test --skip-build --disable-xctest "$@"
+
+# A user's package (Examples/TripSaga: its own Package.swift, SagaKit by path, public products only):
+# its handler tests with SagaTesting, then its services as separate processes on the real broker.
+log "the example package, as a user's package"
+scripts/example-package.sh
