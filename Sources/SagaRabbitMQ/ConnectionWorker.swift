@@ -8,23 +8,32 @@ enum ConnectionRole: String, Sendable {
     case consumer
 }
 
-/// Starts a connection thread and returns its mailbox once the first connection is open.
+/// What a connection thread tells the bus while it starts.
+enum StartupReport: Sendable {
+    /// The thread's first connection is open.
+    case connected
+    /// An attempt failed; the thread tries again after a backoff.
+    case attemptFailed(BusError)
+    /// Fail-fast: every endpoint failed once; the thread ends.
+    case gaveUp(BusError)
+}
+
+/// Starts connection threads.
 enum ConnectionThread {
+    /// Starts a thread that connects (reporting progress through `report`) and then serves `mailbox`.
     static func start(
-        role: ConnectionRole, configuration: RabbitMQConfiguration, registry: TopologyRegistry
-    ) async throws -> Mailbox {
-        let mailbox = try Mailbox()
-        try await withCheckedThrowingContinuation { (startup: CheckedContinuation<Void, any Error>) in
-            let thread = Thread {
-                let worker = ConnectionWorker(
-                    role: role, configuration: configuration, mailbox: mailbox, registry: registry)
-                worker.run(startup: startup)
-            }
-            thread.name = "SagaKit.amqp.\(role.rawValue)"
-            thread.stackSize = 1 << 20
-            thread.start()
+        role: ConnectionRole, configuration: RabbitMQConfiguration, registry: TopologyRegistry, mailbox: Mailbox,
+        failFast: Bool, report: @escaping @Sendable (StartupReport) -> Void
+    ) {
+        let thread = Thread {
+            let worker = ConnectionWorker(
+                role: role, configuration: configuration, mailbox: mailbox, registry: registry, failFast: failFast,
+                report: report)
+            worker.run()
         }
-        return mailbox
+        thread.name = "SagaKit.amqp.\(role.rawValue)"
+        thread.stackSize = 1 << 20
+        thread.start()
     }
 }
 
@@ -37,6 +46,9 @@ enum ConnectionThread {
 ///
 /// Channels: 1 carries declarations (a failed declaration closes only it), 2 is the confirm-mode publish channel,
 /// 3 and up carry one consumer each (a per-consumer prefetch is a per-channel `basic.qos`).
+///
+/// The decisions (connection states, backoff and endpoint rotation, parking, consumer restarts, shutdown deadline)
+/// are taken by a ``ConnectionStateMachine``; this class does the I/O and feeds it events.
 ///
 /// Not `Sendable`: created on its thread and never leaves it.
 final class ConnectionWorker {
@@ -77,7 +89,9 @@ final class ConnectionWorker {
     private let registry: TopologyRegistry
     private var logger: Logger
     private let clock = ContinuousClock()
-    private let place: String
+    private var place: String
+    private var machine: ConnectionStateMachine<Command>
+    private let report: @Sendable (StartupReport) -> Void
 
     private var connection: AMQPConnection?
     private var controlChannelOpen = false
@@ -96,25 +110,29 @@ final class ConnectionWorker {
     /// Channels with acks waiting for ``flushAcks()`` (at the end of each mailbox drain).
     private var channelsWithAcks: [UInt16] = []
 
-    /// Declarations and consumer starts that arrived while disconnected.
-    private var parked: [Command] = []
-
     private var shutdownWaiters: [CheckedContinuation<Void, Never>] = []
-    private var shutdownDeadline: ContinuousClock.Instant?
 
     private var lastHeard: ContinuousClock.Instant
     private var lastServiced: ContinuousClock.Instant
-    private var disconnectedSince: ContinuousClock.Instant?
-    private var reconnectAttempt = 0
 
     init(
-        role: ConnectionRole, configuration: RabbitMQConfiguration, mailbox: Mailbox, registry: TopologyRegistry
+        role: ConnectionRole, configuration: RabbitMQConfiguration, mailbox: Mailbox, registry: TopologyRegistry,
+        failFast: Bool, report: @escaping @Sendable (StartupReport) -> Void
     ) {
         self.role = role
         self.configuration = configuration
         self.mailbox = mailbox
         self.registry = registry
-        self.place = "\(configuration.host):\(configuration.port)"
+        self.report = report
+        self.place = configuration.endpoints[0].description
+        self.machine = ConnectionStateMachine(
+            policy: .init(
+                endpointCount: configuration.endpoints.count,
+                reconnectDelayMin: configuration.reconnectDelayMin,
+                reconnectDelayMax: configuration.reconnectDelayMax,
+                publishRecoveryTimeout: configuration.publishRecoveryTimeout,
+                shutdownTimeout: configuration.shutdownTimeout,
+                failFastOnStartup: failFast))
         var logger = configuration.logger
         logger[metadataKey: "amqp.connection"] = "\(role.rawValue)"
         logger[metadataKey: "amqp.broker"] = "\(place)"
@@ -125,27 +143,29 @@ final class ConnectionWorker {
 
     // MARK: The loop
 
-    func run(startup: CheckedContinuation<Void, any Error>) {
-        do {
-            try establish()
-        } catch {
-            startup.resume(throwing: error)
-            finish()
-            return
+    /// Connects, serves, reconnects, as the state machine says, until it says to finish.
+    func run() {
+        var next = machine.start()
+        while true {
+            switch next {
+            case .finish:
+                finish()
+                return
+            case .wait(let until):
+                waitServingMailbox(until: until)
+                next = machine.tick(now: clock.now)
+            case .connect(let endpoint):
+                next = connect(endpoint: endpoint)
+            }
         }
-        startup.resume()
-        loop()
-        finish()
     }
 
-    private func loop() {
+    /// Serves an open connection until it is lost (then returns the state machine's next step) or the shutdown is
+    /// complete.
+    private func serve() -> ConnectionStateMachine<Command>.ConnectAction {
         var socketReadable = false
         while true {
-            guard let current = connection else {
-                if shutdownDeadline != nil { return }
-                if !reconnect() { return }
-                continue
-            }
+            guard let current = connection else { return machine.tick(now: clock.now) }
             for command in mailbox.takeAll() { execute(command) }
             flushAcks()
             guard connection === current else { continue }
@@ -159,7 +179,7 @@ final class ConnectionWorker {
                 if socketReadable || current.hasBufferedInput { try readFrames(current) }
                 socketReadable = false
                 guard connection === current else { continue }
-                if shutdownDeadline != nil, shutdownFinished() { return }
+                if machine.isShuttingDown, shutdownFinished() { return .finish }
                 if heartbeatInterval > .zero, now - lastHeard > heartbeatInterval * 2 {
                     throw AMQPFailure.connectionLost(reason: "no data and no heartbeat from the broker", code: nil)
                 }
@@ -178,7 +198,7 @@ final class ConnectionWorker {
                 if woken { mailbox.wake.drain() }
                 socketReadable = readable
             } else {
-                let timeout: Int32 = shutdownDeadline == nil ? idleTimeoutMilliseconds : 20
+                let timeout: Int32 = machine.isShuttingDown ? 20 : idleTimeoutMilliseconds
                 let (readable, woken) = current.wait(wake: mailbox.wake, timeoutMilliseconds: timeout)
                 mailbox.awake()
                 if woken { mailbox.wake.drain() }
@@ -197,9 +217,18 @@ final class ConnectionWorker {
 
     // MARK: Connecting
 
-    /// Opens the connection, re-declares the recorded topology, resumes consumers and runs parked commands.
-    private func establish() throws(BusError) {
-        let opened = try AMQPConnection.open(configuration.connectParameters(role: role.rawValue))
+    /// Tries endpoint number `endpoint` once; when it opens, re-declares the recorded topology, resumes consumers,
+    /// runs parked commands and serves the connection.
+    private func connect(endpoint: Int) -> ConnectionStateMachine<Command>.ConnectAction {
+        let parameters = configuration.connectParameters(role: role.rawValue, endpoint: endpoint)
+        place = "\(RabbitMQConfiguration.Endpoint(host: parameters.host, port: parameters.port))"
+        logger[metadataKey: "amqp.broker"] = "\(place)"
+        let opened: AMQPConnection
+        do {
+            opened = try AMQPConnection.open(parameters)
+        } catch {
+            return connectFailed(error)
+        }
         connection = opened
         controlChannelOpen = false
         publishChannelOpen = false
@@ -208,16 +237,50 @@ final class ConnectionWorker {
         freeChannels.removeAll()
         lastHeard = clock.now
         lastServiced = clock.now
-        disconnectedSince = nil
 
-        redeclareTopology()
-        for id in consumers.keys.sorted() where connection === opened {
+        let action = machine.connectSucceeded(now: clock.now)
+        if action.isFirstConnection {
+            logger.debug("connected", metadata: ["amqp.failed_attempts": "\(action.failedAttempts)"])
+            if action.failedAttempts > 0 {
+                logger.info("connected to the broker", metadata: ["amqp.failed_attempts": "\(action.failedAttempts)"])
+            }
+            report(.connected)
+        } else {
+            logger.info("reconnected", metadata: ["amqp.attempts": "\(action.failedAttempts + 1)"])
+        }
+        if action.redeclareTopology { redeclareTopology() }
+        for id in action.restartConsumers where connection === opened {
             guard let consumer = consumers[id], !consumer.stopping else { continue }
             startConsumer(consumer.registration, reply: nil)
         }
-        let waiting = parked
-        parked.removeAll()
-        for command in waiting { execute(command) }
+        for command in action.runParked { execute(command) }
+        return serve()
+    }
+
+    /// Tells the state machine an attempt failed, logs it, and returns the next step.
+    private func connectFailed(_ error: BusError) -> ConnectionStateMachine<Command>.ConnectAction {
+        switch machine.connectFailed(now: clock.now, jitter: Double.random(in: 0.8...1.0)) {
+        case .connect(let next):
+            logger.warning(
+                "connecting failed; trying the next broker",
+                metadata: ["amqp.error": "\(error)", "amqp.next": "\(configuration.endpoints[next])"])
+            report(.attemptFailed(error))
+            return .connect(endpoint: next)
+        case .backOff(let until, let failures, let logAsWarning):
+            // The first failure and then every tenth are warnings; the rest would only repeat them.
+            let delay = until - clock.now
+            logger.log(
+                level: logAsWarning ? .warning : .debug,
+                "cannot connect to the broker; trying again in \(max(0, delay.milliseconds)) ms",
+                metadata: ["amqp.error": "\(error)", "amqp.attempt": "\(failures)"])
+            report(.attemptFailed(error))
+            return .wait(until: until)
+        case .failStartup:
+            report(.gaveUp(error))
+            return .finish
+        case .finish:
+            return .finish
+        }
     }
 
     private func redeclareTopology() {
@@ -244,16 +307,11 @@ final class ConnectionWorker {
         logger.debug("topology re-declared", metadata: ["amqp.failures": "\(failures)"])
     }
 
-    /// Waits out the backoff delay (still taking commands), then tries to connect once.
-    /// - Returns: `false` when the bus is shutting down.
-    private func reconnect() -> Bool {
-        let base = configuration.reconnectDelayMin * (1 << min(reconnectAttempt, 20))
-        let capped = min(base, configuration.reconnectDelayMax)
-        let delay = capped * Double.random(in: 0.8...1.0)
-        let until = clock.now + delay
+    /// Waits (still taking commands, failing publishes that waited too long) until `until` or a shutdown.
+    private func waitServingMailbox(until: ContinuousClock.Instant) {
         while clock.now < until {
             for command in mailbox.takeAll() { execute(command) }
-            if shutdownDeadline != nil { return false }
+            if machine.isShuttingDown { return }
             failExpiredPublishes()
             if mailbox.prepareToSleep() {
                 let remaining = max(.milliseconds(1), until - clock.now)
@@ -261,19 +319,6 @@ final class ConnectionWorker {
                 mailbox.awake()
             }
         }
-        reconnectAttempt += 1
-        do {
-            try establish()
-            logger.info("reconnected", metadata: ["amqp.attempts": "\(reconnectAttempt)"])
-            reconnectAttempt = 0
-        } catch {
-            // The first failure and then every tenth are warnings; the rest would only repeat them.
-            let level: Logger.Level = reconnectAttempt == 1 || reconnectAttempt % 10 == 0 ? .warning : .debug
-            logger.log(
-                level: level, "reconnecting failed; trying again",
-                metadata: ["amqp.error": "\(error)", "amqp.attempt": "\(reconnectAttempt)"])
-        }
-        return true
     }
 
     /// Tears the connection down after a failure and prepares for a reconnect: unconfirmed publishes go back to
@@ -283,8 +328,7 @@ final class ConnectionWorker {
         guard let lost = connection else { return }
         lost.destroy()
         connection = nil
-        disconnectedSince = clock.now
-        reconnectAttempt = 0
+        _ = machine.connectionLost(now: clock.now, jitter: Double.random(in: 0.8...1.0))
         switch failure {
         case .connectionLost(let reason, let code):
             logger.warning(
@@ -309,14 +353,8 @@ final class ConnectionWorker {
     }
 
     private func requeueOutstandingPublishes() {
-        var resend: [PublishRequest] = []
-        for entry in tracker.removeAll() {
-            if entry.returned != nil {
-                entry.item.continuation.resume(throwing: unroutable(entry.item.message))
-            } else {
-                resend.append(entry.item)
-            }
-        }
+        let (resend, unroutable) = ConnectionStateMachine<Command>.afterLoss(tracker.removeAll())
+        for request in unroutable { request.continuation.resume(throwing: self.unroutable(request.message)) }
         if !resend.isEmpty {
             logger.info("re-sending unconfirmed publishes after reconnect", metadata: ["amqp.count": "\(resend.count)"])
         }
@@ -324,8 +362,9 @@ final class ConnectionWorker {
     }
 
     private func failExpiredPublishes() {
-        let limit = clock.now - configuration.publishRecoveryTimeout
-        let expired = queued.removeAll { $0.enqueued < limit }
+        let machine = self.machine
+        let now = clock.now
+        let expired = queued.removeAll { machine.publishExpired(enqueued: $0.enqueued, now: now) }
         for request in expired {
             request.continuation.resume(throwing: connectionLostError(request.message))
         }
@@ -344,12 +383,13 @@ final class ConnectionWorker {
         case .deleteExchange(let name, let reply):
             runControl(command, reply: reply, operations: [.deleteExchange(name)]) { registry.forgetExchange(name) }
         case .consume(let registration, let reply):
-            if shutdownDeadline != nil {
+            switch machine.disposition(of: command, isConsume: true) {
+            case .run where connection != nil: startConsumer(registration, reply: reply)
+            case .run: machine.repark(command)
+            case .park: break
+            case .refuse:
+                registration.continuation.finish()
                 reply.resume(throwing: closedError())
-            } else if connection == nil {
-                parked.append(command)
-            } else {
-                startConsumer(registration, reply: reply)
             }
         case .cancelConsumer(let id):
             cancelConsumer(id)
@@ -357,7 +397,7 @@ final class ConnectionWorker {
             settle(channel: channel, epoch: epoch, tag: tag, settlement)
         case .shutdown(let reply):
             if let reply { shutdownWaiters.append(reply) }
-            if shutdownDeadline == nil { beginShutdown() }
+            if case .drain(_, let cancel) = machine.shutdownRequested(now: clock.now) { beginShutdown(cancel) }
         }
     }
 
@@ -367,8 +407,15 @@ final class ConnectionWorker {
         _ command: Command, reply: CheckedContinuation<Void, any Error>, operations: [TopologyOperation],
         onSuccess: () -> Void
     ) {
+        switch machine.disposition(of: command, isConsume: false) {
+        case .run: break
+        case .park: return
+        case .refuse:
+            reply.resume(throwing: closedError())
+            return
+        }
         guard let current = connection else {
-            parked.append(command)
+            machine.repark(command)
             return
         }
         for operation in operations {
@@ -381,7 +428,7 @@ final class ConnectionWorker {
                     throwing: BrokerErrorText.channelError(code: code, text: text, operation: operation.description))
                 return
             } catch {
-                parked.append(command)
+                machine.repark(command)
                 connectionLost(error)
                 return
             }
@@ -518,6 +565,7 @@ final class ConnectionWorker {
             consumer.unsettled = 0
             consumer.acks = AckCoalescer()
             consumers[registration.id] = consumer
+            machine.consumerRegistered(registration.id)
             channelConsumers[channel] = registration.id
             reply?.resume()
         } catch .channelClosed(_, let code, let text) {
@@ -525,6 +573,7 @@ final class ConnectionWorker {
             let error = BrokerErrorText.channelError(
                 code: code, text: text, operation: "consuming from queue '\(registration.queue)'")
             consumers[registration.id] = nil
+            machine.consumerRemoved(registration.id)
             if let reply {
                 reply.resume(throwing: error)
             } else {
@@ -535,7 +584,7 @@ final class ConnectionWorker {
         } catch {
             // Connection lost while starting: it starts again after the reconnect.
             if let reply {
-                parked.append(.consume(registration, reply))
+                machine.repark(.consume(registration, reply))
             } else {
                 consumer.channel = nil
                 consumers[registration.id] = consumer
@@ -546,6 +595,7 @@ final class ConnectionWorker {
 
     private func cancelConsumer(_ id: UInt64) {
         guard let consumer = consumers[id], !consumer.stopping else { return }
+        machine.consumerRemoved(id)
         guard let channel = consumer.channel, let current = connection else {
             consumers[id] = nil
             return
@@ -648,6 +698,7 @@ final class ConnectionWorker {
         consumers[id]?.channel = nil
         if consumer.stopping {
             consumers[id] = nil
+            machine.consumerRemoved(id)
         } else {
             startConsumer(consumer.registration, reply: nil)
         }
@@ -656,6 +707,7 @@ final class ConnectionWorker {
     private func brokerCancelled(_ channel: UInt16) {
         guard let id = channelConsumers.removeValue(forKey: channel), let consumer = consumers.removeValue(forKey: id)
         else { return }
+        machine.consumerRemoved(id)
         consumer.registration.continuation.finish(
             throwing: BusError(
                 .notFound,
@@ -739,11 +791,10 @@ final class ConnectionWorker {
 
     // MARK: Shutdown
 
-    /// Stops every consumer (basic.cancel, the stream ends after what it buffered) but keeps accepting
-    /// settlements and confirms until ``shutdownFinished()``.
-    private func beginShutdown() {
-        shutdownDeadline = clock.now + configuration.shutdownTimeout
-        for id in consumers.keys.sorted() {
+    /// Stops the consumers the state machine names (basic.cancel, the stream ends after what it buffered) but keeps
+    /// accepting settlements and confirms until ``shutdownFinished()``.
+    private func beginShutdown(_ cancel: [UInt64]) {
+        for id in cancel {
             guard var consumer = consumers[id] else { continue }
             consumer.stopping = true
             consumers[id] = consumer
@@ -761,8 +812,12 @@ final class ConnectionWorker {
 
     private func shutdownFinished() -> Bool {
         let settled = consumers.values.allSatisfy { $0.unsettled <= 0 }
-        if settled && queued.isEmpty && tracker.isEmpty { return true }
-        if let deadline = shutdownDeadline, clock.now >= deadline {
+        switch machine.drainVerdict(now: clock.now, allSettled: settled, unconfirmed: tracker.count + queued.count) {
+        case .keepDraining:
+            return false
+        case .finish:
+            return true
+        case .finishTimedOut:
             logger.warning(
                 "shutdown timed out",
                 metadata: [
@@ -771,14 +826,12 @@ final class ConnectionWorker {
                 ])
             return true
         }
-        return false
     }
 
     /// Ends the thread's work: refuses new commands, fails whatever is left, closes the connection.
     private func finish() {
         let leftovers = mailbox.close()
-        for command in leftovers + parked { refuse(command) }
-        parked.removeAll()
+        for command in leftovers + machine.finish() { refuse(command) }
         for entry in tracker.removeAll() {
             entry.item.continuation.resume(throwing: connectionLostError(entry.item.message))
         }

@@ -9,13 +9,41 @@ public import SagaCore
 /// let bus = try await RabbitMQBus.connect(configuration)
 /// ```
 public struct RabbitMQConfiguration: Sendable {
-    /// Broker host name or address.
-    public var host: String
-    /// Broker AMQP port.
-    public var port: Int
+    /// One broker address. A configuration has at least one; connecting tries them in order and moves on to the
+    /// next one (round-robin) when one fails.
+    public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
+        /// Host name or address.
+        public var host: String
+        /// AMQP port.
+        public var port: Int
+
+        /// Creates an endpoint.
+        public init(host: String, port: Int = 5672) {
+            self.host = host
+            self.port = port
+        }
+
+        /// `host:port` (IPv6 addresses in brackets).
+        public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    }
+
+    /// The brokers to connect to, tried in order (round-robin on failure); never empty.
+    public var endpoints: [Endpoint] {
+        didSet { if endpoints.isEmpty { endpoints = oldValue } }
+    }
+    /// The first endpoint's host. Setting it changes the first endpoint.
+    public var host: String {
+        get { endpoints[0].host }
+        set { endpoints[0].host = newValue }
+    }
+    /// The first endpoint's port. Setting it changes the first endpoint.
+    public var port: Int {
+        get { endpoints[0].port }
+        set { endpoints[0].port = newValue }
+    }
     /// User name.
     public var user: String
-    /// Password.
+    /// Password. Never logged; ``redactedURL`` hides it.
     public var password: String
     /// Virtual host (`/` by default).
     public var vhost: String
@@ -38,6 +66,10 @@ public struct RabbitMQConfiguration: Sendable {
     public var publishRecoveryTimeout: Duration = .seconds(60)
     /// How long ``RabbitMQBus/shutdown()`` waits for deliveries to be settled and confirms to arrive.
     public var shutdownTimeout: Duration = .seconds(10)
+    /// What ``RabbitMQBus/run()`` does when the broker cannot be reached at start: `false` (the default) keeps
+    /// trying with backoff, logging each failure, and calls wait for the connection (at most `operationTimeout`);
+    /// `true` makes `run()` throw the first connection error.
+    public var failFastOnStartup = false
     /// A name shown in the broker's connection list (suffixed with `publisher` / `consumer`).
     public var connectionName: String = "SagaKit"
     /// Where the bus logs (connection losses and recoveries at `info`/`warning`, details at `debug`).
@@ -51,68 +83,47 @@ public struct RabbitMQConfiguration: Sendable {
         password: String = "guest",
         vhost: String = "/"
     ) {
-        self.host = host
-        self.port = port
+        self.endpoints = [Endpoint(host: host, port: port)]
         self.user = user
         self.password = password
         self.vhost = vhost
     }
 
-    /// Parses an AMQP URL: `amqp://user:password@host:port/vhost`.
+    /// Parses an AMQP URL: `amqp://user:password@host:port/vhost?heartbeat=30`, with several brokers written
+    /// `amqp://user:password@host1:5672,host2:5673/vhost` (see ``SagaCore/ConnectionURL``).
     ///
     /// User, password and vhost are percent-decoded, so the default vhost `/` is written `%2F`; an empty path
-    /// means `/` too. The port defaults to 5672. Query parameters `heartbeat` and `connection_timeout`
-    /// (seconds) are understood. `amqps` (TLS) is not supported.
+    /// means `/` too. The port defaults to 5672; without a host the broker is `127.0.0.1`. Query parameters
+    /// `heartbeat` and `connection_timeout` (seconds) are understood. `amqps` (TLS) is not supported.
     ///
-    /// - Throws: ``BusError`` with code `invalidURL`.
+    /// - Throws: ``BusError`` with code `invalidURL`; its text never contains the password.
     public init(url: String) throws(BusError) {
         self.init()
-        let scheme = "amqp://"
-        guard url.lowercased().hasPrefix(scheme) else {
-            if url.lowercased().hasPrefix("amqps://") {
-                throw BusError(.invalidURL, "amqps:// (TLS) URLs are not supported", recoverySuggestion: "use amqp://")
+        let parsed: ConnectionURL
+        do {
+            parsed = try ConnectionURL(parsing: url)
+        } catch {
+            throw BusError(.invalidURL, error.message, recoverySuggestion: error.recoverySuggestion)
+        }
+        guard parsed.scheme == "amqp" else {
+            if parsed.scheme == "amqps" {
+                throw BusError(
+                    .invalidURL, "amqps:// (TLS) URLs are not supported ('\(parsed.redacted)')",
+                    recoverySuggestion: "use amqp://")
             }
             throw BusError(
-                .invalidURL, "'\(Self.redacted(url))' is not an AMQP URL",
+                .invalidURL, "'\(parsed.redacted)' is not an AMQP URL",
                 recoverySuggestion: "write amqp://user:password@host:port/vhost")
         }
-        var rest = Substring(url.dropFirst(scheme.count))
-        var query: Substring = ""
-        if let q = rest.firstIndex(of: "?") {
-            query = rest[rest.index(after: q)...]
-            rest = rest[..<q]
+        if let user = parsed.user { self.user = user }
+        if let password = parsed.password { self.password = password }
+        if !parsed.hosts.isEmpty {
+            endpoints = parsed.hosts.map { Endpoint(host: $0.name, port: $0.port ?? 5672) }
         }
-        var authority = rest
-        var path: Substring = ""
-        if let slash = rest.firstIndex(of: "/") {
-            authority = rest[..<slash]
-            path = rest[rest.index(after: slash)...]
-        }
-        if let at = authority.lastIndex(of: "@") {
-            let userInfo = authority[..<at]
-            authority = authority[authority.index(after: at)...]
-            if let colon = userInfo.firstIndex(of: ":") {
-                user = try Self.percentDecoded(userInfo[..<colon], url)
-                password = try Self.percentDecoded(userInfo[userInfo.index(after: colon)...], url)
-            } else {
-                user = try Self.percentDecoded(userInfo, url)
-            }
-        }
-        var hostPart = authority
-        if authority.hasPrefix("["), let close = authority.firstIndex(of: "]") {
-            hostPart = authority[authority.index(after: authority.startIndex)..<close]
-            let after = authority[authority.index(after: close)...]
-            if after.hasPrefix(":") { port = try Self.port(after.dropFirst(), url) }
-        } else if let colon = authority.lastIndex(of: ":") {
-            hostPart = authority[..<colon]
-            port = try Self.port(authority[authority.index(after: colon)...], url)
-        }
-        if !hostPart.isEmpty { host = String(hostPart) }
-        vhost = path.isEmpty ? "/" : try Self.percentDecoded(path, url)
-        for pair in query.split(separator: "&") {
-            let parts = pair.split(separator: "=", maxSplits: 1)
-            guard parts.count == 2, let seconds = Int(parts[1]), seconds >= 0 else { continue }
-            switch parts[0] {
+        vhost = parsed.path.count <= 1 ? "/" : String(parsed.path.dropFirst())
+        for (name, value) in parsed.queryItems {
+            guard let seconds = Int(value), seconds >= 0 else { continue }
+            switch name {
             case "heartbeat": heartbeat = .seconds(seconds)
             case "connection_timeout": connectTimeout = .seconds(seconds)
             default: continue
@@ -122,54 +133,19 @@ public struct RabbitMQConfiguration: Sendable {
 
     /// The URL without the password, for logs and errors.
     public var redactedURL: String {
-        "amqp://\(user)@\(host):\(port)/\(vhost == "/" ? "%2F" : vhost)"
-    }
-
-    private static func port(_ text: Substring, _ url: String) throws(BusError) -> Int {
-        guard let port = Int(text), (1...65535).contains(port) else {
-            throw BusError(.invalidURL, "'\(text)' is not a valid port in '\(redacted(url))'")
-        }
-        return port
-    }
-
-    private static func percentDecoded(_ text: Substring, _ url: String) throws(BusError) -> String {
-        var bytes: [UInt8] = []
-        var utf8 = text.utf8.makeIterator()
-        while let byte = utf8.next() {
-            guard byte == UInt8(ascii: "%") else {
-                bytes.append(byte)
-                continue
-            }
-            guard let high = utf8.next().flatMap(hexValue), let low = utf8.next().flatMap(hexValue) else {
-                throw BusError(.invalidURL, "bad percent-encoding in '\(redacted(url))'")
-            }
-            bytes.append(high << 4 | low)
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }
-
-    private static func hexValue(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-        default: nil
-        }
+        let hosts = endpoints.map(\.description).joined(separator: ",")
+        let encodedVhost = vhost.map { $0 == "/" ? "%2F" : String($0) }.joined()
+        return "amqp://\(user)@\(hosts)/\(encodedVhost)"
     }
 
     /// The URL with any password replaced by `***`.
-    static func redacted(_ url: String) -> String {
-        guard let schemeEnd = url.range(of: "://"), let at = url.lastIndex(of: "@"), at > schemeEnd.upperBound
-        else { return url }
-        let userInfo = url[schemeEnd.upperBound..<at]
-        guard let colon = userInfo.firstIndex(of: ":") else { return url }
-        return String(url[..<colon]) + ":***" + String(url[at...])
-    }
+    static func redacted(_ url: String) -> String { ConnectionURL.redact(url) }
 
-    /// The parameters one connection needs.
-    func connectParameters(role: String) -> ConnectParameters {
-        ConnectParameters(
-            host: host, port: port, user: user, password: password, vhost: vhost,
+    /// The parameters one connection to endpoint number `endpoint` needs.
+    func connectParameters(role: String, endpoint: Int = 0) -> ConnectParameters {
+        let target = endpoints[endpoint % endpoints.count]
+        return ConnectParameters(
+            host: target.host, port: target.port, user: user, password: password, vhost: vhost,
             connectTimeout: connectTimeout,
             heartbeatSeconds: Int32(heartbeat.components.seconds),
             rpcTimeout: operationTimeout,

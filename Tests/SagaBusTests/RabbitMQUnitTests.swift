@@ -131,3 +131,18 @@ struct AckCoalescerTests {
         #expect(acks.lowestUnsettled == 4)
     }
 }
+
+@Suite("RabbitMQ configuration")
+struct RabbitMQConfigurationTests {
+    @Test("several hosts become endpoints; the redacted URL names them without the password")
+    func endpoints() throws {
+        let c = try RabbitMQConfiguration(url: "amqp://u:s3cret@h1:5673,h2/v?connection_timeout=4")
+        #expect(c.endpoints == [.init(host: "h1", port: 5673), .init(host: "h2", port: 5672)])
+        #expect(c.host == "h1" && c.port == 5673 && c.vhost == "v" && c.connectTimeout == .seconds(4))
+        #expect(c.redactedURL == "amqp://u@h1:5673,h2:5672/v")
+        let error = #expect(throws: BusError.self) { try RabbitMQConfiguration(url: "amqp://u:s3cret@h1:x/v") }
+        #expect(error?.code == .invalidURL)
+        #expect(error?.description.contains("s3cret") == false)
+        #expect(throws: BusError.self) { try RabbitMQConfiguration(url: "amqps://u:p@h/") }
+    }
+}
