@@ -7,7 +7,9 @@ import ArgumentParser
 import Foundation
 import Participant
 import SagaPostgres
+import SagaSQLite
 import SagaTestSupport
+import ServiceLifecycle
 import Synchronization
 
 #if canImport(Glibc)
@@ -59,6 +61,21 @@ struct SagaBenchmark: AsyncParsableCommand {
         var other: Int
     }
 
+    /// Runs a store service until the returned closure shuts it down. (A benchmark's own task:
+    /// its run spans the whole measurement, which is not one scope here.)
+    private func running<Store: SagaStore & Service>(
+        _ store: Store, shutdown: @escaping @Sendable (Store) async -> Void
+    ) -> (any SagaStore, () async -> Void) {
+        let runner = Task { try await store.run() }
+        return (
+            store,
+            {
+                await shutdown(store)
+                if case .failure(let error) = await runner.result { print("store failed: \(error)") }
+            }
+        )
+    }
+
     func openStore() async throws -> (any SagaStore, () async -> Void) {
         switch store {
         case "postgres":
@@ -66,12 +83,10 @@ struct SagaBenchmark: AsyncParsableCommand {
                 throw ValidationError(
                     "--store postgres needs --postgres-url or POSTGRES_URL (scripts/postgres.sh start; scripts/postgres.sh url)")
             }
-            let store = try await PostgresSagaStore(url: url)
-            return (store, { await store.shutdown() })
+            return running(try PostgresSagaStore(url: url), shutdown: { await $0.shutdown() })
         case "sqlite":
             let path = FileManager.default.temporaryDirectory.appendingPathComponent("saga-benchmark-\(UUID().uuidString).db").path
-            let store = try await SQLiteSagaStore(path: path)
-            return (store, { try? store.close() })
+            return running(SQLiteSagaStore(path: path), shutdown: { await $0.shutdown() })
         default:
             throw ValidationError("--store must be sqlite or postgres")
         }

@@ -171,15 +171,15 @@ enum StoreBenchmark {
                         "sagakit-bench-\(UUID())")
                     defer { try? FileManager.default.removeItem(at: directory) }
                     let path = directory.appendingPathComponent("sagas.db").path
-                    let store = try await SQLiteSagaStore(path: path)
-                    try await run("SQLite (WAL, synchronous=FULL, \(path))", store, options)
-                    try store.close()
-                    let normal = try await SQLiteSagaStore(
-                        path: directory.appendingPathComponent("normal.db").path,
-                        configuration: .init(synchronous: .normal)
+                    try await SQLiteSagaStore(path: path).withRunning { store in
+                        try await run("SQLite (WAL, synchronous=FULL, \(path))", store, options)
+                    }
+                    let normal = SQLiteSagaStore(
+                        configuration: .init(path: directory.appendingPathComponent("normal.db").path, synchronous: .normal)
                     )
-                    try await run("SQLite (WAL, synchronous=NORMAL)", normal, options)
-                    try normal.close()
+                    try await normal.withRunning { normal in
+                        try await run("SQLite (WAL, synchronous=NORMAL)", normal, options)
+                    }
                 case "postgres":
                     guard let url = try await TestPostgres.url() else {
                         print("PostgreSQL: skipped (no server)")
@@ -187,10 +187,10 @@ enum StoreBenchmark {
                     }
                     var configuration = try PostgresSagaStore.Configuration(url: url)
                     configuration.schema = "sagakit_bench"
-                    let store = try await PostgresSagaStore(configuration: configuration)
-                    try await run(
-                        "PostgreSQL (\(configuration.location), schema \(configuration.schema))", store, options)
-                    await store.shutdown()
+                    try await PostgresSagaStore(configuration: configuration).withRunning { store in
+                        try await run(
+                            "PostgreSQL (\(configuration.location), schema \(configuration.schema))", store, options)
+                    }
                 default:
                     print("unknown store \(name)")
                 }

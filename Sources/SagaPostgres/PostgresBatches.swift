@@ -149,11 +149,11 @@ struct PostgresBatches: Sendable {
 
     /// Runs a query and collects its rows, giving up after ``statementTimeout``.
     func rows(_ action: String, _ query: PostgresQuery) async throws -> [PostgresRandomAccessRow] {
-        let (client, logger) = (client, logger)
+        let logger = logger
         do {
-            return try await Self.abandoning(after: statementTimeout) {
+            return try await Self.withStatementTimeout(statementTimeout, client: client) { connection in
                 var result: [PostgresRandomAccessRow] = []
-                for try await row in try await client.query(query, logger: logger) {
+                for try await row in try await connection.query(query, logger: logger) {
                     result.append(row.makeRandomAccess())
                 }
                 return result
@@ -170,31 +170,62 @@ struct PostgresBatches: Sendable {
         }
     }
 
-    /// Runs `operation` in a task of its own and returns its result, or throws
-    /// ``StatementTimedOut`` after `timeout` and leaves the operation behind (cancelled).
+    /// Leases a connection and runs `operation` on it, racing a timer in a task group: when the
+    /// timer wins, throws ``StatementTimedOut``.
     ///
-    /// Measured: when the server shuts down at the wrong moment, a query can stay unanswered
-    /// for good. A store runs one batch of each kind at a time, so such a query must not be
-    /// awaited to the end (a task group would wait for it even after cancelling it).
-    static func abandoning<T: Sendable>(
-        after timeout: Duration, _ operation: @escaping @Sendable () async throws -> T
+    /// Measured: when the server shuts down at the wrong moment, a query can stay unanswered for
+    /// good, and postgres-nio's query does not end when its task is cancelled (a task group would
+    /// wait for it for ever). So when the timer wins while the operation holds a connection, that
+    /// connection is closed, which fails the query at once (the pool replaces the connection);
+    /// waiting for a connection does end on cancellation. The group therefore always ends within
+    /// about the timeout, without leaving a task behind.
+    static func withStatementTimeout<T: Sendable>(
+        _ timeout: Duration, client: PostgresClient,
+        _ operation: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
-        let outcome = FirstOutcome<T>()
-        return try await withCheckedThrowingContinuation { continuation in
-            outcome.set(continuation)
-            let work = Task {
-                do {
-                    outcome.resume(with: .success(try await operation()))
-                } catch {
-                    outcome.resume(with: .failure(error))
+        let leased = LeasedConnection()
+        return try await withThrowingTaskGroup(of: TimedOutcome<T>.self) { group in
+            group.addTask {
+                try await client.withConnection { connection in
+                    leased.set(connection)
+                    defer { leased.set(nil) }
+                    return .finished(try await operation(connection))
                 }
             }
-            let timer = Task {
-                try await Task.sleep(for: timeout)
-                if outcome.resume(with: .failure(StatementTimedOut())) { work.cancel() }
+            group.addTask {
+                // Ends early when cancelled: the operation finished first, or the caller was
+                // cancelled.
+                try? await Task.sleep(for: timeout)
+                return .timedOut
             }
-            outcome.onFinish { timer.cancel() }
+            defer { group.cancelAll() }
+            guard case .finished(let value) = try await group.next() else {
+                leased.close()
+                try Task.checkCancellation()
+                throw StatementTimedOut()
+            }
+            return value
         }
+    }
+}
+
+/// The result of the race in ``PostgresBatches/withStatementTimeout(_:client:_:)``.
+enum TimedOutcome<T: Sendable>: Sendable {
+    case finished(T)
+    case timedOut
+}
+
+/// The connection a timed statement runs on, so that the timer can close it.
+final class LeasedConnection: Sendable {
+    private let connection = Mutex<PostgresConnection?>(nil)
+
+    func set(_ value: PostgresConnection?) { connection.withLock { $0 = value } }
+
+    /// Closes the connection (in the background: closing fails the statements running on it).
+    func close() {
+        guard let leased = connection.withLock({ $0 }) else { return }
+        let closing: EventLoopFuture<Void> = leased.close()
+        closing.whenComplete { _ in }
     }
 }
 
@@ -255,58 +286,6 @@ struct SagaColumns {
 /// A statement that did not finish within the store's statement timeout.
 struct StatementTimedOut: Error {}
 
-/// The first of several racing results, handed to a continuation once.
-final class FirstOutcome<T: Sendable>: Sendable {
-    private struct State {
-        var continuation: CheckedContinuation<T, any Error>?
-        var result: Result<T, any Error>?
-        var finished: (@Sendable () -> Void)?
-        var done = false
-    }
-    private let state = Mutex(State())
-
-    func set(_ continuation: CheckedContinuation<T, any Error>) {
-        let ready = state.withLock { state -> Result<T, any Error>? in
-            guard let result = state.result else {
-                state.continuation = continuation
-                return nil
-            }
-            return result
-        }
-        if let ready { continuation.resume(with: ready) }
-    }
-
-    /// Runs `body` once the outcome is known (at once when it already is).
-    func onFinish(_ body: @escaping @Sendable () -> Void) {
-        let now = state.withLock { state -> Bool in
-            if state.done { return true }
-            state.finished = body
-            return false
-        }
-        if now { body() }
-    }
-
-    /// Hands over `result` if no result came first; returns whether it did.
-    @discardableResult
-    func resume(with result: Result<T, any Error>) -> Bool {
-        let (won, continuation, finished) = state.withLock {
-            state -> (Bool, CheckedContinuation<T, any Error>?, (@Sendable () -> Void)?) in
-            guard !state.done else { return (false, nil, nil) }
-            state.done = true
-            state.result = result
-            defer {
-                state.continuation = nil
-                state.finished = nil
-            }
-            return (true, state.continuation, state.finished)
-        }
-        guard won else { return false }
-        continuation?.resume(with: result)
-        finished?()
-        return true
-    }
-}
-
 /// Collects bind values for a statement whose text is built around numbered placeholders.
 struct Binder {
     private(set) var binds = PostgresBindings()
@@ -336,6 +315,7 @@ struct EncodedOutboxMessage: Sendable {
     let body: ByteBuffer
     let headers: String
     let createdAt: Int64
+    let topology: String
 
     init(_ message: OutboxMessage) throws {
         id = message.id
@@ -345,5 +325,6 @@ struct EncodedOutboxMessage: Sendable {
         body = ByteBuffer(bytes: message.body)
         headers = try StoreCoding.json(message.headers)
         createdAt = StoreCoding.milliseconds(message.createdAt)
+        topology = message.topology
     }
 }

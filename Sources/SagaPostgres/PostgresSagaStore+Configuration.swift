@@ -38,12 +38,16 @@ extension PostgresSagaStore {
         /// noticing would otherwise hold up every saga of the process; the statement may still
         /// have been applied, which the version check makes safe to retry.
         public var statementTimeout: Duration
+        /// How long an operation made before the store runs waits for
+        /// ``PostgresSagaStore/run()`` to connect, before failing with `storeUnavailable`.
+        public var startupTimeout: Duration
 
         /// Creates a configuration.
         public init(
             host: String, port: Int = 5432, username: String, password: String?, database: String,
             tls: TLSMode? = nil, schema: String = "public", connectTimeout: Duration = .seconds(10),
-            maximumConnections: Int = 20, statementTimeout: Duration = .seconds(30)
+            maximumConnections: Int = 20, statementTimeout: Duration = .seconds(30),
+            startupTimeout: Duration = .seconds(30)
         ) {
             self.host = host
             self.port = port
@@ -55,6 +59,7 @@ extension PostgresSagaStore {
             self.connectTimeout = connectTimeout
             self.maximumConnections = maximumConnections
             self.statementTimeout = statementTimeout
+            self.startupTimeout = startupTimeout
         }
 
         /// Parses `postgres://user:password@host:port/database?sslmode=disable&schema=sagas`

@@ -9,13 +9,15 @@ extension PostgresSagaStore {
     public func create(_ state: SagaState, outbox: [OutboxMessage]) async throws -> SagaCreation {
         var stored = state
         stored.version = 1
+        try await lifecycle.waitUntilRunning()
         return try await creations.submit(try EncodedSaga(stored, expected: 0, outbox: outbox), key: state.id)
     }
 
     /// Loads a saga. Concurrent loads share a statement.
     /// - Throws: ``SagaCore/SagaError`` `unknownSaga`.
     public func load(_ id: SagaID) async throws -> SagaState {
-        try SagaRow.state(from: try await loads.submit(id, key: id))
+        try await lifecycle.waitUntilRunning()
+        return try SagaRow.state(from: try await loads.submit(id, key: id))
     }
 
     /// The compare-and-swap on the version and the outbox inserts, in one statement. Ends any
@@ -26,6 +28,7 @@ extension PostgresSagaStore {
         var stored = transition.state
         stored.version = transition.expectedVersion + 1
         let saga = try EncodedSaga(stored, expected: transition.expectedVersion, outbox: transition.outbox)
+        try await lifecycle.waitUntilRunning()
         return try await commits.submit(saga, key: stored.id)
     }
 
@@ -98,45 +101,65 @@ extension PostgresSagaStore {
         }
     }
 
-    /// Unsent outbox messages created before `createdBefore`, oldest first.
+    /// Unsent messages of the topology, created before `createdBefore` and due at `now`, in the
+    /// order they became due (ties by insertion order).
+    public func pendingOutbox(topology: String, createdBefore: Date, now: Date, limit: Int) async throws -> [OutboxMessage] {
+        let before = StoreCoding.milliseconds(createdBefore)
+        let due = StoreCoding.milliseconds(now)
+        let result = try await rows(
+            "read the outbox",
+            """
+            SELECT \(unescaped: OutboxColumns.selection) FROM \(unescaped: namespace).outbox
+            WHERE topology = \(topology) AND sent_at IS NULL
+              AND next_attempt_at <= timestamptz 'epoch' + \(due) * interval '1 millisecond'
+              AND created_at < timestamptz 'epoch' + \(before) * interval '1 millisecond'
+            ORDER BY next_attempt_at, seq
+            LIMIT \(max(0, limit))
+            """
+        )
+        return try result.map(OutboxColumns.message(from:))
+    }
+
+    /// Unsent messages of every topology created before `createdBefore`, oldest first.
     public func pendingOutbox(createdBefore: Date, limit: Int) async throws -> [OutboxMessage] {
         let before = StoreCoding.milliseconds(createdBefore)
         let result = try await rows(
             "read the outbox",
             """
-            SELECT id, saga_id, exchange, routing_key, body, headers::text AS headers,
-                (extract(epoch FROM created_at) * 1000)::int8 AS created_at
-            FROM \(unescaped: namespace).outbox
+            SELECT \(unescaped: OutboxColumns.selection) FROM \(unescaped: namespace).outbox
             WHERE sent_at IS NULL AND created_at < timestamptz 'epoch' + \(before) * interval '1 millisecond'
             ORDER BY created_at, seq
             LIMIT \(max(0, limit))
             """
         )
-        return try result.map { row in
-            let sagaID = try row["saga_id"].decode(String.self)
-            let body = try row["body"].decode(ByteBuffer.self)
-            return OutboxMessage(
-                id: try row["id"].decode(String.self),
-                sagaID: sagaID,
-                exchange: try row["exchange"].decode(String.self),
-                routingKey: try row["routing_key"].decode(String.self),
-                body: Array(body.readableBytesView),
-                headers: try StoreCoding.decode(
-                    [String: String].self, json: row["headers"].decode(String.self), column: "headers", sagaID: sagaID
-                ),
-                createdAt: StoreCoding.date(milliseconds: try row["created_at"].decode(Int64.self))
-            )
-        }
+        return try result.map(OutboxColumns.message(from:))
+    }
+
+    /// Counts a failed publish of each message and defers it until `retryAt`, in one statement;
+    /// unknown ids are ignored.
+    public func recordFailedAttempts(_ ids: [String], retryAt: Date) async throws {
+        guard !ids.isEmpty else { return }
+        let retry = StoreCoding.milliseconds(retryAt)
+        _ = try await rows(
+            "record failed publish attempts",
+            """
+            UPDATE \(unescaped: namespace).outbox
+            SET attempts = attempts + 1, next_attempt_at = timestamptz 'epoch' + \(retry) * interval '1 millisecond'
+            WHERE id = ANY(\(ids)::text[]) AND sent_at IS NULL
+            """
+        )
     }
 
     /// Marks messages as sent; unknown ids are ignored. Concurrent calls share a statement.
     public func markSent(_ ids: [String]) async throws {
         guard !ids.isEmpty else { return }
+        try await lifecycle.waitUntilRunning()
         try await marks.submit(ids, key: UUID().uuidString)
     }
 
     func fetchSaga(_ id: SagaID) async throws -> SagaState? {
-        try await batches.fetch([id])[id]
+        try await lifecycle.waitUntilRunning()
+        return try await batches.fetch([id])[id]
     }
 }
 
@@ -211,6 +234,32 @@ struct SagaRow {
     }
 }
 
+/// Reading outbox rows.
+enum OutboxColumns {
+    /// The columns ``message(from:)`` reads.
+    static let selection = """
+        id, saga_id, exchange, routing_key, body, headers::text AS headers, \
+        (extract(epoch FROM created_at) * 1000)::int8 AS created_at, attempts
+        """
+
+    static func message(from row: PostgresRandomAccessRow) throws -> OutboxMessage {
+        let sagaID = try row["saga_id"].decode(String.self)
+        let body = try row["body"].decode(ByteBuffer.self)
+        return OutboxMessage(
+            id: try row["id"].decode(String.self),
+            sagaID: sagaID,
+            exchange: try row["exchange"].decode(String.self),
+            routingKey: try row["routing_key"].decode(String.self),
+            body: Array(body.readableBytesView),
+            headers: try StoreCoding.decode(
+                [String: String].self, json: row["headers"].decode(String.self), column: "headers", sagaID: sagaID
+            ),
+            createdAt: StoreCoding.date(milliseconds: try row["created_at"].decode(Int64.self)),
+            publishAttempts: try row["attempts"].decode(Int.self)
+        )
+    }
+}
+
 /// Outbox messages as parallel arrays, for `unnest`.
 struct OutboxRows {
     var ids: [String] = []
@@ -220,6 +269,7 @@ struct OutboxRows {
     var bodies: [ByteBuffer] = []
     var headers: [String] = []
     var createdAt: [Int64] = []
+    var topologies: [String] = []
 
     init(_ messages: [EncodedOutboxMessage]) {
         for message in messages {
@@ -230,16 +280,17 @@ struct OutboxRows {
             bodies.append(message.body)
             headers.append(message.headers)
             createdAt.append(message.createdAt)
+            topologies.append(message.topology)
         }
     }
 
-    /// Binds id, saga_id, exchange, routing_key, body, headers, created_at (the functions'
-    /// outbox parameters); returns the placeholders.
+    /// Binds id, saga_id, exchange, routing_key, body, headers, created_at, topology (the
+    /// functions' outbox parameters); returns the placeholders.
     func bind(_ binder: inout Binder) -> String {
         let columns = [
             binder.bind(ids, as: "text[]"), binder.bind(sagaIDs, as: "text[]"), binder.bind(exchanges, as: "text[]"),
             binder.bind(routingKeys, as: "text[]"), binder.bind(bodies, as: "bytea[]"), binder.bind(headers, as: "text[]"),
-            binder.bind(createdAt, as: "int8[]"),
+            binder.bind(createdAt, as: "int8[]"), binder.bind(topologies, as: "text[]"),
         ]
         return columns.joined(separator: ", ")
     }

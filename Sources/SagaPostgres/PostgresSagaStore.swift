@@ -2,6 +2,7 @@ import Foundation
 public import Logging
 public import PostgresNIO
 public import SagaCore
+public import ServiceLifecycle
 
 /// A ``SagaCore/SagaStore`` in PostgreSQL: the shared store for real deployments.
 ///
@@ -14,22 +15,30 @@ public import SagaCore
 /// server plans them once per connection. Claiming stalled sagas uses `FOR UPDATE SKIP LOCKED`,
 /// so concurrent reapers never take the same saga and never wait for each other.
 ///
-/// The schema is created or migrated when the store opens, under a transaction-scoped advisory
-/// lock, so processes that start together take turns. The version is recorded in
-/// `sagakit_schema`; a database written by a newer SagaKit fails with `schemaTooNew`.
-///
 /// ## Lifecycle
-/// The simplest use owns its connection pool:
+/// The store is a swift-service-lifecycle `Service`, shaped like `PostgresClient`: creating it
+/// does no I/O. ``run()`` connects, creates or migrates the schema, runs the connection pool,
+/// serves until graceful shutdown, cancellation or ``shutdown()``, and closes the pool.
+/// Operations made before the store runs wait for it, at most
+/// ``Configuration/startupTimeout``, then fail with `storeUnavailable`.
+///
 /// ```swift
-/// let store = try await PostgresSagaStore(url: "postgres://user:pass@127.0.0.1:5432/db")
-/// // … use it …
-/// await store.shutdown()
+/// let store = try PostgresSagaStore(url: "postgres://user:pass@127.0.0.1:5432/db")
+/// // In a service: list the store before the services that use it (a ServiceGroup stops
+/// // services in reverse order, so the store stops last).
+/// let group = ServiceGroup(services: [store, participant], logger: logger)
+/// // In a tool or a test:
+/// let counts = try await store.withRunning { store in try await store.countByStatus(name: nil) }
 /// ```
-/// Such a store runs its `PostgresClient` in a task it manages, and ``shutdown()`` ends it.
-/// When you already run a `PostgresClient` (for example in a swift-service-lifecycle
-/// `ServiceGroup`), pass it to ``init(client:schema:location:logger:)`` instead: the store then
-/// never starts or stops it.
-public final class PostgresSagaStore: SagaStore {
+///
+/// When you already run a `PostgresClient` (for example in your own `ServiceGroup`), pass it to
+/// ``init(client:schema:location:statementTimeout:startupTimeout:logger:)``: the store's
+/// ``run()`` then migrates through it and serves, but never runs or stops the client.
+///
+/// The schema is created or migrated under a transaction-scoped advisory lock, so processes that
+/// start together take turns. The version is recorded in `sagakit_schema`; a database written by
+/// a newer SagaKit makes ``run()`` fail with `schemaTooNew`.
+public final class PostgresSagaStore: SagaStore, Service {
     /// The schema version this SagaKit writes.
     public static let schemaVersion = PostgresSchema.currentVersion
 
@@ -43,45 +52,199 @@ public final class PostgresSagaStore: SagaStore {
     let logger: Logger
     /// The quoted schema name, to prefix table names with.
     let namespace: String
+    /// Where ``run()`` connects to migrate, when the store owns its client (`nil` for a client of
+    /// the caller's, which is then used).
+    private let ownConfiguration: Configuration?
+    let lifecycle: StoreLifecycle
     /// The hot-path statements, batched by the coalescers below.
     let batches: PostgresBatches
     let commits: WriteCoalescer<EncodedSaga, SagaState>
     let loads: WriteCoalescer<SagaID, PostgresRandomAccessRow>
     let creations: WriteCoalescer<EncodedSaga, SagaCreation>
     let marks: WriteCoalescer<[String], Void>
-    /// Runs `client.run()` when the store owns its client. Library code prefers structured
-    /// concurrency, but a store that users can create with one line and use at once must run its
-    /// pool somewhere: this task is the only one, and ``shutdown()`` (or deinit) ends it.
-    private let runner: Task<Void, Never>?
 
-    /// Connects with a URL such as `postgres://user:password@host:5432/database`, creates or
-    /// migrates the schema, and starts the connection pool.
+    /// Creates a store from a URL such as `postgres://user:password@host:5432/database` (see
+    /// ``Configuration/init(url:)``) with the default settings; does no I/O.
     ///
-    /// - Throws: ``SagaCore/SagaError`` `invalidConfiguration` for a malformed URL,
-    ///   `storeUnavailable` (saying `host:port/database`) when the server cannot be reached or
-    ///   refuses the login, `schemaTooNew` when a newer SagaKit created the schema.
-    public convenience init(url: String, logger: Logger = Logger(label: "sagakit.store.postgres")) async throws {
-        try await self.init(configuration: Configuration(url: url), logger: logger)
+    /// - Throws: ``SagaCore/SagaError`` `invalidConfiguration` for a malformed URL.
+    public convenience init(url: String, logger: Logger = Logger(label: "sagakit.store.postgres")) throws {
+        try self.init(configuration: Configuration(url: url), logger: logger)
     }
 
-    /// Connects, creates or migrates the schema, and starts the connection pool.
-    public init(configuration: Configuration, logger: Logger = Logger(label: "sagakit.store.postgres")) async throws {
+    /// Creates a store and its connection pool (a `PostgresClient` that ``run()`` runs); does no
+    /// I/O.
+    ///
+    /// - Throws: ``SagaCore/SagaError`` `invalidConfiguration` for a schema name that is not a
+    ///   plain identifier.
+    public init(configuration: Configuration, logger: Logger = Logger(label: "sagakit.store.postgres")) throws {
         let namespace = try Self.quotedSchema(configuration.schema)
-        let tls: PostgresConnection.Configuration.TLS
         let clientTLS: PostgresClient.Configuration.TLS
         switch configuration.tls {
-        case .disable:
-            tls = .disable
-            clientTLS = .disable
-        case .prefer:
-            tls = .prefer(try Self.tlsContext(configuration))
-            clientTLS = .prefer(.makeClientConfiguration())
-        case .require:
-            tls = .require(try Self.tlsContext(configuration))
-            clientTLS = .require(.makeClientConfiguration())
+        case .disable: clientTLS = .disable
+        case .prefer: clientTLS = .prefer(.makeClientConfiguration())
+        case .require: clientTLS = .require(.makeClientConfiguration())
         }
-        // Connect once on our own to report an unreachable server at once (the pool would retry
-        // forever), and to migrate.
+        var clientConfiguration = PostgresClient.Configuration(
+            host: configuration.host, port: configuration.port, username: configuration.username,
+            password: configuration.password, database: configuration.database, tls: clientTLS
+        )
+        clientConfiguration.options.connectTimeout = configuration.connectTimeout
+        clientConfiguration.options.maximumConnections = max(1, configuration.maximumConnections)
+        let client = PostgresClient(configuration: clientConfiguration, backgroundLogger: logger)
+        let location = configuration.location
+        let lifecycle = StoreLifecycle(
+            name: "the PostgreSQL store at \(location) (schema \(configuration.schema))",
+            startupTimeout: configuration.startupTimeout)
+        self.client = client
+        self.location = location
+        self.schema = configuration.schema
+        self.namespace = namespace
+        self.logger = logger
+        self.ownConfiguration = configuration
+        self.lifecycle = lifecycle
+        (batches, commits, loads, creations, marks) = Self.batching(
+            client: client, namespace: namespace, location: location, logger: logger,
+            statementTimeout: configuration.statementTimeout, lifecycle: lifecycle)
+    }
+
+    /// Creates a store on a `PostgresClient` that the caller runs (`client.run()`, or a
+    /// `ServiceGroup`); does no I/O. The store's ``run()`` creates or migrates the schema through
+    /// the client and serves; it never runs or stops the client.
+    ///
+    /// - Parameters:
+    ///   - schema: the PostgreSQL schema for SagaKit's tables (created when missing).
+    ///   - location: how error messages name the server (for example `db.internal:5432/shop`).
+    ///   - statementTimeout: see ``Configuration/statementTimeout``.
+    ///   - startupTimeout: see ``Configuration/startupTimeout``.
+    /// - Throws: ``SagaCore/SagaError`` `invalidConfiguration` for a schema name that is not a
+    ///   plain identifier.
+    public init(
+        client: PostgresClient, schema: String = "public", location: String = "PostgreSQL",
+        statementTimeout: Duration = .seconds(30), startupTimeout: Duration = .seconds(30),
+        logger: Logger = Logger(label: "sagakit.store.postgres")
+    ) throws {
+        let namespace = try Self.quotedSchema(schema)
+        let lifecycle = StoreLifecycle(
+            name: "the PostgreSQL store at \(location) (schema \(schema))", startupTimeout: startupTimeout)
+        self.client = client
+        self.location = location
+        self.schema = schema
+        self.namespace = namespace
+        self.logger = logger
+        self.ownConfiguration = nil
+        self.lifecycle = lifecycle
+        (batches, commits, loads, creations, marks) = Self.batching(
+            client: client, namespace: namespace, location: location, logger: logger, statementTimeout: statementTimeout,
+            lifecycle: lifecycle)
+    }
+
+    // MARK: Service
+
+    /// Connects, creates or migrates the schema, runs the connection pool (when the store owns
+    /// it) and serves operations until graceful shutdown, cancellation or ``shutdown()``; then
+    /// lets the statements already queued finish and closes the pool.
+    ///
+    /// - Throws: ``SagaCore/SagaError`` `storeUnavailable` (saying `host:port/database`) when the
+    ///   server cannot be reached or refuses the login, `schemaTooNew` when a newer SagaKit
+    ///   created the schema, `invalidState` when the store was already run (a store runs once).
+    public func run() async throws {
+        guard try lifecycle.begin() else {
+            lifecycle.finished()
+            return
+        }
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                if ownConfiguration != nil {
+                    let client = client
+                    group.addTask { await client.run() }
+                }
+                try await migrate()
+                await withDiscardingTaskGroup { coalescers in
+                    coalescers.addTask { await self.commits.run() }
+                    coalescers.addTask { await self.loads.run() }
+                    coalescers.addTask { await self.creations.run() }
+                    coalescers.addTask { await self.marks.run() }
+                    lifecycle.started()
+                    await withTaskCancellationOrGracefulShutdownHandler {
+                        await lifecycle.waitForStopRequest()
+                    } onCancelOrGracefulShutdown: {
+                        self.lifecycle.requestStop()
+                    }
+                    // New operations fail from now on; let the statements already queued finish.
+                    // Each statement ends within the statement timeout (see PostgresBatches).
+                    commits.finish()
+                    loads.finish()
+                    creations.finish()
+                    marks.finish()
+                }
+                // Ends client.run(), which closes the pool.
+                group.cancelAll()
+            }
+        } catch {
+            let failure =
+                error as? SagaError
+                ?? SagaError(
+                    .storeUnavailable, "the PostgreSQL store at \(location) failed: \(Self.describe(error))",
+                    underlying: error)
+            lifecycle.failed(failure)
+            lifecycle.finished()
+            throw failure
+        }
+        logger.debug("PostgreSQL saga store closed", metadata: ["store.location": "\(location)"])
+        lifecycle.finished()
+    }
+
+    /// Stops a running store and waits until its pool is closed: queued statements finish, later
+    /// operations fail with `storeUnavailable`. Returns at once for a store that never ran (it
+    /// then never will). Calling it twice is fine. A store on a client of yours leaves the client
+    /// running.
+    public func shutdown() async {
+        await lifecycle.shutdown()
+    }
+
+    /// Runs the store while `body` runs, then shuts it down: for tools, tests and scripts that
+    /// do not use a `ServiceGroup`.
+    ///
+    /// - Throws: what `body` throws, or the error of ``run()`` when the store cannot start.
+    public func withRunning<Result>(_ body: (PostgresSagaStore) async throws -> Result) async throws -> Result {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await self.run() }
+            let result: Swift.Result<Result, any Error>
+            do {
+                try await lifecycle.waitUntilRunning()
+                result = .success(try await body(self))
+            } catch {
+                result = .failure(error)
+            }
+            await shutdown()
+            // The error of run() (the store could not start) explains a failure best.
+            try await group.waitForAll()
+            return try result.get()
+        }
+    }
+
+    /// Creates or migrates the schema: on a connection of its own when the store owns its pool
+    /// (so that an unreachable server is reported at once: the pool would retry forever), through
+    /// the caller's client otherwise.
+    private func migrate() async throws {
+        let (namespace, schema, location, logger) = (namespace, schema, location, logger)
+        guard let configuration = ownConfiguration else {
+            do {
+                try await client.withConnection { connection in
+                    try await PostgresSchema.migrate(
+                        connection, namespace: namespace, schema: schema, location: location, logger: logger)
+                }
+            } catch {
+                throw Self.storeError(error, location: location, doing: "migrate")
+            }
+            return
+        }
+        let tls: PostgresConnection.Configuration.TLS
+        switch configuration.tls {
+        case .disable: tls = .disable
+        case .prefer: tls = .prefer(try Self.tlsContext(configuration))
+        case .require: tls = .require(try Self.tlsContext(configuration))
+        }
         var connectionConfiguration = PostgresConnection.Configuration(
             host: configuration.host, port: configuration.port, username: configuration.username,
             password: configuration.password, database: configuration.database, tls: tls
@@ -89,7 +252,6 @@ public final class PostgresSagaStore: SagaStore {
         connectionConfiguration.options.connectTimeout = .milliseconds(
             StoreCoding.milliseconds(configuration.connectTimeout)
         )
-        let location = configuration.location
         let connection: PostgresConnection
         do {
             connection = try await PostgresConnection.connect(
@@ -106,79 +268,11 @@ public final class PostgresSagaStore: SagaStore {
         }
         do {
             try await PostgresSchema.migrate(
-                connection, namespace: namespace, schema: configuration.schema,
-                location: location, logger: logger)
+                connection, namespace: namespace, schema: schema, location: location, logger: logger)
             try? await connection.close()
         } catch {
             try? await connection.close()
             throw Self.storeError(error, location: location, doing: "migrate")
-        }
-
-        var clientConfiguration = PostgresClient.Configuration(
-            host: configuration.host, port: configuration.port, username: configuration.username,
-            password: configuration.password, database: configuration.database, tls: clientTLS
-        )
-        clientConfiguration.options.connectTimeout = configuration.connectTimeout
-        clientConfiguration.options.maximumConnections = max(1, configuration.maximumConnections)
-        let client = PostgresClient(configuration: clientConfiguration, backgroundLogger: logger)
-        self.client = client
-        self.location = location
-        self.schema = configuration.schema
-        self.namespace = namespace
-        self.logger = logger
-        (batches, commits, loads, creations, marks) = Self.batching(
-            client: client, namespace: namespace, location: location, logger: logger,
-            statementTimeout: configuration.statementTimeout)
-        self.runner = Task { await client.run() }
-    }
-
-    /// Uses a `PostgresClient` that the caller runs (`client.run()`, or a `ServiceGroup`), and
-    /// creates or migrates the schema through it. The store never starts or stops the client.
-    ///
-    /// - Parameters:
-    ///   - schema: the PostgreSQL schema for SagaKit's tables (created when missing).
-    ///   - location: how error messages name the server (for example `db.internal:5432/shop`).
-    ///   - statementTimeout: see ``Configuration/statementTimeout``.
-    public init(
-        client: PostgresClient, schema: String = "public", location: String = "PostgreSQL",
-        statementTimeout: Duration = .seconds(30), logger: Logger = Logger(label: "sagakit.store.postgres")
-    ) async throws {
-        let namespace = try Self.quotedSchema(schema)
-        self.client = client
-        self.location = location
-        self.schema = schema
-        self.namespace = namespace
-        self.logger = logger
-        self.runner = nil
-        (batches, commits, loads, creations, marks) = Self.batching(
-            client: client, namespace: namespace, location: location, logger: logger, statementTimeout: statementTimeout)
-        do {
-            try await client.withConnection { connection in
-                try await PostgresSchema.migrate(
-                    connection, namespace: namespace, schema: schema, location: location, logger: logger
-                )
-            }
-        } catch {
-            throw Self.storeError(error, location: location, doing: "migrate")
-        }
-    }
-
-    deinit {
-        runner?.cancel()
-    }
-
-    /// Closes the connection pool of a store that owns it, and waits until it is closed, or for
-    /// the statement timeout at most (a statement the server never answered can keep the pool
-    /// from closing). Does nothing for a store created with a client of yours.
-    public func shutdown() async {
-        guard let runner else { return }
-        runner.cancel()
-        do {
-            try await PostgresBatches.abandoning(after: batches.statementTimeout) { await runner.value }
-        } catch {
-            logger.warning(
-                "the PostgreSQL connection pool did not close within \(batches.statementTimeout); leaving it",
-                metadata: ["store.location": "\(location)"])
         }
     }
 
@@ -191,23 +285,25 @@ public final class PostgresSagaStore: SagaStore {
     /// runs at a time while the next one gathers: measured on the saga benchmark, two at a time
     /// made smaller batches, more statements and lower throughput.
     private static func batching(
-        client: PostgresClient, namespace: String, location: String, logger: Logger, statementTimeout: Duration
+        client: PostgresClient, namespace: String, location: String, logger: Logger, statementTimeout: Duration,
+        lifecycle: StoreLifecycle
     ) -> (
         PostgresBatches, WriteCoalescer<EncodedSaga, SagaState>, WriteCoalescer<SagaID, PostgresRandomAccessRow>,
         WriteCoalescer<EncodedSaga, SagaCreation>, WriteCoalescer<[String], Void>
     ) {
         let batches = PostgresBatches(
             client: client, namespace: namespace, location: location, logger: logger, statementTimeout: statementTimeout)
+        let closed: @Sendable () -> any Error = { lifecycle.notRunningError }
         return (
             batches,
-            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1) { await batches.commit($0) },
-            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1) { await batches.load($0) },
-            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1) { await batches.create($0) },
-            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1) { await batches.markSent($0) }
+            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed) { await batches.commit($0) },
+            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed) { await batches.load($0) },
+            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed) { await batches.create($0) },
+            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed) { await batches.markSent($0) }
         )
     }
 
-    private static func tlsContext(_ configuration: Configuration) throws -> NIOSSLContext {
+    static func tlsContext(_ configuration: Configuration) throws -> NIOSSLContext {
         do {
             return try NIOSSLContext(configuration: .makeClientConfiguration())
         } catch {
@@ -266,9 +362,10 @@ public final class PostgresSagaStore: SagaStore {
         )
     }
 
-    /// Runs a query and collects its rows.
+    /// Runs a query and collects its rows, once the store runs.
     func rows(_ action: String, _ query: PostgresQuery) async throws -> [PostgresRandomAccessRow] {
-        try await batches.rows(action, query)
+        try await lifecycle.waitUntilRunning()
+        return try await batches.rows(action, query)
     }
 
     /// Runs raw SQL (tests use it to simulate a newer schema).

@@ -9,12 +9,17 @@ import SagaCore
 /// caches the plans of the statements in a function for the life of the connection, so a batch
 /// costs the server one trivial parse instead of parsing and planning a multi-CTE statement.
 ///
+/// Version 3 gives every outbox message its topology (the prefix of its exchange, see
+/// ``SagaCore/OutboxMessage/topology``), a count of failed publish attempts and the time it is
+/// next due, so that a relay reads only its own topology's messages and a message that keeps
+/// failing moves behind the others.
+///
 /// `sagakit_schema` holds one row with the version of the schema. Opening a store runs, in one
 /// transaction holding an advisory lock on the schema's name, every migration after the
 /// recorded version; processes that open the store together take turns.
 enum PostgresSchema {
     /// The version this SagaKit writes.
-    static let currentVersion = 2
+    static let currentVersion = 3
 
     /// Migration `n` brings the schema from version `n` to `n + 1`; `S` stands for the quoted
     /// schema name.
@@ -63,56 +68,8 @@ enum PostgresSchema {
         [
             // Nothing reads the outbox by saga, and every message paid for this index.
             "DROP INDEX IF EXISTS S.outbox_saga",
-            // Compare-and-swap of many sagas; outbox rows for the sagas that were updated.
-            // Returns the ids of the updated sagas.
-            """
-            CREATE OR REPLACE FUNCTION S.sagakit_commit(\(sagaParameters), \(outboxParameters))
-            RETURNS SETOF text LANGUAGE plpgsql \(indexOnly) AS $$
-            BEGIN
-                RETURN QUERY
-                WITH updated AS (
-                    UPDATE S.sagas AS s SET name = u.name, status = u.status, current_step = u.current_step,
-                        attempt = u.attempt, payload = u.payload::json, context = u.context::json,
-                        history = u.history::json,
-                        failure_reason = CASE WHEN u.has_failure THEN u.failure_reason END,
-                        deadline = \(deadline), reap_attempts = u.reap_attempts,
-                        created_at = timestamptz 'epoch' + u.created_at * interval '1 millisecond',
-                        updated_at = timestamptz 'epoch' + u.updated_at * interval '1 millisecond',
-                        version = u.expected + 1, lease_owner = NULL, lease_until = NULL
-                    FROM \(sagaRows)
-                    WHERE s.id = u.id AND s.version = u.expected
-                    RETURNING s.id
-                ), messages AS (
-                    \(insertOutbox(from: "updated"))
-                )
-                SELECT updated.id FROM updated;
-            END
-            $$
-            """,
-            // Creation of many sagas (those whose id is new) with their outbox rows. Returns the
-            // ids of the created sagas.
-            """
-            CREATE OR REPLACE FUNCTION S.sagakit_create(\(sagaParameters), \(outboxParameters))
-            RETURNS SETOF text LANGUAGE plpgsql AS $$
-            BEGIN
-                RETURN QUERY
-                WITH inserted AS (
-                    INSERT INTO S.sagas AS t (id, name, status, current_step, attempt, payload, context, history,
-                        failure_reason, deadline, reap_attempts, created_at, updated_at, version)
-                    SELECT u.id, u.name, u.status, u.current_step, u.attempt, u.payload::json, u.context::json,
-                        u.history::json, CASE WHEN u.has_failure THEN u.failure_reason END, \(deadline),
-                        u.reap_attempts, timestamptz 'epoch' + u.created_at * interval '1 millisecond',
-                        timestamptz 'epoch' + u.updated_at * interval '1 millisecond', 1
-                    FROM \(sagaRows)
-                    ON CONFLICT (id) DO NOTHING
-                    RETURNING t.id
-                ), messages AS (
-                    \(insertOutbox(from: "inserted"))
-                )
-                SELECT inserted.id FROM inserted;
-            END
-            $$
-            """,
+            commitFunction,
+            createFunction,
             // The sagas with these ids, JSON as text and times as Unix milliseconds.
             """
             CREATE OR REPLACE FUNCTION S.sagakit_load(p_ids text[])
@@ -139,7 +96,80 @@ enum PostgresSchema {
             $$
             """,
         ],
+        // 2 → 3
+        [
+            "ALTER TABLE S.outbox ADD COLUMN IF NOT EXISTS topology text",
+            "ALTER TABLE S.outbox ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0",
+            "ALTER TABLE S.outbox ADD COLUMN IF NOT EXISTS next_attempt_at timestamptz",
+            // Messages recorded before this version: their topology from their exchange (the
+            // rule of OutboxMessage.topology(ofExchange:)), due since their creation.
+            #"""
+            UPDATE S.outbox SET topology = regexp_replace(exchange, '^(.+)\.(commands|dead-letter|delay\.[0-9]+s)$', '\1'),
+                next_attempt_at = created_at
+            WHERE topology IS NULL
+            """#,
+            "ALTER TABLE S.outbox ALTER COLUMN topology SET NOT NULL, ALTER COLUMN next_attempt_at SET NOT NULL",
+            "DROP INDEX IF EXISTS S.outbox_pending",
+            "CREATE INDEX IF NOT EXISTS outbox_due ON S.outbox (topology, next_attempt_at, seq) WHERE sent_at IS NULL",
+            // The functions take each message's topology now.
+            "DROP FUNCTION IF EXISTS S.sagakit_commit",
+            "DROP FUNCTION IF EXISTS S.sagakit_create",
+            commitFunction,
+            createFunction,
+        ],
     ]
+
+    /// Compare-and-swap of many sagas; outbox rows for the sagas that were updated. Returns the
+    /// ids of the updated sagas.
+    private static let commitFunction = """
+        CREATE OR REPLACE FUNCTION S.sagakit_commit(\(sagaParameters), \(outboxParameters))
+        RETURNS SETOF text LANGUAGE plpgsql \(indexOnly) AS $$
+        BEGIN
+            RETURN QUERY
+            WITH updated AS (
+                UPDATE S.sagas AS s SET name = u.name, status = u.status, current_step = u.current_step,
+                    attempt = u.attempt, payload = u.payload::json, context = u.context::json,
+                    history = u.history::json,
+                    failure_reason = CASE WHEN u.has_failure THEN u.failure_reason END,
+                    deadline = \(deadline), reap_attempts = u.reap_attempts,
+                    created_at = timestamptz 'epoch' + u.created_at * interval '1 millisecond',
+                    updated_at = timestamptz 'epoch' + u.updated_at * interval '1 millisecond',
+                    version = u.expected + 1, lease_owner = NULL, lease_until = NULL
+                FROM \(sagaRows)
+                WHERE s.id = u.id AND s.version = u.expected
+                RETURNING s.id
+            ), messages AS (
+                \(insertOutbox(from: "updated"))
+            )
+            SELECT updated.id FROM updated;
+        END
+        $$
+        """
+
+    /// Creation of many sagas (those whose id is new) with their outbox rows. Returns the ids of
+    /// the created sagas.
+    private static let createFunction = """
+        CREATE OR REPLACE FUNCTION S.sagakit_create(\(sagaParameters), \(outboxParameters))
+        RETURNS SETOF text LANGUAGE plpgsql AS $$
+        BEGIN
+            RETURN QUERY
+            WITH inserted AS (
+                INSERT INTO S.sagas AS t (id, name, status, current_step, attempt, payload, context, history,
+                    failure_reason, deadline, reap_attempts, created_at, updated_at, version)
+                SELECT u.id, u.name, u.status, u.current_step, u.attempt, u.payload::json, u.context::json,
+                    u.history::json, CASE WHEN u.has_failure THEN u.failure_reason END, \(deadline),
+                    u.reap_attempts, timestamptz 'epoch' + u.created_at * interval '1 millisecond',
+                    timestamptz 'epoch' + u.updated_at * interval '1 millisecond', 1
+                FROM \(sagaRows)
+                ON CONFLICT (id) DO NOTHING
+                RETURNING t.id
+            ), messages AS (
+                \(insertOutbox(from: "inserted"))
+            )
+            SELECT inserted.id FROM inserted;
+        END
+        $$
+        """
 
     /// PL/pgSQL keeps a generic plan per connection once it has run a statement a few times. A
     /// plan made while a table was small (a new schema) scans the table instead of its primary
@@ -157,7 +187,7 @@ enum PostgresSchema {
     /// The outbox columns as function parameters, in the order ``OutboxRows`` binds them.
     private static let outboxParameters = """
         m_ids text[], m_saga_ids text[], m_exchanges text[], m_routing_keys text[], m_bodies bytea[], \
-        m_headers text[], m_created_at int8[]
+        m_headers text[], m_created_at int8[], m_topologies text[]
         """
     /// The saga parameters as rows.
     private static let sagaRows = """
@@ -176,11 +206,14 @@ enum PostgresSchema {
     /// The outbox `INSERT` of the messages whose saga is in the CTE `source`.
     private static func insertOutbox(from source: String) -> String {
         """
-        INSERT INTO S.outbox (id, saga_id, exchange, routing_key, body, headers, created_at)
+        INSERT INTO S.outbox (id, saga_id, exchange, routing_key, body, headers, created_at, topology,
+                        next_attempt_at)
                     SELECT m.id, m.saga_id, m.exchange, m.routing_key, m.body, m.headers::json,
+                        timestamptz 'epoch' + m.created_at * interval '1 millisecond', m.topology,
                         timestamptz 'epoch' + m.created_at * interval '1 millisecond'
-                    FROM unnest(m_ids, m_saga_ids, m_exchanges, m_routing_keys, m_bodies, m_headers, m_created_at)
-                        WITH ORDINALITY AS m(id, saga_id, exchange, routing_key, body, headers, created_at, n)
+                    FROM unnest(m_ids, m_saga_ids, m_exchanges, m_routing_keys, m_bodies, m_headers, m_created_at,
+                        m_topologies)
+                        WITH ORDINALITY AS m(id, saga_id, exchange, routing_key, body, headers, created_at, topology, n)
                     WHERE m.saga_id IN (SELECT \(source).id FROM \(source))
                     ORDER BY m.n
                     ON CONFLICT (id) DO NOTHING

@@ -9,6 +9,7 @@ extension SQLiteSagaStore {
     public func create(_ state: SagaState, outbox: [OutboxMessage]) async throws -> SagaCreation {
         var initial = state
         initial.version = 1
+        try await lifecycle.waitUntilRunning()
         return try await creations.submit(try EncodedSaga(initial, expected: 0, outbox: outbox), key: state.id)
     }
 
@@ -52,6 +53,7 @@ extension SQLiteSagaStore {
     public func commit(_ transition: SagaTransition) async throws -> SagaState {
         var next = transition.state
         next.version = transition.expectedVersion + 1
+        try await lifecycle.waitUntilRunning()
         return try await commits.submit(
             try EncodedSaga(next, expected: transition.expectedVersion, outbox: transition.outbox), key: next.id)
     }
@@ -159,7 +161,26 @@ extension SQLiteSagaStore {
         }
     }
 
-    /// Unsent outbox messages created before `createdBefore`, oldest first.
+    /// Unsent messages of the topology, created before `createdBefore` and due at `now`, in the
+    /// order they became due (ties by insertion order).
+    public func pendingOutbox(topology: String, createdBefore: Date, now: Date, limit: Int) async throws -> [OutboxMessage] {
+        let before = StoreCoding.milliseconds(createdBefore)
+        let due = StoreCoding.milliseconds(now)
+        let limit = max(0, limit)
+        return try await read("read the outbox of") { db in
+            try Row.fetchAll(
+                db.cachedStatement(
+                    sql: """
+                        SELECT \(OutboxRow.columns) FROM outbox
+                        WHERE topology = ? AND sent_at IS NULL AND next_attempt_at <= ? AND created_at < ?
+                        ORDER BY next_attempt_at, seq LIMIT ?
+                        """),
+                arguments: [topology, due, before, limit]
+            ).map(OutboxRow.message(from:))
+        }
+    }
+
+    /// Unsent messages of every topology created before `createdBefore`, oldest first.
     public func pendingOutbox(createdBefore: Date, limit: Int) async throws -> [OutboxMessage] {
         let before = StoreCoding.milliseconds(createdBefore)
         let limit = max(0, limit)
@@ -167,7 +188,7 @@ extension SQLiteSagaStore {
             try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT id, saga_id, exchange, routing_key, body, headers, created_at FROM outbox
+                    SELECT \(OutboxRow.columns) FROM outbox
                     WHERE sent_at IS NULL AND created_at < ? ORDER BY created_at, seq LIMIT ?
                     """,
                 arguments: [before, limit]
@@ -175,9 +196,31 @@ extension SQLiteSagaStore {
         }
     }
 
+    /// Counts a failed publish of each message and defers it until `retryAt`, in one
+    /// transaction; unknown ids are ignored.
+    public func recordFailedAttempts(_ ids: [String], retryAt: Date) async throws {
+        guard !ids.isEmpty else { return }
+        let retry = StoreCoding.milliseconds(retryAt)
+        try await write("record failed publish attempts in") { db in
+            var start = 0
+            while start < ids.count {
+                let chunk = ids[start..<min(ids.count, start + 500)]
+                try db.execute(
+                    sql: """
+                        UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?
+                        WHERE sent_at IS NULL AND id IN (\(Array(repeating: "?", count: chunk.count).joined(separator: ", ")))
+                        """,
+                    arguments: StatementArguments([retry]) + StatementArguments(Array(chunk))
+                )
+                start += chunk.count
+            }
+        }
+    }
+
     /// Marks messages as sent; unknown ids are ignored. Concurrent calls share a transaction.
     public func markSent(_ ids: [String]) async throws {
         guard !ids.isEmpty else { return }
+        try await lifecycle.waitUntilRunning()
         try await marks.submit(ids, key: UUID().uuidString)
     }
 
@@ -218,8 +261,9 @@ extension SQLiteSagaStore {
         for message in messages {
             try db.cachedStatement(
                 sql: """
-                    INSERT INTO outbox (id, saga_id, exchange, routing_key, body, headers, created_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING
+                    INSERT INTO outbox (id, saga_id, exchange, routing_key, body, headers, created_at, topology,
+                        next_attempt_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING
                     """
             ).execute(arguments: message.arguments)
         }
@@ -272,12 +316,18 @@ struct SagaRow: Sendable {
 
 /// An outbox message as column values.
 struct OutboxRow: Sendable {
+    /// The columns ``message(from:)`` reads.
+    static let columns = "id, saga_id, exchange, routing_key, body, headers, created_at, attempts"
+
     let arguments: StatementArguments
 
+    /// The values of id, saga_id, exchange, routing_key, body, headers, created_at, topology and
+    /// next_attempt_at (due at once).
     init(_ message: OutboxMessage) throws {
+        let createdAt = StoreCoding.milliseconds(message.createdAt)
         arguments = [
             message.id, message.sagaID, message.exchange, message.routingKey, Data(message.body),
-            try StoreCoding.json(message.headers), StoreCoding.milliseconds(message.createdAt),
+            try StoreCoding.json(message.headers), createdAt, message.topology, createdAt,
         ]
     }
 
@@ -292,7 +342,8 @@ struct OutboxRow: Sendable {
             body: [UInt8](body),
             headers: try StoreCoding.decode(
                 [String: String].self, json: row["headers"], column: "headers", sagaID: row["saga_id"]),
-            createdAt: StoreCoding.date(milliseconds: row["created_at"])
+            createdAt: StoreCoding.date(milliseconds: row["created_at"]),
+            publishAttempts: row["attempts"]
         )
     }
 }

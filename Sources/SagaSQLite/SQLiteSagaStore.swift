@@ -2,6 +2,8 @@ import Foundation
 import GRDB
 public import Logging
 public import SagaCore
+public import ServiceLifecycle
+import Synchronization
 
 /// A ``SagaCore/SagaStore`` in one SQLite file: the embedded default.
 ///
@@ -16,52 +18,37 @@ public import SagaCore
 ///
 /// Blocking SQLite calls run on GRDB's own dispatch queues, never on Swift's cooperative pool.
 ///
-/// The schema is created or migrated when the store opens, in a write transaction, so several
-/// processes may open a new file at the same time. The version is recorded in `sagakit_schema`;
-/// a file written by a newer SagaKit fails to open with `schemaTooNew`.
+/// ## Lifecycle
+/// The store is a swift-service-lifecycle `Service`. Creating it does no I/O; ``run()`` opens
+/// the file (creating it and its directory when missing), creates or migrates the schema, serves
+/// until graceful shutdown, cancellation or ``shutdown()``, and closes the file. Operations made
+/// before the store runs wait for it, at most ``Configuration/startupTimeout``, then fail with
+/// `storeUnavailable`.
 ///
 /// ```swift
-/// let store = try await SQLiteSagaStore(path: "/var/lib/shop/sagas.db")
-/// let store2 = try await SQLiteSagaStore(url: "sqlite:///var/lib/shop/sagas.db")
+/// let store = try SQLiteSagaStore(url: "sqlite:///var/lib/shop/sagas.db")
+/// // In a service: list the store before the services that use it (a ServiceGroup stops
+/// // services in reverse order, so the store stops last).
+/// let group = ServiceGroup(services: [store, participant], logger: logger)
+/// // In a tool or a test:
+/// let counts = try await store.withRunning { store in try await store.countByStatus(name: nil) }
 /// ```
-public final class SQLiteSagaStore: SagaStore {
-    /// How the store opens the file.
-    public struct Configuration: Sendable {
-        /// How long a write waits for other connections' transactions (other processes) before
-        /// it fails with `storeUnavailable`.
-        public var busyTimeout: Duration
-        /// Whether every commit is flushed to disk before it returns (`full`, survives power
-        /// loss) or only written to the WAL (`normal`, survives a process crash).
-        public var synchronous: Synchronous
-        /// The most concurrent read connections this process opens.
-        public var maximumReaderCount: Int
-
-        /// SQLite's `synchronous` setting.
-        public enum Synchronous: String, Sendable {
-            /// `PRAGMA synchronous = FULL`: durable across power loss.
-            case full = "FULL"
-            /// `PRAGMA synchronous = NORMAL`: durable across process crashes; the last
-            /// transactions may be lost on power loss (the file is never corrupted).
-            case normal = "NORMAL"
-        }
-
-        /// Creates a configuration.
-        public init(busyTimeout: Duration = .seconds(10), synchronous: Synchronous = .full, maximumReaderCount: Int = 4) {
-            self.busyTimeout = busyTimeout
-            self.synchronous = synchronous
-            self.maximumReaderCount = maximumReaderCount
-        }
-    }
-
+///
+/// The schema is created or migrated in a write transaction, so several processes may open a
+/// new file at the same time. The version is recorded in `sagakit_schema`; a file written by a
+/// newer SagaKit makes ``run()`` fail with `schemaTooNew`.
+public final class SQLiteSagaStore: SagaStore, Service {
     /// The schema version this SagaKit writes.
     public static let schemaVersion = SQLiteSchema.currentVersion
 
     /// The database file's absolute path.
     public let path: String
+    /// The configuration the store was created with.
+    public let configuration: Configuration
 
-    let pool: DatabasePool
     let logger: Logger
     let access: SQLiteStoreAccess
+    let lifecycle: StoreLifecycle
     let commits: WriteCoalescer<EncodedSaga, SagaState>
     let creations: WriteCoalescer<EncodedSaga, SagaCreation>
     let marks: WriteCoalescer<[String], Void>
@@ -69,94 +56,139 @@ public final class SQLiteSagaStore: SagaStore {
     /// The most sagas written in one transaction.
     static let maxBatch = 64
 
-    /// Opens (creating the directory and the file when missing) and migrates a store.
+    /// Creates a store for a file; does no I/O (``run()`` opens the file).
     ///
     /// - Parameters:
-    ///   - path: the file; relative paths are resolved against the current directory.
-    ///   - configuration: busy timeout and durability.
+    ///   - configuration: the file (a relative path is resolved against the current directory
+    ///     now), busy timeout, durability, startup timeout.
     ///   - logger: where opening and migration are logged (at `debug` and `info`).
-    /// - Throws: ``SagaCore/SagaError`` `storeUnavailable` (naming the path) when the file cannot
-    ///   be created or opened; `schemaTooNew` when a newer SagaKit wrote it.
-    public init(
-        path: String,
-        configuration: Configuration = Configuration(),
-        logger: Logger = Logger(label: "sagakit.store.sqlite")
-    ) async throws {
-        let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
+    public init(configuration: Configuration, logger: Logger = Logger(label: "sagakit.store.sqlite")) {
+        let absolute = URL(fileURLWithPath: configuration.path).standardizedFileURL.path
         self.path = absolute
+        self.configuration = configuration
         self.logger = logger
-        let pool = try await Self.open(path: absolute, configuration: configuration)
-        self.pool = pool
-        let access = SQLiteStoreAccess(pool: pool, path: absolute)
+        let lifecycle = StoreLifecycle(name: "the SQLite store \(absolute)", startupTimeout: configuration.startupTimeout)
+        self.lifecycle = lifecycle
+        let access = SQLiteStoreAccess(path: absolute, lifecycle: lifecycle)
         self.access = access
+        let closed: @Sendable () -> any Error = { lifecycle.notRunningError }
         // SQLite has one writer at a time: one batch runs, the next one gathers meanwhile.
-        commits = WriteCoalescer(maxBatch: Self.maxBatch, maxConcurrentBatches: 1) { await Self.commit($0, in: access) }
-        creations = WriteCoalescer(maxBatch: Self.maxBatch, maxConcurrentBatches: 1) { await Self.create($0, in: access) }
-        marks = WriteCoalescer(maxBatch: Self.maxBatch, maxConcurrentBatches: 1) { await Self.markSent($0, in: access) }
-        do {
-            try await SQLiteSchema.migrate(pool, path: absolute, logger: logger)
-        } catch {
-            try? pool.close()
-            throw Self.storeError(error, path: absolute, doing: "migrate")
+        commits = WriteCoalescer(maxBatch: Self.maxBatch, maxConcurrentBatches: 1, closedError: closed) {
+            await Self.commit($0, in: access)
+        }
+        creations = WriteCoalescer(maxBatch: Self.maxBatch, maxConcurrentBatches: 1, closedError: closed) {
+            await Self.create($0, in: access)
+        }
+        marks = WriteCoalescer(maxBatch: Self.maxBatch, maxConcurrentBatches: 1, closedError: closed) {
+            await Self.markSent($0, in: access)
         }
     }
 
-    /// Opens a store from a URL: `sqlite:///absolute/path/file.db`, `sqlite:relative/file.db`,
-    /// or `sqlite:/absolute/path/file.db`.
+    /// Creates a store for a file with the default settings; does no I/O.
+    public convenience init(path: String, logger: Logger = Logger(label: "sagakit.store.sqlite")) {
+        self.init(configuration: Configuration(path: path), logger: logger)
+    }
+
+    /// Creates a store from a URL (see ``Configuration/init(url:)``) with the default settings;
+    /// does no I/O.
     ///
     /// - Throws: ``SagaCore/SagaError`` `invalidConfiguration` for another scheme or an empty
-    ///   path, and the errors of ``init(path:configuration:logger:)``.
-    public convenience init(
-        url: String,
-        configuration: Configuration = Configuration(),
-        logger: Logger = Logger(label: "sagakit.store.sqlite")
-    ) async throws {
-        try await self.init(path: Self.path(fromURL: url), configuration: configuration, logger: logger)
+    ///   path.
+    public convenience init(url: String, logger: Logger = Logger(label: "sagakit.store.sqlite")) throws {
+        self.init(configuration: try Configuration(url: url), logger: logger)
     }
 
-    /// The file path of a `sqlite:` URL.
-    static func path(fromURL url: String) throws -> String {
-        guard url.lowercased().hasPrefix("sqlite:") else {
-            throw SagaError(
-                .invalidConfiguration,
-                "'\(url)' is not a SQLite URL",
-                recoverySuggestion: "use sqlite:///absolute/path/file.db or sqlite:relative/file.db"
-            )
-        }
-        var rest = String(url.dropFirst("sqlite:".count))
-        if rest.hasPrefix("//") {
-            // sqlite://<authority>/<path>: only an empty authority (or localhost) is meaningful.
-            rest.removeFirst(2)
-            if rest.hasPrefix("localhost/") { rest.removeFirst("localhost".count) }
-            guard rest.hasPrefix("/") else {
-                throw SagaError(
-                    .invalidConfiguration,
-                    "'\(url)' names a host; SQLite URLs name a local file",
-                    recoverySuggestion: "use sqlite:///absolute/path/file.db (three slashes) or sqlite:relative/file.db"
-                )
-            }
-        }
-        if let query = rest.firstIndex(of: "?") { rest = String(rest[..<query]) }
-        let path = rest.removingPercentEncoding ?? rest
-        guard !path.isEmpty, path != "/" else {
-            throw SagaError(.invalidConfiguration, "'\(url)' has no file path")
-        }
-        return path
-    }
+    // MARK: Service
 
-    /// Closes the file's connections. Later calls fail with `storeUnavailable`. Closing is also
-    /// done when the store is deinitialized.
-    public func close() throws {
+    /// Opens the file (creating it and its directory when missing), creates or migrates the
+    /// schema, serves operations until graceful shutdown, cancellation or ``shutdown()``, lets
+    /// the writes already queued finish, and closes the file.
+    ///
+    /// - Throws: ``SagaCore/SagaError`` `storeUnavailable` (naming the path) when the file cannot
+    ///   be created or opened; `schemaTooNew` when a newer SagaKit wrote it; `invalidState` when
+    ///   the store was already run (a store runs once).
+    public func run() async throws {
+        guard try lifecycle.begin() else {
+            lifecycle.finished()
+            return
+        }
+        let pool: DatabasePool
         do {
-            try pool.close()
+            pool = try await Self.open(path: path, configuration: configuration)
+            do {
+                try await SQLiteSchema.migrate(pool, path: path, logger: logger)
+            } catch {
+                try? await Self.onDispatchQueue { try pool.close() }
+                throw Self.storeError(error, path: path, doing: "migrate")
+            }
         } catch {
-            throw Self.storeError(error, path: path, doing: "close")
+            let failure =
+                error as? SagaError
+                ?? SagaError(.storeUnavailable, "cannot open the SQLite store \(path): \(error)", underlying: error)
+            lifecycle.failed(failure)
+            lifecycle.finished()
+            throw failure
+        }
+        access.open(pool)
+        logger.debug("SQLite saga store open", metadata: ["store.path": "\(path)"])
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.commits.run() }
+            group.addTask { await self.creations.run() }
+            group.addTask { await self.marks.run() }
+            lifecycle.started()
+            await withTaskCancellationOrGracefulShutdownHandler {
+                await lifecycle.waitForStopRequest()
+            } onCancelOrGracefulShutdown: {
+                self.lifecycle.requestStop()
+            }
+            // New operations fail from now on; let the writes already queued finish.
+            commits.finish()
+            creations.finish()
+            marks.finish()
+        }
+        access.close()
+        do {
+            try await Self.onDispatchQueue { try pool.close() }
+        } catch {
+            logger.warning(
+                "closing the SQLite store failed; its connections close when the process ends",
+                metadata: ["store.path": "\(path)", "error": "\(error)"])
+        }
+        logger.debug("SQLite saga store closed", metadata: ["store.path": "\(path)"])
+        lifecycle.finished()
+    }
+
+    /// Stops a running store and waits until its file is closed: queued writes finish, later
+    /// operations fail with `storeUnavailable`. Returns at once for a store that never ran (it
+    /// then never will). Calling it twice is fine.
+    public func shutdown() async {
+        await lifecycle.shutdown()
+    }
+
+    /// Runs the store while `body` runs, then shuts it down: for tools, tests and scripts that
+    /// do not use a `ServiceGroup`.
+    ///
+    /// - Throws: what `body` throws, or the error of ``run()`` when the store cannot be opened.
+    public func withRunning<Result>(_ body: (SQLiteSagaStore) async throws -> Result) async throws -> Result {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await self.run() }
+            let result: Swift.Result<Result, any Error>
+            do {
+                try await lifecycle.waitUntilRunning()
+                result = .success(try await body(self))
+            } catch {
+                result = .failure(error)
+            }
+            await shutdown()
+            // The error of run() (the store could not be opened) explains a failure best.
+            try await group.waitForAll()
+            return try result.get()
         }
     }
 
     // MARK: Opening
 
-    private static func open(path: String, configuration: Configuration) async throws -> DatabasePool {
+    static func open(path: String, configuration: Configuration) async throws -> DatabasePool {
         let directory = URL(fileURLWithPath: path).deletingLastPathComponent()
         do {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -195,7 +227,7 @@ public final class SQLiteSagaStore: SagaStore {
     }
 
     /// Runs a blocking call on a dispatch queue, off the cooperative pool.
-    private static func onDispatchQueue<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    static func onDispatchQueue<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
             DispatchQueue.global().async {
                 continuation.resume(with: Result { try body() })
@@ -235,11 +267,29 @@ public final class SQLiteSagaStore: SagaStore {
 }
 
 /// The database and its path, for the batch functions (which must not hold the store itself).
-struct SQLiteStoreAccess: Sendable {
-    let pool: DatabasePool
+/// The pool exists while the store runs.
+final class SQLiteStoreAccess: Sendable {
     let path: String
+    let lifecycle: StoreLifecycle
+    private let pool = Mutex<DatabasePool?>(nil)
+
+    init(path: String, lifecycle: StoreLifecycle) {
+        self.path = path
+        self.lifecycle = lifecycle
+    }
+
+    func open(_ pool: DatabasePool) { self.pool.withLock { $0 = pool } }
+    func close() { pool.withLock { $0 = nil } }
+
+    /// The pool, once the store runs (waiting for it, at most the startup timeout).
+    func database() async throws -> DatabasePool {
+        try await lifecycle.waitUntilRunning()
+        guard let pool = pool.withLock({ $0 }) else { throw lifecycle.notRunningError }
+        return pool
+    }
 
     func read<T: Sendable>(_ action: String, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        let pool = try await database()
         do {
             return try await pool.read(body)
         } catch {
@@ -248,6 +298,7 @@ struct SQLiteStoreAccess: Sendable {
     }
 
     func write<T: Sendable>(_ action: String, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        let pool = try await database()
         do {
             return try await pool.write(body)
         } catch {

@@ -5,12 +5,17 @@ import SagaCore
 
 /// The SQLite schema and its migrations.
 ///
+/// Version 2 gives every outbox message its topology (the prefix of its exchange, see
+/// ``SagaCore/OutboxMessage/topology``), a count of failed publish attempts and the time it is
+/// next due, so that a relay reads only its own topology's messages and a message that keeps
+/// failing moves behind the others.
+///
 /// `sagakit_schema` holds one row with the version of the schema in the file. Opening a store
 /// runs, in one `IMMEDIATE` transaction, every migration after the recorded version; processes
 /// that open the same file at once take turns, and the later ones find nothing to do.
 enum SQLiteSchema {
     /// The version this SagaKit writes.
-    static let currentVersion = 1
+    static let currentVersion = 2
 
     /// Migration `n` brings the schema from version `n` to `n + 1`.
     static let migrations: [String] = [
@@ -49,8 +54,27 @@ enum SQLiteSchema {
         );
         CREATE INDEX outbox_pending ON outbox (created_at, seq) WHERE sent_at IS NULL;
         CREATE INDEX outbox_saga ON outbox (saga_id);
+        """,
+        // 1 → 2 (the topologies of existing messages are filled in by `backfillTopologies`)
         """
+        ALTER TABLE outbox ADD COLUMN topology TEXT NOT NULL DEFAULT '';
+        ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE outbox ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0;
+        UPDATE outbox SET next_attempt_at = created_at;
+        DROP INDEX IF EXISTS outbox_pending;
+        CREATE INDEX outbox_due ON outbox (topology, next_attempt_at, seq) WHERE sent_at IS NULL;
+        """,
     ]
+
+    /// Sets the topology of the messages recorded before version 2, from their exchange.
+    private static func backfillTopologies(_ db: Database) throws {
+        let exchanges = try String.fetchAll(db, sql: "SELECT DISTINCT exchange FROM outbox")
+        for exchange in exchanges {
+            try db.execute(
+                sql: "UPDATE outbox SET topology = ? WHERE exchange = ?",
+                arguments: [OutboxMessage.topology(ofExchange: exchange), exchange])
+        }
+    }
 
     static func migrate(_ pool: DatabasePool, path: String, logger: Logger) async throws {
         let (from, to) = try await pool.write { db -> (Int, Int) in
@@ -74,6 +98,7 @@ enum SQLiteSchema {
             guard found < currentVersion else { return (found, found) }
             for version in found..<currentVersion {
                 try db.execute(sql: migrations[version])
+                if version == 1 { try backfillTopologies(db) }
             }
             try db.execute(
                 sql: """

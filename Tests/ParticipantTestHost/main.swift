@@ -9,6 +9,7 @@ import Foundation
 import GRDB
 import Participant
 import SagaPostgres
+import SagaSQLite
 import SagaTestSupport
 
 let environment = ProcessInfo.processInfo.environment
@@ -91,15 +92,11 @@ default:
 }
 
 let storeURL = required("STORE_URL")
-let store: any SagaStore
-let postgres: PostgresSagaStore?
+let store: any SagaStore & Service
 if storeURL.hasPrefix("postgres") {
-    let opened = try await PostgresSagaStore(url: storeURL, logger: logger)
-    postgres = opened
-    store = opened
+    store = try PostgresSagaStore(url: storeURL, logger: logger)
 } else {
-    store = try await SQLiteSagaStore(url: storeURL, logger: logger)
-    postgres = nil
+    store = try SQLiteSagaStore(url: storeURL, logger: logger)
 }
 let bus = try await RabbitMQBus.connect(url: required("AMQP_URL"))
 let participant = SagaParticipant(
@@ -126,8 +123,9 @@ Task.detached {
 
 let group = ServiceGroup(
     configuration: ServiceGroupConfiguration(
-        services: [.init(service: participant)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        // The store first: a group stops its services in reverse order, so the store stops last.
+        services: [.init(service: store), .init(service: participant)], gracefulShutdownSignals: [.sigterm, .sigint],
+        logger: logger)
 )
 try await group.run()
 await bus.shutdown()
-await postgres?.shutdown()

@@ -1,6 +1,7 @@
 import Foundation
 import Participant
 import SagaPostgres
+import SagaSQLite
 import SagaTestSupport
 import Synchronization
 import Testing
@@ -38,14 +39,27 @@ enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     }
 }
 
-/// Opens a store by URL; the caller closes it with the returned closure.
+/// Opens a store by URL and runs it; the caller shuts it down with the returned closure.
 func openStore(_ url: String) async throws -> (any SagaStore, @Sendable () async -> Void) {
     if url.hasPrefix("postgres") {
-        let store = try await PostgresSagaStore(url: url, logger: quietTestLogger)
-        return (store, { await store.shutdown() })
+        return running(try PostgresSagaStore(url: url, logger: quietTestLogger)) { await $0.shutdown() }
     }
-    let store = try await SQLiteSagaStore(url: url, logger: quietTestLogger)
-    return (store, { try? store.close() })
+    return running(try SQLiteSagaStore(url: url, logger: quietTestLogger)) { await $0.shutdown() }
+}
+
+/// Runs a store service until the returned closure shuts it down (its run spans several scopes
+/// of the tests that use it).
+func running<Store: SagaStore & Service>(
+    _ store: Store, shutdown: @escaping @Sendable (Store) async -> Void
+) -> (any SagaStore, @Sendable () async -> Void) {
+    let runner = Task { try await store.run() }
+    return (
+        store,
+        {
+            await shutdown(store)
+            if case .failure(let error) = await runner.result { Issue.record("the store failed: \(error)") }
+        }
+    )
 }
 
 @Suite(

@@ -34,7 +34,8 @@ struct StoreOutageTests {
         var configuration = try PostgresSagaStore.Configuration(url: url)
         // A statement left unanswered by the shutdown is given up on after this long.
         configuration.statementTimeout = .seconds(3)
-        let store = try await PostgresSagaStore(configuration: configuration, logger: storeLogger)
+        let store = try PostgresSagaStore(configuration: configuration, logger: storeLogger)
+        let storeRun = Task { try await store.run() }
         let bus = try await RabbitMQBus.connect(url: servers.amqp)
         let ledger = Ledger()
         let topology = SagaTopology(prefix: "outage-\(UUID().uuidString.prefix(8))", delayLevels: [1])
@@ -76,5 +77,6 @@ struct StoreOutageTests {
         }
         await bus.shutdown()
         await store.shutdown()
+        try await storeRun.value
     }
 }

@@ -21,6 +21,17 @@ private final class BatchLog: Sendable {
     func finished() { running.withLock { $0 -= 1 } }
 }
 
+/// Runs the coalescer's batches while `body` runs.
+private func whileRunning<Request, Response, Result>(
+    _ coalescer: WriteCoalescer<Request, Response>, _ body: () async throws -> Result
+) async throws -> Result {
+    try await withThrowingDiscardingTaskGroup { group in
+        group.addTask { await coalescer.run() }
+        defer { coalescer.finish() }
+        return try await body()
+    }
+}
+
 /// A task-local value a caller sets, to see whether a batch runs with it.
 private enum CallerTag {
     @TaskLocal static var value: String?
@@ -36,7 +47,9 @@ struct WriteCoalescerTests {
             log.finished()
             return batch.map { .success($0.uppercased()) }
         }
-        #expect(try await coalescer.submit("a", key: "a") == "A")
+        try await whileRunning(coalescer) { () async throws in
+            #expect(try await coalescer.submit("a", key: "a") == "A")
+        }
         #expect(log.batches.withLock { $0 } == [["a"]])
     }
 
@@ -49,13 +62,15 @@ struct WriteCoalescerTests {
             log.finished()
             return batch.map { $0 % 7 == 0 ? .failure(SagaError(.versionConflict, "\($0)")) : .success($0 * 10) }
         }
-        let results = await withTaskGroup(of: (Int, Int?).self) { group in
-            for value in 0..<200 {
-                group.addTask { (value, try? await coalescer.submit(value, key: "k\(value)")) }
+        let results = try await whileRunning(coalescer) {
+            await withTaskGroup(of: (Int, Int?).self) { group in
+                for value in 0..<200 {
+                    group.addTask { (value, try? await coalescer.submit(value, key: "k\(value)")) }
+                }
+                var results: [Int: Int?] = [:]
+                for await (value, result) in group { results[value] = result }
+                return results
             }
-            var results: [Int: Int?] = [:]
-            for await (value, result) in group { results[value] = result }
-            return results
         }
         for value in 0..<200 {
             #expect(results[value] == (value % 7 == 0 ? nil : value * 10))
@@ -84,10 +99,12 @@ struct WriteCoalescerTests {
             log.finished()
             return batch.map { .success($0) }
         }
-        await withTaskGroup(of: Void.self) { group in
-            for index in 0..<300 {
-                // 10 keys, each submitted 30 times concurrently.
-                group.addTask { _ = try? await coalescer.submit("saga-\(index % 10)", key: "saga-\(index % 10)") }
+        try await whileRunning(coalescer) {
+            await withTaskGroup(of: Void.self) { group in
+                for index in 0..<300 {
+                    // 10 keys, each submitted 30 times concurrently.
+                    group.addTask { _ = try? await coalescer.submit("saga-\(index % 10)", key: "saga-\(index % 10)") }
+                }
             }
         }
         #expect(overlaps.withLock { $0 } == 0)
@@ -99,7 +116,9 @@ struct WriteCoalescerTests {
         let coalescer = WriteCoalescer<Int, String>(maxBatch: 4, maxConcurrentBatches: 1) { batch in
             batch.map { _ in .success(CallerTag.value ?? "none") }
         }
-        let seen = try await CallerTag.$value.withValue("caller-1") { try await coalescer.submit(1, key: "1") }
+        let seen = try await whileRunning(coalescer) {
+            try await CallerTag.$value.withValue("caller-1") { try await coalescer.submit(1, key: "1") }
+        }
         #expect(seen == "none")
     }
 
@@ -108,12 +127,32 @@ struct WriteCoalescerTests {
         let coalescer = WriteCoalescer<Int, Int>(maxBatch: 4, maxConcurrentBatches: 1) { batch in
             batch.map { _ in .failure(SagaError(.storeUnavailable, "down")) }
         }
-        await withTaskGroup(of: Void.self) { group in
-            for value in 0..<10 {
-                group.addTask {
-                    await #expect(throws: SagaError.self) { try await coalescer.submit(value, key: "\(value)") }
+        try await whileRunning(coalescer) {
+            await withTaskGroup(of: Void.self) { group in
+                for value in 0..<10 {
+                    group.addTask {
+                        await #expect(throws: SagaError.self) { try await coalescer.submit(value, key: "\(value)") }
+                    }
                 }
             }
         }
+    }
+
+    @Test("requests queued before run() wait for it; finish() lets them run; later requests fail")
+    func lifecycle() async throws {
+        let coalescer = WriteCoalescer<Int, Int>(
+            maxBatch: 4, maxConcurrentBatches: 1, closedError: { SagaError(.storeUnavailable, "closed") }
+        ) { batch in
+            batch.map { .success($0 + 1) }
+        }
+        try await withThrowingTaskGroup(of: Int.self) { group in
+            for value in 0..<10 { group.addTask { try await coalescer.submit(value, key: "\(value)") } }
+            try await Task.sleep(for: .milliseconds(50))
+            coalescer.finish()
+            await coalescer.run()  // runs what was queued, then returns
+            let results = try await group.reduce(into: []) { $0.append($1) }
+            #expect(results.sorted() == Array(1...10))
+        }
+        await #expect(throws: SagaError.self) { try await coalescer.submit(1, key: "1") }
     }
 }

@@ -38,8 +38,9 @@ struct PostgresStoreTests {
 
     @Test func anUnreachableServerIsStoreUnavailableSayingWhere() async throws {
         // Nothing listens on port 1.
+        let store = try PostgresSagaStore(url: "postgres://sagakit:secret@127.0.0.1:1/sagakit")
         let error = await expectSagaError(.storeUnavailable) {
-            _ = try await PostgresSagaStore(url: "postgres://sagakit:secret@127.0.0.1:1/sagakit")
+            try await store.withRunning { _ in }
         }
         #expect(error?.message.contains("127.0.0.1:1/sagakit") == true, "\(String(describing: error))")
         #expect(error?.message.contains("secret") == false)
@@ -50,70 +51,83 @@ struct PostgresStoreTests {
         var configuration = try PostgresSagaStore.Configuration(url: url)
         configuration.password = "wrong-\(UUID())"
         let error = await expectSagaError(.storeUnavailable) {
-            _ = try await PostgresSagaStore(configuration: configuration)
+            try await PostgresSagaStore(configuration: configuration).withRunning { _ in }
         }
         #expect(error?.message.contains(configuration.location) == true, "\(String(describing: error))")
     }
 
     @Test func aSchemaFromANewerSagaKitIsRefused() async throws {
-        guard let fixture = try await makePostgresStore() else { return }
-        let store = try #require(fixture.store as? PostgresSagaStore)
-        try await store.executeForTesting(
-            "UPDATE \(store.namespace).sagakit_schema SET version = \(PostgresSagaStore.schemaVersion + 1)"
-        )
-        var configuration = try PostgresSagaStore.Configuration(url: try await TestPostgres.requireURL())
-        configuration.schema = store.schema
-        let error = await expectSagaError(.schemaTooNew) {
-            _ = try await PostgresSagaStore(configuration: configuration)
+        try await withPostgresStore { _, store in
+            try await store.executeForTesting(
+                "UPDATE \(store.namespace).sagakit_schema SET version = \(PostgresSagaStore.schemaVersion + 1)"
+            )
+            var configuration = try PostgresSagaStore.Configuration(url: try await TestPostgres.requireURL())
+            configuration.schema = store.schema
+            let newer = try PostgresSagaStore(configuration: configuration)
+            let error = await expectSagaError(.schemaTooNew) { try await newer.withRunning { _ in } }
+            #expect(error?.message.contains("\(PostgresSagaStore.schemaVersion + 1)") == true)
+            // An operation on the store that failed to start says why.
+            let again = await expectSagaError(.schemaTooNew) { _ = try await newer.load("any") }
+            #expect(again?.message == error?.message)
         }
-        #expect(error?.message.contains("\(PostgresSagaStore.schemaVersion + 1)") == true)
-        try await fixture.cleanup()
     }
 
     /// A database left by SagaKit's first schema (version 1: no functions, an index on the
-    /// outbox's saga id, sent messages kept with `sent_at`) is upgraded in place, keeps its sagas
-    /// and works with the batched functions.
+    /// outbox's saga id, sent messages kept with `sent_at`, no topology on outbox messages) is
+    /// upgraded in place, keeps its sagas and messages and works with the batched functions.
     @Test func aVersion1SchemaIsUpgradedWithItsData() async throws {
-        guard let fixture = try await makePostgresStore() else { return }
-        let store = try #require(fixture.store as? PostgresSagaStore)
-        let namespace = store.namespace
-        let saga = try await store.create(makeState(payload: ["n": 1]), outbox: []).state
-        let pending = makeMessage(sagaID: saga.id)
-        try await store.commit(SagaTransition(state: saga, expectedVersion: 1, outbox: [pending]))
-        for statement in [
-            "DROP FUNCTION \(namespace).sagakit_commit", "DROP FUNCTION \(namespace).sagakit_create",
-            "DROP FUNCTION \(namespace).sagakit_load", "DROP FUNCTION \(namespace).sagakit_mark_sent",
-            "CREATE INDEX outbox_saga ON \(namespace).outbox (saga_id)",
-            """
-            INSERT INTO \(namespace).outbox (id, saga_id, exchange, routing_key, body, headers, created_at, sent_at)
-            VALUES ('sent-by-v1', '\(saga.id)', 'sagas', 'order.reserve', '\\x00', '{}', now() - interval '1 hour', now())
-            """,
-            "UPDATE \(namespace).sagakit_schema SET version = 1",
-        ] {
-            try await store.executeForTesting(statement)
+        try await withPostgresStore { _, store in
+            let namespace = store.namespace
+            let saga = try await store.create(makeState(payload: ["n": 1]), outbox: []).state
+            let pending = makeMessage(sagaID: saga.id)
+            try await store.commit(SagaTransition(state: saga, expectedVersion: 1, outbox: [pending]))
+            for statement in [
+                "DROP FUNCTION \(namespace).sagakit_commit", "DROP FUNCTION \(namespace).sagakit_create",
+                "DROP FUNCTION \(namespace).sagakit_load", "DROP FUNCTION \(namespace).sagakit_mark_sent",
+                "DROP INDEX \(namespace).outbox_due",
+                "ALTER TABLE \(namespace).outbox DROP COLUMN topology, DROP COLUMN attempts, DROP COLUMN next_attempt_at",
+                "CREATE INDEX outbox_pending ON \(namespace).outbox (created_at, seq) WHERE sent_at IS NULL",
+                "CREATE INDEX outbox_saga ON \(namespace).outbox (saga_id)",
+                """
+                INSERT INTO \(namespace).outbox (id, saga_id, exchange, routing_key, body, headers, created_at, sent_at)
+                VALUES ('sent-by-v1', '\(saga.id)', 'sagas', 'order.reserve', '\\x00', '{}', now() - interval '1 hour', now())
+                """,
+                """
+                INSERT INTO \(namespace).outbox (id, saga_id, exchange, routing_key, body, headers, created_at)
+                VALUES ('delayed-by-v1', '\(saga.id)', 'shop.delay.30s', 'order.reserve', '\\x00', '{}', now() - interval '1 hour')
+                """,
+                "UPDATE \(namespace).sagakit_schema SET version = 1",
+            ] {
+                try await store.executeForTesting(statement)
+            }
+
+            var configuration = try PostgresSagaStore.Configuration(url: try await TestPostgres.requireURL())
+            configuration.schema = store.schema
+            try await PostgresSagaStore(configuration: configuration).withRunning { upgraded in
+                let versions = try await upgraded.rows("read", "SELECT version FROM \(unescaped: namespace).sagakit_schema")
+                #expect(try versions.first?["version"].decode(Int.self) == PostgresSagaStore.schemaVersion)
+                let index = try await upgraded.rows(
+                    "read",
+                    "SELECT count(*) AS n FROM pg_indexes WHERE schemaname = \(store.schema) AND indexname = 'outbox_saga'")
+                #expect(try index.first?["n"].decode(Int.self) == 0)
+
+                let loaded = try await upgraded.load(saga.id)
+                #expect(loaded.version == 2)
+                var next = loaded
+                next.payload["n"] = 2
+                let committed = try await upgraded.commit(SagaTransition(state: next, expectedVersion: 2, outbox: []))
+                #expect(committed.version == 3)
+                let outbox = try await upgraded.pendingOutbox(createdBefore: .distantFuture, limit: 10)
+                #expect(outbox.map(\.id) == ["delayed-by-v1", pending.id], "a message sent under version 1 stays sent")
+                // Messages of version 1 got their topology from their exchange.
+                let shop = try await upgraded.pendingOutbox(topology: "shop", createdBefore: .distantFuture, now: Date(), limit: 10)
+                #expect(shop.map(\.id) == ["delayed-by-v1"])
+                let sagas = try await upgraded.pendingOutbox(topology: "sagas", createdBefore: .distantFuture, now: Date(), limit: 10)
+                #expect(sagas.map(\.id) == [pending.id])
+                try await upgraded.markSent([pending.id, "delayed-by-v1"])
+                #expect(try await upgraded.pendingOutbox(createdBefore: .distantFuture, limit: 10).isEmpty)
+            }
         }
-
-        var configuration = try PostgresSagaStore.Configuration(url: try await TestPostgres.requireURL())
-        configuration.schema = store.schema
-        let upgraded = try await PostgresSagaStore(configuration: configuration)
-        let versions = try await upgraded.rows("read", "SELECT version FROM \(unescaped: namespace).sagakit_schema")
-        #expect(try versions.first?["version"].decode(Int.self) == PostgresSagaStore.schemaVersion)
-        let index = try await upgraded.rows(
-            "read", "SELECT count(*) AS n FROM pg_indexes WHERE schemaname = \(store.schema) AND indexname = 'outbox_saga'")
-        #expect(try index.first?["n"].decode(Int.self) == 0)
-
-        let loaded = try await upgraded.load(saga.id)
-        #expect(loaded.version == 2)
-        var next = loaded
-        next.payload["n"] = 2
-        let committed = try await upgraded.commit(SagaTransition(state: next, expectedVersion: 2, outbox: []))
-        #expect(committed.version == 3)
-        let outbox = try await upgraded.pendingOutbox(createdBefore: .distantFuture, limit: 10)
-        #expect(outbox.map(\.id) == [pending.id], "a message sent under version 1 stays sent")
-        try await upgraded.markSent([pending.id])
-        #expect(try await upgraded.pendingOutbox(createdBefore: .distantFuture, limit: 10).isEmpty)
-        await upgraded.shutdown()
-        try await fixture.cleanup()
     }
 
     @Test func processesMigratingTogetherTakeTurns() async throws {
@@ -121,17 +135,17 @@ struct PostgresStoreTests {
         var configuration = try PostgresSagaStore.Configuration(url: url)
         configuration.schema = "sagakit_test_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
         configuration.maximumConnections = 2
-        let finalConfiguration = configuration
-        let stores = try await withThrowingTaskGroup(of: PostgresSagaStore.self) { group in
-            for _ in 0..<6 { group.addTask { try await PostgresSagaStore(configuration: finalConfiguration) } }
-            return try await group.reduce(into: []) { $0.append($1) }
-        }
-        #expect(stores.count == 6)
+        let stores = try (0..<6).map { _ in try PostgresSagaStore(configuration: configuration) }
         let state = makeState()
-        _ = try await stores[0].create(state, outbox: [])
-        #expect(try await stores[5].load(state.id).id == state.id)
-        try await stores[0].executeForTesting("DROP SCHEMA \(stores[0].namespace) CASCADE")
-        for store in stores { await store.shutdown() }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for store in stores { group.addTask { try await store.run() } }
+            // Each waits until its store has migrated (or failed to).
+            _ = try await stores[0].create(state, outbox: [])
+            for store in stores { #expect(try await store.load(state.id).id == state.id) }
+            try await stores[0].executeForTesting("DROP SCHEMA \(stores[0].namespace) CASCADE")
+            for store in stores { await store.shutdown() }
+            try await group.waitForAll()
+        }
     }
 
     @Test func aStoreCanUseAClientTheCallerRuns() async throws {
@@ -146,12 +160,16 @@ struct PostgresStoreTests {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await client.run() }
             let schema = "sagakit_test_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
-            let store = try await PostgresSagaStore(client: client, schema: schema, location: configuration.location)
-            let state = makeState()
-            _ = try await store.create(state, outbox: [])
-            #expect(try await store.load(state.id).id == state.id)
-            try await store.executeForTesting("DROP SCHEMA \(store.namespace) CASCADE")
-            await store.shutdown()  // does nothing: the client is ours
+            let store = try PostgresSagaStore(client: client, schema: schema, location: configuration.location)
+            try await store.withRunning { store in
+                let state = makeState()
+                _ = try await store.create(state, outbox: [])
+                #expect(try await store.load(state.id).id == state.id)
+                try await store.executeForTesting("DROP SCHEMA \(store.namespace) CASCADE")
+            }
+            // The store's shutdown left our client running.
+            let rows = try await client.query("SELECT 1 AS one")
+            for try await one in rows.decode(Int.self) { #expect(one == 1) }
             group.cancelAll()
         }
     }

@@ -7,13 +7,13 @@ import Testing
 @Suite("SQLite store", .timeLimit(.minutes(2)))
 struct SQLiteStoreTests {
     @Test func urlsNameFiles() throws {
-        #expect(try SQLiteSagaStore.path(fromURL: "sqlite:///var/lib/sagas.db") == "/var/lib/sagas.db")
-        #expect(try SQLiteSagaStore.path(fromURL: "sqlite://localhost/var/lib/sagas.db") == "/var/lib/sagas.db")
-        #expect(try SQLiteSagaStore.path(fromURL: "sqlite:/var/lib/sagas.db") == "/var/lib/sagas.db")
-        #expect(try SQLiteSagaStore.path(fromURL: "sqlite:data/sagas.db") == "data/sagas.db")
-        #expect(try SQLiteSagaStore.path(fromURL: "SQLITE:sagas%20db.db?mode=rwc") == "sagas db.db")
+        #expect(try SQLiteSagaStore.Configuration.path(fromURL: "sqlite:///var/lib/sagas.db") == "/var/lib/sagas.db")
+        #expect(try SQLiteSagaStore.Configuration.path(fromURL: "sqlite://localhost/var/lib/sagas.db") == "/var/lib/sagas.db")
+        #expect(try SQLiteSagaStore.Configuration.path(fromURL: "sqlite:/var/lib/sagas.db") == "/var/lib/sagas.db")
+        #expect(try SQLiteSagaStore.Configuration.path(fromURL: "sqlite:data/sagas.db") == "data/sagas.db")
+        #expect(try SQLiteSagaStore.Configuration.path(fromURL: "SQLITE:sagas%20db.db?mode=rwc") == "sagas db.db")
         for bad in ["postgres://localhost/db", "sqlite://server/x.db", "sqlite:", "sqlite:///", "sagas.db"] {
-            #expect(throws: SagaError.self, "\(bad)") { try SQLiteSagaStore.path(fromURL: bad) }
+            #expect(throws: SagaError.self, "\(bad)") { try SQLiteSagaStore.Configuration.path(fromURL: bad) }
         }
     }
 
@@ -21,28 +21,30 @@ struct SQLiteStoreTests {
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
         let path = directory.appendingPathComponent("nested/deeper/sagas.db").path
-        let store = try await SQLiteSagaStore(url: "sqlite://\(path)")
+        let store = try SQLiteSagaStore(url: "sqlite://\(path)")
         #expect(store.path == path)
-        #expect(FileManager.default.fileExists(atPath: path))
+        #expect(!FileManager.default.fileExists(atPath: path), "creating a store does no I/O")
         let state = makeState()
-        _ = try await store.create(state, outbox: [])
-        try store.close()
+        try await store.withRunning { store in
+            #expect(FileManager.default.fileExists(atPath: path))
+            _ = try await store.create(state, outbox: [])
+        }
 
-        let reopened = try await SQLiteSagaStore(path: path)
-        #expect(try await reopened.load(state.id).id == state.id)
-        #expect(try await reopened.integrityCheck() == "ok")
-        try reopened.close()
+        try await SQLiteSagaStore(path: path).withRunning { reopened throws in
+            #expect(try await reopened.load(state.id).id == state.id)
+            #expect(try await reopened.integrityCheck() == "ok")
+        }
     }
 
     @Test func aFileFromANewerSchemaIsRefused() async throws {
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
         let path = directory.appendingPathComponent("sagas.db").path
-        let store = try await SQLiteSagaStore(path: path)
-        try await store.executeForTesting("UPDATE sagakit_schema SET version = \(SQLiteSagaStore.schemaVersion + 1)")
-        try store.close()
+        try await SQLiteSagaStore(path: path).withRunning { store in
+            try await store.executeForTesting("UPDATE sagakit_schema SET version = \(SQLiteSagaStore.schemaVersion + 1)")
+        }
 
-        let error = await expectSagaError(.schemaTooNew) { _ = try await SQLiteSagaStore(path: path) }
+        let error = await expectSagaError(.schemaTooNew) { try await SQLiteSagaStore(path: path).withRunning { _ in } }
         #expect(error?.message.contains(path) == true)
         #expect(error?.message.contains("\(SQLiteSagaStore.schemaVersion + 1)") == true)
     }
@@ -53,13 +55,13 @@ struct SQLiteStoreTests {
         let blocker = directory.appendingPathComponent("a-file")
         try Data("x".utf8).write(to: blocker)
         let underAFile = blocker.appendingPathComponent("sub/sagas.db").path
-        let error = await expectSagaError(.storeUnavailable) { _ = try await SQLiteSagaStore(path: underAFile) }
+        let error = await expectSagaError(.storeUnavailable) { try await SQLiteSagaStore(path: underAFile).withRunning { _ in } }
         #expect(error?.message.contains(underAFile) == true)
 
         let notADatabase = directory.appendingPathComponent("garbage.db")
         try Data(repeating: 0x42, count: 4096).write(to: notADatabase)
         let second = await expectSagaError(.storeUnavailable) {
-            _ = try await SQLiteSagaStore(path: notADatabase.path)
+            try await SQLiteSagaStore(path: notADatabase.path).withRunning { _ in }
         }
         #expect(second?.message.contains(notADatabase.path) == true)
     }
@@ -68,12 +70,17 @@ struct SQLiteStoreTests {
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
         let path = directory.appendingPathComponent("sagas.db").path
-        let stores = try await withThrowingTaskGroup(of: SQLiteSagaStore.self) { group in
-            for _ in 0..<6 { group.addTask { try await SQLiteSagaStore(path: path) } }
+        let opened = try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<6 {
+                group.addTask {
+                    try await SQLiteSagaStore(path: path).withRunning { store in
+                        try await store.countByStatus(name: nil).values.reduce(0, +)
+                    }
+                }
+            }
             return try await group.reduce(into: []) { $0.append($1) }
         }
-        #expect(stores.count == 6)
-        for store in stores { try store.close() }
+        #expect(opened == Array(repeating: 0, count: 6))
     }
 
     /// Two OS processes (this test binary, re-run as ``SQLiteStressWorker``) and this process
@@ -83,38 +90,38 @@ struct SQLiteStoreTests {
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
         let path = directory.appendingPathComponent("sagas.db").path
-        let store = try await SQLiteSagaStore(path: path)
-        let ids = (0..<8).map { _ in uniqueID() }
-        for id in ids { _ = try await store.create(makeState(id: id, payload: ["n": 0]), outbox: []) }
-        let sharedPrefix = uniqueID("shared")
-        let increments = 60
+        try await SQLiteSagaStore(path: path).withRunning { store in
+            let ids = (0..<8).map { _ in uniqueID() }
+            for id in ids { _ = try await store.create(makeState(id: id, payload: ["n": 0]), outbox: []) }
+            let sharedPrefix = uniqueID("shared")
+            let increments = 60
 
-        async let first = runWorker(
-            path: path, worker: "w1", ids: ids, increments: increments, sharedPrefix: sharedPrefix, directory: directory
-        )
-        async let second = runWorker(
-            path: path, worker: "w2", ids: ids, increments: increments, sharedPrefix: sharedPrefix, directory: directory
-        )
-        // This process writes too, meanwhile.
-        for step in 0..<increments { try await increment(store: store, id: ids[step % ids.count]) }
-        let reports = try await [first, second]
+            async let first = runWorker(
+                path: path, worker: "w1", ids: ids, increments: increments, sharedPrefix: sharedPrefix, directory: directory
+            )
+            async let second = runWorker(
+                path: path, worker: "w2", ids: ids, increments: increments, sharedPrefix: sharedPrefix, directory: directory
+            )
+            // This process writes too, meanwhile.
+            for step in 0..<increments { try await increment(store: store, id: ids[step % ids.count]) }
+            let reports = try await [first, second]
 
-        var total = 0
-        for id in ids {
-            let state = try await store.load(id)
-            let n = state.payload["n"]?.intValue ?? -1
-            #expect(state.version == Int64(n + 1), "\(id)")
-            total += n
+            var total = 0
+            for id in ids {
+                let state = try await store.load(id)
+                let n = state.payload["n"]?.intValue ?? -1
+                #expect(state.version == Int64(n + 1), "\(id)")
+                total += n
+            }
+            #expect(total == 3 * increments)
+            let outbox = try await store.pendingOutbox(createdBefore: .distantFuture, limit: 10_000)
+            #expect(outbox.count == 3 * increments + reports.map(\.created).reduce(0, +))
+            #expect(reports.map(\.created).reduce(0, +) == SQLiteStressWorker.sharedSagas, "each shared saga created once")
+            for index in 0..<SQLiteStressWorker.sharedSagas {
+                _ = try await store.load("\(sharedPrefix)-\(index)")
+            }
+            #expect(try await store.integrityCheck() == "ok")
         }
-        #expect(total == 3 * increments)
-        let outbox = try await store.pendingOutbox(createdBefore: .distantFuture, limit: 10_000)
-        #expect(outbox.count == 3 * increments + reports.map(\.created).reduce(0, +))
-        #expect(reports.map(\.created).reduce(0, +) == SQLiteStressWorker.sharedSagas, "each shared saga created once")
-        for index in 0..<SQLiteStressWorker.sharedSagas {
-            _ = try await store.load("\(sharedPrefix)-\(index)")
-        }
-        #expect(try await store.integrityCheck() == "ok")
-        try store.close()
     }
 }
 
@@ -170,27 +177,27 @@ struct SQLiteStressWorker {
             let increments = environment["SAGAKIT_STRESS_INCREMENTS"].flatMap({ Int($0) }),
             let shared = environment["SAGAKIT_STRESS_SHARED"]
         else { return }
-        let store = try await SQLiteSagaStore(path: path)
-        // Both workers race to create the same sagas: exactly one creation each.
-        var created = 0
-        for index in 0..<Self.sharedSagas {
-            let state = makeState(id: "\(shared)-\(index)")
-            if case .created = try await store.create(state, outbox: [makeMessage(sagaID: state.id)]) { created += 1 }
-        }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for task in 0..<3 {
-                group.addTask {
-                    var step = task
-                    while step < increments {
-                        try await increment(store: store, id: ids[step % ids.count])
-                        step += 3
+        try await SQLiteSagaStore(path: path).withRunning { store in
+            // Both workers race to create the same sagas: exactly one creation each.
+            var created = 0
+            for index in 0..<Self.sharedSagas {
+                let state = makeState(id: "\(shared)-\(index)")
+                if case .created = try await store.create(state, outbox: [makeMessage(sagaID: state.id)]) { created += 1 }
+            }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for task in 0..<3 {
+                    group.addTask {
+                        var step = task
+                        while step < increments {
+                            try await increment(store: store, id: ids[step % ids.count])
+                            step += 3
+                        }
                     }
                 }
+                try await group.waitForAll()
             }
-            try await group.waitForAll()
+            let report = try JSONEncoder().encode(WorkerReport(created: created, conflicts: 0))
+            try report.write(to: URL(fileURLWithPath: reportPath))
         }
-        try store.close()
-        let report = try JSONEncoder().encode(WorkerReport(created: created, conflicts: 0))
-        try report.write(to: URL(fileURLWithPath: reportPath))
     }
 }

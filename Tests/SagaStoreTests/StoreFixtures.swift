@@ -13,50 +13,35 @@ enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
 }
 
 /// A store under test, with a second handle on the same data (another connection pool for the
-/// SQL stores) and a way to clean up.
+/// SQL stores).
 struct StoreUnderTest: Sendable {
     let store: any SagaStore
     /// Another store instance on the same data: the same object for the in-memory store, another
     /// `DatabasePool` on the same file, another schema-sharing `PostgresSagaStore`.
     let other: any SagaStore
-    let cleanup: @Sendable () async throws -> Void
 }
 
-/// Creates a fresh, empty store of that kind, runs `body` with it, and cleans up.
-/// Returns without running `body` when PostgreSQL is not available locally (never in CI).
+/// Creates a fresh, empty store of that kind, runs it (and a second instance on the same data)
+/// while `body` runs, and cleans up. Returns without running `body` when PostgreSQL is not
+/// available locally (never in CI).
 func withStore(
     _ kind: StoreKind, _ body: (StoreUnderTest) async throws -> Void
 ) async throws {
-    guard let fixture = try await makeStore(kind) else { return }
-    do {
-        try await body(fixture)
-    } catch {
-        try? await fixture.cleanup()
-        throw error
-    }
-    try await fixture.cleanup()
-}
-
-func makeStore(_ kind: StoreKind) async throws -> StoreUnderTest? {
     switch kind {
     case .memory:
         let store = InMemorySagaStore()
-        return StoreUnderTest(store: store, other: store, cleanup: {})
+        try await body(StoreUnderTest(store: store, other: store))
     case .sqlite:
         let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
         let path = directory.appendingPathComponent("sagas.db").path
-        let store = try await SQLiteSagaStore(path: path)
-        let other = try await SQLiteSagaStore(path: path)
-        return StoreUnderTest(
-            store: store, other: other,
-            cleanup: {
-                try store.close()
-                try other.close()
-                try? FileManager.default.removeItem(at: directory)
+        try await SQLiteSagaStore(path: path).withRunning { store in
+            try await SQLiteSagaStore(path: path).withRunning { other in
+                try await body(StoreUnderTest(store: store, other: other))
             }
-        )
+        }
     case .postgres:
-        return try await makePostgresStore()
+        try await withPostgresStore { fixture, _ in try await body(fixture) }
     }
 }
 

@@ -3,9 +3,10 @@ import Participant
 import SagaPostgres
 
 extension AppStore {
-    /// Opens a `PostgresSagaStore` that owns its connection pool (closed by ``close()``).
+    /// Creates a `PostgresSagaStore` that owns its connection pool (it runs as a `Service`;
+    /// ``close()`` shuts it down).
     static func openPostgres(url: String, logger: Logger) async throws -> AppStore {
-        let store = try await PostgresSagaStore(url: url, logger: logger)
+        let store = try PostgresSagaStore(url: url, logger: logger)
         return AppStore(store: store, kind: "postgres", services: []) { await store.shutdown() }
     }
 }

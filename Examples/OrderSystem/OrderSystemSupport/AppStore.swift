@@ -1,19 +1,22 @@
 public import Logging
 public import Participant
 import SagaPostgres
+import SagaSQLite
 
 /// A saga store opened from a URL, with whatever it needs running alongside.
 public struct AppStore: Sendable {
-    /// The store.
-    public let store: any SagaStore
+    /// The store. It is a `Service` that must run while it is used: `SagaApplication` runs it,
+    /// otherwise add it to the process's `ServiceGroup` (first), or use
+    /// ``withStore(url:logger:_:)``.
+    public let store: any SagaStore & Service
     /// `sqlite` or `postgres`.
     public let kind: String
-    /// Services that must run while the store is used (the PostgreSQL client's connection pool).
-    /// Add them to the process's `ServiceGroup`, or use ``withStore(url:logger:_:)``.
+    /// More services that must run while the store is used (none today: the stores run their
+    /// own connections).
     public let services: [any Service]
     private let closeAction: @Sendable () async -> Void
 
-    init(store: any SagaStore, kind: String, services: [any Service], close: @escaping @Sendable () async -> Void) {
+    init(store: any SagaStore & Service, kind: String, services: [any Service], close: @escaping @Sendable () async -> Void) {
         self.store = store
         self.kind = kind
         self.services = services
@@ -28,20 +31,20 @@ public struct AppStore: Sendable {
     public static func open(url: String, logger: Logger) async throws -> AppStore {
         let lowered = url.lowercased()
         if lowered.hasPrefix("sqlite:") {
-            let store = try await SQLiteSagaStore(url: url, logger: logger)
-            return AppStore(store: store, kind: "sqlite", services: []) { try? store.close() }
+            let store = try SQLiteSagaStore(url: url, logger: logger)
+            return AppStore(store: store, kind: "sqlite", services: []) { await store.shutdown() }
         }
         if lowered.hasPrefix("postgres://") || lowered.hasPrefix("postgresql://") {
             return try await openPostgres(url: url, logger: logger)
         }
         throw SagaError(
             .invalidConfiguration,
-            "saga store URL '\(AppConfiguration.redacted(url))' has an unknown scheme",
+            "saga store URL '\(ConnectionURL.redact(url))' has an unknown scheme",
             recoverySuggestion: "use sqlite:///absolute/path/sagas.db or postgres://user:password@host:5432/database"
         )
     }
 
-    /// Opens the store, runs its services while `body` runs, and closes it afterwards.
+    /// Opens the store, runs it (and its services) while `body` runs, and shuts it down afterwards.
     public static func withStore<Result: Sendable>(
         url: String,
         logger: Logger,
@@ -49,6 +52,7 @@ public struct AppStore: Sendable {
     ) async throws -> Result {
         let opened = try await open(url: url, logger: logger)
         let result = try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await opened.store.run() }
             for service in opened.services {
                 group.addTask { try await service.run() }
             }

@@ -24,6 +24,8 @@ public final class InMemorySagaStore: SagaStore {
         /// Insertion order, the tie-breaker for messages created at the same instant.
         var sequence: Int
         var sent: Bool
+        /// When the message is due: its creation, or the retry time after a failed attempt.
+        var dueAt: Date
     }
 
     private struct Storage {
@@ -35,7 +37,9 @@ public final class InMemorySagaStore: SagaStore {
         /// stores), since it is the same message recorded again.
         mutating func record(_ messages: [OutboxMessage]) {
             for message in messages where outbox[message.id] == nil {
-                outbox[message.id] = OutboxRow(message: message, sequence: nextSequence, sent: false)
+                var stored = message
+                stored.publishAttempts = 0
+                outbox[message.id] = OutboxRow(message: stored, sequence: nextSequence, sent: false, dueAt: message.createdAt)
                 nextSequence += 1
             }
         }
@@ -142,7 +146,21 @@ public final class InMemorySagaStore: SagaStore {
         }
     }
 
-    /// Unsent outbox messages created before `createdBefore`, oldest first.
+    /// Unsent messages of the topology, created before `createdBefore` and due at `now`, in the
+    /// order they became due (ties by insertion order).
+    public func pendingOutbox(topology: String, createdBefore: Date, now: Date, limit: Int) async throws -> [OutboxMessage] {
+        storage.withLock { storage in
+            storage.outbox.values
+                .filter {
+                    !$0.sent && $0.message.topology == topology && $0.message.createdAt < createdBefore && $0.dueAt <= now
+                }
+                .sorted { lhs, rhs in lhs.dueAt != rhs.dueAt ? lhs.dueAt < rhs.dueAt : lhs.sequence < rhs.sequence }
+                .prefix(max(0, limit))
+                .map(\.message)
+        }
+    }
+
+    /// Unsent messages of every topology created before `createdBefore`, oldest first.
     public func pendingOutbox(createdBefore: Date, limit: Int) async throws -> [OutboxMessage] {
         storage.withLock { storage in
             storage.outbox.values
@@ -153,6 +171,17 @@ public final class InMemorySagaStore: SagaStore {
                 }
                 .prefix(max(0, limit))
                 .map(\.message)
+        }
+    }
+
+    /// Counts a failed publish of each message and defers it until `retryAt`; unknown or sent
+    /// ids are ignored.
+    public func recordFailedAttempts(_ ids: [String], retryAt: Date) async throws {
+        storage.withLock { storage in
+            for id in ids where storage.outbox[id]?.sent == false {
+                storage.outbox[id]?.message.publishAttempts += 1
+                storage.outbox[id]?.dueAt = retryAt
+            }
         }
     }
 

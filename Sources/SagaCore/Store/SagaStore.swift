@@ -43,11 +43,29 @@ public protocol SagaStore: Sendable {
     /// concurrent callers never receive the same saga.
     func claimStalled(updatedBefore: Date, now: Date, owner: String, lease: Duration, limit: Int) async throws -> [SagaState]
 
-    /// Outbox messages not yet marked sent, created before `createdBefore`, oldest first.
+    /// The outbox messages one topology's relay should publish now: not yet marked sent, whose
+    /// ``OutboxMessage/topology`` is `topology`, created before `createdBefore` (a grace period
+    /// for the publish that follows every commit), and due at `now` (never failed, or their
+    /// ``recordFailedAttempts(_:retryAt:)`` time has come). Ordered by when they became due
+    /// (their creation, or the retry time after a failure), then by insertion order, so a message
+    /// that keeps failing moves behind the others instead of blocking them.
+    ///
+    /// Several deployments (topology prefixes) may share a store: each relay sees only its own
+    /// messages.
+    func pendingOutbox(topology: String, createdBefore: Date, now: Date, limit: Int) async throws -> [OutboxMessage]
+
+    /// Every outbox message not yet marked sent, of every topology and due or not, created
+    /// before `createdBefore`, oldest first: for tools and tests. A relay uses
+    /// ``pendingOutbox(topology:createdBefore:now:limit:)``.
     func pendingOutbox(createdBefore: Date, limit: Int) async throws -> [OutboxMessage]
 
+    /// Records a failed attempt to publish each message: its ``OutboxMessage/publishAttempts``
+    /// grows by one and it is not due again before `retryAt`. Unknown (or already sent) ids are
+    /// ignored.
+    func recordFailedAttempts(_ ids: [String], retryAt: Date) async throws
+
     /// Marks outbox messages as sent: they are never returned by
-    /// ``pendingOutbox(createdBefore:limit:)`` again. The SQL stores delete them (a sent message
+    /// ``pendingOutbox(topology:createdBefore:now:limit:)`` again. The SQL stores delete them (a sent message
     /// is of no further use). Unknown ids are ignored.
     func markSent(_ ids: [String]) async throws
 }
@@ -100,10 +118,16 @@ public struct OutboxMessage: Sendable, Hashable, Codable {
     public var headers: [String: String]
     /// When the message was recorded.
     public var createdAt: Date
+    /// How many attempts to publish it failed (see ``SagaStore/recordFailedAttempts(_:retryAt:)``);
+    /// 0 for a new message. Not written by ``SagaStore/create(_:outbox:)`` or
+    /// ``SagaStore/commit(_:)``: the store counts.
+    public var publishAttempts: Int
 
     /// Creates an outbox message.
-    public init(id: String, sagaID: SagaID, exchange: String, routingKey: String, body: [UInt8], headers: [String: String], createdAt: Date)
-    {
+    public init(
+        id: String, sagaID: SagaID, exchange: String, routingKey: String, body: [UInt8], headers: [String: String],
+        createdAt: Date, publishAttempts: Int = 0
+    ) {
         self.id = id
         self.sagaID = sagaID
         self.exchange = exchange
@@ -111,6 +135,46 @@ public struct OutboxMessage: Sendable, Hashable, Codable {
         self.body = body
         self.headers = headers
         self.createdAt = createdAt
+        self.publishAttempts = publishAttempts
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case id, sagaID, exchange, routingKey, body, headers, createdAt, publishAttempts
+    }
+
+    /// Decodes a message; `publishAttempts` may be missing (0).
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        id = try container.decode(String.self, forKey: .id)
+        sagaID = try container.decode(SagaID.self, forKey: .sagaID)
+        exchange = try container.decode(String.self, forKey: .exchange)
+        routingKey = try container.decode(String.self, forKey: .routingKey)
+        body = try container.decode([UInt8].self, forKey: .body)
+        headers = try container.decode([String: String].self, forKey: .headers)
+        createdAt = try container.decode(Date.self, forKey: .createdAt)
+        publishAttempts = try container.decodeIfPresent(Int.self, forKey: .publishAttempts) ?? 0
+    }
+
+    /// The prefix of the SagaKit topology the message belongs to, read from its exchange (see
+    /// ``topology(ofExchange:)``). Stores keep it with the message, so that each deployment's
+    /// relay reads only its own messages.
+    public var topology: String { Self.topology(ofExchange: exchange) }
+
+    /// The topology prefix of a SagaKit exchange name: `<prefix>.commands`,
+    /// `<prefix>.dead-letter` and `<prefix>.delay.<n>s` give `<prefix>`; any other name is its
+    /// own topology.
+    public static func topology(ofExchange exchange: String) -> String {
+        for suffix in [".commands", ".dead-letter"] where exchange.hasSuffix(suffix) && exchange.count > suffix.count {
+            return String(exchange.dropLast(suffix.count))
+        }
+        // <prefix>.delay.<digits>s
+        guard exchange.hasSuffix("s") else { return exchange }
+        let withoutS = exchange.dropLast()
+        let digits = withoutS.reversed().prefix(while: { $0.isASCII && $0.isNumber }).count
+        guard digits > 0 else { return exchange }
+        let head = withoutS.dropLast(digits)
+        guard head.hasSuffix(".delay."), head.count > ".delay.".count else { return exchange }
+        return String(head.dropLast(".delay.".count))
     }
 }
 

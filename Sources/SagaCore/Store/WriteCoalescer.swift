@@ -3,11 +3,13 @@ import Synchronization
 /// Coalesces concurrent store operations into batches, so that many sagas advancing at the same
 /// time share one round trip and one durable commit (group commit, done by the application).
 ///
-/// A caller's request waits in a queue; a drain task takes up to `maxBatch` queued requests,
-/// runs them with `execute`, and hands each caller its own result. At most
-/// `maxConcurrentBatches` batches run at once. With nothing else queued, a request runs alone at
-/// once, so batching adds no latency at low load: batches grow only while earlier ones are in
-/// flight.
+/// A caller's request waits in a queue; the coalescer's ``run()`` (a child task of the store's
+/// own `run()`, so no unstructured task is involved) takes up to `maxBatch` queued requests, runs
+/// them with `execute`, and hands each caller its own result. At most `maxConcurrentBatches`
+/// batches run at once. With nothing else queued, a request runs alone at once, so batching adds
+/// no latency at low load: batches grow only while earlier ones are in flight. A batch runs in
+/// the coalescer's task, never in a caller's, so it carries no caller's task-local values (such
+/// as the trace context of the caller that happened to come first).
 ///
 /// Requests carry a key (the saga id). A batch never holds two requests with the same key, and a
 /// key is never in two running batches at once: a second change of one saga waits for the batch
@@ -25,67 +27,122 @@ package final class WriteCoalescer<Request: Sendable, Response: Sendable>: Senda
 
     private struct State {
         var queue: [Pending] = []
-        var running = 0
         var keysInFlight: Set<String> = []
+        /// Workers of ``run()`` waiting for requests.
+        var idleWorkers: [Int: CheckedContinuation<Void, Never>] = [:]
+        var nextWorker = 0
+        /// ``finish()`` was called: workers end once the queue is empty.
+        var finishing = false
+        /// ``run()`` has returned: requests fail at once.
+        var closed = false
     }
 
     private let state = Mutex(State())
     private let maxBatch: Int
     private let maxConcurrentBatches: Int
     private let execute: Execute
+    private let closedError: @Sendable () -> any Error
 
     /// - Parameters:
     ///   - maxBatch: the most requests in one batch.
     ///   - maxConcurrentBatches: the most batches running at once.
+    ///   - closedError: the error of a request made after ``run()`` has returned.
     ///   - execute: runs a batch. It must return exactly one result per request.
-    package init(maxBatch: Int, maxConcurrentBatches: Int, execute: @escaping Execute) {
+    package init(
+        maxBatch: Int, maxConcurrentBatches: Int,
+        closedError: @escaping @Sendable () -> any Error = { SagaError(.storeUnavailable, "the store is not running") },
+        execute: @escaping Execute
+    ) {
         self.maxBatch = max(1, maxBatch)
         self.maxConcurrentBatches = max(1, maxConcurrentBatches)
+        self.closedError = closedError
         self.execute = execute
     }
 
-    /// Queues a request and returns its result once its batch has run. Cancelling the caller does
-    /// not withdraw a request: a store write that may already be on its way is awaited.
+    /// Queues a request and returns its result once its batch has run (requests queue until
+    /// ``run()`` runs). Cancelling the caller does not withdraw a request: a store write that may
+    /// already be on its way is awaited.
     package func submit(_ request: Request, key: String) async throws -> Response {
         try await withCheckedThrowingContinuation { continuation in
-            let startDrain = state.withLock { state -> Bool in
+            let (accepted, worker) = state.withLock { state -> (Bool, CheckedContinuation<Void, Never>?) in
+                guard !state.closed else { return (false, nil) }
                 state.queue.append(Pending(key: key, request: request, continuation: continuation))
-                guard state.running < maxConcurrentBatches else { return false }
-                state.running += 1
-                return true
+                guard let id = state.idleWorkers.keys.first else { return (true, nil) }
+                return (true, state.idleWorkers.removeValue(forKey: id))
             }
-            if startDrain {
-                // The drain outlives no request: it ends as soon as the queue holds nothing it can
-                // take, and every queued request is taken by a running drain (see `next`). It runs
-                // at high priority: every waiting caller's store round trip goes through it, so it
-                // must not queue behind the callers' own work. Detached: the batch serves many
-                // callers, so it must not carry the task-local values (such as the trace
-                // context) of the one that happened to start it.
-                Task.detached(priority: .high) { await self.drain() }
+            guard accepted else {
+                continuation.resume(throwing: closedError())
+                return
             }
+            worker?.resume()
         }
     }
 
-    private func drain() async {
+    /// Runs batches until ``finish()`` was called and the queue is empty, or until cancelled;
+    /// then fails whatever is still queued with the closed error, and every later request too.
+    package func run() async {
+        await withDiscardingTaskGroup { group in
+            for _ in 0..<maxConcurrentBatches {
+                // High priority: every waiting caller's store round trip goes through a worker,
+                // so it must not queue behind the callers' own work.
+                group.addTask(priority: .high) { await self.work() }
+            }
+        }
+        let left = state.withLock { state -> [Pending] in
+            state.closed = true
+            defer { state.queue = [] }
+            return state.queue
+        }
+        for pending in left { pending.continuation.resume(throwing: closedError()) }
+    }
+
+    /// Lets ``run()`` return once the requests queued so far have run.
+    package func finish() {
+        let workers = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.finishing = true
+            defer { state.idleWorkers = [:] }
+            return Array(state.idleWorkers.values)
+        }
+        for worker in workers { worker.resume() }
+    }
+
+    private func work() async {
         var finished: [String] = []
-        while let batch = next(releasing: finished) {
-            let results = await execute(batch.map(\.request))
-            for (index, pending) in batch.enumerated() {
-                if index < results.count {
-                    pending.continuation.resume(with: results[index])
-                } else {
-                    pending.continuation.resume(throwing: SagaError(.invalidState, "a store batch returned too few results"))
+        while !Task.isCancelled {
+            let (step, wake) = next(releasing: finished)
+            for worker in wake { worker.resume() }
+            switch step {
+            case .batch(let batch):
+                let results = await execute(batch.map(\.request))
+                for (index, pending) in batch.enumerated() {
+                    if index < results.count {
+                        pending.continuation.resume(with: results[index])
+                    } else {
+                        pending.continuation.resume(throwing: SagaError(.invalidState, "a store batch returned too few results"))
+                    }
                 }
+                finished = batch.map(\.key)
+            case .wait(let id):
+                finished = []
+                await waitForWork(id)
+            case .end:
+                return
             }
-            finished = batch.map(\.key)
         }
     }
 
-    /// Releases the keys of the batch that just ran and takes the next batch, or ends this drain
-    /// (returns `nil`) when no queued request can be taken. A request left behind has its key in
-    /// another running batch, whose drain takes it after releasing the key.
-    private func next(releasing finished: [String]) -> [Pending]? {
-        state.withLock { state -> [Pending]? in
+    private enum Next {
+        case batch([Pending])
+        case wait(Int)
+        case end
+    }
+
+    /// Releases the keys of the batch that just ran and takes the next batch. A request left
+    /// behind has its key in another running batch, whose worker takes it after releasing the
+    /// key.
+    /// Also returns the idle workers to wake when the queue ran empty after ``finish()``.
+    private func next(releasing finished: [String]) -> (Next, [CheckedContinuation<Void, Never>]) {
+        state.withLock { state -> (Next, [CheckedContinuation<Void, Never>]) in
             for key in finished { state.keysInFlight.remove(key) }
             var batch: [Pending] = []
             var remaining: [Pending] = []
@@ -98,12 +155,36 @@ package final class WriteCoalescer<Request: Sendable, Response: Sendable>: Senda
                 }
             }
             guard !batch.isEmpty else {
-                state.running -= 1
-                return nil
+                if state.finishing && state.queue.isEmpty {
+                    defer { state.idleWorkers = [:] }
+                    return (.end, Array(state.idleWorkers.values))
+                }
+                state.nextWorker += 1
+                return (.wait(state.nextWorker), [])
             }
             state.queue = remaining
             state.keysInFlight.formUnion(batchKeys)
-            return batch
+            return (.batch(batch), [])
+        }
+    }
+
+    /// Sleeps until a request arrives, ``finish()`` is called, or the task is cancelled.
+    private func waitForWork(_ id: Int) async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now = state.withLock { state -> Bool in
+                    let takeable = state.queue.contains { !state.keysInFlight.contains($0.key) }
+                    if Task.isCancelled || (state.finishing && state.queue.isEmpty) || takeable {
+                        return true
+                    }
+                    state.idleWorkers[id] = continuation
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+        } onCancel: {
+            let worker = state.withLock { $0.idleWorkers.removeValue(forKey: id) }
+            worker?.resume()
         }
     }
 }
