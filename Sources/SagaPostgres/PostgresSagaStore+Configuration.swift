@@ -1,3 +1,4 @@
+public import Configuration
 import Foundation
 import SagaCore
 
@@ -63,54 +64,88 @@ extension PostgresSagaStore {
         }
 
         /// Parses `postgres://user:password@host:port/database?sslmode=disable&schema=sagas`
-        /// (`postgresql://` too). `sslmode` is `disable`, `prefer` or `require` (`verify-ca` and
-        /// `verify-full` mean `require`); `schema` defaults to `public`.
+        /// (`postgresql://` too) with ``SagaCore/ConnectionURL``. `sslmode` is `disable`, `prefer`
+        /// or `require` (`verify-ca` and `verify-full` mean `require`); `schema` defaults to
+        /// `public`; the database defaults to the user name.
         ///
-        /// - Throws: ``SagaCore/SagaError`` `invalidConfiguration`.
+        /// - Throws: ``SagaCore/SagaError`` `invalidConfiguration`, quoting the URL without its
+        ///   password.
         public init(url: String) throws {
-            guard let components = URLComponents(string: url),
-                let scheme = components.scheme?.lowercased(), ["postgres", "postgresql"].contains(scheme),
-                let host = components.host, !host.isEmpty
-            else {
+            let parsed = try ConnectionURL(parsing: url)
+            let redacted = parsed.redacted
+            guard ["postgres", "postgresql"].contains(parsed.scheme) else {
                 throw SagaError(
                     .invalidConfiguration,
-                    "'\(Self.redacted(url))' is not a PostgreSQL URL",
+                    "'\(redacted)' is not a PostgreSQL URL",
                     recoverySuggestion: "use postgres://user:password@host:5432/database"
                 )
             }
-            guard let username = components.user, !username.isEmpty else {
-                throw SagaError(.invalidConfiguration, "the PostgreSQL URL '\(Self.redacted(url))' has no user name")
+            guard parsed.hosts.count == 1, let host = parsed.hosts.first else {
+                throw SagaError(
+                    .invalidConfiguration,
+                    parsed.hosts.isEmpty
+                        ? "the PostgreSQL URL '\(redacted)' names no host" : "the PostgreSQL URL '\(redacted)' names several hosts",
+                    recoverySuggestion: "use postgres://user:password@host:5432/database (one host)"
+                )
             }
-            let database = String(components.path.drop(while: { $0 == "/" }))
-            let query = Dictionary(
-                (components.queryItems ?? []).map { ($0.name.lowercased(), $0.value ?? "") }, uniquingKeysWith: { $1 }
-            )
+            guard let username = parsed.user, !username.isEmpty else {
+                throw SagaError(.invalidConfiguration, "the PostgreSQL URL '\(redacted)' has no user name")
+            }
             var tls: TLSMode?
-            if let mode = query["sslmode"] {
+            if let mode = parsed.queryItems["sslmode"] {
                 switch mode.lowercased() {
                 case "disable", "allow": tls = .disable
                 case "prefer": tls = .prefer
                 case "require", "verify-ca", "verify-full": tls = .require
                 default:
-                    throw SagaError(.invalidConfiguration, "unknown sslmode '\(mode)' in the PostgreSQL URL")
+                    throw SagaError(.invalidConfiguration, "unknown sslmode '\(mode)' in the PostgreSQL URL '\(redacted)'")
                 }
             }
+            let database = String(parsed.path.drop(while: { $0 == "/" }))
             self.init(
-                host: host, port: components.port ?? 5432, username: username,
-                password: components.password?.removingPercentEncoding ?? components.password,
-                database: database.isEmpty ? username : (database.removingPercentEncoding ?? database), tls: tls,
-                schema: query["schema"].flatMap { $0.isEmpty ? nil : $0 } ?? "public"
+                host: host.name, port: host.port ?? 5432, username: username, password: parsed.password,
+                database: database.isEmpty ? username : database, tls: tls,
+                schema: parsed.queryItems["schema"].flatMap { $0.isEmpty ? nil : $0 } ?? "public"
             )
+        }
+
+        /// Reads the configuration through swift-configuration, from keys relative to `reader`
+        /// (scope it, for example `config.scoped(to: "sagakit.store")`, whose `url` is then the
+        /// environment variable `SAGAKIT_STORE_URL`):
+        ///
+        /// | key | meaning | default |
+        /// |---|---|---|
+        /// | `url` (secret) | `postgres://user:password@host:port/database?sslmode=…&schema=…` | required |
+        /// | `password` (secret) | replaces the URL's password (keep it out of the URL) | the URL's |
+        /// | `schema` | PostgreSQL schema of SagaKit's tables | the URL's, or `public` |
+        /// | `tls` | `disable`, `prefer` or `require` | the URL's `sslmode`, or by host |
+        /// | `connect.timeout.seconds` | ``connectTimeout`` | `10` |
+        /// | `connections.max` | ``maximumConnections`` | `20` |
+        /// | `statement.timeout.seconds` | ``statementTimeout`` | `30` |
+        /// | `startup.timeout.seconds` | ``startupTimeout`` | `30` |
+        ///
+        /// - Throws: ``SagaCore/SagaError`` `invalidConfiguration` naming the key that is missing
+        ///   or malformed (never quoting a secret).
+        public init(reader: ConfigReader) throws {
+            guard let url = reader.string(forKey: "url", isSecret: true) else {
+                throw SagaError(
+                    .invalidConfiguration, "no PostgreSQL store URL: the configuration value 'url' is missing",
+                    recoverySuggestion: "set it to postgres://user:password@host:5432/database")
+            }
+            try self.init(url: url)
+            if let password = reader.string(forKey: "password", isSecret: true) { self.password = password }
+            if let schema = reader.string(forKey: "schema"), !schema.isEmpty { self.schema = schema }
+            if reader.string(forKey: "tls") != nil {
+                let mode = try reader.sagaChoice("tls", default: tls.rawValue, choices: ["disable", "prefer", "require"])
+                tls = TLSMode(rawValue: mode) ?? tls
+            }
+            connectTimeout = try reader.sagaSeconds("connect.timeout.seconds", default: connectTimeout)
+            maximumConnections = try reader.sagaInt("connections.max", default: maximumConnections)
+            statementTimeout = try reader.sagaSeconds("statement.timeout.seconds", default: statementTimeout)
+            startupTimeout = try reader.sagaSeconds("startup.timeout.seconds", default: startupTimeout)
         }
 
         /// `host:port/database`, as error messages say it.
         public var location: String { "\(host):\(port)/\(database)" }
-
-        /// The URL without its password.
-        static func redacted(_ url: String) -> String {
-            guard var components = URLComponents(string: url), components.password != nil else { return url }
-            components.password = "***"
-            return components.string ?? url
-        }
     }
 }

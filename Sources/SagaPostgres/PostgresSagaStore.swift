@@ -1,3 +1,4 @@
+public import Configuration
 import Foundation
 public import Logging
 public import PostgresNIO
@@ -136,6 +137,15 @@ public final class PostgresSagaStore: SagaStore, Service {
         (batches, commits, loads, creations, marks) = Self.batching(
             client: client, namespace: namespace, location: location, logger: logger, statementTimeout: statementTimeout,
             lifecycle: lifecycle)
+    }
+
+    /// Creates a store from swift-configuration keys (see ``Configuration/init(reader:)``);
+    /// does no I/O.
+    ///
+    /// - Throws: ``SagaCore/SagaError`` `invalidConfiguration` naming the key that is missing or
+    ///   malformed.
+    public convenience init(reader: ConfigReader, logger: Logger = Logger(label: "sagakit.store.postgres")) throws {
+        try self.init(configuration: Configuration(reader: reader), logger: logger)
     }
 
     // MARK: Service

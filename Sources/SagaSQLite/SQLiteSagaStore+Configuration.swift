@@ -1,3 +1,4 @@
+public import Configuration
 import Foundation
 import SagaCore
 
@@ -50,35 +51,61 @@ extension SQLiteSagaStore {
             self.init(path: try Self.path(fromURL: url))
         }
 
-        /// The file path of a `sqlite:` URL.
+        /// Reads the configuration through swift-configuration, from keys relative to `reader`
+        /// (scope it, for example `config.scoped(to: "sagakit.store")`, whose `url` is then the
+        /// environment variable `SAGAKIT_STORE_URL`):
+        ///
+        /// | key | meaning | default |
+        /// |---|---|---|
+        /// | `url` (secret) | `sqlite:///absolute/path.db` or `sqlite:relative/path.db` | required unless `path` |
+        /// | `path` | the file, instead of `url` | |
+        /// | `busy.timeout.seconds` | ``busyTimeout`` | `10` |
+        /// | `synchronous` | `full` or `normal` (``synchronous``) | `full` |
+        /// | `readers.max` | ``maximumReaderCount`` | `4` |
+        /// | `startup.timeout.seconds` | ``startupTimeout`` | `30` |
+        ///
+        /// - Throws: ``SagaCore/SagaError`` `invalidConfiguration` naming the key that is missing
+        ///   or malformed.
+        public init(reader: ConfigReader) throws {
+            if let path = reader.string(forKey: "path"), !path.isEmpty {
+                self.init(path: path)
+            } else if let url = reader.string(forKey: "url", isSecret: true) {
+                try self.init(url: url)
+            } else {
+                throw SagaError(
+                    .invalidConfiguration, "no SQLite store: the configuration values 'url' and 'path' are both missing",
+                    recoverySuggestion: "set url to sqlite:///absolute/path/sagas.db")
+            }
+            busyTimeout = try reader.sagaSeconds("busy.timeout.seconds", default: busyTimeout)
+            let mode = try reader.sagaChoice("synchronous", default: "full", choices: ["full", "normal"])
+            synchronous = mode == "normal" ? .normal : .full
+            maximumReaderCount = try reader.sagaInt("readers.max", default: maximumReaderCount)
+            startupTimeout = try reader.sagaSeconds("startup.timeout.seconds", default: startupTimeout)
+        }
+
+        /// The file path of a `sqlite:` URL, parsed by ``SagaCore/ConnectionURL``: the path of
+        /// `sqlite:///abs.db`, `sqlite://localhost/abs.db`, `sqlite:/abs.db` or `sqlite:rel.db`
+        /// (percent-decoded; a query is ignored).
         static func path(fromURL url: String) throws -> String {
-            guard url.lowercased().hasPrefix("sqlite:") else {
+            let parsed = try ConnectionURL(parsing: url)
+            guard parsed.scheme == "sqlite" else {
                 throw SagaError(
                     .invalidConfiguration,
-                    "'\(url)' is not a SQLite URL",
+                    "'\(parsed.redacted)' is not a SQLite URL",
                     recoverySuggestion: "use sqlite:///absolute/path/file.db or sqlite:relative/file.db"
                 )
             }
-            var rest = String(url.dropFirst("sqlite:".count))
-            if rest.hasPrefix("//") {
-                // sqlite://<authority>/<path>: only an empty authority (or localhost) is meaningful.
-                rest.removeFirst(2)
-                if rest.hasPrefix("localhost/") { rest.removeFirst("localhost".count) }
-                guard rest.hasPrefix("/") else {
-                    throw SagaError(
-                        .invalidConfiguration,
-                        "'\(url)' names a host; SQLite URLs name a local file",
-                        recoverySuggestion: "use sqlite:///absolute/path/file.db (three slashes) or sqlite:relative/file.db"
-                    )
-                }
+            guard parsed.hosts.isEmpty || parsed.hosts.map(\.name) == ["localhost"], parsed.user == nil else {
+                throw SagaError(
+                    .invalidConfiguration,
+                    "'\(parsed.redacted)' names a host; SQLite URLs name a local file",
+                    recoverySuggestion: "use sqlite:///absolute/path/file.db (three slashes) or sqlite:relative/file.db"
+                )
             }
-            if let query = rest.firstIndex(of: "?") { rest = String(rest[..<query]) }
-            let path = rest.removingPercentEncoding ?? rest
-            guard !path.isEmpty, path != "/" else {
-                throw SagaError(.invalidConfiguration, "'\(url)' has no file path")
+            guard !parsed.path.isEmpty, parsed.path != "/" else {
+                throw SagaError(.invalidConfiguration, "'\(parsed.redacted)' has no file path")
             }
-            return path
+            return parsed.path
         }
-
     }
 }

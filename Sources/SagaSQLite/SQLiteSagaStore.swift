@@ -1,3 +1,4 @@
+public import Configuration
 import Foundation
 import GRDB
 public import Logging
@@ -96,6 +97,15 @@ public final class SQLiteSagaStore: SagaStore, Service {
     ///   path.
     public convenience init(url: String, logger: Logger = Logger(label: "sagakit.store.sqlite")) throws {
         self.init(configuration: try Configuration(url: url), logger: logger)
+    }
+
+    /// Creates a store from swift-configuration keys (see ``Configuration/init(reader:)``);
+    /// does no I/O.
+    ///
+    /// - Throws: ``SagaCore/SagaError`` `invalidConfiguration` naming the key that is missing or
+    ///   malformed.
+    public convenience init(reader: ConfigReader, logger: Logger = Logger(label: "sagakit.store.sqlite")) throws {
+        self.init(configuration: try Configuration(reader: reader), logger: logger)
     }
 
     // MARK: Service
