@@ -11,21 +11,53 @@
 # with its data, socket, log and URL under .local/postgres in the repository. A server of ours that
 # already runs is reused. The port is PGPORT, or a free one picked at the first start and kept.
 # When POSTGRES_URL is set, everything points at that server instead and start/stop do nothing.
+#
+# When the `postgres` user cannot reach that directory (a clone under a root user's home, which is
+# mode 0700), everything goes to /var/tmp/sagakit-pg-<hash of the directory's path> instead, owned
+# by `postgres`: the same path always maps to the same place, so start, stop, status and url agree.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# SAGAKIT_PG_BASE puts a second, private server elsewhere (tests that stop and restart a server use
-# one of their own, with PGPORT, so that they do not disturb the others).
-BASE="${SAGAKIT_PG_BASE:-$ROOT/.local/postgres}"
-DATA="$BASE/data"
-RUN="$BASE/run"
-LOGFILE="$BASE/postgres.log"
-URLFILE="$BASE/url"
-PORTFILE="$BASE/port"
-DB=sagakit
-DBUSER=sagakit
 
 log() { echo "postgres.sh: $*" >&2; }
+
+# The nearest directory of a path that exists.
+existing_ancestor() {
+    local dir=$1
+    while [[ ! -d "$dir" ]]; do dir=$(dirname "$dir"); done
+    echo "$dir"
+}
+
+# Whether the server's OS user can enter (search) the directory that holds, or will hold, $1.
+owner_can_reach() {
+    [[ $(id -u) -ne 0 ]] && return 0
+    id postgres >/dev/null 2>&1 || return 0 # not installed yet: decided again once it is
+    runuser -u postgres -- test -x "$(existing_ancestor "$1")" 2>/dev/null
+}
+
+# Sets BASE (relocated when the server's user cannot reach it) and the paths under it.
+resolve_base() {
+    # SAGAKIT_PG_BASE puts a second, private server elsewhere (tests that stop and restart a server
+    # use one of their own, with PGPORT, so that they do not disturb the others).
+    BASE="${SAGAKIT_PG_BASE:-$ROOT/.local/postgres}"
+    if ! owner_can_reach "$BASE"; then
+        local relocated
+        relocated="/var/tmp/sagakit-pg-$(printf '%s' "$BASE" | sha256sum | cut -c1-16)"
+        if [[ -e "$relocated" && "$(stat -c %U "$relocated")" != postgres ]]; then
+            log "$relocated exists and is not owned by postgres; remove it"
+            exit 1
+        fi
+        BASE="$relocated"
+    fi
+    DATA="$BASE/data"
+    RUN="$BASE/run"
+    LOGFILE="$BASE/postgres.log"
+    URLFILE="$BASE/url"
+    PORTFILE="$BASE/port"
+}
+resolve_base
+DB=sagakit
+DBUSER=sagakit
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -34,7 +66,8 @@ bin_dir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
 # Runs a command as the server's owner: `postgres` when we are root, ourselves otherwise.
 as_owner() {
     if [[ $(id -u) -eq 0 ]]; then
-        runuser -u postgres -- "$@"
+        # From /: the current directory may be one that user cannot enter.
+        (cd / && runuser -u postgres -- "$@")
     else
         "$@"
     fi
@@ -75,6 +108,8 @@ init_cluster() {
     [[ -f "$DATA/PG_VERSION" ]] && return
     log "initdb into $DATA"
     mkdir -p "$BASE"
+    # Only the server's user needs the directory (the URL file is read by root or by that user).
+    chmod 700 "$BASE"
     rm -rf "$DATA"
     mkdir -p "$DATA" "$RUN"
     [[ $(id -u) -eq 0 ]] && chown -R postgres:postgres "$BASE"
@@ -96,6 +131,7 @@ start() {
         return
     fi
     install_if_missing
+    resolve_base # the `postgres` user may be new
     init_cluster
     local port
     if running; then
