@@ -40,6 +40,7 @@ resolve_base() {
     # SAGAKIT_PG_BASE puts a second, private server elsewhere (tests that stop and restart a server
     # use one of their own, with PGPORT, so that they do not disturb the others).
     BASE="${SAGAKIT_PG_BASE:-$ROOT/.local/postgres}"
+    REQUESTED="$BASE"
     if ! owner_can_reach "$BASE"; then
         local relocated
         relocated="/var/tmp/sagakit-pg-$(printf '%s' "$BASE" | sha256sum | cut -c1-16)"
@@ -183,6 +184,14 @@ create_database() {
     fi
     echo "postgres://$DBUSER:$password@127.0.0.1:$port/$DB" >"$URLFILE.tmp"
     mv "$URLFILE.tmp" "$URLFILE"
+    if [[ "$BASE" != "$REQUESTED" ]]; then
+        # Where tools look for it (the tests' fallback reads .local/postgres/url): a copy for this
+        # user, and a link to the log.
+        mkdir -p "$REQUESTED"
+        install -m 600 "$URLFILE" "$REQUESTED/url"
+        ln -sfn "$LOGFILE" "$REQUESTED/postgres.log"
+        log "data in $BASE (the postgres user cannot reach $REQUESTED)"
+    fi
     log "ready: $(sed -E 's|:[^:@/]+@|:***@|' "$URLFILE")"
 }
 
