@@ -2,7 +2,7 @@
 # A three-node RabbitMQ cluster on loopback, the way users scale out: three nodes of the local
 # broker, each with its own AMQP port, data and Erlang distribution port, one shared Erlang cookie.
 #
-#   scripts/rabbitmq-cluster.sh start          start the nodes (scripts/rabbitmq.sh per port) and join them
+#   scripts/rabbitmq-cluster.sh start          start a fresh cluster: the nodes (scripts/rabbitmq.sh per port), joined
 #   scripts/rabbitmq-cluster.sh stop           stop every node
 #   scripts/rabbitmq-cluster.sh url            print one AMQP URL naming all three nodes
 #   scripts/rabbitmq-cluster.sh stop-node N    stop node N (1-3) the hard way (kill -9 of its VM)
@@ -59,6 +59,11 @@ join() {
 }
 
 start() {
+    # A fresh cluster each time: a node of an old cluster would wait at boot for its old peers.
+    for port in "${PORTS[@]}"; do
+        env -u AMQP_URL RABBITMQ_PORT="$port" "$ROOT/scripts/rabbitmq.sh" stop >/dev/null 2>&1 || true
+        rm -rf "$(node_base "$port")"
+    done
     seed_cookie
     for port in "${PORTS[@]}"; do start_node "$port"; done
     for port in "${PORTS[@]:1}"; do join "$port"; done

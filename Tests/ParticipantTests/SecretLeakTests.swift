@@ -1,0 +1,99 @@
+import Foundation
+import Testing
+
+/// Feeds malformed broker and store URLs that carry a known password to the real executables —
+/// the `saga` tool and an example service's start-up — and checks that the password appears
+/// nowhere in what they print (standard output and standard error), whatever the error.
+@Suite("Secrets are never printed", .timeLimit(.minutes(5)))
+struct SecretLeakTests {
+    static let password = "Pw7SECRETzq"
+
+    /// Passwords with every character that breaks naive URL parsing around the known secret.
+    static let passwords = [
+        password, "\(password)/x", "a?\(password)", "\(password)#frag", "x@\(password)", ":\(password):", "\(password)%zz",
+    ]
+
+    /// Malformed and well-formed URL shapes; `{P}` is replaced by a password.
+    static let shapes = [
+        "amqp://user:{P}@127.0.0.1:1/%2F", "amqp:/user:{P}@host", "amqp:user:{P}@host", "amqp//user:{P}@host",
+        "amqp://user:{P}@host:notaport/",
+        "amqp://user:{P}@:5672", "amqp://user:{P}@[::1/", "amqps://user:{P}@host:99999/v", "amqp://:{P}@host", "AMQP://USER:{P}@HOST",
+        "postgres://u:{P}@127.0.0.1:1/db", "postgres:u:{P}@host", "postgres:/u:{P}@host/db", "postgresql://u:{P}@host:port/db",
+        "postgres://u:{P}@host/db?sslmode=bogus", "sqlite://u:{P}@/tmp/x.db", "http://u:{P}@host", "u:{P}@host", "://u:{P}@host",
+        "amqp://u:{P}@h1:1,h2:x/",
+    ]
+
+    static var urls: [String] {
+        shapes.flatMap { shape in passwords.map { shape.replacingOccurrences(of: "{P}", with: $0) } }
+    }
+
+    @Test func theSagaToolNeverPrintsThePassword() async throws {
+        let urls = Self.urls
+        #expect(urls.count >= 140)
+        var failures: [String] = []
+        for url in urls {
+            for arguments in [
+                ["list", "--store-url", url], ["dlq", "list", "--amqp-url", url, "--store-url", "sqlite:///nonexistent.db"],
+            ] {
+                let (status, output) = try run("saga", arguments: arguments, timeout: .seconds(10))
+                if output.contains(Self.password) { failures.append("saga \(arguments.joined(separator: " ")) printed: \(output)") }
+                if status == 0 { failures.append("saga \(arguments.joined(separator: " ")) succeeded with a malformed URL") }
+            }
+        }
+        #expect(failures.isEmpty, "\(failures.prefix(5).joined(separator: "\n"))")
+    }
+
+    @Test func aServiceStartingWithABadURLNeverPrintsThePassword() async throws {
+        var failures: [String] = []
+        // Two password shapes per URL shape: a URL that parses keeps the service retrying until
+        // it is stopped, so every run here may take the whole timeout.
+        let urls = Self.shapes.flatMap { shape in Self.passwords.prefix(2).map { shape.replacingOccurrences(of: "{P}", with: $0) } }
+        for url in urls {
+            for flag in ["--amqp-url", "--store-url"] {
+                // A URL that parses but names no reachable server keeps the service retrying:
+                // it is stopped after 1.5 s, and what it printed until then is checked.
+                let (_, output) = try run(
+                    "inventory-service", arguments: [flag, url, "--data-dir", NSTemporaryDirectory() + "sagakit-leak"],
+                    timeout: .milliseconds(1500))
+                if output.contains(Self.password) { failures.append("inventory-service \(flag) \(url) printed: \(output)") }
+            }
+        }
+        #expect(failures.isEmpty, "\(failures.prefix(5).joined(separator: "\n"))")
+    }
+
+    /// Runs a product of this package; returns its exit status (-1 when it was stopped) and its
+    /// output and error, interleaved.
+    private func run(_ product: String, arguments: [String], timeout: Duration) throws -> (Int32, String) {
+        let testBinary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var directory = testBinary.deletingLastPathComponent()
+        if directory.lastPathComponent.hasSuffix(".xctest") { directory = directory.deletingLastPathComponent() }
+        let process = Process()
+        process.executableURL = directory.appendingPathComponent(product)
+        process.arguments = arguments
+        var environment = ProcessInfo.processInfo.environment
+        for key in ["AMQP_URL", "SAGAKIT_STORE_URL", "POSTGRES_URL"] { environment[key] = nil }
+        environment["SAGAKIT_LOG_LEVEL"] = "trace"
+        process.environment = environment
+        let outputPath = NSTemporaryDirectory() + "sagakit-leak-\(UUID().uuidString).log"
+        FileManager.default.createFile(atPath: outputPath, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: outputPath) }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: outputPath))
+        process.standardOutput = handle
+        process.standardError = handle
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        while process.isRunning && ContinuousClock.now < deadline { usleep(20_000) }
+        var status: Int32 = -1
+        if process.isRunning {
+            process.terminate()
+            for _ in 0..<100 where process.isRunning { usleep(20_000) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExit()
+        } else {
+            status = process.terminationStatus
+        }
+        try handle.close()
+        return (status, (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "")
+    }
+}
