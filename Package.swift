@@ -244,7 +244,12 @@ let package = Package(
         ),
         .testTarget(
             name: "SagaBusTests",
-            dependencies: ["SagaCore", "SagaRabbitMQ", "SagaTestSupport"],
+            dependencies: [
+                "SagaCore", "SagaRabbitMQ", "SagaTestSupport",
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: strict
         ),
         .testTarget(
