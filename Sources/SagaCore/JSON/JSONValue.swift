@@ -7,8 +7,8 @@ public enum JSONValue: Sendable, Hashable, Codable {
     case null
     /// `true` / `false`
     case bool(Bool)
-    /// A number.
-    case number(Double)
+    /// A number, kept exactly (see ``JSONNumber``): integers as integers, decimals as written.
+    case number(JSONNumber)
     /// A string.
     case string(String)
     /// An array.
@@ -40,7 +40,7 @@ public enum JSONValue: Sendable, Hashable, Codable {
             self = .null
         } else if let string = try? container.decode(String.self) {
             self = .string(string)
-        } else if let number = try? container.decode(Double.self) {
+        } else if let number = try? container.decode(JSONNumber.self) {
             self = .number(number)
         } else {
             self = .bool(try container.decode(Bool.self))
@@ -73,17 +73,40 @@ public enum JSONValue: Sendable, Hashable, Codable {
         return nil
     }
 
+    /// A number from a `Double` (a whole number is kept as an integer).
+    @_disfavoredOverload
+    public static func number(_ value: Double) -> JSONValue { .number(JSONNumber(value)) }
+
+    /// A number from an `Int`.
+    @_disfavoredOverload
+    public static func number(_ value: Int) -> JSONValue { .number(JSONNumber(value)) }
+
+    /// A number from an `Int64`.
+    @_disfavoredOverload
+    public static func number(_ value: Int64) -> JSONValue { .number(JSONNumber(value)) }
+
+    /// A number from a `Decimal`, kept exactly.
+    @_disfavoredOverload
+    public static func number(_ value: Decimal) -> JSONValue { .number(JSONNumber(value)) }
+
     /// The number, if this is a number.
-    public var doubleValue: Double? {
+    public var numberValue: JSONNumber? {
         if case .number(let value) = self { return value }
         return nil
     }
 
-    /// The number as an `Int`, if this is a whole number.
-    public var intValue: Int? {
-        if case .number(let value) = self, let int = Int(exactly: value) { return int }
-        return nil
-    }
+    /// The number as the nearest `Double`, if this is a number (large integers and long decimals
+    /// are rounded: use ``int64Value`` or ``decimalValue`` for those).
+    public var doubleValue: Double? { numberValue?.doubleValue }
+
+    /// The number as an `Int`, if this is a whole number in its range.
+    public var intValue: Int? { numberValue?.intValue }
+
+    /// The number as an `Int64`, if this is a whole number in its range.
+    public var int64Value: Int64? { numberValue?.int64Value }
+
+    /// The number as a `Decimal`, if this is a number.
+    public var decimalValue: Decimal? { numberValue?.decimalValue }
 
     /// The boolean, if this is a boolean.
     public var boolValue: Bool? {
@@ -107,9 +130,9 @@ extension JSONValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, Ex
     /// A string literal.
     public init(stringLiteral value: String) { self = .string(value) }
     /// An integer literal.
-    public init(integerLiteral value: Int) { self = .number(Double(value)) }
+    public init(integerLiteral value: Int) { self = .number(JSONNumber(value)) }
     /// A floating-point literal.
-    public init(floatLiteral value: Double) { self = .number(value) }
+    public init(floatLiteral value: Double) { self = .number(JSONNumber(value)) }
     /// A boolean literal.
     public init(booleanLiteral value: Bool) { self = .bool(value) }
     /// An array literal.
