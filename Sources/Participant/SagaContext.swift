@@ -90,9 +90,14 @@ public struct SagaContext: Sendable {
     /// Completes this step's action, shallow-merges `patch` into the payload, and publishes the
     /// next step's command (or marks the saga completed). Returns once the new state is stored and
     /// the broker has confirmed the next command.
+    ///
+    /// - Throws: ``SagaError/Code/outcomeDiscarded`` when the outcome was not recorded because the
+    ///   saga moved on while the handler ran (an operator compensated it, its deadline passed, the
+    ///   step timed out): the step did not count, so undo this run's effect (see
+    ///   WritingParticipants.md). Other errors (store or broker) mean the delivery is retried.
     public func completeStep(merging patch: JSONObject = [:]) async throws {
         try requirePhase(.action, "completeStep")
-        try await execution.finish(.completed(patch))
+        try await execution.finish(.completed(patch), sagaID: sagaID, command: command)
     }
 
     /// Completes this step's action, merging the top-level keys of an encodable value.
@@ -103,15 +108,21 @@ public struct SagaContext: Sendable {
     /// Fails this step for a business reason (no retry) and starts compensating the completed
     /// steps in reverse order. After the pivot nothing can be compensated: the saga then needs
     /// attention.
+    ///
+    /// - Throws: ``SagaError/Code/outcomeDiscarded`` when the saga moved on while the handler ran
+    ///   (the refusal was not recorded; the saga is already elsewhere).
     public func failAndCompensate(reason: String) async throws {
         try requirePhase(.action, "failAndCompensate")
-        try await execution.finish(.failed(reason, retryable: false))
+        try await execution.finish(.failed(reason, retryable: false), sagaID: sagaID, command: command)
     }
 
     /// Completes this compensation and publishes the next one (or marks the saga compensated).
+    ///
+    /// - Throws: ``SagaError/Code/outcomeDiscarded`` when the saga moved on while the handler ran
+    ///   (this compensation was already recorded by another delivery, or an operator acted).
     public func completeCompensation() async throws {
         try requirePhase(.compensation, "completeCompensation")
-        try await execution.finish(.compensated)
+        try await execution.finish(.compensated, sagaID: sagaID, command: command)
     }
 
     private func requirePhase(_ expected: StepPhase, _ call: String) throws {
@@ -142,9 +153,15 @@ public enum SagaHandlerReport: Sendable, Hashable {
 
 /// One run of a handler: lets exactly one outcome be reported, and remembers whether reporting
 /// it failed (then the delivery must not be acknowledged).
+///
+/// A report that the runtime discarded because the saga moved on (``SagaError/Code/outcomeDiscarded``)
+/// is a final outcome, not a failure: the handler's call throws it, the delivery is acknowledged.
 final class StepExecution: Sendable {
     private enum Progress: Sendable {
         case pending, reporting, reported
+        /// The step's timeout fired first: the timeout is the outcome, the handler's report is
+        /// discarded.
+        case timedOut(Duration)
         case failed(any Error)
     }
     private let progress = Mutex(Progress.pending)
@@ -154,9 +171,15 @@ final class StepExecution: Sendable {
         self.report = report
     }
 
-    /// Whether an outcome was claimed already (reported, being reported, or failed to report).
+    /// Whether an outcome was claimed already (reported, being reported, timed out, or failed to
+    /// report).
     var isFinished: Bool {
         progress.withLock { if case .pending = $0 { false } else { true } }
+    }
+
+    /// The timeout, when the step's timeout claimed the outcome before the handler reported one.
+    var timeout: Duration? {
+        progress.withLock { if case .timedOut(let limit) = $0 { limit } else { nil } }
     }
 
     /// The error that reporting the outcome ended with, if it failed.
@@ -172,29 +195,57 @@ final class StepExecution: Sendable {
         }
     }
 
-    private func perform(_ result: SagaHandlerReport) async throws {
+    /// Claims the outcome for the step's timeout; `false` when the handler claimed it first.
+    func claimTimeout(_ limit: Duration) -> Bool {
+        progress.withLock { progress in
+            guard case .pending = progress else { return false }
+            progress = .timedOut(limit)
+            return true
+        }
+    }
+
+    private func perform(_ body: () async throws -> Void) async throws {
         do {
-            try await report(result)
+            try await body()
             progress.withLock { $0 = .reported }
+        } catch let error as SagaError where error.code == .outcomeDiscarded {
+            progress.withLock { $0 = .reported }
+            throw error
         } catch {
             progress.withLock { $0 = .failed(error) }
             throw error
         }
     }
 
-    /// Reports an outcome; a second report is an error.
-    func finish(_ result: SagaHandlerReport) async throws {
+    /// Reports an outcome; a second report is an error, and so is a report after the step's
+    /// timeout (``SagaError/Code/outcomeDiscarded``).
+    func finish(_ result: SagaHandlerReport, sagaID: SagaID = "", command: String = "") async throws {
         guard claim() else {
+            if let limit = timeout {
+                throw SagaError.outcomeDiscarded(
+                    sagaID: sagaID, command: command, reason: "the step timed out after \(limit); the timeout is its outcome")
+            }
             throw SagaError(
                 .invalidState, "the outcome of this step was already reported",
                 recoverySuggestion: "call completeStep/failAndCompensate/completeCompensation once per handler run")
         }
-        try await perform(result)
+        try await perform { try await report(result) }
     }
 
     /// Reports an outcome when nothing was reported yet; does nothing otherwise.
     func finishIfNeeded(_ result: SagaHandlerReport) async throws {
         guard claim() else { return }
-        try await perform(result)
+        try await perform { try await report(result) }
+    }
+
+    /// Records the timeout claimed by ``claimTimeout(_:)`` with `record` (once).
+    func finishTimedOut(_ record: () async throws -> Void) async throws {
+        let claimed = progress.withLock { progress in
+            guard case .timedOut = progress else { return false }
+            progress = .reporting
+            return true
+        }
+        guard claimed else { return }
+        try await perform(record)
     }
 }

@@ -20,7 +20,9 @@ struct SagaEngine: Sendable {
     }
 
     /// Applies `event` to the saga and commits the result, reloading and re-deciding when another
-    /// instance changed the saga concurrently. Publishes the transition's commands and marks them
+    /// instance changed the saga concurrently — but only when the event still applies to the
+    /// reloaded saga (``SagaStateMachine/staleness(of:aimedAt:reloaded:)``); otherwise the
+    /// outcome is `.ignored`. Publishes the transition's commands and marks them
     /// sent. A publish failure is logged and left to the outbox relay (the state is committed).
     func advance(_ sagaID: SagaID, from loaded: SagaState, event: SagaEvent, logger: Logger, maxConflicts: Int = 8) async throws -> Advance
     {
@@ -46,6 +48,11 @@ struct SagaEngine: Sendable {
                     conflicts += 1
                     logger.debug("version conflict, reloading", metadata: ["saga.version": "\(state.version)"])
                     state = try await store.load(sagaID)
+                    // Decide again only when the event still means what it meant for the state
+                    // it was aimed at (a reaper's re-send, an operator's retry of step k).
+                    if let reason = SagaStateMachine.staleness(of: event, aimedAt: loaded, reloaded: state) {
+                        return .ignored(reason, state)
+                    }
                 }
             }
         }

@@ -83,6 +83,7 @@ public struct SagaParticipant: Service {
                 recoverySuggestion: "register at least one handler before running the participant")
         }
         warnAboutReaperThreshold()
+        warnAboutDelaysBeyondTheLargestLevel()
         try await engine.bus.declare(configuration.topology.topology(forService: configuration.service, commands: handlers.commands))
         logger.info(
             "participant started",
@@ -99,6 +100,19 @@ public struct SagaParticipant: Service {
             outer.cancelAll()
         }
         logger.info("participant stopped")
+    }
+
+    /// A retry delay longer than the largest delay level cannot be rounded up: it is shortened to
+    /// the largest level. Say so once at start, naming the policies' longest delay.
+    private func warnAboutDelaysBeyondTheLargestLevel() {
+        let policies = engine.definitions.all.flatMap { $0.steps.map(\.options.retry) + [$0.compensationRetry] }
+        guard let longest = policies.map(\.maxDelay).max(), let largest = configuration.topology.delayLevels.last,
+            longest > .seconds(largest)
+        else { return }
+        logger.warning(
+            "retry delays up to \(longest) are allowed, but the largest delay level is \(largest) s: longer delays are shortened to \(largest) s",
+            metadata: ["retry.maxDelay": "\(longest)", "delay.largestLevel": "\(largest)"]
+        )
     }
 
     /// A reaper whose stalled threshold is shorter than the longest retry delay re-sends commands
@@ -238,17 +252,23 @@ public struct SagaParticipant: Service {
         let began = clock.now
         let engine = self.engine
         let metrics = engine.metrics
-        let execution = StepExecution { result in
+        /// Records an outcome; throws `outcomeDiscarded` when the saga moved on meanwhile, so that
+        /// the handler learns that its step did not count.
+        let record: @Sendable (SagaEvent) async throws -> Void = { event in
             metrics.stepDuration(saga: command.sagaName, step: command.stepName, phase: command.phase, duration: clock.now - began)
-            let event = SagaParticipant.event(for: result, command: command, startedAt: startedAt)
             switch try await engine.advance(state.id, from: state, event: event, logger: logger) {
             case .committed:
                 break
             case .ignored(let reason, _):
-                logger.info("outcome not recorded: the saga moved on meanwhile (\(reason))")
+                logger.warning("outcome not recorded: the saga moved on meanwhile (\(reason))")
+                throw SagaError.outcomeDiscarded(sagaID: state.id, command: command.command, reason: reason)
             case .rejected(let reason, _):
                 logger.error("outcome rejected: \(reason)")
+                throw SagaError.outcomeDiscarded(sagaID: state.id, command: command.command, reason: reason)
             }
+        }
+        let execution = StepExecution { result in
+            try await record(SagaParticipant.event(for: result, command: command, startedAt: startedAt))
         }
         let context = SagaContext(
             sagaID: state.id, sagaName: state.name, stepName: command.stepName, step: command.step, phase: command.phase,
@@ -256,23 +276,47 @@ public struct SagaParticipant: Service {
             idempotencyKey: command.idempotencyKey, logger: logger, execution: execution
         )
         let timeout = command.phase == .action ? definition.steps[command.step].options.timeout : nil
-        let outcome = await Self.run(handler, context: context, timeout: timeout)
+        var outcome = await Self.run(handler, context: context, timeout: timeout)
+        // The timeout claimed the outcome (even if the handler returned in the same instant).
+        if let limit = execution.timeout { outcome = .timedOut(limit) }
         if let failure = execution.reportFailure { throw failure }
         switch outcome {
         case .returned:
-            try await execution.finishIfNeeded(command.phase == .action ? .completed([:]) : .compensated)
+            do {
+                try await execution.finishIfNeeded(command.phase == .action ? .completed([:]) : .compensated)
+            } catch let error as SagaError where error.code == .outcomeDiscarded {
+                // The handler returned without reporting: its implicit success came too late.
+                return
+            }
         case .threw(let error):
             if execution.isFinished {
-                logger.warning("handler threw after reporting its outcome; the error is ignored", metadata: ["error": "\(error)"])
+                if (error as? SagaError)?.code == .outcomeDiscarded {
+                    logger.info("handler ended with its discarded outcome", metadata: ["error": "\(error)"])
+                } else {
+                    logger.warning("handler threw after reporting its outcome; the error is ignored", metadata: ["error": "\(error)"])
+                }
                 return
             }
             logger.warning("handler failed", metadata: ["error": "\(error)"])
             span.recordError(error)
             let message = String(describing: error)
-            try await execution.finishIfNeeded(command.phase == .action ? .failed(message, retryable: true) : .compensationFailed(message))
+            do {
+                try await execution.finishIfNeeded(
+                    command.phase == .action ? .failed(message, retryable: true) : .compensationFailed(message))
+            } catch let error as SagaError where error.code == .outcomeDiscarded {
+                return
+            }
         case .timedOut(let limit):
+            // The handler has returned (cancellation is cooperative): whatever it did may have
+            // committed, which the state machine accounts for.
             logger.warning("handler timed out after \(limit)")
-            try await execution.finishIfNeeded(.failed("timed out after \(limit)", retryable: true))
+            do {
+                try await execution.finishTimedOut {
+                    try await record(.stepTimedOut(step: command.step, attempt: command.attempt, after: limit, startedAt: startedAt))
+                }
+            } catch let error as SagaError where error.code == .outcomeDiscarded {
+                return
+            }
         }
     }
 
@@ -302,14 +346,15 @@ public struct SagaParticipant: Service {
             }
             group.addTask {
                 try? await Task.sleep(for: timeout)
-                return Task.isCancelled ? nil : .timedOut(timeout)
+                // The timeout claims the outcome unless the handler is reporting one already;
+                // from now on the handler's report is discarded.
+                guard !Task.isCancelled, context.execution.claimTimeout(timeout) else { return nil }
+                return .timedOut(timeout)
             }
             while let next = await group.next() {
                 guard let outcome = next else { continue }
-                if case .timedOut = outcome, context.execution.isFinished {
-                    // The handler is reporting its outcome right now: let it finish.
-                    continue
-                }
+                // Cancels the handler (or the timer). A handler that ignores cancellation keeps
+                // running: the task group waits for it, and the delivery stays unacknowledged.
                 group.cancelAll()
                 return outcome
             }

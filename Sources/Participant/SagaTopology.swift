@@ -8,7 +8,9 @@ public import Configuration
 ///   competing consumers of one service share it.
 /// - `<prefix>.delay.<n>s` (fanout exchange + queue with a TTL of *n* seconds that dead-letters
 ///   back to the commands exchange with the original routing key): delayed retries on a stock
-///   broker, no plugin. A delay is rounded up to the next level.
+///   broker, no plugin. A delay is rounded up to the next level; a delay longer than the largest
+///   level is shortened to the largest level (a participant logs a warning at start when a retry
+///   policy allows such delays).
 /// - `<prefix>.dead-letter` (fanout) → `<prefix>.dead-letters`: messages that cannot be
 ///   processed, with headers saying why and where they came from.
 public struct SagaTopology: Sendable, Hashable {
@@ -68,7 +70,9 @@ public struct SagaTopology: Sendable, Hashable {
     /// The delay exchange/queue name of a level.
     public func delayName(seconds: Int) -> String { "\(prefix).delay.\(seconds)s" }
 
-    /// The smallest delay level that is at least `delay` (the largest level when none is).
+    /// The smallest delay level that is at least `delay`. A delay longer than the largest level
+    /// cannot be rounded up: it is shortened to the largest level (add a longer level to
+    /// ``delayLevels`` when retries must wait longer).
     public func delayLevel(for delay: Duration) -> Int {
         let seconds = delay.seconds
         return delayLevels.first(where: { Double($0) >= seconds }) ?? delayLevels.last ?? 1

@@ -33,6 +33,10 @@ public struct SagaError: Error, Sendable, CustomStringConvertible {
         public static let invalidState = Code("invalidState")
         /// Waiting for an outcome timed out.
         public static let timeout = Code("timeout")
+        /// A handler's outcome was not recorded: the saga moved on while the handler ran (an
+        /// operator compensated it, a deadline passed, the step timed out). The handler's effect
+        /// is not part of the saga: see ``SagaError/outcomeDiscarded(sagaID:command:reason:)``.
+        public static let outcomeDiscarded = Code("outcomeDiscarded")
 
         /// The code's name.
         public var description: String { name }
@@ -78,6 +82,20 @@ public struct SagaError: Error, Sendable, CustomStringConvertible {
             .unknownSaga,
             "no saga with id \(id)",
             recoverySuggestion: "check the id, and that every participant uses the same store"
+        )
+    }
+
+    /// A handler's outcome that was not recorded because the saga moved on while it ran.
+    ///
+    /// The handler must not assume its step counted: it should undo what this run did (the
+    /// same as its compensation would, keyed by the idempotency key), because the compensation
+    /// of the step may already have run — before this run's effect existed — or may never run.
+    public static func outcomeDiscarded(sagaID: SagaID, command: String, reason: String) -> SagaError {
+        SagaError(
+            .outcomeDiscarded,
+            "saga \(sagaID) moved on while the handler of '\(command)' ran; its outcome was not recorded (\(reason))",
+            recoverySuggestion:
+                "the step did not count: undo this run's effect (idempotently, as the step's compensation would) and do not report again"
         )
     }
 }

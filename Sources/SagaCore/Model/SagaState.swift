@@ -64,11 +64,14 @@ public struct StepRecord: Sendable, Hashable, Codable {
     public var outcome: StepOutcome
     /// The error, for failed attempts.
     public var error: String?
+    /// `true` when the attempt timed out: its effect may have committed without the saga knowing
+    /// (`nil` otherwise, and in records written before SagaKit recorded timeouts).
+    public var timedOut: Bool?
 
     /// Creates a record.
     public init(
         step: Int, stepName: String, phase: StepPhase, attempt: Int, startedAt: Date, finishedAt: Date, outcome: StepOutcome,
-        error: String? = nil
+        error: String? = nil, timedOut: Bool? = nil
     ) {
         self.step = step
         self.stepName = stepName
@@ -78,6 +81,7 @@ public struct StepRecord: Sendable, Hashable, Codable {
         self.finishedAt = finishedAt
         self.outcome = outcome
         self.error = error
+        self.timedOut = timedOut
     }
 }
 
@@ -99,7 +103,9 @@ public struct SagaState: Sendable, Hashable, Codable {
     public var payload: JSONObject
     /// Trace and correlation ids (for example `traceparent`, `correlationId`).
     public var context: [String: String]
-    /// Every attempt of every step, in order.
+    /// The attempts of every step, in order. For a step attempted very often (retried forever
+    /// after the pivot) only its first record and its latest
+    /// ``SagaStateMachine/retainedRecordsPerStep`` records per phase are kept.
     public var history: [StepRecord]
     /// Why the saga is compensating or needs attention.
     public var failureReason: String?

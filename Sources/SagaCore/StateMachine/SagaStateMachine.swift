@@ -8,6 +8,10 @@ public enum SagaEvent: Sendable, Hashable {
     /// The action of `step` failed. A `retryable` failure is retried by the step's policy; a
     /// non-retryable one (a business refusal: `failAndCompensate`) starts compensation at once.
     case stepFailed(step: Int, attempt: Int, error: String, retryable: Bool, startedAt: Date)
+    /// The action of `step` did not finish within the step's timeout (`after`). It is retried like
+    /// a retryable failure, but nobody knows whether its effect committed: when the attempts run
+    /// out before the pivot, the step itself is compensated too (as on a deadline).
+    case stepTimedOut(step: Int, attempt: Int, after: Duration, startedAt: Date)
     /// The compensation of `step` succeeded.
     case compensationCompleted(step: Int, attempt: Int, startedAt: Date)
     /// The compensation of `step` failed; it is retried with capped backoff up to the definition's
@@ -18,7 +22,8 @@ public enum SagaEvent: Sendable, Hashable {
     /// The reaper found the saga not updated for too long. After `maxReapAttempts` re-sends
     /// without progress the saga needs attention.
     case foundStalled(maxReapAttempts: Int)
-    /// An operator asked to run the current step again (also from needs-attention).
+    /// An operator asked to run the current step again (also from needs-attention). From
+    /// needs-attention, a saga that was compensating resumes its compensation.
     case retryRequested
     /// An operator asked to compensate the saga now (only before the pivot).
     case compensationRequested(reason: String)
@@ -55,7 +60,8 @@ public enum SagaDecision: Sendable, Hashable {
 /// - Actions run in order. When the action of step *k* fails for good before the pivot, the
 ///   compensations of the completed steps *k-1 … 1* run in reverse order, skipping steps that
 ///   have no compensation. The failed step itself is not compensated (its local transaction did
-///   not commit).
+///   not commit) — unless one of its attempts timed out: then nobody knows whether its effect
+///   committed, and compensation starts with step *k* itself.
 /// - A deadline or an operator's request compensates from the *current* step inclusive, because
 ///   its action may be running at that moment; compensations must therefore tolerate an action
 ///   that never happened (they are idempotent by the idempotency key anyway).
@@ -65,9 +71,15 @@ public enum SagaDecision: Sendable, Hashable {
 ///   exhausted the saga needs attention.
 /// - An event for another step, phase or attempt than the current one is ignored, and a
 ///   terminal saga never moves again except by an operator's retry from needs-attention.
+/// - A step's history keeps its first attempt and its latest ``retainedRecordsPerStep`` records
+///   per phase, so a step retried forever after the pivot does not grow the saga without bound.
 public struct SagaStateMachine: Sendable {
     /// The definition the saga follows.
     public let definition: SagaDefinition
+
+    /// How many of the latest records of one step and phase the history keeps (besides the
+    /// step's first record); older ones are dropped.
+    public static let retainedRecordsPerStep = 20
 
     /// Creates a state machine for a definition.
     public init(definition: SagaDefinition) {
@@ -129,25 +141,15 @@ public struct SagaStateMachine: Sendable {
 
         case .stepFailed(let step, let attempt, let error, let retryable, let startedAt):
             if let stale = staleness(state, step: step, phase: .action, attempt: attempt) { return .ignored(stale) }
-            let policy = definition.steps[step].options.retry
-            let forwardOnly = definition.isForwardOnly(step)
-            var next = state
-            if retryable && (forwardOnly || attempt < policy.maxAttempts) {
-                record(
-                    &next, step: step, phase: .action, attempt: attempt, startedAt: startedAt, now: now, outcome: .retrying, error: error)
-                next.attempt = attempt + 1
-                let delay = policy.delay(afterAttempt: attempt)
-                return .transition(next, [ScheduledCommand(currentCommand(next, phase: .action), delay: delay)])
-            }
-            record(&next, step: step, phase: .action, attempt: attempt, startedAt: startedAt, now: now, outcome: .failed, error: error)
-            let stepName = definition.steps[step].name
-            if forwardOnly {
-                next.status = .needsAttention
-                next.failureReason = "step '\(stepName)' failed after the pivot and cannot be compensated: \(error)"
-                return .transition(next, [])
-            }
-            let why = retryable ? "failed \(attempt) time(s)" : "failed"
-            return compensate(next, before: step, reason: "step '\(stepName)' \(why): \(error)")
+            return actionFailed(
+                state, step: step, attempt: attempt, error: error, retryable: retryable, timedOut: false, startedAt: startedAt, now: now)
+
+        case .stepTimedOut(let step, let attempt, let limit, let startedAt):
+            if let stale = staleness(state, step: step, phase: .action, attempt: attempt) { return .ignored(stale) }
+            return actionFailed(
+                state, step: step, attempt: attempt, error: "timed out after \(limit)", retryable: true, timedOut: true,
+                startedAt: startedAt,
+                now: now)
 
         case .compensationCompleted(let step, let attempt, let startedAt):
             if let stale = staleness(state, step: step, phase: .compensation, attempt: attempt) { return .ignored(stale) }
@@ -187,9 +189,15 @@ public struct SagaStateMachine: Sendable {
             var next = state
             let phase = state.phase
             if state.reapAttempts >= maxReapAttempts {
-                next.status = .needsAttention
-                next.failureReason =
+                let reason =
                     "stalled at step '\(definition.steps[state.currentStep].name)' (\(phase.rawValue)); the reaper re-sent its command \(state.reapAttempts) time(s) without progress"
+                // The record keeps the phase the saga was in, so that a retry resumes it.
+                record(
+                    &next, step: state.currentStep, phase: phase, attempt: state.attempt, startedAt: now, now: now, outcome: .failed,
+                    error: reason)
+                next.reapAttempts = state.reapAttempts
+                next.status = .needsAttention
+                next.failureReason = reason
                 return .transition(next, [])
             }
             next.reapAttempts += 1
@@ -205,7 +213,7 @@ public struct SagaStateMachine: Sendable {
             var next = state
             let phase: StepPhase
             if state.status == .needsAttention {
-                phase = state.history.last(where: { $0.step == state.currentStep })?.phase ?? .action
+                phase = stoppedPhase(state)
                 next.status = phase == .compensation ? .compensating : .running
             } else {
                 phase = state.phase
@@ -220,7 +228,7 @@ public struct SagaStateMachine: Sendable {
             case .completed, .compensated, .compensating:
                 return .rejected("saga \(state.id) is \(state.status.rawValue); it cannot be compensated now")
             case .running, .needsAttention:
-                if state.status == .needsAttention, state.history.last(where: { $0.step == state.currentStep })?.phase == .compensation {
+                if state.status == .needsAttention, stoppedPhase(state) == .compensation {
                     return .rejected("saga \(state.id) is stuck in a compensation; retry it instead")
                 }
                 if definition.isForwardOnly(state.currentStep) {
@@ -232,6 +240,75 @@ public struct SagaStateMachine: Sendable {
     }
 
     // MARK: - Helpers
+
+    /// A failed attempt of an action: retried by the step's policy, or the end of the step.
+    private func actionFailed(
+        _ state: SagaState, step: Int, attempt: Int, error: String, retryable: Bool, timedOut: Bool, startedAt: Date, now: Date
+    ) -> SagaDecision {
+        let policy = definition.steps[step].options.retry
+        let forwardOnly = definition.isForwardOnly(step)
+        var next = state
+        if retryable && (forwardOnly || attempt < policy.maxAttempts) {
+            record(
+                &next, step: step, phase: .action, attempt: attempt, startedAt: startedAt, now: now, outcome: .retrying, error: error,
+                timedOut: timedOut)
+            next.attempt = attempt + 1
+            let delay = policy.delay(afterAttempt: attempt)
+            return .transition(next, [ScheduledCommand(currentCommand(next, phase: .action), delay: delay)])
+        }
+        // Whether an attempt of this step may have committed its effect without saying so.
+        let uncertain = timedOut || state.history.contains { $0.step == step && $0.phase == .action && $0.timedOut == true }
+        record(
+            &next, step: step, phase: .action, attempt: attempt, startedAt: startedAt, now: now, outcome: .failed, error: error,
+            timedOut: timedOut)
+        let stepName = definition.steps[step].name
+        if forwardOnly {
+            next.status = .needsAttention
+            next.failureReason = "step '\(stepName)' failed after the pivot and cannot be compensated: \(error)"
+            return .transition(next, [])
+        }
+        let why = retryable ? "failed \(attempt) time(s)" : "failed"
+        let reason = "step '\(stepName)' \(why): \(error)"
+        // A timed-out attempt may have committed: undo the step itself too.
+        return uncertain ? compensate(next, from: step, reason: reason) : compensate(next, before: step, reason: reason)
+    }
+
+    /// The phase a saga that needs attention stopped in: compensation once it has compensated
+    /// anything or moved back from a later step, or when its last record of the current step is
+    /// a compensation (a compensation that failed, or that the reaper gave up on).
+    private func stoppedPhase(_ state: SagaState) -> StepPhase {
+        if state.history.last(where: { $0.step == state.currentStep })?.phase == .compensation { return .compensation }
+        // A saga never runs forward again after compensating anything.
+        if state.history.contains(where: { $0.phase == .compensation || $0.step > state.currentStep }) { return .compensation }
+        return .action
+    }
+
+    /// Why `event`, decided on `aimed` and refused by a version conflict, must not be decided
+    /// again on `current` (the state reloaded after the conflict); `nil` when it still applies.
+    ///
+    /// Handler outcomes name their step, phase and attempt, and ``apply(_:to:now:)`` ignores them
+    /// when they do not fit. The others are judged here: the reaper's `foundStalled` applies only
+    /// to a saga that did not change at all (any change is progress), an operator's retry or
+    /// compensation only to a saga still at the same status, step, phase and attempt; a deadline
+    /// applies to whatever state the saga is in.
+    public static func staleness(of event: SagaEvent, aimedAt aimed: SagaState, reloaded current: SagaState) -> String? {
+        switch event {
+        case .stepCompleted, .stepFailed, .stepTimedOut, .compensationCompleted, .compensationFailed, .deadlinePassed:
+            return nil
+        case .foundStalled:
+            guard current.version != aimed.version else { return nil }
+            return
+                "saga \(current.id) changed (version \(aimed.version) → \(current.version)) since it was found stalled; it is not stalled"
+        case .retryRequested, .compensationRequested:
+            if current.status == aimed.status, current.currentStep == aimed.currentStep, current.phase == aimed.phase,
+                current.attempt == aimed.attempt
+            {
+                return nil
+            }
+            return
+                "saga \(current.id) moved meanwhile (from \(aimed.status.rawValue) at step \(aimed.currentStep) attempt \(aimed.attempt) to \(current.status.rawValue) at step \(current.currentStep) attempt \(current.attempt)); look at it again before acting"
+        }
+    }
 
     /// Why an event for (step, phase, attempt) does not apply to `state`, or `nil` when it does.
     private func staleness(_ state: SagaState, step: Int, phase: StepPhase, attempt: Int) -> String? {
@@ -269,16 +346,29 @@ public struct SagaStateMachine: Sendable {
 
     private func record(
         _ state: inout SagaState, step: Int, phase: StepPhase, attempt: Int, startedAt: Date, now: Date, outcome: StepOutcome,
-        error: String? = nil
+        error: String? = nil, timedOut: Bool = false
     ) {
         state.history.append(
             StepRecord(
                 step: step, stepName: definition.steps[step].name, phase: phase, attempt: attempt, startedAt: startedAt,
-                finishedAt: now, outcome: outcome, error: error
+                finishedAt: now, outcome: outcome, error: error, timedOut: timedOut ? true : nil
             )
         )
+        Self.compact(&state.history, step: step, phase: phase)
         if outcome != .resent { state.reapAttempts = 0 }
         state.updatedAt = now
+    }
+
+    /// Keeps the first record of (step, phase) and its latest ``retainedRecordsPerStep``; drops
+    /// the ones between. The first timed-out record is kept too (it decides whether the step is
+    /// compensated).
+    private static func compact(_ history: inout [StepRecord], step: Int, phase: StepPhase) {
+        let indices = history.indices.filter { history[$0].step == step && history[$0].phase == phase }
+        guard indices.count > retainedRecordsPerStep + 1 else { return }
+        var keep = Set([indices[0]] + indices.suffix(retainedRecordsPerStep))
+        if let timedOut = indices.first(where: { history[$0].timedOut == true }) { keep.insert(timedOut) }
+        let drop = Set(indices).subtracting(keep)
+        history = history.indices.filter { !drop.contains($0) }.map { history[$0] }
     }
 
     private func currentCommand(_ state: SagaState, phase: StepPhase) -> SagaCommand {
