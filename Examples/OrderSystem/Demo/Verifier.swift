@@ -94,8 +94,8 @@ struct Verifier {
         }
         let shipping = try LocalDatabase.open(path: configuration.dataPath("shipping.db"))
         let shipments = try await shipping.read { db in
-            try Row.fetchAll(db, sql: "SELECT saga_id, sku, quantity FROM shipments").map {
-                (id: $0["saga_id"] as String, sku: $0["sku"] as String, quantity: $0["quantity"] as Int)
+            try Row.fetchAll(db, sql: "SELECT saga_id, sku, quantity, attempt FROM shipments").map {
+                (id: $0["saga_id"] as String, sku: $0["sku"] as String, quantity: $0["quantity"] as Int, attempt: $0["attempt"] as Int)
             }
         }
         let held = reservations.filter { $0.status == "reserved" }
@@ -139,22 +139,38 @@ struct Verifier {
                 passed: unpaid.isEmpty, title: "every completed saga was charged once",
                 detail: unpaid.isEmpty ? "" : "completed without a charge: \(sample(unpaid))"))
 
-        // 5. Shipping: nothing shipped for a compensated saga.
+        // 5. Shipping: nothing shipped for a compensated saga. (Nothing is checked for "shipped
+        // twice": the shipments table's primary key on saga_id makes a second row impossible.)
         let wronglyShipped = shippedIDs.intersection(compensated)
         checks.append(
             Check(
-                passed: wronglyShipped.isEmpty && shipments.count == shippedIDs.count,
-                title: "nothing shipped for a compensated saga, nothing shipped twice (\(shipments.count) shipments)",
+                passed: wronglyShipped.isEmpty,
+                title: "nothing shipped for a compensated saga (\(shipments.count) shipments)",
                 detail: wronglyShipped.isEmpty ? "" : "shipped but compensated: \(sample(wronglyShipped))"))
 
-        // 6. Retries happened where the demo says they do.
-        let shippingRetries = states.reduce(0) { total, state in
-            total + state.history.filter { $0.stepName == "ship" && $0.outcome == .retrying }.count
+        // 6. Shipping failures (after the pivot) were retried forward: every saga whose ship step
+        // failed went on to complete, and shipped on an attempt after its last failed one (a
+        // shipment made by a failed attempt would mean a failure leaked its effect).
+        let shipmentAttempt = Dictionary(shipments.map { ($0.id, $0.attempt) }) { first, _ in first }
+        var retriedSagas = 0
+        var shippingRetries = 0
+        var notRetriedForward: [String] = []
+        for state in states {
+            let failedAttempts = state.history.filter { $0.stepName == "ship" && $0.phase == .action && $0.outcome == .retrying }.map(
+                \.attempt)
+            guard let lastFailed = failedAttempts.max() else { continue }
+            retriedSagas += 1
+            shippingRetries += failedAttempts.count
+            let shippedOn = shipmentAttempt[state.id]
+            if state.status != .completed || shippedOn == nil || shippedOn! <= lastFailed { notRetriedForward.append(state.id) }
         }
         checks.append(
             Check(
-                passed: true, title: "shipping failures retried forward: \(shippingRetries) retry(ies), all of them shipped in the end",
-                detail: ""))
+                passed: notRetriedForward.isEmpty,
+                title:
+                    "shipping failures retried forward: \(shippingRetries) retry(ies) in \(retriedSagas) saga(s), each shipped on a later attempt and completed",
+                detail: notRetriedForward.isEmpty
+                    ? "" : "ship failed and the saga did not complete, or shipped on a failed attempt: \(sample(notRetriedForward))"))
         try inventory.close()
         try shipping.close()
         try payment.close()
