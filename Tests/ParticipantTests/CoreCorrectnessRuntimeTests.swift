@@ -148,7 +148,11 @@ struct CoreCorrectnessRuntimeTests {
             try await manager.outcome(of: id, timeout: .seconds(10))
         }
         #expect(final.status == .completed)
-        #expect(ledger.calls("inventory.reserve", of: id) == 1)
+        // Several participants' relays may publish the row at once (a handler may run more than
+        // once); the effect is applied once per idempotency key and the outcome recorded once.
+        #expect(ledger.calls("inventory.reserve", of: id) >= 1)
+        #expect(ledger.effects(of: id) == ["inventory.reserve", "payment.charge", "shipping.ship"])
+        #expect(final.history.filter { $0.stepName == "reserve-stock" }.count == 1)
     }
 
     // MARK: - Fixtures
