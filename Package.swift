@@ -26,10 +26,10 @@ let package = Package(
         .executable(name: "saga", targets: ["SagaCLI"]),
         .executable(name: "order-saga", targets: ["OrderSagaTool"]),
         .executable(name: "sagakit-demo", targets: ["SagaKitDemo"]),
-        .executable(name: "order-service", targets: ["OrderService"]),
-        .executable(name: "inventory-service", targets: ["InventoryService"]),
-        .executable(name: "payment-service", targets: ["PaymentService"]),
-        .executable(name: "shipping-service", targets: ["ShippingService"]),
+        .executable(name: "order-service", targets: ["ExampleOrderService"]),
+        .executable(name: "inventory-service", targets: ["ExampleInventoryService"]),
+        .executable(name: "payment-service", targets: ["ExamplePaymentService"]),
+        .executable(name: "shipping-service", targets: ["ExampleShippingService"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
@@ -145,7 +145,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .executableTarget(
-            name: "OrderService",
+            name: "ExampleOrderService",
             dependencies: [
                 "OrderSystemSupport", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -153,7 +153,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .executableTarget(
-            name: "InventoryService",
+            name: "ExampleInventoryService",
             dependencies: [
                 "OrderSystemSupport", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "GRDB", package: "GRDB.swift"),
             ],
@@ -161,7 +161,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .executableTarget(
-            name: "PaymentService",
+            name: "ExamplePaymentService",
             dependencies: [
                 "OrderSystemSupport", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "GRDB", package: "GRDB.swift"),
             ],
@@ -169,7 +169,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .executableTarget(
-            name: "ShippingService",
+            name: "ExampleShippingService",
             dependencies: [
                 "OrderSystemSupport", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "GRDB", package: "GRDB.swift"),
             ],

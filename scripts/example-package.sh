@@ -37,7 +37,7 @@ export SAGAKIT_PREFIX="trip-$$"
 export SAGAKIT_LOG_LEVEL=notice
 BIN="$(swift build --show-bin-path)"
 for service in flight hotel payment; do
-    "$BIN/$service-service" >"$WORK/$service.log" 2>&1 &
+    "$BIN/trip-$service" >"$WORK/$service.log" 2>&1 &
     pids+=($!)
 done
 log "three services started (prefix $SAGAKIT_PREFIX); starting ${TRIPS:-40} trips"

@@ -53,7 +53,11 @@ log "building (first build compiles the dependencies: several minutes)"
 swift build --build-tests "$@"
 log "running the tests"
 # Only Swift Testing is used; --disable-xctest avoids XCTest's empty "Executed 0 tests" summary.
-swift test --skip-build --disable-xctest "$@"
+# The cluster test runs on its own afterwards: its three extra broker nodes would starve the
+# other suites' time limits on a small machine.
+swift test --skip-build --disable-xctest --skip ClusterTests "$@"
+log "the RabbitMQ cluster test (three more broker nodes, on their own)"
+swift test --skip-build --disable-xctest --filter ClusterTests "$@"
 
 # A user's package (Examples/TripSaga: its own Package.swift, SagaKit by path, public products only):
 # its handler tests with SagaTesting, then its services as separate processes on the real broker.

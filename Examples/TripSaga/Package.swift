@@ -8,9 +8,9 @@ let package = Package(
     name: "TripSaga",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "flight-service", targets: ["FlightService"]),
-        .executable(name: "hotel-service", targets: ["HotelService"]),
-        .executable(name: "payment-service", targets: ["PaymentService"]),
+        .executable(name: "trip-flight", targets: ["FlightService"]),
+        .executable(name: "trip-hotel", targets: ["HotelService"]),
+        .executable(name: "trip-payment", targets: ["PaymentService"]),
         .executable(name: "trip-starter", targets: ["TripStarter"]),
     ],
     dependencies: [

@@ -55,41 +55,16 @@ struct OrderService: AsyncParsableCommand {
             service: "order", connection: connection, instance: instance)
         let runID = runID ?? String(UUID().uuidString.lowercased().prefix(6))
 
+        let app = try ParticipantApp.application(service: "order", instance: instance, configuration: configuration)
         let opened = try await AppStore.open(url: configuration.storeURL, logger: logger)
-        let bus: RabbitMQBus
-        do {
-            bus = try await ParticipantApp.connectBus(configuration, name: "order \(instance)", logger: logger)
-        } catch {
-            await opened.close()
-            throw error
-        }
         // The manager logs errors only: the progress line says more than 500 "saga started".
-        var managerLogger = logger
-        managerLogger.logLevel = Swift.max(configuration.logLevel, .error)
-        let manager = SagaManager(
-            definitions: OrderSaga.definitions, bus: bus, store: opened.store, topology: configuration.topology, logger: managerLogger)
+        var runtime = app.runtime(store: opened.store)
+        runtime.logger.logLevel = Swift.max(configuration.logLevel, .error)
         let batch = OrderBatch(
-            manager: manager, runID: runID, count: count, concurrency: concurrency, skus: skus, cancelRate: cancelRate,
-            timeout: .seconds(timeout),
-            report: report, logger: logger)
-        let group = ServiceGroup(
-            configuration: ServiceGroupConfiguration(
-                services: opened.services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) } + [
-                    ServiceGroupConfiguration.ServiceConfiguration(service: batch, successTerminationBehavior: .gracefullyShutdownGroup)
-                ],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger
-            )
-        )
-        var failure: (any Error)?
-        do {
-            try await group.run()
-        } catch {
-            failure = error
-        }
-        await bus.shutdown()
-        await opened.close()
-        if let failure { throw failure }
+            manager: SagaManager(runtime: runtime), runID: runID, count: count, concurrency: concurrency, skus: skus,
+            cancelRate: cancelRate, timeout: .seconds(timeout), report: report, logger: logger)
+        // The store, the bus and the batch; the batch ending ends the process gracefully.
+        try await app.run(store: opened.store, services: [batch])
         if batch.failed.withLock({ $0 }) { throw ExitCode(1) }
     }
 }

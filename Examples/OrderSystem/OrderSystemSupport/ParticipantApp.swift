@@ -69,12 +69,8 @@ public enum ParticipantApp {
         let app = try application(service: service, instance: instance, configuration: configuration)
         logger.info("opening the saga store", metadata: ["store": "\(configuration.redactedStoreURL)"])
         let opened = try await AppStore.open(url: configuration.storeURL, logger: logger)
-        do {
-            try await app.runParticipant(handlers: handlers, store: opened.store, services: opened.services)
-        } catch {
-            await opened.close()
-            throw error
-        }
-        await opened.close()
+        // The application runs the store (a Service) before the bus and the participant, and
+        // stops it after them.
+        try await app.runParticipant(handlers: handlers, store: opened.store, services: opened.services)
     }
 }
