@@ -254,7 +254,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SagaStoreTests",
-            dependencies: ["SagaCore", "SagaSQLite", "SagaPostgres", "SagaTestSupport"],
+            dependencies: ["SagaCore", "SagaSQLite", "SagaPostgres", "SagaTestSupport", "SagaTesting"],
             swiftSettings: strict
         ),
         .testTarget(

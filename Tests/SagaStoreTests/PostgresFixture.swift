@@ -1,5 +1,6 @@
 import Foundation
 import SagaTestSupport
+import SagaTesting
 
 @testable import SagaPostgres
 

@@ -2,6 +2,7 @@ import Foundation
 import PostgresNIO
 import SagaCore
 import SagaTestSupport
+import SagaTesting
 import Testing
 
 @testable import SagaPostgres
@@ -39,7 +40,7 @@ struct PostgresStoreTests {
     @Test func anUnreachableServerIsStoreUnavailableSayingWhere() async throws {
         // Nothing listens on port 1.
         let store = try PostgresSagaStore(url: "postgres://sagakit:secret@127.0.0.1:1/sagakit")
-        let error = await expectSagaError(.storeUnavailable) {
+        let error = await Conformance.expectSagaError(.storeUnavailable) {
             try await store.withRunning { _ in }
         }
         #expect(error?.message.contains("127.0.0.1:1/sagakit") == true, "\(String(describing: error))")
@@ -50,7 +51,7 @@ struct PostgresStoreTests {
         guard let url = try await TestPostgres.url() else { return }
         var configuration = try PostgresSagaStore.Configuration(url: url)
         configuration.password = "wrong-\(UUID())"
-        let error = await expectSagaError(.storeUnavailable) {
+        let error = await Conformance.expectSagaError(.storeUnavailable) {
             try await PostgresSagaStore(configuration: configuration).withRunning { _ in }
         }
         #expect(error?.message.contains(configuration.location) == true, "\(String(describing: error))")
@@ -64,10 +65,10 @@ struct PostgresStoreTests {
             var configuration = try PostgresSagaStore.Configuration(url: try await TestPostgres.requireURL())
             configuration.schema = store.schema
             let newer = try PostgresSagaStore(configuration: configuration)
-            let error = await expectSagaError(.schemaTooNew) { try await newer.withRunning { _ in } }
+            let error = await Conformance.expectSagaError(.schemaTooNew) { try await newer.withRunning { _ in } }
             #expect(error?.message.contains("\(PostgresSagaStore.schemaVersion + 1)") == true)
             // An operation on the store that failed to start says why.
-            let again = await expectSagaError(.schemaTooNew) { _ = try await newer.load("any") }
+            let again = await Conformance.expectSagaError(.schemaTooNew) { _ = try await newer.load("any") }
             #expect(again?.message == error?.message)
         }
     }
@@ -78,8 +79,8 @@ struct PostgresStoreTests {
     @Test func aVersion1SchemaIsUpgradedWithItsData() async throws {
         try await withPostgresStore { _, store in
             let namespace = store.namespace
-            let saga = try await store.create(makeState(payload: ["n": 1]), outbox: []).state
-            let pending = makeMessage(sagaID: saga.id)
+            let saga = try await store.create(Conformance.makeState(payload: ["n": 1]), outbox: []).state
+            let pending = Conformance.makeMessage(sagaID: saga.id)
             try await store.commit(SagaTransition(state: saga, expectedVersion: 1, outbox: [pending]))
             for statement in [
                 "DROP FUNCTION \(namespace).sagakit_commit", "DROP FUNCTION \(namespace).sagakit_create",
@@ -136,7 +137,7 @@ struct PostgresStoreTests {
         configuration.schema = "sagakit_test_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
         configuration.maximumConnections = 2
         let stores = try (0..<6).map { _ in try PostgresSagaStore(configuration: configuration) }
-        let state = makeState()
+        let state = Conformance.makeState()
         try await withThrowingTaskGroup(of: Void.self) { group in
             for store in stores { group.addTask { try await store.run() } }
             // Each waits until its store has migrated (or failed to).
@@ -162,7 +163,7 @@ struct PostgresStoreTests {
             let schema = "sagakit_test_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
             let store = try PostgresSagaStore(client: client, schema: schema, location: configuration.location)
             try await store.withRunning { store in
-                let state = makeState()
+                let state = Conformance.makeState()
                 _ = try await store.create(state, outbox: [])
                 #expect(try await store.load(state.id).id == state.id)
                 try await store.executeForTesting("DROP SCHEMA \(store.namespace) CASCADE")

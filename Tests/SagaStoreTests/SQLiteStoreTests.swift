@@ -1,5 +1,6 @@
 import Foundation
 import SagaCore
+import SagaTesting
 import Testing
 
 @testable import SagaSQLite
@@ -24,7 +25,7 @@ struct SQLiteStoreTests {
         let store = try SQLiteSagaStore(url: "sqlite://\(path)")
         #expect(store.path == path)
         #expect(!FileManager.default.fileExists(atPath: path), "creating a store does no I/O")
-        let state = makeState()
+        let state = Conformance.makeState()
         try await store.withRunning { store in
             #expect(FileManager.default.fileExists(atPath: path))
             _ = try await store.create(state, outbox: [])
@@ -44,7 +45,7 @@ struct SQLiteStoreTests {
             try await store.executeForTesting("UPDATE sagakit_schema SET version = \(SQLiteSagaStore.schemaVersion + 1)")
         }
 
-        let error = await expectSagaError(.schemaTooNew) { try await SQLiteSagaStore(path: path).withRunning { _ in } }
+        let error = await Conformance.expectSagaError(.schemaTooNew) { try await SQLiteSagaStore(path: path).withRunning { _ in } }
         #expect(error?.message.contains(path) == true)
         #expect(error?.message.contains("\(SQLiteSagaStore.schemaVersion + 1)") == true)
     }
@@ -55,12 +56,14 @@ struct SQLiteStoreTests {
         let blocker = directory.appendingPathComponent("a-file")
         try Data("x".utf8).write(to: blocker)
         let underAFile = blocker.appendingPathComponent("sub/sagas.db").path
-        let error = await expectSagaError(.storeUnavailable) { try await SQLiteSagaStore(path: underAFile).withRunning { _ in } }
+        let error = await Conformance.expectSagaError(.storeUnavailable) {
+            try await SQLiteSagaStore(path: underAFile).withRunning { _ in }
+        }
         #expect(error?.message.contains(underAFile) == true)
 
         let notADatabase = directory.appendingPathComponent("garbage.db")
         try Data(repeating: 0x42, count: 4096).write(to: notADatabase)
-        let second = await expectSagaError(.storeUnavailable) {
+        let second = await Conformance.expectSagaError(.storeUnavailable) {
             try await SQLiteSagaStore(path: notADatabase.path).withRunning { _ in }
         }
         #expect(second?.message.contains(notADatabase.path) == true)
@@ -91,9 +94,9 @@ struct SQLiteStoreTests {
         defer { try? FileManager.default.removeItem(at: directory) }
         let path = directory.appendingPathComponent("sagas.db").path
         try await SQLiteSagaStore(path: path).withRunning { store in
-            let ids = (0..<8).map { _ in uniqueID() }
-            for id in ids { _ = try await store.create(makeState(id: id, payload: ["n": 0]), outbox: []) }
-            let sharedPrefix = uniqueID("shared")
+            let ids = (0..<8).map { _ in Conformance.uniqueID() }
+            for id in ids { _ = try await store.create(Conformance.makeState(id: id, payload: ["n": 0]), outbox: []) }
+            let sharedPrefix = Conformance.uniqueID("shared")
             let increments = 60
 
             async let first = runWorker(
@@ -181,8 +184,8 @@ struct SQLiteStressWorker {
             // Both workers race to create the same sagas: exactly one creation each.
             var created = 0
             for index in 0..<Self.sharedSagas {
-                let state = makeState(id: "\(shared)-\(index)")
-                if case .created = try await store.create(state, outbox: [makeMessage(sagaID: state.id)]) { created += 1 }
+                let state = Conformance.makeState(id: "\(shared)-\(index)")
+                if case .created = try await store.create(state, outbox: [Conformance.makeMessage(sagaID: state.id)]) { created += 1 }
             }
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for task in 0..<3 {

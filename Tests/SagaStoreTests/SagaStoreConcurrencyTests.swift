@@ -1,5 +1,6 @@
 import Foundation
 import SagaCore
+import SagaTesting
 import Testing
 
 /// Races that every store must decide correctly.
@@ -8,14 +9,14 @@ struct SagaStoreConcurrencyTests {
     @Test(arguments: StoreKind.allCases)
     func fiftyConcurrentCommitsFromOneVersionOneWins(kind: StoreKind) async throws {
         try await withStore(kind) { fixture in
-            let state = try await fixture.store.create(makeState(), outbox: []).state
+            let state = try await fixture.store.create(Conformance.makeState(), outbox: []).state
             let results = await withTaskGroup(of: Result<SagaState, any Error>.self) { group in
                 for index in 0..<50 {
                     let store = index.isMultiple(of: 2) ? fixture.store : fixture.other
                     var next = state
                     next.payload["winner"] = .number(Double(index))
                     let transition = SagaTransition(
-                        state: next, expectedVersion: 1, outbox: [makeMessage(sagaID: state.id, body: "\(index)")]
+                        state: next, expectedVersion: 1, outbox: [Conformance.makeMessage(sagaID: state.id, body: "\(index)")]
                     )
                     group.addTask {
                         do {
@@ -49,11 +50,11 @@ struct SagaStoreConcurrencyTests {
     @Test(arguments: StoreKind.allCases)
     func concurrentClaimersNeverShareASaga(kind: StoreKind) async throws {
         try await withStore(kind) { fixture in
-            let now = milliseconds()
-            let ids = (0..<40).map { _ in uniqueID() }
+            let now = Conformance.milliseconds()
+            let ids = (0..<40).map { _ in Conformance.uniqueID() }
             for (index, id) in ids.enumerated() {
                 _ = try await fixture.store.create(
-                    makeState(id: id, updatedAt: now.addingTimeInterval(-600 + Double(index))), outbox: []
+                    Conformance.makeState(id: id, updatedAt: now.addingTimeInterval(-600 + Double(index))), outbox: []
                 )
             }
             let claims = try await withThrowingTaskGroup(of: [SagaID].self) { group in
@@ -81,9 +82,9 @@ struct SagaStoreConcurrencyTests {
     @Test(arguments: StoreKind.allCases)
     func concurrentTransitionsOfManySagasLoseNothing(kind: StoreKind) async throws {
         try await withStore(kind) { fixture in
-            let ids = (0..<5).map { _ in uniqueID() }
+            let ids = (0..<5).map { _ in Conformance.uniqueID() }
             for id in ids {
-                _ = try await fixture.store.create(makeState(id: id, payload: ["n": 0]), outbox: [])
+                _ = try await fixture.store.create(Conformance.makeState(id: id, payload: ["n": 0]), outbox: [])
             }
             let incrementsPerTask = 10
             let tasks = 8
@@ -121,7 +122,7 @@ extension SagaStoreConcurrencyTests {
             let states = try await withThrowingTaskGroup(of: SagaState.self) { group in
                 for index in 0..<60 {
                     group.addTask {
-                        try await fixture.store.create(makeState(payload: ["i": .number(Double(index))]), outbox: []).state
+                        try await fixture.store.create(Conformance.makeState(payload: ["i": .number(Double(index))]), outbox: []).state
                     }
                 }
                 return try await group.reduce(into: []) { $0.append($1) }
@@ -135,7 +136,7 @@ extension SagaStoreConcurrencyTests {
                     var next = state
                     next.payload["done"] = true
                     let transition = SagaTransition(
-                        state: next, expectedVersion: stale ? 7 : state.version, outbox: [makeMessage(sagaID: state.id)])
+                        state: next, expectedVersion: stale ? 7 : state.version, outbox: [Conformance.makeMessage(sagaID: state.id)])
                     group.addTask {
                         do {
                             return (state.id, stale, .success(try await fixture.store.commit(transition)))
@@ -144,7 +145,7 @@ extension SagaStoreConcurrencyTests {
                         }
                     }
                 }
-                let ghost = makeState(id: uniqueID("ghost"))
+                let ghost = Conformance.makeState(id: Conformance.uniqueID("ghost"))
                 group.addTask {
                     do {
                         return (
@@ -195,10 +196,10 @@ func increment(store: any SagaStore, id: SagaID) async throws {
         let state = try await store.load(id)
         var next = state
         next.payload["n"] = .number(Double((state.payload["n"]?.intValue ?? 0) + 1))
-        next.updatedAt = milliseconds()
+        next.updatedAt = Conformance.milliseconds()
         do {
             try await store.commit(
-                SagaTransition(state: next, expectedVersion: state.version, outbox: [makeMessage(sagaID: id)])
+                SagaTransition(state: next, expectedVersion: state.version, outbox: [Conformance.makeMessage(sagaID: id)])
             )
             return
         } catch let error as SagaError where error.code == .versionConflict {

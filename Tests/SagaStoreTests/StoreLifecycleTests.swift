@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import SagaCore
 import SagaSQLite
+import SagaTesting
 import ServiceLifecycle
 import Testing
 
@@ -46,7 +47,7 @@ struct StoreLifecycleTests {
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
         guard let (store, cleanup) = try await makeService(kind, in: directory) else { return }
-        let state = makeState()
+        let state = Conformance.makeState()
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 // Called first: waits until run() has opened the store.
@@ -68,7 +69,7 @@ struct StoreLifecycleTests {
         defer { try? FileManager.default.removeItem(at: directory) }
         guard let (store, _) = try await makeService(kind, startupTimeout: .milliseconds(300), in: directory) else { return }
         let started = ContinuousClock.now
-        let error = await expectSagaError(.storeUnavailable) { _ = try await store.load("any") }
+        let error = await Conformance.expectSagaError(.storeUnavailable) { _ = try await store.load("any") }
         #expect(ContinuousClock.now - started >= .milliseconds(300))
         #expect(error?.message.contains("is not running: add it to your ServiceGroup or use withRunning/open") == true)
         if kind == .sqlite {
@@ -86,15 +87,15 @@ struct StoreLifecycleTests {
                 services: [.init(service: store)], logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }
-            let state = makeState()
+            let state = Conformance.makeState()
             _ = try await store.create(state, outbox: [])
             await group.triggerGracefulShutdown()
             try await tasks.waitForAll()
         }
-        let error = await expectSagaError(.storeUnavailable) { _ = try await store.load("any") }
+        let error = await Conformance.expectSagaError(.storeUnavailable) { _ = try await store.load("any") }
         #expect(error?.message.contains("has shut down") == true)
         // A store runs once.
-        await expectSagaError(.invalidState) { try await store.run() }
+        await Conformance.expectSagaError(.invalidState) { try await store.run() }
         try await cleanup()
     }
 
@@ -107,7 +108,7 @@ struct StoreLifecycleTests {
         _ = try await store.countByStatus(name: nil)
         running.cancel()
         try await running.value
-        await expectSagaError(.storeUnavailable) { _ = try await store.countByStatus(name: nil) }
+        await Conformance.expectSagaError(.storeUnavailable) { _ = try await store.countByStatus(name: nil) }
         await shutdown(store)  // after the end: returns at once
         try await cleanup()
     }
@@ -119,7 +120,7 @@ struct StoreLifecycleTests {
         await store.shutdown()
         try await store.run()
         #expect(!FileManager.default.fileExists(atPath: store.path))
-        await expectSagaError(.storeUnavailable) { _ = try await store.load("any") }
+        await Conformance.expectSagaError(.storeUnavailable) { _ = try await store.load("any") }
     }
 
     private func shutdown(_ store: any SagaStore) async {
