@@ -39,8 +39,9 @@ struct Verifier {
                 if !check.detail.isEmpty { lines.append("      \(check.detail)") }
             }
             lines.append(
-                passed ? "All invariants hold." : "INVARIANT VIOLATED: see above, the service logs in \(logs), and `saga show <id>`.")
-            lines.append("Explore: swift run saga list · swift run saga show <id> · swift run saga graph order")
+                passed ? "All invariants hold." : "INVARIANT VIOLATED: see above, the service logs in \(logs), and `order-saga show <id>`.")
+            lines.append("Explore, with SAGAKIT_STORE_URL set to the store (\(ConnectionURL.redact(store))):")
+            lines.append("  swift run order-saga list · swift run order-saga show <id> · swift run order-saga graph order")
             return lines.joined(separator: "\n")
         }
     }
