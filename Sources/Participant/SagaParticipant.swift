@@ -82,9 +82,14 @@ public struct SagaParticipant: Service {
                 .invalidConfiguration, "service '\(configuration.service)' has no handlers",
                 recoverySuggestion: "register at least one handler before running the participant")
         }
+        // Before consuming: the definitions this process runs are kept in the store.
+        try await engine.registerDefinitions(logger: logger)
         warnAboutReaperThreshold()
         warnAboutDelaysBeyondTheLargestLevel()
-        try await engine.bus.declare(configuration.topology.topology(forService: configuration.service, commands: handlers.commands))
+        guard try await declareWaitingForTheBroker() else {
+            logger.info("participant stopped before the broker answered")
+            return
+        }
         logger.info(
             "participant started",
             metadata: [
@@ -113,6 +118,33 @@ public struct SagaParticipant: Service {
             "retry delays up to \(longest) are allowed, but the largest delay level is \(largest) s: longer delays are shortened to \(largest) s",
             metadata: ["retry.maxDelay": "\(longest)", "delay.largestLevel": "\(largest)"]
         )
+    }
+
+    /// Declares the service's topology; while the broker is unreachable (a service started before
+    /// the broker, a broker restarting) keeps trying with a growing pause and a log line per
+    /// attempt, until the broker answers or the participant is shut down.
+    /// - Returns: `false` when the participant was shut down before the broker answered.
+    private func declareWaitingForTheBroker() async throws -> Bool {
+        let topology = configuration.topology.topology(forService: configuration.service, commands: handlers.commands)
+        var pause = Duration.seconds(1)
+        var attempt = 1
+        while true {
+            do {
+                try await engine.bus.declare(topology)
+                return true
+            } catch let error as BusError where error.isRetryable && !Task.isShuttingDownGracefully {
+                logger.warning(
+                    "the broker is not reachable; declaring the queue again in \(pause)",
+                    metadata: ["error": "\(error)", "attempt": "\(attempt)"])
+                do {
+                    try await gracefulSleep(pause)
+                } catch is CancellationError where Task.isShuttingDownGracefully {
+                    return false
+                }
+                pause = min(pause * 2, .seconds(30))
+                attempt += 1
+            }
+        }
     }
 
     /// A reaper whose stalled threshold is shorter than the longest retry delay re-sends commands
@@ -183,20 +215,9 @@ public struct SagaParticipant: Service {
             return await deadLetter(
                 delivery, reason: "service '\(configuration.service)' has no handler for command '\(command.command)'", logger: logger)
         }
-        let definition: SagaDefinition
-        do {
-            definition = try engine.definitions.definition(named: command.sagaName)
-        } catch {
-            return await deadLetter(delivery, reason: "\(error)", logger: logger)
-        }
-        guard let located = definition.locate(command: command.command), located.index == command.step, located.phase == command.phase
-        else {
+        if (try? engine.definitions.definition(named: command.sagaName)) == nil {
             return await deadLetter(
-                delivery,
-                reason:
-                    "command '\(command.command)' is not step \(command.step) \(command.phase.rawValue) of saga definition '\(definition.name)'",
-                logger: logger
-            )
+                delivery, reason: "this process runs no saga definition named '\(command.sagaName)'", logger: logger)
         }
 
         do {
@@ -210,6 +231,23 @@ public struct SagaParticipant: Service {
                 return await deadLetter(
                     delivery, reason: "saga \(state.id) follows '\(state.name)', but the command names '\(command.sagaName)'",
                     logger: logger)
+            }
+            // The version the saga is pinned to decides, wherever it is defined.
+            let definition: SagaDefinition
+            do {
+                definition = try await engine.definition(of: state)
+            } catch let error as SagaError where error.code == .unknownDefinition {
+                return await deadLetter(delivery, reason: "\(error)", logger: logger)
+            }
+            guard let located = definition.locate(command: command.command), located.index == command.step,
+                located.phase == command.phase
+            else {
+                return await deadLetter(
+                    delivery,
+                    reason:
+                        "command '\(command.command)' is not step \(command.step) \(command.phase.rawValue) of saga definition '\(definition.name)' version \(definition.version)",
+                    logger: logger
+                )
             }
             guard isCurrent(command, of: state) else {
                 engine.metrics.stale(service: configuration.service)
