@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 
 /// What participants, the starter and the reaper share: applying an event to a saga, storing
 /// the transition with its outbox atomically, and publishing the outbox.
@@ -11,6 +12,8 @@ struct SagaEngine: Sendable {
     /// Batches `markSent` when set (participants); marks at once otherwise (the manager).
     var sentMarker: SentMarker?
     let metrics = SagaMetrics()
+    /// Definitions read from the store (versions this process was not compiled with).
+    let storedDefinitions = StoredDefinitionCache()
 
     /// The outcome of ``advance(_:event:logger:)``.
     enum Advance: Sendable {
@@ -29,7 +32,7 @@ struct SagaEngine: Sendable {
         var state = loaded
         var conflicts = 0
         while true {
-            let machine = SagaStateMachine(definition: try definitions.definition(named: state.name))
+            let machine = SagaStateMachine(definition: try await definition(of: state))
             let now = Date()
             switch machine.apply(event, to: state, now: now) {
             case .ignored(let reason):
@@ -55,6 +58,50 @@ struct SagaEngine: Sendable {
                     }
                 }
             }
+        }
+    }
+
+    /// The definition a saga is pinned to (its name and ``SagaState/definitionVersion``): the
+    /// local registry's when it has that exact version, otherwise the store's (then cached: a
+    /// stored name and version never changes).
+    /// - Throws: `unknownDefinition` when neither has it.
+    func definition(of state: SagaState) async throws -> SagaDefinition {
+        try await definition(named: state.name, version: state.definitionVersion)
+    }
+
+    /// The definition with that name and version, from the local registry or else the store.
+    func definition(named name: String, version: Int) async throws -> SagaDefinition {
+        if let local = definitions.definition(named: name, version: version) { return local }
+        if let cached = storedDefinitions.get(name, version) { return cached }
+        do {
+            let stored = try await store.definition(named: name, version: version)
+            storedDefinitions.put(stored)
+            return stored
+        } catch let error as SagaError where error.code == .unknownDefinition || error.code == .unsupported {
+            let known = definitions.all.map { "\($0.name) v\($0.version)" }.joined(separator: ", ")
+            throw SagaError(
+                .unknownDefinition,
+                "no saga definition '\(name)' version \(version) in this process (known: \(known)) nor in the store",
+                recoverySuggestion: "run a participant or manager that registers this definition version, so that the store keeps it",
+                underlying: error)
+        }
+    }
+
+    /// Registers every definition of this process in the store, once per engine. A store that
+    /// does not keep definitions is tolerated (logged); a conflicting content throws.
+    func registerDefinitions(logger: Logger) async throws {
+        guard storedDefinitions.claimRegistration() else { return }
+        do {
+            for definition in definitions.all {
+                try await store.register(definition)
+            }
+            logger.debug("registered the saga definitions in the store", metadata: ["definitions": "\(definitions.all.count)"])
+        } catch let error as SagaError where error.code == .unsupported {
+            logger.info(
+                "the store does not keep saga definitions; other processes must be compiled with them", metadata: ["error": "\(error)"])
+        } catch {
+            storedDefinitions.releaseRegistration()
+            throw error
         }
     }
 
@@ -107,6 +154,35 @@ struct SagaEngine: Sendable {
             logger.debug("saga advanced", metadata: metadata)
         }
     }
+}
+
+/// The definitions an engine read from the store, by name and version, and whether the
+/// process's own definitions were registered.
+final class StoredDefinitionCache: Sendable {
+    private struct State {
+        var definitions: [String: [Int: SagaDefinition]] = [:]
+        var registered = false
+    }
+
+    private let state = Mutex(State())
+
+    func get(_ name: String, _ version: Int) -> SagaDefinition? {
+        state.withLock { $0.definitions[name]?[version] }
+    }
+
+    func put(_ definition: SagaDefinition) {
+        state.withLock { $0.definitions[definition.name, default: [:]][definition.version] = definition }
+    }
+
+    /// `true` for the first caller (until released).
+    func claimRegistration() -> Bool {
+        state.withLock { state in
+            defer { state.registered = true }
+            return !state.registered
+        }
+    }
+
+    func releaseRegistration() { state.withLock { $0.registered = false } }
 }
 
 extension Logger {

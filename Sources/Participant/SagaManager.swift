@@ -90,9 +90,13 @@ public struct SagaManager: Sendable {
         // Declare before storing: a saga must never be stored by a call that then fails because
         // the exchanges do not exist yet.
         if !declared.isDone { try await declareTopology() }
+        // Every process keeps its definitions in the store, so that any other one (the `saga`
+        // CLI included) can resolve the version a saga is pinned to.
+        try await engine.registerDefinitions(logger: self.logger)
         let now = Date()
         var context = context
         context[SagaTopology.contextKey] = engine.topology.prefix
+        context[SagaState.definitionVersionKey] = String(definition.version)
         let (state, first) = SagaStateMachine(definition: definition).start(id: id, payload: payload, context: context, now: now)
         let message = try SagaMessages.outbox(first, state: state, topology: engine.topology, now: now)
         switch try await engine.store.create(state, outbox: [message]) {

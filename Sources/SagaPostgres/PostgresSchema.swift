@@ -14,12 +14,15 @@ import SagaCore
 /// next due, so that a relay reads only its own topology's messages and a message that keeps
 /// failing moves behind the others.
 ///
+/// Version 4 adds `saga_definitions`: the canonical document of every registered saga
+/// definition, by name and version (see ``SagaCore/SagaStore/register(_:)``).
+///
 /// `sagakit_schema` holds one row with the version of the schema. Opening a store runs, in one
 /// transaction holding an advisory lock on the schema's name, every migration after the
 /// recorded version; processes that open the store together take turns.
 enum PostgresSchema {
     /// The version this SagaKit writes.
-    static let currentVersion = 3
+    static let currentVersion = 4
 
     /// Migration `n` brings the schema from version `n` to `n + 1`; `S` stands for the quoted
     /// schema name.
@@ -116,6 +119,19 @@ enum PostgresSchema {
             "DROP FUNCTION IF EXISTS S.sagakit_create",
             commitFunction,
             createFunction,
+        ],
+        // 3 → 4
+        [
+            """
+            CREATE TABLE IF NOT EXISTS S.saga_definitions (
+                name text NOT NULL,
+                version integer NOT NULL,
+                hash text NOT NULL,
+                document text NOT NULL,
+                registered_at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (name, version)
+            )
+            """
         ],
     ]
 

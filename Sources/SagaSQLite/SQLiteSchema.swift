@@ -10,12 +10,15 @@ import SagaCore
 /// next due, so that a relay reads only its own topology's messages and a message that keeps
 /// failing moves behind the others.
 ///
+/// Version 3 adds `saga_definitions`: the canonical document of every registered saga
+/// definition, by name and version (see ``SagaCore/SagaStore/register(_:)``).
+///
 /// `sagakit_schema` holds one row with the version of the schema in the file. Opening a store
 /// runs, in one `IMMEDIATE` transaction, every migration after the recorded version; processes
 /// that open the same file at once take turns, and the later ones find nothing to do.
 enum SQLiteSchema {
     /// The version this SagaKit writes.
-    static let currentVersion = 2
+    static let currentVersion = 3
 
     /// Migration `n` brings the schema from version `n` to `n + 1`.
     static let migrations: [String] = [
@@ -63,6 +66,17 @@ enum SQLiteSchema {
         UPDATE outbox SET next_attempt_at = created_at;
         DROP INDEX IF EXISTS outbox_pending;
         CREATE INDEX outbox_due ON outbox (topology, next_attempt_at, seq) WHERE sent_at IS NULL;
+        """,
+        // 2 → 3
+        """
+        CREATE TABLE IF NOT EXISTS saga_definitions (
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            hash TEXT NOT NULL,
+            document TEXT NOT NULL,
+            registered_at INTEGER NOT NULL,
+            PRIMARY KEY (name, version)
+        );
         """,
     ]
 

@@ -14,6 +14,9 @@ import Foundation
 public struct SagaDefinition: Sendable, Hashable {
     /// The saga's unique name.
     public let name: String
+    /// The definition's version (1 unless set with ``SagaBuilder/version(_:)``). A saga is pinned
+    /// to the version it started with; change the version whenever the content changes.
+    public let version: Int
     /// The steps in execution order.
     public let steps: [SagaStep]
     /// How long a saga may run before the ``SagaEvent/deadlinePassed`` event applies; `nil` for no
@@ -23,8 +26,9 @@ public struct SagaDefinition: Sendable, Hashable {
     /// `maxAttempts` the saga needs attention).
     public let compensationRetry: RetryPolicy
 
-    init(name: String, steps: [SagaStep], deadline: Duration?, compensationRetry: RetryPolicy) {
+    init(name: String, version: Int, steps: [SagaStep], deadline: Duration?, compensationRetry: RetryPolicy) {
         self.name = name
+        self.version = version
         self.steps = steps
         self.deadline = deadline
         self.compensationRetry = compensationRetry
@@ -144,6 +148,7 @@ private func pow(_ base: Double, _ exponent: Double) -> Double {
 /// Builds and validates a ``SagaDefinition``.
 public struct SagaBuilder: Sendable {
     private let name: String
+    private var version = 1
     private var steps: [SagaStep] = []
     private var deadline: Duration?
     private var compensationRetry = RetryPolicy(maxAttempts: 10, initialDelay: .seconds(1), multiplier: 2, maxDelay: .seconds(300))
@@ -160,6 +165,14 @@ public struct SagaBuilder: Sendable {
     public func step(_ name: String, action: String, compensation: String? = nil, options: StepOptions = .default) -> SagaBuilder {
         var copy = self
         copy.steps.append(SagaStep(name: name, action: action, compensation: compensation, options: options))
+        return copy
+    }
+
+    /// Sets the definition's version (default 1). Give every changed definition a new version:
+    /// stores refuse the same name and version with different content.
+    public func version(_ version: Int) -> SagaBuilder {
+        var copy = self
+        copy.version = version
         return copy
     }
 
@@ -186,6 +199,7 @@ public struct SagaBuilder: Sendable {
             SagaError(.invalidDefinition, "saga '\(name)': \(message)", recoverySuggestion: suggestion)
         }
         if name.trimmingCharacters(in: .whitespaces).isEmpty { throw fail("the saga name is empty") }
+        if version < 1 { throw fail("version \(version) is not positive", "versions start at 1") }
         if steps.isEmpty { throw fail("it has no steps", "add at least one step with .step(_:action:)") }
         var stepNames: Set<String> = []
         var commands: [String: String] = [:]
@@ -224,33 +238,38 @@ public struct SagaBuilder: Sendable {
             }
         }
         if compensationRetry.maxAttempts < 1 { throw fail("compensation retry maxAttempts must be at least 1") }
-        return SagaDefinition(name: name, steps: steps, deadline: deadline, compensationRetry: compensationRetry)
+        return SagaDefinition(name: name, version: version, steps: steps, deadline: deadline, compensationRetry: compensationRetry)
     }
 }
 
-/// The saga definitions a process knows, by name.
+/// The saga definitions a process knows, by name and version.
+///
+/// Several versions of one name may be registered (a process that still runs sagas of an older
+/// version): ``definition(named:)`` returns the latest, the one new sagas start on.
 public struct SagaDefinitionRegistry: Sendable {
-    private var byName: [String: SagaDefinition] = [:]
+    private var byName: [String: [Int: SagaDefinition]] = [:]
 
     /// Creates a registry with these definitions.
-    /// - Throws: `invalidDefinition` when two definitions share a name.
+    /// - Throws: `invalidDefinition` when two definitions share a name and a version.
     public init(_ definitions: [SagaDefinition] = []) throws {
         for definition in definitions { try register(definition) }
     }
 
     /// Registers a definition.
-    /// - Throws: `invalidDefinition` when a definition with the same name is registered.
+    /// - Throws: `invalidDefinition` when a definition with the same name and version is
+    ///   registered.
     public mutating func register(_ definition: SagaDefinition) throws {
-        if byName[definition.name] != nil {
-            throw SagaError(.invalidDefinition, "a saga definition named '\(definition.name)' is already registered")
+        if byName[definition.name]?[definition.version] != nil {
+            let version = definition.version == 1 ? "" : " version \(definition.version)"
+            throw SagaError(.invalidDefinition, "a saga definition named '\(definition.name)'\(version) is already registered")
         }
-        byName[definition.name] = definition
+        byName[definition.name, default: [:]][definition.version] = definition
     }
 
-    /// The definition with that name.
+    /// The latest version of the definition with that name.
     /// - Throws: `unknownDefinition`.
     public func definition(named name: String) throws -> SagaDefinition {
-        guard let definition = byName[name] else {
+        guard let versions = byName[name], let latest = versions.keys.max(), let definition = versions[latest] else {
             throw SagaError(
                 .unknownDefinition,
                 "no saga definition named '\(name)' (known: \(byName.keys.sorted().joined(separator: ", ")))",
@@ -260,6 +279,13 @@ public struct SagaDefinitionRegistry: Sendable {
         return definition
     }
 
-    /// All definitions, sorted by name.
-    public var all: [SagaDefinition] { byName.values.sorted { $0.name < $1.name } }
+    /// The definition with that name and version, if registered here.
+    public func definition(named name: String, version: Int) -> SagaDefinition? {
+        byName[name]?[version]
+    }
+
+    /// All definitions, sorted by name then version.
+    public var all: [SagaDefinition] {
+        byName.values.flatMap(\.values).sorted { ($0.name, $0.version) < ($1.name, $1.version) }
+    }
 }

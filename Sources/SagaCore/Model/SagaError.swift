@@ -38,6 +38,10 @@ public struct SagaError: Error, Sendable, CustomStringConvertible {
         /// is not part of the saga: see ``SagaError/outcomeDiscarded(sagaID:command:reason:)``.
         public static let outcomeDiscarded = Code("outcomeDiscarded")
 
+        /// The operation is not supported by this implementation (for example, a store that
+        /// does not keep saga definitions).
+        public static let unsupported = Code("unsupported")
+
         /// The code's name.
         public var description: String { name }
     }

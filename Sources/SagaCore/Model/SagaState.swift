@@ -145,3 +145,15 @@ public struct SagaState: Sendable, Hashable, Codable {
     /// The phase of the current command.
     public var phase: StepPhase { status == .compensating ? .compensation : .action }
 }
+
+extension SagaState {
+    /// The context key under which ``SagaState/definitionVersion`` is kept.
+    public static let definitionVersionKey = "sagakit-definition-version"
+
+    /// The version of the definition the saga is pinned to (set at start, kept in the context
+    /// under ``definitionVersionKey``); 1 when absent (sagas started before versions existed).
+    public var definitionVersion: Int {
+        get { context[Self.definitionVersionKey].flatMap { Int($0) } ?? 1 }
+        set { context[Self.definitionVersionKey] = String(newValue) }
+    }
+}

@@ -32,6 +32,7 @@ public final class InMemorySagaStore: SagaStore {
         var sagas: [SagaID: Row] = [:]
         var outbox: [String: OutboxRow] = [:]
         var nextSequence = 0
+        var definitions: [String: (definition: SagaDefinition, hash: String, registeredAt: Date)] = [:]
 
         /// Records messages; a message whose id is already recorded is ignored (as in the SQL
         /// stores), since it is the same message recorded again.
@@ -189,6 +190,45 @@ public final class InMemorySagaStore: SagaStore {
     public func markSent(_ ids: [String]) async throws {
         storage.withLock { storage in
             for id in ids { storage.outbox[id]?.sent = true }
+        }
+    }
+}
+
+extension InMemorySagaStore {
+    /// Keeps the definition; identical content again is a no-op.
+    /// - Throws: `invalidDefinition` listing the differences when the same name and version
+    ///   holds other content.
+    public func register(_ definition: SagaDefinition) async throws {
+        let key = "\(definition.name)\u{0}\(definition.version)"
+        let hash = definition.contentHash
+        let conflict: SagaError? = storage.withLock { storage in
+            if let stored = storage.definitions[key] {
+                return stored.hash == hash ? nil : definition.conflict(with: stored.definition)
+            }
+            storage.definitions[key] = (definition, hash, Date())
+            return nil
+        }
+        if let conflict { throw conflict }
+    }
+
+    /// The definition registered under that name and version.
+    /// - Throws: `unknownDefinition`.
+    public func definition(named name: String, version: Int) async throws -> SagaDefinition {
+        guard let stored = storage.withLock({ $0.definitions["\(name)\u{0}\(version)"] }) else {
+            throw SagaDefinition.unknown(named: name, version: version)
+        }
+        return stored.definition
+    }
+
+    /// Every registered definition, by name then version.
+    public func definitions() async throws -> [StoredDefinitionInfo] {
+        storage.withLock { storage in
+            storage.definitions.values
+                .map {
+                    StoredDefinitionInfo(
+                        name: $0.definition.name, version: $0.definition.version, hash: $0.hash, registeredAt: $0.registeredAt)
+                }
+                .sorted { ($0.name, $0.version) < ($1.name, $1.version) }
         }
     }
 }

@@ -68,6 +68,74 @@ public protocol SagaStore: Sendable {
     /// ``pendingOutbox(topology:createdBefore:now:limit:)`` again. The SQL stores delete them (a sent message
     /// is of no further use). Unknown ids are ignored.
     func markSent(_ ids: [String]) async throws
+
+    /// Keeps a saga definition (its canonical document, see ``SagaDefinitionDocument``), so that
+    /// any process — one not compiled with it, the `saga` CLI — can resolve it by name and
+    /// version.
+    ///
+    /// Idempotent: registering identical content again does nothing.
+    /// - Throws: `invalidDefinition`, listing the differences, when the store keeps different
+    ///   content under the same name and version; `unsupported` when the store does not keep
+    ///   definitions (the default implementation).
+    func register(_ definition: SagaDefinition) async throws
+
+    /// The definition registered under that name and version.
+    /// - Throws: `unknownDefinition` when none is; `unsupported` when the store does not keep
+    ///   definitions.
+    func definition(named name: String, version: Int) async throws -> SagaDefinition
+
+    /// Every definition the store keeps, sorted by name then version.
+    /// - Throws: `unsupported` when the store does not keep definitions.
+    func definitions() async throws -> [StoredDefinitionInfo]
+}
+
+extension SagaStore {
+    /// Stores written before SagaKit stored definitions do not keep them.
+    /// - Throws: `unsupported`.
+    public func register(_ definition: SagaDefinition) async throws {
+        throw Self.definitionsUnsupported
+    }
+
+    /// Stores written before SagaKit stored definitions do not keep them.
+    /// - Throws: `unsupported`.
+    public func definition(named name: String, version: Int) async throws -> SagaDefinition {
+        throw Self.definitionsUnsupported
+    }
+
+    /// Stores written before SagaKit stored definitions do not keep them.
+    /// - Throws: `unsupported`.
+    public func definitions() async throws -> [StoredDefinitionInfo] {
+        throw Self.definitionsUnsupported
+    }
+
+    private static var definitionsUnsupported: SagaError {
+        SagaError(
+            .unsupported, "this store (\(Self.self)) does not keep saga definitions",
+            recoverySuggestion:
+                "implement register(_:), definition(named:version:) and definitions() in the store, or compile the definitions into every process"
+        )
+    }
+}
+
+/// The checks every store makes when a definition is registered: shared by SagaKit's stores.
+extension SagaDefinition {
+    /// The error for registering `self` where `stored` is kept under the same name and version.
+    package func conflict(with stored: SagaDefinition) -> SagaError {
+        let differences = stored.differences(from: self)
+        return SagaError(
+            .invalidDefinition,
+            "saga definition '\(name)' version \(version) is registered with different content: "
+                + differences.joined(separator: "; ") + " (stored vs registering)",
+            recoverySuggestion: "give the changed definition a new version with SagaBuilder.version(_:)"
+        )
+    }
+
+    /// The error for a definition the store does not keep.
+    package static func unknown(named name: String, version: Int) -> SagaError {
+        SagaError(
+            .unknownDefinition, "no saga definition '\(name)' version \(version) is registered in the store",
+            recoverySuggestion: "start a participant or manager that runs this definition, so that it registers it")
+    }
 }
 
 /// The result of ``SagaStore/create(_:outbox:)``.
