@@ -37,13 +37,14 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 if [[ -z "${AMQP_URL:-}" ]]; then
+    # Stop at the end only a broker this run started (not one that already answered).
+    scripts/rabbitmq.sh status >/dev/null 2>&1 || started+=(rabbitmq)
     scripts/rabbitmq.sh start
-    started+=(rabbitmq)
     AMQP_URL="$(scripts/rabbitmq.sh url)"
 fi
 if [[ -z "${POSTGRES_URL:-}" ]]; then
+    scripts/postgres.sh status >/dev/null 2>&1 || started+=(postgres)
     scripts/postgres.sh start
-    started+=(postgres)
     POSTGRES_URL="$(scripts/postgres.sh url)"
 fi
 export AMQP_URL POSTGRES_URL

@@ -60,7 +60,7 @@ struct ParticipantFaultTests {
         let effectsPath = FileManager.default.temporaryDirectory.appendingPathComponent("sagakit-effects-\(UUID().uuidString).db").path
         let environment = [
             "AMQP_URL": servers.amqp, "STORE_URL": storeURL, "EFFECTS_DB": effectsPath, "PREFIX": topology.prefix,
-            "REAPER_MS": "1000", "HANDLER_DELAY_MS": "200",
+            "REAPER_MS": "1000", "HANDLER_DELAY_MS": "400",
         ]
         let bus = try await RabbitMQBus.connect(url: servers.amqp)
         let manager = SagaManager(definitions: TestSagas.registry, bus: bus, store: store, topology: topology, logger: quietTestLogger)

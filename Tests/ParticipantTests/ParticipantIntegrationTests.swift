@@ -134,6 +134,8 @@ struct ParticipantIntegrationTests {
                 id: UUID().uuidString, payload: ["orderId": "dup", "amount": 1], now: Date())
             var atCharge = state
             atCharge.currentStep = 1
+            // Like every saga a manager starts: other tests' reapers sharing the store leave it alone.
+            atCharge.context[SagaTopology.contextKey] = topology.prefix
             _ = try await store.create(atCharge, outbox: [])
             var command = first.command
             command.command = "payment.charge"

@@ -114,6 +114,11 @@ struct ParticipantTests {
         ),
     ])
     func badMessagesAreDeadLetteredWithTheirReason(body: String, routingKey: String, contentType: String, reason: String) async throws {
+        // Saga "x" exists (at its first step), so that a command naming it gets as far as the
+        // checks against its definition.
+        let (existing, _) = SagaStateMachine(definition: orderSaga).start(
+            id: "x", payload: [:], context: [SagaTopology.contextKey: testTopology.prefix], now: Date())
+        _ = try await store.create(existing, outbox: [])
         let letters = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { manager in
             try await bus.publish(
                 OutgoingMessage(
