@@ -75,7 +75,7 @@ struct SecretLeakTests {
         environment["SAGAKIT_LOG_LEVEL"] = "trace"
         process.environment = environment
         let outputPath = NSTemporaryDirectory() + "sagakit-leak-\(UUID().uuidString).log"
-        FileManager.default.createFile(atPath: outputPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: outputPath, contents: nil)
         defer { try? FileManager.default.removeItem(atPath: outputPath) }
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: outputPath))
         process.standardOutput = handle
