@@ -6,11 +6,20 @@ struct GraphCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "graph",
         abstract: "Print a saga definition as a Mermaid flowchart.",
-        discussion: "Paste the output into a ```mermaid block (GitHub renders it)."
+        discussion: """
+            Paste the output into a ```mermaid block (GitHub renders it). A definition compiled into this tool is \
+            printed without opening the store; any other is read from the store (--store-url / SAGAKIT_STORE_URL), \
+            where every participant and manager registers the definitions it runs.
+            """
     )
+
+    @OptionGroup var connection: OperatorOptions
 
     @Argument(help: "The definition's name.")
     var definition: String
+
+    @Option(help: "The definition's version (default: the latest known).")
+    var version: Int?
 
     @Flag(help: "Print JSON (steps and the Mermaid text).")
     var json = false
@@ -24,16 +33,34 @@ struct GraphCommand: AsyncParsableCommand {
             var maxAttempts: Int
         }
         var name: String
+        var version: Int
+        var hash: String
         var steps: [Step]
         var mermaid: String
     }
 
     func run() async throws {
-        let found = try SagaOperatorTool.definitions.definition(named: definition)
+        let (name, version) = (definition, version)
+        let found: SagaDefinition
+        if let compiled = Self.find(name, version: version, in: SagaOperatorTool.definitions) {
+            found = compiled
+        } else {
+            found = try await CommandEnvironment(connection).withStore { _ in
+                guard let stored = Self.find(name, version: version, in: SagaOperatorTool.definitions) else {
+                    let known = SagaOperatorTool.definitions.all.map { "\($0.name) v\($0.version)" }.joined(separator: ", ")
+                    throw CommandFailure(
+                        "no saga definition '\(name)'\(version.map { " version \($0)" } ?? "") in this tool or the store (known: \(known.isEmpty ? "none" : known))"
+                    )
+                }
+                return stored
+            }
+        }
         if json {
             try printJSON(
                 Output(
                     name: found.name,
+                    version: found.version,
+                    hash: found.contentHash,
                     steps: found.steps.map {
                         .init(
                             name: $0.name, action: $0.action, compensation: $0.compensation, pivot: $0.options.isPivot,
@@ -41,7 +68,14 @@ struct GraphCommand: AsyncParsableCommand {
                     },
                     mermaid: found.mermaidFlowchart))
         } else {
+            print("%% saga '\(found.name)' version \(found.version) (\(found.contentHash))")
             print(found.mermaidFlowchart)
         }
+    }
+
+    /// The definition with that name: that version, or the latest when `version` is `nil`.
+    static func find(_ name: String, version: Int?, in registry: SagaDefinitionRegistry) -> SagaDefinition? {
+        if let version { return registry.definition(named: name, version: version) }
+        return try? registry.definition(named: name)
     }
 }

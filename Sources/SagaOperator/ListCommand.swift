@@ -37,9 +37,16 @@ struct ListCommand: AsyncParsableCommand {
         }
         let query = SagaQuery(statuses: statuses.isEmpty ? nil : statuses, name: name, updatedBefore: updatedBefore, limit: limit)
         let name = name
-        let (sagas, counts) = try await environment.withStore { store in
-            (try await store.list(query), try await store.countByStatus(name: name))
+        let json = json
+        let limit = limit
+        try await environment.withStore { store in
+            let (sagas, counts) = (try await store.list(query), try await store.countByStatus(name: name))
+            try Self.report(sagas, counts: counts, name: name, json: json, limit: limit)
         }
+    }
+
+    /// Prints inside the store's scope, so that positions use its definitions too.
+    private static func report(_ sagas: [SagaState], counts: [SagaStatus: Int], name: String?, json: Bool, limit: Int) throws {
         if json {
             try printJSON(sagas)
             return

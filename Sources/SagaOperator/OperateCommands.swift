@@ -18,9 +18,12 @@ struct RetryCommand: AsyncParsableCommand {
 
     func run() async throws {
         let id = id
-        let state = try await CommandEnvironment(connection).withManager { try await $0.retry(id) }
-        if json { return try printJSON(state) }
-        print("saga \(id) is \(state.status.cliName) at \(position(state)); its command was sent again.")
+        let json = json
+        try await CommandEnvironment(connection).withManager { manager in
+            let state = try await manager.retry(id)
+            if json { return try printJSON(state) }
+            print("saga \(id) is \(state.status.cliName) at \(position(state)); its command was sent again.")
+        }
     }
 }
 
@@ -43,9 +46,12 @@ struct CompensateCommand: AsyncParsableCommand {
 
     func run() async throws {
         let (id, reason) = (id, reason)
-        let state = try await CommandEnvironment(connection).withManager { try await $0.compensate(id, reason: reason) }
-        if json { return try printJSON(state) }
-        print("saga \(id) is \(state.status.cliName) at \(position(state)).")
+        let json = json
+        try await CommandEnvironment(connection).withManager { manager in
+            let state = try await manager.compensate(id, reason: reason)
+            if json { return try printJSON(state) }
+            print("saga \(id) is \(state.status.cliName) at \(position(state)).")
+        }
     }
 }
 
@@ -78,9 +84,10 @@ struct ReapCommand: AsyncParsableCommand {
         if let maxAttempts { reaperConfiguration.maxReapAttempts = maxAttempts }
         reaperConfiguration.pollInterval = .seconds(60)
         let reaper = reaperConfiguration
-        let definitions = environment.definitions
         let topology = configuration.topology
-        let (changed, unknown) = try await environment.withStoreAndBus { store, bus in
+        let (changed, unknown, positions) = try await environment.withStoreAndBus { store, bus in
+            // The compiled-in definitions and the store's.
+            let definitions = SagaOperatorTool.definitions
             let changed = try await SagaReaper(
                 configuration: reaper, definitions: definitions, bus: bus, store: store, topology: topology, logger: logger
             ).reapOnce()
@@ -89,15 +96,15 @@ struct ReapCommand: AsyncParsableCommand {
                 SagaQuery(
                     statuses: [.running, .compensating], updatedBefore: Date().addingTimeInterval(-reaper.stalledThreshold.seconds),
                     limit: 1000))
-            let unknown = stalled.filter { (try? definitions.definition(named: $0.name)) == nil }
-            return (changed, unknown)
+            let unknown = stalled.filter { definitions.definition(named: $0.name, version: $0.definitionVersion) == nil }
+            return (changed, unknown, changed.map(position))
         }
         if json { return try printJSON(changed) }
         if !unknown.isEmpty {
             let names = Set(unknown.map(\.name)).sorted().joined(separator: ", ")
             FileHandle.standardError.write(
                 Data(
-                    "saga: \(unknown.count) stalled saga(s) of definitions this tool does not know were left alone (\(names)); run `reap` from a tool built with those definitions (SagaOperatorTool.main(definitions:))\n"
+                    "saga: \(unknown.count) stalled saga(s) of definitions neither this tool nor the store knows were left alone (\(names)); start a participant that runs them (it registers them in the store)\n"
                         .utf8))
         }
         if changed.isEmpty {
@@ -106,6 +113,6 @@ struct ReapCommand: AsyncParsableCommand {
         }
         printTable(
             ["ID", "NAME", "NOW", "AT", "RE-SENDS"],
-            changed.map { [$0.id, $0.name, $0.status.cliName, position($0), "\($0.reapAttempts)"] })
+            zip(changed, positions).map { [$0.id, $0.name, $0.status.cliName, $1, "\($0.reapAttempts)"] })
     }
 }

@@ -14,11 +14,11 @@ public import Participant
 /// }
 /// ```
 ///
-/// Commands: `list`, `show`, `graph`, `retry`, `compensate`, `reap`, `dlq list|requeue`; each
-/// takes `--store-url`/`SAGAKIT_STORE_URL`, `--amqp-url`/`AMQP_URL`, `--prefix`/`SAGAKIT_PREFIX`
-/// and prints for people, or JSON with `--json`. `list`, `show` and `dlq` work on any saga;
-/// `graph`, `retry`, `compensate`, `reap` and the "next" part of `show` need the saga's
-/// definition.
+/// Commands: `list`, `show`, `graph`, `definitions`, `retry`, `compensate`, `reap`,
+/// `dlq list|requeue`; each takes `--store-url`/`SAGAKIT_STORE_URL`, `--amqp-url`/`AMQP_URL`,
+/// `--prefix`/`SAGAKIT_PREFIX` and prints for people, or JSON with `--json`. Definitions come
+/// from the tool (compiled in) and from the store, where every participant and manager
+/// registers the definitions it runs: a plain `saga` executable operates any saga.
 public enum SagaOperatorTool {
     @TaskLocal static var definitions = SagaDefinitionRegistry.empty
 
@@ -54,7 +54,7 @@ struct SagaRootCommand: AsyncParsableCommand {
             --prefix / SAGAKIT_PREFIX. Every command prints for people, or JSON with --json.
             """,
         subcommands: [
-            ListCommand.self, ShowCommand.self, GraphCommand.self, RetryCommand.self, CompensateCommand.self,
+            ListCommand.self, ShowCommand.self, GraphCommand.self, DefinitionsCommand.self, RetryCommand.self, CompensateCommand.self,
             ReapCommand.self, DeadLetterCommand.self,
         ]
     )

@@ -24,19 +24,24 @@ struct ShowCommand: AsyncParsableCommand {
     func run() async throws {
         let environment = try CommandEnvironment(connection)
         let id = id
-        let state = try await environment.withStore { store in try await store.load(id) }
-        let next = Self.next(state, configuration: environment.configuration)
-        if json {
-            try printJSON(Output(saga: state, next: next))
-            return
+        let configuration = environment.configuration
+        let json = json
+        // Inside the store's scope: its definitions say what happens next.
+        try await environment.withStore { store in
+            let state = try await store.load(id)
+            let next = Self.next(state, configuration: configuration)
+            if json {
+                try printJSON(Output(saga: state, next: next))
+                return
+            }
+            print(Self.render(state, next: next))
         }
-        print(Self.render(state, next: next))
     }
 
     static func render(_ state: SagaState, next: String) -> String {
         var lines: [String] = []
         lines.append("saga \(state.id)")
-        lines.append("  definition  \(state.name)")
+        lines.append("  definition  \(state.name) version \(state.definitionVersion)")
         lines.append("  status      \(state.status.cliName.uppercased())\(state.status.isTerminal ? "" : " at \(position(state))")")
         lines.append("  started     \(isoFormatter.string(from: state.createdAt)) (\(age(state.createdAt)))")
         let elapsed = state.updatedAt.timeIntervalSince(state.createdAt)
@@ -74,11 +79,9 @@ struct ShowCommand: AsyncParsableCommand {
 
     /// What will happen to the saga next, in words.
     static func next(_ state: SagaState, configuration: OperatorConfiguration) -> String {
-        guard let definition = try? SagaOperatorTool.definitions.definition(named: state.name),
-            definition.steps.indices.contains(state.currentStep)
-        else {
+        guard let definition = pinnedDefinition(of: state), definition.steps.indices.contains(state.currentStep) else {
             return
-                "unknown: this tool was not built with the definition '\(state.name)' (build one with SagaOperatorTool.main(definitions:))"
+                "unknown: neither this tool nor the store knows the definition '\(state.name)' version \(state.definitionVersion) (start a participant or manager that runs it: they register their definitions in the store)"
         }
         let step = definition.steps[state.currentStep]
         let reaper = configuration.reaper

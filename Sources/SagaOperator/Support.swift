@@ -14,14 +14,44 @@ struct CommandEnvironment: Sendable {
         self.logger = Logger(label: "saga")
     }
 
-    /// The definitions this tool knows (compiled in by whoever built it).
+    /// The definitions this tool knows: those compiled in by whoever built it and, while
+    /// ``withStore(_:)`` runs its body, every definition the store keeps.
     var definitions: SagaDefinitionRegistry { SagaOperatorTool.definitions }
 
-    /// Runs `body` with the store open. Says on standard error which store it opened.
+    /// Runs `body` with the store open and the store's definitions known (see
+    /// ``definitions``). Says on standard error which store it opened.
     func withStore<T: Sendable>(_ body: @Sendable (any SagaStore) async throws -> T) async throws -> T {
         let url = try configuration.requireStoreURL()
         FileHandle.standardError.write(Data("saga: store \(ConnectionURL.redact(url))\n".utf8))
-        return try await OperatorStore.withStore(url: url, logger: logger, body)
+        let logger = logger
+        return try await OperatorStore.withStore(url: url, logger: logger) { store in
+            let known = try await Self.definitions(SagaOperatorTool.definitions, and: store, logger: logger)
+            return try await SagaOperatorTool.$definitions.withValue(known) { try await body(store) }
+        }
+    }
+
+    /// The compiled-in definitions plus every name and version the store keeps that they lack
+    /// (a compiled-in definition wins over a stored one of the same name and version).
+    static func definitions(
+        _ compiled: SagaDefinitionRegistry, and store: any SagaStore, logger: Logger
+    ) async throws -> SagaDefinitionRegistry {
+        let stored: [StoredDefinitionInfo]
+        do {
+            stored = try await store.definitions()
+        } catch let error as SagaError where error.code == .unsupported {
+            return compiled
+        }
+        var known = compiled
+        for info in stored where compiled.definition(named: info.name, version: info.version) == nil {
+            do {
+                try known.register(try await store.definition(named: info.name, version: info.version))
+            } catch let error as SagaError where error.code == .invalidDefinition {
+                logger.warning(
+                    "skipping a stored saga definition this tool cannot read",
+                    metadata: ["saga.name": "\(info.name)", "definition.version": "\(info.version)", "error": "\(error)"])
+            }
+        }
+        return known
     }
 
     /// Runs `body` with the store open and the broker connected.
@@ -32,11 +62,11 @@ struct CommandEnvironment: Sendable {
     /// Runs `body` with a saga manager on the store and the broker (for commands that move a
     /// saga).
     func withManager<T: Sendable>(_ body: @Sendable (SagaManager) async throws -> T) async throws -> T {
-        let definitions = definitions
         let topology = configuration.topology
         let logger = logger
         return try await withStoreAndBus { store, bus in
-            try await body(SagaManager(definitions: definitions, bus: bus, store: store, topology: topology, logger: logger))
+            try await body(
+                SagaManager(definitions: SagaOperatorTool.definitions, bus: bus, store: store, topology: topology, logger: logger))
         }
     }
 
@@ -102,9 +132,14 @@ func age(_ date: Date, now: Date = Date()) -> String {
     }
 }
 
+/// The definition a saga is pinned to (its name and version), if this tool or its store knows it.
+func pinnedDefinition(of state: SagaState) -> SagaDefinition? {
+    SagaOperatorTool.definitions.definition(named: state.name, version: state.definitionVersion)
+}
+
 /// A saga's current position in words: `charge-card (action #2)`.
 func position(_ state: SagaState) -> String {
-    guard let definition = try? SagaOperatorTool.definitions.definition(named: state.name),
+    guard let definition = pinnedDefinition(of: state),
         definition.steps.indices.contains(state.currentStep)
     else {
         return "step \(state.currentStep) #\(state.attempt)"
