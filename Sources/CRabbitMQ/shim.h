@@ -5,9 +5,11 @@
 #include <rabbitmq-c/amqp.h>
 #include <rabbitmq-c/tcp.h>
 #include <rabbitmq-c/framing.h>
+#include <rabbitmq-c/ssl_socket.h>
 #else
 #include <amqp.h>
 #include <amqp_framing.h>
+#include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
 #endif
 #include <poll.h>

@@ -1,4 +1,5 @@
 import Foundation
+public import Tracing
 
 /// Header names SagaKit writes on its messages.
 public enum SagaHeaders {
@@ -65,7 +66,7 @@ enum SagaMessages {
             exchange: message.exchange,
             routingKey: message.routingKey,
             body: message.body,
-            headers: message.headers,
+            headers: MessageHeaders(message.headers),
             messageId: message.id,
             contentType: SagaHeaders.contentType,
             type: message.routingKey,
@@ -93,7 +94,12 @@ enum SagaMessages {
         return .success(command)
     }
 
-    /// The dead letter for a delivery that cannot be processed.
+    /// The dead letter for a delivery that cannot be processed: the same message (body, properties and every
+    /// header with its AMQP type), plus headers saying why and where it came from.
+    ///
+    /// A dead letter is as large as the message. When it cannot be published (larger than the bus's
+    /// `maxBodySize`), the participant rejects the delivery instead (see ``rejectsInsteadOfDeadLettering(_:)``):
+    /// the broker dead-letters it through the queue's dead-letter exchange, unchanged, with an `x-death` header.
     static func deadLetter(_ delivery: Delivery, reason: String, service: String, topology: SagaTopology, now: Date) -> OutgoingMessage {
         var headers = delivery.headers
         headers[SagaHeaders.deadLetterReason] = reason
@@ -114,6 +120,13 @@ enum SagaMessages {
         )
     }
 
+    /// `true` when publishing a dead letter failed in a way that publishing it again cannot fix (the message is
+    /// larger than the bus accepts): the delivery must then be rejected (`basic.reject`, no requeue) so that the
+    /// broker dead-letters it, or it would be redelivered forever.
+    static func rejectsInsteadOfDeadLettering(_ error: any Error) -> Bool {
+        (error as? BusError)?.code == .messageTooLarge
+    }
+
     private static func describe(_ error: any Error) -> String {
         switch error {
         case DecodingError.keyNotFound(let key, _): "missing key '\(key.stringValue)'"
@@ -122,5 +135,92 @@ enum SagaMessages {
         case DecodingError.dataCorrupted: "not valid JSON"
         default: "\(error)"
         }
+    }
+}
+
+extension SagaTracing {
+    /// The trace context carried by a delivery's (string) headers.
+    public static func context(from headers: MessageHeaders) -> InstrumentationContext {
+        context(from: headers.strings)
+    }
+}
+
+/// Reading dead letters: why they were dead-lettered, and the message as it was before (what `saga dlq list` and
+/// `saga dlq requeue` show and do).
+public enum DeadLetters {
+    /// The headers a dead letter carries that the original message did not: SagaKit's reason headers and the
+    /// broker's dead-lettering headers.
+    public static let deadLetterHeaders: Set<String> = [
+        SagaHeaders.deadLetterReason, SagaHeaders.deadLetterQueue, SagaHeaders.deadLetterExchange,
+        SagaHeaders.deadLetterRoutingKey, SagaHeaders.deadLetterService, SagaHeaders.deadLetterTime, "x-death",
+        "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason", "x-last-death-exchange",
+        "x-last-death-queue", "x-last-death-reason",
+    ]
+
+    /// The broker's latest `x-death` entry: why (`rejected`, `expired`, `maxlen`, `delivery_limit`), from which
+    /// queue, how often, and where the message had been published.
+    public struct BrokerDeath: Sendable, Hashable {
+        /// `rejected`, `expired`, `maxlen` or `delivery_limit`.
+        public var reason: String
+        /// The queue the message was dead-lettered from.
+        public var queue: String
+        /// How many times it was dead-lettered from that queue for that reason.
+        public var count: Int64
+        /// The exchange it had been published to.
+        public var exchange: String?
+        /// The routing keys it had been published with.
+        public var routingKeys: [String]
+    }
+
+    /// The latest `x-death` entry of a message dead-lettered by the broker; `nil` when there is none.
+    public static func brokerDeath(of headers: MessageHeaders) -> BrokerDeath? {
+        guard case .array(let entries)? = headers[field: "x-death"], case .table(let latest)? = entries.first,
+            let reason = latest["reason"], let queue = latest["queue"]
+        else { return nil }
+        var keys: [String] = []
+        if case .array(let values)? = latest[field: "routing-keys"] { keys = values.compactMap(\.stringValue) }
+        return BrokerDeath(
+            reason: reason, queue: queue, count: latest[field: "count"]?.integerValue ?? 1,
+            exchange: latest["exchange"], routingKeys: keys)
+    }
+
+    /// Why `delivery` is a dead letter, in words: the reason a participant recorded, or what the broker's
+    /// `x-death` header says; `nil` when neither is there.
+    public static func reason(of delivery: Delivery) -> String? {
+        if let reason = delivery.headers[SagaHeaders.deadLetterReason] { return reason }
+        guard let death = brokerDeath(of: delivery.headers) else { return nil }
+        let times = death.count > 1 ? ", \(death.count) times" : ""
+        switch death.reason {
+        case "rejected":
+            return "rejected by a consumer of queue '\(death.queue)' and dead-lettered by the broker (x-death: "
+                + "rejected\(times)); a participant rejects a message it cannot dead-letter itself, such as one too "
+                + "large to publish again (this one has \(delivery.body.count) bytes)"
+        case "expired":
+            return "expired in queue '\(death.queue)' (x-death: expired\(times))"
+        case "maxlen":
+            return "dropped from queue '\(death.queue)' by its length limit (x-death: maxlen\(times))"
+        case "delivery_limit":
+            return "delivered too many times from queue '\(death.queue)' (x-death: delivery_limit\(times))"
+        default:
+            return "dead-lettered by the broker from queue '\(death.queue)' (x-death: \(death.reason)\(times))"
+        }
+    }
+
+    /// The message as it was before it was dead-lettered: the same body, properties and headers (with their
+    /// types), without the dead-letter headers, addressed to where it had been published. Dead letters written by
+    /// a participant say where they came from; for those dead-lettered by the broker the `x-death` header does,
+    /// and otherwise the AMQP type (the command name) routes them to the commands exchange.
+    public static func original(of delivery: Delivery, topology: SagaTopology) -> OutgoingMessage {
+        var headers = delivery.headers
+        let death = brokerDeath(of: headers)
+        let exchange = headers[SagaHeaders.deadLetterExchange] ?? death?.exchange ?? topology.commandsExchange
+        let routingKey =
+            headers[SagaHeaders.deadLetterRoutingKey] ?? death?.routingKeys.first ?? delivery.type
+            ?? delivery.routingKey
+        for key in deadLetterHeaders { headers.removeValue(forKey: key) }
+        return OutgoingMessage(
+            exchange: exchange, routingKey: routingKey, body: delivery.body, headers: headers,
+            messageId: delivery.messageId, contentType: delivery.contentType, type: delivery.type,
+            correlationId: delivery.correlationId)
     }
 }

@@ -29,11 +29,12 @@ struct DeadLetter: Encodable {
     init(_ delivery: Delivery) {
         let headers = delivery.headers
         messageId = delivery.messageId
-        reason = headers[SagaHeaders.deadLetterReason] ?? (headers["x-death"] != nil ? "dead-lettered by the broker (x-death)" : nil)
+        let death = DeadLetters.brokerDeath(of: headers)
+        reason = DeadLetters.reason(of: delivery)
         service = headers[SagaHeaders.deadLetterService]
-        sourceQueue = headers[SagaHeaders.deadLetterQueue]
-        sourceExchange = headers[SagaHeaders.deadLetterExchange]
-        sourceRoutingKey = headers[SagaHeaders.deadLetterRoutingKey]
+        sourceQueue = headers[SagaHeaders.deadLetterQueue] ?? death?.queue
+        sourceExchange = headers[SagaHeaders.deadLetterExchange] ?? death?.exchange
+        sourceRoutingKey = headers[SagaHeaders.deadLetterRoutingKey] ?? death?.routingKeys.first
         deadLetteredAt = headers[SagaHeaders.deadLetterTime]
         sagaId =
             headers[SagaHeaders.sagaID] ?? (try? JSONCoding.decode(SagaCommand.self, from: Data(delivery.body)))?.sagaID
@@ -198,22 +199,8 @@ struct DeadLetterRequeue: AsyncParsableCommand {
         if !result.failed.isEmpty { throw ExitCode(1) }
     }
 
-    /// The message as it was before it was dead-lettered. Dead letters written by a participant
-    /// say where they came from; for others (dead-lettered by the broker) the AMQP type (the
-    /// command name) routes them to the commands exchange.
+    /// The message as it was before it was dead-lettered (see ``DeadLetters/original(of:topology:)``).
     static func original(of delivery: Delivery, topology: SagaTopology) -> OutgoingMessage {
-        var headers = delivery.headers
-        let exchange = headers[SagaHeaders.deadLetterExchange] ?? topology.commandsExchange
-        let routingKey = headers[SagaHeaders.deadLetterRoutingKey] ?? delivery.type ?? delivery.routingKey
-        for key in [
-            SagaHeaders.deadLetterReason, SagaHeaders.deadLetterQueue, SagaHeaders.deadLetterExchange, SagaHeaders.deadLetterRoutingKey,
-            SagaHeaders.deadLetterService, SagaHeaders.deadLetterTime, "x-death", "x-first-death-exchange", "x-first-death-queue",
-            "x-first-death-reason",
-        ] {
-            headers.removeValue(forKey: key)
-        }
-        return OutgoingMessage(
-            exchange: exchange, routingKey: routingKey, body: delivery.body, headers: headers, messageId: delivery.messageId,
-            contentType: delivery.contentType, type: delivery.type, correlationId: delivery.correlationId)
+        DeadLetters.original(of: delivery, topology: topology)
     }
 }

@@ -223,6 +223,11 @@ final class ConnectionWorker {
         let parameters = configuration.connectParameters(role: role.rawValue, endpoint: endpoint)
         place = "\(RabbitMQConfiguration.Endpoint(host: parameters.host, port: parameters.port))"
         logger[metadataKey: "amqp.broker"] = "\(place)"
+        if let tls = parameters.tls, !tls.verifyPeer || !tls.verifyHostname {
+            logger.warning(
+                "TLS certificate verification is turned off: the broker's identity is not checked",
+                metadata: ["amqp.tls.verify_peer": "\(tls.verifyPeer)", "amqp.tls.verify_hostname": "\(tls.verifyHostname)"])
+        }
         let opened: AMQPConnection
         do {
             opened = try AMQPConnection.open(parameters)
@@ -550,7 +555,10 @@ final class ConnectionWorker {
 
     // MARK: Consuming
 
-    private func startConsumer(_ registration: ConsumerRegistration, reply: CheckedContinuation<Void, any Error>?) {
+    private func startConsumer(
+        _ registration: ConsumerRegistration, reply: CheckedContinuation<Void, any Error>?,
+        describe: (BusError) -> BusError = { $0 }
+    ) {
         guard let current = connection else { return }
         let channel = freeChannels.popLast() ?? nextChannel
         if channel == nextChannel { nextChannel += 1 }
@@ -570,15 +578,17 @@ final class ConnectionWorker {
             reply?.resume()
         } catch .channelClosed(_, let code, let text) {
             freeChannels.append(channel)
-            let error = BrokerErrorText.channelError(
-                code: code, text: text, operation: "consuming from queue '\(registration.queue)'")
+            let error = describe(
+                BrokerErrorText.channelError(
+                    code: code, text: text, operation: "consuming from queue '\(registration.queue)'"))
             consumers[registration.id] = nil
             machine.consumerRemoved(registration.id)
             if let reply {
                 reply.resume(throwing: error)
             } else {
-                logger.warning(
-                    "a consumer could not be resumed", metadata: ["amqp.queue": "\(registration.queue)"])
+                logger.error(
+                    "a consumer could not be resumed; its delivery stream ends with an error",
+                    metadata: ["amqp.queue": "\(registration.queue)", "amqp.error": "\(error)"])
             }
             registration.continuation.finish(throwing: error)
         } catch {
@@ -704,24 +714,82 @@ final class ConnectionWorker {
         }
     }
 
+    /// The broker cancelled a consumer (`basic.cancel`, sent because the client announced
+    /// `consumer_cancel_notify`): its queue was deleted, or the broker could no longer serve it. Declares the queue
+    /// again from the recorded topology (with its bindings) and consumes again on a new channel; when that fails, the
+    /// delivery stream ends with the error. Never silent.
     private func brokerCancelled(_ channel: UInt16) {
-        guard let id = channelConsumers.removeValue(forKey: channel), let consumer = consumers.removeValue(forKey: id)
-        else { return }
-        machine.consumerRemoved(id)
-        consumer.registration.continuation.finish(
-            throwing: BusError(
-                .notFound,
-                "The broker cancelled the consumer of queue '\(consumer.registration.queue)' (the queue was deleted)",
-                recoverySuggestion: "declare the queue again and start a new consumer"))
+        guard let id = channelConsumers.removeValue(forKey: channel), let consumer = consumers[id] else { return }
+        let queue = consumer.registration.queue
+        consumers[id]?.channel = nil
+        partials[channel] = nil
         if let current = connection {
             do throws(AMQPFailure) {
+                // Unsettled deliveries of the cancelled consumer die with this channel; the new epoch makes
+                // settling them a no-op.
                 try current.closeChannel(channel)
             } catch .channelClosed {
             } catch {
+                freeChannels.append(channel)
                 connectionLost(error)
+                return
             }
         }
         freeChannels.append(channel)
+        if consumer.stopping || registry.wasDeleted(queue) {
+            // Shutting down, or this bus deleted the queue itself: the stream ends normally.
+            if !consumer.stopping {
+                logger.info("the queue was deleted through this bus; its consumer ends", metadata: ["amqp.queue": "\(queue)"])
+                consumer.registration.continuation.finish()
+            }
+            consumers[id] = nil
+            machine.consumerRemoved(id)
+            return
+        }
+        let redeclare = registry.current.operations(forQueue: queue)
+        let what = redeclare.isEmpty ? "consuming again" : "declaring the queue again and consuming again"
+        logger.warning(
+            "the broker cancelled the consumer (queue deleted?); \(what)",
+            metadata: ["amqp.queue": "\(queue)"])
+        guard let current = connection else { return }
+        for operation in redeclare {
+            do throws(AMQPFailure) {
+                try ensureControlChannel(current)
+                try operation.run(current, Self.controlChannel)
+            } catch .channelClosed(_, let code, let text) {
+                controlChannelOpen = false
+                failCancelledConsumer(
+                    id,
+                    BrokerErrorText.channelError(
+                        code: code, text: text,
+                        operation: "re-declaring after the broker cancelled the consumer of queue '\(queue)' "
+                            + "(\(operation.description))"))
+                return
+            } catch {
+                connectionLost(error)
+                return
+            }
+        }
+        startConsumer(consumer.registration, reply: nil) { error in
+            BusError(
+                error.code,
+                "The broker cancelled the consumer of queue '\(queue)' (deleted?) and consuming again failed: "
+                    + error.message,
+                recoverySuggestion: redeclare.isEmpty
+                    ? "declare the queue through this bus (declare(_:)) so that it is declared again, or start a "
+                        + "new consumer once the queue exists"
+                    : error.recoverySuggestion)
+        }
+    }
+
+    /// Ends a consumer's stream with `error` (logged at `error`).
+    private func failCancelledConsumer(_ id: UInt64, _ error: BusError) {
+        guard let consumer = consumers.removeValue(forKey: id) else { return }
+        machine.consumerRemoved(id)
+        logger.error(
+            "a cancelled consumer cannot be resumed; its delivery stream ends with an error",
+            metadata: ["amqp.queue": "\(consumer.registration.queue)", "amqp.error": "\(error)"])
+        consumer.registration.continuation.finish(throwing: error)
     }
 
     // MARK: Reading
@@ -896,6 +964,16 @@ enum TopologyOperation: CustomStringConvertible {
 }
 
 extension Topology {
+    /// What declares `queue` again: the queue, its bindings and the exchanges they name (empty when the queue is
+    /// not part of this topology).
+    func operations(forQueue queue: String) -> [TopologyOperation] {
+        guard let spec = queues.first(where: { $0.name == queue }) else { return [] }
+        let bindings = self.bindings.filter { $0.queue == queue }
+        let names = Set(bindings.map(\.exchange))
+        return exchanges.filter { names.contains($0.name) }.map(TopologyOperation.exchange) + [.queue(spec)]
+            + bindings.map(TopologyOperation.binding)
+    }
+
     /// Exchanges, then queues, then bindings.
     var operations: [TopologyOperation] {
         exchanges.map(TopologyOperation.exchange) + queues.map(TopologyOperation.queue)

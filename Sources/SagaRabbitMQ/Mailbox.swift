@@ -123,8 +123,12 @@ final class RabbitMQSettler: DeliverySettler {
 /// Every topology declared through the bus, re-declared after a reconnect.
 final class TopologyRegistry: Sendable {
     private let recorded = Mutex(Topology())
+    /// Queues deleted through this bus (and not declared since): a consumer the broker cancels because of such a
+    /// deletion ends cleanly instead of declaring the queue again.
+    private let deleted = Mutex(Set<String>())
 
     func record(_ topology: Topology) {
+        deleted.withLock { $0.subtract(topology.queues.map(\.name)) }
         recorded.withLock { all in
             for exchange in topology.exchanges where !all.exchanges.contains(exchange) {
                 all.exchanges.append(exchange)
@@ -141,6 +145,7 @@ final class TopologyRegistry: Sendable {
     }
 
     func forgetQueue(_ name: String) {
+        deleted.withLock { _ = $0.insert(name) }
         recorded.withLock { all in
             all.queues.removeAll { $0.name == name }
             all.bindings.removeAll { $0.queue == name }
@@ -155,4 +160,7 @@ final class TopologyRegistry: Sendable {
     }
 
     var current: Topology { recorded.withLock { $0 } }
+
+    /// `true` when `queue` was deleted through this bus and not declared again since.
+    func wasDeleted(_ queue: String) -> Bool { deleted.withLock { $0.contains(queue) } }
 }

@@ -29,6 +29,11 @@ extension RabbitMQConfiguration {
     /// - `shutdown.timeout.seconds` (default 10): how long a graceful shutdown waits for settlements and confirms.
     /// - `startup.fail.fast` (bool, default `false`): `true` makes ``RabbitMQBus/run()`` throw when the broker
     ///   cannot be reached at start instead of retrying.
+    /// - `tls.enabled` (bool): connect with TLS (an `amqps://` URL does too; `false` turns it off).
+    /// - `tls.ca.file`, `tls.cert.file`, `tls.key.file` (paths): the CA file, and the client certificate and key
+    ///   (setting any of them turns TLS on).
+    /// - `tls.verify` (bool, default `true`): verify the broker's certificate; `false` is logged at `warning`.
+    /// - `tls.verify.hostname` (bool, default `true`): check that the certificate names the host.
     ///
     /// - Throws: ``BusError`` `invalidURL` for a bad URL, ``SagaError`` `invalidConfiguration` naming the key for
     ///   any other malformed value. Neither contains the password.
@@ -48,11 +53,32 @@ extension RabbitMQConfiguration {
         reconnectDelayMax = try Self.seconds(reader, "reconnect.delay.max.seconds") ?? reconnectDelayMax
         publishRecoveryTimeout = try Self.seconds(reader, "publish.recovery.timeout.seconds") ?? publishRecoveryTimeout
         shutdownTimeout = try Self.seconds(reader, "shutdown.timeout.seconds") ?? shutdownTimeout
-        if let failFast = reader.bool(forKey: "startup.fail.fast") {
-            failFastOnStartup = failFast
-        } else if let text = reader.string(forKey: "startup.fail.fast") {
-            throw Self.invalid("startup.fail.fast", "must be true or false", text)
+        failFastOnStartup = try Self.bool(reader, "startup.fail.fast") ?? failFastOnStartup
+        try readTLS(reader)
+    }
+
+    private mutating func readTLS(_ reader: ConfigReader) throws {
+        var settings = tls ?? TLS()
+        let enabled = try Self.bool(reader, "tls.enabled")
+        var wanted = enabled ?? (tls != nil)
+        let files: [(ConfigKey, WritableKeyPath<TLS, String?>)] = [
+            ("tls.ca.file", \TLS.caCertificateFile), ("tls.cert.file", \TLS.clientCertificateFile),
+            ("tls.key.file", \TLS.clientKeyFile),
+        ]
+        for (key, path) in files {
+            guard let value = reader.string(forKey: key) else { continue }
+            settings[keyPath: path] = value
+            wanted = wanted || enabled != false
         }
+        if let verify = try Self.bool(reader, "tls.verify") { settings.verifyPeer = verify }
+        if let verify = try Self.bool(reader, "tls.verify.hostname") { settings.verifyHostname = verify }
+        tls = wanted ? settings : nil
+    }
+
+    private static func bool(_ reader: ConfigReader, _ key: ConfigKey) throws -> Bool? {
+        if let flag = reader.bool(forKey: key) { return flag }
+        if let text = reader.string(forKey: key) { throw invalid(key, "must be true or false", text) }
+        return nil
     }
 
     private static func seconds(_ reader: ConfigReader, _ key: ConfigKey, allowZero: Bool = false) throws -> Duration? {

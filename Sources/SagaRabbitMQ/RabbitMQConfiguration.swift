@@ -1,6 +1,10 @@
 public import Logging
 public import SagaCore
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// How ``RabbitMQBus`` connects to a broker and how it behaves.
 ///
 /// ```swift
@@ -25,6 +29,49 @@ public struct RabbitMQConfiguration: Sendable {
 
         /// `host:port` (IPv6 addresses in brackets).
         public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    }
+
+    /// TLS settings for `amqps://` connections (librabbitmq's OpenSSL socket).
+    ///
+    /// The broker's certificate is verified by default: its chain must lead to a CA in ``caCertificateFile`` and
+    /// it must name the host connected to. Turning verification off must be explicit and is logged at `warning`
+    /// on every connect.
+    public struct TLS: Sendable, Hashable {
+        /// A PEM file with the CA certificate(s) that signed the broker's certificate. `nil` uses the system's
+        /// bundle (`/etc/ssl/certs/ca-certificates.crt`) when it exists: librabbitmq does not read the system's
+        /// trust store by itself.
+        public var caCertificateFile: String?
+        /// A PEM client certificate, for brokers that ask for one (`ssl_options.fail_if_no_peer_cert`).
+        public var clientCertificateFile: String?
+        /// The PEM private key of ``clientCertificateFile`` (unencrypted). Its content is never logged.
+        public var clientKeyFile: String?
+        /// Verify the broker's certificate chain. Default `true`.
+        public var verifyPeer: Bool
+        /// Verify that the broker's certificate names the host connected to. Default `true`.
+        public var verifyHostname: Bool
+
+        /// Creates TLS settings; verification is on unless turned off here.
+        public init(
+            caCertificateFile: String? = nil, clientCertificateFile: String? = nil, clientKeyFile: String? = nil,
+            verifyPeer: Bool = true, verifyHostname: Bool = true
+        ) {
+            self.caCertificateFile = caCertificateFile
+            self.clientCertificateFile = clientCertificateFile
+            self.clientKeyFile = clientKeyFile
+            self.verifyPeer = verifyPeer
+            self.verifyHostname = verifyHostname
+        }
+
+        /// The system CA bundle used when no CA file is given.
+        static let systemBundle = "/etc/ssl/certs/ca-certificates.crt"
+
+        var parameters: TLSParameters {
+            var ca = caCertificateFile
+            if ca == nil, verifyPeer, access(Self.systemBundle, R_OK) == 0 { ca = Self.systemBundle }
+            return TLSParameters(
+                caCertificateFile: ca, clientCertificateFile: clientCertificateFile, clientKeyFile: clientKeyFile,
+                verifyPeer: verifyPeer, verifyHostname: verifyPeer && verifyHostname)
+        }
     }
 
     /// The brokers to connect to, tried in order (round-robin on failure); never empty.
@@ -70,6 +117,8 @@ public struct RabbitMQConfiguration: Sendable {
     /// trying with backoff, logging each failure, and calls wait for the connection (at most `operationTimeout`);
     /// `true` makes `run()` throw the first connection error.
     public var failFastOnStartup = false
+    /// TLS settings; `nil` (the default) connects over plain TCP. An `amqps://` URL sets them.
+    public var tls: TLS?
     /// A name shown in the broker's connection list (suffixed with `publisher` / `consumer`).
     public var connectionName: String = "SagaKit"
     /// Where the bus logs (connection losses and recoveries at `info`/`warning`, details at `debug`).
@@ -94,7 +143,12 @@ public struct RabbitMQConfiguration: Sendable {
     ///
     /// User, password and vhost are percent-decoded, so the default vhost `/` is written `%2F`; an empty path
     /// means `/` too. The port defaults to 5672; without a host the broker is `127.0.0.1`. Query parameters
-    /// `heartbeat` and `connection_timeout` (seconds) are understood. `amqps` (TLS) is not supported.
+    /// `heartbeat` and `connection_timeout` (seconds) are understood.
+    ///
+    /// `amqps://` connects with TLS (port 5671 by default) and understands the query items `cacertfile` (PEM CA
+    /// file), `certfile` and `keyfile` (client certificate and key), `verify` (`verify_peer`, the default, or
+    /// `verify_none`, which turns certificate verification off and is logged at `warning`) and `verify_hostname`
+    /// (`true`/`false`): `amqps://user:pw@broker:5671/%2F?cacertfile=/etc/sagakit/ca.pem`.
     ///
     /// - Throws: ``BusError`` with code `invalidURL`; its text never contains the password.
     public init(url: String) throws(BusError) {
@@ -105,23 +159,23 @@ public struct RabbitMQConfiguration: Sendable {
         } catch {
             throw BusError(.invalidURL, error.message, recoverySuggestion: error.recoverySuggestion)
         }
-        guard parsed.scheme == "amqp" else {
-            if parsed.scheme == "amqps" {
-                throw BusError(
-                    .invalidURL, "amqps:// (TLS) URLs are not supported ('\(parsed.redacted)')",
-                    recoverySuggestion: "use amqp://")
-            }
+        guard parsed.scheme == "amqp" || parsed.scheme == "amqps" else {
             throw BusError(
                 .invalidURL, "'\(parsed.redacted)' is not an AMQP URL",
-                recoverySuggestion: "write amqp://user:password@host:port/vhost")
+                recoverySuggestion: "write amqp://user:password@host:port/vhost (or amqps:// for TLS)")
         }
+        let secure = parsed.scheme == "amqps"
+        if secure { tls = TLS() }
         if let user = parsed.user { self.user = user }
         if let password = parsed.password { self.password = password }
         if !parsed.hosts.isEmpty {
-            endpoints = parsed.hosts.map { Endpoint(host: $0.name, port: $0.port ?? 5672) }
+            endpoints = parsed.hosts.map { Endpoint(host: $0.name, port: $0.port ?? (secure ? 5671 : 5672)) }
+        } else if secure {
+            endpoints = [Endpoint(host: "127.0.0.1", port: 5671)]
         }
         vhost = parsed.path.count <= 1 ? "/" : String(parsed.path.dropFirst())
         for (name, value) in parsed.queryItems {
+            if try applyTLSQueryItem(name, value, secure: secure, redactedURL: parsed.redacted) { continue }
             guard let seconds = Int(value), seconds >= 0 else { continue }
             switch name {
             case "heartbeat": heartbeat = .seconds(seconds)
@@ -131,11 +185,44 @@ public struct RabbitMQConfiguration: Sendable {
         }
     }
 
+    /// Applies a TLS query item of an AMQP URL; `false` when `name` is not one.
+    private mutating func applyTLSQueryItem(_ name: String, _ value: String, secure: Bool, redactedURL: String)
+        throws(BusError) -> Bool
+    {
+        guard ["cacertfile", "certfile", "keyfile", "verify", "verify_hostname"].contains(name) else { return false }
+        guard secure, var settings = tls else {
+            throw BusError(
+                .invalidURL, "'\(name)' is a TLS setting, but '\(redactedURL)' is not an amqps:// URL",
+                recoverySuggestion: "write amqps:// to connect with TLS")
+        }
+        switch name {
+        case "cacertfile": settings.caCertificateFile = value
+        case "certfile": settings.clientCertificateFile = value
+        case "keyfile": settings.clientKeyFile = value
+        case "verify":
+            switch value {
+            case "verify_peer", "true": settings.verifyPeer = true
+            case "verify_none", "false": settings.verifyPeer = false
+            default:
+                throw BusError(
+                    .invalidURL, "'verify' must be verify_peer or verify_none, not '\(value)' ('\(redactedURL)')")
+            }
+        default:
+            guard let flag = Bool(value) else {
+                throw BusError(
+                    .invalidURL, "'verify_hostname' must be true or false, not '\(value)' ('\(redactedURL)')")
+            }
+            settings.verifyHostname = flag
+        }
+        tls = settings
+        return true
+    }
+
     /// The URL without the password, for logs and errors.
     public var redactedURL: String {
         let hosts = endpoints.map(\.description).joined(separator: ",")
         let encodedVhost = vhost.map { $0 == "/" ? "%2F" : String($0) }.joined()
-        return "amqp://\(user)@\(hosts)/\(encodedVhost)"
+        return "\(tls == nil ? "amqp" : "amqps")://\(user)@\(hosts)/\(encodedVhost)"
     }
 
     /// The URL with any password replaced by `***`.
@@ -149,7 +236,8 @@ public struct RabbitMQConfiguration: Sendable {
             connectTimeout: connectTimeout,
             heartbeatSeconds: Int32(heartbeat.components.seconds),
             rpcTimeout: operationTimeout,
-            connectionName: "\(connectionName) \(role)"
+            connectionName: "\(connectionName) \(role)",
+            tls: tls?.parameters
         )
     }
 }

@@ -100,6 +100,73 @@ struct BusConformanceTests {
         }
     }
 
+    /// Every AMQP field type RabbitMQ accepts, nested in tables and arrays too.
+    static let everyFieldType: MessageHeaders = [
+        "string": "ünïcode ✓", "empty-string": "", "bytes": .bytes([0, 1, 2, 255]), "true": true, "false": false,
+        "int8": .int8(-8), "uint8": .uint8(200), "int16": .int16(-1600), "uint16": .uint16(60_000),
+        "int32": .int32(-320_000), "uint32": .uint32(4_000_000_000), "int64": .int64(-6_400_000_000_000),
+        "float": .float(1.5), "double": .double(-2.25e100), "decimal": .decimal(scale: 2, value: 12_345),
+        "timestamp": .timestamp(1_700_000_000), "void": .void,
+        "array": .array(["a", .int32(1), .bool(true), .array([.double(0.5)]), .table(["k": "v"])]),
+        "empty-array": .array([]),
+        "table": .table([
+            "nested": .table(["deeper": .decimal(scale: 0, value: 7), "list": .array([.timestamp(1), .void])]),
+            "n": .int64(42),
+        ]),
+        "empty-table": .table([:]),
+    ]
+
+    @Test("typed headers (tables, arrays, decimals, typed numbers …) survive publish and dead-lettering", arguments: BusKind.allCases)
+    func typedHeadersRoundTrip(kind: BusKind) async throws {
+        try await BusFixture.with(kind) { f in
+            let dlx = f.name("typed-dlx")
+            let dead = f.name("typed-dead")
+            let work = f.name("typed-work")
+            try await f.declare(
+                Topology(
+                    exchanges: [ExchangeSpec(name: dlx, kind: .fanout)],
+                    queues: [QueueSpec(name: dead), QueueSpec(name: work, deadLetterExchange: dlx)],
+                    bindings: [BindingSpec(queue: dead, exchange: dlx, routingKey: "")]))
+            let inbox = try await f.consume(work)
+            let deadInbox = try await f.consume(dead)
+            try await f.bus.publish(
+                OutgoingMessage(exchange: "", routingKey: work, body: [1, 2, 3], headers: Self.everyFieldType, messageId: "typed-1"))
+            let delivery = try await inbox.next()
+            #expect(delivery.headers == Self.everyFieldType)
+            try await delivery.reject()
+
+            // The broker dead-letters it: the same headers, plus its own x-death (written by the broker, so its
+            // types check the decoding independently of the encoding).
+            let letter = try await deadInbox.next()
+            var original = letter.headers
+            for key in ["x-death", "x-first-death-reason", "x-first-death-queue", "x-first-death-exchange"] {
+                original.removeValue(forKey: key)
+            }
+            #expect(original == Self.everyFieldType)
+            guard case .array(let deaths)? = letter.headers[field: "x-death"], case .table(let death)? = deaths.first else {
+                Issue.record("no x-death array of tables: \(letter.headers[field: "x-death"].map { "\($0)" } ?? "none")")
+                return
+            }
+            #expect(death[field: "count"] == .int64(1))
+            #expect(death["reason"] == "rejected")
+            #expect(death["queue"] == work)
+            #expect(death[field: "routing-keys"] == .array([.string(work)]))
+            if case .timestamp(let seconds)? = death[field: "time"] {
+                #expect(abs(Double(seconds) - Date().timeIntervalSince1970) < 120)
+            } else {
+                Issue.record("x-death time is not a timestamp: \(death[field: "time"].map { "\($0)" } ?? "none")")
+            }
+
+            // Published again as consumed (what a dead-letter requeue does): the same table arrives.
+            let again = f.name("typed-again")
+            try await f.declare(Topology(queues: [QueueSpec(name: again)]))
+            let againInbox = try await f.consume(again)
+            try await f.bus.publish(OutgoingMessage(exchange: "", routingKey: again, body: letter.body, headers: letter.headers))
+            #expect(try await againInbox.next().headers == letter.headers)
+            try await letter.ack()
+        }
+    }
+
     @Test("a mandatory message that matches no queue fails with unroutable", arguments: BusKind.allCases)
     func unroutable(kind: BusKind) async throws {
         try await BusFixture.with(kind) { f in

@@ -73,7 +73,7 @@ final class BusFixture: Sendable {
     }
 
     func publish(
-        _ routingKey: String, exchange: String = "", body: String, headers: [String: String] = [:],
+        _ routingKey: String, exchange: String = "", body: String, headers: MessageHeaders = [:],
         messageId: String? = nil, mandatory: Bool = true
     ) async throws {
         try await bus.publish(

@@ -143,6 +143,11 @@ struct RabbitMQConfigurationTests {
         let error = #expect(throws: BusError.self) { try RabbitMQConfiguration(url: "amqp://u:s3cret@h1:x/v") }
         #expect(error?.code == .invalidURL)
         #expect(error?.description.contains("s3cret") == false)
-        #expect(throws: BusError.self) { try RabbitMQConfiguration(url: "amqps://u:p@h/") }
+        // amqps:// is TLS on 5671, verification on.
+        let tls = try RabbitMQConfiguration(url: "amqps://u:p@h/?cacertfile=/etc/ca.pem")
+        #expect(tls.endpoints == [.init(host: "h", port: 5671)] && tls.redactedURL == "amqps://u@h:5671/%2F")
+        #expect(tls.tls == .init(caCertificateFile: "/etc/ca.pem", verifyPeer: true))
+        #expect(try RabbitMQConfiguration(url: "amqps://u:p@h/?verify=verify_none").tls?.verifyPeer == false)
+        #expect(throws: BusError.self) { try RabbitMQConfiguration(url: "amqp://u:p@h/?cacertfile=/etc/ca.pem") }
     }
 }

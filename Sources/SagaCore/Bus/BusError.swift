@@ -7,7 +7,7 @@ public struct BusError: Error, Sendable, CustomStringConvertible {
         private enum Base: String, Hashable, Sendable {
             case unreachable, authenticationFailed, vhostNotFound, accessRefused
             case preconditionFailed, notFound, unroutable, nacked, messageTooLarge
-            case connectionLost, closed, protocolError, invalidURL, invalidArgument
+            case connectionLost, closed, protocolError, invalidURL, invalidArgument, tlsVerificationFailed
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -41,6 +41,8 @@ public struct BusError: Error, Sendable, CustomStringConvertible {
         public static let invalidURL = Code(.invalidURL)
         /// An argument is invalid.
         public static let invalidArgument = Code(.invalidArgument)
+        /// The broker's TLS certificate could not be verified (unknown CA, or it does not name the host).
+        public static let tlsVerificationFailed = Code(.tlsVerificationFailed)
 
         /// The code's name.
         public var description: String { base.rawValue }

@@ -1,3 +1,4 @@
+import Foundation
 import Synchronization
 
 /// A ``MessageBus`` in memory, for unit tests and for users' own tests. It follows RabbitMQ's semantics closely
@@ -70,7 +71,7 @@ extension InMemoryBus {
         var exchange: String
         var routingKey: String
         var body: [UInt8]
-        var headers: [String: String]
+        var headers: MessageHeaders
         var messageId: String?
         var contentType: String?
         var type: String?
@@ -303,6 +304,8 @@ extension InMemoryBus {
                 message.headers["x-first-death-queue"] = queueName
                 message.headers["x-first-death-exchange"] = message.exchange
             }
+            message.headers[field: "x-death"] = .array(
+                Self.xDeath(message.headers[field: "x-death"], queue: queueName, reason: reason, message: message))
             message.exchange = dlx
             message.routingKey = spec.deadLetterRoutingKey ?? message.routingKey
             message.expiration = nil
@@ -312,6 +315,32 @@ extension InMemoryBus {
             let targets = route(state, exchange: dlx, routingKey: message.routingKey)
             for target in targets { enqueue(&state, message, into: target, &effects) }
             dispatch(&state, targets, &effects)
+        }
+
+        /// The `x-death` array as RabbitMQ keeps it: one table per (queue, reason), the latest first, with a `count`.
+        private static func xDeath(_ existing: HeaderValue?, queue: String, reason: String, message: Message)
+            -> [HeaderValue]
+        {
+            var entries: [HeaderValue] = []
+            if case .array(let values)? = existing { entries = values }
+            var count: Int64 = 1
+            if let index = entries.firstIndex(where: {
+                guard case .table(let table) = $0 else { return false }
+                return table["queue"] == queue && table["reason"] == reason
+            }) {
+                if case .table(let table) = entries.remove(at: index) {
+                    count = (table[field: "count"]?.integerValue ?? 0) + 1
+                }
+            }
+            var entry: MessageHeaders = [
+                "count": .int64(count), "reason": .string(reason), "queue": .string(queue),
+                "exchange": .string(message.exchange), "routing-keys": .array([.string(message.routingKey)]),
+                "time": .timestamp(UInt64(max(0, Date().timeIntervalSince1970))),
+            ]
+            if let expiration = message.expiration {
+                entry["original-expiration"] = String(max(0, expiration.components.seconds * 1000))
+            }
+            return [.table(entry)] + entries
         }
 
         /// Hands ready messages to consumers with room under their prefetch, round-robin.

@@ -48,8 +48,8 @@ public struct OutgoingMessage: Sendable, Hashable {
     public var routingKey: String
     /// The body bytes.
     public var body: [UInt8]
-    /// Application headers (AMQP headers table, string values).
-    public var headers: [String: String]
+    /// Application headers (the AMQP headers table, typed values; plain strings read and write as strings).
+    public var headers: MessageHeaders
     /// A unique message id (AMQP `message-id`).
     public var messageId: String?
     /// The body's content type (AMQP `content-type`), for example `application/json`.
@@ -70,7 +70,7 @@ public struct OutgoingMessage: Sendable, Hashable {
         exchange: String,
         routingKey: String,
         body: [UInt8],
-        headers: [String: String] = [:],
+        headers: MessageHeaders = [:],
         messageId: String? = nil,
         contentType: String? = nil,
         type: String? = nil,
@@ -105,8 +105,8 @@ public struct Delivery: Sendable {
     public var queue: String
     /// The body bytes.
     public var body: [UInt8]
-    /// Application headers, values rendered as strings.
-    public var headers: [String: String]
+    /// Application headers, with their AMQP types (nested tables, arrays, decimals and typed numbers included).
+    public var headers: MessageHeaders
     /// AMQP `message-id`, if set.
     public var messageId: String?
     /// AMQP `content-type`, if set.
@@ -126,7 +126,7 @@ public struct Delivery: Sendable {
         routingKey: String,
         queue: String,
         body: [UInt8],
-        headers: [String: String] = [:],
+        headers: MessageHeaders = [:],
         messageId: String? = nil,
         contentType: String? = nil,
         type: String? = nil,

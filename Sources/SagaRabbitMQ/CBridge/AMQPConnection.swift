@@ -2,7 +2,9 @@
 // thread (see ConnectionWorker); values leave this file as Swift copies (String, [UInt8], Swift enums).
 
 import CRabbitMQ
+import Dispatch
 import SagaCore
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -22,7 +24,7 @@ enum AMQPFailure: Error {
 
 /// Message properties copied out of a content header frame.
 struct ContentProperties {
-    var headers: [String: String] = [:]
+    var headers = MessageHeaders()
     var messageId: String?
     var contentType: String?
     var type: String?
@@ -70,12 +72,25 @@ struct ConnectParameters: Sendable {
     var heartbeatSeconds: Int32
     var rpcTimeout: Duration
     var connectionName: String
+    /// TLS settings; `nil` for a plain TCP connection.
+    var tls: TLSParameters?
+}
+
+/// What a TLS connection needs (see ``RabbitMQConfiguration/TLS``).
+struct TLSParameters: Sendable {
+    var caCertificateFile: String?
+    var clientCertificateFile: String?
+    var clientKeyFile: String?
+    var verifyPeer: Bool
+    var verifyHostname: Bool
 }
 
 /// Owns one `amqp_connection_state_t`. Not `Sendable`: created, used and destroyed on one thread.
 final class AMQPConnection {
     private let state: amqp_connection_state_t
     private var destroyed = false
+    /// Memory for the header tables of outgoing messages, recycled after each publish.
+    private let tables = FieldTablePool()
     /// The TCP socket, for poll().
     let socketFD: Int32
 
@@ -88,65 +103,148 @@ final class AMQPConnection {
 
     // MARK: Connect
 
-    /// Opens a TCP connection, logs in and opens the virtual host.
+    /// Opens a TCP (or TLS) connection, logs in and opens the virtual host, all within `connectTimeout` (a peer
+    /// that accepts the TCP connection but never speaks AMQP is given up on when it expires).
     static func open(_ p: ConnectParameters) throws(BusError) -> AMQPConnection {
         guard let state = amqp_new_connection() else {
             throw BusError(.protocolError, "librabbitmq could not allocate a connection (out of memory?)")
         }
-        guard let socket = amqp_tcp_socket_new(state) else {
+        let place = RabbitMQConfiguration.Endpoint(host: p.host, port: p.port).description
+        let socket: OpaquePointer
+        do {
+            socket = try makeSocket(state, p, place: place)
+        } catch {
             amqp_destroy_connection(state)
-            throw BusError(.protocolError, "librabbitmq could not create a TCP socket")
+            throw error
         }
         var connectTV = p.connectTimeout.timeval
         let opened = p.host.withCString { amqp_socket_open_noblock(socket, $0, Int32(p.port), &connectTV) }
         if opened != AMQP_STATUS_OK.rawValue {
             amqp_destroy_connection(state)
-            let why = opened == AMQP_STATUS_TIMEOUT.rawValue ? "timed out after \(p.connectTimeout)" : "refused"
-            throw BusError(
-                .unreachable,
-                "Cannot reach the RabbitMQ broker at \(p.host):\(p.port) (connection \(why))",
-                recoverySuggestion: "check that the broker runs and listens there (locally: scripts/rabbitmq.sh start)",
-                isRetryable: true
-            )
+            throw openError(opened, p, place: place)
         }
         var handshakeTV = p.connectTimeout.timeval
         _ = amqp_set_handshake_timeout(state, &handshakeTV)
         var rpcTV = p.rpcTimeout.timeval
         _ = amqp_set_rpc_timeout(state, &rpcTV)
 
-        let reply = withConnectionName(p.connectionName) { properties in
-            p.vhost.withCString { vhost in
-                p.user.withCString { user in
-                    p.password.withCString { password in
-                        sagakit_amqp_login_plain(
-                            state, vhost, 0, 131_072, p.heartbeatSeconds, properties, user, password)
-                    }
+        // librabbitmq 0.11 does not bound the whole login by the handshake timeout; a watchdog shuts the socket
+        // down when the deadline passes, which makes the blocked call return.
+        let watchdog = LoginWatchdog(fd: amqp_get_sockfd(state), timeout: p.connectTimeout)
+        let pool = FieldTablePool()
+        var properties = clientProperties(p.connectionName, pool)
+        let reply = p.vhost.withCString { vhost in
+            p.user.withCString { user in
+                p.password.withCString { password in
+                    sagakit_amqp_login_plain(
+                        state, vhost, 0, 131_072, p.heartbeatSeconds, &properties, user, password)
                 }
             }
         }
+        let timedOut = watchdog.finish()
         if reply.reply_type != AMQP_RESPONSE_NORMAL {
-            let error = loginError(reply, p)
+            let error =
+                timedOut
+                ? BusError(
+                    .unreachable,
+                    "The peer at \(place) accepted the connection but did not complete the AMQP handshake within "
+                        + "\(p.connectTimeout)",
+                    recoverySuggestion: "check that \(place) is a RabbitMQ AMQP port"
+                        + (p.tls == nil ? " (an amqps:// TLS port needs an amqps:// URL)" : "")
+                        + " and that the broker is healthy",
+                    isRetryable: true)
+                : loginError(reply, p)
             amqp_destroy_connection(state)
             throw error
         }
         return AMQPConnection(state: state)
     }
 
-    private static func withConnectionName<R>(_ name: String, _ body: (UnsafePointer<amqp_table_t>) -> R) -> R {
-        var key = Array("connection_name".utf8)
-        var value = Array(name.utf8)
-        return key.withUnsafeMutableBytes { k in
-            value.withUnsafeMutableBytes { v in
-                var entry = amqp_table_entry_t()
-                entry.key = amqp_bytes_t(len: k.count, bytes: k.baseAddress)
-                entry.value.kind = UInt8(AMQP_FIELD_KIND_UTF8.rawValue)
-                entry.value.value.bytes = amqp_bytes_t(len: v.count, bytes: v.baseAddress)
-                return withUnsafeMutablePointer(to: &entry) { e in
-                    var table = amqp_table_t(num_entries: 1, entries: e)
-                    return withUnsafePointer(to: &table) { body($0) }
-                }
+    /// A TCP socket, or a TLS socket configured from `p.tls`.
+    private static func makeSocket(_ state: amqp_connection_state_t, _ p: ConnectParameters, place: String)
+        throws(BusError) -> OpaquePointer
+    {
+        guard let tls = p.tls else {
+            guard let socket = amqp_tcp_socket_new(state) else {
+                throw BusError(.protocolError, "librabbitmq could not create a TCP socket")
+            }
+            return socket
+        }
+        guard let socket = amqp_ssl_socket_new(state) else {
+            throw BusError(.protocolError, "librabbitmq could not create a TLS socket (OpenSSL initialisation failed)")
+        }
+        amqp_ssl_socket_set_verify_peer(socket, tls.verifyPeer ? 1 : 0)
+        amqp_ssl_socket_set_verify_hostname(socket, tls.verifyHostname ? 1 : 0)
+        if let ca = tls.caCertificateFile {
+            let status = ca.withCString { amqp_ssl_socket_set_cacert(socket, $0) }
+            guard status == AMQP_STATUS_OK.rawValue else {
+                throw BusError(
+                    .invalidArgument,
+                    "Cannot load the CA certificate file '\(ca)' for the TLS connection to \(place)",
+                    recoverySuggestion: "check that the file exists, is readable and holds PEM certificates")
             }
         }
+        if let certificate = tls.clientCertificateFile, let key = tls.clientKeyFile {
+            let status = certificate.withCString { c in key.withCString { k in amqp_ssl_socket_set_key(socket, c, k) } }
+            guard status == AMQP_STATUS_OK.rawValue else {
+                // The key file's name only: never its content.
+                throw BusError(
+                    .invalidArgument,
+                    "Cannot load the client certificate '\(certificate)' with the key file '\(key)' for the TLS "
+                        + "connection to \(place)",
+                    recoverySuggestion: "check that both files exist, are readable PEM, and that the key matches "
+                        + "the certificate")
+            }
+        }
+        return socket
+    }
+
+    /// Why `amqp_socket_open_noblock` failed, in words.
+    private static func openError(_ status: Int32, _ p: ConnectParameters, place: String) -> BusError {
+        let suggestion = "check that the broker runs and listens there (locally: scripts/rabbitmq.sh start)"
+        switch status {
+        case AMQP_STATUS_HOSTNAME_RESOLUTION_FAILED.rawValue:
+            return BusError(
+                .unreachable, "Cannot reach the RabbitMQ broker: cannot resolve host '\(p.host)'",
+                recoverySuggestion: "check the host name in the AMQP URL and the DNS configuration", isRetryable: true)
+        case AMQP_STATUS_TIMEOUT.rawValue:
+            return BusError(
+                .unreachable,
+                "Cannot reach the RabbitMQ broker at \(place) (no answer within \(p.connectTimeout))",
+                recoverySuggestion: suggestion, isRetryable: true)
+        case AMQP_STATUS_SSL_PEER_VERIFY_FAILED.rawValue, AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED.rawValue:
+            let what =
+                status == AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED.rawValue
+                ? "its certificate does not name host '\(p.host)'"
+                : "its certificate is not signed by a trusted CA"
+                    + (p.tls?.caCertificateFile.map { " (CA file '\($0)')" } ?? " (no CA file given)")
+            return BusError(
+                .tlsVerificationFailed, "The TLS connection to \(place) was refused: \(what)",
+                recoverySuggestion: "give the CA that signed the broker's certificate (cacertfile), or connect with "
+                    + "the host name the certificate names", isRetryable: false)
+        case AMQP_STATUS_SSL_ERROR.rawValue, AMQP_STATUS_SSL_CONNECTION_FAILED.rawValue:
+            return BusError(
+                .unreachable, "The TLS handshake with \(place) failed (\(describe(status)))",
+                recoverySuggestion: "check that \(place) is a TLS (amqps) port, and the TLS settings", isRetryable: true)
+        default:
+            let why = status == AMQP_STATUS_SOCKET_ERROR.rawValue ? "connection refused" : describe(status)
+            return BusError(
+                .unreachable, "Cannot reach the RabbitMQ broker at \(place) (\(why))", recoverySuggestion: suggestion,
+                isRetryable: true)
+        }
+    }
+
+    /// The client properties sent at login: the connection name and the capabilities SagaKit handles (librabbitmq
+    /// merges them with its own). `consumer_cancel_notify` makes the broker send `basic.cancel` when a consumer's
+    /// queue is deleted; `connection.blocked` makes it say when it blocks publishing (resource alarms).
+    private static func clientProperties(_ name: String, _ pool: FieldTablePool) -> amqp_table_t {
+        pool.table([
+            "connection_name": .string(name),
+            "capabilities": .table([
+                "consumer_cancel_notify": true, "connection.blocked": true, "publisher_confirms": true,
+                "basic.nack": true, "authentication_failure_close": true,
+            ]),
+        ])
     }
 
     private static func loginError(_ reply: amqp_rpc_reply_t, _ p: ConnectParameters) -> BusError {
@@ -162,20 +260,25 @@ final class AMQPConnection {
         if reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION {
             let status = reply.library_error
             if status == AMQP_STATUS_CONNECTION_CLOSED.rawValue || status == AMQP_STATUS_SOCKET_CLOSED.rawValue {
-                // RabbitMQ closes the socket without a reason when authentication fails for clients that do
-                // not ask for `authentication_failure_close`.
+                // The client announces `authentication_failure_close`, so RabbitMQ answers a failed login with
+                // connection.close (ACCESS_REFUSED), handled above. A bare close means the peer did not speak AMQP
+                // with us: not an AMQP port, or a TLS port reached without TLS.
                 return BusError(
-                    .authenticationFailed,
-                    "The broker at \(place) closed the connection during login of user '\(p.user)' "
-                        + "to vhost '\(p.vhost)'",
-                    recoverySuggestion: "check the user name and password in the AMQP URL"
+                    .unreachable,
+                    "The peer at \(place) closed the connection during the AMQP handshake (login of user "
+                        + "'\(p.user)' to vhost '\(p.vhost)')",
+                    recoverySuggestion: "check that \(place) is a RabbitMQ AMQP port"
+                        + (p.tls == nil ? "; a TLS port needs an amqps:// URL" : " that speaks TLS"),
+                    isRetryable: true
                 )
             }
             if status == AMQP_STATUS_TIMEOUT.rawValue || status == AMQP_STATUS_SOCKET_ERROR.rawValue {
                 return BusError(
                     .unreachable,
                     "The broker at \(place) did not complete the AMQP handshake (\(describe(status)))",
-                    recoverySuggestion: "check that \(place) is a RabbitMQ AMQP port and that the broker is healthy",
+                    recoverySuggestion: "check that \(place) is a RabbitMQ AMQP port"
+                        + (p.tls == nil ? " (a TLS port needs an amqps:// URL)" : "")
+                        + " and that the broker is healthy",
                     isRetryable: true
                 )
             }
@@ -291,54 +394,44 @@ final class AMQPConnection {
         let type = message.type.map { strings.add($0) }
         let correlationId = message.correlationId.map { strings.add($0) }
         let expiration = message.expiration.map { strings.add(String(max(0, $0.milliseconds))) }
-        let headers = message.headers.map { (strings.add($0.key), strings.add($0.value)) }
+        defer { tables.recycle() }
+        let headers = message.headers.isEmpty ? nil : tables.table(message.headers)
 
         let status: Int32 = strings.withBytes { bytes in
-            var entries = headers.map { key, value in
-                var entry = amqp_table_entry_t()
-                entry.key = bytes(key)
-                entry.value.kind = UInt8(AMQP_FIELD_KIND_UTF8.rawValue)
-                entry.value.value.bytes = bytes(value)
-                return entry
+            var properties = amqp_basic_properties_t()
+            var flags: UInt32 = UInt32(AMQP_BASIC_DELIVERY_MODE_FLAG)
+            properties.delivery_mode = message.persistent ? 2 : 1
+            if let headers {
+                flags |= UInt32(AMQP_BASIC_HEADERS_FLAG)
+                properties.headers = headers
             }
-            return entries.withUnsafeMutableBufferPointer { entries in
-                var properties = amqp_basic_properties_t()
-                var flags: UInt32 = UInt32(AMQP_BASIC_DELIVERY_MODE_FLAG)
-                properties.delivery_mode = message.persistent ? 2 : 1
-                if !headers.isEmpty {
-                    flags |= UInt32(AMQP_BASIC_HEADERS_FLAG)
-                    properties.headers = amqp_table_t(
-                        num_entries: Int32(entries.count), entries: entries.baseAddress)
-                }
-                if let messageId {
-                    flags |= UInt32(AMQP_BASIC_MESSAGE_ID_FLAG)
-                    properties.message_id = bytes(messageId)
-                }
-                if let contentType {
-                    flags |= UInt32(AMQP_BASIC_CONTENT_TYPE_FLAG)
-                    properties.content_type = bytes(contentType)
-                }
-                if let type {
-                    flags |= UInt32(AMQP_BASIC_TYPE_FLAG)
-                    properties.type = bytes(type)
-                }
-                if let correlationId {
-                    flags |= UInt32(AMQP_BASIC_CORRELATION_ID_FLAG)
-                    properties.correlation_id = bytes(correlationId)
-                }
-                if let expiration {
-                    flags |= UInt32(AMQP_BASIC_EXPIRATION_FLAG)
-                    properties._flags = flags
-                    properties.expiration = bytes(expiration)
-                }
-                properties._flags = flags
-                return message.body.withUnsafeBytes { body in
-                    amqp_basic_publish(
-                        state, channel, bytes(exchange), bytes(routingKey), message.mandatory ? 1 : 0, 0,
-                        &properties,
-                        amqp_bytes_t(len: body.count, bytes: UnsafeMutableRawPointer(mutating: body.baseAddress))
-                    )
-                }
+            if let messageId {
+                flags |= UInt32(AMQP_BASIC_MESSAGE_ID_FLAG)
+                properties.message_id = bytes(messageId)
+            }
+            if let contentType {
+                flags |= UInt32(AMQP_BASIC_CONTENT_TYPE_FLAG)
+                properties.content_type = bytes(contentType)
+            }
+            if let type {
+                flags |= UInt32(AMQP_BASIC_TYPE_FLAG)
+                properties.type = bytes(type)
+            }
+            if let correlationId {
+                flags |= UInt32(AMQP_BASIC_CORRELATION_ID_FLAG)
+                properties.correlation_id = bytes(correlationId)
+            }
+            if let expiration {
+                flags |= UInt32(AMQP_BASIC_EXPIRATION_FLAG)
+                properties.expiration = bytes(expiration)
+            }
+            properties._flags = flags
+            return message.body.withUnsafeBytes { body in
+                amqp_basic_publish(
+                    state, channel, bytes(exchange), bytes(routingKey), message.mandatory ? 1 : 0, 0,
+                    &properties,
+                    amqp_bytes_t(len: body.count, bytes: UnsafeMutableRawPointer(mutating: body.baseAddress))
+                )
             }
         }
         try checkStatus(status)
@@ -511,35 +604,8 @@ final class AMQPConnection {
         if has(AMQP_BASIC_CONTENT_TYPE_FLAG) { result.contentType = p.pointee.content_type.string }
         if has(AMQP_BASIC_TYPE_FLAG) { result.type = p.pointee.type.string }
         if has(AMQP_BASIC_CORRELATION_ID_FLAG) { result.correlationId = p.pointee.correlation_id.string }
-        if has(AMQP_BASIC_HEADERS_FLAG), let entries = p.pointee.headers.entries {
-            let count = Int(p.pointee.headers.num_entries)
-            result.headers.reserveCapacity(count)
-            for i in 0..<count {
-                let entry = entries[i]
-                if let value = render(entry.value) { result.headers[entry.key.string] = value }
-            }
-        }
+        if has(AMQP_BASIC_HEADERS_FLAG) { result.headers = FieldTableDecoder.headers(p.pointee.headers) }
         return result
-    }
-
-    /// Renders a header value as a string; nested tables and arrays are left out.
-    private static func render(_ v: amqp_field_value_t) -> String? {
-        switch UInt32(v.kind) {
-        case AMQP_FIELD_KIND_UTF8.rawValue, AMQP_FIELD_KIND_BYTES.rawValue: return v.value.bytes.string
-        case AMQP_FIELD_KIND_BOOLEAN.rawValue: return v.value.boolean != 0 ? "true" : "false"
-        case AMQP_FIELD_KIND_I8.rawValue: return String(v.value.i8)
-        case AMQP_FIELD_KIND_U8.rawValue: return String(v.value.u8)
-        case AMQP_FIELD_KIND_I16.rawValue: return String(v.value.i16)
-        case AMQP_FIELD_KIND_U16.rawValue: return String(v.value.u16)
-        case AMQP_FIELD_KIND_I32.rawValue: return String(v.value.i32)
-        case AMQP_FIELD_KIND_U32.rawValue: return String(v.value.u32)
-        case AMQP_FIELD_KIND_I64.rawValue: return String(v.value.i64)
-        case AMQP_FIELD_KIND_U64.rawValue, AMQP_FIELD_KIND_TIMESTAMP.rawValue: return String(v.value.u64)
-        case AMQP_FIELD_KIND_F32.rawValue: return String(v.value.f32)
-        case AMQP_FIELD_KIND_F64.rawValue: return String(v.value.f64)
-        case AMQP_FIELD_KIND_VOID.rawValue: return ""
-        default: return nil
-        }
     }
 
     // MARK: Building amqp_bytes_t for the duration of a call
@@ -616,9 +682,38 @@ private struct ArgumentTable {
 
 extension amqp_bytes_t {
     /// A Swift copy of the bytes as UTF-8 text (invalid sequences repaired).
-    fileprivate var string: String {
-        guard len > 0, let bytes else { return "" }
-        return String(decoding: UnsafeRawBufferPointer(start: bytes, count: len), as: UTF8.self)
+    fileprivate var string: String { text }
+}
+
+/// Bounds a login by a deadline: when it passes before ``finish()``, the socket is shut down (not closed: the
+/// descriptor stays valid until the connection is destroyed), which makes the blocked librabbitmq call fail.
+///
+/// `Sendable`: the only state is behind a `Mutex`; the descriptor is shut down under that lock and only while the
+/// login has not finished, so never after the owning thread went on to destroy the connection.
+private final class LoginWatchdog: Sendable {
+    private struct State {
+        var finished = false
+        var fired = false
+    }
+    private let state = Mutex(State())
+
+    init(fd: Int32, timeout: Duration) {
+        let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
+        DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { [self] in
+            state.withLock { state in
+                guard !state.finished else { return }
+                state.fired = true
+                _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))
+            }
+        }
+    }
+
+    /// Ends the watch; `true` when the deadline had passed (the socket was shut down).
+    func finish() -> Bool {
+        state.withLock { state in
+            state.finished = true
+            return state.fired
+        }
     }
 }
 
