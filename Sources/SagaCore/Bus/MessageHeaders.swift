@@ -27,7 +27,7 @@ public enum HeaderValue: Sendable, Hashable {
     case uint32(UInt32)
     /// A signed 64-bit integer (`l`).
     case int64(Int64)
-    /// An unsigned 64-bit integer (`L`; RabbitMQ does not know this type and refuses a message carrying it).
+    /// An unsigned 64-bit integer (`L`; RabbitMQ's table parser has no clause for this type: avoid it with RabbitMQ).
     case uint64(UInt64)
     /// A 32-bit floating-point number (`f`).
     case float(Float)
