@@ -36,8 +36,9 @@ struct RabbitMQFaultTests {
         try await collector.waitFor(count: 2, within: .seconds(10))
         #expect(collector.bodies == ["before", "after"])
         #expect(collector.failure == nil)
-        try await other.deleteQueue(queue)
+        // Stop the consumer first, or it would declare the queue again after the clean-up deletes it.
         await consumerBus.shutdown()
+        try await other.deleteQueue(queue)
         await other.shutdown()
     }
 
