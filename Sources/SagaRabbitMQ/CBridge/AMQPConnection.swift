@@ -132,12 +132,15 @@ final class AMQPConnection {
         // down when the deadline passes, which makes the blocked call return.
         let watchdog = LoginWatchdog(fd: amqp_get_sockfd(state), timeout: p.connectTimeout)
         let pool = FieldTablePool()
-        var properties = clientProperties(p.connectionName, pool)
-        let reply = p.vhost.withCString { vhost in
-            p.user.withCString { user in
-                p.password.withCString { password in
-                    sagakit_amqp_login_plain(
-                        state, vhost, 0, 131_072, p.heartbeatSeconds, &properties, user, password)
+        // The table's memory belongs to `pool`, which must outlive the login call.
+        let reply = withExtendedLifetime(pool) {
+            var properties = clientProperties(p.connectionName, pool)
+            return p.vhost.withCString { vhost in
+                p.user.withCString { user in
+                    p.password.withCString { password in
+                        sagakit_amqp_login_plain(
+                            state, vhost, 0, 131_072, p.heartbeatSeconds, &properties, user, password)
+                    }
                 }
             }
         }
