@@ -424,6 +424,14 @@ public struct SagaParticipant: Service {
             try await engine.bus.publish(letter)
             engine.metrics.deadLettered(service: configuration.service)
             await settle(delivery, .ack, logger: logger)
+        } catch where SagaMessages.rejectsInsteadOfDeadLettering(error) {
+            // Too large to publish again: the broker dead-letters it unchanged through the queue's
+            // dead-letter exchange (x-death reason "rejected"; `saga dlq list` explains it).
+            logger.error(
+                "cannot publish the dead letter; rejecting the message to the queue's dead-letter exchange",
+                metadata: ["error": "\(error)"])
+            engine.metrics.deadLettered(service: configuration.service)
+            await settle(delivery, .reject, logger: logger)
         } catch {
             logger.error("could not dead-letter the message; it will be redelivered", metadata: ["error": "\(error)"])
             try? await Task.sleep(for: .seconds(1))
