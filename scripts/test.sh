@@ -54,11 +54,13 @@ log "building (first build compiles the dependencies: several minutes)"
 swift build --build-tests "$@"
 log "running the tests"
 # Only Swift Testing is used; --disable-xctest avoids XCTest's empty "Executed 0 tests" summary.
-# The cluster test runs on its own afterwards: its three extra broker nodes would starve the
-# other suites' time limits on a small machine.
-swift test --skip-build --disable-xctest --skip ClusterTests "$@"
-log "the RabbitMQ cluster test (three more broker nodes, on their own)"
-swift test --skip-build --disable-xctest --filter ClusterTests "$@"
+# The suites that boot brokers of their own (a late broker, a TLS broker, a three-node cluster)
+# run afterwards, on their own: an Erlang VM booting beside the other suites starves their time
+# limits on a small machine.
+own_brokers="ClusterTests|BrokerLateTests|RabbitMQTLSTests"
+swift test --skip-build --disable-xctest --skip "$own_brokers" "$@"
+log "the suites that start brokers of their own"
+swift test --skip-build --disable-xctest --filter "$own_brokers" "$@"
 
 # A user's package (Examples/TripSaga: its own Package.swift, SagaKit by path, public products only):
 # its handler tests with SagaTesting, then its services as separate processes on the real broker.

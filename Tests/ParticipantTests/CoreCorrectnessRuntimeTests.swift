@@ -24,7 +24,7 @@ struct CoreCorrectnessRuntimeTests {
         }
         let final = try await runSagaParticipants(handlers, definitions: Self.timeoutDefinitions, bus: bus, store: store) { manager in
             let id = try await manager.start("timeout-order", payload: ["orderId": "o-1"])
-            return try await manager.outcome(of: id, timeout: .seconds(10))
+            return try await manager.outcome(of: id, timeout: .seconds(60))
         }
         #expect(final.status == .compensated)
         #expect(ledger.effects(of: final.id) == ["inventory.reserve", "payment.charge", "payment.refund", "inventory.release"])
@@ -60,7 +60,7 @@ struct CoreCorrectnessRuntimeTests {
             // An operator compensates the saga while the charge runs.
             _ = try await manager.compensate(id)
             release.set()
-            return try await manager.outcome(of: id, timeout: .seconds(10))
+            return try await manager.outcome(of: id, timeout: .seconds(60))
         }
         #expect(final.status == .compensated)
         let text = try #require(reported.withLock { $0 })
@@ -145,7 +145,7 @@ struct CoreCorrectnessRuntimeTests {
         #expect(try await store.pendingOutbox(createdBefore: .distantFuture, limit: 10).map(\.sagaID) == [id])
         // Participants come up: the outbox relay sends the command and the saga runs.
         let final = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { manager in
-            try await manager.outcome(of: id, timeout: .seconds(10))
+            try await manager.outcome(of: id, timeout: .seconds(60))
         }
         #expect(final.status == .completed)
         // Several participants' relays may publish the row at once (a handler may run more than

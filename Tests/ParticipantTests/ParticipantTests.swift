@@ -16,7 +16,7 @@ struct ParticipantTests {
     @Test func threeStepSagaCompletes() async throws {
         let final = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { manager in
             let id = try await manager.start("order", payload: ["orderId": "o-1", "amount": 30])
-            return try await manager.outcome(of: id, timeout: .seconds(10))
+            return try await manager.outcome(of: id, timeout: .seconds(60))
         }
         #expect(final.status == .completed)
         #expect(final.payload["reservationId"] == .string("r-\(final.id)"))
@@ -30,7 +30,7 @@ struct ParticipantTests {
     @Test func declinedPaymentReleasesStockAndShipsNothing() async throws {
         let final = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { manager in
             let id = try await manager.start("order", payload: ["orderId": "o-2", "amount": 30, "declinePayment": true])
-            return try await manager.outcome(of: id, timeout: .seconds(10))
+            return try await manager.outcome(of: id, timeout: .seconds(60))
         }
         #expect(final.status == .compensated)
         #expect(final.failureReason == "step 'charge-card' failed: card declined")
@@ -77,7 +77,7 @@ struct ParticipantTests {
         let metrics = TestMetricsBackend.shared
         let final = try await withParticipants(handlers, bus: bus, store: store) { manager in
             let id = try await manager.start("order", payload: ["orderId": "o-5", "amount": 30])
-            let final = try await manager.outcome(of: id, timeout: .seconds(10))
+            let final = try await manager.outcome(of: id, timeout: .seconds(60))
             // Deliver the first command again, twice: the saga is completed, nothing runs.
             let duplicate = SagaCommand(
                 sagaID: id, sagaName: "order", command: "inventory.reserve", step: 0, stepName: "reserve-stock", phase: .action, attempt: 1)
@@ -125,7 +125,7 @@ struct ParticipantTests {
                     exchange: testTopology.commandsExchange, routingKey: routingKey, body: Array(body.utf8), contentType: contentType))
             // A saga keeps flowing meanwhile.
             let id = try await manager.start("order", payload: ["orderId": "o-6", "amount": 1])
-            #expect(try await manager.outcome(of: id, timeout: .seconds(10)).status == .completed)
+            #expect(try await manager.outcome(of: id, timeout: .seconds(60)).status == .completed)
             return try await collect(queue: testTopology.deadLetterQueue, count: 1)
         }
         let letter = try #require(letters.first)
@@ -204,7 +204,7 @@ struct ParticipantTests {
                 body: Array(try JSONCoding.encode(command)), headers: [:], createdAt: Date().addingTimeInterval(-10)
             )
             _ = try await store.create(state, outbox: [message])
-            return try await manager.outcome(of: "unsent-1", timeout: .seconds(10))
+            return try await manager.outcome(of: "unsent-1", timeout: .seconds(60))
         }
         #expect(final.status == .completed)
     }
@@ -238,7 +238,7 @@ struct ParticipantTests {
         let final = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { manager in
             try await manager.start("order", payload: ["orderId": "o-9", "amount": 1], id: "same-id")
             try await manager.start("order", payload: ["orderId": "o-9", "amount": 1], id: "same-id")
-            return try await manager.outcome(of: "same-id", timeout: .seconds(10))
+            return try await manager.outcome(of: "same-id", timeout: .seconds(60))
         }
         #expect(final.status == .completed)
         #expect(ledger.calls("inventory.reserve", of: "same-id") == 1)
@@ -279,7 +279,7 @@ struct ParticipantTests {
         handlers["inventory"] = inventory
         let final = try await withParticipants(handlers, bus: bus, store: store) { manager in
             let id = try await manager.start("order", payload: ["orderId": "o-10", "amount": 1])
-            return try await manager.outcome(of: id, timeout: .seconds(10))
+            return try await manager.outcome(of: id, timeout: .seconds(60))
         }
         #expect(final.status == .completed)
         #expect(seen.withLock { $0 }?.contains("completeCompensation() was called by the handler of 'inventory.reserve'") == true)

@@ -35,7 +35,7 @@ struct SecretLeakTests {
             for arguments in [
                 ["list", "--store-url", url], ["dlq", "list", "--amqp-url", url, "--store-url", "sqlite:///nonexistent.db"],
             ] {
-                let (status, output) = try run("saga", arguments: arguments, timeout: .seconds(10))
+                let (status, output) = try run("saga", arguments: arguments, timeout: .seconds(60))
                 if output.contains(Self.password) { failures.append("saga \(arguments.joined(separator: " ")) printed: \(output)") }
                 if status == 0 { failures.append("saga \(arguments.joined(separator: " ")) succeeded with a malformed URL") }
             }

@@ -21,7 +21,7 @@ struct TracingTests {
         let final = try await withParticipants(orderHandlers(ledger: ledger), bus: InMemoryBus(), store: InMemorySagaStore()) {
             manager in
             let id = try await manager.start("order", payload: ["orderId": "o-t", "amount": 30, "declinePayment": true])
-            return try await manager.outcome(of: id, timeout: .seconds(10))
+            return try await manager.outcome(of: id, timeout: .seconds(60))
         }
         #expect(final.status == .compensated)
 

@@ -62,7 +62,7 @@ struct RabbitMQLifecycleTests {
                 try await bus.publish(OutgoingMessage(exchange: "", routingKey: "nowhere", body: []))
             }
             let waited = ContinuousClock.now - start
-            #expect(waited >= .seconds(1) && waited < .seconds(5), "waited \(waited)")
+            #expect(waited >= .seconds(1) && waited < .seconds(20), "waited \(waited)")
             #expect(error?.code == .unreachable)
             #expect(error?.description.contains("127.0.0.1:1") == true, "\(String(describing: error))")
             #expect(error?.description.contains("operationTimeout") == true)
