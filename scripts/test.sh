@@ -57,10 +57,11 @@ log "running the tests"
 # The suites that boot brokers of their own (a late broker, a TLS broker, a three-node cluster)
 # run afterwards, on their own: an Erlang VM booting beside the other suites starves their time
 # limits on a small machine.
-own_brokers="ClusterTests|BrokerLateTests|RabbitMQTLSTests"
-swift test --skip-build --disable-xctest --skip "$own_brokers" "$@"
+own_brokers="ClusterTests|BrokerLateTests|RabbitMQTLSTests|RabbitMQRecoveryTests"
+timeout --kill-after=30 2400 swift test --skip-build --disable-xctest --skip "$own_brokers" "$@"
 log "the suites that start brokers of their own"
-swift test --skip-build --disable-xctest --filter "$own_brokers" "$@"
+# Bounded: a test stuck in the transport must fail this run, not hang it.
+timeout --kill-after=30 1500 swift test --skip-build --disable-xctest --filter "$own_brokers" "$@"
 
 # A user's package (Examples/TripSaga: its own Package.swift, SagaKit by path, public products only):
 # its handler tests with SagaTesting, then its services as separate processes on the real broker.
