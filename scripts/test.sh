@@ -54,14 +54,16 @@ log "building (first build compiles the dependencies: several minutes)"
 swift build --build-tests "$@"
 log "running the tests"
 # Only Swift Testing is used; --disable-xctest avoids XCTest's empty "Executed 0 tests" summary.
-# The suites that boot brokers of their own (a late broker, a TLS broker, a three-node cluster)
-# run afterwards, on their own: an Erlang VM booting beside the other suites starves their time
-# limits on a small machine.
-own_brokers="ClusterTests|BrokerLateTests|RabbitMQTLSTests|RabbitMQRecoveryTests"
-timeout --kill-after=30 2400 swift test --skip-build --disable-xctest --skip "$own_brokers" "$@"
-log "the suites that start brokers of their own"
-# Bounded: a test stuck in the transport must fail this run, not hang it.
-timeout --kill-after=30 1500 swift test --skip-build --disable-xctest --filter "$own_brokers" "$@"
+# Two phases. First the suites that run in this process, in parallel. Then, one at a time, the
+# suites that start servers or processes of their own (private brokers, a TLS broker, a cluster,
+# a private PostgreSQL, participant processes killed mid-flow, hundreds of CLI runs): beside the
+# others they starve the timing of delay-based tests on a small machine. Both phases are bounded,
+# so a stuck test fails the run instead of hanging it.
+own_processes="ClusterTests|BrokerLateTests|RabbitMQTLSTests|RabbitMQRecoveryTests|RabbitMQFaultTests|TransportFaultTests"
+own_processes+="|ParticipantFaultTests|StoreOutageTests|SecretLeakTests|OperatorStoredDefinitionTests"
+timeout --kill-after=30 2400 swift test --skip-build --disable-xctest --skip "$own_processes" "$@"
+log "the suites that start servers or processes of their own, one at a time"
+timeout --kill-after=30 2400 swift test --skip-build --disable-xctest --no-parallel --filter "$own_processes" "$@"
 
 # A user's package (Examples/TripSaga: its own Package.swift, SagaKit by path, public products only):
 # its handler tests with SagaTesting, then its services as separate processes on the real broker.
