@@ -180,20 +180,7 @@ public final class SQLiteSagaStore: SagaStore, Service {
     ///
     /// - Throws: what `body` throws, or the error of ``run()`` when the store cannot be opened.
     public func withRunning<Result>(_ body: (SQLiteSagaStore) async throws -> Result) async throws -> Result {
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await self.run() }
-            let result: Swift.Result<Result, any Error>
-            do {
-                try await lifecycle.waitUntilRunning()
-                result = .success(try await body(self))
-            } catch {
-                result = .failure(error)
-            }
-            await shutdown()
-            // The error of run() (the store could not be opened) explains a failure best.
-            try await group.waitForAll()
-            return try result.get()
-        }
+        try await lifecycle.withRunning({ try await self.run() }, { try await body(self) })
     }
 
     // MARK: Opening

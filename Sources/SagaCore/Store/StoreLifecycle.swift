@@ -211,6 +211,27 @@ package final class StoreLifecycle: Sendable {
 
     /// Requests the stop and waits until `run()` has closed the store; returns at once when the
     /// store never ran (it then never will).
+    /// Runs `run` (the store's `run()`) while `body` runs, then shuts the store down: the shape of
+    /// both SQL stores' `withRunning`. Throws what `body` throws, or `run`'s error when the store
+    /// could not start (it explains a failure best).
+    package func withRunning<Result>(
+        _ run: @escaping @Sendable () async throws -> Void, _ body: () async throws -> Result
+    ) async throws -> Result {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await run() }
+            let result: Swift.Result<Result, any Error>
+            do {
+                try await waitUntilRunning()
+                result = .success(try await body())
+            } catch {
+                result = .failure(error)
+            }
+            await shutdown()
+            try await group.waitForAll()
+            return try result.get()
+        }
+    }
+
     package func shutdown() async {
         requestStop()
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
