@@ -37,6 +37,10 @@ extension PostgresSagaStore {
         if let statuses = query.statuses, statuses.isEmpty { return [] }
         let statuses = query.statuses.map { $0.map(\.rawValue).sorted() }
         let before = query.updatedBefore.map(StoreCoding.milliseconds)
+        // The version is a string in the context JSON; a saga without it is on version 1.
+        let version = query.definitionVersion.map(String.init)
+        let versionKey = SagaState.definitionVersionKey
+        let minimumAttempt = query.minimumAttempt
         let result = try await rows(
             "list sagas",
             """
@@ -44,6 +48,8 @@ extension PostgresSagaStore {
             WHERE (\(statuses)::text[] IS NULL OR status = ANY(\(statuses)::text[]))
               AND (\(query.name)::text IS NULL OR name = \(query.name)::text)
               AND (\(before)::int8 IS NULL OR updated_at < timestamptz 'epoch' + \(before)::int8 * interval '1 millisecond')
+              AND (\(version)::text IS NULL OR COALESCE(context->>\(versionKey)::text, '1') = \(version)::text)
+              AND (\(minimumAttempt)::int8 IS NULL OR attempt >= \(minimumAttempt)::int8)
             ORDER BY updated_at DESC, id
             LIMIT \(max(0, query.limit))
             """

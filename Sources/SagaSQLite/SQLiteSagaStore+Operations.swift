@@ -102,6 +102,15 @@ extension SQLiteSagaStore {
             conditions.append("updated_at < ?")
             arguments += [StoreCoding.milliseconds(before)]
         }
+        if let version = query.definitionVersion {
+            // The version is a string in the context JSON; a saga without it is on version 1.
+            conditions.append("COALESCE(json_extract(context, ?), '1') = ?")
+            arguments += ["$.\"\(SagaState.definitionVersionKey)\"", String(version)]
+        }
+        if let minimumAttempt = query.minimumAttempt {
+            conditions.append("attempt >= ?")
+            arguments += [minimumAttempt]
+        }
         arguments += [max(0, query.limit)]
         let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
         let sql = "SELECT \(SagaRow.columns) FROM sagas \(filter) ORDER BY updated_at DESC, id LIMIT ?"

@@ -99,12 +99,7 @@ public final class InMemorySagaStore: SagaStore {
     /// Sagas matching the query, most recently updated first (ties by id).
     public func list(_ query: SagaQuery) async throws -> [SagaState] {
         let all = storage.withLock { storage in Array(storage.sagas.values.map(\.state)) }
-        let matching = all.filter { state in
-            if let statuses = query.statuses, !statuses.contains(state.status) { return false }
-            if let name = query.name, state.name != name { return false }
-            if let before = query.updatedBefore, !(state.updatedAt < before) { return false }
-            return true
-        }
+        let matching = all.filter(query.matches)
         let sorted = matching.sorted { lhs, rhs in
             lhs.updatedAt != rhs.updatedAt ? lhs.updatedAt > rhs.updatedAt : lhs.id < rhs.id
         }

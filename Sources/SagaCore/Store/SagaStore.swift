@@ -246,22 +246,47 @@ public struct OutboxMessage: Sendable, Hashable, Codable {
     }
 }
 
-/// A filter for ``SagaStore/list(_:)``.
+/// A filter for ``SagaStore/list(_:)``. Every filter that is set must match (they combine with
+/// AND); a filter left `nil` matches every saga.
 public struct SagaQuery: Sendable, Hashable {
-    /// Only these statuses (all when `nil`).
+    /// Only these statuses (all when `nil`; an empty set matches nothing).
     public var statuses: Set<SagaStatus>?
     /// Only this definition name.
     public var name: String?
     /// Only sagas not updated since this time (stalled candidates).
     public var updatedBefore: Date?
+    /// Only sagas pinned to this definition version (``SagaState/definitionVersion``, kept in the
+    /// context under ``SagaState/definitionVersionKey``; a saga without that key is on version 1).
+    public var definitionVersion: Int?
+    /// Only sagas whose current command has been attempted at least this many times
+    /// (``SagaState/attempt`` ≥ `minimumAttempt`). With `statuses` `[.running, .compensating]`
+    /// it finds sagas retrying a step over and over, for example past their pivot with a handler
+    /// that always throws.
+    public var minimumAttempt: Int?
     /// At most this many.
     public var limit: Int
 
     /// Creates a query.
-    public init(statuses: Set<SagaStatus>? = nil, name: String? = nil, updatedBefore: Date? = nil, limit: Int = 100) {
+    public init(
+        statuses: Set<SagaStatus>? = nil, name: String? = nil, updatedBefore: Date? = nil, definitionVersion: Int? = nil,
+        minimumAttempt: Int? = nil, limit: Int = 100
+    ) {
         self.statuses = statuses
         self.name = name
         self.updatedBefore = updatedBefore
+        self.definitionVersion = definitionVersion
+        self.minimumAttempt = minimumAttempt
         self.limit = limit
+    }
+
+    /// Whether `state` matches every filter of the query (the limit aside): the reference for
+    /// stores that filter in memory.
+    public func matches(_ state: SagaState) -> Bool {
+        if let statuses, !statuses.contains(state.status) { return false }
+        if let name, state.name != name { return false }
+        if let updatedBefore, !(state.updatedAt < updatedBefore) { return false }
+        if let definitionVersion, state.definitionVersion != definitionVersion { return false }
+        if let minimumAttempt, state.attempt < minimumAttempt { return false }
+        return true
     }
 }

@@ -375,4 +375,81 @@ extension SagaStoreConformance {
         #expect(again.first?.version == 2)
         #expect(again.first?.reapAttempts == 1)
     }
+
+    /// `list` filters by ``SagaQuery/definitionVersion``: the version is read from the saga's
+    /// context (``SagaState/definitionVersionKey``), and a saga without that key is on version 1.
+    /// The filter combines with the name and the statuses, and sees versions written by `commit`.
+    public static let listFiltersByDefinitionVersion = Check("listFiltersByDefinitionVersion") { fixture in
+        let store = fixture.store
+        let name = uniqueID("definition")
+        let base = milliseconds(Date().addingTimeInterval(-1000))
+        func saga(version: Int?, status: SagaStatus = .running, name: String = name, at offset: Double) -> SagaState {
+            var state = makeState(name: name, status: status, updatedAt: base.addingTimeInterval(offset))
+            if let version { state.definitionVersion = version }
+            return state
+        }
+        let unversioned = saga(version: nil, at: 0)
+        let one = saga(version: 1, at: 1)
+        let two = saga(version: 2, at: 2)
+        let twoCompleted = saga(version: 2, status: .completed, at: 3)
+        let twelve = saga(version: 12, at: 4)
+        let otherTwo = saga(version: 2, name: uniqueID("other"), at: 5)
+        for state in [unversioned, one, two, twoCompleted, twelve, otherTwo] { _ = try await store.create(state, outbox: []) }
+
+        let versionTwo = try await fixture.other.list(SagaQuery(name: name, definitionVersion: 2))
+        #expect(versionTwo.map(\.id) == [twoCompleted.id, two.id])
+        let versionOne = try await fixture.other.list(SagaQuery(name: name, definitionVersion: 1))
+        #expect(versionOne.map(\.id) == [one.id, unversioned.id], "a saga without a version is on version 1")
+        let runningTwo = try await store.list(SagaQuery(statuses: [.running], name: name, definitionVersion: 2))
+        #expect(runningTwo.map(\.id) == [two.id])
+        #expect(try await store.list(SagaQuery(name: name, definitionVersion: 12)).map(\.id) == [twelve.id])
+        #expect(try await store.list(SagaQuery(name: name, definitionVersion: 3)).isEmpty)
+        let anyName = try await store.list(SagaQuery(definitionVersion: 2, limit: 10_000))
+        #expect(Set(anyName.map(\.id)).isSuperset(of: [two.id, twoCompleted.id, otherTwo.id]))
+        #expect(!anyName.contains { $0.definitionVersion != 2 })
+
+        // A commit that changes the pinned version moves the saga between the filters.
+        var moved = try await store.load(unversioned.id)
+        moved.definitionVersion = 2
+        moved.updatedAt = base.addingTimeInterval(10)
+        try await store.commit(SagaTransition(state: moved, expectedVersion: 1, outbox: []))
+        let afterCommit = try await fixture.other.list(SagaQuery(name: name, definitionVersion: 2))
+        #expect(afterCommit.map(\.id) == [unversioned.id, twoCompleted.id, two.id])
+    }
+
+    /// `list` filters by ``SagaQuery/minimumAttempt`` (the current command's attempt is at least
+    /// that): combined with the statuses running and compensating it finds sagas retrying a step
+    /// over and over; attempts written by `commit` count.
+    public static let listFiltersByMinimumAttempt = Check("listFiltersByMinimumAttempt") { fixture in
+        let store = fixture.store
+        let name = uniqueID("definition")
+        let base = milliseconds(Date().addingTimeInterval(-1000))
+        func saga(attempt: Int, status: SagaStatus, at offset: Double) -> SagaState {
+            var state = makeState(name: name, status: status, updatedAt: base.addingTimeInterval(offset))
+            state.attempt = attempt
+            state.currentStep = 2
+            return state
+        }
+        let first = saga(attempt: 1, status: .running, at: 0)
+        let fourth = saga(attempt: 4, status: .running, at: 1)
+        let fifth = saga(attempt: 5, status: .running, at: 2)
+        let ninthCompensating = saga(attempt: 9, status: .compensating, at: 3)
+        let sixthStopped = saga(attempt: 6, status: .needsAttention, at: 4)
+        for state in [first, fourth, fifth, ninthCompensating, sixthStopped] { _ = try await store.create(state, outbox: []) }
+
+        let atLeastFive = try await fixture.other.list(SagaQuery(name: name, minimumAttempt: 5))
+        #expect(atLeastFive.map(\.id) == [sixthStopped.id, ninthCompensating.id, fifth.id])
+        let stuck = try await fixture.other.list(SagaQuery(statuses: [.running, .compensating], name: name, minimumAttempt: 5))
+        #expect(stuck.map(\.id) == [ninthCompensating.id, fifth.id])
+        #expect(try await store.list(SagaQuery(name: name, minimumAttempt: 1)).count == 5)
+        #expect(try await store.list(SagaQuery(name: name, minimumAttempt: 10)).isEmpty)
+
+        // One more failed attempt of the fourth: now it is stuck too.
+        var retried = try await store.load(fourth.id)
+        retried.attempt = 5
+        retried.updatedAt = base.addingTimeInterval(10)
+        try await store.commit(SagaTransition(state: retried, expectedVersion: 1, outbox: []))
+        let afterCommit = try await fixture.other.list(SagaQuery(statuses: [.running, .compensating], name: name, minimumAttempt: 5))
+        #expect(afterCommit.map(\.id) == [fourth.id, ninthCompensating.id, fifth.id])
+    }
 }

@@ -100,6 +100,8 @@ public enum SagaStoreConformance {
         outboxIsPendingOldestFirstUntilMarkedSent,
         messagesWithTheSameTimeKeepTheirOrder,
         listFiltersAndSortsByUpdateTime,
+        listFiltersByDefinitionVersion,
+        listFiltersByMinimumAttempt,
         countByStatusCountsEveryStatus,
         claimStalledLeasesSagasUntilTheLeaseExpires,
         aCommitEndsTheLease,
