@@ -185,17 +185,23 @@ public struct SagaManager: Sendable {
     }
 
     /// Re-sends the current command of a saga (also one that needs attention) with a new attempt.
+    ///
+    /// The saga's history records the request: who (`actor`), when and why (`reason`).
     /// - Throws: `invalidState` when the saga has finished.
     @discardableResult
-    public func retry(_ id: SagaID) async throws -> SagaState {
-        try await operate(id, event: .retryRequested)
+    public func retry(_ id: SagaID, by actor: String = "operator", reason: String? = nil) async throws -> SagaState {
+        try await operate(id, event: .retryRequested(by: actor, reason: reason))
     }
 
     /// Compensates a saga now (only before its pivot).
+    ///
+    /// The saga's history records the request: who (`actor`), when and why (`reason`).
     /// - Throws: `invalidState` when the saga is past its pivot or finished.
     @discardableResult
-    public func compensate(_ id: SagaID, reason: String = "compensation requested by an operator") async throws -> SagaState {
-        try await operate(id, event: .compensationRequested(reason: reason))
+    public func compensate(_ id: SagaID, by actor: String = "operator", reason: String = "compensation requested by an operator")
+        async throws -> SagaState
+    {
+        try await operate(id, event: .compensationRequested(by: actor, reason: reason))
     }
 
     private func operate(_ id: SagaID, event: SagaEvent) async throws -> SagaState {

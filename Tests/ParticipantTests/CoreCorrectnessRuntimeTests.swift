@@ -91,7 +91,8 @@ struct CoreCorrectnessRuntimeTests {
         let seen = try await Self.startSaga(engine: engine, store: store, id: "moved-2")
         _ = try await engine.advance(
             seen.id, from: seen, event: .stepCompleted(step: 0, attempt: 1, patch: [:], startedAt: Date()), logger: quietTestLogger)
-        let outcome = try await engine.advance(seen.id, from: seen, event: .retryRequested, logger: quietTestLogger)
+        let outcome = try await engine.advance(
+            seen.id, from: seen, event: .retryRequested(by: "test", reason: nil), logger: quietTestLogger)
         guard case .ignored = outcome else {
             Issue.record("a retry aimed at step 0 must not apply to step 1, got \(outcome)")
             return
@@ -105,7 +106,8 @@ struct CoreCorrectnessRuntimeTests {
         let seen = try await Self.startSaga(engine: engine, store: store, id: "same-1")
         // The reaper re-sends the current command (same step and attempt): the retry still fits.
         _ = try await engine.advance(seen.id, from: seen, event: .foundStalled(maxReapAttempts: 3), logger: quietTestLogger)
-        let outcome = try await engine.advance(seen.id, from: seen, event: .retryRequested, logger: quietTestLogger)
+        let outcome = try await engine.advance(
+            seen.id, from: seen, event: .retryRequested(by: "test", reason: nil), logger: quietTestLogger)
         guard case .committed(let state) = outcome else {
             Issue.record("the retry must apply, got \(outcome)")
             return

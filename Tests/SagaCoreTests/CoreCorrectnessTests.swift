@@ -102,8 +102,8 @@ struct CoreCorrectnessTests {
         var moved = machine.apply(.stepCompleted(step: 1, attempt: 1, patch: [:], startedAt: t0), to: aimed, now: t0).state!
         moved.version = aimed.version + 1
         #expect(SagaStateMachine.staleness(of: .foundStalled(maxReapAttempts: 3), aimedAt: aimed, reloaded: moved) != nil)
-        #expect(SagaStateMachine.staleness(of: .retryRequested, aimedAt: aimed, reloaded: moved) != nil)
-        #expect(SagaStateMachine.staleness(of: .compensationRequested(reason: "x"), aimedAt: aimed, reloaded: moved) != nil)
+        #expect(SagaStateMachine.staleness(of: .retryRequested(by: "test", reason: nil), aimedAt: aimed, reloaded: moved) != nil)
+        #expect(SagaStateMachine.staleness(of: .compensationRequested(by: "test", reason: "x"), aimedAt: aimed, reloaded: moved) != nil)
         // Handler outcomes carry their position; a deadline holds for any state.
         #expect(SagaStateMachine.staleness(of: .deadlinePassed, aimedAt: aimed, reloaded: moved) == nil)
         #expect(
@@ -113,7 +113,7 @@ struct CoreCorrectnessTests {
         // finding does not (the change is progress).
         var resent = machine.apply(.foundStalled(maxReapAttempts: 3), to: aimed, now: t0).state!
         resent.version = aimed.version + 1
-        #expect(SagaStateMachine.staleness(of: .retryRequested, aimedAt: aimed, reloaded: resent) == nil)
+        #expect(SagaStateMachine.staleness(of: .retryRequested(by: "test", reason: nil), aimedAt: aimed, reloaded: resent) == nil)
         #expect(SagaStateMachine.staleness(of: .foundStalled(maxReapAttempts: 3), aimedAt: aimed, reloaded: resent) != nil)
     }
 
@@ -127,7 +127,7 @@ struct CoreCorrectnessTests {
         #expect(state.status == .compensating && state.currentStep == 2)
         state = try #require(machine.apply(.foundStalled(maxReapAttempts: 0), to: state, now: t0).state)
         #expect(state.status == .needsAttention)
-        let retry = machine.apply(.retryRequested, to: state, now: t0)
+        let retry = machine.apply(.retryRequested(by: "test", reason: nil), to: state, now: t0)
         #expect(retry.state?.status == .compensating)
         #expect(retry.commands.map(\.command.command) == ["c.undo"])
         #expect(retry.commands.first?.command.phase == .compensation)
@@ -137,16 +137,16 @@ struct CoreCorrectnessTests {
         // An operator compensated at c; the compensation of a (after c's) is lost; the reaper
         // gives up on it.
         var state = at(step: 2)
-        state = try #require(machine.apply(.compensationRequested(reason: "operator"), to: state, now: t0).state)
+        state = try #require(machine.apply(.compensationRequested(by: "test", reason: "operator"), to: state, now: t0).state)
         state = try #require(machine.apply(.compensationCompleted(step: 2, attempt: 1, startedAt: t0), to: state, now: t0).state)
         #expect(state.currentStep == 0 && state.status == .compensating)
         state = try #require(machine.apply(.foundStalled(maxReapAttempts: 0), to: state, now: t0).state)
         #expect(state.status == .needsAttention)
-        let retry = machine.apply(.retryRequested, to: state, now: t0)
+        let retry = machine.apply(.retryRequested(by: "test", reason: nil), to: state, now: t0)
         #expect(retry.commands.map(\.command.command) == ["a.undo"])
         #expect(retry.state?.status == .compensating)
         // And an operator's compensate is refused there: the saga is stuck in a compensation.
-        guard case .rejected = machine.apply(.compensationRequested(reason: "again"), to: state, now: t0) else {
+        guard case .rejected = machine.apply(.compensationRequested(by: "test", reason: "again"), to: state, now: t0) else {
             Issue.record("a saga stuck in a compensation must not be compensated again")
             return
         }

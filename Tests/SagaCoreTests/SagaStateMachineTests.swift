@@ -77,12 +77,12 @@ struct SagaStateMachineTests {
         // Before the pivot is reached, fail c's retry: c is step 2 and compensates a only.
         // Use an operator compensation at the pivot's predecessor instead: from step 2 inclusive.
         let atC = state(atStep: 2)
-        let decision = machine.apply(.compensationRequested(reason: "operator"), to: atC, now: t0)
+        let decision = machine.apply(.compensationRequested(by: "test", reason: "operator"), to: atC, now: t0)
         #expect(decision.commands.map(\.command.command) == ["c.undo"])
         let next = machine.apply(.compensationCompleted(step: 2, attempt: 1, startedAt: t0), to: decision.state!, now: t0)
         #expect(next.commands.map(\.command.command) == ["a.undo"])  // b is skipped
         #expect(
-            machine.apply(.compensationRequested(reason: "operator"), to: atPivot, now: t0)
+            machine.apply(.compensationRequested(by: "test", reason: "operator"), to: atPivot, now: t0)
                 == .rejected("saga s1 is past its pivot step; it can only go forward"))
     }
 
@@ -184,7 +184,8 @@ struct SagaStateMachineTests {
                 .stepFailed(step: terminal.currentStep, attempt: terminal.attempt, error: "x", retryable: true, startedAt: t0),
                 .compensationCompleted(step: terminal.currentStep, attempt: terminal.attempt, startedAt: t0),
                 .compensationFailed(step: terminal.currentStep, attempt: terminal.attempt, error: "x", startedAt: t0),
-                .deadlinePassed, .foundStalled(maxReapAttempts: 3), .retryRequested, .compensationRequested(reason: "x"),
+                .deadlinePassed, .foundStalled(maxReapAttempts: 3), .retryRequested(by: "test", reason: nil),
+                .compensationRequested(by: "test", reason: "x"),
             ]
             for event in events {
                 #expect(machine.apply(event, to: terminal, now: t0).state == nil, "\(event) moved a \(terminal.status) saga")
@@ -221,7 +222,7 @@ struct SagaStateMachineTests {
         let progressed = machine.apply(.stepCompleted(step: 1, attempt: 1, patch: [:], startedAt: t0), to: state, now: t0).state!
         #expect(progressed.reapAttempts == 0)
         // An operator retry revives it with a new attempt.
-        let retried = machine.apply(.retryRequested, to: givenUp.state!, now: t0)
+        let retried = machine.apply(.retryRequested(by: "test", reason: nil), to: givenUp.state!, now: t0)
         #expect(retried.state?.status == .running)
         #expect(retried.commands.map(\.command.attempt) == [2])
     }
@@ -235,11 +236,33 @@ struct SagaStateMachineTests {
         }
         #expect(state.status == .needsAttention)
         #expect(
-            machine.apply(.compensationRequested(reason: "x"), to: state, now: t0)
+            machine.apply(.compensationRequested(by: "test", reason: "x"), to: state, now: t0)
                 == .rejected("saga s1 is stuck in a compensation; retry it instead"))
-        let retried = machine.apply(.retryRequested, to: state, now: t0)
+        let retried = machine.apply(.retryRequested(by: "test", reason: nil), to: state, now: t0)
         #expect(retried.state?.status == .compensating)
         #expect(retried.commands.map(\.command.command) == ["a.undo"])
         #expect(retried.commands.map(\.command.attempt) == [4])
+    }
+
+    @Test func operatorActionsAreRecordedWithWhoAndWhy() throws {
+        let atC = state(atStep: 2)
+        let retried = try #require(machine.apply(.retryRequested(by: "alice", reason: "payment provider is back"), to: atC, now: t0).state)
+        let retryRecord = try #require(retried.history.last)
+        #expect(retryRecord.outcome == .retryRequested)
+        #expect(retryRecord.outcome.isOperatorAction)
+        #expect(retryRecord.actor == "alice")
+        #expect(retryRecord.reason == "payment provider is back")
+        #expect(retryRecord.step == 2 && retryRecord.attempt == 1 && retryRecord.finishedAt == t0)
+
+        let compensated = try #require(
+            machine.apply(.compensationRequested(by: "bob", reason: "customer cancelled"), to: atC, now: t0).state)
+        let compensationRecord = try #require(compensated.history.last)
+        #expect(compensationRecord.outcome == .compensationRequested)
+        #expect(compensationRecord.actor == "bob")
+        #expect(compensationRecord.reason == "customer cancelled")
+        #expect(compensated.failureReason == "customer cancelled (compensation requested by bob)")
+        // A refused request records nothing.
+        let refused = machine.apply(.compensationRequested(by: "bob", reason: "too late"), to: state(atStep: 3), now: t0)
+        #expect(refused.state == nil)
     }
 }

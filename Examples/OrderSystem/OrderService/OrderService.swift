@@ -118,7 +118,7 @@ final class OrderBatch: Service, Sendable {
         let wait = Duration.milliseconds(Int(OrderSaga.fraction("\(id)#cancel-delay") * 150))
         try? await Task.sleep(for: wait)
         do {
-            try await manager.compensate(id, reason: "cancelled by the customer")
+            try await manager.compensate(id, by: "customer", reason: "cancelled by the customer")
             cancelled.withLock { $0.append(id) }
             logger.info("order cancelled by the customer", metadata: ["saga.id": "\(id)"])
         } catch {

@@ -44,6 +44,15 @@ public enum StepOutcome: String, Sendable, Hashable, Codable {
     case failed
     /// The reaper found the step stalled and sent its command again.
     case resent
+    /// An operator asked to run the step again (``StepRecord/actor`` and ``StepRecord/reason``
+    /// say who and why).
+    case retryRequested
+    /// An operator asked to compensate the saga at this step (``StepRecord/actor`` and
+    /// ``StepRecord/reason`` say who and why).
+    case compensationRequested
+
+    /// Whether an operator, not a handler or the reaper, made this record.
+    public var isOperatorAction: Bool { self == .retryRequested || self == .compensationRequested }
 }
 
 /// One entry of a saga's step history.
@@ -67,11 +76,15 @@ public struct StepRecord: Sendable, Hashable, Codable {
     /// `true` when the attempt timed out: its effect may have committed without the saga knowing
     /// (`nil` otherwise, and in records written before SagaKit recorded timeouts).
     public var timedOut: Bool?
+    /// Who asked, for an operator's action (``StepOutcome/isOperatorAction``); `nil` otherwise.
+    public var actor: String?
+    /// Why, for an operator's action, when they said; `nil` otherwise.
+    public var reason: String?
 
     /// Creates a record.
     public init(
         step: Int, stepName: String, phase: StepPhase, attempt: Int, startedAt: Date, finishedAt: Date, outcome: StepOutcome,
-        error: String? = nil, timedOut: Bool? = nil
+        error: String? = nil, timedOut: Bool? = nil, actor: String? = nil, reason: String? = nil
     ) {
         self.step = step
         self.stepName = stepName
@@ -82,6 +95,8 @@ public struct StepRecord: Sendable, Hashable, Codable {
         self.outcome = outcome
         self.error = error
         self.timedOut = timedOut
+        self.actor = actor
+        self.reason = reason
     }
 }
 

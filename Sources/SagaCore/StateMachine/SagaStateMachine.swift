@@ -22,11 +22,13 @@ public enum SagaEvent: Sendable, Hashable {
     /// The reaper found the saga not updated for too long. After `maxReapAttempts` re-sends
     /// without progress the saga needs attention.
     case foundStalled(maxReapAttempts: Int)
-    /// An operator asked to run the current step again (also from needs-attention). From
-    /// needs-attention, a saga that was compensating resumes its compensation.
-    case retryRequested
-    /// An operator asked to compensate the saga now (only before the pivot).
-    case compensationRequested(reason: String)
+    /// An operator (`actor`, with an optional `reason`) asked to run the current step again (also
+    /// from needs-attention). From needs-attention, a saga that was compensating resumes its
+    /// compensation. Recorded in the history with who and why.
+    case retryRequested(by: String, reason: String?)
+    /// An operator (`actor`) asked to compensate the saga now (only before the pivot). Recorded in
+    /// the history with who and why.
+    case compensationRequested(by: String, reason: String)
 }
 
 /// What the state machine decided.
@@ -206,7 +208,7 @@ public struct SagaStateMachine: Sendable {
                 error: "stalled since \(state.updatedAt)")
             return .transition(next, [ScheduledCommand(currentCommand(next, phase: phase))])
 
-        case .retryRequested:
+        case .retryRequested(let actor, let reason):
             guard state.status != .completed, state.status != .compensated else {
                 return .rejected("saga \(state.id) is \(state.status.rawValue); there is nothing to retry")
             }
@@ -218,12 +220,13 @@ public struct SagaStateMachine: Sendable {
             } else {
                 phase = state.phase
             }
+            recordOperatorAction(&next, phase: phase, outcome: .retryRequested, actor: actor, reason: reason, now: now)
             next.attempt = state.attempt + 1
             next.reapAttempts = 0
             next.failureReason = state.status == .needsAttention ? nil : state.failureReason
             return .transition(next, [ScheduledCommand(currentCommand(next, phase: phase))])
 
-        case .compensationRequested(let reason):
+        case .compensationRequested(let actor, let reason):
             switch state.status {
             case .completed, .compensated, .compensating:
                 return .rejected("saga \(state.id) is \(state.status.rawValue); it cannot be compensated now")
@@ -234,7 +237,10 @@ public struct SagaStateMachine: Sendable {
                 if definition.isForwardOnly(state.currentStep) {
                     return .rejected("saga \(state.id) is past its pivot step; it can only go forward")
                 }
-                return compensate(state, from: state.currentStep, reason: reason)
+                var requested = state
+                recordOperatorAction(
+                    &requested, phase: .action, outcome: .compensationRequested, actor: actor, reason: reason, now: now)
+                return compensate(requested, from: state.currentStep, reason: "\(reason) (compensation requested by \(actor))")
             }
         }
     }
@@ -356,6 +362,20 @@ public struct SagaStateMachine: Sendable {
         )
         Self.compact(&state.history, step: step, phase: phase)
         if outcome != .resent { state.reapAttempts = 0 }
+        state.updatedAt = now
+    }
+
+    /// Records an operator's action on the current step: who and why, at `now`.
+    private func recordOperatorAction(
+        _ state: inout SagaState, phase: StepPhase, outcome: StepOutcome, actor: String, reason: String?, now: Date
+    ) {
+        state.history.append(
+            StepRecord(
+                step: state.currentStep, stepName: definition.steps[state.currentStep].name, phase: phase, attempt: state.attempt,
+                startedAt: now, finishedAt: now, outcome: outcome, actor: actor, reason: reason
+            )
+        )
+        Self.compact(&state.history, step: state.currentStep, phase: phase)
         state.updatedAt = now
     }
 
