@@ -5,14 +5,33 @@ import SagaCore
 extension PostgresSagaStore {
     /// Where and how to connect.
     public struct Configuration: Sendable {
-        /// Whether the connection uses TLS.
-        public enum TLSMode: String, Sendable {
-            /// Never (the default for `localhost` and `127.0.0.1`).
+        /// Whether the connection uses TLS, and what it checks: libpq's `sslmode`.
+        ///
+        /// | mode | encrypted | server's certificate checked | plaintext when the server has no TLS |
+        /// |---|---|---|---|
+        /// | `disable` | no | — | yes |
+        /// | `prefer` | when the server offers TLS | only with a CA file | yes, logged as a warning |
+        /// | `require` | yes | only with a CA file (as libpq) | no, connecting fails |
+        /// | `verify-ca` | yes | signed by the CA | no |
+        /// | `verify-full` | yes | signed by the CA and naming the host | no |
+        ///
+        /// Without ``caCertificateFile``, `verify-ca` and `verify-full` trust the system's CAs.
+        public enum TLSMode: String, Sendable, CaseIterable {
+            /// Never (the default for `localhost`, `127.0.0.1` and `::1`).
             case disable
-            /// When the server offers it (the default for other hosts).
+            /// TLS when the server offers it, plaintext otherwise (the default for other hosts).
+            /// Falling back to plaintext is logged as a warning when the store starts.
             case prefer
-            /// Always; fail when the server does not offer it.
+            /// Always; fail when the server does not offer TLS. The server's certificate is
+            /// checked only when a CA file is given (then as `verify-ca`), like libpq.
             case require
+            /// Always, and the server's certificate must be signed by the CA
+            /// (``caCertificateFile``, or the system's CAs).
+            case verifyCA = "verify-ca"
+            /// Always, and the server's certificate must be signed by the CA and name the host
+            /// (a DNS name, or an IP address when ``host`` is one): the mode that stops a
+            /// man in the middle.
+            case verifyFull = "verify-full"
         }
 
         /// The server's host name or address.
@@ -25,8 +44,11 @@ extension PostgresSagaStore {
         public var password: String?
         /// The database.
         public var database: String
-        /// TLS.
+        /// TLS (libpq's `sslmode`).
         public var tls: TLSMode
+        /// The PEM file of the CA(s) that signed the server's certificate (libpq's `sslrootcert`);
+        /// `nil` for the system's CAs. Used by every mode but `disable`; see ``TLSMode``.
+        public var caCertificateFile: String?
         /// The PostgreSQL schema (namespace) that holds SagaKit's tables; created when missing.
         /// Several independent SagaKit deployments may share a database with different schemas.
         public var schema: String
@@ -48,7 +70,7 @@ extension PostgresSagaStore {
             host: String, port: Int = 5432, username: String, password: String?, database: String,
             tls: TLSMode? = nil, schema: String = "public", connectTimeout: Duration = .seconds(10),
             maximumConnections: Int = 20, statementTimeout: Duration = .seconds(30),
-            startupTimeout: Duration = .seconds(30)
+            startupTimeout: Duration = .seconds(30), caCertificateFile: String? = nil
         ) {
             self.host = host
             self.port = port
@@ -56,6 +78,7 @@ extension PostgresSagaStore {
             self.password = password
             self.database = database
             self.tls = tls ?? (["localhost", "127.0.0.1", "::1"].contains(host) ? .disable : .prefer)
+            self.caCertificateFile = caCertificateFile
             self.schema = schema
             self.connectTimeout = connectTimeout
             self.maximumConnections = maximumConnections
@@ -63,10 +86,12 @@ extension PostgresSagaStore {
             self.startupTimeout = startupTimeout
         }
 
-        /// Parses `postgres://user:password@host:port/database?sslmode=disable&schema=sagas`
-        /// (`postgresql://` too) with ``SagaCore/ConnectionURL``. `sslmode` is `disable`, `prefer`
-        /// or `require` (`verify-ca` and `verify-full` mean `require`); `schema` defaults to
-        /// `public`; the database defaults to the user name.
+        /// Parses `postgres://user:password@host:port/database?sslmode=verify-full&sslrootcert=/etc/ca.pem&schema=sagas`
+        /// (`postgresql://` too) with ``SagaCore/ConnectionURL``. `sslmode` is `disable`, `prefer`,
+        /// `require`, `verify-ca` or `verify-full` (see ``TLSMode``; libpq's `allow` means
+        /// `disable`); `sslrootcert` is the CA file (``caCertificateFile``; `system` for the
+        /// system's CAs); `schema` defaults to `public`; the database defaults to the user name.
+        /// Client certificates (`sslcert`, `sslkey`) are not supported and refused.
         ///
         /// - Throws: ``SagaCore/SagaError`` `invalidConfiguration`, quoting the URL without its
         ///   password.
@@ -93,19 +118,32 @@ extension PostgresSagaStore {
             }
             var tls: TLSMode?
             if let mode = parsed.queryItems["sslmode"] {
-                switch mode.lowercased() {
-                case "disable", "allow": tls = .disable
-                case "prefer": tls = .prefer
-                case "require", "verify-ca", "verify-full": tls = .require
-                default:
-                    throw SagaError(.invalidConfiguration, "unknown sslmode '\(mode)' in the PostgreSQL URL '\(redacted)'")
+                if mode.lowercased() == "allow" {
+                    tls = .disable
+                } else if let known = TLSMode(rawValue: mode.lowercased()) {
+                    tls = known
+                } else {
+                    throw SagaError(
+                        .invalidConfiguration, "unknown sslmode '\(mode)' in the PostgreSQL URL '\(redacted)'",
+                        recoverySuggestion: "use sslmode=" + TLSMode.allCases.map(\.rawValue).joined(separator: ", "))
                 }
+            }
+            for unsupported in ["sslcert", "sslkey", "sslpassword", "sslcrl"] where parsed.queryItems[unsupported] != nil {
+                throw SagaError(
+                    .invalidConfiguration,
+                    "the PostgreSQL URL '\(redacted)' sets \(unsupported), which SagaKit does not support",
+                    recoverySuggestion: "remove it; SagaKit's PostgreSQL store logs in with a password, over TLS with sslmode")
+            }
+            var caCertificateFile: String?
+            if let file = parsed.queryItems["sslrootcert"], !file.isEmpty, file != "system" {
+                caCertificateFile = file
             }
             let database = String(parsed.path.drop(while: { $0 == "/" }))
             self.init(
                 host: host.name, port: host.port ?? 5432, username: username, password: parsed.password,
                 database: database.isEmpty ? username : database, tls: tls,
-                schema: parsed.queryItems["schema"].flatMap { $0.isEmpty ? nil : $0 } ?? "public"
+                schema: parsed.queryItems["schema"].flatMap { $0.isEmpty ? nil : $0 } ?? "public",
+                caCertificateFile: caCertificateFile
             )
         }
 
@@ -118,7 +156,8 @@ extension PostgresSagaStore {
         /// | `url` (secret) | `postgres://user:password@host:port/database?sslmode=…&schema=…` | required |
         /// | `password` (secret) | replaces the URL's password (keep it out of the URL) | the URL's |
         /// | `schema` | PostgreSQL schema of SagaKit's tables | the URL's, or `public` |
-        /// | `tls` | `disable`, `prefer` or `require` | the URL's `sslmode`, or by host |
+        /// | `tls` | `disable`, `prefer`, `require`, `verify-ca` or `verify-full` (see ``TLSMode``) | the URL's `sslmode`, or by host |
+        /// | `tls.ca.file` | ``caCertificateFile`` (PEM) | the URL's `sslrootcert`, or the system's CAs |
         /// | `connect.timeout.seconds` | ``connectTimeout`` | `10` |
         /// | `connections.max` | ``maximumConnections`` | `20` |
         /// | `statement.timeout.seconds` | ``statementTimeout`` | `30` |
@@ -136,9 +175,10 @@ extension PostgresSagaStore {
             if let password = reader.string(forKey: "password", isSecret: true) { self.password = password }
             if let schema = reader.string(forKey: "schema"), !schema.isEmpty { self.schema = schema }
             if reader.string(forKey: "tls") != nil {
-                let mode = try reader.sagaChoice("tls", default: tls.rawValue, choices: ["disable", "prefer", "require"])
+                let mode = try reader.sagaChoice("tls", default: tls.rawValue, choices: TLSMode.allCases.map(\.rawValue))
                 tls = TLSMode(rawValue: mode) ?? tls
             }
+            if let file = reader.string(forKey: "tls.ca.file"), !file.isEmpty { caCertificateFile = file }
             connectTimeout = try reader.sagaSeconds("connect.timeout.seconds", default: connectTimeout)
             maximumConnections = try reader.sagaInt("connections.max", default: maximumConnections)
             statementTimeout = try reader.sagaSeconds("statement.timeout.seconds", default: statementTimeout)

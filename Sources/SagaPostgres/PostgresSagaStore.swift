@@ -82,8 +82,8 @@ public final class PostgresSagaStore: SagaStore, Service {
         let clientTLS: PostgresClient.Configuration.TLS
         switch configuration.tls {
         case .disable: clientTLS = .disable
-        case .prefer: clientTLS = .prefer(.makeClientConfiguration())
-        case .require: clientTLS = .require(.makeClientConfiguration())
+        case .prefer: clientTLS = .prefer(Self.tlsConfiguration(configuration))
+        case .require, .verifyCA, .verifyFull: clientTLS = .require(Self.tlsConfiguration(configuration))
         }
         var clientConfiguration = PostgresClient.Configuration(
             host: configuration.host, port: configuration.port, username: configuration.username,
@@ -240,7 +240,7 @@ public final class PostgresSagaStore: SagaStore, Service {
         switch configuration.tls {
         case .disable: tls = .disable
         case .prefer: tls = .prefer(try Self.tlsContext(configuration))
-        case .require: tls = .require(try Self.tlsContext(configuration))
+        case .require, .verifyCA, .verifyFull: tls = .require(try Self.tlsContext(configuration))
         }
         var connectionConfiguration = PostgresConnection.Configuration(
             host: configuration.host, port: configuration.port, username: configuration.username,
@@ -255,13 +255,10 @@ public final class PostgresSagaStore: SagaStore, Service {
                 configuration: connectionConfiguration, id: 0, logger: logger
             )
         } catch {
-            throw SagaError(
-                .storeUnavailable,
-                "cannot connect to PostgreSQL at \(location): \(Self.describe(error))",
-                recoverySuggestion:
-                    "check that the server runs and that host, port, user, password and database are right",
-                underlying: error
-            )
+            throw Self.connectError(error, configuration: configuration)
+        }
+        if configuration.tls == .prefer {
+            await Self.warnIfPlaintext(connection, location: location, logger: logger)
         }
         do {
             try await PostgresSchema.migrate(
@@ -298,14 +295,6 @@ public final class PostgresSagaStore: SagaStore, Service {
             WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed) { await batches.create($0) },
             WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed) { await batches.markSent($0) }
         )
-    }
-
-    static func tlsContext(_ configuration: Configuration) throws -> NIOSSLContext {
-        do {
-            return try NIOSSLContext(configuration: .makeClientConfiguration())
-        } catch {
-            throw SagaError(.invalidConfiguration, "cannot set up TLS for \(configuration.location): \(error)")
-        }
     }
 
     /// `"name"`, after checking that the name is a plain identifier.

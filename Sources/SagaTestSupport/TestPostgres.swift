@@ -143,6 +143,25 @@ public enum TestPostgres {
         return output
     }
 
+    /// Runs `scripts/postgres-tls.sh` (`certs DIR`, `start PORT DIR`, `ssl PORT on|off`,
+    /// `stop PORT`, `url PORT`): a private PostgreSQL with TLS and a test CA. Returns the script's
+    /// output; throws when it fails.
+    @discardableResult
+    public static func tlsServer(_ arguments: [String]) async throws -> String {
+        let command = ["/bin/bash", repositoryRoot.appendingPathComponent("scripts/postgres-tls.sh").path] + arguments
+        let env = ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" }
+        let (status, output) = await withCheckedContinuation { (done: CheckedContinuation<(Int32, String), Never>) in
+            // initdb and starting a server take seconds: not on the cooperative pool.
+            let thread = Thread { done.resume(returning: TestBroker.spawnAndWait(command, environment: env)) }
+            thread.start()
+        }
+        guard status == 0 else {
+            throw ScriptFailure(
+                description: "scripts/postgres-tls.sh \(arguments.joined(separator: " ")) failed (exit \(status)): \(output)")
+        }
+        return output
+    }
+
     /// The checkout this file is in.
     static var repositoryRoot: URL {
         var url = URL(fileURLWithPath: #filePath)
