@@ -40,7 +40,12 @@ struct SagaEngine: Sendable {
             case .rejected(let reason):
                 return .rejected(reason, state)
             case .transition(let next, let commands):
-                let outbox = try commands.map { try SagaMessages.outbox($0, state: next, topology: topology, now: now) }
+                // The commands first (the relay and the publish below keep this order), then the
+                // lifecycle events of the transition, all committed with it.
+                let events = SagaLifecycleEvent.events(of: event, from: state, to: next, version: state.version + 1, at: now)
+                let outbox =
+                    try commands.map { try SagaMessages.outbox($0, state: next, topology: topology, now: now) }
+                    + SagaMessages.eventOutbox(events, state: next, topology: topology)
                 do {
                     let stored = try await store.commit(SagaTransition(state: next, expectedVersion: state.version, outbox: outbox))
                     metrics.transition(from: state, to: stored)
@@ -105,22 +110,46 @@ struct SagaEngine: Sendable {
         }
     }
 
-    /// Publishes outbox messages (each awaits its broker confirm) and marks them sent.
+    /// Publishes outbox messages and marks them sent. The messages are published at once and
+    /// their broker confirms awaited together (a transition's command and its events cost one
+    /// round trip, not one each).
     /// - Throws: the first publish error; messages that were confirmed are still marked sent.
     func publish(_ messages: [OutboxMessage], logger: Logger) async throws {
         guard !messages.isEmpty else { return }
+        let bus = bus
         var sent: [String] = []
         var failure: (any Error)?
-        for message in messages {
+        if messages.count == 1 {
             do {
-                try await bus.publish(SagaMessages.outgoing(message))
-                sent.append(message.id)
+                try await bus.publish(SagaMessages.outgoing(messages[0]))
+                sent.append(messages[0].id)
             } catch {
-                failure = failure ?? error
-                logger.warning(
-                    "publish failed; the outbox relay will send it again",
-                    metadata: ["saga.command": "\(message.routingKey)", "error": "\(error)"]
-                )
+                failure = error
+                logPublishFailure(messages[0], error, logger: logger)
+            }
+        } else {
+            let results = await withTaskGroup(of: (Int, (any Error)?).self) { group in
+                for (index, message) in messages.enumerated() {
+                    group.addTask {
+                        do {
+                            try await bus.publish(SagaMessages.outgoing(message))
+                            return (index, nil)
+                        } catch {
+                            return (index, error)
+                        }
+                    }
+                }
+                var results = [(any Error)?](repeating: nil, count: messages.count)
+                for await (index, error) in group { results[index] = error }
+                return results
+            }
+            for (message, error) in zip(messages, results) {
+                if let error {
+                    failure = failure ?? error
+                    logPublishFailure(message, error, logger: logger)
+                } else {
+                    sent.append(message.id)
+                }
             }
         }
         if !sent.isEmpty {
@@ -131,6 +160,13 @@ struct SagaEngine: Sendable {
             }
         }
         if let failure { throw failure }
+    }
+
+    private func logPublishFailure(_ message: OutboxMessage, _ error: any Error, logger: Logger) {
+        logger.warning(
+            "publish failed; the outbox relay will send it again",
+            metadata: ["saga.message": "\(message.routingKey)", "error": "\(error)"]
+        )
     }
 
     private func logTransition(from old: SagaState, to new: SagaState, commands: [ScheduledCommand], logger: Logger) {

@@ -6,13 +6,27 @@ import Tracing
 ///
 /// ```swift
 /// let manager = SagaManager(runtime: runtime)
+/// // Run it next to the bus (a ServiceGroup, or SagaApplication.run(store:services:)):
+/// // it then hears the sagas' lifecycle events, and outcome(of:) returns as soon as a saga ends.
 /// let id = try await manager.start("order", payload: ["orderId": "o-42", "amount": 30])
 /// let final = try await manager.outcome(of: id, timeout: .seconds(30))
 /// ```
-public struct SagaManager: Sendable {
+///
+/// As a `Service`, ``run()`` consumes the lifecycle events of the manager's definitions from a
+/// private queue and wakes ``outcome(of:timeout:)`` and ``updates(of:)`` when an event of their
+/// saga arrives. They read the store once when they begin, on each event of their saga, and every
+/// ``fallbackInterval`` in case an event was missed (a reconnect). A manager that is not run,
+/// or a topology that publishes no events, makes them read the store every ``fallbackInterval``
+/// instead.
+public struct SagaManager: Service {
     let engine: SagaEngine
     let logger: Logger
     private let declared = DeclaredOnce()
+    let hub = SagaEventHub()
+    /// How often a waiting ``outcome(of:timeout:)`` or ``updates(of:)`` reads the store when no
+    /// event wakes it (default 1 s while ``run()`` receives events; 50 ms when the manager is not
+    /// run).
+    public var fallbackInterval: Duration?
 
     /// Creates a manager.
     public init(
@@ -31,6 +45,31 @@ public struct SagaManager: Sendable {
 
     /// The store the manager reads and writes.
     public var store: any SagaStore { engine.store }
+
+    /// Receives the lifecycle events of this manager's definitions until cancelled or gracefully
+    /// shut down, and wakes the calls waiting for those sagas.
+    public func run() async throws {
+        let topology = engine.topology
+        guard topology.events != .none else {
+            logger.info("saga lifecycle events are off (topology events = none); waiting for sagas reads the store")
+            try await gracefulSleepForever()
+            return
+        }
+        // Terminal events only, unless every event is published (then updates(of:) sees each step).
+        let kinds =
+            topology.events == .all ? ["#"] : [SagaLifecycleEvent.Kind]([.completed, .compensated, .needsAttention]).map(\.rawValue)
+        let keys = engine.definitions.all.map(\.name).uniqued().flatMap { name in kinds.map { "\(name).\($0)" } }
+        let events = try await SagaEventSubscription.subscribe(bus: engine.bus, topology: topology, bindingKeys: keys, logger: logger)
+        declared.mark()
+        hub.setListening(true)
+        defer { hub.setListening(false) }
+        logger.debug("listening for saga lifecycle events", metadata: ["queue": "\(events.queue)"])
+        try await cancelWhenGracefulShutdown {
+            for try await event in events {
+                hub.deliver(event)
+            }
+        }
+    }
 
     /// Declares the exchanges and queues the manager publishes to (participants declare them too;
     /// declaring twice is harmless). ``start(_:payload:id:context:)`` calls it before the first
@@ -99,7 +138,8 @@ public struct SagaManager: Sendable {
         context[SagaState.definitionVersionKey] = String(definition.version)
         let (state, first) = SagaStateMachine(definition: definition).start(id: id, payload: payload, context: context, now: now)
         let message = try SagaMessages.outbox(first, state: state, topology: engine.topology, now: now)
-        switch try await engine.store.create(state, outbox: [message]) {
+        let events = try SagaMessages.eventOutbox([.started(state, at: now)], state: state, topology: engine.topology)
+        switch try await engine.store.create(state, outbox: [message] + events) {
         case .existing(let existing):
             logger.info("saga already started; nothing sent", metadata: ["saga.status": "\(existing.status.rawValue)"])
             return .alreadyStarted(existing)
@@ -107,7 +147,7 @@ public struct SagaManager: Sendable {
             engine.metrics.started(name)
             logger.info("saga started", metadata: ["saga.next": "\(first.command.command)"])
             do {
-                try await engine.publish([message], logger: logger)
+                try await engine.publish([message] + events, logger: logger)
             } catch {
                 // Stored is started: the relay sends the command (engine.publish logged why).
                 logger.warning(
@@ -140,10 +180,14 @@ public struct SagaManager: Sendable {
     }
 
     /// Waits until the saga reaches a terminal state (completed, compensated, needs attention).
+    ///
+    /// Woken by the saga's lifecycle events when ``run()`` is running; otherwise, or when an
+    /// event was missed, it reads the store every ``fallbackInterval``.
     /// - Throws: `timeout` with the saga's last status when it does not finish in time.
-    public func outcome(of id: SagaID, timeout: Duration, pollInterval: Duration = .milliseconds(50)) async throws -> SagaState {
+    public func outcome(of id: SagaID, timeout: Duration) async throws -> SagaState {
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: timeout)
+        let waiter = SagaWaiter(id: id, hub: hub, engine: engine, fallback: effectiveFallbackInterval, terminalOnly: true)
         while true {
             let state = try await engine.store.load(id)
             if state.status.isTerminal { return state }
@@ -154,34 +198,34 @@ public struct SagaManager: Sendable {
                     recoverySuggestion: "check that the participants are running (`saga show \(id)` shows what it waits for)"
                 )
             }
-            try await Task.sleep(for: pollInterval)
+            await waiter.wait(until: deadline)
         }
     }
 
+    /// Waits until the saga reaches a terminal state.
+    @available(*, deprecated, message: "use outcome(of:timeout:); set fallbackInterval to change how often the store is read")
+    public func outcome(of id: SagaID, timeout: Duration, pollInterval: Duration) async throws -> SagaState {
+        var copy = self
+        copy.fallbackInterval = pollInterval
+        return try await copy.outcome(of: id, timeout: timeout)
+    }
+
     /// The saga's states as they change, starting with the current one; ends after a terminal
-    /// state. Works across processes (it reads the shared store).
-    public func updates(of id: SagaID, pollInterval: Duration = .milliseconds(100)) -> AsyncThrowingStream<SagaState, any Error> {
-        let store = engine.store
-        return AsyncThrowingStream { continuation in
-            let task = Task {
-                var lastVersion: Int64 = -1
-                do {
-                    while !Task.isCancelled {
-                        let state = try await store.load(id)
-                        if state.version != lastVersion {
-                            lastVersion = state.version
-                            continuation.yield(state)
-                        }
-                        if state.status.isTerminal { break }
-                        try await Task.sleep(for: pollInterval)
-                    }
-                    continuation.finish()
-                } catch {
-                    continuation.finish(throwing: error)
-                }
-            }
-            continuation.onTermination = { _ in task.cancel() }
-        }
+    /// state. Works across processes: woken by the saga's lifecycle events when ``run()`` is
+    /// running (with `events = all`, every step), and reading the store every
+    /// ``fallbackInterval`` otherwise. States that follow each other quickly may be seen only
+    /// as the later one.
+    public func updates(of id: SagaID) -> AsyncThrowingStream<SagaState, any Error> {
+        let follower = SagaFollower(
+            waiter: SagaWaiter(id: id, hub: hub, engine: engine, fallback: effectiveFallbackInterval, terminalOnly: false))
+        return AsyncThrowingStream(unfolding: { try await follower.next() })
+    }
+
+    /// Whether ``run()`` is receiving lifecycle events (waiting calls are woken by them).
+    public var isListeningForEvents: Bool { hub.isListening }
+
+    var effectiveFallbackInterval: Duration {
+        fallbackInterval ?? (hub.isListening ? .seconds(1) : .milliseconds(50))
     }
 
     /// Re-sends the current command of a saga (also one that needs attention) with a new attempt.
@@ -238,6 +282,85 @@ public enum SagaStartResult: Sendable, Hashable {
     public var isNew: Bool {
         if case .started = self { true } else { false }
     }
+}
+
+/// Waits for something to happen to one saga: an event from the hub, or the fallback interval.
+/// Subscribes when created, so that no event between the caller's store read and its wait is
+/// lost; unsubscribes when released.
+final class SagaWaiter: Sendable {
+    let id: SagaID
+    let store: any SagaStore
+    private let hub: SagaEventHub
+    private let signal = WakeSignal()
+    private let token: Int
+    private let fallback: Duration
+
+    init(id: SagaID, hub: SagaEventHub, engine: SagaEngine, fallback: Duration, terminalOnly: Bool) {
+        self.id = id
+        self.store = engine.store
+        self.hub = hub
+        self.token = hub.subscribe(id, signal: signal, terminalOnly: terminalOnly)
+        self.fallback = fallback
+    }
+
+    deinit { hub.unsubscribe(id, token: token) }
+
+    /// Returns when an event of the saga arrives, the fallback interval passed, or `deadline`
+    /// came.
+    func wait(until deadline: ContinuousClock.Instant) async {
+        let sleep = min(fallback, max(deadline - ContinuousClock.now, .zero))
+        let signal = signal
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await signal.wait() }
+            group.addTask { try? await Task.sleep(for: sleep) }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+}
+
+/// The state of ``SagaManager/updates(of:)``: the last version seen, and whether the saga ended.
+final class SagaFollower: Sendable {
+    private let waiter: SagaWaiter
+    private let progress = Mutex<(lastVersion: Int64, finished: Bool)>((-1, false))
+
+    init(waiter: SagaWaiter) {
+        self.waiter = waiter
+    }
+
+    /// The next state that differs from the last one; `nil` after a terminal state.
+    func next() async throws -> SagaState? {
+        var first = progress.withLock { $0.lastVersion < 0 }
+        while true {
+            if progress.withLock({ $0.finished }) { return nil }
+            if !first { await waiter.wait(until: ContinuousClock.now.advanced(by: .seconds(3600))) }
+            first = false
+            try Task.checkCancellation()
+            let state = try await waiter.store.load(waiter.id)
+            let isNew = progress.withLock { progress -> Bool in
+                guard state.version != progress.lastVersion else { return false }
+                progress.lastVersion = state.version
+                progress.finished = state.status.isTerminal
+                return true
+            }
+            if isNew { return state }
+        }
+    }
+}
+
+extension Array where Element: Hashable {
+    /// The elements without repeats, in their first order.
+    fileprivate func uniqued() -> [Element] {
+        var seen = Set<Element>()
+        return filter { seen.insert($0).inserted }
+    }
+}
+
+/// Sleeps until cancelled or gracefully shut down.
+private func gracefulSleepForever() async throws {
+    do {
+        while true { try await gracefulSleep(.seconds(3600)) }
+    } catch is CancellationError {}
 }
 
 /// Remembers, for all copies of one manager, that its topology was declared.

@@ -7,6 +7,10 @@ public enum SagaHeaders {
     public static let sagaID = "x-saga-id"
     /// The saga definition's name.
     public static let sagaName = "x-saga-name"
+    /// The lifecycle event's kind (``SagaLifecycleEvent/Kind``), on events.
+    public static let event = "x-saga-event"
+    /// The saga's version after the transition, on events.
+    public static let sagaVersion = "x-saga-version"
     /// The step name.
     public static let step = "x-saga-step"
     /// Action or compensation.
@@ -60,7 +64,29 @@ enum SagaMessages {
         )
     }
 
-    /// The broker message for an outbox message.
+    /// The outbox message that publishes a lifecycle event (recorded with the transition that
+    /// caused it). The saga's context (trace ids) travels in the headers, as on commands.
+    static func outbox(_ event: SagaLifecycleEvent, state: SagaState, topology: SagaTopology) throws -> OutboxMessage {
+        var headers = state.context
+        headers[SagaHeaders.sagaID] = event.sagaID
+        headers[SagaHeaders.sagaName] = event.sagaName
+        headers[SagaHeaders.event] = event.kind.rawValue
+        headers[SagaHeaders.sagaVersion] = String(event.sagaVersion)
+        return OutboxMessage(
+            id: event.id, sagaID: event.sagaID, exchange: topology.eventsExchange, routingKey: event.routingKey,
+            body: Array(try JSONCoding.encode(event)), headers: headers, createdAt: event.at)
+    }
+
+    /// The outbox messages of a transition's lifecycle events that `topology` publishes.
+    static func eventOutbox(_ events: [SagaLifecycleEvent], state: SagaState, topology: SagaTopology) throws -> [OutboxMessage] {
+        try events.filter { topology.events.includes($0.kind) }.map { try outbox($0, state: state, topology: topology) }
+    }
+
+    /// Whether the exchange is a topology's events exchange (`<prefix>.events`).
+    static func isEventsExchange(_ exchange: String) -> Bool { exchange.hasSuffix(".events") }
+
+    /// The broker message for an outbox message. Commands are mandatory (an unroutable command is
+    /// an error); events are not (nobody has to listen).
     static func outgoing(_ message: OutboxMessage) -> OutgoingMessage {
         OutgoingMessage(
             exchange: message.exchange,
@@ -70,7 +96,8 @@ enum SagaMessages {
             messageId: message.id,
             contentType: SagaHeaders.contentType,
             type: message.routingKey,
-            correlationId: message.sagaID
+            correlationId: message.sagaID,
+            mandatory: !isEventsExchange(message.exchange)
         )
     }
 

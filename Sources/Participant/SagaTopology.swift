@@ -13,6 +13,9 @@ public import Configuration
 ///   policy allows such delays).
 /// - `<prefix>.dead-letter` (fanout) → `<prefix>.dead-letters`: messages that cannot be
 ///   processed, with headers saying why and where they came from.
+/// - `<prefix>.events` (topic): saga lifecycle events (``SagaLifecycleEvent``), routing key
+///   `<definition>.<kind>`; any service binds its own queue to it. Which events are published is
+///   ``events``.
 public struct SagaTopology: Sendable, Hashable {
     /// The prefix of every name (default `sagakit`).
     public var prefix: String
@@ -20,20 +23,25 @@ public struct SagaTopology: Sendable, Hashable {
     public var queueKind: QueueSpec.Kind
     /// The delay levels, in seconds, ascending.
     public var delayLevels: [Int]
+    /// Which saga lifecycle events are published to ``eventsExchange`` (default all).
+    public var events: SagaLifecycleEvent.Selection
 
     /// Creates the naming scheme.
     public init(
-        prefix: String = "sagakit", queueKind: QueueSpec.Kind = .classic, delayLevels: [Int] = [1, 2, 5, 10, 30, 60, 300, 900, 3600]
+        prefix: String = "sagakit", queueKind: QueueSpec.Kind = .classic, delayLevels: [Int] = [1, 2, 5, 10, 30, 60, 300, 900, 3600],
+        events: SagaLifecycleEvent.Selection = .all
     ) {
         self.prefix = prefix
         self.queueKind = queueKind
         self.delayLevels = delayLevels.sorted()
+        self.events = events
     }
 
     /// Reads the naming scheme.
     ///
     /// Keys: `prefix` (default `sagakit`), `queue.kind` (`classic` or `quorum`, default
-    /// `classic`), `delay.levels` (comma-separated seconds, default `1,2,5,10,30,60,300,900,3600`).
+    /// `classic`), `delay.levels` (comma-separated seconds, default `1,2,5,10,30,60,300,900,3600`),
+    /// `events` (`all`, `outcomes` or `none`, default `all`: see ``SagaLifecycleEvent/Selection``).
     /// - Throws: `invalidConfiguration` naming the key whose value is malformed.
     public init(reader: ConfigReader) throws {
         let prefix = reader.string(forKey: "prefix", default: "sagakit")
@@ -52,7 +60,10 @@ public struct SagaTopology: Sendable, Hashable {
             }
             levels = parsed.compactMap { $0 }
         }
-        self.init(prefix: prefix, queueKind: kind == "quorum" ? .quorum : .classic, delayLevels: levels)
+        let events = try reader.sagaChoice("events", default: "all", choices: SagaLifecycleEvent.Selection.allCases.map(\.rawValue))
+        self.init(
+            prefix: prefix, queueKind: kind == "quorum" ? .quorum : .classic, delayLevels: levels,
+            events: SagaLifecycleEvent.Selection(rawValue: events) ?? .all)
     }
 
     /// The key under which a saga's context records the prefix of the topology it was started
@@ -63,6 +74,8 @@ public struct SagaTopology: Sendable, Hashable {
     public var commandsExchange: String { "\(prefix).commands" }
     /// The exchange dead letters are published to.
     public var deadLetterExchange: String { "\(prefix).dead-letter" }
+    /// The topic exchange saga lifecycle events are published to.
+    public var eventsExchange: String { "\(prefix).events" }
     /// The queue that keeps dead letters.
     public var deadLetterQueue: String { "\(prefix).dead-letters" }
     /// The queue of a service.
@@ -84,6 +97,7 @@ public struct SagaTopology: Sendable, Hashable {
             exchanges: [
                 ExchangeSpec(name: commandsExchange, kind: .direct),
                 ExchangeSpec(name: deadLetterExchange, kind: .fanout),
+                ExchangeSpec(name: eventsExchange, kind: .topic),
             ],
             queues: [QueueSpec(name: deadLetterQueue, kind: queueKind)],
             bindings: [BindingSpec(queue: deadLetterQueue, exchange: deadLetterExchange, routingKey: "")]

@@ -6,6 +6,7 @@ import Testing
     @Test func topologiesAreReadFromExchangeNames() {
         #expect(OutboxMessage.topology(ofExchange: "shop.commands") == "shop")
         #expect(OutboxMessage.topology(ofExchange: "shop.dead-letter") == "shop")
+        #expect(OutboxMessage.topology(ofExchange: "shop.events") == "shop")
         #expect(OutboxMessage.topology(ofExchange: "shop.delay.30s") == "shop")
         #expect(OutboxMessage.topology(ofExchange: "shop.eu.delay.5s") == "shop.eu")
         #expect(OutboxMessage.topology(ofExchange: "shop.eu.commands") == "shop.eu")

@@ -174,6 +174,7 @@ extension InMemoryBus {
             if a.deadLetterRoutingKey != b.deadLetterRoutingKey { return "x-dead-letter-routing-key" }
             if a.messageTTL != b.messageTTL { return "x-message-ttl" }
             if a.maxLength != b.maxLength { return "x-max-length" }
+            if a.expires != b.expires { return "x-expires" }
             return nil
         }
 

@@ -74,6 +74,9 @@ public struct QueueSpec: Sendable, Hashable {
     public var messageTTL: Duration?
     /// Maximum number of messages (`x-max-length`).
     public var maxLength: Int?
+    /// The broker deletes the queue when it has had no consumer for this long (`x-expires`):
+    /// for a process's private subscription queues, which must not outlive it.
+    public var expires: Duration?
 
     /// Creates a queue declaration (durable classic queue by default).
     public init(
@@ -83,7 +86,8 @@ public struct QueueSpec: Sendable, Hashable {
         deadLetterExchange: String? = nil,
         deadLetterRoutingKey: String? = nil,
         messageTTL: Duration? = nil,
-        maxLength: Int? = nil
+        maxLength: Int? = nil,
+        expires: Duration? = nil
     ) {
         self.name = name
         self.kind = kind
@@ -92,6 +96,7 @@ public struct QueueSpec: Sendable, Hashable {
         self.deadLetterRoutingKey = deadLetterRoutingKey
         self.messageTTL = messageTTL
         self.maxLength = maxLength
+        self.expires = expires
     }
 }
 

@@ -228,11 +228,11 @@ public struct OutboxMessage: Sendable, Hashable, Codable {
     /// relay reads only its own messages.
     public var topology: String { Self.topology(ofExchange: exchange) }
 
-    /// The topology prefix of a SagaKit exchange name: `<prefix>.commands`,
+    /// The topology prefix of a SagaKit exchange name: `<prefix>.commands`, `<prefix>.events`,
     /// `<prefix>.dead-letter` and `<prefix>.delay.<n>s` give `<prefix>`; any other name is its
     /// own topology.
     public static func topology(ofExchange exchange: String) -> String {
-        for suffix in [".commands", ".dead-letter"] where exchange.hasSuffix(suffix) && exchange.count > suffix.count {
+        for suffix in [".commands", ".events", ".dead-letter"] where exchange.hasSuffix(suffix) && exchange.count > suffix.count {
             return String(exchange.dropLast(suffix.count))
         }
         // <prefix>.delay.<digits>s

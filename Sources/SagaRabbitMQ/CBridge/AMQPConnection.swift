@@ -329,6 +329,7 @@ final class AMQPConnection {
         if let key = spec.deadLetterRoutingKey { arguments.string("x-dead-letter-routing-key", key) }
         if let ttl = spec.messageTTL { arguments.integer("x-message-ttl", ttl.milliseconds) }
         if let max = spec.maxLength { arguments.integer("x-max-length", Int64(max)) }
+        if let expires = spec.expires { arguments.integer("x-expires", expires.milliseconds) }
         let durable: amqp_boolean_t = spec.durable || spec.kind == .quorum ? 1 : 0
         arguments.withTable { table in
             withBytes(spec.name, "") { name, _ in

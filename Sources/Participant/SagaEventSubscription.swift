@@ -1,0 +1,171 @@
+import Foundation
+import Synchronization
+
+/// Saga lifecycle events as they are published, from a queue of the subscriber's own.
+///
+/// ```swift
+/// // Every event of the `order` definition; the queue goes away with the process.
+/// let events = try await SagaEventSubscription.subscribe(bus: bus, topology: topology, bindingKeys: ["order.#"])
+/// for try await event in events where event.kind == .needsAttention {
+///     logger.error("saga \(event.sagaID) needs attention: \(event.error ?? "")")
+/// }
+/// ```
+///
+/// Events are delivered at least once (the same ``SagaLifecycleEvent/id`` can arrive twice
+/// after a crash) and, across steps, not necessarily in order: order one saga's events by
+/// ``SagaLifecycleEvent/sagaVersion``. A subscriber that is away misses events: read the store
+/// for the state (``SagaManager/state(of:)``), and use a durable queue of your own (bound to the
+/// events exchange, ``SagaTopology/eventsExchange``) when nothing may be missed.
+public struct SagaEventSubscription: AsyncSequence, Sendable {
+    /// The events.
+    public typealias Element = SagaLifecycleEvent
+
+    /// The queue this subscription consumes.
+    public let queue: String
+    let deliveries: DeliveryStream
+    let logger: Logger
+
+    /// Declares a private queue bound to the topology's events exchange with `bindingKeys`
+    /// (topic patterns over `<definition>.<kind>`: `#` for every event, `order.#`,
+    /// `*.completed`) and starts consuming it.
+    ///
+    /// The queue is not durable and the broker deletes it `expires` after its consumer went
+    /// away; the bus re-declares and resumes it after a reconnect (events published meanwhile are
+    /// missed).
+    /// - Throws: the bus's error when the queue cannot be declared or consumed.
+    public static func subscribe(
+        bus: any MessageBus, topology: SagaTopology, bindingKeys: [String] = ["#"], expires: Duration = .seconds(60),
+        logger: Logger = Logger(label: "sagakit.events")
+    ) async throws -> SagaEventSubscription {
+        let queue = "\(topology.prefix).events.subscriber.\(UUID().uuidString.prefix(12).lowercased())"
+        try await bus.declare(
+            topology.shared.merging(
+                Topology(
+                    queues: [QueueSpec(name: queue, kind: .classic, durable: false, expires: expires)],
+                    bindings: bindingKeys.map { BindingSpec(queue: queue, exchange: topology.eventsExchange, routingKey: $0) })))
+        let deliveries = try await bus.consume(queue: queue, prefetch: 256)
+        return SagaEventSubscription(queue: queue, deliveries: deliveries, logger: logger)
+    }
+
+    /// Makes the iterator (one per subscription).
+    public func makeAsyncIterator() -> Iterator {
+        Iterator(base: deliveries.makeAsyncIterator(), logger: logger)
+    }
+
+    /// Decodes deliveries into events; acknowledges each one as it is read. A message that is not
+    /// an event is logged and skipped.
+    public struct Iterator: AsyncIteratorProtocol {
+        var base: DeliveryStream.AsyncIterator
+        let logger: Logger
+
+        /// The next event; `nil` when the bus shut down.
+        public mutating func next() async throws -> SagaLifecycleEvent? {
+            while let delivery = try await base.next() {
+                try? await delivery.ack()
+                do {
+                    return try JSONCoding.decode(SagaLifecycleEvent.self, from: Data(delivery.body))
+                } catch {
+                    logger.warning(
+                        "skipped a message on the events exchange that is not a saga lifecycle event",
+                        metadata: ["routingKey": "\(delivery.routingKey)", "error": "\(error)"])
+                }
+            }
+            return nil
+        }
+    }
+}
+
+/// Wakes the ``SagaManager`` calls that wait for sagas (``SagaManager/outcome(of:timeout:)``,
+/// ``SagaManager/updates(of:)``) when an event of their saga arrives. Fed by
+/// ``SagaManager/run()``; without it running, the waiters read the store periodically.
+final class SagaEventHub: Sendable {
+    private struct Waiter {
+        let signal: WakeSignal
+        let terminalOnly: Bool
+    }
+
+    private struct State {
+        var listening = false
+        var nextToken = 0
+        var waiters: [SagaID: [Int: Waiter]] = [:]
+    }
+
+    private let state = Mutex(State())
+
+    /// Whether events are being received (``SagaManager/run()`` is consuming).
+    var isListening: Bool { state.withLock { $0.listening } }
+
+    func setListening(_ listening: Bool) { state.withLock { $0.listening = listening } }
+
+    /// Signals `signal` on each event of the saga (only terminal ones with `terminalOnly`) until
+    /// ``unsubscribe(_:token:)`` with the returned token.
+    func subscribe(_ id: SagaID, signal: WakeSignal, terminalOnly: Bool) -> Int {
+        state.withLock { state in
+            state.nextToken += 1
+            state.waiters[id, default: [:]][state.nextToken] = Waiter(signal: signal, terminalOnly: terminalOnly)
+            return state.nextToken
+        }
+    }
+
+    func unsubscribe(_ id: SagaID, token: Int) {
+        state.withLock { state in
+            state.waiters[id]?.removeValue(forKey: token)
+            if state.waiters[id]?.isEmpty == true { state.waiters[id] = nil }
+        }
+    }
+
+    func deliver(_ event: SagaLifecycleEvent) {
+        let signals = state.withLock { state in
+            (state.waiters[event.sagaID]?.values ?? [:].values).filter { !$0.terminalOnly || event.kind.isTerminal }.map(\.signal)
+        }
+        for signal in signals { signal.signal() }
+    }
+
+    /// How many sagas are waited for (for tests).
+    var waitedForCount: Int { state.withLock { $0.waiters.count } }
+}
+
+/// A wake-up that is not lost when it comes before the wait: ``signal()`` wakes the current
+/// ``wait()``, or the next one. A cancelled wait returns at once and leaves the signal usable.
+final class WakeSignal: Sendable {
+    private struct State {
+        var pending = false
+        var waiter: CheckedContinuation<Void, Never>?
+    }
+
+    private let state = Mutex(State())
+
+    func signal() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            if let waiter = state.waiter {
+                state.waiter = nil
+                return waiter
+            }
+            state.pending = true
+            return nil
+        }
+        waiter?.resume()
+    }
+
+    func wait() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now = state.withLock { state -> Bool in
+                    if state.pending || Task.isCancelled {
+                        state.pending = false
+                        return true
+                    }
+                    state.waiter = continuation
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+                defer { state.waiter = nil }
+                return state.waiter
+            }
+            waiter?.resume()
+        }
+    }
+}

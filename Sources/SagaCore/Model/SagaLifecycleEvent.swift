@@ -1,0 +1,299 @@
+public import Foundation
+
+/// Something that happened to a saga, published for any service to react to: started, a step
+/// completed or failed, compensation started, completed, compensated, needs attention, an
+/// operator's action.
+///
+/// Participants and managers record the events of a transition in the store's outbox in the same
+/// transaction as the transition, and publish them to the topology's events exchange
+/// (`<prefix>.events`, a topic exchange) with the routing key ``routingKey``
+/// (`<definition>.<kind>`, for example `order.completed`). Bind a queue with `order.#` for every
+/// event of one definition, or `*.needs-attention` for one kind of every definition.
+///
+/// The wire format (JSON body, headers) is documented in `Docs/WireFormat.md`, with a JSON
+/// Schema in `Docs/schemas/saga-event.schema.json`.
+public struct SagaLifecycleEvent: Sendable, Hashable, Codable {
+    /// What happened.
+    public enum Kind: String, Sendable, Hashable, Codable, CaseIterable {
+        /// The saga was stored with its first command.
+        case started
+        /// A step's action succeeded.
+        case stepCompleted = "step-completed"
+        /// A step's action failed (``SagaLifecycleEvent/willRetry`` says whether it runs again).
+        case stepFailed = "step-failed"
+        /// The saga began to undo its completed steps (``SagaLifecycleEvent/error`` says why).
+        case compensationStarted = "compensation-started"
+        /// A step's compensation succeeded.
+        case compensationStepCompleted = "compensation-step-completed"
+        /// A step's compensation failed (``SagaLifecycleEvent/willRetry`` says whether it runs
+        /// again).
+        case compensationStepFailed = "compensation-step-failed"
+        /// Every step completed.
+        case completed
+        /// Every completed step was compensated.
+        case compensated
+        /// The saga stopped and waits for an operator (``SagaLifecycleEvent/error`` says why).
+        case needsAttention = "needs-attention"
+        /// An operator asked for a retry or a compensation (``SagaLifecycleEvent/actor``,
+        /// ``SagaLifecycleEvent/reason``, ``SagaLifecycleEvent/action``).
+        case operatorAction = "operator-action"
+
+        /// Whether the saga is over after this event (it may still be retried by an operator
+        /// after needs-attention).
+        public var isTerminal: Bool { self == .completed || self == .compensated || self == .needsAttention }
+    }
+
+    /// A unique id: `<saga id>:<saga version>:<kind>`; the same event published twice (by the
+    /// outbox relay after a crash) has the same id, so consumers can drop duplicates.
+    public var id: String
+    /// What happened.
+    public var kind: Kind
+    /// The saga id.
+    public var sagaID: SagaID
+    /// The saga definition's name.
+    public var sagaName: String
+    /// The definition version the saga is pinned to.
+    public var definitionVersion: Int
+    /// The saga's status after the transition.
+    public var status: SagaStatus
+    /// The saga's version after the transition (events of one saga are ordered by it).
+    public var sagaVersion: Int64
+    /// The step concerned, when one is.
+    public var step: Int?
+    /// The step's name, when a step is concerned.
+    public var stepName: String?
+    /// Action or compensation, when a step is concerned.
+    public var phase: StepPhase?
+    /// The attempt concerned, when a step is concerned.
+    public var attempt: Int?
+    /// For failures: the error; for compensation-started and needs-attention: the reason.
+    public var error: String?
+    /// For step failures: whether the step is attempted again.
+    public var willRetry: Bool?
+    /// For operator actions: `retry` or `compensate`.
+    public var action: String?
+    /// For operator actions: who asked.
+    public var actor: String?
+    /// For operator actions: why, when they said.
+    public var reason: String?
+    /// When the transition was decided (whole milliseconds, as on the wire).
+    public var at: Date
+
+    /// Creates an event.
+    public init(
+        kind: Kind, sagaID: SagaID, sagaName: String, definitionVersion: Int, status: SagaStatus, sagaVersion: Int64, step: Int? = nil,
+        stepName: String? = nil, phase: StepPhase? = nil, attempt: Int? = nil, error: String? = nil, willRetry: Bool? = nil,
+        action: String? = nil, actor: String? = nil, reason: String? = nil, at: Date
+    ) {
+        self.id = "\(sagaID):\(sagaVersion):\(kind.rawValue)"
+        self.kind = kind
+        self.sagaID = sagaID
+        self.sagaName = sagaName
+        self.definitionVersion = definitionVersion
+        self.status = status
+        self.sagaVersion = sagaVersion
+        self.step = step
+        self.stepName = stepName
+        self.phase = phase
+        self.attempt = attempt
+        self.error = error
+        self.willRetry = willRetry
+        self.action = action
+        self.actor = actor
+        self.reason = reason
+        self.at = Self.wholeMilliseconds(at)
+    }
+
+    /// The routing key on the events exchange: `<definition>.<kind>`.
+    public var routingKey: String { "\(sagaName).\(kind.rawValue)" }
+
+    // `at` is written as ISO 8601 with milliseconds (JSONCoding's dates have whole seconds).
+    private enum CodingKeys: String, CodingKey {
+        case id, kind, sagaID, sagaName, definitionVersion, status, sagaVersion, step, stepName, phase, attempt, error, willRetry
+        case action, actor, reason, at
+    }
+
+    /// Decodes an event; `at` is an ISO 8601 time, with or without fractional seconds.
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        id = try container.decode(String.self, forKey: .id)
+        kind = try container.decode(Kind.self, forKey: .kind)
+        sagaID = try container.decode(SagaID.self, forKey: .sagaID)
+        sagaName = try container.decode(String.self, forKey: .sagaName)
+        definitionVersion = try container.decode(Int.self, forKey: .definitionVersion)
+        status = try container.decode(SagaStatus.self, forKey: .status)
+        sagaVersion = try container.decode(Int64.self, forKey: .sagaVersion)
+        step = try container.decodeIfPresent(Int.self, forKey: .step)
+        stepName = try container.decodeIfPresent(String.self, forKey: .stepName)
+        phase = try container.decodeIfPresent(StepPhase.self, forKey: .phase)
+        attempt = try container.decodeIfPresent(Int.self, forKey: .attempt)
+        error = try container.decodeIfPresent(String.self, forKey: .error)
+        willRetry = try container.decodeIfPresent(Bool.self, forKey: .willRetry)
+        action = try container.decodeIfPresent(String.self, forKey: .action)
+        actor = try container.decodeIfPresent(String.self, forKey: .actor)
+        reason = try container.decodeIfPresent(String.self, forKey: .reason)
+        let text = try container.decode(String.self, forKey: .at)
+        guard let at = Self.parseTime(text) else {
+            throw DecodingError.dataCorruptedError(forKey: .at, in: container, debugDescription: "'\(text)' is not an ISO 8601 time")
+        }
+        self.at = Self.wholeMilliseconds(at)
+    }
+
+    /// Encodes the event (absent optional fields are left out).
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(id, forKey: .id)
+        try container.encode(kind, forKey: .kind)
+        try container.encode(sagaID, forKey: .sagaID)
+        try container.encode(sagaName, forKey: .sagaName)
+        try container.encode(definitionVersion, forKey: .definitionVersion)
+        try container.encode(status, forKey: .status)
+        try container.encode(sagaVersion, forKey: .sagaVersion)
+        try container.encodeIfPresent(step, forKey: .step)
+        try container.encodeIfPresent(stepName, forKey: .stepName)
+        try container.encodeIfPresent(phase, forKey: .phase)
+        try container.encodeIfPresent(attempt, forKey: .attempt)
+        try container.encodeIfPresent(error, forKey: .error)
+        try container.encodeIfPresent(willRetry, forKey: .willRetry)
+        try container.encodeIfPresent(action, forKey: .action)
+        try container.encodeIfPresent(actor, forKey: .actor)
+        try container.encodeIfPresent(reason, forKey: .reason)
+        try container.encode(Self.format(at), forKey: .at)
+    }
+
+    private static func wholeMilliseconds(_ date: Date) -> Date {
+        Date(timeIntervalSince1970: (date.timeIntervalSince1970 * 1000).rounded() / 1000)
+    }
+
+    /// `2026-11-29T10:41:07.316Z`: whole seconds formatted, the milliseconds appended exactly
+    /// (formatting a binary fraction directly can print .122 for .123).
+    private static func format(_ date: Date) -> String {
+        let milliseconds = Int64((date.timeIntervalSince1970 * 1000).rounded())
+        let seconds = milliseconds.quotientAndRemainder(dividingBy: 1000)
+        let (whole, fraction) = seconds.remainder < 0 ? (seconds.quotient - 1, seconds.remainder + 1000) : seconds
+        let text = Date(timeIntervalSince1970: Double(whole)).formatted(Date.ISO8601FormatStyle())
+        let digits = String(fraction)
+        return text.dropLast() + "." + String(repeating: "0", count: 3 - digits.count) + digits + "Z"
+    }
+
+    private static func parseTime(_ text: String) -> Date? {
+        (try? Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse(text))
+            ?? (try? Date.ISO8601FormatStyle().parse(text))
+    }
+}
+
+// MARK: - Deriving events from a transition
+
+extension SagaLifecycleEvent {
+    /// Which events a deployment publishes.
+    public enum Selection: String, Sendable, Hashable, CaseIterable {
+        /// Every event.
+        case all
+        /// Only started, the outcomes (completed, compensated, needs attention),
+        /// compensation-started and operator actions: enough to await and watch sagas, about a
+        /// third of the messages of `all` for a three-step saga.
+        case outcomes
+        /// None: nothing is published; ``SagaManager`` waits for outcomes by reading the store.
+        case none
+
+        /// Whether this selection publishes events of `kind`.
+        public func includes(_ kind: Kind) -> Bool {
+            switch self {
+            case .all: true
+            case .none: false
+            case .outcomes:
+                switch kind {
+                case .started, .completed, .compensated, .needsAttention, .compensationStarted, .operatorAction: true
+                case .stepCompleted, .stepFailed, .compensationStepCompleted, .compensationStepFailed: false
+                }
+            }
+        }
+    }
+
+    /// The event of a saga's start (`state` as stored, version 1).
+    public static func started(_ state: SagaState, at now: Date) -> SagaLifecycleEvent {
+        SagaLifecycleEvent(
+            kind: .started, sagaID: state.id, sagaName: state.name, definitionVersion: state.definitionVersion, status: state.status,
+            sagaVersion: 1, step: state.currentStep, attempt: state.attempt, at: now)
+    }
+
+    /// The events of one transition: `event` moved the saga from `old` to `new`, stored as
+    /// version `version`. Pure: the same inputs give the same events, in the order they
+    /// happened (the step's outcome first, then the change of status).
+    public static func events(
+        of event: SagaEvent, from old: SagaState, to new: SagaState, version: Int64, at now: Date
+    ) -> [SagaLifecycleEvent] {
+        func make(
+            _ kind: Kind, step: Int? = nil, phase: StepPhase? = nil, attempt: Int? = nil, error: String? = nil, willRetry: Bool? = nil,
+            action: String? = nil, actor: String? = nil, reason: String? = nil
+        ) -> SagaLifecycleEvent {
+            SagaLifecycleEvent(
+                kind: kind, sagaID: new.id, sagaName: new.name, definitionVersion: new.definitionVersion, status: new.status,
+                sagaVersion: version, step: step, stepName: step.flatMap { stepName(of: $0, in: old, new) }, phase: phase,
+                attempt: attempt, error: error, willRetry: willRetry, action: action, actor: actor, reason: reason, at: now)
+        }
+        // A failed attempt runs again when the saga still waits for the same step and phase, with
+        // a later attempt.
+        func retried(_ step: Int, _ phase: StepPhase) -> Bool {
+            !new.status.isTerminal && new.currentStep == step && new.phase == phase && new.attempt > old.attempt
+        }
+        var events: [SagaLifecycleEvent] = []
+        switch event {
+        case .stepCompleted(let step, let attempt, _, _):
+            events.append(make(.stepCompleted, step: step, phase: .action, attempt: attempt))
+        case .stepFailed(let step, let attempt, let error, _, _):
+            events.append(
+                make(.stepFailed, step: step, phase: .action, attempt: attempt, error: error, willRetry: retried(step, .action)))
+        case .stepTimedOut(let step, let attempt, let after, _):
+            events.append(
+                make(
+                    .stepFailed, step: step, phase: .action, attempt: attempt, error: "timed out after \(after)",
+                    willRetry: retried(step, .action)))
+        case .compensationCompleted(let step, let attempt, _):
+            events.append(make(.compensationStepCompleted, step: step, phase: .compensation, attempt: attempt))
+        case .compensationFailed(let step, let attempt, let error, _):
+            events.append(
+                make(
+                    .compensationStepFailed, step: step, phase: .compensation, attempt: attempt, error: error,
+                    willRetry: retried(step, .compensation)))
+        case .retryRequested(let actor, let reason):
+            events.append(
+                make(
+                    .operatorAction, step: old.currentStep, phase: old.phase, attempt: old.attempt, action: "retry", actor: actor,
+                    reason: reason))
+        case .compensationRequested(let actor, let reason):
+            events.append(
+                make(
+                    .operatorAction, step: old.currentStep, phase: old.phase, attempt: old.attempt, action: "compensate", actor: actor,
+                    reason: reason))
+        case .deadlinePassed, .foundStalled:
+            break
+        }
+        if new.status != old.status {
+            switch new.status {
+            case .compensating:
+                // From needs-attention it resumes a compensation: the operator-action event says so.
+                if old.status == .running {
+                    events.append(make(.compensationStarted, step: new.currentStep, phase: .compensation, error: new.failureReason))
+                }
+            case .completed:
+                events.append(make(.completed))
+            case .compensated:
+                // A saga with nothing to undo goes from running to compensated at once.
+                if old.status == .running {
+                    events.append(make(.compensationStarted, error: new.failureReason))
+                }
+                events.append(make(.compensated, error: new.failureReason))
+            case .needsAttention:
+                events.append(make(.needsAttention, step: new.currentStep, phase: new.phase, error: new.failureReason))
+            case .running:
+                break  // resumed by an operator: the operator-action event says so
+            }
+        }
+        return events
+    }
+
+    private static func stepName(of step: Int, in old: SagaState, _ new: SagaState) -> String? {
+        new.history.last(where: { $0.step == step })?.stepName ?? old.history.last(where: { $0.step == step })?.stepName
+    }
+}
