@@ -98,7 +98,7 @@ struct DeadLetterList: AsyncParsableCommand {
     @Option(help: "At most this many messages.")
     var limit = 100
 
-    @Flag(help: "Print JSON.")
+    @Flag(help: "Print JSON (an array of dead letters).")
     var json = false
 
     func run() async throws {
@@ -149,7 +149,7 @@ struct DeadLetterRequeue: AsyncParsableCommand {
     @Option(help: "Look at most at this many messages.")
     var limit = 1000
 
-    @Flag(help: "Print JSON.")
+    @Flag(help: "Print JSON: {requeued, failed, kept}.")
     var json = false
 
     func validate() throws {
@@ -186,7 +186,11 @@ struct DeadLetterRequeue: AsyncParsableCommand {
                 return result
             }
         }
-        if json { return try printJSON(result) }
+        if json {
+            try printJSON(result)
+            if !result.failed.isEmpty { throw ExitCode(1) }
+            return
+        }
         for letter in result.requeued {
             print(
                 "requeued \(letter.messageId ?? "?") → '\(letter.sourceExchange ?? "")' / '\(letter.sourceRoutingKey ?? letter.command ?? "")'"

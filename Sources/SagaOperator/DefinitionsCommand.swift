@@ -16,7 +16,7 @@ struct DefinitionsCommand: AsyncParsableCommand {
     @Option(help: "How many sagas per definition name to read when counting.")
     var countLimit = 100_000
 
-    @Flag(help: "Print JSON.")
+    @Flag(help: "Print JSON (an array of definitions with their saga counts).")
     var json = false
 
     struct Row: Encodable {

@@ -2,12 +2,21 @@ import ArgumentParser
 import Foundation
 import Participant
 
+/// `saga list`: sagas matching filters the store applies (status, definition name and version,
+/// stalled, stuck retrying), most recently updated first.
 struct ListCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "list",
         abstract: "List sagas, most recently updated first.",
-        discussion: "Examples: saga list --status needs-attention · saga list --stalled 300 · saga list --name order --json"
+        discussion: """
+            Filters combine (AND). Examples: saga list --status needs-attention · saga list --stalled 300 · \
+            saga list --name trip --version 2 · saga list --stuck-retrying (attempt ≥ 5) · saga list --stuck-retrying 3 --json. \
+            JSON (--json): an array of saga states; see Docs/Operations.md.
+            """
     )
+
+    /// The attempt from which `--stuck-retrying` given alone counts a saga as stuck.
+    static let defaultStuckAttempts = 5
 
     @OptionGroup var connection: OperatorOptions
 
@@ -18,50 +27,109 @@ struct ListCommand: AsyncParsableCommand {
     @Option(help: "Only sagas of this definition.")
     var name: String?
 
+    @Option(help: "Only sagas pinned to this definition version.")
+    var version: Int?
+
     @Option(help: "Only running or compensating sagas not updated for this many seconds.")
     var stalled: Double?
+
+    @Option(
+        name: .customLong("stuck-retrying"),
+        help: ArgumentHelp(
+            "Only running or compensating sagas whose current step was attempted at least this many times (alone: 5), for example retrying forever past the pivot.",
+            valueName: "attempts"))
+    var stuckRetrying: Int?
 
     @Option(help: "At most this many sagas.")
     var limit = 50
 
-    @Flag(help: "Print JSON.")
+    @Flag(help: "Print JSON (an array of saga states).")
     var json = false
 
-    func run() async throws {
-        let environment = try CommandEnvironment(connection)
+    func validate() throws {
+        if let version, version < 1 { throw ValidationError("--version must be 1 or more") }
+        if let stuckRetrying, stuckRetrying < 1 { throw ValidationError("--stuck-retrying must be 1 or more") }
+        if let stalled, stalled < 0 { throw ValidationError("--stalled must be 0 or more seconds") }
+        if limit < 1 { throw ValidationError("--limit must be 1 or more") }
+    }
+
+    /// The store query these options make.
+    func query(now: Date = Date()) throws -> SagaQuery {
         var statuses = try Set(status.flatMap { $0.split(separator: ",") }.map { try parseStatus(String($0)) })
         var updatedBefore: Date?
         if let stalled {
-            updatedBefore = Date().addingTimeInterval(-stalled)
-            if statuses.isEmpty { statuses = [.running, .compensating] }
+            updatedBefore = now.addingTimeInterval(-stalled)
         }
-        let query = SagaQuery(statuses: statuses.isEmpty ? nil : statuses, name: name, updatedBefore: updatedBefore, limit: limit)
-        let name = name
-        let json = json
-        let limit = limit
+        if stalled != nil || stuckRetrying != nil {
+            // Only a saga that still moves can be stalled or stuck retrying.
+            statuses = statuses.isEmpty ? [.running, .compensating] : statuses.intersection([.running, .compensating])
+            if statuses.isEmpty {
+                throw ValidationError("--stalled and --stuck-retrying find running or compensating sagas; drop the other --status values")
+            }
+        }
+        return SagaQuery(
+            statuses: statuses.isEmpty ? nil : statuses, name: name, updatedBefore: updatedBefore, definitionVersion: version,
+            minimumAttempt: stuckRetrying, limit: limit)
+    }
+
+    /// `--stuck-retrying` given without a number (last, or before another option) means
+    /// ``defaultStuckAttempts``: ArgumentParser has no options with an optional value, so the
+    /// arguments of `list` are completed before parsing.
+    static func completingStuckRetrying(_ arguments: [String]) -> [String] {
+        guard arguments.first == "list" else { return arguments }
+        var result: [String] = []
+        var index = 0
+        while index < arguments.count {
+            let argument = arguments[index]
+            result.append(argument)
+            if argument == "--" {
+                result.append(contentsOf: arguments[(index + 1)...])
+                break
+            }
+            if argument == "--stuck-retrying" {
+                let next = index + 1 < arguments.count ? arguments[index + 1] : nil
+                if next.flatMap({ Int($0) }) == nil { result.append(String(defaultStuckAttempts)) }
+            }
+            index += 1
+        }
+        return result
+    }
+
+    func run() async throws {
+        let environment = try CommandEnvironment(connection)
+        let query = try query()
+        let (name, json, limit) = (name, json, limit)
         try await environment.withStore { store in
-            let (sagas, counts) = (try await store.list(query), try await store.countByStatus(name: name))
-            try Self.report(sagas, counts: counts, name: name, json: json, limit: limit)
+            let sagas = try await store.list(query)
+            if json {
+                try printJSON(sagas)
+                return
+            }
+            try Self.report(sagas, counts: try await store.countByStatus(name: name), query: query, limit: limit)
         }
     }
 
     /// Prints inside the store's scope, so that positions use its definitions too.
-    private static func report(_ sagas: [SagaState], counts: [SagaStatus: Int], name: String?, json: Bool, limit: Int) throws {
-        if json {
-            try printJSON(sagas)
-            return
-        }
+    private static func report(_ sagas: [SagaState], counts: [SagaStatus: Int], query: SagaQuery, limit: Int) throws {
         if sagas.isEmpty {
             print("no sagas match")
         } else {
             let now = Date()
             printTable(
-                ["ID", "NAME", "STATUS", "AT", "STARTED", "UPDATED"],
-                sagas.map { [$0.id, $0.name, $0.status.cliName, position($0), age($0.createdAt, now: now), age($0.updatedAt, now: now)] }
+                ["ID", "NAME", "VERSION", "STATUS", "AT", "STARTED", "UPDATED"],
+                sagas.map {
+                    [
+                        $0.id, $0.name, "\($0.definitionVersion)", $0.status.cliName, position($0), age($0.createdAt, now: now),
+                        age($0.updatedAt, now: now),
+                    ]
+                }
             )
         }
         let totals = SagaStatus.allCases.map { "\($0.cliName) \(counts[$0] ?? 0)" }.joined(separator: " · ")
-        print("\nin the store\(name.map { " (\($0))" } ?? ""): \(totals)")
+        print("\nin the store\(query.name.map { " (\($0))" } ?? ""): \(totals)")
+        if let attempts = query.minimumAttempt, !sagas.isEmpty {
+            print("stuck retrying (attempt \(attempts) or more): see why with `saga show <id>`; fix the handler, then `saga retry <id>`")
+        }
         if sagas.count == limit { print("(showing \(limit); use --limit for more)") }
     }
 }

@@ -2,27 +2,50 @@ import ArgumentParser
 import Foundation
 import Participant
 
+/// Who acts and why, for the commands that move a saga: recorded in the saga's history.
+struct OperatorActionOptions: ParsableArguments, Sendable {
+    @Option(help: "Who is acting, recorded in the saga's history (default: $SAGA_OPERATOR, else $USER, else operator).")
+    var by: String?
+
+    /// The name recorded when `--by` is not given.
+    static func defaultActor(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        for key in ["SAGA_OPERATOR", "USER"] {
+            if let value = environment[key]?.trimmingCharacters(in: .whitespaces), !value.isEmpty { return value }
+        }
+        return "operator"
+    }
+
+    /// `--by`, or the default.
+    var actor: String { by.map { $0.trimmingCharacters(in: .whitespaces) }.flatMap { $0.isEmpty ? nil : $0 } ?? Self.defaultActor() }
+}
+
 struct RetryCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "retry",
-        abstract: "Send a saga's current command again, as a new attempt (also for a saga that needs attention)."
+        abstract: "Send a saga's current command again, as a new attempt (also for a saga that needs attention).",
+        discussion: "Recorded in the saga's history with --by and --reason (see `saga show`). JSON (--json): the new saga state."
     )
 
     @OptionGroup var connection: OperatorOptions
 
+    @OptionGroup var action: OperatorActionOptions
+
+    @Option(help: "Why, recorded in the saga's history.")
+    var reason: String?
+
     @Argument(help: "The saga id.")
     var id: String
 
-    @Flag(help: "Print JSON (the new state).")
+    @Flag(help: "Print JSON (the new saga state).")
     var json = false
 
     func run() async throws {
-        let id = id
-        let json = json
+        let (id, json, actor, reason) = (id, json, action.actor, reason)
         try await CommandEnvironment(connection).withManager { manager in
-            let state = try await manager.retry(id)
+            let state = try await manager.retry(id, by: actor, reason: reason)
             if json { return try printJSON(state) }
             print("saga \(id) is \(state.status.cliName) at \(position(state)); its command was sent again.")
+            print("recorded: retry requested by \(actor)\(reason.map { ": \"\($0)\"" } ?? " (no reason given)")")
         }
     }
 }
@@ -30,27 +53,30 @@ struct RetryCommand: AsyncParsableCommand {
 struct CompensateCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "compensate",
-        abstract: "Compensate a saga now: undo its completed steps, newest first (only before the pivot)."
+        abstract: "Compensate a saga now: undo its completed steps, newest first (only before the pivot).",
+        discussion: "Recorded in the saga's history with --by and --reason (see `saga show`). JSON (--json): the new saga state."
     )
 
     @OptionGroup var connection: OperatorOptions
 
+    @OptionGroup var action: OperatorActionOptions
+
+    @Option(help: "Why, recorded in the saga's history and as its failure reason.")
+    var reason = "compensation requested by an operator"
+
     @Argument(help: "The saga id.")
     var id: String
 
-    @Option(help: "Why, recorded as the saga's failure reason.")
-    var reason = "compensation requested by an operator"
-
-    @Flag(help: "Print JSON (the new state).")
+    @Flag(help: "Print JSON (the new saga state).")
     var json = false
 
     func run() async throws {
-        let (id, reason) = (id, reason)
-        let json = json
+        let (id, json, actor, reason) = (id, json, action.actor, reason)
         try await CommandEnvironment(connection).withManager { manager in
-            let state = try await manager.compensate(id, reason: reason)
+            let state = try await manager.compensate(id, by: actor, reason: reason)
             if json { return try printJSON(state) }
             print("saga \(id) is \(state.status.cliName) at \(position(state)).")
+            print("recorded: compensation requested by \(actor): \"\(reason)\"")
         }
     }
 }
@@ -59,7 +85,11 @@ struct ReapCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "reap",
         abstract: "Run one reaper pass now: re-send the current command of stalled sagas.",
-        discussion: "Safe while participants run their own reapers: sagas are claimed with a lease."
+        discussion: """
+            Safe while participants run their own reapers: sagas are claimed with a lease. Every stalled saga the pass \
+            leaves alone is listed with the reason (another topology prefix, an unknown definition, a lease held by \
+            another reaper, …). JSON (--json): {stalledSeconds, changed, leftAlone}; see Docs/Operations.md.
+            """
     )
 
     @OptionGroup var connection: OperatorOptions
@@ -72,8 +102,32 @@ struct ReapCommand: AsyncParsableCommand {
     @Option(help: "Re-sends without progress before the saga needs attention (default: SAGAKIT_REAPER_MAX_ATTEMPTS or 3).")
     var maxAttempts: Int?
 
-    @Flag(help: "Print JSON (the sagas that changed).")
+    @Flag(help: "Print JSON: the sagas the pass changed and those it left alone, with why.")
     var json = false
+
+    /// A stalled saga the pass did not change, and why.
+    struct LeftAlone: Encodable, Equatable {
+        var id: String
+        var name: String
+        var definitionVersion: Int
+        var status: String
+        var updatedAt: Date
+        /// `other-topology`, `unknown-definition`, `moved`, `lease-held`, `not-claimed`.
+        var code: String
+        /// Why, and what to do, for people.
+        var reason: String
+    }
+
+    /// `saga reap --json`.
+    struct Output: Encodable {
+        /// The stalled threshold of the pass.
+        var stalledSeconds: Int
+        /// The sagas the pass changed (re-sent, compensated past their deadline, or stopped for an
+        /// operator), as stored after the change.
+        var changed: [SagaState]
+        /// Every other saga that was stalled when the pass began.
+        var leftAlone: [LeftAlone]
+    }
 
     func run() async throws {
         let environment = try CommandEnvironment(connection)
@@ -85,34 +139,94 @@ struct ReapCommand: AsyncParsableCommand {
         reaperConfiguration.pollInterval = .seconds(60)
         let reaper = reaperConfiguration
         let topology = configuration.topology
-        let (changed, unknown, positions) = try await environment.withStoreAndBus { store, bus in
+        let (output, positions) = try await environment.withStoreAndBus { store, bus in
             // The compiled-in definitions and the store's.
             let definitions = SagaOperatorTool.definitions
+            let now = Date()
+            let cutoff = now.addingTimeInterval(-reaper.stalledThreshold.seconds)
+            let stalled = try await store.list(SagaQuery(statuses: [.running, .compensating], updatedBefore: cutoff, limit: 10_000))
             let changed = try await SagaReaper(
                 configuration: reaper, definitions: definitions, bus: bus, store: store, topology: topology, logger: logger
-            ).reapOnce()
-            // The reaper leaves sagas whose definition it does not know alone: say so.
-            let stalled = try await store.list(
-                SagaQuery(
-                    statuses: [.running, .compensating], updatedBefore: Date().addingTimeInterval(-reaper.stalledThreshold.seconds),
-                    limit: 1000))
-            let unknown = stalled.filter { definitions.definition(named: $0.name, version: $0.definitionVersion) == nil }
-            return (changed, unknown, changed.map(position))
+            ).reapOnce(now: now)
+            let leftAlone = try await Self.leftAlone(
+                stalled: stalled, changed: changed, store: store, definitions: definitions, topology: topology,
+                cutoff: cutoff, now: now, batchSize: reaper.batchSize)
+            return (
+                Output(stalledSeconds: Int(reaper.stalledThreshold.seconds), changed: changed, leftAlone: leftAlone), changed.map(position)
+            )
         }
-        if json { return try printJSON(changed) }
-        if !unknown.isEmpty {
-            let names = Set(unknown.map(\.name)).sorted().joined(separator: ", ")
-            FileHandle.standardError.write(
-                Data(
-                    "saga: \(unknown.count) stalled saga(s) of definitions neither this tool nor the store knows were left alone (\(names)); start a participant that runs them (it registers them in the store)\n"
-                        .utf8))
+        if json { return try printJSON(output) }
+        if output.changed.isEmpty {
+            print("no stalled saga re-sent (threshold \(output.stalledSeconds) s)")
+        } else {
+            printTable(
+                ["ID", "NAME", "NOW", "AT", "RE-SENDS"],
+                zip(output.changed, positions).map { [$0.id, $0.name, $0.status.cliName, $1, "\($0.reapAttempts)"] })
         }
-        if changed.isEmpty {
-            print("no stalled sagas of known definitions re-sent (threshold \(Int(reaper.stalledThreshold.seconds)) s)")
-            return
+        if !output.leftAlone.isEmpty {
+            print("\n\(output.leftAlone.count) stalled saga(s) left alone:")
+            printTable(
+                ["ID", "NAME", "STATUS", "UPDATED", "WHY"],
+                output.leftAlone.map { [$0.id, "\($0.name) v\($0.definitionVersion)", $0.status, age($0.updatedAt), $0.reason] })
         }
-        printTable(
-            ["ID", "NAME", "NOW", "AT", "RE-SENDS"],
-            zip(changed, positions).map { [$0.id, $0.name, $0.status.cliName, $1, "\($0.reapAttempts)"] })
+    }
+
+    /// Why each saga that was stalled when the pass began was not changed by it. The reaper skips
+    /// sagas of another topology and of unknown definitions; a saga another reaper holds a lease
+    /// on is not claimed. To tell a held lease from a free one, the free ones are claimed with a
+    /// lease that ends at once (so nobody is kept from them).
+    static func leftAlone(
+        stalled: [SagaState], changed: [SagaState], store: any SagaStore, definitions: SagaDefinitionRegistry, topology: SagaTopology,
+        cutoff: Date, now: Date, batchSize: Int
+    ) async throws -> [LeftAlone] {
+        let changedIDs = Set(changed.map(\.id))
+        let candidates = stalled.filter { !changedIDs.contains($0.id) }
+        guard !candidates.isEmpty else { return [] }
+        let free = Set(
+            try await store.claimStalled(
+                updatedBefore: cutoff, now: now, owner: "saga-cli-probe", lease: .zero, limit: stalled.count + 1
+            ).map(\.id))
+        var result: [LeftAlone] = []
+        for saga in candidates {
+            func leave(_ code: String, _ reason: String) {
+                result.append(
+                    LeftAlone(
+                        id: saga.id, name: saga.name, definitionVersion: saga.definitionVersion, status: saga.status.cliName,
+                        updatedAt: saga.updatedAt, code: code, reason: reason))
+            }
+            if let prefix = saga.context[SagaTopology.contextKey], prefix != topology.prefix {
+                leave(
+                    "other-topology",
+                    "started on topology prefix '\(prefix)', this tool uses '\(topology.prefix)': the reapers of that deployment handle it (or run `saga reap --prefix \(prefix)`)"
+                )
+                continue
+            }
+            if (try? definitions.definition(named: saga.name)) == nil {
+                leave(
+                    "unknown-definition",
+                    "neither this tool nor the store knows the definition '\(saga.name)': start a participant that runs it (it registers it in the store)"
+                )
+                continue
+            }
+            let current = try? await store.load(saga.id)
+            if let current, current.version != saga.version || current.status.isTerminal {
+                leave(
+                    "moved",
+                    "it moved while the pass ran (now \(current.status.cliName) at \(position(current)), version \(current.version))")
+                continue
+            }
+            if free.contains(saga.id) {
+                leave(
+                    "not-claimed",
+                    "not reached by this pass (it claims at most \(batchSize) sagas, or re-sending failed: see the errors above); run `saga reap` again"
+                )
+            } else {
+                leave(
+                    "lease-held",
+                    "another reaper holds its lease (it is handling it now, or this pass could not re-send it: see the errors above); left alone until the lease ends"
+                )
+            }
+        }
+        return result
     }
 }

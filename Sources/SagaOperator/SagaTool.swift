@@ -16,7 +16,8 @@ public import Participant
 ///
 /// Commands: `list`, `show`, `graph`, `definitions`, `retry`, `compensate`, `reap`,
 /// `dlq list|requeue`; each takes `--store-url`/`SAGAKIT_STORE_URL`, `--amqp-url`/`AMQP_URL`,
-/// `--prefix`/`SAGAKIT_PREFIX` and prints for people, or JSON with `--json`. Definitions come
+/// `--prefix`/`SAGAKIT_PREFIX` and prints for people, or one JSON document on standard output
+/// with `--json` (errors go to standard error, with a non-zero exit status). Definitions come
 /// from the tool (compiled in) and from the store, where every participant and manager
 /// registers the definitions it runs: a plain `saga` executable operates any saga.
 public enum SagaOperatorTool {
@@ -31,6 +32,7 @@ public enum SagaOperatorTool {
         } catch {
             SagaRootCommand.exit(withError: error)
         }
+        let arguments = ListCommand.completingStuckRetrying(arguments ?? Array(CommandLine.arguments.dropFirst()))
         await $definitions.withValue(registry) {
             await SagaRootCommand.main(arguments)
         }
@@ -51,11 +53,12 @@ struct SagaRootCommand: AsyncParsableCommand {
         abstract: "Inspect and operate SagaKit sagas.",
         discussion: """
             Configured like the services: --store-url / SAGAKIT_STORE_URL (required), --amqp-url / AMQP_URL, \
-            --prefix / SAGAKIT_PREFIX. Every command prints for people, or JSON with --json.
+            --prefix / SAGAKIT_PREFIX. Every command prints for people, or one JSON document with --json; errors go to \
+            standard error with a non-zero exit status.
             """,
         subcommands: [
             ListCommand.self, ShowCommand.self, GraphCommand.self, DefinitionsCommand.self, RetryCommand.self, CompensateCommand.self,
-            ReapCommand.self, DeadLetterCommand.self,
+            ReapCommand.self, DeadLetterCommand.self, EventsCommand.self,
         ]
     )
 }

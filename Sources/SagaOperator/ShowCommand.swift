@@ -2,10 +2,13 @@ import ArgumentParser
 import Foundation
 import Participant
 
+/// `saga show <id>`: a saga's state, its history as a timeline (handlers, the reaper and
+/// operators: who, when, why), and what happens next.
 struct ShowCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "show",
-        abstract: "Show a saga: state, payload, its history as a timeline, and what happens next."
+        abstract: "Show a saga: state, payload, its history as a timeline (with operator actions), and what happens next.",
+        discussion: "JSON (--json): {saga, timeline, next, nextStep}; see Docs/Operations.md."
     )
 
     @OptionGroup var connection: OperatorOptions
@@ -13,12 +16,19 @@ struct ShowCommand: AsyncParsableCommand {
     @Argument(help: "The saga id.")
     var id: String
 
-    @Flag(help: "Print JSON (the stored state plus the next step).")
+    @Flag(help: "Print JSON: the stored state, the timeline, and what happens next.")
     var json = false
 
+    /// `saga show --json`.
     struct Output: Encodable {
+        /// The stored state, as `saga list --json` prints it.
         var saga: SagaState
+        /// The history in order, with the start and (for a finished saga) the end.
+        var timeline: [TimelineEntry]
+        /// What happens next, in words (the text `saga show` prints under "next").
         var next: String
+        /// What happens next, as data.
+        var nextStep: NextStep
     }
 
     func run() async throws {
@@ -31,14 +41,74 @@ struct ShowCommand: AsyncParsableCommand {
             let state = try await store.load(id)
             let next = Self.next(state, configuration: configuration)
             if json {
-                try printJSON(Output(saga: state, next: next))
+                try printJSON(Output(saga: state, timeline: Self.timeline(state), next: next.text, nextStep: next))
                 return
             }
             print(Self.render(state, next: next))
         }
     }
 
-    static func render(_ state: SagaState, next: String) -> String {
+    // MARK: - Timeline
+
+    /// One line of the timeline.
+    struct TimelineEntry: Encodable, Equatable {
+        /// `started`, `step` (a handler's outcome), `reaper` (a re-send, or the reaper gave up),
+        /// `operator` (a retry or compensation someone asked for), `finished`.
+        var event: String
+        /// When it happened.
+        var at: Date
+        /// Seconds after the saga started.
+        var offsetSeconds: Double
+        var step: Int?
+        var stepName: String?
+        /// `action` or `compensation`.
+        var phase: String?
+        var attempt: Int?
+        /// The ``StepOutcome`` raw value (`completed`, `retrying`, `failed`, `resent`,
+        /// `retryRequested`, `compensationRequested`), or the final status for `finished`.
+        var outcome: String?
+        /// How long the handler ran (handler outcomes only).
+        var handlerSeconds: Double?
+        var error: String?
+        var timedOut: Bool?
+        /// Who asked (operator actions).
+        var actor: String?
+        /// Why (operator actions, when given).
+        var reason: String?
+    }
+
+    /// The saga's history as timeline entries, with its start and, once finished, its end.
+    static func timeline(_ state: SagaState) -> [TimelineEntry] {
+        var entries = [
+            TimelineEntry(event: "started", at: state.createdAt, offsetSeconds: 0)
+        ]
+        for record in state.history {
+            let event: String
+            if record.outcome.isOperatorAction {
+                event = "operator"
+            } else if record.outcome == .resent || (record.outcome == .failed && record.error?.hasPrefix("stalled at step") == true) {
+                event = "reaper"
+            } else {
+                event = "step"
+            }
+            let handler = event == "step" ? record.finishedAt.timeIntervalSince(record.startedAt) : nil
+            entries.append(
+                TimelineEntry(
+                    event: event, at: record.finishedAt, offsetSeconds: record.finishedAt.timeIntervalSince(state.createdAt),
+                    step: record.step, stepName: record.stepName, phase: record.phase.rawValue, attempt: record.attempt,
+                    outcome: record.outcome.rawValue, handlerSeconds: handler, error: record.error, timedOut: record.timedOut,
+                    actor: record.actor, reason: record.reason))
+        }
+        if state.status.isTerminal {
+            entries.append(
+                TimelineEntry(
+                    event: "finished", at: state.updatedAt, offsetSeconds: state.updatedAt.timeIntervalSince(state.createdAt),
+                    outcome: state.status.cliName, reason: state.failureReason))
+        }
+        return entries
+    }
+
+    static func render(_ state: SagaState, next: NextStep) -> String {
         var lines: [String] = []
         lines.append("saga \(state.id)")
         lines.append("  definition  \(state.name) version \(state.definitionVersion)")
@@ -58,71 +128,37 @@ struct ShowCommand: AsyncParsableCommand {
         }
         lines.append("")
         lines.append("timeline (time after the start · step · phase and attempt · outcome · handler time)")
-        lines.append("  \(pad("+0 ms", 10))  saga started")
-        for record in state.history {
-            let at = "+" + formatSeconds(record.finishedAt.timeIntervalSince(state.createdAt))
-            let took = record.outcome == .resent ? "" : formatSeconds(record.finishedAt.timeIntervalSince(record.startedAt))
-            var line =
-                "  \(pad(at, 10))  \(pad(record.stepName, 16))  \(pad("\(record.phase.rawValue) #\(record.attempt)", 16))  \(pad(describe(record.outcome), 13))  \(pad(took, 8))"
-            if let error = record.error { line += "  \(error)" }
-            lines.append(line.trimmingTrailingSpaces())
-        }
-        if state.status.isTerminal {
-            let end = "+" + formatSeconds(elapsed)
-            lines.append("  \(pad(end, 10))  saga \(state.status.cliName)")
-        }
+        for entry in timeline(state) { lines.append(line(entry)) }
         lines.append("")
         lines.append("next")
-        lines.append("  " + next)
+        lines.append("  " + next.text.replacingOccurrences(of: "\n", with: "\n  "))
         return lines.joined(separator: "\n")
     }
 
-    /// What will happen to the saga next, in words.
-    static func next(_ state: SagaState, configuration: OperatorConfiguration) -> String {
-        guard let definition = pinnedDefinition(of: state), definition.steps.indices.contains(state.currentStep) else {
-            return
-                "unknown: neither this tool nor the store knows the definition '\(state.name)' version \(state.definitionVersion) (start a participant or manager that runs it: they register their definitions in the store)"
+    /// One timeline line for people.
+    static func line(_ entry: TimelineEntry) -> String {
+        // Stores keep milliseconds: below one, say so instead of printing microseconds.
+        let at = entry.offsetSeconds < 0.001 ? "+0 ms" : "+" + formatSeconds(entry.offsetSeconds)
+        switch entry.event {
+        case "started":
+            return "  \(pad(at, 10))  saga started"
+        case "finished":
+            return "  \(pad(at, 10))  saga \(entry.outcome ?? "finished")"
+        default:
+            break
         }
-        let step = definition.steps[state.currentStep]
-        let reaper = configuration.reaper
-        switch state.status {
-        case .completed:
-            return "nothing: every step completed."
-        case .compensated:
-            return "nothing: the completed steps were compensated."
-        case .needsAttention:
-            let stuckInCompensation = state.history.last(where: { $0.step == state.currentStep })?.phase == .compensation
-            let command = stuckInCompensation ? (step.compensation ?? step.action) : step.action
-            var text = "nothing until an operator acts: \(state.failureReason ?? "the saga stopped").\n"
-            text += "  `saga retry \(state.id)` sends '\(command)' again as attempt \(state.attempt + 1)"
-            if !stuckInCompensation && !definition.isForwardOnly(state.currentStep) {
-                text += ";\n  `saga compensate \(state.id)` undoes the completed steps instead"
-            }
-            return text + "."
-        case .running, .compensating:
-            let command = SagaStateMachine(definition: definition).command(for: state).command
-            var text =
-                "waiting for '\(command.command)' (step \(state.currentStep + 1) '\(step.name)', \(command.phase.rawValue), attempt \(command.attempt))"
-            text += " on exchange \(configuration.topology.commandsExchange)"
-            if let last = state.history.last, last.outcome == .retrying, last.step == state.currentStep {
-                let policy = command.phase == .action ? step.options.retry : definition.compensationRetry
-                let delay = policy.delay(afterAttempt: last.attempt)
-                let level = configuration.topology.delayLevel(for: delay)
-                text +=
-                    ",\n  sent after a delay of \(level) s through \(configuration.topology.delayName(seconds: level)) (retry of a failed attempt)"
-            }
-            if definition.isForwardOnly(state.currentStep) && state.status == .running {
-                text += ";\n  past the pivot: failures are retried forward, never compensated"
-            } else if state.status == .running {
-                let left = max(0, step.options.retry.maxAttempts - state.attempt)
-                text += ";\n  a business failure (failAndCompensate) compensates at once; a thrown error is retried"
-                text += " (\(left) retry(ies) left), then the saga compensates"
-            }
-            let stalledAt = state.updatedAt.addingTimeInterval(reaper.stalledThreshold.seconds)
-            text += ".\n  If nothing happens by \(isoFormatter.string(from: stalledAt)), the reaper re-sends it"
-            text += " (\(reaper.maxReapAttempts - state.reapAttempts) re-send(s) left before the saga needs attention)."
-            return text
+        let head = "  \(pad(at, 10))  \(pad(entry.stepName ?? "?", 16))  \(pad("\(entry.phase ?? "?") #\(entry.attempt ?? 0)", 16))"
+        if entry.event == "operator" {
+            let what = entry.outcome == StepOutcome.compensationRequested.rawValue ? "requested compensation" : "requested a retry"
+            let why = entry.reason.map { ": \"\($0)\"" } ?? " (no reason given)"
+            return "\(head)  operator \(entry.actor ?? "?") \(what) at \(isoFormatter.string(from: entry.at))\(why)"
         }
+        let outcome = entry.outcome.flatMap(StepOutcome.init(rawValue:)).map(describe) ?? (entry.outcome ?? "?")
+        let took = entry.handlerSeconds.map { $0 < 0.001 ? "<1 ms" : formatSeconds($0) } ?? ""
+        var line = "\(head)  \(pad(outcome, 13))  \(pad(took, 8))"
+        if entry.timedOut == true { line += "  (timed out)" }
+        if let error = entry.error { line += "  \(error)" }
+        return line.trimmingTrailingSpaces()
     }
 
     static func describe(_ outcome: StepOutcome) -> String {
@@ -131,7 +167,143 @@ struct ShowCommand: AsyncParsableCommand {
         case .retrying: "failed, retry"
         case .failed: "FAILED"
         case .resent: "re-sent"
+        case .retryRequested: "retry requested"
+        case .compensationRequested: "compensation requested"
         }
+    }
+
+    // MARK: - Next
+
+    /// What happens to a saga next.
+    struct NextStep: Encodable, Equatable {
+        /// `waiting` (a command is on its way to a handler), `retrying` (a failed attempt waits in a
+        /// delay queue), `needs-operator`, `finished`, or `unknown` (the definition is unknown).
+        var kind: String
+        /// The first line of ``text``.
+        var summary: String
+        /// Everything the tool can say, for people (the `next` section of `saga show`).
+        var text: String
+        /// The command expected to run next, with its step, phase and attempt.
+        var command: String?
+        var step: Int?
+        var stepName: String?
+        var phase: String?
+        var attempt: Int?
+        /// When a delayed retry is (or was) due.
+        var retryAt: Date?
+        /// The delay level the retry waits in, in seconds.
+        var delaySeconds: Int?
+        /// When the reaper re-sends the command if nothing happens.
+        var stalledAt: Date?
+        /// The `saga` commands an operator can run now.
+        var operatorCommands: [String]
+    }
+
+    /// What will happen to the saga next.
+    static func next(_ state: SagaState, configuration: OperatorConfiguration, now: Date = Date()) -> NextStep {
+        func make(_ kind: String, _ lines: [String], commands: [String] = []) -> NextStep {
+            NextStep(
+                kind: kind, summary: lines.first ?? "", text: lines.joined(separator: "\n"), operatorCommands: commands)
+        }
+        switch state.status {
+        case .completed:
+            return make("finished", ["finished: every step completed."])
+        case .compensated:
+            return make("finished", ["finished: the completed steps were compensated. Why: \(state.failureReason ?? "no reason recorded")"])
+        default:
+            break
+        }
+        guard let definition = pinnedDefinition(of: state), definition.steps.indices.contains(state.currentStep) else {
+            return make(
+                "unknown",
+                [
+                    "unknown: neither this tool nor the store knows the definition '\(state.name)' version \(state.definitionVersion)",
+                    "(start a participant or manager that runs it: they register their definitions in the store)",
+                ])
+        }
+        let step = definition.steps[state.currentStep]
+        let reaper = configuration.reaper
+        if state.status == .needsAttention {
+            let stuckInCompensation = state.history.last(where: { $0.step == state.currentStep })?.phase == .compensation
+            let command = stuckInCompensation ? (step.compensation ?? step.action) : step.action
+            let canCompensate = !stuckInCompensation && !definition.isForwardOnly(state.currentStep)
+            var commands = ["saga retry \(state.id)"]
+            if canCompensate { commands.append("saga compensate \(state.id)") }
+            var lines = [
+                "needs an operator: " + commands.map { "`\($0)`" }.joined(separator: " or "),
+                "stopped: \(state.failureReason ?? "no reason recorded")",
+                "`saga retry \(state.id) --reason …` sends '\(command)' again as attempt \(state.attempt + 1)",
+            ]
+            if canCompensate { lines.append("`saga compensate \(state.id) --reason …` undoes the completed steps instead") }
+            var next = make("needs-operator", lines, commands: commands)
+            next.command = command
+            next.step = state.currentStep
+            next.stepName = step.name
+            next.phase = (stuckInCompensation ? StepPhase.compensation : .action).rawValue
+            next.attempt = state.attempt + 1
+            return next
+        }
+
+        // Running or compensating: a command is on its way, now or after a delay.
+        let command = SagaStateMachine(definition: definition).command(for: state).command
+        let where_ = "step \(state.currentStep + 1) '\(step.name)', \(command.phase.rawValue)"
+        var lines: [String] = []
+        var kind = "waiting"
+        var retryAt: Date?
+        var delaySeconds: Int?
+        let last = state.history.last { $0.step == state.currentStep && $0.phase == command.phase }
+        if let last, last.outcome == .retrying {
+            let policy = command.phase == .action ? step.options.retry : definition.compensationRetry
+            let level = configuration.topology.delayLevel(for: policy.delay(afterAttempt: last.attempt))
+            let due = last.finishedAt.addingTimeInterval(Double(level))
+            (retryAt, delaySeconds) = (due, level)
+            if due > now {
+                kind = "retrying"
+                lines.append(
+                    "retrying at \(isoFormatter.string(from: due)) (delay level \(level) s): '\(command.command)' attempt \(command.attempt) (\(where_))"
+                )
+            } else {
+                lines.append(
+                    "waiting for a service to run '\(command.command)' attempt \(command.attempt) (\(where_)); the retry was due at \(isoFormatter.string(from: due)) (delay level \(level) s)"
+                )
+            }
+            lines.append("the last attempt failed: \(last.error ?? "no error recorded")")
+        } else {
+            lines.append("waiting for a service to run '\(command.command)' attempt \(command.attempt) (\(where_))")
+            if let last, last.outcome == .retryRequested {
+                lines.append("sent again at \(isoFormatter.string(from: last.finishedAt)) for \(last.actor ?? "an operator")'s retry")
+            }
+        }
+        lines.append("sent to exchange \(configuration.topology.commandsExchange), routing key '\(command.command)'")
+        if definition.isForwardOnly(state.currentStep) && state.status == .running {
+            lines.append("past the pivot: failures are retried forward until the handler succeeds, never compensated")
+            if state.attempt >= 5 {
+                lines.append(
+                    "attempted \(state.attempt) times: fix what makes the handler fail; `saga retry \(state.id)` then runs it at once")
+            }
+        } else if state.status == .running {
+            let left = max(0, step.options.retry.maxAttempts - state.attempt)
+            lines.append(
+                "a business failure (failAndCompensate) compensates at once; a thrown error is retried (\(left) retry(ies) left), then the saga compensates"
+            )
+        } else {
+            let left = max(0, definition.compensationRetry.maxAttempts - state.attempt)
+            lines.append("a failing compensation is retried (\(left) retry(ies) left), then the saga needs an operator")
+        }
+        let stalledAt = state.updatedAt.addingTimeInterval(reaper.stalledThreshold.seconds)
+        lines.append(
+            "if nothing happens by \(isoFormatter.string(from: stalledAt)), the reaper re-sends it (\(max(0, reaper.maxReapAttempts - state.reapAttempts)) re-send(s) left before the saga needs an operator)"
+        )
+        var next = make(kind, lines)
+        next.command = command.command
+        next.step = state.currentStep
+        next.stepName = step.name
+        next.phase = command.phase.rawValue
+        next.attempt = command.attempt
+        next.retryAt = retryAt
+        next.delaySeconds = delaySeconds
+        next.stalledAt = stalledAt
+        return next
     }
 
     static func pad(_ text: String, _ width: Int) -> String {

@@ -62,7 +62,9 @@ struct OperatorStoredDefinitionTests {
         #expect(show.status == 0, "\(show.output)")
         #expect(show.output.contains("definition  trip version 2"), "\(show.output)")
         #expect(show.output.contains("at hotel (action #1)"), "\(show.output)")
-        #expect(show.output.contains("waiting for 'trip-test.hotels.book' (step 1 'hotel', action, attempt 1)"), "\(show.output)")
+        #expect(
+            show.output.contains("waiting for a service to run 'trip-test.hotels.book' attempt 1 (step 1 'hotel', action)"),
+            "\(show.output)")
         #expect(!show.output.contains("unknown"), "\(show.output)")
     }
 

@@ -1,0 +1,431 @@
+import Foundation
+import Participant
+import SagaSQLite
+import SagaTestSupport
+import Synchronization
+import Testing
+
+/// The plain `saga` executable (no compiled-in definitions) on the real broker and a real store,
+/// operating `trip` sagas whose definition exists only in this test process: list with every
+/// filter, show, graph, definitions, retry, compensate, reap and dlq, for people and as JSON.
+@Suite(
+    "saga CLI on a user-defined saga (broker and store)",
+    .enabled(if: TestBroker.shouldRunIntegrationTests, "start RabbitMQ (scripts/rabbitmq.sh start) or set AMQP_URL"),
+    .timeLimit(.minutes(5))
+)
+struct OperatorCLITests {
+    /// `trip` version 2: hotel, flight, then the pivot `confirm`, whose failures are retried
+    /// forward every second.
+    static let trip: SagaDefinition = {
+        let everySecond = RetryPolicy(maxAttempts: 50, initialDelay: .seconds(1), multiplier: 1, maxDelay: .seconds(1))
+        do {
+            return try SagaBuilder("trip")
+                .version(2)
+                .step("hotel", action: "trip-cli.hotels.book", compensation: "trip-cli.hotels.cancel")
+                .step(
+                    "flight", action: "trip-cli.flights.book", compensation: "trip-cli.flights.cancel",
+                    options: StepOptions(retry: everySecond)
+                )
+                .step("confirm", action: "trip-cli.trips.confirm", options: StepOptions(isPivot: true, retry: everySecond))
+                .build()
+        } catch {
+            preconditionFailure("\(error)")
+        }
+    }()
+
+    /// `trip` version 1: hotel and flight only.
+    static let tripV1: SagaDefinition = {
+        do {
+            return try SagaBuilder("trip")
+                .step("hotel", action: "trip-cli.hotels.book", compensation: "trip-cli.hotels.cancel")
+                .step("flight", action: "trip-cli.flights.book", compensation: "trip-cli.flights.cancel")
+                .build()
+        } catch {
+            preconditionFailure("\(error)")
+        }
+    }()
+
+    /// A switch the test turns on while the services run.
+    final class Switch: Sendable {
+        private let state = Mutex(false)
+        var isOn: Bool { state.withLock { $0 } }
+        func turnOn() { state.withLock { $0 = true } }
+    }
+
+    /// The payload switches of the fake services.
+    struct TripPayload: Codable {
+        var noSeats: Bool?
+        var flightDown: Bool?
+        var confirmBroken: Bool?
+    }
+
+    /// The three services. `confirmFixed` makes a broken confirmation succeed (the fix an
+    /// operator deploys before retrying).
+    static func handlers(confirmFixed: Switch) -> [String: SagaHandlerRegistry] {
+        var hotels = SagaHandlerRegistry()
+        hotels.register("trip-cli.hotels.book") { try await $0.completeStep(merging: ["hotel": "Pestana"]) }
+        hotels.register("trip-cli.hotels.cancel") { try await $0.completeCompensation() }
+        var flights = SagaHandlerRegistry()
+        flights.register("trip-cli.flights.book") { context in
+            let trip = try context.payload(as: TripPayload.self)
+            if trip.noSeats == true { return try await context.failAndCompensate(reason: "no seats on TP123") }
+            if trip.flightDown == true { throw TestFailure("airline API down") }
+            try await context.completeStep(merging: ["flight": "TP123"])
+        }
+        flights.register("trip-cli.flights.cancel") { try await $0.completeCompensation() }
+        var trips = SagaHandlerRegistry()
+        trips.register("trip-cli.trips.confirm") { context in
+            let trip = try context.payload(as: TripPayload.self)
+            if trip.confirmBroken == true && !confirmFixed.isOn {
+                throw TestFailure("confirmation service rejects the booking")
+            }
+            try await context.completeStep()
+        }
+        return ["hotels": hotels, "flights": flights, "trips": trips]
+    }
+
+    @Test func listShowGraphRetryCompensateAndJSONOnASagaOnlyTheTestKnows() async throws {
+        guard let amqp = try TestBroker.availableURL() else { return }
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("sagas.db").path
+        let storeURL = "sqlite://\(path)"
+        let topology = SagaTopology(prefix: "cli-\(UUID().uuidString.prefix(8).lowercased())", delayLevels: [1])
+        let cli = SagaCLI(store: storeURL, amqp: amqp, prefix: topology.prefix)
+        let confirmFixed = Switch()
+        let bus = try await RabbitMQBus.connect(url: amqp)
+        try await SQLiteSagaStore(path: path).withRunning { store in
+            try await Self.withServices(Self.handlers(confirmFixed: confirmFixed), bus: bus, store: store, topology: topology) { manager in
+                let managerV1 = SagaManager(
+                    definitions: try SagaDefinitionRegistry([Self.tripV1]), bus: bus, store: store, topology: topology,
+                    logger: quietTestLogger)
+
+                let compensated = try await manager.start("trip", payload: ["noSeats": true], id: "trip-compensated")
+                let stuck = try await manager.start("trip", payload: ["confirmBroken": true], id: "trip-stuck")
+                let onV1 = try await managerV1.start("trip", payload: [:], id: "trip-v1")
+                #expect(try await manager.outcome(of: compensated, timeout: .seconds(60)).status == .compensated)
+                #expect(try await manager.outcome(of: onV1, timeout: .seconds(60)).status == .completed)
+                try await Self.waitUntil("the stuck saga reaches attempt 5") { try await store.load(stuck).attempt >= 5 }
+
+                // list: each filter.
+                #expect(try cli.listIDs(["--name", "trip", "--status", "compensated"]) == [compensated])
+                #expect(try cli.listIDs(["--status", "completed"]) == [onV1])
+                #expect(try cli.listIDs(["--name", "trip", "--version", "1"]) == [onV1])
+                #expect(Set(try cli.listIDs(["--version", "2"])) == [compensated, stuck])
+                #expect(try cli.listIDs(["--name", "nobody"]).isEmpty)
+                // The saga retrying forever past its pivot: neither needs-attention nor stalled…
+                #expect(try cli.listIDs(["--status", "needs-attention"]).isEmpty)
+                #expect(try cli.listIDs(["--stalled", "60"]).isEmpty)
+                // …but stuck retrying: alone (5 attempts), with a number, before another option.
+                #expect(try cli.listIDs(["--stuck-retrying"]) == [stuck])
+                #expect(try cli.listIDs(["--stuck-retrying", "3", "--name", "trip"]) == [stuck])
+                #expect(try cli.listIDs(["--stuck-retrying", "--version", "2"]) == [stuck])
+                #expect(try cli.listIDs(["--stuck-retrying", "1000"]).isEmpty)
+                let table = try cli.succeed(["list", "--stuck-retrying"])
+                #expect(table.contains(stuck) && table.contains("confirm (action #"), "\(table)")
+                #expect(table.contains("stuck retrying (attempt 5 or more)"), "\(table)")
+                let badStatus = try cli.run(["list", "--status", "asleep", "--json"])
+                #expect(badStatus.status != 0 && badStatus.stdout.isEmpty, "\(badStatus)")
+                #expect(badStatus.stderr.contains("unknown status 'asleep'"), "\(badStatus)")
+
+                // show: the compensated saga's timeline, line by line.
+                let shown = try cli.succeed(["show", compensated])
+                let lines = shown.split(separator: "\n", omittingEmptySubsequences: false).map { String($0) }
+                let timeline = Array(lines.drop { !$0.hasPrefix("timeline") }.dropFirst().prefix { !$0.isEmpty })
+                #expect(timeline.count == 5, "\(shown)")
+                if timeline.count == 5 {
+                    #expect(timeline[0] == "  +0 ms       saga started", "\(timeline[0])")
+                    #expect(Self.columns(timeline[1]).dropFirst(2).starts(with: ["hotel", "action", "#1", "completed"]), "\(timeline[1])")
+                    #expect(Self.columns(timeline[2]).dropFirst(2).starts(with: ["flight", "action", "#1", "FAILED"]), "\(timeline[2])")
+                    #expect(timeline[2].hasSuffix("no seats on TP123"), "\(timeline[2])")
+                    #expect(
+                        Self.columns(timeline[3]).dropFirst(2).starts(with: ["hotel", "compensation", "#1", "completed"]), "\(timeline[3])")
+                    #expect(timeline[4].hasSuffix("saga compensated"), "\(timeline[4])")
+                }
+                #expect(shown.contains("definition  trip version 2"), "\(shown)")
+                #expect(shown.contains("status      COMPENSATED"), "\(shown)")
+                #expect(shown.contains("reason      step 'flight' failed: no seats on TP123"), "\(shown)")
+                #expect(
+                    shown.contains(
+                        "next\n  finished: the completed steps were compensated. Why: step 'flight' failed: no seats on TP123\n"),
+                    "\(shown)")
+                print("saga show of a compensated saga of a user-defined definition:\n\(shown)")
+
+                // show: the stuck saga says it is retrying past the pivot.
+                let stuckShown = try cli.json(["show", stuck]) as? [String: Any]
+                let next = stuckShown?["nextStep"] as? [String: Any]
+                #expect(["retrying", "waiting"].contains(next?["kind"] as? String), "\(String(describing: next))")
+                #expect(next?["command"] as? String == "trip-cli.trips.confirm")
+                #expect((next?["attempt"] as? Int ?? 0) >= 5)
+                #expect((stuckShown?["next"] as? String)?.contains("past the pivot") == true, "\(String(describing: stuckShown))")
+                let stuckTimeline = stuckShown?["timeline"] as? [[String: Any]] ?? []
+                #expect(
+                    stuckTimeline.contains {
+                        $0["outcome"] as? String == "retrying" && $0["error"] as? String == "confirmation service rejects the booking"
+                    })
+
+                // graph, for people and as JSON.
+                let graph = try cli.succeed(["graph", "trip"])
+                #expect(graph.contains("flowchart LR") && graph.contains("trip-cli.trips.confirm · PIVOT"), "\(graph)")
+                let graphJSON = try cli.json(["graph", "trip", "--version", "1"]) as? [String: Any]
+                #expect(graphJSON?["version"] as? Int == 1)
+                #expect((graphJSON?["steps"] as? [[String: Any]])?.map { $0["name"] as? String } == ["hotel", "flight"])
+                #expect((graphJSON?["mermaid"] as? String)?.hasPrefix("flowchart LR") == true)
+
+                // compensate, by someone, with a reason.
+                let cancelled = try await manager.start("trip", payload: ["flightDown": true], id: "trip-cancelled")
+                try await Self.waitUntil("the flight has been tried twice") { try await store.load(cancelled).attempt >= 2 }
+                let compensateOutput = try cli.succeed([
+                    "compensate", cancelled, "--by", "alice", "--reason", "customer cancelled the trip",
+                ])
+                #expect(compensateOutput.contains("recorded: compensation requested by alice"), "\(compensateOutput)")
+                #expect(try await manager.outcome(of: cancelled, timeout: .seconds(60)).status == .compensated)
+                let cancelledShown = try cli.succeed(["show", cancelled])
+                print("saga show of a saga an operator compensated:\n\(cancelledShown)")
+                #expect(
+                    cancelledShown.contains("operator alice requested compensation at ")
+                        && cancelledShown.contains(": \"customer cancelled the trip\""), "\(cancelledShown)")
+                let operatorEntry = (try cli.json(["show", cancelled]) as? [String: Any]).flatMap { $0["timeline"] as? [[String: Any]] }?
+                    .first { $0["event"] as? String == "operator" }
+                #expect(operatorEntry?["actor"] as? String == "alice")
+                #expect(operatorEntry?["reason"] as? String == "customer cancelled the trip")
+                #expect(operatorEntry?["outcome"] as? String == "compensationRequested")
+                #expect(operatorEntry?["stepName"] as? String == "flight")
+                // Past the pivot, compensating is refused, on standard error.
+                let refused = try cli.run(["compensate", stuck, "--json"])
+                #expect(refused.status != 0 && refused.stdout.isEmpty, "\(refused)")
+                #expect(refused.stderr.contains("past its pivot"), "\(refused)")
+
+                // retry, after the fix, by someone, with a reason (JSON: the new state).
+                confirmFixed.turnOn()
+                let retried = try cli.json(["retry", stuck, "--by", "bob", "--reason", "confirmation service fixed"]) as? [String: Any]
+                #expect(retried?["id"] as? String == stuck)
+                let lastRecord = (retried?["history"] as? [[String: Any]])?.last
+                #expect(lastRecord?["outcome"] as? String == "retryRequested")
+                #expect(lastRecord?["actor"] as? String == "bob")
+                #expect(try await manager.outcome(of: stuck, timeout: .seconds(60)).status == .completed)
+                let stuckDone = try cli.succeed(["show", stuck])
+                #expect(
+                    stuckDone.contains("operator bob requested a retry at ") && stuckDone.contains(": \"confirmation service fixed\""),
+                    "\(stuckDone)")
+                #expect(stuckDone.contains("next\n  finished: every step completed."), "\(stuckDone)")
+                #expect(try cli.listIDs(["--stuck-retrying", "1"]).isEmpty)
+
+                // list --json carries the whole state.
+                let listed = try cli.json(["list", "--name", "trip", "--version", "1"]) as? [[String: Any]]
+                #expect(listed?.count == 1)
+                #expect(listed?.first?["status"] as? String == "completed")
+                #expect((listed?.first?["context"] as? [String: String])?[SagaState.definitionVersionKey] == "1")
+
+                // definitions: both versions, with their sagas.
+                let definitions = try cli.json(["definitions"]) as? [[String: Any]] ?? []
+                let byVersion = Dictionary(
+                    definitions.filter { $0["name"] as? String == "trip" }.map { ($0["version"] as? Int ?? 0, $0) },
+                    uniquingKeysWith: { first, _ in first })
+                #expect(byVersion[1]?["sagas"] as? Int == 1)
+                #expect(byVersion[2]?["sagas"] as? Int == 3)
+                #expect(byVersion[2]?["hash"] as? String == Self.trip.contentHash)
+                #expect(byVersion[2]?["source"] as? String == "store")
+
+                // dlq: list and a requeue of nothing, as JSON.
+                let letters = try cli.json(["dlq", "list", "--limit", "5"]) as? [[String: Any]]
+                #expect(letters != nil)
+                let requeue = try cli.json(["dlq", "requeue", "--id", "no-such-message", "--limit", "5"]) as? [String: Any]
+                #expect((requeue?["requeued"] as? [Any])?.isEmpty == true, "\(String(describing: requeue))")
+                #expect((requeue?["failed"] as? [Any])?.isEmpty == true)
+
+                // An unknown saga: an error on standard error, nothing on standard output.
+                let unknown = try cli.run(["show", "no-such-saga", "--json"])
+                #expect(unknown.status != 0 && unknown.stdout.isEmpty, "\(unknown)")
+                #expect(unknown.stderr.contains("no-such-saga"), "\(unknown)")
+            }
+        }
+        await bus.shutdown()
+    }
+
+    /// `saga reap` re-sends the stalled sagas it can and lists every one it leaves alone with
+    /// why: another topology prefix, an unknown definition, a lease held by another reaper.
+    @Test func reapSaysWhichStalledSagasItLeavesAloneAndWhy() async throws {
+        guard let amqp = try TestBroker.availableURL() else { return }
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("sagas.db").path
+        let prefix = "cli-\(UUID().uuidString.prefix(8).lowercased())"
+        let topology = SagaTopology(prefix: prefix, delayLevels: [1])
+        let otherTopology = SagaTopology(prefix: prefix + "-other", delayLevels: [1])
+        let cli = SagaCLI(store: "sqlite://\(path)", amqp: amqp, prefix: prefix)
+        let bus = try await RabbitMQBus.connect(url: amqp)
+        try await SQLiteSagaStore(path: path).withRunning { store in
+            let definitions = try SagaDefinitionRegistry([Self.trip])
+            let manager = SagaManager(definitions: definitions, bus: bus, store: store, topology: topology, logger: quietTestLogger)
+            let other = SagaManager(definitions: definitions, bus: bus, store: store, topology: otherTopology, logger: quietTestLogger)
+            for (manager, topology) in [(manager, topology), (other, otherTopology)] {
+                try await manager.declareTopology()
+                // Nobody consumes: the sagas stall at their first step.
+                try await bus.declare(topology.topology(forService: "hotels", commands: ["trip-cli.hotels.book"]))
+            }
+            let leased = try await manager.start("trip", payload: [:], id: "trip-leased")
+            try await Task.sleep(for: .milliseconds(50))
+            let stalled = try await manager.start("trip", payload: [:], id: "trip-stalled")
+            let elsewhere = try await other.start("trip", payload: [:], id: "trip-elsewhere")
+            var ghost = try await store.load(stalled)
+            ghost.id = "ghost-1"
+            ghost.name = "ghost"
+            _ = try await store.create(ghost, outbox: [])
+            try await Task.sleep(for: .milliseconds(1500))
+            let claimed = try await store.claimStalled(
+                updatedBefore: Date().addingTimeInterval(-1), now: Date(), owner: "another-reaper", lease: .seconds(300), limit: 1)
+            #expect(claimed.map(\.id) == [leased])
+
+            #expect(Set(try cli.listIDs(["--stalled", "1"])) == [leased, stalled, elsewhere, "ghost-1"])
+            let reaped = try cli.succeed(["reap", "--stalled-seconds", "1"])
+            let reapLines = reaped.split(separator: "\n").map { String($0) }
+            print("saga reap:\n\(reaped)")
+            #expect(reapLines.contains { $0.hasPrefix(stalled) && $0.contains("running") && $0.contains("hotel (action #1)") }, "\(reaped)")
+            #expect(reaped.contains("3 stalled saga(s) left alone:"), "\(reaped)")
+            func line(_ id: String) -> String { reapLines.first { $0.hasPrefix(id + " ") } ?? "" }
+            #expect(line(elsewhere).contains("started on topology prefix '\(prefix)-other'"), "\(reaped)")
+            #expect(line("ghost-1").contains("neither this tool nor the store knows the definition 'ghost'"), "\(reaped)")
+            #expect(line(leased).contains("another reaper holds its lease"), "\(reaped)")
+            #expect(try await store.load(stalled).reapAttempts == 1)
+            #expect(try await store.load(leased).reapAttempts == 0)
+
+            // Again, as JSON, once the re-sent saga is stalled again.
+            try await Task.sleep(for: .milliseconds(1200))
+            let json = try cli.json(["reap", "--stalled-seconds", "1"]) as? [String: Any]
+            #expect(json?["stalledSeconds"] as? Int == 1)
+            let changed = json?["changed"] as? [[String: Any]] ?? []
+            #expect(changed.map { $0["id"] as? String } == [stalled], "\(String(describing: json))")
+            #expect(changed.first?["reapAttempts"] as? Int == 2)
+            let leftAlone = json?["leftAlone"] as? [[String: Any]] ?? []
+            let codes = Dictionary(leftAlone.map { ($0["id"] as? String ?? "", $0["code"] as? String ?? "") }, uniquingKeysWith: { $1 })
+            #expect(codes == [elsewhere: "other-topology", "ghost-1": "unknown-definition", leased: "lease-held"], "\(leftAlone)")
+            #expect(leftAlone.allSatisfy { ($0["reason"] as? String)?.isEmpty == false })
+        }
+        await bus.shutdown()
+    }
+
+    // MARK: - Helpers
+
+    /// Runs the three services on `bus` and `store` (no reaper: the tests reap by hand) while
+    /// `body` runs with a manager of `trip` version 2.
+    static func withServices(
+        _ handlers: [String: SagaHandlerRegistry], bus: RabbitMQBus, store: any SagaStore, topology: SagaTopology,
+        body: @Sendable (SagaManager) async throws -> Void
+    ) async throws {
+        let definitions = try SagaDefinitionRegistry([trip])
+        let manager = SagaManager(definitions: definitions, bus: bus, store: store, topology: topology, logger: quietTestLogger)
+        try await manager.declareTopology()
+        for (service, registry) in handlers {
+            try await bus.declare(topology.topology(forService: service, commands: registry.commands))
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (service, registry) in handlers {
+                let participant = SagaParticipant(
+                    configuration: ParticipantConfiguration(
+                        service: service, topology: topology, outboxPollInterval: .milliseconds(200),
+                        outboxGracePeriod: .milliseconds(500), reaper: nil),
+                    definitions: definitions, handlers: registry, bus: bus, store: store, logger: quietTestLogger)
+                group.addTask { try await participant.run() }
+            }
+            do {
+                try await body(manager)
+            } catch {
+                group.cancelAll()
+                throw error
+            }
+            group.cancelAll()
+        }
+    }
+
+    static func waitUntil(_ what: String, _ condition: @Sendable () async throws -> Bool) async throws {
+        let deadline = ContinuousClock.now.advanced(by: .seconds(60))
+        while try await !condition() {
+            if ContinuousClock.now > deadline { throw TestFailure("\(what): not within 60 s") }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
+    static func temporaryDirectory() throws -> URL {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sagakit-cli-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        return directory
+    }
+
+    /// The words of a timeline line.
+    static func columns(_ line: String) -> [String] {
+        line.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+    }
+}
+
+/// Runs the `saga` executable built next to the test binary against one store and broker.
+struct SagaCLI {
+    var store: String
+    var amqp: String
+    var prefix: String
+
+    struct Result: CustomStringConvertible {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+        var description: String { "exit \(status)\nstdout:\n\(stdout)\nstderr:\n\(stderr)" }
+    }
+
+    /// Runs `saga <arguments> --store-url … --amqp-url … --prefix …`.
+    func run(_ arguments: [String]) throws -> Result {
+        let testBinary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var directory = testBinary.deletingLastPathComponent()
+        if directory.lastPathComponent.hasSuffix(".xctest") { directory = directory.deletingLastPathComponent() }
+        let process = Process()
+        process.executableURL = directory.appendingPathComponent("saga")
+        process.arguments = arguments + ["--store-url", store, "--amqp-url", amqp, "--prefix", prefix]
+        var environment = ProcessInfo.processInfo.environment
+        for key in ["SAGAKIT_STORE_URL", "SAGAKIT_PREFIX", "SAGA_OPERATOR", "SAGAKIT_LOG_LEVEL"] { environment[key] = nil }
+        process.environment = environment
+        let base = NSTemporaryDirectory() + "sagakit-cli-\(UUID().uuidString)"
+        let (outPath, errPath) = (base + ".out", base + ".err")
+        _ = FileManager.default.createFile(atPath: outPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: errPath, contents: nil)
+        defer {
+            try? FileManager.default.removeItem(atPath: outPath)
+            try? FileManager.default.removeItem(atPath: errPath)
+        }
+        let out = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
+        let err = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        try out.close()
+        try err.close()
+        return Result(
+            status: process.terminationStatus, stdout: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
+            stderr: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
+    }
+
+    /// Standard output of a run that must succeed.
+    func succeed(_ arguments: [String]) throws -> String {
+        let result = try run(arguments)
+        guard result.status == 0 else { throw TestFailure("saga \(arguments.joined(separator: " ")) failed: \(result)") }
+        return result.stdout
+    }
+
+    /// The one JSON document a `--json` run prints on standard output.
+    func json(_ arguments: [String]) throws -> Any {
+        let output = try succeed(arguments + ["--json"])
+        do {
+            return try JSONSerialization.jsonObject(with: Data(output.utf8))
+        } catch {
+            throw TestFailure("saga \(arguments.joined(separator: " ")) --json printed no single JSON document: \(error)\n\(output)")
+        }
+    }
+
+    /// The ids `saga list <filters> --json` prints, in order.
+    func listIDs(_ filters: [String]) throws -> [String] {
+        guard let sagas = try json(["list"] + filters) as? [[String: Any]] else {
+            throw TestFailure("saga list \(filters.joined(separator: " ")) --json did not print an array")
+        }
+        return sagas.compactMap { $0["id"] as? String }
+    }
+}
