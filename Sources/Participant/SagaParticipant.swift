@@ -22,7 +22,9 @@ import Tracing
 /// outgoing command → publish it and wait for the confirm → mark it sent → acknowledge.
 /// Messages that cannot be processed (malformed, unknown command, unknown saga, wrong content
 /// type, too large) are published to the dead-letter exchange with the reason in headers, then
-/// acknowledged.
+/// acknowledged. A command without a handler here that the saga's definition version sends is
+/// handed back instead, for another release of the service on the same queue (a rolling
+/// upgrade; `Docs/Upgrades.md`).
 ///
 /// On graceful shutdown the participant stops taking deliveries and lets running handlers
 /// finish and acknowledge.
@@ -210,12 +212,19 @@ public struct SagaParticipant: Service {
     }
 
     /// Processes a decoded command to the end (always settling the delivery).
+    ///
+    /// A command this instance has no handler for is checked against the definition version its
+    /// saga is pinned to (from the store when this release was not built with it). When that
+    /// version sends it, another release of this service handles it — a rolling upgrade runs
+    /// both on one queue — and it is handed back (``handBack(_:command:definition:logger:)``);
+    /// otherwise it is dead-lettered.
     private func handle(_ command: SagaCommand, delivery: Delivery, span: any Span, logger: Logger) async {
-        guard let handler = handlers.handler(for: command.command) else {
-            return await deadLetter(
-                delivery, reason: "service '\(configuration.service)' has no handler for command '\(command.command)'", logger: logger)
-        }
-        if (try? engine.definitions.definition(named: command.sagaName)) == nil {
+        let handler = handlers.handler(for: command.command)
+        let noHandler = "service '\(configuration.service)' has no handler for command '\(command.command)'"
+        // Says first that there is no handler here, when there is none.
+        let reason = { (why: String) in handler == nil ? "\(noHandler); \(why)" : why }
+        // Without a handler, the stored definitions decide (another release may know the name).
+        if handler != nil, (try? engine.definitions.definition(named: command.sagaName)) == nil {
             return await deadLetter(
                 delivery, reason: "this process runs no saga definition named '\(command.sagaName)'", logger: logger)
         }
@@ -225,11 +234,12 @@ public struct SagaParticipant: Service {
             do {
                 state = try await engine.store.load(command.sagaID)
             } catch let error as SagaError where error.code == .unknownSaga {
-                return await deadLetter(delivery, reason: error.message, logger: logger)
+                // A command for no saga that no handler here serves: most likely misrouted.
+                return await deadLetter(delivery, reason: handler == nil ? noHandler : error.message, logger: logger)
             }
             if state.name != command.sagaName {
                 return await deadLetter(
-                    delivery, reason: "saga \(state.id) follows '\(state.name)', but the command names '\(command.sagaName)'",
+                    delivery, reason: reason("saga \(state.id) follows '\(state.name)', but the command names '\(command.sagaName)'"),
                     logger: logger)
             }
             // The version the saga is pinned to decides, wherever it is defined.
@@ -237,15 +247,16 @@ public struct SagaParticipant: Service {
             do {
                 definition = try await engine.definition(of: state)
             } catch let error as SagaError where error.code == .unknownDefinition {
-                return await deadLetter(delivery, reason: "\(error)", logger: logger)
+                return await deadLetter(delivery, reason: reason("\(error)"), logger: logger)
             }
             guard let located = definition.locate(command: command.command), located.index == command.step,
                 located.phase == command.phase
             else {
                 return await deadLetter(
                     delivery,
-                    reason:
-                        "command '\(command.command)' is not step \(command.step) \(command.phase.rawValue) of saga definition '\(definition.name)' version \(definition.version)",
+                    reason: reason(
+                        "command '\(command.command)' is not step \(command.step) \(command.phase.rawValue) of saga definition '\(definition.name)' version \(definition.version)"
+                    ),
                     logger: logger
                 )
             }
@@ -259,6 +270,9 @@ public struct SagaParticipant: Service {
                     ]
                 )
                 return await settle(delivery, .ack, logger: logger)
+            }
+            guard let handler else {
+                return await handBack(delivery, command: command, definition: definition, logger: logger)
             }
             if command.phase == .action, let deadline = state.deadline, deadline < Date(), !definition.isForwardOnly(command.step) {
                 _ = try await engine.advance(state.id, from: state, event: .deadlinePassed, logger: logger)
@@ -413,6 +427,64 @@ public struct SagaParticipant: Service {
         }
     }
 
+    // MARK: - Handing back
+
+    /// How long a command is handed back (``handBack(_:command:definition:logger:)``) before it is
+    /// dead-lettered: long enough for a rolling upgrade to bring up the release that handles it.
+    static let handBackLimit: Duration = .seconds(600)
+
+    /// The pause before the `n`th hand-back (from 0): 1, 2, 4, 8, then 10 seconds, each rounded
+    /// up to a delay level of the topology.
+    static func handBackDelay(after handBacks: Int) -> Duration {
+        .seconds(min(1 << min(handBacks, 4), 10))
+    }
+
+    /// Hands back a command of the saga's definition version that this instance has no handler
+    /// for: another release of this service, consuming the same queue, has one (a rolling upgrade
+    /// added the command, or removed it while sagas of the older version run). The command goes
+    /// through a delay queue back to the commands exchange, so that the broker delivers it again,
+    /// possibly to an instance that has the handler. Each hand-back is logged; after
+    /// ``handBackLimit`` (counted from the first one, carried in a header) the command is
+    /// dead-lettered, saying which release to deploy.
+    private func handBack(_ delivery: Delivery, command: SagaCommand, definition: SagaDefinition, logger: Logger) async {
+        let now = Date()
+        let handBacks = delivery.headers[SagaHeaders.handedBack].flatMap { Int($0) } ?? 0
+        let since = delivery.headers[SagaHeaders.handedBackSince].flatMap { Double($0) }.map { Date(timeIntervalSince1970: $0) } ?? now
+        let service = configuration.service
+        let sender = "saga definition '\(definition.name)' version \(definition.version)"
+        if now.timeIntervalSince(since) >= Self.handBackLimit.seconds {
+            // Without the hand-back headers: requeued from the dead-letter queue, it gets a new limit.
+            var letter = delivery
+            letter.headers.removeValue(forKey: SagaHeaders.handedBack)
+            letter.headers.removeValue(forKey: SagaHeaders.handedBackSince)
+            return await deadLetter(
+                letter,
+                reason:
+                    "service '\(service)' has no handler for command '\(command.command)', which \(sender) sends; no instance of '\(service)' with a handler took it within \(Self.handBackLimit) (handed back \(handBacks) times): deploy a release of '\(service)' that handles it, then requeue the dead letter",
+                logger: logger)
+        }
+        let level = configuration.topology.delayLevel(for: Self.handBackDelay(after: handBacks))
+        var headers = delivery.headers
+        headers[SagaHeaders.handedBack] = String(handBacks + 1)
+        headers[SagaHeaders.handedBackSince] = String(since.timeIntervalSince1970)
+        headers[SagaHeaders.delay] = String(level)
+        let message = OutgoingMessage(
+            exchange: configuration.topology.delayName(seconds: level), routingKey: command.command, body: delivery.body,
+            headers: headers, messageId: delivery.messageId, contentType: delivery.contentType, type: delivery.type,
+            correlationId: delivery.correlationId)
+        logger.info(
+            "handing back a command this release has no handler for: \(sender) sends it, so another release of '\(service)' handles it; it returns in \(level) s",
+            metadata: ["saga.handedBack": "\(handBacks + 1)", "saga.definitionVersion": "\(definition.version)"])
+        do {
+            try await engine.bus.publish(message)
+            await settle(delivery, .ack, logger: logger)
+        } catch {
+            logger.warning("could not hand the command back; it will be redelivered", metadata: ["error": "\(error)"])
+            try? await Task.sleep(for: .milliseconds(500))
+            await settle(delivery, .nack(requeue: true), logger: logger)
+        }
+    }
+
     // MARK: - Settling
 
     private func deadLetter(_ delivery: Delivery, reason: String, logger: Logger) async {
@@ -446,4 +518,13 @@ public struct SagaParticipant: Service {
             logger.warning("could not settle the delivery; the broker will redeliver it", metadata: ["error": "\(error)"])
         }
     }
+}
+
+extension SagaHeaders {
+    /// How many times a command was handed back by instances without a handler for it (a
+    /// rolling upgrade; see `Docs/Upgrades.md`).
+    public static let handedBack = "x-sagakit-handed-back"
+    /// When a command was first handed back (seconds since 1970); it is dead-lettered once
+    /// handed back for ten minutes.
+    public static let handedBackSince = "x-sagakit-handed-back-since"
 }

@@ -1,0 +1,511 @@
+import Foundation
+import Participant
+import SagaTestSupport
+import Synchronization
+import Testing
+
+/// A rolling upgrade with sagas in flight, on the real broker, with SQLite (one file that both
+/// releases open) and PostgreSQL.
+///
+/// `trip` version 1 is hotel → flight → pay. Version 2 adds a step to an existing service
+/// (`seat`, a new command of `flights`) and a step in a new service (`insure`, `insurance`).
+/// Release 1 (built with v1) runs alone and starts v1 sagas; release 2 (built with v2 only) comes
+/// up beside it on the same queues and starts v2 sagas while both releases start and run sagas;
+/// release 2's `flights` instance comes last, so that for a while only release 1 consumes the
+/// queue that v2's new `flights.seat` is routed to. Then release 1 stops, with v1 sagas in flight.
+@Suite(
+    "Rolling upgrade: v1 and v2 of a definition side by side on the real broker",
+    .enabled(if: IntegrationServers.available, "set AMQP_URL and POSTGRES_URL, or run `make test`"),
+    .timeLimit(.minutes(5))
+)
+struct RollingUpgradeTests {
+    @Test(arguments: StoreKind.allCases)
+    func v1SagasFinishOnV1AndV2SagasOnV2WhileBothReleasesShareTheQueues(store kind: StoreKind) async throws {
+        let servers = try IntegrationServers.require()
+        let tag = UUID().uuidString.prefix(8).lowercased()
+        // A name of its own: the PostgreSQL database (and its stored definitions) is shared.
+        let trip = Trip(name: "trip-\(tag)")
+        let topology = SagaTopology(prefix: "ru-\(tag)", delayLevels: [1])
+        let ledger = UpgradeLedger()
+        let url = kind.url(postgres: servers.postgres)
+        // Each release opens the store itself: for SQLite, the same file.
+        let (store1, close1) = try await openStore(url)
+        let (store2, close2) = try await openStore(url)
+
+        // Release 1: built with v1 only; it starts v1 sagas.
+        let release1 = try Release(number: 1, definitions: [trip.v1], services: Trip.servicesV1, ledger: ledger)
+        let bus1 = try await RabbitMQBus.connect(url: servers.amqp)
+        let manager1 = SagaManager(definitions: release1.definitions, bus: bus1, store: store1, topology: topology, logger: quietTestLogger)
+        try await manager1.declareTopology()
+        for (service, registry) in release1.handlers {
+            try await bus1.declare(topology.topology(forService: service, commands: registry.commands))
+        }
+        // Release 1's flights instance counts the commands it hands back.
+        let flights1 = CountingBus(try await RabbitMQBus.connect(url: servers.amqp))
+        let deployment1 = try await Deployment.start(
+            release1, store: store1, topology: topology, amqp: servers.amqp, buses: ["flights": flights1])
+
+        var v1: [SagaID] = []
+        var v2: [SagaID] = []
+        var deployment2: Deployment?
+        var flights2: Deployment?
+        var bus2: RabbitMQBus?
+        do {
+            // Wave A: v1 sagas, release 1 alone.
+            for index in 0..<15 { v1.append(try await manager1.start(trip.name, payload: Trip.payload(index))) }
+
+            // Release 2 (built with v2 only: v1 sagas it meets are resolved from the store) comes up
+            // beside release 1, except its flights instance. Its topology is declared first, as its
+            // instances do when they start: flights.seat is now routed to the flights queue, which
+            // only release 1 consumes for a while.
+            let release2 = try Release(number: 2, definitions: [trip.v2], services: Trip.servicesV2, ledger: ledger)
+            let connection2 = try await RabbitMQBus.connect(url: servers.amqp)
+            bus2 = connection2
+            let manager2 = SagaManager(
+                definitions: release2.definitions, bus: connection2, store: store2, topology: topology, logger: quietTestLogger)
+            try await manager2.declareTopology()
+            for (service, registry) in release2.handlers {
+                try await connection2.declare(topology.topology(forService: service, commands: registry.commands))
+            }
+            deployment2 = try await Deployment.start(
+                release2.without("flights"), store: store2, topology: topology, amqp: servers.amqp)
+
+            // Wave B: both releases start sagas, each on its own version.
+            for index in 0..<25 {
+                v1.append(try await manager1.start(trip.name, payload: Trip.payload(15 + index)))
+                v2.append(try await manager2.start(trip.name, payload: Trip.payload(index)))
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            // Release 1's flights instance met v2's new command and handed it back, since only it
+            // consumed the flights queue so far.
+            #expect(flights1.handedBack > 0, "no flights.seat reached release 1's flights instance")
+
+            // Release 2's flights instance comes up; both releases keep starting sagas.
+            flights2 = try await Deployment.start(
+                release2.only("flights"), store: store2, topology: topology, amqp: servers.amqp)
+            for index in 25..<35 {
+                try await Task.sleep(for: .milliseconds(100))
+                v1.append(try await manager1.start(trip.name, payload: Trip.payload(15 + index)))
+                v2.append(try await manager2.start(trip.name, payload: Trip.payload(index)))
+            }
+
+            // Release 1 stops (gracefully: its running handlers finish) right after starting its
+            // last sagas, which are still in flight: release 2 finishes them on v1.
+            let stopping = ContinuousClock.now
+            try await deployment1.stop()
+            await bus1.shutdown()
+
+            // Release 2 alone.
+            for index in 35..<45 {
+                v2.append(try await manager2.start(trip.name, payload: Trip.payload(index)))
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            let finals = try await terminalStates(of: v1 + v2, in: store2, timeout: .seconds(120))
+
+            for id in v1 {
+                let saga = try #require(finals[id])
+                #expect(saga.definitionVersion == 1, "saga \(id)")
+                let declined = Trip.declines(saga.payload)
+                #expect(saga.status == (declined ? .compensated : .completed), "v1 saga \(id): \(saga.failureReason ?? "")")
+                #expect(Trip.history(saga) == Trip.expectedHistory(version: 1, declined: declined), "v1 saga \(id)")
+                #expect(ledger.effects(of: id) == Trip.expectedEffects(version: 1, declined: declined), "v1 saga \(id)")
+            }
+            for id in v2 {
+                let saga = try #require(finals[id])
+                #expect(saga.definitionVersion == 2, "saga \(id)")
+                let declined = Trip.declines(saga.payload)
+                #expect(saga.status == (declined ? .compensated : .completed), "v2 saga \(id): \(saga.failureReason ?? "")")
+                #expect(Trip.history(saga) == Trip.expectedHistory(version: 2, declined: declined), "v2 saga \(id)")
+                #expect(ledger.effects(of: id) == Trip.expectedEffects(version: 2, declined: declined), "v2 saga \(id)")
+            }
+            // Each release ran sagas of the other's version: release 1 the steps of v2 sagas it
+            // has handlers for (v2 read from the store), release 2 the v1 sagas release 1 left in
+            // flight (v1 read from the store).
+            #expect(ledger.calls(release: 1, version: 2) > 0)
+            #expect(ledger.calls(release: 2, version: 1, after: stopping) > 0, "no v1 saga was in flight when release 1 stopped")
+            // Only release 2 ran v2's new commands.
+            #expect(ledger.calls(release: 1, commands: ["flights.seat", "flights.unseat", "insurance.cover", "insurance.cancel"]) == 0)
+            // The store keeps both versions.
+            let stored = try await store2.definitions().filter { $0.name == trip.name }.map(\.version).sorted()
+            #expect(stored == [1, 2])
+            // Nothing was dead-lettered.
+            let letters = try await drain(queue: topology.deadLetterQueue, bus: connection2, for: .seconds(1))
+            #expect(letters.isEmpty, "dead letters: \(letters.map { $0.headers[SagaHeaders.deadLetterReason] ?? "?" })")
+
+            try await flights2?.stop()
+            try await deployment2?.stop()
+            await connection2.shutdown()
+        } catch {
+            try? await deployment1.stop()
+            try? await flights2?.stop()
+            try? await deployment2?.stop()
+            await bus1.shutdown()
+            await bus2?.shutdown()
+            await close1()
+            await close2()
+            throw error
+        }
+        await close1()
+        await close2()
+    }
+
+    /// A command of the saga's version without a handler here is handed back again and again, but
+    /// not for ever; a command no version of the saga sends is dead-lettered at once.
+    @Test func aCommandNoReleaseTakesIsHandedBackUntilTheLimitAndAnUnknownOneDeadLetteredAtOnce() async throws {
+        let servers = try IntegrationServers.require()
+        let tag = UUID().uuidString.prefix(8).lowercased()
+        let trip = Trip(name: "trip-\(tag)")
+        let topology = SagaTopology(prefix: "ru-\(tag)", delayLevels: [1])
+        let (store, close) = try await openStore(StoreKind.sqlite.url(postgres: servers.postgres))
+        let bus = try await RabbitMQBus.connect(url: servers.amqp)
+        let ledger = UpgradeLedger()
+        let flights = CountingBus(try await RabbitMQBus.connect(url: servers.amqp))
+        var deployment: Deployment?
+        do {
+            // A v2 saga at its new step `seat`; only release 1 (no handler for flights.seat) runs.
+            try await store.register(trip.v2)
+            let (started, _) = SagaStateMachine(definition: trip.v2).start(
+                id: "seat-\(tag)", payload: Trip.payload(1),
+                context: [SagaTopology.contextKey: topology.prefix, SagaState.definitionVersionKey: "2"], now: Date())
+            var atSeat = started
+            atSeat.currentStep = 2
+            _ = try await store.create(atSeat, outbox: [])
+            let release1 = try Release(number: 1, definitions: [trip.v1], services: Trip.servicesV1, ledger: ledger)
+            let manager = SagaManager(
+                definitions: release1.definitions, bus: bus, store: store, topology: topology, logger: quietTestLogger)
+            try await manager.declareTopology()
+            try await bus.declare(topology.topology(forService: "flights", commands: Trip.servicesV2["flights"]!))
+            deployment = try await Deployment.start(
+                release1.only("flights"), store: store, topology: topology, amqp: servers.amqp, buses: ["flights": flights])
+
+            // Fresh: handed back, again and again, while no instance with the handler runs.
+            let seat = SagaCommand(
+                sagaID: atSeat.id, sagaName: trip.name, command: "flights.seat", step: 2, stepName: "seat", phase: .action, attempt: 1)
+            try await bus.publish(
+                OutgoingMessage(
+                    exchange: topology.commandsExchange, routingKey: "flights.seat", body: Array(try JSONCoding.encode(seat)),
+                    contentType: SagaHeaders.contentType))
+            // Handed back for longer than the limit already.
+            let since = Date().addingTimeInterval(-601).timeIntervalSince1970
+            try await bus.publish(
+                OutgoingMessage(
+                    exchange: topology.commandsExchange, routingKey: "flights.seat", body: Array(try JSONCoding.encode(seat)),
+                    headers: [SagaHeaders.handedBack: .string("37"), SagaHeaders.handedBackSince: .string(String(since))],
+                    contentType: SagaHeaders.contentType))
+            // Sent by no version of the saga.
+            var unknown = seat
+            unknown.command = "flights.upgrade"
+            try await bus.publish(
+                OutgoingMessage(
+                    exchange: "", routingKey: topology.queue(forService: "flights"), body: Array(try JSONCoding.encode(unknown)),
+                    contentType: SagaHeaders.contentType))
+
+            let letters = try await drain(queue: topology.deadLetterQueue, bus: bus, for: .seconds(10), until: 2)
+            try await waitUntil { flights.handedBack >= 2 }
+            try await deployment?.stop()
+            #expect(letters.count == 2)
+            let expired = letters.first { $0.headers[SagaHeaders.deadLetterRoutingKey] == "flights.seat" }
+            let reason = expired?.headers[SagaHeaders.deadLetterReason] ?? ""
+            #expect(
+                reason.contains("has no handler for command 'flights.seat', which saga definition '\(trip.name)' version 2 sends"),
+                "\(reason)")
+            #expect(reason.contains("(handed back 37 times): deploy a release of 'flights' that handles it"), "\(reason)")
+            // Requeued from the dead-letter queue, it starts a new hand-back period.
+            #expect(expired?.headers[SagaHeaders.handedBackSince] == nil)
+            let other = letters.first { $0.headers[SagaHeaders.deadLetterRoutingKey] != "flights.seat" }
+            #expect(
+                other?.headers[SagaHeaders.deadLetterReason]
+                    == "service 'flights' has no handler for command 'flights.upgrade'; command 'flights.upgrade' is not step 2 action of saga definition '\(trip.name)' version 2"
+            )
+            // The saga still waits at `seat`.
+            #expect(try await store.load(atSeat.id).currentStep == 2)
+        } catch {
+            try? await deployment?.stop()
+            await bus.shutdown()
+            await close()
+            throw error
+        }
+        await bus.shutdown()
+        await close()
+    }
+
+    /// Reads a queue until `count` messages arrived or `duration` passed; acknowledges them.
+    private func drain(queue: String, bus: any MessageBus, for duration: Duration, until count: Int = .max) async throws -> [Delivery] {
+        let deliveries = try await bus.consume(queue: queue, prefetch: 50)
+        let collected = Collected()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for try await delivery in deliveries {
+                    try await delivery.ack()
+                    if collected.append(delivery) >= count { return }
+                }
+            }
+            group.addTask { try await Task.sleep(for: duration) }
+            // Whichever ends first (enough messages, or the time) ends the reading.
+            try await group.next()
+            group.cancelAll()
+        }
+        return collected.all
+    }
+
+    /// Waits until every saga is completed or compensated (or needs attention); their states.
+    private func terminalStates(of ids: [SagaID], in store: any SagaStore, timeout: Duration) async throws -> [SagaID: SagaState] {
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        var finals: [SagaID: SagaState] = [:]
+        while true {
+            for id in ids where finals[id] == nil {
+                let state = try await store.load(id)
+                if state.status.isTerminal || state.status == .needsAttention { finals[id] = state }
+            }
+            if finals.count == ids.count { return finals }
+            if ContinuousClock.now > deadline {
+                let waiting = ids.filter { finals[$0] == nil }
+                var described: [String] = []
+                for id in waiting.prefix(5) {
+                    let state = try await store.load(id)
+                    described.append("\(id) v\(state.definitionVersion) \(state.status.rawValue) at step \(state.currentStep)")
+                }
+                throw TestFailure("\(waiting.count) sagas did not finish within \(timeout): \(described.joined(separator: "; "))")
+            }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+    }
+}
+
+/// The `trip` definitions and what they should do.
+struct Trip: Sendable {
+    let name: String
+    let v1: SagaDefinition
+    let v2: SagaDefinition
+
+    init(name: String) {
+        self.name = name
+        do {
+            v1 = try SagaBuilder(name)
+                .version(1)
+                .step("hotel", action: "hotels.book", compensation: "hotels.cancel")
+                .step("flight", action: "flights.book", compensation: "flights.cancel")
+                .step("pay", action: "payments.charge")
+                .build()
+            v2 = try SagaBuilder(name)
+                .version(2)
+                .step("hotel", action: "hotels.book", compensation: "hotels.cancel")
+                .step("flight", action: "flights.book", compensation: "flights.cancel")
+                .step("seat", action: "flights.seat", compensation: "flights.unseat")
+                .step("insure", action: "insurance.cover", compensation: "insurance.cancel")
+                .step("pay", action: "payments.charge")
+                .build()
+        } catch {
+            fatalError("the trip definitions are invalid: \(error)")
+        }
+    }
+
+    /// Release 1's services and their commands.
+    static let servicesV1: [String: [String]] = [
+        "hotels": ["hotels.book", "hotels.cancel"],
+        "flights": ["flights.book", "flights.cancel"],
+        "payments": ["payments.charge"],
+    ]
+    /// Release 2's: a new command in `flights`, a new service `insurance`.
+    static let servicesV2: [String: [String]] = [
+        "hotels": ["hotels.book", "hotels.cancel"],
+        "flights": ["flights.book", "flights.cancel", "flights.seat", "flights.unseat"],
+        "insurance": ["insurance.cover", "insurance.cancel"],
+        "payments": ["payments.charge"],
+    ]
+
+    /// Every fifth trip's payment is declined, so the saga compensates.
+    static func payload(_ index: Int) -> JSONObject {
+        ["trip": .number(JSONNumber(index)), "decline": .bool(index % 5 == 0)]
+    }
+
+    static func declines(_ payload: JSONObject) -> Bool { payload["decline"]?.boolValue == true }
+
+    /// The history as `step/phase/outcome`.
+    static func history(_ saga: SagaState) -> [String] {
+        saga.history.map { "\($0.stepName)/\($0.phase.rawValue)/\($0.outcome.rawValue)" }
+    }
+
+    static func expectedHistory(version: Int, declined: Bool) -> [String] {
+        let steps = version == 1 ? ["hotel", "flight"] : ["hotel", "flight", "seat", "insure"]
+        let forward = steps.map { "\($0)/action/completed" }
+        guard declined else { return forward + ["pay/action/completed"] }
+        return forward + ["pay/action/failed"] + steps.reversed().map { "\($0)/compensation/completed" }
+    }
+
+    /// The effects of a saga, sorted (a command that took effect twice appears twice).
+    static func expectedEffects(version: Int, declined: Bool) -> [String] {
+        let actions = version == 1 ? ["hotels.book", "flights.book"] : ["hotels.book", "flights.book", "flights.seat", "insurance.cover"]
+        guard declined else { return (actions + ["payments.charge"]).sorted() }
+        let compensations =
+            version == 1 ? ["hotels.cancel", "flights.cancel"] : ["hotels.cancel", "flights.cancel", "flights.unseat", "insurance.cancel"]
+        return (actions + compensations).sorted()
+    }
+}
+
+/// One release of the services: the definitions it was built with and its handlers.
+struct Release: Sendable {
+    let number: Int
+    let definitions: SagaDefinitionRegistry
+    let handlers: [String: SagaHandlerRegistry]
+
+    init(number: Int, definitions: [SagaDefinition], services: [String: [String]], ledger: UpgradeLedger) throws {
+        self.number = number
+        self.definitions = try SagaDefinitionRegistry(definitions)
+        var handlers: [String: SagaHandlerRegistry] = [:]
+        for (service, commands) in services {
+            var registry = SagaHandlerRegistry()
+            for command in commands {
+                registry.register(command) { context in
+                    // Slow enough that sagas are in flight when the releases change.
+                    try await Task.sleep(for: .milliseconds(Int.random(in: 40...120)))
+                    if context.command == "payments.charge", Trip.declines(context.payload) {
+                        try await context.failAndCompensate(reason: "card declined")
+                        return
+                    }
+                    ledger.record(context, release: number)
+                    if context.phase == .action {
+                        try await context.completeStep()
+                    } else {
+                        try await context.completeCompensation()
+                    }
+                }
+            }
+            handlers[service] = registry
+        }
+        self.handlers = handlers
+    }
+
+    private init(number: Int, definitions: SagaDefinitionRegistry, handlers: [String: SagaHandlerRegistry]) {
+        self.number = number
+        self.definitions = definitions
+        self.handlers = handlers
+    }
+
+    /// This release's instances of one service.
+    func only(_ service: String) -> Release {
+        Release(number: number, definitions: definitions, handlers: handlers.filter { $0.key == service })
+    }
+
+    /// This release's instances of every service but one.
+    func without(_ service: String) -> Release {
+        Release(number: number, definitions: definitions, handlers: handlers.filter { $0.key != service })
+    }
+}
+
+/// A release's running participants, one per service, each on a broker connection of its own.
+struct Deployment: Sendable {
+    let group: ServiceGroup
+    let running: Task<Void, any Error>
+    let buses: [any MessageBus]
+
+    /// Starts one participant per service of `release` (on `buses[service]` when given).
+    static func start(
+        _ release: Release, store: any SagaStore, topology: SagaTopology, amqp: String, buses given: [String: any MessageBus] = [:]
+    ) async throws -> Deployment {
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        var buses: [any MessageBus] = []
+        for (service, handlers) in release.handlers.sorted(by: { $0.key < $1.key }) {
+            let bus: any MessageBus
+            if let existing = given[service] { bus = existing } else { bus = try await RabbitMQBus.connect(url: amqp) }
+            buses.append(bus)
+            let participant = SagaParticipant(
+                configuration: ParticipantConfiguration(
+                    service: service, topology: topology, prefetch: 8, outboxPollInterval: .milliseconds(200),
+                    outboxGracePeriod: .milliseconds(500), reaper: nil),
+                definitions: release.definitions, handlers: handlers, bus: bus, store: store, logger: quietTestLogger)
+            services.append(.init(service: participant))
+        }
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: services, logger: quietTestLogger))
+        // Test code: the group runs until `stop()` shuts it down gracefully.
+        let running = Task { try await group.run() }
+        return Deployment(group: group, running: running, buses: buses)
+    }
+
+    /// Shuts the participants down gracefully (running handlers finish), then closes their
+    /// connections, so that the broker gives the deliveries they had not started to others.
+    func stop() async throws {
+        await group.triggerGracefulShutdown()
+        let result = await running.result
+        for bus in buses { await bus.shutdown() }
+        try result.get()
+    }
+}
+
+/// What the fake services did: effects apply once per idempotency key; calls are counted per
+/// release and per version of the saga they served.
+final class UpgradeLedger: Sendable {
+    struct Call: Sendable {
+        var release: Int
+        var version: Int
+        var command: String
+        var sagaID: SagaID
+        var at: ContinuousClock.Instant
+    }
+    private let state = Mutex<(effects: [String: Call], calls: [Call])>(([:], []))
+
+    func record(_ context: SagaContext, release: Int) {
+        let version = context.sagaContext[SagaState.definitionVersionKey].flatMap { Int($0) } ?? 1
+        let call = Call(release: release, version: version, command: context.command, sagaID: context.sagaID, at: .now)
+        state.withLock { state in
+            state.calls.append(call)
+            if state.effects[context.idempotencyKey] == nil { state.effects[context.idempotencyKey] = call }
+        }
+    }
+
+    /// The commands that took effect for a saga, sorted (one per idempotency key).
+    func effects(of sagaID: SagaID) -> [String] {
+        state.withLock { $0.effects.values.filter { $0.sagaID == sagaID }.map(\.command).sorted() }
+    }
+
+    /// How many handler calls a release made for sagas of a version (since `after`).
+    func calls(release: Int, version: Int, after: ContinuousClock.Instant? = nil) -> Int {
+        state.withLock { state in
+            state.calls.filter { call in
+                call.release == release && call.version == version && after.map { call.at > $0 } ?? true
+            }.count
+        }
+    }
+
+    /// How many handler calls a release made for these commands.
+    func calls(release: Int, commands: Set<String>) -> Int {
+        state.withLock { $0.calls.filter { $0.release == release && commands.contains($0.command) }.count }
+    }
+}
+
+/// A bus that counts the commands a participant hands back (published with
+/// ``SagaHeaders/handedBack``).
+final class CountingBus: MessageBus {
+    private let base: any MessageBus
+    private let count = Mutex(0)
+
+    init(_ base: any MessageBus) { self.base = base }
+
+    var handedBack: Int { count.withLock { $0 } }
+
+    func declare(_ topology: Topology) async throws { try await base.declare(topology) }
+
+    func publish(_ message: OutgoingMessage) async throws {
+        try await base.publish(message)
+        if message.headers[SagaHeaders.handedBack] != nil { count.withLock { $0 += 1 } }
+    }
+
+    func consume(queue: String, prefetch: Int) async throws -> DeliveryStream { try await base.consume(queue: queue, prefetch: prefetch) }
+
+    func shutdown() async { await base.shutdown() }
+}
+
+/// Deliveries collected by a consuming task.
+final class Collected: Sendable {
+    private let deliveries = Mutex<[Delivery]>([])
+
+    /// Adds one; the count so far.
+    func append(_ delivery: Delivery) -> Int {
+        deliveries.withLock {
+            $0.append(delivery)
+            return $0.count
+        }
+    }
+
+    var all: [Delivery] { deliveries.withLock { $0 } }
+}
