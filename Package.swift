@@ -49,6 +49,7 @@ let package = Package(
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
             ],
+            exclude: ["StateMachine/Protocol"],  // the Promela model (scripts/model-check.sh)
             swiftSettings: strict
         ),
 

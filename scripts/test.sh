@@ -69,3 +69,8 @@ timeout --kill-after=30 2400 swift test --skip-build --disable-xctest --no-paral
 # its handler tests with SagaTesting, then its services as separate processes on the real broker.
 log "the example package, as a user's package"
 scripts/example-package.sh
+
+# The choreography protocol's Promela model (Sources/SagaCore/StateMachine/Protocol/saga.pml):
+# safety and progress hold, each deliberately broken variant fails (spin; about 2 minutes).
+log "the protocol model, checked with spin"
+scripts/model-check.sh
