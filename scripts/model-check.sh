@@ -8,7 +8,8 @@
 # the protocol closes it. Prints a table and exits non-zero on any unexpected result.
 #
 # Installs spin and gcc with apt-get when missing. Works in a temporary directory. Exhaustive
-# searches (-DCOLLAPSE only compresses states; no bitstate); about 2 minutes on 2 idle cores.
+# searches (-DCOLLAPSE only compresses states; no bitstate), two at a time (MODEL_CHECK_JOBS);
+# about 70 s on 2 idle cores.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,15 +27,16 @@ if ! command -v spin >/dev/null || ! command -v gcc >/dev/null; then
 fi
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/sagakit-model.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
+keep=false   # an unexpected result keeps the directory (pan.log, the trail) for a look
+trap '$keep || rm -rf "$work"' EXIT
 cp "$MODEL" "$work/saga.pml"
 cd "$work"
 
 # Bounds of the scenarios (see the #defines in saga.pml).
-CRASHES="-DMAXCRASH=2 -DMAXFAIL=1 -DMAXDUP=1 -DREAPS=1"   # crashes and duplicates
-FAILURES="-DMAXCRASH=1 -DMAXFAIL=2 -DMAXDUP=0 -DREAPS=1"  # retries, then compensation
-PROGRESS="-DMAXCRASH=1 -DMAXFAIL=1 -DMAXDUP=0 -DREAPS=1"  # progress with the reaper
-ALONE="-DMAXCRASH=1 -DMAXFAIL=1 -DMAXDUP=1 -DNO_REAPER"   # progress without it
+CRASHES=(-DMAXCRASH=2 -DMAXFAIL=1 -DMAXDUP=1 -DREAPS=1)   # crashes and duplicates
+FAILURES=(-DMAXCRASH=1 -DMAXFAIL=2 -DMAXDUP=0 -DREAPS=1)  # retries, then compensation
+PROGRESS=(-DMAXCRASH=1 -DMAXFAIL=1 -DMAXDUP=0 -DREAPS=1)  # progress with the reaper
+ALONE=(-DMAXCRASH=1 -DMAXFAIL=1 -DMAXDUP=1 -DNO_REAPER)   # progress without it
 
 JOBS="${MODEL_CHECK_JOBS:-2}"   # searches at once (one core each)
 runs=0
@@ -93,20 +95,21 @@ run_one() {
 }
 
 log "checking the protocol model in $work"
-check "safety (crashes, duplicates)" "correct" pass safety $CRASHES
-check "safety (failures, compensation)" "correct" pass safety $FAILURES
-check "progress: every saga ends" "correct, with the reaper" pass progress $PROGRESS
-check "progress: every saga ends" "correct, no reaper" pass progress $ALONE
-check "safety (crashes, duplicates)" "BROKEN_NO_CAS" fail safety $CRASHES -DBROKEN_NO_CAS
-check "safety (crashes, duplicates)" "BROKEN_NO_IDEMPOTENCY" fail safety $CRASHES -DBROKEN_NO_IDEMPOTENCY
-check "safety (crashes, duplicates)" "BROKEN_UNDO_ON_ANY_DISCARD" fail safety $CRASHES -DBROKEN_UNDO_ON_ANY_DISCARD
-check "progress: every saga ends" "BROKEN_ACK_BEFORE_COMMIT, no reaper" fail progress $ALONE -DBROKEN_ACK_BEFORE_COMMIT
-check "progress: every saga ends" "BROKEN_NO_RELAY, no reaper" fail progress $ALONE -DBROKEN_NO_RELAY
-check "no effect left after compensation" "correct (known gap)" fail safety $FAILURES -DCHECK_NO_LEAK
+check "safety (crashes, duplicates)" "correct" pass safety "${CRASHES[@]}"
+check "safety (failures, compensation)" "correct" pass safety "${FAILURES[@]}"
+check "progress: every saga ends" "correct, with the reaper" pass progress "${PROGRESS[@]}"
+check "progress: every saga ends" "correct, no reaper" pass progress "${ALONE[@]}"
+check "safety (crashes, duplicates)" "BROKEN_NO_CAS" fail safety "${CRASHES[@]}" -DBROKEN_NO_CAS
+check "safety (crashes, duplicates)" "BROKEN_NO_IDEMPOTENCY" fail safety "${CRASHES[@]}" -DBROKEN_NO_IDEMPOTENCY
+check "safety (crashes, duplicates)" "BROKEN_UNDO_ON_ANY_DISCARD" fail safety "${CRASHES[@]}" -DBROKEN_UNDO_ON_ANY_DISCARD
+check "progress: every saga ends" "BROKEN_ACK_BEFORE_COMMIT, no reaper" fail progress "${ALONE[@]}" -DBROKEN_ACK_BEFORE_COMMIT
+check "progress: every saga ends" "BROKEN_NO_RELAY, no reaper" fail progress "${ALONE[@]}" -DBROKEN_NO_RELAY
+check "no effect left after compensation" "correct (known gap)" fail safety "${FAILURES[@]}" -DCHECK_NO_LEAK
 
 wait
 printf '\n%-36s %-38s %-8s %-10s %12s %8s  %s\n' property variant expected result states seconds "first violation"
 unexpected=0
+elapsed=$SECONDS
 for ((i = 1; i <= runs; i++)); do
     IFS='|' read -r property label expect result states seconds violation <"run$i/row" ||
         { property="run $i"; result=missing; expect=pass; }
@@ -115,7 +118,8 @@ for ((i = 1; i <= runs; i++)); do
 done
 echo
 if ((unexpected)); then
-    log "$unexpected unexpected result(s)"
+    keep=true
+    log "$unexpected unexpected result(s); the runs (pan.log, saga.pml.trail) are kept in $work"
     exit 1
 fi
-log "all $runs checks as expected"
+log "all $runs checks as expected (${elapsed} s)"
