@@ -30,6 +30,20 @@ struct SagaBenchmark: AsyncParsableCommand {
     @Option(help: "AMQP URL (default: AMQP_URL or the local broker).") var amqpURL: String?
     @Option(help: "PostgreSQL URL (default: POSTGRES_URL).") var postgresURL: String?
     @Option(help: "Prefetch of each participant.") var prefetch = 256
+    @Option(
+        help: """
+            How the starter learns a saga ended: events (SagaManager.outcome woken by lifecycle events, the manager run as \
+            a service), poll (SagaManager.outcome reading the store every 50 ms, the manager not run), board (the last \
+            handler tells the starter in-process: no broker or store hop, an upper bound).
+            """)
+    var wait = "events"
+    @Option(help: "Lifecycle events published: all, outcomes or none.") var events = "all"
+
+    func validate() throws {
+        guard ["events", "poll", "board"].contains(wait) else { throw ValidationError("--wait must be events, poll or board") }
+        guard SagaLifecycleEvent.Selection(rawValue: events) != nil else { throw ValidationError("--events must be all, outcomes or none") }
+        if wait == "events" && events == "none" { throw ValidationError("--wait events needs --events all or outcomes") }
+    }
 
     func run() async throws {
         LoggingSystem.bootstrap { label in
@@ -38,7 +52,9 @@ struct SagaBenchmark: AsyncParsableCommand {
             return handler
         }
         let amqp = amqpURL ?? ProcessInfo.processInfo.environment["AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/%2F"
-        print("saga-benchmark: \(sagas) sagas per run, store \(store), failure rate \(failureRate), prefetch \(prefetch)")
+        print(
+            "saga-benchmark: \(sagas) sagas per run, store \(store), failure rate \(failureRate), prefetch \(prefetch), wait \(wait), events \(events)"
+        )
         print("  concurrency   sagas/s    p50 ms    p99 ms   CPU µs/step   completed/compensated/other")
         for inFlight in concurrency {
             let result = try await runOnce(inFlight: inFlight, amqp: amqp)
@@ -94,7 +110,9 @@ struct SagaBenchmark: AsyncParsableCommand {
 
     func runOnce(inFlight: Int, amqp: String) async throws -> Result {
         let (store, close) = try await openStore()
-        let topology = SagaTopology(prefix: "bench-\(UUID().uuidString.prefix(6))", delayLevels: [1])
+        let topology = SagaTopology(
+            prefix: "bench-\(UUID().uuidString.prefix(6))", delayLevels: [1], events: SagaLifecycleEvent.Selection(rawValue: events) ?? .all
+        )
         let logger = Logger(label: "saga-benchmark")
         // The last handler of each saga reports its end here once the terminal state is stored
         // (completeStep/completeCompensation return after the commit), so the benchmark does not
@@ -137,7 +155,12 @@ struct SagaBenchmark: AsyncParsableCommand {
         let sagas = self.sagas
         let failureRate = self.failureRate
         let prefetch = self.prefetch
+        let wait = self.wait
         let result = try await withThrowingTaskGroup(of: Void.self) { group in
+            if wait == "events" {
+                group.addTask { try await manager.run() }
+                while !manager.isListeningForEvents { try await Task.sleep(for: .milliseconds(10)) }
+            }
             for (index, (service, registry)) in handlers.sorted(by: { $0.key < $1.key }).enumerated() {
                 let participant = SagaParticipant(
                     configuration: ParticipantConfiguration(service: service, topology: topology, prefetch: prefetch, reaper: nil),
@@ -161,14 +184,20 @@ struct SagaBenchmark: AsyncParsableCommand {
                             let decline = Double(index % 1000) / 1000 < failureRate
                             let begin = clock.now
                             let id = "b-\(index)-\(UUID().uuidString.prefix(8))"
-                            async let status = board.wait(for: id)
-                            do {
+                            let finalStatus: SagaStatus
+                            if wait == "board" {
+                                async let status = board.wait(for: id)
+                                do {
+                                    try await manager.start("order", payload: ["orderId": .string(id), "decline": .bool(decline)], id: id)
+                                } catch {
+                                    board.finish(id, .needsAttention)  // releases the waiter
+                                    throw error
+                                }
+                                finalStatus = await status
+                            } else {
                                 try await manager.start("order", payload: ["orderId": .string(id), "decline": .bool(decline)], id: id)
-                            } catch {
-                                board.finish(id, .needsAttention)  // releases the waiter
-                                throw error
+                                finalStatus = try await manager.outcome(of: id, timeout: .seconds(120)).status
                             }
-                            let finalStatus = await status
                             let seconds = (clock.now - begin).seconds
                             tally.latencies.withLock { $0.append(seconds) }
                             tally.statuses.withLock { $0[finalStatus, default: 0] += 1 }

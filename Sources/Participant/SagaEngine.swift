@@ -50,6 +50,7 @@ struct SagaEngine: Sendable {
                     let stored = try await store.commit(SagaTransition(state: next, expectedVersion: state.version, outbox: outbox))
                     metrics.transition(from: state, to: stored)
                     logTransition(from: state, to: stored, commands: commands, logger: logger)
+                    CrashPoints.reach(.afterCommitBeforePublish)
                     try await publish(outbox, logger: logger)
                     return .committed(stored)
                 } catch let error as SagaError where error.code == .versionConflict && conflicts < maxConflicts {
@@ -110,46 +111,57 @@ struct SagaEngine: Sendable {
         }
     }
 
-    /// Publishes outbox messages and marks them sent. The messages are published at once and
-    /// their broker confirms awaited together (a transition's command and its events cost one
-    /// round trip, not one each).
+    /// Publishes outbox messages and marks them sent. The commands and the lifecycle events are
+    /// published at the same time (a transition's command and its events cost about one broker
+    /// round trip, not one each); the events one after the other, so that a transition's events
+    /// arrive in their order (a step's completion before the saga's).
     /// - Throws: the first publish error; messages that were confirmed are still marked sent.
     func publish(_ messages: [OutboxMessage], logger: Logger) async throws {
         guard !messages.isEmpty else { return }
         let bus = bus
-        var sent: [String] = []
-        var failure: (any Error)?
+        var failures = [(any Error)?](repeating: nil, count: messages.count)
         if messages.count == 1 {
-            do {
-                try await bus.publish(SagaMessages.outgoing(messages[0]))
-                sent.append(messages[0].id)
-            } catch {
-                failure = error
-                logPublishFailure(messages[0], error, logger: logger)
-            }
+            do { try await bus.publish(SagaMessages.outgoing(messages[0])) } catch { failures[0] = error }
         } else {
-            let results = await withTaskGroup(of: (Int, (any Error)?).self) { group in
-                for (index, message) in messages.enumerated() {
+            let events = messages.indices.filter { SagaMessages.isEventsExchange(messages[$0].exchange) }
+            let commands = messages.indices.filter { !SagaMessages.isEventsExchange(messages[$0].exchange) }
+            let results = await withTaskGroup(of: [(Int, (any Error)?)].self) { group in
+                for index in commands {
                     group.addTask {
                         do {
-                            try await bus.publish(SagaMessages.outgoing(message))
-                            return (index, nil)
+                            try await bus.publish(SagaMessages.outgoing(messages[index]))
+                            return [(index, nil)]
                         } catch {
-                            return (index, error)
+                            return [(index, error)]
                         }
                     }
                 }
-                var results = [(any Error)?](repeating: nil, count: messages.count)
-                for await (index, error) in group { results[index] = error }
-                return results
-            }
-            for (message, error) in zip(messages, results) {
-                if let error {
-                    failure = failure ?? error
-                    logPublishFailure(message, error, logger: logger)
-                } else {
-                    sent.append(message.id)
+                if !events.isEmpty {
+                    group.addTask {
+                        var results: [(Int, (any Error)?)] = []
+                        for index in events {
+                            do {
+                                try await bus.publish(SagaMessages.outgoing(messages[index]))
+                                results.append((index, nil))
+                            } catch {
+                                results.append((index, error))
+                            }
+                        }
+                        return results
+                    }
                 }
+                return await group.reduce(into: []) { $0 += $1 }
+            }
+            for (index, error) in results { failures[index] = error }
+        }
+        var sent: [String] = []
+        var failure: (any Error)?
+        for (message, error) in zip(messages, failures) {
+            if let error {
+                failure = failure ?? error
+                logPublishFailure(message, error, logger: logger)
+            } else {
+                sent.append(message.id)
             }
         }
         if !sent.isEmpty {

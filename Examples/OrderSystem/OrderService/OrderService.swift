@@ -60,11 +60,13 @@ struct OrderService: AsyncParsableCommand {
         // The manager logs errors only: the progress line says more than 500 "saga started".
         var runtime = app.runtime(store: opened.store)
         runtime.logger.logLevel = Swift.max(configuration.logLevel, .error)
+        let manager = SagaManager(runtime: runtime)
         let batch = OrderBatch(
-            manager: SagaManager(runtime: runtime), runID: runID, count: count, concurrency: concurrency, skus: skus,
+            manager: manager, runID: runID, count: count, concurrency: concurrency, skus: skus,
             cancelRate: cancelRate, timeout: .seconds(timeout), report: report, logger: logger)
-        // The store, the bus and the batch; the batch ending ends the process gracefully.
-        try await app.run(store: opened.store, services: [batch])
+        // The store, the bus, the manager (it hears the sagas' lifecycle events, so waiting for a
+        // saga costs no polling) and the batch; the batch ending ends the process gracefully.
+        try await app.run(store: opened.store, services: [manager, batch])
         if batch.failed.withLock({ $0 }) { throw ExitCode(1) }
     }
 }
@@ -133,57 +135,59 @@ final class OrderBatch: Service, Sendable {
         }
         try await manager.declareTopology()
         let store = manager.store
-        let terminal: Set<SagaStatus> = [.completed, .compensated, .needsAttention]
-        func finishedCount() async throws -> [SagaStatus: Int] { try await store.countByStatus(name: OrderSaga.name) }
-        let baseline = try await finishedCount()
+        // Outcomes are awaited on the sagas' lifecycle events once the manager listens.
+        for _ in 0..<200 where !manager.isListeningForEvents { try await Task.sleep(for: .milliseconds(25)) }
+        if !manager.isListeningForEvents {
+            logger.warning("not receiving saga lifecycle events (is sagakit.events = none?); waiting for sagas reads the store")
+        }
         let progress = ProgressLine(total: count)
         logger.info("placing \(count) orders", metadata: ["run": "\(runID)", "concurrency": "\(concurrency)"])
 
         let clock = ContinuousClock()
         let began = clock.now
+        let deadline = began.advanced(by: timeout)
         var started = 0
+        var finished: [SagaStatus: Int] = [:]
+        var unfinished = 0
         var lastPrint = clock.now
-        // Cancellations run alongside the batch; the loop ends only when every saga finished.
+        func show() {
+            let line = progress.line(
+                started: started, completed: finished[.completed] ?? 0, compensated: finished[.compensated] ?? 0,
+                needsAttention: finished[.needsAttention] ?? 0, elapsed: clock.now - began)
+            if clock.now - lastPrint >= (progress.isTerminal ? .seconds(1) : .seconds(5)) {
+                progress.show(line)
+                lastPrint = clock.now
+            }
+        }
+        // At most `concurrency` orders in flight: each starts its saga and awaits its outcome;
+        // every outcome lets the next order in. Cancellations run alongside.
         try await withThrowingDiscardingTaskGroup { cancellations in
-            while !Task.isShuttingDownGracefully {
-                let counts = try await finishedCount()
-                let done = terminal.reduce(0) { $0 + (counts[$1] ?? 0) - (baseline[$1] ?? 0) }
-                let line = progress.line(
-                    started: started,
-                    completed: (counts[.completed] ?? 0) - (baseline[.completed] ?? 0),
-                    compensated: (counts[.compensated] ?? 0) - (baseline[.compensated] ?? 0),
-                    needsAttention: (counts[.needsAttention] ?? 0) - (baseline[.needsAttention] ?? 0),
-                    elapsed: clock.now - began
-                )
-                if clock.now - lastPrint >= (progress.isTerminal ? .seconds(1) : .seconds(5)) {
-                    progress.show(line)
-                    lastPrint = clock.now
-                }
-                if done >= count && started == count { break }
-                if clock.now - began > timeout {
-                    progress.finish(line)
-                    logger.error("gave up waiting after \(timeout)")
-                    failed.withLock { $0 = true }
-                    break
-                }
-                let room = Swift.min(concurrency - (started - done), count - started)
-                if room > 0 {
-                    let first = started
-                    try await withThrowingDiscardingTaskGroup { group in
-                        for number in first..<(first + room) {
-                            group.addTask { [self] in
-                                _ = try await manager.start(OrderSaga.name, payload: order(number), id: id(number))
-                            }
+            try await withThrowingTaskGroup(of: SagaStatus?.self) { orders in
+                func place(_ number: Int) {
+                    orders.addTask { [self] in
+                        _ = try await manager.start(OrderSaga.name, payload: order(number), id: id(number))
+                        do {
+                            return try await manager.outcome(of: id(number), timeout: deadline - clock.now).status
+                        } catch let error as SagaError where error.code == .timeout {
+                            return nil
                         }
                     }
-                    for number in first..<(first + room) where OrderSaga.fraction("\(id(number))#cancel") < cancelRate {
+                    if OrderSaga.fraction("\(id(number))#cancel") < cancelRate {
                         cancellations.addTask { [self] in await cancelLater(id(number)) }
                     }
-                    started += room
-                } else {
-                    try await Task.sleep(for: .milliseconds(20))
+                    started += 1
+                }
+                while started < Swift.min(concurrency, count) { place(started) }
+                while let status = try await orders.next() {
+                    if let status { finished[status, default: 0] += 1 } else { unfinished += 1 }
+                    if started < count && !Task.isShuttingDownGracefully && clock.now < deadline { place(started) }
+                    show()
                 }
             }
+        }
+        if unfinished > 0 || started < count {
+            logger.error("gave up waiting after \(timeout): \(unfinished) saga(s) unfinished, \(count - started) order(s) not placed")
+            failed.withLock { $0 = true }
         }
         // Exact figures from the stored states of this batch.
         var states: [SagaState] = []
