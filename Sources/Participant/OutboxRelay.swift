@@ -50,6 +50,7 @@ struct OutboxRelay: Sendable {
             do {
                 try await engine.bus.publish(SagaMessages.outgoing(message))
                 sent.append(message.id)
+                CrashPoints.reach(.insideOutboxRelay)
             } catch {
                 let attempts = message.publishAttempts + 1
                 let retryAt = now.addingTimeInterval(backoff(afterAttempts: attempts).seconds)

@@ -308,9 +308,10 @@ public struct SagaParticipant: Service {
         /// the handler learns that its step did not count.
         let record: @Sendable (SagaEvent) async throws -> Void = { event in
             metrics.stepDuration(saga: command.sagaName, step: command.stepName, phase: command.phase, duration: clock.now - began)
+            if command.phase == .compensation { CrashPoints.reach(.duringCompensation) }
             switch try await engine.advance(state.id, from: state, event: event, logger: logger) {
             case .committed:
-                break
+                CrashPoints.reach(.afterPublishBeforeAck)
             case .ignored(let reason, _):
                 logger.warning("outcome not recorded: the saga moved on meanwhile (\(reason))")
                 throw SagaError.outcomeDiscarded(sagaID: state.id, command: command.command, reason: reason)
@@ -328,6 +329,7 @@ public struct SagaParticipant: Service {
             idempotencyKey: command.idempotencyKey, logger: logger, execution: execution
         )
         let timeout = command.phase == .action ? definition.steps[command.step].options.timeout : nil
+        CrashPoints.reach(.beforeHandler)
         var outcome = await Self.run(handler, context: context, timeout: timeout)
         // The timeout claimed the outcome (even if the handler returned in the same instant).
         if let limit = execution.timeout { outcome = .timedOut(limit) }
@@ -496,7 +498,7 @@ public struct SagaParticipant: Service {
             try await engine.bus.publish(letter)
             engine.metrics.deadLettered(service: configuration.service)
             await settle(delivery, .ack, logger: logger)
-        } catch where SagaMessages.rejectsInsteadOfDeadLettering(error) {
+        } catch  where SagaMessages.rejectsInsteadOfDeadLettering(error) {
             // Too large to publish again: the broker dead-letters it unchanged through the queue's
             // dead-letter exchange (x-death reason "rejected"; `saga dlq list` explains it).
             logger.error(

@@ -86,6 +86,7 @@ public struct SagaReaper: Service {
             let pastDeadline = state.deadline.map { $0 < now } ?? false
             let event: SagaEvent =
                 pastDeadline && state.status == .running ? .deadlinePassed : .foundStalled(maxReapAttempts: configuration.maxReapAttempts)
+            CrashPoints.reach(.insideReaper)
             do {
                 var outcome = try await engine.advance(state.id, from: state, event: event, logger: logger)
                 if case .ignored = outcome, case .deadlinePassed = event {
