@@ -11,8 +11,11 @@ import TripSaga
         let app = try SagaApplication(service: "trip-starter", definitions: [TripSaga.definition])
         let store = try SQLiteSagaStore(reader: app.config.scoped(to: "sagakit.store"), logger: app.logger)
         let trips = app.config.int(forKey: "trips", default: 20)
-        let batch = TripBatch(manager: SagaManager(runtime: app.runtime(store: store)), trips: trips, logger: app.logger)
-        try await app.run(store: store, services: [batch])
+        let manager = SagaManager(runtime: app.runtime(store: store))
+        let batch = TripBatch(manager: manager, trips: trips, logger: app.logger)
+        // The manager runs as a service: it hears the trips' lifecycle events, so outcome(of:)
+        // returns as soon as a trip ends instead of reading the store over and over.
+        try await app.run(store: store, services: [manager, batch])
         guard batch.result.withLock({ $0 }) else { throw ExitCode.failure }
     }
 }
