@@ -196,13 +196,16 @@ struct OperatorCLITests {
                 #expect(refused.status != 0 && refused.stdout.isEmpty, "\(refused)")
                 #expect(refused.stderr.contains("past its pivot"), "\(refused)")
 
-                // retry, after the fix, by someone, with a reason (JSON: the new state).
-                confirmFixed.turnOn()
+                // retry, by someone, with a reason (JSON: the new state). The fix lands after the retry:
+                // before it, the saga's own delayed retry could complete it first.
                 let retried = try cli.json(["retry", stuck, "--by", "bob", "--reason", "confirmation service fixed"]) as? [String: Any]
                 #expect(retried?["id"] as? String == stuck)
+                #expect(retried?["status"] as? String == "running")
                 let lastRecord = (retried?["history"] as? [[String: Any]])?.last
                 #expect(lastRecord?["outcome"] as? String == "retryRequested")
                 #expect(lastRecord?["actor"] as? String == "bob")
+                #expect(lastRecord?["reason"] as? String == "confirmation service fixed")
+                confirmFixed.turnOn()
                 #expect(try await manager.outcome(of: stuck, timeout: .seconds(60)).status == .completed)
                 let stuckDone = try cli.succeed(["show", stuck])
                 #expect(
@@ -226,6 +229,15 @@ struct OperatorCLITests {
                 #expect(byVersion[2]?["sagas"] as? Int == 3)
                 #expect(byVersion[2]?["hash"] as? String == Self.trip.contentHash)
                 #expect(byVersion[2]?["source"] as? String == "store")
+
+                // Without --by, the actor is $SAGA_OPERATOR.
+                let another = try await manager.start("trip", payload: ["flightDown": true], id: "trip-retried")
+                try await Self.waitUntil("the flight has been tried") { try await store.load(another).attempt >= 2 }
+                let byEnvironment = try cli.json(["retry", another], environment: ["SAGA_OPERATOR": "carol"]) as? [String: Any]
+                let carolRecord = (byEnvironment?["history"] as? [[String: Any]])?.last
+                #expect(carolRecord?["actor"] as? String == "carol", "\(String(describing: carolRecord))")
+                #expect(carolRecord?["reason"] == nil)
+                #expect(try cli.succeed(["show", another]).contains("operator carol requested a retry at "))
 
                 // dlq: list and a requeue of nothing, as JSON.
                 let letters = try cli.json(["dlq", "list", "--limit", "5"]) as? [[String: Any]]
@@ -372,7 +384,7 @@ struct SagaCLI {
     }
 
     /// Runs `saga <arguments> --store-url … --amqp-url … --prefix …`.
-    func run(_ arguments: [String]) throws -> Result {
+    func run(_ arguments: [String], environment extra: [String: String] = [:]) throws -> Result {
         let testBinary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
         var directory = testBinary.deletingLastPathComponent()
         if directory.lastPathComponent.hasSuffix(".xctest") { directory = directory.deletingLastPathComponent() }
@@ -381,6 +393,7 @@ struct SagaCLI {
         process.arguments = arguments + ["--store-url", store, "--amqp-url", amqp, "--prefix", prefix]
         var environment = ProcessInfo.processInfo.environment
         for key in ["SAGAKIT_STORE_URL", "SAGAKIT_PREFIX", "SAGA_OPERATOR", "SAGAKIT_LOG_LEVEL"] { environment[key] = nil }
+        environment.merge(extra) { $1 }
         process.environment = environment
         let base = NSTemporaryDirectory() + "sagakit-cli-\(UUID().uuidString)"
         let (outPath, errPath) = (base + ".out", base + ".err")
@@ -405,15 +418,15 @@ struct SagaCLI {
     }
 
     /// Standard output of a run that must succeed.
-    func succeed(_ arguments: [String]) throws -> String {
-        let result = try run(arguments)
+    func succeed(_ arguments: [String], environment: [String: String] = [:]) throws -> String {
+        let result = try run(arguments, environment: environment)
         guard result.status == 0 else { throw TestFailure("saga \(arguments.joined(separator: " ")) failed: \(result)") }
         return result.stdout
     }
 
     /// The one JSON document a `--json` run prints on standard output.
-    func json(_ arguments: [String]) throws -> Any {
-        let output = try succeed(arguments + ["--json"])
+    func json(_ arguments: [String], environment: [String: String] = [:]) throws -> Any {
+        let output = try succeed(arguments + ["--json"], environment: environment)
         do {
             return try JSONSerialization.jsonObject(with: Data(output.utf8))
         } catch {
