@@ -4,13 +4,19 @@
 //
 // Environment: SERVICE (inventory | payment | shipping), AMQP_URL, STORE_URL (sqlite:… or
 // postgres://…), EFFECTS_DB (path), PREFIX (topology prefix), REAPER_MS (reaper poll and stall
-// threshold in milliseconds), HANDLER_DELAY_MS (work time per handler).
+// threshold in milliseconds), HANDLER_DELAY_MS (work time per handler), OUTBOX_POLL_MS and
+// OUTBOX_GRACE_MS (the outbox relay's poll interval and grace period; 300 and 1000).
+//
+// The crash-point matrix (CrashMatrixTests) arms one process with CRASH_AT=<CrashPoint> and
+// CRASH_AFTER=<n>: the n-th time the process reaches that point it appends "<point> <n> <pid>" to
+// the file CRASH_MARKER (when set) and kills itself with SIGKILL.
 import Foundation
 import GRDB
 import Participant
 import SagaPostgres
 import SagaSQLite
 import SagaTestSupport
+import Synchronization
 
 let environment = ProcessInfo.processInfo.environment
 func required(_ name: String) -> String {
@@ -25,6 +31,46 @@ let service = required("SERVICE")
 let prefix = required("PREFIX")
 let reaperMilliseconds = Int(environment["REAPER_MS"] ?? "") ?? 1000
 let handlerDelay = Duration.milliseconds(Int(environment["HANDLER_DELAY_MS"] ?? "") ?? 5)
+let outboxPoll = Duration.milliseconds(Int(environment["OUTBOX_POLL_MS"] ?? "") ?? 300)
+let outboxGrace = Duration.milliseconds(Int(environment["OUTBOX_GRACE_MS"] ?? "") ?? 1000)
+
+/// Counts the times the armed crash point is reached; SIGKILLs the process at the n-th.
+final class CrashTrigger: Sendable {
+    let point: CrashPoint
+    let after: Int
+    let marker: String?
+    private let reached = Atomic<Int>(0)
+
+    init(point: CrashPoint, after: Int, marker: String?) {
+        self.point = point
+        self.after = after
+        self.marker = marker
+    }
+
+    func reach(_ point: CrashPoint) {
+        guard point == self.point, reached.add(1, ordering: .relaxed).newValue == after else { return }
+        if let marker, let file = FileHandle(forWritingAtPath: marker) ?? createFile(marker) {
+            file.seekToEndOfFile()
+            file.write(Data("\(point.rawValue) \(after) \(getpid())\n".utf8))
+        }
+        kill(getpid(), SIGKILL)
+    }
+
+    private func createFile(_ path: String) -> FileHandle? {
+        FileManager.default.createFile(atPath: path, contents: nil)
+        return FileHandle(forWritingAtPath: path)
+    }
+}
+
+if let name = environment["CRASH_AT"], !name.isEmpty {
+    guard let point = CrashPoint(rawValue: name) else {
+        let known = CrashPoint.allCases.map(\.rawValue).joined(separator: ", ")
+        FileHandle.standardError.write(Data("ParticipantTestHost: unknown CRASH_AT \(name); use one of \(known)\n".utf8))
+        exit(2)
+    }
+    let trigger = CrashTrigger(point: point, after: max(Int(environment["CRASH_AFTER"] ?? "") ?? 1, 1), marker: environment["CRASH_MARKER"])
+    CrashPoints.install { trigger.reach($0) }
+}
 
 LoggingSystem.bootstrap { label in
     var handler = StreamLogHandler.standardError(label: label)
@@ -55,6 +101,7 @@ try effects.write { db in
             sql: "INSERT OR IGNORE INTO effects (key, command, saga_id) VALUES (?, ?, ?)",
             arguments: [context.idempotencyKey, context.command, context.sagaID])
     }
+    CrashPoints.reach(.afterHandlerEffect)
 }
 
 var handlers = SagaHandlerRegistry()
@@ -104,8 +151,8 @@ let participant = SagaParticipant(
         service: service,
         topology: SagaTopology(prefix: prefix, delayLevels: [1]),
         prefetch: 32,
-        outboxPollInterval: .milliseconds(300),
-        outboxGracePeriod: .milliseconds(1000),
+        outboxPollInterval: outboxPoll,
+        outboxGracePeriod: outboxGrace,
         reaper: ReaperConfiguration(
             pollInterval: .milliseconds(reaperMilliseconds), stalledThreshold: .milliseconds(reaperMilliseconds * 2), maxReapAttempts: 20)
     ),
