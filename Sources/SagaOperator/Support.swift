@@ -114,11 +114,17 @@ func printTable(_ header: [String], _ rows: [[String]]) {
     for row in rows { print(line(row)) }
 }
 
-nonisolated(unsafe) let isoFormatter: ISO8601DateFormatter = {
-    let formatter = ISO8601DateFormatter()
-    formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-    return formatter
-}()
+/// ISO 8601 with milliseconds, in UTC (`2026-11-29T10:42:51.747Z`). A `Sendable` format style:
+/// no shared formatter object between tasks.
+let isoFormatter = ISOTimestamp()
+
+/// Formats dates as ISO 8601 with milliseconds, in UTC.
+struct ISOTimestamp: Sendable {
+    private let style = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
+
+    /// `date` as `2026-11-29T10:42:51.747Z`.
+    func string(from date: Date) -> String { style.format(date) }
+}
 
 /// "3 s ago", "2 min ago", "5 h ago".
 func age(_ date: Date, now: Date = Date()) -> String {
