@@ -23,6 +23,8 @@ let package = Package(
         .library(name: "SagaTesting", targets: ["SagaTesting"]),
         // The operator tool's commands as a library (build your own `saga` with your definitions).
         .library(name: "SagaOperator", targets: ["SagaOperator"]),
+        // A Prometheus `/metrics` endpoint for any SagaKit process (swift-prometheus, swift-nio).
+        .library(name: "SagaPrometheus", targets: ["SagaPrometheus"]),
         .executable(name: "saga", targets: ["SagaCLI"]),
         .executable(name: "order-saga", targets: ["OrderSagaTool"]),
         .executable(name: "sagakit-demo", targets: ["SagaKitDemo"]),
@@ -40,6 +42,8 @@ let package = Package(
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.25.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
         .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.65.0"),
     ],
     targets: [
         // MARK: Core model (no I/O)
@@ -110,6 +114,23 @@ let package = Package(
             swiftSettings: strict
         ),
 
+        // MARK: The Prometheus endpoint (opt-in: Participant needs neither swift-prometheus nor NIOHTTP1)
+        .target(
+            name: "SagaPrometheus",
+            dependencies: [
+                "SagaCore",
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+
         // MARK: Testing product (for users' own tests)
         .target(
             name: "SagaTesting",
@@ -137,7 +158,7 @@ let package = Package(
         .target(
             name: "OrderSystemSupport",
             dependencies: [
-                "Participant", "SagaSQLite", "SagaPostgres",
+                "Participant", "SagaSQLite", "SagaPostgres", "SagaPrometheus",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "GRDB", package: "GRDB.swift"),

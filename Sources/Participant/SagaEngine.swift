@@ -48,7 +48,7 @@ struct SagaEngine: Sendable {
                     + SagaMessages.eventOutbox(events, state: next, topology: topology)
                 do {
                     let stored = try await store.commit(SagaTransition(state: next, expectedVersion: state.version, outbox: outbox))
-                    metrics.transition(from: state, to: stored)
+                    metrics.transition(from: state, to: stored, definition: machine.definition)
                     logTransition(from: state, to: stored, commands: commands, logger: logger)
                     CrashPoints.reach(.afterCommitBeforePublish)
                     try await publish(outbox, logger: logger)

@@ -144,7 +144,7 @@ public struct SagaManager: Service {
             logger.info("saga already started; nothing sent", metadata: ["saga.status": "\(existing.status.rawValue)"])
             return .alreadyStarted(existing)
         case .created(let stored):
-            engine.metrics.started(name)
+            engine.metrics.started(definition)
             logger.info("saga started", metadata: ["saga.next": "\(first.command.command)"])
             do {
                 try await engine.publish([message] + events, logger: logger)

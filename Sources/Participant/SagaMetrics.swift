@@ -2,40 +2,66 @@ import CoreMetrics
 import Foundation
 import Synchronization
 
-/// SagaKit's metrics, with the reference names. Dimensions are bounded: the saga definition's
-/// name, the step name, the phase, the service — never a saga id.
+/// SagaKit's metrics, with the names of the saga design document. Dimensions are bounded: the
+/// saga definition's name (`saga`), the step name, the phase, the service, the outcome, the
+/// status — never a saga id.
 ///
 /// - `saga_started_total{saga}`
 /// - `saga_completed_total{saga}`
-/// - `saga_failed_total{saga}`: sagas whose forward path failed (compensation started, or the
-///   saga needs attention)
+/// - `saga_failed_total{saga,step}`: sagas whose forward path failed (compensation started, or
+///   the saga needs attention); `step` is the step it stopped at
 /// - `saga_compensated_total{saga}`
 /// - `saga_needs_attention_total{saga}`
-/// - `saga_duration_seconds{saga,outcome}`: start to terminal state
+/// - `saga_duration_seconds{saga,outcome}`: start to terminal state (`completed`,
+///   `compensated`, `needsAttention`)
 /// - `saga_step_duration_seconds{saga,step,phase}`: handler run time
-/// - `saga_in_progress{saga}`: started minus finished (sum it over processes)
-/// - `saga_compensation_retries_total{saga}`
+/// - `saga_in_progress{saga}`: started minus finished (per process: sum it over processes)
+/// - `saga_compensations_pending{saga}`: sagas entering compensation minus those leaving it (per
+///   process: sum it over processes)
+/// - `saga_compensation_retries_total{saga,step}`
 /// - `saga_stale_messages_total{service}`: duplicate or out-of-date commands acknowledged and
 ///   ignored
 /// - `saga_dead_letters_total{service}`
-/// - `saga_reaped_total{saga}`: stalled sagas whose command the reaper re-sent
+/// - `saga_reaped_total{saga,status}`: stalled sagas whose command the reaper re-sent (or that it
+///   gave up on), by the status they were stalled in (`running`, `compensating`)
+///
+/// The counters and gauges of a definition (per step where they have a step) are created at zero
+/// the first time this process sees one of its sagas, so that `rate()` and `increase()` see the
+/// first event too.
 struct SagaMetrics: Sendable {
-    func started(_ saga: String) {
+    /// The definitions whose series this process has created.
+    private static let prepared = Mutex<Set<String>>([])
+
+    func started(_ definition: SagaDefinition) {
+        let saga = definition.name
+        prepare(definition)
         Counter(label: "saga_started_total", dimensions: [("saga", saga)]).increment()
         Meter(label: "saga_in_progress", dimensions: [("saga", saga)]).increment()
     }
 
     /// Records what a committed transition changed.
-    func transition(from old: SagaState, to new: SagaState) {
+    func transition(from old: SagaState, to new: SagaState, definition: SagaDefinition) {
         let saga = new.name
+        prepare(definition)
         if old.status == .running, new.status != .running, new.status != .completed {
-            Counter(label: "saga_failed_total", dimensions: [("saga", saga)]).increment()
+            let step = new.history.last(where: { $0.phase == .action })?.stepName ?? "none"
+            Counter(label: "saga_failed_total", dimensions: [("saga", saga), ("step", step)]).increment()
         }
         if new.status == .compensating, old.status == .compensating, new.attempt > old.attempt {
-            Counter(label: "saga_compensation_retries_total", dimensions: [("saga", saga)]).increment()
+            let step = new.history.last(where: { $0.phase == .compensation })?.stepName ?? "none"
+            Counter(label: "saga_compensation_retries_total", dimensions: [("saga", saga), ("step", step)]).increment()
         }
         if new.reapAttempts > old.reapAttempts {
-            Counter(label: "saga_reaped_total", dimensions: [("saga", saga)]).increment()
+            Counter(label: "saga_reaped_total", dimensions: [("saga", saga), ("status", old.status.rawValue)]).increment()
+        }
+        if (new.status == .compensating) != (old.status == .compensating) {
+            let pending = Meter(label: "saga_compensations_pending", dimensions: [("saga", saga)])
+            if new.status == .compensating { pending.increment() } else { pending.decrement() }
+        }
+        // An operator's retry or compensate takes a saga out of needs-attention: it is in
+        // progress again until its next terminal state.
+        if old.status.isTerminal, !new.status.isTerminal {
+            Meter(label: "saga_in_progress", dimensions: [("saga", saga)]).increment()
         }
         guard new.status.isTerminal, !old.status.isTerminal else { return }
         switch new.status {
@@ -66,5 +92,28 @@ struct SagaMetrics: Sendable {
 
     func deadLettered(service: String) {
         Counter(label: "saga_dead_letters_total", dimensions: [("service", service)]).increment()
+    }
+
+    /// Creates the definition's counters and gauges at zero, once per process and version: a
+    /// counter that first appears at 1 hides that first event from `increase()`, and so from the
+    /// alerts. (Histograms appear with their first observation.)
+    private func prepare(_ definition: SagaDefinition) {
+        let saga = definition.name
+        guard Self.prepared.withLock({ $0.insert("\(saga)@\(definition.version)").inserted }) else { return }
+        let dimensions = [("saga", saga)]
+        for step in definition.steps {
+            _ = Counter(label: "saga_failed_total", dimensions: [("saga", saga), ("step", step.name)])
+            if step.compensation != nil {
+                _ = Counter(label: "saga_compensation_retries_total", dimensions: [("saga", saga), ("step", step.name)])
+            }
+        }
+        for label in ["saga_started_total", "saga_completed_total", "saga_compensated_total", "saga_needs_attention_total"] {
+            _ = Counter(label: label, dimensions: dimensions)
+        }
+        for status in [SagaStatus.running, .compensating] {
+            _ = Counter(label: "saga_reaped_total", dimensions: [("saga", saga), ("status", status.rawValue)])
+        }
+        _ = Meter(label: "saga_in_progress", dimensions: dimensions)
+        _ = Meter(label: "saga_compensations_pending", dimensions: dimensions)
     }
 }

@@ -97,6 +97,7 @@ struct Demo: AsyncParsableCommand {
         environment["SAGAKIT_DECLINE_RATE"] = String(declineRate)
         environment["SAGAKIT_SHIPPING_FAILURE_RATE"] = String(shippingFailureRate)
         environment["NO_COLOR"] = "1"
+        environment["SAGAKIT_METRICS_PORT"] = nil  // one port cannot serve every child: give ports by hand
 
         var participants: [ServiceSpec] = []
         for service in ["inventory", "payment", "shipping"] {

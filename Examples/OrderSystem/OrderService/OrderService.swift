@@ -43,6 +43,11 @@ struct OrderService: AsyncParsableCommand {
     @Option(help: "Write the batch's figures as JSON to this file.")
     var report: String?
 
+    @Flag(
+        help:
+            "After the batch, keep running (serving --metrics-port) until SIGINT or SIGTERM, so that Prometheus scrapes the final figures.")
+    var keepRunning = false
+
     func validate() throws {
         guard count >= 0 else { throw ValidationError("--count must not be negative") }
         guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
@@ -56,6 +61,7 @@ struct OrderService: AsyncParsableCommand {
         let runID = runID ?? String(UUID().uuidString.lowercased().prefix(6))
 
         let app = try ParticipantApp.application(service: "order", instance: instance, configuration: configuration)
+        let metrics = try ParticipantApp.metrics(configuration, logger: logger)
         let opened = try await AppStore.open(url: configuration.storeURL, logger: logger)
         // The manager logs errors only: the progress line says more than 500 "saga started".
         var runtime = app.runtime(store: opened.store)
@@ -63,10 +69,11 @@ struct OrderService: AsyncParsableCommand {
         let manager = SagaManager(runtime: runtime)
         let batch = OrderBatch(
             manager: manager, runID: runID, count: count, concurrency: concurrency, skus: skus,
-            cancelRate: cancelRate, timeout: .seconds(timeout), report: report, logger: logger)
+            cancelRate: cancelRate, timeout: .seconds(timeout), report: report, keepRunning: keepRunning, logger: logger)
         // The store, the bus, the manager (it hears the sagas' lifecycle events, so waiting for a
-        // saga costs no polling) and the batch; the batch ending ends the process gracefully.
-        try await app.run(store: opened.store, services: [manager, batch])
+        // saga costs no polling), the batch and the metrics endpoint (when enabled); the batch
+        // ending ends the process gracefully.
+        try await app.run(store: opened.store, services: [manager, batch] + metrics)
         if batch.failed.withLock({ $0 }) { throw ExitCode(1) }
     }
 }
@@ -81,6 +88,7 @@ final class OrderBatch: Service, Sendable {
     let cancelRate: Double
     let timeout: Duration
     let report: String?
+    let keepRunning: Bool
     let logger: Logger
     let failed = Mutex(false)
     /// Orders whose cancellation was accepted (the saga was compensated on request).
@@ -89,6 +97,7 @@ final class OrderBatch: Service, Sendable {
     init(
         manager: SagaManager, runID: String, count: Int, concurrency: Int, skus: Int, cancelRate: Double, timeout: Duration,
         report: String?,
+        keepRunning: Bool = false,
         logger: Logger
     ) {
         self.manager = manager
@@ -99,6 +108,7 @@ final class OrderBatch: Service, Sendable {
         self.cancelRate = cancelRate
         self.timeout = timeout
         self.report = report
+        self.keepRunning = keepRunning
         self.logger = logger
     }
 
@@ -214,6 +224,11 @@ final class OrderBatch: Service, Sendable {
                 runID: runID, ids: (0..<started).map(id), cancelled: cancelled.withLock { $0 }.sorted(), statistics: statistics)
             try encoder.encode(batchReport)
                 .write(to: URL(fileURLWithPath: report))
+        }
+        if keepRunning {
+            print("order-service: batch done; running until SIGINT or SIGTERM (--keep-running)")
+            fflush(nil)
+            try? await gracefulShutdown()
         }
     }
 }

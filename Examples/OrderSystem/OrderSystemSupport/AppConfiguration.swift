@@ -20,6 +20,7 @@ public import Participant
 /// | reaper threshold | | `SAGAKIT_REAPER_STALLED_SECONDS` | `900` |
 /// | reaper attempts | | `SAGAKIT_REAPER_MAX_ATTEMPTS` | `3` |
 /// | prefetch | `--prefetch` | `SAGAKIT_PREFETCH` | `64` |
+/// | Prometheus endpoint | `--metrics-port` | `SAGAKIT_METRICS_PORT` | off (`SAGAKIT_METRICS_HOST`: `127.0.0.1`) |
 ///
 /// The reading is done by apple/swift-configuration (flags become an in-memory provider in
 /// front of the environment provider).

@@ -27,6 +27,13 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error (env SAGAKIT_LOG_LEVEL; default info).")
     public var logLevel: String?
 
+    /// `--metrics-port` (env `SAGAKIT_METRICS_PORT`): serve Prometheus metrics on this port.
+    @Option(
+        name: .customLong("metrics-port"),
+        help: "Serve Prometheus metrics at http://127.0.0.1:<port>/metrics (env SAGAKIT_METRICS_PORT; default off; 0 = any free port)."
+    )
+    public var metricsPort: Int?
+
     /// Creates empty options (every value from the environment or the defaults).
     public init() {}
 
@@ -38,6 +45,7 @@ public struct ConnectionOptions: ParsableArguments, Sendable {
             "sagakit.prefix": prefix,
             "sagakit.data.dir": dataDirectory,
             "sagakit.log.level": logLevel,
+            "sagakit.metrics.port": metricsPort.map(String.init),
         ])
     }
 }

@@ -2,6 +2,7 @@ import Configuration
 import Foundation
 public import Logging
 public import Participant
+import SagaPrometheus
 
 /// How the example services run: SagaKit's `SagaApplication` with the example's flags, data
 /// directory and store-by-URL.
@@ -52,6 +53,13 @@ public enum ParticipantApp {
             service: service, definitions: [OrderSaga.definition], config: named, bootstrapLogging: false)
     }
 
+    /// The Prometheus endpoint of this process, when `--metrics-port` / `SAGAKIT_METRICS_PORT` is
+    /// set (then swift-prometheus becomes the process's metrics backend); none otherwise. Call it
+    /// before the process records any metric, and run what it returns with the other services.
+    public static func metrics(_ configuration: AppConfiguration, logger: Logger) throws -> [any Service] {
+        try SagaPrometheus.bootstrap(reader: configuration.reader, logger: logger).map { [$0] } ?? []
+    }
+
     /// Runs the participant of `service` until SIGINT or SIGTERM.
     /// - Parameters:
     ///   - service: the service name (its queue is `<prefix>.<service>`).
@@ -67,10 +75,11 @@ public enum ParticipantApp {
         logger: Logger
     ) async throws {
         let app = try application(service: service, instance: instance, configuration: configuration)
+        let metrics = try metrics(configuration, logger: logger)
         logger.info("opening the saga store", metadata: ["store": "\(configuration.redactedStoreURL)"])
         let opened = try await AppStore.open(url: configuration.storeURL, logger: logger)
         // The application runs the store (a Service) before the bus and the participant, and
-        // stops it after them.
-        try await app.runParticipant(handlers: handlers, store: opened.store, services: opened.services)
+        // stops it after them; the metrics endpoint (when enabled) runs beside them.
+        try await app.runParticipant(handlers: handlers, store: opened.store, services: opened.services + metrics)
     }
 }
