@@ -61,6 +61,7 @@ log "running the tests"
 # so a stuck test fails the run instead of hanging it.
 own_processes="ClusterTests|BrokerLateTests|RabbitMQTLSTests|RabbitMQRecoveryTests|RabbitMQFaultTests|TransportFaultTests"
 own_processes+="|ParticipantFaultTests|StoreOutageTests|SecretLeakTests|OperatorStoredDefinitionTests|PostgresTLSTests|OperatorCLITests"
+own_processes+="|PrometheusEndpointTests"  # the example services as processes, scraped over HTTP
 timeout --kill-after=30 2400 swift test --skip-build --disable-xctest --skip "$own_processes" "$@"
 log "the suites that start servers or processes of their own, one at a time"
 timeout --kill-after=30 2400 swift test --skip-build --disable-xctest --no-parallel --filter "$own_processes" "$@"
@@ -74,3 +75,7 @@ scripts/example-package.sh
 # safety and progress hold, each deliberately broken variant fails (spin; about 2 minutes).
 log "the protocol model, checked with spin"
 scripts/model-check.sh
+
+# The Prometheus alert rules (Docs/prometheus): promtool check rules and their unit tests.
+log "the alert rules, checked with promtool"
+scripts/check-alert-rules.sh
