@@ -265,4 +265,17 @@ struct SagaStateMachineTests {
         let refused = machine.apply(.compensationRequested(by: "bob", reason: "too late"), to: state(atStep: 3), now: t0)
         #expect(refused.state == nil)
     }
+
+    @Test func operatorActionsSurviveTheTrimmingOfALongHistory() throws {
+        // Past the pivot a failing step is retried forever; an operator's retry stays in the history.
+        var state = state(atStep: 3)
+        state = try #require(machine.apply(.retryRequested(by: "carol", reason: "after the fix"), to: state, now: t0).state)
+        for attempt in state.attempt..<(state.attempt + SagaStateMachine.retainedRecordsPerStep * 3) {
+            state = try #require(
+                machine.apply(.stepFailed(step: 3, attempt: attempt, error: "down", retryable: true, startedAt: t0), to: state, now: t0)
+                    .state)
+        }
+        #expect(state.history.filter { $0.step == 3 }.count <= SagaStateMachine.retainedRecordsPerStep + 2)
+        #expect(state.history.contains { $0.outcome == .retryRequested && $0.actor == "carol" && $0.reason == "after the fix" })
+    }
 }

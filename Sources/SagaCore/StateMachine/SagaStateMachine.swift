@@ -380,10 +380,13 @@ public struct SagaStateMachine: Sendable {
     }
 
     /// Keeps the first record of (step, phase) and its latest ``retainedRecordsPerStep``; drops
-    /// the ones between. The first timed-out record is kept too (it decides whether the step is
+    /// the ones between, but never an operator's action. The first timed-out record is kept too (it decides whether the step is
     /// compensated).
     private static func compact(_ history: inout [StepRecord], step: Int, phase: StepPhase) {
-        let indices = history.indices.filter { history[$0].step == step && history[$0].phase == phase }
+        // Operator actions are never dropped: who asked for what stays in the history.
+        let indices = history.indices.filter {
+            history[$0].step == step && history[$0].phase == phase && !history[$0].outcome.isOperatorAction
+        }
         guard indices.count > retainedRecordsPerStep + 1 else { return }
         var keep = Set([indices[0]] + indices.suffix(retainedRecordsPerStep))
         if let timedOut = indices.first(where: { history[$0].timedOut == true }) { keep.insert(timedOut) }
