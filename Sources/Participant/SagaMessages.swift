@@ -31,6 +31,14 @@ public enum SagaHeaders {
     public static let deadLetterService = "x-sagakit-service"
     /// When the message was dead-lettered (ISO 8601).
     public static let deadLetterTime = "x-sagakit-dead-lettered-at"
+    /// The original message's `expiration` property, in milliseconds (an `int64` header): a dead
+    /// letter does not carry it as a property, or it would expire from the dead-letter queue.
+    /// `saga dlq requeue` restores it.
+    public static let deadLetterOriginalExpiration = "x-sagakit-original-expiration"
+    /// The original message's `user-id` property: a dead letter does not carry it as a property,
+    /// because RabbitMQ refuses a `user-id` other than the publishing connection's user, and the
+    /// service that dead-letters may log in as another user. `saga dlq requeue` restores it.
+    public static let deadLetterOriginalUserID = "x-sagakit-original-user-id"
     /// The content type of saga commands.
     public static let contentType = "application/json"
 }
@@ -121,30 +129,41 @@ enum SagaMessages {
         return .success(command)
     }
 
-    /// The dead letter for a delivery that cannot be processed: the same message (body, properties and every
-    /// header with its AMQP type), plus headers saying why and where it came from.
+    /// The dead letter for a delivery that cannot be processed: the same message (body, every
+    /// property and every header with its AMQP type), plus headers saying why and where it came from.
+    ///
+    /// Two properties travel as headers instead (``SagaHeaders/deadLetterOriginalExpiration`` and
+    /// ``SagaHeaders/deadLetterOriginalUserID``): an `expiration` would make the dead letter expire
+    /// from the dead-letter queue, and a `user-id` is refused by the broker when the service logs
+    /// in as another user. ``DeadLetters/original(of:topology:)`` puts them back.
     ///
     /// A dead letter is as large as the message. When it cannot be published (larger than the bus's
     /// `maxBodySize`), the participant rejects the delivery instead (see ``rejectsInsteadOfDeadLettering(_:)``):
     /// the broker dead-letters it through the queue's dead-letter exchange, unchanged, with an `x-death` header.
     static func deadLetter(_ delivery: Delivery, reason: String, service: String, topology: SagaTopology, now: Date) -> OutgoingMessage {
-        var headers = delivery.headers
-        headers[SagaHeaders.deadLetterReason] = reason
-        headers[SagaHeaders.deadLetterQueue] = delivery.queue
-        headers[SagaHeaders.deadLetterExchange] = delivery.exchange
-        headers[SagaHeaders.deadLetterRoutingKey] = delivery.routingKey
-        headers[SagaHeaders.deadLetterService] = service
-        headers[SagaHeaders.deadLetterTime] = ISO8601DateFormatter().string(from: now)
-        return OutgoingMessage(
-            exchange: topology.deadLetterExchange,
-            routingKey: delivery.queue,
-            body: delivery.body,
-            headers: headers,
-            messageId: delivery.messageId,
-            contentType: delivery.contentType,
-            type: delivery.type,
-            correlationId: delivery.correlationId
-        )
+        var message = OutgoingMessage(
+            republishing: delivery, exchange: topology.deadLetterExchange, routingKey: delivery.queue)
+        message.headers[SagaHeaders.deadLetterReason] = reason
+        message.headers[SagaHeaders.deadLetterQueue] = delivery.queue
+        message.headers[SagaHeaders.deadLetterExchange] = delivery.exchange
+        message.headers[SagaHeaders.deadLetterRoutingKey] = delivery.routingKey
+        message.headers[SagaHeaders.deadLetterService] = service
+        message.headers[SagaHeaders.deadLetterTime] = ISO8601DateFormatter().string(from: now)
+        if let expiration = message.expiration {
+            message.headers[field: SagaHeaders.deadLetterOriginalExpiration] = .int64(milliseconds(expiration))
+            message.expiration = nil
+        }
+        if let userId = message.userId {
+            message.headers[SagaHeaders.deadLetterOriginalUserID] = userId
+            message.userId = nil
+        }
+        return message
+    }
+
+    /// Whole milliseconds, as AMQP `expiration` says them.
+    static func milliseconds(_ duration: Duration) -> Int64 {
+        let (seconds, attoseconds) = duration.components
+        return max(0, seconds * 1000 + attoseconds / 1_000_000_000_000_000)
     }
 
     /// `true` when publishing a dead letter failed in a way that publishing it again cannot fix (the message is
@@ -234,9 +253,13 @@ public enum DeadLetters {
     }
 
     /// The message as it was before it was dead-lettered: the same body, properties and headers (with their
-    /// types), without the dead-letter headers, addressed to where it had been published. Dead letters written by
-    /// a participant say where they came from; for those dead-lettered by the broker the `x-death` header does,
-    /// and otherwise the AMQP type (the command name) routes them to the commands exchange.
+    /// types), without the dead-letter headers (SagaKit's `x-sagakit-*` and the broker's `x-death` ones),
+    /// addressed to where it had been published. Dead letters written by a participant say where they came from;
+    /// for those dead-lettered by the broker the `x-death` header does, and otherwise the AMQP type (the command
+    /// name) routes them to the commands exchange. The `expiration` and `user-id` a dead letter keeps in headers
+    /// (see ``SagaHeaders/deadLetterOriginalExpiration``) are properties again; so is the `original-expiration`
+    /// the broker records in `x-death`. A `user-id` is accepted by the broker only from that user (or an
+    /// `impersonator`).
     public static func original(of delivery: Delivery, topology: SagaTopology) -> OutgoingMessage {
         var headers = delivery.headers
         let death = brokerDeath(of: headers)
@@ -244,10 +267,19 @@ public enum DeadLetters {
         let routingKey =
             headers[SagaHeaders.deadLetterRoutingKey] ?? death?.routingKeys.first ?? delivery.type
             ?? delivery.routingKey
+        var message = OutgoingMessage(republishing: delivery, exchange: exchange, routingKey: routingKey)
+        if let milliseconds = headers[field: SagaHeaders.deadLetterOriginalExpiration]?.integerValue {
+            message.expiration = .milliseconds(milliseconds)
+        } else if message.expiration == nil, case .array(let entries)? = headers[field: "x-death"],
+            case .table(let latest)? = entries.first, let text = latest["original-expiration"],
+            let milliseconds = Int64(text)
+        {
+            message.expiration = .milliseconds(milliseconds)
+        }
+        if let userId = headers[SagaHeaders.deadLetterOriginalUserID] { message.userId = userId }
         for key in deadLetterHeaders { headers.removeValue(forKey: key) }
-        return OutgoingMessage(
-            exchange: exchange, routingKey: routingKey, body: delivery.body, headers: headers,
-            messageId: delivery.messageId, contentType: delivery.contentType, type: delivery.type,
-            correlationId: delivery.correlationId)
+        for key in headers.keys where key.hasPrefix("x-sagakit-") { headers.removeValue(forKey: key) }
+        message.headers = headers
+        return message
     }
 }

@@ -685,6 +685,14 @@ final class ConnectionWorker {
             contentType: content.properties.contentType,
             type: content.properties.type,
             correlationId: content.properties.correlationId,
+            contentEncoding: content.properties.contentEncoding,
+            replyTo: content.properties.replyTo,
+            appId: content.properties.appId,
+            userId: content.properties.userId,
+            priority: content.properties.priority,
+            timestamp: content.properties.timestamp,
+            expiration: content.properties.expiration,
+            persistent: content.properties.persistent,
             redelivered: redelivered,
             settler: RabbitMQSettler(mailbox: mailbox, channel: channel, epoch: consumer.epoch, tag: tag)
         )

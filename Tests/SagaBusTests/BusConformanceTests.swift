@@ -53,6 +53,75 @@ struct BusConformanceTests {
         }
     }
 
+    @Test("every basic property round-trips, and survives dead-lettering (but expiration)", arguments: BusKind.allCases)
+    func everyPropertyRoundTrip(kind: BusKind) async throws {
+        try await BusFixture.with(kind) { f in
+            let dlx = f.name("properties-dlx")
+            let dead = f.name("properties-dead")
+            let work = try await f.queue("every-property") { $0.deadLetterExchange = dlx }
+            try await f.declare(
+                Topology(
+                    exchanges: [ExchangeSpec(name: dlx, kind: .fanout)], queues: [QueueSpec(name: dead)],
+                    bindings: [BindingSpec(queue: dead, exchange: dlx, routingKey: "")]))
+            let inbox = try await f.consume(work)
+            let deadInbox = try await f.consume(dead)
+            let full = OutgoingMessage(
+                exchange: "", routingKey: work, body: Array("every property".utf8), headers: Self.everyFieldType,
+                messageId: "m-every", contentType: "application/json", type: "Every", correlationId: "c-every",
+                contentEncoding: "gzip", replyTo: "replies.here", appId: "conformance", userId: f.user,
+                priority: 9, timestamp: 1_700_000_123, expiration: .seconds(600), persistent: false)
+            let bare = OutgoingMessage(exchange: "", routingKey: work, body: Array("no property".utf8))
+            try await f.bus.publish(full)
+            try await f.bus.publish(bare)
+            let deliveries = try await inbox.take(2)
+            let (got, plain) = (deliveries[0], deliveries[1])
+            Self.expectProperties(got, equal: full)
+            #expect(got.expiration == .seconds(600))
+            #expect(got.persistent == false)
+            // Unset properties are nil, not empty; the bus always sends a delivery mode.
+            #expect(plain.headers.isEmpty && plain.messageId == nil && plain.contentType == nil)
+            #expect(plain.contentEncoding == nil && plain.type == nil && plain.correlationId == nil && plain.replyTo == nil)
+            #expect(plain.appId == nil && plain.userId == nil && plain.priority == nil && plain.timestamp == nil)
+            #expect(plain.expiration == nil && plain.persistent == true)
+
+            // Republished from the delivery, it is the same message.
+            try await f.bus.publish(OutgoingMessage(republishing: got, exchange: "", routingKey: work))
+            let again = try await inbox.next()
+            Self.expectProperties(again, equal: full)
+            #expect(again.expiration == .seconds(600) && again.persistent == false)
+
+            // Dead-lettered by the broker: every property kept but the expiration (as RabbitMQ does).
+            try await again.reject()
+            let letter = try await deadInbox.next()
+            var headers = letter.headers
+            for key in ["x-death", "x-first-death-reason", "x-first-death-queue", "x-first-death-exchange"] {
+                headers.removeValue(forKey: key)
+            }
+            #expect(headers == Self.everyFieldType)
+            var withoutHeaders = full
+            withoutHeaders.headers = letter.headers
+            Self.expectProperties(letter, equal: withoutHeaders)
+            #expect(letter.expiration == nil && letter.persistent == false)
+            for delivery in deliveries + [letter] { try await delivery.ack() }
+        }
+    }
+
+    /// Body, headers and every property but `expiration` and the delivery mode.
+    static func expectProperties(_ delivery: Delivery, equal message: OutgoingMessage, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(delivery.body == message.body, sourceLocation: sourceLocation)
+        #expect(delivery.headers == message.headers, sourceLocation: sourceLocation)
+        #expect(delivery.messageId == message.messageId, sourceLocation: sourceLocation)
+        #expect(delivery.contentType == message.contentType, sourceLocation: sourceLocation)
+        #expect(delivery.contentEncoding == message.contentEncoding, sourceLocation: sourceLocation)
+        #expect(delivery.type == message.type, sourceLocation: sourceLocation)
+        #expect(delivery.correlationId == message.correlationId, sourceLocation: sourceLocation)
+        #expect(delivery.replyTo == message.replyTo, sourceLocation: sourceLocation)
+        #expect(delivery.appId == message.appId, sourceLocation: sourceLocation)
+        #expect(delivery.userId == message.userId, sourceLocation: sourceLocation)
+        #expect(delivery.priority == message.priority, sourceLocation: sourceLocation)
+        #expect(delivery.timestamp == message.timestamp, sourceLocation: sourceLocation)
+    }
+
     @Test("nack(requeue: true) redelivers with the redelivered flag", arguments: BusKind.allCases)
     func nackRequeue(kind: BusKind) async throws {
         try await BusFixture.with(kind) { f in

@@ -17,12 +17,15 @@ enum BusKind: String, CaseIterable, CustomTestStringConvertible, Sendable {
 final class BusFixture: Sendable {
     let bus: any MessageBus
     let kind: BusKind
+    /// The user the bus logs in as (RabbitMQ accepts a `user-id` property only from that user).
+    let user: String
     let suffix = UUID().uuidString.prefix(8).lowercased()
     private let declared = Mutex(Topology())
 
-    private init(bus: any MessageBus, kind: BusKind) {
+    private init(bus: any MessageBus, kind: BusKind, user: String = "guest") {
         self.bus = bus
         self.kind = kind
+        self.user = user
     }
 
     /// Makes a fixture; `nil` when the RabbitMQ broker is unavailable outside CI (inside CI that throws).
@@ -36,7 +39,7 @@ final class BusFixture: Sendable {
             configuration.maxBodySize = maxBodySize
             configuration.shutdownTimeout = .seconds(2)
             configuration.connectionName = "SagaBusTests"
-            return BusFixture(bus: try await RabbitMQBus.connect(configuration), kind: kind)
+            return BusFixture(bus: try await RabbitMQBus.connect(configuration), kind: kind, user: configuration.user)
         }
     }
 

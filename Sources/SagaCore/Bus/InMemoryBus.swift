@@ -71,14 +71,19 @@ extension InMemoryBus {
         var exchange: String
         var routingKey: String
         var body: [UInt8]
-        var headers: MessageHeaders
-        var messageId: String?
-        var contentType: String?
-        var type: String?
-        var correlationId: String?
-        var expiration: Duration?
+        /// The headers and every property, as published.
+        var properties: OutgoingMessage
         var redelivered = false
         var expiresAt: ContinuousClock.Instant?
+
+        var headers: MessageHeaders {
+            get { properties.headers }
+            set { properties.headers = newValue }
+        }
+        var expiration: Duration? {
+            get { properties.expiration }
+            set { properties.expiration = newValue }
+        }
     }
 
     fileprivate struct QueueState {
@@ -220,10 +225,10 @@ extension InMemoryBus {
                         + "\(outgoing.body.count) bytes, more than the limit of \(maxBodySize)",
                     recoverySuggestion: "keep bodies small (state belongs in the store) or raise the limit")
             }
+            var properties = outgoing
+            properties.body = []  // kept once, in `body`
             let message = Message(
-                exchange: outgoing.exchange, routingKey: outgoing.routingKey, body: outgoing.body,
-                headers: outgoing.headers, messageId: outgoing.messageId, contentType: outgoing.contentType,
-                type: outgoing.type, correlationId: outgoing.correlationId, expiration: outgoing.expiration)
+                exchange: outgoing.exchange, routingKey: outgoing.routingKey, body: outgoing.body, properties: properties)
             let effects = try state.withLock { state throws(BusError) -> Effects in
                 if state.isShutDown { throw closedError }
                 guard outgoing.exchange.isEmpty || state.exchanges[outgoing.exchange] != nil else {
@@ -364,10 +369,13 @@ extension InMemoryBus {
                     state.queues[name] = queue
                     let tag = state.nextTag
                     state.nextTag += 1
+                    let p = message.properties
                     let delivery = Delivery(
                         exchange: message.exchange, routingKey: message.routingKey, queue: name, body: message.body,
-                        headers: message.headers, messageId: message.messageId, contentType: message.contentType,
-                        type: message.type, correlationId: message.correlationId, redelivered: message.redelivered,
+                        headers: p.headers, messageId: p.messageId, contentType: p.contentType, type: p.type,
+                        correlationId: p.correlationId, contentEncoding: p.contentEncoding, replyTo: p.replyTo,
+                        appId: p.appId, userId: p.userId, priority: p.priority, timestamp: p.timestamp,
+                        expiration: p.expiration, persistent: p.persistent, redelivered: message.redelivered,
                         settler: InMemorySettler(core: self, tag: tag))
                     // Yielding under the lock keeps each consumer's deliveries in queue order; `yield` runs no
                     // user code.

@@ -41,6 +41,10 @@ public protocol MessageBus: Sendable {
 public typealias DeliveryStream = AsyncThrowingStream<Delivery, any Error>
 
 /// A message to publish.
+///
+/// Every AMQP 0-9-1 basic property but the deprecated `cluster-id` can be set, so that a delivery
+/// published again (dead-lettered, requeued from a dead-letter queue) is the message that arrived:
+/// see ``init(republishing:exchange:routingKey:mandatory:)``.
 public struct OutgoingMessage: Sendable, Hashable {
     /// Exchange to publish to; `""` is the default exchange (routing key = queue name).
     public var exchange: String
@@ -54,13 +58,29 @@ public struct OutgoingMessage: Sendable, Hashable {
     public var messageId: String?
     /// The body's content type (AMQP `content-type`), for example `application/json`.
     public var contentType: String?
+    /// The body's content encoding (AMQP `content-encoding`), for example `gzip`.
+    public var contentEncoding: String?
     /// The message type (AMQP `type`); SagaKit sets it to the command name.
     public var type: String?
     /// The correlation id (AMQP `correlation-id`).
     public var correlationId: String?
-    /// Per-message TTL (AMQP `expiration`).
+    /// Where replies go (AMQP `reply-to`), usually a queue name.
+    public var replyTo: String?
+    /// The publishing application (AMQP `app-id`).
+    public var appId: String?
+    /// The user the message claims to come from (AMQP `user-id`). RabbitMQ refuses a message whose
+    /// `user-id` is not the publishing connection's user (unless that user has the `impersonator`
+    /// tag): the channel is closed with `PRECONDITION_FAILED` and the publish fails.
+    public var userId: String?
+    /// The priority, 0–255 (AMQP `priority`); queues declared with `x-max-priority` deliver higher
+    /// priorities first, other queues carry it along.
+    public var priority: UInt8?
+    /// When the message was created, in seconds since the Unix epoch (AMQP `timestamp`).
+    public var timestamp: UInt64?
+    /// Per-message TTL (AMQP `expiration`, sent in whole milliseconds).
     public var expiration: Duration?
-    /// Persistent (survives a broker restart on a durable queue). Default `true`.
+    /// Persistent (survives a broker restart on a durable queue; AMQP `delivery-mode` 2, otherwise 1).
+    /// Default `true`.
     public var persistent: Bool
     /// Mandatory: an unroutable message is returned to the publisher as an error. Default `true`.
     public var mandatory: Bool
@@ -75,6 +95,12 @@ public struct OutgoingMessage: Sendable, Hashable {
         contentType: String? = nil,
         type: String? = nil,
         correlationId: String? = nil,
+        contentEncoding: String? = nil,
+        replyTo: String? = nil,
+        appId: String? = nil,
+        userId: String? = nil,
+        priority: UInt8? = nil,
+        timestamp: UInt64? = nil,
         expiration: Duration? = nil,
         persistent: Bool = true,
         mandatory: Bool = true
@@ -85,17 +111,39 @@ public struct OutgoingMessage: Sendable, Hashable {
         self.headers = headers
         self.messageId = messageId
         self.contentType = contentType
+        self.contentEncoding = contentEncoding
         self.type = type
         self.correlationId = correlationId
+        self.replyTo = replyTo
+        self.appId = appId
+        self.userId = userId
+        self.priority = priority
+        self.timestamp = timestamp
         self.expiration = expiration
         self.persistent = persistent
         self.mandatory = mandatory
+    }
+
+    /// The message a delivery carried, addressed anew: the same body, headers and properties.
+    ///
+    /// A delivery whose publisher set no delivery mode is published persistent.
+    public init(republishing delivery: Delivery, exchange: String, routingKey: String, mandatory: Bool = true) {
+        self.init(
+            exchange: exchange, routingKey: routingKey, body: delivery.body, headers: delivery.headers,
+            messageId: delivery.messageId, contentType: delivery.contentType, type: delivery.type,
+            correlationId: delivery.correlationId, contentEncoding: delivery.contentEncoding,
+            replyTo: delivery.replyTo, appId: delivery.appId, userId: delivery.userId, priority: delivery.priority,
+            timestamp: delivery.timestamp, expiration: delivery.expiration, persistent: delivery.persistent ?? true,
+            mandatory: mandatory)
     }
 }
 
 /// One delivered message. Settle it exactly once with ``ack()``, ``nack(requeue:)`` or
 /// ``reject()``; settling twice, or settling a delivery from a connection that has since been
 /// lost, does nothing (the broker redelivers such messages).
+///
+/// Every AMQP 0-9-1 basic property but the deprecated `cluster-id` is read; a property the
+/// publisher did not set is `nil`.
 public struct Delivery: Sendable {
     /// The exchange the message was published to.
     public var exchange: String
@@ -111,10 +159,28 @@ public struct Delivery: Sendable {
     public var messageId: String?
     /// AMQP `content-type`, if set.
     public var contentType: String?
+    /// AMQP `content-encoding`, if set.
+    public var contentEncoding: String?
     /// AMQP `type`, if set.
     public var type: String?
     /// AMQP `correlation-id`, if set.
     public var correlationId: String?
+    /// AMQP `reply-to`, if set.
+    public var replyTo: String?
+    /// AMQP `app-id`, if set.
+    public var appId: String?
+    /// AMQP `user-id`, if set (RabbitMQ checked it against the publisher's user).
+    public var userId: String?
+    /// AMQP `priority`, if set.
+    public var priority: UInt8?
+    /// AMQP `timestamp` (seconds since the Unix epoch), if set.
+    public var timestamp: UInt64?
+    /// AMQP `expiration` (the per-message TTL the publisher set), if set. The broker removes it
+    /// when it dead-letters a message (and records it in `x-death` as `original-expiration`).
+    public var expiration: Duration?
+    /// AMQP `delivery-mode`: `true` for persistent (2), `false` for transient (1), `nil` when the
+    /// publisher did not set it.
+    public var persistent: Bool?
     /// `true` when the broker has delivered this message before.
     public var redelivered: Bool
     /// Settles the delivery; provided by the bus implementation.
@@ -131,6 +197,14 @@ public struct Delivery: Sendable {
         contentType: String? = nil,
         type: String? = nil,
         correlationId: String? = nil,
+        contentEncoding: String? = nil,
+        replyTo: String? = nil,
+        appId: String? = nil,
+        userId: String? = nil,
+        priority: UInt8? = nil,
+        timestamp: UInt64? = nil,
+        expiration: Duration? = nil,
+        persistent: Bool? = nil,
         redelivered: Bool = false,
         settler: any DeliverySettler
     ) {
@@ -141,8 +215,16 @@ public struct Delivery: Sendable {
         self.headers = headers
         self.messageId = messageId
         self.contentType = contentType
+        self.contentEncoding = contentEncoding
         self.type = type
         self.correlationId = correlationId
+        self.replyTo = replyTo
+        self.appId = appId
+        self.userId = userId
+        self.priority = priority
+        self.timestamp = timestamp
+        self.expiration = expiration
+        self.persistent = persistent
         self.redelivered = redelivered
         self.settler = settler
     }

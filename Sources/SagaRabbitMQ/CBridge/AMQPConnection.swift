@@ -22,13 +22,23 @@ enum AMQPFailure: Error {
     case channelClosed(channel: UInt16, code: UInt16, text: String)
 }
 
-/// Message properties copied out of a content header frame.
+/// Message properties copied out of a content header frame (every basic property but `cluster-id`).
 struct ContentProperties {
     var headers = MessageHeaders()
     var messageId: String?
     var contentType: String?
+    var contentEncoding: String?
     var type: String?
     var correlationId: String?
+    var replyTo: String?
+    var appId: String?
+    var userId: String?
+    var priority: UInt8?
+    var timestamp: UInt64?
+    /// The `expiration` property, in milliseconds as the broker sent it (a decimal string).
+    var expiration: Duration?
+    /// `delivery-mode` 2 (persistent) or not; `nil` when absent.
+    var persistent: Bool?
 }
 
 /// One frame read from the connection, copied into Swift values.
@@ -395,8 +405,12 @@ final class AMQPConnection {
         let routingKey = strings.add(message.routingKey)
         let messageId = message.messageId.map { strings.add($0) }
         let contentType = message.contentType.map { strings.add($0) }
+        let contentEncoding = message.contentEncoding.map { strings.add($0) }
         let type = message.type.map { strings.add($0) }
         let correlationId = message.correlationId.map { strings.add($0) }
+        let replyTo = message.replyTo.map { strings.add($0) }
+        let appId = message.appId.map { strings.add($0) }
+        let userId = message.userId.map { strings.add($0) }
         let expiration = message.expiration.map { strings.add(String(max(0, $0.milliseconds))) }
         defer { tables.recycle() }
         let headers = message.headers.isEmpty ? nil : tables.table(message.headers)
@@ -405,29 +419,31 @@ final class AMQPConnection {
             var properties = amqp_basic_properties_t()
             var flags: UInt32 = UInt32(AMQP_BASIC_DELIVERY_MODE_FLAG)
             properties.delivery_mode = message.persistent ? 2 : 1
+            func set(_ range: Range<Int>?, _ flag: Int32, _ field: WritableKeyPath<amqp_basic_properties_t, amqp_bytes_t>) {
+                guard let range else { return }
+                flags |= UInt32(flag)
+                properties[keyPath: field] = bytes(range)
+            }
             if let headers {
                 flags |= UInt32(AMQP_BASIC_HEADERS_FLAG)
                 properties.headers = headers
             }
-            if let messageId {
-                flags |= UInt32(AMQP_BASIC_MESSAGE_ID_FLAG)
-                properties.message_id = bytes(messageId)
+            set(messageId, AMQP_BASIC_MESSAGE_ID_FLAG, \.message_id)
+            set(contentType, AMQP_BASIC_CONTENT_TYPE_FLAG, \.content_type)
+            set(contentEncoding, AMQP_BASIC_CONTENT_ENCODING_FLAG, \.content_encoding)
+            set(type, AMQP_BASIC_TYPE_FLAG, \.type)
+            set(correlationId, AMQP_BASIC_CORRELATION_ID_FLAG, \.correlation_id)
+            set(replyTo, AMQP_BASIC_REPLY_TO_FLAG, \.reply_to)
+            set(appId, AMQP_BASIC_APP_ID_FLAG, \.app_id)
+            set(userId, AMQP_BASIC_USER_ID_FLAG, \.user_id)
+            set(expiration, AMQP_BASIC_EXPIRATION_FLAG, \.expiration)
+            if let priority = message.priority {
+                flags |= UInt32(AMQP_BASIC_PRIORITY_FLAG)
+                properties.priority = priority
             }
-            if let contentType {
-                flags |= UInt32(AMQP_BASIC_CONTENT_TYPE_FLAG)
-                properties.content_type = bytes(contentType)
-            }
-            if let type {
-                flags |= UInt32(AMQP_BASIC_TYPE_FLAG)
-                properties.type = bytes(type)
-            }
-            if let correlationId {
-                flags |= UInt32(AMQP_BASIC_CORRELATION_ID_FLAG)
-                properties.correlation_id = bytes(correlationId)
-            }
-            if let expiration {
-                flags |= UInt32(AMQP_BASIC_EXPIRATION_FLAG)
-                properties.expiration = bytes(expiration)
+            if let timestamp = message.timestamp {
+                flags |= UInt32(AMQP_BASIC_TIMESTAMP_FLAG)
+                properties.timestamp = timestamp
             }
             properties._flags = flags
             return message.body.withUnsafeBytes { body in
@@ -606,8 +622,19 @@ final class AMQPConnection {
         func has(_ flag: Int32) -> Bool { flags & UInt32(flag) != 0 }
         if has(AMQP_BASIC_MESSAGE_ID_FLAG) { result.messageId = p.pointee.message_id.string }
         if has(AMQP_BASIC_CONTENT_TYPE_FLAG) { result.contentType = p.pointee.content_type.string }
+        if has(AMQP_BASIC_CONTENT_ENCODING_FLAG) { result.contentEncoding = p.pointee.content_encoding.string }
         if has(AMQP_BASIC_TYPE_FLAG) { result.type = p.pointee.type.string }
         if has(AMQP_BASIC_CORRELATION_ID_FLAG) { result.correlationId = p.pointee.correlation_id.string }
+        if has(AMQP_BASIC_REPLY_TO_FLAG) { result.replyTo = p.pointee.reply_to.string }
+        if has(AMQP_BASIC_APP_ID_FLAG) { result.appId = p.pointee.app_id.string }
+        if has(AMQP_BASIC_USER_ID_FLAG) { result.userId = p.pointee.user_id.string }
+        if has(AMQP_BASIC_PRIORITY_FLAG) { result.priority = p.pointee.priority }
+        if has(AMQP_BASIC_TIMESTAMP_FLAG) { result.timestamp = p.pointee.timestamp }
+        if has(AMQP_BASIC_DELIVERY_MODE_FLAG) { result.persistent = p.pointee.delivery_mode == 2 }
+        if has(AMQP_BASIC_EXPIRATION_FLAG), let milliseconds = Int64(p.pointee.expiration.string) {
+            // RabbitMQ accepts only a non-negative integer here (it refuses anything else at publish).
+            result.expiration = .milliseconds(milliseconds)
+        }
         if has(AMQP_BASIC_HEADERS_FLAG) { result.headers = FieldTableDecoder.headers(p.pointee.headers) }
         return result
     }
