@@ -60,7 +60,7 @@ log "running the tests"
 # others they starve the timing of delay-based tests on a small machine. Both phases are bounded,
 # so a stuck test fails the run instead of hanging it.
 own_processes="ClusterTests|BrokerLateTests|RabbitMQTLSTests|RabbitMQRecoveryTests|RabbitMQFaultTests|TransportFaultTests|DeadLetterFidelityTests"
-own_processes+="|ParticipantFaultTests|StoreOutageTests|SecretLeakTests|OperatorStoredDefinitionTests|PostgresTLSTests|OperatorCLITests"
+own_processes+="|ParticipantFaultTests|CrashMatrixTests|StoreOutageTests|SecretLeakTests|OperatorStoredDefinitionTests|PostgresTLSTests|OperatorCLITests"
 own_processes+="|PrometheusEndpointTests"  # the example services as processes, scraped over HTTP
 timeout --kill-after=30 2400 swift test --skip-build --disable-xctest --skip "$own_processes" "$@"
 log "the suites that start servers or processes of their own, one at a time"
