@@ -42,6 +42,7 @@ let package = Package(
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.25.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
         .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.65.0"),
     ],
@@ -142,10 +143,16 @@ let package = Package(
         .target(
             name: "SagaOperator",
             dependencies: [
-                "Participant", "SagaSQLite", "SagaPostgres",
+                "Participant", "SagaSQLite", "SagaPostgres", "SagaConsole",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Configuration", package: "swift-configuration"),
             ],
+            swiftSettings: strict
+        ),
+        // The web console `saga console` serves (Hummingbird stays out of Participant's graph).
+        .target(
+            name: "SagaConsole",
+            dependencies: ["Participant", .product(name: "Hummingbird", package: "hummingbird")],
             swiftSettings: strict
         ),
         .executableTarget(
@@ -257,6 +264,13 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
             ],
             path: "Tests/ParticipantTestHost",
+            swiftSettings: strict
+        ),
+        // Seeds a SQLite store with sagas in every status for the console's browser test.
+        .executableTarget(
+            name: "ConsoleFixture",
+            dependencies: ["Participant", "SagaSQLite"],
+            path: "Tests/ConsoleFixture",
             swiftSettings: strict
         ),
         .testTarget(

@@ -79,3 +79,6 @@ scripts/model-check.sh
 # The Prometheus alert rules (Docs/prometheus): promtool check rules and their unit tests.
 log "the alert rules, checked with promtool"
 scripts/check-alert-rules.sh
+
+# The web console in headless Chromium against a seeded store on the real broker (screenshots in .build/console-screenshots).
+log "the web console, in a browser"; scripts/console-test.sh

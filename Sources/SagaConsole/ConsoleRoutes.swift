@@ -1,0 +1,270 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+import Participant
+
+/// The console's routes: pages (GET), actions (POST, checked by ``ConsoleSecurity``), the
+/// assets and the server-sent events.
+struct ConsoleRoutes: Sendable {
+    let pages: Pages
+    let security: ConsoleSecurity
+    let broadcaster: EventBroadcaster
+    let backend: SagaConsoleBackend
+    let logger: Logger
+
+    func register(on router: Router<BasicRequestContext>) {
+        router.get("/") { request, _ in
+            await page(request) { session in try await pages.overview(session: session) }
+        }
+        router.get("/sagas") { request, _ in
+            await page(request) { session in try await pages.list(query: Self.query(request), session: session) }
+        }
+        router.get("/sagas/:id") { request, context in
+            let id = try context.parameters.require("id")
+            return await page(request) { session in
+                try await pages.saga(id, session: session, flash: Self.flash(Self.query(request)["done"]?.last))
+            }
+        }
+        router.get("/definitions") { request, _ in
+            await page(request) { session in try await pages.definitions(session: session) }
+        }
+        router.get("/definitions/:name") { request, context in
+            let name = try context.parameters.require("name")
+            let version = Self.query(request)["version"]?.last.flatMap { Int($0) }
+            return await page(request) { session in try await pages.definition(name, version: version, session: session) }
+        }
+        router.get("/dlq") { request, _ in
+            await page(request) { session in
+                try await pages.deadLetters(session: session, flash: Self.flash(Self.query(request)["done"]?.last))
+            }
+        }
+        router.get("/login") { request, _ in
+            html(pages.login(session: security.session(of: request), next: Self.safeNext(Self.query(request)["next"]?.last)))
+        }
+        router.post("/login") { request, _ in
+            try await login(request)
+        }
+        router.post("/logout") { request, _ in
+            let form = try await Self.form(request)
+            if case .success = security.authorize(request, form: form), let id = request.cookies[ConsoleSecurity.cookieName]?.value {
+                security.endSession(id)
+            }
+            var response = Self.redirect("/")
+            response.setCookie(Self.sessionCookie("", maxAge: 0))
+            return response
+        }
+        router.post("/sagas/:id/retry") { request, context in
+            let id = try context.parameters.require("id")
+            return try await act(request, back: "/sagas/\(HTML.urlComponent(id))") { session, form in
+                let reason = try Self.reason(form)
+                _ = try await backend.retry(id, session.name, reason)
+                logger.notice("console: retry requested", metadata: ["saga.id": "\(id)", "operator": "\(session.name)"])
+                return "/sagas/\(HTML.urlComponent(id))?done=retry"
+            }
+        }
+        router.post("/sagas/:id/compensate") { request, context in
+            let id = try context.parameters.require("id")
+            return try await act(request, back: "/sagas/\(HTML.urlComponent(id))") { session, form in
+                let reason = try Self.reason(form)
+                _ = try await backend.compensate(id, session.name, reason)
+                logger.notice("console: compensation requested", metadata: ["saga.id": "\(id)", "operator": "\(session.name)"])
+                return "/sagas/\(HTML.urlComponent(id))?done=compensate"
+            }
+        }
+        router.post("/dlq/requeue") { request, _ in
+            try await act(request, back: "/dlq") { session, form in
+                let ids: Set<String>? = form["all"] == "1" ? nil : form["id"].map { [$0] }
+                guard ids == nil || ids?.isEmpty == false else {
+                    throw ConsoleRefusal(status: .badRequest, message: "say which dead letter to requeue, or all")
+                }
+                let result = try await backend.requeue(ids, 1000)
+                logger.notice(
+                    "console: dead letters requeued",
+                    metadata: ["operator": "\(session.name)", "requeued": "\(result.requeued.count)", "failed": "\(result.failed.count)"])
+                if !result.failed.isEmpty {
+                    throw ConsoleRefusal(
+                        status: .internalServerError, message: "could not requeue: " + result.failed.joined(separator: "; "))
+                }
+                return "/dlq?done=requeued-\(result.requeued.count)"
+            }
+        }
+        router.get("/events") { request, _ in
+            events(sagaID: Self.query(request)["saga"]?.last)
+        }
+        router.get("/assets/console.css") { _, _ in
+            asset(ConsoleAssets.css, type: "text/css; charset=utf-8")
+        }
+        router.get("/assets/console.js") { _, _ in
+            asset(ConsoleAssets.javascript, type: "text/javascript; charset=utf-8")
+        }
+    }
+
+    // MARK: - Pages
+
+    /// Renders a page; an error becomes a page that says what went wrong and what to do.
+    func page(_ request: Request, _ render: (ConsoleSecurity.Session?) async throws -> String) async -> Response {
+        let session = security.session(of: request)
+        do {
+            return html(try await render(session))
+        } catch let refusal as ConsoleRefusal {
+            return html(pages.errorPage(refusal.message, session: session), status: refusal.status)
+        } catch let error as SagaError where error.code == .unknownSaga {
+            return html(pages.errorPage("\(error)", session: session, back: "/sagas"), status: .notFound)
+        } catch {
+            logger.warning("console page failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
+            return html(pages.errorPage("\(error)", session: session), status: .internalServerError)
+        }
+    }
+
+    func html(_ text: String, status: HTTPResponse.Status = .ok) -> Response {
+        Response(
+            status: status, headers: [.contentType: "text/html; charset=utf-8"], body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
+    }
+
+    func asset(_ text: String, type: String) -> Response {
+        Response(
+            status: .ok, headers: [.contentType: type, .cacheControl: "max-age=60"],
+            body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
+    }
+
+    static func redirect(_ location: String) -> Response {
+        Response(status: .seeOther, headers: [.location: location])
+    }
+
+    static func sessionCookie(_ value: String, maxAge: Int? = nil) -> Cookie {
+        Cookie(name: ConsoleSecurity.cookieName, value: value, maxAge: maxAge, path: "/", secure: false, httpOnly: true, sameSite: .strict)
+    }
+
+    // MARK: - Actions
+
+    /// Checks an action (see ``ConsoleSecurity/authorize(_:form:)``), runs it and redirects to
+    /// the page it returns; a refusal or failure is shown on a page.
+    func act(
+        _ request: Request, back: String, _ body: (ConsoleSecurity.Session, [String: String]) async throws -> String
+    ) async throws -> Response {
+        let form = try await Self.form(request)
+        let session: ConsoleSecurity.Session
+        switch security.authorize(request, form: form) {
+        case .success(let found): session = found
+        case .failure(let refusal):
+            logger.warning("console refused an action", metadata: ["path": "\(request.uri.path)", "why": "\(refusal.message)"])
+            return html(pages.errorPage(refusal.message, session: security.session(of: request), back: back), status: refusal.status)
+        }
+        do {
+            return Self.redirect(try await body(session, form))
+        } catch let refusal as ConsoleRefusal {
+            return html(pages.errorPage(refusal.message, session: session, back: back), status: refusal.status)
+        } catch {
+            return html(pages.errorPage("\(error)", session: session, back: back), status: .conflict)
+        }
+    }
+
+    func login(_ request: Request) async throws -> Response {
+        let form = try await Self.form(request)
+        let next = Self.safeNext(form["next"])
+        guard security.actionsEnabled else { return Self.redirect("/login") }
+        guard security.sameOrigin(request) else {
+            return html(
+                pages.login(session: nil, next: next, error: "refused: the form did not come from this console"), status: .forbidden)
+        }
+        let name = (form["name"] ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !name.isEmpty, name.count <= 64 else {
+            return html(
+                pages.login(session: nil, next: next, error: "give your name: it is recorded with every action you take"),
+                status: .badRequest)
+        }
+        guard security.tokenMatches(form["token"] ?? "") else {
+            logger.warning("console: a login with a wrong operator token", metadata: ["name": "\(name)"])
+            try await Task.sleep(for: .milliseconds(500))
+            return html(
+                pages.login(
+                    session: nil, next: next,
+                    error: "wrong operator token (it is the content of the console's --token-file or SAGA_CONSOLE_TOKEN)"),
+                status: .unauthorized)
+        }
+        logger.notice("console: operator logged in", metadata: ["operator": "\(name)"])
+        var response = Self.redirect(next)
+        response.setCookie(Self.sessionCookie(security.startSession(name: name)))
+        return response
+    }
+
+    static func reason(_ form: [String: String]) throws -> String {
+        let reason = (form["reason"] ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !reason.isEmpty else {
+            throw ConsoleRefusal(status: .badRequest, message: "say why: the reason is recorded in the saga's history")
+        }
+        return String(reason.prefix(500))
+    }
+
+    static func flash(_ code: String?) -> String? {
+        guard let code else { return nil }
+        switch code {
+        case "retry":
+            return "Retry requested: the saga's current command was sent again; recorded in its history with your name and reason."
+        case "compensate": return "Compensation requested: recorded in the saga's history with your name and reason."
+        default:
+            if code.hasPrefix("requeued-"), let count = Int(code.dropFirst("requeued-".count)) {
+                return "\(count) dead letter(s) requeued to where they came from."
+            }
+            return nil
+        }
+    }
+
+    /// A local path to go to after logging in (never another site).
+    static func safeNext(_ next: String?) -> String {
+        guard let next, next.hasPrefix("/"), !next.hasPrefix("//"), !next.contains("\\") else { return "/" }
+        return next
+    }
+
+    // MARK: - Events
+
+    /// A `text/event-stream` of saga lifecycle events (of one saga with `sagaID`), with a
+    /// heartbeat; ends when the client goes away or the console shuts down.
+    func events(sagaID: String?) -> Response {
+        let stream = broadcaster.subscribe()
+        return Response(
+            status: .ok,
+            headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", HTTPField.Name("X-Accel-Buffering")!: "no"],
+            body: ResponseBody { writer in
+                try await writer.write(ByteBuffer(string: "retry: 3000\n\n"))
+                for await item in stream {
+                    let text: String
+                    switch item {
+                    case .heartbeat:
+                        text = ": heartbeat\n\n"
+                    case .connected(let up):
+                        text = "event: status\ndata: {\"connected\":\(up)}\n\n"
+                    case .event(let event):
+                        if let sagaID, event.sagaID != sagaID { continue }
+                        let data = (try? JSONCoding.encode(event)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+                        text = "id: \(event.id)\nevent: saga\ndata: \(data)\n\n"
+                    }
+                    try await writer.write(ByteBuffer(string: text))
+                }
+                try await writer.finish(nil)
+            })
+    }
+
+    // MARK: - Request parsing
+
+    static func query(_ request: Request) -> [String: [String]] {
+        var result: [String: [String]] = [:]
+        for (key, value) in (request.uri.query ?? "").split(separator: "&").map({ pair -> (String, String) in
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            func decode(_ part: Substring) -> String {
+                String(part).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String(part)
+            }
+            return (decode(parts[0]), parts.count > 1 ? decode(parts[1]) : "")
+        }) {
+            result[key, default: []].append(value)
+        }
+        return result
+    }
+
+    static func form(_ request: Request) async throws -> [String: String] {
+        var request = request
+        let buffer = try await request.collectBody(upTo: 64 * 1024)
+        return parseForm(String(buffer: buffer))
+    }
+}

@@ -1,0 +1,137 @@
+import Foundation
+import Participant
+
+/// Small helpers for server-rendered HTML: every text that comes from data goes through
+/// ``escape(_:)``.
+enum HTML {
+    /// Escapes text for an HTML element or a quoted attribute.
+    static func escape(_ text: String) -> String {
+        var result = ""
+        result.reserveCapacity(text.count)
+        for character in text {
+            switch character {
+            case "&": result += "&amp;"
+            case "<": result += "&lt;"
+            case ">": result += "&gt;"
+            case "\"": result += "&quot;"
+            case "'": result += "&#39;"
+            default: result.append(character)
+            }
+        }
+        return result
+    }
+
+    /// Percent-encodes a path segment or query value.
+    static func urlComponent(_ text: String) -> String {
+        var allowed = CharacterSet.alphanumerics
+        allowed.insert(charactersIn: "-._~")
+        return text.addingPercentEncoding(withAllowedCharacters: allowed) ?? text
+    }
+
+    /// A status as a coloured badge.
+    static func badge(_ status: SagaStatus) -> String {
+        "<span class=\"badge st-\(status.consoleName)\">\(status.consoleName)</span>"
+    }
+
+    /// `3 s ago`, `2 min ago`…
+    static func age(_ date: Date, now: Date) -> String {
+        let seconds = max(0, now.timeIntervalSince(date))
+        switch seconds {
+        case ..<1: return "now"
+        case ..<120: return "\(Int(seconds)) s ago"
+        case ..<7200: return "\(Int(seconds / 60)) min ago"
+        case ..<172_800: return "\(Int(seconds / 3600)) h ago"
+        default: return "\(Int(seconds / 86400)) d ago"
+        }
+    }
+
+    /// A duration for people: `850 µs`, `35 ms`, `1.24 s`, `2 min 5 s`.
+    static func seconds(_ seconds: Double) -> String {
+        switch seconds {
+        case ..<0.001: String(format: "%.0f µs", seconds * 1_000_000)
+        case ..<0.01: String(format: "%.1f ms", seconds * 1000)
+        case ..<1: String(format: "%.0f ms", seconds * 1000)
+        case ..<120: String(format: "%.2f s", seconds)
+        case ..<7200: "\(Int(seconds) / 60) min \(Int(seconds) % 60) s"
+        default: "\(Int(seconds) / 3600) h \(Int(seconds) % 3600 / 60) min"
+        }
+    }
+
+    /// An ISO 8601 time with milliseconds.
+    static func time(_ date: Date) -> String {
+        date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+    }
+
+    /// A link to a saga's page.
+    static func sagaLink(_ id: String) -> String {
+        "<a class=\"mono\" href=\"/sagas/\(urlComponent(id))\">\(escape(id))</a>"
+    }
+
+    /// A table.
+    static func table(_ header: [String], _ rows: [[String]], classes: String = "") -> String {
+        var html = "<table class=\"\(classes)\"><thead><tr>"
+        for cell in header { html += "<th>\(escape(cell))</th>" }
+        html += "</tr></thead><tbody>"
+        for row in rows {
+            html += "<tr>" + row.map { "<td>\($0)</td>" }.joined() + "</tr>"
+        }
+        return html + "</tbody></table>"
+    }
+}
+
+extension SagaStatus {
+    /// The status as the console and the CLI print it: `needs-attention`.
+    var consoleName: String { self == .needsAttention ? "needs-attention" : rawValue }
+
+    /// Parses `running`, `needs-attention`, `needsAttention`.
+    init?(consoleName: String) {
+        let wanted = consoleName.lowercased().replacingOccurrences(of: "-", with: "").replacingOccurrences(of: "_", with: "")
+        guard let status = SagaStatus.allCases.first(where: { $0.rawValue.lowercased() == wanted }) else { return nil }
+        self = status
+    }
+}
+
+/// Shows listed payload keys as `••••`, at any depth.
+struct Redactor: Sendable {
+    /// The mask shown instead of a value.
+    static let mask = "••••"
+    let keys: Set<String>
+
+    func redact(_ object: JSONObject) -> JSONObject {
+        var result = JSONObject()
+        for (key, value) in object {
+            result[key] = keys.contains(key) ? .string(Self.mask) : redact(value)
+        }
+        return result
+    }
+
+    func redact(_ value: JSONValue) -> JSONValue {
+        switch value {
+        case .object(let object): .object(redact(object))
+        case .array(let array): .array(array.map(redact))
+        default: value
+        }
+    }
+
+    /// Context values under a listed key are masked too.
+    func redact(_ context: [String: String]) -> [String: String] {
+        context.reduce(into: [:]) { result, entry in result[entry.key] = keys.contains(entry.key) ? Self.mask : entry.value }
+    }
+
+    /// A message body: JSON is redacted key by key; other text is shown only when nothing is to
+    /// be redacted (it cannot be searched for keys).
+    func redact(body: String) -> String {
+        guard !keys.isEmpty else { return body }
+        guard let value = try? JSONCoding.decode(JSONValue.self, from: Data(body.utf8)) else {
+            return "(not shown: the body is not complete JSON, and payload keys are redacted)"
+        }
+        return Self.pretty(redact(value))
+    }
+
+    /// Pretty JSON with sorted keys.
+    static func pretty(_ value: JSONValue) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return (try? encoder.encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? "?"
+    }
+}

@@ -1,0 +1,144 @@
+import ArgumentParser
+import Foundation
+import Participant
+import SagaConsole
+
+/// `saga console`: the web console (``SagaConsole``) on the store and broker the other commands
+/// use. Safe by default: it listens on 127.0.0.1 and is read-only unless an operator token is
+/// configured; operators' actions go through the same calls as `saga retry`, `saga compensate`
+/// and `saga dlq requeue`, and are recorded in each saga's history with who and why.
+struct ConsoleCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "console",
+        abstract: "Serve the web console: overview, sagas, timelines, definitions, dead letters, live updates, actions.",
+        discussion: """
+            Listens on 127.0.0.1:8080 unless --host/--port say otherwise. Read-only unless an operator token is \
+            configured (--token-file, or the environment variable SAGA_CONSOLE_TOKEN): operators then log in with it and \
+            a name, recorded with every retry and compensation they ask for. --redact hides payload keys. Stops on \
+            SIGINT/SIGTERM. See Docs/Operations.md, "Web console".
+            """
+    )
+
+    @OptionGroup var connection: OperatorOptions
+
+    @Option(help: "The address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface).")
+    var host = "127.0.0.1"
+
+    @Option(help: "The port to listen on (0: any free port, printed at start).")
+    var port = 8080
+
+    @Option(
+        name: .customLong("token-file"),
+        help: "A file holding the operator token that enables actions (else env SAGA_CONSOLE_TOKEN; neither: read-only).")
+    var tokenFile: String?
+
+    @Option(help: "Payload keys to show as •••• (comma-separated, any depth), e.g. --redact cardNumber,email.")
+    var redact: [String] = []
+
+    @Option(
+        help: "A running saga not updated for this many seconds is stalled (default: the reaper's, SAGAKIT_REAPER_STALLED_SECONDS or 900).")
+    var stalledSeconds: Int?
+
+    func validate() throws {
+        guard (0...65_535).contains(port) else { throw ValidationError("--port must be between 0 and 65535") }
+        if let stalledSeconds, stalledSeconds < 1 { throw ValidationError("--stalled-seconds must be 1 or more") }
+    }
+
+    /// The operator token: the file's content (trimmed), else `SAGA_CONSOLE_TOKEN`; never printed.
+    static func operatorToken(file: String?, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> String? {
+        if let file {
+            guard let data = FileManager.default.contents(atPath: file) else {
+                throw CommandFailure("cannot read the operator token file \(file): check the path and its permissions")
+            }
+            let token = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !token.isEmpty else {
+                throw CommandFailure(
+                    "the operator token file \(file) is empty: put a long random secret in it (e.g. `openssl rand -hex 32 > \(file)`)")
+            }
+            return token
+        }
+        let token = environment["SAGA_CONSOLE_TOKEN"]?.trimmingCharacters(in: .whitespacesAndNewlines)
+        return token?.isEmpty == false ? token : nil
+    }
+
+    func run() async throws {
+        let environment = try CommandEnvironment(connection)
+        let operatorConfiguration = environment.configuration
+        let topology = operatorConfiguration.topology
+        let logger = environment.logger
+        let stalled = stalledSeconds.map { Duration.seconds($0) } ?? operatorConfiguration.reaper.stalledThreshold
+        let console = SagaConsoleConfiguration(
+            host: host, port: port, operatorToken: try Self.operatorToken(file: tokenFile),
+            redactedKeys: Set(
+                redact.flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }),
+            stalledThreshold: stalled, prefix: topology.prefix,
+            storeDescription: ConnectionURL.redact(try operatorConfiguration.requireStoreURL()))
+        try await environment.withStoreAndBus { store, bus in
+            let known = SagaOperatorTool.definitions
+            // The definitions known now and any registered since the console started.
+            @Sendable func definitions() async throws -> SagaDefinitionRegistry {
+                try await CommandEnvironment.definitions(known, and: store, logger: logger)
+            }
+            @Sendable func manager() async throws -> SagaManager {
+                SagaManager(definitions: try await definitions(), bus: bus, store: store, topology: topology, logger: logger)
+            }
+            let backend = SagaConsoleBackend(
+                store: store,
+                subscribe: { try await SagaEventSubscription.subscribe(bus: bus, topology: topology, logger: logger) },
+                definitions: definitions,
+                next: { state in
+                    let registry = (try? await definitions()) ?? known
+                    let next = SagaOperatorTool.$definitions.withValue(registry) {
+                        ShowCommand.next(state, configuration: operatorConfiguration)
+                    }
+                    return SagaConsoleNextStep(
+                        kind: next.kind, summary: next.summary, text: next.text, retryAt: next.retryAt, stalledAt: next.stalledAt,
+                        operatorCommands: next.operatorCommands)
+                },
+                retry: { id, actor, reason in try await manager().retry(id, by: actor, reason: reason) },
+                compensate: { id, actor, reason in try await manager().compensate(id, by: actor, reason: reason) },
+                deadLetters: { limit in
+                    try await withDeadLetters(bus: bus, topology: topology, limit: limit) { deliveries in
+                        deliveries.map { Self.consoleLetter(DeadLetter($0)) }
+                    }
+                },
+                requeue: { wanted, limit in
+                    // What `saga dlq requeue` does: republish where it came from, then remove it.
+                    try await withDeadLetters(bus: bus, topology: topology, limit: limit) { deliveries in
+                        var result = SagaConsoleRequeueResult(requeued: [], failed: [], kept: 0)
+                        for delivery in deliveries {
+                            guard wanted?.contains(delivery.messageId ?? "") ?? true else {
+                                result.kept += 1
+                                continue
+                            }
+                            do {
+                                try await bus.publish(DeadLetterRequeue.original(of: delivery, topology: topology))
+                                try await delivery.ack()
+                                result.requeued.append(delivery.messageId ?? "?")
+                            } catch {
+                                result.failed.append("\(delivery.messageId ?? "?"): \(error)")
+                            }
+                        }
+                        return result
+                    }
+                })
+            let server = SagaConsole(configuration: console, backend: backend, logger: logger) { url in
+                let mode =
+                    console.actionsEnabled
+                    ? "actions enabled: operators log in with the operator token"
+                    : "read-only: set --token-file or SAGA_CONSOLE_TOKEN to enable actions"
+                FileHandle.standardOutput.write(Data("saga console listening on \(url) (\(mode))\n".utf8))
+            }
+            try await ServiceGroup(
+                configuration: .init(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            ).run()
+        }
+    }
+
+    static func consoleLetter(_ letter: DeadLetter) -> SagaConsoleDeadLetter {
+        SagaConsoleDeadLetter(
+            messageID: letter.messageId, reason: letter.reason, service: letter.service, sourceQueue: letter.sourceQueue,
+            sourceExchange: letter.sourceExchange, sourceRoutingKey: letter.sourceRoutingKey, deadLetteredAt: letter.deadLetteredAt,
+            sagaID: letter.sagaId, command: letter.command, bytes: letter.bytes, body: letter.body)
+    }
+}
