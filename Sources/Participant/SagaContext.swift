@@ -9,6 +9,10 @@ import Synchronization
 /// Returning without calling any counts as success with no payload change. Throwing counts as a
 /// retryable failure handled by the step's retry policy (compensations are retried until they
 /// succeed or their policy gives up, and then the saga needs attention).
+///
+/// When the service's tables live in the saga store's database, each of these calls also takes
+/// the handler's writes to them (`writing:`, see ``LocalWrite``): they commit in the one
+/// transaction that records the outcome and the next command, exactly once.
 public struct SagaContext: Sendable {
     /// The saga id.
     public let sagaID: SagaID
@@ -69,6 +73,29 @@ public struct SagaContext: Sendable {
     ) {
         self.init(
             sagaID: sagaID, sagaName: sagaName, stepName: stepName, step: step, phase: phase, attempt: attempt, command: command,
+            payload: payload, sagaContext: sagaContext, idempotencyKey: idempotencyKey,
+            logger: logger,
+            reportWithLocalWrites: { result, localWrites in
+                guard localWrites.isEmpty else {
+                    throw SagaError(
+                        .unsupported, "this SagaContext reports to a closure that cannot take local writes",
+                        recoverySuggestion: "create it with init(…, reportWithLocalWrites:) to see the handler's local writes")
+                }
+                try await report(result)
+            })
+    }
+
+    /// Creates a context whose reports, with the handler's local writes (``LocalWrite``), go to
+    /// `report`: for tests of handlers that write with their outcome. Otherwise like
+    /// ``init(sagaID:sagaName:stepName:step:phase:attempt:command:payload:sagaContext:idempotencyKey:logger:report:)``.
+    public init(
+        sagaID: SagaID, sagaName: String, stepName: String, step: Int, phase: StepPhase, attempt: Int = 1, command: String,
+        payload: JSONObject, sagaContext: [String: String] = [:], idempotencyKey: String? = nil,
+        logger: Logger = Logger(label: "sagakit.test"),
+        reportWithLocalWrites report: @escaping @Sendable (SagaHandlerReport, [LocalWrite]) async throws -> Void
+    ) {
+        self.init(
+            sagaID: sagaID, sagaName: sagaName, stepName: stepName, step: step, phase: phase, attempt: attempt, command: command,
             payload: payload, sagaContext: sagaContext, idempotencyKey: idempotencyKey ?? "\(sagaID):\(stepName):\(phase.rawValue)",
             logger: logger, execution: StepExecution(report: report))
     }
@@ -105,6 +132,32 @@ public struct SagaContext: Sendable {
         try await completeStep(merging: try JSONCoding.object(from: patch))
     }
 
+    /// Completes this step's action like ``completeStep(merging:)-(JSONObject)``, and runs
+    /// `writes` on the service's own tables in the same database transaction that records the
+    /// new state and the next command (the store must run local writes: SQLite or PostgreSQL,
+    /// with the service's tables in the same database).
+    ///
+    /// The step's effect then happens exactly once without an idempotency key: when the saga
+    /// moved on meanwhile (a duplicate delivery recorded this step first, an operator acted),
+    /// the writes roll back with the lost compare-and-swap and this throws `outcomeDiscarded`;
+    /// nothing is left to undo.
+    ///
+    /// - Throws: ``SagaError/Code/localWriteFailed`` when a write fails (a constraint, its SQL)
+    ///   or misses its ``LocalWrite/expectation``: nothing was stored, and the handler may report
+    ///   another outcome (for example ``failAndCompensate(reason:writing:)``) or rethrow (the step
+    ///   is retried by its retry policy). `unsupported` when the store cannot run local writes
+    ///   (the handler may report again too). Otherwise like ``completeStep(merging:)-(JSONObject)``.
+    public func completeStep(merging patch: JSONObject = [:], writing writes: [LocalWrite]) async throws {
+        try requirePhase(.action, "completeStep")
+        try await execution.finish(.completed(patch), localWrites: writes, sagaID: sagaID, command: command)
+    }
+
+    /// Completes this step's action, merging the top-level keys of an encodable value, with
+    /// local writes (see ``completeStep(merging:writing:)-(JSONObject,_)``).
+    public func completeStep<Patch: Encodable>(merging patch: Patch, writing writes: [LocalWrite]) async throws {
+        try await completeStep(merging: try JSONCoding.object(from: patch), writing: writes)
+    }
+
     /// Fails this step for a business reason (no retry) and starts compensating the completed
     /// steps in reverse order. After the pivot nothing can be compensated: the saga then needs
     /// attention.
@@ -116,6 +169,14 @@ public struct SagaContext: Sendable {
         try await execution.finish(.failed(reason, retryable: false), sagaID: sagaID, command: command)
     }
 
+    /// Fails this step like ``failAndCompensate(reason:)``, and runs `writes` on the service's
+    /// own tables in the transaction that records the failure (for example the refusal in the
+    /// service's own records). Errors as for ``completeStep(merging:writing:)-(JSONObject,_)``.
+    public func failAndCompensate(reason: String, writing writes: [LocalWrite]) async throws {
+        try requirePhase(.action, "failAndCompensate")
+        try await execution.finish(.failed(reason, retryable: false), localWrites: writes, sagaID: sagaID, command: command)
+    }
+
     /// Completes this compensation and publishes the next one (or marks the saga compensated).
     ///
     /// - Throws: ``SagaError/Code/outcomeDiscarded`` when the saga moved on while the handler ran
@@ -123,6 +184,15 @@ public struct SagaContext: Sendable {
     public func completeCompensation() async throws {
         try requirePhase(.compensation, "completeCompensation")
         try await execution.finish(.compensated, sagaID: sagaID, command: command)
+    }
+
+    /// Completes this compensation like ``completeCompensation()``, and runs `writes` (the undo
+    /// on the service's own tables) in the transaction that records it: the undo happens exactly
+    /// once, with the saga's step back. Errors as for
+    /// ``completeStep(merging:writing:)-(JSONObject,_)``.
+    public func completeCompensation(writing writes: [LocalWrite]) async throws {
+        try requirePhase(.compensation, "completeCompensation")
+        try await execution.finish(.compensated, localWrites: writes, sagaID: sagaID, command: command)
     }
 
     private func requirePhase(_ expected: StepPhase, _ call: String) throws {
@@ -156,6 +226,8 @@ public enum SagaHandlerReport: Sendable, Hashable {
 ///
 /// A report that the runtime discarded because the saga moved on (``SagaError/Code/outcomeDiscarded``)
 /// is a final outcome, not a failure: the handler's call throws it, the delivery is acknowledged.
+/// A report whose local writes were refused (`localWriteFailed`, `unsupported`) stored nothing:
+/// the outcome is open again, for the handler to report another one (or to throw).
 final class StepExecution: Sendable {
     private enum Progress: Sendable {
         case pending, reporting, reported
@@ -165,9 +237,9 @@ final class StepExecution: Sendable {
         case failed(any Error)
     }
     private let progress = Mutex(Progress.pending)
-    private let report: @Sendable (SagaHandlerReport) async throws -> Void
+    private let report: @Sendable (SagaHandlerReport, [LocalWrite]) async throws -> Void
 
-    init(report: @escaping @Sendable (SagaHandlerReport) async throws -> Void) {
+    init(report: @escaping @Sendable (SagaHandlerReport, [LocalWrite]) async throws -> Void) {
         self.report = report
     }
 
@@ -211,6 +283,10 @@ final class StepExecution: Sendable {
         } catch let error as SagaError where error.code == .outcomeDiscarded {
             progress.withLock { $0 = .reported }
             throw error
+        } catch let error as SagaError where error.code == .localWriteFailed || error.code == .unsupported {
+            // Nothing was stored: the handler may report another outcome.
+            progress.withLock { $0 = .pending }
+            throw error
         } catch {
             progress.withLock { $0 = .failed(error) }
             throw error
@@ -219,7 +295,7 @@ final class StepExecution: Sendable {
 
     /// Reports an outcome; a second report is an error, and so is a report after the step's
     /// timeout (``SagaError/Code/outcomeDiscarded``).
-    func finish(_ result: SagaHandlerReport, sagaID: SagaID = "", command: String = "") async throws {
+    func finish(_ result: SagaHandlerReport, localWrites: [LocalWrite] = [], sagaID: SagaID = "", command: String = "") async throws {
         guard claim() else {
             if let limit = timeout {
                 throw SagaError.outcomeDiscarded(
@@ -229,13 +305,13 @@ final class StepExecution: Sendable {
                 .invalidState, "the outcome of this step was already reported",
                 recoverySuggestion: "call completeStep/failAndCompensate/completeCompensation once per handler run")
         }
-        try await perform { try await report(result) }
+        try await perform { try await report(result, localWrites) }
     }
 
     /// Reports an outcome when nothing was reported yet; does nothing otherwise.
     func finishIfNeeded(_ result: SagaHandlerReport) async throws {
         guard claim() else { return }
-        try await perform { try await report(result) }
+        try await perform { try await report(result, []) }
     }
 
     /// Records the timeout claimed by ``claimTimeout(_:)`` with `record` (once).

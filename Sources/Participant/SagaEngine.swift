@@ -27,8 +27,14 @@ struct SagaEngine: Sendable {
     /// reloaded saga (``SagaStateMachine/staleness(of:aimedAt:reloaded:)``); otherwise the
     /// outcome is `.ignored`. Publishes the transition's commands and marks them
     /// sent. A publish failure is logged and left to the outbox relay (the state is committed).
-    func advance(_ sagaID: SagaID, from loaded: SagaState, event: SagaEvent, logger: Logger, maxConflicts: Int = 8) async throws -> Advance
-    {
+    ///
+    /// `localWrites` (a handler's, see ``LocalWrite``) commit with the transition, or not at all:
+    /// a lost compare-and-swap rolls them back, and the re-decided transition carries them again.
+    func advance(
+        _ sagaID: SagaID, from loaded: SagaState, event: SagaEvent, localWrites: [LocalWrite] = [], logger: Logger,
+        maxConflicts: Int = 8
+    ) async throws -> Advance {
+        if !localWrites.isEmpty, !store.supportsLocalWrites { throw store.localWritesUnsupported }
         var state = loaded
         var conflicts = 0
         while true {
@@ -47,7 +53,8 @@ struct SagaEngine: Sendable {
                     try commands.map { try SagaMessages.outbox($0, state: next, topology: topology, now: now) }
                     + SagaMessages.eventOutbox(events, state: next, topology: topology)
                 do {
-                    let stored = try await store.commit(SagaTransition(state: next, expectedVersion: state.version, outbox: outbox))
+                    let stored = try await store.commit(
+                        SagaTransition(state: next, expectedVersion: state.version, outbox: outbox, localWrites: localWrites))
                     metrics.transition(from: state, to: stored, definition: machine.definition)
                     logTransition(from: state, to: stored, commands: commands, logger: logger)
                     CrashPoints.reach(.afterCommitBeforePublish)

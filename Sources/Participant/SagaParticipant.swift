@@ -306,10 +306,10 @@ public struct SagaParticipant: Service {
         let metrics = engine.metrics
         /// Records an outcome; throws `outcomeDiscarded` when the saga moved on meanwhile, so that
         /// the handler learns that its step did not count.
-        let record: @Sendable (SagaEvent) async throws -> Void = { event in
+        let record: @Sendable (SagaEvent, [LocalWrite]) async throws -> Void = { event, localWrites in
             metrics.stepDuration(saga: command.sagaName, step: command.stepName, phase: command.phase, duration: clock.now - began)
             if command.phase == .compensation { CrashPoints.reach(.duringCompensation) }
-            switch try await engine.advance(state.id, from: state, event: event, logger: logger) {
+            switch try await engine.advance(state.id, from: state, event: event, localWrites: localWrites, logger: logger) {
             case .committed:
                 CrashPoints.reach(.afterPublishBeforeAck)
             case .ignored(let reason, _):
@@ -320,8 +320,8 @@ public struct SagaParticipant: Service {
                 throw SagaError.outcomeDiscarded(sagaID: state.id, command: command.command, reason: reason)
             }
         }
-        let execution = StepExecution { result in
-            try await record(SagaParticipant.event(for: result, command: command, startedAt: startedAt))
+        let execution = StepExecution { result, localWrites in
+            try await record(SagaParticipant.event(for: result, command: command, startedAt: startedAt), localWrites)
         }
         let context = SagaContext(
             sagaID: state.id, sagaName: state.name, stepName: command.stepName, step: command.step, phase: command.phase,
@@ -366,7 +366,7 @@ public struct SagaParticipant: Service {
             logger.warning("handler timed out after \(limit)")
             do {
                 try await execution.finishTimedOut {
-                    try await record(.stepTimedOut(step: command.step, attempt: command.attempt, after: limit, startedAt: startedAt))
+                    try await record(.stepTimedOut(step: command.step, attempt: command.attempt, after: limit, startedAt: startedAt), [])
                 }
             } catch let error as SagaError where error.code == .outcomeDiscarded {
                 return

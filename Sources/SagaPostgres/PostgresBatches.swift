@@ -48,6 +48,116 @@ struct PostgresBatches: Sendable {
         }
     }
 
+    // MARK: Commit with local writes
+
+    /// Commits one transition and its local writes in a transaction of their own: the batch
+    /// statement for this one saga (compare-and-swap and outbox), then each local write, then
+    /// `COMMIT`. A lost compare-and-swap runs no local write; a failing local write rolls back
+    /// everything.
+    ///
+    /// - Throws: `versionConflict` / `unknownSaga` like a batched commit; `localWriteFailed`
+    ///   naming the statement (and the server's message, never the parameters) when a write
+    ///   breaks a constraint, is malformed, or misses its row expectation; `storeUnavailable`
+    ///   otherwise.
+    func commit(_ saga: EncodedSaga, localWrites: [LocalWrite]) async throws -> SagaState {
+        let action = "commit a transition with local writes"
+        let (query, logger) = (writeQuery([saga], with: "sagakit_commit"), logger)
+        let outcome = try await retryingDeadlocks(action) {
+            do {
+                return try await Self.withStatementTimeout(statementTimeout, client: client) { connection in
+                    try await Self.transaction(on: connection, query, localWrites, logger: logger)
+                }
+            } catch is StatementTimedOut {
+                throw SagaError(
+                    .storeUnavailable,
+                    "PostgreSQL at \(location) did not answer within \(statementTimeout) while trying to \(action)",
+                    recoverySuggestion:
+                        "check that the server runs and accepts connections; the transaction may have committed, and retrying is safe (the saga's version decides)"
+                )
+            } catch {
+                throw PostgresSagaStore.storeError(error, location: location, doing: action)
+            }
+        }
+        switch outcome {
+        case .committed:
+            return saga.state
+        case .writeFailed(let error):
+            throw error
+        case .lost:
+            let id = saga.state.id
+            let versions = try await rows(
+                "load versions", "SELECT version FROM \(unescaped: namespace).sagas WHERE id = \(id)")
+            guard let actual = try versions.first?["version"].decode(Int64.self) else { throw SagaError.unknownSaga(id) }
+            throw SagaError.versionConflict(sagaID: id, expected: saga.expected, actual: actual)
+        }
+    }
+
+    /// What ``transaction(on:_:_:logger:)`` ended with.
+    enum LocalCommitOutcome: Sendable {
+        case committed
+        /// The compare-and-swap found another version (or no saga): rolled back.
+        case lost
+        /// A local write failed: rolled back.
+        case writeFailed(SagaError)
+    }
+
+    /// `BEGIN`, the commit statement, the local writes, `COMMIT`; `ROLLBACK` on any failure.
+    /// Deadlocks and connection failures are thrown (the caller retries or reports them).
+    private static func transaction(
+        on connection: PostgresConnection, _ commit: PostgresQuery, _ writes: [LocalWrite], logger: Logger
+    ) async throws -> LocalCommitOutcome {
+        try await execute("BEGIN", on: connection, logger: logger)
+        // nil while the commit statement runs, then the index of the running write; writes.count at COMMIT.
+        var current: Int?
+        do {
+            var swapped = false
+            for try await _ in try await connection.query(commit, logger: logger) { swapped = true }
+            guard swapped else {
+                try await execute("ROLLBACK", on: connection, logger: logger)
+                return .lost
+            }
+            for (index, write) in writes.enumerated() {
+                current = index
+                let future: EventLoopFuture<PostgresQueryResult> = connection.query(
+                    PostgresQuery(unsafeSQL: write.sql, binds: write.postgresBindings), logger: logger)
+                let result = try await future.get()
+                do {
+                    try write.check(affectedRows: result.metadata.rows, index: index, of: writes.count)
+                } catch let error as SagaError {
+                    try await execute("ROLLBACK", on: connection, logger: logger)
+                    return .writeFailed(error)
+                }
+            }
+            current = writes.count
+            try await execute("COMMIT", on: connection, logger: logger)
+            return .committed
+        } catch {
+            // After a failed COMMIT the server has rolled back already; ROLLBACK is harmless.
+            try? await execute("ROLLBACK", on: connection, logger: logger)
+            guard let current, let state = (error as? PSQLError)?.serverInfo?[.sqlState], isStatementError(state) else {
+                throw error
+            }
+            let message = (error as? PSQLError)?.serverInfo?[.message] ?? "SQLSTATE \(state)"
+            let write = current < writes.count ? writes[current] : nil
+            return .writeFailed(
+                LocalWrite.failure(
+                    index: write == nil ? nil : current, of: writes.count, sql: write?.sql,
+                    "failed: \(message) (SQLSTATE \(state))", underlying: error))
+        }
+    }
+
+    private static func execute(_ sql: String, on connection: PostgresConnection, logger: Logger) async throws {
+        _ = try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger)
+    }
+
+    /// SQLSTATE classes that come from a statement and its data, not from the server or the
+    /// connection: data exceptions (22), integrity constraints (23), syntax and access rules
+    /// (42), with-check-option (44), PL/pgSQL raises (P0), and features not supported (0A).
+    /// Deadlocks (40P01) are not among them: the whole transaction is run again.
+    private static func isStatementError(_ state: String) -> Bool {
+        ["22", "23", "42", "44", "P0", "0A"].contains(String(state.prefix(2)))
+    }
+
     // MARK: Create
 
     func create(_ sagas: [EncodedSaga]) async -> [Result<SagaCreation, any Error>] {
@@ -119,13 +229,17 @@ struct PostgresBatches: Sendable {
     /// Calls one of the write functions (`sagakit_commit`, `sagakit_create`) with the sagas and
     /// their outbox messages; returns the ids of the sagas it wrote.
     private func write(_ sagas: [EncodedSaga], with function: String, doing action: String) async throws -> Set<SagaID> {
+        var written: Set<SagaID> = []
+        for row in try await rows(action, writeQuery(sagas, with: function)) { written.insert(try row["id"].decode(String.self)) }
+        return written
+    }
+
+    /// The call of a write function with the sagas and their outbox messages.
+    private func writeQuery(_ sagas: [EncodedSaga], with function: String) -> PostgresQuery {
         var binder = Binder()
         let arguments = [SagaColumns(sagas).bind(&binder), OutboxRows(sagas.flatMap(\.outbox)).bind(&binder)]
-        let query = PostgresQuery(
+        return PostgresQuery(
             unsafeSQL: "SELECT id FROM \(namespace).\(function)(\(arguments.joined(separator: ", "))) AS id", binds: binder.binds)
-        var written: Set<SagaID> = []
-        for row in try await rows(action, query) { written.insert(try row["id"].decode(String.self)) }
-        return written
     }
 
     /// Runs a statement again when PostgreSQL chose it as a deadlock victim: two processes'
@@ -303,6 +417,25 @@ typealias EncodedSaga = EncodedWrite<SagaRow, EncodedOutboxMessage>
 extension EncodedWrite<SagaRow, EncodedOutboxMessage> {
     init(_ state: SagaState, expected: Int64, outbox: [OutboxMessage]) throws {
         try self.init(state, expected: expected, outbox: outbox, row: SagaRow.init, message: EncodedOutboxMessage.init)
+    }
+}
+
+extension LocalWrite {
+    /// The parameters as PostgreSQL binds them: `int8`, `float8`, `text`, `bool`, an untyped
+    /// `NULL` (the server infers its type), `bytea`.
+    var postgresBindings: PostgresBindings {
+        var binds = PostgresBindings(capacity: parameters.count)
+        for parameter in parameters {
+            switch parameter {
+            case .int(let value): binds.append(value)
+            case .double(let value): binds.append(value)
+            case .text(let value): binds.append(value)
+            case .bool(let value): binds.append(value)
+            case .null: binds.appendNull()
+            case .bytes(let value): binds.append(ByteBuffer(bytes: value))
+            }
+        }
+        return binds
     }
 }
 

@@ -23,14 +23,29 @@ extension PostgresSagaStore {
     /// The compare-and-swap on the version and the outbox inserts, in one statement. Ends any
     /// reaper lease on the saga. Concurrent commits of different sagas share a statement; each
     /// saga's compare-and-swap is still its own.
+    ///
+    /// A transition with local writes (``SagaCore/LocalWrite``) is not batched: it runs in a
+    /// transaction of its own on one connection — the same compare-and-swap and outbox
+    /// statement, then each local write, then `COMMIT` — so it still costs one commit, but a few
+    /// more round trips than a batched transition.
     @discardableResult
     public func commit(_ transition: SagaTransition) async throws -> SagaState {
         var stored = transition.state
         stored.version = transition.expectedVersion + 1
         let saga = try EncodedSaga(stored, expected: transition.expectedVersion, outbox: transition.outbox)
+        guard transition.localWrites.isEmpty else {
+            for (index, write) in transition.localWrites.enumerated() {
+                try write.validate(index: index, of: transition.localWrites.count)
+            }
+            try await lifecycle.waitUntilRunning()
+            return try await batches.commit(saga, localWrites: transition.localWrites)
+        }
         try await lifecycle.waitUntilRunning()
         return try await commits.submit(saga, key: stored.id)
     }
+
+    /// Runs a transition's local writes (``SagaCore/LocalWrite``).
+    public var supportsLocalWrites: Bool { true }
 
     /// Sagas matching the query, most recently updated first (ties by id).
     public func list(_ query: SagaQuery) async throws -> [SagaState] {

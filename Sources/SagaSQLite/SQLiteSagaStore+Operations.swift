@@ -46,43 +46,98 @@ extension SQLiteSagaStore {
         return state
     }
 
-    /// The compare-and-swap on the version and the outbox inserts, in one `IMMEDIATE`
-    /// transaction. Ends any reaper lease on the saga. Concurrent commits of different sagas
-    /// share a transaction; each saga's compare-and-swap is still its own.
+    /// The compare-and-swap on the version, the outbox inserts and the transition's local writes,
+    /// in one `IMMEDIATE` transaction. Ends any reaper lease on the saga. Concurrent commits of
+    /// different sagas share a transaction; each saga's compare-and-swap (and local writes) is
+    /// still its own.
     @discardableResult
     public func commit(_ transition: SagaTransition) async throws -> SagaState {
         var next = transition.state
         next.version = transition.expectedVersion + 1
+        for (index, write) in transition.localWrites.enumerated() {
+            try write.validate(index: index, of: transition.localWrites.count)
+        }
+        let commit = SQLiteCommit(
+            saga: try EncodedSaga(next, expected: transition.expectedVersion, outbox: transition.outbox),
+            localWrites: transition.localWrites)
         try await lifecycle.waitUntilRunning()
-        return try await commits.submit(
-            try EncodedSaga(next, expected: transition.expectedVersion, outbox: transition.outbox), key: next.id)
+        return try await commits.submit(commit, key: next.id)
     }
 
+    /// Runs a transition's local writes (``SagaCore/LocalWrite``).
+    public var supportsLocalWrites: Bool { true }
+
     /// Commits each transition that still matches its saga's version, in one `IMMEDIATE`
-    /// transaction. A lost compare-and-swap fails that transition only.
-    static func commit(_ batch: [EncodedSaga], in store: SQLiteStoreAccess) async -> [Result<SagaState, any Error>] {
+    /// transaction. A lost compare-and-swap fails that transition only; so does a failing local
+    /// write, whose saga's update, outbox rows and earlier local writes a savepoint rolls back.
+    static func commit(_ batch: [SQLiteCommit], in store: SQLiteStoreAccess) async -> [Result<SagaState, any Error>] {
         do {
             return try await store.write("commit transitions to") { db in
-                try batch.map { saga -> Result<SagaState, any Error> in
-                    let (stored, row, messages, expected) = (saga.state, saga.row, saga.outbox, saga.expected)
-                    try db.cachedStatement(
-                        sql: """
-                            UPDATE sagas SET \(SagaRow.assignments), lease_owner = NULL, lease_until = NULL
-                            WHERE id = ? AND version = ?
-                            """
-                    ).execute(arguments: row.arguments + [stored.id, expected])
-                    guard db.changesCount == 1 else {
-                        let actual = try Int64.fetchOne(db, sql: "SELECT version FROM sagas WHERE id = ?", arguments: [stored.id])
-                        guard let actual else { return .failure(SagaError.unknownSaga(stored.id)) }
-                        return .failure(SagaError.versionConflict(sagaID: stored.id, expected: expected, actual: actual))
+                try batch.map { commit -> Result<SagaState, any Error> in
+                    guard !commit.localWrites.isEmpty else { return try swap(commit.saga, in: db) }
+                    var outcome: Result<SagaState, any Error> = .failure(CancellationError())
+                    try db.inSavepoint {
+                        outcome = try swap(commit.saga, in: db)
+                        guard case .success = outcome else { return .rollback }
+                        if let failure = try run(commit.localWrites, in: db) {
+                            outcome = .failure(failure)
+                            return .rollback
+                        }
+                        return .commit
                     }
-                    try insert(messages, into: db)
-                    return .success(stored)
+                    return outcome
                 }
             }
         } catch {
             return Array(repeating: .failure(error), count: batch.count)
         }
+    }
+
+    /// The compare-and-swap of one saga and its outbox rows.
+    private static func swap(_ saga: EncodedSaga, in db: Database) throws -> Result<SagaState, any Error> {
+        let (stored, row, messages, expected) = (saga.state, saga.row, saga.outbox, saga.expected)
+        try db.cachedStatement(
+            sql: """
+                UPDATE sagas SET \(SagaRow.assignments), lease_owner = NULL, lease_until = NULL
+                WHERE id = ? AND version = ?
+                """
+        ).execute(arguments: row.arguments + [stored.id, expected])
+        guard db.changesCount == 1 else {
+            let actual = try Int64.fetchOne(db, sql: "SELECT version FROM sagas WHERE id = ?", arguments: [stored.id])
+            guard let actual else { return .failure(SagaError.unknownSaga(stored.id)) }
+            return .failure(SagaError.versionConflict(sagaID: stored.id, expected: expected, actual: actual))
+        }
+        try insert(messages, into: db)
+        return .success(stored)
+    }
+
+    /// Runs local writes in order; returns the `localWriteFailed` error of the first one that
+    /// fails for a reason of its own (a constraint, its SQL, its row count). Throws what is the
+    /// database's problem instead (busy, I/O, full disk), which fails the whole batch.
+    private static func run(_ writes: [LocalWrite], in db: Database) throws -> SagaError? {
+        for (index, write) in writes.enumerated() {
+            do {
+                let statement = try db.makeStatement(sql: write.sqliteSQL)
+                let before = db.totalChangesCount
+                try statement.execute(arguments: StatementArguments(write.parameters.map(\.sqliteValue)))
+                // changesCount keeps the last INSERT/UPDATE/DELETE's count: 0 when nothing changed.
+                let affected = db.totalChangesCount == before ? 0 : db.changesCount
+                try write.check(affectedRows: affected, index: index, of: writes.count)
+            } catch let error as SagaError {
+                return error
+            } catch let error as DatabaseError where isStatementError(error) {
+                return LocalWrite.failure(
+                    index: index, of: writes.count, sql: write.sql, "failed: \(error.message ?? "\(error.resultCode)")",
+                    underlying: error)
+            }
+        }
+        return nil
+    }
+
+    /// Errors that come from the statement and its data, not from the database file.
+    private static func isStatementError(_ error: DatabaseError) -> Bool {
+        [.SQLITE_CONSTRAINT, .SQLITE_ERROR, .SQLITE_MISMATCH, .SQLITE_RANGE, .SQLITE_TOOBIG, .SQLITE_MISUSE, .SQLITE_AUTH]
+            .contains(error.resultCode)
     }
 
     /// Sagas matching the query, most recently updated first (ties by id).
@@ -359,6 +414,26 @@ struct OutboxRow: Sendable {
 
 /// A saga to write with its outbox messages, as SQLite column values.
 typealias EncodedSaga = EncodedWrite<SagaRow, OutboxRow>
+
+/// A transition to commit: the saga's row and messages, and the handler's local writes.
+struct SQLiteCommit: Sendable {
+    let saga: EncodedSaga
+    let localWrites: [LocalWrite]
+}
+
+extension LocalValue {
+    /// The value as GRDB binds it.
+    var sqliteValue: (any DatabaseValueConvertible)? {
+        switch self {
+        case .int(let value): value
+        case .double(let value): value
+        case .text(let value): value
+        case .bool(let value): value
+        case .null: nil
+        case .bytes(let value): Data(value)
+        }
+    }
+}
 
 extension EncodedWrite<SagaRow, OutboxRow> {
     init(_ state: SagaState, expected: Int64, outbox: [OutboxMessage]) throws {

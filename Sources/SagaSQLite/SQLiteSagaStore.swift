@@ -17,6 +17,11 @@ import Synchronization
 /// that arrive together share one transaction and one `fsync`; each saga's compare-and-swap is
 /// still judged on its own.
 ///
+/// A transition's local writes (``SagaCore/LocalWrite``, on the service's tables in the same
+/// file) run in that transaction too, right after the saga's compare-and-swap and inside a
+/// savepoint of their own: a failing one rolls back that saga's transition only, and the other
+/// sagas of the batch still commit.
+///
 /// Blocking SQLite calls run on GRDB's own dispatch queues, never on Swift's cooperative pool.
 ///
 /// ## Lifecycle
@@ -50,7 +55,7 @@ public final class SQLiteSagaStore: SagaStore, Service {
     let logger: Logger
     let access: SQLiteStoreAccess
     let lifecycle: StoreLifecycle
-    let commits: WriteCoalescer<EncodedSaga, SagaState>
+    let commits: WriteCoalescer<SQLiteCommit, SagaState>
     let creations: WriteCoalescer<EncodedSaga, SagaCreation>
     let marks: WriteCoalescer<[String], Void>
 

@@ -37,6 +37,9 @@ public struct SagaError: Error, Sendable, CustomStringConvertible {
         /// operator compensated it, a deadline passed, the step timed out). The handler's effect
         /// is not part of the saga: see ``SagaError/outcomeDiscarded(sagaID:command:reason:)``.
         public static let outcomeDiscarded = Code("outcomeDiscarded")
+        /// A handler's local write (``LocalWrite``) failed or affected other than the expected
+        /// number of rows: nothing of the transition was stored.
+        public static let localWriteFailed = Code("localWriteFailed")
 
         /// The operation is not supported by this implementation (for example, a store that
         /// does not keep saga definitions).

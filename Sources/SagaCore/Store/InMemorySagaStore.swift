@@ -8,6 +8,10 @@ import Synchronization
 /// method runs under one lock, so a commit and its outbox messages are recorded atomically, and
 /// two concurrent claimers never receive the same saga. Nothing survives the process.
 ///
+/// It has no database to run a handler's ``LocalWrite``s in: a transition with local writes is
+/// refused with `unsupported` (``SagaStore/supportsLocalWrites`` is `false`). Test such handlers
+/// with `SQLiteSagaStore` on a temporary file.
+///
 /// ```swift
 /// let store = InMemorySagaStore()
 /// let created = try await store.create(state, outbox: [])
@@ -78,6 +82,8 @@ public final class InMemorySagaStore: SagaStore {
     /// records the transition's outbox messages. Ends any reaper lease on the saga.
     @discardableResult
     public func commit(_ transition: SagaTransition) async throws -> SagaState {
+        // No database to run them in: refused, never dropped (the transition is not stored).
+        guard transition.localWrites.isEmpty else { throw localWritesUnsupported }
         let id = transition.state.id
         let result: Result<SagaState, SagaError> = storage.withLock { storage in
             guard let row = storage.sagas[id] else { return .failure(.unknownSaga(id)) }

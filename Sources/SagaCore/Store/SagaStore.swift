@@ -23,13 +23,22 @@ public protocol SagaStore: Sendable {
     func load(_ id: SagaID) async throws -> SagaState
 
     /// Replaces a saga's state if its stored version is still `transition.expectedVersion`, and
-    /// records the transition's outbox messages, atomically.
+    /// records the transition's outbox messages, atomically. A store that supports local writes
+    /// (``supportsLocalWrites``) runs the transition's ``SagaTransition/localWrites`` in the same
+    /// transaction, after the compare-and-swap.
     ///
     /// - Returns: the stored state, whose version is `expectedVersion + 1`.
     /// - Throws: ``SagaError`` `versionConflict` (with the expected and actual versions) when the
-    ///   saga changed in the meantime; `unknownSaga` when it does not exist.
+    ///   saga changed in the meantime; `unknownSaga` when it does not exist; `localWriteFailed`
+    ///   when a local write fails or misses its expectation; `unsupported` for local writes in a
+    ///   store that does not run them. Nothing is stored in each case.
     @discardableResult
     func commit(_ transition: SagaTransition) async throws -> SagaState
+
+    /// Whether ``commit(_:)`` runs a transition's ``SagaTransition/localWrites`` in its
+    /// transaction. `false` by default: SagaKit then refuses local writes with `unsupported`
+    /// before calling the store.
+    var supportsLocalWrites: Bool { get }
 
     /// Sagas matching a query, most recently updated first.
     func list(_ query: SagaQuery) async throws -> [SagaState]
@@ -108,6 +117,19 @@ extension SagaStore {
         throw Self.definitionsUnsupported
     }
 
+    /// Stores written before SagaKit ran local writes do not run them.
+    public var supportsLocalWrites: Bool { false }
+
+    /// The error for local writes given to a store that does not run them.
+    public var localWritesUnsupported: SagaError {
+        SagaError(
+            .unsupported,
+            "this store (\(Self.self)) cannot run local writes in the transaction of a saga's transition",
+            recoverySuggestion:
+                "use SQLiteSagaStore or PostgresSagaStore with the service's tables in the same database, or write to the service's own database in the handler (with the idempotency key) and report the outcome without `writing:`"
+        )
+    }
+
     private static var definitionsUnsupported: SagaError {
         SagaError(
             .unsupported, "this store (\(Self.self)) does not keep saga definitions",
@@ -153,7 +175,8 @@ public enum SagaCreation: Sendable, Hashable {
     }
 }
 
-/// One atomic change of a saga: the new state and the messages it sends.
+/// One atomic change of a saga: the new state, the messages it sends, and the handler's writes
+/// to the service's own tables.
 public struct SagaTransition: Sendable, Hashable {
     /// The new state (its `version` is ignored: the store writes `expectedVersion + 1`).
     public var state: SagaState
@@ -161,12 +184,18 @@ public struct SagaTransition: Sendable, Hashable {
     public var expectedVersion: Int64
     /// Messages to send, recorded in the same transaction.
     public var outbox: [OutboxMessage]
+    /// Statements on the service's own tables, run in the same transaction after the
+    /// compare-and-swap, in order (see ``LocalWrite``). A lost compare-and-swap runs none of
+    /// them; a failing one stores nothing of the transition (`localWriteFailed`). Only stores
+    /// whose ``SagaStore/supportsLocalWrites`` is `true` accept them.
+    public var localWrites: [LocalWrite]
 
     /// Creates a transition.
-    public init(state: SagaState, expectedVersion: Int64, outbox: [OutboxMessage]) {
+    public init(state: SagaState, expectedVersion: Int64, outbox: [OutboxMessage], localWrites: [LocalWrite] = []) {
         self.state = state
         self.expectedVersion = expectedVersion
         self.outbox = outbox
+        self.localWrites = localWrites
     }
 }
 

@@ -87,7 +87,8 @@ public enum SagaStoreConformance {
         }
     }
 
-    /// Every check, in a stable order. Use it as the arguments of a parameterised test.
+    /// Every check, in a stable order. Use it as the arguments of a parameterised test. A store
+    /// that runs local writes (``SagaStore/supportsLocalWrites``) runs ``localWriteChecks`` too.
     public static let checks: [Check] = [
         createIsIdempotentAndStartsAtVersionOne,
         loadingAnUnknownSagaThrowsUnknownSaga,
@@ -107,5 +108,6 @@ public enum SagaStoreConformance {
         aCommitEndsTheLease,
         twoTopologiesSharingAStoreSeeOnlyTheirOwnMessages,
         messagesThatKeepFailingDoNotKeepAGoodOneWaiting,
+        localWritesThatCannotRunStoreNothing,
     ]
 }
