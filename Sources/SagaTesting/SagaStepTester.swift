@@ -120,7 +120,7 @@ public struct SagaStepTester: Sendable {
         let context = SagaContext(
             sagaID: state.id, sagaName: state.name, stepName: current.stepName, step: current.step, phase: current.phase,
             attempt: current.attempt, command: current.command, payload: state.payload, sagaContext: state.context,
-            idempotencyKey: current.idempotencyKey, report: { report in recorder.record(report) })
+            idempotencyKey: current.idempotencyKey, reportWithLocalWrites: { report, writes in recorder.record(report, writes) })
         var thrown: String?
         do {
             try await handler(context)
@@ -147,7 +147,8 @@ public struct SagaStepTester: Sendable {
         switch machine.apply(event, to: state, now: now) {
         case .transition(let next, let commands):
             return SagaStepRun(
-                command: current, report: report, handlerThrew: thrown, before: state, after: next, scheduled: commands)
+                command: current, report: report, handlerThrew: thrown, before: state, after: next, scheduled: commands,
+                localWrites: recorder.localWrites)
         case .ignored(let reason), .rejected(let reason):
             throw SagaError(.invalidState, "the state machine did not accept the handler's outcome: \(reason)")
         }
@@ -169,6 +170,9 @@ public struct SagaStepRun: Sendable {
     public let after: SagaState
     /// The commands the runtime publishes next, with their delays.
     public let scheduled: [ScheduledCommand]
+    /// The local writes the handler reported with its outcome (`completeStep(merging:writing:)`
+    /// and the like): a SQL store would run them in the transaction that records the outcome.
+    public let localWrites: [LocalWrite]
 
     /// The commands published next.
     public var next: [SagaCommand] { scheduled.map(\.command) }
@@ -185,9 +189,10 @@ public struct SagaStepRun: Sendable {
     public var payload: JSONObject { after.payload }
 }
 
-/// Keeps the one report a context accepts.
+/// Keeps the one report a context accepts, with its local writes.
 private final class ReportRecorder: Sendable {
-    private let stored = Mutex<SagaHandlerReport?>(nil)
-    var report: SagaHandlerReport? { stored.withLock { $0 } }
-    func record(_ report: SagaHandlerReport) { stored.withLock { $0 = report } }
+    private let stored = Mutex<(report: SagaHandlerReport?, writes: [LocalWrite])>((nil, []))
+    var report: SagaHandlerReport? { stored.withLock { $0.report } }
+    var localWrites: [LocalWrite] { stored.withLock { $0.writes } }
+    func record(_ report: SagaHandlerReport, _ writes: [LocalWrite]) { stored.withLock { $0 = (report, writes) } }
 }

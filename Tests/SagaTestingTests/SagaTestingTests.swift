@@ -40,6 +40,17 @@ struct SagaStepTesterTests {
         #expect(run.after.status == .running)
     }
 
+    @Test func theLocalWritesAHandlerReportsAreShownToTheTest() async throws {
+        let tester = try SagaStepTester(definitions: [trip])
+        let run = try await tester.run("flight.book", payload: ["tripId": "t-1"]) { context in
+            try await context.completeStep(
+                merging: ["seat": "12A"],
+                writing: [LocalWrite("UPDATE seats SET taken = true WHERE seat = $1", "12A", expecting: .atLeastOneRow)])
+        }
+        #expect(run.localWrites == [LocalWrite("UPDATE seats SET taken = true WHERE seat = $1", "12A", expecting: .atLeastOneRow)])
+        #expect(run.payload["seat"] == "12A")
+    }
+
     @Test func returningWithoutReportingCountsAsSuccess() async throws {
         let tester = try SagaStepTester(definitions: [trip])
         let run = try await tester.run("hotel.book") { _ in }
