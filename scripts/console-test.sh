@@ -89,6 +89,26 @@ done
 grep -q "listening on http://127.0.0.1:$PORT/" "$WORK/console.log" || { log "saga console did not listen on 127.0.0.1:$PORT"; exit 1; }
 sleep 6 # let the running sagas become stalled (--stalled-seconds 5)
 
+log "checking the console's /metrics (gauges read from the store)"
+python3 - "http://127.0.0.1:$PORT/metrics" "$WORK/ids.json" <<'PYTHON'
+import json, re, sys, urllib.request
+text = urllib.request.urlopen(sys.argv[1], timeout=30).read().decode()
+def value(name, **labels):
+    key = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+    for line in text.splitlines():
+        if line.startswith(key + " "):
+            return float(line.split()[-1])
+    raise SystemExit(f"console /metrics has no {key}:\n{text}")
+assert value("sagakit_store_sagas", saga="trip", status="compensated") >= 2, text
+assert value("sagakit_store_sagas", saga="trip", status="needsAttention") >= 1, text
+assert value("sagakit_store_sagas_stalled", saga="trip") >= 1, text
+assert value("sagakit_store_sagas_stuck_retrying", saga="trip") >= 1, text
+ids = json.load(open(sys.argv[2]))
+for saga_id in (v for v in ids.values() if isinstance(v, str)):
+    assert saga_id not in text, f"a saga id is in /metrics: {saga_id}"
+print("console-test.sh: /metrics OK", file=sys.stderr)
+PYTHON
+
 log "driving headless Chromium"
 CONSOLE_URL="http://127.0.0.1:$PORT" IDS="$WORK/ids.json" TOKEN_FILE="$TOKEN_FILE" SHOTS="$SHOTS" \
     timeout 300 python3 - <<'PYTHON'

@@ -92,6 +92,19 @@ struct ConsoleRoutes: Sendable {
         router.get("/events") { request, _ in
             events(sagaID: Self.query(request)["saga"]?.last)
         }
+        router.get("/metrics") { _, _ in
+            do {
+                let text = try await StoreMetrics.render(
+                    store: backend.store, stalledThreshold: pages.configuration.stalledThreshold.consoleSeconds,
+                    stuckAttempts: pages.configuration.stuckAttempts)
+                return Response(
+                    status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8", .cacheControl: "no-store"],
+                    body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
+            } catch {
+                logger.warning("console /metrics failed", metadata: ["error": "\(error)"])
+                return Response(status: .serviceUnavailable)
+            }
+        }
         router.get("/assets/console.css") { _, _ in
             asset(ConsoleAssets.css, type: "text/css; charset=utf-8")
         }
