@@ -75,15 +75,22 @@ enum ConsoleAssets {
           var status = document.getElementById("live-status");
           var log = document.getElementById("event-log");
           var timer = null;
+          // A form someone has changed (a box ticked, a field typed in) is never replaced: the
+          // page stops refreshing until it is submitted or left.
+          var edited = false;
+          document.addEventListener("input", function () { edited = true; }, true);
+          document.addEventListener("change", function () { edited = true; }, true);
+          function busy() {
+            var active = document.activeElement;
+            return edited || (active && (active.tagName === "INPUT" || active.tagName === "SELECT" || active.tagName === "TEXTAREA"));
+          }
           function refresh() {
             timer = null;
-            var active = document.activeElement;
-            if (active && (active.tagName === "INPUT" || active.tagName === "SELECT" || active.tagName === "TEXTAREA")) {
-              timer = setTimeout(refresh, 2000); return;  // do not replace a form someone is filling in
-            }
+            if (busy()) { timer = setTimeout(refresh, 2000); return; }  // do not replace a form someone is filling in
             fetch(location.href, { headers: { "Accept": "text/html" }, credentials: "same-origin" })
               .then(function (r) { return r.text(); })
               .then(function (text) {
+                if (busy()) { schedule(); return; }  // they started while the page was being fetched
                 var doc = new DOMParser().parseFromString(text, "text/html");
                 var fresh = doc.getElementById("live");
                 if (fresh) { document.getElementById("live").innerHTML = fresh.innerHTML; bindConfirms(); }
