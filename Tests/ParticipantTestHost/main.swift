@@ -57,7 +57,7 @@ final class CrashTrigger: Sendable {
     }
 
     private func createFile(_ path: String) -> FileHandle? {
-        FileManager.default.createFile(atPath: path, contents: nil)
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
         return FileHandle(forWritingAtPath: path)
     }
 }

@@ -182,7 +182,7 @@ struct CrashTrial: Sendable, CustomStringConvertible {
 
             // Each effect exactly once per idempotency key, and exactly the saga's outcome's.
             let effects = try DatabaseQueue(path: effectsPath)
-            let (rows, calls) = try await effects.read { db in
+            let (rows, calls) = try effects.read { db in
                 (
                     try Row.fetchAll(db, sql: "SELECT key, saga_id, command FROM effects"),
                     try Int.fetchOne(db, sql: "SELECT count(*) FROM calls") ?? 0
