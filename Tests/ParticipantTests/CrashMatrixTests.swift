@@ -328,11 +328,7 @@ final class CrashHost: Sendable {
     init(service: String, environment: [String: String]) throws {
         self.service = service
         let process = Process()
-        let testBinary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        var directory = testBinary.deletingLastPathComponent()
-        // The test binary sits in `<bin>/SagaKitPackageTests.xctest` (a file on Linux).
-        if directory.lastPathComponent.hasSuffix(".xctest") { directory = directory.deletingLastPathComponent() }
-        process.executableURL = directory.appendingPathComponent("ParticipantTestHost")
+        process.executableURL = ProductProcess.productsDirectory.appendingPathComponent("ParticipantTestHost")
         var env = ProcessInfo.processInfo.environment
         env.merge(environment) { _, new in new }
         env["SERVICE"] = service

@@ -101,25 +101,7 @@ struct DeadLetterFidelityTests {
 
     /// The first delivery on `queue`, handed back to the queue (not acknowledged) before returning.
     static func peek(on bus: RabbitMQBus, queue: String, within limit: Duration) async throws -> Delivery {
-        let stream = try await bus.consume(queue: queue, prefetch: 1)
-        return try await withThrowingTaskGroup(of: Delivery?.self) { group in
-            group.addTask {
-                for try await delivery in stream {
-                    try await delivery.nack(requeue: true)
-                    return delivery
-                }
-                return nil
-            }
-            group.addTask {
-                try await Task.sleep(for: limit)
-                return nil
-            }
-            defer { group.cancelAll() }
-            guard let delivery = try await group.next() ?? nil else {
-                throw TestFailure("nothing arrived on \(queue) within \(limit)")
-            }
-            return delivery
-        }
+        try await firstDelivery(on: bus, queue: queue, within: limit, settlement: .nack(requeue: true))
     }
 
     /// The first `count` deliveries on `queue` (acknowledged), or what arrived within `limit`.

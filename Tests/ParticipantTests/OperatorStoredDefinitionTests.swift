@@ -1,6 +1,7 @@
 import Foundation
 import Participant
 import SagaSQLite
+import SagaTestSupport
 import Testing
 
 /// The plain `saga` executable, built with no definitions, operates a saga whose definition only
@@ -70,11 +71,8 @@ struct OperatorStoredDefinitionTests {
 
     /// Runs the `saga` executable built next to the test binary; its exit status and output.
     private func runSaga(_ arguments: [String]) throws -> (status: Int32, output: String) {
-        let testBinary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        var directory = testBinary.deletingLastPathComponent()
-        if directory.lastPathComponent.hasSuffix(".xctest") { directory = directory.deletingLastPathComponent() }
         let process = Process()
-        process.executableURL = directory.appendingPathComponent("saga")
+        process.executableURL = ProductProcess.productsDirectory.appendingPathComponent("saga")
         process.arguments = arguments
         var environment = ProcessInfo.processInfo.environment
         for key in ["SAGAKIT_STORE_URL", "SAGAKIT_PREFIX"] { environment[key] = nil }

@@ -99,13 +99,16 @@ struct TransportFaultTests {
     }
 }
 
-/// The first delivery on `queue` (acknowledged), or a failure after `limit`.
-func firstDelivery(on bus: RabbitMQBus, queue: String, within limit: Duration) async throws -> Delivery {
+/// The first delivery on `queue`, settled with `settlement` (acknowledged by default; `.nack(requeue: true)`
+/// hands it back to the queue), or a failure after `limit`.
+func firstDelivery(
+    on bus: RabbitMQBus, queue: String, within limit: Duration, settlement: Settlement = .ack
+) async throws -> Delivery {
     let stream = try await bus.consume(queue: queue, prefetch: 1)
     return try await withThrowingTaskGroup(of: Delivery?.self) { group in
         group.addTask {
             for try await delivery in stream {
-                try await delivery.ack()
+                try await delivery.settler.settle(settlement)
                 return delivery
             }
             return nil
