@@ -48,7 +48,9 @@ struct SagaEngine: Sendable {
             case .transition(let next, let commands):
                 // The commands first (the relay and the publish below keep this order), then the
                 // lifecycle events of the transition, all committed with it.
-                let events = SagaLifecycleEvent.events(of: event, from: state, to: next, version: state.version + 1, at: now)
+                let events =
+                    topology.events == .none
+                    ? [] : SagaLifecycleEvent.events(of: event, from: state, to: next, version: state.version + 1, at: now)
                 let outbox =
                     try commands.map { try SagaMessages.outbox($0, state: next, topology: topology, now: now) }
                     + SagaMessages.eventOutbox(events, state: next, topology: topology)
