@@ -79,13 +79,24 @@ LoggingSystem.bootstrap { label in
 }
 let logger = Logger(label: "host.\(service).\(ProcessInfo.processInfo.processIdentifier)")
 
-let effects = try DatabasePool(
-    path: required("EFFECTS_DB"),
-    configuration: {
-        var configuration = Configuration()
-        configuration.busyMode = .timeout(10)
-        return configuration
-    }())
+/// Opens the shared effects file. Several hosts start at once, and the first open of a file
+/// switches it to WAL mode, which fails with SQLITE_BUSY (the busy timeout does not cover it)
+/// while another process holds it: retry for up to ten seconds, as SQLiteSagaStore does.
+func openEffects(path: String) throws -> DatabasePool {
+    var configuration = Configuration()
+    configuration.busyMode = .timeout(10)
+    let deadline = Date().addingTimeInterval(10)
+    while true {
+        do {
+            return try DatabasePool(path: path, configuration: configuration)
+        } catch let error as DatabaseError
+            where (error.resultCode == .SQLITE_BUSY || error.resultCode == .SQLITE_LOCKED) && Date() < deadline
+        {
+            usleep(20_000)
+        }
+    }
+}
+let effects = try openEffects(path: required("EFFECTS_DB"))
 try effects.write { db in
     try db.execute(sql: "CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY, command TEXT NOT NULL, saga_id TEXT NOT NULL)")
     try db.execute(

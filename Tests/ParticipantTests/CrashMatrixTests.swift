@@ -164,6 +164,10 @@ struct CrashTrial: Sendable, CustomStringConvertible {
                     result.problems.append("saga \(index) ended \(state.status.rawValue), expected \(expected.rawValue)")
                 }
             }
+            // A process that died by itself (not at its crash point) explains stalled sagas.
+            for (name, host) in hosts.sorted(by: { $0.key < $1.key }) where !host.isRunning {
+                result.problems.append("the \(name) process ended by itself (\(host.exitDescription)); its standard error is above")
+            }
             result.completed = finals.filter { $0.status == .completed }.count
             result.compensated = finals.filter { $0.status == .compensated }.count
             result.finished = clock.now - began
@@ -339,6 +343,11 @@ final class CrashHost: Sendable {
     }
 
     var isRunning: Bool { process.isRunning }
+
+    /// How an ended process ended: "signal N" or "exit status N".
+    var exitDescription: String {
+        process.terminationReason == .uncaughtSignal ? "signal \(process.terminationStatus)" : "exit status \(process.terminationStatus)"
+    }
 
     /// Waits until the process ends by itself; the signal that ended it (0 for an exit), or
     /// `nil` when it still runs after `timeout`.

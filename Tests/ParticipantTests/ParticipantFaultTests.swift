@@ -26,6 +26,13 @@ final class HostProcess: Sendable {
         self.process = process
     }
 
+    var isRunning: Bool { process.isRunning }
+
+    /// How an ended process ended: "signal N" or "exit status N".
+    var exitDescription: String {
+        process.terminationReason == .uncaughtSignal ? "signal \(process.terminationStatus)" : "exit status \(process.terminationStatus)"
+    }
+
     /// SIGKILL: the process dies wherever it is (mid-handler, between commit and publish, …).
     func kill() {
         Glibc.kill(process.processIdentifier, SIGKILL)
@@ -96,7 +103,18 @@ struct ParticipantFaultTests {
         hosts[3] = try HostProcess(service: "shipping", environment: environment)
 
         var finals: [SagaState] = []
-        for id in ids { finals.append(try await manager.outcome(of: id, timeout: .seconds(90))) }
+        for id in ids {
+            do {
+                finals.append(try await manager.outcome(of: id, timeout: .seconds(90)))
+            } catch {
+                // A process that died by itself explains a saga that never ends.
+                for host in hosts where !host.isRunning {
+                    Issue.record("the \(host.service) process ended by itself (\(host.exitDescription)); its standard error is above")
+                }
+                throw error
+            }
+        }
+        for host in hosts { #expect(host.isRunning, "the \(host.service) process ended by itself (\(host.exitDescription))") }
         #expect(finals.filter { $0.status == .completed }.count == 30)
         #expect(finals.filter { $0.status == .compensated }.count == 10)
 

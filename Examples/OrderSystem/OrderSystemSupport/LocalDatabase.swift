@@ -13,10 +13,26 @@ public enum LocalDatabase {
         var configuration = Configuration()
         configuration.busyMode = .timeout(10)
         configuration.readonly = readOnly
-        let pool = try DatabasePool(path: path, configuration: configuration)
+        let pool = try openRetryingWhileBusy(path: path, configuration: configuration)
         if let migrate {
             try pool.write { db in try migrate(db) }
         }
         return pool
+    }
+
+    /// The first open of a file switches it to WAL mode, which needs a moment of exclusive access
+    /// and fails with SQLITE_BUSY (the busy timeout does not cover it) while another instance is
+    /// opening the same file: retry for up to ten seconds.
+    private static func openRetryingWhileBusy(path: String, configuration: Configuration) throws -> DatabasePool {
+        let deadline = Date().addingTimeInterval(10)
+        while true {
+            do {
+                return try DatabasePool(path: path, configuration: configuration)
+            } catch let error as DatabaseError
+                where (error.resultCode == .SQLITE_BUSY || error.resultCode == .SQLITE_LOCKED) && Date() < deadline
+            {
+                usleep(20_000)
+            }
+        }
     }
 }
