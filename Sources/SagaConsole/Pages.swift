@@ -339,6 +339,7 @@ struct Pages: Sendable {
             case .compensationRequested:
                 what = "<b>compensation requested by \(HTML.escape(record.actor ?? "?"))</b>"
             case .resent: what = "re-sent by the reaper"
+            case .skipped: what = "skipped"
             case .completed: what = "completed"
             case .retrying: what = "<span class=\"err\">failed, retried</span>"
             case .failed: what = "<span class=\"err\">FAILED</span>"

@@ -31,6 +31,8 @@ struct GraphCommand: AsyncParsableCommand {
             var compensation: String?
             var pivot: Bool
             var maxAttempts: Int
+            /// When the step runs (the condition's text); absent for always.
+            var condition: String?
         }
         var name: String
         var version: Int
@@ -64,7 +66,7 @@ struct GraphCommand: AsyncParsableCommand {
                     steps: found.steps.map {
                         .init(
                             name: $0.name, action: $0.action, compensation: $0.compensation, pivot: $0.options.isPivot,
-                            maxAttempts: $0.options.retry.maxAttempts)
+                            maxAttempts: $0.options.retry.maxAttempts, condition: $0.condition?.description)
                     },
                     mermaid: found.mermaidFlowchart))
         } else {

@@ -2,7 +2,9 @@ public import Participant
 
 extension SagaDefinition {
     /// A Mermaid flowchart of the saga: actions left to right, each compensation below its
-    /// action, the pivot marked, and the compensation path in reverse order.
+    /// action, the pivot marked, and the compensation path in reverse order. A conditional step
+    /// shows its condition (`when amount > 1000`) and a dotted `skipped` edge to what follows it
+    /// when the condition is false.
     ///
     /// Paste it into any Markdown viewer that renders Mermaid (GitHub does).
     public var mermaidFlowchart: String {
@@ -10,8 +12,10 @@ extension SagaDefinition {
         let pivot = pivotIndex
         for (index, step) in steps.enumerated() {
             let marker = index == pivot ? " · PIVOT" : (isForwardOnly(index) ? " · forward only" : "")
+            let when = step.condition.map { "<br/>when \(Self.mermaidText($0.description))" } ?? ""
             let shape =
-                index == pivot ? "{{\"\(step.name)<br/>\(step.action)\(marker)\"}}" : "[\"\(step.name)<br/>\(step.action)\(marker)\"]"
+                index == pivot
+                ? "{{\"\(step.name)<br/>\(step.action)\(marker)\"}}" : "[\"\(step.name)<br/>\(step.action)\(marker)\(when)\"]"
             lines.append("    a\(index)\(shape)")
             if let compensation = step.compensation {
                 lines.append("    c\(index)[/\"undo \(step.name)<br/>\(compensation)\"/]")
@@ -23,6 +27,9 @@ extension SagaDefinition {
         for index in steps.indices {
             let next = index + 1 < steps.count ? "a\(index + 1)" : "done"
             lines.append("    a\(index) -->|ok| \(next)")
+            if steps[index].condition != nil {
+                lines.append("    a\(index) -.->|condition false: skipped| \(next)")
+            }
             if index == pivot || isForwardOnly(index) {
                 lines.append("    a\(index) -.->|fails: retry forward| a\(index)")
                 continue
@@ -43,5 +50,11 @@ extension SagaDefinition {
         let undo = steps.indices.filter { steps[$0].compensation != nil }.map { "c\($0)" }
         if !undo.isEmpty { lines.append("    class \(undo.joined(separator: ",")) undo") }
         return lines.joined(separator: "\n")
+    }
+
+    /// Text inside a quoted Mermaid label: quotes and angle brackets as entity codes.
+    private static func mermaidText(_ text: String) -> String {
+        text.replacingOccurrences(of: "\"", with: "#34;").replacingOccurrences(of: "<", with: "#60;")
+            .replacingOccurrences(of: ">", with: "#62;")
     }
 }

@@ -52,8 +52,9 @@ struct ShowCommand: AsyncParsableCommand {
 
     /// One line of the timeline.
     struct TimelineEntry: Encodable, Equatable {
-        /// `started`, `step` (a handler's outcome), `reaper` (a re-send, or the reaper gave up),
-        /// `operator` (a retry or compensation someone asked for), `finished`.
+        /// `started`, `step` (a handler's outcome), `skipped` (a step whose condition did not
+        /// hold), `reaper` (a re-send, or the reaper gave up), `operator` (a retry or
+        /// compensation someone asked for), `finished`.
         var event: String
         /// When it happened.
         var at: Date
@@ -65,7 +66,8 @@ struct ShowCommand: AsyncParsableCommand {
         var phase: String?
         var attempt: Int?
         /// The ``StepOutcome`` raw value (`completed`, `retrying`, `failed`, `resent`,
-        /// `retryRequested`, `compensationRequested`), or the final status for `finished`.
+        /// `retryRequested`, `compensationRequested`, `skipped`), or the final status for
+        /// `finished`.
         var outcome: String?
         /// How long the handler ran (handler outcomes only).
         var handlerSeconds: Double?
@@ -73,7 +75,7 @@ struct ShowCommand: AsyncParsableCommand {
         var timedOut: Bool?
         /// Who asked (operator actions).
         var actor: String?
-        /// Why (operator actions, when given).
+        /// Why (operator actions, when given; skipped steps: the condition that did not hold).
         var reason: String?
     }
 
@@ -86,6 +88,8 @@ struct ShowCommand: AsyncParsableCommand {
             let event: String
             if record.outcome.isOperatorAction {
                 event = "operator"
+            } else if record.outcome == .skipped {
+                event = "skipped"
             } else if record.outcome == .resent || (record.outcome == .failed && record.error?.hasPrefix("stalled at step") == true) {
                 event = "reaper"
             } else {
@@ -147,6 +151,10 @@ struct ShowCommand: AsyncParsableCommand {
         default:
             break
         }
+        if entry.event == "skipped" {
+            let line = "  \(pad(at, 10))  \(pad(entry.stepName ?? "?", 16))  \(pad("", 16))  skipped: \(entry.reason ?? "its condition is false")"
+            return line.trimmingTrailingSpaces()
+        }
         let head = "  \(pad(at, 10))  \(pad(entry.stepName ?? "?", 16))  \(pad("\(entry.phase ?? "?") #\(entry.attempt ?? 0)", 16))"
         if entry.event == "operator" {
             let what = entry.outcome == StepOutcome.compensationRequested.rawValue ? "requested compensation" : "requested a retry"
@@ -169,6 +177,7 @@ struct ShowCommand: AsyncParsableCommand {
         case .resent: "re-sent"
         case .retryRequested: "retry requested"
         case .compensationRequested: "compensation requested"
+        case .skipped: "skipped"
         }
     }
 

@@ -32,6 +32,9 @@ public struct SagaDefinitionDocument: Sendable, Hashable, Codable {
         public var retry: Retry
         /// The handler's timeout in milliseconds; `nil` for none.
         public var timeoutMilliseconds: Int64?
+        /// When the step runs; `nil` (and absent from the JSON, so that definitions without
+        /// conditions keep their bytes and hash) for always.
+        public var condition: SagaCondition?
     }
 
     /// A retry policy, with its delays in milliseconds.
@@ -68,7 +71,8 @@ public struct SagaDefinitionDocument: Sendable, Hashable, Codable {
         steps = definition.steps.map { step in
             Step(
                 name: step.name, action: step.action, compensation: step.compensation, pivot: step.options.isPivot,
-                retry: Retry(step.options.retry), timeoutMilliseconds: step.options.timeout.map(wholeMilliseconds))
+                retry: Retry(step.options.retry), timeoutMilliseconds: step.options.timeout.map(wholeMilliseconds),
+                condition: step.condition)
         }
         deadlineMilliseconds = definition.deadline.map(wholeMilliseconds)
         compensationRetry = Retry(definition.compensationRetry)
@@ -83,7 +87,8 @@ public struct SagaDefinitionDocument: Sendable, Hashable, Codable {
             builder = builder.step(
                 step.name, action: step.action, compensation: step.compensation,
                 options: StepOptions(
-                    isPivot: step.pivot, retry: step.retry.policy, timeout: step.timeoutMilliseconds.map { .milliseconds($0) }))
+                    isPivot: step.pivot, retry: step.retry.policy, timeout: step.timeoutMilliseconds.map { .milliseconds($0) }),
+                when: step.condition)
         }
         return try builder.build()
     }
@@ -156,6 +161,7 @@ extension SagaDefinition {
             compare("\(label) action", lhs.action, rhs.action) { $0 }
             compare("\(label) compensation", lhs.compensation, rhs.compensation) { $0 ?? "none" }
             compare("\(label) pivot", lhs.pivot, rhs.pivot) { $0 ? "yes" : "no" }
+            compare("\(label) condition", lhs.condition, rhs.condition) { $0.map { "'\($0)'" } ?? "none" }
             compare("\(label) timeout", lhs.timeoutMilliseconds, rhs.timeoutMilliseconds, Self.describe(milliseconds:))
             compareRetry("\(label) retry", lhs.retry, rhs.retry, into: &differences)
         }

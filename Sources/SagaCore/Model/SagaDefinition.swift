@@ -1,13 +1,14 @@
 import Foundation
 
-/// The blueprint of a saga: an ordered list of steps, each with an action command and an
-/// optional compensation command.
+/// The blueprint of a saga: an ordered list of steps, each with an action command, an
+/// optional compensation command and an optional condition (``SagaCondition``).
 ///
 /// Build one with ``SagaBuilder``:
 /// ```swift
 /// let orderSaga = try SagaBuilder("order")
 ///     .step("reserve-stock", action: "inventory.reserve", compensation: "inventory.release")
 ///     .step("charge-card", action: "payment.charge", compensation: "payment.refund")
+///     .step("fraud-review", action: "fraud.review", when: .greaterThan("amount", 1000))
 ///     .step("ship", action: "shipping.ship", options: .pivot)
 ///     .build()
 /// ```
@@ -32,6 +33,13 @@ public struct SagaDefinition: Sendable, Hashable {
         self.steps = steps
         self.deadline = deadline
         self.compensationRetry = compensationRetry
+    }
+
+    /// The first step at or after `index` whose condition holds for `data` (see
+    /// ``SagaStep/condition``); `nil` when every one from there on is skipped.
+    public func firstApplicableStep(from index: Int, data: JSONObject) -> Int? {
+        guard index < steps.count else { return nil }
+        return steps[index...].firstIndex { $0.applies(to: data) }
     }
 
     /// The index of the pivot step, if there is one.
@@ -68,6 +76,23 @@ public struct SagaStep: Sendable, Hashable {
     public let compensation: String?
     /// Pivot, retry and timeout options.
     public let options: StepOptions
+    /// When the step runs: `nil` for always; otherwise the step runs only when the condition
+    /// holds against the saga's data as the saga reaches it, and is skipped (never run, never
+    /// compensated) when it does not. See ``SagaCondition``.
+    public let condition: SagaCondition?
+
+    init(name: String, action: String, compensation: String?, options: StepOptions, condition: SagaCondition? = nil) {
+        self.name = name
+        self.action = action
+        self.compensation = compensation
+        self.options = options
+        self.condition = condition
+    }
+
+    /// Whether the step runs for a saga with this data: `true` without a condition.
+    public func applies(to data: JSONObject) -> Bool {
+        condition?.evaluate(data) ?? true
+    }
 }
 
 /// Options of a step.
@@ -162,9 +187,15 @@ public struct SagaBuilder: Sendable {
     ///   - action: the command that performs it.
     ///   - compensation: the command that undoes it, or `nil` when there is nothing to undo.
     ///   - options: pivot, retry, timeout.
-    public func step(_ name: String, action: String, compensation: String? = nil, options: StepOptions = .default) -> SagaBuilder {
+    ///   - condition: when the step runs (`nil`, the default, for always): a step whose condition
+    ///     does not hold against the saga's data when the saga reaches it is skipped. The pivot
+    ///     cannot have one. See ``SagaCondition``.
+    public func step(
+        _ name: String, action: String, compensation: String? = nil, options: StepOptions = .default,
+        when condition: SagaCondition? = nil
+    ) -> SagaBuilder {
         var copy = self
-        copy.steps.append(SagaStep(name: name, action: action, compensation: compensation, options: options))
+        copy.steps.append(SagaStep(name: name, action: action, compensation: compensation, options: options, condition: condition))
         return copy
     }
 
@@ -235,6 +266,17 @@ public struct SagaBuilder: Sendable {
                         "the pivot is retried forward and never compensated: remove the compensation")
                 }
                 pivotSeen = step.name
+            }
+            if let condition = step.condition {
+                if step.options.isPivot {
+                    throw fail(
+                        "\(position) is the pivot but has a condition (\(condition))",
+                        "the pivot is the point of no return and runs for every saga that reaches it: put the condition on the steps before or after it"
+                    )
+                }
+                if let problem = condition.problems.first {
+                    throw fail("\(position): condition '\(condition)': \(problem)")
+                }
             }
         }
         if compensationRetry.maxAttempts < 1 { throw fail("compensation retry maxAttempts must be at least 1") }

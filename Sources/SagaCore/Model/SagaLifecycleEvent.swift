@@ -21,6 +21,9 @@ public struct SagaLifecycleEvent: Sendable, Hashable, Codable {
         case stepCompleted = "step-completed"
         /// A step's action failed (``SagaLifecycleEvent/willRetry`` says whether it runs again).
         case stepFailed = "step-failed"
+        /// A step was skipped because its condition did not hold (``SagaLifecycleEvent/reason``
+        /// says which condition). Several may follow one transition, one per skipped step.
+        case stepSkipped = "step-skipped"
         /// The saga began to undo its completed steps (``SagaLifecycleEvent/error`` says why).
         case compensationStarted = "compensation-started"
         /// A step's compensation succeeded.
@@ -43,8 +46,10 @@ public struct SagaLifecycleEvent: Sendable, Hashable, Codable {
         public var isTerminal: Bool { self == .completed || self == .compensated || self == .needsAttention }
     }
 
-    /// A unique id: `<saga id>:<saga version>:<kind>`; the same event published twice (by the
-    /// outbox relay after a crash) has the same id, so consumers can drop duplicates.
+    /// A unique id: `<saga id>:<saga version>:<kind>` (`<saga id>:<saga version>:step-skipped:<step>`
+    /// for a skipped step, since one transition may skip several); the same event published
+    /// twice (by the outbox relay after a crash) has the same id, so consumers can drop
+    /// duplicates.
     public var id: String
     /// What happened.
     public var kind: Kind
@@ -74,7 +79,8 @@ public struct SagaLifecycleEvent: Sendable, Hashable, Codable {
     public var action: String?
     /// For operator actions: who asked.
     public var actor: String?
-    /// For operator actions: why, when they said.
+    /// For operator actions: why, when they said; for a skipped step: the condition that did not
+    /// hold (`condition amount > 1000 is false`).
     public var reason: String?
     /// When the transition was decided (whole milliseconds, as on the wire).
     public var at: Date
@@ -85,7 +91,7 @@ public struct SagaLifecycleEvent: Sendable, Hashable, Codable {
         stepName: String? = nil, phase: StepPhase? = nil, attempt: Int? = nil, error: String? = nil, willRetry: Bool? = nil,
         action: String? = nil, actor: String? = nil, reason: String? = nil, at: Date
     ) {
-        self.id = "\(sagaID):\(sagaVersion):\(kind.rawValue)"
+        self.id = "\(sagaID):\(sagaVersion):\(kind.rawValue)" + (kind == .stepSkipped ? step.map { ":\($0)" } ?? "" : "")
         self.kind = kind
         self.sagaID = sagaID
         self.sagaName = sagaName
@@ -204,7 +210,7 @@ extension SagaLifecycleEvent {
             case .outcomes:
                 switch kind {
                 case .started, .completed, .compensated, .needsAttention, .compensationStarted, .operatorAction: true
-                case .stepCompleted, .stepFailed, .compensationStepCompleted, .compensationStepFailed: false
+                case .stepCompleted, .stepFailed, .stepSkipped, .compensationStepCompleted, .compensationStepFailed: false
                 }
             }
         }
@@ -215,6 +221,31 @@ extension SagaLifecycleEvent {
         SagaLifecycleEvent(
             kind: .started, sagaID: state.id, sagaName: state.name, definitionVersion: state.definitionVersion, status: state.status,
             sagaVersion: 1, step: state.currentStep, attempt: state.attempt, at: now)
+    }
+
+    /// The events of a saga's start (`state` as stored, version 1): started, then a
+    /// step-skipped for every step skipped at the start (their conditions did not hold), then
+    /// completed when every step was skipped.
+    public static func startEvents(_ state: SagaState, at now: Date) -> [SagaLifecycleEvent] {
+        var events = [started(state, at: now)]
+        events += skipped(in: state, after: -1, version: 1, at: now)
+        if state.status == .completed {
+            events.append(
+                SagaLifecycleEvent(
+                    kind: .completed, sagaID: state.id, sagaName: state.name, definitionVersion: state.definitionVersion,
+                    status: state.status, sagaVersion: 1, at: now))
+        }
+        return events
+    }
+
+    /// The step-skipped events of the skipped steps after step `index` in `state`'s history.
+    private static func skipped(in state: SagaState, after index: Int, version: Int64, at now: Date) -> [SagaLifecycleEvent] {
+        state.history.filter { $0.outcome == .skipped && $0.step > index }.map { record in
+            SagaLifecycleEvent(
+                kind: .stepSkipped, sagaID: state.id, sagaName: state.name, definitionVersion: state.definitionVersion,
+                status: state.status, sagaVersion: version, step: record.step, stepName: record.stepName, phase: .action,
+                reason: record.reason, at: now)
+        }
     }
 
     /// The events of one transition: `event` moved the saga from `old` to `new`, stored as
@@ -241,6 +272,8 @@ extension SagaLifecycleEvent {
         switch event {
         case .stepCompleted(let step, let attempt, _, _):
             events.append(make(.stepCompleted, step: step, phase: .action, attempt: attempt))
+            // The steps after it whose conditions did not hold.
+            events += skipped(in: new, after: step, version: version, at: now)
         case .stepFailed(let step, let attempt, let error, _, _):
             events.append(
                 make(.stepFailed, step: step, phase: .action, attempt: attempt, error: error, willRetry: retried(step, .action)))

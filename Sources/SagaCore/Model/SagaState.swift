@@ -50,6 +50,9 @@ public enum StepOutcome: String, Sendable, Hashable, Codable {
     /// An operator asked to compensate the saga at this step (``StepRecord/actor`` and
     /// ``StepRecord/reason`` say who and why).
     case compensationRequested
+    /// The step's condition did not hold when the saga reached it: the step was not run and is
+    /// never compensated (``StepRecord/reason`` says which condition). Its record has attempt 0.
+    case skipped
 
     /// Whether an operator, not a handler or the reaper, made this record.
     public var isOperatorAction: Bool { self == .retryRequested || self == .compensationRequested }
@@ -63,9 +66,9 @@ public struct StepRecord: Sendable, Hashable, Codable {
     public var stepName: String
     /// Action or compensation.
     public var phase: StepPhase
-    /// The attempt number (1-based).
+    /// The attempt number (1-based; 0 for a skipped step, which is never attempted).
     public var attempt: Int
-    /// When the handler started.
+    /// When the handler started (for a skipped step: when the condition was evaluated).
     public var startedAt: Date
     /// When the outcome was recorded.
     public var finishedAt: Date
@@ -78,7 +81,8 @@ public struct StepRecord: Sendable, Hashable, Codable {
     public var timedOut: Bool?
     /// Who asked, for an operator's action (``StepOutcome/isOperatorAction``); `nil` otherwise.
     public var actor: String?
-    /// Why, for an operator's action, when they said; `nil` otherwise.
+    /// Why, for an operator's action, when they said; for a skipped step, the condition that did
+    /// not hold (`condition amount > 1000 is false`); `nil` otherwise.
     public var reason: String?
 
     /// Creates a record.
@@ -109,12 +113,14 @@ public struct SagaState: Sendable, Hashable, Codable {
     /// The status.
     public var status: SagaStatus
     /// The step whose command is current: the action being run (running) or the compensation
-    /// being run (compensating). For terminal sagas, the last step that ran.
+    /// being run (compensating); never a skipped step while the saga runs. For terminal sagas,
+    /// the last step that ran (for a completed saga, the definition's last step, run or skipped).
     public var currentStep: Int
     /// The attempt number of the current command (1-based).
     public var attempt: Int
     /// The business payload, a JSON object updated by shallow merge (see
-    /// `Dictionary.merging(patch:)`).
+    /// `Dictionary.merging(patch:)`): the start payload with every completed step's patch, the
+    /// data that step conditions (``SagaCondition``) are evaluated against.
     public var payload: JSONObject
     /// Trace and correlation ids (for example `traceparent`, `correlationId`).
     public var context: [String: String]
@@ -159,6 +165,11 @@ public struct SagaState: Sendable, Hashable, Codable {
 
     /// The phase of the current command.
     public var phase: StepPhase { status == .compensating ? .compensation : .action }
+
+    /// Whether step `index` was skipped because its condition did not hold.
+    public func wasSkipped(_ index: Int) -> Bool {
+        history.contains { $0.step == index && $0.outcome == .skipped }
+    }
 }
 
 extension SagaState {

@@ -31,6 +31,22 @@ public enum SagaEvent: Sendable, Hashable {
     case compensationRequested(by: String, reason: String)
 }
 
+/// A new saga: its initial state and its first command (see
+/// ``SagaStateMachine/begin(id:payload:context:now:)``).
+public struct SagaStart: Sendable, Hashable {
+    /// The state to store (version 1): running at the first step whose condition holds, or
+    /// completed when every step was skipped.
+    public var state: SagaState
+    /// The first command to send; `nil` when every step was skipped (the saga is completed).
+    public var command: ScheduledCommand?
+
+    /// Creates a start.
+    public init(state: SagaState, command: ScheduledCommand?) {
+        self.state = state
+        self.command = command
+    }
+}
+
 /// What the state machine decided.
 public enum SagaDecision: Sendable, Hashable {
     /// Store this state and send these commands (atomically, through the outbox).
@@ -59,7 +75,11 @@ public enum SagaDecision: Sendable, Hashable {
 /// commands and publishes them.
 ///
 /// Rules:
-/// - Actions run in order. When the action of step *k* fails for good before the pivot, the
+/// - Actions run in order. A step whose condition (``SagaStep/condition``) does not hold for the
+///   saga's data when the saga reaches it (at the start, or when the step before it completes)
+///   is skipped: recorded as ``StepOutcome/skipped`` with the condition's text, never run, never
+///   compensated. Several may be skipped in a row; skipping the last step completes the saga.
+/// - When the action of step *k* fails for good before the pivot, the
 ///   compensations of the completed steps *k-1 … 1* run in reverse order, skipping steps that
 ///   have no compensation. The failed step itself is not compensated (its local transaction did
 ///   not commit) — unless one of its attempts timed out: then nobody knows whether its effect
@@ -89,7 +109,24 @@ public struct SagaStateMachine: Sendable {
     }
 
     /// The initial state of a new saga and its first command.
+    ///
+    /// The saga starts at the first step whose condition holds for `payload` (steps before it
+    /// are recorded as skipped). Use ``begin(id:payload:context:now:)`` when a definition has
+    /// conditions: when every step is skipped the saga is completed at once and has no first
+    /// command — this method then returns the command of the last step, which participants
+    /// ignore as stale (the saga is already completed).
     public func start(id: SagaID, payload: JSONObject, context: [String: String] = [:], now: Date) -> (SagaState, ScheduledCommand) {
+        let begun = begin(id: id, payload: payload, context: context, now: now)
+        return (begun.state, begun.command ?? command(for: begun.state))
+    }
+
+    /// The initial state of a new saga and its first command, if it has one.
+    ///
+    /// The saga starts at the first step whose condition (``SagaStep/condition``) holds for
+    /// `payload`; the steps before it are recorded as skipped. When no step applies, the saga is
+    /// completed at once, with every step skipped and no command.
+    /// ``SagaLifecycleEvent/startEvents(_:at:)`` gives the start's lifecycle events.
+    public func begin(id: SagaID, payload: JSONObject, context: [String: String] = [:], now: Date) -> SagaStart {
         let state = SagaState(
             id: id,
             name: definition.name,
@@ -104,7 +141,8 @@ public struct SagaStateMachine: Sendable {
             updatedAt: now,
             version: 1
         )
-        return (state, command(for: state))
+        let (started, commands) = moveForward(state, to: 0, now: now)
+        return SagaStart(state: started, command: commands.first)
     }
 
     /// The command that is current for a non-terminal state (what the saga waits for).
@@ -133,13 +171,8 @@ public struct SagaStateMachine: Sendable {
             var next = state
             next.payload = state.payload.merging(patch: patch)
             record(&next, step: step, phase: .action, attempt: attempt, startedAt: startedAt, now: now, outcome: .completed)
-            if step == definition.steps.count - 1 {
-                next.status = .completed
-                return .transition(next, [])
-            }
-            next.currentStep = step + 1
-            next.attempt = 1
-            return .transition(next, [ScheduledCommand(currentCommand(next, phase: .action))])
+            let (moved, commands) = moveForward(next, to: step + 1, now: now)
+            return .transition(moved, commands)
 
         case .stepFailed(let step, let attempt, let error, let retryable, let startedAt):
             if let stale = staleness(state, step: step, phase: .action, attempt: attempt) { return .ignored(stale) }
@@ -328,19 +361,42 @@ public struct SagaStateMachine: Sendable {
         return nil
     }
 
+    /// Moves a running saga forward to step `index`, or to the first step after it whose
+    /// condition holds for the saga's data, recording the steps in between as skipped; completes
+    /// the saga when no step is left.
+    private func moveForward(_ state: SagaState, to index: Int, now: Date) -> (SagaState, [ScheduledCommand]) {
+        var next = state
+        var index = index
+        while index < definition.steps.count, let condition = definition.steps[index].condition, !condition.evaluate(next.payload) {
+            next.history.append(
+                StepRecord(
+                    step: index, stepName: definition.steps[index].name, phase: .action, attempt: 0, startedAt: now, finishedAt: now,
+                    outcome: .skipped, reason: "condition \(condition) is false"))
+            index += 1
+        }
+        guard index < definition.steps.count else {
+            next.status = .completed
+            next.currentStep = definition.steps.count - 1
+            return (next, [])
+        }
+        next.currentStep = index
+        next.attempt = 1
+        return (next, [ScheduledCommand(currentCommand(next, phase: .action))])
+    }
+
     /// Starts or continues compensation with the last compensatable step before `step`.
     private func compensate(_ state: SagaState, before step: Int, reason: String?) -> SagaDecision {
         compensate(state, from: step - 1, reason: reason)
     }
 
-    /// Compensates the last step at or before `index` that has a compensation; compensated when
-    /// none is left.
+    /// Compensates the last step at or before `index` that has a compensation and was not
+    /// skipped; compensated when none is left.
     private func compensate(_ state: SagaState, from index: Int, reason: String?) -> SagaDecision {
         var next = state
         if let reason { next.failureReason = reason }
         next.reapAttempts = 0
         let candidates = stride(from: index, through: 0, by: -1)
-        guard let target = candidates.first(where: { definition.steps[$0].compensation != nil }) else {
+        guard let target = candidates.first(where: { definition.steps[$0].compensation != nil && !state.wasSkipped($0) }) else {
             next.status = .compensated
             return .transition(next, [])
         }
