@@ -32,6 +32,7 @@ let package = Package(
         .executable(name: "inventory-service", targets: ["ExampleInventoryService"]),
         .executable(name: "payment-service", targets: ["ExamplePaymentService"]),
         .executable(name: "shipping-service", targets: ["ExampleShippingService"]),
+        .executable(name: "SystemBenchmark", targets: ["SystemBenchmark"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
@@ -253,6 +254,18 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/SagaBenchmark",
+            swiftSettings: strict
+        ),
+        // The like-for-like benchmark of issue 13: three participant processes, a local write per step.
+        .executableTarget(
+            name: "SystemBenchmark",
+            dependencies: [
+                "Participant", "SagaSQLite", "SagaPostgres",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ],
+            path: "Benchmarks/SystemBenchmark",
             swiftSettings: strict
         ),
 

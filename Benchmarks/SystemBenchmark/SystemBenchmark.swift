@@ -1,0 +1,306 @@
+// The like-for-like system benchmark (issue 13): the yardstick's saga shape with the three
+// participants in separate processes, each step one write to its service's own table, and a
+// starter that times each saga from its start to the terminal lifecycle event it hears.
+//
+//   swift build -c release --product SystemBenchmark
+//   .build/release/SystemBenchmark --store postgres --sagas 2000 --concurrency 1 50 200
+//
+// The starter re-launches its own executable with `--role inventory|payment|shipping`.
+import ArgumentParser
+import Foundation
+import Participant
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The command: the starter by default, a participant with `--role`.
+@main
+struct SystemBenchmark: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "system-benchmark",
+        abstract: "Runs M three-step sagas over three participant processes and prints sagas/s, latency, CPU per step and RSS."
+    )
+
+    @Option(help: "Run as this participant (inventory, payment or shipping) instead of the starter.") var role: String?
+    @Option(help: "Sagas measured per configuration (after the warm-up).") var sagas = 2000
+    @Option(help: "Sagas run before each measurement (not timed).") var warmup = 100
+    @Option(parsing: .upToNextOption, help: "Sagas in flight (one measurement per value).") var concurrency: [Int] = [50]
+    @Option(help: "Percentage of sagas whose shipment is declined (step 3 fails; they compensate).") var failPct = 0.0
+    @Option(help: "postgres or sqlite.") var store = "postgres"
+    @Option(help: "PostgreSQL store URL (default: POSTGRES_URL).") var postgresURL: String?
+    @Option(help: "SQLite store file (default: a new file under /tmp).") var sqlitePath: String?
+    @Option(help: "AMQP URL (default: AMQP_URL or the local broker).") var amqpURL: String?
+    @Option(
+        help: """
+            Where a step's local write goes: transaction (with the saga's transition and outbox, one commit per step) \
+            or separate (its own transaction first, keyed by the idempotency key; PostgreSQL only).
+            """)
+    var local = "transaction"
+    @Option(help: "Database of the services' tables with --local separate (default: the store's).") var localURL: String?
+    @Option(help: "Prefetch of each participant.") var prefetch = 256
+    @Option(help: "Lifecycle events published: all or outcomes (the starter needs only the outcomes).") var events = "outcomes"
+    @Option(help: "Queue prefix (default: a new one per invocation).") var prefix: String?
+    @Option(help: "Repetition number: seeds the failures (12345 + run) and labels the JSON.") var run = 1
+    @Option(help: "Label of the JSON lines.") var label = "sagakit-system"
+    @Option(help: "synchronous_commit the PostgreSQL server runs with (a label; the store sets no session option).")
+    var syncCommit = "on"
+    @Option(help: "PostgreSQL data directory, to measure the server's CPU (default: PG_DATA).") var pgData: String?
+    @Option(help: "Print each process's RSS to stderr every this many seconds (a soak's curve; 0 = never).") var rssEvery = 0.0
+    @Flag(help: "Print one JSON line per configuration (the yardstick's fields) instead of the table.") var json = false
+
+    func validate() throws {
+        guard ["postgres", "sqlite"].contains(store) else { throw ValidationError("--store must be postgres or sqlite") }
+        guard ["transaction", "separate"].contains(local) else { throw ValidationError("--local must be transaction or separate") }
+        if local == "separate" && store != "postgres" { throw ValidationError("--local separate needs --store postgres") }
+        guard ["all", "outcomes"].contains(events) else { throw ValidationError("--events must be all or outcomes") }
+        if let role, BenchSaga.commands[role] == nil { throw ValidationError("--role must be inventory, payment or shipping") }
+        guard sagas > 0, warmup >= 0, concurrency.allSatisfy({ $0 > 0 }) else { throw ValidationError("counts must be positive") }
+    }
+
+    func run() async throws {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .error
+            return handler
+        }
+        let environment = ProcessInfo.processInfo.environment
+        let prefix = self.prefix ?? "sysbench-\(UUID().uuidString.prefix(8).lowercased())"
+        let settings = Settings(
+            store: store, postgresURL: postgresURL ?? environment["POSTGRES_URL"],
+            sqlitePath: sqlitePath ?? "/tmp/system-benchmark-\(prefix).sqlite",
+            amqpURL: amqpURL ?? environment["AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/%2F", prefix: prefix,
+            events: events == "all" ? .all : .outcomes, prefetch: prefetch, local: local, localURL: localURL)
+        if let role {
+            try await ParticipantRole.run(role: role, settings: settings)
+        } else {
+            try await Starter(options: self, settings: settings, pgData: pgData ?? environment["PG_DATA"]).run()
+            if store == "sqlite" && sqlitePath == nil {
+                // The default file is this invocation's own: remove it with its WAL files.
+                for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: settings.sqlitePath + suffix) }
+            }
+        }
+    }
+}
+
+/// The starter: sets up the tables, launches the participants, runs and measures the sagas.
+struct Starter: Sendable {
+    let options: SystemBenchmark
+    let settings: Settings
+    let pgData: String?
+
+    func run() async throws {
+        let logger = Logger(label: "system-benchmark.starter")
+        try await settings.withStore { store in
+            let tables: TableAccess =
+                if settings.store == "postgres", let url = settings.tablesURL {
+                    try TableAccess.postgres(url: url)
+                } else {
+                    try TableAccess.sqlite(path: settings.sqlitePath)
+                }
+            try await tables.withRunning {
+                try await tables.execute(LocalTables.create)
+                let bus = try await RabbitMQBus.connect(url: settings.amqpURL)
+                let manager = SagaManager(
+                    definitions: BenchSaga.definitions, bus: bus, store: store, topology: settings.topology, logger: logger)
+                try await manager.declareTopology()
+                for (service, commands) in BenchSaga.commands {
+                    try await bus.declare(settings.topology.topology(forService: service, commands: commands))
+                }
+                let children = try Children.launch(roles: ["inventory", "payment", "shipping"], arguments: childArguments())
+                do {
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        group.addTask { try await manager.run() }
+                        while !manager.isListeningForEvents { try await Task.sleep(for: .milliseconds(10)) }
+                        try await children.waitUntilReady(timeout: .seconds(120))
+                        let progress = Progress()
+                        if options.rssEvery > 0 {
+                            group.addTask { try await reportRSS(children: children, progress: progress) }
+                        }
+                        if !options.json {
+                            say(
+                                "system-benchmark: store \(settings.store), local writes \(settings.local), M=\(options.sagas), "
+                                    + "fail \(options.failPct) %, prefetch \(settings.prefetch), events \(options.events), load1 \(ProcessProbe.load1())"
+                            )
+                            say(
+                                "      C   sagas/s    p50 ms    p99 ms  verify   CPU µs/step inv/pay/ship   µs/saga starter   peak RSS MB inv/pay/ship/starter"
+                            )
+                        }
+                        for inFlight in options.concurrency {
+                            let result = try await measure(
+                                inFlight: inFlight, manager: manager, tables: tables, children: children, progress: progress)
+                            say(options.json ? result.jsonLine() : result.tableLine())
+                        }
+                        group.cancelAll()
+                    }
+                } catch is CancellationError {
+                }
+                children.close()
+                await bus.shutdown()
+            }
+        }
+    }
+
+    /// The arguments a participant process gets.
+    func childArguments() -> [String] {
+        var arguments = [
+            "--store", settings.store, "--sqlite-path", settings.sqlitePath, "--amqp-url", settings.amqpURL, "--prefix", settings.prefix,
+            "--prefetch", String(settings.prefetch), "--local", settings.local, "--events", options.events,
+        ]
+        if let url = settings.postgresURL { arguments += ["--postgres-url", url] }
+        if let url = settings.localURL { arguments += ["--local-url", url] }
+        return arguments
+    }
+
+    /// Prints each process's RSS every `rssEvery` seconds (for a soak).
+    func reportRSS(children: Children, progress: Progress) async throws {
+        let clock = ContinuousClock()
+        let begin = clock.now
+        while true {
+            let sagas = progress.value
+            let sizes = (children.processes.map { ($0.role, $0.pid) } + [("starter", getpid())]).map { role, pid in
+                "\(role)=\(String(format: "%.1f", ProcessProbe.memoryMB(pid, "VmRSS") ?? 0))"
+            }
+            FileHandle.standardError.write(
+                Data("rss t=\(Int((clock.now - begin).seconds))s sagas=\(sagas) MB \(sizes.joined(separator: " "))\n".utf8))
+            try await Task.sleep(for: .seconds(options.rssEvery))
+        }
+    }
+
+    /// Runs the warm-up and the measured sagas at `inFlight`, then verifies the tables.
+    func measure(inFlight: Int, manager: SagaManager, tables: TableAccess, children: Children, progress: Progress) async throws
+        -> RunResult
+    {
+        try await tables.execute(LocalTables.reset)
+        let total = options.warmup + options.sagas
+        var random = SplitMix64(seed: UInt64(12345 + options.run))
+        let fails = (0..<total).map { _ in random.next() * 100 < options.failPct }
+        let orders = fails.enumerated().map { BenchOrder(index: $0.offset, fail: $0.element) }
+        let idPrefix = "\(settings.prefix)-r\(options.run)-c\(inFlight)-\(UUID().uuidString.prefix(4).lowercased())"
+
+        let warm = try await phase(
+            range: 0..<options.warmup, inFlight: min(inFlight, 50), orders: orders, idPrefix: idPrefix, manager: manager, progress: progress
+        )
+
+        var groups: [String: [pid_t]] = ["driver": [getpid()], "broker": ProcessProbe.pids(named: "beam.smp")]
+        for child in children.processes { groups[child.role] = [child.pid] }
+        if let pgData { groups["postgres"] = ProcessProbe.postgresPIDs(dataDirectory: pgData) }
+        var window = CPUWindow(groups: groups)
+        window.start()
+        let clock = ContinuousClock()
+        let started = clock.now
+        let measured = try await phase(
+            range: options.warmup..<total, inFlight: inFlight, orders: orders, idPrefix: idPrefix, manager: manager, progress: progress)
+        let seconds = (clock.now - started).seconds
+        let cores = window.stop()
+        let cpuSeconds = window.perPID.mapValues { $0.values.reduce(0, +) }
+
+        let totals = try await tables.totals()
+        var result = RunResult(options: options, settings: settings, inFlight: inFlight, seconds: seconds)
+        result.latencies = measured.latencies.sorted()
+        result.completed = measured.completed.count
+        result.compensated = measured.compensated.count
+        result.other = options.sagas - result.completed - result.compensated
+        result.cores = cores
+        // Steps each participant ran in the measured phase: a completed saga is one step at each;
+        // a compensated one is reserve + release, charge + refund, and the declined shipment.
+        let steps = [
+            "inventory": result.completed + 2 * result.compensated, "payment": result.completed + 2 * result.compensated,
+            "shipping": result.completed + result.compensated,
+        ]
+        for (role, count) in steps { result.cpuMicrosecondsPerStep[role] = (cpuSeconds[role] ?? 0) / Double(max(count, 1)) * 1e6 }
+        result.starterMicrosecondsPerSaga = (cpuSeconds["driver"] ?? 0) / Double(options.sagas) * 1e6
+        for child in children.processes { result.peakRSS[child.role] = ProcessProbe.memoryMB(child.pid, "VmHWM") }
+        result.peakRSS["starter"] = ProcessProbe.memoryMB(getpid(), "VmHWM")
+        // Conservation over every saga of this configuration, the warm-up included (as the peer).
+        result.verify = verify(
+            totals: totals, orders: orders, completed: warm.completed.union(measured.completed),
+            compensated: warm.compensated.union(measured.compensated))
+        result.load1 = ProcessProbe.load1()
+        return result
+    }
+
+    /// Runs the sagas of `range` with `inFlight` of them open at a time; each is timed from just
+    /// before its start to the return of `outcome(of:)`, which the terminal lifecycle event wakes.
+    func phase(
+        range: Range<Int>, inFlight: Int, orders: [BenchOrder], idPrefix: String, manager: SagaManager, progress: Progress
+    ) async throws -> PhaseOutcome {
+        let shared = PhaseState(first: range.lowerBound)
+        let clock = ContinuousClock()
+        try await withThrowingTaskGroup(of: Void.self) { workers in
+            for _ in 0..<min(inFlight, max(range.count, 1)) {
+                workers.addTask {
+                    while true {
+                        let index = shared.next.withLock { value -> Int in
+                            defer { value += 1 }
+                            return value
+                        }
+                        if index >= range.upperBound { return }
+                        let id = "\(idPrefix)-\(index)"
+                        let begin = clock.now
+                        try await manager.start(BenchSaga.name, payload: orders[index], id: id)
+                        let state = try await manager.outcome(of: id, timeout: .seconds(300))
+                        let seconds = (clock.now - begin).seconds
+                        shared.outcome.withLock { outcome in
+                            outcome.latencies.append(seconds)
+                            switch state.status {
+                            case .completed: outcome.completed.insert(index)
+                            case .compensated: outcome.compensated.insert(index)
+                            default: outcome.other.insert(index)
+                            }
+                        }
+                        progress.add()
+                    }
+                }
+            }
+            try await workers.waitForAll()
+        }
+        return shared.outcome.withLock { $0 }
+    }
+
+    /// The peer's checks: all terminal, compensations = failures, inventory and money conserved,
+    /// shipments = completed sagas.
+    func verify(totals: TableTotals, orders: [BenchOrder], completed: Set<Int>, compensated: Set<Int>) -> [String: Bool] {
+        let completedOrders = completed.map { orders[$0] }
+        let reserved = completedOrders.reduce(Int64(0)) { $0 + Int64($1.qty) }
+        let charged = completedOrders.reduce(Int64(0)) { $0 + Int64($1.amount) }
+        let expectedFailures = Set(orders.indices.filter { orders[$0].fail })
+        var checks = [
+            "all_terminal": completed.count + compensated.count == orders.count,
+            "compensated_as_expected": compensated == expectedFailures,
+            "inventory_conserved": totals.available + totals.reserved == LocalTables.initialStock * Int64(LocalTables.skus)
+                && totals.reserved == reserved,
+            "money_conserved": totals.balance + totals.charged == LocalTables.initialBalance * Int64(LocalTables.accounts)
+                && totals.charged == charged,
+            "shipped_matches": totals.shipped == Int64(completed.count),
+        ]
+        checks["ok"] = checks.values.allSatisfy { $0 }
+        return checks
+    }
+}
+
+/// Counts the sagas that ended (for the RSS curve).
+final class Progress: Sendable {
+    private let count = Mutex(0)
+    /// One more saga ended.
+    func add() { count.withLock { $0 += 1 } }
+    /// Sagas ended so far.
+    var value: Int { count.withLock { $0 } }
+}
+
+/// Writes a line to standard output at once (no buffering: a pipe reads it immediately).
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+/// What the workers of one phase share: the next saga index and the outcomes so far.
+final class PhaseState: Sendable {
+    /// The next saga index to start.
+    let next: Mutex<Int>
+    /// The outcomes so far.
+    let outcome = Mutex(PhaseOutcome())
+
+    /// Starts at index `first`.
+    init(first: Int) { next = Mutex(first) }
+}
