@@ -38,6 +38,13 @@ struct SagaBenchmark: AsyncParsableCommand {
             """)
     var wait = "events"
     @Option(help: "Lifecycle events published: all, outcomes or none.") var events = "all"
+    @Option(
+        help: """
+            Measure starts only: M sagas started one call each (with each --concurrency in flight) versus one batch call \
+            (SagaManager.start(_:payloads:)); no participant runs.
+            """)
+    var starts: Int?
+    @Option(help: "Repetitions of --starts runs (interleaved; medians are printed).") var repetitions = 3
 
     func validate() throws {
         guard ["events", "poll", "board"].contains(wait) else { throw ValidationError("--wait must be events, poll or board") }
@@ -52,6 +59,10 @@ struct SagaBenchmark: AsyncParsableCommand {
             return handler
         }
         let amqp = amqpURL ?? ProcessInfo.processInfo.environment["AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/%2F"
+        if let starts {
+            try await runStarts(count: starts, amqp: amqp)
+            return
+        }
         print(
             "saga-benchmark: \(sagas) sagas per run, store \(store), failure rate \(failureRate), prefetch \(prefetch), wait \(wait), events \(events)"
         )

@@ -126,40 +126,57 @@ struct SagaEngine: Sendable {
     /// arrive in their order (a step's completion before the saga's).
     /// - Throws: the first publish error; messages that were confirmed are still marked sent.
     func publish(_ messages: [OutboxMessage], logger: Logger) async throws {
+        try await publish(groups: [messages], logger: logger)
+    }
+
+    /// Publishes the outbox messages of several independent transitions (a batch start) and marks
+    /// them sent with one store write: every command and every group's events at the same time,
+    /// a group's events in their order.
+    /// - Throws: the first publish error; messages that were confirmed are still marked sent.
+    func publish(groups: [[OutboxMessage]], logger: Logger) async throws {
+        let messages = groups.flatMap { $0 }
         guard !messages.isEmpty else { return }
         let bus = bus
         var failures = [(any Error)?](repeating: nil, count: messages.count)
         if messages.count == 1 {
             do { try await bus.publish(SagaMessages.outgoing(messages[0])) } catch { failures[0] = error }
         } else {
-            let events = messages.indices.filter { SagaMessages.isEventsExchange(messages[$0].exchange) }
-            let commands = messages.indices.filter { !SagaMessages.isEventsExchange(messages[$0].exchange) }
-            let results = await withTaskGroup(of: [(Int, (any Error)?)].self) { group in
-                for index in commands {
-                    group.addTask {
-                        do {
-                            try await bus.publish(SagaMessages.outgoing(messages[index]))
-                            return [(index, nil)]
-                        } catch {
-                            return [(index, error)]
-                        }
-                    }
-                }
-                if !events.isEmpty {
-                    group.addTask {
-                        var results: [(Int, (any Error)?)] = []
-                        for index in events {
+            // Indices into `messages`, group by group.
+            var groupRanges: [Range<Int>] = []
+            var offset = 0
+            for group in groups {
+                groupRanges.append(offset..<offset + group.count)
+                offset += group.count
+            }
+            let results = await withTaskGroup(of: [(Int, (any Error)?)].self) { taskGroup in
+                for range in groupRanges {
+                    let events = range.filter { SagaMessages.isEventsExchange(messages[$0].exchange) }
+                    for index in range where !SagaMessages.isEventsExchange(messages[index].exchange) {
+                        taskGroup.addTask {
                             do {
                                 try await bus.publish(SagaMessages.outgoing(messages[index]))
-                                results.append((index, nil))
+                                return [(index, nil)]
                             } catch {
-                                results.append((index, error))
+                                return [(index, error)]
                             }
                         }
-                        return results
+                    }
+                    if !events.isEmpty {
+                        taskGroup.addTask {
+                            var results: [(Int, (any Error)?)] = []
+                            for index in events {
+                                do {
+                                    try await bus.publish(SagaMessages.outgoing(messages[index]))
+                                    results.append((index, nil))
+                                } catch {
+                                    results.append((index, error))
+                                }
+                            }
+                            return results
+                        }
                     }
                 }
-                return await group.reduce(into: []) { $0 += $1 }
+                return await taskGroup.reduce(into: []) { $0 += $1 }
             }
             for (index, error) in results { failures[index] = error }
         }

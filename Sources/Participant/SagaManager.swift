@@ -126,28 +126,17 @@ public struct SagaManager: Service {
         -> SagaStartResult
     {
         let definition = try engine.definitions.definition(named: name)
-        // Declare before storing: a saga must never be stored by a call that then fails because
-        // the exchanges do not exist yet.
-        if !declared.isDone { try await declareTopology() }
-        // Every process keeps its definitions in the store, so that any other one (the `saga`
-        // CLI included) can resolve the version a saga is pinned to.
-        try await engine.registerDefinitions(logger: self.logger)
-        let now = Date()
-        var context = context
-        context[SagaTopology.contextKey] = engine.topology.prefix
-        context[SagaState.definitionVersionKey] = String(definition.version)
-        let (state, first) = SagaStateMachine(definition: definition).start(id: id, payload: payload, context: context, now: now)
-        let message = try SagaMessages.outbox(first, state: state, topology: engine.topology, now: now)
-        let events = try SagaMessages.eventOutbox([.started(state, at: now)], state: state, topology: engine.topology)
-        switch try await engine.store.create(state, outbox: [message] + events) {
+        try await prepareToStart()
+        let start = try prepareStart(definition, payload: payload, id: id, context: context, now: Date())
+        switch try await engine.store.create(start.state, outbox: start.outbox) {
         case .existing(let existing):
             logger.info("saga already started; nothing sent", metadata: ["saga.status": "\(existing.status.rawValue)"])
             return .alreadyStarted(existing)
         case .created(let stored):
             engine.metrics.started(definition)
-            logger.info("saga started", metadata: ["saga.next": "\(first.command.command)"])
+            logger.info("saga started", metadata: ["saga.next": "\(start.firstCommand)"])
             do {
-                try await engine.publish([message] + events, logger: logger)
+                try await engine.publish(start.outbox, logger: logger)
             } catch {
                 // Stored is started: the relay sends the command (engine.publish logged why).
                 logger.warning(
@@ -156,6 +145,29 @@ public struct SagaManager: Service {
             }
             return .started(stored)
         }
+    }
+
+    /// What every start does once per manager before storing: declares the topology (a saga
+    /// must never be stored by a call that then fails because the exchanges do not exist yet) and
+    /// keeps the definitions in the store (so that any other process, the `saga` CLI included,
+    /// can resolve the version a saga is pinned to).
+    func prepareToStart() async throws {
+        if !declared.isDone { try await declareTopology() }
+        try await engine.registerDefinitions(logger: self.logger)
+    }
+
+    /// A new saga's first state and the messages stored with it (its first command, then its
+    /// `started` event), decided by the state machine.
+    func prepareStart(_ definition: SagaDefinition, payload: JSONObject, id: SagaID, context: [String: String], now: Date) throws
+        -> PreparedStart
+    {
+        var context = context
+        context[SagaTopology.contextKey] = engine.topology.prefix
+        context[SagaState.definitionVersionKey] = String(definition.version)
+        let (state, first) = SagaStateMachine(definition: definition).start(id: id, payload: payload, context: context, now: now)
+        let message = try SagaMessages.outbox(first, state: state, topology: engine.topology, now: now)
+        let events = try SagaMessages.eventOutbox([.started(state, at: now)], state: state, topology: engine.topology)
+        return PreparedStart(state: state, outbox: [message] + events, firstCommand: first.command.command)
     }
 
     /// Starts a saga with a payload of the caller's own `Encodable` type.
@@ -282,6 +294,13 @@ public enum SagaStartResult: Sendable, Hashable {
     public var isNew: Bool {
         if case .started = self { true } else { false }
     }
+}
+
+/// A saga about to be stored: its state and outbox messages.
+struct PreparedStart: Sendable {
+    let state: SagaState
+    let outbox: [OutboxMessage]
+    let firstCommand: String
 }
 
 /// Waits for something to happen to one saga: an event from the hub, or the fallback interval.
