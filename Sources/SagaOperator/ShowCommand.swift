@@ -152,7 +152,8 @@ struct ShowCommand: AsyncParsableCommand {
             break
         }
         if entry.event == "skipped" {
-            let line = "  \(pad(at, 10))  \(pad(entry.stepName ?? "?", 16))  \(pad("", 16))  skipped: \(entry.reason ?? "its condition is false")"
+            let line =
+                "  \(pad(at, 10))  \(pad(entry.stepName ?? "?", 16))  \(pad("", 16))  skipped: \(entry.reason ?? "its condition is false")"
             return line.trimmingTrailingSpaces()
         }
         let head = "  \(pad(at, 10))  \(pad(entry.stepName ?? "?", 16))  \(pad("\(entry.phase ?? "?") #\(entry.attempt ?? 0)", 16))"

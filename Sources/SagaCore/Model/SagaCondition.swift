@@ -120,7 +120,8 @@ extension SagaCondition {
                 return nil
             }
         }
-        return current == .null ? nil : current
+        if case .null = current { return nil }
+        return current
     }
 
     private static func number(at path: String, in data: JSONObject) -> Decimal? {
@@ -232,16 +233,15 @@ extension SagaCondition: CustomStringConvertible {
         case .isFalse(let path): "\(path) is false"
         case .all(let conditions): conditions.isEmpty ? "all()" : conditions.map(\.operand).joined(separator: " and ")
         case .any(let conditions): conditions.isEmpty ? "any()" : conditions.map(\.operand).joined(separator: " or ")
-        case .not(let condition): "not \(condition.operand)"
+        case .not(let condition): "not (\(condition.description))"
         }
     }
 
-    /// The text of a condition inside `and`, `or` or `not`: combinators in parentheses.
+    /// The text of a condition inside `and` or `or`: an `and` or `or` of several in parentheses.
     private var operand: String {
         switch self {
         case .all(let conditions) where conditions.count > 1: "(\(description))"
         case .any(let conditions) where conditions.count > 1: "(\(description))"
-        case .not: "(\(description))"
         default: description
         }
     }
