@@ -11,7 +11,8 @@ import Synchronization
 /// succeeds or fails per saga, and only the sagas whose update succeeded get their outbox rows.
 /// A batch never holds one saga twice (``SagaCore/WriteCoalescer`` sees to that).
 struct PostgresBatches: Sendable {
-    let client: PostgresClient
+    /// The client statements run through, replaced when wedged.
+    let pool: PostgresPool
     let namespace: String
     let location: String
     let logger: Logger
@@ -25,12 +26,21 @@ struct PostgresBatches: Sendable {
 
     func commit(_ sagas: [EncodedSaga]) async -> [Result<SagaState, any Error>] {
         do {
-            let committed = try await retryingDeadlocks("commit transitions") {
+            let attempted = try await retryingDeadlocks("commit transitions") {
                 try await write(sagas, with: "sagakit_commit", doing: "commit transitions")
             }
+            var committed = attempted.value
             let lost = sagas.map(\.state.id).filter { !committed.contains($0) }
             var versions: [String: Int64] = [:]
-            if !lost.isEmpty {
+            if !lost.isEmpty, attempted.mayHaveRunBefore {
+                // An attempt whose reply was lost with its connection may have committed: a saga
+                // that now holds exactly what this batch wrote was written by it.
+                let stored = try await fetch(lost)
+                for saga in sagas where stored[saga.state.id].map({ PostgresRecovery.isOwnWrite(stored: $0, written: saga) }) == true {
+                    committed.insert(saga.state.id)
+                }
+                for (id, state) in stored where !committed.contains(id) { versions[id] = state.version }
+            } else if !lost.isEmpty {
                 for row in try await rows(
                     "load versions", "SELECT id, version FROM \(unescaped: namespace).sagas WHERE id = ANY(\(lost)::text[])")
                 {
@@ -62,29 +72,28 @@ struct PostgresBatches: Sendable {
     func commit(_ saga: EncodedSaga, localWrites: [LocalWrite]) async throws -> SagaState {
         let action = "commit a transition with local writes"
         let (query, logger) = (writeQuery([saga], with: "sagakit_commit"), logger)
-        let outcome = try await retryingDeadlocks(action) {
-            do {
-                return try await Self.withStatementTimeout(statementTimeout, client: client) { connection in
-                    try await Self.transaction(on: connection, query, localWrites, logger: logger)
-                }
-            } catch is StatementTimedOut {
-                throw SagaError(
-                    .storeUnavailable,
-                    "PostgreSQL at \(location) did not answer within \(statementTimeout) while trying to \(action)",
-                    recoverySuggestion:
-                        "check that the server runs and accepts connections; the transaction may have committed, and retrying is safe (the saga's version decides)"
-                )
-            } catch {
-                throw PostgresSagaStore.storeError(error, location: location, doing: action)
+        // Safe to run again after a lost connection, even when its COMMIT's outcome is unknown:
+        // the local writes run only after the saga's compare-and-swap in the same transaction,
+        // so a second run after a first that committed finds the new version, writes nothing
+        // and rolls back.
+        let attempted = try await retryingDeadlocks(action) {
+            try await run(action, safety: .idempotent) { connection in
+                try await Self.transaction(on: connection, query, localWrites, logger: logger)
             }
         }
-        switch outcome {
+        switch attempted.value {
         case .committed:
             return saga.state
         case .writeFailed(let error):
             throw error
         case .lost:
             let id = saga.state.id
+            if attempted.mayHaveRunBefore, let stored = try await fetch([id])[id],
+                PostgresRecovery.isOwnWrite(stored: stored, written: saga)
+            {
+                // The first attempt committed; only its reply was lost with the connection.
+                return saga.state
+            }
             let versions = try await rows(
                 "load versions", "SELECT version FROM \(unescaped: namespace).sagas WHERE id = \(id)")
             guard let actual = try versions.first?["version"].decode(Int64.self) else { throw SagaError.unknownSaga(id) }
@@ -162,7 +171,8 @@ struct PostgresBatches: Sendable {
 
     func create(_ sagas: [EncodedSaga]) async -> [Result<SagaCreation, any Error>] {
         do {
-            let created = try await write(sagas, with: "sagakit_create", doing: "create sagas")
+            let attempted = try await write(sagas, with: "sagakit_create", doing: "create sagas")
+            let created = attempted.value
             let existingIDs = sagas.map(\.state.id).filter { !created.contains($0) }
             let existing = existingIDs.isEmpty ? [:] : try await fetch(existingIDs)
             return sagas.map { saga in
@@ -170,6 +180,10 @@ struct PostgresBatches: Sendable {
                 if created.contains(state.id) { return .success(.created(state)) }
                 // Deleted between the two statements (by an operator): report it as unknown.
                 guard let found = existing[state.id] else { return .failure(SagaError.unknownSaga(state.id)) }
+                // An attempt whose reply was lost with its connection created it: this call did.
+                if attempted.mayHaveRunBefore, PostgresRecovery.isOwnWrite(stored: found, written: saga) {
+                    return .success(.created(state))
+                }
                 return .success(.existing(found))
             }
         } catch {
@@ -228,10 +242,11 @@ struct PostgresBatches: Sendable {
 
     /// Calls one of the write functions (`sagakit_commit`, `sagakit_create`) with the sagas and
     /// their outbox messages; returns the ids of the sagas it wrote.
-    private func write(_ sagas: [EncodedSaga], with function: String, doing action: String) async throws -> Set<SagaID> {
+    private func write(_ sagas: [EncodedSaga], with function: String, doing action: String) async throws -> Attempted<Set<SagaID>> {
         var written: Set<SagaID> = []
-        for row in try await rows(action, writeQuery(sagas, with: function)) { written.insert(try row["id"].decode(String.self)) }
-        return written
+        let attempted = try await rowsAttempted(action, writeQuery(sagas, with: function))
+        for row in attempted.value { written.insert(try row["id"].decode(String.self)) }
+        return Attempted(value: written, mayHaveRunBefore: attempted.mayHaveRunBefore)
     }
 
     /// The call of a write function with the sagas and their outbox messages.
@@ -261,69 +276,175 @@ struct PostgresBatches: Sendable {
         (error as? PSQLError)?.serverInfo?[.sqlState] == "40P01"
     }
 
-    /// Runs a query and collects its rows, giving up after ``statementTimeout``.
-    func rows(_ action: String, _ query: PostgresQuery) async throws -> [PostgresRandomAccessRow] {
+    /// Runs a query and collects its rows, giving up after ``statementTimeout`` (see
+    /// ``run(_:safety:_:)`` for the attempts on fresh connections).
+    func rows(
+        _ action: String, _ query: PostgresQuery, safety: PostgresRecovery.Safety = .idempotent
+    ) async throws -> [PostgresRandomAccessRow] {
+        try await rowsAttempted(action, query, safety: safety).value
+    }
+
+    /// ``rows(_:_:safety:)``, saying whether an earlier attempt may have been applied.
+    func rowsAttempted(
+        _ action: String, _ query: PostgresQuery, safety: PostgresRecovery.Safety = .idempotent
+    ) async throws -> Attempted<[PostgresRandomAccessRow]> {
         let logger = logger
-        do {
-            return try await Self.withStatementTimeout(statementTimeout, client: client) { connection in
-                var result: [PostgresRandomAccessRow] = []
-                for try await row in try await connection.query(query, logger: logger) {
-                    result.append(row.makeRandomAccess())
-                }
-                return result
+        return try await run(action, safety: safety) { connection in
+            var result: [PostgresRandomAccessRow] = []
+            for try await row in try await connection.query(query, logger: logger) {
+                result.append(row.makeRandomAccess())
             }
-        } catch is StatementTimedOut {
-            throw SagaError(
-                .storeUnavailable,
-                "PostgreSQL at \(location) did not answer within \(statementTimeout) while trying to \(action)",
-                recoverySuggestion:
-                    "check that the server runs and accepts connections; the statement may have been applied, and retrying is safe (the saga's version decides)"
-            )
-        } catch {
-            throw PostgresSagaStore.storeError(error, location: location, doing: action)
+            return result
         }
     }
 
+    /// Runs `operation` on a connection of the pool within ``statementTimeout``; after a
+    /// connection-level failure (the server restarted, the connection was reset, the pool gave
+    /// no connection in time, its circuit breaker tripped) runs it again on a fresh connection,
+    /// as long as ``PostgresRecovery/decide(_:safety:attempt:remaining:closing:)`` allows: an
+    /// `.idempotent` statement whatever happened, an `.onlyIfNotSent` one only when no attempt
+    /// reached the server.
+    ///
+    /// - Throws: `storeUnavailable` naming the action when it gives up (saying the statement did
+    ///   not answer in time when the timeout ended it); the statement's own error otherwise.
+    func run<T: Sendable>(
+        _ action: String, safety: PostgresRecovery.Safety,
+        _ operation: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> Attempted<T> {
+        let clock = ContinuousClock()
+        let deadline = clock.now + statementTimeout
+        var attempt = 0
+        var sent = false
+        while true {
+            attempt += 1
+            let remaining = clock.now.duration(to: deadline)
+            let timeout = PostgresRecovery.attemptTimeout(
+                statementTimeout: statementTimeout, remaining: remaining, safety: safety)
+            do {
+                let value = try await Self.withStatementTimeout(timeout, pool: pool, operation)
+                if attempt > 1 {
+                    logger.info(
+                        "PostgreSQL statement succeeded after \(attempt) attempts",
+                        metadata: ["store.action": "\(action)", "store.location": "\(location)"])
+                }
+                return Attempted(value: value, mayHaveRunBefore: sent)
+            } catch let failed as AttemptFailure {
+                if failed.error is CancellationError { throw failed.error }
+                let failure = PostgresRecovery.classify(failed.error, leased: failed.leased)
+                if case .connection(sent: true) = failure { sent = true }
+                let decision = PostgresRecovery.decide(
+                    failure, safety: safety, attempt: attempt, remaining: clock.now.duration(to: deadline),
+                    closing: pool.closing)
+                guard case .retry(let pause) = decision else {
+                    throw giveUp(action, failed.error)
+                }
+                logger.debug(
+                    "PostgreSQL connection failure; running the statement again on a fresh connection",
+                    metadata: [
+                        "store.action": "\(action)", "store.attempt": "\(attempt)",
+                        "error": "\(PostgresSagaStore.describe(failed.error))",
+                    ])
+                try await Task.sleep(for: pause)
+            }
+        }
+    }
+
+    /// The error reported when the store gives up on a statement.
+    private func giveUp(_ action: String, _ error: any Error) -> any Error {
+        guard error is StatementTimedOut || error is ConnectionWaitTimedOut else {
+            return PostgresSagaStore.storeError(error, location: location, doing: action)
+        }
+        return SagaError(
+            .storeUnavailable,
+            "PostgreSQL at \(location) did not answer within \(statementTimeout) while trying to \(action)",
+            recoverySuggestion:
+                "check that the server runs and accepts connections; the statement may have been applied, and retrying is safe (the saga's version decides)"
+        )
+    }
+
     /// Leases a connection and runs `operation` on it, racing a timer in a task group: when the
-    /// timer wins, throws ``StatementTimedOut``.
+    /// timer wins, fails with ``StatementTimedOut`` (or ``ConnectionWaitTimedOut`` when no
+    /// connection was leased yet). Every failure comes as an ``AttemptFailure`` saying whether
+    /// a connection was held.
     ///
     /// Measured: when the server shuts down at the wrong moment, a query can stay unanswered for
     /// good, and postgres-nio's query does not end when its task is cancelled (a task group would
     /// wait for it for ever). So when the timer wins while the operation holds a connection, that
     /// connection is closed, which fails the query at once (the pool replaces the connection);
     /// waiting for a connection does end on cancellation. The group therefore always ends within
-    /// about the timeout, without leaving a task behind.
+    /// about the timeout, without leaving a task behind. While it waits for a connection, the
+    /// timer tells the pool (``PostgresPool/waiting(_:for:)``), which may replace a wedged pool.
     static func withStatementTimeout<T: Sendable>(
-        _ timeout: Duration, client: PostgresClient,
+        _ timeout: Duration, pool: PostgresPool,
         _ operation: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         let leased = LeasedConnection()
+        let current = pool.current
         return try await withThrowingTaskGroup(of: TimedOutcome<T>.self) { group in
             group.addTask {
-                try await client.withConnection { connection in
-                    leased.set(connection)
-                    defer { leased.set(nil) }
-                    return .finished(try await operation(connection))
+                do {
+                    return .finished(
+                        try await current.client.withConnection { connection in
+                            leased.set(connection)
+                            pool.leased(current.generation)
+                            defer {
+                                pool.released(current.generation)
+                                leased.set(nil)
+                            }
+                            return try await operation(connection)
+                        })
+                } catch {
+                    throw AttemptFailure(error: error, leased: leased.everLeased)
                 }
             }
             group.addTask {
                 // Ends early when cancelled: the operation finished first, or the caller was
                 // cancelled.
-                try? await Task.sleep(for: timeout)
+                let clock = ContinuousClock()
+                let start = clock.now
+                let deadline = start + timeout
+                while clock.now < deadline {
+                    let step = min(clock.now.duration(to: deadline), .milliseconds(500))
+                    do { try await Task.sleep(for: step) } catch { return .timedOut }
+                    if !leased.everLeased { pool.waiting(current.generation, for: start.duration(to: clock.now)) }
+                }
                 return .timedOut
             }
             defer { group.cancelAll() }
-            guard case .finished(let value) = try await group.next() else {
+            let outcome: TimedOutcome<T>?
+            do {
+                outcome = try await group.next()
+            } catch let failure as AttemptFailure {
+                try Task.checkCancellation()
+                throw failure
+            }
+            guard case .finished(let value) = outcome else {
+                let wasLeased = leased.everLeased
                 leased.close()
                 try Task.checkCancellation()
-                throw StatementTimedOut()
+                throw AttemptFailure(
+                    error: wasLeased ? StatementTimedOut() : ConnectionWaitTimedOut(), leased: wasLeased)
             }
             return value
         }
     }
 }
 
-/// The result of the race in ``PostgresBatches/withStatementTimeout(_:client:_:)``.
+/// What one attempt at a statement ended with, and whether it held a connection (then the
+/// statement may have reached the server).
+struct AttemptFailure: Error {
+    let error: any Error
+    let leased: Bool
+}
+
+/// A statement's result, and whether an earlier attempt at it may have been applied (its reply
+/// was lost with its connection).
+struct Attempted<T: Sendable>: Sendable {
+    let value: T
+    let mayHaveRunBefore: Bool
+}
+
+/// The result of the race in ``PostgresBatches/withStatementTimeout(_:pool:_:)``.
 enum TimedOutcome<T: Sendable>: Sendable {
     case finished(T)
     case timedOut
@@ -332,8 +453,15 @@ enum TimedOutcome<T: Sendable>: Sendable {
 /// The connection a timed statement runs on, so that the timer can close it.
 final class LeasedConnection: Sendable {
     private let connection = Mutex<PostgresConnection?>(nil)
+    private let leasedOnce = Mutex(false)
 
-    func set(_ value: PostgresConnection?) { connection.withLock { $0 = value } }
+    func set(_ value: PostgresConnection?) {
+        if value != nil { leasedOnce.withLock { $0 = true } }
+        connection.withLock { $0 = value }
+    }
+
+    /// Whether the statement got a connection (and so may have been sent).
+    var everLeased: Bool { leasedOnce.withLock { $0 } }
 
     /// Closes the connection (in the background: closing fails the statements running on it).
     func close() {

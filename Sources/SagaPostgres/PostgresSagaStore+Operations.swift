@@ -100,6 +100,8 @@ extension PostgresSagaStore {
         let before = StoreCoding.milliseconds(updatedBefore)
         let nowMS = StoreCoding.milliseconds(now)
         let until = nowMS + StoreCoding.milliseconds(lease)
+        // Not run again once sent: a claim whose reply was lost would find its own lease and
+        // claim nothing; the reaper's next round claims them when that lease ends.
         let result = try await rows(
             "claim stalled sagas",
             """
@@ -115,7 +117,8 @@ extension PostgresSagaStore {
                 FOR UPDATE SKIP LOCKED
             )
             RETURNING \(unescaped: SagaRow.selection)
-            """
+            """,
+            safety: .onlyIfNotSent
         )
         return try result.map(SagaRow.state(from:)).sorted { lhs, rhs in
             lhs.updatedAt != rhs.updatedAt ? lhs.updatedAt < rhs.updatedAt : lhs.id < rhs.id
@@ -161,13 +164,15 @@ extension PostgresSagaStore {
     public func recordFailedAttempts(_ ids: [String], retryAt: Date) async throws {
         guard !ids.isEmpty else { return }
         let retry = StoreCoding.milliseconds(retryAt)
+        // An increment: not run twice.
         _ = try await rows(
             "record failed publish attempts",
             """
             UPDATE \(unescaped: namespace).outbox
             SET attempts = attempts + 1, next_attempt_at = timestamptz 'epoch' + \(retry) * interval '1 millisecond'
             WHERE id = ANY(\(ids)::text[]) AND sent_at IS NULL
-            """
+            """,
+            safety: .onlyIfNotSent
         )
     }
 

@@ -43,8 +43,11 @@ public final class PostgresSagaStore: SagaStore, Service {
     /// The schema version this SagaKit writes.
     public static let schemaVersion = PostgresSchema.currentVersion
 
-    /// The client the store queries through.
-    public let client: PostgresClient
+    /// The client the store queries through now. A store that owns its client replaces it by
+    /// a fresh one when its pool stays without connections while the server answers (after a
+    /// PostgreSQL restart, see ``run()``): read this property each time rather than keeping the
+    /// client.
+    public var client: PostgresClient { pool.current.client }
     /// `host:port/database`, as error messages say it.
     public let location: String
     /// The PostgreSQL schema holding the tables.
@@ -57,6 +60,8 @@ public final class PostgresSagaStore: SagaStore, Service {
     /// the caller's, which is then used).
     private let ownConfiguration: Configuration?
     let lifecycle: StoreLifecycle
+    /// The current client, and its replacement when wedged.
+    let pool: PostgresPool
     /// The hot-path statements, batched by the coalescers below.
     let batches: PostgresBatches
     let commits: WriteCoalescer<EncodedSaga, SagaState>
@@ -91,12 +96,17 @@ public final class PostgresSagaStore: SagaStore, Service {
         )
         clientConfiguration.options.connectTimeout = configuration.connectTimeout
         clientConfiguration.options.maximumConnections = max(1, configuration.maximumConnections)
-        let client = PostgresClient(configuration: clientConfiguration, backgroundLogger: logger)
+        let makeClient: @Sendable () -> PostgresClient = { [clientConfiguration] in
+            PostgresClient(configuration: clientConfiguration, backgroundLogger: logger)
+        }
         let location = configuration.location
         let lifecycle = StoreLifecycle(
             name: "the PostgreSQL store at \(location) (schema \(configuration.schema))",
             startupTimeout: configuration.startupTimeout)
-        self.client = client
+        let pool = PostgresPool(
+            client: makeClient(), logger: logger, makeClient: makeClient,
+            probe: { await Self.probe(configuration, logger: logger) })
+        self.pool = pool
         self.location = location
         self.schema = configuration.schema
         self.namespace = namespace
@@ -104,7 +114,7 @@ public final class PostgresSagaStore: SagaStore, Service {
         self.ownConfiguration = configuration
         self.lifecycle = lifecycle
         (batches, commits, loads, creations, marks) = Self.batching(
-            client: client, namespace: namespace, location: location, logger: logger,
+            pool: pool, namespace: namespace, location: location, logger: logger,
             statementTimeout: configuration.statementTimeout, lifecycle: lifecycle)
     }
 
@@ -127,7 +137,9 @@ public final class PostgresSagaStore: SagaStore, Service {
         let namespace = try Self.quotedSchema(schema)
         let lifecycle = StoreLifecycle(
             name: "the PostgreSQL store at \(location) (schema \(schema))", startupTimeout: startupTimeout)
-        self.client = client
+        // The caller's client is never replaced: the store only runs statements again on it.
+        let pool = PostgresPool(client: client, logger: logger)
+        self.pool = pool
         self.location = location
         self.schema = schema
         self.namespace = namespace
@@ -135,7 +147,7 @@ public final class PostgresSagaStore: SagaStore, Service {
         self.ownConfiguration = nil
         self.lifecycle = lifecycle
         (batches, commits, loads, creations, marks) = Self.batching(
-            client: client, namespace: namespace, location: location, logger: logger, statementTimeout: statementTimeout,
+            pool: pool, namespace: namespace, location: location, logger: logger, statementTimeout: statementTimeout,
             lifecycle: lifecycle)
     }
 
@@ -165,8 +177,9 @@ public final class PostgresSagaStore: SagaStore, Service {
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 if ownConfiguration != nil {
-                    let client = client
-                    group.addTask { await client.run() }
+                    // Runs the client, and its replacements when it is wedged.
+                    let pool = pool
+                    group.addTask { await pool.run() }
                 }
                 try await migrate()
                 await withDiscardingTaskGroup { coalescers in
@@ -187,7 +200,8 @@ public final class PostgresSagaStore: SagaStore, Service {
                     creations.finish()
                     marks.finish()
                 }
-                // Ends client.run(), which closes the pool.
+                // Statements stop retrying; ends the clients' run(), which closes the pool.
+                pool.close()
                 group.cancelAll()
             }
         } catch {
@@ -196,6 +210,7 @@ public final class PostgresSagaStore: SagaStore, Service {
                 ?? SagaError(
                     .storeUnavailable, "the PostgreSQL store at \(location) failed: \(Self.describe(error))",
                     underlying: error)
+            pool.close()
             lifecycle.failed(failure)
             lifecycle.finished()
             throw failure
@@ -227,7 +242,7 @@ public final class PostgresSagaStore: SagaStore, Service {
         let (namespace, schema, location, logger) = (namespace, schema, location, logger)
         guard let configuration = ownConfiguration else {
             do {
-                try await client.withConnection { connection in
+                try await pool.current.client.withConnection { connection in
                     try await PostgresSchema.migrate(
                         connection, namespace: namespace, schema: schema, location: location, logger: logger)
                 }
@@ -236,19 +251,7 @@ public final class PostgresSagaStore: SagaStore, Service {
             }
             return
         }
-        let tls: PostgresConnection.Configuration.TLS
-        switch configuration.tls {
-        case .disable: tls = .disable
-        case .prefer: tls = .prefer(try Self.tlsContext(configuration))
-        case .require, .verifyCA, .verifyFull: tls = .require(try Self.tlsContext(configuration))
-        }
-        var connectionConfiguration = PostgresConnection.Configuration(
-            host: configuration.host, port: configuration.port, username: configuration.username,
-            password: configuration.password, database: configuration.database, tls: tls
-        )
-        connectionConfiguration.options.connectTimeout = .milliseconds(
-            StoreCoding.milliseconds(configuration.connectTimeout)
-        )
+        let connectionConfiguration = try Self.connectionConfiguration(configuration)
         let connection: PostgresConnection
         do {
             connection = try await PostgresConnection.connect(
@@ -270,6 +273,57 @@ public final class PostgresSagaStore: SagaStore, Service {
         }
     }
 
+    /// A single connection's configuration (TLS as configured).
+    private static func connectionConfiguration(
+        _ configuration: Configuration, connectTimeout: Duration? = nil
+    ) throws -> PostgresConnection.Configuration {
+        let tls: PostgresConnection.Configuration.TLS
+        switch configuration.tls {
+        case .disable: tls = .disable
+        case .prefer: tls = .prefer(try Self.tlsContext(configuration))
+        case .require, .verifyCA, .verifyFull: tls = .require(try Self.tlsContext(configuration))
+        }
+        var connectionConfiguration = PostgresConnection.Configuration(
+            host: configuration.host, port: configuration.port, username: configuration.username,
+            password: configuration.password, database: configuration.database, tls: tls
+        )
+        connectionConfiguration.options.connectTimeout = .milliseconds(
+            StoreCoding.milliseconds(connectTimeout ?? configuration.connectTimeout)
+        )
+        return connectionConfiguration
+    }
+
+    /// Whether the server accepts a connection now (opened outside the pool, then closed): how
+    /// the pool tells a wedged pool from a server that is still down. Answers within about 2 s
+    /// whatever the server does: a connection that has not logged in by then counts as refused
+    /// (and is closed when it completes), so a server that accepts TCP but never answers cannot
+    /// hold up the pool's supervisor.
+    private static func probe(_ configuration: Configuration, logger: Logger) async -> Bool {
+        let bound = min(configuration.connectTimeout, .seconds(2))
+        let connectionConfiguration: PostgresConnection.Configuration
+        do {
+            connectionConfiguration = try Self.connectionConfiguration(configuration, connectTimeout: bound)
+        } catch {
+            return false
+        }
+        let eventLoop = PostgresConnection.defaultEventLoopGroup.any()
+        let answer = eventLoop.makePromise(of: Bool.self)
+        let timer = eventLoop.scheduleTask(in: .milliseconds(StoreCoding.milliseconds(bound))) { answer.succeed(false) }
+        PostgresConnection.connect(on: eventLoop, configuration: connectionConfiguration, id: -1, logger: logger)
+            .whenComplete { result in
+                timer.cancel()
+                switch result {
+                case .success(let connection):
+                    answer.succeed(true)
+                    connection.close().whenComplete { _ in }
+                case .failure(let error):
+                    logger.debug("PostgreSQL does not accept connections yet", metadata: ["error": "\(describe(error))"])
+                    answer.succeed(false)
+                }
+            }
+        return (try? await answer.futureResult.get()) ?? false
+    }
+
     // MARK: Helpers
 
     /// The most sagas in one batched statement.
@@ -279,14 +333,14 @@ public final class PostgresSagaStore: SagaStore, Service {
     /// runs at a time while the next one gathers: measured on the saga benchmark, two at a time
     /// made smaller batches, more statements and lower throughput.
     private static func batching(
-        client: PostgresClient, namespace: String, location: String, logger: Logger, statementTimeout: Duration,
+        pool: PostgresPool, namespace: String, location: String, logger: Logger, statementTimeout: Duration,
         lifecycle: StoreLifecycle
     ) -> (
         PostgresBatches, WriteCoalescer<EncodedSaga, SagaState>, WriteCoalescer<SagaID, PostgresRandomAccessRow>,
         WriteCoalescer<EncodedSaga, SagaCreation>, WriteCoalescer<[String], Void>
     ) {
         let batches = PostgresBatches(
-            client: client, namespace: namespace, location: location, logger: logger, statementTimeout: statementTimeout)
+            pool: pool, namespace: namespace, location: location, logger: logger, statementTimeout: statementTimeout)
         let closed: @Sendable () -> any Error = { lifecycle.notRunningError }
         return (
             batches,
@@ -348,14 +402,18 @@ public final class PostgresSagaStore: SagaStore, Service {
         )
     }
 
-    /// Runs a query and collects its rows, once the store runs.
-    func rows(_ action: String, _ query: PostgresQuery) async throws -> [PostgresRandomAccessRow] {
+    /// Runs a query and collects its rows, once the store runs; see
+    /// ``PostgresRecovery/Safety`` for when it is run again after a lost connection.
+    func rows(
+        _ action: String, _ query: PostgresQuery, safety: PostgresRecovery.Safety = .idempotent
+    ) async throws -> [PostgresRandomAccessRow] {
         try await lifecycle.waitUntilRunning()
-        return try await batches.rows(action, query)
+        return try await batches.rows(action, query, safety: safety)
     }
 
     /// Runs raw SQL (tests use it to simulate a newer schema).
     func executeForTesting(_ sql: String) async throws {
-        _ = try await rows("execute", PostgresQuery(unsafeSQL: sql))
+        try await lifecycle.waitUntilRunning()
+        _ = try await batches.rows("execute", PostgresQuery(unsafeSQL: sql), safety: .onlyIfNotSent)
     }
 }

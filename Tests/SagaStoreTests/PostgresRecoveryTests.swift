@@ -1,0 +1,152 @@
+import Foundation
+import PostgresNIO
+import SagaCore
+import Testing
+
+@testable import SagaPostgres
+
+/// The PostgreSQL store's recovery decisions (``PostgresRecovery``), without a database.
+@Suite("PostgreSQL recovery decisions")
+struct PostgresRecoveryTests {
+    private struct Unrelated: Error {}
+
+    @Test func connectionFailuresAreTheConnections() {
+        for state in ["57P01", "57P02", "57P03", "08006", "08001", "53300"] {
+            #expect(PostgresRecovery.isConnectionSQLState(state), "\(state)")
+        }
+        for state in ["23505", "40P01", "40001", "42P01", "22P02", "P0001", "57014"] {
+            #expect(!PostgresRecovery.isConnectionSQLState(state), "\(state)")
+        }
+        #expect(PostgresRecovery.classify(code: .server, sqlState: "57P01", leased: true) == .connection(sent: true))
+        #expect(PostgresRecovery.classify(code: .server, sqlState: "23505", leased: true) == .other)
+        #expect(PostgresRecovery.classify(code: .serverClosedConnection, sqlState: nil, leased: true) == .connection(sent: true))
+        #expect(PostgresRecovery.classify(code: .connectionError, sqlState: nil, leased: false) == .connection(sent: false))
+        #expect(PostgresRecovery.classify(code: .uncleanShutdown, sqlState: nil, leased: true) == .connection(sent: true))
+        #expect(PostgresRecovery.classify(code: .poolClosed, sqlState: nil, leased: false) == .connection(sent: false))
+        #expect(PostgresRecovery.classify(code: .queryCancelled, sqlState: nil, leased: false) == .connection(sent: false))
+        // A query the caller cancelled is not the connection's.
+        #expect(PostgresRecovery.classify(code: .queryCancelled, sqlState: nil, leased: true) == .other)
+        #expect(PostgresRecovery.classify(code: .tooManyParameters, sqlState: nil, leased: true) == nil)
+        #expect(PostgresRecovery.classify(ChannelError.ioOnClosedChannel, leased: true) == .connection(sent: true))
+        #expect(PostgresRecovery.classify(ChannelError.connectTimeout(.seconds(1)), leased: false) == .connection(sent: false))
+        #expect(PostgresRecovery.classify(IOError(errnoCode: ECONNRESET, reason: "read"), leased: true) == .connection(sent: true))
+        #expect(PostgresRecovery.classify(StatementTimedOut(), leased: true) == .connection(sent: true))
+        #expect(PostgresRecovery.classify(ConnectionWaitTimedOut(), leased: false) == .noConnection)
+        // Wrapped the way the store reports it.
+        let wrapped = SagaError(.storeUnavailable, "cannot load", underlying: ChannelError.eof)
+        #expect(PostgresRecovery.classify(wrapped, leased: true) == .connection(sent: true))
+    }
+
+    @Test func otherFailuresAreTheStatements() {
+        #expect(PostgresRecovery.classify(Unrelated(), leased: true) == .other)
+        #expect(PostgresRecovery.classify(CancellationError(), leased: false) == .other)
+        #expect(PostgresRecovery.classify(SagaError.unknownSaga("s"), leased: true) == .other)
+        #expect(PostgresRecovery.classify(SagaError(.storeUnavailable, "no underlying"), leased: true) == .other)
+    }
+
+    @Test func poolErrorsAreRecognizedByTheirNames() {
+        #expect(
+            PostgresRecovery.connectionPoolErrorCase(
+                ConnectionPoolError(
+                    description:
+                        "ConnectionPoolError(base: _ConnectionPoolModule.ConnectionPoolError.Base.connectionCreationCircuitBreakerTripped)")
+            ) == "connectionCreationCircuitBreakerTripped")
+        #expect(
+            PostgresRecovery.connectionPoolErrorCase(
+                ConnectionPoolError(description: "ConnectionPoolError(base: _ConnectionPoolModule.ConnectionPoolError.Base.poolShutdown)"))
+                == "poolShutdown")
+        #expect(PostgresRecovery.connectionPoolErrorCase(Unrelated()) == nil)
+        #expect(PostgresRecovery.classify(poolErrorCase: "connectionCreationCircuitBreakerTripped") == .connection(sent: false))
+        #expect(PostgresRecovery.classify(poolErrorCase: "poolShutdown") == .connection(sent: false))
+        #expect(PostgresRecovery.classify(poolErrorCase: "requestCancelled") == .other)
+        #expect(
+            PostgresRecovery.classify(ConnectionPoolError(description: "ConnectionPoolError(base: poolShutdown)"), leased: false)
+                == .connection(sent: false))
+    }
+
+    @Test func retriesAreBoundedByTheStatementTimeout() {
+        let long: Duration = .seconds(20)
+        #expect(
+            PostgresRecovery.decide(.connection(sent: false), safety: .onlyIfNotSent, attempt: 1, remaining: long, closing: false)
+                == .retry(after: .milliseconds(50)))
+        #expect(
+            PostgresRecovery.decide(.connection(sent: true), safety: .idempotent, attempt: 2, remaining: long, closing: false)
+                == .retry(after: .milliseconds(100)))
+        #expect(
+            PostgresRecovery.decide(.noConnection, safety: .onlyIfNotSent, attempt: 3, remaining: long, closing: false)
+                == .retry(after: .milliseconds(200)))
+        // A statement that may have been applied is not run again unless that is harmless.
+        #expect(
+            PostgresRecovery.decide(.connection(sent: true), safety: .onlyIfNotSent, attempt: 1, remaining: long, closing: false) == .giveUp
+        )
+        // The statement's own failures, a closing store and an exhausted timeout end it.
+        #expect(PostgresRecovery.decide(.other, safety: .idempotent, attempt: 1, remaining: long, closing: false) == .giveUp)
+        #expect(
+            PostgresRecovery.decide(.connection(sent: false), safety: .idempotent, attempt: 1, remaining: long, closing: true) == .giveUp)
+        #expect(
+            PostgresRecovery.decide(
+                .connection(sent: false), safety: .idempotent, attempt: 1, remaining: .milliseconds(120), closing: false) == .giveUp)
+        // The pause grows to a second and stays there.
+        #expect(PostgresRecovery.backoff(after: 1) == .milliseconds(50))
+        #expect(PostgresRecovery.backoff(after: 5) == .milliseconds(800))
+        #expect(PostgresRecovery.backoff(after: 6) == .seconds(1))
+        #expect(PostgresRecovery.backoff(after: 60) == .seconds(1))
+    }
+
+    @Test func attemptsOfRetryableStatementsAreShorterThanTheTimeout() {
+        #expect(
+            PostgresRecovery.attemptTimeout(statementTimeout: .seconds(30), remaining: .seconds(30), safety: .idempotent) == .seconds(10))
+        #expect(PostgresRecovery.attemptTimeout(statementTimeout: .seconds(30), remaining: .seconds(4), safety: .idempotent) == .seconds(4))
+        #expect(PostgresRecovery.attemptTimeout(statementTimeout: .seconds(6), remaining: .seconds(6), safety: .idempotent) == .seconds(5))
+        #expect(
+            PostgresRecovery.attemptTimeout(statementTimeout: .seconds(30), remaining: .seconds(30), safety: .onlyIfNotSent) == .seconds(30)
+        )
+    }
+
+    @Test func onlyAPoolWithoutConnectionsWhileTheServerAnswersIsReplaced() {
+        let wedged = PostgresRecovery.PoolObservation(longestWait: .seconds(2), leased: 0, age: .seconds(30), serverAnswers: true)
+        #expect(PostgresRecovery.shouldReplacePool(wedged, waitBound: .seconds(2)))
+        var busy = wedged
+        busy.leased = 3
+        #expect(!PostgresRecovery.shouldReplacePool(busy, waitBound: .seconds(2)))
+        var down = wedged
+        down.serverAnswers = false
+        #expect(!PostgresRecovery.shouldReplacePool(down, waitBound: .seconds(2)))
+        var young = wedged
+        young.age = .milliseconds(500)
+        #expect(!PostgresRecovery.shouldReplacePool(young, waitBound: .seconds(2)))
+        var brief = wedged
+        brief.longestWait = .seconds(1)
+        #expect(!PostgresRecovery.shouldReplacePool(brief, waitBound: .seconds(2)))
+    }
+
+    @Test func aWriteWhoseReplyWasLostIsRecognizedAsOwn() throws {
+        let now = Date(timeIntervalSince1970: 1_800_000_000.123)
+        let before = SagaState(
+            id: "s1", name: "order", status: .running, currentStep: 1, attempt: 1, payload: [:], context: [:], history: [],
+            failureReason: nil, deadline: nil, reapAttempts: 0, createdAt: now, updatedAt: now, version: 3)
+        var next = before
+        next.currentStep = 2
+        next.updatedAt = now.addingTimeInterval(1)
+        next.version = 4
+        let written = try EncodedSaga(next, expected: 3, outbox: [])
+        #expect(PostgresRecovery.isOwnWrite(stored: next, written: written))
+        // Another writer's transition: another version, step or time.
+        var other = next
+        other.updatedAt = now.addingTimeInterval(2)
+        #expect(!PostgresRecovery.isOwnWrite(stored: other, written: written))
+        other = next
+        other.version = 5
+        #expect(!PostgresRecovery.isOwnWrite(stored: other, written: written))
+        other = next
+        other.currentStep = 3
+        #expect(!PostgresRecovery.isOwnWrite(stored: other, written: written))
+        #expect(!PostgresRecovery.isOwnWrite(stored: before, written: written))
+    }
+}
+
+/// Stands in for postgres-nio's `ConnectionPoolError` (same type name, same description), whose
+/// module the tests do not import.
+private struct ConnectionPoolError: Error, CustomStringConvertible {
+    let description: String
+}
