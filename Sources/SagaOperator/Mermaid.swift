@@ -18,7 +18,8 @@ extension SagaDefinition {
                 ? "{{\"\(step.name)<br/>\(step.action)\(marker)\"}}" : "[\"\(step.name)<br/>\(step.action)\(marker)\(when)\"]"
             lines.append("    a\(index)\(shape)")
             if let compensation = step.compensation {
-                lines.append("    c\(index)[/\"undo \(step.name)<br/>\(compensation)\"/]")
+                let onlyIf = step.condition == nil ? "" : "<br/>if it ran"
+                lines.append("    c\(index)[/\"undo \(step.name)<br/>\(compensation)\(onlyIf)\"/]")
             }
         }
         lines.append("    done((completed))")

@@ -153,7 +153,7 @@ struct ShowCommand: AsyncParsableCommand {
         }
         if entry.event == "skipped" {
             let line =
-                "  \(pad(at, 10))  \(pad(entry.stepName ?? "?", 16))  \(pad("", 16))  skipped: \(entry.reason ?? "its condition is false")"
+                "  \(pad(at, 10))  \(pad(entry.stepName ?? "?", 16))  \(pad("", 16))  skipped      \(entry.reason ?? "condition not met")"
             return line.trimmingTrailingSpaces()
         }
         let head = "  \(pad(at, 10))  \(pad(entry.stepName ?? "?", 16))  \(pad("\(entry.phase ?? "?") #\(entry.attempt ?? 0)", 16))"

@@ -56,7 +56,8 @@ struct ConditionalStepIntegrationTests {
     @Test(arguments: StoreKind.allCases)
     func aConditionalStepRunsForOnePayloadAndIsSkippedForAnother(store kind: StoreKind) async throws {
         let servers = try IntegrationServers.require()
-        let (store, close) = try await openStore(kind.url(postgres: servers.postgres))
+        let storeURL = kind.url(postgres: servers.postgres)
+        let (store, close) = try await openStore(storeURL)
         let bus = try await RabbitMQBus.connect(url: servers.amqp)
         let topology = SagaTopology(prefix: "cond-\(UUID().uuidString.prefix(8))", delayLevels: [1])
         let definitions = try SagaDefinitionRegistry([conditionalOrder])
@@ -97,7 +98,7 @@ struct ConditionalStepIntegrationTests {
         #expect(ledger.effects(of: small.id) == ["inventory.reserve", "payment.charge"])
         #expect(small.history.map(\.stepName) == ["vip-welcome", "reserve", "fraud-review", "charge"])
         #expect(small.history.map(\.outcome) == [.skipped, .completed, .skipped, .completed])
-        #expect(small.history[2].reason == "condition amount > 1000 is false")
+        #expect(small.history[2].reason == "condition not met: amount > 1000")
 
         let large = outcomes[1]
         #expect(large.status == .completed)
@@ -114,6 +115,20 @@ struct ConditionalStepIntegrationTests {
             ledger.effects(of: declinedLarge.id) == [
                 "crm.welcome", "inventory.reserve", "fraud.review", "fraud.forget", "inventory.release",
             ])
+
+        // The `saga` CLI (which reads the definition from the store) shows the skip and the
+        // condition.
+        let cli = SagaCLI(store: storeURL, amqp: servers.amqp, prefix: topology.prefix)
+        let shown = try cli.succeed(["show", small.id])
+        #expect(shown.contains("skipped      condition not met: amount > 1000"), "\(shown)")
+        #expect(shown.contains("skipped      condition not met: vip is true"), "\(shown)")
+        let graph = try cli.succeed(["graph", "conditional-order"])
+        #expect(graph.contains("when amount #62; 1000") && graph.contains("fraud.forget<br/>if it ran"), "\(graph)")
+        #expect(graph.contains("a2 -.->|condition false: skipped| a3"), "\(graph)")
+        let graphJSON = try cli.json(["graph", "conditional-order"]) as? [String: Any]
+        let steps = try #require(graphJSON?["steps"] as? [[String: Any]])
+        #expect(steps.map { $0["condition"] as? String } == ["vip is true", nil, "amount > 1000", nil])
+        print("saga show of a saga with skipped steps:\n\(shown)\nsaga graph:\n\(graph)")
         await bus.shutdown()
         await close()
     }

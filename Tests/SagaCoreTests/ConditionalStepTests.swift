@@ -41,7 +41,7 @@ struct ConditionalStepTests {
         #expect(decision.commands.map(\.command.command) == ["c.do"])
         let skipped = try #require(state.history.last)
         #expect(skipped.step == 1 && skipped.stepName == "b" && skipped.outcome == .skipped && skipped.attempt == 0)
-        #expect(skipped.reason == "condition amount > 1000 is false")
+        #expect(skipped.reason == "condition not met: amount > 1000")
         #expect(state.wasSkipped(1) && !state.wasSkipped(0) && !state.wasSkipped(2))
     }
 
@@ -68,7 +68,7 @@ struct ConditionalStepTests {
         #expect(decision.commands.map(\.command.command) == ["d.do"])
         #expect(state.history.map(\.stepName) == ["a", "b", "c"])
         #expect(state.history.map(\.outcome) == [.completed, .skipped, .skipped])
-        #expect(state.history[2].reason == "condition gift is true is false")
+        #expect(state.history[2].reason == "condition not met: gift is true")
     }
 
     @Test func skippingTheLastStepsCompletesTheSaga() throws {
@@ -122,7 +122,7 @@ struct ConditionalStepTests {
         let events = SagaLifecycleEvent.startEvents(begun.state, at: t0)
         #expect(events.map(\.kind) == [.started, .stepSkipped, .stepSkipped, .completed])
         #expect(Set(events.map(\.id)).count == 4)
-        #expect(events[1].id == "s1:1:step-skipped:0" && events[1].reason == "condition x exists is false")
+        #expect(events[1].id == "s1:1:step-skipped:0" && events[1].reason == "condition not met: x exists")
     }
 
     @Test func aSkippedStepIsNeverCompensated() throws {
@@ -211,7 +211,7 @@ struct ConditionalStepTests {
         #expect(events.map(\.kind) == [.stepCompleted, .stepSkipped, .stepSkipped])
         #expect(events.map(\.id) == ["s1:2:step-completed", "s1:2:step-skipped:1", "s1:2:step-skipped:2"])
         #expect(events[1].stepName == "b" && events[1].step == 1 && events[1].phase == .action && events[1].attempt == nil)
-        #expect(events[1].reason == "condition amount > 1000 is false")
+        #expect(events[1].reason == "condition not met: amount > 1000")
         #expect(!SagaLifecycleEvent.Selection.outcomes.includes(.stepSkipped))
         let data = try JSONCoding.encode(events[1])
         #expect(try JSONCoding.decode(SagaLifecycleEvent.self, from: data) == events[1])

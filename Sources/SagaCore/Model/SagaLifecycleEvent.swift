@@ -80,7 +80,7 @@ public struct SagaLifecycleEvent: Sendable, Hashable, Codable {
     /// For operator actions: who asked.
     public var actor: String?
     /// For operator actions: why, when they said; for a skipped step: the condition that did not
-    /// hold (`condition amount > 1000 is false`).
+    /// hold (`condition not met: amount > 1000`).
     public var reason: String?
     /// When the transition was decided (whole milliseconds, as on the wire).
     public var at: Date

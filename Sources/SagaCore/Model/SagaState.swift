@@ -82,7 +82,7 @@ public struct StepRecord: Sendable, Hashable, Codable {
     /// Who asked, for an operator's action (``StepOutcome/isOperatorAction``); `nil` otherwise.
     public var actor: String?
     /// Why, for an operator's action, when they said; for a skipped step, the condition that did
-    /// not hold (`condition amount > 1000 is false`); `nil` otherwise.
+    /// not hold (`condition not met: amount > 1000`); `nil` otherwise.
     public var reason: String?
 
     /// Creates a record.

@@ -371,7 +371,7 @@ public struct SagaStateMachine: Sendable {
             next.history.append(
                 StepRecord(
                     step: index, stepName: definition.steps[index].name, phase: .action, attempt: 0, startedAt: now, finishedAt: now,
-                    outcome: .skipped, reason: "condition \(condition) is false"))
+                    outcome: .skipped, reason: "condition not met: \(condition)"))
             index += 1
         }
         guard index < definition.steps.count else {
