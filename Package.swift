@@ -266,6 +266,7 @@ let package = Package(
                 .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
             path: "Benchmarks/SystemBenchmark",
+            exclude: ["run_sagakit.py"],  // the yardstick's slot-B adapter (Docs/Operations.md, "Throughput")
             swiftSettings: strict
         ),
 

@@ -22,7 +22,7 @@ struct Settings: Sendable {
     var prefetch: Int
     /// `transaction` (the step's local write commits with the saga's transition, `LocalWrite`)
     /// or `separate` (its own transaction in the service's database, keyed by the step's
-    /// idempotency key; then the transition).
+    /// idempotency key; then the transition) or `none` (no local write, for comparison).
     var local: String
     /// The database of the services' tables in the separate way (default: the store's).
     var localURL: String?
@@ -59,7 +59,7 @@ enum ParticipantRole {
                 if settings.local == "separate", let url = settings.tablesURL { try TableAccess.postgres(url: url) } else { nil }
             var client: PostgresClient?
             if case .postgres(let pg) = separate { client = pg }
-            let handlers = makeHandlers(role: role, separate: client)
+            let handlers = makeHandlers(role: role, separate: client, noWrites: settings.local == "none")
             let bus = try await RabbitMQBus.connect(url: settings.amqpURL)
             let participant = SagaParticipant(
                 configuration: ParticipantConfiguration(
@@ -74,13 +74,15 @@ enum ParticipantRole {
         }
     }
 
-    /// The handlers of `role`; `separate` set: each write in its own transaction first.
-    static func makeHandlers(role: String, separate: PostgresClient?) -> SagaHandlerRegistry {
+    /// The handlers of `role`; `separate` set: each write in its own transaction first; `noWrites`: none.
+    static func makeHandlers(role: String, separate: PostgresClient?, noWrites: Bool) -> SagaHandlerRegistry {
         let logger = Logger(label: "system-benchmark.\(role).local")
         /// Reports an action with its write.
         @Sendable func complete(_ context: SagaContext, _ effect: Effect) async throws {
             if let separate {
                 try await effect.apply(on: separate, key: context.idempotencyKey, logger: logger)
+                try await context.completeStep()
+            } else if noWrites {
                 try await context.completeStep()
             } else {
                 try await context.completeStep(merging: [:], writing: [effect.localWrite])
@@ -90,6 +92,8 @@ enum ParticipantRole {
         @Sendable func compensate(_ context: SagaContext, _ effect: Effect) async throws {
             if let separate {
                 try await effect.apply(on: separate, key: context.idempotencyKey, logger: logger)
+                try await context.completeCompensation()
+            } else if noWrites {
                 try await context.completeCompensation()
             } else {
                 try await context.completeCompensation(writing: [effect.localWrite])
