@@ -19,6 +19,14 @@ public struct ParticipantConfiguration: Sendable {
     public var outboxGracePeriod: Duration
     /// The reaper, or `nil` to run none in this process.
     public var reaper: ReaperConfiguration?
+    /// In-process orchestration: a saga's next step whose handler this participant has runs in
+    /// this process, without a broker round trip (default `false`: every command goes through the
+    /// broker, so that all instances share the work). The command is still stored in the outbox
+    /// with the transition and marked sent only once its step is processed, so a crash leaves it
+    /// to the outbox relay, which publishes it through the broker. Retries (delayed commands)
+    /// still go through the broker's delay queues. Register the handlers of several steps in one
+    /// participant to run those steps as local functions; steps of other services stay remote.
+    public var inProcessSteps: Bool
 
     /// Creates a configuration.
     public init(
@@ -28,7 +36,8 @@ public struct ParticipantConfiguration: Sendable {
         maxBodyBytes: Int = 64 * 1024,
         outboxPollInterval: Duration = .seconds(2),
         outboxGracePeriod: Duration = .seconds(5),
-        reaper: ReaperConfiguration? = ReaperConfiguration()
+        reaper: ReaperConfiguration? = ReaperConfiguration(),
+        inProcessSteps: Bool = false
     ) {
         self.service = service
         self.topology = topology
@@ -37,6 +46,7 @@ public struct ParticipantConfiguration: Sendable {
         self.outboxPollInterval = outboxPollInterval
         self.outboxGracePeriod = outboxGracePeriod
         self.reaper = reaper
+        self.inProcessSteps = inProcessSteps
     }
 
     /// Reads the configuration of `service` (the service name is code, not configuration).
@@ -46,6 +56,7 @@ public struct ParticipantConfiguration: Sendable {
     /// - `prefetch` (int ≥ 1, default 64)
     /// - `max.body.bytes` (int ≥ 1, default 65536)
     /// - `outbox.poll.seconds` (seconds, default 2), `outbox.grace.seconds` (seconds, default 5)
+    /// - `in.process.steps` (`true`/`false`, default `false`): ``inProcessSteps``
     /// - `reaper.enabled` (`true`/`false`, default `true`) and the keys of
     ///   ``ReaperConfiguration/init(reader:)`` under `reaper`
     /// - the keys of ``SagaTopology/init(reader:)``
@@ -60,7 +71,8 @@ public struct ParticipantConfiguration: Sendable {
             outboxPollInterval: try reader.sagaSeconds("outbox.poll.seconds", default: .seconds(2)),
             outboxGracePeriod: try reader.sagaSeconds("outbox.grace.seconds", default: .seconds(5)),
             reaper: try reader.sagaChoice("reaper.enabled", default: "true", choices: ["true", "false"]) == "true"
-                ? ReaperConfiguration(reader: reader.scoped(to: "reaper")) : nil
+                ? ReaperConfiguration(reader: reader.scoped(to: "reaper")) : nil,
+            inProcessSteps: try reader.sagaChoice("in.process.steps", default: "false", choices: ["true", "false"]) == "true"
         )
     }
 

@@ -11,6 +11,9 @@ struct SagaEngine: Sendable {
     let topology: SagaTopology
     /// Batches `markSent` when set (participants); marks at once otherwise (the manager).
     var sentMarker: SentMarker?
+    /// Takes the commands this participant runs itself instead of publishing them (in-process
+    /// steps, ``ParticipantConfiguration/inProcessSteps``); `nil` publishes everything.
+    var localSteps: LocalStepDispatch?
     let metrics = SagaMetrics()
     /// Definitions read from the store (versions this process was not compiled with).
     let storedDefinitions = StoredDefinitionCache()
@@ -134,6 +137,17 @@ struct SagaEngine: Sendable {
     /// a group's events in their order.
     /// - Throws: the first publish error; messages that were confirmed are still marked sent.
     func publish(groups: [[OutboxMessage]], logger: Logger) async throws {
+        var groups = groups
+        if let localSteps {
+            // Commands this participant runs itself: marked sent once their step is processed.
+            groups = groups.map { group in
+                group.filter { message in
+                    guard localSteps.take(message) else { return true }
+                    logger.trace("running the next step in this process", metadata: ["saga.next": "\(message.routingKey)"])
+                    return false
+                }
+            }
+        }
         let messages = groups.flatMap { $0 }
         guard !messages.isEmpty else { return }
         let bus = bus

@@ -52,6 +52,11 @@ public struct SagaParticipant: Service {
         self.logger = logger
         var engine = SagaEngine(store: store, bus: bus, definitions: definitions, topology: configuration.topology)
         engine.sentMarker = SentMarker(store: store, interval: .milliseconds(20), logger: logger)
+        if configuration.inProcessSteps {
+            engine.localSteps = LocalStepDispatch(
+                commands: Set(handlers.commands), commandsExchange: configuration.topology.commandsExchange,
+                queue: configuration.topology.queue(forService: configuration.service), limit: configuration.prefetch)
+        }
         self.engine = engine
     }
 
@@ -176,10 +181,24 @@ public struct SagaParticipant: Service {
                 let reaper = SagaReaper(engine: engine, configuration: reaperConfiguration, logger: logger)
                 group.addTask { try await reaper.run() }
             }
+            if let localSteps = engine.localSteps {
+                // The steps this participant publishes for itself (in-process orchestration).
+                let engine = engine
+                group.addTask {
+                    await withDiscardingTaskGroup { steps in
+                        for await message in localSteps.messages {
+                            steps.addTask { await process(localSteps.delivery(of: message, engine: engine)) }
+                        }
+                    }
+                }
+            }
+            defer { engine.localSteps?.close() }
             let deliveries = try await engine.bus.consume(queue: queue, prefetch: configuration.prefetch)
             for try await delivery in deliveries.cancelOnGracefulShutdown() {
                 group.addTask { await process(delivery) }
             }
+            // The steps already taken still run; new ones go through the broker.
+            engine.localSteps?.close()
             logger.info("participant stopped consuming; waiting for running handlers")
             // The relay and reaper end on graceful shutdown too; cancel them when the stream
             // ended for another reason.
