@@ -332,6 +332,10 @@ struct PostgresBatches: Sendable {
                 if failed.error is CancellationError { throw failed.error }
                 let failure = PostgresRecovery.classify(failed.error, leased: failed.leased)
                 if case .connection(sent: true) = failure { sent = true }
+                if PostgresRecovery.connectionPoolErrorCase(failed.error) == "connectionCreationCircuitBreakerTripped" {
+                    // The pool fails requests at once now: let the pool see whether to replace it.
+                    pool.suspect(failed.generation)
+                }
                 let decision = PostgresRecovery.decide(
                     failure, safety: safety, attempt: attempt, remaining: clock.now.duration(to: deadline),
                     closing: pool.closing)
@@ -394,7 +398,7 @@ struct PostgresBatches: Sendable {
                             return try await operation(connection)
                         })
                 } catch {
-                    throw AttemptFailure(error: error, leased: leased.everLeased)
+                    throw AttemptFailure(error: error, leased: leased.everLeased, generation: current.generation)
                 }
             }
             group.addTask {
@@ -423,7 +427,8 @@ struct PostgresBatches: Sendable {
                 leased.close()
                 try Task.checkCancellation()
                 throw AttemptFailure(
-                    error: wasLeased ? StatementTimedOut() : ConnectionWaitTimedOut(), leased: wasLeased)
+                    error: wasLeased ? StatementTimedOut() : ConnectionWaitTimedOut(), leased: wasLeased,
+                    generation: current.generation)
             }
             return value
         }
@@ -435,6 +440,8 @@ struct PostgresBatches: Sendable {
 struct AttemptFailure: Error {
     let error: any Error
     let leased: Bool
+    /// The generation of the pool it ran on (see ``PostgresPool``).
+    let generation: Int
 }
 
 /// A statement's result, and whether an earlier attempt at it may have been applied (its reply

@@ -76,6 +76,13 @@ final class PostgresPool: Sendable {
         eventSink.yield(generation)
     }
 
+    /// A statement's request failed at once because the pool's circuit breaker tripped: the
+    /// supervisor looks at the pool.
+    func suspect(_ generation: Int) {
+        guard makeClient != nil else { return }
+        eventSink.yield(generation)
+    }
+
     /// Statements stop retrying from now on: the store is about to close the pool.
     func close() {
         state.withLock { $0.closing = true }

@@ -180,7 +180,8 @@ enum PostgresRecovery {
 
     /// What the store knows about its pool when a statement has waited for a connection.
     struct PoolObservation: Equatable, Sendable {
-        /// How long the longest current wait for a connection has lasted.
+        /// How long the longest current wait for a connection has lasted (a request the
+        /// tripped circuit breaker failed at once counts as having waited the bound).
         var longestWait: Duration
         /// How many of the store's statements hold a connection of this pool right now.
         var leased: Int

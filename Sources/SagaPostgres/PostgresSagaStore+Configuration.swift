@@ -56,8 +56,11 @@ extension PostgresSagaStore {
         public var connectTimeout: Duration
         /// The most connections the store's pool opens.
         public var maximumConnections: Int
-        /// How long a statement (waiting for a connection included) may take before the store
-        /// gives up on it with `storeUnavailable`. A connection that died without the client
+        /// How long a statement (waiting for a connection and every attempt included) may take
+        /// before the store gives up on it with `storeUnavailable`. Within it, a statement that
+        /// fails on its connection (a restarted server, a reset connection) runs again on a fresh
+        /// one when that is safe (see `Docs/Stores.md`), each attempt of a retryable statement
+        /// bounded by `max(5 s, statementTimeout / 3)`. A connection that died without the client
         /// noticing would otherwise hold up every saga of the process; the statement may still
         /// have been applied, which the version check makes safe to retry.
         public var statementTimeout: Duration
