@@ -164,10 +164,15 @@ public struct SagaManager: Service {
         var context = context
         context[SagaTopology.contextKey] = engine.topology.prefix
         context[SagaState.definitionVersionKey] = String(definition.version)
-        let (state, first) = SagaStateMachine(definition: definition).start(id: id, payload: payload, context: context, now: now)
-        let message = try SagaMessages.outbox(first, state: state, topology: engine.topology, now: now)
-        let events = try SagaMessages.eventOutbox([.started(state, at: now)], state: state, topology: engine.topology)
-        return PreparedStart(state: state, outbox: [message] + events, firstCommand: first.command.command)
+        // Steps whose condition does not hold are skipped at the start; when every step is, the
+        // saga is stored completed and no command is sent.
+        let start = SagaStateMachine(definition: definition).begin(id: id, payload: payload, context: context, now: now)
+        let messages =
+            try start.command.map { [try SagaMessages.outbox($0, state: start.state, topology: engine.topology, now: now)] } ?? []
+        let events = try SagaMessages.eventOutbox(
+            SagaLifecycleEvent.startEvents(start.state, at: now), state: start.state, topology: engine.topology)
+        return PreparedStart(
+            state: start.state, outbox: messages + events, firstCommand: start.command?.command.command ?? "none (every step skipped)")
     }
 
     /// Starts a saga with a payload of the caller's own `Encodable` type.

@@ -60,6 +60,30 @@ struct BatchStartTests {
         #expect(try await manager.start("order", payloads: [JSONObject]()).isEmpty)
     }
 
+    @Test("a saga whose every step is skipped at the start is stored completed and sends no command")
+    func everyStepSkippedAtTheStart() async throws {
+        let definition = try SagaBuilder("gifts")
+            .step("wrap", action: "shop.wrap", when: .isTrue("gift"))
+            .step("card", action: "shop.card", when: .all([.isTrue("gift"), .exists("message")]))
+            .build()
+        let bus = CommandCountingBus(InMemoryBus())
+        let store = InMemorySagaStore()
+        let topology = SagaTopology(prefix: "skip-\(UUID().uuidString.prefix(6))", delayLevels: [1])
+        let manager = SagaManager(
+            definitions: try SagaDefinitionRegistry([definition]), bus: bus, store: store, topology: topology, logger: quietTestLogger)
+        try await bus.declare(topology.topology(forService: "shop", commands: ["shop.wrap", "shop.card"]))
+        let plain = try await manager.start("gifts", payload: ["gift": false])
+        let batch = try await manager.start("gifts", payloads: [["gift": false], ["gift": true]])
+
+        let state = try await store.load(plain)
+        #expect(state.status == .completed)
+        #expect(state.history.map(\.outcome) == [.skipped, .skipped])
+        #expect(try await store.load(batch[0].id).status == .completed)
+        #expect(try await store.load(batch[1].id).status == .running, "the first step applies: it runs")
+        #expect(bus.commandCounts == ["shop.wrap": 1], "one command, for the saga whose first step applies")
+        #expect(try await store.pendingOutbox(createdBefore: .distantFuture, limit: 100).isEmpty)
+    }
+
     @Test(
         "a batch of sagas runs to the end on the real broker and store",
         .enabled(if: IntegrationServers.available, "set AMQP_URL and POSTGRES_URL, or run `make test`"),
