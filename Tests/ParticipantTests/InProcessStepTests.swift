@@ -143,7 +143,7 @@ struct InProcessStepTests {
             [
                 "orders": (Self.combined(registries, services: ["inventory", "payment"]), true),
                 "shipping": (registries["shipping"]!, false),
-            ], bus: bus, store: store, topology: topology
+            ], bus: bus, store: store, topology: topology, prefetch: 64  // more than the sagas: none overflows to the broker
         ) { manager in
             let payloads: [JSONObject] = (0..<40).map {
                 [
@@ -174,7 +174,7 @@ struct InProcessStepTests {
     /// Runs one participant per entry (handlers, in-process steps?) on `bus` while `body` runs.
     private func run<T: Sendable>(
         _ services: [String: (SagaHandlerRegistry, Bool)], bus: any MessageBus, store: any SagaStore, topology: SagaTopology,
-        declare: Bool = true, grace: Duration = .seconds(3), body: @Sendable (SagaManager) async throws -> T
+        declare: Bool = true, grace: Duration = .seconds(3), prefetch: Int = 16, body: @Sendable (SagaManager) async throws -> T
     ) async throws -> T {
         let manager = SagaManager(definitions: orderDefinitions, bus: bus, store: store, topology: topology, logger: quietTestLogger)
         if declare {
@@ -187,7 +187,7 @@ struct InProcessStepTests {
             for (service, (registry, inProcess)) in services {
                 let participant = SagaParticipant(
                     configuration: ParticipantConfiguration(
-                        service: service, topology: topology, prefetch: 16, outboxPollInterval: .milliseconds(100),
+                        service: service, topology: topology, prefetch: prefetch, outboxPollInterval: .milliseconds(100),
                         outboxGracePeriod: grace, reaper: nil, inProcessSteps: inProcess),
                     definitions: orderDefinitions, handlers: registry, bus: bus, store: store, logger: quietTestLogger)
                 group.addTask { try await participant.run() }
