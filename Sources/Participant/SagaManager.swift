@@ -167,12 +167,13 @@ public struct SagaManager: Service {
         // Steps whose condition does not hold are skipped at the start; when every step is, the
         // saga is stored completed and no command is sent.
         let start = SagaStateMachine(definition: definition).begin(id: id, payload: payload, context: context, now: now)
-        let messages =
-            try start.command.map { [try SagaMessages.outbox($0, state: start.state, topology: engine.topology, now: now)] } ?? []
+        let messages = try start.commands.map { try SagaMessages.outbox($0, state: start.state, topology: engine.topology, now: now) }
         let events = try SagaMessages.eventOutbox(
             SagaLifecycleEvent.startEvents(start.state, at: now), state: start.state, topology: engine.topology)
         return PreparedStart(
-            state: start.state, outbox: messages + events, firstCommand: start.command?.command.command ?? "none (every step skipped)")
+            state: start.state, outbox: messages + events,
+            firstCommand: start.commands.isEmpty
+                ? "none (every step skipped)" : start.commands.map(\.command.command).joined(separator: ","))
     }
 
     /// Starts a saga with a payload of the caller's own `Encodable` type.

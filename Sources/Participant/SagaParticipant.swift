@@ -279,7 +279,7 @@ public struct SagaParticipant: Service {
                     logger: logger
                 )
             }
-            guard isCurrent(command, of: state) else {
+            guard SagaStateMachine(definition: definition).isCurrent(command, in: state) else {
                 engine.metrics.stale(service: configuration.service)
                 logger.info(
                     "ignoring a stale or duplicate command",
@@ -307,10 +307,6 @@ public struct SagaParticipant: Service {
             try? await Task.sleep(for: .milliseconds(500))
             await settle(delivery, .nack(requeue: true), logger: logger)
         }
-    }
-
-    private func isCurrent(_ command: SagaCommand, of state: SagaState) -> Bool {
-        !state.status.isTerminal && state.phase == command.phase && state.currentStep == command.step && state.attempt == command.attempt
     }
 
     /// Runs the handler (with the step's timeout) and reports its outcome.

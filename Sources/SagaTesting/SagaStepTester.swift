@@ -52,7 +52,8 @@ public struct SagaStepTester: Sendable {
         let (definition, step, phase) = try locate(command)
         let state = Self.positioned(
             definition: definition, step: step, phase: phase, attempt: attempt, payload: payload, id: sagaID, now: now)
-        return try await execute(handler, definition: definition, state: state, now: now)
+        let current = SagaStateMachine(definition: definition).makeCommand(state, step: step, phase: phase, attempt: max(1, attempt))
+        return try await execute(handler, definition: definition, state: state, command: current, now: now)
     }
 
     /// Runs `handler` for a value handler type's command.
@@ -93,19 +94,31 @@ public struct SagaStepTester: Sendable {
     ) -> SagaState {
         let machine = SagaStateMachine(definition: definition)
         var (state, _) = machine.start(id: id, payload: payload, now: now)
-        let completedThrough = phase == .action ? step - 1 : step
+        let group = definition.groupRange(of: step)
+        // An action in a parallel group runs as the group's last member to finish: the other
+        // members completed.
+        let completedThrough = phase == .action ? (group?.upperBound ?? step - 1) : step
         var history: [StepRecord] = []
         if completedThrough >= 0 {
-            for index in 0...completedThrough {
+            for index in 0...completedThrough where !(phase == .action && index == step) {
                 history.append(
                     StepRecord(
                         step: index, stepName: definition.steps[index].name, phase: .action, attempt: 1, startedAt: now, finishedAt: now,
                         outcome: .completed))
             }
         }
+        if phase == .action, group != nil, attempt > 1 {
+            // A member's attempt is read from its history: the earlier attempts failed.
+            for earlier in 1..<attempt {
+                history.append(
+                    StepRecord(
+                        step: step, stepName: definition.steps[step].name, phase: .action, attempt: earlier, startedAt: now,
+                        finishedAt: now, outcome: .retrying, error: "an earlier attempt failed (simulated by SagaStepTester)"))
+            }
+        }
         state.history = history
-        state.currentStep = step
-        state.attempt = max(1, attempt)
+        state.currentStep = phase == .action ? (group?.lowerBound ?? step) : step
+        state.attempt = phase == .action && group != nil ? 1 : max(1, attempt)
         if phase == .compensation {
             state.status = .compensating
             state.failureReason = "a later step failed (simulated by SagaStepTester)"
@@ -113,9 +126,11 @@ public struct SagaStepTester: Sendable {
         return state
     }
 
-    func execute(_ handler: SagaHandler, definition: SagaDefinition, state: SagaState, now: Date) async throws -> SagaStepRun {
+    func execute(
+        _ handler: SagaHandler, definition: SagaDefinition, state: SagaState, command: SagaCommand? = nil, now: Date
+    ) async throws -> SagaStepRun {
         let machine = SagaStateMachine(definition: definition)
-        let current = machine.command(for: state).command
+        let current = command ?? machine.command(for: state).command
         let recorder = ReportRecorder()
         let context = SagaContext(
             sagaID: state.id, sagaName: state.name, stepName: current.stepName, step: current.step, phase: current.phase,

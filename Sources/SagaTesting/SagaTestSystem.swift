@@ -146,18 +146,17 @@ public actor SagaTestSystem {
     private func deliver(_ command: SagaCommand) async throws {
         guard let state = sagas[command.sagaID] else { return }
         // Stale and duplicate commands are ignored, as a participant does.
-        guard !state.status.isTerminal, state.phase == command.phase, state.currentStep == command.step, state.attempt == command.attempt
-        else { return }
+        let definition = try definitions.definition(named: state.name)
+        guard SagaStateMachine(definition: definition).isCurrent(command, in: state) else { return }
         guard let (service, handler) = handlers[command.command] else {
             throw SagaError(
                 .invalidState, "no registered service handles '\(command.command)' (saga \(command.sagaID))",
                 recoverySuggestion: "register the service that handles it with register(service:handlers:)")
         }
-        let definition = try definitions.definition(named: state.name)
         let tester = SagaStepTester(definitions: definitions, now: now)
-        var run = try await tester.execute(handler, definition: definition, state: state, now: now)
+        var run = try await tester.execute(handler, definition: definition, state: state, command: command, now: now)
         if case .twice = deliveries {
-            run = try await tester.execute(handler, definition: definition, state: state, now: now)
+            run = try await tester.execute(handler, definition: definition, state: state, command: command, now: now)
         }
         handled.append(
             Handled(

@@ -35,6 +35,9 @@ public struct SagaDefinitionDocument: Sendable, Hashable, Codable {
         /// When the step runs; `nil` (and absent from the JSON, so that definitions without
         /// conditions keep their bytes and hash) for always.
         public var condition: SagaCondition?
+        /// The parallel group the step belongs to; `nil` (and absent from the JSON, so that
+        /// definitions without groups keep their bytes and hash) for a step on its own.
+        public var group: String?
     }
 
     /// A retry policy, with its delays in milliseconds.
@@ -72,7 +75,7 @@ public struct SagaDefinitionDocument: Sendable, Hashable, Codable {
             Step(
                 name: step.name, action: step.action, compensation: step.compensation, pivot: step.options.isPivot,
                 retry: Retry(step.options.retry), timeoutMilliseconds: step.options.timeout.map(wholeMilliseconds),
-                condition: step.condition)
+                condition: step.condition, group: step.group)
         }
         deadlineMilliseconds = definition.deadline.map(wholeMilliseconds)
         compensationRetry = Retry(definition.compensationRetry)
@@ -84,11 +87,12 @@ public struct SagaDefinitionDocument: Sendable, Hashable, Codable {
         var builder = SagaBuilder(name).version(version).compensationRetry(compensationRetry.policy)
         if let deadlineMilliseconds { builder = builder.deadline(.milliseconds(deadlineMilliseconds)) }
         for step in steps {
-            builder = builder.step(
-                step.name, action: step.action, compensation: step.compensation,
-                options: StepOptions(
-                    isPivot: step.pivot, retry: step.retry.policy, timeout: step.timeoutMilliseconds.map { .milliseconds($0) }),
-                when: step.condition)
+            builder = builder.appending(
+                SagaStep(
+                    name: step.name, action: step.action, compensation: step.compensation,
+                    options: StepOptions(
+                        isPivot: step.pivot, retry: step.retry.policy, timeout: step.timeoutMilliseconds.map { .milliseconds($0) }),
+                    condition: step.condition, group: step.group))
         }
         return try builder.build()
     }
@@ -162,6 +166,7 @@ extension SagaDefinition {
             compare("\(label) compensation", lhs.compensation, rhs.compensation) { $0 ?? "none" }
             compare("\(label) pivot", lhs.pivot, rhs.pivot) { $0 ? "yes" : "no" }
             compare("\(label) condition", lhs.condition, rhs.condition) { $0.map { "'\($0)'" } ?? "none" }
+            compare("\(label) parallel group", lhs.group, rhs.group) { $0.map { "'\($0)'" } ?? "none" }
             compare("\(label) timeout", lhs.timeoutMilliseconds, rhs.timeoutMilliseconds, Self.describe(milliseconds:))
             compareRetry("\(label) retry", lhs.retry, rhs.retry, into: &differences)
         }

@@ -56,6 +56,32 @@ public struct SagaDefinition: Sendable, Hashable {
         steps.flatMap { [$0.action] + ($0.compensation.map { [$0] } ?? []) }
     }
 
+    /// The indices of the parallel group that step `index` belongs to (see
+    /// ``SagaBuilder/parallel(_:_:)``), or `nil` when the step runs on its own.
+    public func groupRange(of index: Int) -> ClosedRange<Int>? {
+        guard steps.indices.contains(index), let group = steps[index].group else { return nil }
+        var lower = index
+        while lower > 0, steps[lower - 1].group == group { lower -= 1 }
+        var upper = index
+        while upper + 1 < steps.count, steps[upper + 1].group == group { upper += 1 }
+        return lower...upper
+    }
+
+    /// The parallel groups of the definition: each group's name and step indices, in order.
+    public var groups: [(name: String, steps: ClosedRange<Int>)] {
+        var groups: [(name: String, steps: ClosedRange<Int>)] = []
+        var index = 0
+        while index < steps.count {
+            if let name = steps[index].group, let range = groupRange(of: index) {
+                groups.append((name, range))
+                index = range.upperBound + 1
+            } else {
+                index += 1
+            }
+        }
+        return groups
+    }
+
     /// The step index and phase that a command belongs to.
     public func locate(command: String) -> (index: Int, phase: StepPhase)? {
         for (index, step) in steps.enumerated() {
@@ -80,13 +106,20 @@ public struct SagaStep: Sendable, Hashable {
     /// holds against the saga's data as the saga reaches it, and is skipped (never run, never
     /// compensated) when it does not. See ``SagaCondition``.
     public let condition: SagaCondition?
+    /// The name of the parallel group the step belongs to (see ``SagaBuilder/parallel(_:_:)``);
+    /// `nil` for a step that runs on its own. The steps of a group are adjacent in
+    /// ``SagaDefinition/steps``.
+    public let group: String?
 
-    init(name: String, action: String, compensation: String?, options: StepOptions, condition: SagaCondition? = nil) {
+    init(
+        name: String, action: String, compensation: String?, options: StepOptions, condition: SagaCondition? = nil, group: String? = nil
+    ) {
         self.name = name
         self.action = action
         self.compensation = compensation
         self.options = options
         self.condition = condition
+        self.group = group
     }
 
     /// Whether the step runs for a saga with this data: `true` without a condition.
@@ -177,6 +210,7 @@ public struct SagaBuilder: Sendable {
     private var steps: [SagaStep] = []
     private var deadline: Duration?
     private var compensationRetry = RetryPolicy(maxAttempts: 10, initialDelay: .seconds(1), multiplier: 2, maxDelay: .seconds(300))
+    private var emptyGroups: [String] = []
 
     /// Starts a definition with the saga's name.
     public init(_ name: String) { self.name = name }
@@ -196,6 +230,38 @@ public struct SagaBuilder: Sendable {
     ) -> SagaBuilder {
         var copy = self
         copy.steps.append(SagaStep(name: name, action: action, compensation: compensation, options: options, condition: condition))
+        return copy
+    }
+
+    /// Adds a parallel group: steps that start together when the saga reaches the group, run at
+    /// once, and join. The group completes when every member has completed (or was skipped by
+    /// its condition), and the saga moves on with every member's patch merged (give members
+    /// distinct keys). When a member fails for good, the group waits for the members still
+    /// running, then the completed members and the steps before the group are compensated,
+    /// newest first (members in reverse order of their declaration).
+    ///
+    /// ```swift
+    /// .parallel("prepare") { group in
+    ///     group
+    ///         .step("reserve-stock", action: "inventory.reserve", compensation: "inventory.release")
+    ///         .step("authorize-payment", action: "payment.authorize", compensation: "payment.void")
+    /// }
+    /// ```
+    /// - Parameters:
+    ///   - name: the group's name, unique among the saga's groups and step names.
+    ///   - members: adds the group's steps (at least two; none of them the pivot).
+    public func parallel(_ name: String, _ members: (SagaParallelGroup) -> SagaParallelGroup) -> SagaBuilder {
+        var copy = self
+        let group = members(SagaParallelGroup(name: name))
+        copy.steps += group.steps
+        if group.steps.isEmpty { copy.emptyGroups.append(name) }
+        return copy
+    }
+
+    /// Adds a step as it is (the definition documents rebuild definitions with it).
+    func appending(_ step: SagaStep) -> SagaBuilder {
+        var copy = self
+        copy.steps.append(step)
         return copy
     }
 
@@ -235,6 +301,10 @@ public struct SagaBuilder: Sendable {
         var stepNames: Set<String> = []
         var commands: [String: String] = [:]
         var pivotSeen: String?
+        if let empty = emptyGroups.first {
+            throw fail("parallel group '\(empty)' has no steps", "add at least two steps to the group with group.step(_:action:)")
+        }
+        try validateGroups(fail)
         for (index, step) in steps.enumerated() {
             let position = "step \(index + 1) '\(step.name)'"
             if step.name.isEmpty { throw fail("step \(index + 1) has an empty name") }
@@ -281,6 +351,68 @@ public struct SagaBuilder: Sendable {
         }
         if compensationRetry.maxAttempts < 1 { throw fail("compensation retry maxAttempts must be at least 1") }
         return SagaDefinition(name: name, version: version, steps: steps, deadline: deadline, compensationRetry: compensationRetry)
+    }
+}
+
+extension SagaBuilder {
+    /// Checks the parallel groups: each is one run of adjacent steps, has at least two steps,
+    /// contains no pivot, and its name is not a step's name.
+    private func validateGroups(_ fail: (String, String?) -> SagaError) throws {
+        var seen: Set<String> = []
+        var index = 0
+        let names = Set(steps.map(\.name))
+        while index < steps.count {
+            guard let group = steps[index].group else {
+                index += 1
+                continue
+            }
+            var end = index
+            while end + 1 < steps.count, steps[end + 1].group == group { end += 1 }
+            if group.trimmingCharacters(in: .whitespaces).isEmpty {
+                throw fail("step \(index + 1) '\(steps[index].name)' is in a parallel group with an empty name", nil)
+            }
+            if !seen.insert(group).inserted {
+                throw fail(
+                    "parallel group '\(group)' is split: its steps must be adjacent (step \(index + 1) '\(steps[index].name)' starts a second run)",
+                    "declare every step of the group inside one .parallel(_:) call")
+            }
+            if names.contains(group) {
+                throw fail("parallel group '\(group)' has the name of a step", "give the group and the step different names")
+            }
+            if end == index {
+                throw fail(
+                    "parallel group '\(group)' has one step ('\(steps[index].name)')",
+                    "a group runs at least two steps at once: add another, or make it a plain .step(_:action:)")
+            }
+            if let pivot = steps[index...end].first(where: \.options.isPivot) {
+                throw fail(
+                    "step '\(pivot.name)' in parallel group '\(group)' is the pivot",
+                    "the pivot is the point of no return and runs on its own: put it before or after the group")
+            }
+            index = end + 1
+        }
+    }
+}
+
+/// The steps of a parallel group, added with ``SagaBuilder/parallel(_:_:)``.
+public struct SagaParallelGroup: Sendable {
+    /// The group's name.
+    public let name: String
+    var steps: [SagaStep] = []
+
+    init(name: String) { self.name = name }
+
+    /// Adds a member step. The parameters are those of ``SagaBuilder/step(_:action:compensation:options:when:)``;
+    /// a member cannot be the pivot.
+    public func step(
+        _ name: String, action: String, compensation: String? = nil, options: StepOptions = .default,
+        when condition: SagaCondition? = nil
+    ) -> SagaParallelGroup {
+        var copy = self
+        copy.steps.append(
+            SagaStep(
+                name: name, action: action, compensation: compensation, options: options, condition: condition, group: self.name))
+        return copy
     }
 }
 

@@ -238,6 +238,11 @@ extension SagaLifecycleEvent {
         return events
     }
 
+    /// The step-skipped events of the steps skipped in `new` but not in `old`.
+    private static func skipped(in new: SagaState, notIn old: SagaState, version: Int64, at now: Date) -> [SagaLifecycleEvent] {
+        skipped(in: new, after: -1, version: version, at: now).filter { !old.wasSkipped($0.step ?? -1) }
+    }
+
     /// The step-skipped events of the skipped steps after step `index` in `state`'s history.
     private static func skipped(in state: SagaState, after index: Int, version: Int64, at now: Date) -> [SagaLifecycleEvent] {
         state.history.filter { $0.outcome == .skipped && $0.step > index }.map { record in
@@ -263,17 +268,17 @@ extension SagaLifecycleEvent {
                 sagaVersion: version, step: step, stepName: step.flatMap { stepName(of: $0, in: old, new) }, phase: phase,
                 attempt: attempt, error: error, willRetry: willRetry, action: action, actor: actor, reason: reason, at: now)
         }
-        // A failed attempt runs again when the saga still waits for the same step and phase, with
-        // a later attempt.
+        // A failed attempt runs again when the transition recorded it as `retrying` (the step's
+        // latest record; in a parallel group the saga's current step is the group's first).
         func retried(_ step: Int, _ phase: StepPhase) -> Bool {
-            !new.status.isTerminal && new.currentStep == step && new.phase == phase && new.attempt > old.attempt
+            !new.status.isTerminal && new.history.last(where: { $0.step == step && $0.phase == phase })?.outcome == .retrying
         }
         var events: [SagaLifecycleEvent] = []
         switch event {
         case .stepCompleted(let step, let attempt, _, _):
             events.append(make(.stepCompleted, step: step, phase: .action, attempt: attempt))
-            // The steps after it whose conditions did not hold.
-            events += skipped(in: new, after: step, version: version, at: now)
+            // The steps after it whose conditions did not hold (skipped by this transition).
+            events += skipped(in: new, notIn: old, version: version, at: now)
         case .stepFailed(let step, let attempt, let error, _, _):
             events.append(
                 make(.stepFailed, step: step, phase: .action, attempt: attempt, error: error, willRetry: retried(step, .action)))

@@ -37,13 +37,17 @@ public struct SagaStart: Sendable, Hashable {
     /// The state to store (version 1): running at the first step whose condition holds, or
     /// completed when every step was skipped.
     public var state: SagaState
+    /// The first commands to send: one, or every member of a parallel group that the saga starts
+    /// with; empty when every step was skipped (the saga is completed).
+    public var commands: [ScheduledCommand]
+
     /// The first command to send; `nil` when every step was skipped (the saga is completed).
-    public var command: ScheduledCommand?
+    public var command: ScheduledCommand? { commands.first }
 
     /// Creates a start.
-    public init(state: SagaState, command: ScheduledCommand?) {
+    public init(state: SagaState, commands: [ScheduledCommand]) {
         self.state = state
-        self.command = command
+        self.commands = commands
     }
 }
 
@@ -142,12 +146,35 @@ public struct SagaStateMachine: Sendable {
             version: 1
         )
         let (started, commands) = moveForward(state, to: 0, now: now)
-        return SagaStart(state: started, command: commands.first)
+        return SagaStart(state: started, commands: commands)
     }
 
-    /// The command that is current for a non-terminal state (what the saga waits for).
+    /// The command that is current for a non-terminal state (what the saga waits for). In a
+    /// parallel group, the first of ``commands(for:)``.
     public func command(for state: SagaState) -> ScheduledCommand {
-        ScheduledCommand(currentCommand(state, phase: state.phase))
+        commands(for: state).first ?? ScheduledCommand(currentCommand(state, phase: state.phase))
+    }
+
+    /// The commands a non-terminal state waits for: the current step's, or in a parallel group
+    /// the commands of every member still running.
+    public func commands(for state: SagaState) -> [ScheduledCommand] {
+        if let group = activeGroup(state) {
+            return group.compactMap { member in
+                guard case .running(let attempt) = progress(of: member, in: state) else { return nil }
+                return ScheduledCommand(makeCommand(state, step: member, phase: .action, attempt: attempt))
+            }
+        }
+        return [ScheduledCommand(currentCommand(state, phase: state.phase))]
+    }
+
+    /// Whether `command` is one that `state` waits for (``commands(for:)``): participants run
+    /// only those, and ignore stale and duplicate commands.
+    public func isCurrent(_ command: SagaCommand, in state: SagaState) -> Bool {
+        guard !state.status.isTerminal, state.phase == command.phase else { return false }
+        if command.phase == .action, let group = activeGroup(state) {
+            return group.contains(command.step) && progress(of: command.step, in: state) == .running(attempt: command.attempt)
+        }
+        return state.currentStep == command.step && state.attempt == command.attempt
     }
 
     /// Applies an event. Every transition sets `updatedAt` to `now`.
@@ -167,6 +194,9 @@ public struct SagaStateMachine: Sendable {
         }
         switch event {
         case .stepCompleted(let step, let attempt, let patch, let startedAt):
+            if let group = activeGroup(state) {
+                return memberCompleted(state, group: group, step: step, attempt: attempt, patch: patch, startedAt: startedAt, now: now)
+            }
             if let stale = staleness(state, step: step, phase: .action, attempt: attempt) { return .ignored(stale) }
             var next = state
             next.payload = state.payload.merging(patch: patch)
@@ -175,11 +205,21 @@ public struct SagaStateMachine: Sendable {
             return .transition(moved, commands)
 
         case .stepFailed(let step, let attempt, let error, let retryable, let startedAt):
+            if let group = activeGroup(state) {
+                return memberFailed(
+                    state, group: group, step: step, attempt: attempt, error: error, retryable: retryable, timedOut: false,
+                    startedAt: startedAt, now: now)
+            }
             if let stale = staleness(state, step: step, phase: .action, attempt: attempt) { return .ignored(stale) }
             return actionFailed(
                 state, step: step, attempt: attempt, error: error, retryable: retryable, timedOut: false, startedAt: startedAt, now: now)
 
         case .stepTimedOut(let step, let attempt, let limit, let startedAt):
+            if let group = activeGroup(state) {
+                return memberFailed(
+                    state, group: group, step: step, attempt: attempt, error: "timed out after \(limit)", retryable: true, timedOut: true,
+                    startedAt: startedAt, now: now)
+            }
             if let stale = staleness(state, step: step, phase: .action, attempt: attempt) { return .ignored(stale) }
             return actionFailed(
                 state, step: step, attempt: attempt, error: "timed out after \(limit)", retryable: true, timedOut: true,
@@ -217,10 +257,14 @@ public struct SagaStateMachine: Sendable {
                 return .ignored("saga \(state.id) passed its deadline after the pivot; it keeps going forward")
             }
             return compensate(
-                state, from: state.currentStep, reason: "deadline passed at step '\(definition.steps[state.currentStep].name)'")
+                state, from: definition.groupRange(of: state.currentStep)?.upperBound ?? state.currentStep,
+                reason: "deadline passed at \(position(of: state))")
 
         case .foundStalled(let maxReapAttempts):
             guard !state.status.isTerminal else { return .ignored("saga \(state.id) is already \(state.status.rawValue)") }
+            if let group = activeGroup(state) {
+                return groupStalled(state, group: group, maxReapAttempts: maxReapAttempts, now: now)
+            }
             var next = state
             let phase = state.phase
             if state.reapAttempts >= maxReapAttempts {
@@ -253,6 +297,9 @@ public struct SagaStateMachine: Sendable {
             } else {
                 phase = state.phase
             }
+            if phase == .action, let group = activeGroup(next) {
+                return retryGroup(next, group: group, actor: actor, reason: reason, wasStopped: state.status == .needsAttention, now: now)
+            }
             recordOperatorAction(&next, phase: phase, outcome: .retryRequested, actor: actor, reason: reason, now: now)
             next.attempt = state.attempt + 1
             next.reapAttempts = 0
@@ -273,7 +320,9 @@ public struct SagaStateMachine: Sendable {
                 var requested = state
                 recordOperatorAction(
                     &requested, phase: .action, outcome: .compensationRequested, actor: actor, reason: reason, now: now)
-                return compensate(requested, from: state.currentStep, reason: "\(reason) (compensation requested by \(actor))")
+                return compensate(
+                    requested, from: definition.groupRange(of: state.currentStep)?.upperBound ?? state.currentStep,
+                    reason: "\(reason) (compensation requested by \(actor))")
             }
         }
     }
@@ -317,8 +366,10 @@ public struct SagaStateMachine: Sendable {
     /// a compensation (a compensation that failed, or that the reaper gave up on).
     private func stoppedPhase(_ state: SagaState) -> StepPhase {
         if state.history.last(where: { $0.step == state.currentStep })?.phase == .compensation { return .compensation }
-        // A saga never runs forward again after compensating anything.
-        if state.history.contains(where: { $0.phase == .compensation || $0.step > state.currentStep }) { return .compensation }
+        // A saga never runs forward again after compensating anything. (The members of the
+        // parallel group it stopped in are after its current step, the group's first.)
+        let lastForward = definition.groupRange(of: state.currentStep)?.upperBound ?? state.currentStep
+        if state.history.contains(where: { $0.phase == .compensation || $0.step > lastForward }) { return .compensation }
         return .action
     }
 
@@ -364,14 +415,30 @@ public struct SagaStateMachine: Sendable {
     /// Moves a running saga forward to step `index`, or to the first step after it whose
     /// condition holds for the saga's data, recording the steps in between as skipped; completes
     /// the saga when no step is left.
-    private func moveForward(_ state: SagaState, to index: Int, now: Date) -> (SagaState, [ScheduledCommand]) {
+    func moveForward(_ state: SagaState, to index: Int, now: Date) -> (SagaState, [ScheduledCommand]) {
         var next = state
         var index = index
-        while index < definition.steps.count, let condition = definition.steps[index].condition, !condition.evaluate(next.payload) {
-            next.history.append(
-                StepRecord(
-                    step: index, stepName: definition.steps[index].name, phase: .action, attempt: 0, startedAt: now, finishedAt: now,
-                    outcome: .skipped, reason: "condition not met: \(condition)"))
+        while index < definition.steps.count {
+            if let group = definition.groupRange(of: index) {
+                // A parallel group starts every member whose condition holds, at once.
+                var commands: [ScheduledCommand] = []
+                for member in group {
+                    if let condition = definition.steps[member].condition, !condition.evaluate(next.payload) {
+                        recordSkipped(&next, step: member, condition: condition, now: now)
+                    } else {
+                        commands.append(ScheduledCommand(makeCommand(next, step: member, phase: .action, attempt: 1)))
+                    }
+                }
+                if commands.isEmpty {
+                    index = group.upperBound + 1
+                    continue
+                }
+                next.currentStep = group.lowerBound
+                next.attempt = 1
+                return (next, commands)
+            }
+            guard let condition = definition.steps[index].condition, !condition.evaluate(next.payload) else { break }
+            recordSkipped(&next, step: index, condition: condition, now: now)
             index += 1
         }
         guard index < definition.steps.count else {
@@ -384,19 +451,28 @@ public struct SagaStateMachine: Sendable {
         return (next, [ScheduledCommand(currentCommand(next, phase: .action))])
     }
 
+    /// Records that step `step` was skipped because `condition` did not hold.
+    private func recordSkipped(_ state: inout SagaState, step: Int, condition: SagaCondition, now: Date) {
+        state.history.append(
+            StepRecord(
+                step: step, stepName: definition.steps[step].name, phase: .action, attempt: 0, startedAt: now, finishedAt: now,
+                outcome: .skipped, reason: "condition not met: \(condition)"))
+    }
+
     /// Starts or continues compensation with the last compensatable step before `step`.
     private func compensate(_ state: SagaState, before step: Int, reason: String?) -> SagaDecision {
         compensate(state, from: step - 1, reason: reason)
     }
 
     /// Compensates the last step at or before `index` that has a compensation and was not
-    /// skipped; compensated when none is left.
-    private func compensate(_ state: SagaState, from index: Int, reason: String?) -> SagaDecision {
+    /// skipped (nor, in a parallel group, failed without a doubt: see
+    /// ``needsCompensation(_:in:)``); compensated when none is left.
+    func compensate(_ state: SagaState, from index: Int, reason: String?) -> SagaDecision {
         var next = state
         if let reason { next.failureReason = reason }
         next.reapAttempts = 0
         let candidates = stride(from: index, through: 0, by: -1)
-        guard let target = candidates.first(where: { definition.steps[$0].compensation != nil && !state.wasSkipped($0) }) else {
+        guard let target = candidates.first(where: { needsCompensation($0, in: state) }) else {
             next.status = .compensated
             return .transition(next, [])
         }
@@ -406,7 +482,7 @@ public struct SagaStateMachine: Sendable {
         return .transition(next, [ScheduledCommand(currentCommand(next, phase: .compensation))])
     }
 
-    private func record(
+    func record(
         _ state: inout SagaState, step: Int, phase: StepPhase, attempt: Int, startedAt: Date, now: Date, outcome: StepOutcome,
         error: String? = nil, timedOut: Bool = false
     ) {
@@ -422,7 +498,7 @@ public struct SagaStateMachine: Sendable {
     }
 
     /// Records an operator's action on the current step: who and why, at `now`.
-    private func recordOperatorAction(
+    func recordOperatorAction(
         _ state: inout SagaState, phase: StepPhase, outcome: StepOutcome, actor: String, reason: String?, now: Date
     ) {
         state.history.append(
@@ -438,7 +514,7 @@ public struct SagaStateMachine: Sendable {
     /// Keeps the first record of (step, phase) and its latest ``retainedRecordsPerStep``; drops
     /// the ones between, but never an operator's action. The first timed-out record is kept too (it decides whether the step is
     /// compensated).
-    private static func compact(_ history: inout [StepRecord], step: Int, phase: StepPhase) {
+    static func compact(_ history: inout [StepRecord], step: Int, phase: StepPhase) {
         // Operator actions are never dropped: who asked for what stays in the history.
         let indices = history.indices.filter {
             history[$0].step == step && history[$0].phase == phase && !history[$0].outcome.isOperatorAction
@@ -451,11 +527,14 @@ public struct SagaStateMachine: Sendable {
     }
 
     private func currentCommand(_ state: SagaState, phase: StepPhase) -> SagaCommand {
-        let step = definition.steps[state.currentStep]
+        makeCommand(state, step: state.currentStep, phase: phase, attempt: state.attempt)
+    }
+
+    /// The command of step `index` in `phase`, attempt `attempt`, for saga `state`.
+    public func makeCommand(_ state: SagaState, step index: Int, phase: StepPhase, attempt: Int) -> SagaCommand {
+        let step = definition.steps[index]
         let name = phase == .action ? step.action : (step.compensation ?? step.action)
         return SagaCommand(
-            sagaID: state.id, sagaName: state.name, command: name, step: state.currentStep, stepName: step.name,
-            phase: phase, attempt: state.attempt
-        )
+            sagaID: state.id, sagaName: state.name, command: name, step: index, stepName: step.name, phase: phase, attempt: attempt)
     }
 }
