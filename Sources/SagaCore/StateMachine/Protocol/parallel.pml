@@ -1,16 +1,14 @@
 /*
- * parallel.pml: a DESIGN MODEL of a parallel group (issue 14, item 1). SagaKit does not implement
- * parallel steps yet: this checks the rules proposed for them before they are written, it does
- * not describe code. scripts/model-check.sh checks it in its own rows, labelled "design".
+ * parallel.pml: the protocol of a parallel group (SagaBuilder.parallel, issue 14), as
+ * SagaStateMachine+Parallel.swift implements it. scripts/model-check.sh checks it in its own rows.
  *
  * The saga: step 1, then a group of two members A and B that run at once, then step 3, the pivot.
- * Proposed rules: the group completes when both members complete; when a member fails, the
- * completed members and then step 1 are compensated (members in any order, here at once).
- * The rule under test, WAIT: a failing group waits for the outcome of every member still running
- * before it compensates, so a member that completes after its sibling failed is compensated too.
- * DESIGN_COMPENSATE_AT_ONCE is the alternative: compensate at once, including the running member
- * (its compensation tolerates an action that never ran), and ignore its late outcome; it must
- * FAIL, which shows why the group waits.
+ * Rules: the group completes when both members complete. When a member fails, the group WAITS
+ * for the outcome of every member still running, then compensates the completed members one at
+ * a time, the later-declared first (B, then A), then step 1. So a member that completes after
+ * its sibling failed is compensated too. BROKEN_COMPENSATE_AT_ONCE is the alternative: compensate
+ * at once, including the running member (its compensation tolerates an action that never ran),
+ * and ignore its late outcome; it must FAIL, which shows why the group waits.
  *
  * Environment (smaller than saga.pml, which checks the single-step protocol underneath): the
  * commit and its publish are one step (saga.pml shows the outbox and relay deliver committed
@@ -72,15 +70,18 @@ byte busy, crashes, dups, fails;
 
 inline send(c) { qc[c]++; sent = sent | (1 << (c)) }
 
-/* every DONE member is compensated at once; with none, step 1 */
+/* compensates the last DONE member (B before A); with none, step 1 */
+inline compensate_next() {
+    if
+    :: mem[3] == DONE -> send(CMD(3, 1))
+    :: mem[3] != DONE && mem[2] == DONE -> send(CMD(2, 1))
+    :: mem[2] != DONE && mem[3] != DONE -> cur = 1; send(CMD(1, 1))
+    fi
+}
+
 inline start_compensation() {
     st = COMPENSATING;
-    if
-    :: mem[2] == DONE || mem[3] == DONE ->
-        if :: mem[2] == DONE -> send(CMD(2, 1)) :: else -> skip fi;
-        if :: mem[3] == DONE -> send(CMD(3, 1)) :: else -> skip fi
-    :: else -> cur = 1; send(CMD(1, 1))
-    fi
+    compensate_next()
 }
 
 /* the group's outcome once no member is pending */
@@ -101,7 +102,8 @@ inline group_settled() {
         ((UNIT(c) == 1 && cur == 1) || (UNIT(c) == 4 && cur == 3) || \
          ((UNIT(c) == 2 || UNIT(c) == 3) && cur == 2 && mem[UNIT(c)] == PENDING)) \
      || PHASE(c) == 1 && st == COMPENSATING && \
-        ((UNIT(c) == 1 && cur == 1) || ((UNIT(c) == 2 || UNIT(c) == 3) && cur == 2 && mem[UNIT(c)] == DONE)))
+        ((UNIT(c) == 1 && cur == 1) || (UNIT(c) == 3 && cur == 2 && mem[3] == DONE) || \
+         (UNIT(c) == 2 && cur == 2 && mem[2] == DONE && mem[3] != DONE)))
 
 #define TAKE(c) :: qc[c] > 0 -> m = c;
 
@@ -169,7 +171,7 @@ end_wait:
             :: u == 1 -> st = COMPENSATED; assert(!everCompleted); everCompensated = true
             :: u == 2 || u == 3 ->
                 mem[u] = FAILED; failing = true;
-#ifdef DESIGN_COMPENSATE_AT_ONCE
+#ifdef BROKEN_COMPENSATE_AT_ONCE
                 /* compensate the running sibling too; its late outcome is ignored */
                 if
                 :: mem[5 - u] == PENDING -> mem[5 - u] = DONE
@@ -181,17 +183,13 @@ end_wait:
         :: CURRENT(m) && PHASE(m) == 1 ->
             assert(u != 4);                                 /* the pivot is never compensated */
             assert(!cdone[u]); cdone[u] = true;
-#ifndef DESIGN_COMPENSATE_AT_ONCE
+#ifndef BROKEN_COMPENSATE_AT_ONCE
             assert(done[u]);                                /* only completed units */
 #endif
             if
             :: u == 1 -> assert(!done[2] || cdone[2]); assert(!done[3] || cdone[3]);   /* newest first */
                 st = COMPENSATED; assert(!everCompleted); everCompensated = true
-            :: else -> mem[u] = UNDONE;
-                if
-                :: mem[2] != DONE && mem[3] != DONE -> cur = 1; send(CMD(1, 1))
-                :: else -> skip
-                fi
+            :: else -> mem[u] = UNDONE; compensate_next()
             fi
         fi;
         held = false;
