@@ -119,17 +119,15 @@ struct PostgresBatches: Sendable {
         // nil while the commit statement runs, then the index of the running write; writes.count at COMMIT.
         var current: Int?
         do {
-            var swapped = false
-            for try await _ in try await connection.query(commit, logger: logger) { swapped = true }
+            let swapped = try await PostgresStatement.run(commit, on: connection, logger: logger).rows.isEmpty == false
             guard swapped else {
                 try await execute("ROLLBACK", on: connection, logger: logger)
                 return .lost
             }
             for (index, write) in writes.enumerated() {
                 current = index
-                let future: EventLoopFuture<PostgresQueryResult> = connection.query(
-                    PostgresQuery(unsafeSQL: write.sql, binds: write.postgresBindings), logger: logger)
-                let result = try await future.get()
+                let result = try await PostgresStatement.run(
+                    PostgresQuery(unsafeSQL: write.sql, binds: write.postgresBindings), on: connection, logger: logger)
                 do {
                     try write.check(affectedRows: result.metadata.rows, index: index, of: writes.count)
                 } catch let error as SagaError {
@@ -156,7 +154,7 @@ struct PostgresBatches: Sendable {
     }
 
     private static func execute(_ sql: String, on connection: PostgresConnection, logger: Logger) async throws {
-        _ = try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger)
+        _ = try await PostgresStatement.run(PostgresQuery(unsafeSQL: sql), on: connection, logger: logger)
     }
 
     /// SQLSTATE classes that come from a statement and its data, not from the server or the
@@ -290,11 +288,7 @@ struct PostgresBatches: Sendable {
     ) async throws -> Attempted<[PostgresRandomAccessRow]> {
         let logger = logger
         return try await run(action, safety: safety) { connection in
-            var result: [PostgresRandomAccessRow] = []
-            for try await row in try await connection.query(query, logger: logger) {
-                result.append(row.makeRandomAccess())
-            }
-            return result
+            try await PostgresStatement.rows(query, on: connection, logger: logger)
         }
     }
 
@@ -371,13 +365,14 @@ struct PostgresBatches: Sendable {
     /// connection was leased yet). Every failure comes as an ``AttemptFailure`` saying whether
     /// a connection was held.
     ///
-    /// Measured: when the server shuts down at the wrong moment, a query can stay unanswered for
-    /// good, and postgres-nio's query does not end when its task is cancelled (a task group would
-    /// wait for it for ever). So when the timer wins while the operation holds a connection, that
-    /// connection is closed, which fails the query at once (the pool replaces the connection);
-    /// waiting for a connection does end on cancellation. The group therefore always ends within
-    /// about the timeout, without leaving a task behind. While it waits for a connection, the
-    /// timer tells the pool (``PostgresPool/waiting(_:for:)``), which may replace a wedged pool.
+    /// The deadline covers the whole attempt: waiting for a connection, the statements and their
+    /// rows. When the timer wins, the operation is cancelled and its connection closed; waiting
+    /// for a connection ends on cancellation, and so does a statement run through
+    /// ``PostgresStatement`` (postgres-nio's own `query` does not, and can wait for ever on a
+    /// connection the server closed: operations must use ``PostgresStatement``). The group
+    /// therefore always ends within about the timeout, without leaving a task behind. While it
+    /// waits for a connection, the timer tells the pool (``PostgresPool/waiting(_:for:)``),
+    /// which may replace a wedged pool.
     static func withStatementTimeout<T: Sendable>(
         _ timeout: Duration, pool: PostgresPool,
         _ operation: @escaping @Sendable (PostgresConnection) async throws -> T
@@ -390,9 +385,9 @@ struct PostgresBatches: Sendable {
                     return .finished(
                         try await current.client.withConnection { connection in
                             leased.set(connection)
-                            pool.leased(current.generation)
+                            pool.leased(current.generation, connection)
                             defer {
-                                pool.released(current.generation)
+                                pool.released(current.generation, connection)
                                 leased.set(nil)
                             }
                             return try await operation(connection)

@@ -7,7 +7,7 @@ import Synchronization
 /// when it is wedged (see ``PostgresRecovery/shouldReplacePool(_:waitBound:)``).
 ///
 /// Statements take the current client with ``current``, report that they hold one of its
-/// connections (``leased(_:)`` / ``released(_:)``) and that they have waited long for one
+/// connections (``leased(_:_:)`` / ``released(_:_:)``) and that they have waited long for one
 /// (``waiting(_:for:)``). ``run()`` runs every client's `run()` as a child task — within the
 /// store's own `run()`, never in an unstructured task — and decides on replacements: it probes
 /// the server with a connection of its own and, when the server answers but the pool has not
@@ -25,11 +25,19 @@ final class PostgresPool: Sendable {
         var current: Current
         var createdAt: ContinuousClock.Instant
         /// Connections held by the store's statements, by generation.
-        var leased: [Int: Int] = [:]
+        var leased: [Int: [ObjectIdentifier: PostgresConnection]] = [:]
         var lastProbe: ContinuousClock.Instant?
         var closing = false
         /// The running clients' shutdown signals, by generation.
         var retirements: [Int: RetireSignal] = [:]
+
+        /// How many of the connections of `generation` that statements hold are still open. A
+        /// statement on a connection the server closed fails soon (see ``PostgresStatement``),
+        /// but until it gives the connection back it says nothing about the pool: it is not
+        /// counted, so that it never holds up a replacement.
+        func openLeases(_ generation: Int) -> Int {
+            leased[generation, default: [:]].values.count { !$0.isClosed }
+        }
     }
 
     /// How long a statement may wait for a connection of a pool that holds none before the
@@ -63,11 +71,15 @@ final class PostgresPool: Sendable {
     /// Whether the store is closing its pool (statements then stop retrying).
     var closing: Bool { state.withLock { $0.closing } }
 
-    /// A statement got a connection of `generation`.
-    func leased(_ generation: Int) { state.withLock { $0.leased[generation, default: 0] += 1 } }
+    /// A statement got `connection` of `generation`.
+    func leased(_ generation: Int, _ connection: PostgresConnection) {
+        state.withLock { $0.leased[generation, default: [:]][ObjectIdentifier(connection)] = connection }
+    }
 
-    /// A statement gave back its connection of `generation`.
-    func released(_ generation: Int) { state.withLock { $0.leased[generation, default: 0] -= 1 } }
+    /// A statement gave back `connection` of `generation`.
+    func released(_ generation: Int, _ connection: PostgresConnection) {
+        state.withLock { _ = $0.leased[generation]?.removeValue(forKey: ObjectIdentifier(connection)) }
+    }
 
     /// A statement has waited `waited` for a connection of `generation` (reported from
     /// ``waitBound`` on, about twice a second): the supervisor looks at the pool.
@@ -144,7 +156,7 @@ final class PostgresPool: Sendable {
     private func shouldReplace(_ generation: Int, probe: @Sendable () async -> Bool) async -> Bool {
         let now = ContinuousClock.now
         let ready: Bool = state.withLock { state in
-            guard !state.closing, state.current.generation == generation, state.leased[generation, default: 0] == 0,
+            guard !state.closing, state.current.generation == generation, state.openLeases(generation) == 0,
                 state.createdAt.duration(to: now) >= waitBound
             else { return false }
             if let last = state.lastProbe, last.duration(to: now) < .milliseconds(500) { return false }
@@ -156,7 +168,7 @@ final class PostgresPool: Sendable {
         return state.withLock { state in
             PostgresRecovery.shouldReplacePool(
                 .init(
-                    longestWait: waitBound, leased: state.leased[generation, default: 0],
+                    longestWait: waitBound, leased: state.openLeases(generation),
                     age: state.createdAt.duration(to: .now), serverAnswers: answers),
                 waitBound: waitBound) && state.current.generation == generation
         }

@@ -38,6 +38,8 @@ enum PostgresRecovery {
         if error is ConnectionWaitTimedOut { return .noConnection }
         // The statement held a connection that did not answer in time (closed since).
         if error is StatementTimedOut { return .connection(sent: true) }
+        // The connection closed under the statement (see PostgresStatement).
+        if error is ConnectionClosedUnderStatement { return .connection(sent: leased) }
         if let transaction = error as? PostgresTransactionError,
             let inner = transaction.closureError ?? transaction.beginError ?? transaction.commitError
         {
@@ -183,7 +185,8 @@ enum PostgresRecovery {
         /// How long the longest current wait for a connection has lasted (a request the
         /// tripped circuit breaker failed at once counts as having waited the bound).
         var longestWait: Duration
-        /// How many of the store's statements hold a connection of this pool right now.
+        /// How many of the store's statements hold an open connection of this pool right now
+        /// (one the server closed under its statement does not count).
         var leased: Int
         /// How long ago the pool was created.
         var age: Duration

@@ -1,6 +1,7 @@
 import Foundation
 import PostgresNIO
 import SagaCore
+import Synchronization
 import Testing
 
 @testable import SagaPostgres
@@ -32,6 +33,7 @@ struct PostgresRecoveryTests {
         #expect(PostgresRecovery.classify(IOError(errnoCode: ECONNRESET, reason: "read"), leased: true) == .connection(sent: true))
         #expect(PostgresRecovery.classify(StatementTimedOut(), leased: true) == .connection(sent: true))
         #expect(PostgresRecovery.classify(ConnectionWaitTimedOut(), leased: false) == .noConnection)
+        #expect(PostgresRecovery.classify(ConnectionClosedUnderStatement(), leased: true) == .connection(sent: true))
         // Wrapped the way the store reports it.
         let wrapped = SagaError(.storeUnavailable, "cannot load", underlying: ChannelError.eof)
         #expect(PostgresRecovery.classify(wrapped, leased: true) == .connection(sent: true))
@@ -142,6 +144,83 @@ struct PostgresRecoveryTests {
         other.currentStep = 3
         #expect(!PostgresRecovery.isOwnWrite(stored: other, written: written))
         #expect(!PostgresRecovery.isOwnWrite(stored: before, written: written))
+    }
+}
+
+/// The PostgreSQL store's recovery from connections the server closes, on a real server (the
+/// shared test server: only the test's own sessions are terminated).
+@Suite("PostgreSQL recovery from a closed connection")
+struct PostgresClosedConnectionTests {
+    /// Issue 12: the pool leased a connection, and the server closed it before the statement was
+    /// written to it (`pg_ctl -m fast stop`, or `pg_terminate_backend` here). postgres-nio drops
+    /// such a statement unanswered, and its `query` then waits for ever, whatever the attempt's
+    /// deadline does; the store must instead see the closed connection at once and run the
+    /// statement again on another connection — well before the attempt's 10 s deadline.
+    @Test func aStatementOnAConnectionTheServerClosedRunsAgainAtOnce() async throws {
+        guard let configuration = try await testPostgresConfiguration() else { return }
+        try await PostgresSagaStore(configuration: configuration).withRunning { store in
+            let (batches, logger) = (store.batches, store.logger)
+            for round in 1...3 {
+                let attempts = Mutex(0)
+                let started = ContinuousClock.now
+                let outcome = await finishing(within: .seconds(25)) {
+                    try await batches.run("select after the server closed the connection", safety: .idempotent) { connection in
+                        let attempt = attempts.withLock { attempts in
+                            attempts += 1
+                            return attempts
+                        }
+                        if attempt == 1 {
+                            // Ends this connection's session from another connection, and waits
+                            // until the channel has closed (and dropped its handlers).
+                            let pid = try await PostgresStatement.rows("SELECT pg_backend_pid() AS pid", on: connection, logger: logger)
+                                .first?["pid"].decode(Int32.self)
+                            _ = try await batches.rows("terminate", "SELECT pg_terminate_backend(\(try #require(pid)))")
+                            try? await connection.closeFuture.get()
+                            #expect(connection.isClosed)
+                        }
+                        return try await PostgresStatement.rows("SELECT 42 AS answer", on: connection, logger: logger)
+                            .first?["answer"].decode(Int.self)
+                    }
+                }
+                let elapsed = started.duration(to: .now)
+                guard let outcome else {
+                    Issue.record("round \(round): the statement on the closed connection never ended (not within 25 s)")
+                    return
+                }
+                let attempted = try outcome.get()
+                #expect(attempted.value == 42, "round \(round)")
+                #expect(attempts.withLock { $0 } == 2, "round \(round): one attempt on the closed connection, one on a fresh one")
+                // The first attempt may have been applied: a write checks its own outcome.
+                #expect(attempted.mayHaveRunBefore, "round \(round)")
+                #expect(elapsed < .seconds(5), "round \(round): took \(elapsed), the attempt's deadline is 10 s")
+            }
+            try await store.executeForTesting("DROP SCHEMA \(store.namespace) CASCADE")
+        }
+    }
+}
+
+/// Runs `body` in a task of its own and waits for it at most `limit`: `nil` when it has not ended
+/// by then (it is left running), so that an await that is never resumed fails the test instead of
+/// hanging it.
+private func finishing<T: Sendable>(
+    within limit: Duration, _ body: @escaping @Sendable () async throws -> T
+) async -> Result<T, any Error>? {
+    let waiter = Mutex<CheckedContinuation<Result<T, any Error>?, Never>?>(nil)
+    let resume: @Sendable (Result<T, any Error>?) -> Void = { outcome in
+        waiter.withLock { continuation in
+            continuation?.resume(returning: outcome)
+            continuation = nil
+        }
+    }
+    return await withCheckedContinuation { continuation in
+        waiter.withLock { $0 = continuation }
+        Task {
+            do { resume(.success(try await body())) } catch { resume(.failure(error)) }
+        }
+        Task {
+            try? await Task.sleep(for: limit)
+            resume(nil)
+        }
     }
 }
 
