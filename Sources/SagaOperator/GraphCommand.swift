@@ -33,6 +33,8 @@ struct GraphCommand: AsyncParsableCommand {
             var maxAttempts: Int
             /// When the step runs (the condition's text); absent for always.
             var condition: String?
+            /// The parallel group the step belongs to; absent for a step on its own.
+            var group: String?
         }
         var name: String
         var version: Int
@@ -66,7 +68,7 @@ struct GraphCommand: AsyncParsableCommand {
                     steps: found.steps.map {
                         .init(
                             name: $0.name, action: $0.action, compensation: $0.compensation, pivot: $0.options.isPivot,
-                            maxAttempts: $0.options.retry.maxAttempts, condition: $0.condition?.description)
+                            maxAttempts: $0.options.retry.maxAttempts, condition: $0.condition?.description, group: $0.group)
                     },
                     mermaid: found.mermaidFlowchart))
         } else {

@@ -6,38 +6,93 @@ extension SagaDefinition {
     /// shows its condition (`when amount > 1000`) and a dotted `skipped` edge to what follows it
     /// when the condition is false.
     ///
+    /// A parallel group (``SagaBuilder/parallel(_:_:)``) is drawn as a fork and a join: a
+    /// `subgraph` named after the group holds its members side by side, the step before leads
+    /// to every member, every member leads to the group's join node, and the join to the step
+    /// after. A failing member leads to the compensation of the last other member (the group
+    /// waits for its running members first), and the compensations chain as the state machine
+    /// runs them: the group's members in reverse declaration order, then the steps before.
+    /// Definitions without groups print as they always did.
+    ///
     /// Paste it into any Markdown viewer that renders Mermaid (GitHub does).
     public var mermaidFlowchart: String {
         var lines = ["flowchart LR", "    start((start))"]
         let pivot = pivotIndex
-        for (index, step) in steps.enumerated() {
+        func node(_ index: Int, indent: String) -> String {
+            let step = steps[index]
             let marker = index == pivot ? " · PIVOT" : (isForwardOnly(index) ? " · forward only" : "")
             let when = step.condition.map { "<br/>when \(Self.mermaidText($0.description))" } ?? ""
             let shape =
                 index == pivot
                 ? "{{\"\(step.name)<br/>\(step.action)\(marker)\"}}" : "[\"\(step.name)<br/>\(step.action)\(marker)\(when)\"]"
-            lines.append("    a\(index)\(shape)")
-            if let compensation = step.compensation {
-                let onlyIf = step.condition == nil ? "" : "<br/>if it ran"
-                lines.append("    c\(index)[/\"undo \(step.name)<br/>\(compensation)\(onlyIf)\"/]")
+            return "\(indent)a\(index)\(shape)"
+        }
+        func undoNode(_ index: Int) -> String? {
+            guard let compensation = steps[index].compensation else { return nil }
+            // A member that failed is not undone, unless it timed out (its effect may have committed).
+            let onlyIf =
+                steps[index].group != nil ? "<br/>if it completed or timed out" : (steps[index].condition == nil ? "" : "<br/>if it ran")
+            return "    c\(index)[/\"undo \(steps[index].name)<br/>\(compensation)\(onlyIf)\"/]"
+        }
+        var index = 0
+        while index < steps.count {
+            if let group = groupRange(of: index) {
+                let name = Self.mermaidText(steps[index].group ?? "")
+                lines.append("    subgraph g\(group.lowerBound) [\"parallel group '\(name)'\"]")
+                for member in group { lines.append(node(member, indent: "        ")) }
+                lines.append("    end")
+                lines += group.compactMap(undoNode)
+                lines.append("    j\(group.lowerBound)((join))")
+                index = group.upperBound + 1
+            } else {
+                lines.append(node(index, indent: "    "))
+                if let undo = undoNode(index) { lines.append(undo) }
+                index += 1
             }
         }
         lines.append("    done((completed))")
         lines.append("    compensated((compensated))")
-        lines.append("    start --> a0")
-        for index in steps.indices {
-            let next = index + 1 < steps.count ? "a\(index + 1)" : "done"
-            lines.append("    a\(index) -->|ok| \(next)")
-            if steps[index].condition != nil {
-                lines.append("    a\(index) -.->|condition false: skipped| \(next)")
+        // What running step `index` means: its node, or every member of its group; `done` past the end.
+        func entries(_ index: Int) -> [String] {
+            guard index < steps.count else { return ["done"] }
+            return (groupRange(of: index) ?? index...index).map { "a\($0)" }
+        }
+        // The compensation that runs first after step `index` failed for good (`nil`: none).
+        func failureTarget(_ index: Int) -> String {
+            let target: Int?
+            if let group = groupRange(of: index) {
+                // The group waits for its running members, then undoes the completed ones (newest
+                // declared first) and the steps before; the failed member itself is not undone.
+                target = stride(from: group.upperBound, through: 0, by: -1).first { $0 != index && steps[$0].compensation != nil }
+            } else {
+                target = stride(from: index - 1, through: 0, by: -1).first { steps[$0].compensation != nil }
             }
-            if index == pivot || isForwardOnly(index) {
-                lines.append("    a\(index) -.->|fails: retry forward| a\(index)")
-                continue
+            return target.map { "c\($0)" } ?? "compensated"
+        }
+        for entry in entries(0) { lines.append("    start --> \(entry)") }
+        index = 0
+        while index < steps.count {
+            let group = groupRange(of: index)
+            for step in group ?? index...index {
+                let nexts = group.map { ["j\($0.lowerBound)"] } ?? entries(step + 1)
+                for next in nexts { lines.append("    a\(step) -->|ok| \(next)") }
+                if steps[step].condition != nil {
+                    for next in nexts { lines.append("    a\(step) -.->|condition false: skipped| \(next)") }
+                }
+                if step == pivot || isForwardOnly(step) {
+                    lines.append("    a\(step) -.->|fails: retry forward| a\(step)")
+                    continue
+                }
+                // A failure of step i compensates the steps before it, newest first; a member's
+                // failure waits for the other members, then compensates the completed ones too.
+                lines.append("    a\(step) -.->|\(group == nil ? "fails" : "fails: once the others finish")| \(failureTarget(step))")
             }
-            // A failure of step i compensates the steps before it, newest first.
-            let target = stride(from: index - 1, through: 0, by: -1).first { steps[$0].compensation != nil }
-            lines.append("    a\(index) -.->|fails| \(target.map { "c\($0)" } ?? "compensated")")
+            if let group {
+                for next in entries(group.upperBound + 1) { lines.append("    j\(group.lowerBound) -->|all ok or skipped| \(next)") }
+                index = group.upperBound + 1
+            } else {
+                index += 1
+            }
         }
         for index in steps.indices where steps[index].compensation != nil {
             let target = stride(from: index - 1, through: 0, by: -1).first { steps[$0].compensation != nil }
@@ -50,6 +105,11 @@ extension SagaDefinition {
         lines.append("    classDef undo fill:#fee2e2,stroke:#b91c1c")
         let undo = steps.indices.filter { steps[$0].compensation != nil }.map { "c\($0)" }
         if !undo.isEmpty { lines.append("    class \(undo.joined(separator: ",")) undo") }
+        let groups = groups
+        if !groups.isEmpty {
+            lines.append("    classDef parallel fill:#eff6ff,stroke:#2563eb,stroke-dasharray:4 3")
+            lines.append("    class \(groups.map { "g\($0.steps.lowerBound)" }.joined(separator: ",")) parallel")
+        }
         return lines.joined(separator: "\n")
     }
 
