@@ -207,6 +207,32 @@ struct ShowCommand: AsyncParsableCommand {
         var stalledAt: Date?
         /// The `saga` commands an operator can run now.
         var operatorCommands: [String]
+        /// For a saga in a parallel group: every member and where it stands (``command`` and
+        /// ``step`` are then the first running member's, or the first an operator's retry
+        /// re-runs); absent otherwise.
+        var group: Group? = nil
+
+        /// A parallel group a saga is in.
+        struct Group: Encodable, Equatable {
+            /// The group's name.
+            var name: String
+            /// Its members in declaration order.
+            var members: [Member]
+        }
+
+        /// A member of a parallel group.
+        struct Member: Encodable, Equatable {
+            var step: Int
+            var stepName: String
+            /// `running`, `completed`, `failed` or `skipped`.
+            var progress: String
+            /// The attempt expected (running members).
+            var attempt: Int?
+            /// The action's command (running members).
+            var command: String?
+            /// Whether a failed member timed out (so it is compensated too).
+            var timedOut: Bool?
+        }
     }
 
     /// What will happen to the saga next.
@@ -233,6 +259,9 @@ struct ShowCommand: AsyncParsableCommand {
         }
         let step = definition.steps[state.currentStep]
         let reaper = configuration.reaper
+        if let group = GroupProgress(state, definition: definition) {
+            return groupNext(state, group: group, definition: definition, configuration: configuration, now: now)
+        }
         if state.status == .needsAttention {
             let stuckInCompensation = state.history.last(where: { $0.step == state.currentStep })?.phase == .compensation
             let command = stuckInCompensation ? (step.compensation ?? step.action) : step.action
@@ -311,6 +340,141 @@ struct ShowCommand: AsyncParsableCommand {
         next.phase = command.phase.rawValue
         next.attempt = command.attempt
         next.retryAt = retryAt
+        next.delaySeconds = delaySeconds
+        next.stalledAt = stalledAt
+        return next
+    }
+
+    /// What happens next to a saga in a parallel group: its running members' commands (each
+    /// possibly in a retry delay), or for a saga stopped there, what an operator's retry re-runs.
+    static func groupNext(
+        _ state: SagaState, group: GroupProgress, definition: SagaDefinition, configuration: OperatorConfiguration, now: Date
+    ) -> NextStep {
+        let forwardOnly = definition.isForwardOnly(group.steps.lowerBound)
+        let exchange = configuration.topology.commandsExchange
+        let data = NextStep.Group(
+            name: group.name,
+            members: group.members.map { member in
+                let action = definition.steps[member.step].action
+                switch member.progress {
+                case .running(let attempt):
+                    return .init(
+                        step: member.step, stepName: member.name, progress: GroupProgress.word(member.progress), attempt: attempt,
+                        command: action)
+                case .failed(let uncertain):
+                    return .init(
+                        step: member.step, stepName: member.name, progress: GroupProgress.word(member.progress),
+                        timedOut: uncertain ? true : nil)
+                case .completed, .skipped:
+                    return .init(step: member.step, stepName: member.name, progress: GroupProgress.word(member.progress))
+                }
+            })
+        func located(_ member: GroupProgress.Member) -> String { "step \(member.step + 1) '\(member.name)', action" }
+        let compensates =
+            "the completed members (newest declared first) and the steps before are compensated; a failed member is not, unless it timed out"
+
+        if state.status == .needsAttention {
+            // What the state machine's retry re-runs: the members still running (the reaper gave
+            // up on them), or when none runs, the members that failed for good.
+            var targets = group.running.compactMap { member -> (GroupProgress.Member, Int)? in
+                guard case .running(let attempt) = member.progress else { return nil }
+                return (member, attempt + 1)
+            }
+            if targets.isEmpty {
+                targets = group.failed.map { member in
+                    let last = state.history.last { $0.step == member.step && $0.phase == .action && $0.outcome == .failed }
+                    return (member, (last?.attempt ?? 1) + 1)
+                }
+            }
+            var commands = ["saga retry \(state.id)"]
+            if !forwardOnly { commands.append("saga compensate \(state.id)") }
+            var lines = [
+                "needs an operator: " + commands.map { "`\($0)`" }.joined(separator: " or "),
+                "stopped: \(state.failureReason ?? "no reason recorded")",
+                "stopped in \(group.text)",
+            ]
+            if !targets.isEmpty {
+                lines.append(
+                    "`saga retry \(state.id) --reason …` sends again: "
+                        + targets.map { "'\(definition.steps[$0.0.step].action)' as attempt \($0.1) (\(located($0.0)))" }.joined(
+                            separator: ", "))
+            }
+            if !forwardOnly {
+                lines.append(
+                    "`saga compensate \(state.id) --reason …` undoes instead: the completed and unfinished members (newest declared first), then the steps before"
+                )
+            }
+            var next = NextStep(
+                kind: "needs-operator", summary: lines[0], text: lines.joined(separator: "\n"), operatorCommands: commands, group: data)
+            if let (member, attempt) = targets.first {
+                next.command = definition.steps[member.step].action
+                next.step = member.step
+                next.stepName = member.name
+                next.phase = StepPhase.action.rawValue
+                next.attempt = attempt
+            }
+            return next
+        }
+
+        // Running: every running member's command is on its way, now or after a retry delay.
+        let commands = SagaStateMachine(definition: definition).commands(for: state).map(\.command)
+        var lines = [
+            "waiting for \(commands.count) member(s) of parallel group '\(group.name)' to finish: "
+                + commands.map { "'\($0.command)' attempt \($0.attempt)" }.joined(separator: ", ")
+        ]
+        var dues: [Date] = []
+        var delaySeconds: Int?
+        for command in commands {
+            let member = "step \(command.step + 1) '\(command.stepName)'"
+            let last = state.history.last { $0.step == command.step && $0.phase == .action }
+            if let last, last.outcome == .retrying {
+                let level = configuration.topology.delayLevel(
+                    for: definition.steps[command.step].options.retry.delay(afterAttempt: last.attempt))
+                let due = last.finishedAt.addingTimeInterval(Double(level))
+                dues.append(due)
+                delaySeconds = delaySeconds ?? level
+                lines.append(
+                    due > now
+                        ? "\(member): retrying at \(isoFormatter.string(from: due)) (delay level \(level) s) as attempt \(command.attempt); the last attempt failed: \(last.error ?? "no error recorded")"
+                        : "\(member): waiting for a service to run attempt \(command.attempt); the retry was due at \(isoFormatter.string(from: due)) (delay level \(level) s); the last attempt failed: \(last.error ?? "no error recorded")"
+                )
+            } else if let last, last.outcome == .retryRequested {
+                lines.append(
+                    "\(member): sent again at \(isoFormatter.string(from: last.finishedAt)) for \(last.actor ?? "an operator")'s retry")
+            }
+        }
+        let settled = group.members.filter { if case .running = $0.progress { false } else { true } }
+        if !settled.isEmpty { lines.append("settled: " + settled.map(\.text).joined(separator: ", ")) }
+        lines.append(
+            "sent to exchange \(exchange), routing key(s) " + commands.map { "'\($0.command)'" }.joined(separator: ", "))
+        if forwardOnly {
+            lines.append(
+                "past the pivot: failing members are retried forward until they succeed; a member's refusal (failAndCompensate) makes the saga need an operator"
+            )
+        } else if !group.failed.isEmpty {
+            lines.append("a member failed: once the running members finish, \(compensates)")
+        } else {
+            let left = commands.map { "\($0.stepName) \(max(0, definition.steps[$0.step].options.retry.maxAttempts - $0.attempt))" }
+            lines.append(
+                "the group joins when every member completed or was skipped; a member's business failure (failAndCompensate) or last failed retry (retries left: \(left.joined(separator: ", "))) makes the group wait for the running members, then \(compensates)"
+            )
+        }
+        let stalledAt = state.updatedAt.addingTimeInterval(configuration.reaper.stalledThreshold.seconds)
+        lines.append(
+            "if nothing happens by \(isoFormatter.string(from: stalledAt)), the reaper re-sends the running members' commands (\(max(0, configuration.reaper.maxReapAttempts - state.reapAttempts)) re-send(s) left before the saga needs an operator)"
+        )
+        let waitingForRetries = !commands.isEmpty && dues.count == commands.count && dues.allSatisfy { $0 > now }
+        var next = NextStep(
+            kind: waitingForRetries ? "retrying" : "waiting", summary: lines[0], text: lines.joined(separator: "\n"), operatorCommands: [],
+            group: data)
+        if let first = commands.first {
+            next.command = first.command
+            next.step = first.step
+            next.stepName = first.stepName
+            next.phase = first.phase.rawValue
+            next.attempt = first.attempt
+        }
+        next.retryAt = dues.min()
         next.delaySeconds = delaySeconds
         next.stalledAt = stalledAt
         return next

@@ -143,14 +143,97 @@ func pinnedDefinition(of state: SagaState) -> SagaDefinition? {
     SagaOperatorTool.definitions.definition(named: state.name, version: state.definitionVersion)
 }
 
-/// A saga's current position in words: `charge-card (action #2)`.
+/// A saga's current position in words: `charge-card (action #2)`, or for a saga in a parallel
+/// group `parallel group 'prepare': reserve-stock completed, authorize-payment running (attempt 2)`.
 func position(_ state: SagaState) -> String {
     guard let definition = pinnedDefinition(of: state),
         definition.steps.indices.contains(state.currentStep)
     else {
         return "step \(state.currentStep) #\(state.attempt)"
     }
+    if let group = GroupProgress(state, definition: definition) { return group.text }
     return "\(definition.steps[state.currentStep].name) (\(state.phase.rawValue) #\(state.attempt))"
+}
+
+/// Where the members of the parallel group a saga is in stand, read from its history with
+/// ``SagaStateMachine/progress(of:in:)``. A saga is in a group while it runs the group (its
+/// current step is the group's first) and when it stopped there for an operator before
+/// compensating anything.
+struct GroupProgress {
+    /// One member.
+    struct Member {
+        var step: Int
+        var name: String
+        var progress: ParallelMemberProgress
+
+        /// `reserve-stock completed`, `authorize-payment running (attempt 2)`.
+        var text: String { "\(name) \(GroupProgress.describe(progress))" }
+
+        /// As ``text``, for a saga stopped for an operator: a member without an outcome is
+        /// `unfinished (attempt 2)`, not running.
+        var stoppedText: String {
+            if case .running(let attempt) = progress { return "\(name) unfinished (attempt \(attempt))" }
+            return text
+        }
+    }
+
+    var name: String
+    var steps: ClosedRange<Int>
+    var members: [Member]
+
+    /// `nil` when the saga is not in a parallel group.
+    init?(_ state: SagaState, definition: SagaDefinition) {
+        guard let range = definition.groupRange(of: state.currentStep), range.lowerBound == state.currentStep else { return nil }
+        switch state.status {
+        case .running:
+            break
+        case .needsAttention:
+            // Stopped in the group's actions, not in a compensation (the state machine's rule).
+            guard !state.history.contains(where: { $0.phase == .compensation || $0.step > range.upperBound }) else { return nil }
+        default:
+            return nil
+        }
+        let machine = SagaStateMachine(definition: definition)
+        stopped = state.status == .needsAttention
+        name = definition.steps[range.lowerBound].group ?? ""
+        steps = range
+        members = range.map { Member(step: $0, name: definition.steps[$0].name, progress: machine.progress(of: $0, in: state)) }
+    }
+
+    /// `parallel group 'prepare': reserve-stock completed, authorize-payment running (attempt 2)`.
+    var text: String {
+        "parallel group '\(name)': " + members.map { stopped ? $0.stoppedText : $0.text }.joined(separator: ", ")
+    }
+
+    /// Whether the saga stopped in the group for an operator.
+    var stopped: Bool
+
+    /// The members still running.
+    var running: [Member] { members.filter { if case .running = $0.progress { true } else { false } } }
+
+    /// The members that failed for good.
+    var failed: [Member] { members.filter { if case .failed = $0.progress { true } else { false } } }
+
+    /// A member's progress in words: `completed`, `running (attempt 2)`, `failed`,
+    /// `failed (timed out)`, `skipped`.
+    static func describe(_ progress: ParallelMemberProgress) -> String {
+        switch progress {
+        case .running(let attempt): "running (attempt \(attempt))"
+        case .completed: "completed"
+        case .failed(let uncertain): uncertain ? "failed (timed out)" : "failed"
+        case .skipped: "skipped"
+        }
+    }
+
+    /// The progress as a word for JSON: `running`, `completed`, `failed`, `skipped`.
+    static func word(_ progress: ParallelMemberProgress) -> String {
+        switch progress {
+        case .running: "running"
+        case .completed: "completed"
+        case .failed: "failed"
+        case .skipped: "skipped"
+        }
+    }
 }
 
 /// Parses `running`, `needs-attention`, `needsAttention`, `needs_attention`…
