@@ -63,6 +63,14 @@ enum ConsoleAssets {
         svg line.flow { stroke:#495057; stroke-width:1.5; } svg line.fail { stroke:var(--bad); stroke-dasharray:4 3; } svg line.back { stroke:var(--comp); stroke-width:1.5; }
         svg .arrowhead { fill:#495057; } svg circle.endpoint { fill:#495057; } svg circle.endpoint.done { fill:var(--ok); }
         svg rect.started { fill:var(--run); } svg rect.finished { fill:var(--ok); } .graph-box { overflow:auto; }
+        svg rect.group { fill:#f8fbff; stroke:#1c7ed6; stroke-dasharray:6 4; } svg text.group-name { font-weight:600; fill:#1864ab; }
+        svg line.fork { stroke:#495057; stroke-width:4; } svg text.step-when { font-size:11px; fill:#5f3dc4; font-style:italic; }
+        svg rect.step.st-completed { fill:#d3f9d8; stroke:var(--ok); } svg rect.step.st-running { fill:#d0ebff; stroke:var(--run); stroke-width:3; }
+        svg rect.step.st-failed { fill:#ffe3e3; stroke:var(--bad); stroke-width:2; } svg rect.step.st-skipped { fill:#f8f9fa; stroke:#adb5bd; stroke-dasharray:3 3; }
+        svg rect.step.st-compensated, svg rect.step.st-compensating { fill:#e5dbff; } svg rect.comp.st-compensated { fill:#d0bfff; }
+        svg text.step-state { font-size:11px; font-weight:600; } svg text.step-state.st-failed { fill:var(--bad); } svg text.step-state.st-running { fill:var(--run); }
+        ul.members { list-style:none; padding:0; display:flex; flex-wrap:wrap; gap:8px; } ul.members li { padding:4px 10px; border-radius:5px; border:1px solid var(--line); background:var(--card); }
+        ul.members li.st-completed { border-color:var(--ok); } ul.members li.st-running { border-color:var(--run); } ul.members li.st-failed { border-color:var(--bad); }
         table.dlq pre { max-width:420px; white-space:pre-wrap; }
         """#
 

@@ -188,10 +188,13 @@ struct Pages: Sendable {
     }
 
     /// `book-hotel (action #2)`: the step's name from the saga's definition or its history; for a
-    /// saga that needs attention, the phase it stopped in.
+    /// saga that needs attention, the phase it stopped in; for a saga in a parallel group, each
+    /// member's progress (`parallel group 'prepare': reserve-stock completed, authorize-payment
+    /// running (attempt 2)`).
     func position(_ saga: SagaState, registry: SagaDefinitionRegistry? = nil) -> String {
         let last = saga.history.last { $0.step == saga.currentStep }
         let definition = registry?.definition(named: saga.name, version: saga.definitionVersion)
+        if let definition, let group = ConsoleGroup(saga, definition: definition) { return group.text }
         let name =
             definition.flatMap { $0.steps.indices.contains(saga.currentStep) ? $0.steps[saga.currentStep].name : nil } ?? last?.stepName
             ?? "step \(saga.currentStep + 1)"
@@ -293,6 +296,16 @@ struct Pages: Sendable {
         html +=
             "<dt>version</dt><dd>\(state.version)\(state.reapAttempts > 0 ? " · re-sent by the reaper \(state.reapAttempts) time(s)" : "")</dd>"
         html += "</dl>"
+        let definition = registry?.definition(named: state.name, version: state.definitionVersion)
+        if let definition, let group = ConsoleGroup(state, definition: definition) {
+            html +=
+                "<section id=\"parallel-group\"><h2>Parallel group \(HTML.escape(group.name))</h2><ul class=\"members\">"
+                + group.members.map { member in
+                    let cls = SVG.describe(member.progress).cls
+                    return
+                        "<li class=\"member st-\(cls)\" data-step=\"\(HTML.escape(member.name))\"><b>\(HTML.escape(member.name))</b> \(HTML.escape(ConsoleGroup.describe(member.progress)))</li>"
+                }.joined() + "</ul></section>"
+        }
 
         html +=
             "<section class=\"next \(HTML.escape(next.kind))\" id=\"next\"><h2>What happens next</h2><p><b>\(HTML.escape(next.summary))</b></p>"
@@ -307,6 +320,11 @@ struct Pages: Sendable {
         html += SVG.gantt(state, now: now)
         html += timelineTable(state)
         html += "</section>"
+        if let definition {
+            html +=
+                "<section id=\"steps\"><h2>Steps</h2><p class=\"quiet\">where this saga is in its definition</p><div class=\"graph-box\">"
+                + SVG.graph(definition, state: state) + "</div></section>"
+        }
 
         html +=
             "<section class=\"two\"><div><h2>Payload</h2><pre id=\"payload\">\(HTML.escape(Redactor.pretty(.object(redactor.redact(state.payload)))))</pre></div>"
@@ -455,9 +473,11 @@ struct Pages: Sendable {
                 step.compensation.map { "<code>\(HTML.escape($0))</code>" } ?? (definition.isForwardOnly(index) ? "forward-only" : "—"),
                 step.options.isPivot ? "◆ pivot" : "", "\(step.options.retry.maxAttempts)",
                 step.options.timeout.map { HTML.seconds($0.consoleSeconds) } ?? "",
+                step.group.map { "‖ \(HTML.escape($0))" } ?? "",
+                step.condition.map { "<code>when \(HTML.escape($0.description))</code>" } ?? "",
             ]
         }
-        html += HTML.table(["#", "step", "action", "compensation", "", "attempts", "timeout"], rows)
+        html += HTML.table(["#", "step", "action", "compensation", "", "attempts", "timeout", "parallel group", "condition"], rows)
         html +=
             "<p class=\"quiet\">compensations: up to \(definition.compensationRetry.maxAttempts) attempts each, then the saga needs an operator.</p>"
         return layout(title: "Definition \(name)", active: "definitions", session: session, body: html)

@@ -86,7 +86,7 @@ enum SVG {
                 if let error = record.error { title += " — \(error)" }
                 svg +=
                     "<rect class=\"bar \(outcomeClass(record))\" x=\"\(f(barX))\" y=\"\(f(rowY + 6))\" width=\"\(f(barWidth))\" height=\"18\" rx=\"2\"><title>\(HTML.escape(title))</title></rect>"
-                if record.outcome != .completed {
+                if record.outcome != .completed && record.outcome != .skipped {
                     svg += "<text class=\"err\" x=\"\(f(barX + barWidth + 4))\" y=\"\(f(rowY + 19))\">✕ #\(record.attempt)</text>"
                 }
                 previousEnd = record.finishedAt
@@ -132,17 +132,84 @@ enum SVG {
 
     /// A definition as a graph: the actions top to bottom, each compensation to the right of its
     /// step with the way back drawn dashed, the pivot marked and the steps after it forward-only.
-    static func graph(_ definition: SagaDefinition) -> String {
+    /// A conditional step shows its condition (`when …`). The members of a parallel group stand
+    /// side by side in a dashed box, between a fork bar (they start at once) and a join bar (the
+    /// saga moves on when every member completed or was skipped); their compensations stand side
+    /// by side too, chained right to left (newest declared first) and then to the steps before.
+    ///
+    /// With `state`, each step also shows where that saga is: completed, running (attempt),
+    /// failed, skipped or compensated (the saga page draws its definition so).
+    static func graph(_ definition: SagaDefinition, state: SagaState? = nil) -> String {
         let boxWidth = 250.0
-        let boxHeight = 48.0
+        let memberWidth = 210.0
+        let memberGap = 14.0
+        let groupPad = 12.0
+        let hasConditions = definition.steps.contains { $0.condition != nil }
+        let boxHeight = hasConditions ? 62.0 : 48.0
         let gap = 30.0
         let left = 20.0
-        let compLeft = left + boxWidth + 120
         let top = 50.0
-        let count = definition.steps.count
-        let height = top + Double(count) * (boxHeight + gap) + 30
-        let width = compLeft + boxWidth + 20
-        func y(_ index: Int) -> Double { top + Double(index) * (boxHeight + gap) }
+        // The rows: a step on its own, or a parallel group's members side by side.
+        let levels: [ClosedRange<Int>] = {
+            var levels: [ClosedRange<Int>] = []
+            var index = 0
+            while index < definition.steps.count {
+                let range = definition.groupRange(of: index) ?? index...index
+                levels.append(range)
+                index = range.upperBound + 1
+            }
+            return levels
+        }()
+        let groupHeader = 48.0  // the group's label and its fork bar, above the members
+        let groupFooter = 16.0  // the join bar, below the members
+        func isGroup(_ level: ClosedRange<Int>) -> Bool { definition.steps[level.lowerBound].group != nil }
+        func levelWidth(_ level: ClosedRange<Int>) -> Double {
+            isGroup(level) ? Double(level.count) * memberWidth + Double(level.count - 1) * memberGap + 2 * groupPad : boxWidth
+        }
+        func levelHeight(_ level: ClosedRange<Int>) -> Double { isGroup(level) ? groupHeader + boxHeight + groupFooter : boxHeight }
+        let actionsWidth = levels.map(levelWidth).max() ?? boxWidth
+        let center = left + actionsWidth / 2
+        let compLeft = left + actionsWidth + 120
+        var levelTops: [Double] = []
+        var nextTop = top
+        for level in levels {
+            levelTops.append(nextTop)
+            nextTop += levelHeight(level) + gap
+        }
+        let height = nextTop + 30
+        // The compensation column: a step's compensation, or a group's compensations side by
+        // side (only the members that have one).
+        func compRowWidth(_ level: ClosedRange<Int>) -> Double {
+            guard isGroup(level) else { return boxWidth }
+            let count = Double(level.filter { definition.steps[$0].compensation != nil }.count)
+            return max(0, count * memberWidth + (count - 1) * memberGap)
+        }
+        let compColumnWidth = max(boxWidth, levels.map(compRowWidth).max() ?? boxWidth)
+        let width = compLeft + compColumnWidth + 20
+        let compColumnX = compLeft + (compColumnWidth - boxWidth) / 2
+        // Where each step's box stands: its left edge, top and width (compensations: shifted by
+        // the column's offset).
+        var boxes: [(x: Double, y: Double, width: Double)] = Array(repeating: (0, 0, 0), count: definition.steps.count)
+        for (number, level) in levels.enumerated() {
+            if isGroup(level) {
+                let start = center - levelWidth(level) / 2 + groupPad
+                for (offset, member) in level.enumerated() {
+                    boxes[member] = (start + Double(offset) * (memberWidth + memberGap), levelTops[number] + groupHeader, memberWidth)
+                }
+            } else {
+                boxes[level.lowerBound] = (center - boxWidth / 2, levelTops[number], boxWidth)
+            }
+        }
+        var compXs: [Int: Double] = [:]
+        for level in levels {
+            var x = compLeft + (compColumnWidth - compRowWidth(level)) / 2
+            for index in level where definition.steps[index].compensation != nil {
+                compXs[index] = x
+                x += boxes[index].width + memberGap
+            }
+        }
+        let states = state.map { steps(of: $0, in: definition) } ?? [:]
+
         var svg = """
             <svg class="graph" role="img" aria-label="graph of saga definition \(HTML.escape(definition.name)) version \(definition.version)" \
             viewBox="0 0 \(Int(width)) \(Int(height))" width="\(Int(width))" xmlns="http://www.w3.org/2000/svg">
@@ -151,52 +218,156 @@ enum SVG {
             """
         svg += "<text class=\"axis\" x=\"\(f(left))\" y=\"22\">actions (forward)</text>"
         svg += "<text class=\"axis\" x=\"\(f(compLeft))\" y=\"22\">compensations (backward, newest first)</text>"
-        svg += "<circle class=\"endpoint\" cx=\"\(f(left + boxWidth / 2))\" cy=\"\(f(top - 14))\" r=\"6\"><title>start</title></circle>"
+        svg += "<circle class=\"endpoint\" cx=\"\(f(center))\" cy=\"\(f(top - 14))\" r=\"6\"><title>start</title></circle>"
         let pivot = definition.pivotIndex
-        for (index, step) in definition.steps.enumerated() {
-            let by = y(index)
-            let forwardOnly = definition.isForwardOnly(index)
-            let isPivot = step.options.isPivot
-            let cls = isPivot ? "step pivot" : (forwardOnly ? "step forward" : "step")
+        var previousBottom = top - 8
+        for (number, level) in levels.enumerated() {
+            let levelTop = levelTops[number]
             svg +=
-                "<line class=\"flow\" x1=\"\(f(left + boxWidth / 2))\" y1=\"\(f(by - gap + (index == 0 ? 22 : 0)))\" x2=\"\(f(left + boxWidth / 2))\" y2=\"\(f(by))\" marker-end=\"url(#arrow)\"/>"
-            svg +=
-                "<rect class=\"\(cls)\" x=\"\(f(left))\" y=\"\(f(by))\" width=\"\(f(boxWidth))\" height=\"\(f(boxHeight))\" rx=\"6\"><title>\(HTML.escape(stepTitle(step, forwardOnly: forwardOnly)))</title></rect>"
-            svg +=
-                "<text class=\"step-name\" x=\"\(f(left + 10))\" y=\"\(f(by + 20))\">\(index + 1). \(HTML.escape(step.name))\(isPivot ? " ◆ pivot" : "")</text>"
-            let detail =
-                "\(step.action) · \(step.options.retry.maxAttempts)×\(step.options.timeout.map { " · \(HTML.seconds($0.consoleSeconds)) timeout" } ?? "")"
-            svg += "<text class=\"step-detail\" x=\"\(f(left + 10))\" y=\"\(f(by + 38))\">\(HTML.escape(detail))</text>"
-            if let compensation = step.compensation {
+                "<line class=\"flow\" x1=\"\(f(center))\" y1=\"\(f(number == 0 ? previousBottom : levelTop - gap))\" x2=\"\(f(center))\" y2=\"\(f(levelTop))\" marker-end=\"url(#arrow)\"/>"
+            if isGroup(level) {
+                let name = definition.steps[level.lowerBound].group ?? ""
+                let groupLeft = center - levelWidth(level) / 2
+                let forkY = levelTop + 24
+                let joinY = levelTop + groupHeader + boxHeight + 10
+                let firstCenter = boxes[level.lowerBound].x + memberWidth / 2
+                let lastCenter = boxes[level.upperBound].x + memberWidth / 2
                 svg +=
-                    "<rect class=\"comp\" x=\"\(f(compLeft))\" y=\"\(f(by))\" width=\"\(f(boxWidth))\" height=\"\(f(boxHeight))\" rx=\"6\"><title>compensation of \(HTML.escape(step.name))</title></rect>"
-                svg += "<text class=\"step-name\" x=\"\(f(compLeft + 10))\" y=\"\(f(by + 20))\">↩ undo \(HTML.escape(step.name))</text>"
+                    "<rect class=\"group\" x=\"\(f(groupLeft))\" y=\"\(f(levelTop))\" width=\"\(f(levelWidth(level)))\" height=\"\(f(levelHeight(level)))\" rx=\"8\"><title>parallel group \(HTML.escape(name)): its members start at once; the saga moves on when every member completed or was skipped; when one fails for good, the group waits for the others, then the completed members and the steps before are compensated</title></rect>"
                 svg +=
-                    "<text class=\"step-detail\" x=\"\(f(compLeft + 10))\" y=\"\(f(by + 38))\">\(HTML.escape(compensation)) · \(definition.compensationRetry.maxAttempts)×</text>"
+                    "<text class=\"group-name\" x=\"\(f(groupLeft + 8))\" y=\"\(f(levelTop + 15))\">‖ parallel group \(HTML.escape(name))</text>"
                 svg +=
-                    "<line class=\"fail\" x1=\"\(f(left + boxWidth))\" y1=\"\(f(by + boxHeight / 2))\" x2=\"\(f(compLeft))\" y2=\"\(f(by + boxHeight / 2))\" marker-end=\"url(#arrow)\"><title>a later step fails: undo this one</title></line>"
-                if index > 0, definition.steps[index - 1].compensation != nil || index > 0 {
-                    // Compensation runs backward: to the previous step's compensation.
-                    if let previous = definition.steps[..<index].lastIndex(where: { $0.compensation != nil }) {
-                        svg +=
-                            "<line class=\"back\" x1=\"\(f(compLeft + boxWidth / 2))\" y1=\"\(f(by))\" x2=\"\(f(compLeft + boxWidth / 2))\" y2=\"\(f(y(previous) + boxHeight))\" marker-end=\"url(#arrow)\"/>"
-                    }
+                    "<line class=\"fork\" x1=\"\(f(firstCenter))\" y1=\"\(f(forkY))\" x2=\"\(f(lastCenter))\" y2=\"\(f(forkY))\"><title>fork: every member whose condition holds starts at once</title></line>"
+                svg +=
+                    "<line class=\"fork\" x1=\"\(f(firstCenter))\" y1=\"\(f(joinY))\" x2=\"\(f(lastCenter))\" y2=\"\(f(joinY))\"><title>join: every member completed or was skipped</title></line>"
+                svg +=
+                    "<line class=\"flow\" x1=\"\(f(center))\" y1=\"\(f(levelTop))\" x2=\"\(f(center))\" y2=\"\(f(forkY))\"/>"
+                for member in level {
+                    let memberCenter = boxes[member].x + memberWidth / 2
+                    svg +=
+                        "<line class=\"flow\" x1=\"\(f(memberCenter))\" y1=\"\(f(forkY))\" x2=\"\(f(memberCenter))\" y2=\"\(f(boxes[member].y))\" marker-end=\"url(#arrow)\"/>"
+                    svg +=
+                        "<line class=\"flow\" x1=\"\(f(memberCenter))\" y1=\"\(f(boxes[member].y + boxHeight))\" x2=\"\(f(memberCenter))\" y2=\"\(f(joinY))\"/>"
                 }
-            } else if !forwardOnly {
-                svg += "<text class=\"note\" x=\"\(f(compLeft))\" y=\"\(f(by + 28))\">(nothing to undo)</text>"
-            }
-            if let pivot, index > pivot, index == pivot + 1 {
                 svg +=
-                    "<text class=\"note\" x=\"\(f(compLeft))\" y=\"\(f(by + 28))\">forward-only: retried until it succeeds</text>"
+                    "<line class=\"flow\" x1=\"\(f(center))\" y1=\"\(f(joinY))\" x2=\"\(f(center))\" y2=\"\(f(levelTop + levelHeight(level)))\"/>"
+            }
+            previousBottom = levelTop + levelHeight(level)
+            for index in level {
+                let step = definition.steps[index]
+                let box = boxes[index]
+                let by = box.y
+                let forwardOnly = definition.isForwardOnly(index)
+                let isPivot = step.options.isPivot
+                var cls = isPivot ? "step pivot" : (forwardOnly ? "step forward" : "step")
+                if step.condition != nil { cls += " conditional" }
+                if step.group != nil { cls += " member" }
+                if let shown = states[index] { cls += " st-\(shown.cls)" }
+                svg +=
+                    "<rect class=\"\(cls)\" x=\"\(f(box.x))\" y=\"\(f(by))\" width=\"\(f(box.width))\" height=\"\(f(boxHeight))\" rx=\"6\" data-step=\"\(HTML.escape(step.name))\"><title>\(HTML.escape(stepTitle(step, forwardOnly: forwardOnly)))</title></rect>"
+                svg +=
+                    "<text class=\"step-name\" x=\"\(f(box.x + 10))\" y=\"\(f(by + 20))\">\(index + 1). \(HTML.escape(step.name))\(isPivot ? " ◆ pivot" : "")</text>"
+                let detail =
+                    "\(step.action) · \(step.options.retry.maxAttempts)×\(step.options.timeout.map { " · \(HTML.seconds($0.consoleSeconds)) timeout" } ?? "")"
+                svg += "<text class=\"step-detail\" x=\"\(f(box.x + 10))\" y=\"\(f(by + 38))\">\(HTML.escape(detail))</text>"
+                if let condition = step.condition {
+                    svg +=
+                        "<text class=\"step-when\" x=\"\(f(box.x + 10))\" y=\"\(f(by + 54))\">when \(HTML.escape(condition.description))</text>"
+                }
+                if let shown = states[index] {
+                    svg +=
+                        "<text class=\"step-state st-\(shown.cls)\" x=\"\(f(box.x + box.width - 4))\" y=\"\(f(by - 3))\" text-anchor=\"end\">\(HTML.escape(shown.text))</text>"
+                }
+                let compX = compXs[index] ?? compColumnX
+                if let compensation = step.compensation {
+                    let undone = states[index]?.cls == "compensated" ? " st-compensated" : ""
+                    svg +=
+                        "<rect class=\"comp\(undone)\" x=\"\(f(compX))\" y=\"\(f(by))\" width=\"\(f(box.width))\" height=\"\(f(boxHeight))\" rx=\"6\"><title>compensation of \(HTML.escape(step.name))\(step.group != nil ? " (if it completed, or timed out)" : "")</title></rect>"
+                    svg += "<text class=\"step-name\" x=\"\(f(compX + 10))\" y=\"\(f(by + 20))\">↩ undo \(HTML.escape(step.name))</text>"
+                    svg +=
+                        "<text class=\"step-detail\" x=\"\(f(compX + 10))\" y=\"\(f(by + 38))\">\(HTML.escape(compensation)) · \(definition.compensationRetry.maxAttempts)×</text>"
+                    if step.group == nil {
+                        svg +=
+                            "<line class=\"fail\" x1=\"\(f(box.x + box.width))\" y1=\"\(f(by + boxHeight / 2))\" x2=\"\(f(compX))\" y2=\"\(f(by + boxHeight / 2))\" marker-end=\"url(#arrow)\"><title>a later step fails: undo this one</title></line>"
+                    }
+                    // Compensation runs backward: to the previous step's compensation (in a
+                    // group, from right to left, then up to the steps before).
+                    if let previous = definition.steps[..<index].lastIndex(where: { $0.compensation != nil }) {
+                        let target = boxes[previous]
+                        if definition.groupRange(of: index)?.contains(previous) == true {
+                            svg +=
+                                "<line class=\"back\" x1=\"\(f(compX))\" y1=\"\(f(by + boxHeight / 2))\" x2=\"\(f((compXs[previous] ?? compColumnX) + target.width))\" y2=\"\(f(target.y + boxHeight / 2))\" marker-end=\"url(#arrow)\"/>"
+                        } else {
+                            svg +=
+                                "<line class=\"back\" x1=\"\(f(compX + box.width / 2))\" y1=\"\(f(by))\" x2=\"\(f((compXs[previous] ?? compColumnX) + target.width / 2))\" y2=\"\(f(target.y + boxHeight))\" marker-end=\"url(#arrow)\"/>"
+                        }
+                    }
+                } else if !forwardOnly && step.group == nil {
+                    svg += "<text class=\"note\" x=\"\(f(compX))\" y=\"\(f(by + 28))\">(nothing to undo)</text>"
+                }
+                if let pivot, index > pivot, index == pivot + 1 {
+                    svg +=
+                        "<text class=\"note\" x=\"\(f(compX))\" y=\"\(f(by + 28))\">forward-only: retried until it succeeds</text>"
+                }
+            }
+            if isGroup(level), !definition.isForwardOnly(level.lowerBound),
+                level.contains(where: { definition.steps[$0].compensation != nil })
+            {
+                // One failure line for the group: a member failing (or a later step) undoes the
+                // completed members.
+                let y = levelTop + groupHeader + boxHeight / 2
+                svg +=
+                    "<line class=\"fail\" x1=\"\(f(center + levelWidth(level) / 2))\" y1=\"\(f(y))\" x2=\"\(f(level.compactMap { compXs[$0] }.min() ?? compColumnX))\" y2=\"\(f(y))\" marker-end=\"url(#arrow)\"><title>a member fails (the group waits for the others) or a later step fails: undo the completed members, newest declared first</title></line>"
             }
         }
-        let endY = y(count) - gap + 14
+        let endY = nextTop - gap + 14
         svg +=
-            "<line class=\"flow\" x1=\"\(f(left + boxWidth / 2))\" y1=\"\(f(endY - 14))\" x2=\"\(f(left + boxWidth / 2))\" y2=\"\(f(endY + 2))\" marker-end=\"url(#arrow)\"/>"
+            "<line class=\"flow\" x1=\"\(f(center))\" y1=\"\(f(endY - 14))\" x2=\"\(f(center))\" y2=\"\(f(endY + 2))\" marker-end=\"url(#arrow)\"/>"
         svg +=
-            "<circle class=\"endpoint done\" cx=\"\(f(left + boxWidth / 2))\" cy=\"\(f(endY + 10))\" r=\"7\"><title>completed</title></circle>"
-        svg += "<text class=\"note\" x=\"\(f(left + boxWidth / 2 + 14))\" y=\"\(f(endY + 14))\">completed</text>"
+            "<circle class=\"endpoint done\" cx=\"\(f(center))\" cy=\"\(f(endY + 10))\" r=\"7\"><title>completed</title></circle>"
+        svg += "<text class=\"note\" x=\"\(f(center + 14))\" y=\"\(f(endY + 14))\">completed</text>"
         return svg + "</svg>"
+    }
+
+    /// Where a saga stands at each step it reached: a class (`completed`, `running`, `failed`,
+    /// `skipped`, `compensated`, `compensating`) and a short text. The members of a parallel
+    /// group it runs take their progress from ``SagaStateMachine/progress(of:in:)``.
+    static func steps(of state: SagaState, in definition: SagaDefinition) -> [Int: (cls: String, text: String)] {
+        let machine = SagaStateMachine(definition: definition)
+        let group = ConsoleGroup(state, definition: definition)
+        var result: [Int: (cls: String, text: String)] = [:]
+        for index in definition.steps.indices {
+            let records = state.history.filter { $0.step == index }
+            let compensation = records.last { $0.phase == .compensation && !$0.outcome.isOperatorAction }
+            if compensation?.outcome == .completed {
+                result[index] = ("compensated", "↩ compensated")
+            } else if state.status == .compensating, state.currentStep == index {
+                result[index] = ("compensating", "↩ compensating #\(state.attempt)")
+            } else if state.status == .needsAttention, compensation != nil, state.currentStep == index {
+                result[index] = ("failed", "↩ compensation stopped")
+            } else if group?.steps.contains(index) == true {
+                result[index] = describe(machine.progress(of: index, in: state))
+            } else if state.status == .running, state.currentStep == index {
+                result[index] = ("running", "running #\(state.attempt)")
+            } else if state.status == .needsAttention, state.currentStep == index {
+                result[index] = ("failed", "stopped #\(state.attempt)")
+            } else if records.contains(where: { $0.phase == .action }) {
+                let progress = machine.progress(of: index, in: state)
+                if case .running = progress { continue }  // not current: nothing to say
+                result[index] = describe(progress)
+            }
+        }
+        return result
+    }
+
+    /// A parallel-group member's progress as a class and a short text.
+    static func describe(_ progress: ParallelMemberProgress) -> (cls: String, text: String) {
+        switch progress {
+        case .running(let attempt): ("running", "running #\(attempt)")
+        case .completed: ("completed", "✓ completed")
+        case .failed(let uncertain): ("failed", uncertain ? "✕ timed out" : "✕ failed")
+        case .skipped: ("skipped", "skipped")
+        }
     }
 
     static func stepTitle(_ step: SagaStep, forwardOnly: Bool) -> String {
@@ -204,6 +375,8 @@ enum SVG {
         if let compensation = step.compensation { parts.append("undone by \(compensation)") }
         if step.options.isPivot { parts.append("pivot: once it succeeds the saga only goes forward") }
         if forwardOnly && !step.options.isPivot { parts.append("forward-only") }
+        if let condition = step.condition { parts.append("runs only when \(condition) (skipped otherwise, and never compensated)") }
+        if let group = step.group { parts.append("member of parallel group \(group): runs at once with the other members") }
         parts.append("up to \(step.options.retry.maxAttempts) attempts")
         return parts.joined(separator: "; ")
     }
