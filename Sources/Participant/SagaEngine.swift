@@ -53,7 +53,9 @@ struct SagaEngine: Sendable {
                 // lifecycle events of the transition, all committed with it.
                 let events =
                     topology.events == .none
-                    ? [] : SagaLifecycleEvent.events(of: event, from: state, to: next, version: state.version + 1, at: now)
+                    ? []
+                    : SagaLifecycleEvent.events(
+                        of: event, from: state, to: next, version: state.version + 1, definition: machine.definition, at: now)
                 let outbox =
                     try commands.map { try SagaMessages.outbox($0, state: next, topology: topology, now: now) }
                     + SagaMessages.eventOutbox(events, state: next, topology: topology)
@@ -236,7 +238,9 @@ struct SagaEngine: Sendable {
             case .completed, .compensated:
                 logger.info("saga \(new.status.rawValue)", metadata: metadata)
             case .running:
-                logger.info("saga is running again", metadata: metadata)
+                logger.info(old.status == .waiting ? "saga received its signal" : "saga is running again", metadata: metadata)
+            case .waiting:
+                logger.info("saga waits for a signal", metadata: metadata)
             }
         } else {
             logger.debug("saga advanced", metadata: metadata)

@@ -169,7 +169,7 @@ public struct SagaManager: Service {
         let start = SagaStateMachine(definition: definition).begin(id: id, payload: payload, context: context, now: now)
         let messages = try start.commands.map { try SagaMessages.outbox($0, state: start.state, topology: engine.topology, now: now) }
         let events = try SagaMessages.eventOutbox(
-            SagaLifecycleEvent.startEvents(start.state, at: now), state: start.state, topology: engine.topology)
+            SagaLifecycleEvent.startEvents(start.state, definition: definition, at: now), state: start.state, topology: engine.topology)
         return PreparedStart(
             state: start.state, outbox: messages + events,
             firstCommand: start.commands.isEmpty
@@ -266,6 +266,43 @@ public struct SagaManager: Service {
         try await operate(id, event: .compensationRequested(by: actor, reason: reason))
     }
 
+    /// Delivers the signal `name` to a saga, for its wait step that waits for it (see
+    /// ``SagaBuilder/wait(_:for:timeout:onTimeout:when:)``): `payload` is merged into the saga's
+    /// data and the saga goes on with its next step. A signal that arrives before the saga
+    /// reaches the wait is kept (the wait completes when the saga gets there); one that arrives
+    /// after the wait ended (its timeout passed, the saga finished or is compensating) is
+    /// ignored, and the result says why. Delivering the same signal twice is harmless: the
+    /// second is ignored.
+    ///
+    /// Any process with a manager can deliver signals (a webhook handler, an approval UI); the
+    /// `saga signal` command does the same.
+    /// - Parameters:
+    ///   - id: the saga.
+    ///   - name: the signal's name, as the definition's wait step declares it.
+    ///   - payload: data merged into the saga's payload (shallow merge).
+    ///   - sender: who sent it, recorded in the saga's history.
+    /// - Throws: `unknownSaga`; `invalidState` when the saga's definition waits for no signal of
+    ///   that name (the message lists the signals it waits for).
+    @discardableResult
+    public func signal(_ id: SagaID, name: String, payload: JSONObject = [:], by sender: String? = nil) async throws -> SagaSignalResult {
+        let state = try await engine.store.load(id)
+        let logger = logger.with(saga: id, name: state.name)
+        switch try await engine.advance(id, from: state, event: .signalReceived(name: name, payload: payload, by: sender), logger: logger) {
+        case .committed(let next):
+            logger.info(
+                "signal delivered",
+                metadata: ["signal": "\(name)", "saga.status": "\(next.status.rawValue)", "signal.by": "\(sender ?? "-")"])
+            return .delivered(next)
+        case .ignored(let reason, let current):
+            logger.notice("signal ignored: \(reason)", metadata: ["signal": "\(name)"])
+            return .ignored(reason, current)
+        case .rejected(let reason, _):
+            throw SagaError(
+                .invalidState, reason,
+                recoverySuggestion: "send one of the signals the saga's definition waits for (`saga graph` shows them)")
+        }
+    }
+
     private func operate(_ id: SagaID, event: SagaEvent) async throws -> SagaState {
         let state = try await engine.store.load(id)
         let logger = logger.with(saga: id, name: state.name)
@@ -274,6 +311,22 @@ public struct SagaManager: Service {
             return next
         case .ignored(let reason, _), .rejected(let reason, _):
             throw SagaError(.invalidState, reason)
+        }
+    }
+}
+
+/// What ``SagaManager/signal(_:name:payload:by:)`` did.
+public enum SagaSignalResult: Sendable, Hashable {
+    /// The signal was recorded: the wait completed and the saga went on, or it was kept for a
+    /// wait the saga has not reached yet (the saga's state after the signal).
+    case delivered(SagaState)
+    /// The signal came too late or twice: `reason` says why (the saga's current state).
+    case ignored(String, SagaState)
+
+    /// The saga's state as this call left or found it.
+    public var state: SagaState {
+        switch self {
+        case .delivered(let state), .ignored(_, let state): state
         }
     }
 }

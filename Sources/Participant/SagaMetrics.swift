@@ -68,7 +68,7 @@ struct SagaMetrics: Sendable {
         case .completed: Counter(label: "saga_completed_total", dimensions: [("saga", saga)]).increment()
         case .compensated: Counter(label: "saga_compensated_total", dimensions: [("saga", saga)]).increment()
         case .needsAttention: Counter(label: "saga_needs_attention_total", dimensions: [("saga", saga)]).increment()
-        case .running, .compensating: break
+        case .running, .compensating, .waiting: break
         }
         Meter(label: "saga_in_progress", dimensions: [("saga", saga)]).decrement()
         let seconds = max(0, new.updatedAt.timeIntervalSince(new.createdAt))

@@ -70,7 +70,7 @@ public struct SagaReaper: Service {
             lease: configuration.pollInterval,
             limit: configuration.batchSize
         )
-        var changed: [SagaState] = []
+        var changed = try await endExpiredWaits(now: now)
         for state in stalled {
             let logger = logger.with(saga: state.id, name: state.name)
             // A store can be shared by deployments with other topologies or other definitions:
@@ -106,6 +106,43 @@ public struct SagaReaper: Service {
                 }
             } catch {
                 logger.error("could not handle a stalled saga", metadata: ["error": "\(error)"])
+            }
+        }
+        return changed
+    }
+
+    /// Ends the waits whose timeout passed (waiting sagas are never stalled: they are not
+    /// claimed above): each is compensated or goes on, as its wait step declares. For each
+    /// definition of this process with wait steps, looks at up to `batchSize` of its sagas that
+    /// have waited longer than its shortest wait (a saga's `updatedAt` is when it began to wait:
+    /// nothing changes a waiting saga but what ends the wait); the state machine decides whether
+    /// each one's own timeout passed. (With waits of very different timeouts in one definition,
+    /// sagas at the longer wait may fill a pass; the next passes get to the others.) Several
+    /// reapers may do this at once: the compare-and-swap lets one of them end a wait.
+    private func endExpiredWaits(now: Date) async throws -> [SagaState] {
+        var candidates: [SagaState] = []
+        for name in Set(engine.definitions.all.map(\.name)).sorted() {
+            let timeouts = engine.definitions.all.filter { $0.name == name }.flatMap { $0.steps.compactMap { $0.wait?.timeout } }
+            guard let shortest = timeouts.min() else { continue }
+            candidates += try await engine.store.list(
+                SagaQuery(
+                    statuses: [.waiting], name: name, updatedBefore: now.addingTimeInterval(-shortest.seconds),
+                    limit: configuration.batchSize))
+        }
+        var changed: [SagaState] = []
+        for state in candidates {
+            let logger = logger.with(saga: state.id, name: state.name)
+            if let prefix = state.context[SagaTopology.contextKey], prefix != engine.topology.prefix { continue }
+            if (try? engine.definitions.definition(named: state.name)) == nil { continue }
+            do {
+                if case .committed(let next) = try await engine.advance(state.id, from: state, event: .waitExpired, logger: logger) {
+                    logger.warning(
+                        "a wait timed out without its signal",
+                        metadata: ["saga.status": "\(next.status.rawValue)", "saga.waitingSince": "\(state.updatedAt)"])
+                    changed.append(next)
+                }
+            } catch {
+                logger.error("could not end an expired wait", metadata: ["error": "\(error)"])
             }
         }
         return changed

@@ -58,7 +58,7 @@ struct SagaRootCommand: AsyncParsableCommand {
             """,
         subcommands: [
             ListCommand.self, ShowCommand.self, GraphCommand.self, DefinitionsCommand.self, RetryCommand.self, CompensateCommand.self,
-            ReapCommand.self, DeadLetterCommand.self, EventsCommand.self, ConsoleCommand.self,
+            SignalCommand.self, ReapCommand.self, DeadLetterCommand.self, EventsCommand.self, ConsoleCommand.self,
         ]
     )
 }

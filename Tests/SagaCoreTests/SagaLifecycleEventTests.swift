@@ -93,7 +93,7 @@ struct SagaLifecycleEventTests {
 
     @Test func theOutcomesSelectionKeepsWhatWaitingAndWatchingNeed() {
         let kept = SagaLifecycleEvent.Kind.allCases.filter { SagaLifecycleEvent.Selection.outcomes.includes($0) }
-        #expect(kept == [.started, .compensationStarted, .completed, .compensated, .needsAttention, .operatorAction])
+        #expect(kept == [.started, .compensationStarted, .completed, .compensated, .needsAttention, .operatorAction, .waiting])
         #expect(SagaLifecycleEvent.Kind.allCases.allSatisfy { SagaLifecycleEvent.Selection.all.includes($0) })
         #expect(SagaLifecycleEvent.Kind.allCases.allSatisfy { !SagaLifecycleEvent.Selection.none.includes($0) })
     }

@@ -38,6 +38,18 @@ public struct SagaDefinitionDocument: Sendable, Hashable, Codable {
         /// The parallel group the step belongs to; `nil` (and absent from the JSON, so that
         /// definitions without groups keep their bytes and hash) for a step on its own.
         public var group: String?
+        /// For a wait step, what it waits for; `nil` (and absent from the JSON) otherwise.
+        public var wait: Wait?
+    }
+
+    /// What a wait step waits for (see ``SagaWait``).
+    public struct Wait: Sendable, Hashable, Codable {
+        /// The signal's name.
+        public var signal: String
+        /// How long the saga waits, in milliseconds.
+        public var timeoutMilliseconds: Int64
+        /// `compensate` or `continue`.
+        public var onTimeout: SagaWait.TimeoutAction
     }
 
     /// A retry policy, with its delays in milliseconds.
@@ -75,7 +87,10 @@ public struct SagaDefinitionDocument: Sendable, Hashable, Codable {
             Step(
                 name: step.name, action: step.action, compensation: step.compensation, pivot: step.options.isPivot,
                 retry: Retry(step.options.retry), timeoutMilliseconds: step.options.timeout.map(wholeMilliseconds),
-                condition: step.condition, group: step.group)
+                condition: step.condition, group: step.group,
+                wait: step.wait.map {
+                    Wait(signal: $0.signal, timeoutMilliseconds: wholeMilliseconds($0.timeout), onTimeout: $0.onTimeout)
+                })
         }
         deadlineMilliseconds = definition.deadline.map(wholeMilliseconds)
         compensationRetry = Retry(definition.compensationRetry)
@@ -92,7 +107,10 @@ public struct SagaDefinitionDocument: Sendable, Hashable, Codable {
                     name: step.name, action: step.action, compensation: step.compensation,
                     options: StepOptions(
                         isPivot: step.pivot, retry: step.retry.policy, timeout: step.timeoutMilliseconds.map { .milliseconds($0) }),
-                    condition: step.condition, group: step.group))
+                    condition: step.condition, group: step.group,
+                    wait: step.wait.map {
+                        SagaWait(signal: $0.signal, timeout: .milliseconds($0.timeoutMilliseconds), onTimeout: $0.onTimeout)
+                    }))
         }
         return try builder.build()
     }
@@ -167,6 +185,9 @@ extension SagaDefinition {
             compare("\(label) pivot", lhs.pivot, rhs.pivot) { $0 ? "yes" : "no" }
             compare("\(label) condition", lhs.condition, rhs.condition) { $0.map { "'\($0)'" } ?? "none" }
             compare("\(label) parallel group", lhs.group, rhs.group) { $0.map { "'\($0)'" } ?? "none" }
+            compare("\(label) wait", lhs.wait, rhs.wait) { wait in
+                wait.map { "for '\($0.signal)' up to \($0.timeoutMilliseconds) ms, then \($0.onTimeout.rawValue)" } ?? "none"
+            }
             compare("\(label) timeout", lhs.timeoutMilliseconds, rhs.timeoutMilliseconds, Self.describe(milliseconds:))
             compareRetry("\(label) retry", lhs.retry, rhs.retry, into: &differences)
         }

@@ -51,9 +51,15 @@ public struct SagaDefinition: Sendable, Hashable {
         return index >= pivotIndex
     }
 
-    /// Every command (action or compensation) this saga sends.
+    /// Every command (action or compensation) this saga sends. A wait step sends none.
     public var commands: [String] {
-        steps.flatMap { [$0.action] + ($0.compensation.map { [$0] } ?? []) }
+        steps.filter { $0.wait == nil }.flatMap { [$0.action] + ($0.compensation.map { [$0] } ?? []) }
+    }
+
+    /// The index of the wait step that waits for `signal` (see
+    /// ``SagaBuilder/wait(_:for:timeout:onTimeout:when:)``).
+    public func waitStep(for signal: String) -> Int? {
+        steps.firstIndex { $0.wait?.signal == signal }
     }
 
     /// The indices of the parallel group that step `index` belongs to (see
@@ -82,9 +88,9 @@ public struct SagaDefinition: Sendable, Hashable {
         return groups
     }
 
-    /// The step index and phase that a command belongs to.
+    /// The step index and phase that a command belongs to (never a wait step: it has no command).
     public func locate(command: String) -> (index: Int, phase: StepPhase)? {
-        for (index, step) in steps.enumerated() {
+        for (index, step) in steps.enumerated() where step.wait == nil {
             if step.action == command { return (index, .action) }
             if step.compensation == command { return (index, .compensation) }
         }
@@ -110,9 +116,14 @@ public struct SagaStep: Sendable, Hashable {
     /// `nil` for a step that runs on its own. The steps of a group are adjacent in
     /// ``SagaDefinition/steps``.
     public let group: String?
+    /// For a wait step (``SagaBuilder/wait(_:for:timeout:onTimeout:when:)``): the signal it waits
+    /// for and what happens when none arrives in time; `nil` for a step that runs a command. A wait
+    /// step's ``action`` is its signal's name, and it sends no command.
+    public let wait: SagaWait?
 
     init(
-        name: String, action: String, compensation: String?, options: StepOptions, condition: SagaCondition? = nil, group: String? = nil
+        name: String, action: String, compensation: String?, options: StepOptions, condition: SagaCondition? = nil, group: String? = nil,
+        wait: SagaWait? = nil
     ) {
         self.name = name
         self.action = action
@@ -120,11 +131,38 @@ public struct SagaStep: Sendable, Hashable {
         self.options = options
         self.condition = condition
         self.group = group
+        self.wait = wait
     }
 
     /// Whether the step runs for a saga with this data: `true` without a condition.
     public func applies(to data: JSONObject) -> Bool {
         condition?.evaluate(data) ?? true
+    }
+}
+
+/// What a wait step waits for: a signal, delivered by `SagaManager.signal(_:name:payload:by:)` (or
+/// `saga signal`), for at most `timeout`.
+public struct SagaWait: Sendable, Hashable {
+    /// What happens when no signal arrives within the timeout.
+    public enum TimeoutAction: String, Sendable, Hashable, Codable {
+        /// The saga is compensated (the steps before the wait, newest first). Only before the pivot.
+        case compensate
+        /// The saga goes on without the signal (the wait is recorded as skipped).
+        case `continue`
+    }
+
+    /// The signal's name, unique in the saga.
+    public var signal: String
+    /// How long the saga waits once it reaches the step.
+    public var timeout: Duration
+    /// What happens when the timeout passes without the signal.
+    public var onTimeout: TimeoutAction
+
+    /// Creates a wait.
+    public init(signal: String, timeout: Duration, onTimeout: TimeoutAction) {
+        self.signal = signal
+        self.timeout = timeout
+        self.onTimeout = onTimeout
     }
 }
 
@@ -258,6 +296,33 @@ public struct SagaBuilder: Sendable {
         return copy
     }
 
+    /// Adds a wait step: the saga stops there until the signal named `signal` arrives — a reply, a
+    /// human approval, a webhook — delivered by `SagaManager.signal(_:name:payload:by:)` or
+    /// `saga signal`. The signal's payload is merged into the saga's data and the saga goes on.
+    /// When no signal arrives within `timeout`, the saga is compensated or goes on without it, as
+    /// `onTimeout` says (the reaper ends expired waits). A signal that arrives before the saga
+    /// reaches the wait is kept, and the wait completes as soon as it is reached; one that arrives
+    /// after the wait ended is ignored, and the caller is told why.
+    ///
+    /// ```swift
+    /// .wait("fraud-review", for: "fraud.approved", timeout: .seconds(86_400), when: .greaterThan("amount", 1000))
+    /// ```
+    /// - Parameters:
+    ///   - name: the step's name, unique in the saga.
+    ///   - signal: the signal's name, unique in the saga.
+    ///   - timeout: how long to wait once the saga reaches the step (more than zero).
+    ///   - onTimeout: `.compensate` (the default; only before the pivot) or `.continue`.
+    ///   - condition: when the step applies (see ``step(_:action:compensation:options:when:)``).
+    public func wait(
+        _ name: String, for signal: String, timeout: Duration, onTimeout: SagaWait.TimeoutAction = .compensate,
+        when condition: SagaCondition? = nil
+    ) -> SagaBuilder {
+        appending(
+            SagaStep(
+                name: name, action: signal, compensation: nil, options: .default, condition: condition,
+                wait: SagaWait(signal: signal, timeout: timeout, onTimeout: onTimeout)))
+    }
+
     /// Adds a step as it is (the definition documents rebuild definitions with it).
     func appending(_ step: SagaStep) -> SagaBuilder {
         var copy = self
@@ -309,7 +374,7 @@ public struct SagaBuilder: Sendable {
             let position = "step \(index + 1) '\(step.name)'"
             if step.name.isEmpty { throw fail("step \(index + 1) has an empty name") }
             if !stepNames.insert(step.name).inserted { throw fail("\(position): the step name is used twice") }
-            for command in [step.action] + (step.compensation.map { [$0] } ?? []) {
+            for command in step.wait != nil ? [] : [step.action] + (step.compensation.map { [$0] } ?? []) {
                 if command.isEmpty { throw fail("\(position): a command name is empty") }
                 if let other = commands[command] {
                     throw fail(
@@ -336,6 +401,26 @@ public struct SagaBuilder: Sendable {
                         "the pivot is retried forward and never compensated: remove the compensation")
                 }
                 pivotSeen = step.name
+            }
+            if let wait = step.wait {
+                if wait.signal.isEmpty { throw fail("\(position) waits for a signal with an empty name") }
+                if wait.timeout <= .zero {
+                    throw fail("\(position): the wait's timeout \(wait.timeout) is not positive", "wait at most a positive duration")
+                }
+                if step.options.isPivot || step.compensation != nil || step.group != nil {
+                    throw fail(
+                        "\(position) is a wait step and cannot be the pivot, have a compensation or be in a parallel group",
+                        "a wait only receives a signal: put the work before or after it")
+                }
+                if let pivot = pivotSeen, wait.onTimeout == .compensate {
+                    throw fail(
+                        "\(position) waits after the pivot '\(pivot)' and compensates on timeout",
+                        "after the pivot nothing is compensated: use onTimeout: .continue")
+                }
+                if let other = steps[..<index].first(where: { $0.wait?.signal == wait.signal }) {
+                    throw fail(
+                        "\(position) waits for signal '\(wait.signal)', as step '\(other.name)' does", "give each wait its own signal")
+                }
             }
             if let condition = step.condition {
                 if step.options.isPivot {

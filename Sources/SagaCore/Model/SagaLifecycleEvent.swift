@@ -40,6 +40,9 @@ public struct SagaLifecycleEvent: Sendable, Hashable, Codable {
         /// An operator asked for a retry or a compensation (``SagaLifecycleEvent/actor``,
         /// ``SagaLifecycleEvent/reason``, ``SagaLifecycleEvent/action``).
         case operatorAction = "operator-action"
+        /// The saga reached a wait step and waits for its signal (``SagaLifecycleEvent/reason``
+        /// names the signal and until when).
+        case waiting
 
         /// Whether the saga is over after this event (it may still be retried by an operator
         /// after needs-attention).
@@ -209,7 +212,7 @@ extension SagaLifecycleEvent {
             case .none: false
             case .outcomes:
                 switch kind {
-                case .started, .completed, .compensated, .needsAttention, .compensationStarted, .operatorAction: true
+                case .started, .completed, .compensated, .needsAttention, .compensationStarted, .operatorAction, .waiting: true
                 case .stepCompleted, .stepFailed, .stepSkipped, .compensationStepCompleted, .compensationStepFailed: false
                 }
             }
@@ -226,9 +229,11 @@ extension SagaLifecycleEvent {
     /// The events of a saga's start (`state` as stored, version 1): started, then a
     /// step-skipped for every step skipped at the start (their conditions did not hold), then
     /// completed when every step was skipped.
-    public static func startEvents(_ state: SagaState, at now: Date) -> [SagaLifecycleEvent] {
+    /// `definition` (the saga's) lets a `waiting` event name the signal and until when.
+    public static func startEvents(_ state: SagaState, definition: SagaDefinition? = nil, at now: Date) -> [SagaLifecycleEvent] {
         var events = [started(state, at: now)]
         events += skipped(in: state, after: -1, version: 1, at: now)
+        if state.status == .waiting { events.append(waiting(state, definition: definition, version: 1, at: now)) }
         if state.status == .completed {
             events.append(
                 SagaLifecycleEvent(
@@ -236,6 +241,18 @@ extension SagaLifecycleEvent {
                     status: state.status, sagaVersion: 1, at: now))
         }
         return events
+    }
+
+    /// The event of a saga that reached a wait step (its status is waiting).
+    private static func waiting(_ state: SagaState, definition: SagaDefinition?, version: Int64, at now: Date) -> SagaLifecycleEvent {
+        let step = definition.flatMap { $0.steps.indices.contains(state.currentStep) ? $0.steps[state.currentStep] : nil }
+        let reason = step?.wait.map { wait in
+            "waits for signal '\(wait.signal)' until \(state.updatedAt.addingTimeInterval(wait.timeout.seconds).formatted(.iso8601))"
+        }
+        return SagaLifecycleEvent(
+            kind: .waiting, sagaID: state.id, sagaName: state.name, definitionVersion: state.definitionVersion, status: state.status,
+            sagaVersion: version, step: state.currentStep, stepName: step?.name, phase: .action, reason: reason ?? "waits for a signal",
+            at: now)
     }
 
     /// The step-skipped events of the steps skipped in `new` but not in `old`.
@@ -256,8 +273,9 @@ extension SagaLifecycleEvent {
     /// The events of one transition: `event` moved the saga from `old` to `new`, stored as
     /// version `version`. Pure: the same inputs give the same events, in the order they
     /// happened (the step's outcome first, then the change of status).
+    /// `definition` (the saga's) lets a `waiting` event name the signal and until when.
     public static func events(
-        of event: SagaEvent, from old: SagaState, to new: SagaState, version: Int64, at now: Date
+        of event: SagaEvent, from old: SagaState, to new: SagaState, version: Int64, definition: SagaDefinition? = nil, at now: Date
     ) -> [SagaLifecycleEvent] {
         func make(
             _ kind: Kind, step: Int? = nil, phase: StepPhase? = nil, attempt: Int? = nil, error: String? = nil, willRetry: Bool? = nil,
@@ -304,6 +322,18 @@ extension SagaLifecycleEvent {
                 make(
                     .operatorAction, step: old.currentStep, phase: old.phase, attempt: old.attempt, action: "compensate", actor: actor,
                     reason: reason))
+        case .signalReceived:
+            // The wait completed (now, or ahead of the saga for an early signal).
+            if let record = new.history.last, record.outcome == .completed, old.history.last != record {
+                events.append(
+                    make(.stepCompleted, step: record.step, phase: .action, attempt: 1, actor: record.actor, reason: record.reason))
+            }
+            events += skipped(in: new, notIn: old, version: version, at: now)
+        case .waitExpired:
+            if let record = new.history.last(where: { $0.step == old.currentStep }), record.outcome == .failed {
+                events.append(make(.stepFailed, step: record.step, phase: .action, attempt: 1, error: record.error, willRetry: false))
+            }
+            events += skipped(in: new, notIn: old, version: version, at: now)
         case .deadlinePassed, .foundStalled:
             break
         }
@@ -325,7 +355,9 @@ extension SagaLifecycleEvent {
             case .needsAttention:
                 events.append(make(.needsAttention, step: new.currentStep, phase: new.phase, error: new.failureReason))
             case .running:
-                break  // resumed by an operator: the operator-action event says so
+                break  // resumed by an operator (the operator-action event says so) or by a signal
+            case .waiting:
+                events.append(waiting(new, definition: definition, version: version, at: now))
             }
         }
         return events

@@ -9,6 +9,9 @@ public enum SagaStatus: String, Sendable, Hashable, Codable, CaseIterable {
     case running
     /// Running compensations backward.
     case compensating
+    /// Stopped at a wait step until its signal arrives (``SagaBuilder/wait(_:for:timeout:onTimeout:when:)``).
+    /// Not stalled: the reaper leaves it alone until the wait's timeout passes.
+    case waiting
     /// Every step completed. Terminal.
     case completed
     /// Every needed compensation completed. Terminal.
@@ -20,7 +23,7 @@ public enum SagaStatus: String, Sendable, Hashable, Codable, CaseIterable {
     /// Whether the saga will never move again by itself.
     public var isTerminal: Bool {
         switch self {
-        case .running, .compensating: false
+        case .running, .compensating, .waiting: false
         case .completed, .compensated, .needsAttention: true
         }
     }

@@ -29,6 +29,14 @@ public enum SagaEvent: Sendable, Hashable {
     /// An operator (`actor`) asked to compensate the saga now (only before the pivot). Recorded in
     /// the history with who and why.
     case compensationRequested(by: String, reason: String)
+    /// The signal `name` arrived (``SagaBuilder/wait(_:for:timeout:onTimeout:when:)``), sent by
+    /// `by` when known: its `payload` is merged into the saga's data. At the wait that waits for
+    /// it, the saga goes on; before the saga reaches that wait, it is kept (the wait completes as
+    /// soon as it is reached); after the wait ended, it is ignored.
+    case signalReceived(name: String, payload: JSONObject, by: String?)
+    /// The reaper found the saga waiting past its wait's timeout: it is compensated or goes on,
+    /// as the wait declares (ignored when the timeout has not passed).
+    case waitExpired
 }
 
 /// A new saga: its initial state and its first command (see
@@ -252,7 +260,9 @@ public struct SagaStateMachine: Sendable {
 
         case .deadlinePassed:
             guard !state.status.isTerminal else { return .ignored("saga \(state.id) is already \(state.status.rawValue)") }
-            guard state.status == .running else { return .ignored("saga \(state.id) is already compensating") }
+            guard state.status == .running || state.status == .waiting else {
+                return .ignored("saga \(state.id) is already compensating")
+            }
             guard !definition.isForwardOnly(state.currentStep) else {
                 return .ignored("saga \(state.id) passed its deadline after the pivot; it keeps going forward")
             }
@@ -262,6 +272,7 @@ public struct SagaStateMachine: Sendable {
 
         case .foundStalled(let maxReapAttempts):
             guard !state.status.isTerminal else { return .ignored("saga \(state.id) is already \(state.status.rawValue)") }
+            guard state.status != .waiting else { return .ignored("saga \(state.id) waits for a signal; it is not stalled") }
             if let group = activeGroup(state) {
                 return groupStalled(state, group: group, maxReapAttempts: maxReapAttempts, now: now)
             }
@@ -289,6 +300,10 @@ public struct SagaStateMachine: Sendable {
             guard state.status != .completed, state.status != .compensated else {
                 return .rejected("saga \(state.id) is \(state.status.rawValue); there is nothing to retry")
             }
+            if state.status == .waiting, let wait = definition.steps[state.currentStep].wait {
+                return .rejected(
+                    "saga \(state.id) waits for signal '\(wait.signal)'; there is nothing to retry (send the signal, or compensate it)")
+            }
             var next = state
             let phase: StepPhase
             if state.status == .needsAttention {
@@ -306,11 +321,17 @@ public struct SagaStateMachine: Sendable {
             next.failureReason = state.status == .needsAttention ? nil : state.failureReason
             return .transition(next, [ScheduledCommand(currentCommand(next, phase: phase))])
 
+        case .signalReceived(let name, let payload, let sender):
+            return signalReceived(state, name: name, payload: payload, by: sender, now: now)
+
+        case .waitExpired:
+            return waitExpired(state, now: now)
+
         case .compensationRequested(let actor, let reason):
             switch state.status {
             case .completed, .compensated, .compensating:
                 return .rejected("saga \(state.id) is \(state.status.rawValue); it cannot be compensated now")
-            case .running, .needsAttention:
+            case .running, .waiting, .needsAttention:
                 if state.status == .needsAttention, stoppedPhase(state) == .compensation {
                     return .rejected("saga \(state.id) is stuck in a compensation; retry it instead")
                 }
@@ -324,6 +345,73 @@ public struct SagaStateMachine: Sendable {
                     requested, from: definition.groupRange(of: state.currentStep)?.upperBound ?? state.currentStep,
                     reason: "\(reason) (compensation requested by \(actor))")
             }
+        }
+    }
+
+    // MARK: - Waits
+
+    /// A signal: completes the wait that waits for it, or is kept for a wait ahead, or is ignored.
+    private func signalReceived(_ state: SagaState, name: String, payload: JSONObject, by sender: String?, now: Date) -> SagaDecision {
+        guard let wait = definition.waitStep(for: name) else {
+            let signals = definition.steps.compactMap { $0.wait?.signal }
+            return .rejected(
+                "saga definition '\(definition.name)' version \(definition.version) waits for no signal named '\(name)' (its signals: \(signals.isEmpty ? "none" : signals.joined(separator: ", ")))"
+            )
+        }
+        let stepName = definition.steps[wait].name
+        if state.status.isTerminal {
+            return .ignored("saga \(state.id) is already \(state.status.rawValue); signal '\(name)' came too late")
+        }
+        if let ended = state.history.last(where: { $0.step == wait && $0.phase == .action }) {
+            return .ignored(
+                "the wait '\(stepName)' of saga \(state.id) already ended (\(ended.outcome.rawValue)\(ended.reason.map { ": \($0)" } ?? "")); signal '\(name)' ignored"
+            )
+        }
+        if state.status == .compensating {
+            return .ignored("saga \(state.id) is compensating; signal '\(name)' ignored")
+        }
+        var next = state
+        next.payload = state.payload.merging(patch: payload)
+        let waiting = state.status == .waiting && state.currentStep == wait
+        let lastForward = definition.groupRange(of: state.currentStep)?.upperBound ?? state.currentStep
+        guard waiting || wait > lastForward else {
+            return .ignored("saga \(state.id) is past the wait '\(stepName)'; signal '\(name)' ignored")
+        }
+        next.history.append(
+            StepRecord(
+                step: wait, stepName: stepName, phase: .action, attempt: 1, startedAt: waiting ? state.updatedAt : now, finishedAt: now,
+                outcome: .completed, actor: sender,
+                reason: waiting ? "signal '\(name)'" : "signal '\(name)', before the saga reached the wait"))
+        next.reapAttempts = 0
+        guard waiting else { return .transition(next, []) }
+        let (moved, commands) = moveForward(next, to: wait + 1, now: now)
+        return .transition(moved, commands)
+    }
+
+    /// The reaper found a waiting saga: past the wait's timeout it is compensated or goes on.
+    private func waitExpired(_ state: SagaState, now: Date) -> SagaDecision {
+        guard state.status == .waiting, let wait = definition.steps[state.currentStep].wait else {
+            return .ignored("saga \(state.id) is \(state.status.rawValue), not waiting for a signal")
+        }
+        let expires = state.updatedAt.addingTimeInterval(wait.timeout.seconds)
+        guard now >= expires else { return .ignored("saga \(state.id) waits for signal '\(wait.signal)' until \(expires)") }
+        let stepName = definition.steps[state.currentStep].name
+        let why = "no signal '\(wait.signal)' within \(wait.timeout)"
+        var next = state
+        next.status = .running
+        switch wait.onTimeout {
+        case .compensate:
+            record(
+                &next, step: state.currentStep, phase: .action, attempt: 1, startedAt: state.updatedAt, now: now, outcome: .failed,
+                error: why)
+            return compensate(next, from: state.currentStep, reason: "step '\(stepName)': \(why)")
+        case .continue:
+            next.history.append(
+                StepRecord(
+                    step: state.currentStep, stepName: stepName, phase: .action, attempt: 0, startedAt: state.updatedAt, finishedAt: now,
+                    outcome: .skipped, reason: "\(why): continued as declared"))
+            let (moved, commands) = moveForward(next, to: state.currentStep + 1, now: now)
+            return .transition(moved, commands)
         }
     }
 
@@ -369,7 +457,11 @@ public struct SagaStateMachine: Sendable {
         // A saga never runs forward again after compensating anything. (The members of the
         // parallel group it stopped in are after its current step, the group's first.)
         let lastForward = definition.groupRange(of: state.currentStep)?.upperBound ?? state.currentStep
-        if state.history.contains(where: { $0.phase == .compensation || $0.step > lastForward }) { return .compensation }
+        // (Nor is a signal that arrived before the saga reached its wait.)
+        let movedBack = state.history.contains {
+            $0.phase == .compensation || ($0.step > lastForward && definition.steps[$0.step].wait == nil)
+        }
+        if movedBack { return .compensation }
         return .action
     }
 
@@ -383,7 +475,8 @@ public struct SagaStateMachine: Sendable {
     /// applies to whatever state the saga is in.
     public static func staleness(of event: SagaEvent, aimedAt aimed: SagaState, reloaded current: SagaState) -> String? {
         switch event {
-        case .stepCompleted, .stepFailed, .stepTimedOut, .compensationCompleted, .compensationFailed, .deadlinePassed:
+        case .stepCompleted, .stepFailed, .stepTimedOut, .compensationCompleted, .compensationFailed, .deadlinePassed,
+            .signalReceived, .waitExpired:
             return nil
         case .foundStalled:
             guard current.version != aimed.version else { return nil }
@@ -404,6 +497,10 @@ public struct SagaStateMachine: Sendable {
     private func staleness(_ state: SagaState, step: Int, phase: StepPhase, attempt: Int) -> String? {
         if state.status.isTerminal {
             return "saga \(state.id) is already \(state.status.rawValue)"
+        }
+        if state.status == .waiting {
+            return
+                "saga \(state.id) waits for a signal at step \(state.currentStep), not for step \(step) \(phase.rawValue) attempt \(attempt)"
         }
         if state.phase != phase || state.currentStep != step || state.attempt != attempt {
             return
@@ -437,15 +534,30 @@ public struct SagaStateMachine: Sendable {
                 next.attempt = 1
                 return (next, commands)
             }
-            guard let condition = definition.steps[index].condition, !condition.evaluate(next.payload) else { break }
-            recordSkipped(&next, step: index, condition: condition, now: now)
-            index += 1
+            if let condition = definition.steps[index].condition, !condition.evaluate(next.payload) {
+                recordSkipped(&next, step: index, condition: condition, now: now)
+                index += 1
+                continue
+            }
+            if definition.steps[index].wait != nil {
+                // A signal that arrived early completed the wait already.
+                if next.history.contains(where: { $0.step == index && $0.outcome == .completed }) {
+                    index += 1
+                    continue
+                }
+                next.status = .waiting
+                next.currentStep = index
+                next.attempt = 1
+                return (next, [])
+            }
+            break
         }
         guard index < definition.steps.count else {
             next.status = .completed
             next.currentStep = definition.steps.count - 1
             return (next, [])
         }
+        next.status = .running
         next.currentStep = index
         next.attempt = 1
         return (next, [ScheduledCommand(currentCommand(next, phase: .action))])

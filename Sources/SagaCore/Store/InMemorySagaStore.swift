@@ -132,7 +132,7 @@ public final class InMemorySagaStore: SagaStore {
         let until = now.addingTimeInterval(seconds(lease))
         return storage.withLock { storage in
             let candidates = storage.sagas.values.filter { row in
-                !row.state.status.isTerminal && row.state.updatedAt < updatedBefore
+                (row.state.status == .running || row.state.status == .compensating) && row.state.updatedAt < updatedBefore
                     && (row.leaseUntil.map { $0 <= now } ?? true)
             }
             let chosen = candidates.sorted { lhs, rhs in

@@ -284,15 +284,15 @@ extension SagaStoreConformance {
     /// or for all.
     public static let countByStatusCountsEveryStatus = Check("countByStatusCountsEveryStatus") { fixture in
         let name = uniqueID("definition")
-        for status: SagaStatus in [.running, .running, .completed, .needsAttention] {
+        for status: SagaStatus in [.running, .running, .waiting, .completed, .needsAttention] {
             _ = try await fixture.store.create(makeState(name: name, status: status), outbox: [])
         }
         _ = try await fixture.store.create(makeState(name: uniqueID("other"), status: .compensated), outbox: [])
 
         let counts = try await fixture.store.countByStatus(name: name)
-        #expect(counts == [.running: 2, .compensating: 0, .completed: 1, .compensated: 0, .needsAttention: 1])
+        #expect(counts == [.running: 2, .compensating: 0, .waiting: 1, .completed: 1, .compensated: 0, .needsAttention: 1])
         let all = try await fixture.store.countByStatus(name: nil)
-        #expect(all == [.running: 2, .compensating: 0, .completed: 1, .compensated: 1, .needsAttention: 1])
+        #expect(all == [.running: 2, .compensating: 0, .waiting: 1, .completed: 1, .compensated: 1, .needsAttention: 1])
     }
 
     /// `claimStalled` returns only running or compensating sagas not updated since the cutoff, oldest
@@ -306,8 +306,10 @@ extension SagaStoreConformance {
         let compensating = makeState(status: .compensating, updatedAt: old.addingTimeInterval(1))
         let completed = makeState(status: .completed, updatedAt: old)
         let needsAttention = makeState(status: .needsAttention, updatedAt: old)
+        // A saga at a wait step is not stalled: the reaper ends its wait by its timeout instead.
+        let waiting = makeState(status: .waiting, updatedAt: old)
         let fresh = makeState(status: .running, updatedAt: now)
-        for state in [running, compensating, completed, needsAttention, fresh] {
+        for state in [running, compensating, completed, needsAttention, waiting, fresh] {
             _ = try await store.create(state, outbox: [])
         }
         let cutoff = now.addingTimeInterval(-60)

@@ -1,0 +1,57 @@
+import ArgumentParser
+import Foundation
+import Participant
+
+struct SignalCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "signal",
+        abstract: "Deliver a signal to a saga that waits for it (an approval, a reply): it goes on with its next step.",
+        discussion: """
+            The saga's wait step for that signal completes, --data is merged into the saga's data, and the saga sends \
+            its next command. A signal for a wait the saga has not reached yet is kept; one that comes after the wait \
+            ended (timed out, saga finished) is ignored, and the command says why (exit code 1). `saga graph NAME` \
+            shows the signals a saga waits for. Recorded in the saga's history with --by. JSON (--json): the saga state.
+            """
+    )
+
+    @OptionGroup var connection: OperatorOptions
+
+    @OptionGroup var action: OperatorActionOptions
+
+    @Argument(help: "The saga id.")
+    var id: String
+
+    @Argument(help: "The signal's name, as the saga's wait step declares it.")
+    var name: String
+
+    @Option(help: "A JSON object merged into the saga's data (for example '{\"approved\": true}').")
+    var data: String?
+
+    @Flag(help: "Print JSON (the saga state).")
+    var json = false
+
+    func run() async throws {
+        let payload = try Self.payload(data)
+        let (id, name, json, actor) = (id, name, json, action.actor)
+        try await CommandEnvironment(connection).withManager { manager in
+            switch try await manager.signal(id, name: name, payload: payload, by: actor) {
+            case .delivered(let state):
+                if json { return try printJSON(state) }
+                print("signal '\(name)' delivered to saga \(id) by \(actor): it is \(state.status.cliName) at \(position(state)).")
+            case .ignored(let reason, let state):
+                if json { try printJSON(state) }
+                throw CommandFailure("signal '\(name)' ignored: \(reason)")
+            }
+        }
+    }
+
+    /// The `--data` object.
+    static func payload(_ data: String?) throws -> JSONObject {
+        guard let data else { return [:] }
+        do {
+            return try JSONDecoder().decode(JSONObject.self, from: Data(data.utf8))
+        } catch {
+            throw CommandFailure("--data is not a JSON object (\(error.localizedDescription)); for example --data '{\"approved\": true}'")
+        }
+    }
+}
