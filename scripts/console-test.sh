@@ -257,6 +257,28 @@ try:
     check(count("svg.graph rect.comp") == 2, "two compensations drawn")
     shot("04-definition.png")
 
+    # 4b. A saga in a parallel group: each member's state, the members side by side.
+    print("parallel group")
+    driver.get(base + "/sagas/" + ids["parallel"])
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#parallel-group")))
+    check("parallel group 'prepare': pack completed, check-credit running (attempt 1), gift-wrap skipped" in text("#saga-status"),
+          "the status names each member's progress")
+    check(count("#parallel-group li.member.st-completed") == 1 and count("#parallel-group li.member.st-running") == 1
+          and count("#parallel-group li.member.st-skipped") == 1, "the members listed with their states")
+    check("waiting for 1 member(s) of parallel group 'prepare'" in text("#next"), "what happens next: the running member")
+    check(count("#steps svg.graph rect.step.member") == 3, "the definition drawn with the members")
+    check(count("#steps svg.graph rect.step.member.st-running") == 1, "the running member drawn running")
+    shot("04b-saga-parallel-group.png")
+    click(By.PARTIAL_LINK_TEXT, "checkout version 1")
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "svg.graph")))
+    check(count("svg.graph rect.group") == 1 and count("svg.graph line.fork") == 2, "the group drawn with a fork and a join")
+    tops = driver.execute_script(
+        "return Array.from(document.querySelectorAll('svg.graph rect.step.member')).map(function (r) { return r.getBoundingClientRect().top; })")
+    check(len(tops) == 3 and max(tops) - min(tops) < 1, "the members side by side")
+    check("when gift is true" in driver.execute_script("return document.querySelector('svg.graph text.step-when').textContent"),
+          "the member's condition drawn")
+    shot("04c-definition-parallel-group.png")
+
     # 5. The dead-letter queue, read-only until logged in.
     print("dead letters")
     click(By.LINK_TEXT, "Dead letters")

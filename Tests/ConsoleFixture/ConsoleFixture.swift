@@ -10,7 +10,9 @@
 // retried with delays), needs-attention (a compensation that kept failing; repaired once seeding
 // is done, so an operator's retry succeeds), compensating (a compensation that hangs), running
 // (a handler that hangs: stalled), stuck retrying past the pivot, a `trip` version 2 saga, an
-// `invoice` saga, and one dead letter (a malformed command).
+// `invoice` saga, a `checkout` saga in its parallel group `prepare` (pack completed,
+// check-credit hanging, gift-wrap skipped by its condition), and one dead letter (a malformed
+// command).
 import Foundation
 import Participant
 import SagaSQLite
@@ -39,6 +41,20 @@ struct ConsoleFixture {
                     retry: RetryPolicy(maxAttempts: 10_000, initialDelay: .seconds(1), multiplier: 1, maxDelay: .seconds(1)))
             )
             .compensationRetry(RetryPolicy(maxAttempts: 2, initialDelay: .seconds(1), multiplier: 1, maxDelay: .seconds(1)))
+            .build()
+    }
+
+    /// `checkout`: the parallel group `prepare` (pack, check-credit, gift-wrap when `gift` is
+    /// true), then ship.
+    static func checkout() throws -> SagaDefinition {
+        try SagaBuilder("checkout")
+            .parallel("prepare") { group in
+                group
+                    .step("pack", action: "warehouse.pack", compensation: "warehouse.unpack")
+                    .step("check-credit", action: "credit.check")
+                    .step("gift-wrap", action: "gift.wrap", when: .isTrue("gift"))
+            }
+            .step("ship", action: "warehouse.ship", options: .pivot)
             .build()
     }
 
@@ -78,6 +94,11 @@ struct ConsoleFixture {
             try await context.completeStep()
         }
         handlers.register("invoice.issue") { context in try await context.completeStep(merging: ["invoice": "INV-1"]) }
+        handlers.register("warehouse.pack") { context in try await context.completeStep(merging: ["parcel": "P-1"]) }
+        handlers.register("warehouse.unpack") { context in try await context.completeCompensation() }
+        handlers.register("credit.check") { _ in try await Task.sleep(for: .seconds(86_400)) }
+        handlers.register("gift.wrap") { context in try await context.completeStep() }
+        handlers.register("warehouse.ship") { context in try await context.completeStep() }
         return handlers
     }
 
@@ -98,7 +119,7 @@ struct ConsoleFixture {
         let v1 = try trip(version: 1)
         let v2 = try trip(version: 2)
         let invoice = try SagaBuilder("invoice").step("issue", action: "invoice.issue").build()
-        let all = try SagaDefinitionRegistry([v1, v2, invoice])
+        let all = try SagaDefinitionRegistry([v1, v2, invoice, try checkout()])
         let bus = try await RabbitMQBus.connect(url: try required("AMQP_URL"))
         let store = try SQLiteSagaStore(url: "sqlite://\(try required("STORE_PATH"))", logger: logger)
         try await store.withRunning { @Sendable store in
@@ -123,7 +144,8 @@ struct ConsoleFixture {
     ) async throws {
         // A manager on version 1 and one on version 2: each starts sagas on the version it knows.
         let manager = SagaManager(
-            definitions: try SagaDefinitionRegistry([v1, invoice]), bus: bus, store: store, topology: topology, logger: logger)
+            definitions: try SagaDefinitionRegistry([v1, invoice, try checkout()]), bus: bus, store: store, topology: topology,
+            logger: logger)
         let managerV2 = SagaManager(
             definitions: try SagaDefinitionRegistry([v2]), bus: bus, store: store, topology: topology, logger: logger)
         try await store.register(v2)
@@ -168,6 +190,7 @@ struct ConsoleFixture {
         ids["stuck"] = try await start(manager, "trip", trip(["ticketsDown": true]))
         ids["version2"] = try await start(managerV2, "trip", trip([:]))
         ids["invoice"] = try await start(manager, "invoice", ["customer": "ACME", "email": "billing@acme.example"])
+        ids["parallel"] = try await start(manager, "checkout", ["gift": false])
 
         try await finish(ids["compensated"]!, .compensated)
         try await finish(ids["compensatedAfterRetries"]!, .compensated)
@@ -180,6 +203,9 @@ struct ConsoleFixture {
             what: "compensating")
         try await wait(ids["running"]!, until: { $0.currentStep == 1 }, what: "running at book-hotel")
         try await wait(ids["stuck"]!, until: { $0.currentStep == 3 && $0.attempt >= 5 }, what: "send-tickets attempt 5")
+        try await wait(
+            ids["parallel"]!, until: { $0.history.contains { $0.stepName == "pack" && $0.outcome == .completed } },
+            what: "pack completed in the parallel group")
 
         // A dead letter: a command the participant cannot read.
         try await bus.publish(
