@@ -34,6 +34,27 @@ struct OperatorParallelGroupTests {
             .build()
     }
 
+    /// `fulfilment`: a group first, a second group right after it, the pivot, then a group after
+    /// the pivot (forward only: no compensations).
+    static func fulfilment() throws -> SagaDefinition {
+        try SagaBuilder("fulfilment")
+            .parallel("prepare") { group in
+                group
+                    .step("pick", action: "warehouse.pick", compensation: "warehouse.restock")
+                    .step("label", action: "carrier.label", compensation: "carrier.cancel")
+            }
+            .parallel("book") { group in
+                group
+                    .step("reserve-slot", action: "slots.reserve", compensation: "slots.release")
+                    .step("tell-warehouse", action: "warehouse.notify")
+            }
+            .step("ship", action: "carrier.ship", options: .pivot)
+            .parallel("notify") { group in
+                group.step("email", action: "email.send").step("sms", action: "sms.send")
+            }
+            .build()
+    }
+
     /// The order saga of the example system: what `saga graph` printed for it before parallel
     /// groups existed (plain definitions keep their bytes).
     static func plainOrder() throws -> SagaDefinition {
@@ -128,6 +149,23 @@ struct OperatorParallelGroupTests {
         let json = try Self.runSaga(["graph", "checkout", "--json", "--store-url", store.url])
         let steps = try Self.jsonObject(json.stdout)["steps"] as? [[String: Any]]
         #expect(steps?.map { $0["group"] as? String } == [nil, "prepare", "prepare", "prepare", nil, nil], "\(json.output)")
+
+        // Groups back to back, and a group after the pivot.
+        let chained = try Self.runSaga(["graph", "fulfilment", "--store-url", store.url])
+        print("saga graph fulfilment:\n\(chained.output)")
+        let lines = Set(chained.stdout.split(separator: "\n").map(String.init))
+        for expected in [
+            "    start --> a0", "    start --> a1", "    j0 -->|all ok or skipped| a2", "    j0 -->|all ok or skipped| a3",
+            "    a0 -.->|fails: once the others finish| c1", "    a1 -.->|fails: once the others finish| c0",
+            "    a2 -.->|fails: once the others finish| c1", "    a3 -.->|fails: once the others finish| c2",
+            "    c2 --> c1", "    c1 --> c0", "    c0 --> compensated", "    j2 -->|all ok or skipped| a4", "    a4 -->|ok| a5",
+            "    a4 -->|ok| a6", "    a5 -.->|fails: retry forward| a5", "    a6 -->|ok| j5", "    j5 -->|all ok or skipped| done",
+            "    class g0,g2,g5 parallel", "    subgraph g5 [\"parallel group 'notify'\"]",
+            "        a6[\"sms<br/>sms.send · forward only\"]",
+        ] {
+            #expect(lines.contains(expected), "\(expected) in \(chained.stdout)")
+        }
+        #expect(!lines.contains { $0.hasPrefix("    c5") || $0.hasPrefix("    c6") }, "no compensations after the pivot")
 
         let plain = try Self.runSaga(["graph", "order", "--store-url", store.url])
         #expect(plain.output.contains("\n" + Self.plainOrderGraph + "\n"), "\(plain.output)")
@@ -275,7 +313,8 @@ struct OperatorParallelGroupTests {
         return machine.apply(.stepCompleted(step: 0, attempt: 1, patch: [:], startedAt: now), to: start.state, now: now).state
     }
 
-    /// A SQLite store in a new directory that knows `checkout` and `order` and holds `sagas`.
+    /// A SQLite store in a new directory that knows `checkout`, `fulfilment` and `order` and
+    /// holds `sagas`.
     static func seededStore(_ sagas: [SagaState]) async throws -> (directory: URL, url: String) {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sagakit-groups-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -283,6 +322,7 @@ struct OperatorParallelGroupTests {
         try await SQLiteSagaStore(path: path).withRunning { store in
             try await store.register(try checkout())
             try await store.register(try plainOrder())
+            try await store.register(try fulfilment())
             for saga in sagas { _ = try await store.create(saga, outbox: []) }
         }
         return (directory, "sqlite://\(path)")
