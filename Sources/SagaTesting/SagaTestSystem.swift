@@ -92,10 +92,47 @@ public actor SagaTestSystem {
         let id = id ?? "saga-\(nextSagaNumber)"
         nextSagaNumber += 1
         guard sagas[id] == nil else { return id }
-        let (state, first) = SagaStateMachine(definition: definition).start(id: id, payload: payload, now: now)
-        sagas[id] = state
-        enqueue([first])
+        let start = SagaStateMachine(definition: definition).begin(id: id, payload: payload, now: now)
+        sagas[id] = start.state
+        enqueue(start.commands)
         return id
+    }
+
+    /// Delivers the signal `name` to a saga, as `SagaManager.signal(_:name:payload:by:)` does: the
+    /// wait step that waits for it completes and the saga's next commands are queued (deliver
+    /// them with ``runUntilIdle(maxDeliveries:)``); a signal for a wait ahead is kept, a late one
+    /// is ignored with the reason.
+    /// - Throws: `unknownSaga`; `invalidState` when the definition waits for no such signal.
+    @discardableResult
+    public func signal(_ id: SagaID, name: String, payload: JSONObject = [:], by sender: String? = nil) throws -> SagaSignalResult {
+        let state = try state(of: id)
+        let machine = SagaStateMachine(definition: try definitions.definition(named: state.name))
+        switch machine.apply(.signalReceived(name: name, payload: payload, by: sender), to: state, now: now) {
+        case .transition(var next, let commands):
+            next.version = state.version + 1
+            sagas[id] = next
+            enqueue(commands)
+            return .delivered(next)
+        case .ignored(let reason):
+            return .ignored(reason, state)
+        case .rejected(let reason):
+            throw SagaError(.invalidState, reason)
+        }
+    }
+
+    /// Moves the virtual clock forward by `duration` and ends the waits whose timeout passed, as
+    /// the reaper does (their sagas are compensated or go on, as each wait declares; deliver the
+    /// resulting commands with ``runUntilIdle(maxDeliveries:)``).
+    public func advanceClock(by duration: Duration) throws {
+        now = now.addingTimeInterval(duration.seconds)
+        for (id, state) in sagas.sorted(by: { $0.key < $1.key }) where state.status == .waiting {
+            let machine = SagaStateMachine(definition: try definitions.definition(named: state.name))
+            if case .transition(var next, let commands) = machine.apply(.waitExpired, to: state, now: now) {
+                next.version = state.version + 1
+                sagas[id] = next
+                enqueue(commands)
+            }
+        }
     }
 
     /// Starts a saga and delivers commands until no saga has anything left to do; returns the
