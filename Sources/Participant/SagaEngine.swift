@@ -41,7 +41,8 @@ struct SagaEngine: Sendable {
         var state = loaded
         var conflicts = 0
         while true {
-            let machine = SagaStateMachine(definition: try await definition(of: state))
+            let definition = try await definition(of: state)
+            let machine = SagaStateMachine(definition: definition, circuits: await circuits(for: definition, logger: logger))
             let now = Date()
             switch machine.apply(event, to: state, now: now) {
             case .ignored(let reason):
@@ -77,6 +78,61 @@ struct SagaEngine: Sendable {
                         return .ignored(reason, state)
                     }
                 }
+            }
+        }
+    }
+
+    /// The circuit breakers of a definition's steps that have one, from the store (none read for
+    /// a definition without breakers). A circuit the store cannot give is taken as closed, with
+    /// a warning: the primary action is tried.
+    func circuits(for definition: SagaDefinition, logger: Logger) async -> [String: CircuitBreakerState] {
+        var circuits: [String: CircuitBreakerState] = [:]
+        for index in definition.steps.indices where definition.steps[index].fallback?.breaker != nil {
+            let key = definition.circuitKey(ofStep: index)
+            do {
+                circuits[key] = try await store.circuit(key).state
+            } catch {
+                logger.warning(
+                    "cannot read circuit breaker '\(key)'; taking it as closed", metadata: ["circuit": "\(key)", "error": "\(error)"])
+            }
+        }
+        return circuits
+    }
+
+    /// Counts an outcome of step `step`'s primary action in its circuit breaker, if it has one:
+    /// a retryable failure or a timeout is a failure; a success or a business refusal (the
+    /// dependency answered) closes it. A compare-and-swap on the stored circuit, tried a few
+    /// times; the opening and closing of a circuit are logged.
+    func recordCircuit(_ definition: SagaDefinition, step: Int, outcome: SagaEvent, logger: Logger) async {
+        guard let breaker = definition.steps[step].fallback?.breaker else { return }
+        let failed: Bool
+        switch outcome {
+        case .stepFailed(_, _, _, let retryable, _): failed = retryable
+        case .stepTimedOut: failed = true
+        case .stepCompleted: failed = false
+        default: return
+        }
+        let key = definition.circuitKey(ofStep: step)
+        for _ in 0..<5 {
+            do {
+                let stored = try await store.circuit(key)
+                let now = Date()
+                let next = failed ? stored.state.recordingFailure(breaker, at: now) : stored.state.recordingSuccess()
+                guard next != stored.state else { return }
+                guard try await store.saveCircuit(key, next, expectedVersion: stored.version) else { continue }
+                let metadata: Logger.Metadata = ["circuit": "\(key)", "circuit.failures": "\(next.failures)"]
+                if let openedAt = next.openedAt, openedAt != stored.state.openedAt {
+                    let until = openedAt.addingTimeInterval(breaker.openFor.seconds)
+                    logger.warning(
+                        "circuit breaker '\(key)' opened after \(next.failures) failure(s): step '\(definition.steps[step].name)' runs its fallback '\(definition.steps[step].fallback?.action ?? "")' until \(until.formatted(.iso8601))",
+                        metadata: metadata)
+                } else if next.openedAt == nil, stored.state.openedAt != nil {
+                    logger.notice("circuit breaker '\(key)' closed: the primary action answered again", metadata: metadata)
+                }
+                return
+            } catch {
+                logger.warning("cannot update circuit breaker '\(key)'", metadata: ["circuit": "\(key)", "error": "\(error)"])
+                return
             }
         }
     }

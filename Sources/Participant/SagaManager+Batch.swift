@@ -62,8 +62,9 @@ extension SagaManager {
             }
             try await prepareToStart()
             let now = Date()
+            let circuits = await engine.circuits(for: definition, logger: logger)
             let prepared = try zip(payloads, ids).map { payload, id in
-                try prepareStart(definition, payload: payload, id: id, context: context, now: now)
+                try prepareStart(definition, payload: payload, id: id, context: context, circuits: circuits, now: now)
             }
             let results = await store(prepared, maxConcurrent: max(1, maxConcurrentWrites))
             let created = zip(prepared, results).compactMap { start, result -> PreparedStart? in

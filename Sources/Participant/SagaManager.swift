@@ -127,7 +127,8 @@ public struct SagaManager: Service {
     {
         let definition = try engine.definitions.definition(named: name)
         try await prepareToStart()
-        let start = try prepareStart(definition, payload: payload, id: id, context: context, now: Date())
+        let circuits = await engine.circuits(for: definition, logger: logger)
+        let start = try prepareStart(definition, payload: payload, id: id, context: context, circuits: circuits, now: Date())
         switch try await engine.store.create(start.state, outbox: start.outbox) {
         case .existing(let existing):
             logger.info("saga already started; nothing sent", metadata: ["saga.status": "\(existing.status.rawValue)"])
@@ -158,7 +159,10 @@ public struct SagaManager: Service {
 
     /// A new saga's first state and the messages stored with it (its first command, then its
     /// `started` event), decided by the state machine.
-    func prepareStart(_ definition: SagaDefinition, payload: JSONObject, id: SagaID, context: [String: String], now: Date) throws
+    func prepareStart(
+        _ definition: SagaDefinition, payload: JSONObject, id: SagaID, context: [String: String],
+        circuits: [String: CircuitBreakerState] = [:], now: Date
+    ) throws
         -> PreparedStart
     {
         var context = context
@@ -166,7 +170,7 @@ public struct SagaManager: Service {
         context[SagaState.definitionVersionKey] = String(definition.version)
         // Steps whose condition does not hold are skipped at the start; when every step is, the
         // saga is stored completed and no command is sent.
-        let start = SagaStateMachine(definition: definition).begin(id: id, payload: payload, context: context, now: now)
+        let start = SagaStateMachine(definition: definition, circuits: circuits).begin(id: id, payload: payload, context: context, now: now)
         let messages = try start.commands.map { try SagaMessages.outbox($0, state: start.state, topology: engine.topology, now: now) }
         let events = try SagaMessages.eventOutbox(
             SagaLifecycleEvent.startEvents(start.state, definition: definition, at: now), state: start.state, topology: engine.topology)

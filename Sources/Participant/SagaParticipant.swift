@@ -324,6 +324,11 @@ public struct SagaParticipant: Service {
         let record: @Sendable (SagaEvent, [LocalWrite]) async throws -> Void = { event, localWrites in
             metrics.stepDuration(saga: command.sagaName, step: command.stepName, phase: command.phase, duration: clock.now - began)
             if command.phase == .compensation { CrashPoints.reach(.duringCompensation) }
+            // The primary action's outcome counts in its circuit breaker (before the saga moves
+            // on, so that the next saga to reach the step sees it), whatever becomes of it.
+            if command.phase == .action, command.command == definition.steps[command.step].action {
+                await engine.recordCircuit(definition, step: command.step, outcome: event, logger: logger)
+            }
             switch try await engine.advance(state.id, from: state, event: event, localWrites: localWrites, logger: logger) {
             case .committed:
                 CrashPoints.reach(.afterPublishBeforeAck)

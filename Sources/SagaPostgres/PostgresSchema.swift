@@ -17,12 +17,15 @@ import SagaCore
 /// Version 4 adds `saga_definitions`: the canonical document of every registered saga
 /// definition, by name and version (see ``SagaCore/SagaStore/register(_:)``).
 ///
+/// Version 5 adds `saga_circuits`: the state of the steps' circuit breakers (see
+/// ``SagaCore/SagaStore/circuit(_:)``), shared by every process of the store.
+///
 /// `sagakit_schema` holds one row with the version of the schema. Opening a store runs, in one
 /// transaction holding an advisory lock on the schema's name, every migration after the
 /// recorded version; processes that open the store together take turns.
 enum PostgresSchema {
     /// The version this SagaKit writes.
-    static let currentVersion = 4
+    static let currentVersion = 5
 
     /// Migration `n` brings the schema from version `n` to `n + 1`; `S` stands for the quoted
     /// schema name.
@@ -130,6 +133,18 @@ enum PostgresSchema {
                 document text NOT NULL,
                 registered_at timestamptz NOT NULL DEFAULT now(),
                 PRIMARY KEY (name, version)
+            )
+            """
+        ],
+        // 4 → 5
+        [
+            """
+            CREATE TABLE IF NOT EXISTS S.saga_circuits (
+                key text PRIMARY KEY,
+                failures integer NOT NULL,
+                opened_at timestamptz,
+                version bigint NOT NULL,
+                updated_at timestamptz NOT NULL
             )
             """
         ],

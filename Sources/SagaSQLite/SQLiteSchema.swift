@@ -13,12 +13,15 @@ import SagaCore
 /// Version 3 adds `saga_definitions`: the canonical document of every registered saga
 /// definition, by name and version (see ``SagaCore/SagaStore/register(_:)``).
 ///
+/// Version 4 adds `saga_circuits`: the state of the steps' circuit breakers (see
+/// ``SagaCore/SagaStore/circuit(_:)``), shared by every process of the store.
+///
 /// `sagakit_schema` holds one row with the version of the schema in the file. Opening a store
 /// runs, in one `IMMEDIATE` transaction, every migration after the recorded version; processes
 /// that open the same file at once take turns, and the later ones find nothing to do.
 enum SQLiteSchema {
     /// The version this SagaKit writes.
-    static let currentVersion = 3
+    static let currentVersion = 4
 
     /// Migration `n` brings the schema from version `n` to `n + 1`.
     static let migrations: [String] = [
@@ -76,6 +79,16 @@ enum SQLiteSchema {
             document TEXT NOT NULL,
             registered_at INTEGER NOT NULL,
             PRIMARY KEY (name, version)
+        );
+        """,
+        // 3 → 4
+        """
+        CREATE TABLE IF NOT EXISTS saga_circuits (
+            key TEXT PRIMARY KEY NOT NULL,
+            failures INTEGER NOT NULL,
+            opened_at INTEGER,
+            version INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL
         );
         """,
     ]

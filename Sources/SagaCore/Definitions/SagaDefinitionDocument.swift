@@ -40,6 +40,18 @@ public struct SagaDefinitionDocument: Sendable, Hashable, Codable {
         public var group: String?
         /// For a wait step, what it waits for; `nil` (and absent from the JSON) otherwise.
         public var wait: Wait?
+        /// The step's fallback; `nil` (and absent from the JSON) for none.
+        public var fallback: Fallback?
+    }
+
+    /// A step's fallback (see ``SagaFallback``).
+    public struct Fallback: Sendable, Hashable, Codable {
+        /// The fallback's command.
+        public var action: String
+        /// The circuit breaker's failure threshold; `nil` without a breaker.
+        public var breakerFailureThreshold: Int?
+        /// How long the circuit stays open, in milliseconds; `nil` without a breaker.
+        public var breakerOpenForMilliseconds: Int64?
     }
 
     /// What a wait step waits for (see ``SagaWait``).
@@ -90,6 +102,11 @@ public struct SagaDefinitionDocument: Sendable, Hashable, Codable {
                 condition: step.condition, group: step.group,
                 wait: step.wait.map {
                     Wait(signal: $0.signal, timeoutMilliseconds: wholeMilliseconds($0.timeout), onTimeout: $0.onTimeout)
+                },
+                fallback: step.fallback.map {
+                    Fallback(
+                        action: $0.action, breakerFailureThreshold: $0.breaker?.failureThreshold,
+                        breakerOpenForMilliseconds: $0.breaker.map { wholeMilliseconds($0.openFor) })
                 })
         }
         deadlineMilliseconds = definition.deadline.map(wholeMilliseconds)
@@ -110,6 +127,13 @@ public struct SagaDefinitionDocument: Sendable, Hashable, Codable {
                     condition: step.condition, group: step.group,
                     wait: step.wait.map {
                         SagaWait(signal: $0.signal, timeout: .milliseconds($0.timeoutMilliseconds), onTimeout: $0.onTimeout)
+                    },
+                    fallback: step.fallback.map { fallback in
+                        SagaFallback(
+                            action: fallback.action,
+                            breaker: fallback.breakerFailureThreshold.map {
+                                CircuitBreakerPolicy(failureThreshold: $0, openFor: .milliseconds(fallback.breakerOpenForMilliseconds ?? 0))
+                            })
                     }))
         }
         return try builder.build()
@@ -185,6 +209,14 @@ extension SagaDefinition {
             compare("\(label) pivot", lhs.pivot, rhs.pivot) { $0 ? "yes" : "no" }
             compare("\(label) condition", lhs.condition, rhs.condition) { $0.map { "'\($0)'" } ?? "none" }
             compare("\(label) parallel group", lhs.group, rhs.group) { $0.map { "'\($0)'" } ?? "none" }
+            compare("\(label) fallback", lhs.fallback, rhs.fallback) { fallback in
+                fallback.map { fallback in
+                    fallback.action
+                        + (fallback.breakerFailureThreshold.map {
+                            " (breaker: \($0) failures, open \(fallback.breakerOpenForMilliseconds ?? 0) ms)"
+                        } ?? "")
+                } ?? "none"
+            }
             compare("\(label) wait", lhs.wait, rhs.wait) { wait in
                 wait.map { "for '\($0.signal)' up to \($0.timeoutMilliseconds) ms, then \($0.onTimeout.rawValue)" } ?? "none"
             }

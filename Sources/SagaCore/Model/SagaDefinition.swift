@@ -53,8 +53,14 @@ public struct SagaDefinition: Sendable, Hashable {
 
     /// Every command (action or compensation) this saga sends. A wait step sends none.
     public var commands: [String] {
-        steps.filter { $0.wait == nil }.flatMap { [$0.action] + ($0.compensation.map { [$0] } ?? []) }
+        steps.filter { $0.wait == nil }.flatMap {
+            [$0.action] + ($0.fallback.map { [$0.action] } ?? []) + ($0.compensation.map { [$0] } ?? [])
+        }
     }
+
+    /// The key of step `index`'s circuit breaker in the store: `<saga>/<step>` (every version of
+    /// the definition shares it).
+    public func circuitKey(ofStep index: Int) -> String { "\(name)/\(steps[index].name)" }
 
     /// The index of the wait step that waits for `signal` (see
     /// ``SagaBuilder/wait(_:for:timeout:onTimeout:when:)``).
@@ -91,7 +97,7 @@ public struct SagaDefinition: Sendable, Hashable {
     /// The step index and phase that a command belongs to (never a wait step: it has no command).
     public func locate(command: String) -> (index: Int, phase: StepPhase)? {
         for (index, step) in steps.enumerated() where step.wait == nil {
-            if step.action == command { return (index, .action) }
+            if step.action == command || step.fallback?.action == command { return (index, .action) }
             if step.compensation == command { return (index, .compensation) }
         }
         return nil
@@ -120,11 +126,15 @@ public struct SagaStep: Sendable, Hashable {
     /// for and what happens when none arrives in time; `nil` for a step that runs a command. A wait
     /// step's ``action`` is its signal's name, and it sends no command.
     public let wait: SagaWait?
+    /// The step's fallback (``SagaFallback``): an alternative action that runs when the primary
+    /// action fails for good or its circuit is open; `nil` for none.
+    public let fallback: SagaFallback?
 
     init(
         name: String, action: String, compensation: String?, options: StepOptions, condition: SagaCondition? = nil, group: String? = nil,
-        wait: SagaWait? = nil
+        wait: SagaWait? = nil, fallback: SagaFallback? = nil
     ) {
+        self.fallback = fallback
         self.name = name
         self.action = action
         self.compensation = compensation
@@ -163,6 +173,26 @@ public struct SagaWait: Sendable, Hashable {
         self.signal = signal
         self.timeout = timeout
         self.onTimeout = onTimeout
+    }
+}
+
+/// A step's fallback: an alternative action (another provider, a degraded mode) that runs instead
+/// of the step's primary action when that fails for good with an error or a timeout (a business
+/// refusal, `failAndCompensate`, still compensates), or at once while the primary's circuit is
+/// open (``CircuitBreakerPolicy``). The step's compensation undoes the step whichever action ran
+/// (the payload patch tells which). The fallback is retried with the step's retry policy; when
+/// it fails for good too, the saga is compensated as for any step.
+public struct SagaFallback: Sendable, Hashable {
+    /// The fallback's command.
+    public var action: String
+    /// The circuit breaker that guards the primary action; `nil` for none (the fallback then
+    /// runs only after the primary failed for good).
+    public var breaker: CircuitBreakerPolicy?
+
+    /// Creates a fallback.
+    public init(action: String, breaker: CircuitBreakerPolicy? = nil) {
+        self.action = action
+        self.breaker = breaker
     }
 }
 
@@ -262,12 +292,15 @@ public struct SagaBuilder: Sendable {
     ///   - condition: when the step runs (`nil`, the default, for always): a step whose condition
     ///     does not hold against the saga's data when the saga reaches it is skipped. The pivot
     ///     cannot have one. See ``SagaCondition``.
+    ///   - fallback: an alternative action, guarded by a circuit breaker if you give one (see
+    ///     ``SagaFallback``); not for the pivot and the steps after it, nor in a parallel group.
     public func step(
         _ name: String, action: String, compensation: String? = nil, options: StepOptions = .default,
-        when condition: SagaCondition? = nil
+        when condition: SagaCondition? = nil, fallback: SagaFallback? = nil
     ) -> SagaBuilder {
         var copy = self
-        copy.steps.append(SagaStep(name: name, action: action, compensation: compensation, options: options, condition: condition))
+        copy.steps.append(
+            SagaStep(name: name, action: action, compensation: compensation, options: options, condition: condition, fallback: fallback))
         return copy
     }
 
@@ -374,7 +407,8 @@ public struct SagaBuilder: Sendable {
             let position = "step \(index + 1) '\(step.name)'"
             if step.name.isEmpty { throw fail("step \(index + 1) has an empty name") }
             if !stepNames.insert(step.name).inserted { throw fail("\(position): the step name is used twice") }
-            for command in step.wait != nil ? [] : [step.action] + (step.compensation.map { [$0] } ?? []) {
+            let own = [step.action] + (step.fallback.map { [$0.action] } ?? []) + (step.compensation.map { [$0] } ?? [])
+            for command in step.wait != nil ? [] : own {
                 if command.isEmpty { throw fail("\(position): a command name is empty") }
                 if let other = commands[command] {
                     throw fail(
@@ -401,6 +435,18 @@ public struct SagaBuilder: Sendable {
                         "the pivot is retried forward and never compensated: remove the compensation")
                 }
                 pivotSeen = step.name
+            }
+            if let fallback = step.fallback {
+                if step.options.isPivot || pivotSeen != nil || step.group != nil || step.wait != nil {
+                    throw fail(
+                        "\(position) has fallback '\(fallback.action)' but is the pivot, after it, in a parallel group or a wait",
+                        "a fallback replaces a failing action before the pivot: move it to a step before the pivot")
+                }
+                if let breaker = fallback.breaker, breaker.failureThreshold < 1 || breaker.openFor <= .zero {
+                    throw fail(
+                        "\(position): the circuit breaker needs a failure threshold of at least 1 and a positive open interval (got \(breaker.failureThreshold), \(breaker.openFor))"
+                    )
+                }
             }
             if let wait = step.wait {
                 if wait.signal.isEmpty { throw fail("\(position) waits for a signal with an empty name") }

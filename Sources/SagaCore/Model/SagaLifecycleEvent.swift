@@ -289,7 +289,10 @@ extension SagaLifecycleEvent {
         // A failed attempt runs again when the transition recorded it as `retrying` (the step's
         // latest record; in a parallel group the saga's current step is the group's first).
         func retried(_ step: Int, _ phase: StepPhase) -> Bool {
-            !new.status.isTerminal && new.history.last(where: { $0.step == step && $0.phase == phase })?.outcome == .retrying
+            guard !new.status.isTerminal else { return false }
+            if new.history.last(where: { $0.step == step && $0.phase == phase })?.outcome == .retrying { return true }
+            // A primary action that failed for good and is replaced by its fallback.
+            return new.status == old.status && new.currentStep == step && new.phase == phase && new.attempt > old.attempt
         }
         var events: [SagaLifecycleEvent] = []
         switch event {

@@ -115,9 +115,15 @@ public struct SagaStateMachine: Sendable {
     /// step's first record); older ones are dropped.
     public static let retainedRecordsPerStep = 20
 
-    /// Creates a state machine for a definition.
-    public init(definition: SagaDefinition) {
+    /// The circuit breakers of the definition's steps that have one, by
+    /// ``SagaDefinition/circuitKey(ofStep:)`` (missing ones are closed): a saga that reaches a
+    /// step whose circuit is open runs its fallback at once.
+    public let circuits: [String: CircuitBreakerState]
+
+    /// Creates a state machine for a definition, with the current state of its circuit breakers.
+    public init(definition: SagaDefinition, circuits: [String: CircuitBreakerState] = [:]) {
         self.definition = definition
+        self.circuits = circuits
     }
 
     /// The initial state of a new saga and its first command.
@@ -348,6 +354,20 @@ public struct SagaStateMachine: Sendable {
         }
     }
 
+    // MARK: - Fallbacks
+
+    /// Whether step `index` runs its fallback: it has one, and its primary action failed for good
+    /// (or was not tried: its circuit was open).
+    public func usesFallback(_ index: Int, in state: SagaState) -> Bool {
+        definition.steps[index].fallback != nil
+            && state.history.contains { $0.step == index && $0.phase == .action && $0.outcome == .failed }
+    }
+
+    /// The first attempt of step `index`'s fallback: the one after the primary's last.
+    private func fallbackStart(_ index: Int, in state: SagaState) -> Int {
+        (state.history.first { $0.step == index && $0.phase == .action && $0.outcome == .failed }?.attempt ?? 0) + 1
+    }
+
     // MARK: - Waits
 
     /// A signal: completes the wait that waits for it, or is kept for a wait ahead, or is ignored.
@@ -423,8 +443,11 @@ public struct SagaStateMachine: Sendable {
     ) -> SagaDecision {
         let policy = definition.steps[step].options.retry
         let forwardOnly = definition.isForwardOnly(step)
+        let onFallback = usesFallback(step, in: state)
+        // A fallback has the step's retry policy, counted from its own first attempt.
+        let tries = onFallback ? attempt - fallbackStart(step, in: state) + 1 : attempt
         var next = state
-        if retryable && (forwardOnly || attempt < policy.maxAttempts) {
+        if retryable && (forwardOnly || tries < policy.maxAttempts) {
             record(
                 &next, step: step, phase: .action, attempt: attempt, startedAt: startedAt, now: now, outcome: .retrying, error: error,
                 timedOut: timedOut)
@@ -438,6 +461,12 @@ public struct SagaStateMachine: Sendable {
             &next, step: step, phase: .action, attempt: attempt, startedAt: startedAt, now: now, outcome: .failed, error: error,
             timedOut: timedOut)
         let stepName = definition.steps[step].name
+        if !onFallback, retryable, definition.steps[step].fallback != nil {
+            // The primary failed for good with an error or a timeout: the fallback runs instead
+            // (its attempts follow the primary's, so late outcomes of the primary are stale).
+            next.attempt = attempt + 1
+            return .transition(next, [ScheduledCommand(currentCommand(next, phase: .action))])
+        }
         if forwardOnly {
             next.status = .needsAttention
             next.failureReason = "step '\(stepName)' failed after the pivot and cannot be compensated: \(error)"
@@ -538,6 +567,19 @@ public struct SagaStateMachine: Sendable {
                 recordSkipped(&next, step: index, condition: condition, now: now)
                 index += 1
                 continue
+            }
+            if let breaker = definition.steps[index].fallback?.breaker,
+                case .open(let until) = (circuits[definition.circuitKey(ofStep: index)] ?? .closed).position(breaker, at: now)
+            {
+                // The primary's circuit is open: the fallback runs at once (recorded as the
+                // primary failing without an attempt).
+                next.history.append(
+                    StepRecord(
+                        step: index, stepName: definition.steps[index].name, phase: .action, attempt: 0, startedAt: now, finishedAt: now,
+                        outcome: .failed,
+                        error:
+                            "circuit '\(definition.circuitKey(ofStep: index))' is open until \(until.formatted(.iso8601)): the fallback runs"
+                    ))
             }
             if definition.steps[index].wait != nil {
                 // A signal that arrived early completed the wait already.
@@ -645,7 +687,8 @@ public struct SagaStateMachine: Sendable {
     /// The command of step `index` in `phase`, attempt `attempt`, for saga `state`.
     public func makeCommand(_ state: SagaState, step index: Int, phase: StepPhase, attempt: Int) -> SagaCommand {
         let step = definition.steps[index]
-        let name = phase == .action ? step.action : (step.compensation ?? step.action)
+        let action = usesFallback(index, in: state) ? step.fallback?.action ?? step.action : step.action
+        let name = phase == .action ? action : (step.compensation ?? step.action)
         return SagaCommand(
             sagaID: state.id, sagaName: state.name, command: name, step: index, stepName: step.name, phase: phase, attempt: attempt)
     }

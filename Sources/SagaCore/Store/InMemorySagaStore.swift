@@ -37,6 +37,7 @@ public final class InMemorySagaStore: SagaStore {
         var outbox: [String: OutboxRow] = [:]
         var nextSequence = 0
         var definitions: [String: (definition: SagaDefinition, hash: String, registeredAt: Date)] = [:]
+        var circuits: [String: StoredCircuit] = [:]
 
         /// Records messages; a message whose id is already recorded is ignored (as in the SQL
         /// stores), since it is the same message recorded again.
@@ -230,6 +231,20 @@ extension InMemorySagaStore {
                         name: $0.definition.name, version: $0.definition.version, hash: $0.hash, registeredAt: $0.registeredAt)
                 }
                 .sorted { ($0.name, $0.version) < ($1.name, $1.version) }
+        }
+    }
+
+    /// The circuit breaker kept under `key` (closed, version 0, when none is).
+    public func circuit(_ key: String) async throws -> StoredCircuit {
+        storage.withLock { $0.circuits[key] ?? StoredCircuit(state: .closed, version: 0) }
+    }
+
+    /// Saves a circuit breaker's state if its version is still `expectedVersion`.
+    public func saveCircuit(_ key: String, _ state: CircuitBreakerState, expectedVersion: Int64) async throws -> Bool {
+        storage.withLock { storage in
+            guard (storage.circuits[key]?.version ?? 0) == expectedVersion else { return false }
+            storage.circuits[key] = StoredCircuit(state: state, version: expectedVersion + 1)
+            return true
         }
     }
 }

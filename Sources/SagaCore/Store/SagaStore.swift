@@ -96,6 +96,17 @@ public protocol SagaStore: Sendable {
     /// Every definition the store keeps, sorted by name then version.
     /// - Throws: `unsupported` when the store does not keep definitions.
     func definitions() async throws -> [StoredDefinitionInfo]
+
+    /// The circuit breaker kept under `key` (``SagaDefinition/circuitKey(ofStep:)``): closed
+    /// with version 0 when the store has none.
+    /// - Throws: `unsupported` when the store does not keep circuit breakers.
+    func circuit(_ key: String) async throws -> StoredCircuit
+
+    /// Saves a circuit breaker's state if its stored version is still `expectedVersion` (0: none
+    /// stored yet); returns whether it was saved (`false`: someone else changed it first — read it
+    /// again and decide again).
+    /// - Throws: `unsupported` when the store does not keep circuit breakers.
+    func saveCircuit(_ key: String, _ state: CircuitBreakerState, expectedVersion: Int64) async throws -> Bool
 }
 
 extension SagaStore {
@@ -115,6 +126,19 @@ extension SagaStore {
     /// - Throws: `unsupported`.
     public func definitions() async throws -> [StoredDefinitionInfo] {
         throw Self.definitionsUnsupported
+    }
+
+    /// Stores written before SagaKit kept circuit breakers do not keep them (the engine treats
+    /// their circuits as closed and says so in its log).
+    /// - Throws: `unsupported`.
+    public func circuit(_ key: String) async throws -> StoredCircuit {
+        throw SagaError(.unsupported, "this store (\(Self.self)) keeps no circuit breakers")
+    }
+
+    /// Stores written before SagaKit kept circuit breakers do not keep them.
+    /// - Throws: `unsupported`.
+    public func saveCircuit(_ key: String, _ state: CircuitBreakerState, expectedVersion: Int64) async throws -> Bool {
+        throw SagaError(.unsupported, "this store (\(Self.self)) keeps no circuit breakers")
     }
 
     /// Stores written before SagaKit ran local writes do not run them.

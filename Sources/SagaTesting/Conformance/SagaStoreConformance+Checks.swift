@@ -280,6 +280,26 @@ extension SagaStoreConformance {
         #expect(Set(everything.map(\.id)) == Set(states.map(\.id) + [other.id]))
     }
 
+    /// A circuit breaker is closed (version 0) until saved; a save succeeds only against the
+    /// version it expects (so two instances recording at once never lose a failure), keeps the
+    /// open time to the millisecond, and is seen by the other handle on the same data.
+    public static let circuitsAreComparedAndSwapped = Check("circuitsAreComparedAndSwapped") { fixture in
+        let key = uniqueID("order") + "/charge-card"
+        let store = fixture.store
+        #expect(try await store.circuit(key) == StoredCircuit(state: .closed, version: 0))
+        #expect(try await store.saveCircuit(key, CircuitBreakerState(failures: 1), expectedVersion: 0))
+        let twice = try await fixture.other.saveCircuit(key, CircuitBreakerState(failures: 1), expectedVersion: 0)
+        #expect(!twice, "inserted twice")
+        let opened = CircuitBreakerState(failures: 2, openedAt: milliseconds())
+        #expect(try await fixture.other.saveCircuit(key, opened, expectedVersion: 1))
+        let stale = try await store.saveCircuit(key, .closed, expectedVersion: 1)
+        #expect(!stale, "a stale version overwrote the circuit")
+        #expect(try await store.circuit(key) == StoredCircuit(state: opened, version: 2))
+        #expect(try await store.saveCircuit(key, .closed, expectedVersion: 2))
+        #expect(try await fixture.other.circuit(key) == StoredCircuit(state: .closed, version: 3))
+        #expect(try await store.circuit(uniqueID("other")).version == 0)
+    }
+
     /// `countByStatus` has an entry for every status (0 when there is none), for one definition name
     /// or for all.
     public static let countByStatusCountsEveryStatus = Check("countByStatusCountsEveryStatus") { fixture in

@@ -109,5 +109,6 @@ public enum SagaStoreConformance {
         twoTopologiesSharingAStoreSeeOnlyTheirOwnMessages,
         messagesThatKeepFailingDoNotKeepAGoodOneWaiting,
         localWritesThatCannotRunStoreNothing,
+        circuitsAreComparedAndSwapped,
     ]
 }
