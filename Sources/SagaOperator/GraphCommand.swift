@@ -5,7 +5,7 @@ import Participant
 struct GraphCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "graph",
-        abstract: "Print a saga definition as a Mermaid flowchart.",
+        abstract: "Print a saga definition as a Mermaid flowchart (wait steps show the signal they wait for).",
         discussion: """
             Paste the output into a ```mermaid block (GitHub renders it). A definition compiled into this tool is \
             printed without opening the store; any other is read from the store (--store-url / SAGAKIT_STORE_URL), \
@@ -35,6 +35,17 @@ struct GraphCommand: AsyncParsableCommand {
             var condition: String?
             /// The parallel group the step belongs to; absent for a step on its own.
             var group: String?
+            /// For a wait step, what it waits for; absent for a step that runs a command.
+            var wait: Wait?
+        }
+        /// What a wait step waits for.
+        struct Wait: Encodable {
+            /// The signal's name (the step's `action` too).
+            var signal: String
+            /// How long the saga waits once it reaches the step, in seconds.
+            var timeoutSeconds: Double
+            /// `compensate` or `continue`: what happens when no signal arrives in time.
+            var onTimeout: String
         }
         var name: String
         var version: Int
@@ -68,7 +79,10 @@ struct GraphCommand: AsyncParsableCommand {
                     steps: found.steps.map {
                         .init(
                             name: $0.name, action: $0.action, compensation: $0.compensation, pivot: $0.options.isPivot,
-                            maxAttempts: $0.options.retry.maxAttempts, condition: $0.condition?.description, group: $0.group)
+                            maxAttempts: $0.options.retry.maxAttempts, condition: $0.condition?.description, group: $0.group,
+                            wait: $0.wait.map {
+                                .init(signal: $0.signal, timeoutSeconds: $0.timeout.seconds, onTimeout: $0.onTimeout.rawValue)
+                            })
                     },
                     mermaid: found.mermaidFlowchart))
         } else {

@@ -14,6 +14,12 @@ extension SagaDefinition {
     /// runs them: the group's members in reverse declaration order, then the steps before.
     /// Definitions without groups print as they always did.
     ///
+    /// A wait step (``SagaBuilder/wait(_:for:timeout:onTimeout:when:)``) is a stadium-shaped node
+    /// (`waits for signal 'fraud.approved' · up to 24 h`) with an edge labelled with its signal to
+    /// what follows, and a dotted timeout edge: to the compensation that runs first
+    /// (`timeout: compensate`), or to what follows (`timeout: continue`). Definitions without
+    /// waits print as they did before waits existed.
+    ///
     /// Paste it into any Markdown viewer that renders Mermaid (GitHub does).
     public var mermaidFlowchart: String {
         var lines = ["flowchart LR", "    start((start))"]
@@ -22,6 +28,10 @@ extension SagaDefinition {
             let step = steps[index]
             let marker = index == pivot ? " · PIVOT" : (isForwardOnly(index) ? " · forward only" : "")
             let when = step.condition.map { "<br/>when \(Self.mermaidText($0.description))" } ?? ""
+            if let wait = step.wait {
+                let waits = "waits for signal '\(Self.mermaidText(wait.signal))' · up to \(humanDuration(wait.timeout.seconds))"
+                return "\(indent)a\(index)([\"\(step.name)<br/>\(waits)\(marker)\(when)\"])"
+            }
             let shape =
                 index == pivot
                 ? "{{\"\(step.name)<br/>\(step.action)\(marker)\"}}" : "[\"\(step.name)<br/>\(step.action)\(marker)\(when)\"]"
@@ -75,6 +85,19 @@ extension SagaDefinition {
             let group = groupRange(of: index)
             for step in group ?? index...index {
                 let nexts = group.map { ["j\($0.lowerBound)"] } ?? entries(step + 1)
+                if let wait = steps[step].wait {
+                    // A wait: its signal leads on; its timeout compensates or continues.
+                    let signal = "signal '\(Self.mermaidText(wait.signal))'"
+                    for next in nexts { lines.append("    a\(step) -->|\(signal)| \(next)") }
+                    if steps[step].condition != nil {
+                        for next in nexts { lines.append("    a\(step) -.->|condition false: skipped| \(next)") }
+                    }
+                    switch wait.onTimeout {
+                    case .compensate: lines.append("    a\(step) -.->|timeout: compensate| \(failureTarget(step))")
+                    case .continue: for next in nexts { lines.append("    a\(step) -.->|timeout: continue| \(next)") }
+                    }
+                    continue
+                }
                 for next in nexts { lines.append("    a\(step) -->|ok| \(next)") }
                 if steps[step].condition != nil {
                     for next in nexts { lines.append("    a\(step) -.->|condition false: skipped| \(next)") }
@@ -105,6 +128,11 @@ extension SagaDefinition {
         lines.append("    classDef undo fill:#fee2e2,stroke:#b91c1c")
         let undo = steps.indices.filter { steps[$0].compensation != nil }.map { "c\($0)" }
         if !undo.isEmpty { lines.append("    class \(undo.joined(separator: ",")) undo") }
+        let waits = steps.indices.filter { steps[$0].wait != nil }
+        if !waits.isEmpty {
+            lines.append("    classDef wait fill:#fef9c3,stroke:#a16207,stroke-dasharray:6 3")
+            lines.append("    class \(waits.map { "a\($0)" }.joined(separator: ",")) wait")
+        }
         let groups = groups
         if !groups.isEmpty {
             lines.append("    classDef parallel fill:#eff6ff,stroke:#2563eb,stroke-dasharray:4 3")
