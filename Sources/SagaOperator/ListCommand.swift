@@ -9,7 +9,7 @@ struct ListCommand: AsyncParsableCommand {
         commandName: "list",
         abstract: "List sagas, most recently updated first.",
         discussion: """
-            Filters combine (AND). Examples: saga list --status needs-attention · saga list --stalled 300 · \
+            Filters combine (AND). Examples: saga list --status needs-attention · saga list --status waiting (sagas waiting for a signal) · saga list --stalled 300 · \
             saga list --name trip --version 2 · saga list --stuck-retrying (attempt ≥ 5) · saga list --stuck-retrying 3 --json. \
             JSON (--json): an array of saga states; see Docs/Operations.md.
             """
@@ -21,7 +21,8 @@ struct ListCommand: AsyncParsableCommand {
     @OptionGroup var connection: OperatorOptions
 
     @Option(
-        name: .long, parsing: .upToNextOption, help: "Only these statuses: running, compensating, completed, compensated, needs-attention.")
+        name: .long, parsing: .upToNextOption,
+        help: "Only these statuses: running, compensating, waiting, completed, compensated, needs-attention.")
     var status: [String] = []
 
     @Option(help: "Only sagas of this definition.")

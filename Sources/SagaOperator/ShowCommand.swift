@@ -53,8 +53,9 @@ struct ShowCommand: AsyncParsableCommand {
     /// One line of the timeline.
     struct TimelineEntry: Encodable, Equatable {
         /// `started`, `step` (a handler's outcome), `skipped` (a step whose condition did not
-        /// hold), `reaper` (a re-send, or the reaper gave up), `operator` (a retry or
-        /// compensation someone asked for), `finished`.
+        /// hold, or a wait that timed out and continued), `signal` (a wait step's signal arrived:
+        /// ``actor`` sent it, ``reason`` names it), `reaper` (a re-send, or the reaper gave up),
+        /// `operator` (a retry or compensation someone asked for), `finished`.
         var event: String
         /// When it happened.
         var at: Date
@@ -71,6 +72,8 @@ struct ShowCommand: AsyncParsableCommand {
         var outcome: String?
         /// How long the handler ran (handler outcomes only).
         var handlerSeconds: Double?
+        /// How long the saga waited for a signal (`signal` entries of a saga that was waiting).
+        var waitedSeconds: Double? = nil
         var error: String?
         var timedOut: Bool?
         /// Who asked (operator actions).
@@ -84,8 +87,24 @@ struct ShowCommand: AsyncParsableCommand {
         var entries = [
             TimelineEntry(event: "started", at: state.createdAt, offsetSeconds: 0)
         ]
+        let definition = pinnedDefinition(of: state)
         for record in state.history {
             let event: String
+            let isWait =
+                definition.map { $0.steps.indices.contains(record.step) && $0.steps[record.step].wait != nil }
+                ?? (record.reason?.hasPrefix("signal '") == true)
+            if isWait && record.outcome == .completed && record.phase == .action {
+                // A signal: who sent it and how long the saga waited (none for an early signal).
+                let early = record.reason?.hasSuffix("before the saga reached the wait") == true
+                entries.append(
+                    TimelineEntry(
+                        event: "signal", at: record.finishedAt, offsetSeconds: record.finishedAt.timeIntervalSince(state.createdAt),
+                        step: record.step, stepName: record.stepName, phase: record.phase.rawValue, attempt: record.attempt,
+                        outcome: record.outcome.rawValue,
+                        waitedSeconds: early ? nil : record.finishedAt.timeIntervalSince(record.startedAt), actor: record.actor,
+                        reason: record.reason))
+                continue
+            }
             if record.outcome.isOperatorAction {
                 event = "operator"
             } else if record.outcome == .skipped {
@@ -157,6 +176,10 @@ struct ShowCommand: AsyncParsableCommand {
             return line.trimmingTrailingSpaces()
         }
         let head = "  \(pad(at, 10))  \(pad(entry.stepName ?? "?", 16))  \(pad("\(entry.phase ?? "?") #\(entry.attempt ?? 0)", 16))"
+        if entry.event == "signal" {
+            let waited = entry.waitedSeconds.map { " after waiting \(humanDuration($0))" } ?? ""
+            return "\(head)  signalled      by \(entry.actor ?? "(nobody named)")\(waited): \(entry.reason ?? "a signal")"
+        }
         if entry.event == "operator" {
             let what = entry.outcome == StepOutcome.compensationRequested.rawValue ? "requested compensation" : "requested a retry"
             let why = entry.reason.map { ": \"\($0)\"" } ?? " (no reason given)"
@@ -187,7 +210,8 @@ struct ShowCommand: AsyncParsableCommand {
     /// What happens to a saga next.
     struct NextStep: Encodable, Equatable {
         /// `waiting` (a command is on its way to a handler), `retrying` (a failed attempt waits in a
-        /// delay queue), `needs-operator`, `finished`, or `unknown` (the definition is unknown).
+        /// delay queue), `waiting-for-signal` (the saga waits at a wait step: see ``wait``),
+        /// `needs-operator`, `finished`, or `unknown` (the definition is unknown).
         var kind: String
         /// The first line of ``text``.
         var summary: String
@@ -211,6 +235,23 @@ struct ShowCommand: AsyncParsableCommand {
         /// ``step`` are then the first running member's, or the first an operator's retry
         /// re-runs); absent otherwise.
         var group: Group? = nil
+        /// For a saga waiting for a signal: the signal, until when, and what the timeout does;
+        /// absent otherwise.
+        var wait: Wait? = nil
+
+        /// What a waiting saga waits for.
+        struct Wait: Encodable, Equatable {
+            /// The signal's name (what `saga signal ID NAME` delivers).
+            var signal: String
+            /// When the wait times out: the reaper ends it at its first pass after this.
+            var until: Date
+            /// The wait's timeout, in seconds.
+            var timeoutSeconds: Double
+            /// `compensate` or `continue`: what happens at the timeout without the signal.
+            var onTimeout: String
+            /// The command that delivers the signal (with placeholders for the data and the sender).
+            var signalCommand: String
+        }
 
         /// A parallel group a saga is in.
         struct Group: Encodable, Equatable {
@@ -261,6 +302,9 @@ struct ShowCommand: AsyncParsableCommand {
         let reaper = configuration.reaper
         if let group = GroupProgress(state, definition: definition) {
             return groupNext(state, group: group, definition: definition, configuration: configuration, now: now)
+        }
+        if let wait = WaitProgress(state, definition: definition) {
+            return waitNext(state, wait: wait, definition: definition, configuration: configuration, now: now)
         }
         if state.status == .needsAttention {
             let stuckInCompensation = state.history.last(where: { $0.step == state.currentStep })?.phase == .compensation
@@ -342,6 +386,50 @@ struct ShowCommand: AsyncParsableCommand {
         next.retryAt = retryAt
         next.delaySeconds = delaySeconds
         next.stalledAt = stalledAt
+        return next
+    }
+
+    /// What happens next to a saga that waits for a signal: what an operator runs to approve
+    /// (`saga signal`) or reject (`saga compensate`), and what the timeout does.
+    static func waitNext(
+        _ state: SagaState, wait: WaitProgress, definition: SagaDefinition, configuration: OperatorConfiguration, now: Date
+    ) -> NextStep {
+        let signal = "saga signal \(state.id) \(wait.wait.signal) --data '{…}' --by <you>"
+        let canCompensate = !definition.isForwardOnly(state.currentStep)
+        let after =
+            wait.step + 1 < definition.steps.count
+            ? "step \(wait.step + 2) '\(definition.steps[wait.step + 1].name)'" : "nothing more (the saga completes)"
+        let undone = definition.steps[..<wait.step].filter { $0.compensation != nil }.map(\.name).reversed()
+        let undoes = undone.isEmpty ? "nothing to undo: the saga ends compensated" : "undoes " + undone.joined(separator: ", ")
+        var lines = [
+            "waiting for signal '\(wait.wait.signal)' (step \(wait.step + 1) '\(wait.stepName)') until \(isoSeconds(wait.until)) (\(wait.remaining(now: now)))",
+            "to approve: `\(signal)` (the data is merged into the saga's payload; the saga goes on with \(after))",
+        ]
+        if canCompensate {
+            lines.append("to reject: `saga compensate \(state.id) --reason …` (\(undoes))")
+        }
+        let timeout = humanDuration(wait.wait.timeout.seconds)
+        switch wait.wait.onTimeout {
+        case .compensate:
+            lines.append("at the timeout (\(timeout) after it began to wait) without the signal, the saga is compensated (\(undoes))")
+        case .continue:
+            lines.append(
+                "at the timeout (\(timeout) after it began to wait) without the signal, the saga goes on with \(after) (the wait is recorded as skipped)"
+            )
+        }
+        lines.append(
+            "the reaper ends an expired wait at its first pass after the timeout (every \(humanDuration(configuration.reaper.pollInterval.seconds)); `saga reap` runs a pass now); a signal after that is ignored"
+        )
+        var commands = ["saga signal \(state.id) \(wait.wait.signal)"]
+        if canCompensate { commands.append("saga compensate \(state.id)") }
+        var next = NextStep(
+            kind: "waiting-for-signal", summary: lines[0], text: lines.joined(separator: "\n"), operatorCommands: commands,
+            wait: NextStep.Wait(
+                signal: wait.wait.signal, until: wait.until, timeoutSeconds: wait.wait.timeout.seconds,
+                onTimeout: wait.wait.onTimeout.rawValue, signalCommand: signal))
+        next.step = wait.step
+        next.stepName = wait.stepName
+        next.phase = StepPhase.action.rawValue
         return next
     }
 

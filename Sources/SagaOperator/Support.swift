@@ -144,7 +144,8 @@ func pinnedDefinition(of state: SagaState) -> SagaDefinition? {
 }
 
 /// A saga's current position in words: `charge-card (action #2)`, or for a saga in a parallel
-/// group `parallel group 'prepare': reserve-stock completed, authorize-payment running (attempt 2)`.
+/// group `parallel group 'prepare': reserve-stock completed, authorize-payment running (attempt 2)`;
+/// for a waiting saga `step 2 'fraud-review' for signal 'fraud.approved' until … (in 23 h 59 min)`.
 func position(_ state: SagaState) -> String {
     guard let definition = pinnedDefinition(of: state),
         definition.steps.indices.contains(state.currentStep)
@@ -152,6 +153,7 @@ func position(_ state: SagaState) -> String {
         return "step \(state.currentStep) #\(state.attempt)"
     }
     if let group = GroupProgress(state, definition: definition) { return group.text }
+    if let wait = WaitProgress(state, definition: definition) { return wait.text(now: Date()) }
     return "\(definition.steps[state.currentStep].name) (\(state.phase.rawValue) #\(state.attempt))"
 }
 
@@ -264,5 +266,55 @@ func formatSeconds(_ seconds: Double) -> String {
     case ..<1: String(format: "%.0f ms", seconds * 1000)
     case ..<120: String(format: "%.2f s", seconds)
     default: "\(Int(seconds) / 60) min \(Int(seconds) % 60) s"
+    }
+}
+
+/// A duration for people, in its two largest units: `45 s`, `1 min 30 s`, `5 min`, `24 h`,
+/// `23 h 59 min`, `3 d 4 h` (days from 2 days on); below a second, `less than 1 s`.
+func humanDuration(_ seconds: Double) -> String {
+    guard seconds >= 1 else { return "less than 1 s" }
+    let total = Int(seconds.rounded(.down))
+    let days = total >= 172_800 ? total / 86_400 : 0
+    let rest = total - days * 86_400
+    let parts = [(days, "d"), (rest / 3600, "h"), (rest % 3600 / 60, "min"), (rest % 60, "s")]
+    let first = parts.firstIndex { $0.0 > 0 } ?? 3
+    return parts[first...].prefix(2).filter { $0.0 > 0 }.map { "\($0.0) \($0.1)" }.joined(separator: " ")
+}
+
+/// An instant as ISO 8601 without fractional seconds, in UTC (`2026-11-30T12:00:00Z`).
+func isoSeconds(_ date: Date) -> String { date.formatted(.iso8601) }
+
+/// Where a waiting saga waits: its wait step, the signal, and until when.
+struct WaitProgress {
+    /// The wait step's index.
+    var step: Int
+    /// The wait step's name.
+    var stepName: String
+    /// The wait.
+    var wait: SagaWait
+    /// When the wait times out (the reaper ends it at its first pass after that).
+    var until: Date
+
+    /// `nil` when the saga is not waiting at a wait step of its definition.
+    init?(_ state: SagaState, definition: SagaDefinition) {
+        guard state.status == .waiting, definition.steps.indices.contains(state.currentStep),
+            let wait = definition.steps[state.currentStep].wait
+        else { return nil }
+        step = state.currentStep
+        stepName = definition.steps[state.currentStep].name
+        self.wait = wait
+        // While a saga waits nothing changes it: its last update is when it began to wait.
+        until = state.updatedAt.addingTimeInterval(wait.timeout.seconds)
+    }
+
+    /// `in 23 h 59 min`, or `overdue by 2 min` once the timeout passed.
+    func remaining(now: Date) -> String {
+        let left = until.timeIntervalSince(now)
+        return left >= 0 ? "in \(humanDuration(left))" : "overdue by \(humanDuration(-left))"
+    }
+
+    /// `step 2 'fraud-review' for signal 'fraud.approved' until 2026-11-30T12:00:00Z (in 23 h 59 min)`.
+    func text(now: Date) -> String {
+        "step \(step + 1) '\(stepName)' for signal '\(wait.signal)' until \(isoSeconds(until)) (\(remaining(now: now)))"
     }
 }
