@@ -2,7 +2,7 @@
 enum ConsoleAssets {
     static let css = #"""
         :root { --bg:#f7f7f5; --fg:#1d2327; --muted:#6b7280; --line:#d9dde3; --ok:#2f9e44; --comp:#7048e8; --warn:#f08c00;
-          --bad:#e03131; --run:#1c7ed6; --card:#fff; }
+          --bad:#e03131; --run:#1c7ed6; --wait:#ca8a04; --card:#fff; }
         * { box-sizing: border-box; }
         body { margin:0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; background:var(--bg); color:var(--fg);
           display:grid; grid-template-columns: 1fr 260px; grid-template-rows: auto auto 1fr; min-height:100vh; }
@@ -26,16 +26,18 @@ enum ConsoleAssets {
         th { background:#eef0f3; font-weight:600; font-size:12.5px; } table.numbers td:not(:first-child) { text-align:right; }
         .badge { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px; color:#fff; font-weight:600; }
         .badge.st-running { background:var(--run); } .badge.st-compensating { background:var(--comp); } .badge.st-completed { background:var(--ok); }
-        .badge.st-compensated { background:#868e96; } .badge.st-needs-attention { background:var(--bad); }
+        .badge.st-compensated { background:#868e96; } .badge.st-needs-attention { background:var(--bad); } .badge.st-waiting { background:var(--wait); }
         .cards { display:flex; gap:12px; flex-wrap:wrap; } .card { display:flex; flex-direction:column; padding:10px 16px; min-width:130px;
           background:var(--card); border:1px solid var(--line); border-left:6px solid #999; border-radius:6px; color:inherit; text-decoration:none; }
         .card .n { font-size:26px; font-weight:700; } .card.st-needs-attention { border-left-color:var(--bad); } .card.st-running { border-left-color:var(--run); }
         .card.st-compensating { border-left-color:var(--comp); } .card.st-completed { border-left-color:var(--ok); } .card.st-compensated { border-left-color:#868e96; }
+        .card.st-waiting { border-left-color:var(--wait); }
         section.attention h2 { color:#862e2e; }
         dl.facts { display:grid; grid-template-columns: 120px 1fr; gap:3px 12px; background:var(--card); padding:10px 14px; border:1px solid var(--line); border-radius:6px; }
         dl.facts dt { color:var(--muted); } dl.facts dd { margin:0; }
         section.next { background:#fff9db; border:1px solid #ffe066; border-radius:6px; padding:4px 14px; margin-top:12px; }
         section.next.finished { background:#ebfbee; border-color:#b2f2bb; } section.next.needs-operator { background:#fff5f5; border-color:#ffa8a8; }
+        section.next.waiting-for-signal, section.wait { background:#fefce8; border:1px solid #facc15; border-radius:6px; padding:4px 14px; margin-top:12px; }
         section.next ul { margin:4px 0 10px; padding-left:20px; }
         form.action { display:inline-flex; gap:8px; align-items:center; margin:4px 12px 4px 0; background:var(--card); padding:6px 10px; border:1px solid var(--line); border-radius:6px; }
         form.inline { display:inline; } button { font:inherit; padding:4px 12px; border-radius:5px; border:1px solid #868e96; background:#fff; cursor:pointer; }
@@ -55,7 +57,7 @@ enum ConsoleAssets {
         svg rect.bar.ok { fill:var(--ok); } svg rect.bar.ok-comp { fill:var(--comp); } svg rect.bar.retrying { fill:var(--warn); } svg rect.bar.failed { fill:var(--bad); }
         svg rect.bar.other { fill:#868e96; } svg line.wait { stroke:#adb5bd; stroke-width:2; } svg line.wait.retry { stroke:var(--warn); stroke-dasharray:4 3; }
         svg rect.span { fill:#d0ebff; } svg rect.span.st-completed { fill:#b2f2bb; } svg rect.span.st-compensated { fill:#dee2e6; }
-        svg rect.span.st-needs-attention { fill:#ffc9c9; } svg rect.span.st-compensating { fill:#e5dbff; }
+        svg rect.span.st-needs-attention { fill:#ffc9c9; } svg rect.span.st-compensating { fill:#e5dbff; } svg rect.span.st-waiting { fill:#fef08a; }
         svg path.marker.operator { fill:#e8590c; } svg path.marker.reaper { fill:#495057; }
         svg rect.step { fill:#e7f5ff; stroke:var(--run); stroke-width:1.5; } svg rect.step.pivot { fill:#fff3bf; stroke:#f08c00; stroke-width:3; }
         svg rect.step.forward { fill:#f1f3f5; stroke:#495057; } svg rect.comp { fill:#f3f0ff; stroke:var(--comp); stroke-dasharray:5 3; }
@@ -68,6 +70,9 @@ enum ConsoleAssets {
         svg rect.step.st-completed { fill:#d3f9d8; stroke:var(--ok); } svg rect.step.st-running { fill:#d0ebff; stroke:var(--run); stroke-width:3; }
         svg rect.step.st-failed { fill:#ffe3e3; stroke:var(--bad); stroke-width:2; } svg rect.step.st-skipped { fill:#f8f9fa; stroke:#adb5bd; stroke-dasharray:3 3; }
         svg rect.step.st-compensated, svg rect.step.st-compensating { fill:#e5dbff; } svg rect.comp.st-compensated { fill:#d0bfff; }
+        svg rect.step.wait { fill:#fefce8; stroke:var(--wait); stroke-width:1.5; stroke-dasharray:7 3; } svg text.step-wait { font-size:10px; fill:#854d0e; }
+        svg rect.step.st-waiting { fill:#fef08a; stroke:var(--wait); stroke-width:3; } svg text.step-state.st-waiting { fill:#854d0e; }
+        svg text.signal { font-size:11px; fill:#854d0e; font-weight:600; } svg line.timeout { stroke:var(--wait); stroke-dasharray:2 3; stroke-width:1.5; }
         svg text.step-state { font-size:11px; font-weight:600; } svg text.step-state.st-failed { fill:var(--bad); } svg text.step-state.st-running { fill:var(--run); }
         ul.members { list-style:none; padding:0; display:flex; flex-wrap:wrap; gap:8px; } ul.members li { padding:4px 10px; border-radius:5px; border:1px solid var(--line); background:var(--card); }
         ul.members li.st-completed { border-color:var(--ok); } ul.members li.st-running { border-color:var(--run); } ul.members li.st-failed { border-color:var(--bad); }

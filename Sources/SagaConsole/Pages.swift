@@ -81,7 +81,7 @@ struct Pages: Sendable {
         var html = "<h1>Overview</h1>"
         // Status cards.
         html += "<section class=\"cards\" id=\"status-cards\">"
-        for status in [SagaStatus.needsAttention, .running, .compensating, .completed, .compensated] {
+        for status in [SagaStatus.needsAttention, .running, .waiting, .compensating, .completed, .compensated] {
             html +=
                 "<a class=\"card st-\(status.consoleName)\" href=\"/sagas?status=\(status.consoleName)\"><span class=\"n\">\(counts[status] ?? 0)</span><span>\(status.consoleName)</span></a>"
         }
@@ -190,11 +190,13 @@ struct Pages: Sendable {
     /// `book-hotel (action #2)`: the step's name from the saga's definition or its history; for a
     /// saga that needs attention, the phase it stopped in; for a saga in a parallel group, each
     /// member's progress (`parallel group 'prepare': reserve-stock completed, authorize-payment
-    /// running (attempt 2)`).
-    func position(_ saga: SagaState, registry: SagaDefinitionRegistry? = nil) -> String {
+    /// running (attempt 2)`); for a saga waiting for a signal, the signal and until when (`step 2
+    /// 'fraud-review' for signal 'fraud.approved' until … (in 23 h 59 min)`).
+    func position(_ saga: SagaState, registry: SagaDefinitionRegistry? = nil, now: Date = Date()) -> String {
         let last = saga.history.last { $0.step == saga.currentStep }
         let definition = registry?.definition(named: saga.name, version: saga.definitionVersion)
         if let definition, let group = ConsoleGroup(saga, definition: definition) { return group.text }
+        if let definition, let wait = ConsoleWait(saga, definition: definition) { return wait.text(now: now) }
         let name =
             definition.flatMap { $0.steps.indices.contains(saga.currentStep) ? $0.steps[saga.currentStep].name : nil } ?? last?.stepName
             ?? "step \(saga.currentStep + 1)"
@@ -306,6 +308,9 @@ struct Pages: Sendable {
                         "<li class=\"member st-\(cls)\" data-step=\"\(HTML.escape(member.name))\"><b>\(HTML.escape(member.name))</b> \(HTML.escape(ConsoleGroup.describe(member.progress)))</li>"
                 }.joined() + "</ul></section>"
         }
+        if let definition, let wait = ConsoleWait(state, definition: definition) {
+            html += waitSection(state, wait: wait, definition: definition, now: now)
+        }
 
         html +=
             "<section class=\"next \(HTML.escape(next.kind))\" id=\"next\"><h2>What happens next</h2><p><b>\(HTML.escape(next.summary))</b></p>"
@@ -337,6 +342,27 @@ struct Pages: Sendable {
                     ["<span class=\"mono\">\(HTML.escape($0.key))</span>", "<span class=\"mono\">\(HTML.escape($0.value))</span>"]
                 }, classes: "context") + "</div></section>"
         return layout(title: "Saga \(state.id)", active: "sagas", session: session, sagaID: state.id, flash: flash, body: html)
+    }
+
+    /// What a waiting saga waits for, until when, the command that approves, what rejects and
+    /// what the timeout does.
+    func waitSection(_ state: SagaState, wait: ConsoleWait, definition: SagaDefinition, now: Date) -> String {
+        let timeout = HTML.duration(wait.wait.timeout.seconds)
+        let atTimeout =
+            wait.wait.onTimeout == .compensate
+            ? "the saga is compensated (the steps before the wait, newest first)"
+            : "the saga goes on without it (the wait is recorded as skipped)"
+        var html = "<section id=\"wait\" class=\"wait\"><h2>Waiting for signal <code>\(HTML.escape(wait.wait.signal))</code></h2>"
+        html +=
+            "<p id=\"wait-until\">step \(wait.step + 1) <b>\(HTML.escape(wait.stepName))</b> waits until <b>\(HTML.escape(wait.until.formatted(.iso8601)))</b> (\(HTML.escape(wait.remaining(now: now)))): up to \(HTML.escape(timeout)) after it began to wait.</p><ul>"
+        html +=
+            "<li>to approve: <code id=\"signal-command\">\(HTML.escape(wait.signalCommand(state.id)))</code> (the data is merged into the saga's payload, and the saga goes on)</li>"
+        if !definition.isForwardOnly(wait.step) {
+            html += "<li>to reject: <code>\(HTML.escape("saga compensate \(state.id) --reason …"))</code>, or Compensate below</li>"
+        }
+        html +=
+            "<li>at the timeout without the signal, \(atTimeout); the reaper ends an expired wait at its first pass after the timeout</li></ul></section>"
+        return html
     }
 
     /// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
@@ -382,7 +408,8 @@ struct Pages: Sendable {
     }
 
     func actions(for state: SagaState, next: SagaConsoleNextStep, session: Session?) -> String {
-        let canRetry = !(state.status == .completed || state.status == .compensated)
+        // A waiting saga has nothing to retry: it goes on with its signal (or is compensated).
+        let canRetry = !(state.status == .completed || state.status == .compensated || state.status == .waiting)
         let canCompensate =
             next.operatorCommands.contains { $0.hasPrefix("saga compensate") } || (state.status == .running && next.kind != "unknown")
         guard canRetry || canCompensate else { return "" }
@@ -469,9 +496,12 @@ struct Pages: Sendable {
         html += "<div class=\"graph-box\">" + SVG.graph(definition) + "</div>"
         let rows = definition.steps.enumerated().map { index, step -> [String] in
             [
-                "\(index + 1)", HTML.escape(step.name), "<code>\(HTML.escape(step.action))</code>",
+                "\(index + 1)", HTML.escape(step.name),
+                step.wait.map {
+                    "◷ waits for signal <code>\(HTML.escape($0.signal))</code> up to \(HTML.duration($0.timeout.seconds)), then \($0.onTimeout == .compensate ? "compensate" : "continue")"
+                } ?? "<code>\(HTML.escape(step.action))</code>",
                 step.compensation.map { "<code>\(HTML.escape($0))</code>" } ?? (definition.isForwardOnly(index) ? "forward-only" : "—"),
-                step.options.isPivot ? "◆ pivot" : "", "\(step.options.retry.maxAttempts)",
+                step.options.isPivot ? "◆ pivot" : "", step.wait == nil ? "\(step.options.retry.maxAttempts)" : "",
                 step.options.timeout.map { HTML.seconds($0.consoleSeconds) } ?? "",
                 step.group.map { "‖ \(HTML.escape($0))" } ?? "",
                 step.condition.map { "<code>when \(HTML.escape($0.description))</code>" } ?? "",

@@ -137,8 +137,13 @@ enum SVG {
     /// saga moves on when every member completed or was skipped); their compensations stand side
     /// by side too, chained right to left (newest declared first) and then to the steps before.
     ///
+    /// A wait step is a pill (`◷`, `waits for signal 'x' · up to 24 h`) with its signal's name
+    /// beside the arrow to what follows, and its timeout (compensate or continue) in the
+    /// compensation column.
+    ///
     /// With `state`, each step also shows where that saga is: completed, running (attempt),
-    /// failed, skipped or compensated (the saga page draws its definition so).
+    /// waiting for its signal, signalled (by whom), failed, skipped or compensated (the saga page
+    /// draws its definition so).
     static func graph(_ definition: SagaDefinition, state: SagaState? = nil) -> String {
         let boxWidth = 250.0
         let memberWidth = 210.0
@@ -259,17 +264,30 @@ enum SVG {
                 let by = box.y
                 let forwardOnly = definition.isForwardOnly(index)
                 let isPivot = step.options.isPivot
-                var cls = isPivot ? "step pivot" : (forwardOnly ? "step forward" : "step")
+                var cls = isPivot ? "step pivot" : (step.wait != nil ? "step wait" : (forwardOnly ? "step forward" : "step"))
                 if step.condition != nil { cls += " conditional" }
                 if step.group != nil { cls += " member" }
                 if let shown = states[index] { cls += " st-\(shown.cls)" }
+                // A wait step is a pill: it runs no command, it waits for a signal.
                 svg +=
-                    "<rect class=\"\(cls)\" x=\"\(f(box.x))\" y=\"\(f(by))\" width=\"\(f(box.width))\" height=\"\(f(boxHeight))\" rx=\"6\" data-step=\"\(HTML.escape(step.name))\"><title>\(HTML.escape(stepTitle(step, forwardOnly: forwardOnly)))</title></rect>"
+                    "<rect class=\"\(cls)\" x=\"\(f(box.x))\" y=\"\(f(by))\" width=\"\(f(box.width))\" height=\"\(f(boxHeight))\" rx=\"\(step.wait != nil ? "22" : "6")\" data-step=\"\(HTML.escape(step.name))\"><title>\(HTML.escape(stepTitle(step, forwardOnly: forwardOnly)))</title></rect>"
                 svg +=
-                    "<text class=\"step-name\" x=\"\(f(box.x + 10))\" y=\"\(f(by + 20))\">\(index + 1). \(HTML.escape(step.name))\(isPivot ? " ◆ pivot" : "")</text>"
-                let detail =
-                    "\(step.action) · \(step.options.retry.maxAttempts)×\(step.options.timeout.map { " · \(HTML.seconds($0.consoleSeconds)) timeout" } ?? "")"
-                svg += "<text class=\"step-detail\" x=\"\(f(box.x + 10))\" y=\"\(f(by + 38))\">\(HTML.escape(detail))</text>"
+                    "<text class=\"step-name\" x=\"\(f(box.x + 10))\" y=\"\(f(by + 20))\">\(index + 1). \(step.wait != nil ? "◷ " : "")\(HTML.escape(step.name))\(isPivot ? " ◆ pivot" : "")</text>"
+                if let wait = step.wait {
+                    let detail = "waits for signal '\(wait.signal)' · up to \(HTML.duration(wait.timeout.seconds))"
+                    // Long signal names are squeezed into the box (about 5.6 px a character at 10 px).
+                    let fit =
+                        Double(detail.count) * 5.6 > box.width - 20
+                        ? " textLength=\"\(f(box.width - 20))\" lengthAdjust=\"spacingAndGlyphs\"" : ""
+                    svg += "<text class=\"step-wait\" x=\"\(f(box.x + 10))\" y=\"\(f(by + 38))\"\(fit)>\(HTML.escape(detail))</text>"
+                    // The signal leads on: its name beside the arrow to what follows.
+                    svg +=
+                        "<text class=\"signal\" x=\"\(f(center + 8))\" y=\"\(f(by + boxHeight + 19))\">signal '\(HTML.escape(wait.signal))'</text>"
+                } else {
+                    let detail =
+                        "\(step.action) · \(step.options.retry.maxAttempts)×\(step.options.timeout.map { " · \(HTML.seconds($0.consoleSeconds)) timeout" } ?? "")"
+                    svg += "<text class=\"step-detail\" x=\"\(f(box.x + 10))\" y=\"\(f(by + 38))\">\(HTML.escape(detail))</text>"
+                }
                 if let condition = step.condition {
                     svg +=
                         "<text class=\"step-when\" x=\"\(f(box.x + 10))\" y=\"\(f(by + 54))\">when \(HTML.escape(condition.description))</text>"
@@ -302,10 +320,20 @@ enum SVG {
                                 "<line class=\"back\" x1=\"\(f(compX + box.width / 2))\" y1=\"\(f(by))\" x2=\"\(f((compXs[previous] ?? compColumnX) + target.width / 2))\" y2=\"\(f(target.y + boxHeight))\" marker-end=\"url(#arrow)\"/>"
                         }
                     }
+                } else if let wait = step.wait {
+                    // The timeout: compensate the steps before, or continue without the signal.
+                    let what =
+                        wait.onTimeout == .compensate
+                        ? "timeout (\(HTML.duration(wait.timeout.seconds))): compensate the steps before"
+                        : "timeout (\(HTML.duration(wait.timeout.seconds))): continue without the signal"
+                    svg +=
+                        "<line class=\"timeout\" x1=\"\(f(box.x + box.width))\" y1=\"\(f(by + boxHeight / 2))\" x2=\"\(f(compX - 6))\" y2=\"\(f(by + boxHeight / 2))\" marker-end=\"url(#arrow)\"><title>no signal '\(HTML.escape(wait.signal))' in time: the reaper ends the wait at its first pass after the timeout</title></line>"
+                    svg +=
+                        "<text class=\"note timeout-note\" x=\"\(f(compX))\" y=\"\(f(by + boxHeight / 2 + 4))\">◷ \(HTML.escape(what))</text>"
                 } else if !forwardOnly && step.group == nil {
                     svg += "<text class=\"note\" x=\"\(f(compX))\" y=\"\(f(by + 28))\">(nothing to undo)</text>"
                 }
-                if let pivot, index > pivot, index == pivot + 1 {
+                if let pivot, index > pivot, index == pivot + 1, step.wait == nil {
                     svg +=
                         "<text class=\"note\" x=\"\(f(compX))\" y=\"\(f(by + 28))\">forward-only: retried until it succeeds</text>"
                 }
@@ -347,6 +375,12 @@ enum SVG {
                 result[index] = ("failed", "↩ compensation stopped")
             } else if group?.steps.contains(index) == true {
                 result[index] = describe(machine.progress(of: index, in: state))
+            } else if state.status == .waiting, state.currentStep == index {
+                result[index] = ("waiting", "◷ waiting for its signal")
+            } else if definition.steps[index].wait != nil,
+                let signal = records.last(where: { $0.phase == .action && $0.outcome == .completed })
+            {
+                result[index] = ("completed", "✓ signalled by \(signal.actor ?? "?")")
             } else if state.status == .running, state.currentStep == index {
                 result[index] = ("running", "running #\(state.attempt)")
             } else if state.status == .needsAttention, state.currentStep == index {
@@ -371,6 +405,15 @@ enum SVG {
     }
 
     static func stepTitle(_ step: SagaStep, forwardOnly: Bool) -> String {
+        if let wait = step.wait {
+            var parts = [
+                "\(step.name): waits for signal '\(wait.signal)' (saga signal ID \(wait.signal)), up to \(HTML.duration(wait.timeout.seconds))",
+                wait.onTimeout == .compensate
+                    ? "then the steps before are compensated" : "then the saga goes on without it (the wait is recorded as skipped)",
+            ]
+            if let condition = step.condition { parts.append("waits only when \(condition) (skipped otherwise)") }
+            return parts.joined(separator: "; ")
+        }
         var parts = ["\(step.name): \(step.action)"]
         if let compensation = step.compensation { parts.append("undone by \(compensation)") }
         if step.options.isPivot { parts.append("pivot: once it succeeds the saga only goes forward") }

@@ -5,7 +5,8 @@ import Participant
 /// are the same whichever process answers and survive every restart (the participants' own
 /// `/metrics`, from `SagaPrometheus`, count what each process did).
 ///
-/// - `sagakit_store_sagas{saga,status}`: sagas per definition and status.
+/// - `sagakit_store_sagas{saga,status}`: sagas per definition and status (every status,
+///   `waiting` included: sagas stopped at a wait step until their signal arrives).
 /// - `sagakit_store_sagas_stalled{saga}`: running or compensating sagas not updated for the
 ///   console's stalled threshold.
 /// - `sagakit_store_sagas_stuck_retrying{saga}`: running or compensating sagas whose current step
