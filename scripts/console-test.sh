@@ -200,7 +200,7 @@ try:
     check(ids["running"] in text("#stalled"), "the hanging saga is listed as stalled")
     check(ids["stuck"] in text("#stuck"), "the saga retrying past its pivot is listed as stuck retrying")
     cards = text("#status-cards")
-    for status in ["needs-attention", "running", "compensating", "completed", "compensated"]:
+    for status in ["needs-attention", "running", "waiting", "compensating", "completed", "compensated"]:
         check(status in cards, f"status card {status}")
     check("trip" in text("#by-definition") and "invoice" in text("#by-definition"), "sagas by definition")
     check(count("#last-hour svg rect.started") >= 1, "started-per-minute bars drawn")
@@ -278,6 +278,31 @@ try:
     check("when gift is true" in driver.execute_script("return document.querySelector('svg.graph text.step-when').textContent"),
           "the member's condition drawn")
     shot("04c-definition-parallel-group.png")
+
+    # 4d. A saga waiting for a signal: what it waits for, until when, the command that approves.
+    print("wait step")
+    driver.get(base + "/sagas?status=waiting")
+    check(ids["waiting"] in text("main table.sagas") and text("#match-count").startswith("1 saga"), "the waiting filter")
+    click(By.LINK_TEXT, ids["waiting"])
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#wait")))
+    check(count("h1 .badge.st-waiting") == 1, "the waiting badge")
+    check("step 2 'manager-approval' for signal 'manager.approved' until " in text("#saga-status"),
+          "the status names the signal and until when")
+    check(text("#signal-command") == "saga signal " + ids["waiting"] + " manager.approved --data '{…}' --by <you>",
+          "the command that approves")
+    check("the saga is compensated" in text("#wait"), "what the timeout does")
+    check("waiting for signal 'manager.approved'" in text("#next"), "what happens next: the signal")
+    check(count("#retry-button") == 0, "nothing to retry on a waiting saga")
+    check(count("#steps svg.graph rect.step.wait.st-waiting") == 1, "the wait drawn waiting")
+    shot("04d-saga-waiting.png")
+    click(By.PARTIAL_LINK_TEXT, "refund version 1")
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "svg.graph")))
+    check(count("svg.graph rect.step.wait") == 1, "the wait drawn as a wait")
+    check("waits for signal 'manager.approved' · up to 24 h" in driver.execute_script(
+        "return document.querySelector('svg.graph text.step-wait').textContent"), "its signal and timeout")
+    check("signal 'manager.approved'" in driver.execute_script(
+        "return document.querySelector('svg.graph text.signal').textContent"), "the signal beside the arrow to what follows")
+    shot("04e-definition-wait.png")
 
     # 5. The dead-letter queue, read-only until logged in.
     print("dead letters")

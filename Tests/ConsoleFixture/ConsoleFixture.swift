@@ -11,8 +11,8 @@
 // is done, so an operator's retry succeeds), compensating (a compensation that hangs), running
 // (a handler that hangs: stalled), stuck retrying past the pivot, a `trip` version 2 saga, an
 // `invoice` saga, a `checkout` saga in its parallel group `prepare` (pack completed,
-// check-credit hanging, gift-wrap skipped by its condition), and one dead letter (a malformed
-// command).
+// check-credit hanging, gift-wrap skipped by its condition), a `refund` saga waiting for its
+// signal `manager.approved` (open-case completed), and one dead letter (a malformed command).
 import Foundation
 import Participant
 import SagaSQLite
@@ -58,6 +58,15 @@ struct ConsoleFixture {
             .build()
     }
 
+    /// `refund`: open-case, then a wait for `manager.approved` (a day, then compensated), then pay.
+    static func refund() throws -> SagaDefinition {
+        try SagaBuilder("refund")
+            .step("open-case", action: "case.open", compensation: "case.close")
+            .wait("manager-approval", for: "manager.approved", timeout: .seconds(86_400))
+            .step("pay", action: "refund.pay", options: .pivot)
+            .build()
+    }
+
     static func flag(_ context: SagaContext, _ key: String) -> Bool { context.payload[key] == .bool(true) }
 
     static func handlers() -> SagaHandlerRegistry {
@@ -99,6 +108,9 @@ struct ConsoleFixture {
         handlers.register("credit.check") { _ in try await Task.sleep(for: .seconds(86_400)) }
         handlers.register("gift.wrap") { context in try await context.completeStep() }
         handlers.register("warehouse.ship") { context in try await context.completeStep() }
+        handlers.register("case.open") { context in try await context.completeStep(merging: ["case": "C-1"]) }
+        handlers.register("case.close") { context in try await context.completeCompensation() }
+        handlers.register("refund.pay") { context in try await context.completeStep() }
         return handlers
     }
 
@@ -119,7 +131,7 @@ struct ConsoleFixture {
         let v1 = try trip(version: 1)
         let v2 = try trip(version: 2)
         let invoice = try SagaBuilder("invoice").step("issue", action: "invoice.issue").build()
-        let all = try SagaDefinitionRegistry([v1, v2, invoice, try checkout()])
+        let all = try SagaDefinitionRegistry([v1, v2, invoice, try checkout(), try refund()])
         let bus = try await RabbitMQBus.connect(url: try required("AMQP_URL"))
         let store = try SQLiteSagaStore(url: "sqlite://\(try required("STORE_PATH"))", logger: logger)
         try await store.withRunning { @Sendable store in
@@ -144,7 +156,8 @@ struct ConsoleFixture {
     ) async throws {
         // A manager on version 1 and one on version 2: each starts sagas on the version it knows.
         let manager = SagaManager(
-            definitions: try SagaDefinitionRegistry([v1, invoice, try checkout()]), bus: bus, store: store, topology: topology,
+            definitions: try SagaDefinitionRegistry([v1, invoice, try checkout(), try refund()]), bus: bus, store: store,
+            topology: topology,
             logger: logger)
         let managerV2 = SagaManager(
             definitions: try SagaDefinitionRegistry([v2]), bus: bus, store: store, topology: topology, logger: logger)
@@ -191,6 +204,7 @@ struct ConsoleFixture {
         ids["version2"] = try await start(managerV2, "trip", trip([:]))
         ids["invoice"] = try await start(manager, "invoice", ["customer": "ACME", "email": "billing@acme.example"])
         ids["parallel"] = try await start(manager, "checkout", ["gift": false])
+        ids["waiting"] = try await start(manager, "refund", ["amount": 120])
 
         try await finish(ids["compensated"]!, .compensated)
         try await finish(ids["compensatedAfterRetries"]!, .compensated)
@@ -206,6 +220,7 @@ struct ConsoleFixture {
         try await wait(
             ids["parallel"]!, until: { $0.history.contains { $0.stepName == "pack" && $0.outcome == .completed } },
             what: "pack completed in the parallel group")
+        try await wait(ids["waiting"]!, until: { $0.status == .waiting }, what: "waiting for manager.approved")
 
         // A dead letter: a command the participant cannot read.
         try await bus.publish(

@@ -1,0 +1,255 @@
+import Foundation
+import Participant
+import SagaSQLite
+import SagaTestSupport
+import Testing
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
+/// Wait steps where people look at sagas: `saga graph` draws a wait as its own shape with the
+/// signal and the timeout, `saga show` and `saga list` say what a waiting saga waits for, until
+/// when, and how an operator approves or rejects it, the history says who signalled, and the web
+/// console draws and explains the wait. The plain `saga` executable reads the definition from a
+/// SQLite store that the test registered it in.
+@Suite("saga CLI and console on wait steps", .timeLimit(.minutes(3)))
+struct OperatorWaitStepTests {
+    /// `payout`: reserve-funds, a fraud review for amounts above 1000 (compensated after 24 h
+    /// without approval), the pivot, a bank confirmation awaited for 2 h (then the saga goes on
+    /// without it), a notification. Docs/Concepts.md ("Waiting for a signal") shows its
+    /// `saga graph`.
+    static func payout() throws -> SagaDefinition {
+        try SagaBuilder("payout")
+            .step("reserve-funds", action: "funds.reserve", compensation: "funds.release")
+            .wait("fraud-review", for: "fraud.approved", timeout: .seconds(86_400), when: .greaterThan("amount", 1000))
+            .step("send-money", action: "bank.transfer", options: .pivot)
+            .wait("bank-confirmation", for: "bank.confirmed", timeout: .seconds(7200), onTimeout: .continue)
+            .step("notify", action: "email.send")
+            .build()
+    }
+
+    static let payoutGraph = """
+        flowchart LR
+            start((start))
+            a0["reserve-funds<br/>funds.reserve"]
+            c0[/"undo reserve-funds<br/>funds.release"/]
+            a1(["fraud-review<br/>waits for signal 'fraud.approved' · up to 24 h<br/>when amount #62; 1000"])
+            a2{{"send-money<br/>bank.transfer · PIVOT"}}
+            a3(["bank-confirmation<br/>waits for signal 'bank.confirmed' · up to 2 h · forward only"])
+            a4["notify<br/>email.send · forward only"]
+            done((completed))
+            compensated((compensated))
+            start --> a0
+            a0 -->|ok| a1
+            a0 -.->|fails| compensated
+            a1 -->|signal 'fraud.approved'| a2
+            a1 -.->|condition false: skipped| a2
+            a1 -.->|timeout: compensate| c0
+            a2 -->|ok| a3
+            a2 -.->|fails: retry forward| a2
+            a3 -->|signal 'bank.confirmed'| a4
+            a3 -.->|timeout: continue| a4
+            a4 -->|ok| done
+            a4 -.->|fails: retry forward| a4
+            c0 --> compensated
+            classDef pivot fill:#fde68a,stroke:#b45309
+            class a2 pivot
+            classDef undo fill:#fee2e2,stroke:#b91c1c
+            class c0 undo
+            classDef wait fill:#fef9c3,stroke:#a16207,stroke-dasharray:6 3
+            class a1,a3 wait
+        """
+
+    @Test func graphDrawsAWaitWithItsSignalAndTimeoutAndDocsShowIt() async throws {
+        let store = try await Self.seededStore([])
+        defer { try? FileManager.default.removeItem(at: store.directory) }
+        let graph = try OperatorParallelGroupTests.runSaga(["graph", "payout", "--store-url", store.url])
+        #expect(graph.status == 0, "\(graph.output)")
+        print("saga graph payout:\n\(graph.output)")
+        let mermaid = graph.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+            .filter { !$0.hasPrefix("%%") }.joined(separator: "\n").trimmingCharacters(in: .newlines)
+        #expect(mermaid == Self.payoutGraph, "\(mermaid)")
+
+        // Docs/Concepts.md shows this very output.
+        let concepts = try String(
+            contentsOf: URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                .deletingLastPathComponent().appendingPathComponent("Docs/Concepts.md"), encoding: .utf8)
+        let section = try #require(concepts.range(of: "## Waiting for a signal").map { String(concepts[$0.upperBound...]) })
+        let block = try #require(
+            section.range(of: "```mermaid\n").flatMap { start in
+                section[start.upperBound...].range(of: "\n```").map { String(section[start.upperBound..<$0.lowerBound]) }
+            })
+        #expect(block == Self.payoutGraph, "Docs/Concepts.md's diagram is not saga graph's output:\n\(block)")
+
+        let json = try OperatorParallelGroupTests.runSaga(["graph", "payout", "--json", "--store-url", store.url])
+        let steps = try #require(try OperatorParallelGroupTests.jsonObject(json.stdout)["steps"] as? [[String: Any]])
+        let waits = steps.map { $0["wait"] as? [String: Any] }
+        #expect(waits.map { $0?["signal"] as? String } == [nil, "fraud.approved", nil, "bank.confirmed", nil], "\(json.output)")
+        #expect(waits[1]?["timeoutSeconds"] as? Double == 86_400 && waits[1]?["onTimeout"] as? String == "compensate")
+        #expect(waits[3]?["timeoutSeconds"] as? Double == 7200 && waits[3]?["onTimeout"] as? String == "continue")
+    }
+
+    @Test func showAndListSayWhatAWaitingSagaWaitsForAndWhoSignalled() async throws {
+        let machine = SagaStateMachine(definition: try Self.payout())
+        let now = Date()
+        let waiting = try #require(Self.atFraudReview("wait-review", machine: machine, now: now))
+        #expect(waiting.status == .waiting)
+        // Approved by alice: the saga runs send-money.
+        var approved = try #require(
+            machine.apply(.signalReceived(name: "fraud.approved", payload: ["reviewer": "alice"], by: "alice"), to: waiting, now: now)
+                .state)
+        approved.id = "wait-approved"
+        #expect(approved.status == .running && approved.currentStep == 2)
+        // Approved by bob before the saga reached the review: kept, the saga still runs reserve-funds.
+        let started = machine.begin(id: "wait-early", payload: ["amount": 5000], now: now).state
+        let early = try #require(
+            machine.apply(.signalReceived(name: "fraud.approved", payload: [:], by: "bob"), to: started, now: now).state)
+        // Past the pivot, waiting for the bank (continues on timeout: nothing to compensate).
+        let sent = try #require(
+            machine.apply(.stepCompleted(step: 2, attempt: 1, patch: [:], startedAt: now), to: approved, now: now).state)
+        var bank = sent
+        bank.id = "wait-bank"
+        #expect(bank.status == .waiting && bank.currentStep == 3)
+
+        let store = try await Self.seededStore([waiting, approved, early, bank])
+        defer { try? FileManager.default.removeItem(at: store.directory) }
+        let until = waiting.updatedAt.addingTimeInterval(86_400)
+
+        let show = try OperatorParallelGroupTests.runSaga(["show", "wait-review", "--store-url", store.url])
+        print("saga show of a waiting saga:\n\(show.output)")
+        #expect(show.status == 0, "\(show.output)")
+        #expect(
+            show.output.contains(
+                "WAITING at step 2 'fraud-review' for signal 'fraud.approved' until \(until.formatted(.iso8601)) (in 23 h 59 min)"),
+            "\(show.output)")
+        #expect(
+            show.output.contains(
+                "to approve: `saga signal wait-review fraud.approved --data '{…}' --by <you>` (the data is merged into the saga's payload; the saga goes on with step 3 'send-money')"
+            ), "\(show.output)")
+        #expect(show.output.contains("to reject: `saga compensate wait-review --reason …` (undoes reserve-funds)"), "\(show.output)")
+        #expect(
+            show.output.contains(
+                "at the timeout (24 h after it began to wait) without the signal, the saga is compensated (undoes reserve-funds)"),
+            "\(show.output)")
+        #expect(show.output.contains("the reaper ends an expired wait at its first pass after the timeout (every 5 min"), "\(show.output)")
+
+        let json = try OperatorParallelGroupTests.jsonObject(
+            try OperatorParallelGroupTests.runSaga(["show", "wait-review", "--json", "--store-url", store.url]).stdout)
+        let next = try #require(json["nextStep"] as? [String: Any])
+        #expect(next["kind"] as? String == "waiting-for-signal")
+        #expect(next["stepName"] as? String == "fraud-review" && next["step"] as? Int == 1)
+        let wait = try #require(next["wait"] as? [String: Any], "\(json)")
+        #expect(wait["signal"] as? String == "fraud.approved" && wait["onTimeout"] as? String == "compensate")
+        #expect(wait["until"] as? String == until.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true)), "\(wait)")
+        #expect(wait["timeoutSeconds"] as? Double == 86_400)
+        #expect(
+            next["operatorCommands"] as? [String] == ["saga signal wait-review fraud.approved", "saga compensate wait-review"],
+            "\(next)")
+
+        let approvedShow = try OperatorParallelGroupTests.runSaga(["show", "wait-approved", "--store-url", store.url])
+        print("saga show of a signalled saga:\n\(approvedShow.output)")
+        #expect(approvedShow.output.contains("RUNNING at send-money (action #1)"), "\(approvedShow.output)")
+        #expect(
+            approvedShow.output.contains("signalled      by alice after waiting less than 1 s: signal 'fraud.approved'"),
+            "\(approvedShow.output)")
+        let timeline = try #require(
+            try OperatorParallelGroupTests.jsonObject(
+                try OperatorParallelGroupTests.runSaga(["show", "wait-approved", "--json", "--store-url", store.url]).stdout)["timeline"]
+                as? [[String: Any]])
+        let signal = try #require(timeline.first { $0["event"] as? String == "signal" }, "\(timeline)")
+        #expect(signal["actor"] as? String == "alice" && signal["stepName"] as? String == "fraud-review")
+
+        let earlyShow = try OperatorParallelGroupTests.runSaga(["show", "wait-early", "--store-url", store.url])
+        #expect(
+            earlyShow.output.contains("signalled      by bob: signal 'fraud.approved', before the saga reached the wait"),
+            "\(earlyShow.output)")
+
+        let bankShow = try OperatorParallelGroupTests.runSaga(["show", "wait-bank", "--store-url", store.url])
+        print("saga show of a saga waiting after the pivot:\n\(bankShow.output)")
+        #expect(bankShow.output.contains("for signal 'bank.confirmed' until "), "\(bankShow.output)")
+        #expect(!bankShow.output.contains("to reject"), "past the pivot nothing is compensated: \(bankShow.output)")
+        #expect(
+            bankShow.output.contains(
+                "without the signal, the saga goes on with step 5 'notify' (the wait is recorded as skipped)"), "\(bankShow.output)")
+
+        let list = try OperatorParallelGroupTests.runSaga(["list", "--status", "waiting", "--store-url", store.url])
+        print("saga list --status waiting:\n\(list.output)")
+        #expect(list.status == 0, "\(list.output)")
+        let rows = list.stdout.split(separator: "\n").filter { $0.hasPrefix("wait-") }
+        #expect(rows.map { String($0.prefix { $0 != " " }) }.sorted() == ["wait-bank", "wait-review"], "\(list.output)")
+        #expect(
+            rows.contains { $0.contains("waiting") && $0.contains("step 2 'fraud-review' for signal 'fraud.approved' until ") },
+            "\(list.output)")
+        #expect(list.stdout.contains("waiting 2"), "the totals count the waiting sagas: \(list.output)")
+    }
+
+    @Test(
+        .enabled(if: ProcessInfo.processInfo.environment["AMQP_URL"] != nil, "set AMQP_URL (scripts/rabbitmq.sh url), or run `make test`"))
+    func consoleDrawsAndExplainsAWait() async throws {
+        let amqp = try #require(ProcessInfo.processInfo.environment["AMQP_URL"])
+        let machine = SagaStateMachine(definition: try Self.payout())
+        let waiting = try #require(Self.atFraudReview("wait-console", machine: machine, now: Date()))
+        let store = try await Self.seededStore([waiting])
+        defer { try? FileManager.default.removeItem(at: store.directory) }
+
+        let console = try ProductProcess(
+            "saga",
+            ["console", "--port", "0", "--store-url", store.url, "--amqp-url", amqp, "--prefix", "wait-\(UUID().uuidString.prefix(8))"],
+            environment: ["SAGAKIT_STORE_URL": nil, "SAGAKIT_PREFIX": nil, "SAGA_CONSOLE_TOKEN": nil])
+        #expect(try await console.waitForOutput(containing: "listening on http://", timeout: .seconds(60)), "\(console.output)")
+        let base = try #require(
+            console.output.split(separator: " ").first { $0.hasPrefix("http://127.0.0.1:") }.map { String($0) }, "\(console.output)")
+
+        let page = try await OperatorParallelGroupTests.get(base + "definitions/payout")
+        let graph = try #require(page.range(of: "<svg class=\"graph\"").map { String(page[$0.lowerBound...]) })
+        #expect(OperatorParallelGroupTests.count("<rect class=\"step wait", in: graph) == 2, "two waits drawn as waits")
+        #expect(graph.contains("waits for signal &#39;fraud.approved&#39; · up to 24 h"), "the signal and the timeout")
+        #expect(graph.contains("<text class=\"signal\""), "the signal beside the arrow to what follows")
+        #expect(graph.contains("timeout (24 h): compensate the steps before"), "the compensating timeout")
+        #expect(graph.contains("timeout (2 h): continue without the signal"), "the continuing timeout")
+
+        let sagaPage = try await OperatorParallelGroupTests.get(base + "sagas/wait-console")
+        #expect(sagaPage.contains("<span class=\"badge st-waiting\">waiting</span>"), "the waiting badge")
+        #expect(
+            sagaPage.contains("waiting at step 2 &#39;fraud-review&#39; for signal &#39;fraud.approved&#39; until "), "\(sagaPage)")
+        #expect(sagaPage.contains("<section id=\"wait\""), "what it waits for")
+        #expect(
+            sagaPage.contains(
+                "<code id=\"signal-command\">saga signal wait-console fraud.approved --data &#39;{…}&#39; --by &lt;you&gt;</code>"),
+            "the command that approves")
+        let drawn = try #require(sagaPage.range(of: "<section id=\"steps\">").map { String(sagaPage[$0.lowerBound...]) })
+        #expect(drawn.contains("step wait conditional st-waiting\""), "fraud-review drawn waiting")
+        #expect(drawn.contains("◷ waiting for its signal"))
+
+        let overview = try await OperatorParallelGroupTests.get(base)
+        #expect(overview.contains("<a class=\"card st-waiting\" href=\"/sagas?status=waiting\"><span class=\"n\">1</span>"), "a card")
+        let filtered = try await OperatorParallelGroupTests.get(base + "sagas?status=waiting")
+        #expect(filtered.contains("wait-console") && filtered.contains("1 saga(s)"), "the status filter")
+        let metrics = try await OperatorParallelGroupTests.get(base + "metrics")
+        #expect(metrics.contains("sagakit_store_sagas{saga=\"payout\",status=\"waiting\"} 1"), "\(metrics)")
+        console.process.terminate()
+        _ = try await console.waitForExit(timeout: .seconds(10))
+    }
+
+    // MARK: - Helpers
+
+    /// A `payout` saga of 5000 (the fraud review applies) that reserved the funds and waits for
+    /// `fraud.approved`.
+    static func atFraudReview(_ id: String, machine: SagaStateMachine, now: Date) -> SagaState? {
+        let start = machine.begin(id: id, payload: ["amount": 5000], now: now)
+        return machine.apply(.stepCompleted(step: 0, attempt: 1, patch: [:], startedAt: now), to: start.state, now: now).state
+    }
+
+    /// A SQLite store in a new directory that knows `payout` and holds `sagas`.
+    static func seededStore(_ sagas: [SagaState]) async throws -> (directory: URL, url: String) {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sagakit-waits-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let path = directory.appendingPathComponent("sagas.db").path
+        try await SQLiteSagaStore(path: path).withRunning { store in
+            try await store.register(try payout())
+            for saga in sagas { _ = try await store.create(saga, outbox: []) }
+        }
+        return (directory, "sqlite://\(path)")
+    }
+}
