@@ -116,37 +116,42 @@ try effects.write { db in
 }
 
 var handlers = SagaHandlerRegistry()
-switch service {
-case "inventory":
-    handlers.register("inventory.reserve") { context in
-        try await apply(context)
-        try await context.completeStep(merging: ["reserved": true])
-    }
-    handlers.register("inventory.release") { context in
-        try await apply(context)
-        try await context.completeCompensation()
-    }
-case "payment":
-    handlers.register("payment.charge") { context in
-        if context.payload["declinePayment"] == .bool(true) {
-            try await context.failAndCompensate(reason: "card declined")
-            return
+// SERVICE=all handles every step of the order saga (with IN_PROCESS_STEPS=1, its steps run in
+// process, one after the other, without a broker hop).
+let services = service == "all" ? ["inventory", "payment", "shipping"] : [service]
+for service in services {
+    switch service {
+    case "inventory":
+        handlers.register("inventory.reserve") { context in
+            try await apply(context)
+            try await context.completeStep(merging: ["reserved": true])
         }
-        try await apply(context)
-        try await context.completeStep(merging: ["charged": true])
+        handlers.register("inventory.release") { context in
+            try await apply(context)
+            try await context.completeCompensation()
+        }
+    case "payment":
+        handlers.register("payment.charge") { context in
+            if context.payload["declinePayment"] == .bool(true) {
+                try await context.failAndCompensate(reason: "card declined")
+                return
+            }
+            try await apply(context)
+            try await context.completeStep(merging: ["charged": true])
+        }
+        handlers.register("payment.refund") { context in
+            try await apply(context)
+            try await context.completeCompensation()
+        }
+    case "shipping":
+        handlers.register("shipping.ship") { context in
+            try await apply(context)
+            try await context.completeStep(merging: ["shipped": true])
+        }
+    default:
+        FileHandle.standardError.write(Data("ParticipantTestHost: unknown SERVICE \(service)\n".utf8))
+        exit(2)
     }
-    handlers.register("payment.refund") { context in
-        try await apply(context)
-        try await context.completeCompensation()
-    }
-case "shipping":
-    handlers.register("shipping.ship") { context in
-        try await apply(context)
-        try await context.completeStep(merging: ["shipped": true])
-    }
-default:
-    FileHandle.standardError.write(Data("ParticipantTestHost: unknown SERVICE \(service)\n".utf8))
-    exit(2)
 }
 
 let storeURL = required("STORE_URL")
@@ -157,17 +162,18 @@ if storeURL.hasPrefix("postgres") {
     store = try SQLiteSagaStore(url: storeURL, logger: logger)
 }
 let bus = try await RabbitMQBus.connect(url: required("AMQP_URL"))
+var participantConfiguration = ParticipantConfiguration(
+    service: service,
+    topology: SagaTopology(prefix: prefix, delayLevels: [1]),
+    prefetch: 32,
+    outboxPollInterval: outboxPoll,
+    outboxGracePeriod: outboxGrace,
+    reaper: ReaperConfiguration(
+        pollInterval: .milliseconds(reaperMilliseconds), stalledThreshold: .milliseconds(reaperMilliseconds * 2), maxReapAttempts: 20)
+)
+participantConfiguration.inProcessSteps = environment["IN_PROCESS_STEPS"] == "1"
 let participant = SagaParticipant(
-    configuration: ParticipantConfiguration(
-        service: service,
-        topology: SagaTopology(prefix: prefix, delayLevels: [1]),
-        prefetch: 32,
-        outboxPollInterval: outboxPoll,
-        outboxGracePeriod: outboxGrace,
-        reaper: ReaperConfiguration(
-            pollInterval: .milliseconds(reaperMilliseconds), stalledThreshold: .milliseconds(reaperMilliseconds * 2), maxReapAttempts: 20)
-    ),
-    definitions: TestSagas.registry, handlers: handlers, bus: bus, store: store, logger: logger
+    configuration: participantConfiguration, definitions: TestSagas.registry, handlers: handlers, bus: bus, store: store, logger: logger
 )
 // Exit when the test process that started this host is gone (the host is then re-parented), so
 // that a crashed or killed test run leaves no participant behind.

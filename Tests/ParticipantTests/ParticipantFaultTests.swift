@@ -144,4 +144,68 @@ struct ParticipantFaultTests {
         await bus.shutdown()
         await close()
     }
+
+    /// In-process steps (`inProcessSteps`) and SIGKILL: two instances of a service that runs every
+    /// step of the saga in process; one is killed in the middle of the flow and started again.
+    /// Commands it had committed but not run are published by an outbox relay after the grace
+    /// period and run by the other instance (or itself, restarted): every saga ends, each effect
+    /// once, nothing left unsent.
+    @Test(arguments: StoreKind.allCases)
+    func inProcessStepsSurviveASIGKILL(store kind: StoreKind) async throws {
+        let servers = try IntegrationServers.require()
+        let storeURL = kind.url(postgres: servers.postgres)
+        let (store, close) = try await openStore(storeURL)
+        let topology = SagaTopology(prefix: "inproc-kill-\(UUID().uuidString.prefix(8))", delayLevels: [1])
+        let effectsPath = FileManager.default.temporaryDirectory.appendingPathComponent("sagakit-effects-\(UUID().uuidString).db").path
+        let environment = [
+            "AMQP_URL": servers.amqp, "STORE_URL": storeURL, "EFFECTS_DB": effectsPath, "PREFIX": topology.prefix,
+            "REAPER_MS": "1000", "HANDLER_DELAY_MS": "150", "IN_PROCESS_STEPS": "1",
+        ]
+        let bus = try await RabbitMQBus.connect(url: servers.amqp)
+        let manager = SagaManager(definitions: TestSagas.registry, bus: bus, store: store, topology: topology, logger: quietTestLogger)
+        try await manager.declareTopology()
+        try await bus.declare(topology.topology(forService: "all", commands: TestSagas.commandsByService.values.flatMap { $0 }))
+        var hosts = try [HostProcess(service: "all", environment: environment), HostProcess(service: "all", environment: environment)]
+        defer { for host in hosts { host.stop() } }
+
+        let count = 24
+        let ids = try await manager.start(
+            "order",
+            payloads: (0..<count).map { ["orderId": .string("k-\($0)"), "amount": 1, "declinePayment": .bool($0 % 4 == 0)] }
+        ).map(\.id)
+        try await waitUntil {
+            for id in ids where try await store.load(id).currentStep >= 1 { return true }
+            return false
+        }
+        hosts[0].kill()
+        var unfinished = 0
+        for id in ids where !(try await store.load(id).status.isTerminal) { unfinished += 1 }
+        try #require(unfinished > 0)
+        try await Task.sleep(for: .milliseconds(500))
+        hosts[0] = try HostProcess(service: "all", environment: environment)
+
+        var finals: [SagaState] = []
+        for id in ids { finals.append(try await manager.outcome(of: id, timeout: .seconds(90))) }
+        #expect(finals.filter { $0.status == .completed }.count == count - count / 4)
+        #expect(finals.filter { $0.status == .compensated }.count == count / 4)
+        let effects = try DatabaseQueue(path: effectsPath)
+        let rows = try effects.read { db in try Row.fetchAll(db, sql: "SELECT saga_id, command FROM effects") }
+        var bySaga: [String: Set<String>] = [:]
+        for row in rows { bySaga[row["saga_id"], default: []].insert(row["command"]) }
+        for saga in finals {
+            let expected: Set<String> =
+                saga.status == .completed
+                ? ["inventory.reserve", "payment.charge", "shipping.ship"] : ["inventory.reserve", "inventory.release"]
+            #expect(bySaga[saga.id] ?? [] == expected, "saga \(saga.id) (\(saga.status)) has effects \(bySaga[saga.id] ?? [])")
+        }
+        var unsent = try await store.pendingOutbox(createdBefore: .distantFuture, limit: 10_000).filter { ids.contains($0.sagaID) }
+        let deadline = ContinuousClock.now.advanced(by: .seconds(15))
+        while !unsent.isEmpty && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(200))
+            unsent = try await store.pendingOutbox(createdBefore: .distantFuture, limit: 10_000).filter { ids.contains($0.sagaID) }
+        }
+        #expect(unsent.isEmpty, "outbox messages never sent: \(unsent.map(\.routingKey))")
+        await bus.shutdown()
+        await close()
+    }
 }
