@@ -116,7 +116,9 @@ public struct SagaState: Sendable, Hashable, Codable {
     /// The status.
     public var status: SagaStatus
     /// The step whose command is current: the action being run (running) or the compensation
-    /// being run (compensating); never a skipped step while the saga runs. For terminal sagas,
+    /// being run (compensating); never a skipped step while the saga runs. In a parallel group,
+    /// the group's first step (its members' progress is in the history); while waiting, the wait
+    /// step. For terminal sagas,
     /// the last step that ran (for a completed saga, the definition's last step, run or skipped).
     public var currentStep: Int
     /// The attempt number of the current command (1-based).

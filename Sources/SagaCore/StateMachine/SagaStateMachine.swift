@@ -107,6 +107,13 @@ public enum SagaDecision: Sendable, Hashable {
 ///   terminal saga never moves again except by an operator's retry from needs-attention.
 /// - A step's history keeps its first attempt and its latest ``retainedRecordsPerStep`` records
 ///   per phase, so a step retried forever after the pivot does not grow the saga without bound.
+/// - A parallel group (``SagaBuilder/parallel(_:_:)``) sends every member at once and joins when
+///   all completed; a member failing for good waits for the running ones, then the completed
+///   members and the steps before are compensated (see `SagaStateMachine+Parallel.swift`).
+/// - A wait step (``SagaBuilder/wait(_:for:timeout:onTimeout:when:)``) stops the saga as
+///   `waiting` until ``SagaEvent/signalReceived(name:payload:by:)`` or ``SagaEvent/waitExpired``.
+/// - A step with a fallback (``SagaFallback``) runs it when its primary fails for good with an
+///   error or a timeout, or at once while the primary's circuit (``circuits``) is open.
 public struct SagaStateMachine: Sendable {
     /// The definition the saga follows.
     public let definition: SagaDefinition
@@ -130,9 +137,10 @@ public struct SagaStateMachine: Sendable {
     ///
     /// The saga starts at the first step whose condition holds for `payload` (steps before it
     /// are recorded as skipped). Use ``begin(id:payload:context:now:)`` when a definition has
-    /// conditions: when every step is skipped the saga is completed at once and has no first
-    /// command — this method then returns the command of the last step, which participants
-    /// ignore as stale (the saga is already completed).
+    /// conditions, parallel groups or waits: it gives every first command (a group starts with
+    /// several, a wait with none). When every step is skipped the saga is completed at once and
+    /// has no first command — this method then returns the command of the last step, which
+    /// participants ignore as stale (the saga is already completed).
     public func start(id: SagaID, payload: JSONObject, context: [String: String] = [:], now: Date) -> (SagaState, ScheduledCommand) {
         let begun = begin(id: id, payload: payload, context: context, now: now)
         return (begun.state, begun.command ?? command(for: begun.state))
