@@ -118,7 +118,7 @@ enum ConsoleAssets {
             var text = e.sagaName + " " + e.kind;
             if (e.stepName) { text += " · " + e.stepName; }
             if (e.actor) { text += " · by " + e.actor; }
-            if (e.error) { text += " · " + e.error; }
+            if (e.error) { text += " · " + e.error; } else if (e.reason) { text += " · " + e.reason; }
             return text;
           }
           if (window.EventSource) {

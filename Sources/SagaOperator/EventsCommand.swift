@@ -123,7 +123,9 @@ struct EventsCommand: AsyncParsableCommand {
         String(decoding: try JSONCoding.encode(event), as: UTF8.self)
     }
 
-    /// `10:41:07.316  order  8c0e…  step-failed   charge-card #1: card declined (no retry)`.
+    /// `10:41:07.316  order  8c0e…  step-failed   charge-card #1: card declined (no retry)`;
+    /// `… waiting  fraud-review #1: waits for signal 'fraud.approved' until …`;
+    /// `… step-completed  fraud-review #1  by alice: signal 'fraud.approved'`.
     static func line(text event: SagaLifecycleEvent) -> String {
         var text =
             "\(event.at.formatted(timeFormat))  \(event.sagaName) v\(event.definitionVersion)  \(event.sagaID)  \(event.kind.rawValue)"
@@ -135,6 +137,9 @@ struct EventsCommand: AsyncParsableCommand {
         if let action = event.action {
             text += "  \(action) by \(event.actor ?? "?")"
             if let reason = event.reason { text += ": \(reason)" }
+        } else if let reason = event.reason {
+            // A signal (who sent it), a wait (the signal and until when), a skipped step (why).
+            text += event.actor.map { "  by \($0): \(reason)" } ?? ": \(reason)"
         }
         if let error = event.error { text += ": \(error)" }
         if let willRetry = event.willRetry { text += willRetry ? " (will retry)" : " (no retry)" }

@@ -232,6 +232,50 @@ struct OperatorWaitStepTests {
         _ = try await console.waitForExit(timeout: .seconds(10))
     }
 
+    @Test(
+        .enabled(if: ProcessInfo.processInfo.environment["AMQP_URL"] != nil, "set AMQP_URL (scripts/rabbitmq.sh url), or run `make test`"))
+    func eventsSayWhatASagaWaitsForAndWhoSignalled() async throws {
+        let amqp = try #require(ProcessInfo.processInfo.environment["AMQP_URL"])
+        let definition = try Self.payout()
+        let machine = SagaStateMachine(definition: definition)
+        let now = Date()
+        let start = machine.begin(id: "wait-events", payload: ["amount": 5000], now: now).state
+        let waiting = try #require(Self.atFraudReview("wait-events", machine: machine, now: now))
+        let approved = try #require(
+            machine.apply(.signalReceived(name: "fraud.approved", payload: [:], by: "alice"), to: waiting, now: now).state)
+        // The events of reaching the wait and of the signal, as the engine publishes them.
+        let events =
+            SagaLifecycleEvent.events(
+                of: .stepCompleted(step: 0, attempt: 1, patch: [:], startedAt: now), from: start, to: waiting, version: 2,
+                definition: definition, at: now)
+            + SagaLifecycleEvent.events(
+                of: .signalReceived(name: "fraud.approved", payload: [:], by: "alice"), from: waiting, to: approved, version: 3,
+                definition: definition, at: now)
+        #expect(events.map(\.kind) == [.stepCompleted, .waiting, .stepCompleted], "\(events)")
+
+        let prefix = "wait-\(UUID().uuidString.prefix(8))"
+        let follower = try ProductProcess(
+            "saga",
+            ["events", "--saga", "wait-events", "--count", "\(events.count)", "--timeout", "60", "--amqp-url", amqp, "--prefix", prefix],
+            environment: ["SAGAKIT_STORE_URL": nil, "SAGAKIT_PREFIX": nil])
+        #expect(try await follower.waitForOutput(containing: "saga: listening on", timeout: .seconds(60)), "\(follower.output)")
+        let bus = try await RabbitMQBus.connect(url: amqp)
+        for event in events {
+            try await bus.publish(
+                OutgoingMessage(
+                    exchange: "\(prefix).events", routingKey: event.routingKey, body: Array(try JSONCoding.encode(event)),
+                    messageId: UUID().uuidString, contentType: "application/json", type: event.kind.rawValue))
+        }
+        await bus.shutdown()
+        #expect(try await follower.waitForExit(timeout: .seconds(60)) == 0, "\(follower.output)")
+        print("saga events of a wait:\n\(follower.output)")
+        let until = waiting.updatedAt.addingTimeInterval(86_400).formatted(.iso8601)
+        #expect(
+            follower.output.contains("waiting  fraud-review: waits for signal 'fraud.approved' until \(until)"), "\(follower.output)")
+        #expect(
+            follower.output.contains("step-completed  fraud-review #1  by alice: signal 'fraud.approved'"), "\(follower.output)")
+    }
+
     // MARK: - Helpers
 
     /// A `payout` saga of 5000 (the fraud review applies) that reserved the funds and waits for
