@@ -37,6 +37,17 @@ struct GraphCommand: AsyncParsableCommand {
             var group: String?
             /// For a wait step, what it waits for; absent for a step that runs a command.
             var wait: Wait?
+            /// The step's fallback; absent for none.
+            var fallback: Fallback?
+        }
+        /// A step's fallback and its circuit breaker.
+        struct Fallback: Encodable {
+            /// The fallback's command.
+            var action: String
+            /// Failures in a row that open the circuit; absent without a breaker.
+            var failureThreshold: Int?
+            /// How long the circuit stays open, in seconds; absent without a breaker.
+            var openForSeconds: Double?
         }
         /// What a wait step waits for.
         struct Wait: Encodable {
@@ -82,6 +93,11 @@ struct GraphCommand: AsyncParsableCommand {
                             maxAttempts: $0.options.retry.maxAttempts, condition: $0.condition?.description, group: $0.group,
                             wait: $0.wait.map {
                                 .init(signal: $0.signal, timeoutSeconds: $0.timeout.seconds, onTimeout: $0.onTimeout.rawValue)
+                            },
+                            fallback: $0.fallback.map {
+                                .init(
+                                    action: $0.action, failureThreshold: $0.breaker?.failureThreshold,
+                                    openForSeconds: $0.breaker?.openFor.seconds)
                             })
                     },
                     mermaid: found.mermaidFlowchart))

@@ -20,6 +20,11 @@ extension SagaDefinition {
     /// (`timeout: compensate`), or to what follows (`timeout: continue`). Definitions without
     /// waits print as they did before waits existed.
     ///
+    /// A step with a fallback (``SagaFallback``) has the fallback as a node of its own: a dotted
+    /// edge `fails for good` (and `or circuit open` with a circuit breaker) leads to it, its
+    /// `ok` edge to what follows the step, and a refusal of the primary (`refused`) or a failure
+    /// of the fallback compensates as for any step. Definitions without fallbacks print as before.
+    ///
     /// Paste it into any Markdown viewer that renders Mermaid (GitHub does).
     public var mermaidFlowchart: String {
         var lines = ["flowchart LR", "    start((start))"]
@@ -56,6 +61,12 @@ extension SagaDefinition {
                 index = group.upperBound + 1
             } else {
                 lines.append(node(index, indent: "    "))
+                if let fallback = steps[index].fallback {
+                    let breaker = fallback.breaker.map {
+                        "<br/>circuit opens after \($0.failureThreshold) failure(s) for \(humanDuration($0.openFor.seconds))"
+                    }
+                    lines.append("    f\(index)[\"fallback of \(steps[index].name)<br/>\(fallback.action)\(breaker ?? "")\"]")
+                }
                 if let undo = undoNode(index) { lines.append(undo) }
                 index += 1
             }
@@ -106,6 +117,16 @@ extension SagaDefinition {
                     lines.append("    a\(step) -.->|fails: retry forward| a\(step)")
                     continue
                 }
+                if let fallback = steps[step].fallback {
+                    // The fallback replaces a primary that failed for good (or whose circuit is
+                    // open); a refusal, or the fallback failing too, compensates.
+                    let why = fallback.breaker == nil ? "fails for good" : "fails for good, or circuit open"
+                    lines.append("    a\(step) -.->|\(why)| f\(step)")
+                    lines.append("    a\(step) -.->|refused| \(failureTarget(step))")
+                    for next in nexts { lines.append("    f\(step) -->|ok| \(next)") }
+                    lines.append("    f\(step) -.->|fails| \(failureTarget(step))")
+                    continue
+                }
                 // A failure of step i compensates the steps before it, newest first; a member's
                 // failure waits for the other members, then compensates the completed ones too.
                 lines.append("    a\(step) -.->|\(group == nil ? "fails" : "fails: once the others finish")| \(failureTarget(step))")
@@ -128,6 +149,11 @@ extension SagaDefinition {
         lines.append("    classDef undo fill:#fee2e2,stroke:#b91c1c")
         let undo = steps.indices.filter { steps[$0].compensation != nil }.map { "c\($0)" }
         if !undo.isEmpty { lines.append("    class \(undo.joined(separator: ",")) undo") }
+        let fallbacks = steps.indices.filter { steps[$0].fallback != nil }
+        if !fallbacks.isEmpty {
+            lines.append("    classDef fallback fill:#ecfdf5,stroke:#047857")
+            lines.append("    class \(fallbacks.map { "f\($0)" }.joined(separator: ",")) fallback")
+        }
         let waits = steps.indices.filter { steps[$0].wait != nil }
         if !waits.isEmpty {
             lines.append("    classDef wait fill:#fef9c3,stroke:#a16207,stroke-dasharray:6 3")
