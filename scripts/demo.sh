@@ -6,7 +6,9 @@
 #   scripts/demo.sh [--store sqlite|postgres] [--release] [--keep-broker] [sagakit-demo options]
 #
 # sagakit-demo options (see `sagakit-demo --help`): --sagas N (500), --concurrency C (50),
-# --decline-rate R (0.1), --shipping-failure-rate R (0.05), --instances N (1), --chaos.
+# --decline-rate R (0.1), --shipping-failure-rate R (0.05), --instances N (1), --chaos,
+# --large-order-rate R (0.1), --fraud-reject-rate R (0.2), --manual-review (approve large orders
+# yourself: `order-saga signal <id> fraud.approved --by <name>`).
 #
 # The broker (and PostgreSQL) are stopped at the end when this script started them, unless
 # --keep-broker is given. Ctrl-C stops every process the demo started.

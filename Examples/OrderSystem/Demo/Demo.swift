@@ -19,9 +19,16 @@ struct Demo: AsyncParsableCommand {
         discussion: """
             Starts inventory-service, payment-service and shipping-service (each its own process, \
             logging to <data dir>/logs), then order-service, which places the orders and shows \
-            progress. When every saga has finished it stops the services, reads their databases \
-            and checks that stock is conserved, that compensated orders were refunded and not \
-            shipped, and that every saga finished. Exits non-zero when a check fails.
+            progress, and whose fraud desk approves (or, --fraud-reject-rate of them, rejects) the \
+            large orders that wait for a fraud review. When every saga has finished it stops the \
+            services, reads their databases and checks that stock is conserved, that compensated \
+            orders were refunded and not shipped, that no large order shipped unreviewed, and that \
+            every saga finished. Exits non-zero when a check fails.
+
+            With --manual-review nobody approves the large orders but you: run \
+            `order-saga list --status waiting` and `order-saga signal <id> fraud.approved --by <name>` \
+            (with SAGAKIT_STORE_URL set to the store the demo prints) while it runs; an order nobody \
+            approves is compensated when its wait times out (5 minutes).
 
             Use scripts/demo.sh (or `make demo`), which also starts the broker and builds.
             """
@@ -44,6 +51,15 @@ struct Demo: AsyncParsableCommand {
     @Option(help: "Share of shipping attempts that fail transiently and are retried forward (0…1).")
     var shippingFailureRate = 0.05
 
+    @Option(help: "Share of orders above the fraud review threshold (0…1): they wait for a fraud review.")
+    var largeOrderRate = 0.1
+
+    @Option(help: "Share of large orders the fraud desk rejects (0…1, deterministic by order id); it approves the others.")
+    var fraudRejectRate = 0.2
+
+    @Flag(help: "No fraud desk: approve the large orders yourself with `order-saga signal <id> fraud.approved --by <name>`.")
+    var manualReview = false
+
     @Option(help: "Instances of each participant service, competing on its queue.")
     var instances = 1
 
@@ -61,7 +77,9 @@ struct Demo: AsyncParsableCommand {
 
     func validate() throws {
         guard sagas >= 1 else { throw ValidationError("--sagas must be at least 1") }
-        guard (0...1).contains(declineRate), (0...1).contains(shippingFailureRate), (0...1).contains(cancelRate) else {
+        guard (0...1).contains(declineRate), (0...1).contains(shippingFailureRate), (0...1).contains(cancelRate),
+            (0...1).contains(largeOrderRate), (0...1).contains(fraudRejectRate)
+        else {
             throw ValidationError("rates are between 0 and 1")
         }
         guard shippingFailureRate < 1 else { throw ValidationError("--shipping-failure-rate 1 would never ship anything") }
@@ -88,6 +106,11 @@ struct Demo: AsyncParsableCommand {
         say(
             "SagaKit demo: \(sagas) order sagas, decline rate \(percent(declineRate)), shipping failures \(percent(shippingFailureRate)), \(instances) instance(s) per service\(chaos ? ", chaos on" : "")"
         )
+        say(
+            "  large orders \(percent(largeOrderRate)) (amount > \(Int(OrderSaga.fraudReviewThreshold))): "
+                + (manualReview
+                    ? "fraud review by hand (--manual-review), compensated after \(OrderSaga.fraudReviewTimeoutText) without approval"
+                    : "the fraud desk approves them, rejects \(percent(fraudRejectRate))"))
         say("  broker \(configuration.redactedAMQPURL) · store \(configuration.redactedStoreURL) · logs \(logDirectory)")
 
         try await prepareBroker(configuration, logger: logger)
@@ -123,9 +146,16 @@ struct Demo: AsyncParsableCommand {
             arguments: [
                 "--instance", "order-1", "--count", "\(sagas)", "--concurrency", "\(concurrency)", "--run-id", runID,
                 "--report", reportPath, "--timeout", "\(timeout)", "--cancel-rate", "\(cancelRate)",
-            ],
+                "--large-order-rate", "\(largeOrderRate)", "--fraud-reject-rate", "\(fraudRejectRate)",
+            ] + (manualReview ? ["--manual-review"] : []),
             logPath: nil)
         let orderProcess = try supervisor.start(order, environment: orderEnvironment)
+        if manualReview {
+            say("  approve the waiting orders from another terminal, on this demo's store (and broker: AMQP_URL, when not the local one):")
+            say("    export SAGAKIT_STORE_URL='\(configuration.redactedStoreURL)'")
+            say("    swift run order-saga list --status waiting")
+            say("    swift run order-saga signal <id> \(OrderSaga.Signal.fraudApproved) --by <your name>")
+        }
 
         // Watch: participants must stay up (unless chaos killed them); chaos kills and restarts.
         let clock = ContinuousClock()
@@ -162,7 +192,9 @@ struct Demo: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let report = try JSONDecoder().decode(BatchReport.self, from: Data(contentsOf: URL(fileURLWithPath: reportPath)))
-        let outcome = try await Verifier(configuration: configuration, declineRate: declineRate, logger: logger).verify(report)
+        let outcome = try await Verifier(
+            configuration: configuration, declineRate: declineRate, fraudRejectRate: fraudRejectRate, logger: logger
+        ).verify(report)
         print(outcome.summary(sagas: sagas, kills: kills, store: configuration.storeURL, logs: logDirectory))
         if !outcome.passed { throw ExitCode(1) }
     }
@@ -236,6 +268,12 @@ struct BatchReport: Codable {
     var ids: [String]
     /// Orders whose cancellation was accepted (compensated on the customer's request).
     var cancelled: [String]
+    /// Large orders the fraud desk approved (their `fraud.approved` signal was delivered).
+    var approved: [String]
+    /// Large orders the fraud desk rejected (their compensation was accepted).
+    var rejected: [String]
+    /// Whether the fraud desk was off (`--manual-review`): operators decided.
+    var manualReview: Bool
     var statistics: RunStatistics
 }
 

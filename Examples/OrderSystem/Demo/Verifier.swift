@@ -7,6 +7,8 @@ import Participant
 struct Verifier {
     let configuration: AppConfiguration
     let declineRate: Double
+    /// The fraud desk's rejection rate (ignored with `--manual-review`).
+    let fraudRejectRate: Double
     let logger: Logger
 
     struct Check {
@@ -17,6 +19,8 @@ struct Verifier {
 
     struct Outcome {
         var statistics: RunStatistics
+        /// What happened to the large orders, for the summary.
+        var review: String
         var checks: [Check]
         var passed: Bool { checks.allSatisfy(\.passed) }
 
@@ -32,6 +36,7 @@ struct Verifier {
                 "  throughput       \(String(format: "%.1f", s.throughput)) sagas/s (\(s.count) sagas in \(formatSeconds(s.seconds)))",
                 "  latency          p50 \(formatSeconds(s.p50)) · p99 \(formatSeconds(s.p99)) · max \(formatSeconds(s.max))",
             ]
+            lines.append("  fraud review     \(review)")
             if !kills.isEmpty { lines.append("  chaos            killed with SIGKILL and restarted: \(kills.joined(separator: ", "))") }
             lines.append("Invariants")
             for check in checks {
@@ -65,21 +70,35 @@ struct Verifier {
                 detail: unfinished.isEmpty && attention.isEmpty
                     ? "" : "unfinished: \(sample(unfinished.map(\.id))); needs attention: \(sample(attention.map(\.id)))"))
 
-        // 2. Outcomes follow the payment rule and the accepted cancellations.
+        // 2. Outcomes follow the payment rule, the accepted cancellations and the fraud reviews:
+        // rejected by the desk, timed out (nobody approved), or compensated by an operator
+        // (--manual-review: `saga compensate` of a waiting order).
+        let review = FraudReviews(states: states, report: report)
         let expectedDeclines = Set(report.ids.filter { OrderSaga.isDeclined(orderID: $0, rate: declineRate) })
         let cancelled = Set(report.cancelled)
-        let expected = expectedDeclines.union(cancelled)
+        let expected = expectedDeclines.union(cancelled).union(review.rejected).union(review.timedOut).union(review.byOperator)
         let compensated = Set(states.filter { $0.status == .compensated }.map(\.id))
         let completed = Set(states.filter { $0.status == .completed }.map(\.id))
+        let operatorPart = review.byOperator.isEmpty ? "" : ", \(review.byOperator.count) by an operator"
         checks.append(
             Check(
                 passed: compensated == expected,
                 title:
-                    "exactly the declined and the cancelled orders were compensated (\(expectedDeclines.count) declined, \(cancelled.count) cancelled, \(expectedDeclines.intersection(cancelled).count) both)",
+                    "exactly the declined, cancelled and rejected orders were compensated (\(expectedDeclines.count) declined, \(cancelled.count) cancelled, \(review.rejected.count) rejected by the fraud desk, \(review.timedOut.count) fraud review timed out\(operatorPart); \(expected.count) in all)",
                 detail: compensated == expected
                     ? ""
                     : "compensated unexpectedly: \(sample(compensated.subtracting(expected))); expected compensated: \(sample(expected.subtracting(compensated)))"
             ))
+
+        // 2b. The fraud review: large orders waited, and none shipped unapproved; small ones never
+        // waited; the desk followed its rule and left no order to time out.
+        let reviewProblems = review.problems(completed: completed, fraudRejectRate: fraudRejectRate)
+        checks.append(
+            Check(
+                passed: reviewProblems.isEmpty,
+                title:
+                    "large orders waited for the fraud review and shipped only when approved (\(review.large.count) large: \(review.approved.count) approved, \(review.rejected.count) rejected, \(review.timedOut.count) timed out; \(review.skipped.count) small orders skipped it)",
+                detail: reviewProblems.joined(separator: "; ")))
 
         // 3. Inventory: stock conserved.
         let inventory = try LocalDatabase.open(path: configuration.dataPath("inventory.db"))
@@ -175,12 +194,101 @@ struct Verifier {
         try inventory.close()
         try shipping.close()
         try payment.close()
-        return Outcome(statistics: statistics, checks: checks)
+        return Outcome(statistics: statistics, review: review.summary, checks: checks)
     }
 
     private func sample<S: Sequence>(_ ids: S) -> String where S.Element == String {
         let sorted = ids.sorted()
         if sorted.isEmpty { return "none" }
+        return sorted.prefix(5).joined(separator: ", ") + (sorted.count > 5 ? " … (\(sorted.count))" : "")
+    }
+}
+
+/// What the fraud review did to each order, read from the sagas' history (the `fraud-review`
+/// step's record: skipped for a small order, completed by the approving signal, failed when the
+/// wait timed out) and from the fraud desk's report.
+struct FraudReviews {
+    /// Orders whose amount is above ``OrderSaga/fraudReviewThreshold``.
+    var large: Set<String> = []
+    /// Orders whose review step was skipped (small orders that reached it).
+    var skipped: Set<String> = []
+    /// Orders whose wait completed with the approving signal, and who sent it.
+    var approvedBy: [String: String] = [:]
+    /// Orders whose wait timed out.
+    var timedOut: Set<String> = []
+    /// Orders the fraud desk rejected (from its report).
+    var rejected: Set<String>
+    /// Orders the fraud desk approved (from its report).
+    var deskApproved: Set<String>
+    /// Orders compensated on request by someone other than the customer and the fraud desk.
+    var byOperator: Set<String> = []
+    /// Whether operators decided (`--manual-review`).
+    var manual: Bool
+    var approved: Set<String> { Set(approvedBy.keys) }
+
+    init(states: [SagaState], report: BatchReport) {
+        rejected = Set(report.rejected)
+        deskApproved = Set(report.approved)
+        manual = report.manualReview
+        for state in states {
+            if case .number(let amount) = state.payload["amount"], amount.doubleValue > OrderSaga.fraudReviewThreshold {
+                large.insert(state.id)
+            }
+            if let request = state.history.first(where: { $0.outcome == .compensationRequested }),
+                !["customer", OrderSaga.fraudDesk].contains(request.actor ?? "")
+            {
+                byOperator.insert(state.id)
+            }
+            guard let record = state.history.last(where: { $0.stepName == OrderSaga.fraudReviewStep && $0.phase == .action }) else {
+                continue
+            }
+            switch record.outcome {
+            case .skipped: skipped.insert(state.id)
+            case .completed: approvedBy[state.id] = record.actor ?? "?"
+            case .failed: timedOut.insert(state.id)
+            default: break
+            }
+        }
+    }
+
+    /// One line for the summary.
+    var summary: String {
+        let byDesk = approvedBy.values.count { $0 == OrderSaga.fraudDesk }
+        let byOthers = approvedBy.count - byDesk
+        let decided = approved.union(rejected).union(timedOut).union(byOperator)
+        return "\(large.count) large order(s): \(approvedBy.count) approved (\(byDesk) by the fraud desk"
+            + (byOthers > 0 ? ", \(byOthers) by hand" : "") + "), \(rejected.count) rejected by the desk"
+            + (byOperator.isEmpty ? "" : ", \(byOperator.count) compensated by an operator")
+            + ", \(timedOut.count) timed out, \(large.subtracting(decided).count) declined or cancelled"
+            + (manual ? " (--manual-review)" : "")
+    }
+
+    /// What is wrong with the reviews (nothing when empty).
+    func problems(completed: Set<String>, fraudRejectRate: Double) -> [String] {
+        var problems: [String] = []
+        func add(_ what: String, _ ids: Set<String>) {
+            if !ids.isEmpty { problems.append("\(what): \(Self.sample(ids))") }
+        }
+        add("large orders shipped without an approval", completed.intersection(large).subtracting(approved))
+        add("small orders that did not skip the review", completed.subtracting(large).subtracting(skipped))
+        add("small orders that waited", Set(approvedBy.keys).union(timedOut).subtracting(large))
+        add("approved by the desk but not completed", deskApproved.subtracting(completed))
+        add("approved by the desk without a signal in the history", deskApproved.filter { approvedBy[$0] != OrderSaga.fraudDesk })
+        if !manual {
+            add(
+                "approved by the desk although its rule rejects them",
+                deskApproved.filter { OrderSaga.fraudDeskRejects(orderID: $0, rate: fraudRejectRate) })
+            add(
+                "rejected by the desk although its rule approves them",
+                rejected.filter { !OrderSaga.fraudDeskRejects(orderID: $0, rate: fraudRejectRate) })
+            add("timed out although the desk was working", timedOut)
+            add("compensated by someone else than the customer or the desk", byOperator)
+        }
+        return problems
+    }
+
+    private static func sample(_ ids: Set<String>) -> String {
+        let sorted = ids.sorted()
         return sorted.prefix(5).joined(separator: ", ") + (sorted.count > 5 ? " … (\(sorted.count))" : "")
     }
 }

@@ -9,7 +9,9 @@ import Synchronization
 #endif
 
 /// The order service: starts order sagas and follows them until they finish, printing progress.
-/// It takes no part in the saga itself; the inventory, payment and shipping services do.
+/// It takes no part in the saga's steps (the inventory, payment and shipping services do), but
+/// it runs the fraud desk (``FraudDesk``) that approves or rejects the large orders waiting for a
+/// review, unless `--manual-review` leaves that to an operator.
 @main
 struct OrderService: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -37,6 +39,18 @@ struct OrderService: AsyncParsableCommand {
     @Option(help: "Share of orders the customer cancels shortly after placing them (0…1), by `saga compensate` semantics.")
     var cancelRate = 0.0
 
+    @Option(help: "Share of orders with an amount above the fraud review threshold (0…1, deterministic by order id).")
+    var largeOrderRate = 0.1
+
+    @Option(help: "Share of large orders the fraud desk rejects (0…1, deterministic by order id); it approves the others.")
+    var fraudRejectRate = 0.0
+
+    @Flag(
+        help:
+            "No fraud desk: large orders wait until an operator runs `saga signal <id> fraud.approved --by <name>` (or time out and are compensated)."
+    )
+    var manualReview = false
+
     @Option(help: "Give up waiting for the sagas after this many seconds.")
     var timeout = 600
 
@@ -53,6 +67,8 @@ struct OrderService: AsyncParsableCommand {
         guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
         guard skus >= 1 else { throw ValidationError("--skus must be at least 1") }
         guard (0...1).contains(cancelRate) else { throw ValidationError("--cancel-rate must be between 0 and 1") }
+        guard (0...1).contains(largeOrderRate) else { throw ValidationError("--large-order-rate must be between 0 and 1") }
+        guard (0...1).contains(fraudRejectRate) else { throw ValidationError("--fraud-reject-rate must be between 0 and 1") }
     }
 
     func run() async throws {
@@ -67,9 +83,12 @@ struct OrderService: AsyncParsableCommand {
         var runtime = app.runtime(store: opened.store)
         runtime.logger.logLevel = Swift.max(configuration.logLevel, .error)
         let manager = SagaManager(runtime: runtime)
+        let desk = FraudDesk(
+            manager: manager, runID: runID, mode: manualReview ? .manual : .automatic(rejectRate: fraudRejectRate), logger: logger)
         let batch = OrderBatch(
             manager: manager, runID: runID, count: count, concurrency: concurrency, skus: skus,
-            cancelRate: cancelRate, timeout: .seconds(timeout), report: report, keepRunning: keepRunning, logger: logger)
+            cancelRate: cancelRate, largeOrderRate: largeOrderRate, desk: desk, timeout: .seconds(timeout), report: report,
+            keepRunning: keepRunning, logger: logger)
         // The store, the bus, the manager (it hears the sagas' lifecycle events, so waiting for a
         // saga costs no polling), the batch and the metrics endpoint (when enabled); the batch
         // ending ends the process gracefully.
@@ -86,6 +105,8 @@ final class OrderBatch: Service, Sendable {
     let concurrency: Int
     let skus: Int
     let cancelRate: Double
+    let largeOrderRate: Double
+    let desk: FraudDesk
     let timeout: Duration
     let report: String?
     let keepRunning: Bool
@@ -95,8 +116,8 @@ final class OrderBatch: Service, Sendable {
     let cancelled = Mutex<[String]>([])
 
     init(
-        manager: SagaManager, runID: String, count: Int, concurrency: Int, skus: Int, cancelRate: Double, timeout: Duration,
-        report: String?,
+        manager: SagaManager, runID: String, count: Int, concurrency: Int, skus: Int, cancelRate: Double, largeOrderRate: Double,
+        desk: FraudDesk, timeout: Duration, report: String?,
         keepRunning: Bool = false,
         logger: Logger
     ) {
@@ -106,6 +127,8 @@ final class OrderBatch: Service, Sendable {
         self.concurrency = concurrency
         self.skus = skus
         self.cancelRate = cancelRate
+        self.largeOrderRate = largeOrderRate
+        self.desk = desk
         self.timeout = timeout
         self.report = report
         self.keepRunning = keepRunning
@@ -114,12 +137,15 @@ final class OrderBatch: Service, Sendable {
 
     func id(_ number: Int) -> String { String(format: "%@-%05d", runID, number) }
 
+    /// Order `number`'s data. A large order (``OrderSaga/isLarge(orderID:rate:)``) costs 1,050 to
+    /// 3,000, above ``OrderSaga/fraudReviewThreshold``: it waits for a fraud review.
     func order(_ number: Int) -> JSONObject {
-        [
+        let large = OrderSaga.isLarge(orderID: id(number), rate: largeOrderRate)
+        return [
             "orderId": .string(id(number)),
             "sku": .string("sku-\(number % skus)"),
             "quantity": .number(Double(1 + number % 3)),
-            "amount": .number(Double(10 + number % 90)),
+            "amount": .number(large ? Double(1_050 + 50 * (number % 40)) : Double(10 + number % 90)),
             "customer": .string("customer-\(number % 37)"),
         ]
     }
@@ -152,6 +178,14 @@ final class OrderBatch: Service, Sendable {
         }
         let progress = ProgressLine(total: count)
         logger.info("placing \(count) orders", metadata: ["run": "\(runID)", "concurrency": "\(concurrency)"])
+        // The fraud desk works the large orders' reviews while the batch runs.
+        let fraudDesk = Task { [desk] in await desk.run() }
+        defer { fraudDesk.cancel() }
+        if desk.mode == .manual {
+            progress.finish(
+                "order-service: --manual-review: large orders wait for `order-saga signal <id> \(OrderSaga.Signal.fraudApproved) --by <name>`; "
+                    + "`order-saga list --status waiting` lists them")
+        }
 
         let clock = ContinuousClock()
         let began = clock.now
@@ -195,6 +229,9 @@ final class OrderBatch: Service, Sendable {
                 }
             }
         }
+        // Every saga has finished (or the batch gave up): the desk's lists are final once it stops.
+        fraudDesk.cancel()
+        await fraudDesk.value
         if unfinished > 0 || started < count {
             logger.error("gave up waiting after \(timeout): \(unfinished) saga(s) unfinished, \(count - started) order(s) not placed")
             failed.withLock { $0 = true }
@@ -215,13 +252,15 @@ final class OrderBatch: Service, Sendable {
             \(String(format: "%.1f", statistics.throughput)) sagas/s
               completed \(statistics.completed) · compensated \(statistics.compensated) · needs attention \(statistics.needsAttention) · unfinished \(statistics.unfinished)
               latency p50 \(formatSeconds(statistics.p50)) · p99 \(formatSeconds(statistics.p99)) · max \(formatSeconds(statistics.max))
+              fraud review: \(desk.seenCount) large order(s) waited · approved by the desk \(desk.approved.count) · rejected by the desk \(desk.rejected.count)\(desk.mode == .manual ? " (--manual-review)" : "")
             """)
         if statistics.unfinished > 0 { failed.withLock { $0 = true } }
         if let report {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             let batchReport = BatchReport(
-                runID: runID, ids: (0..<started).map(id), cancelled: cancelled.withLock { $0 }.sorted(), statistics: statistics)
+                runID: runID, ids: (0..<started).map(id), cancelled: cancelled.withLock { $0 }.sorted(), approved: desk.approved,
+                rejected: desk.rejected, manualReview: desk.mode == .manual, statistics: statistics)
             try encoder.encode(batchReport)
                 .write(to: URL(fileURLWithPath: report))
         }
@@ -239,6 +278,12 @@ struct BatchReport: Codable {
     var ids: [String]
     /// Orders whose cancellation was accepted.
     var cancelled: [String]
+    /// Large orders the fraud desk approved (their `fraud.approved` signal was delivered).
+    var approved: [String]
+    /// Large orders the fraud desk rejected (their compensation was accepted).
+    var rejected: [String]
+    /// Whether the fraud desk was off (`--manual-review`): operators decided.
+    var manualReview: Bool
     var statistics: RunStatistics
 }
 

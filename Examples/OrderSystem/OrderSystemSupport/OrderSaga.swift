@@ -1,13 +1,28 @@
 public import Participant
 
-/// The example order saga shared by the example services, the demo and the `saga` CLI:
-/// reserve stock → charge the card → ship (the pivot, retried forward until it succeeds).
+/// The example order saga shared by the example services, the demo and the `saga` CLI: reserve
+/// the stock and charge the card at once (the parallel group `prepare`), hold a large order
+/// until the fraud desk approves it (the wait step `fraud-review`), then ship (the pivot, retried
+/// forward until it succeeds).
 ///
 /// ```mermaid
 /// flowchart LR
-///     reserve[inventory.reserve] --> charge[payment.charge] --> ship[shipping.ship — pivot]
-///     charge -. declined .-> release[inventory.release]
+///     subgraph prepare [parallel group 'prepare']
+///         reserve[inventory.reserve]
+///         charge[payment.charge]
+///     end
+///     prepare --> review{{"fraud-review: wait for fraud.approved<br/>when amount > 1000"}} --> ship[shipping.ship — pivot]
+///     charge -. declined .-> undo[inventory.release]
+///     review -. rejected or timed out .-> undo2[payment.refund, then inventory.release]
 /// ```
+///
+/// Why this order: stock and payment do not depend on each other, so they run at once (the
+/// slower of the two sets the pace, not their sum). The review comes after them, so that the
+/// fraud desk only sees orders that can be fulfilled and paid (no one reviews an order whose
+/// card is declined), the stock stays held while a person looks, and the payment outcome is
+/// there to look at. It comes before the pivot, so nothing ships unreviewed and a rejection (or
+/// no answer within ``fraudReviewTimeout``) can still be undone: the charge is refunded and the
+/// stock released.
 public enum OrderSaga {
     /// The definition's name.
     public static let name = "order"
@@ -26,17 +41,50 @@ public enum OrderSaga {
         public static let ship = "shipping.ship"
     }
 
-    /// The definition.
+    /// Signals the saga waits for (delivered with `SagaManager.signal(_:name:payload:by:)` or
+    /// `saga signal`).
+    public enum Signal {
+        /// The fraud desk approves a large order: its `fraud-review` wait completes and it ships.
+        public static let fraudApproved = "fraud.approved"
+    }
+
+    /// The name of the parallel group that reserves the stock and charges the card.
+    public static let prepareGroup = "prepare"
+
+    /// The name of the wait step of large orders.
+    public static let fraudReviewStep = "fraud-review"
+
+    /// The name the order service's fraud desk signs its decisions with (in the sagas' history).
+    public static let fraudDesk = "fraud-desk"
+
+    /// Orders whose `amount` is above this wait for a fraud review.
+    public static let fraudReviewThreshold = 1000.0
+
+    /// How long a large order waits for ``Signal/fraudApproved`` before it is compensated. Short,
+    /// so that a demo run shows a timeout within minutes; a shop would give its fraud team hours
+    /// (and a new definition version).
+    public static let fraudReviewTimeout = Duration.seconds(300)
+
+    /// ``fraudReviewTimeout`` for people: `5 min`.
+    public static var fraudReviewTimeoutText: String {
+        let seconds = fraudReviewTimeout.components.seconds
+        return seconds % 60 == 0 ? "\(seconds / 60) min" : "\(seconds) s"
+    }
+
+    /// The definition (version 2: version 1 ran reserve → charge → ship one after the other).
     public static let definition: SagaDefinition = {
+        let retry = StepOptions(retry: RetryPolicy(maxAttempts: 3, initialDelay: .seconds(1), maxDelay: .seconds(5)))
         do {
             return try SagaBuilder(name)
-                .step(
-                    "reserve-stock", action: Command.reserve, compensation: Command.release,
-                    options: StepOptions(retry: RetryPolicy(maxAttempts: 3, initialDelay: .seconds(1), maxDelay: .seconds(5)))
-                )
-                .step(
-                    "charge-card", action: Command.charge, compensation: Command.refund,
-                    options: StepOptions(retry: RetryPolicy(maxAttempts: 3, initialDelay: .seconds(1), maxDelay: .seconds(5)))
+                .version(2)
+                .parallel(prepareGroup) { group in
+                    group
+                        .step("reserve-stock", action: Command.reserve, compensation: Command.release, options: retry)
+                        .step("charge-card", action: Command.charge, compensation: Command.refund, options: retry)
+                }
+                .wait(
+                    fraudReviewStep, for: Signal.fraudApproved, timeout: fraudReviewTimeout, onTimeout: .compensate,
+                    when: .greaterThan("amount", JSONNumber(fraudReviewThreshold))
                 )
                 .step(
                     "ship", action: Command.ship,
@@ -63,6 +111,18 @@ public enum OrderSaga {
     /// demo can check that exactly these orders were compensated.
     public static func isDeclined(orderID: String, rate: Double) -> Bool {
         fraction(orderID) < rate
+    }
+
+    /// Whether an order is large (its amount above ``fraudReviewThreshold``), deterministic by the
+    /// order id: `rate` of the orders the order service places are.
+    public static func isLarge(orderID: String, rate: Double) -> Bool {
+        fraction("\(orderID)#large") < rate
+    }
+
+    /// Whether the demo's fraud desk rejects a large order instead of approving it (deterministic
+    /// by the order id, so that the demo can check that exactly these orders were compensated).
+    public static func fraudDeskRejects(orderID: String, rate: Double) -> Bool {
+        fraction("\(orderID)#fraud") < rate
     }
 
     /// Whether the shipping service fails an attempt transiently (deterministic by order id and
