@@ -323,7 +323,7 @@ struct Pages: Sendable {
         html +=
             "<p class=\"legend\"><span class=\"key ok\"></span> action <span class=\"key ok-comp\"></span> compensation <span class=\"key retrying\"></span> failed, retried <span class=\"key failed\"></span> failed <span class=\"key wait\"></span> waiting (queue, retry delay) <span class=\"key operator\"></span> operator <span class=\"key reaper\"></span> reaper</p>"
         html += SVG.gantt(state, now: now)
-        html += timelineTable(state)
+        html += timelineTable(state, definition: definition)
         html += "</section>"
         if let definition {
             html +=
@@ -372,10 +372,23 @@ struct Pages: Sendable {
         return parts.count >= 2 ? String(parts[1]) : traceparent
     }
 
-    func timelineTable(_ state: SagaState) -> String {
+    /// The history as a table; with the saga's definition, a wait step's signal says who sent it
+    /// and how long the saga waited.
+    func timelineTable(_ state: SagaState, definition: SagaDefinition? = nil) -> String {
         var rows: [[String]] = [["+0 ms", "", "", "saga started", "", ""]]
         for record in state.history {
             let offset = "+" + HTML.seconds(record.finishedAt.timeIntervalSince(state.createdAt))
+            let isWait = definition.map { $0.steps.indices.contains(record.step) && $0.steps[record.step].wait != nil } ?? false
+            if isWait && record.outcome == .completed && record.phase == .action {
+                let early = record.reason?.hasSuffix("before the saga reached the wait") == true
+                rows.append([
+                    offset, HTML.escape(record.stepName), "signal",
+                    "<b>signalled by \(HTML.escape(record.actor ?? "?"))</b>",
+                    early ? "" : "waited " + HTML.duration(record.finishedAt.timeIntervalSince(record.startedAt)),
+                    "<span class=\"reason\">\(HTML.escape(record.reason.map { "“\($0)”" } ?? ""))</span>",
+                ])
+                continue
+            }
             let what: String
             switch record.outcome {
             case .retryRequested:

@@ -190,7 +190,10 @@ struct OperatorWaitStepTests {
         let amqp = try #require(ProcessInfo.processInfo.environment["AMQP_URL"])
         let machine = SagaStateMachine(definition: try Self.payout())
         let waiting = try #require(Self.atFraudReview("wait-console", machine: machine, now: Date()))
-        let store = try await Self.seededStore([waiting])
+        var approved = try #require(
+            machine.apply(.signalReceived(name: "fraud.approved", payload: [:], by: "alice"), to: waiting, now: Date()).state)
+        approved.id = "wait-console-approved"
+        let store = try await Self.seededStore([waiting, approved])
         defer { try? FileManager.default.removeItem(at: store.directory) }
 
         let console = try ProductProcess(
@@ -228,6 +231,12 @@ struct OperatorWaitStepTests {
         #expect(filtered.contains("wait-console") && filtered.contains("1 saga(s)"), "the status filter")
         let metrics = try await OperatorParallelGroupTests.get(base + "metrics")
         #expect(metrics.contains("sagakit_store_sagas{saga=\"payout\",status=\"waiting\"} 1"), "\(metrics)")
+
+        // Signalled: who sent it, in the timeline and the drawing.
+        let approvedPage = try await OperatorParallelGroupTests.get(base + "sagas/wait-console-approved")
+        #expect(approvedPage.contains("<b>signalled by alice</b>"), "the signal in the timeline: \(approvedPage)")
+        #expect(approvedPage.contains("✓ signalled by alice"), "the wait drawn signalled")
+        #expect(!approvedPage.contains("<section id=\"wait\""), "it no longer waits")
         console.process.terminate()
         _ = try await console.waitForExit(timeout: .seconds(10))
     }
