@@ -43,8 +43,14 @@ struct SagaMetrics: Sendable {
     func transition(from old: SagaState, to new: SagaState, definition: SagaDefinition) {
         let saga = new.name
         prepare(definition)
-        if old.status == .running, new.status != .running, new.status != .completed {
-            let step = new.history.last(where: { $0.phase == .action })?.stepName ?? "none"
+        // A saga fails when it leaves running or waiting for compensating, compensated or needs
+        // attention (reaching a wait or completing is no failure). The step is the one whose
+        // action failed (in a parallel group, the failed member, not the last to report).
+        let failed: Set<SagaStatus> = [.compensating, .compensated, .needsAttention]
+        if old.status == .running || old.status == .waiting, failed.contains(new.status) {
+            let step =
+                new.history.last(where: { $0.phase == .action && $0.outcome == .failed })?.stepName
+                ?? new.history.last(where: { $0.phase == .action })?.stepName ?? "none"
             Counter(label: "saga_failed_total", dimensions: [("saga", saga), ("step", step)]).increment()
         }
         if new.status == .compensating, old.status == .compensating, new.attempt > old.attempt {

@@ -117,16 +117,21 @@ public struct SagaReaper: Service {
     /// have waited longer than its shortest wait (a saga's `updatedAt` is when it began to wait:
     /// nothing changes a waiting saga but what ends the wait); the state machine decides whether
     /// each one's own timeout passed. (With waits of very different timeouts in one definition,
-    /// sagas at the longer wait may fill a pass; the next passes get to the others.) Several
-    /// reapers may do this at once: the compare-and-swap lets one of them end a wait.
+    /// sagas at the longer wait may fill a pass; the next passes get to the others.) A waiting
+    /// saga past its own deadline is compensated: for a definition with a deadline, every
+    /// waiting saga is looked at (up to `batchSize`), since a deadline may pass before the wait's
+    /// timeout. Several reapers may do this at once: the compare-and-swap lets one of them end a
+    /// wait.
     private func endExpiredWaits(now: Date) async throws -> [SagaState] {
         var candidates: [SagaState] = []
         for name in Set(engine.definitions.all.map(\.name)).sorted() {
-            let timeouts = engine.definitions.all.filter { $0.name == name }.flatMap { $0.steps.compactMap { $0.wait?.timeout } }
+            let versions = engine.definitions.all.filter { $0.name == name }
+            let timeouts = versions.flatMap { $0.steps.compactMap { $0.wait?.timeout } }
             guard let shortest = timeouts.min() else { continue }
+            let hasDeadline = versions.contains { $0.deadline != nil }
             candidates += try await engine.store.list(
                 SagaQuery(
-                    statuses: [.waiting], name: name, updatedBefore: now.addingTimeInterval(-shortest.seconds),
+                    statuses: [.waiting], name: name, updatedBefore: hasDeadline ? nil : now.addingTimeInterval(-shortest.seconds),
                     limit: configuration.batchSize))
         }
         var changed: [SagaState] = []
@@ -135,9 +140,10 @@ public struct SagaReaper: Service {
             if let prefix = state.context[SagaTopology.contextKey], prefix != engine.topology.prefix { continue }
             if (try? engine.definitions.definition(named: state.name)) == nil { continue }
             do {
-                if case .committed(let next) = try await engine.advance(state.id, from: state, event: .waitExpired, logger: logger) {
+                let event: SagaEvent = (state.deadline.map { $0 < now } ?? false) ? .deadlinePassed : .waitExpired
+                if case .committed(let next) = try await engine.advance(state.id, from: state, event: event, logger: logger) {
                     logger.warning(
-                        "a wait timed out without its signal",
+                        event == .deadlinePassed ? "a waiting saga passed its deadline" : "a wait timed out without its signal",
                         metadata: ["saga.status": "\(next.status.rawValue)", "saga.waitingSince": "\(state.updatedAt)"])
                     changed.append(next)
                 }

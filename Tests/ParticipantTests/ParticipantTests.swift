@@ -177,6 +177,34 @@ struct ParticipantTests {
         #expect(final.history.first?.outcome == .resent)
     }
 
+    @Test func theReaperEndsExpiredWaitsAndCompensatesAWaitingSagaPastItsDeadline() async throws {
+        // reserve, then a wait of an hour, in a saga with a deadline of a minute.
+        let definition = try SagaBuilder("approval")
+            .step("reserve", action: "inventory.reserve", compensation: "inventory.release")
+            .wait("approve", for: "approved", timeout: .seconds(3600))
+            .step("ship", action: "shipping.ship")
+            .deadline(.seconds(60))
+            .build()
+        let machine = SagaStateMachine(definition: definition)
+        let created = Date().addingTimeInterval(-120)
+        let (start, _) = machine.start(id: "late-wait", payload: [:], context: [SagaTopology.contextKey: testTopology.prefix], now: created)
+        // It began to wait just now: its wait has not timed out, its deadline has passed.
+        var waiting = try #require(
+            machine.apply(.stepCompleted(step: 0, attempt: 1, patch: [:], startedAt: created), to: start, now: Date()).state)
+        waiting.version = 1
+        #expect(waiting.status == .waiting)
+        _ = try await store.create(waiting, outbox: [])
+        let reaper = SagaReaper(
+            configuration: ReaperConfiguration(stalledThreshold: .seconds(1)), definitions: try SagaDefinitionRegistry([definition]),
+            bus: bus, store: store, topology: testTopology, logger: quietTestLogger
+        )
+        try await bus.declare(testTopology.topology(forService: "inventory", commands: ["inventory.reserve", "inventory.release"]))
+        let changed = try await reaper.reapOnce()
+        #expect(changed.map(\.id) == ["late-wait"])
+        let compensating = try await store.load("late-wait")
+        #expect(compensating.status == .compensating && compensating.failureReason?.hasPrefix("deadline passed") == true)
+    }
+
     @Test func theReaperLeavesSagasOfAnotherTopologyAlone() async throws {
         // Two deployments share one store: a saga started on another topology is not re-sent here.
         let (foreign, _) = SagaStateMachine(definition: orderSaga).start(
