@@ -37,7 +37,15 @@ struct SignalCommand: AsyncParsableCommand {
             switch try await manager.signal(id, name: name, payload: payload, by: actor) {
             case .delivered(let state):
                 if json { return try printJSON(state) }
-                print("signal '\(name)' delivered to saga \(id) by \(actor): it is \(state.status.cliName) at \(position(state)).")
+                let early = state.history.last { $0.outcome == .completed && $0.actor == actor }?.reason?.hasSuffix(
+                    "before the saga reached the wait")
+                if early == true {
+                    print(
+                        "signal '\(name)' kept for saga \(id) (by \(actor)): it has not reached its wait yet (it is \(state.status.cliName) at \(position(state))); when it does, it goes on at once."
+                    )
+                } else {
+                    print("signal '\(name)' delivered to saga \(id) by \(actor): it is \(state.status.cliName) at \(position(state)).")
+                }
             case .ignored(let reason, let state):
                 if json { try printJSON(state) }
                 throw CommandFailure("signal '\(name)' ignored: \(reason)")

@@ -75,7 +75,7 @@ struct WaitStepIntegrationTests {
             let abandoned = try await manager.start("approval-order", payload: [:])
             let timedOut = try await manager.outcome(of: abandoned, timeout: .seconds(30))
             #expect(timedOut.status == .compensated)
-            #expect(timedOut.failureReason == "step 'approval': no signal 'approved' within 2.0 seconds")
+            #expect(timedOut.failureReason == "step 'approval': no signal 'approved' within 2 s")
             #expect(ledger.effects(of: abandoned) == ["inventory.reserve", "inventory.release"])
             guard case .ignored(let reason, _) = try await manager.signal(abandoned, name: "approved") else {
                 throw TestFailure("a late signal was delivered")

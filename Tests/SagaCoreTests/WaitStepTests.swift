@@ -127,7 +127,7 @@ struct WaitStepTests {
         #expect(commands(expired) == ["inventory.release"])
         let compensating = try #require(expired.state)
         #expect(compensating.status == .compensating)
-        #expect(compensating.failureReason == "step 'fraud-review': no signal 'fraud.approved' within 3600.0 seconds")
+        #expect(compensating.failureReason == "step 'fraud-review': no signal 'fraud.approved' within 1 h")
         guard case .ignored(let late) = signal("fraud.approved", compensating) else {
             Issue.record("a late signal was applied")
             return
@@ -142,7 +142,7 @@ struct WaitStepTests {
         let expired = machine.apply(.waitExpired, to: state, now: t0.addingTimeInterval(86_400))
         #expect(commands(expired) == ["orders.close"])
         #expect(expired.state?.history.last?.outcome == .skipped)
-        #expect(expired.state?.history.last?.reason == "no signal 'delivered' within 86400.0 seconds: continued as declared")
+        #expect(expired.state?.history.last?.reason == "no signal 'delivered' within 1 d: continued as declared")
     }
 
     @Test func operatorsAndTheReaperAroundAWait() throws {

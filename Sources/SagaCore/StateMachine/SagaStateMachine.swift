@@ -424,7 +424,7 @@ public struct SagaStateMachine: Sendable {
         let expires = state.updatedAt.addingTimeInterval(wait.timeout.seconds)
         guard now >= expires else { return .ignored("saga \(state.id) waits for signal '\(wait.signal)' until \(expires)") }
         let stepName = definition.steps[state.currentStep].name
-        let why = "no signal '\(wait.signal)' within \(wait.timeout)"
+        let why = "no signal '\(wait.signal)' within \(wait.timeout.readable)"
         var next = state
         next.status = .running
         switch wait.onTimeout {
