@@ -20,8 +20,11 @@ public enum TripSaga {
 
 /// What the services read from the payload.
 public struct Trip: Codable, Sendable {
+    /// The trip's id.
     public var tripId: String
+    /// How many nights the hotel is booked for.
     public var nights: Int
+    /// Creates a trip.
     public init(tripId: String, nights: Int) {
         self.tripId = tripId
         self.nights = nights
@@ -32,6 +35,7 @@ public struct Trip: Codable, Sendable {
 /// database, with the key as a unique column).
 public final class Bookings: Sendable {
     private let applied = Mutex<[String: String]>([:])
+    /// Creates an empty set of bookings.
     public init() {}
     /// Records `value` under `key` unless the key was seen; returns the value stored for it.
     public func apply(_ key: String, _ value: String) -> String {
