@@ -122,11 +122,13 @@ struct SagaEngine: Sendable {
                 guard try await store.saveCircuit(key, next, expectedVersion: stored.version) else { continue }
                 let metadata: Logger.Metadata = ["circuit": "\(key)", "circuit.failures": "\(next.failures)"]
                 if let openedAt = next.openedAt, openedAt != stored.state.openedAt {
+                    metrics.circuit(definition, step: step, opened: true)
                     let until = openedAt.addingTimeInterval(breaker.openFor.seconds)
                     logger.warning(
                         "circuit breaker '\(key)' opened after \(next.failures) failure(s): step '\(definition.steps[step].name)' runs its fallback '\(definition.steps[step].fallback?.action ?? "")' until \(until.formatted(.iso8601))",
                         metadata: metadata)
                 } else if next.openedAt == nil, stored.state.openedAt != nil {
+                    metrics.circuit(definition, step: step, opened: false)
                     logger.notice("circuit breaker '\(key)' closed: the primary action answered again", metadata: metadata)
                 }
                 return

@@ -22,6 +22,9 @@ import Synchronization
 /// - `saga_stale_messages_total{service}`: duplicate or out-of-date commands acknowledged and
 ///   ignored
 /// - `saga_dead_letters_total{service}`
+/// - `saga_circuit_opened_total{saga,step}`: times a step's circuit breaker opened (or opened
+///   again after a failed probe) in this process; `saga_circuit_closed_total{saga,step}`: times a
+///   probe closed it (``SagaFallback``)
 /// - `saga_reaped_total{saga,status}`: stalled sagas whose command the reaper re-sent (or that it
 ///   gave up on), by the status they were stalled in (`running`, `compensating`)
 ///
@@ -92,6 +95,13 @@ struct SagaMetrics: Sendable {
         .recordNanoseconds(Int64(duration.seconds * 1e9))
     }
 
+    /// A step's circuit breaker opened (`true`) or closed (`false`) by a save of this process.
+    func circuit(_ definition: SagaDefinition, step: Int, opened: Bool) {
+        prepare(definition)
+        let dimensions = [("saga", definition.name), ("step", definition.steps[step].name)]
+        Counter(label: opened ? "saga_circuit_opened_total" : "saga_circuit_closed_total", dimensions: dimensions).increment()
+    }
+
     func stale(service: String) {
         Counter(label: "saga_stale_messages_total", dimensions: [("service", service)]).increment()
     }
@@ -109,6 +119,10 @@ struct SagaMetrics: Sendable {
         let dimensions = [("saga", saga)]
         for step in definition.steps {
             _ = Counter(label: "saga_failed_total", dimensions: [("saga", saga), ("step", step.name)])
+            if step.fallback?.breaker != nil {
+                _ = Counter(label: "saga_circuit_opened_total", dimensions: [("saga", saga), ("step", step.name)])
+                _ = Counter(label: "saga_circuit_closed_total", dimensions: [("saga", saga), ("step", step.name)])
+            }
             if step.compensation != nil {
                 _ = Counter(label: "saga_compensation_retries_total", dimensions: [("saga", saga), ("step", step.name)])
             }

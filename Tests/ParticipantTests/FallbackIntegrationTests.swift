@@ -25,6 +25,7 @@ struct FallbackIntegrationTests {
     @Test(arguments: StoreKind.allCases)
     func theCircuitOpensForEveryInstanceAndClosesWhenThePrimaryAnswersAgain(store kind: StoreKind) async throws {
         let servers = try IntegrationServers.require()
+        let metrics = TestMetricsBackend.shared  // bootstrapped before any counter is made
         let storeURL = kind.url(postgres: servers.postgres)
         let (store, close) = try await openStore(storeURL)
         let bus = try await RabbitMQBus.connect(url: servers.amqp)
@@ -81,6 +82,9 @@ struct FallbackIntegrationTests {
             #expect(primaryCalls.withLock { $0.count } == 2)
             let opened = try await store.circuit(key).state
             #expect(opened.openedAt != nil && opened.failures == 2)
+            // Operators see it in the metrics too (both stores' cases share the counter).
+            let dimensions = [("saga", "fallback-order"), ("step", "charge")]
+            #expect((try? metrics.expectCounter("saga_circuit_opened_total", dimensions).totalValue) ?? 0 >= 1)
 
             // While it is open, orders go to the backup at once: the gateway is not called.
             let whileOpen = try await order()
@@ -98,6 +102,7 @@ struct FallbackIntegrationTests {
             let probe = try await order()
             #expect(probe.status == .completed && probe.payload["chargedBy"] == "gateway")
             #expect(try await store.circuit(key).state == .closed)
+            #expect((try? metrics.expectCounter("saga_circuit_closed_total", dimensions).totalValue) ?? 0 >= 1)
             print("primary calls by instance: \(primaryCalls.withLock { $0 })")
             group.cancelAll()
         }
