@@ -51,8 +51,10 @@ struct SagaMetrics: Sendable {
         // action failed (in a parallel group, the failed member, not the last to report).
         let failed: Set<SagaStatus> = [.compensating, .compensated, .needsAttention]
         if old.status == .running || old.status == .waiting, failed.contains(new.status) {
+            // The action that failed in this transition, else (a deadline, an operator) the last
+            // action recorded.
             let step =
-                new.history.last(where: { $0.phase == .action && $0.outcome == .failed })?.stepName
+                new.history.last(where: { $0.phase == .action && $0.outcome == .failed && !old.history.contains($0) })?.stepName
                 ?? new.history.last(where: { $0.phase == .action })?.stepName ?? "none"
             Counter(label: "saga_failed_total", dimensions: [("saga", saga), ("step", step)]).increment()
         }
