@@ -60,97 +60,122 @@ struct PostgresBatches: Sendable {
 
     // MARK: Commit with local writes
 
-    /// Commits one transition and its local writes in a transaction of their own: the batch
-    /// statement for this one saga (compare-and-swap and outbox), then each local write, then
-    /// `COMMIT`. A lost compare-and-swap runs no local write; a failing local write rolls back
-    /// everything.
-    ///
-    /// - Throws: `versionConflict` / `unknownSaga` like a batched commit; `localWriteFailed`
-    ///   naming the statement (and the server's message, never the parameters) when a write
-    ///   breaks a constraint, is malformed, or misses its row expectation; `storeUnavailable`
-    ///   otherwise.
-    func commit(_ saga: EncodedSaga, localWrites: [LocalWrite]) async throws -> SagaState {
-        let action = "commit a transition with local writes"
-        let (query, logger) = (writeQuery([saga], with: "sagakit_commit"), logger)
-        // Safe to run again after a lost connection, even when its COMMIT's outcome is unknown:
-        // the local writes run only after the saga's compare-and-swap in the same transaction,
-        // so a second run after a first that committed finds the new version, writes nothing
-        // and rolls back.
-        let attempted = try await retryingDeadlocks(action) {
-            try await run(action, safety: .idempotent) { connection in
-                try await Self.transaction(on: connection, query, localWrites, logger: logger)
+    /// A transition and its local writes, for ``commit(withLocalWrites:)``.
+    struct LocalCommit: Sendable {
+        let saga: EncodedSaga
+        let writes: [LocalWrite]
+    }
+
+    /// Commits many transitions with local writes in **one** transaction (one durable commit):
+    /// each saga in a savepoint of its own — its compare-and-swap and outbox statement, then its
+    /// local writes — so that a lost compare-and-swap or a failing write rolls back that saga
+    /// alone (`ROLLBACK TO SAVEPOINT`) and the others commit together. Deadlocks and connection
+    /// failures run the whole batch again (idempotent: a saga whose first run committed finds its
+    /// new version, writes nothing, and is recognised as its own write).
+    func commit(withLocalWrites items: [LocalCommit]) async -> [Result<SagaState, any Error>] {
+        let action = "commit transitions with local writes"
+        let queries = items.map { writeQuery([$0.saga], with: "sagakit_commit") }
+        let logger = logger
+        do {
+            let attempted = try await retryingDeadlocks(action) {
+                try await run(action, safety: .idempotent) { connection in
+                    try await Self.batchTransaction(on: connection, items, queries, logger: logger)
+                }
             }
-        }
-        switch attempted.value {
-        case .committed:
-            return saga.state
-        case .writeFailed(let error):
-            throw error
-        case .lost:
-            let id = saga.state.id
-            if attempted.mayHaveRunBefore, let stored = try await fetch([id])[id],
-                PostgresRecovery.isOwnWrite(stored: stored, written: saga)
-            {
-                // The first attempt committed; only its reply was lost with the connection.
-                return saga.state
+            var results: [Result<SagaState, any Error>] = []
+            for (item, outcome) in zip(items, attempted.value) {
+                switch outcome {
+                case .committed:
+                    results.append(.success(item.saga.state))
+                case .writeFailed(let error):
+                    results.append(.failure(error))
+                case .lost:
+                    let id = item.saga.state.id
+                    do {
+                        if attempted.mayHaveRunBefore, let stored = try await fetch([id])[id],
+                            PostgresRecovery.isOwnWrite(stored: stored, written: item.saga)
+                        {
+                            results.append(.success(item.saga.state))
+                            continue
+                        }
+                        let versions = try await rows(
+                            "load versions", "SELECT version FROM \(unescaped: namespace).sagas WHERE id = \(id)")
+                        guard let actual = try versions.first?["version"].decode(Int64.self) else {
+                            results.append(.failure(SagaError.unknownSaga(id)))
+                            continue
+                        }
+                        results.append(.failure(SagaError.versionConflict(sagaID: id, expected: item.saga.expected, actual: actual)))
+                    } catch {
+                        results.append(.failure(error))
+                    }
+                }
             }
-            let versions = try await rows(
-                "load versions", "SELECT version FROM \(unescaped: namespace).sagas WHERE id = \(id)")
-            guard let actual = try versions.first?["version"].decode(Int64.self) else { throw SagaError.unknownSaga(id) }
-            throw SagaError.versionConflict(sagaID: id, expected: saga.expected, actual: actual)
+            return results
+        } catch {
+            return Array(repeating: .failure(error), count: items.count)
         }
     }
 
-    /// What ``transaction(on:_:_:logger:)`` ended with.
+    /// `BEGIN`; per saga `SAVEPOINT`, its commit statement, its writes, `RELEASE` (or `ROLLBACK
+    /// TO SAVEPOINT` when its compare-and-swap is lost or a write fails); `COMMIT`. Deadlocks and
+    /// connection failures are thrown (after `ROLLBACK`): the caller runs the batch again.
+    private static func batchTransaction(
+        on connection: PostgresConnection, _ items: [LocalCommit], _ queries: [PostgresQuery], logger: Logger
+    ) async throws -> [LocalCommitOutcome] {
+        try await execute("BEGIN", on: connection, logger: logger)
+        var outcomes: [LocalCommitOutcome] = []
+        do {
+            for (item, query) in zip(items, queries) {
+                try await execute("SAVEPOINT sagakit_saga", on: connection, logger: logger)
+                let swapped = try await PostgresStatement.run(query, on: connection, logger: logger).rows.isEmpty == false
+                guard swapped else {
+                    try await execute("ROLLBACK TO SAVEPOINT sagakit_saga", on: connection, logger: logger)
+                    try await execute("RELEASE SAVEPOINT sagakit_saga", on: connection, logger: logger)
+                    outcomes.append(.lost)
+                    continue
+                }
+                var failure: SagaError?
+                for (index, write) in item.writes.enumerated() {
+                    do {
+                        let result = try await PostgresStatement.run(
+                            PostgresQuery(unsafeSQL: write.sql, binds: write.postgresBindings), on: connection, logger: logger)
+                        try write.check(affectedRows: result.metadata.rows, index: index, of: item.writes.count)
+                    } catch let error as SagaError {
+                        failure = error
+                    } catch let error as PSQLError {
+                        guard let state = error.serverInfo?[.sqlState], isStatementError(state) else { throw error }
+                        let message = error.serverInfo?[.message] ?? "SQLSTATE \(state)"
+                        failure = LocalWrite.failure(
+                            index: index, of: item.writes.count, sql: write.sql, "failed: \(message) (SQLSTATE \(state))",
+                            underlying: error)
+                    }
+                    if failure != nil { break }
+                }
+                if let failure {
+                    try await execute("ROLLBACK TO SAVEPOINT sagakit_saga", on: connection, logger: logger)
+                    try await execute("RELEASE SAVEPOINT sagakit_saga", on: connection, logger: logger)
+                    outcomes.append(.writeFailed(failure))
+                } else {
+                    try await execute("RELEASE SAVEPOINT sagakit_saga", on: connection, logger: logger)
+                    outcomes.append(.committed)
+                }
+            }
+            try await execute("COMMIT", on: connection, logger: logger)
+            return outcomes
+        } catch {
+            // After a failed COMMIT the server has rolled back already; ROLLBACK is harmless.
+            try? await execute("ROLLBACK", on: connection, logger: logger)
+            throw error
+        }
+    }
+
+    /// What one saga of ``batchTransaction(on:_:_:logger:)`` ended with.
     enum LocalCommitOutcome: Sendable {
         case committed
         /// The compare-and-swap found another version (or no saga): rolled back.
         case lost
         /// A local write failed: rolled back.
         case writeFailed(SagaError)
-    }
-
-    /// `BEGIN`, the commit statement, the local writes, `COMMIT`; `ROLLBACK` on any failure.
-    /// Deadlocks and connection failures are thrown (the caller retries or reports them).
-    private static func transaction(
-        on connection: PostgresConnection, _ commit: PostgresQuery, _ writes: [LocalWrite], logger: Logger
-    ) async throws -> LocalCommitOutcome {
-        try await execute("BEGIN", on: connection, logger: logger)
-        // nil while the commit statement runs, then the index of the running write; writes.count at COMMIT.
-        var current: Int?
-        do {
-            let swapped = try await PostgresStatement.run(commit, on: connection, logger: logger).rows.isEmpty == false
-            guard swapped else {
-                try await execute("ROLLBACK", on: connection, logger: logger)
-                return .lost
-            }
-            for (index, write) in writes.enumerated() {
-                current = index
-                let result = try await PostgresStatement.run(
-                    PostgresQuery(unsafeSQL: write.sql, binds: write.postgresBindings), on: connection, logger: logger)
-                do {
-                    try write.check(affectedRows: result.metadata.rows, index: index, of: writes.count)
-                } catch let error as SagaError {
-                    try await execute("ROLLBACK", on: connection, logger: logger)
-                    return .writeFailed(error)
-                }
-            }
-            current = writes.count
-            try await execute("COMMIT", on: connection, logger: logger)
-            return .committed
-        } catch {
-            // After a failed COMMIT the server has rolled back already; ROLLBACK is harmless.
-            try? await execute("ROLLBACK", on: connection, logger: logger)
-            guard let current, let state = (error as? PSQLError)?.serverInfo?[.sqlState], isStatementError(state) else {
-                throw error
-            }
-            let message = (error as? PSQLError)?.serverInfo?[.message] ?? "SQLSTATE \(state)"
-            let write = current < writes.count ? writes[current] : nil
-            return .writeFailed(
-                LocalWrite.failure(
-                    index: write == nil ? nil : current, of: writes.count, sql: write?.sql,
-                    "failed: \(message) (SQLSTATE \(state))", underlying: error))
-        }
     }
 
     private static func execute(_ sql: String, on connection: PostgresConnection, logger: Logger) async throws {

@@ -24,10 +24,10 @@ extension PostgresSagaStore {
     /// reaper lease on the saga. Concurrent commits of different sagas share a statement; each
     /// saga's compare-and-swap is still its own.
     ///
-    /// A transition with local writes (``SagaCore/LocalWrite``) is not batched: it runs in a
-    /// transaction of its own on one connection — the same compare-and-swap and outbox
-    /// statement, then each local write, then `COMMIT` — so it still costs one commit, but a few
-    /// more round trips than a batched transition.
+    /// Transitions with local writes (``SagaCore/LocalWrite``) are batched too, in one
+    /// transaction: each saga in a savepoint of its own (the same compare-and-swap and outbox
+    /// statement, then its local writes), so that a lost compare-and-swap or a failing write
+    /// rolls back that saga alone and the others share one durable commit.
     @discardableResult
     public func commit(_ transition: SagaTransition) async throws -> SagaState {
         var stored = transition.state
@@ -38,7 +38,7 @@ extension PostgresSagaStore {
                 try write.validate(index: index, of: transition.localWrites.count)
             }
             try await lifecycle.waitUntilRunning()
-            return try await batches.commit(saga, localWrites: transition.localWrites)
+            return try await localCommits.submit(PostgresBatches.LocalCommit(saga: saga, writes: transition.localWrites), key: stored.id)
         }
         try await lifecycle.waitUntilRunning()
         return try await commits.submit(saga, key: stored.id)

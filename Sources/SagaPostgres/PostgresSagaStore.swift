@@ -68,6 +68,8 @@ public final class PostgresSagaStore: SagaStore, Service {
     let loads: WriteCoalescer<SagaID, PostgresRandomAccessRow>
     let creations: WriteCoalescer<EncodedSaga, SagaCreation>
     let marks: WriteCoalescer<[String], Void>
+    /// Transitions with local writes, committed together in one transaction (a savepoint each).
+    let localCommits: WriteCoalescer<PostgresBatches.LocalCommit, SagaState>
 
     /// Creates a store from a URL such as `postgres://user:password@host:5432/database` (see
     /// ``Configuration/init(url:)``) with the default settings; does no I/O.
@@ -113,7 +115,7 @@ public final class PostgresSagaStore: SagaStore, Service {
         self.logger = logger
         self.ownConfiguration = configuration
         self.lifecycle = lifecycle
-        (batches, commits, loads, creations, marks) = Self.batching(
+        (batches, commits, loads, creations, marks, localCommits) = Self.batching(
             pool: pool, namespace: namespace, location: location, logger: logger,
             statementTimeout: configuration.statementTimeout, lifecycle: lifecycle)
     }
@@ -146,7 +148,7 @@ public final class PostgresSagaStore: SagaStore, Service {
         self.logger = logger
         self.ownConfiguration = nil
         self.lifecycle = lifecycle
-        (batches, commits, loads, creations, marks) = Self.batching(
+        (batches, commits, loads, creations, marks, localCommits) = Self.batching(
             pool: pool, namespace: namespace, location: location, logger: logger, statementTimeout: statementTimeout,
             lifecycle: lifecycle)
     }
@@ -187,6 +189,7 @@ public final class PostgresSagaStore: SagaStore, Service {
                     coalescers.addTask { await self.loads.run() }
                     coalescers.addTask { await self.creations.run() }
                     coalescers.addTask { await self.marks.run() }
+                    coalescers.addTask { await self.localCommits.run() }
                     lifecycle.started()
                     await withTaskCancellationOrGracefulShutdownHandler {
                         await lifecycle.waitForStopRequest()
@@ -196,6 +199,7 @@ public final class PostgresSagaStore: SagaStore, Service {
                     // New operations fail from now on; let the statements already queued finish.
                     // Each statement ends within the statement timeout (see PostgresBatches).
                     commits.finish()
+                    localCommits.finish()
                     loads.finish()
                     creations.finish()
                     marks.finish()
@@ -337,7 +341,8 @@ public final class PostgresSagaStore: SagaStore, Service {
         lifecycle: StoreLifecycle
     ) -> (
         PostgresBatches, WriteCoalescer<EncodedSaga, SagaState>, WriteCoalescer<SagaID, PostgresRandomAccessRow>,
-        WriteCoalescer<EncodedSaga, SagaCreation>, WriteCoalescer<[String], Void>
+        WriteCoalescer<EncodedSaga, SagaCreation>, WriteCoalescer<[String], Void>,
+        WriteCoalescer<PostgresBatches.LocalCommit, SagaState>
     ) {
         let batches = PostgresBatches(
             pool: pool, namespace: namespace, location: location, logger: logger, statementTimeout: statementTimeout)
@@ -347,7 +352,10 @@ public final class PostgresSagaStore: SagaStore, Service {
             WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed) { await batches.commit($0) },
             WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed) { await batches.load($0) },
             WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed) { await batches.create($0) },
-            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed) { await batches.markSent($0) }
+            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed) { await batches.markSent($0) },
+            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed) {
+                await batches.commit(withLocalWrites: $0)
+            }
         )
     }
 
