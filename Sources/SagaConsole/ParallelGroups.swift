@@ -14,16 +14,8 @@ struct ConsoleGroup {
 
     /// `nil` when the saga is not in a parallel group.
     init?(_ state: SagaState, definition: SagaDefinition) {
-        guard let range = definition.groupRange(of: state.currentStep), range.lowerBound == state.currentStep else { return nil }
-        switch state.status {
-        case .running:
-            break
-        case .needsAttention:
-            guard !state.history.contains(where: { $0.phase == .compensation || $0.step > range.upperBound }) else { return nil }
-        default:
-            return nil
-        }
         let machine = SagaStateMachine(definition: definition)
+        guard let range = machine.parallelGroup(of: state) else { return nil }
         name = definition.steps[range.lowerBound].group ?? ""
         steps = range
         members = range.map { ($0, definition.steps[$0].name, machine.progress(of: $0, in: state)) }
@@ -35,12 +27,5 @@ struct ConsoleGroup {
     }
 
     /// `completed`, `running (attempt 2)`, `failed`, `failed (timed out)`, `skipped`.
-    static func describe(_ progress: ParallelMemberProgress) -> String {
-        switch progress {
-        case .running(let attempt): "running (attempt \(attempt))"
-        case .completed: "completed"
-        case .failed(let uncertain): uncertain ? "failed (timed out)" : "failed"
-        case .skipped: "skipped"
-        }
-    }
+    static func describe(_ progress: ParallelMemberProgress) -> String { progress.description }
 }

@@ -15,13 +15,11 @@ struct ConsoleWait {
 
     /// `nil` when the saga is not waiting at a wait step of `definition`.
     init?(_ state: SagaState, definition: SagaDefinition) {
-        guard state.status == .waiting, definition.steps.indices.contains(state.currentStep),
-            let wait = definition.steps[state.currentStep].wait
-        else { return nil }
-        step = state.currentStep
-        stepName = definition.steps[state.currentStep].name
+        guard let (step, wait, until) = SagaStateMachine(definition: definition).waiting(state) else { return nil }
+        self.step = step
+        stepName = definition.steps[step].name
         self.wait = wait
-        until = state.updatedAt.addingTimeInterval(wait.timeout.seconds)
+        self.until = until
     }
 
     /// `in 23 h 59 min`, or `overdue by 2 min` once the timeout passed.

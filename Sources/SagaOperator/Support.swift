@@ -185,17 +185,8 @@ struct GroupProgress {
 
     /// `nil` when the saga is not in a parallel group.
     init?(_ state: SagaState, definition: SagaDefinition) {
-        guard let range = definition.groupRange(of: state.currentStep), range.lowerBound == state.currentStep else { return nil }
-        switch state.status {
-        case .running:
-            break
-        case .needsAttention:
-            // Stopped in the group's actions, not in a compensation (the state machine's rule).
-            guard !state.history.contains(where: { $0.phase == .compensation || $0.step > range.upperBound }) else { return nil }
-        default:
-            return nil
-        }
         let machine = SagaStateMachine(definition: definition)
+        guard let range = machine.parallelGroup(of: state) else { return nil }
         stopped = state.status == .needsAttention
         name = definition.steps[range.lowerBound].group ?? ""
         steps = range
@@ -216,16 +207,8 @@ struct GroupProgress {
     /// The members that failed for good.
     var failed: [Member] { members.filter { if case .failed = $0.progress { true } else { false } } }
 
-    /// A member's progress in words: `completed`, `running (attempt 2)`, `failed`,
-    /// `failed (timed out)`, `skipped`.
-    static func describe(_ progress: ParallelMemberProgress) -> String {
-        switch progress {
-        case .running(let attempt): "running (attempt \(attempt))"
-        case .completed: "completed"
-        case .failed(let uncertain): uncertain ? "failed (timed out)" : "failed"
-        case .skipped: "skipped"
-        }
-    }
+    /// A member's progress in words (``ParallelMemberProgress/description``).
+    static func describe(_ progress: ParallelMemberProgress) -> String { progress.description }
 
     /// The progress as a word for JSON: `running`, `completed`, `failed`, `skipped`.
     static func word(_ progress: ParallelMemberProgress) -> String {
@@ -297,14 +280,11 @@ struct WaitProgress {
 
     /// `nil` when the saga is not waiting at a wait step of its definition.
     init?(_ state: SagaState, definition: SagaDefinition) {
-        guard state.status == .waiting, definition.steps.indices.contains(state.currentStep),
-            let wait = definition.steps[state.currentStep].wait
-        else { return nil }
-        step = state.currentStep
-        stepName = definition.steps[state.currentStep].name
+        guard let (step, wait, until) = SagaStateMachine(definition: definition).waiting(state) else { return nil }
+        self.step = step
+        stepName = definition.steps[step].name
         self.wait = wait
-        // While a saga waits nothing changes it: its last update is when it began to wait.
-        until = state.updatedAt.addingTimeInterval(wait.timeout.seconds)
+        self.until = until
     }
 
     /// `in 23 h 59 min`, or `overdue by 2 min` once the timeout passed.

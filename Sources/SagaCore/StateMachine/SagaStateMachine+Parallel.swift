@@ -1,8 +1,9 @@
 import Foundation
 
 /// Where one member of a parallel group is, derived from the saga's history (the store keeps no
-/// other record of it).
-public enum ParallelMemberProgress: Sendable, Hashable {
+/// other record of it). Its description is the words tools show: `completed`,
+/// `running (attempt 2)`, `failed`, `failed (timed out)`, `skipped`.
+public enum ParallelMemberProgress: Sendable, Hashable, CustomStringConvertible {
     /// Its action runs (or waits for a retry): attempt `attempt` is the one expected.
     case running(attempt: Int)
     /// Its action completed.
@@ -12,6 +13,16 @@ public enum ParallelMemberProgress: Sendable, Hashable {
     case failed(uncertain: Bool)
     /// Its condition did not hold when the saga reached the group: it never runs.
     case skipped
+
+    /// `completed`, `running (attempt 2)`, `failed`, `failed (timed out)`, `skipped`.
+    public var description: String {
+        switch self {
+        case .running(let attempt): "running (attempt \(attempt))"
+        case .completed: "completed"
+        case .failed(let uncertain): uncertain ? "failed (timed out)" : "failed"
+        case .skipped: "skipped"
+        }
+    }
 }
 
 // Parallel groups (``SagaBuilder/parallel(_:_:)``). While a saga runs a group, its current step
@@ -27,6 +38,18 @@ extension SagaStateMachine {
     func activeGroup(_ state: SagaState) -> ClosedRange<Int>? {
         guard state.status == .running else { return nil }
         return definition.groupRange(of: state.currentStep)
+    }
+
+    /// The parallel group a saga is in, for tools that show it: while it runs the group, and
+    /// when it stopped there for an operator before compensating anything (the rule a retry
+    /// follows). `nil` otherwise.
+    public func parallelGroup(of state: SagaState) -> ClosedRange<Int>? {
+        guard let range = definition.groupRange(of: state.currentStep), range.lowerBound == state.currentStep else { return nil }
+        switch state.status {
+        case .running: return range
+        case .needsAttention: return stoppedPhase(state) == .action ? range : nil
+        case .compensating, .waiting, .completed, .compensated: return nil
+        }
     }
 
     /// The progress of parallel-group member `step` in `state` (see ``ParallelMemberProgress``).

@@ -416,12 +416,21 @@ public struct SagaStateMachine: Sendable {
         return .transition(moved, commands)
     }
 
+    /// What a waiting saga waits for and until when: its wait step, the wait, and the time its
+    /// timeout passes (it began to wait at its last update: nothing else changes a waiting saga);
+    /// `nil` when it is not waiting. The reaper ends the wait at its first pass after `until`.
+    public func waiting(_ state: SagaState) -> (step: Int, wait: SagaWait, until: Date)? {
+        guard state.status == .waiting, definition.steps.indices.contains(state.currentStep),
+            let wait = definition.steps[state.currentStep].wait
+        else { return nil }
+        return (state.currentStep, wait, state.updatedAt.addingTimeInterval(wait.timeout.seconds))
+    }
+
     /// The reaper found a waiting saga: past the wait's timeout it is compensated or goes on.
     private func waitExpired(_ state: SagaState, now: Date) -> SagaDecision {
-        guard state.status == .waiting, let wait = definition.steps[state.currentStep].wait else {
+        guard let (_, wait, expires) = waiting(state) else {
             return .ignored("saga \(state.id) is \(state.status.rawValue), not waiting for a signal")
         }
-        let expires = state.updatedAt.addingTimeInterval(wait.timeout.seconds)
         guard now >= expires else { return .ignored("saga \(state.id) waits for signal '\(wait.signal)' until \(expires)") }
         let stepName = definition.steps[state.currentStep].name
         let why = "no signal '\(wait.signal)' within \(wait.timeout.readable)"
@@ -489,7 +498,7 @@ public struct SagaStateMachine: Sendable {
     /// The phase a saga that needs attention stopped in: compensation once it has compensated
     /// anything or moved back from a later step, or when its last record of the current step is
     /// a compensation (a compensation that failed, or that the reaper gave up on).
-    private func stoppedPhase(_ state: SagaState) -> StepPhase {
+    func stoppedPhase(_ state: SagaState) -> StepPhase {
         if state.history.last(where: { $0.step == state.currentStep })?.phase == .compensation { return .compensation }
         // A saga never runs forward again after compensating anything. (The members of the
         // parallel group it stopped in are after its current step, the group's first.)
