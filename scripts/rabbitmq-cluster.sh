@@ -8,6 +8,9 @@
 #   scripts/rabbitmq-cluster.sh stop-node N    stop node N (1-3) the hard way (kill -9 of its VM)
 #   scripts/rabbitmq-cluster.sh start-node N   start node N again (it rejoins the cluster)
 #   scripts/rabbitmq-cluster.sh status         print the cluster status as node 1 sees it
+#   scripts/rabbitmq-cluster.sh queues N       print every queue's type, leader and online members as node N sees them
+#   scripts/rabbitmq-cluster.sh await-quorum N wait (at most 120 s) until stopping node N would leave every quorum
+#                                              queue with a quorum: what an operator checks before taking a node down
 #
 # Environment: CLUSTER_BASE_PORT (default 5781; the nodes use BASE, BASE+1, BASE+2).
 set -euo pipefail
@@ -108,8 +111,16 @@ url) url ;;
 stop-node) stop_node "$1" ;;
 start-node) start_node "${PORTS[$(($1 - 1))]}" ;;
 status) ctl "${PORTS[0]}" cluster_status ;;
+queues) ctl "${PORTS[$(($1 - 1))]}" -q -t 30 list_queues name type leader online members ;;
+await-quorum)
+    port=${PORTS[$(($1 - 1))]}
+    (
+        export HOME="$(node_base "$port")/home" ERL_EPMD_ADDRESS=127.0.0.1
+        "$RMQ_BIN/rabbitmq-upgrade" -n "$(node_name "$port")" -q -t 120 await_online_quorum_plus_one
+    )
+    ;;
 *)
-    echo "usage: $0 start|stop|url|stop-node N|start-node N|status" >&2
+    echo "usage: $0 start|stop|url|stop-node N|start-node N|status|queues N|await-quorum N" >&2
     exit 2
     ;;
 esac
