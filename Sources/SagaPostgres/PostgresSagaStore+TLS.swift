@@ -55,10 +55,10 @@ extension PostgresSagaStore {
     static func warnIfPlaintext(_ connection: PostgresConnection, location: String, logger: Logger) async {
         var metadata: Logger.Metadata = ["store.location": "\(location)", "store.sslmode": "prefer"]
         do {
-            let rows = try await connection.query(
-                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", logger: logger)
+            let rows = try await PostgresStatement.run(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", on: connection, logger: logger)
             var encrypted = false
-            for try await ssl in rows.decode(Bool.self) { encrypted = ssl }
+            for row in rows.rows { encrypted = try row.decode(Bool.self) }
             if encrypted {
                 logger.debug("the connection to PostgreSQL is encrypted (TLS)", metadata: metadata)
                 return

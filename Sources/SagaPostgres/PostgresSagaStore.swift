@@ -242,13 +242,18 @@ public final class PostgresSagaStore: SagaStore, Service {
     /// Creates or migrates the schema: on a connection of its own when the store owns its pool
     /// (so that an unreachable server is reported at once: the pool would retry forever), through
     /// the caller's client otherwise.
+    ///
+    /// The migration gives up after twice the statement timeout (a server that stops answering,
+    /// or another session holding the schema's lock), so ``run()`` fails instead of waiting.
     private func migrate() async throws {
         let (namespace, schema, location, logger) = (namespace, schema, location, logger)
+        let timeout = batches.statementTimeout * 2
         guard let configuration = ownConfiguration else {
             do {
                 try await pool.current.client.withConnection { connection in
                     try await PostgresSchema.migrate(
-                        connection, namespace: namespace, schema: schema, location: location, logger: logger)
+                        connection, namespace: namespace, schema: schema, location: location, timeout: timeout,
+                        logger: logger)
                 }
             } catch {
                 throw Self.storeError(error, location: location, doing: "migrate")
@@ -269,7 +274,8 @@ public final class PostgresSagaStore: SagaStore, Service {
         }
         do {
             try await PostgresSchema.migrate(
-                connection, namespace: namespace, schema: schema, location: location, logger: logger)
+                connection, namespace: namespace, schema: schema, location: location, timeout: timeout,
+                logger: logger)
             try? await connection.close()
         } catch {
             try? await connection.close()

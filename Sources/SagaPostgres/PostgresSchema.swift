@@ -5,9 +5,8 @@ import SagaCore
 
 /// The PostgreSQL schema and its migrations.
 ///
-/// Version 2 adds the functions behind the store's hot path (``PostgresBatches``): PL/pgSQL
-/// caches the plans of the statements in a function for the life of the connection, so a batch
-/// costs the server one trivial parse instead of parsing and planning a multi-CTE statement.
+/// Version 2 adds the functions behind the store's hot path (``PostgresBatches``), so a batch
+/// costs the server the parse of one short call instead of a multi-CTE statement.
 ///
 /// Version 3 gives every outbox message its topology (the prefix of its exchange, see
 /// ``SagaCore/OutboxMessage/topology``), a count of failed publish attempts and the time it is
@@ -20,12 +19,16 @@ import SagaCore
 /// Version 5 adds `saga_circuits`: the state of the steps' circuit breakers (see
 /// ``SagaCore/SagaStore/circuit(_:)``), shared by every process of the store.
 ///
+/// Version 6 recreates the hot-path functions so that they always run a generic plan (they
+/// planned every call before) and so that a sent mark commits asynchronously (it no longer waits
+/// for a WAL flush of its own: a lost mark only re-publishes a message that consumers ignore).
+///
 /// `sagakit_schema` holds one row with the version of the schema. Opening a store runs, in one
 /// transaction holding an advisory lock on the schema's name, every migration after the
 /// recorded version; processes that open the store together take turns.
 enum PostgresSchema {
     /// The version this SagaKit writes.
-    static let currentVersion = 5
+    static let currentVersion = 6
 
     /// Migration `n` brings the schema from version `n` to `n + 1`; `S` stands for the quoted
     /// schema name.
@@ -76,31 +79,8 @@ enum PostgresSchema {
             "DROP INDEX IF EXISTS S.outbox_saga",
             commitFunction,
             createFunction,
-            // The sagas with these ids, JSON as text and times as Unix milliseconds.
-            """
-            CREATE OR REPLACE FUNCTION S.sagakit_load(p_ids text[])
-            RETURNS TABLE (id text, name text, status text, current_step integer, attempt integer, payload text,
-                context text, history text, failure_reason text, deadline int8, reap_attempts integer,
-                created_at int8, updated_at int8, version int8)
-            LANGUAGE plpgsql STABLE \(indexOnly) AS $$
-            BEGIN
-                RETURN QUERY
-                SELECT s.id, s.name, s.status, s.current_step, s.attempt, s.payload::text, s.context::text,
-                    s.history::text, s.failure_reason, (extract(epoch FROM s.deadline) * 1000)::int8, s.reap_attempts,
-                    (extract(epoch FROM s.created_at) * 1000)::int8, (extract(epoch FROM s.updated_at) * 1000)::int8,
-                    s.version
-                FROM S.sagas AS s WHERE s.id = ANY(p_ids);
-            END
-            $$
-            """,
-            // Sent messages are deleted: they are of no further use.
-            """
-            CREATE OR REPLACE FUNCTION S.sagakit_mark_sent(p_ids text[]) RETURNS void LANGUAGE plpgsql \(indexOnly) AS $$
-            BEGIN
-                DELETE FROM S.outbox AS o WHERE o.id = ANY(p_ids);
-            END
-            $$
-            """,
+            loadFunction,
+            markSentFunction,
         ],
         // 2 → 3
         [
@@ -148,7 +128,41 @@ enum PostgresSchema {
             )
             """
         ],
+        // 5 → 6: the hot-path functions with a generic plan, and sent marks committed
+        // asynchronously (see the type's documentation).
+        [commitFunction, createFunction, loadFunction, markSentFunction],
     ]
+
+    /// The sagas with these ids, JSON as text and times as Unix milliseconds.
+    private static let loadFunction = """
+        CREATE OR REPLACE FUNCTION S.sagakit_load(p_ids text[])
+        RETURNS TABLE (id text, name text, status text, current_step integer, attempt integer, payload text,
+            context text, history text, failure_reason text, deadline int8, reap_attempts integer,
+            created_at int8, updated_at int8, version int8)
+        LANGUAGE plpgsql STABLE \(indexOnly) AS $$
+        BEGIN
+            RETURN QUERY
+            SELECT s.id, s.name, s.status, s.current_step, s.attempt, s.payload::text, s.context::text,
+                s.history::text, s.failure_reason, (extract(epoch FROM s.deadline) * 1000)::int8, s.reap_attempts,
+                (extract(epoch FROM s.created_at) * 1000)::int8, (extract(epoch FROM s.updated_at) * 1000)::int8,
+                s.version
+            FROM S.sagas AS s WHERE s.id = ANY(p_ids);
+        END
+        $$
+        """
+
+    /// Deletes sent messages (they are of no further use). Its transaction commits
+    /// asynchronously: a mark lost in a crash of the server only makes the relay publish the
+    /// message again, which consumers ignore (the saga's version has moved on), so the mark does
+    /// not wait for a WAL flush of its own.
+    private static let markSentFunction = """
+        CREATE OR REPLACE FUNCTION S.sagakit_mark_sent(p_ids text[]) RETURNS void LANGUAGE plpgsql \(indexOnly) AS $$
+        BEGIN
+            PERFORM set_config('synchronous_commit', 'off', true);
+            DELETE FROM S.outbox AS o WHERE o.id = ANY(p_ids);
+        END
+        $$
+        """
 
     /// Compare-and-swap of many sagas; outbox rows for the sagas that were updated. Returns the
     /// ids of the updated sagas.
@@ -181,7 +195,7 @@ enum PostgresSchema {
     /// the created sagas.
     private static let createFunction = """
         CREATE OR REPLACE FUNCTION S.sagakit_create(\(sagaParameters), \(outboxParameters))
-        RETURNS SETOF text LANGUAGE plpgsql AS $$
+        RETURNS SETOF text LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
         BEGIN
             RETURN QUERY
             WITH inserted AS (
@@ -202,12 +216,14 @@ enum PostgresSchema {
         $$
         """
 
-    /// PL/pgSQL keeps a generic plan per connection once it has run a statement a few times. A
-    /// plan made while a table was small (a new schema) scans the table instead of its primary
-    /// key, and keeps doing so as the table grows: measured, this halved the saga benchmark's
-    /// throughput from run to run. The functions that look sagas or messages up by id therefore
-    /// forbid sequential scans (the primary key is always the right access path for them).
-    private static let indexOnly = "SET enable_seqscan = off"
+    /// The functions that look sagas or messages up by id forbid sequential scans and always use
+    /// a generic plan. PL/pgSQL would otherwise choose per connection between a generic plan and
+    /// planning every call: it planned every call (measured with `pg_stat_statements`, planning
+    /// took as long as running the statement: about 0.5 ms of each 1.4 ms commit call), and a
+    /// generic plan made while a table was small scanned the table instead of its primary key
+    /// (measured, this halved the saga benchmark's throughput from run to run). The primary key
+    /// is always the right access path for them, so the generic plan is the right plan.
+    private static let indexOnly = "SET enable_seqscan = off SET plan_cache_mode = force_generic_plan"
 
     /// The saga columns as function parameters, in the order ``SagaColumns`` binds them.
     private static let sagaParameters = """
@@ -251,51 +267,84 @@ enum PostgresSchema {
         """
     }
 
+    /// Creates or migrates the schema in one transaction under a transaction-scoped advisory lock.
+    /// Every statement goes through ``PostgresStatement`` (so a connection the server closes
+    /// fails the migration instead of hanging it), and the whole migration gives up after
+    /// `timeout` (cancelling it closes the connection), so a store's `run()` never waits for ever
+    /// at start-up.
     static func migrate(
-        _ connection: PostgresConnection, namespace: String, schema: String, location: String, logger: Logger
+        _ connection: PostgresConnection, namespace: String, schema: String, location: String,
+        timeout: Duration, logger: Logger
     ) async throws {
-        func run(_ sql: String, _ connection: PostgresConnection) async throws {
+        @Sendable func run(_ query: PostgresQuery) async throws -> PostgresQueryResult {
+            try await PostgresStatement.run(query, on: connection, logger: logger)
+        }
+        @Sendable func run(_ sql: String) async throws {
             let text = sql.replacingOccurrences(of: "S.", with: "\(namespace).")
-            try await connection.query(PostgresQuery(unsafeSQL: text), logger: logger)
+            _ = try await run(PostgresQuery(unsafeSQL: text))
         }
         let lockKey = "sagakit.schema.\(schema)"
-        let (from, to) = try await connection.withTransaction(logger: logger) { connection -> (Int, Int) in
-            try await connection.query("SELECT pg_advisory_xact_lock(hashtext(\(lockKey)))", logger: logger)
-            try await run("CREATE SCHEMA IF NOT EXISTS \(namespace)", connection)
-            try await run(
-                """
-                CREATE TABLE IF NOT EXISTS S.sagakit_schema (
-                    id integer PRIMARY KEY CHECK (id = 1),
-                    version integer NOT NULL,
-                    migrated_at timestamptz NOT NULL
+        let steps: @Sendable () async throws -> (Int, Int) = {
+            _ = try await run("BEGIN")
+            do {
+                let lock: PostgresQuery = "SELECT pg_advisory_xact_lock(hashtext(\(lockKey)))"
+                _ = try await run(lock)
+                try await run("CREATE SCHEMA IF NOT EXISTS \(namespace)")
+                try await run(
+                    """
+                    CREATE TABLE IF NOT EXISTS S.sagakit_schema (
+                        id integer PRIMARY KEY CHECK (id = 1),
+                        version integer NOT NULL,
+                        migrated_at timestamptz NOT NULL
+                    )
+                    """
                 )
-                """,
-                connection
-            )
-            var found = 0
-            let rows = try await connection.query(
-                PostgresQuery(unsafeSQL: "SELECT version FROM \(namespace).sagakit_schema WHERE id = 1"), logger: logger
-            )
-            for try await version in rows.decode(Int.self) { found = version }
-            guard found <= currentVersion else {
+                var found = 0
+                let rows = try await run(
+                    PostgresQuery(unsafeSQL: "SELECT version FROM \(namespace).sagakit_schema WHERE id = 1"))
+                for row in rows.rows { found = try row.decode(Int.self) }
+                guard found <= currentVersion else {
+                    throw SagaError(
+                        .schemaTooNew,
+                        "the PostgreSQL store at \(location) (schema \(schema)) has schema version \(found); this SagaKit knows up to \(currentVersion)",
+                        recoverySuggestion: "upgrade SagaKit in this process, or use another schema"
+                    )
+                }
+                if found < currentVersion {
+                    for version in found..<currentVersion {
+                        for statement in migrations[version] { try await run(statement) }
+                    }
+                    let record: PostgresQuery = """
+                        INSERT INTO \(unescaped: namespace).sagakit_schema (id, version, migrated_at) VALUES (1, \(currentVersion), now())
+                        ON CONFLICT (id) DO UPDATE SET version = excluded.version, migrated_at = excluded.migrated_at
+                        """
+                    _ = try await run(record)
+                }
+                _ = try await run("COMMIT")
+                return (found, max(found, currentVersion))
+            } catch {
+                // Ends the transaction (and its lock) on a connection that lives on; fails
+                // harmlessly on one that is gone.
+                _ = try? await run("ROLLBACK")
+                throw error
+            }
+        }
+        let (from, to) = try await withThrowingTaskGroup(of: (Int, Int)?.self) { group in
+            group.addTask { try await steps() }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let outcome = try await group.next(), let versions = outcome else {
                 throw SagaError(
-                    .schemaTooNew,
-                    "the PostgreSQL store at \(location) (schema \(schema)) has schema version \(found); this SagaKit knows up to \(currentVersion)",
-                    recoverySuggestion: "upgrade SagaKit in this process, or use another schema"
+                    .storeUnavailable,
+                    "the PostgreSQL store at \(location) did not finish creating or migrating its schema (\(schema)) within \(timeout)",
+                    recoverySuggestion:
+                        "check that the server answers, and that no other session holds a lock on the schema's tables for long"
                 )
             }
-            guard found < currentVersion else { return (found, found) }
-            for version in found..<currentVersion {
-                for statement in migrations[version] { try await run(statement, connection) }
-            }
-            try await connection.query(
-                """
-                INSERT INTO \(unescaped: namespace).sagakit_schema (id, version, migrated_at) VALUES (1, \(currentVersion), now())
-                ON CONFLICT (id) DO UPDATE SET version = excluded.version, migrated_at = excluded.migrated_at
-                """,
-                logger: logger
-            )
-            return (found, currentVersion)
+            return versions
         }
         if from != to {
             logger.info(

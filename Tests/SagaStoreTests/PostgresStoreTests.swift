@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import PostgresNIO
 import SagaCore
 import SagaTestSupport
@@ -147,6 +148,35 @@ struct PostgresStoreTests {
             for store in stores { await store.shutdown() }
             try await group.waitForAll()
         }
+    }
+
+    /// A migration that cannot finish (here: another session holds the schema's lock for good)
+    /// makes `run()` fail with a clear error after twice the statement timeout, instead of
+    /// waiting for ever at start-up.
+    @Test func aMigrationThatCannotFinishFailsTheStart() async throws {
+        guard let url = try await TestPostgres.url() else { return }
+        var configuration = try PostgresSagaStore.Configuration(url: url)
+        configuration.schema = "sagakit_test_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+        configuration.statementTimeout = .seconds(1)
+        let holder = try await PostgresConnection.connect(
+            configuration: PostgresConnection.Configuration(
+                host: configuration.host, port: configuration.port, username: configuration.username,
+                password: configuration.password, database: configuration.database, tls: .disable),
+            id: 1, logger: Logger(label: "test"))
+        let lockKey = "sagakit.schema.\(configuration.schema)"
+        _ = try await holder.query("SELECT pg_advisory_lock(hashtext(\(lockKey)))", logger: Logger(label: "test"))
+        let store = try PostgresSagaStore(configuration: configuration)
+        let started = ContinuousClock.now
+        await #expect {
+            try await store.run()
+        } throws: { error in
+            let message = "\(error)"
+            return (error as? SagaError)?.code == .storeUnavailable
+                && message.contains("did not finish creating or migrating its schema")
+        }
+        let waited = ContinuousClock.now - started
+        #expect(waited >= .seconds(2) && waited < .seconds(15), "run() failed after \(waited)")
+        try await holder.close()
     }
 
     @Test func aStoreCanUseAClientTheCallerRuns() async throws {
