@@ -71,7 +71,8 @@ struct PostgresBatches: Sendable {
     /// local writes — so that a lost compare-and-swap or a failing write rolls back that saga
     /// alone (`ROLLBACK TO SAVEPOINT`) and the others commit together. Deadlocks and connection
     /// failures run the whole batch again (idempotent: a saga whose first run committed finds its
-    /// new version, writes nothing, and is recognised as its own write).
+    /// new version, writes nothing, and is recognised as its own write). The batch first runs
+    /// without savepoints, and again with them only when one of its writes fails.
     func commit(withLocalWrites items: [LocalCommit]) async -> [Result<SagaState, any Error>] {
         let action = "commit transitions with local writes"
         let queries = items.map { writeQuery([$0.saga], with: "sagakit_commit") }
@@ -79,7 +80,11 @@ struct PostgresBatches: Sendable {
         do {
             let attempted = try await retryingDeadlocks(action) {
                 try await run(action, safety: .idempotent) { connection in
-                    try await Self.batchTransaction(on: connection, items, queries, logger: logger)
+                    do {
+                        return try await Self.batchTransaction(on: connection, items, queries, savepoints: false, logger: logger)
+                    } catch is LocalWriteFailedWithoutSavepoint {
+                        return try await Self.batchTransaction(on: connection, items, queries, savepoints: true, logger: logger)
+                    }
                 }
             }
             var results: [Result<SagaState, any Error>] = []
@@ -119,18 +124,27 @@ struct PostgresBatches: Sendable {
     /// `BEGIN`; per saga `SAVEPOINT`, its commit statement, its writes, `RELEASE` (or `ROLLBACK
     /// TO SAVEPOINT` when its compare-and-swap is lost or a write fails); `COMMIT`. Deadlocks and
     /// connection failures are thrown (after `ROLLBACK`): the caller runs the batch again.
+    ///
+    /// With `savepoints` off (the first try) the savepoints are left out, which saves two
+    /// statements per saga: a lost compare-and-swap changes nothing (its statement updated no row
+    /// and wrote no message) and its writes are skipped, so only a failing write needs one. Then
+    /// the whole transaction is rolled back and ``LocalWriteFailedWithoutSavepoint`` thrown, and
+    /// the caller runs the batch again with savepoints.
     private static func batchTransaction(
-        on connection: PostgresConnection, _ items: [LocalCommit], _ queries: [PostgresQuery], logger: Logger
+        on connection: PostgresConnection, _ items: [LocalCommit], _ queries: [PostgresQuery], savepoints: Bool,
+        logger: Logger
     ) async throws -> [LocalCommitOutcome] {
         try await execute("BEGIN", on: connection, logger: logger)
         var outcomes: [LocalCommitOutcome] = []
         do {
             for (item, query) in zip(items, queries) {
-                try await execute("SAVEPOINT sagakit_saga", on: connection, logger: logger)
+                if savepoints { try await execute("SAVEPOINT sagakit_saga", on: connection, logger: logger) }
                 let swapped = try await PostgresStatement.run(query, on: connection, logger: logger).rows.isEmpty == false
                 guard swapped else {
-                    try await execute("ROLLBACK TO SAVEPOINT sagakit_saga", on: connection, logger: logger)
-                    try await execute("RELEASE SAVEPOINT sagakit_saga", on: connection, logger: logger)
+                    if savepoints {
+                        try await execute("ROLLBACK TO SAVEPOINT sagakit_saga", on: connection, logger: logger)
+                        try await execute("RELEASE SAVEPOINT sagakit_saga", on: connection, logger: logger)
+                    }
                     outcomes.append(.lost)
                     continue
                 }
@@ -144,6 +158,7 @@ struct PostgresBatches: Sendable {
                         failure = error
                     } catch let error as PSQLError {
                         guard let state = error.serverInfo?[.sqlState], isStatementError(state) else { throw error }
+                        guard savepoints else { throw LocalWriteFailedWithoutSavepoint() }
                         let message = error.serverInfo?[.message] ?? "SQLSTATE \(state)"
                         failure = LocalWrite.failure(
                             index: index, of: item.writes.count, sql: write.sql, "failed: \(message) (SQLSTATE \(state))",
@@ -152,11 +167,12 @@ struct PostgresBatches: Sendable {
                     if failure != nil { break }
                 }
                 if let failure {
+                    guard savepoints else { throw LocalWriteFailedWithoutSavepoint() }
                     try await execute("ROLLBACK TO SAVEPOINT sagakit_saga", on: connection, logger: logger)
                     try await execute("RELEASE SAVEPOINT sagakit_saga", on: connection, logger: logger)
                     outcomes.append(.writeFailed(failure))
                 } else {
-                    try await execute("RELEASE SAVEPOINT sagakit_saga", on: connection, logger: logger)
+                    if savepoints { try await execute("RELEASE SAVEPOINT sagakit_saga", on: connection, logger: logger) }
                     outcomes.append(.committed)
                 }
             }
@@ -169,7 +185,11 @@ struct PostgresBatches: Sendable {
         }
     }
 
-    /// What one saga of ``batchTransaction(on:_:_:logger:)`` ended with.
+    /// A local write failed in a batch run without savepoints: the batch was rolled back and is
+    /// to be run again with them.
+    private struct LocalWriteFailedWithoutSavepoint: Error {}
+
+    /// What one saga of ``batchTransaction(on:_:_:savepoints:logger:)`` ended with.
     enum LocalCommitOutcome: Sendable {
         case committed
         /// The compare-and-swap found another version (or no saga): rolled back.
