@@ -72,19 +72,22 @@ struct LocalWriteTests {
         }
     }
 
-    // MARK: SQLite batches
+    // MARK: Shared batches
 
-    /// Transitions of many sagas committed at once share SQLite transactions; one saga's failing
-    /// local write rolls back that saga only (a savepoint), the others commit with their writes.
-    @Test func aFailingLocalWriteInASharedSQLiteBatchFailsOnlyItsSaga() async throws {
-        try await withStore(.sqlite) { fixture in
+    /// Transitions of many sagas committed at once share transactions; one saga's failing local
+    /// write rolls back that saga only (a savepoint; PostgreSQL runs such a batch again with
+    /// savepoints), the others commit with their writes.
+    @Test(arguments: sqlStores) func aFailingLocalWriteInASharedBatchFailsOnlyItsSaga(kind: StoreKind) async throws {
+        if kind == .postgres, try await TestPostgres.url() == nil { return }
+        let table = "effects_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+        try await withStore(kind) { fixture in
             let store = fixture.store
             let keeper = Conformance.makeState()
             _ = try await store.create(keeper, outbox: [])
             try await store.commit(
                 SagaTransition(
                     state: keeper, expectedVersion: 1, outbox: [],
-                    localWrites: [LocalWrite("CREATE TABLE effects (saga TEXT PRIMARY KEY)")]))
+                    localWrites: [LocalWrite("CREATE TABLE \(table) (saga TEXT PRIMARY KEY)")]))
             let sagas = (0..<40).map { _ in Conformance.makeState() }
             for saga in sagas { _ = try await store.create(saga, outbox: []) }
             let results = await withTaskGroup(of: (Int, Bool).self) { group in
@@ -93,7 +96,7 @@ struct LocalWriteTests {
                         var next = saga
                         next.currentStep = 1
                         // Every fifth saga writes its row twice: the second breaks the key.
-                        let write = LocalWrite("INSERT INTO effects (saga) VALUES ($1)", .text(saga.id))
+                        let write = LocalWrite("INSERT INTO \(table) (saga) VALUES ($1)", .text(saga.id))
                         let committed =
                             (try? await store.commit(
                                 SagaTransition(
@@ -116,8 +119,8 @@ struct LocalWriteTests {
             try await store.commit(
                 SagaTransition(
                     state: try await store.load(keeper.id), expectedVersion: 2, outbox: [],
-                    localWrites: failed.map { LocalWrite("DELETE FROM effects WHERE saga = $1", $0, expecting: .rows(0)) } + [
-                        LocalWrite("DELETE FROM effects", expecting: .rows(32))
+                    localWrites: failed.map { LocalWrite("DELETE FROM \(table) WHERE saga = $1", $0, expecting: .rows(0)) } + [
+                        LocalWrite("DELETE FROM \(table)", expecting: .rows(32)), LocalWrite("DROP TABLE \(table)"),
                     ]))
         }
     }
