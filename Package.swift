@@ -185,7 +185,8 @@ let package = Package(
         .executableTarget(
             name: "ExampleInventoryService",
             dependencies: [
-                "OrderSystemSupport", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "GRDB", package: "GRDB.swift"),
+                "OrderSystemSupport", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "GRDB", package: "GRDB.swift"),
             ],
             path: "Examples/OrderSystem/InventoryService",
             swiftSettings: strict
@@ -193,7 +194,8 @@ let package = Package(
         .executableTarget(
             name: "ExamplePaymentService",
             dependencies: [
-                "OrderSystemSupport", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "GRDB", package: "GRDB.swift"),
+                "OrderSystemSupport", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "GRDB", package: "GRDB.swift"),
             ],
             path: "Examples/OrderSystem/PaymentService",
             swiftSettings: strict
@@ -201,7 +203,8 @@ let package = Package(
         .executableTarget(
             name: "ExampleShippingService",
             dependencies: [
-                "OrderSystemSupport", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "GRDB", package: "GRDB.swift"),
+                "OrderSystemSupport", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "GRDB", package: "GRDB.swift"),
             ],
             path: "Examples/OrderSystem/ShippingService",
             swiftSettings: strict
@@ -209,7 +212,8 @@ let package = Package(
         .executableTarget(
             name: "SagaKitDemo",
             dependencies: [
-                "OrderSystemSupport", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "GRDB", package: "GRDB.swift"),
+                "OrderSystemSupport", "Participant", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "GRDB", package: "GRDB.swift"),
             ],
             path: "Examples/OrderSystem/Demo",
             swiftSettings: strict
@@ -261,6 +265,9 @@ let package = Package(
             name: "SystemBenchmark",
             dependencies: [
                 "Participant", "SagaSQLite", "SagaPostgres",
+                // For --executor event-loops (NIOSingletons' concurrency take-over).
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
