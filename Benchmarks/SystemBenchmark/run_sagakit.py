@@ -8,6 +8,8 @@ $SAGAKIT_DIR/.build/release); SAGAKIT_LOCAL=transaction|separate|none picks Syst
                   fail at step 3 -> 2 compensations, one local UPDATE per step in the saga's own
                   transaction via LocalWrite, PostgreSQL store, terminal lifecycle event observed).
                   It prints the yardstick's JSON itself (--json), CPU cores per group included.
+  sagakit-system-el  the same with --executor event-loops (every process runs Swift Concurrency on
+                  NIO's event loops); SAGAKIT_LABELS=system,system-el,inproc shows both.
 
 Older labels, appended as JSON lines with run_peer.py's fields:
 
@@ -103,7 +105,13 @@ def run_demo(binpath: str, amqp: str, m: int, c: int, fail: float, run: int, syn
     return out
 
 
-def run_system(binpath: str, amqp: str, m: int, c: int, fail: float, run: int, sync: str) -> dict:
+def run_system_el(binpath: str, amqp: str, m: int, c: int, fail: float, run: int, sync: str) -> dict:
+    """run_system with every process's Swift Concurrency on NIO's event loops (--executor event-loops)."""
+    return run_system(binpath, amqp, m, c, fail, run, sync, executor="event-loops", label="sagakit-system-el")
+
+
+def run_system(binpath: str, amqp: str, m: int, c: int, fail: float, run: int, sync: str,
+               executor: str = "default", label: str = "") -> dict:
     """SystemBenchmark (issue 13): 3 participant processes + starter, local write per step in the
     saga's transaction (LocalWrite), PostgreSQL store, terminal lifecycle event observed."""
     db = "bench_sagakit_system"
@@ -114,8 +122,8 @@ def run_system(binpath: str, amqp: str, m: int, c: int, fail: float, run: int, s
             "--sagas", str(m), "--warmup", "100", "--concurrency", str(c), "--fail-pct", str(fail),
             "--run", str(run), "--sync-commit", sync, "--json",
             "--local", os.environ.get("SAGAKIT_LOCAL", "transaction")]
-    label = os.environ.get("SAGAKIT_SYSTEM_LABEL", "sagakit-system")
-    argv += ["--label", label]
+    label = label or os.environ.get("SAGAKIT_SYSTEM_LABEL", "sagakit-system")
+    argv += ["--label", label, "--executor", executor]
     r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
     lines = [l for l in r.stdout.splitlines() if l.startswith("{")]
     if r.returncode != 0 or not lines:
@@ -178,7 +186,7 @@ def main() -> int:
             for c, fail in configs:
                 m = a.m_for_c1 if (c == 1 and a.m_for_c1) else a.M
                 for label in labels:
-                    fn = {"demo": run_demo, "inproc": run_inproc, "system": run_system}[label]
+                    fn = {"demo": run_demo, "inproc": run_inproc, "system": run_system, "system-el": run_system_el}[label]
                     res = fn(binpath, amqp, m, c, fail, run, a.sync_commit)
                     if not res["verify"].get("ok"):
                         rc = 1
