@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Interleaved A/B of two SystemBenchmark builds (or one build with and without an option), the
+# way the figures in Docs/Operations.md "Throughput" were measured: REPS repetitions, each runs A
+# then B on a fresh database, one JSON line per run reduced to sagas/s, p50, CPU per step and the
+# PostgreSQL transactions per saga. Compare medians; identical runs spread by about ±8 %.
+#
+#   A=/old/SystemBenchmark B=.build/release/SystemBenchmark scripts/bench-ab.sh
+#   A=.build/release/SystemBenchmark B=.build/release/SystemBenchmark B_ARGS="--executor event-loops" \
+#       scripts/bench-ab.sh
+#
+# Environment: PG_ADMIN_URL (a database to create and drop the scratch database from, default
+# postgres://postgres@127.0.0.1:55433/postgres, the yardstick's server), AMQP_URL, C (50), M
+# (2000), REPS (3), A_ARGS and B_ARGS (extra options of each side).
+set -euo pipefail
+
+: "${A:?A=<SystemBenchmark binary>}" "${B:?B=<SystemBenchmark binary>}"
+ADMIN="${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:55433/postgres}"
+DB=ab_scratch
+SCRATCH="${ADMIN%/*}/$DB"
+C="${C:-50}" M="${M:-2000}" REPS="${REPS:-3}"
+export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2F}"
+
+for rep in $(seq 1 "$REPS"); do
+    for side in A B; do
+        bin=${!side}
+        extra_name="${side}_ARGS"
+        read -r -a extra <<<"${!extra_name:-}"
+        psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB" 2>/dev/null
+        psql "$ADMIN" -qc "CREATE DATABASE $DB"
+        before=$(psql "$ADMIN" -Atc "SELECT xact_commit FROM pg_stat_database WHERE datname = '$DB'")
+        line=$("$bin" --store postgres --postgres-url "$SCRATCH" --sagas "$M" --warmup 100 --concurrency "$C" \
+            --local transaction --json "${extra[@]}" 2>/dev/null | grep '^{' | tail -1)
+        after=$(psql "$ADMIN" -Atc "SELECT xact_commit FROM pg_stat_database WHERE datname = '$DB'")
+        echo "$line" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+rep, side, tx, m = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+steps = "/".join(str(v) for v in d.get("cpu_us_per_step", {}).values())
+rate, p50, ok = d["sagas_per_s"], d["latency_ms"].get("p50"), d["verify"]["ok"]
+print(f"rep {rep} {side}: {rate:.1f} sagas/s, p50 {p50} ms, CPU us/step {steps}, "
+      f"{tx / (m + 100):.2f} PostgreSQL tx/saga, verify {ok}")
+' "$rep" "$side" "$((after - before))" "$M"
+    done
+done
+psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB" 2>/dev/null
