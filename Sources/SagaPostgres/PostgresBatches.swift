@@ -29,32 +29,42 @@ struct PostgresBatches: Sendable {
             let attempted = try await retryingDeadlocks("commit transitions") {
                 try await write(sagas, with: "sagakit_commit", doing: "commit transitions")
             }
-            var committed = attempted.value
-            let lost = sagas.map(\.state.id).filter { !committed.contains($0) }
-            var versions: [String: Int64] = [:]
-            if !lost.isEmpty, attempted.mayHaveRunBefore {
-                // An attempt whose reply was lost with its connection may have committed: a saga
-                // that now holds exactly what this batch wrote was written by it.
-                let stored = try await fetch(lost)
-                for saga in sagas where stored[saga.state.id].map({ PostgresRecovery.isOwnWrite(stored: $0, written: saga) }) == true {
-                    committed.insert(saga.state.id)
-                }
-                for (id, state) in stored where !committed.contains(id) { versions[id] = state.version }
-            } else if !lost.isEmpty {
-                for row in try await rows(
-                    "load versions", "SELECT id, version FROM \(unescaped: namespace).sagas WHERE id = ANY(\(lost)::text[])")
-                {
-                    versions[try row["id"].decode(String.self)] = try row["version"].decode(Int64.self)
-                }
-            }
-            return sagas.map { saga in
-                let id = saga.state.id
-                if committed.contains(id) { return .success(saga.state) }
-                guard let actual = versions[id] else { return .failure(SagaError.unknownSaga(id)) }
-                return .failure(SagaError.versionConflict(sagaID: id, expected: saga.expected, actual: actual))
-            }
+            return try await results(of: sagas, committed: attempted.value, mayHaveRunBefore: attempted.mayHaveRunBefore)
         } catch {
             return Array(repeating: .failure(error), count: sagas.count)
+        }
+    }
+
+    /// Each saga's result once its batch ran: a saga in `committed` was written; another one
+    /// lost its compare-and-swap, unless an attempt whose reply was lost with its connection
+    /// (`mayHaveRunBefore`) committed it — then the saga now holds exactly what the batch wrote.
+    /// The lost ones are looked up in one statement, for `versionConflict` or `unknownSaga`.
+    private func results(
+        of sagas: [EncodedSaga], committed: Set<String>, mayHaveRunBefore: Bool
+    ) async throws -> [Result<SagaState, any Error>] {
+        var committed = committed
+        let lost = sagas.map(\.state.id).filter { !committed.contains($0) }
+        var versions: [String: Int64] = [:]
+        if !lost.isEmpty, mayHaveRunBefore {
+            // An attempt whose reply was lost with its connection may have committed: a saga
+            // that now holds exactly what this batch wrote was written by it.
+            let stored = try await fetch(lost)
+            for saga in sagas where stored[saga.state.id].map({ PostgresRecovery.isOwnWrite(stored: $0, written: saga) }) == true {
+                committed.insert(saga.state.id)
+            }
+            for (id, state) in stored where !committed.contains(id) { versions[id] = state.version }
+        } else if !lost.isEmpty {
+            for row in try await rows(
+                "load versions", "SELECT id, version FROM \(unescaped: namespace).sagas WHERE id = ANY(\(lost)::text[])")
+            {
+                versions[try row["id"].decode(String.self)] = try row["version"].decode(Int64.self)
+            }
+        }
+        return sagas.map { saga in
+            let id = saga.state.id
+            if committed.contains(id) { return .success(saga.state) }
+            guard let actual = versions[id] else { return .failure(SagaError.unknownSaga(id)) }
+            return .failure(SagaError.versionConflict(sagaID: id, expected: saga.expected, actual: actual))
         }
     }
 
@@ -87,35 +97,24 @@ struct PostgresBatches: Sendable {
                     }
                 }
             }
-            var results: [Result<SagaState, any Error>] = []
+            // Failed writes were rolled back and are failures; the others committed or lost
+            // their compare-and-swap, which is resolved for all of them at once.
+            var written: [EncodedSaga] = []
+            var committed: Set<String> = []
             for (item, outcome) in zip(items, attempted.value) {
                 switch outcome {
                 case .committed:
-                    results.append(.success(item.saga.state))
-                case .writeFailed(let error):
-                    results.append(.failure(error))
-                case .lost:
-                    let id = item.saga.state.id
-                    do {
-                        if attempted.mayHaveRunBefore, let stored = try await fetch([id])[id],
-                            PostgresRecovery.isOwnWrite(stored: stored, written: item.saga)
-                        {
-                            results.append(.success(item.saga.state))
-                            continue
-                        }
-                        let versions = try await rows(
-                            "load versions", "SELECT version FROM \(unescaped: namespace).sagas WHERE id = \(id)")
-                        guard let actual = try versions.first?["version"].decode(Int64.self) else {
-                            results.append(.failure(SagaError.unknownSaga(id)))
-                            continue
-                        }
-                        results.append(.failure(SagaError.versionConflict(sagaID: id, expected: item.saga.expected, actual: actual)))
-                    } catch {
-                        results.append(.failure(error))
-                    }
+                    written.append(item.saga)
+                    committed.insert(item.saga.state.id)
+                case .lost: written.append(item.saga)
+                case .writeFailed: break
                 }
             }
-            return results
+            var resolved = try await results(of: written, committed: committed, mayHaveRunBefore: attempted.mayHaveRunBefore)[...]
+            return attempted.value.map { outcome in
+                if case .writeFailed(let error) = outcome { return .failure(error) }
+                return resolved.removeFirst()
+            }
         } catch {
             return Array(repeating: .failure(error), count: items.count)
         }

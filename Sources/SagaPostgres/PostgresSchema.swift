@@ -321,7 +321,7 @@ enum PostgresSchema {
                     _ = try await run(record)
                 }
                 _ = try await run("COMMIT")
-                return (found, max(found, currentVersion))
+                return (found, currentVersion)
             } catch {
                 // Ends the transaction (and its lock) on a connection that lives on; fails
                 // harmlessly on one that is gone.
