@@ -77,12 +77,13 @@ struct PostgresBatches: Sendable {
     }
 
     /// Commits many transitions with local writes in **one** transaction (one durable commit):
-    /// each saga in a savepoint of its own — its compare-and-swap and outbox statement, then its
-    /// local writes — so that a lost compare-and-swap or a failing write rolls back that saga
-    /// alone (`ROLLBACK TO SAVEPOINT`) and the others commit together. Deadlocks and connection
-    /// failures run the whole batch again (idempotent: a saga whose first run committed finds its
-    /// new version, writes nothing, and is recognised as its own write). The batch first runs
-    /// without savepoints, and again with them only when one of its writes fails.
+    /// per saga its compare-and-swap and outbox statement, then its local writes (none after a
+    /// lost compare-and-swap, which changed nothing). When a write fails, the batch runs again
+    /// with each saga in a savepoint of its own, so that the failing saga alone is rolled back
+    /// (`ROLLBACK TO SAVEPOINT`) and the others commit together (see
+    /// ``batchTransaction(on:_:_:savepoints:logger:)``). Deadlocks and connection failures run
+    /// the whole batch again (idempotent: a saga whose first run committed finds its new version,
+    /// writes nothing, and is recognised as its own write).
     func commit(withLocalWrites items: [LocalCommit]) async -> [Result<SagaState, any Error>] {
         let action = "commit transitions with local writes"
         let queries = items.map { writeQuery([$0.saga], with: "sagakit_commit") }

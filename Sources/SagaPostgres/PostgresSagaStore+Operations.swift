@@ -25,9 +25,9 @@ extension PostgresSagaStore {
     /// saga's compare-and-swap is still its own.
     ///
     /// Transitions with local writes (``SagaCore/LocalWrite``) are batched too, in one
-    /// transaction: each saga in a savepoint of its own (the same compare-and-swap and outbox
-    /// statement, then its local writes), so that a lost compare-and-swap or a failing write
-    /// rolls back that saga alone and the others share one durable commit.
+    /// transaction: per saga the same compare-and-swap and outbox statement, then its local
+    /// writes (none after a lost compare-and-swap). A failing write fails its saga alone: the
+    /// batch then runs again with a savepoint per saga, and the others share one durable commit.
     @discardableResult
     public func commit(_ transition: SagaTransition) async throws -> SagaState {
         var stored = transition.state
