@@ -57,7 +57,8 @@ struct SystemBenchmark: AsyncParsableCommand {
     @Option(help: "synchronous_commit the PostgreSQL server runs with (a label; the store sets no session option).")
     var syncCommit = "on"
     @Option(help: "PostgreSQL data directory, to measure the server's CPU (default: PG_DATA).") var pgData: String?
-    @Option(help: "Print each process's RSS to stderr every this many seconds (a soak's curve; 0 = never).") var rssEvery = 0.0
+    @Option(help: "Print each process's RSS (and its anonymous part) to stderr every this many seconds (a soak's curve; 0 = never).")
+    var rssEvery = 0.0
     @Flag(help: "Print one JSON line per configuration (the yardstick's fields) instead of the table.") var json = false
 
     func validate() throws {
@@ -172,17 +173,23 @@ struct Starter: Sendable {
         return arguments
     }
 
-    /// Prints each process's RSS every `rssEvery` seconds (for a soak).
+    /// Prints each process's RSS every `rssEvery` seconds (for a soak): the whole resident set,
+    /// and in brackets its anonymous part (`RssAnon`: the heap and stacks, what the process
+    /// itself allocated; the rest is the binary's and shared libraries' pages, shared with every
+    /// other process that maps them).
     func reportRSS(children: Children, progress: Progress) async throws {
         let clock = ContinuousClock()
         let begin = clock.now
         while true {
             let sagas = progress.value
             let sizes = (children.processes.map { ($0.role, $0.pid) } + [("starter", getpid())]).map { role, pid in
-                "\(role)=\(String(format: "%.1f", ProcessProbe.memoryMB(pid, "VmRSS") ?? 0))"
+                let rss = ProcessProbe.memoryMB(pid, "VmRSS") ?? 0
+                let anonymous = ProcessProbe.memoryMB(pid, "RssAnon") ?? 0
+                return "\(role)=\(String(format: "%.1f", rss))(\(String(format: "%.1f", anonymous)))"
             }
             FileHandle.standardError.write(
-                Data("rss t=\(Int((clock.now - begin).seconds))s sagas=\(sagas) MB \(sizes.joined(separator: " "))\n".utf8))
+                Data(
+                    "rss t=\(Int((clock.now - begin).seconds))s sagas=\(sagas) MB (anonymous) \(sizes.joined(separator: " "))\n".utf8))
             try await Task.sleep(for: .seconds(options.rssEvery))
         }
     }

@@ -102,9 +102,7 @@ private final class LocalSettler: DeliverySettler {
             // Left unsent when this fails: the outbox relay publishes it.
             try await engine.bus.publish(SagaMessages.outgoing(message))
         }
-        if let marker = engine.sentMarker {
-            marker.enqueue([message.id])
-        } else {
+        if engine.sentMarker?.enqueue([message.id]) != true {
             try await engine.store.markSent([message.id])
         }
     }

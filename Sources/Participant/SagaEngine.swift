@@ -9,7 +9,8 @@ struct SagaEngine: Sendable {
     let bus: any MessageBus
     let definitions: SagaDefinitionRegistry
     let topology: SagaTopology
-    /// Batches `markSent` when set (participants); marks at once otherwise (the manager).
+    /// Batches `markSent` while its `run()` is active (participants, a running manager); marks
+    /// at once otherwise.
     var sentMarker: SentMarker?
     /// Takes the commands this participant runs itself instead of publishing them (in-process
     /// steps, ``ParticipantConfiguration/inProcessSteps``); `nil` publishes everything.
@@ -265,9 +266,7 @@ struct SagaEngine: Sendable {
             }
         }
         if !sent.isEmpty {
-            if let sentMarker {
-                sentMarker.enqueue(sent)
-            } else {
+            if sentMarker?.enqueue(sent) != true {
                 try await store.markSent(sent)
             }
         }

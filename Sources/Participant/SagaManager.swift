@@ -33,7 +33,9 @@ public struct SagaManager: Service {
         definitions: SagaDefinitionRegistry, bus: any MessageBus, store: any SagaStore, topology: SagaTopology = SagaTopology(),
         logger: Logger
     ) {
-        self.engine = SagaEngine(store: store, bus: bus, definitions: definitions, topology: topology)
+        var engine = SagaEngine(store: store, bus: bus, definitions: definitions, topology: topology)
+        engine.sentMarker = SentMarker(store: store, interval: SentMarker.defaultInterval, logger: logger)
+        self.engine = engine
         self.logger = logger
     }
 
@@ -47,8 +49,18 @@ public struct SagaManager: Service {
     public var store: any SagaStore { engine.store }
 
     /// Receives the lifecycle events of this manager's definitions until cancelled or gracefully
-    /// shut down, and wakes the calls waiting for those sagas.
+    /// shut down, and wakes the calls waiting for those sagas. While it runs, the outbox messages
+    /// that ``start(_:payload:id:context:)`` published are marked sent in batches, off the start's
+    /// path (a manager that is not run marks them before `start` returns).
     public func run() async throws {
+        try await withThrowingDiscardingTaskGroup { group in
+            if let marker = engine.sentMarker { group.addTask { await marker.run() } }
+            try await receiveEvents()
+            group.cancelAll()
+        }
+    }
+
+    private func receiveEvents() async throws {
         let topology = engine.topology
         guard topology.events != .none else {
             logger.info("saga lifecycle events are off (topology events = none); waiting for sagas reads the store")

@@ -6,41 +6,105 @@ import Synchronization
 /// Marking is an optimisation, not a guarantee: a message that is confirmed by the broker but
 /// not yet marked (the process died before the flush) is published again by the outbox relay
 /// after its grace period, and participants ignore it as stale. Batching turns one store write
-/// per step into one per flush.
+/// per published message into one per flush.
+///
+/// The marker sleeps while nothing is queued (an idle service does not wake it). The first id
+/// queued starts a gathering window of `interval`; the ids queued until it ends are marked with
+/// one store write. At one saga at a time this is one write per window instead of one per step;
+/// under load, one per window whatever the rate.
 final class SentMarker: Sendable {
-    private let pending = Mutex<[String]>([])
-    private let store: any SagaStore
+    private struct State {
+        var pending: [String] = []
+        /// ``run()`` is active: ids queued now are flushed by it.
+        var running = false
+        /// ``run()`` waits for the first id.
+        var waiter: CheckedContinuation<Void, Never>?
+    }
+
+    /// The gathering window of participants and managers: short against the outbox relay's
+    /// grace period (5 s by default), long enough that a service running one saga at a time
+    /// marks several steps' messages with one write.
+    static let defaultInterval = Duration.milliseconds(100)
+
+    private let state = Mutex(State())
+    private let mark: @Sendable ([String]) async throws -> Void
     private let interval: Duration
     private let logger: Logger
 
-    init(store: any SagaStore, interval: Duration, logger: Logger) {
-        self.store = store
+    /// A marker whose flushes call `mark` with the window's ids.
+    init(interval: Duration, logger: Logger, mark: @escaping @Sendable ([String]) async throws -> Void) {
+        self.mark = mark
         self.interval = interval
         self.logger = logger
     }
 
-    /// Queues ids to mark at the next flush.
-    func enqueue(_ ids: [String]) {
-        pending.withLock { $0.append(contentsOf: ids) }
+    /// A marker whose flushes mark the ids sent in `store`.
+    convenience init(store: any SagaStore, interval: Duration, logger: Logger) {
+        self.init(interval: interval, logger: logger) { try await store.markSent($0) }
     }
 
-    /// Flushes every `interval` until cancelled.
+    /// Queues ids to mark at the end of the current window. Returns `false` (nothing queued) when
+    /// ``run()`` is not active: the caller marks them itself.
+    @discardableResult
+    func enqueue(_ ids: [String]) -> Bool {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>?? in
+            guard state.running else { return .none }
+            guard !ids.isEmpty else { return .some(nil) }
+            state.pending.append(contentsOf: ids)
+            defer { state.waiter = nil }
+            return .some(state.waiter)
+        }
+        guard let waiter else { return false }
+        waiter?.resume()
+        return true
+    }
+
+    /// Flushes each window's ids until cancelled, then what is still queued. Returns at once
+    /// when another call is already running (copies of a manager share their marker).
     func run() async {
+        let alreadyRunning = state.withLock { state in
+            defer { state.running = true }
+            return state.running
+        }
+        guard !alreadyRunning else { return }
         while !Task.isCancelled {
+            await waitForFirstID()
+            guard !Task.isCancelled else { break }
             try? await Task.sleep(for: interval)
             await flush()
+        }
+        state.withLock { $0.running = false }
+        await flush()
+    }
+
+    /// Returns once an id is queued, or the task is cancelled.
+    private func waitForFirstID() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = state.withLock { state -> Bool in
+                    if !state.pending.isEmpty || Task.isCancelled { return true }
+                    state.waiter = continuation
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+        } onCancel: {
+            state.withLock { state in
+                defer { state.waiter = nil }
+                return state.waiter
+            }?.resume()
         }
     }
 
     /// Marks everything queued so far.
     func flush() async {
-        let ids = pending.withLock { pending -> [String] in
-            defer { pending.removeAll(keepingCapacity: true) }
-            return pending
+        let ids = state.withLock { state -> [String] in
+            defer { state.pending.removeAll(keepingCapacity: true) }
+            return state.pending
         }
         guard !ids.isEmpty else { return }
         do {
-            try await store.markSent(ids)
+            try await mark(ids)
         } catch {
             // Not lost: the relay re-sends them, and they are ignored as stale.
             logger.warning(
