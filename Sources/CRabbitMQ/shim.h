@@ -14,6 +14,7 @@
 #endif
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 /// `amqp_login_with_properties` is C-variadic; this is its SASL PLAIN form. `properties` are client properties
@@ -62,4 +63,11 @@ static inline int sagakit_poll2(int socket_fd, int wake_fd, int timeout_ms) {
     if (socket_fd >= 0 && fds[0].revents != 0) result |= 1;
     if (fds[n - 1].revents != 0) result |= 2;
     return result;
+}
+
+/// Names the calling thread as `top -H`, `perf` and debuggers show it (Linux keeps at most 15
+/// bytes and refuses longer names). Foundation's `Thread.name` does not reach the OS thread here.
+/// `PR_SET_NAME` names the calling thread; `prctl` is variadic, which Swift cannot call.
+static inline int sagakit_name_current_thread(const char *name) {
+    return prctl(PR_SET_NAME, (unsigned long)name, 0UL, 0UL, 0UL);
 }

@@ -25,13 +25,15 @@ enum ConnectionThread {
         role: ConnectionRole, configuration: RabbitMQConfiguration, registry: TopologyRegistry, mailbox: Mailbox,
         failFast: Bool, report: @escaping @Sendable (StartupReport) -> Void
     ) {
+        let name = "amqp-\(role.rawValue)"
         let thread = Thread {
+            ThreadName.setCurrent(name)
             let worker = ConnectionWorker(
                 role: role, configuration: configuration, mailbox: mailbox, registry: registry, failFast: failFast,
                 report: report)
             worker.run()
         }
-        thread.name = "SagaKit.amqp.\(role.rawValue)"
+        thread.name = name
         thread.stackSize = 1 << 20
         thread.start()
     }

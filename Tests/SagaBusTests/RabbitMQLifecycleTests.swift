@@ -47,6 +47,23 @@ struct RabbitMQLifecycleTests {
         }
     }
 
+    @Test("the connection threads carry names an operator can find in top -H, perf or a debugger")
+    func connectionThreadsAreNamed() async throws {
+        func threadNames() -> [String] {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+            return tasks.compactMap { task in
+                (try? String(contentsOfFile: "/proc/self/task/\(task)/comm", encoding: .utf8))?
+                    .trimmingCharacters(in: .whitespacesAndNewlines)
+            }
+        }
+        let bus = try await RabbitMQBus.connect(try configuration())
+        let names = threadNames()
+        await bus.shutdown()
+        // Without a name Linux accepts, both threads keep their creator's (a Swift pool thread's).
+        #expect(names.contains("amqp-publisher"), "threads: \(names)")
+        #expect(names.contains("amqp-consumer"), "threads: \(names)")
+    }
+
     @Test("a broker that cannot be reached: calls fail after operationTimeout with what to check")
     func unreachableWhileRunning() async throws {
         var configuration = try configuration()

@@ -782,3 +782,13 @@ final class WakeSignal: Sendable {
 
     deinit { _ = Glibc.close(fd) }
 }
+
+/// The name of the calling OS thread, as `top -H`, `perf` and debuggers show it.
+enum ThreadName {
+    /// Names the calling thread (Linux keeps at most 15 bytes; a longer name is refused and the
+    /// thread keeps its creator's). Foundation's `Thread.name` does not reach the OS thread on
+    /// this platform.
+    static func setCurrent(_ name: String) {
+        _ = sagakit_name_current_thread(name)
+    }
+}
