@@ -51,7 +51,8 @@ public struct SagaParticipant: Service {
         logger[metadataKey: "saga.service"] = "\(configuration.service)"
         self.logger = logger
         var engine = SagaEngine(store: store, bus: bus, definitions: definitions, topology: configuration.topology)
-        engine.sentMarker = SentMarker(store: store, interval: SentMarker.defaultInterval, logger: logger)
+        engine.sentMarker = SentMarker(
+            store: store, interval: SentMarker.interval(forGracePeriod: configuration.outboxGracePeriod), logger: logger)
         if configuration.inProcessSteps {
             engine.localSteps = LocalStepDispatch(
                 commands: Set(handlers.commands), commandsExchange: configuration.topology.commandsExchange,

@@ -26,6 +26,14 @@ final class SentMarker: Sendable {
     /// marks several steps' messages with one write.
     static let defaultInterval = Duration.milliseconds(100)
 
+    /// The window of a participant whose outbox relay republishes unmarked messages after
+    /// `gracePeriod`: the default, or a tenth of the grace period when that is shorter, so that a
+    /// confirmed message is marked long before a relay takes it for lost (a short grace period
+    /// would otherwise have the relay publish copies of messages that only wait for their mark).
+    static func interval(forGracePeriod gracePeriod: Duration) -> Duration {
+        min(defaultInterval, gracePeriod / 10)
+    }
+
     private let state = Mutex(State())
     private let mark: @Sendable ([String]) async throws -> Void
     private let interval: Duration

@@ -65,6 +65,13 @@ struct SentMarkerTests {
         #expect(!marker.enqueue(["after"]))
     }
 
+    @Test("a participant's window stays a tenth of its relay's grace period or less")
+    func windowFollowsTheGracePeriod() {
+        #expect(SentMarker.interval(forGracePeriod: .seconds(5)) == .milliseconds(100))
+        #expect(SentMarker.interval(forGracePeriod: .milliseconds(500)) == .milliseconds(50))
+        #expect(SentMarker.interval(forGracePeriod: .zero) == .zero)
+    }
+
     @Test("a second run of a shared marker returns at once and leaves the first in charge")
     func secondRunReturns() async throws {
         let recorder = Recorder()
