@@ -26,7 +26,14 @@ struct TracingTests {
         #expect(final.status == .compensated)
 
         let spans = tracer.finishedSpans.filter { $0.attributes["saga.id"]?.toSpanAttribute() == .string(final.id) }
-        let byName = Dictionary(spans.map { ($0.operationName, $0) }, uniquingKeysWith: { first, _ in first })
+        // The earliest span of each name: delivery is at least once, and a copy of a command (an
+        // outbox relay's, when the sent mark came after the relay's grace period on a loaded
+        // machine) makes a second, later consumer span with the same parent.
+        let byName = Dictionary(
+            spans.map { ($0.operationName, $0) },
+            uniquingKeysWith: { one, other in
+                one.startInstant.nanosecondsSinceEpoch <= other.startInstant.nanosecondsSinceEpoch ? one : other
+            })
         #expect(
             Set(byName.keys) == ["saga.start order", "inventory.reserve", "payment.charge", "inventory.release"],
             "\(spans.map(\.operationName))")
