@@ -29,7 +29,7 @@ struct PostgresBatches: Sendable {
             let attempted = try await retryingDeadlocks("commit transitions") {
                 try await write(sagas, with: "sagakit_commit", doing: "commit transitions")
             }
-            return try await results(of: sagas, committed: attempted.value, mayHaveRunBefore: attempted.mayHaveRunBefore)
+            return await results(of: sagas, committed: attempted.value, mayHaveRunBefore: attempted.mayHaveRunBefore)
         } catch {
             return Array(repeating: .failure(error), count: sagas.count)
         }
@@ -38,31 +38,38 @@ struct PostgresBatches: Sendable {
     /// Each saga's result once its batch ran: a saga in `committed` was written; another one
     /// lost its compare-and-swap, unless an attempt whose reply was lost with its connection
     /// (`mayHaveRunBefore`) committed it — then the saga now holds exactly what the batch wrote.
-    /// The lost ones are looked up in one statement, for `versionConflict` or `unknownSaga`.
+    /// The lost ones are looked up in one statement, for `versionConflict` or `unknownSaga`;
+    /// when that lookup fails, they fail with its error and the committed ones still succeed.
     private func results(
         of sagas: [EncodedSaga], committed: Set<String>, mayHaveRunBefore: Bool
-    ) async throws -> [Result<SagaState, any Error>] {
+    ) async -> [Result<SagaState, any Error>] {
         var committed = committed
         let lost = sagas.map(\.state.id).filter { !committed.contains($0) }
         var versions: [String: Int64] = [:]
-        if !lost.isEmpty, mayHaveRunBefore {
-            // An attempt whose reply was lost with its connection may have committed: a saga
-            // that now holds exactly what this batch wrote was written by it.
-            let stored = try await fetch(lost)
-            for saga in sagas where stored[saga.state.id].map({ PostgresRecovery.isOwnWrite(stored: $0, written: saga) }) == true {
-                committed.insert(saga.state.id)
+        var lookupError: (any Error)?
+        do {
+            if !lost.isEmpty, mayHaveRunBefore {
+                // An attempt whose reply was lost with its connection may have committed: a saga
+                // that now holds exactly what this batch wrote was written by it.
+                let stored = try await fetch(lost)
+                for saga in sagas where stored[saga.state.id].map({ PostgresRecovery.isOwnWrite(stored: $0, written: saga) }) == true {
+                    committed.insert(saga.state.id)
+                }
+                for (id, state) in stored where !committed.contains(id) { versions[id] = state.version }
+            } else if !lost.isEmpty {
+                for row in try await rows(
+                    "load versions", "SELECT id, version FROM \(unescaped: namespace).sagas WHERE id = ANY(\(lost)::text[])")
+                {
+                    versions[try row["id"].decode(String.self)] = try row["version"].decode(Int64.self)
+                }
             }
-            for (id, state) in stored where !committed.contains(id) { versions[id] = state.version }
-        } else if !lost.isEmpty {
-            for row in try await rows(
-                "load versions", "SELECT id, version FROM \(unescaped: namespace).sagas WHERE id = ANY(\(lost)::text[])")
-            {
-                versions[try row["id"].decode(String.self)] = try row["version"].decode(Int64.self)
-            }
+        } catch {
+            lookupError = error
         }
         return sagas.map { saga in
             let id = saga.state.id
             if committed.contains(id) { return .success(saga.state) }
+            if let lookupError { return .failure(lookupError) }
             guard let actual = versions[id] else { return .failure(SagaError.unknownSaga(id)) }
             return .failure(SagaError.versionConflict(sagaID: id, expected: saga.expected, actual: actual))
         }
@@ -111,7 +118,7 @@ struct PostgresBatches: Sendable {
                 case .writeFailed: break
                 }
             }
-            var resolved = try await results(of: written, committed: committed, mayHaveRunBefore: attempted.mayHaveRunBefore)[...]
+            var resolved = await results(of: written, committed: committed, mayHaveRunBefore: attempted.mayHaveRunBefore)[...]
             return attempted.value.map { outcome in
                 if case .writeFailed(let error) = outcome { return .failure(error) }
                 return resolved.removeFirst()
