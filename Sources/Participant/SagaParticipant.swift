@@ -108,8 +108,7 @@ public struct SagaParticipant: Service {
             let marker = engine.sentMarker
             if let marker { outer.addTask { await marker.run() } }
             try await consume()
-            // Mark what the last handlers published, then stop the marker.
-            await marker?.flush()
+            // Stops the marker, which first marks what the last handlers published.
             outer.cancelAll()
         }
         logger.info("participant stopped")

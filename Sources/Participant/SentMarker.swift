@@ -55,16 +55,15 @@ final class SentMarker: Sendable {
     /// ``run()`` is not active: the caller marks them itself.
     @discardableResult
     func enqueue(_ ids: [String]) -> Bool {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>?? in
-            guard state.running else { return .none }
-            guard !ids.isEmpty else { return .some(nil) }
+        let (accepted, waiter) = state.withLock { state -> (Bool, CheckedContinuation<Void, Never>?) in
+            guard state.running else { return (false, nil) }
+            guard !ids.isEmpty else { return (true, nil) }
             state.pending.append(contentsOf: ids)
             defer { state.waiter = nil }
-            return .some(state.waiter)
+            return (true, state.waiter)
         }
-        guard let waiter else { return false }
         waiter?.resume()
-        return true
+        return accepted
     }
 
     /// Flushes each window's ids until cancelled, then what is still queued. Returns at once

@@ -20,6 +20,16 @@ struct SentMarkerTests {
         }
     }
 
+    /// Runs `body` while `marker` runs (once `run()` has started), then stops the marker.
+    private func whileRunning(_ marker: SentMarker, _ body: () async throws -> Void) async throws {
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { await marker.run() }
+            try await waitUntil { marker.enqueue([]) }
+            try await body()
+            group.cancelAll()
+        }
+    }
+
     private func waitUntil(_ condition: () -> Bool) async throws {
         let clock = ContinuousClock()
         let deadline = clock.now + .seconds(10)
@@ -30,9 +40,7 @@ struct SentMarkerTests {
     func aWindowIsOneWrite() async throws {
         let recorder = Recorder()
         let marker = marker(recorder, interval: .milliseconds(300))
-        try await withThrowingDiscardingTaskGroup { group in
-            group.addTask { await marker.run() }
-            try await waitUntil { marker.enqueue([]) }
+        try await whileRunning(marker) {
             #expect(marker.enqueue(["a"]))
             #expect(marker.enqueue(["b", "c"]))
             #expect(marker.enqueue(["d"]))
@@ -42,7 +50,6 @@ struct SentMarkerTests {
             #expect(marker.enqueue(["e"]))
             try await waitUntil { recorder.all.count == 2 }
             #expect(recorder.all == [["a", "b", "c", "d"], ["e"]])
-            group.cancelAll()
         }
     }
 
@@ -52,14 +59,11 @@ struct SentMarkerTests {
         let marker = marker(recorder, interval: .seconds(30))
         // Not running: the caller marks the ids itself.
         #expect(!marker.enqueue(["early"]))
-        try await withThrowingDiscardingTaskGroup { group in
-            group.addTask { await marker.run() }
-            try await waitUntil { marker.enqueue([]) }
+        try await whileRunning(marker) {
             try await Task.sleep(for: .milliseconds(300))
             #expect(recorder.all.isEmpty)
             // Queued within a window that has not ended: flushed when the marker stops.
             #expect(marker.enqueue(["late"]))
-            group.cancelAll()
         }
         #expect(recorder.all == [["late"]])
         #expect(!marker.enqueue(["after"]))
@@ -76,14 +80,11 @@ struct SentMarkerTests {
     func secondRunReturns() async throws {
         let recorder = Recorder()
         let marker = marker(recorder, interval: .milliseconds(50))
-        try await withThrowingDiscardingTaskGroup { group in
-            group.addTask { await marker.run() }
-            try await waitUntil { marker.enqueue([]) }
+        try await whileRunning(marker) {
             await marker.run()
             #expect(marker.enqueue(["x"]))
             try await waitUntil { !recorder.all.isEmpty }
             #expect(recorder.all == [["x"]])
-            group.cancelAll()
         }
     }
 }
