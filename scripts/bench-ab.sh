@@ -29,8 +29,13 @@ for rep in $(seq 1 "$REPS"); do
         psql "$ADMIN" -qc "CREATE DATABASE $DB"
         before=$(psql "$ADMIN" -Atc "SELECT xact_commit FROM pg_stat_database WHERE datname = '$DB'")
         line=$("$bin" --store postgres --postgres-url "$SCRATCH" --sagas "$M" --warmup 100 --concurrency "$C" \
-            --local transaction --json "${extra[@]}" 2>/dev/null | grep '^{' | tail -1)
+            --local transaction --json "${extra[@]}" 2>/dev/null | grep '^{' | tail -1 || true)
         after=$(psql "$ADMIN" -Atc "SELECT xact_commit FROM pg_stat_database WHERE datname = '$DB'")
+        if [ -z "$line" ]; then
+            echo "bench-ab: side $side ($bin) printed no result in repetition $rep; run it by hand to see why:" >&2
+            echo "  $bin --store postgres --postgres-url $SCRATCH --sagas $M --concurrency $C --local transaction ${extra[*]}" >&2
+            exit 1
+        fi
         echo "$line" | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
