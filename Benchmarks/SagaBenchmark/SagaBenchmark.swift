@@ -206,8 +206,9 @@ struct SagaBenchmark: AsyncParsableCommand {
                                 }
                                 finalStatus = await status
                             } else {
-                                try await manager.start("order", payload: ["orderId": .string(id), "decline": .bool(decline)], id: id)
-                                finalStatus = try await manager.outcome(of: id, timeout: .seconds(120)).status
+                                finalStatus = try await manager.startAndWait(
+                                    "order", payload: ["orderId": .string(id), "decline": .bool(decline)], id: id, timeout: .seconds(120)
+                                ).status
                             }
                             let seconds = (clock.now - begin).seconds
                             tally.latencies.withLock { $0.append(seconds) }

@@ -248,7 +248,8 @@ struct Starter: Sendable {
     }
 
     /// Runs the sagas of `range` with `inFlight` of them open at a time; each is timed from just
-    /// before its start to the return of `outcome(of:)`, which the terminal lifecycle event wakes.
+    /// before its start to the return of `startAndWait`, which returns the terminal lifecycle
+    /// event (the peer's driver waits for the same event; neither reads the database for it).
     func phase(
         range: Range<Int>, inFlight: Int, orders: [BenchOrder], idPrefix: String, manager: SagaManager, progress: Progress
     ) async throws -> PhaseOutcome {
@@ -265,12 +266,12 @@ struct Starter: Sendable {
                         if index >= range.upperBound { return }
                         let id = "\(idPrefix)-\(index)"
                         let begin = clock.now
-                        try await manager.start(BenchSaga.name, payload: orders[index], id: id)
-                        let state = try await manager.outcome(of: id, timeout: .seconds(300))
+                        let ending = try await manager.startAndWait(
+                            BenchSaga.name, payload: orders[index], id: id, timeout: .seconds(300))
                         let seconds = (clock.now - begin).seconds
                         shared.outcome.withLock { outcome in
                             outcome.latencies.append(seconds)
-                            switch state.status {
+                            switch ending.status {
                             case .completed: outcome.completed.insert(index)
                             case .compensated: outcome.compensated.insert(index)
                             default: outcome.other.insert(index)

@@ -82,6 +82,9 @@ final class SagaEventHub: Sendable {
     private struct Waiter {
         let signal: WakeSignal
         let terminalOnly: Bool
+        /// Receives the saga's terminal event, for a waiter that returns it
+        /// (``SagaManager/startAndWait(_:payload:id:context:timeout:)``).
+        let ending: SagaEnding?
     }
 
     private struct State {
@@ -99,10 +102,11 @@ final class SagaEventHub: Sendable {
 
     /// Signals `signal` on each event of the saga (only terminal ones with `terminalOnly`) until
     /// ``unsubscribe(_:token:)`` with the returned token.
-    func subscribe(_ id: SagaID, signal: WakeSignal, terminalOnly: Bool) -> Int {
+    /// With `ending`, the terminal event itself is kept there before `signal` is signalled.
+    func subscribe(_ id: SagaID, signal: WakeSignal, terminalOnly: Bool, ending: SagaEnding? = nil) -> Int {
         state.withLock { state in
             state.nextToken += 1
-            state.waiters[id, default: [:]][state.nextToken] = Waiter(signal: signal, terminalOnly: terminalOnly)
+            state.waiters[id, default: [:]][state.nextToken] = Waiter(signal: signal, terminalOnly: terminalOnly, ending: ending)
             return state.nextToken
         }
     }
@@ -115,14 +119,27 @@ final class SagaEventHub: Sendable {
     }
 
     func deliver(_ event: SagaLifecycleEvent) {
-        let signals = state.withLock { state in
-            (state.waiters[event.sagaID]?.values ?? [:].values).filter { !$0.terminalOnly || event.kind.isTerminal }.map(\.signal)
+        let waiters = state.withLock { state in
+            (state.waiters[event.sagaID]?.values ?? [:].values).filter { !$0.terminalOnly || event.kind.isTerminal }
         }
-        for signal in signals { signal.signal() }
+        for waiter in waiters {
+            if event.kind.isTerminal { waiter.ending?.set(event) }
+            waiter.signal.signal()
+        }
     }
 
     /// How many sagas are waited for (for tests).
     var waitedForCount: Int { state.withLock { $0.waiters.count } }
+}
+
+/// Where the hub leaves a saga's terminal event for the call waiting for it (the first one that
+/// arrives: a copy the outbox relay sent again is the same event).
+final class SagaEnding: Sendable {
+    private let event = Mutex<SagaLifecycleEvent?>(nil)
+
+    func set(_ value: SagaLifecycleEvent) { event.withLock { $0 = $0 ?? value } }
+
+    var value: SagaLifecycleEvent? { event.withLock { $0 } }
 }
 
 /// A wake-up that is not lost when it comes before the wait: ``signal()`` wakes the current

@@ -236,6 +236,59 @@ public struct SagaManager: Service {
         }
     }
 
+    /// Starts a saga and waits for it to end: returns its terminal lifecycle event (`completed`,
+    /// `compensated` or `needs-attention`, with the failure reason as `error`), without reading
+    /// the store while ``run()`` receives events.
+    ///
+    /// The wait is registered before the saga is stored, so its end cannot come first (the
+    /// pattern of a client that registers a reply handler before it sends the request). A saga
+    /// that ends at its start (every step skipped), one with this `id` that had already ended,
+    /// and one whose event did not come within ``fallbackInterval`` (a manager that is not run,
+    /// `events = none`, a reconnect) are answered from the store, with the event its end
+    /// published (``SagaCore/SagaLifecycleEvent/ending(of:)``). ``outcome(of:timeout:)`` reads
+    /// the store twice per saga to return the whole state; this reads it only in those cases,
+    /// which matters to a process that starts many sagas and only needs to know how they ended
+    /// (`state(of:)` gives the whole state afterwards).
+    ///
+    /// - Parameters: as ``start(_:payload:id:context:)``; `timeout` bounds the wait for the end.
+    /// - Throws: what ``start(_:payload:id:context:)`` throws; `timeout` with the saga's last
+    ///   status when it does not end in time (it keeps running).
+    public func startAndWait(
+        _ name: String, payload: JSONObject, id: SagaID? = nil, context: [String: String] = [:], timeout: Duration
+    ) async throws -> SagaLifecycleEvent {
+        let id = id ?? UUID().uuidString.lowercased()
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: timeout)
+        let waiter = SagaWaiter(
+            id: id, hub: hub, engine: engine, fallback: effectiveFallbackInterval, terminalOnly: true, returnsEnding: true)
+        switch try await startIfAbsent(name, payload: payload, id: id, context: context) {
+        case .started(let state), .alreadyStarted(let state):
+            if let ending = SagaLifecycleEvent.ending(of: state) { return ending }
+        }
+        while true {
+            await waiter.wait(until: deadline)
+            if let ending = waiter.ending { return ending }
+            // No event within the fallback interval (or the deadline came): the store decides.
+            let state = try await engine.store.load(id)
+            if let ending = SagaLifecycleEvent.ending(of: state) { return ending }
+            if clock.now >= deadline {
+                throw SagaError(
+                    .timeout,
+                    "saga \(id) did not finish within \(timeout); it is \(state.status.rawValue) at step \(state.currentStep) attempt \(state.attempt)",
+                    recoverySuggestion: "check that the participants are running (`saga show \(id)` shows what it waits for)"
+                )
+            }
+        }
+    }
+
+    /// ``startAndWait(_:payload:id:context:timeout:)`` with a payload of the caller's own
+    /// `Encodable` type.
+    public func startAndWait<Payload: Encodable>(
+        _ name: String, payload: Payload, id: SagaID? = nil, context: [String: String] = [:], timeout: Duration
+    ) async throws -> SagaLifecycleEvent {
+        try await startAndWait(name, payload: JSONCoding.object(from: payload), id: id, context: context, timeout: timeout)
+    }
+
     /// Waits until the saga reaches a terminal state.
     @available(*, deprecated, message: "use outcome(of:timeout:); set fallbackInterval to change how often the store is read")
     public func outcome(of id: SagaID, timeout: Duration, pollInterval: Duration) async throws -> SagaState {
@@ -388,14 +441,21 @@ final class SagaWaiter: Sendable {
     private let signal = WakeSignal()
     private let token: Int
     private let fallback: Duration
+    private let endingSlot: SagaEnding?
 
-    init(id: SagaID, hub: SagaEventHub, engine: SagaEngine, fallback: Duration, terminalOnly: Bool) {
+    /// With `returnsEnding`, the saga's terminal event is kept (``ending``).
+    init(id: SagaID, hub: SagaEventHub, engine: SagaEngine, fallback: Duration, terminalOnly: Bool, returnsEnding: Bool = false) {
         self.id = id
         self.store = engine.store
         self.hub = hub
-        self.token = hub.subscribe(id, signal: signal, terminalOnly: terminalOnly)
+        let endingSlot = returnsEnding ? SagaEnding() : nil
+        self.endingSlot = endingSlot
+        self.token = hub.subscribe(id, signal: signal, terminalOnly: terminalOnly, ending: endingSlot)
         self.fallback = fallback
     }
+
+    /// The saga's terminal event, once it arrived (for a waiter created with `returnsEnding`).
+    var ending: SagaLifecycleEvent? { endingSlot?.value }
 
     deinit { hub.unsubscribe(id, token: token) }
 

@@ -1,8 +1,9 @@
 import Foundation
-import Participant
 import SagaTestSupport
 import Synchronization
 import Testing
+
+@testable import Participant
 
 @Suite(
     "Saga lifecycle events on RabbitMQ",
@@ -87,6 +88,59 @@ struct LifecycleEventTests {
             #expect(events.last?.sagaVersion == saga.version, "saga \(saga.id)")
         }
         await watcherBus.shutdown()
+        await bus.shutdown()
+        await close()
+    }
+
+    /// `startAndWait` returns each saga's terminal event as soon as it arrives (the store is read
+    /// only every 30 s here), the same event the saga's stored end makes; a manager that is not
+    /// run gets the same answer from the store.
+    @Test func startAndWaitReturnsEachSagasTerminalEvent() async throws {
+        let servers = try IntegrationServers.require()
+        let (store, close) = try await openStore(servers.postgres)
+        let topology = SagaTopology(prefix: "end-\(UUID().uuidString.prefix(8))", delayLevels: [1])
+        let bus = try await RabbitMQBus.connect(url: servers.amqp)
+        let count = 9
+        let (endings, unrun) = try await withParticipants(
+            orderHandlers(ledger: Ledger()), buses: [bus], starterBus: bus, store: store, topology: topology
+        ) { manager in
+            var listening = manager
+            listening.fallbackInterval = .seconds(30)
+            let running = listening
+            return try await withThrowingTaskGroup(of: ([SagaLifecycleEvent], SagaLifecycleEvent?).self) { group in
+                group.addTask {
+                    try await running.run()
+                    return ([], nil)
+                }
+                try await Self.waitUntilListening(running)
+                let started = ContinuousClock.now
+                let endings = try await withThrowingTaskGroup(of: SagaLifecycleEvent.self) { sagas in
+                    for index in 0..<count {
+                        sagas.addTask {
+                            try await running.startAndWait(
+                                "order",
+                                payload: ["orderId": .string("end-\(index)"), "amount": 5, "declinePayment": .bool(index % 3 == 0)],
+                                timeout: .seconds(60))
+                        }
+                    }
+                    return try await sagas.reduce(into: []) { $0.append($1) }
+                }
+                #expect(ContinuousClock.now - started < .seconds(28), "startAndWait was not woken by the events")
+                // Another manager, not run: it reads the store every 50 ms.
+                let unrun = try await manager.startAndWait(
+                    "order", payload: ["orderId": "end-unrun", "amount": 5, "declinePayment": true], timeout: .seconds(60))
+                #expect(running.hub.waitedForCount == 0)
+                group.cancelAll()
+                return (endings, unrun)
+            }
+        }
+        #expect(endings.count { $0.kind == .completed } == count - count / 3)
+        #expect(endings.count { $0.kind == .compensated && $0.error?.contains("card declined") == true } == count / 3)
+        for ending in endings + [unrun] {
+            let stored = try await store.load(ending.sagaID)
+            #expect(ending == SagaLifecycleEvent.ending(of: stored), "saga \(ending.sagaID)")
+        }
+        #expect(unrun.kind == .compensated)
         await bus.shutdown()
         await close()
     }

@@ -48,6 +48,33 @@ struct SagaLifecycleEventTests {
         #expect(Set(events.map(\.id)).count == events.count)
     }
 
+    /// What `SagaManager.startAndWait` returns when it finds the end in the store: the same
+    /// event the ending transition published.
+    @Test func theEndingOfAnEndedSagaIsTheEventItsLastTransitionPublished() {
+        let failing: [SagaEvent] = [
+            .stepCompleted(step: 0, attempt: 1, patch: [:], startedAt: t0),
+            .stepFailed(step: 1, attempt: 1, error: "timeout", retryable: true, startedAt: t0),
+            .stepFailed(step: 1, attempt: 2, error: "timeout again", retryable: true, startedAt: t0),
+        ]
+        let paths: [[SagaEvent]] = [
+            (0..<3).map { .stepCompleted(step: $0, attempt: 1, patch: [:], startedAt: t0) },
+            failing + [.compensationCompleted(step: 0, attempt: 1, startedAt: t0)],
+            failing + [
+                .compensationFailed(step: 0, attempt: 1, error: "down", startedAt: t0),
+                .compensationFailed(step: 0, attempt: 2, error: "still down", startedAt: t0),
+            ],
+        ]
+        var kinds: [SagaLifecycleEvent.Kind] = []
+        for path in paths {
+            let (state, events) = run(path)
+            let ending = SagaLifecycleEvent.ending(of: state)
+            #expect(ending == events.last, "\(state.status)")
+            kinds += ending.map { [$0.kind] } ?? []
+        }
+        #expect(kinds == [.completed, .compensated, .needsAttention])
+        #expect(SagaLifecycleEvent.ending(of: run(Array(failing.prefix(1))).0) == nil)
+    }
+
     @Test func aFailureThatIsRetriedThenCompensatedSaysSo() {
         let (state, events) = run([
             .stepCompleted(step: 0, attempt: 1, patch: [:], startedAt: t0),

@@ -209,9 +209,12 @@ final class OrderBatch: Service, Sendable {
             try await withThrowingTaskGroup(of: SagaStatus?.self) { orders in
                 func place(_ number: Int) {
                     orders.addTask { [self] in
-                        _ = try await manager.start(OrderSaga.name, payload: order(number), id: id(number))
                         do {
-                            return try await manager.outcome(of: id(number), timeout: deadline - clock.now).status
+                            // Returns the saga's terminal lifecycle event; the store is read
+                            // only when no event comes.
+                            return try await manager.startAndWait(
+                                OrderSaga.name, payload: order(number), id: id(number), timeout: deadline - clock.now
+                            ).status
                         } catch let error as SagaError where error.code == .timeout {
                             return nil
                         }

@@ -226,6 +226,32 @@ extension SagaLifecycleEvent {
             sagaVersion: 1, step: state.currentStep, attempt: state.attempt, at: now)
     }
 
+    /// The terminal event of a saga that has ended (`nil` while it has not), as the transition
+    /// that ended it published it: its kind from the status, the failure reason as `error`
+    /// (compensated, needs attention), the step it stopped at (needs attention), dated at its
+    /// last update. For a caller that found the end in the store rather than by the event.
+    public static func ending(of state: SagaState) -> SagaLifecycleEvent? {
+        let kind: Kind
+        var step: Int?
+        var phase: StepPhase?
+        var error: String?
+        switch state.status {
+        case .completed: kind = .completed
+        case .compensated:
+            kind = .compensated
+            error = state.failureReason
+        case .needsAttention:
+            kind = .needsAttention
+            (step, phase, error) = (state.currentStep, state.phase, state.failureReason)
+        case .running, .compensating, .waiting: return nil
+        }
+        return SagaLifecycleEvent(
+            kind: kind, sagaID: state.id, sagaName: state.name, definitionVersion: state.definitionVersion, status: state.status,
+            sagaVersion: state.version, step: step,
+            stepName: step.flatMap { step in state.history.last(where: { $0.step == step })?.stepName }, phase: phase,
+            error: error, at: state.updatedAt)
+    }
+
     /// The events of a saga's start (`state` as stored, version 1): started, then a
     /// step-skipped for every step skipped at the start (their conditions did not hold), then
     /// completed when every step was skipped.
