@@ -68,13 +68,15 @@ public struct SagaReaper: Service {
             now: now,
             owner: owner,
             lease: configuration.pollInterval,
-            limit: configuration.batchSize
+            limit: configuration.batchSize,
+            topology: engine.topology.prefix
         )
         var changed = try await endExpiredWaits(now: now)
         for state in stalled {
             let logger = logger.with(saga: state.id, name: state.name)
             // A store can be shared by deployments with other topologies or other definitions:
-            // their sagas are theirs to reap (the lease lapses after one poll interval).
+            // their sagas are theirs to reap. The store claimed only this topology's sagas (and
+            // those that name none); this guards against a store whose claim does not filter.
             if let prefix = state.context[SagaTopology.contextKey], prefix != engine.topology.prefix {
                 logger.debug("skipping a stalled saga of another topology", metadata: ["saga.topology": "\(prefix)"])
                 continue

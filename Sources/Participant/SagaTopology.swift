@@ -68,7 +68,7 @@ public struct SagaTopology: Sendable, Hashable {
 
     /// The key under which a saga's context records the prefix of the topology it was started
     /// on, so that reapers of other deployments sharing the store leave it alone.
-    public static let contextKey = "sagakit-topology"
+    public static let contextKey = SagaState.topologyKey
 
     /// The exchange every command is published to.
     public var commandsExchange: String { "\(prefix).commands" }

@@ -97,6 +97,20 @@ extension PostgresSagaStore {
     public func claimStalled(
         updatedBefore: Date, now: Date, owner: String, lease: Duration, limit: Int
     ) async throws -> [SagaState] {
+        try await claim(updatedBefore: updatedBefore, now: now, owner: owner, lease: lease, limit: limit, topology: nil)
+    }
+
+    /// Claims only the sagas of `topology` and those that name none (the topology is read from
+    /// the saga's context).
+    public func claimStalled(
+        updatedBefore: Date, now: Date, owner: String, lease: Duration, limit: Int, topology: String
+    ) async throws -> [SagaState] {
+        try await claim(updatedBefore: updatedBefore, now: now, owner: owner, lease: lease, limit: limit, topology: topology)
+    }
+
+    private func claim(
+        updatedBefore: Date, now: Date, owner: String, lease: Duration, limit: Int, topology: String?
+    ) async throws -> [SagaState] {
         let before = StoreCoding.milliseconds(updatedBefore)
         let nowMS = StoreCoding.milliseconds(now)
         let until = nowMS + StoreCoding.milliseconds(lease)
@@ -112,6 +126,8 @@ extension PostgresSagaStore {
                 WHERE status IN ('running', 'compensating')
                   AND updated_at < timestamptz 'epoch' + \(before) * interval '1 millisecond'
                   AND (lease_until IS NULL OR lease_until <= timestamptz 'epoch' + \(nowMS) * interval '1 millisecond')
+                  AND (\(topology)::text IS NULL
+                    OR coalesce(context ->> \(SagaState.topologyKey), \(topology)::text) = \(topology)::text)
                 ORDER BY updated_at, id
                 LIMIT \(max(0, limit))
                 FOR UPDATE SKIP LOCKED

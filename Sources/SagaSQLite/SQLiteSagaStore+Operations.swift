@@ -199,10 +199,29 @@ extension SQLiteSagaStore {
     public func claimStalled(
         updatedBefore: Date, now: Date, owner: String, lease: Duration, limit: Int
     ) async throws -> [SagaState] {
+        try await claim(updatedBefore: updatedBefore, now: now, owner: owner, lease: lease, limit: limit, topology: nil)
+    }
+
+    /// Claims only the sagas of `topology` and those that name none (the topology is read from
+    /// the saga's context with `json_extract`).
+    public func claimStalled(
+        updatedBefore: Date, now: Date, owner: String, lease: Duration, limit: Int, topology: String
+    ) async throws -> [SagaState] {
+        try await claim(updatedBefore: updatedBefore, now: now, owner: owner, lease: lease, limit: limit, topology: topology)
+    }
+
+    private func claim(
+        updatedBefore: Date, now: Date, owner: String, lease: Duration, limit: Int, topology: String?
+    ) async throws -> [SagaState] {
         let before = StoreCoding.milliseconds(updatedBefore)
         let nowMS = StoreCoding.milliseconds(now)
         let until = nowMS + StoreCoding.milliseconds(lease)
         let limit = max(0, limit)
+        let sameTopology =
+            topology == nil
+            ? "" : "AND coalesce(json_extract(context, '$.\"\(SagaState.topologyKey)\"'), ?) = ?"
+        let arguments: StatementArguments =
+            topology.map { [before, nowMS, $0, $0, limit] } ?? [before, nowMS, limit]
         return try await write("claim stalled sagas in") { db in
             let rows = try Row.fetchAll(
                 db,
@@ -210,9 +229,10 @@ extension SQLiteSagaStore {
                     SELECT \(SagaRow.columns) FROM sagas
                     WHERE status IN ('running', 'compensating') AND updated_at < ?
                       AND (lease_until IS NULL OR lease_until <= ?)
+                      \(sameTopology)
                     ORDER BY updated_at, id LIMIT ?
                     """,
-                arguments: [before, nowMS, limit]
+                arguments: arguments
             )
             let states = try rows.map(SagaRow.state(from:))
             for state in states {

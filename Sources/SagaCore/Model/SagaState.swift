@@ -181,6 +181,15 @@ extension SagaState {
     /// The context key under which ``SagaState/definitionVersion`` is kept.
     public static let definitionVersionKey = "sagakit-definition-version"
 
+    /// The key under which ``context`` records the prefix of the topology the saga was started
+    /// on (`SagaTopology.contextKey` in the Participant module), so that the reapers of other
+    /// deployments sharing the store leave it alone.
+    public static let topologyKey = "sagakit-topology"
+
+    /// The prefix of the topology the saga was started on (``topologyKey``); `nil` for a saga
+    /// stored before SagaKit recorded it.
+    public var topology: String? { context[Self.topologyKey] }
+
     /// The version of the definition the saga is pinned to (set at start, kept in the context
     /// under ``definitionVersionKey``); 1 when absent (sagas started before versions existed).
     public var definitionVersion: Int {

@@ -130,11 +130,25 @@ public final class InMemorySagaStore: SagaStore {
     public func claimStalled(
         updatedBefore: Date, now: Date, owner: String, lease: Duration, limit: Int
     ) async throws -> [SagaState] {
+        claim(updatedBefore: updatedBefore, now: now, owner: owner, lease: lease, limit: limit, topology: nil)
+    }
+
+    /// Claims only the sagas of `topology` and those that name none.
+    public func claimStalled(
+        updatedBefore: Date, now: Date, owner: String, lease: Duration, limit: Int, topology: String
+    ) async throws -> [SagaState] {
+        claim(updatedBefore: updatedBefore, now: now, owner: owner, lease: lease, limit: limit, topology: topology)
+    }
+
+    private func claim(
+        updatedBefore: Date, now: Date, owner: String, lease: Duration, limit: Int, topology: String?
+    ) -> [SagaState] {
         let until = now.addingTimeInterval(seconds(lease))
         return storage.withLock { storage in
             let candidates = storage.sagas.values.filter { row in
                 (row.state.status == .running || row.state.status == .compensating) && row.state.updatedAt < updatedBefore
                     && (row.leaseUntil.map { $0 <= now } ?? true)
+                    && (topology == nil || row.state.topology == nil || row.state.topology == topology)
             }
             let chosen = candidates.sorted { lhs, rhs in
                 lhs.state.updatedAt != rhs.state.updatedAt

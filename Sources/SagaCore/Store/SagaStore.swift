@@ -52,6 +52,19 @@ public protocol SagaStore: Sendable {
     /// concurrent callers never receive the same saga.
     func claimStalled(updatedBefore: Date, now: Date, owner: String, lease: Duration, limit: Int) async throws -> [SagaState]
 
+    /// ``claimStalled(updatedBefore:now:owner:lease:limit:)`` among the sagas of one topology:
+    /// those whose context names the topology prefix `topology` (``SagaState/topology``), and
+    /// those that name none (stored before SagaKit recorded it). When deployments with different
+    /// prefixes share a store, each one's reapers then claim only their own sagas: none holds a
+    /// lease on another's saga, and another's stalled sagas never fill its batch.
+    ///
+    /// The default implementation claims with ``claimStalled(updatedBefore:now:owner:lease:limit:)``
+    /// and drops the other topologies' sagas, which stay leased until their lease ends; the
+    /// stores of SagaKit filter in the store.
+    func claimStalled(
+        updatedBefore: Date, now: Date, owner: String, lease: Duration, limit: Int, topology: String
+    ) async throws -> [SagaState]
+
     /// The outbox messages one topology's relay should publish now: not yet marked sent, whose
     /// ``OutboxMessage/topology`` is `topology`, created before `createdBefore` (a grace period
     /// for the publish that follows every commit), and due at `now` (never failed, or their
@@ -110,6 +123,16 @@ public protocol SagaStore: Sendable {
 }
 
 extension SagaStore {
+    /// Claims with ``claimStalled(updatedBefore:now:owner:lease:limit:)`` and keeps the sagas of
+    /// `topology` and those that name none (see the requirement).
+    public func claimStalled(
+        updatedBefore: Date, now: Date, owner: String, lease: Duration, limit: Int, topology: String
+    ) async throws -> [SagaState] {
+        try await claimStalled(updatedBefore: updatedBefore, now: now, owner: owner, lease: lease, limit: limit).filter {
+            $0.topology == nil || $0.topology == topology
+        }
+    }
+
     /// Stores written before SagaKit stored definitions do not keep them.
     /// - Throws: `unsupported`.
     public func register(_ definition: SagaDefinition) async throws {

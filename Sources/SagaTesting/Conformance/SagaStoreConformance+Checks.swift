@@ -375,6 +375,37 @@ extension SagaStoreConformance {
         #expect(try await store.load(running.id).version == 1)
     }
 
+    /// `claimStalled(…, topology:)` claims the stalled sagas of that topology and those that name
+    /// none, and leaves another topology's sagas unleased for that topology's reapers.
+    public static let claimStalledForATopologyLeavesOtherTopologiesAlone = Check(
+        "claimStalledForATopologyLeavesOtherTopologiesAlone"
+    ) { fixture in
+        let store = fixture.store
+        let now = milliseconds()
+        let old = now.addingTimeInterval(-600)
+        var ours = makeState(updatedAt: old)
+        ours.context[SagaState.topologyKey] = "shop"
+        var theirs = makeState(updatedAt: old.addingTimeInterval(1))
+        theirs.context[SagaState.topologyKey] = "billing"
+        let untagged = makeState(updatedAt: old.addingTimeInterval(2))
+        var newerTheirs = makeState(updatedAt: old.addingTimeInterval(3))
+        newerTheirs.context[SagaState.topologyKey] = "billing"
+        for state in [ours, theirs, untagged, newerTheirs] {
+            _ = try await store.create(state, outbox: [])
+        }
+        let cutoff = now.addingTimeInterval(-60)
+        // A limit of 2: another topology's older saga does not take a place in the batch.
+        let shop = try await store.claimStalled(
+            updatedBefore: cutoff, now: now, owner: "shop-reaper", lease: .seconds(30), limit: 2, topology: "shop")
+        #expect(shop.map(\.id) == [ours.id, untagged.id], "its own and the untagged, oldest first")
+        let billing = try await fixture.other.claimStalled(
+            updatedBefore: cutoff, now: now, owner: "billing-reaper", lease: .seconds(30), limit: 10, topology: "billing")
+        #expect(billing.map(\.id) == [theirs.id, newerTheirs.id], "not leased by the other topology's reaper")
+        let all = try await store.claimStalled(
+            updatedBefore: cutoff, now: now.addingTimeInterval(30), owner: "any", lease: .seconds(30), limit: 10)
+        #expect(all.count == 4, "without a topology, every stalled saga")
+    }
+
     /// A `commit` of a claimed saga ends its lease: once stalled again, another owner can claim it at
     /// once, and receives the committed version.
     public static let aCommitEndsTheLease = Check("aCommitEndsTheLease") { fixture in

@@ -105,6 +105,7 @@ public enum SagaStoreConformance {
         listFiltersByMinimumAttempt,
         countByStatusCountsEveryStatus,
         claimStalledLeasesSagasUntilTheLeaseExpires,
+        claimStalledForATopologyLeavesOtherTopologiesAlone,
         aCommitEndsTheLease,
         twoTopologiesSharingAStoreSeeOnlyTheirOwnMessages,
         messagesThatKeepFailingDoNotKeepAGoodOneWaiting,
