@@ -89,8 +89,14 @@ final class SagaEventHub: Sendable {
 
     private struct State {
         var listening = false
+        /// Counts the times listening began: events between two periods may have been missed.
+        var period = 0
         var nextToken = 0
         var waiters: [SagaID: [Int: Waiter]] = [:]
+        /// The sagas this manager started while listening, with the period they started in.
+        var started = RecentKeys<Int>()
+        /// The sagas whose terminal event arrived lately.
+        var ended = RecentKeys<Void>()
     }
 
     private let state = Mutex(State())
@@ -98,7 +104,33 @@ final class SagaEventHub: Sendable {
     /// Whether events are being received (``SagaManager/run()`` is consuming).
     var isListening: Bool { state.withLock { $0.listening } }
 
-    func setListening(_ listening: Bool) { state.withLock { $0.listening = listening } }
+    func setListening(_ listening: Bool) {
+        state.withLock { state in
+            if listening && !state.listening { state.period += 1 }
+            state.listening = listening
+        }
+    }
+
+    /// This manager stored the saga `id` (remembered only while listening).
+    func noteStarted(_ id: SagaID) {
+        state.withLock { state in
+            if state.listening { state.started[id] = state.period }
+        }
+    }
+
+    /// Whether the saga is known not to have ended yet: this manager started it while listening,
+    /// has listened without a break since, and no terminal event of it has arrived. Then its end
+    /// is still to come, and a waiter subscribed now will hear it: ``SagaManager/outcome(of:timeout:)``
+    /// need not read the store before it waits. `false` when the hub cannot tell (a saga
+    /// started elsewhere or long ago, a reconnect since): the caller reads the store.
+    func hasNotEnded(_ id: SagaID) -> Bool {
+        state.withLock { state in
+            state.listening && state.started[id] == state.period && state.ended[id] == nil
+        }
+    }
+
+    /// How many sagas the hub remembers as started and as ended (for tests: both are bounded).
+    var remembered: (started: Int, ended: Int) { state.withLock { ($0.started.count, $0.ended.count) } }
 
     /// Signals `signal` on each event of the saga (only terminal ones with `terminalOnly`) until
     /// ``unsubscribe(_:token:)`` with the returned token.
@@ -120,7 +152,8 @@ final class SagaEventHub: Sendable {
 
     func deliver(_ event: SagaLifecycleEvent) {
         let waiters = state.withLock { state in
-            (state.waiters[event.sagaID]?.values ?? [:].values).filter { !$0.terminalOnly || event.kind.isTerminal }
+            if event.kind.isTerminal { state.ended[event.sagaID] = () }
+            return (state.waiters[event.sagaID]?.values ?? [:].values).filter { !$0.terminalOnly || event.kind.isTerminal }
         }
         for waiter in waiters {
             if event.kind.isTerminal { waiter.ending?.set(event) }
@@ -130,6 +163,28 @@ final class SagaEventHub: Sendable {
 
     /// How many sagas are waited for (for tests).
     var waitedForCount: Int { state.withLock { $0.waiters.count } }
+}
+
+/// The keys set lately, at most about `2 × generation` of them: when the current generation is
+/// full it becomes the previous one and the one before is dropped (a key set long ago may be
+/// forgotten; one set within the last `generation` is not).
+struct RecentKeys<Value> {
+    var generation = 4096
+    private var current: [SagaID: Value] = [:]
+    private var previous: [SagaID: Value] = [:]
+
+    subscript(key: SagaID) -> Value? {
+        get { current[key] ?? previous[key] }
+        set {
+            if current.count >= generation, current[key] == nil {
+                previous = current
+                current = [:]
+            }
+            current[key] = newValue
+        }
+    }
+
+    var count: Int { current.count + previous.count }
 }
 
 /// Where the hub leaves a saga's terminal event for the call waiting for it (the first one that

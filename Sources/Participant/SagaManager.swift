@@ -14,8 +14,9 @@ import Tracing
 ///
 /// As a `Service`, ``run()`` consumes the lifecycle events of the manager's definitions from a
 /// private queue and wakes ``outcome(of:timeout:)`` and ``updates(of:)`` when an event of their
-/// saga arrives. They read the store once when they begin, on each event of their saga, and every
-/// ``fallbackInterval`` in case an event was missed (a reconnect). A manager that is not run,
+/// saga arrives. They read the store once when they begin (`outcome(of:)` not for a saga this
+/// manager started while listening, whose end it is bound to hear), on each event of their saga,
+/// and every ``fallbackInterval`` in case an event was missed (a reconnect). A manager that is not run,
 /// or a topology that publishes no events, makes them read the store every ``fallbackInterval``
 /// instead.
 public struct SagaManager: Service {
@@ -146,6 +147,7 @@ public struct SagaManager: Service {
             logger.info("saga already started; nothing sent", metadata: ["saga.status": "\(existing.status.rawValue)"])
             return .alreadyStarted(existing)
         case .created(let stored):
+            hub.noteStarted(id)
             engine.metrics.started(definition)
             logger.info("saga started", metadata: ["saga.next": "\(start.firstCommand)"])
             do {
@@ -222,6 +224,9 @@ public struct SagaManager: Service {
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: timeout)
         let waiter = SagaWaiter(id: id, hub: hub, engine: engine, fallback: effectiveFallbackInterval, terminalOnly: true)
+        // A saga this manager started while listening, and whose end has not arrived, cannot have
+        // ended unseen: wait for its end before the first read (one read per saga, not two).
+        if hub.hasNotEnded(id) { await waiter.wait(until: deadline) }
         while true {
             let state = try await engine.store.load(id)
             if state.status.isTerminal { return state }
@@ -246,7 +251,7 @@ public struct SagaManager: Service {
     /// and one whose event did not come within ``fallbackInterval`` (a manager that is not run,
     /// `events = none`, a reconnect) are answered from the store, with the event its end
     /// published (``SagaCore/SagaLifecycleEvent/ending(of:)``). ``outcome(of:timeout:)`` reads
-    /// the store twice per saga to return the whole state; this reads it only in those cases,
+    /// the store at least once per saga to return the whole state; this reads it only in those cases,
     /// which matters to a process that starts many sagas and only needs to know how they ended
     /// (`state(of:)` gives the whole state afterwards).
     ///
