@@ -66,7 +66,10 @@ struct ParticipantTests {
             return try await manager.outcome(of: "stuck-1", timeout: .seconds(20))
         }
         #expect(final.status == .needsAttention)
-        #expect(final.failureReason == "compensation of step 'charge-card' failed 2 time(s): refund service down")
+        #expect(
+            final.failureReason
+                == "compensation of step 'charge-card' failed 2 time(s): refund service down (compensating because: compensation requested by an operator (compensation requested by operator))"
+        )
         #expect(final.history.filter { $0.phase == .compensation }.map(\.outcome) == [.retrying, .failed])
     }
 

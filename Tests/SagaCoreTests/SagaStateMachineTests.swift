@@ -146,8 +146,16 @@ struct SagaStateMachineTests {
         #expect(delays == [.seconds(1), .seconds(2)])
         let last = machine.apply(.compensationFailed(step: 0, attempt: 3, error: "db down", startedAt: t0), to: state, now: t0)
         #expect(last.state?.status == .needsAttention)
-        #expect(last.state?.failureReason == "compensation of step 'a' failed 3 time(s): db down")
+        // Why it stopped, and why it was compensating: neither is lost.
+        #expect(
+            last.state?.failureReason == "compensation of step 'a' failed 3 time(s): db down (compensating because: step 'b' failed: no)")
         #expect(last.commands.isEmpty)
+        // An operator's retry resumes the compensation with the reason it compensates for.
+        let retried = machine.apply(.retryRequested(by: "ops", reason: nil), to: last.state!, now: t0)
+        #expect(retried.state?.status == .compensating)
+        #expect(retried.state?.failureReason == "step 'b' failed: no")
+        let done = machine.apply(.compensationCompleted(step: 0, attempt: 4, startedAt: t0), to: retried.state!, now: t0)
+        #expect(done.state?.status == .compensated && done.state?.failureReason == "step 'b' failed: no")
     }
 
     @Test func duplicateAndStaleEventsChangeNothing() {

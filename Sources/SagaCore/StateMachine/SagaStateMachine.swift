@@ -269,7 +269,9 @@ public struct SagaStateMachine: Sendable {
             record(
                 &next, step: step, phase: .compensation, attempt: attempt, startedAt: startedAt, now: now, outcome: .failed, error: error)
             next.status = .needsAttention
-            next.failureReason = "compensation of step '\(definition.steps[step].name)' failed \(attempt) time(s): \(error)"
+            next.failureReason = Self.stopping(
+                "compensation of step '\(definition.steps[step].name)' failed \(attempt) time(s): \(error)",
+                compensatingBecause: state.failureReason)
             return .transition(next, [])
 
         case .deadlinePassed:
@@ -301,7 +303,8 @@ public struct SagaStateMachine: Sendable {
                     error: reason)
                 next.reapAttempts = state.reapAttempts
                 next.status = .needsAttention
-                next.failureReason = reason
+                next.failureReason =
+                    phase == .compensation ? Self.stopping(reason, compensatingBecause: state.failureReason) : reason
                 return .transition(next, [])
             }
             next.reapAttempts += 1
@@ -332,7 +335,11 @@ public struct SagaStateMachine: Sendable {
             recordOperatorAction(&next, phase: phase, outcome: .retryRequested, actor: actor, reason: reason, now: now)
             next.attempt = state.attempt + 1
             next.reapAttempts = 0
-            next.failureReason = state.status == .needsAttention ? nil : state.failureReason
+            if state.status == .needsAttention {
+                // A resumed compensation keeps the reason it compensates for; a resumed action
+                // has no failure (yet).
+                next.failureReason = phase == .compensation ? Self.compensationReason(in: state.failureReason) : nil
+            }
             return .transition(next, [ScheduledCommand(currentCommand(next, phase: phase))])
 
         case .signalReceived(let name, let payload, let sender):
@@ -631,6 +638,22 @@ public struct SagaStateMachine: Sendable {
     }
 
     /// Starts or continues compensation with the last compensatable step before `step`.
+    /// The failure reason of a compensating saga that stops (needs attention): why it stopped,
+    /// then why it was compensating, so that neither is lost.
+    static func stopping(_ stop: String, compensatingBecause original: String?) -> String {
+        guard let original, !original.isEmpty else { return stop }
+        return stop + compensatingMarker + original + ")"
+    }
+
+    /// Why a compensating saga that stopped was compensating (what ``stopping(_:compensatingBecause:)``
+    /// kept), for a retry that resumes the compensation; `nil` when the reason does not say.
+    static func compensationReason(in reason: String?) -> String? {
+        guard let reason, let marker = reason.range(of: compensatingMarker), reason.hasSuffix(")") else { return nil }
+        return String(reason[marker.upperBound...].dropLast())
+    }
+
+    private static let compensatingMarker = " (compensating because: "
+
     private func compensate(_ state: SagaState, before step: Int, reason: String?) -> SagaDecision {
         compensate(state, from: step - 1, reason: reason)
     }
