@@ -231,11 +231,7 @@ public struct SagaManager: Service {
             let state = try await engine.store.load(id)
             if state.status.isTerminal { return state }
             if clock.now >= deadline {
-                throw SagaError(
-                    .timeout,
-                    "saga \(id) did not finish within \(timeout); it is \(state.status.rawValue) at step \(state.currentStep) attempt \(state.attempt)",
-                    recoverySuggestion: "check that the participants are running (`saga show \(id)` shows what it waits for)"
-                )
+                throw Self.notFinished(state, within: timeout)
             }
             await waiter.wait(until: deadline)
         }
@@ -277,13 +273,18 @@ public struct SagaManager: Service {
             let state = try await engine.store.load(id)
             if let ending = SagaLifecycleEvent.ending(of: state) { return ending }
             if clock.now >= deadline {
-                throw SagaError(
-                    .timeout,
-                    "saga \(id) did not finish within \(timeout); it is \(state.status.rawValue) at step \(state.currentStep) attempt \(state.attempt)",
-                    recoverySuggestion: "check that the participants are running (`saga show \(id)` shows what it waits for)"
-                )
+                throw Self.notFinished(state, within: timeout)
             }
         }
+    }
+
+    /// The `timeout` error of a wait for a saga's end, naming where the saga is.
+    private static func notFinished(_ state: SagaState, within timeout: Duration) -> SagaError {
+        SagaError(
+            .timeout,
+            "saga \(state.id) did not finish within \(timeout); it is \(state.status.rawValue) at step \(state.currentStep) attempt \(state.attempt)",
+            recoverySuggestion: "check that the participants are running (`saga show \(state.id)` shows what it waits for)"
+        )
     }
 
     /// ``startAndWait(_:payload:id:context:timeout:)`` with a payload of the caller's own
