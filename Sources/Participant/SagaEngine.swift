@@ -338,8 +338,14 @@ extension Logger {
     /// A copy of this logger with the saga's metadata.
     func with(saga id: SagaID, name: String) -> Logger {
         var copy = self
-        copy[metadataKey: "saga.id"] = "\(id)"
-        copy[metadataKey: "saga.name"] = "\(name)"
+        copy.addMetadata(["saga.id": "\(id)", "saga.name": "\(name)"])
         return copy
+    }
+
+    /// Adds metadata entries with one write to the handler: a handler that renders its metadata
+    /// whenever it changes (swift-log's `StreamLogHandler` does) renders it once, not once per
+    /// key. That showed in profiles, where every delivery set six keys.
+    mutating func addMetadata(_ entries: Logger.Metadata) {
+        handler.metadata.merge(entries) { _, new in new }
     }
 }

@@ -63,7 +63,7 @@ public struct SagaEventSubscription: AsyncSequence, Sendable {
             while let delivery = try await base.next() {
                 try? await delivery.ack()
                 do {
-                    return try JSONCoding.decode(SagaLifecycleEvent.self, from: Data(delivery.body))
+                    return try SagaLifecycleEvent(jsonBytes: delivery.body)
                 } catch {
                     logger.warning(
                         "skipped a message on the events exchange that is not a saga lifecycle event",

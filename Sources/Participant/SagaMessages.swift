@@ -66,7 +66,7 @@ enum SagaMessages {
             sagaID: command.sagaID,
             exchange: exchange,
             routingKey: command.command,
-            body: Array(try JSONCoding.encode(command)),
+            body: command.jsonBytes,
             headers: headers,
             createdAt: now
         )
@@ -82,7 +82,7 @@ enum SagaMessages {
         headers[SagaHeaders.sagaVersion] = String(event.sagaVersion)
         return OutboxMessage(
             id: event.id, sagaID: event.sagaID, exchange: topology.eventsExchange, routingKey: event.routingKey,
-            body: Array(try JSONCoding.encode(event)), headers: headers, createdAt: event.at)
+            body: event.jsonBytes, headers: headers, createdAt: event.at)
     }
 
     /// The outbox messages of a transition's lifecycle events that `topology` publishes.
@@ -119,7 +119,7 @@ enum SagaMessages {
         }
         let command: SagaCommand
         do {
-            command = try JSONCoding.decode(SagaCommand.self, from: Data(delivery.body))
+            command = try SagaCommand(jsonBytes: delivery.body)
         } catch {
             return .failure(SagaError(.invalidMessage, "body is not a saga command (\(describe(error)))"))
         }
@@ -179,6 +179,8 @@ enum SagaMessages {
         case DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context):
             "wrong type at '\(context.codingPath.map(\.stringValue).joined(separator: "."))'"
         case DecodingError.dataCorrupted: "not valid JSON"
+        case let error as JSONSyntaxError: "not valid JSON: \(error)"
+        case let error as JSONFieldError: error.description
         default: "\(error)"
         }
     }

@@ -211,18 +211,18 @@ public struct SagaParticipant: Service {
     /// Processes one delivery to the end: it is always settled, never left hanging.
     func process(_ delivery: Delivery) async {
         var logger = self.logger
-        logger[metadataKey: "saga.command"] = "\(delivery.routingKey)"
         let command: SagaCommand
         switch SagaMessages.command(from: delivery, maxBodyBytes: configuration.maxBodyBytes) {
         case .failure(let error):
+            logger[metadataKey: "saga.command"] = "\(delivery.routingKey)"
             return await deadLetter(delivery, reason: error.message, logger: logger)
         case .success(let decoded):
             command = decoded
         }
-        logger = logger.with(saga: command.sagaID, name: command.sagaName)
-        logger[metadataKey: "saga.step"] = "\(command.stepName)"
-        logger[metadataKey: "saga.phase"] = "\(command.phase.rawValue)"
-        logger[metadataKey: "saga.attempt"] = "\(command.attempt)"
+        logger.addMetadata([
+            "saga.command": "\(delivery.routingKey)", "saga.id": "\(command.sagaID)", "saga.name": "\(command.sagaName)",
+            "saga.step": "\(command.stepName)", "saga.phase": "\(command.phase.rawValue)", "saga.attempt": "\(command.attempt)",
+        ])
         // One span per delivery, a child of the span that sent the command.
         await withSpan(command.command, context: SagaTracing.context(from: delivery.headers), ofKind: .consumer) { span in
             SagaTracing.describe(span, command: command, queue: delivery.queue)

@@ -100,7 +100,10 @@ struct ParticipantTests {
     }
 
     @Test(arguments: [
-        ("not json", "inventory.reserve", "application/json", "body is not a saga command (not valid JSON)"),
+        (
+            "not json", "inventory.reserve", "application/json",
+            "body is not a saga command (not valid JSON: unexpected 'n', a value was expected at byte 0)"
+        ),
         ("{\"sagaID\":\"x\"}", "inventory.reserve", "application/json", "body is not a saga command (missing key 'sagaName')"),
         ("{}", "inventory.reserve", "text/plain", "content type 'text/plain' is not application/json"),
         (

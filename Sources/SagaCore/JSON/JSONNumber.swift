@@ -124,6 +124,15 @@ public struct JSONNumber: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// Whether JSON can write the number (not an infinity, not NaN).
+    var isFinite: Bool {
+        switch storage {
+        case .int, .uint: true
+        case .double(let value): value.isFinite
+        case .decimal(let value): value.isFinite
+        }
+    }
+
     /// The number as JSON writes it (`Double`s in their shortest form that reads back the same).
     public var description: String {
         switch storage {

@@ -176,10 +176,11 @@ public enum JSONCoding {
     /// - Throws: ``SagaError`` `invalidPayload` when the value does not encode to a JSON object.
     public static func object<T: Encodable>(from value: T) throws -> JSONObject {
         let data = try encode(value)
-        guard case .object(let object) = try decode(JSONValue.self, from: data) else {
+        let parsed = try JSONReader.value(from: data)
+        guard case .object(let object) = parsed else {
             throw SagaError(
                 .invalidPayload,
-                "\(T.self) encodes to a JSON \(String(describing: try? decode(JSONValue.self, from: data)).prefix(20))…, not to a JSON object",
+                "\(T.self) encodes to a JSON \(String(describing: parsed).prefix(20))…, not to a JSON object",
                 recoverySuggestion: "Saga payloads are JSON objects: use a struct or a dictionary."
             )
         }
@@ -188,14 +189,17 @@ public enum JSONCoding {
 
     /// Decodes a `Decodable` value from a JSON object (missing keys are errors as usual).
     public static func value<T: Decodable>(_ type: T.Type, from object: JSONObject) throws -> T {
-        try decode(type, from: encode(object))
+        // The object's text without JSONEncoder: only the type's side needs Codable.
+        var writer = JSONWriter()
+        try writer.write(object)
+        return try decoder.decode(type, from: Data(writer.bytes))
     }
 
     /// Parses bytes that must hold a JSON object.
     public static func object(fromJSON data: Data) throws -> JSONObject {
         let value: JSONValue
         do {
-            value = try decode(JSONValue.self, from: data)
+            value = try JSONReader.value(from: data)
         } catch {
             throw SagaError(.invalidPayload, "payload is not valid JSON: \(error)")
         }

@@ -142,7 +142,7 @@ public struct SagaLifecycleEvent: Sendable, Hashable, Codable {
         actor = try container.decodeIfPresent(String.self, forKey: .actor)
         reason = try container.decodeIfPresent(String.self, forKey: .reason)
         let text = try container.decode(String.self, forKey: .at)
-        guard let at = Self.parseTime(text) else {
+        guard let at = Self.fastParse(text) ?? Self.parseTime(text) else {
             throw DecodingError.dataCorruptedError(forKey: .at, in: container, debugDescription: "'\(text)' is not an ISO 8601 time")
         }
         self.at = Self.wholeMilliseconds(at)
@@ -167,7 +167,7 @@ public struct SagaLifecycleEvent: Sendable, Hashable, Codable {
         try container.encodeIfPresent(action, forKey: .action)
         try container.encodeIfPresent(actor, forKey: .actor)
         try container.encodeIfPresent(reason, forKey: .reason)
-        try container.encode(Self.format(at), forKey: .at)
+        try container.encode(Self.fastFormat(at), forKey: .at)
     }
 
     private static func wholeMilliseconds(_ date: Date) -> Date {
@@ -176,7 +176,7 @@ public struct SagaLifecycleEvent: Sendable, Hashable, Codable {
 
     /// `2026-11-29T10:41:07.316Z`: whole seconds formatted, the milliseconds appended exactly
     /// (formatting a binary fraction directly can print .122 for .123).
-    private static func format(_ date: Date) -> String {
+    package static func format(_ date: Date) -> String {
         let milliseconds = Int64((date.timeIntervalSince1970 * 1000).rounded())
         let seconds = milliseconds.quotientAndRemainder(dividingBy: 1000)
         let (whole, fraction) = seconds.remainder < 0 ? (seconds.quotient - 1, seconds.remainder + 1000) : seconds
@@ -394,5 +394,190 @@ extension SagaLifecycleEvent {
 
     private static func stepName(of step: Int, in old: SagaState, _ new: SagaState) -> String? {
         new.history.last(where: { $0.step == step })?.stepName ?? old.history.last(where: { $0.step == step })?.stepName
+    }
+}
+
+// MARK: - The wire form without Codable
+
+extension SagaLifecycleEvent {
+    /// The event as a message body: the JSON text of its `Codable` form (keys sorted), written
+    /// without `JSONEncoder`.
+    package var jsonBytes: [UInt8] {
+        var writer = JSONWriter(capacity: 320)
+        writer.beginObject()
+        if let action {
+            writer.key("action")
+            writer.write(action)
+        }
+        if let actor {
+            writer.key("actor")
+            writer.write(actor)
+        }
+        writer.key("at")
+        writer.write(Self.fastFormat(at))
+        if let attempt {
+            writer.key("attempt")
+            writer.write(attempt)
+        }
+        writer.key("definitionVersion")
+        writer.write(definitionVersion)
+        if let error {
+            writer.key("error")
+            writer.write(error)
+        }
+        writer.key("id")
+        writer.write(id)
+        writer.key("kind")
+        writer.write(kind.rawValue)
+        if let phase {
+            writer.key("phase")
+            writer.write(phase.rawValue)
+        }
+        if let reason {
+            writer.key("reason")
+            writer.write(reason)
+        }
+        writer.key("sagaID")
+        writer.write(sagaID)
+        writer.key("sagaName")
+        writer.write(sagaName)
+        writer.key("sagaVersion")
+        writer.write(sagaVersion)
+        writer.key("status")
+        writer.write(status.rawValue)
+        if let step {
+            writer.key("step")
+            writer.write(step)
+        }
+        if let stepName {
+            writer.key("stepName")
+            writer.write(stepName)
+        }
+        if let willRetry {
+            writer.key("willRetry")
+            writer.write(willRetry)
+        }
+        writer.endObject()
+        return writer.bytes
+    }
+
+    /// Reads an event from a message body, as its `Codable` form reads it (other keys ignored).
+    /// - Throws: ``JSONSyntaxError`` or ``JSONFieldError``.
+    package init(jsonBytes: some Collection<UInt8>) throws {
+        let fields = try JSONFields(JSONValue(parsing: jsonBytes))
+        let id = try fields.string("id")
+        let kind = try fields.value("kind", as: Kind.self)
+        let sagaID = try fields.string("sagaID")
+        let sagaName = try fields.string("sagaName")
+        let definitionVersion = try fields.int("definitionVersion")
+        let status = try fields.value("status", as: SagaStatus.self)
+        let sagaVersion = try fields.int64("sagaVersion")
+        let step = try fields.optionalInt64("step").map { value throws(JSONFieldError) -> Int in
+            guard let int = Int(exactly: value) else { throw .wrongType("step", expected: "integer") }
+            return int
+        }
+        let phase = try fields.optionalString("phase").map { raw throws(JSONFieldError) -> StepPhase in
+            guard let phase = StepPhase(rawValue: raw) else { throw .wrongType("phase", expected: "one of StepPhase's values") }
+            return phase
+        }
+        let attempt = try fields.optionalInt64("attempt").map { value throws(JSONFieldError) -> Int in
+            guard let int = Int(exactly: value) else { throw .wrongType("attempt", expected: "integer") }
+            return int
+        }
+        let text = try fields.string("at")
+        guard let at = Self.fastParse(text) ?? Self.parseTime(text) else {
+            throw JSONFieldError.wrongType("at", expected: "an ISO 8601 time")
+        }
+        self.init(
+            kind: kind, sagaID: sagaID, sagaName: sagaName, definitionVersion: definitionVersion, status: status,
+            sagaVersion: sagaVersion, step: step, stepName: try fields.optionalString("stepName"), phase: phase, attempt: attempt,
+            error: try fields.optionalString("error"), willRetry: try fields.optionalBool("willRetry"),
+            action: try fields.optionalString("action"), actor: try fields.optionalString("actor"),
+            reason: try fields.optionalString("reason"), at: at)
+        self.id = id
+    }
+
+    /// `format(_:)` without `Date.ISO8601FormatStyle` (the same text): the civil date of the
+    /// day count, after Howard Hinnant's `civil_from_days`.
+    package static func fastFormat(_ date: Date) -> String {
+        let milliseconds = Int64((date.timeIntervalSince1970 * 1000).rounded())
+        let (days, dayMilliseconds) = Self.floorDivision(milliseconds, 86_400_000)
+        let shifted = days + 719_468
+        let era = (shifted >= 0 ? shifted : shifted - 146_096) / 146_097
+        let dayOfEra = shifted - era * 146_097
+        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let monthIndex = (5 * dayOfYear + 2) / 153
+        let day = dayOfYear - (153 * monthIndex + 2) / 5 + 1
+        let month = monthIndex < 10 ? monthIndex + 3 : monthIndex - 9
+        let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+        guard (0...9999).contains(year) else { return format(date) }
+        let (hours, rest) = dayMilliseconds.quotientAndRemainder(dividingBy: 3_600_000)
+        let (minutes, rest2) = rest.quotientAndRemainder(dividingBy: 60_000)
+        let (seconds, millis) = rest2.quotientAndRemainder(dividingBy: 1000)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(24)
+        func digits(_ value: Int64, _ count: Int) {
+            var divisor: Int64 = 1
+            for _ in 1..<count { divisor *= 10 }
+            var value = value
+            while divisor > 0 {
+                bytes.append(UInt8(ascii: "0") + UInt8(value / divisor))
+                value %= divisor
+                divisor /= 10
+            }
+        }
+        digits(year, 4)
+        bytes.append(UInt8(ascii: "-"))
+        digits(month, 2)
+        bytes.append(UInt8(ascii: "-"))
+        digits(day, 2)
+        bytes.append(UInt8(ascii: "T"))
+        digits(hours, 2)
+        bytes.append(UInt8(ascii: ":"))
+        digits(minutes, 2)
+        bytes.append(UInt8(ascii: ":"))
+        digits(seconds, 2)
+        bytes.append(UInt8(ascii: "."))
+        digits(millis, 3)
+        bytes.append(UInt8(ascii: "Z"))
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Parses exactly `YYYY-MM-DDTHH:MM:SS.mmmZ` (what ``fastFormat(_:)`` writes); `nil` for any
+    /// other form, which ``parseTime(_:)`` then reads.
+    package static func fastParse(_ text: String) -> Date? {
+        let bytes = Array(text.utf8)
+        guard bytes.count == 24, bytes[4] == UInt8(ascii: "-"), bytes[7] == UInt8(ascii: "-"), bytes[10] == UInt8(ascii: "T"),
+            bytes[13] == UInt8(ascii: ":"), bytes[16] == UInt8(ascii: ":"), bytes[19] == UInt8(ascii: "."),
+            bytes[23] == UInt8(ascii: "Z")
+        else { return nil }
+        func number(_ range: Range<Int>) -> Int64? {
+            var value: Int64 = 0
+            for index in range {
+                let byte = bytes[index]
+                guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
+                value = value * 10 + Int64(byte - UInt8(ascii: "0"))
+            }
+            return value
+        }
+        guard let year = number(0..<4), let month = number(5..<7), let day = number(8..<10), let hours = number(11..<13),
+            let minutes = number(14..<16), let seconds = number(17..<19), let millis = number(20..<23),
+            (1...12).contains(month), (1...31).contains(day), hours < 24, minutes < 60, seconds < 60
+        else { return nil }
+        // days_from_civil
+        let shiftedYear = month <= 2 ? year - 1 : year
+        let era = (shiftedYear >= 0 ? shiftedYear : shiftedYear - 399) / 400
+        let yearOfEra = shiftedYear - era * 400
+        let dayOfYear = (153 * (month > 2 ? month - 3 : month + 9) + 2) / 5 + day - 1
+        let dayOfEra = yearOfEra * 365 + yearOfEra / 4 - yearOfEra / 100 + dayOfYear
+        let days = era * 146_097 + dayOfEra - 719_468
+        let total = ((days * 24 + hours) * 60 + minutes) * 60_000 + seconds * 1000 + millis
+        return Date(timeIntervalSince1970: Double(total) / 1000)
+    }
+
+    private static func floorDivision(_ value: Int64, _ divisor: Int64) -> (Int64, Int64) {
+        let (quotient, remainder) = value.quotientAndRemainder(dividingBy: divisor)
+        return remainder < 0 ? (quotient - 1, remainder + divisor) : (quotient, remainder)
     }
 }

@@ -1,0 +1,123 @@
+/// Why a JSON object is not the value it should be: a key is missing or holds the wrong type.
+package enum JSONFieldError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// A required key is absent (or `null`).
+    case missing(String)
+    /// The key holds a value of another type, or one out of range.
+    case wrongType(String, expected: String)
+
+    package var description: String {
+        switch self {
+        case .missing(let key): "missing key '\(key)'"
+        case .wrongType(let key, let expected): "wrong type at '\(key)' (\(expected) expected)"
+        }
+    }
+}
+
+/// Reads the fields of a JSON object the way a synthesized `Decodable` conformance reads them
+/// from `JSONDecoder`: a missing or `null` key is an error for a required field and `nil` for
+/// an optional one; keys nobody asks for are ignored.
+package struct JSONFields {
+    /// The object.
+    package let object: JSONObject
+
+    /// The fields of `value`, which must be an object.
+    /// - Throws: ``JSONFieldError`` when it is not.
+    package init(_ value: JSONValue, at path: String = "(top level)") throws(JSONFieldError) {
+        guard case .object(let object) = value else { throw .wrongType(path, expected: "object") }
+        self.object = object
+    }
+
+    /// The fields of an object.
+    package init(_ object: JSONObject) { self.object = object }
+
+    /// A required string.
+    package func string(_ key: String) throws(JSONFieldError) -> String {
+        guard let value = try optionalString(key) else { throw .missing(key) }
+        return value
+    }
+
+    /// An optional string.
+    package func optionalString(_ key: String) throws(JSONFieldError) -> String? {
+        switch object[key] {
+        case nil, .null?: nil
+        case .string(let value)?: value
+        default: throw .wrongType(key, expected: "string")
+        }
+    }
+
+    /// A required integer.
+    package func int(_ key: String) throws(JSONFieldError) -> Int {
+        guard let value = try optionalInt64(key) else { throw .missing(key) }
+        guard let int = Int(exactly: value) else { throw .wrongType(key, expected: "integer") }
+        return int
+    }
+
+    /// A required 64-bit integer.
+    package func int64(_ key: String) throws(JSONFieldError) -> Int64 {
+        guard let value = try optionalInt64(key) else { throw .missing(key) }
+        return value
+    }
+
+    /// An optional 64-bit integer.
+    package func optionalInt64(_ key: String) throws(JSONFieldError) -> Int64? {
+        switch object[key] {
+        case nil, .null?: return nil
+        case .number(let number)?:
+            guard let value = number.int64Value else { throw .wrongType(key, expected: "integer") }
+            return value
+        default: throw .wrongType(key, expected: "integer")
+        }
+    }
+
+    /// An optional Boolean.
+    package func optionalBool(_ key: String) throws(JSONFieldError) -> Bool? {
+        switch object[key] {
+        case nil, .null?: nil
+        case .bool(let value)?: value
+        default: throw .wrongType(key, expected: "true or false")
+        }
+    }
+
+    /// A required value of a string enumeration.
+    package func value<T: RawRepresentable>(_ key: String, as type: T.Type) throws(JSONFieldError) -> T where T.RawValue == String {
+        guard let value = T(rawValue: try string(key)) else {
+            throw .wrongType(key, expected: "one of \(T.self)'s values")
+        }
+        return value
+    }
+}
+
+extension SagaCommand {
+    /// The command as a message body: the JSON text of its `Codable` form (keys sorted),
+    /// written without `JSONEncoder`.
+    package var jsonBytes: [UInt8] {
+        var writer = JSONWriter(capacity: 160)
+        writer.beginObject()
+        writer.key("attempt")
+        writer.write(attempt)
+        writer.key("command")
+        writer.write(command)
+        writer.key("phase")
+        writer.write(phase.rawValue)
+        writer.key("sagaID")
+        writer.write(sagaID)
+        writer.key("sagaName")
+        writer.write(sagaName)
+        writer.key("step")
+        writer.write(step)
+        writer.key("stepName")
+        writer.write(stepName)
+        writer.endObject()
+        return writer.bytes
+    }
+
+    /// Reads a command from a message body, as its `Codable` form reads it (other keys ignored).
+    /// - Throws: ``JSONSyntaxError`` or ``JSONFieldError``.
+    package init(jsonBytes: some Collection<UInt8>) throws {
+        let fields = try JSONFields(JSONValue(parsing: jsonBytes))
+        self.init(
+            sagaID: try fields.string("sagaID"), sagaName: try fields.string("sagaName"), command: try fields.string("command"),
+            step: try fields.int("step"), stepName: try fields.string("stepName"), phase: try fields.value("phase", as: StepPhase.self),
+            attempt: try fields.int("attempt"))
+    }
+}
