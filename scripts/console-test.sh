@@ -364,6 +364,34 @@ try:
     check(count("svg.gantt path.marker.operator") == 1, "the operator's action drawn")
     shot("07-saga-after-retry.png")
 
+    # 7b. Signal the waiting saga: its form names the signal it waits for; data that is not a
+    # JSON object is refused saying why; then the saga goes on and completes, live.
+    print("signal with the token")
+    driver.get(base + "/sagas/" + ids["waiting"])
+    wait.until(EC.presence_of_element_located((By.ID, "signal-button")))
+    check(driver.find_element(By.ID, "signal-name").get_attribute("value") == "manager.approved",
+          "the signal form names the signal the saga waits for")
+    shot("07b-saga-signal-form.png")
+    type_into("#signal-data", "{approved: yes}")
+    click(By.ID, "signal-button")
+    alert = wait.until(EC.alert_is_present())
+    check("ci-operator" in alert.text, "the signal's confirmation names who acts")
+    alert.accept()
+    wait.until(EC.presence_of_element_located((By.ID, "error")))
+    check("the data is not a JSON object" in text("#error") and "at byte 1" in text("#error"),
+          f"bad data refused with the reason: {text('#error')}")
+    driver.get(base + "/sagas/" + ids["waiting"])
+    wait.until(EC.presence_of_element_located((By.ID, "signal-button")))
+    check("waiting" in text("#saga-status"), "a refused signal changed nothing")
+    type_into("#signal-data", '{"approved": true, "approver": "ci-operator"}')
+    click(By.ID, "signal-button")
+    wait.until(EC.alert_is_present()).accept()
+    wait.until(EC.presence_of_element_located((By.ID, "flash")))
+    check("Signal delivered" in text("#flash"), "the signal was delivered")
+    wait.until(lambda d: "completed" in text("#saga-status"))
+    check(count("#signal-button") == 0, "no signal form once the saga went on")
+    shot("07b-saga-after-signal.png")
+
     # 8. Requeue the dead letter (the participant dead-letters it again: it is still malformed).
     print("requeue")
     driver.get(base + "/dlq")
@@ -401,6 +429,17 @@ assert len(retries) == 1, f"expected one retryRequested record, got {len(retries
 assert retries[0].get("actor") == "ci-operator", f"actor {retries[0].get('actor')}"
 assert retries[0].get("reason") == "airline API fixed (console browser test)", f"reason {retries[0].get('reason')}"
 print("store: the retried saga is compensated; its history records the retry by ci-operator with the reason")
+PYTHON
+SAGAKIT_STORE_URL="sqlite://$STORE" SAGAKIT_PREFIX="$PREFIX" "$BIN/saga" show --json "$(python3 -c "import json; print(json.load(open('$WORK/ids.json'))['waiting'])")" \
+    2>/dev/null >"$WORK/show-signalled.json"
+python3 - "$WORK/show-signalled.json" <<'PYTHON'
+import json, sys
+state = json.load(open(sys.argv[1]))["saga"]
+assert state["status"] == "completed", f"the signalled saga is {state['status']}, expected completed"
+assert state["payload"].get("approved") is True and state["payload"].get("approver") == "ci-operator", state["payload"]
+signalled = [r for r in state["history"] if r.get("actor") == "ci-operator" and r["stepName"] == "manager-approval"]
+assert len(signalled) == 1, f"expected the wait completed by ci-operator once, got {signalled}"
+print("store: the signalled saga completed with the signal's data; its history records the signal by ci-operator")
 PYTHON
 if grep -qF "$(cat "$TOKEN_FILE")" "$WORK/console.log"; then
     log "the console printed the operator token"

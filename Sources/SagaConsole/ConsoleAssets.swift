@@ -41,7 +41,7 @@ enum ConsoleAssets {
         section.next ul { margin:4px 0 10px; padding-left:20px; }
         form.action { display:inline-flex; gap:8px; align-items:center; margin:4px 12px 4px 0; background:var(--card); padding:6px 10px; border:1px solid var(--line); border-radius:6px; }
         form.inline { display:inline; } button { font:inherit; padding:4px 12px; border-radius:5px; border:1px solid #868e96; background:#fff; cursor:pointer; }
-        button.retry { background:var(--run); color:#fff; border-color:var(--run); } button.compensate { background:var(--comp); color:#fff; border-color:var(--comp); }
+        button.retry { background:var(--run); color:#fff; border-color:var(--run); } button.compensate { background:var(--comp); color:#fff; border-color:var(--comp); } button.signal { background:var(--wait); color:#fff; border-color:var(--wait); }
         button.link { border:none; background:none; color:#ccd; text-decoration:underline; padding:0; font-size:12px; }
         form.filters { display:flex; flex-wrap:wrap; gap:10px; align-items:center; background:var(--card); padding:8px 12px; border:1px solid var(--line); border-radius:6px; }
         form.filters fieldset { border:none; padding:0; margin:0; display:flex; gap:8px; } form.filters legend { float:left; margin-right:6px; color:var(--muted); }

@@ -72,6 +72,27 @@ struct ConsoleRoutes: Sendable {
                 return "/sagas/\(HTML.urlComponent(id))?done=compensate"
             }
         }
+        router.post("/sagas/:id/signal") { request, context in
+            let id = try context.parameters.require("id")
+            return try await act(request, back: "/sagas/\(HTML.urlComponent(id))") { session, form in
+                guard let signal = backend.signal else {
+                    throw ConsoleRefusal(status: .notFound, message: "this console does not deliver signals; use saga signal")
+                }
+                let name = (form["name"] ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+                guard !name.isEmpty else {
+                    throw ConsoleRefusal(status: .badRequest, message: "say which signal: the name the saga's wait step declares")
+                }
+                let data = try Self.signalData(form["data"])
+                switch try await signal(id, name, data, session.name) {
+                case .delivered:
+                    logger.notice(
+                        "console: signal delivered", metadata: ["saga.id": "\(id)", "signal": "\(name)", "operator": "\(session.name)"])
+                    return "/sagas/\(HTML.urlComponent(id))?done=signal"
+                case .ignored(let reason, _):
+                    throw ConsoleRefusal(status: .conflict, message: "signal '\(name)' ignored: \(reason)")
+                }
+            }
+        }
         router.post("/dlq/requeue") { request, _ in
             try await act(request, back: "/dlq") { session, form in
                 let ids: Set<String>? = form["all"] == "1" ? nil : form["id"].map { [$0] }
@@ -210,12 +231,25 @@ struct ConsoleRoutes: Sendable {
         return String(reason.prefix(500))
     }
 
+    /// The signal form's data: empty, or a JSON object.
+    static func signalData(_ text: String?) throws -> JSONObject {
+        let text = (text ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !text.isEmpty else { return [:] }
+        do {
+            return try JSONCoding.object(fromJSON: Data(text.utf8))
+        } catch let error as SagaError {
+            throw ConsoleRefusal(
+                status: .badRequest, message: "the data is not a JSON object (\(error.message)); for example {\"approved\": true}")
+        }
+    }
+
     static func flash(_ code: String?) -> String? {
         guard let code else { return nil }
         switch code {
         case "retry":
             return "Retry requested: the saga's current command was sent again; recorded in its history with your name and reason."
         case "compensate": return "Compensation requested: recorded in the saga's history with your name and reason."
+        case "signal": return "Signal delivered: the saga goes on with its next step; recorded in its history with your name."
         default:
             if code.hasPrefix("requeued-"), let count = Int(code.dropFirst("requeued-".count)) {
                 return "\(count) dead letter(s) requeued to where they came from."

@@ -308,7 +308,8 @@ struct Pages: Sendable {
                         "<li class=\"member st-\(cls)\" data-step=\"\(HTML.escape(member.name))\"><b>\(HTML.escape(member.name))</b> \(HTML.escape(ConsoleGroup.describe(member.progress)))</li>"
                 }.joined() + "</ul></section>"
         }
-        if let definition, let wait = ConsoleWait(state, definition: definition) {
+        let wait = definition.flatMap { ConsoleWait(state, definition: $0) }
+        if let definition, let wait {
             html += waitSection(state, wait: wait, definition: definition, now: now)
         }
 
@@ -317,7 +318,7 @@ struct Pages: Sendable {
         let rest = next.text.split(separator: "\n").dropFirst()
         if !rest.isEmpty { html += "<ul>" + rest.map { "<li>\(HTML.escape(String($0)))</li>" }.joined() + "</ul>" }
         html += "</section>"
-        html += actions(for: state, next: next, session: session)
+        html += actions(for: state, next: next, wait: wait, session: session)
 
         html += "<section id=\"timeline\"><h2>Timeline</h2>"
         html +=
@@ -356,7 +357,7 @@ struct Pages: Sendable {
         html +=
             "<p id=\"wait-until\">step \(wait.step + 1) <b>\(HTML.escape(wait.stepName))</b> waits until <b>\(HTML.escape(wait.until.formatted(.iso8601)))</b> (\(HTML.escape(wait.remaining(now: now)))): up to \(HTML.escape(timeout)) after it began to wait.</p><ul>"
         html +=
-            "<li>to approve: <code id=\"signal-command\">\(HTML.escape(wait.signalCommand(state.id)))</code> (the data is merged into the saga's payload, and the saga goes on)</li>"
+            "<li>to approve: <code id=\"signal-command\">\(HTML.escape(wait.signalCommand(state.id)))</code> (the data is merged into the saga's payload, and the saga goes on)\(backend.signal == nil ? "" : ", or Signal below")</li>"
         if !definition.isForwardOnly(wait.step) {
             html += "<li>to reject: <code>\(HTML.escape("saga compensate \(state.id) --reason …"))</code>, or Compensate below</li>"
         }
@@ -420,12 +421,13 @@ struct Pages: Sendable {
         return HTML.table(["after", "step", "phase", "outcome", "handler", "error or reason"], rows, classes: "timeline")
     }
 
-    func actions(for state: SagaState, next: SagaConsoleNextStep, session: Session?) -> String {
+    func actions(for state: SagaState, next: SagaConsoleNextStep, wait: ConsoleWait?, session: Session?) -> String {
         // A waiting saga has nothing to retry: it goes on with its signal (or is compensated).
         let canRetry = !(state.status == .completed || state.status == .compensated || state.status == .waiting)
         let canCompensate =
             next.operatorCommands.contains { $0.hasPrefix("saga compensate") } || (state.status == .running && next.kind != "unknown")
-        guard canRetry || canCompensate else { return "" }
+        let canSignal = wait != nil && backend.signal != nil
+        guard canRetry || canCompensate || canSignal else { return "" }
         var html = "<section id=\"actions\"><h2>Operate</h2>"
         guard security.actionsEnabled else {
             return html
@@ -433,7 +435,7 @@ struct Pages: Sendable {
         }
         guard let session else {
             return html
-                + "<p><a href=\"/login?next=/sagas/\(HTML.urlComponent(state.id))\" id=\"login-to-act\">log in with the operator token</a> to retry or compensate.</p></section>"
+                + "<p><a href=\"/login?next=/sagas/\(HTML.urlComponent(state.id))\" id=\"login-to-act\">log in with the operator token</a> to \(canSignal ? "signal or compensate" : "retry or compensate").</p></section>"
         }
         let path = "/sagas/\(HTML.urlComponent(state.id))"
         func form(_ action: String, _ label: String, _ confirm: String, placeholder: String) -> String {
@@ -445,6 +447,15 @@ struct Pages: Sendable {
             <button class="\(action)" id="\(action)-button">\(label)</button></form>
             """
         }
+        if canSignal, let wait {
+            html += """
+                <form method="post" action="\(path)/signal" class="action" data-confirm="\(HTML.escape("Deliver a signal to saga \(state.id), recorded as \(session.name)'s?"))" id="signal-form">\
+                <input type="hidden" name="csrf" value="\(session.csrf)">\
+                <label>signal <input name="name" required value="\(HTML.escape(wait.wait.signal))" size="24" id="signal-name"></label>\
+                <label>data <input name="data" placeholder="\(HTML.escape("optional JSON object, e.g. {\"approved\": true}"))" size="36" id="signal-data"></label>\
+                <button class="signal" id="signal-button">Signal</button></form>
+                """
+        }
         if canRetry {
             html += form(
                 "retry", "Retry", "Send the current command of saga \(state.id) again, recorded as \(session.name)'s retry?",
@@ -455,7 +466,8 @@ struct Pages: Sendable {
                 "compensate", "Compensate", "Undo the completed steps of saga \(state.id), recorded as \(session.name)'s request?",
                 placeholder: "e.g. the customer cancelled")
         }
-        html += "<p class=\"quiet\">recorded in the saga's history as <b>\(HTML.escape(session.name))</b>, with the reason.</p></section>"
+        html +=
+            "<p class=\"quiet\">recorded in the saga's history as <b>\(HTML.escape(session.name))</b>, with the reason (a signal with its name).</p></section>"
         return html
     }
 

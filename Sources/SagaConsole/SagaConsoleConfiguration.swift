@@ -72,6 +72,10 @@ public struct SagaConsoleBackend: Sendable {
     /// Requeues the dead letters with these message ids (`nil`: every one) among the first
     /// `limit`.
     public var requeue: @Sendable (_ messageIDs: Set<String>?, _ limit: Int) async throws -> SagaConsoleRequeueResult
+    /// Delivers a signal to a saga (`id`, the signal's name, data merged into the saga's data,
+    /// who), as ``SagaManager/signal(_:name:payload:by:)`` does; `nil` hides the console's Signal
+    /// form.
+    public var signal: (@Sendable (_ id: SagaID, _ name: String, _ data: JSONObject, _ actor: String) async throws -> SagaSignalResult)?
 
     /// Creates a backend.
     public init(
@@ -81,7 +85,8 @@ public struct SagaConsoleBackend: Sendable {
         retry: @escaping @Sendable (SagaID, String, String?) async throws -> SagaState,
         compensate: @escaping @Sendable (SagaID, String, String) async throws -> SagaState,
         deadLetters: @escaping @Sendable (Int) async throws -> [SagaConsoleDeadLetter],
-        requeue: @escaping @Sendable (Set<String>?, Int) async throws -> SagaConsoleRequeueResult
+        requeue: @escaping @Sendable (Set<String>?, Int) async throws -> SagaConsoleRequeueResult,
+        signal: (@Sendable (SagaID, String, JSONObject, String) async throws -> SagaSignalResult)? = nil
     ) {
         self.store = store
         self.subscribe = subscribe
@@ -91,6 +96,7 @@ public struct SagaConsoleBackend: Sendable {
         self.compensate = compensate
         self.deadLetters = deadLetters
         self.requeue = requeue
+        self.signal = signal
     }
 }
 

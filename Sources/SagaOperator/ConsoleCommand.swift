@@ -121,7 +121,8 @@ struct ConsoleCommand: AsyncParsableCommand {
                         }
                         return result
                     }
-                })
+                },
+                signal: { id, name, data, actor in try await manager().signal(id, name: name, payload: data, by: actor) })
             let server = SagaConsole(configuration: console, backend: backend, logger: logger) { url in
                 let mode =
                     console.actionsEnabled
