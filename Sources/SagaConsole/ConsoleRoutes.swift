@@ -84,10 +84,15 @@ struct ConsoleRoutes: Sendable {
                 }
                 let data = try Self.signalData(form["data"])
                 switch try await signal(id, name, data, session.name) {
-                case .delivered:
+                case .delivered(let state):
                     logger.notice(
                         "console: signal delivered", metadata: ["saga.id": "\(id)", "signal": "\(name)", "operator": "\(session.name)"])
-                    return "/sagas/\(HTML.urlComponent(id))?done=signal"
+                    // A signal for a wait the saga has not reached yet is kept for it (as `saga
+                    // signal` says too).
+                    let kept =
+                        state.history.last { $0.outcome == .completed && $0.actor == session.name }?.reason?.hasSuffix(
+                            "before the saga reached the wait") == true
+                    return "/sagas/\(HTML.urlComponent(id))?done=\(kept ? "signal-kept" : "signal")"
                 case .ignored(let reason, _):
                     throw ConsoleRefusal(status: .conflict, message: "signal '\(name)' ignored: \(reason)")
                 }
@@ -250,6 +255,9 @@ struct ConsoleRoutes: Sendable {
             return "Retry requested: the saga's current command was sent again; recorded in its history with your name and reason."
         case "compensate": return "Compensation requested: recorded in the saga's history with your name and reason."
         case "signal": return "Signal delivered: the saga goes on with its next step; recorded in its history with your name."
+        case "signal-kept":
+            return
+                "Signal kept: the saga has not reached the wait for it yet; when it does, it goes on at once. Recorded in its history with your name."
         default:
             if code.hasPrefix("requeued-"), let count = Int(code.dropFirst("requeued-".count)) {
                 return "\(count) dead letter(s) requeued to where they came from."
