@@ -12,7 +12,14 @@ import Testing
 )
 struct BrokerLateTests {
     @Test func participantsWaitForABrokerThatStartsLater() async throws {
-        let port = 31_000 + Int.random(in: 0..<2_000)
+        // scripts/rabbitmq.sh gives the broker the distribution port `port + 20,000`. Both stay
+        // below Linux's ephemeral range (32,768 and up), where any outgoing connection may hold
+        // the port (a CI run failed on that), and neither may answer already.
+        func free(_ port: Int) -> Bool {
+            !TestPostgres.answers(host: "127.0.0.1", port: port) && !TestPostgres.answers(host: "127.0.0.1", port: port + 20_000)
+        }
+        var port = 11_000 + Int.random(in: 0..<1_500)
+        while !free(port) { port = 11_000 + Int.random(in: 0..<1_500) }
         let url = TestBroker.privateBrokerURL(port: port)
         do {
             try await run(url: url, port: port)
