@@ -47,7 +47,13 @@ package struct JSONFields {
 
     /// A required integer.
     package func int(_ key: String) throws(JSONFieldError) -> Int {
-        guard let value = try optionalInt64(key) else { throw .missing(key) }
+        guard let value = try optionalInt(key) else { throw .missing(key) }
+        return value
+    }
+
+    /// An optional integer.
+    package func optionalInt(_ key: String) throws(JSONFieldError) -> Int? {
+        guard let value = try optionalInt64(key) else { return nil }
         guard let int = Int(exactly: value) else { throw .wrongType(key, expected: "integer") }
         return int
     }
@@ -80,9 +86,15 @@ package struct JSONFields {
 
     /// A required value of a string enumeration.
     package func value<T: RawRepresentable>(_ key: String, as type: T.Type) throws(JSONFieldError) -> T where T.RawValue == String {
-        guard let value = T(rawValue: try string(key)) else {
-            throw .wrongType(key, expected: "one of \(T.self)'s values")
-        }
+        guard let value = try optionalValue(key, as: type) else { throw .missing(key) }
+        return value
+    }
+
+    /// An optional value of a string enumeration.
+    package func optionalValue<T: RawRepresentable>(_ key: String, as type: T.Type) throws(JSONFieldError) -> T?
+    where T.RawValue == String {
+        guard let raw = try optionalString(key) else { return nil }
+        guard let value = T(rawValue: raw) else { throw .wrongType(key, expected: "one of \(T.self)'s values") }
         return value
     }
 }

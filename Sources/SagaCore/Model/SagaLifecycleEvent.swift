@@ -472,18 +472,9 @@ extension SagaLifecycleEvent {
         let definitionVersion = try fields.int("definitionVersion")
         let status = try fields.value("status", as: SagaStatus.self)
         let sagaVersion = try fields.int64("sagaVersion")
-        let step = try fields.optionalInt64("step").map { value throws(JSONFieldError) -> Int in
-            guard let int = Int(exactly: value) else { throw .wrongType("step", expected: "integer") }
-            return int
-        }
-        let phase = try fields.optionalString("phase").map { raw throws(JSONFieldError) -> StepPhase in
-            guard let phase = StepPhase(rawValue: raw) else { throw .wrongType("phase", expected: "one of StepPhase's values") }
-            return phase
-        }
-        let attempt = try fields.optionalInt64("attempt").map { value throws(JSONFieldError) -> Int in
-            guard let int = Int(exactly: value) else { throw .wrongType("attempt", expected: "integer") }
-            return int
-        }
+        let step = try fields.optionalInt("step")
+        let phase = try fields.optionalValue("phase", as: StepPhase.self)
+        let attempt = try fields.optionalInt("attempt")
         let text = try fields.string("at")
         guard let at = Self.fastParse(text) ?? Self.parseTime(text) else {
             throw JSONFieldError.wrongType("at", expected: "an ISO 8601 time")
