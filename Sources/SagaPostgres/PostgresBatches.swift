@@ -18,6 +18,8 @@ struct PostgresBatches: Sendable {
     let logger: Logger
     /// See ``PostgresSagaStore/Configuration/statementTimeout``.
     let statementTimeout: Duration
+    /// Keeps the attempts' deadlines while the store runs.
+    let watch = AttemptWatch()
 
     /// Marks a missing deadline in the `int8[]` of deadlines (arrays cannot hold `nil` here).
     static let noDeadline = Int64.min
@@ -409,7 +411,7 @@ struct PostgresBatches: Sendable {
             let timeout = PostgresRecovery.attemptTimeout(
                 statementTimeout: statementTimeout, remaining: remaining, safety: safety)
             do {
-                let value = try await Self.withStatementTimeout(timeout, pool: pool, operation)
+                let value = try await Self.withStatementTimeout(timeout, pool: pool, watch: watch, operation)
                 if attempt > 1 {
                     logger.info(
                         "PostgreSQL statement succeeded after \(attempt) attempts",
@@ -454,42 +456,78 @@ struct PostgresBatches: Sendable {
         )
     }
 
-    /// Leases a connection and runs `operation` on it, racing a timer in a task group: when the
-    /// timer wins, fails with ``StatementTimedOut`` (or ``ConnectionWaitTimedOut`` when no
-    /// connection was leased yet). Every failure comes as an ``AttemptFailure`` saying whether
-    /// a connection was held.
+    /// Leases a connection and runs `operation` on it within `timeout`: when the deadline passes
+    /// first, fails with ``StatementTimedOut`` (or ``ConnectionWaitTimedOut`` when no connection
+    /// was leased yet). Every failure comes as an ``AttemptFailure`` saying whether a connection
+    /// was held.
     ///
     /// The deadline covers the whole attempt: waiting for a connection, the statements and their
-    /// rows. When the timer wins, the operation is cancelled and its connection closed; waiting
-    /// for a connection ends on cancellation, and so does a statement run through
-    /// ``PostgresStatement`` (postgres-nio's own `query` does not, and can wait for ever on a
-    /// connection the server closed: operations must use ``PostgresStatement``). The group
-    /// therefore always ends within about the timeout, without leaving a task behind. While it
-    /// waits for a connection, the timer tells the pool (``PostgresPool/waiting(_:for:)``),
-    /// which may replace a wedged pool.
+    /// rows. The operation runs in a child task; when the deadline passes, the operation is
+    /// cancelled and its connection closed; waiting for a connection ends on cancellation, and so
+    /// does a statement run through ``PostgresStatement`` (postgres-nio's own `query` does not,
+    /// and can wait for ever on a connection the server closed: operations must use
+    /// ``PostgresStatement``). The attempt therefore always ends within about the timeout,
+    /// without leaving a task behind.
+    ///
+    /// The deadline is kept by the store's ``AttemptWatch`` while it runs (one task for every
+    /// attempt, which also tells the pool about long waits for a connection, see
+    /// ``PostgresPool/waiting(_:for:)``); otherwise by a timer of the attempt's own.
     static func withStatementTimeout<T: Sendable>(
-        _ timeout: Duration, pool: PostgresPool,
+        _ timeout: Duration, pool: PostgresPool, watch: AttemptWatch,
         _ operation: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         let leased = LeasedConnection()
         let current = pool.current
-        return try await withThrowingTaskGroup(of: TimedOutcome<T>.self) { group in
-            group.addTask {
-                do {
-                    return .finished(
-                        try await current.client.withConnection { connection in
-                            leased.set(connection)
-                            pool.leased(current.generation, connection)
-                            defer {
-                                pool.released(current.generation, connection)
-                                leased.set(nil)
-                            }
-                            return try await operation(connection)
-                        })
-                } catch {
-                    throw AttemptFailure(error: error, leased: leased.everLeased, generation: current.generation)
+        @Sendable func attempt() async throws -> T {
+            do {
+                return try await current.client.withConnection { connection in
+                    leased.set(connection)
+                    pool.leased(current.generation, connection)
+                    defer {
+                        pool.released(current.generation, connection)
+                        leased.set(nil)
+                    }
+                    return try await operation(connection)
+                }
+            } catch {
+                throw AttemptFailure(error: error, leased: leased.everLeased, generation: current.generation)
+            }
+        }
+        func timedOut() -> AttemptFailure {
+            let wasLeased = leased.everLeased
+            leased.close()
+            return AttemptFailure(
+                error: wasLeased ? StatementTimedOut() : ConnectionWaitTimedOut(), leased: wasLeased,
+                generation: current.generation)
+        }
+        let outcome = AttemptOutcome<T>()
+        if let id = watch.watch(
+            deadline: .now + timeout, generation: current.generation, leased: leased, expire: { outcome.resolve(.timedOut) })
+        {
+            defer { watch.unwatch(id) }
+            return try await withThrowingTaskGroup(of: Void.self) { group in
+                // Cancelling the caller cancels this child, which then settles the outcome.
+                group.addTask {
+                    let result: Result<T, any Error>
+                    do { result = .success(try await attempt()) } catch { result = .failure(error) }
+                    outcome.resolve(.finished(result))
+                }
+                defer { group.cancelAll() }
+                switch await outcome.value() {
+                case .finished(.success(let value)):
+                    return value
+                case .finished(.failure(let failure)):
+                    try Task.checkCancellation()
+                    throw failure
+                case .timedOut:
+                    let failure = timedOut()
+                    try Task.checkCancellation()
+                    throw failure
                 }
             }
+        }
+        return try await withThrowingTaskGroup(of: TimedOutcome<T>.self) { group in
+            group.addTask { .finished(try await attempt()) }
             group.addTask {
                 // Ends early when cancelled: the operation finished first, or the caller was
                 // cancelled.
@@ -512,12 +550,9 @@ struct PostgresBatches: Sendable {
                 throw failure
             }
             guard case .finished(let value) = outcome else {
-                let wasLeased = leased.everLeased
-                leased.close()
+                let failure = timedOut()
                 try Task.checkCancellation()
-                throw AttemptFailure(
-                    error: wasLeased ? StatementTimedOut() : ConnectionWaitTimedOut(), leased: wasLeased,
-                    generation: current.generation)
+                throw failure
             }
             return value
         }

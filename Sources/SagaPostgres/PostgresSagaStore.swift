@@ -178,11 +178,14 @@ public final class PostgresSagaStore: SagaStore, Service {
         }
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
+                let pool = pool
                 if ownConfiguration != nil {
                     // Runs the client, and its replacements when it is wedged.
-                    let pool = pool
                     group.addTask { await pool.run() }
                 }
+                // Keeps the statements' deadlines until the store closes.
+                let watch = batches.watch
+                group.addTask { await watch.run(pool: pool) }
                 try await migrate()
                 await withDiscardingTaskGroup { coalescers in
                     coalescers.addTask { await self.commits.run() }

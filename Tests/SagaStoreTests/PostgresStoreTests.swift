@@ -204,4 +204,56 @@ struct PostgresStoreTests {
             group.cancelAll()
         }
     }
+
+    /// A statement the server does not answer, and one that waits for a connection the pool
+    /// cannot give, both end after the statement timeout with an error that says so; the
+    /// store's attempt watch keeps their deadlines (no timer per statement) and forgets them
+    /// afterwards, and the store goes on working.
+    @Test func statementsThatDoNotAnswerEndAfterTheStatementTimeout() async throws {
+        guard let url = try await TestPostgres.url() else { return }
+        var configuration = try PostgresSagaStore.Configuration(url: url)
+        configuration.schema = "sagakit_test_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+        // The schema first, with the default timeouts (a loaded machine may take seconds).
+        try await PostgresSagaStore(configuration: configuration).withRunning { _ in }
+        configuration.statementTimeout = .seconds(2)
+        configuration.maximumConnections = 1
+        let store = try PostgresSagaStore(configuration: configuration)
+        try await store.withRunning { store in
+            let watch = store.batches.watch
+            try await withThrowingTaskGroup(of: Duration.self) { group in
+                // Holds the pool's only connection with a statement the server answers late.
+                group.addTask {
+                    let started = ContinuousClock.now
+                    await #expect {
+                        try await store.executeForTesting("SELECT pg_sleep(20)")
+                    } throws: { error in
+                        (error as? SagaError)?.code == .storeUnavailable && "\(error)".contains("did not answer within 2")
+                    }
+                    return ContinuousClock.now - started
+                }
+                // The watch has the statement before it ends.
+                let seen = ContinuousClock.now + .seconds(5)
+                while watch.watchedCount == 0 && ContinuousClock.now < seen { try await Task.sleep(for: .milliseconds(10)) }
+                #expect(watch.watchedCount >= 1)
+                // Waits for a connection the pool cannot give until the timeout.
+                group.addTask {
+                    let started = ContinuousClock.now
+                    await #expect {
+                        try await store.executeForTesting("SELECT 1")
+                    } throws: { error in
+                        (error as? SagaError)?.code == .storeUnavailable && "\(error)".contains("did not answer within 2")
+                    }
+                    return ContinuousClock.now - started
+                }
+                for try await waited in group {
+                    #expect(waited >= .milliseconds(1900) && waited < .seconds(6), "a statement ended after \(waited)")
+                }
+            }
+            #expect(watch.watchedCount == 0)
+            let state = Conformance.makeState()
+            _ = try await store.create(state, outbox: [])
+            #expect(try await store.load(state.id).id == state.id)
+            try await store.executeForTesting("DROP SCHEMA \(store.namespace) CASCADE")
+        }
+    }
 }
