@@ -6,10 +6,12 @@ enum BenchSaga {
     /// The definition's name.
     static let name = "bench-order"
 
-    /// The definition: no pivot, so a failure at step 3 compensates steps 2 and 1.
-    static let definition: SagaDefinition = {
+    /// The definition: no pivot, so a failure at step 3 compensates steps 2 and 1. With
+    /// `stepTimeout`, each action has that timeout.
+    static func definition(stepTimeout: Duration? = nil) -> SagaDefinition {
         do {
-            let retry = StepOptions(retry: RetryPolicy(maxAttempts: 3, initialDelay: .seconds(1), maxDelay: .seconds(5)))
+            let retry = StepOptions(
+                retry: RetryPolicy(maxAttempts: 3, initialDelay: .seconds(1), maxDelay: .seconds(5)), timeout: stepTimeout)
             return try SagaBuilder(name)
                 .step("reserve-stock", action: "inventory.reserve", compensation: "inventory.release", options: retry)
                 .step("charge-account", action: "payment.charge", compensation: "payment.refund", options: retry)
@@ -19,12 +21,12 @@ enum BenchSaga {
         } catch {
             fatalError("the benchmark saga is invalid: \(error)")
         }
-    }()
+    }
 
     /// The registry with the definition.
-    static let definitions: SagaDefinitionRegistry = {
-        do { return try SagaDefinitionRegistry([definition]) } catch { fatalError("\(error)") }
-    }()
+    static func definitions(stepTimeout: Duration? = nil) -> SagaDefinitionRegistry {
+        do { return try SagaDefinitionRegistry([definition(stepTimeout: stepTimeout)]) } catch { fatalError("\(error)") }
+    }
 
     /// The commands each service handles.
     static let commands: [String: [String]] = [

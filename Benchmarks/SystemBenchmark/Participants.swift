@@ -26,6 +26,8 @@ struct Settings: Sendable {
     var local: String
     /// The database of the services' tables in the separate way (default: the store's).
     var localURL: String?
+    /// A timeout on each step's action (`nil`: none).
+    var stepTimeout: Duration?
 
     /// The topology every process uses.
     var topology: SagaTopology { SagaTopology(prefix: prefix, delayLevels: [1], events: events) }
@@ -64,7 +66,8 @@ enum ParticipantRole {
             let participant = SagaParticipant(
                 configuration: ParticipantConfiguration(
                     service: role, topology: settings.topology, prefetch: settings.prefetch, reaper: nil),
-                definitions: BenchSaga.definitions, handlers: handlers, bus: bus, store: store, logger: logger)
+                definitions: BenchSaga.definitions(stepTimeout: settings.stepTimeout), handlers: handlers, bus: bus, store: store,
+                logger: logger)
             say("READY \(role)")
             if let separate {
                 try await separate.withRunning { try await participant.run() }

@@ -59,6 +59,8 @@ struct SystemBenchmark: AsyncParsableCommand {
     @Option(help: "PostgreSQL data directory, to measure the server's CPU (default: PG_DATA).") var pgData: String?
     @Option(help: "Print each process's RSS (and its anonymous part) to stderr every this many seconds (a soak's curve; 0 = never).")
     var rssEvery = 0.0
+    @Option(help: "A timeout on each step's action, in seconds (0 = none; to measure what step timeouts cost).")
+    var stepTimeout = 0.0
     @Flag(help: "Print one JSON line per configuration (the yardstick's fields) instead of the table.") var json = false
 
     func validate() throws {
@@ -70,7 +72,9 @@ struct SystemBenchmark: AsyncParsableCommand {
         guard ["all", "outcomes"].contains(events) else { throw ValidationError("--events must be all or outcomes") }
         guard ["default", "event-loops"].contains(executor) else { throw ValidationError("--executor must be default or event-loops") }
         if let role, BenchSaga.commands[role] == nil { throw ValidationError("--role must be inventory, payment or shipping") }
-        guard sagas > 0, warmup >= 0, concurrency.allSatisfy({ $0 > 0 }) else { throw ValidationError("counts must be positive") }
+        guard sagas > 0, warmup >= 0, stepTimeout >= 0, concurrency.allSatisfy({ $0 > 0 }) else {
+            throw ValidationError("counts must be positive")
+        }
     }
 
     func run() async throws {
@@ -89,7 +93,8 @@ struct SystemBenchmark: AsyncParsableCommand {
             store: store, postgresURL: postgresURL ?? environment["POSTGRES_URL"],
             sqlitePath: sqlitePath ?? "/tmp/system-benchmark-\(prefix).sqlite",
             amqpURL: amqpURL ?? environment["AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/%2F", prefix: prefix,
-            events: events == "all" ? .all : .outcomes, prefetch: prefetch, local: local, localURL: localURL)
+            events: events == "all" ? .all : .outcomes, prefetch: prefetch, local: local, localURL: localURL,
+            stepTimeout: stepTimeout > 0 ? .milliseconds(Int64(stepTimeout * 1000)) : nil)
         if let role {
             try await ParticipantRole.run(role: role, settings: settings)
         } else {
@@ -121,7 +126,8 @@ struct Starter: Sendable {
                 try await tables.execute(LocalTables.create)
                 let bus = try await RabbitMQBus.connect(url: settings.amqpURL)
                 let manager = SagaManager(
-                    definitions: BenchSaga.definitions, bus: bus, store: store, topology: settings.topology, logger: logger)
+                    definitions: BenchSaga.definitions(stepTimeout: settings.stepTimeout), bus: bus, store: store,
+                    topology: settings.topology, logger: logger)
                 try await manager.declareTopology()
                 for (service, commands) in BenchSaga.commands {
                     try await bus.declare(settings.topology.topology(forService: service, commands: commands))
@@ -166,7 +172,7 @@ struct Starter: Sendable {
         var arguments = [
             "--store", settings.store, "--sqlite-path", settings.sqlitePath, "--amqp-url", settings.amqpURL, "--prefix", settings.prefix,
             "--prefetch", String(settings.prefetch), "--local", settings.local, "--events", options.events,
-            "--executor", options.executor,
+            "--executor", options.executor, "--step-timeout", String(options.stepTimeout),
         ]
         if let url = settings.postgresURL { arguments += ["--postgres-url", url] }
         if let url = settings.localURL { arguments += ["--local-url", url] }

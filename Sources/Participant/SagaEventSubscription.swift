@@ -85,6 +85,8 @@ final class SagaEventHub: Sendable {
         /// Receives the saga's terminal event, for a waiter that returns it
         /// (``SagaManager/startAndWait(_:payload:id:context:timeout:)``).
         let ending: SagaEnding?
+        /// Its fallback wake-up in ``SagaEventHub/ticker`` (see ``SagaEventHub/wake(_:token:at:)``).
+        var wakeID: Int?
     }
 
     private struct State {
@@ -145,7 +147,7 @@ final class SagaEventHub: Sendable {
 
     func unsubscribe(_ id: SagaID, token: Int) {
         state.withLock { state in
-            state.waiters[id]?.removeValue(forKey: token)
+            if let wakeID = state.waiters[id]?.removeValue(forKey: token)?.wakeID { ticker.cancel(wakeID) }
             if state.waiters[id]?.isEmpty == true { state.waiters[id] = nil }
         }
     }
@@ -163,6 +165,40 @@ final class SagaEventHub: Sendable {
 
     /// How many sagas are waited for (for tests).
     var waitedForCount: Int { state.withLock { $0.waiters.count } }
+
+    /// Wakes waiters whose fallback interval passed, while ``runWakeTicks()`` runs.
+    let ticker = DeadlineTicker(tick: .milliseconds(100))
+
+    /// Asks for the waiter `token` of saga `id` to be signalled at `instant` if no event comes
+    /// first (its fallback interval), by the hub's ticker rather than by a timer of its own.
+    /// Returns `false` (nothing asked) unless events are received and ``runWakeTicks()`` runs.
+    func wake(_ id: SagaID, token: Int, at instant: ContinuousClock.Instant) -> Bool {
+        state.withLock { state in
+            guard state.listening, let waiter = state.waiters[id]?[token] else { return false }
+            if let earlier = waiter.wakeID { ticker.cancel(earlier) }
+            let signal = waiter.signal
+            guard let wakeID = ticker.schedule(at: instant, { signal.signal() }) else { return false }
+            state.waiters[id]?[token]?.wakeID = wakeID
+            return true
+        }
+    }
+
+    /// Withdraws a wake-up asked for with ``wake(_:token:at:)`` (an event came first).
+    func cancelWake(_ id: SagaID, token: Int) {
+        state.withLock { state in
+            guard let wakeID = state.waiters[id]?[token]?.wakeID else { return }
+            ticker.cancel(wakeID)
+            state.waiters[id]?[token]?.wakeID = nil
+        }
+    }
+
+    /// Runs the waiters' fallback wake-ups until cancelled (``SagaManager/run()`` does): one task
+    /// for every waiting call instead of a timer per call. When it ends, the waiters it would
+    /// have woken are woken now (they look at the store and wait again, with a timer of their
+    /// own).
+    func runWakeTicks() async {
+        await ticker.run()
+    }
 }
 
 /// The keys set lately, at most about `2 × generation` of them: when the current generation is

@@ -56,6 +56,8 @@ public struct SagaManager: Service {
     public func run() async throws {
         try await withThrowingDiscardingTaskGroup { group in
             if let marker = engine.sentMarker { group.addTask { await marker.run() } }
+            let hub = hub
+            group.addTask { await hub.runWakeTicks() }
             try await receiveEvents()
             group.cancelAll()
         }
@@ -468,8 +470,15 @@ final class SagaWaiter: Sendable {
     /// Returns when an event of the saga arrives, the fallback interval passed, or `deadline`
     /// came.
     func wait(until deadline: ContinuousClock.Instant) async {
-        let sleep = min(fallback, max(deadline - ContinuousClock.now, .zero))
+        let now = ContinuousClock.now
+        let sleep = min(fallback, max(deadline - now, .zero))
         let signal = signal
+        if hub.wake(id, token: token, at: now + sleep) {
+            // The manager's run() wakes this waiter when the interval passes.
+            await signal.wait()
+            hub.cancelWake(id, token: token)
+            return
+        }
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await signal.wait() }
             group.addTask { try? await Task.sleep(for: sleep) }

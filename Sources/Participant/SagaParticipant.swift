@@ -35,6 +35,8 @@ public struct SagaParticipant: Service {
     public let handlers: SagaHandlerRegistry
     let engine: SagaEngine
     let logger: Logger
+    /// The handlers' step timeouts, kept by one task while the participant consumes.
+    let stepDeadlines = DeadlineTicker(tick: .milliseconds(50))
 
     /// Creates a participant.
     public init(
@@ -172,6 +174,15 @@ public struct SagaParticipant: Service {
     /// Consumes the queue until cancelled or gracefully shut down, with the outbox relay and the
     /// reaper alongside; returns once running handlers have finished.
     private func consume() async throws {
+        let deadlines = stepDeadlines
+        try await withThrowingDiscardingTaskGroup { timers in
+            timers.addTask { await deadlines.run() }
+            try await consumeDeliveries()
+            timers.cancelAll()
+        }
+    }
+
+    private func consumeDeliveries() async throws {
         try await withThrowingDiscardingTaskGroup { group in
             let relay = OutboxRelay(
                 engine: engine, pollInterval: configuration.outboxPollInterval, gracePeriod: configuration.outboxGracePeriod, logger: logger
@@ -350,7 +361,7 @@ public struct SagaParticipant: Service {
         )
         let timeout = command.phase == .action ? definition.steps[command.step].options.timeout : nil
         CrashPoints.reach(.beforeHandler)
-        var outcome = await Self.run(handler, context: context, timeout: timeout)
+        var outcome = await Self.run(handler, context: context, timeout: timeout, deadlines: stepDeadlines)
         // The timeout claimed the outcome (even if the handler returned in the same instant).
         if let limit = execution.timeout { outcome = .timedOut(limit) }
         if let failure = execution.reportFailure { throw failure }
@@ -400,13 +411,41 @@ public struct SagaParticipant: Service {
         case timedOut(Duration)
     }
 
-    private static func run(_ handler: @escaping SagaHandler, context: SagaContext, timeout: Duration?) async -> HandlerOutcome {
+    /// Runs the handler; with a timeout, races it against the step's deadline, kept by
+    /// `deadlines` while the participant consumes (by a timer of its own otherwise).
+    private static func run(
+        _ handler: @escaping SagaHandler, context: SagaContext, timeout: Duration?, deadlines: DeadlineTicker
+    ) async -> HandlerOutcome {
         guard let timeout else {
             do {
                 try await handler(context)
                 return .returned
             } catch {
                 return .threw(error)
+            }
+        }
+        let outcome = OneShot<HandlerOutcome>()
+        let deadline = deadlines.schedule(at: .now + timeout) {
+            // The timeout claims the outcome unless the handler is reporting one already; from
+            // now on the handler's report is discarded.
+            if context.execution.claimTimeout(timeout) { outcome.set(.timedOut(timeout)) }
+        }
+        if let deadline {
+            defer { deadlines.cancel(deadline) }
+            return await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    do {
+                        try await handler(context)
+                        outcome.set(.returned)
+                    } catch {
+                        outcome.set(.threw(error))
+                    }
+                }
+                let result = await outcome.value()
+                // Cancels the handler after a timeout. A handler that ignores cancellation keeps
+                // running: the task group waits for it, and the delivery stays unacknowledged.
+                group.cancelAll()
+                return result
             }
         }
         return await withTaskGroup(of: HandlerOutcome?.self) { group in

@@ -1,3 +1,4 @@
+import SagaCore
 import Synchronization
 
 /// Ends the store's statement attempts that pass their deadline, with one task for all of them
@@ -98,45 +99,8 @@ final class AttemptWatch: Sendable {
     var watchedCount: Int { state.withLock { $0.attempts.count } }
 }
 
-/// The outcome of one watched attempt: the statement's result or the watch's timeout, whichever
-/// comes first; the attempt's task waits for it in ``value()``.
-final class AttemptOutcome<T: Sendable>: Sendable {
-    enum Resolution: Sendable {
-        case finished(Result<T, any Error>)
-        case timedOut
-    }
-
-    private struct State {
-        var resolution: Resolution?
-        var waiter: CheckedContinuation<Resolution, Never>?
-    }
-
-    private let state = Mutex(State())
-
-    init() {}
-
-    /// Settles the outcome unless it is settled already (the first resolution stands).
-    func resolve(_ resolution: Resolution) {
-        let waiter = state.withLock { state -> CheckedContinuation<Resolution, Never>? in
-            guard state.resolution == nil else { return nil }
-            state.resolution = resolution
-            defer { state.waiter = nil }
-            return state.waiter
-        }
-        waiter?.resume(returning: resolution)
-    }
-
-    /// Waits until the outcome is settled. Not cancellable by itself: the attempt's statement
-    /// runs in a child task, which cancellation of the caller cancels, and which then settles
-    /// the outcome.
-    func value() async -> Resolution {
-        await withCheckedContinuation { continuation in
-            let settled = state.withLock { state -> Resolution? in
-                if let resolution = state.resolution { return resolution }
-                state.waiter = continuation
-                return nil
-            }
-            if let settled { continuation.resume(returning: settled) }
-        }
-    }
+/// How a watched attempt ended: the statement's result, or the watch's timeout.
+enum AttemptResolution<T: Sendable>: Sendable {
+    case finished(Result<T, any Error>)
+    case timedOut
 }

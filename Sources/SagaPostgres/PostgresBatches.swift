@@ -500,9 +500,9 @@ struct PostgresBatches: Sendable {
                 error: wasLeased ? StatementTimedOut() : ConnectionWaitTimedOut(), leased: wasLeased,
                 generation: current.generation)
         }
-        let outcome = AttemptOutcome<T>()
+        let outcome = OneShot<AttemptResolution<T>>()
         if let id = watch.watch(
-            deadline: .now + timeout, generation: current.generation, leased: leased, expire: { outcome.resolve(.timedOut) })
+            deadline: .now + timeout, generation: current.generation, leased: leased, expire: { outcome.set(.timedOut) })
         {
             defer { watch.unwatch(id) }
             return try await withThrowingTaskGroup(of: Void.self) { group in
@@ -510,7 +510,7 @@ struct PostgresBatches: Sendable {
                 group.addTask {
                     let result: Result<T, any Error>
                     do { result = .success(try await attempt()) } catch { result = .failure(error) }
-                    outcome.resolve(.finished(result))
+                    outcome.set(.finished(result))
                 }
                 defer { group.cancelAll() }
                 switch await outcome.value() {
