@@ -35,7 +35,8 @@ public struct SagaParticipant: Service {
     public let handlers: SagaHandlerRegistry
     let engine: SagaEngine
     let logger: Logger
-    /// The handlers' step timeouts, kept by one task while the participant consumes.
+    /// The handlers' step timeouts, kept by one task while the participant consumes (when a
+    /// definition it was built with has a step timeout).
     let stepDeadlines = DeadlineTicker(tick: .milliseconds(50))
 
     /// Creates a participant.
@@ -175,8 +176,11 @@ public struct SagaParticipant: Service {
     /// reaper alongside; returns once running handlers have finished.
     private func consume() async throws {
         let deadlines = stepDeadlines
+        // Ticks only when a step has a timeout (no wake-ups otherwise); a definition read from
+        // the store later with timeouts gets a timer per handler instead.
+        let timeouts = engine.definitions.all.contains { $0.steps.contains { $0.options.timeout != nil } }
         try await withThrowingDiscardingTaskGroup { timers in
-            timers.addTask { await deadlines.run() }
+            if timeouts { timers.addTask { await deadlines.run() } }
             try await consumeDeliveries()
             timers.cancelAll()
         }
