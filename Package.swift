@@ -54,6 +54,7 @@ let package = Package(
             dependencies: [
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ],
             exclude: ["StateMachine/Protocol"],  // the Promela model (scripts/model-check.sh)
             swiftSettings: strict

@@ -356,13 +356,26 @@ public final class PostgresSagaStore: SagaStore, Service {
         let batches = PostgresBatches(
             pool: pool, namespace: namespace, location: location, logger: logger, statementTimeout: statementTimeout)
         let closed: @Sendable () -> any Error = { lifecycle.notRunningError }
+        func observer(_ operation: String) -> @Sendable (Int, Duration) -> Void {
+            StoreBatchMetrics.observer(store: "postgres", operation: operation)
+        }
         return (
             batches,
-            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed) { await batches.commit($0) },
-            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed) { await batches.load($0) },
-            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed) { await batches.create($0) },
-            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed) { await batches.markSent($0) },
-            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed) {
+            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed, observe: observer("commit")) {
+                await batches.commit($0)
+            },
+            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed, observe: observer("load")) {
+                await batches.load($0)
+            },
+            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed, observe: observer("create")) {
+                await batches.create($0)
+            },
+            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed, observe: observer("mark_sent")) {
+                await batches.markSent($0)
+            },
+            WriteCoalescer(
+                maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed, observe: observer("commit_with_writes")
+            ) {
                 await batches.commit(withLocalWrites: $0)
             }
         )

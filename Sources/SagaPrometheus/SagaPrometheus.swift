@@ -23,7 +23,8 @@ import Synchronization
 ///
 /// The metric names and labels are listed in Docs/Operations.md ("Metrics and alerts"). Histogram
 /// buckets: `saga_duration_seconds` 0.1 s to 10 min (the slow-execution alert looks at 60 s),
-/// `saga_step_duration_seconds` 5 ms to 30 s.
+/// `saga_step_duration_seconds` 5 ms to 30 s, `saga_store_batch_duration_seconds` 1 ms to 30 s,
+/// `saga_store_batch_size` 1 to 64 sagas.
 public enum SagaPrometheus {
     /// The registry that ``bootstrap(reader:logger:)`` makes the metrics backend and that
     /// ``PrometheusMetricsService`` serves by default.
@@ -78,6 +79,11 @@ public enum SagaPrometheus {
             .milliseconds(5), .milliseconds(10), .milliseconds(50), .milliseconds(100), .milliseconds(500), .seconds(1),
             .seconds(5), .seconds(10), .seconds(30),
         ]
+        factory.durationHistogramBuckets["saga_store_batch_duration_seconds"] = [
+            .milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+            .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(5), .seconds(30),
+        ]
+        factory.valueHistogramBuckets["saga_store_batch_size"] = [1, 2, 4, 8, 16, 32, 64]
         return factory
     }
 }

@@ -79,13 +79,22 @@ public final class SQLiteSagaStore: SagaStore, Service {
         self.access = access
         let closed: @Sendable () -> any Error = { lifecycle.notRunningError }
         // SQLite has one writer at a time: one batch runs, the next one gathers meanwhile.
-        commits = WriteCoalescer(maxBatch: Self.maxBatch, maxConcurrentBatches: 1, closedError: closed) {
+        commits = WriteCoalescer(
+            maxBatch: Self.maxBatch, maxConcurrentBatches: 1, closedError: closed,
+            observe: StoreBatchMetrics.observer(store: "sqlite", operation: "commit")
+        ) {
             await Self.commit($0, in: access)
         }
-        creations = WriteCoalescer(maxBatch: Self.maxBatch, maxConcurrentBatches: 1, closedError: closed) {
+        creations = WriteCoalescer(
+            maxBatch: Self.maxBatch, maxConcurrentBatches: 1, closedError: closed,
+            observe: StoreBatchMetrics.observer(store: "sqlite", operation: "create")
+        ) {
             await Self.create($0, in: access)
         }
-        marks = WriteCoalescer(maxBatch: Self.maxBatch, maxConcurrentBatches: 1, closedError: closed) {
+        marks = WriteCoalescer(
+            maxBatch: Self.maxBatch, maxConcurrentBatches: 1, closedError: closed,
+            observe: StoreBatchMetrics.observer(store: "sqlite", operation: "mark_sent")
+        ) {
             await Self.markSent($0, in: access)
         }
     }

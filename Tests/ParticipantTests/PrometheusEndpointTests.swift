@@ -31,7 +31,7 @@ struct PrometheusEndpointTests {
         "saga_started_total", "saga_completed_total", "saga_failed_total", "saga_compensated_total", "saga_duration_seconds",
         "saga_step_duration_seconds", "saga_in_progress", "saga_compensation_retries_total",
     ]
-    static let boundedLabels: Set<String> = ["saga", "step", "phase", "service", "outcome", "status", "le"]
+    static let boundedLabels: Set<String> = ["saga", "step", "phase", "service", "outcome", "status", "le", "store", "operation"]
 
     @Test func aBatchOfSagasAddsUpAcrossTheServicesEndpoints() async throws {
         let amqpURL = try #require(try TestBroker.availableURL())
@@ -92,7 +92,15 @@ struct PrometheusEndpointTests {
             #expect(
                 names.contains(name) || names.contains(name + "_bucket"), "\(name) is missing from every endpoint: \(names.sorted())")
         }
-        #expect(samples.allSatisfy { $0.name.hasPrefix("saga_") ? $0.labels["saga"] == "order" : true })
+        #expect(
+            samples.allSatisfy { $0.name.hasPrefix("saga_") && !$0.name.hasPrefix("saga_store_") ? $0.labels["saga"] == "order" : true })
+        // The stores' batches, by store and operation (bounded sets of values).
+        let batches = samples.filter { $0.name.hasPrefix("saga_store_batch_") }
+        #expect(names.contains("saga_store_batch_size_bucket") && names.contains("saga_store_batch_duration_seconds_bucket"))
+        #expect(batches.allSatisfy { ["postgres", "sqlite"].contains($0.labels["store"] ?? "") })
+        #expect(
+            batches.allSatisfy { ["commit", "commit_with_writes", "load", "create", "mark_sent"].contains($0.labels["operation"] ?? "") })
+        #expect(total("saga_store_batch_size_count", ["operation": "create"]) > 0)
 
         // The figures add up across the processes.
         let started = total("saga_started_total")

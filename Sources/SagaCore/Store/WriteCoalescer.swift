@@ -42,20 +42,24 @@ package final class WriteCoalescer<Request: Sendable, Response: Sendable>: Senda
     private let maxConcurrentBatches: Int
     private let execute: Execute
     private let closedError: @Sendable () -> any Error
+    private let observe: (@Sendable (_ size: Int, _ duration: Duration) -> Void)?
 
     /// - Parameters:
     ///   - maxBatch: the most requests in one batch.
     ///   - maxConcurrentBatches: the most batches running at once.
     ///   - closedError: the error of a request made after ``run()`` has returned.
+    ///   - observe: told each batch's size and how long it ran (for ``StoreBatchMetrics``).
     ///   - execute: runs a batch. It must return exactly one result per request.
     package init(
         maxBatch: Int, maxConcurrentBatches: Int,
         closedError: @escaping @Sendable () -> any Error = { SagaError(.storeUnavailable, "the store is not running") },
+        observe: (@Sendable (_ size: Int, _ duration: Duration) -> Void)? = nil,
         execute: @escaping Execute
     ) {
         self.maxBatch = max(1, maxBatch)
         self.maxConcurrentBatches = max(1, maxConcurrentBatches)
         self.closedError = closedError
+        self.observe = observe
         self.execute = execute
     }
 
@@ -113,7 +117,9 @@ package final class WriteCoalescer<Request: Sendable, Response: Sendable>: Senda
             for worker in wake { worker.resume() }
             switch step {
             case .batch(let batch):
+                let started = ContinuousClock.now
                 let results = await execute(batch.map(\.request))
+                observe?(batch.count, ContinuousClock.now - started)
                 for (index, pending) in batch.enumerated() {
                     if index < results.count {
                         pending.continuation.resume(with: results[index])
