@@ -10,6 +10,8 @@ $SAGAKIT_DIR/.build/release); SAGAKIT_LOCAL=transaction|separate|none picks Syst
                   It prints the yardstick's JSON itself (--json), CPU cores per group included.
   sagakit-system-el  the same with --executor event-loops (every process runs Swift Concurrency on
                   NIO's event loops); SAGAKIT_LABELS=system,system-el,inproc shows both.
+  sagakit-system-jemalloc  sagakit-system with every process on jemalloc instead of glibc's malloc
+                  (LD_PRELOAD of Debian's libjemalloc2, a deployment choice; label system-je).
 
 Older labels, appended as JSON lines with run_peer.py's fields:
 
@@ -110,14 +112,28 @@ def run_system_el(binpath: str, amqp: str, m: int, c: int, fail: float, run: int
     return run_system(binpath, amqp, m, c, fail, run, sync, executor="event-loops", label="sagakit-system-el")
 
 
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+
+
+def run_system_je(binpath: str, amqp: str, m: int, c: int, fail: float, run: int, sync: str) -> dict:
+    """run_system with jemalloc preloaded into every process (apt-get install libjemalloc2)."""
+    if not os.path.exists(JEMALLOC):
+        return {"bench": "sagakit-system-jemalloc", "run": run, "M": m, "C": c, "fail_pct": fail,
+                "sync_commit": sync, "error": f"{JEMALLOC} is missing (apt-get install libjemalloc2)",
+                "sagas_per_s": 0.0, "latency_ms": {}, "verify": {"ok": False}}
+    return run_system(binpath, amqp, m, c, fail, run, sync, label="sagakit-system-jemalloc",
+                      extra_env={"LD_PRELOAD": JEMALLOC})
+
+
 def run_system(binpath: str, amqp: str, m: int, c: int, fail: float, run: int, sync: str,
-               executor: str = "default", label: str = "") -> dict:
+               executor: str = "default", label: str = "", extra_env: dict | None = None) -> dict:
     """SystemBenchmark (issue 13): 3 participant processes + starter, local write per step in the
     saga's transaction (LocalWrite), PostgreSQL store, terminal lifecycle event observed."""
     db = "bench_sagakit_system"
     reset_db(db)
     env = dict(os.environ)
     env.update({"AMQP_URL": amqp})
+    env.update(extra_env or {})
     argv = [os.path.join(binpath, "SystemBenchmark"), "--store", "postgres", "--postgres-url", pg_url(db),
             "--sagas", str(m), "--warmup", "100", "--concurrency", str(c), "--fail-pct", str(fail),
             "--run", str(run), "--sync-commit", sync, "--json",
@@ -186,7 +202,8 @@ def main() -> int:
             for c, fail in configs:
                 m = a.m_for_c1 if (c == 1 and a.m_for_c1) else a.M
                 for label in labels:
-                    fn = {"demo": run_demo, "inproc": run_inproc, "system": run_system, "system-el": run_system_el}[label]
+                    fn = {"demo": run_demo, "inproc": run_inproc, "system": run_system, "system-el": run_system_el,
+                          "system-je": run_system_je}[label]
                     res = fn(binpath, amqp, m, c, fail, run, a.sync_commit)
                     if not res["verify"].get("ok"):
                         rc = 1
