@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Tracing
 
 /// A service's part in choreographed sagas: it consumes the commands it has handlers for, runs
@@ -429,13 +430,21 @@ public struct SagaParticipant: Service {
             }
         }
         let outcome = OneShot<HandlerOutcome>()
+        // Set once the race is over: a deadline firing afterwards (taken by the ticker just
+        // before it was cancelled) must not claim the outcome any more.
+        let over = Mutex(false)
         let deadline = deadlines.schedule(at: .now + timeout) {
-            // The timeout claims the outcome unless the handler is reporting one already; from
-            // now on the handler's report is discarded.
-            if context.execution.claimTimeout(timeout) { outcome.set(.timedOut(timeout)) }
+            over.withLock { over in
+                // The timeout claims the outcome unless the handler is reporting one already;
+                // from now on the handler's report is discarded.
+                if !over, context.execution.claimTimeout(timeout) { outcome.set(.timedOut(timeout)) }
+            }
         }
         if let deadline {
-            defer { deadlines.cancel(deadline) }
+            defer {
+                over.withLock { $0 = true }
+                deadlines.cancel(deadline)
+            }
             return await withTaskGroup(of: Void.self) { group in
                 group.addTask {
                     do {
