@@ -20,6 +20,10 @@ struct PostgresBatches: Sendable {
     let statementTimeout: Duration
     /// Keeps the attempts' deadlines while the store runs.
     let watch = AttemptWatch()
+    /// Whether an attempt's statements run on its connection's event loop (see
+    /// ``EventLoopTaskExecutor``): only for the store's own client, whose event loops are NIO's
+    /// singleton group.
+    var statementsOnEventLoop = false
 
     /// Marks a missing deadline in the `int8[]` of deadlines (arrays cannot hold `nil` here).
     static let noDeadline = Int64.min
@@ -411,7 +415,8 @@ struct PostgresBatches: Sendable {
             let timeout = PostgresRecovery.attemptTimeout(
                 statementTimeout: statementTimeout, remaining: remaining, safety: safety)
             do {
-                let value = try await Self.withStatementTimeout(timeout, pool: pool, watch: watch, operation)
+                let value = try await Self.withStatementTimeout(
+                    timeout, pool: pool, watch: watch, statementsOnEventLoop: statementsOnEventLoop, operation)
                 if attempt > 1 {
                     logger.info(
                         "PostgreSQL statement succeeded after \(attempt) attempts",
@@ -469,11 +474,14 @@ struct PostgresBatches: Sendable {
     /// ``PostgresStatement``). The attempt therefore always ends within about the timeout,
     /// without leaving a task behind.
     ///
+    /// With `statementsOnEventLoop`, the operation runs on the connection's event loop
+    /// (``EventLoopTaskExecutor``).
+    ///
     /// The deadline is kept by the store's ``AttemptWatch`` while it runs (one task for every
     /// attempt, which also tells the pool about long waits for a connection, see
     /// ``PostgresPool/waiting(_:for:)``); otherwise by a timer of the attempt's own.
     static func withStatementTimeout<T: Sendable>(
-        _ timeout: Duration, pool: PostgresPool, watch: AttemptWatch,
+        _ timeout: Duration, pool: PostgresPool, watch: AttemptWatch, statementsOnEventLoop: Bool = false,
         _ operation: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         let leased = LeasedConnection()
@@ -486,6 +494,11 @@ struct PostgresBatches: Sendable {
                     defer {
                         pool.released(current.generation, connection)
                         leased.set(nil)
+                    }
+                    if statementsOnEventLoop {
+                        return try await withTaskExecutorPreference(EventLoopTaskExecutor(connection.eventLoop)) {
+                            try await operation(connection)
+                        }
                     }
                     return try await operation(connection)
                 }
@@ -718,5 +731,26 @@ struct EncodedOutboxMessage: Sendable {
         headers = try StoreCoding.json(message.headers)
         createdAt = StoreCoding.milliseconds(message.createdAt)
         topology = message.topology
+    }
+}
+
+/// Runs a task's jobs on a NIO event loop: an attempt's statements on a connection then resume on
+/// the connection's own event loop instead of handing each reply to the cooperative pool and each
+/// next statement back (two thread hand-overs per statement).
+///
+/// Only for event loops that are never shut down (NIO's singleton group, which the store's own
+/// client uses): a job handed to a loop that has shut down would be dropped, and its task would
+/// never resume.
+final class EventLoopTaskExecutor: TaskExecutor {
+    let eventLoop: any EventLoop
+
+    init(_ eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let executor = asUnownedTaskExecutor()
+        eventLoop.execute { job.runSynchronously(on: executor) }
     }
 }

@@ -117,7 +117,7 @@ public final class PostgresSagaStore: SagaStore, Service {
         self.lifecycle = lifecycle
         (batches, commits, loads, creations, marks, localCommits) = Self.batching(
             pool: pool, namespace: namespace, location: location, logger: logger,
-            statementTimeout: configuration.statementTimeout, lifecycle: lifecycle)
+            statementTimeout: configuration.statementTimeout, lifecycle: lifecycle, ownsClient: true)
     }
 
     /// Creates a store on a `PostgresClient` that the caller runs (`client.run()`, or a
@@ -150,7 +150,7 @@ public final class PostgresSagaStore: SagaStore, Service {
         self.lifecycle = lifecycle
         (batches, commits, loads, creations, marks, localCommits) = Self.batching(
             pool: pool, namespace: namespace, location: location, logger: logger, statementTimeout: statementTimeout,
-            lifecycle: lifecycle)
+            lifecycle: lifecycle, ownsClient: false)
     }
 
     /// Creates a store from swift-configuration keys (see ``Configuration/init(reader:)``);
@@ -347,14 +347,17 @@ public final class PostgresSagaStore: SagaStore, Service {
     /// made smaller batches, more statements and lower throughput.
     private static func batching(
         pool: PostgresPool, namespace: String, location: String, logger: Logger, statementTimeout: Duration,
-        lifecycle: StoreLifecycle
+        lifecycle: StoreLifecycle, ownsClient: Bool
     ) -> (
         PostgresBatches, WriteCoalescer<EncodedSaga, SagaState>, WriteCoalescer<SagaID, PostgresRandomAccessRow>,
         WriteCoalescer<EncodedSaga, SagaCreation>, WriteCoalescer<[String], Void>,
         WriteCoalescer<PostgresBatches.LocalCommit, SagaState>
     ) {
-        let batches = PostgresBatches(
+        var configured = PostgresBatches(
             pool: pool, namespace: namespace, location: location, logger: logger, statementTimeout: statementTimeout)
+        // The store's own client runs on NIO's singleton event loops, which are never shut down.
+        configured.statementsOnEventLoop = ownsClient
+        let batches = configured
         let closed: @Sendable () -> any Error = { lifecycle.notRunningError }
         func observer(_ operation: String) -> @Sendable (Int, Duration) -> Void {
             StoreBatchMetrics.observer(store: "postgres", operation: operation)
