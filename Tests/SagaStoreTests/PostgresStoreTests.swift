@@ -220,31 +220,25 @@ struct PostgresStoreTests {
         let store = try PostgresSagaStore(configuration: configuration)
         try await store.withRunning { store in
             let watch = store.batches.watch
+            // Runs `sql` and returns how long it took to fail with the statement timeout's error.
+            @Sendable func timeToTimeout(_ sql: String) async -> Duration {
+                let started = ContinuousClock.now
+                await #expect {
+                    try await store.executeForTesting(sql)
+                } throws: { error in
+                    (error as? SagaError)?.code == .storeUnavailable && "\(error)".contains("did not answer within 2")
+                }
+                return ContinuousClock.now - started
+            }
             try await withThrowingTaskGroup(of: Duration.self) { group in
                 // Holds the pool's only connection with a statement the server answers late.
-                group.addTask {
-                    let started = ContinuousClock.now
-                    await #expect {
-                        try await store.executeForTesting("SELECT pg_sleep(20)")
-                    } throws: { error in
-                        (error as? SagaError)?.code == .storeUnavailable && "\(error)".contains("did not answer within 2")
-                    }
-                    return ContinuousClock.now - started
-                }
+                group.addTask { await timeToTimeout("SELECT pg_sleep(20)") }
                 // The watch has the statement before it ends.
                 let seen = ContinuousClock.now + .seconds(5)
                 while watch.watchedCount == 0 && ContinuousClock.now < seen { try await Task.sleep(for: .milliseconds(10)) }
                 #expect(watch.watchedCount >= 1)
                 // Waits for a connection the pool cannot give until the timeout.
-                group.addTask {
-                    let started = ContinuousClock.now
-                    await #expect {
-                        try await store.executeForTesting("SELECT 1")
-                    } throws: { error in
-                        (error as? SagaError)?.code == .storeUnavailable && "\(error)".contains("did not answer within 2")
-                    }
-                    return ContinuousClock.now - started
-                }
+                group.addTask { await timeToTimeout("SELECT 1") }
                 for try await waited in group {
                     #expect(waited >= .milliseconds(1900) && waited < .seconds(6), "a statement ended after \(waited)")
                 }

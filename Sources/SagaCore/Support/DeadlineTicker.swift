@@ -63,13 +63,16 @@ package final class DeadlineTicker: Sendable {
     /// How many deadlines are scheduled (for tests).
     package var scheduledCount: Int { state.withLock { $0.scheduled.count } }
 
-    /// Fires due deadlines every ``tick`` until cancelled; then fires the ones left (their waits
+    /// Fires due deadlines every ``tick`` until cancelled, then calls `eachTick` (for a caller
+    /// that also looks at its waits each tick); when cancelled, fires the ones left (their waits
     /// end early rather than never) and schedules nothing more.
-    package func run() async {
+    package func run(eachTick: (@Sendable (ContinuousClock.Instant) -> Void)? = nil) async {
         state.withLock { $0.running = true }
         while !Task.isCancelled {
             do { try await Task.sleep(for: tick) } catch { break }
-            fireDue(at: .now)
+            let now = ContinuousClock.now
+            fireDue(at: now)
+            eachTick?(now)
         }
         let left = state.withLock { state -> [@Sendable () -> Void] in
             state.running = false
