@@ -25,17 +25,7 @@ package enum StoreBatchMetrics {
         return { size, duration in
             Recorder(label: sizeLabel, dimensions: dimensions, aggregate: true).record(size)
             Timer(label: durationLabel, dimensions: dimensions, preferredDisplayUnit: .seconds)
-                .recordNanoseconds(duration.nanoseconds)
+                .recordNanoseconds(Int64(duration.seconds * 1e9))
         }
-    }
-}
-
-extension Duration {
-    /// The duration in whole nanoseconds (saturating).
-    fileprivate var nanoseconds: Int64 {
-        let (seconds, attoseconds) = components
-        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        guard !overflow else { return seconds < 0 ? .min : .max }
-        return product &+ attoseconds / 1_000_000_000
     }
 }
