@@ -3,9 +3,31 @@ import Logging
 import PostgresNIO
 import SagaCore
 
-/// TLS to PostgreSQL: what each `sslmode` checks, the warning when `prefer` falls back to
+/// The store's own client and TLS to PostgreSQL: the client's pool settings, what each `sslmode` checks, the warning when `prefer` falls back to
 /// plaintext, and connect errors that say what TLS refused.
 extension PostgresSagaStore {
+    /// The configuration of the store's own postgres-nio client: TLS as ``Configuration/tls``
+    /// says, the pool's size, the connections it keeps open and its keep-alive.
+    static func clientConfiguration(_ configuration: Configuration) -> PostgresClient.Configuration {
+        let clientTLS: PostgresClient.Configuration.TLS
+        switch configuration.tls {
+        case .disable: clientTLS = .disable
+        case .prefer: clientTLS = .prefer(tlsConfiguration(configuration))
+        case .require, .verifyCA, .verifyFull: clientTLS = .require(tlsConfiguration(configuration))
+        }
+        var client = PostgresClient.Configuration(
+            host: configuration.host, port: configuration.port, username: configuration.username,
+            password: configuration.password, database: configuration.database, tls: clientTLS
+        )
+        client.options.connectTimeout = configuration.connectTimeout
+        client.options.maximumConnections = max(1, configuration.maximumConnections)
+        client.options.minimumConnections = min(max(0, configuration.minimumConnections), client.options.maximumConnections)
+        client.options.keepAliveBehavior = configuration.keepAliveInterval.flatMap {
+            $0 > .zero ? PostgresClient.Configuration.Options.KeepAliveBehavior(frequency: $0) : nil
+        }
+        return client
+    }
+
     /// The TLS settings for a mode other than `disable`; does no I/O (a CA file is read when a
     /// connection is made).
     static func tlsConfiguration(_ configuration: Configuration) -> TLSConfiguration {

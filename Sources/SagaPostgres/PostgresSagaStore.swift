@@ -86,18 +86,7 @@ public final class PostgresSagaStore: SagaStore, Service {
     ///   plain identifier.
     public init(configuration: Configuration, logger: Logger = Logger(label: "sagakit.store.postgres")) throws {
         let namespace = try Self.quotedSchema(configuration.schema)
-        let clientTLS: PostgresClient.Configuration.TLS
-        switch configuration.tls {
-        case .disable: clientTLS = .disable
-        case .prefer: clientTLS = .prefer(Self.tlsConfiguration(configuration))
-        case .require, .verifyCA, .verifyFull: clientTLS = .require(Self.tlsConfiguration(configuration))
-        }
-        var clientConfiguration = PostgresClient.Configuration(
-            host: configuration.host, port: configuration.port, username: configuration.username,
-            password: configuration.password, database: configuration.database, tls: clientTLS
-        )
-        clientConfiguration.options.connectTimeout = configuration.connectTimeout
-        clientConfiguration.options.maximumConnections = max(1, configuration.maximumConnections)
+        let clientConfiguration = Self.clientConfiguration(configuration)
         let makeClient: @Sendable () -> PostgresClient = { [clientConfiguration] in
             PostgresClient(configuration: clientConfiguration, backgroundLogger: logger)
         }

@@ -205,6 +205,25 @@ struct PostgresStoreTests {
         }
     }
 
+    /// The store's own client keeps its minimum connections open (never more than the maximum)
+    /// and pings idle connections only when a keep-alive interval is set: postgres-nio arms an
+    /// idle timer or a keep-alive timer on every return of a connection otherwise.
+    @Test func theOwnClientKeepsItsMinimumConnectionsAndPingsOnlyWhenAsked() throws {
+        var configuration = try PostgresSagaStore.Configuration(url: "postgres://app@127.0.0.1/shop")
+        var client = PostgresSagaStore.clientConfiguration(configuration)
+        #expect(client.options.minimumConnections == 4 && client.options.maximumConnections == 20)
+        #expect(client.options.keepAliveBehavior == nil)
+        configuration.maximumConnections = 2
+        configuration.keepAliveInterval = .seconds(45)
+        client = PostgresSagaStore.clientConfiguration(configuration)
+        #expect(client.options.minimumConnections == 2 && client.options.maximumConnections == 2)
+        #expect(client.options.keepAliveBehavior?.frequency == .seconds(45))
+        configuration.minimumConnections = -3
+        configuration.keepAliveInterval = .zero
+        client = PostgresSagaStore.clientConfiguration(configuration)
+        #expect(client.options.minimumConnections == 0 && client.options.keepAliveBehavior == nil)
+    }
+
     /// A statement the server does not answer, and one that waits for a connection the pool
     /// cannot give, both end after the statement timeout with an error that says so; the
     /// store's attempt watch keeps their deadlines (no timer per statement) and forgets them

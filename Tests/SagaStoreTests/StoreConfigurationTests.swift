@@ -16,6 +16,8 @@ struct StoreConfigurationTests {
                 "sagakit.store.tls": "require",
                 "sagakit.store.connect.timeout.seconds": "2.5",
                 "sagakit.store.connections.max": "7",
+                "sagakit.store.connections.min": "2",
+                "sagakit.store.keepalive.seconds": "45",
                 "sagakit.store.statement.timeout.seconds": "9",
                 "sagakit.store.startup.timeout.seconds": "60",
             ]))
@@ -25,10 +27,19 @@ struct StoreConfigurationTests {
         #expect(configuration.schema == "sagas" && configuration.tls == .require)
         #expect(configuration.connectTimeout == .milliseconds(2500) && configuration.maximumConnections == 7)
         #expect(configuration.statementTimeout == .seconds(9) && configuration.startupTimeout == .seconds(60))
+        #expect(configuration.minimumConnections == 2 && configuration.keepAliveInterval == .seconds(45))
 
         let minimal = try PostgresSagaStore.Configuration(
             reader: ConfigReader(provider: InMemoryProvider(values: ["url": "postgres://app@127.0.0.1/shop"])))
         #expect(minimal.tls == .disable && minimal.schema == "public" && minimal.maximumConnections == 20)
+        #expect(minimal.minimumConnections == 4 && minimal.keepAliveInterval == nil)
+        for off in ["0", "off", " OFF "] {
+            let reader = ConfigReader(
+                provider: InMemoryProvider(values: [
+                    "url": "postgres://app@127.0.0.1/shop", "keepalive.seconds": ConfigValue(stringLiteral: off),
+                ]))
+            #expect(try PostgresSagaStore.Configuration(reader: reader).keepAliveInterval == nil, "\(off)")
+        }
         _ = try PostgresSagaStore(reader: ConfigReader(provider: InMemoryProvider(values: ["url": "postgres://app@127.0.0.1/shop"])))
     }
 
@@ -43,6 +54,16 @@ struct StoreConfigurationTests {
                     provider: InMemoryProvider(values: ["url": "postgres://app:s3cret@h/db", "connections.max": "lots"])))
         }
         #expect(bad?.message.contains("connections.max") == true)
+        let refusals: [(String, [AbsoluteConfigKey: ConfigValue])] = [
+            ("connections.min", ["url": "postgres://app:s3cret@h/db", "connections.min": "-1"]),
+            ("keepalive.seconds", ["url": "postgres://app:s3cret@h/db", "keepalive.seconds": "soon"]),
+        ]
+        for (key, values) in refusals {
+            let refused = #expect(throws: SagaError.self, "\(key)") {
+                try PostgresSagaStore.Configuration(reader: ConfigReader(provider: InMemoryProvider(values: values)))
+            }
+            #expect(refused?.message.contains(key) == true && refused?.description.contains("s3cret") == false)
+        }
         for url in ["postgres://app:s3cret@h:port/db", "mysql://app:s3cret@h/db", "postgres://app:s3cret@h1,h2/db"] {
             let error = #expect(throws: SagaError.self, "\(url)") { try PostgresSagaStore.Configuration(url: url) }
             #expect(error?.description.contains("s3cret") == false, "\(url)")
