@@ -24,6 +24,9 @@ struct PostgresBatches: Sendable {
     /// ``EventLoopTaskExecutor``): only for the store's own client, whose event loops are NIO's
     /// singleton group.
     var statementsOnEventLoop = false
+    /// The executor of the event loop of the store's own connections (where its batches run
+    /// too), reused for their statements.
+    var storeExecutor: EventLoopTaskExecutor?
 
     /// Marks a missing deadline in the `int8[]` of deadlines (arrays cannot hold `nil` here).
     static let noDeadline = Int64.min
@@ -416,7 +419,8 @@ struct PostgresBatches: Sendable {
                 statementTimeout: statementTimeout, remaining: remaining, safety: safety)
             do {
                 let value = try await Self.withStatementTimeout(
-                    timeout, pool: pool, watch: watch, statementsOnEventLoop: statementsOnEventLoop, operation)
+                    timeout, pool: pool, watch: watch, statementsOnEventLoop: statementsOnEventLoop,
+                    storeExecutor: storeExecutor, operation)
                 if attempt > 1 {
                     logger.info(
                         "PostgreSQL statement succeeded after \(attempt) attempts",
@@ -482,6 +486,7 @@ struct PostgresBatches: Sendable {
     /// ``PostgresPool/waiting(_:for:)``); otherwise by a timer of the attempt's own.
     static func withStatementTimeout<T: Sendable>(
         _ timeout: Duration, pool: PostgresPool, watch: AttemptWatch, statementsOnEventLoop: Bool = false,
+        storeExecutor: EventLoopTaskExecutor? = nil,
         _ operation: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         let leased = LeasedConnection()
@@ -496,7 +501,10 @@ struct PostgresBatches: Sendable {
                         leased.set(nil)
                     }
                     if statementsOnEventLoop {
-                        return try await withTaskExecutorPreference(EventLoopTaskExecutor(connection.eventLoop)) {
+                        let loop = connection.eventLoop
+                        let executor =
+                            storeExecutor.flatMap { $0.eventLoop === loop ? $0 : nil } ?? EventLoopTaskExecutor(loop)
+                        return try await withTaskExecutorPreference(executor) {
                             try await operation(connection)
                         }
                     }

@@ -87,8 +87,12 @@ public final class PostgresSagaStore: SagaStore, Service {
     public init(configuration: Configuration, logger: Logger = Logger(label: "sagakit.store.postgres")) throws {
         let namespace = try Self.quotedSchema(configuration.schema)
         let clientConfiguration = Self.clientConfiguration(configuration)
+        // Every connection of the store's own client lives on one of NIO's singleton event
+        // loops (never shut down), where the store's batches run too: a batch, its connection's
+        // statements and their replies stay on one thread.
+        let eventLoop = NIOSingletons.posixEventLoopGroup.next()
         let makeClient: @Sendable () -> PostgresClient = { [clientConfiguration] in
-            PostgresClient(configuration: clientConfiguration, backgroundLogger: logger)
+            PostgresClient(configuration: clientConfiguration, eventLoopGroup: eventLoop, backgroundLogger: logger)
         }
         let location = configuration.location
         let lifecycle = StoreLifecycle(
@@ -106,7 +110,7 @@ public final class PostgresSagaStore: SagaStore, Service {
         self.lifecycle = lifecycle
         (batches, commits, loads, creations, marks, localCommits) = Self.batching(
             pool: pool, namespace: namespace, location: location, logger: logger,
-            statementTimeout: configuration.statementTimeout, lifecycle: lifecycle, ownsClient: true)
+            statementTimeout: configuration.statementTimeout, lifecycle: lifecycle, eventLoop: eventLoop)
     }
 
     /// Creates a store on a `PostgresClient` that the caller runs (`client.run()`, or a
@@ -139,7 +143,7 @@ public final class PostgresSagaStore: SagaStore, Service {
         self.lifecycle = lifecycle
         (batches, commits, loads, creations, marks, localCommits) = Self.batching(
             pool: pool, namespace: namespace, location: location, logger: logger, statementTimeout: statementTimeout,
-            lifecycle: lifecycle, ownsClient: false)
+            lifecycle: lifecycle, eventLoop: nil)
     }
 
     /// Creates a store from swift-configuration keys (see ``Configuration/init(reader:)``);
@@ -336,7 +340,7 @@ public final class PostgresSagaStore: SagaStore, Service {
     /// made smaller batches, more statements and lower throughput.
     private static func batching(
         pool: PostgresPool, namespace: String, location: String, logger: Logger, statementTimeout: Duration,
-        lifecycle: StoreLifecycle, ownsClient: Bool
+        lifecycle: StoreLifecycle, eventLoop: (any EventLoop)?
     ) -> (
         PostgresBatches, WriteCoalescer<EncodedSaga, SagaState>, WriteCoalescer<SagaID, PostgresRandomAccessRow>,
         WriteCoalescer<EncodedSaga, SagaCreation>, WriteCoalescer<[String], Void>,
@@ -344,8 +348,11 @@ public final class PostgresSagaStore: SagaStore, Service {
     ) {
         var configured = PostgresBatches(
             pool: pool, namespace: namespace, location: location, logger: logger, statementTimeout: statementTimeout)
-        // The store's own client runs on NIO's singleton event loops, which are never shut down.
-        configured.statementsOnEventLoop = ownsClient
+        // The store's own client runs on NIO's singleton event loops, which are never shut down
+        // (a job handed to a loop that has shut down would be dropped, its task never resumed).
+        configured.statementsOnEventLoop = eventLoop != nil
+        let executor = eventLoop.map { EventLoopTaskExecutor($0) }
+        configured.storeExecutor = executor
         let batches = configured
         let closed: @Sendable () -> any Error = { lifecycle.notRunningError }
         func observer(_ operation: String) -> @Sendable (Int, Duration) -> Void {
@@ -353,20 +360,28 @@ public final class PostgresSagaStore: SagaStore, Service {
         }
         return (
             batches,
-            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed, observe: observer("commit")) {
+            WriteCoalescer(
+                maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed, observe: observer("commit"), executor: executor
+            ) {
                 await batches.commit($0)
             },
-            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed, observe: observer("load")) {
+            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed, observe: observer("load"), executor: executor)
+            {
                 await batches.load($0)
             },
-            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed, observe: observer("create")) {
+            WriteCoalescer(
+                maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed, observe: observer("create"), executor: executor
+            ) {
                 await batches.create($0)
             },
-            WriteCoalescer(maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed, observe: observer("mark_sent")) {
+            WriteCoalescer(
+                maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed, observe: observer("mark_sent"), executor: executor
+            ) {
                 await batches.markSent($0)
             },
             WriteCoalescer(
-                maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed, observe: observer("commit_with_writes")
+                maxBatch: maxBatch, maxConcurrentBatches: 1, closedError: closed, observe: observer("commit_with_writes"),
+                executor: executor
             ) {
                 await batches.commit(withLocalWrites: $0)
             }

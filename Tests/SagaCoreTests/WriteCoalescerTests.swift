@@ -32,6 +32,18 @@ private func whileRunning<Request, Response, Result>(
     }
 }
 
+/// A task executor that runs each job on the global executor and counts them.
+private final class CountingExecutor: TaskExecutor {
+    let jobs = Mutex(0)
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        jobs.withLock { $0 += 1 }
+        let job = UnownedJob(job)
+        let executor = asUnownedTaskExecutor()
+        Task.detached { job.runSynchronously(on: executor) }
+    }
+}
+
 /// A task-local value a caller sets, to see whether a batch runs with it.
 private enum CallerTag {
     @TaskLocal static var value: String?
@@ -39,6 +51,22 @@ private enum CallerTag {
 
 @Suite("WriteCoalescer")
 struct WriteCoalescerTests {
+    @Test("batches run on the executor they were given")
+    func batchesRunOnTheirExecutor() async throws {
+        let executor = CountingExecutor()
+        let seen = Mutex<[UnownedTaskExecutor?]>([])
+        let coalescer = WriteCoalescer<String, String>(maxBatch: 8, maxConcurrentBatches: 1, executor: executor) { batch in
+            seen.withLock { $0.append(withUnsafeCurrentTask { $0?.unownedTaskExecutor }) }
+            return batch.map { .success($0.uppercased()) }
+        }
+        try await whileRunning(coalescer) { () async throws in
+            #expect(try await coalescer.submit("a", key: "a") == "A")
+            #expect(try await coalescer.submit("b", key: "b") == "B")
+        }
+        #expect(seen.withLock { $0 } == [executor.asUnownedTaskExecutor(), executor.asUnownedTaskExecutor()])
+        #expect(executor.jobs.withLock { $0 } >= 2)
+    }
+
     @Test("a lone request runs at once, alone")
     func loneRequest() async throws {
         let log = BatchLog()

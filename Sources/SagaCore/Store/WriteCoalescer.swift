@@ -43,23 +43,29 @@ package final class WriteCoalescer<Request: Sendable, Response: Sendable>: Senda
     private let execute: Execute
     private let closedError: @Sendable () -> any Error
     private let observe: (@Sendable (_ size: Int, _ duration: Duration) -> Void)?
+    private let executor: (any TaskExecutor)?
 
     /// - Parameters:
     ///   - maxBatch: the most requests in one batch.
     ///   - maxConcurrentBatches: the most batches running at once.
     ///   - closedError: the error of a request made after ``run()`` has returned.
     ///   - observe: told each batch's size and how long it ran (for ``StoreBatchMetrics``).
+    ///   - executor: where the batches run (the thread of the store's connections, so that a
+    ///     batch and its statements do not hand over between threads); `nil` for the global
+    ///     executor.
     ///   - execute: runs a batch. It must return exactly one result per request.
     package init(
         maxBatch: Int, maxConcurrentBatches: Int,
         closedError: @escaping @Sendable () -> any Error = { SagaError(.storeUnavailable, "the store is not running") },
         observe: (@Sendable (_ size: Int, _ duration: Duration) -> Void)? = nil,
+        executor: (any TaskExecutor)? = nil,
         execute: @escaping Execute
     ) {
         self.maxBatch = max(1, maxBatch)
         self.maxConcurrentBatches = max(1, maxConcurrentBatches)
         self.closedError = closedError
         self.observe = observe
+        self.executor = executor
         self.execute = execute
     }
 
@@ -89,7 +95,7 @@ package final class WriteCoalescer<Request: Sendable, Response: Sendable>: Senda
             for _ in 0..<maxConcurrentBatches {
                 // High priority: every waiting caller's store round trip goes through a worker,
                 // so it must not queue behind the callers' own work.
-                group.addTask(priority: .high) { await self.work() }
+                group.addTask(executorPreference: executor, priority: .high) { await self.work() }
             }
         }
         let left = state.withLock { state -> [Pending] in
