@@ -62,7 +62,7 @@ enum SagaMessages {
         }
         SagaTracing.inject(into: &headers)
         return OutboxMessage(
-            id: "\(command.messageID):\(UUID().uuidString.prefix(8))",
+            id: "\(command.messageID):\(UniqueTag.next(length: 8))",
             sagaID: command.sagaID,
             exchange: exchange,
             routingKey: command.command,

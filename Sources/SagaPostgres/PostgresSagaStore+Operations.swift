@@ -196,7 +196,7 @@ extension PostgresSagaStore {
     public func markSent(_ ids: [String]) async throws {
         guard !ids.isEmpty else { return }
         try await lifecycle.waitUntilRunning()
-        try await marks.submit(ids, key: UUID().uuidString)
+        try await marks.submit(ids, key: UniqueTag.next())
     }
 
     func fetchSaga(_ id: SagaID) async throws -> SagaState? {

@@ -305,7 +305,7 @@ extension SQLiteSagaStore {
     public func markSent(_ ids: [String]) async throws {
         guard !ids.isEmpty else { return }
         try await lifecycle.waitUntilRunning()
-        try await marks.submit(ids, key: UUID().uuidString)
+        try await marks.submit(ids, key: UniqueTag.next())
     }
 
     /// Marks the messages of every call in the batch in one transaction, by deleting them: a
