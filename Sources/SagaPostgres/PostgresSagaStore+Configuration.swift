@@ -56,18 +56,10 @@ extension PostgresSagaStore {
         public var connectTimeout: Duration
         /// The most connections the store's pool opens.
         public var maximumConnections: Int
-        /// How many connections the store's pool keeps open all the time (at most
-        /// ``maximumConnections``); it opens them when the store starts. A connection above this
-        /// number is opened on demand and closed after a minute without use, and for that
-        /// postgres-nio arms an idle timer (a task and a clock timer) every time the connection
-        /// returns to the pool, which is after every batch of statements. The default covers
-        /// the batches a store runs at once (commits, loads, creations and sent-marks each run
-        /// one batch at a time), so under steady load statements use only connections kept open.
-        public var minimumConnections: Int
         /// How long a connection may sit unused before the pool runs `SELECT 1` on it, which
         /// keeps it alive through NATs and firewalls that drop idle connections; `nil` (the
         /// default) sends none. postgres-nio arms this timer (a task and a clock timer) every
-        /// time a connection returns to the pool, which is after every batch: about a tenth of a
+        /// time a connection returns to the pool, which is after every batch: about 7 % of a
         /// participant's CPU per step under load (`Docs/Operations.md`, "Throughput"). Without
         /// it, a statement on a connection that a firewall dropped silently fails after its
         /// attempt timeout (`max(5 s, statementTimeout / 3)`) and runs again on a fresh
@@ -93,7 +85,7 @@ extension PostgresSagaStore {
             tls: TLSMode? = nil, schema: String = "public", connectTimeout: Duration = .seconds(10),
             maximumConnections: Int = 20, statementTimeout: Duration = .seconds(30),
             startupTimeout: Duration = .seconds(30), caCertificateFile: String? = nil,
-            minimumConnections: Int = 4, keepAliveInterval: Duration? = nil
+            keepAliveInterval: Duration? = nil
         ) {
             self.host = host
             self.port = port
@@ -105,7 +97,6 @@ extension PostgresSagaStore {
             self.schema = schema
             self.connectTimeout = connectTimeout
             self.maximumConnections = maximumConnections
-            self.minimumConnections = minimumConnections
             self.keepAliveInterval = keepAliveInterval
             self.statementTimeout = statementTimeout
             self.startupTimeout = startupTimeout
@@ -185,7 +176,6 @@ extension PostgresSagaStore {
         /// | `tls.ca.file` | ``caCertificateFile`` (PEM) | the URL's `sslrootcert`, or the system's CAs |
         /// | `connect.timeout.seconds` | ``connectTimeout`` | `10` |
         /// | `connections.max` | ``maximumConnections`` | `20` |
-        /// | `connections.min` | ``minimumConnections`` | `4` |
         /// | `keepalive.seconds` | ``keepAliveInterval`` (`0` or `off`: none) | none |
         /// | `statement.timeout.seconds` | ``statementTimeout`` | `30` |
         /// | `startup.timeout.seconds` | ``startupTimeout`` | `30` |
@@ -208,7 +198,6 @@ extension PostgresSagaStore {
             if let file = reader.string(forKey: "tls.ca.file"), !file.isEmpty { caCertificateFile = file }
             connectTimeout = try reader.sagaSeconds("connect.timeout.seconds", default: connectTimeout)
             maximumConnections = try reader.sagaInt("connections.max", default: maximumConnections)
-            minimumConnections = try reader.sagaInt("connections.min", default: minimumConnections, in: 0...Int.max)
             if let text = reader.string(forKey: "keepalive.seconds") {
                 let off = ["0", "off"].contains(text.trimmingCharacters(in: .whitespaces).lowercased())
                 keepAliveInterval = off ? nil : try reader.sagaSeconds("keepalive.seconds", default: .seconds(30))

@@ -7,7 +7,7 @@ import SagaCore
 /// plaintext, and connect errors that say what TLS refused.
 extension PostgresSagaStore {
     /// The configuration of the store's own postgres-nio client: TLS as ``Configuration/tls``
-    /// says, the pool's size, the connections it keeps open and its keep-alive.
+    /// says, the pool's size and its keep-alive.
     static func clientConfiguration(_ configuration: Configuration) -> PostgresClient.Configuration {
         let clientTLS: PostgresClient.Configuration.TLS
         switch configuration.tls {
@@ -21,7 +21,9 @@ extension PostgresSagaStore {
         )
         client.options.connectTimeout = configuration.connectTimeout
         client.options.maximumConnections = max(1, configuration.maximumConnections)
-        client.options.minimumConnections = min(max(0, configuration.minimumConnections), client.options.maximumConnections)
+        // No connections kept open (postgres-nio's `minimumConnections`, 0): with any, its
+        // pool 1.33 fails a precondition when a statement asks for a connection while a kept one
+        // is closing (seen when the server restarts), which ends the process.
         client.options.keepAliveBehavior = configuration.keepAliveInterval.flatMap {
             $0 > .zero ? PostgresClient.Configuration.Options.KeepAliveBehavior(frequency: $0) : nil
         }

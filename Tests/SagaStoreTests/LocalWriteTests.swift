@@ -59,6 +59,19 @@ struct LocalWriteTests {
         try LocalWrite("INSERT INTO committed_orders (id) VALUES ($1)", "x").validate(index: 0, of: 1)
     }
 
+    /// The scans are cached per statement: a statement checked again, and again after the cache
+    /// filled up and started over, gets the same verdict.
+    @Test func validationGivesTheSameVerdictWhenRepeatedAndAfterTheCacheStartsOver() throws {
+        for round in 0..<3 {
+            #expect(throws: SagaError.self, "\(round)") { try LocalWrite("COMMIT").validate(index: 0, of: 1) }
+            #expect(throws: SagaError.self, "\(round)") { try LocalWrite("UPDATE t SET a = $1, b = $2", 1).validate(index: 0, of: 1) }
+            try LocalWrite("UPDATE t SET a = $1, b = $2", 1, 2).validate(index: 0, of: 1)
+            #expect(LocalWrite("UPDATE t SET a = $1 -- $2", 1).sqliteSQL == "UPDATE t SET a = ?1 -- $2")
+            // More distinct statements than the cache keeps.
+            for n in 1...300 { try LocalWrite("UPDATE t\(round)_\(n) SET a = $1", .int(Int64(n))).validate(index: 0, of: 1) }
+        }
+    }
+
     @Test func aWriteNeverPrintsItsParameters() {
         let write = LocalWrite("UPDATE cards SET number = $1", "4111-1111-1111-1111", expecting: .atLeastOneRow)
         #expect(!"\(write)".contains("4111"))

@@ -16,7 +16,6 @@ struct StoreConfigurationTests {
                 "sagakit.store.tls": "require",
                 "sagakit.store.connect.timeout.seconds": "2.5",
                 "sagakit.store.connections.max": "7",
-                "sagakit.store.connections.min": "2",
                 "sagakit.store.keepalive.seconds": "45",
                 "sagakit.store.statement.timeout.seconds": "9",
                 "sagakit.store.startup.timeout.seconds": "60",
@@ -27,12 +26,12 @@ struct StoreConfigurationTests {
         #expect(configuration.schema == "sagas" && configuration.tls == .require)
         #expect(configuration.connectTimeout == .milliseconds(2500) && configuration.maximumConnections == 7)
         #expect(configuration.statementTimeout == .seconds(9) && configuration.startupTimeout == .seconds(60))
-        #expect(configuration.minimumConnections == 2 && configuration.keepAliveInterval == .seconds(45))
+        #expect(configuration.keepAliveInterval == .seconds(45))
 
         let minimal = try PostgresSagaStore.Configuration(
             reader: ConfigReader(provider: InMemoryProvider(values: ["url": "postgres://app@127.0.0.1/shop"])))
         #expect(minimal.tls == .disable && minimal.schema == "public" && minimal.maximumConnections == 20)
-        #expect(minimal.minimumConnections == 4 && minimal.keepAliveInterval == nil)
+        #expect(minimal.keepAliveInterval == nil)
         for off in ["0", "off", " OFF "] {
             let reader = ConfigReader(
                 provider: InMemoryProvider(values: [
@@ -55,8 +54,7 @@ struct StoreConfigurationTests {
         }
         #expect(bad?.message.contains("connections.max") == true)
         let refusals: [(String, [AbsoluteConfigKey: ConfigValue])] = [
-            ("connections.min", ["url": "postgres://app:s3cret@h/db", "connections.min": "-1"]),
-            ("keepalive.seconds", ["url": "postgres://app:s3cret@h/db", "keepalive.seconds": "soon"]),
+            ("keepalive.seconds", ["url": "postgres://app:s3cret@h/db", "keepalive.seconds": "soon"])
         ]
         for (key, values) in refusals {
             let refused = #expect(throws: SagaError.self, "\(key)") {
