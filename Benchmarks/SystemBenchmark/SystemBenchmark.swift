@@ -43,7 +43,10 @@ struct SystemBenchmark: AsyncParsableCommand {
     var local = "transaction"
     @Option(help: "Database of the services' tables with --local separate (default: the store's).") var localURL: String?
     @Option(help: "Prefetch of each participant.") var prefetch = 256
-    @Option(help: "Lifecycle events published: all or outcomes (the starter needs only the outcomes).") var events = "outcomes"
+    @Option(
+        help:
+            "Lifecycle events published: all, outcomes or terminal (the starter needs only the terminal ones, the only ones the peer publishes)."
+    ) var events = "terminal"
     @Option(help: "Queue prefix (default: a new one per invocation).") var prefix: String?
     @Option(help: "Repetition number: seeds the failures (12345 + run) and labels the JSON.") var run = 1
     @Option(help: "Label of the JSON lines.") var label = "sagakit-system"
@@ -69,7 +72,9 @@ struct SystemBenchmark: AsyncParsableCommand {
             throw ValidationError("--local must be transaction, separate or none")
         }
         if local == "separate" && store != "postgres" { throw ValidationError("--local separate needs --store postgres") }
-        guard ["all", "outcomes"].contains(events) else { throw ValidationError("--events must be all or outcomes") }
+        guard SagaLifecycleEvent.Selection(rawValue: events) != nil, events != "none" else {
+            throw ValidationError("--events must be all, outcomes or terminal")
+        }
         guard ["default", "event-loops"].contains(executor) else { throw ValidationError("--executor must be default or event-loops") }
         if let role, BenchSaga.commands[role] == nil { throw ValidationError("--role must be inventory, payment or shipping") }
         guard sagas > 0, warmup >= 0, stepTimeout >= 0, concurrency.allSatisfy({ $0 > 0 }) else {
@@ -93,7 +98,7 @@ struct SystemBenchmark: AsyncParsableCommand {
             store: store, postgresURL: postgresURL ?? environment["POSTGRES_URL"],
             sqlitePath: sqlitePath ?? "/tmp/system-benchmark-\(prefix).sqlite",
             amqpURL: amqpURL ?? environment["AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/%2F", prefix: prefix,
-            events: events == "all" ? .all : .outcomes, prefetch: prefetch, local: local, localURL: localURL,
+            events: SagaLifecycleEvent.Selection(rawValue: events) ?? .terminal, prefetch: prefetch, local: local, localURL: localURL,
             stepTimeout: stepTimeout > 0 ? .milliseconds(Int64(stepTimeout * 1000)) : nil)
         if let role {
             try await ParticipantRole.run(role: role, settings: settings)

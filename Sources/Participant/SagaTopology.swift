@@ -41,7 +41,7 @@ public struct SagaTopology: Sendable, Hashable {
     ///
     /// Keys: `prefix` (default `sagakit`), `queue.kind` (`classic` or `quorum`, default
     /// `classic`), `delay.levels` (comma-separated seconds, default `1,2,5,10,30,60,300,900,3600`),
-    /// `events` (`all`, `outcomes` or `none`, default `all`: see ``SagaLifecycleEvent/Selection``).
+    /// `events` (`all`, `outcomes`, `terminal` or `none`, default `all`: see ``SagaLifecycleEvent/Selection``).
     /// - Throws: `invalidConfiguration` naming the key whose value is malformed.
     public init(reader: ConfigReader) throws {
         let prefix = reader.string(forKey: "prefix", default: "sagakit")

@@ -93,12 +93,14 @@ struct LifecycleEventTests {
     }
 
     /// `startAndWait` returns each saga's terminal event as soon as it arrives (the store is read
-    /// only every 30 s here), the same event the saga's stored end makes; a manager that is not
-    /// run gets the same answer from the store.
-    @Test func startAndWaitReturnsEachSagasTerminalEvent() async throws {
+    /// only every 30 s here), the same event the saga's stored end makes, whether every event is
+    /// published or only the terminal ones; a manager that is not run gets the same answer from
+    /// the store.
+    @Test(arguments: [SagaLifecycleEvent.Selection.all, .terminal])
+    func startAndWaitReturnsEachSagasTerminalEvent(events: SagaLifecycleEvent.Selection) async throws {
         let servers = try IntegrationServers.require()
         let (store, close) = try await openStore(servers.postgres)
-        let topology = SagaTopology(prefix: "end-\(UUID().uuidString.prefix(8))", delayLevels: [1])
+        let topology = SagaTopology(prefix: "end-\(UUID().uuidString.prefix(8))", delayLevels: [1], events: events)
         let bus = try await RabbitMQBus.connect(url: servers.amqp)
         let count = 9
         let (endings, unrun) = try await withParticipants(

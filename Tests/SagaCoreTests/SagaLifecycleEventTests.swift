@@ -123,6 +123,8 @@ struct SagaLifecycleEventTests {
         #expect(kept == [.started, .compensationStarted, .completed, .compensated, .needsAttention, .operatorAction, .waiting])
         #expect(SagaLifecycleEvent.Kind.allCases.allSatisfy { SagaLifecycleEvent.Selection.all.includes($0) })
         #expect(SagaLifecycleEvent.Kind.allCases.allSatisfy { !SagaLifecycleEvent.Selection.none.includes($0) })
+        let terminal = SagaLifecycleEvent.Kind.allCases.filter { SagaLifecycleEvent.Selection.terminal.includes($0) }
+        #expect(terminal == [.completed, .compensated, .needsAttention])
     }
 
     @Test func theWireFormatKeepsMillisecondsAndLeavesOutAbsentFields() throws {

@@ -202,7 +202,11 @@ extension SagaLifecycleEvent {
         /// compensation-started and operator actions: enough to await and watch sagas, about a
         /// third of the messages of `all` for a three-step saga.
         case outcomes
-        /// None: nothing is published; ``SagaManager`` waits for outcomes by reading the store.
+        /// Only the events that end a saga's run: completed, compensated and needs attention,
+        /// exactly what a waiting `SagaManager` listens for (`outcome(of:)`, `startAndWait`); one
+        /// message per saga, for a deployment where nobody watches running sagas.
+        case terminal
+        /// None: nothing is published; `SagaManager` waits for outcomes by reading the store.
         case none
 
         /// Whether this selection publishes events of `kind`.
@@ -210,6 +214,13 @@ extension SagaLifecycleEvent {
             switch self {
             case .all: true
             case .none: false
+            case .terminal:
+                switch kind {
+                case .completed, .compensated, .needsAttention: true
+                case .started, .compensationStarted, .operatorAction, .waiting, .stepCompleted, .stepFailed, .stepSkipped,
+                    .compensationStepCompleted, .compensationStepFailed:
+                    false
+                }
             case .outcomes:
                 switch kind {
                 case .started, .completed, .compensated, .needsAttention, .compensationStarted, .operatorAction, .waiting: true
