@@ -20,12 +20,10 @@ struct PostgresBatches: Sendable {
     let statementTimeout: Duration
     /// Keeps the attempts' deadlines while the store runs.
     let watch = AttemptWatch()
-    /// Whether an attempt's statements run on its connection's event loop (see
-    /// ``EventLoopTaskExecutor``): only for the store's own client, whose event loops are NIO's
-    /// singleton group.
-    var statementsOnEventLoop = false
-    /// The executor of the event loop of the store's own connections (where its batches run
-    /// too), reused for their statements.
+    /// The executor of the event loop of the store's own connections, where its batches run
+    /// too; set, an attempt's statements run on their connection's event loop (see
+    /// ``EventLoopTaskExecutor``). Only for the store's own client, whose event loop is one of
+    /// NIO's singleton group; `nil` for a caller's client.
     var storeExecutor: EventLoopTaskExecutor?
 
     /// Marks a missing deadline in the `int8[]` of deadlines (arrays cannot hold `nil` here).
@@ -419,8 +417,7 @@ struct PostgresBatches: Sendable {
                 statementTimeout: statementTimeout, remaining: remaining, safety: safety)
             do {
                 let value = try await Self.withStatementTimeout(
-                    timeout, pool: pool, watch: watch, statementsOnEventLoop: statementsOnEventLoop,
-                    storeExecutor: storeExecutor, operation)
+                    timeout, pool: pool, watch: watch, storeExecutor: storeExecutor, operation)
                 if attempt > 1 {
                     logger.info(
                         "PostgreSQL statement succeeded after \(attempt) attempts",
@@ -478,15 +475,14 @@ struct PostgresBatches: Sendable {
     /// ``PostgresStatement``). The attempt therefore always ends within about the timeout,
     /// without leaving a task behind.
     ///
-    /// With `statementsOnEventLoop`, the operation runs on the connection's event loop
-    /// (``EventLoopTaskExecutor``).
+    /// With `storeExecutor`, the operation runs on the connection's event loop
+    /// (``EventLoopTaskExecutor``; the store's own when the connection is on it).
     ///
     /// The deadline is kept by the store's ``AttemptWatch`` while it runs (one task for every
     /// attempt, which also tells the pool about long waits for a connection, see
     /// ``PostgresPool/waiting(_:for:)``); otherwise by a timer of the attempt's own.
     static func withStatementTimeout<T: Sendable>(
-        _ timeout: Duration, pool: PostgresPool, watch: AttemptWatch, statementsOnEventLoop: Bool = false,
-        storeExecutor: EventLoopTaskExecutor? = nil,
+        _ timeout: Duration, pool: PostgresPool, watch: AttemptWatch, storeExecutor: EventLoopTaskExecutor? = nil,
         _ operation: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         let leased = LeasedConnection()
@@ -500,10 +496,9 @@ struct PostgresBatches: Sendable {
                         pool.released(current.generation, connection)
                         leased.set(nil)
                     }
-                    if statementsOnEventLoop {
+                    if let storeExecutor {
                         let loop = connection.eventLoop
-                        let executor =
-                            storeExecutor.flatMap { $0.eventLoop === loop ? $0 : nil } ?? EventLoopTaskExecutor(loop)
+                        let executor = storeExecutor.eventLoop === loop ? storeExecutor : EventLoopTaskExecutor(loop)
                         return try await withTaskExecutorPreference(executor) {
                             try await operation(connection)
                         }

@@ -59,13 +59,14 @@ extension PostgresSagaStore {
         /// How long a connection may sit unused before the pool runs `SELECT 1` on it, which
         /// keeps it alive through NATs and firewalls that drop idle connections; `nil` (the
         /// default) sends none. postgres-nio arms this timer (a task and a clock timer) every
-        /// time a connection returns to the pool, which is after every batch: about 7 % of a
-        /// participant's CPU per step under load (`Docs/Operations.md`, "Throughput"). Without
-        /// it, a statement on a connection that a firewall dropped silently fails after its
-        /// attempt timeout (`max(5 s, statementTimeout / 3)`) and runs again on a fresh
-        /// connection; a connection the server closed fails at once and is replaced. Behind a
-        /// NAT that drops idle connections, set it, or let the server send TCP keep-alives
-        /// (`ALTER ROLE … SET tcp_keepalives_idle = 60`, which costs the client nothing).
+        /// time a connection returns to the pool, which is after every batch: a participant's
+        /// CPU per step at C = 50 was 477 µs with it, 420 µs without (`Docs/Operations.md`,
+        /// "Throughput"). Without it, a statement on a connection that a firewall dropped
+        /// silently fails after its attempt timeout (`max(5 s, statementTimeout / 3)`) and runs
+        /// again on a fresh connection; a connection the server closed fails at once and is
+        /// replaced. Behind a NAT that drops idle connections, set it, or let the server send
+        /// TCP keep-alives (`ALTER ROLE … SET tcp_keepalives_idle = 60`, which costs the client
+        /// nothing).
         public var keepAliveInterval: Duration?
         /// How long a statement (waiting for a connection and every attempt included) may take
         /// before the store gives up on it with `storeUnavailable`. Within it, a statement that
@@ -199,7 +200,8 @@ extension PostgresSagaStore {
             connectTimeout = try reader.sagaSeconds("connect.timeout.seconds", default: connectTimeout)
             maximumConnections = try reader.sagaInt("connections.max", default: maximumConnections)
             if let text = reader.string(forKey: "keepalive.seconds") {
-                let off = ["0", "off"].contains(text.trimmingCharacters(in: .whitespaces).lowercased())
+                let trimmed = text.trimmingCharacters(in: .whitespaces).lowercased()
+                let off = trimmed == "off" || Double(trimmed) == 0
                 keepAliveInterval = off ? nil : try reader.sagaSeconds("keepalive.seconds", default: .seconds(30))
             }
             statementTimeout = try reader.sagaSeconds("statement.timeout.seconds", default: statementTimeout)

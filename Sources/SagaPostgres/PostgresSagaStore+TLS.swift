@@ -3,8 +3,9 @@ import Logging
 import PostgresNIO
 import SagaCore
 
-/// The store's own client and TLS to PostgreSQL: the client's pool settings, what each `sslmode` checks, the warning when `prefer` falls back to
-/// plaintext, and connect errors that say what TLS refused.
+/// The store's own client and TLS to PostgreSQL: the client's pool settings, what each
+/// `sslmode` checks, the warning when `prefer` falls back to plaintext, and connect errors that
+/// say what TLS refused.
 extension PostgresSagaStore {
     /// The configuration of the store's own postgres-nio client: TLS as ``Configuration/tls``
     /// says, the pool's size and its keep-alive.

@@ -350,7 +350,6 @@ public final class PostgresSagaStore: SagaStore, Service {
             pool: pool, namespace: namespace, location: location, logger: logger, statementTimeout: statementTimeout)
         // The store's own client runs on NIO's singleton event loops, which are never shut down
         // (a job handed to a loop that has shut down would be dropped, its task never resumed).
-        configured.statementsOnEventLoop = eventLoop != nil
         let executor = eventLoop.map { EventLoopTaskExecutor($0) }
         configured.storeExecutor = executor
         let batches = configured

@@ -32,7 +32,7 @@ struct StoreConfigurationTests {
             reader: ConfigReader(provider: InMemoryProvider(values: ["url": "postgres://app@127.0.0.1/shop"])))
         #expect(minimal.tls == .disable && minimal.schema == "public" && minimal.maximumConnections == 20)
         #expect(minimal.keepAliveInterval == nil)
-        for off in ["0", "off", " OFF "] {
+        for off in ["0", "0.0", "off", " OFF "] {
             let reader = ConfigReader(
                 provider: InMemoryProvider(values: [
                     "url": "postgres://app@127.0.0.1/shop", "keepalive.seconds": ConfigValue(stringLiteral: off),
