@@ -187,7 +187,10 @@ public struct SagaManager: Service {
         // Steps whose condition does not hold are skipped at the start; when every step is, the
         // saga is stored completed and no command is sent.
         let start = SagaStateMachine(definition: definition, circuits: circuits).begin(id: id, payload: payload, context: context, now: now)
-        let messages = try start.commands.map { try SagaMessages.outbox($0, state: start.state, topology: engine.topology, now: now) }
+        let copy = start.commands.count == 1 ? engine.sealedCopy(of: start.state) : nil
+        let messages = try start.commands.map {
+            try SagaMessages.outbox($0, state: start.state, topology: engine.topology, now: now, stateCopy: copy)
+        }
         let events = try SagaMessages.eventOutbox(
             SagaLifecycleEvent.startEvents(start.state, definition: definition, at: now), state: start.state, topology: engine.topology)
         return PreparedStart(

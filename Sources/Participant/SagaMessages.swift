@@ -39,6 +39,13 @@ public enum SagaHeaders {
     /// because RabbitMQ refuses a `user-id` other than the publishing connection's user, and the
     /// service that dead-letters may log in as another user. `saga dlq requeue` restores it.
     public static let deadLetterOriginalUserID = "x-sagakit-original-user-id"
+    /// A copy of the saga's state as the command's transition committed it (JSON text), on
+    /// commands: a participant may use it instead of loading the saga (see
+    /// `SagaTopology.stateInCommands`). Dead letters do not keep it.
+    public static let state = "x-saga-state"
+    /// The seal of ``state`` (HMAC-SHA-256 in hexadecimal, see ``SagaStateSeal``): a copy whose
+    /// seal does not verify is ignored.
+    public static let stateSeal = "x-saga-state-seal"
     /// The content type of saga commands.
     public static let contentType = "application/json"
 }
@@ -46,7 +53,10 @@ public enum SagaHeaders {
 /// Conversions between saga commands and broker messages.
 enum SagaMessages {
     /// The outbox message that sends `scheduled` for `state`.
-    static func outbox(_ scheduled: ScheduledCommand, state: SagaState, topology: SagaTopology, now: Date) throws -> OutboxMessage {
+    /// `stateCopy` is the sealed copy of the state the command carries (see ``SagaHeaders/state``).
+    static func outbox(
+        _ scheduled: ScheduledCommand, state: SagaState, topology: SagaTopology, now: Date, stateCopy: SealedState? = nil
+    ) throws -> OutboxMessage {
         let command = scheduled.command
         var headers = state.context
         headers[SagaHeaders.sagaID] = command.sagaID
@@ -61,6 +71,10 @@ enum SagaMessages {
             headers[SagaHeaders.delay] = String(level)
         }
         SagaTracing.inject(into: &headers)
+        if let stateCopy {
+            headers[SagaHeaders.state] = stateCopy.text
+            headers[SagaHeaders.stateSeal] = stateCopy.seal
+        }
         return OutboxMessage(
             id: "\(command.messageID):\(UniqueTag.next(length: 8))",
             sagaID: command.sagaID,
@@ -143,6 +157,10 @@ enum SagaMessages {
     static func deadLetter(_ delivery: Delivery, reason: String, service: String, topology: SagaTopology, now: Date) -> OutgoingMessage {
         var message = OutgoingMessage(
             republishing: delivery, exchange: topology.deadLetterExchange, routingKey: delivery.queue)
+        // The state copy is of no use once dead-lettered (too old to be used when requeued), and
+        // keeps the saga's payload out of the dead-letter queue and `saga dlq show`.
+        message.headers[field: SagaHeaders.state] = nil
+        message.headers[field: SagaHeaders.stateSeal] = nil
         message.headers[SagaHeaders.deadLetterReason] = reason
         message.headers[SagaHeaders.deadLetterQueue] = delivery.queue
         message.headers[SagaHeaders.deadLetterExchange] = delivery.exchange
@@ -284,4 +302,10 @@ public enum DeadLetters {
         message.headers = headers
         return message
     }
+}
+
+/// A copy of a saga's state as a command carries it (``SagaHeaders/state``), with its seal.
+struct SealedState: Sendable {
+    let text: String
+    let seal: String
 }

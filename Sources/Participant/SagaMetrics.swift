@@ -21,6 +21,8 @@ import Synchronization
 /// - `saga_compensation_retries_total{saga,step}`
 /// - `saga_stale_messages_total{service}`: duplicate or out-of-date commands acknowledged and
 ///   ignored
+/// - `saga_command_state_total{saga,service,source}`: where each command's saga came from:
+///   `command` (the sealed copy it carried, ``SagaTopology/stateInCommands``) or `store` (loaded)
 /// - `saga_dead_letters_total{service}`
 /// - `saga_circuit_opened_total{saga,step}`: times a step's circuit breaker opened (or opened
 ///   again after a failed probe) in this process; `saga_circuit_closed_total{saga,step}`: times a
@@ -106,6 +108,14 @@ struct SagaMetrics: Sendable {
 
     func stale(service: String) {
         Counter(label: "saga_stale_messages_total", dimensions: [("service", service)]).increment()
+    }
+
+    /// Where a command's saga state came from: the copy it carried, or the store.
+    func commandState(saga: String, service: String, carried: Bool) {
+        Counter(
+            label: "saga_command_state_total",
+            dimensions: [("saga", saga), ("service", service), ("source", carried ? "command" : "store")]
+        ).increment()
     }
 
     func deadLettered(service: String) {

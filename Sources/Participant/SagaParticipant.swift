@@ -17,7 +17,8 @@ import Tracing
 /// try await participant.run()   // or add it to a ServiceGroup
 /// ```
 ///
-/// For each delivery: decode → load the saga → check the command is the saga's current one
+/// For each delivery: decode → load the saga (or take the sealed copy a fresh first delivery
+/// carries, ``SagaTopology/stateInCommands``) → check the command is the saga's current one
 /// (stale and duplicate deliveries are acknowledged and ignored, with a log line and the
 /// `saga_stale_messages_total` counter) → run the handler → commit the transition with its
 /// outgoing command → publish it and wait for the confirm → mark it sent → acknowledge.
@@ -267,7 +268,13 @@ public struct SagaParticipant: Service {
         do {
             let state: SagaState
             do {
-                state = try await engine.store.load(command.sagaID)
+                if let carried = engine.carriedState(of: command, in: delivery, logger: logger) {
+                    state = carried
+                    engine.metrics.commandState(saga: command.sagaName, service: configuration.service, carried: true)
+                } else {
+                    state = try await engine.store.load(command.sagaID)
+                    engine.metrics.commandState(saga: command.sagaName, service: configuration.service, carried: false)
+                }
             } catch let error as SagaError where error.code == .unknownSaga {
                 // A command for no saga that no handler here serves: most likely misrouted.
                 return await deadLetter(delivery, reason: handler == nil ? noHandler : error.message, logger: logger)

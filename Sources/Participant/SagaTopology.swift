@@ -25,23 +25,38 @@ public struct SagaTopology: Sendable, Hashable {
     public var delayLevels: [Int]
     /// Which saga lifecycle events are published to ``eventsExchange`` (default all).
     public var events: SagaLifecycleEvent.Selection
+    /// How old a command's copy of its saga's state may be for a participant to use it instead of
+    /// loading the saga (default 2 seconds); `nil`: commands carry no copy.
+    ///
+    /// A command carries a copy (``SagaHeaders/state``, sealed in ``SagaHeaders/stateSeal``) when
+    /// the store seals copies (``SagaStore/stateSeal``: the PostgreSQL store does) and the
+    /// transition sends exactly one command (not the branches of a parallel group, which would
+    /// find each other's copies stale). A participant uses it only on a first delivery
+    /// (`redelivered` unset), when the seal verifies, and while the copy is at most this old by
+    /// its own clock; otherwise it loads the saga. A copy that is out of date all the same (an
+    /// operator's action in that window) loses the commit's compare-and-swap, and the saga is
+    /// loaded and decided again as after any concurrent change: the handler's outcome is then
+    /// discarded (``SagaError/Code/outcomeDiscarded``) and its local writes rolled back.
+    public var stateInCommands: Duration?
 
     /// Creates the naming scheme.
     public init(
         prefix: String = "sagakit", queueKind: QueueSpec.Kind = .classic, delayLevels: [Int] = [1, 2, 5, 10, 30, 60, 300, 900, 3600],
-        events: SagaLifecycleEvent.Selection = .all
+        events: SagaLifecycleEvent.Selection = .all, stateInCommands: Duration? = .seconds(2)
     ) {
         self.prefix = prefix
         self.queueKind = queueKind
         self.delayLevels = delayLevels.sorted()
         self.events = events
+        self.stateInCommands = stateInCommands.flatMap { $0 > .zero ? $0 : nil }
     }
 
     /// Reads the naming scheme.
     ///
     /// Keys: `prefix` (default `sagakit`), `queue.kind` (`classic` or `quorum`, default
     /// `classic`), `delay.levels` (comma-separated seconds, default `1,2,5,10,30,60,300,900,3600`),
-    /// `events` (`all`, `outcomes`, `terminal` or `none`, default `all`: see ``SagaLifecycleEvent/Selection``).
+    /// `events` (`all`, `outcomes`, `terminal` or `none`, default `all`: see ``SagaLifecycleEvent/Selection``),
+    /// `state.in.commands.seconds` (seconds, default 2; `0` or `off`: none, see ``stateInCommands``).
     /// - Throws: `invalidConfiguration` naming the key whose value is malformed.
     public init(reader: ConfigReader) throws {
         let prefix = reader.string(forKey: "prefix", default: "sagakit")
@@ -61,9 +76,14 @@ public struct SagaTopology: Sendable, Hashable {
             levels = parsed.compactMap { $0 }
         }
         let events = try reader.sagaChoice("events", default: "all", choices: SagaLifecycleEvent.Selection.allCases.map(\.rawValue))
+        var stateInCommands = SagaTopology().stateInCommands
+        if let text = reader.string(forKey: "state.in.commands.seconds")?.trimmingCharacters(in: .whitespaces) {
+            stateInCommands =
+                text.lowercased() == "off" || Double(text) == 0 ? nil : try reader.sagaSeconds("state.in.commands.seconds", default: .zero)
+        }
         self.init(
             prefix: prefix, queueKind: kind == "quorum" ? .quorum : .classic, delayLevels: levels,
-            events: SagaLifecycleEvent.Selection(rawValue: events) ?? .all)
+            events: SagaLifecycleEvent.Selection(rawValue: events) ?? .all, stateInCommands: stateInCommands)
     }
 
     /// The key under which a saga's context records the prefix of the topology it was started

@@ -70,6 +70,12 @@ public final class PostgresSagaStore: SagaStore, Service {
     let marks: WriteCoalescer<[String], Void>
     /// Transitions with local writes, committed together in one transaction (a savepoint each).
     let localCommits: WriteCoalescer<PostgresBatches.LocalCommit, SagaState>
+    /// Seals the state copies commands carry, with the key ``run()`` reads from the schema.
+    let seal = PostgresStateSeal()
+
+    /// HMAC-SHA-256 under a key kept in the schema (`sagakit_keys`), shared by every process of
+    /// the store; it seals nothing before ``run()`` has read the key.
+    public var stateSeal: (any SagaStateSeal)? { seal }
 
     /// Creates a store from a URL such as `postgres://user:password@host:5432/database` (see
     /// ``Configuration/init(url:)``) with the default settings; does no I/O.
@@ -244,13 +250,15 @@ public final class PostgresSagaStore: SagaStore, Service {
     private func migrate() async throws {
         let (namespace, schema, location, logger) = (namespace, schema, location, logger)
         let timeout = batches.statementTimeout * 2
+        let newKey = PostgresStateSeal.newKey()
         guard let configuration = ownConfiguration else {
             do {
-                try await pool.current.client.withConnection { connection in
+                let key = try await pool.current.client.withConnection { connection in
                     try await PostgresSchema.migrate(
                         connection, namespace: namespace, schema: schema, location: location, timeout: timeout,
-                        logger: logger)
+                        newKey: newKey, logger: logger)
                 }
+                seal.use(key: key)
             } catch {
                 throw Self.storeError(error, location: location, doing: "migrate")
             }
@@ -268,15 +276,17 @@ public final class PostgresSagaStore: SagaStore, Service {
         if configuration.tls == .prefer {
             await Self.warnIfPlaintext(connection, location: location, logger: logger)
         }
+        let key: [UInt8]
         do {
-            try await PostgresSchema.migrate(
+            key = try await PostgresSchema.migrate(
                 connection, namespace: namespace, schema: schema, location: location, timeout: timeout,
-                logger: logger)
+                newKey: newKey, logger: logger)
             try? await connection.close()
         } catch {
             try? await connection.close()
             throw Self.storeError(error, location: location, doing: "migrate")
         }
+        seal.use(key: key)
     }
 
     /// A single connection's configuration (TLS as configured).

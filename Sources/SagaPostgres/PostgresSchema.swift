@@ -23,12 +23,15 @@ import SagaCore
 /// planned every call before) and so that a sent mark commits asynchronously (it no longer waits
 /// for a WAL flush of its own: a lost mark only re-publishes a message that consumers ignore).
 ///
+/// Version 7 adds `sagakit_keys`: the key that seals the copies of saga states that commands
+/// carry (``PostgresStateSeal``), made by the first process that opens the store, shared by all.
+///
 /// `sagakit_schema` holds one row with the version of the schema. Opening a store runs, in one
 /// transaction holding an advisory lock on the schema's name, every migration after the
 /// recorded version; processes that open the store together take turns.
 enum PostgresSchema {
     /// The version this SagaKit writes.
-    static let currentVersion = 6
+    static let currentVersion = 7
 
     /// Migration `n` brings the schema from version `n` to `n + 1`; `S` stands for the quoted
     /// schema name.
@@ -131,7 +134,20 @@ enum PostgresSchema {
         // 5 → 6: the hot-path functions with a generic plan, and sent marks committed
         // asynchronously (see the type's documentation).
         [commitFunction, createFunction, loadFunction, markSentFunction],
+        // 6 → 7: the key that seals state copies in commands (made by `migrate` when missing).
+        [
+            """
+            CREATE TABLE IF NOT EXISTS S.sagakit_keys (
+                name text PRIMARY KEY,
+                key bytea NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now()
+            )
+            """
+        ],
     ]
+
+    /// The name of the state seal's key in `sagakit_keys`.
+    static let stateSealKeyName = "state-seal"
 
     /// The sagas with these ids, JSON as text and times as Unix milliseconds.
     private static let loadFunction = """
@@ -272,10 +288,13 @@ enum PostgresSchema {
     /// fails the migration instead of hanging it), and the whole migration gives up after
     /// `timeout` (cancelling it closes the connection), so a store's `run()` never waits for ever
     /// at start-up.
+    ///
+    /// Returns the key of the state seal (``PostgresStateSeal``), made from `newKey` by the first
+    /// process that opens the store.
     static func migrate(
         _ connection: PostgresConnection, namespace: String, schema: String, location: String,
-        timeout: Duration, logger: Logger
-    ) async throws {
+        timeout: Duration, newKey: [UInt8], logger: Logger
+    ) async throws -> [UInt8] {
         @Sendable func run(_ query: PostgresQuery) async throws -> PostgresQueryResult {
             try await PostgresStatement.run(query, on: connection, logger: logger)
         }
@@ -284,7 +303,9 @@ enum PostgresSchema {
             _ = try await run(PostgresQuery(unsafeSQL: text))
         }
         let lockKey = "sagakit.schema.\(schema)"
-        let steps: @Sendable () async throws -> (Int, Int) = {
+        let keyHex = newKey.map { String($0, radix: 16).leftPadded(to: 2) }.joined()
+        let keyName = stateSealKeyName
+        let steps: @Sendable () async throws -> (Int, Int, [UInt8]) = {
             _ = try await run("BEGIN")
             do {
                 let lock: PostgresQuery = "SELECT pg_advisory_xact_lock(hashtext(\(lockKey)))"
@@ -320,8 +341,17 @@ enum PostgresSchema {
                         """
                     _ = try await run(record)
                 }
+                let insertKey: PostgresQuery = """
+                    INSERT INTO \(unescaped: namespace).sagakit_keys (name, key) VALUES (\(keyName), decode(\(keyHex), 'hex'))
+                    ON CONFLICT (name) DO NOTHING
+                    """
+                _ = try await run(insertKey)
+                var key: [UInt8] = []
+                let selectKey: PostgresQuery =
+                    "SELECT encode(key, 'hex') FROM \(unescaped: namespace).sagakit_keys WHERE name = \(keyName)"
+                for row in try await run(selectKey).rows { key = try Self.bytes(hex: row.decode(String.self)) }
                 _ = try await run("COMMIT")
-                return (found, currentVersion)
+                return (found, currentVersion, key)
             } catch {
                 // Ends the transaction (and its lock) on a connection that lives on; fails
                 // harmlessly on one that is gone.
@@ -329,7 +359,7 @@ enum PostgresSchema {
                 throw error
             }
         }
-        let (from, to) = try await withThrowingTaskGroup(of: (Int, Int)?.self) { group in
+        let (from, to, key) = try await withThrowingTaskGroup(of: (Int, Int, [UInt8])?.self) { group in
             group.addTask { try await steps() }
             group.addTask {
                 try await Task.sleep(for: timeout)
@@ -352,5 +382,28 @@ enum PostgresSchema {
                 metadata: ["store.location": "\(location)", "store.schema.from": "\(from)", "store.schema.to": "\(to)"]
             )
         }
+        return key
+    }
+
+    /// The bytes of hexadecimal text (as `encode(…, 'hex')` writes it).
+    static func bytes(hex: String) throws -> [UInt8] {
+        let digits = Array(hex.utf8)
+        guard digits.count.isMultiple(of: 2) else { throw SagaError(.invalidState, "a key in sagakit_keys is not hexadecimal") }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(digits.count / 2)
+        for index in stride(from: 0, to: digits.count, by: 2) {
+            guard let byte = UInt8(String(decoding: digits[index...index + 1], as: UTF8.self), radix: 16) else {
+                throw SagaError(.invalidState, "a key in sagakit_keys is not hexadecimal")
+            }
+            bytes.append(byte)
+        }
+        return bytes
+    }
+}
+
+extension String {
+    /// The string with leading zeros up to `width` characters.
+    fileprivate func leftPadded(to width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
     }
 }

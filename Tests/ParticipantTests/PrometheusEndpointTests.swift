@@ -31,7 +31,9 @@ struct PrometheusEndpointTests {
         "saga_started_total", "saga_completed_total", "saga_failed_total", "saga_compensated_total", "saga_duration_seconds",
         "saga_step_duration_seconds", "saga_in_progress", "saga_compensation_retries_total",
     ]
-    static let boundedLabels: Set<String> = ["saga", "step", "phase", "service", "outcome", "status", "le", "store", "operation"]
+    static let boundedLabels: Set<String> = [
+        "saga", "step", "phase", "service", "outcome", "status", "le", "store", "operation", "source",
+    ]
 
     @Test func aBatchOfSagasAddsUpAcrossTheServicesEndpoints() async throws {
         let amqpURL = try #require(try TestBroker.availableURL())
@@ -121,6 +123,8 @@ struct PrometheusEndpointTests {
             total("saga_failed_total", ["step": "charge-card"]) + total("saga_failed_total", ["step": "reserve-stock"])
                 + total("saga_failed_total", ["step": "fraud-review"]) == compensated)
         #expect(total("saga_compensation_retries_total") == 0)
+        // Every delivered command found its saga somewhere (its copy, or the store).
+        #expect(total("saga_command_state_total") >= total("saga_step_duration_seconds_count"))
         #expect(total("saga_in_progress") == 0, "sagas in progress, summed over processes, after the batch")
         #expect(total("saga_compensations_pending") == 0)
         #expect(total("saga_duration_seconds_count") == started)

@@ -150,6 +150,39 @@ struct PostgresStoreTests {
         }
     }
 
+    /// The state seal's key is made once per schema and shared by every store on it: a copy one
+    /// process sealed verifies in another, a changed copy or a seal from another schema does not,
+    /// and a store seals nothing before it has read the key.
+    @Test func theStateSealsKeyIsSharedByTheSchemasStoresAndNoOthers() async throws {
+        guard let url = try await TestPostgres.url() else { return }
+        func configuration() throws -> PostgresSagaStore.Configuration {
+            var configuration = try PostgresSagaStore.Configuration(url: url)
+            configuration.schema = "sagakit_test_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+            return configuration
+        }
+        let shared = try configuration()
+        let bytes = Array(#"{"id":"s-1","payload":{"amount":5}}"#.utf8)
+        let first = try PostgresSagaStore(configuration: shared)
+        #expect(first.stateSeal?.seal(bytes) == nil)
+        let seal = try await first.withRunning { store in try #require(store.stateSeal?.seal(bytes)) }
+        #expect(seal.count == 64 && seal.allSatisfy(\.isHexDigit))
+        try await PostgresSagaStore(configuration: shared).withRunning { second in
+            let verifier = try #require(second.stateSeal)
+            #expect(verifier.verifies(seal, of: bytes))
+            #expect(!verifier.verifies(seal, of: Array(#"{"id":"s-1","payload":{"amount":500}}"#.utf8)))
+            #expect(!verifier.verifies(String(seal.dropLast()) + (seal.last == "0" ? "1" : "0"), of: bytes))
+            #expect(!verifier.verifies("not a seal", of: bytes))
+            let keys = try await second.rows("read", "SELECT name, length(key) AS bytes FROM \(unescaped: second.namespace).sagakit_keys")
+            #expect(keys.count == 1)
+            #expect(try keys.first?["bytes"].decode(Int.self) == 32)
+            try await second.executeForTesting("DROP SCHEMA \(second.namespace) CASCADE")
+        }
+        try await PostgresSagaStore(configuration: try configuration()).withRunning { other in
+            #expect(other.stateSeal?.verifies(seal, of: bytes) == false)
+            try await other.executeForTesting("DROP SCHEMA \(other.namespace) CASCADE")
+        }
+    }
+
     /// A migration that cannot finish (here: another session holds the schema's lock for good)
     /// makes `run()` fail with a clear error after twice the statement timeout, instead of
     /// waiting for ever at start-up.
@@ -196,6 +229,8 @@ struct PostgresStoreTests {
                 let state = Conformance.makeState()
                 _ = try await store.create(state, outbox: [])
                 #expect(try await store.load(state.id).id == state.id)
+                // The key was read through the caller's client too.
+                #expect(store.stateSeal?.seal([1, 2, 3]) != nil)
                 try await store.executeForTesting("DROP SCHEMA \(store.namespace) CASCADE")
             }
             // The store's shutdown left our client running.

@@ -54,7 +54,14 @@ public final class InMemorySagaStore: SagaStore {
     private let storage = Mutex(Storage())
 
     /// Creates an empty store.
-    public init() {}
+    /// - Parameter stateSeal: what vouches for the state copies commands carry
+    ///   (``SagaStore/stateSeal``); `nil` (the default): participants load every saga.
+    public init(stateSeal: (any SagaStateSeal)? = nil) {
+        self.stateSeal = stateSeal
+    }
+
+    /// See ``init(stateSeal:)``.
+    public let stateSeal: (any SagaStateSeal)?
 
     /// Creates a saga (version 1) and records its outbox messages, unless a saga with that id
     /// exists: then nothing is written and the stored saga is returned.

@@ -40,6 +40,11 @@ public protocol SagaStore: Sendable {
     /// before calling the store.
     var supportsLocalWrites: Bool { get }
 
+    /// What vouches for the copies of saga states that commands carry, so that a participant can
+    /// skip loading the saga (see ``SagaStateSeal``); `nil` by default: commands then carry no
+    /// copy and every participant loads the saga.
+    var stateSeal: (any SagaStateSeal)? { get }
+
     /// Sagas matching a query, most recently updated first.
     func list(_ query: SagaQuery) async throws -> [SagaState]
 
@@ -166,6 +171,9 @@ extension SagaStore {
 
     /// Stores written before SagaKit ran local writes do not run them.
     public var supportsLocalWrites: Bool { false }
+
+    /// Stores written before SagaKit sealed state copies seal none: participants load the saga.
+    public var stateSeal: (any SagaStateSeal)? { nil }
 
     /// The error for local writes given to a store that does not run them.
     public var localWritesUnsupported: SagaError {

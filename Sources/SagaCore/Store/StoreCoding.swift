@@ -75,6 +75,12 @@ package enum StoreCoding {
     /// A step history as JSON text: its records' `Codable` form, times in Unix milliseconds.
     package static func json(_ history: [StepRecord]) throws -> String {
         var writer = JSONWriter(escapingSlashes: false, capacity: 40 + 200 * history.count)
+        write(history, into: &writer)
+        return writer.text
+    }
+
+    /// Writes a step history as ``json(_:)-([StepRecord])`` does.
+    package static func write(_ history: [StepRecord], into writer: inout JSONWriter) {
         writer.beginArray()
         for (offset, record) in history.enumerated() {
             if offset > 0 { writer.nextElement() }
@@ -112,7 +118,6 @@ package enum StoreCoding {
             writer.endObject()
         }
         writer.endArray()
-        return writer.text
     }
 
     /// Reads a payload written by ``json(_:)-(JSONObject)``.
@@ -138,21 +143,24 @@ package enum StoreCoding {
 
     /// Reads a step history written by ``json(_:)-([StepRecord])``.
     package static func decode(_ type: [StepRecord].Type, json: String, column: String, sagaID: String) throws -> [StepRecord] {
-        try reading(type, column: column, sagaID: sagaID) {
-            guard case .array(let records) = try JSONReader.value(from: json) else {
-                throw JSONFieldError.wrongType(column, expected: "array")
-            }
-            return try records.enumerated().map { offset, value in
-                let fields = try JSONFields(value, at: "\(column)[\(offset)]")
-                return StepRecord(
-                    step: try fields.int("step"), stepName: try fields.string("stepName"),
-                    phase: try fields.value("phase", as: StepPhase.self), attempt: try fields.int("attempt"),
-                    startedAt: date(milliseconds: try fields.int64("startedAt")),
-                    finishedAt: date(milliseconds: try fields.int64("finishedAt")),
-                    outcome: try fields.value("outcome", as: StepOutcome.self), error: try fields.optionalString("error"),
-                    timedOut: try fields.optionalBool("timedOut"), actor: try fields.optionalString("actor"),
-                    reason: try fields.optionalString("reason"))
-            }
+        try reading(type, column: column, sagaID: sagaID) { try history(from: JSONReader.value(from: json), at: column) }
+    }
+
+    /// Reads a step history from its parsed JSON (see ``json(_:)-([StepRecord])``).
+    package static func history(from value: JSONValue, at column: String) throws -> [StepRecord] {
+        guard case .array(let records) = value else {
+            throw JSONFieldError.wrongType(column, expected: "array")
+        }
+        return try records.enumerated().map { offset, value in
+            let fields = try JSONFields(value, at: "\(column)[\(offset)]")
+            return StepRecord(
+                step: try fields.int("step"), stepName: try fields.string("stepName"),
+                phase: try fields.value("phase", as: StepPhase.self), attempt: try fields.int("attempt"),
+                startedAt: date(milliseconds: try fields.int64("startedAt")),
+                finishedAt: date(milliseconds: try fields.int64("finishedAt")),
+                outcome: try fields.value("outcome", as: StepOutcome.self), error: try fields.optionalString("error"),
+                timedOut: try fields.optionalBool("timedOut"), actor: try fields.optionalString("actor"),
+                reason: try fields.optionalString("reason"))
         }
     }
 

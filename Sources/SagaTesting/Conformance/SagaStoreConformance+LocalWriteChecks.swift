@@ -42,6 +42,25 @@ extension SagaStoreConformance {
         #expect(try await fixture.other.pendingOutbox(createdBefore: .distantFuture, limit: 10).filter { $0.sagaID == state.id }.isEmpty)
     }
 
+    /// A store that seals state copies (``SagaStore/stateSeal``) seals them so that another
+    /// process of the same store verifies them, and no changed copy or changed seal verifies; a
+    /// store that seals none does so in every process.
+    public static let stateSealsVerifyInEveryProcessOfTheStoreOnly = Check("stateSealsVerifyInEveryProcessOfTheStoreOnly") { fixture in
+        guard let sealer = fixture.store.stateSeal else {
+            #expect(fixture.other.stateSeal == nil, "one process of the store seals copies, another does not")
+            return
+        }
+        let verifier = try #require(fixture.other.stateSeal, "one process of the store seals copies, another does not")
+        let bytes = Array(#"{"id":"s-1","payload":{"amount":5},"version":3}"#.utf8)
+        let seal = try #require(sealer.seal(bytes), "a running store made no seal")
+        #expect(verifier.verifies(seal, of: bytes))
+        #expect(sealer.verifies(seal, of: bytes))
+        #expect(!verifier.verifies(seal, of: Array(#"{"id":"s-1","payload":{"amount":6},"version":3}"#.utf8)))
+        #expect(!verifier.verifies(String(seal.dropLast()), of: bytes))
+        #expect(!verifier.verifies(String(seal.reversed()), of: bytes) || seal == String(seal.reversed()))
+        #expect(!verifier.verifies("", of: bytes))
+    }
+
     /// The local writes commit with the transition: afterwards the row is there, the saga has its
     /// new version and state, and the outbox holds the transition's message.
     public static let localWritesCommitWithTheTransition = Check("localWritesCommitWithTheTransition") { fixture in

@@ -111,5 +111,6 @@ public enum SagaStoreConformance {
         messagesThatKeepFailingDoNotKeepAGoodOneWaiting,
         localWritesThatCannotRunStoreNothing,
         circuitsAreComparedAndSwapped,
+        stateSealsVerifyInEveryProcessOfTheStoreOnly,
     ]
 }

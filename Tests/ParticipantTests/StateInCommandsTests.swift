@@ -1,0 +1,228 @@
+import Configuration
+import CoreMetrics
+import Foundation
+import MetricsTestKit
+import Synchronization
+import Testing
+
+@testable import Participant
+
+/// A seal for tests, not cryptographic: a keyed FNV-1a digest of the bytes. (The PostgreSQL
+/// store's HMAC seal is tested in `PostgresStoreTests`.)
+struct TestStateSeal: SagaStateSeal {
+    var key: UInt64 = 0x5A6A_4B17
+
+    func seal(_ bytes: [UInt8]) -> String? { String(digest(bytes), radix: 16) }
+
+    func verifies(_ seal: String, of bytes: [UInt8]) -> Bool { seal == String(digest(bytes), radix: 16) }
+
+    private func digest(_ bytes: [UInt8]) -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325 ^ key
+        for byte in bytes { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
+        return hash
+    }
+}
+
+/// Settles nothing (for deliveries made by hand).
+private struct NoSettler: DeliverySettler {
+    func settle(_ settlement: Settlement) async throws {}
+}
+
+/// Commands carry a sealed copy of their saga's state, which participants use instead of
+/// loading the saga when it is fresh, first-delivered and verified (`SagaTopology.stateInCommands`).
+@Suite("Commands carry their saga's state", .timeLimit(.minutes(1)))
+struct StateInCommandsTests {
+    let bus = InMemoryBus()
+    let ledger = Ledger()
+    let metrics = TestMetricsBackend.shared
+
+    /// The order handlers under service names of their own, so that the counters belong to one test.
+    private func handlers(suffix: String) -> [String: SagaHandlerRegistry] {
+        Dictionary(uniqueKeysWithValues: orderHandlers(ledger: ledger).map { ("\($0.key)-\(suffix)", $0.value) })
+    }
+
+    private func count(_ service: String, _ source: String) -> Int64 {
+        (try? metrics.expectCounter("saga_command_state_total", [("saga", "order"), ("service", service), ("source", source)]).totalValue)
+            ?? 0
+    }
+
+    @Test func sagasCompleteOnTheStateTheirCommandsCarryWithoutLoadingIt() async throws {
+        let store = InMemorySagaStore(stateSeal: TestStateSeal())
+        let finals = try await withParticipants(handlers(suffix: "copies"), bus: bus, store: store) { manager in
+            var finals: [SagaState] = []
+            for index in 0..<3 {
+                let id = try await manager.start("order", payload: ["orderId": .string("o-copy-\(index)"), "amount": 5])
+                finals.append(try await manager.outcome(of: id, timeout: .seconds(30)))
+            }
+            return finals
+        }
+        #expect(finals.allSatisfy { $0.status == .completed })
+        #expect(finals.allSatisfy { $0.payload["trackingId"] == "t-1" && $0.payload["chargeId"] != nil })
+        for service in ["inventory-copies", "payment-copies", "shipping-copies"] {
+            #expect(count(service, "command") == 3, "\(service)")
+            #expect(count(service, "store") == 0, "\(service)")
+        }
+    }
+
+    @Test(arguments: [("noseal", true), ("off", false)])
+    func withoutASealOrWithCopiesTurnedOffEveryCommandLoadsItsSaga(suffix: String, sealed: Bool) async throws {
+        let store = InMemorySagaStore(stateSeal: sealed ? TestStateSeal() : nil)
+        var topology = testTopology
+        if sealed { topology.stateInCommands = nil }
+        let final = try await withParticipants(
+            handlers(suffix: suffix), buses: [bus], starterBus: bus, store: store, topology: topology
+        ) { manager in
+            let id = try await manager.start("order", payload: ["orderId": "o-load", "amount": 5])
+            return try await manager.outcome(of: id, timeout: .seconds(30))
+        }
+        #expect(final.status == .completed)
+        for service in ["inventory", "payment", "shipping"].map({ "\($0)-\(suffix)" }) {
+            #expect(count(service, "store") == 1, "\(service)")
+            #expect(count(service, "command") == 0, "\(service)")
+        }
+    }
+
+    @Test(arguments: [false, true])
+    func aCopyIsUsedOnlyWhenItsSealVerifies(forged: Bool) async throws {
+        let store = InMemorySagaStore(stateSeal: TestStateSeal())
+        let seen = Mutex<String?>(nil)
+        var services = orderHandlers(ledger: ledger)
+        var inventory = SagaHandlerRegistry()
+        inventory.register("inventory.reserve") { context in
+            seen.withLock { $0 = context.payload["orderId"]?.stringValue }
+            try await context.completeStep()
+        }
+        services["inventory"] = inventory
+        let id = "copy-probe-\(forged)"
+        let (stored, _) = SagaStateMachine(definition: orderSaga).start(
+            id: id, payload: ["orderId": "from-the-store", "amount": 1], context: [SagaTopology.contextKey: testTopology.prefix],
+            now: Date())
+        _ = try await store.create(stored, outbox: [])
+        var copy = try await store.load(id)
+        copy.payload["orderId"] = "from-the-command"
+        let bytes = try SagaStateCopy.json(copy)
+        let command = SagaCommand(
+            sagaID: id, sagaName: "order", command: "inventory.reserve", step: 0, stepName: "reserve-stock", phase: .action, attempt: 1)
+        let final = try await withParticipants(services, bus: bus, store: store) { manager in
+            try await bus.publish(
+                OutgoingMessage(
+                    exchange: testTopology.commandsExchange, routingKey: "inventory.reserve", body: command.jsonBytes,
+                    headers: [
+                        SagaHeaders.state: .string(String(decoding: bytes, as: UTF8.self)),
+                        SagaHeaders.stateSeal: .string(forged ? "0123456789abcdef" : TestStateSeal().seal(bytes)!),
+                    ],
+                    contentType: SagaHeaders.contentType))
+            return try await manager.outcome(of: id, timeout: .seconds(30))
+        }
+        #expect(final.status == .completed)
+        #expect(seen.withLock { $0 } == (forged ? "from-the-store" : "from-the-command"))
+    }
+
+    @Test func aCopyIsRefusedWhenRedeliveredTooOldFromTheFutureOrOfAnotherSaga() throws {
+        let engine = SagaEngine(
+            store: InMemorySagaStore(stateSeal: TestStateSeal()), bus: bus, definitions: orderDefinitions, topology: testTopology)
+        let now = Date()
+        let (state, _) = SagaStateMachine(definition: orderSaga).start(id: "s-1", payload: ["orderId": "o"], now: now)
+        let command = SagaCommand(
+            sagaID: "s-1", sagaName: "order", command: "inventory.reserve", step: 0, stepName: "reserve-stock", phase: .action, attempt: 1)
+        func delivery(_ state: SagaState, redelivered: Bool = false, seal: String? = nil) throws -> Delivery {
+            let copy = try #require(engine.sealedCopy(of: state))
+            return Delivery(
+                exchange: testTopology.commandsExchange, routingKey: command.command, queue: "q", body: command.jsonBytes,
+                headers: [SagaHeaders.state: .string(copy.text), SagaHeaders.stateSeal: .string(seal ?? copy.seal)],
+                redelivered: redelivered, settler: NoSettler())
+        }
+        func carried(_ delivery: Delivery, for command: SagaCommand = command, engine: SagaEngine = engine) -> SagaState? {
+            engine.carriedState(of: command, in: delivery, logger: quietTestLogger, now: now)
+        }
+        let used = try #require(carried(try delivery(state)))
+        #expect(used.id == "s-1" && used.payload == state.payload && used.version == state.version)
+        #expect(carried(try delivery(state, redelivered: true)) == nil)
+        #expect(carried(try delivery(state, seal: "00")) == nil)
+        var old = state
+        old.updatedAt = now.addingTimeInterval(-3)
+        #expect(carried(try delivery(old)) == nil)
+        var future = state
+        future.updatedAt = now.addingTimeInterval(3)
+        #expect(carried(try delivery(future)) == nil)
+        var other = command
+        other.sagaID = "s-2"
+        #expect(carried(try delivery(state), for: other) == nil)
+        var off = engine
+        off = SagaEngine(
+            store: engine.store, bus: bus, definitions: orderDefinitions,
+            topology: {
+                var topology = testTopology
+                topology.stateInCommands = nil
+                return topology
+            }())
+        #expect(off.sealedCopy(of: state) == nil)
+        #expect(carried(try delivery(state), engine: off) == nil)
+    }
+
+    @Test func theCopiesAgeLimitIsReadFromConfiguration() throws {
+        func topology(_ value: String?) throws -> SagaTopology {
+            var values: [AbsoluteConfigKey: ConfigValue] = [:]
+            if let value { values["state.in.commands.seconds"] = ConfigValue(stringLiteral: value) }
+            return try SagaTopology(reader: ConfigReader(provider: InMemoryProvider(values: values)))
+        }
+        #expect(try topology(nil).stateInCommands == .seconds(2))
+        #expect(try topology("0.5").stateInCommands == .milliseconds(500))
+        for off in ["0", "0.0", "off", " OFF "] { #expect(try topology(off).stateInCommands == nil, "\(off)") }
+        #expect(SagaTopology(stateInCommands: .zero).stateInCommands == nil)
+        let error = try #require(throws: SagaError.self) { try topology("soon") }
+        #expect(error.message.contains("state.in.commands.seconds"))
+    }
+
+    @Test func largeSagasAndDeadLettersCarryNoCopy() throws {
+        let engine = SagaEngine(
+            store: InMemorySagaStore(stateSeal: TestStateSeal()), bus: bus, definitions: orderDefinitions, topology: testTopology)
+        let (state, _) = SagaStateMachine(definition: orderSaga).start(id: "s-big", payload: ["orderId": "o"], now: Date())
+        var large = state
+        large.payload["notes"] = .string(String(repeating: "x", count: SagaEngine.maxStateCopyBytes))
+        #expect(engine.sealedCopy(of: state) != nil)
+        #expect(engine.sealedCopy(of: large) == nil)
+
+        let copy = try #require(engine.sealedCopy(of: state))
+        let delivery = Delivery(
+            exchange: testTopology.commandsExchange, routingKey: "inventory.reserve", queue: "q", body: Array("{}".utf8),
+            headers: [SagaHeaders.state: .string(copy.text), SagaHeaders.stateSeal: .string(copy.seal), "x-other": "kept"],
+            settler: NoSettler())
+        let letter = SagaMessages.deadLetter(delivery, reason: "test", service: "s", topology: testTopology, now: Date())
+        #expect(letter.headers[SagaHeaders.state] == nil && letter.headers[SagaHeaders.stateSeal] == nil)
+        #expect(letter.headers["x-other"] == "kept")
+    }
+
+    @Test func theBranchesOfAParallelGroupCarryNoCopyAndASingleCommandDoes() async throws {
+        let definition = try SagaBuilder("fan-out")
+            .step("open", action: "orders.open", compensation: "orders.cancel")
+            .parallel("prepare") { group in
+                group
+                    .step("reserve", action: "inventory.reserve", compensation: "inventory.release")
+                    .step("authorize", action: "payment.authorize", compensation: "payment.void")
+            }
+            .build()
+        let store = InMemorySagaStore(stateSeal: TestStateSeal())
+        let engine = SagaEngine(store: store, bus: bus, definitions: try SagaDefinitionRegistry([definition]), topology: testTopology)
+        let (state, _) = SagaStateMachine(definition: definition).start(id: "fan", payload: [:], now: Date())
+        _ = try await store.create(state, outbox: [])
+        try await bus.declare(testTopology.shared)
+        let queue = testTopology.queue(forService: "fan-out")
+        try await bus.declare(testTopology.topology(forService: "fan-out", commands: ["inventory.reserve", "payment.authorize"]))
+        #expect(engine.sealedCopy(of: state) != nil)
+        let loaded = try await store.load("fan")
+        let event = SagaEvent.stepCompleted(step: 0, attempt: 1, patch: [:], startedAt: Date())
+        guard case .committed = try await engine.advance("fan", from: loaded, event: event, logger: quietTestLogger) else {
+            Issue.record("the first step's completion was not committed")
+            return
+        }
+        var commands: [Delivery] = []
+        for try await delivery in try await bus.consume(queue: queue, prefetch: 10) {
+            try await delivery.ack()
+            commands.append(delivery)
+            if commands.count == 2 { break }
+        }
+        #expect(Set(commands.map(\.routingKey)) == ["inventory.reserve", "payment.authorize"])
+        #expect(commands.allSatisfy { $0.headers[SagaHeaders.state] == nil && $0.headers[SagaHeaders.stateSeal] == nil })
+    }
+}
