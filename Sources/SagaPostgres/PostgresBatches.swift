@@ -90,23 +90,24 @@ struct PostgresBatches: Sendable {
         let writes: [LocalWrite]
     }
 
-    /// Commits many transitions with local writes in **one** transaction (one durable commit):
-    /// per saga its compare-and-swap and outbox statement, then its local writes (none after a
-    /// lost compare-and-swap, which changed nothing). When a write fails, the batch runs again
-    /// with each saga in a savepoint of its own, so that the failing saga alone is rolled back
+    /// Commits many transitions with local writes in **one** statement and transaction (one round
+    /// trip, one durable commit, see ``batchStatement(on:_:_:logger:)``): per saga its
+    /// compare-and-swap and outbox rows, then its local writes (none after a lost
+    /// compare-and-swap, which changed nothing). When a write fails, the batch runs again with
+    /// each saga in a savepoint of its own, so that the failing saga alone is rolled back
     /// (`ROLLBACK TO SAVEPOINT`) and the others commit together (see
-    /// ``batchTransaction(on:_:_:logger:)``). Deadlocks and connection failures run
+    /// ``batchTransactionWithSavepoints(on:_:_:logger:)``). Deadlocks and connection failures run
     /// the whole batch again (idempotent: a saga whose first run committed finds its new version,
     /// writes nothing, and is recognised as its own write).
     func commit(withLocalWrites items: [LocalCommit]) async -> [Result<SagaState, any Error>] {
         let action = "commit transitions with local writes"
-        let batchQuery = writeQuery(items.map(\.saga), with: "sagakit_commit")
+        let batchQuery = commitWithWritesQuery(items)
         let logger = logger
         do {
             let attempted = try await retryingDeadlocks(action) {
                 try await run(action, safety: .idempotent) { connection in
                     do {
-                        return try await Self.batchTransaction(on: connection, items, batchQuery, logger: logger)
+                        return try await Self.batchStatement(on: connection, items, batchQuery, logger: logger)
                     } catch is LocalWriteFailedWithoutSavepoint {
                         let queries = items.map { writeQuery([$0.saga], with: "sagakit_commit") }
                         return try await Self.batchTransactionWithSavepoints(on: connection, items, queries, logger: logger)
@@ -136,54 +137,62 @@ struct PostgresBatches: Sendable {
         }
     }
 
-    /// The first try of a batch: `BEGIN`; one commit statement for every saga of the batch (their
-    /// compare-and-swaps and outbox rows); the local writes of the sagas whose compare-and-swap
-    /// held, one statement each; `COMMIT`. A lost compare-and-swap changed nothing (its saga
-    /// updated no row and wrote no message) and its writes are skipped. A failing write rolls the
-    /// whole transaction back and throws ``LocalWriteFailedWithoutSavepoint``: the caller runs the
-    /// batch again with ``batchTransactionWithSavepoints(on:_:_:logger:)``, so that only the
-    /// failing saga is rolled back. Deadlocks and connection failures are thrown (after
-    /// `ROLLBACK`): the caller runs the batch again.
-    ///
-    /// One commit statement instead of one per saga saves a round trip and a function call's
-    /// planning and executor start per saga (a batch held about seven sagas at 50 in flight).
-    private static func batchTransaction(
-        on connection: PostgresConnection, _ items: [LocalCommit], _ batchQuery: PostgresQuery, logger: Logger
+    /// The first try of a batch: **one statement**, `sagakit_commit_with_writes`, which runs
+    /// every saga's compare-and-swap and outbox rows and then, in the same transaction, the local
+    /// writes of the sagas whose compare-and-swap held (a lost one changed nothing, and its writes
+    /// are skipped): one round trip and one durable commit for the whole batch, where `BEGIN`,
+    /// the commit statement, one statement per write and `COMMIT` took one round trip each. A
+    /// failing write (or one whose row count its expectation refuses) rolls the statement back
+    /// and throws ``LocalWriteFailedWithoutSavepoint``: the caller runs the batch again with
+    /// ``batchTransactionWithSavepoints(on:_:_:logger:)``, so that only the failing saga is
+    /// rolled back, with the write's own error. Deadlocks and connection failures are thrown:
+    /// the caller runs the batch again.
+    private static func batchStatement(
+        on connection: PostgresConnection, _ items: [LocalCommit], _ query: PostgresQuery, logger: Logger
     ) async throws -> [LocalCommitOutcome] {
-        try await execute("BEGIN", on: connection, logger: logger)
+        var swapped: Set<String> = []
         do {
-            var swapped: Set<String> = []
-            for row in try await PostgresStatement.run(batchQuery, on: connection, logger: logger).rows {
+            for row in try await PostgresStatement.run(query, on: connection, logger: logger).rows {
                 swapped.insert(try row.decode(String.self))
             }
-            var outcomes: [LocalCommitOutcome] = []
-            outcomes.reserveCapacity(items.count)
-            for item in items {
-                guard swapped.contains(item.saga.state.id) else {
-                    outcomes.append(.lost)
-                    continue
-                }
-                for (index, write) in item.writes.enumerated() {
-                    do {
-                        let result = try await PostgresStatement.run(
-                            PostgresQuery(unsafeSQL: write.sql, binds: write.postgresBindings), on: connection, logger: logger)
-                        try write.check(affectedRows: result.metadata.rows, index: index, of: item.writes.count)
-                    } catch is SagaError {
-                        throw LocalWriteFailedWithoutSavepoint()
-                    } catch let error as PSQLError {
-                        guard let state = error.serverInfo?[.sqlState], isStatementError(state) else { throw error }
-                        throw LocalWriteFailedWithoutSavepoint()
-                    }
-                }
-                outcomes.append(.committed)
-            }
-            try await execute("COMMIT", on: connection, logger: logger)
-            return outcomes
-        } catch {
-            // After a failed COMMIT the server has rolled back already; ROLLBACK is harmless.
-            try? await execute("ROLLBACK", on: connection, logger: logger)
-            throw error
+        } catch let error as PSQLError {
+            guard let state = error.serverInfo?[.sqlState], isStatementError(state) else { throw error }
+            throw LocalWriteFailedWithoutSavepoint()
         }
+        return items.map { swapped.contains($0.saga.state.id) ? .committed : .lost }
+    }
+
+    /// The call of `sagakit_commit_with_writes` for a batch: the sagas and their outbox messages
+    /// as for `sagakit_commit`, then the local writes in order as parallel arrays (the saga each
+    /// belongs to, its statement with `$n` written `(($1)[n])::type`, its parameters as text, where
+    /// they start and how many, its expected row count).
+    func commitWithWritesQuery(_ items: [LocalCommit]) -> PostgresQuery {
+        var binder = Binder()
+        let sagas = items.map(\.saga)
+        var sagaIDs: [String] = []
+        var statements: [String] = []
+        var values: [String] = []
+        var firsts: [Int32] = []
+        var counts: [Int32] = []
+        var expected: [Int64] = []
+        for item in items {
+            for write in item.writes {
+                sagaIDs.append(item.saga.state.id)
+                statements.append(write.postgresFunctionSQL)
+                firsts.append(Int32(values.count + 1))
+                counts.append(Int32(write.parameters.count))
+                values.append(contentsOf: write.parameters.map(\.postgresText))
+                expected.append(write.expectation.postgresCode)
+            }
+        }
+        let arguments = [
+            SagaColumns(sagas).bind(&binder), OutboxRows(sagas.flatMap(\.outbox)).bind(&binder),
+            binder.bind(sagaIDs, as: "text[]"), binder.bind(statements, as: "text[]"), binder.bind(values, as: "text[]"),
+            binder.bind(firsts, as: "int4[]"), binder.bind(counts, as: "int4[]"), binder.bind(expected, as: "int8[]"),
+        ]
+        return PostgresQuery(
+            unsafeSQL: "SELECT id FROM \(namespace).sagakit_commit_with_writes(\(arguments.joined(separator: ", "))) AS id",
+            binds: binder.binds)
     }
 
     /// The batch again after a local write failed: `BEGIN`; per saga `SAVEPOINT`, its commit
@@ -698,6 +707,24 @@ extension EncodedWrite<SagaRow, EncodedOutboxMessage> {
 extension LocalWrite {
     /// The parameters as PostgreSQL binds them: `int8`, `float8`, `text`, `bool`, an untyped
     /// `NULL` (the server infers its type), `bytea`.
+    /// The statement as `sagakit_commit_with_writes` runs it with `EXECUTE … USING` the
+    /// parameters as one `text[]`: each placeholder `$n` becomes `(($1)[n])` cast to the type
+    /// ``postgresBindings`` binds it as (`int8`, `float8`, `text`, `bool`, `bytea`), and a `NULL`
+    /// parameter an untyped `NULL`, whose type the server infers as it does for an untyped bind.
+    var postgresFunctionSQL: String {
+        sql(replacingPlaceholders: { number in
+            guard number >= 1, number <= parameters.count else { return "NULL" }
+            switch parameters[number - 1] {
+            case .int: return "(($1)[\(number)])::int8"
+            case .double: return "(($1)[\(number)])::float8"
+            case .text: return "(($1)[\(number)])::text"
+            case .bool: return "(($1)[\(number)])::bool"
+            case .bytes: return "(($1)[\(number)])::bytea"
+            case .null: return "NULL"
+            }
+        })
+    }
+
     var postgresBindings: PostgresBindings {
         var binds = PostgresBindings(capacity: parameters.count)
         for parameter in parameters {
@@ -755,5 +782,45 @@ final class EventLoopTaskExecutor: TaskExecutor {
         let job = UnownedJob(job)
         let executor = asUnownedTaskExecutor()
         eventLoop.execute { job.runSynchronously(on: executor) }
+    }
+}
+
+extension LocalValue {
+    /// The value as PostgreSQL's text input reads it back exactly (a `NULL` is written `NULL` in
+    /// the statement instead; see ``LocalWrite/postgresFunctionSQL``).
+    var postgresText: String {
+        switch self {
+        case .int(let value): return String(value)
+        case .double(let value):
+            if value.isNaN { return "NaN" }
+            if value.isInfinite { return value < 0 ? "-Infinity" : "Infinity" }
+            // The shortest text that reads back as the same `Double`.
+            return "\(value)"
+        case .text(let value): return value
+        case .bool(let value): return value ? "true" : "false"
+        case .null: return ""
+        case .bytes(let value):
+            let digits = Array("0123456789abcdef".utf8)
+            var text: [UInt8] = [UInt8(ascii: "\\"), UInt8(ascii: "x")]
+            text.reserveCapacity(2 + value.count * 2)
+            for byte in value {
+                text.append(digits[Int(byte >> 4)])
+                text.append(digits[Int(byte & 0x0f)])
+            }
+            return String(decoding: text, as: UTF8.self)
+        }
+    }
+}
+
+extension LocalWrite.Expectation {
+    /// The expectation as `sagakit_commit_with_writes` checks it: `-1` any, `-2` at least one
+    /// row, any other value exactly that many rows (a negative count, which no statement meets,
+    /// is `Int64.min`).
+    var postgresCode: Int64 {
+        switch self {
+        case .any: -1
+        case .atLeastOneRow: -2
+        case .rows(let rows): rows >= 0 ? Int64(rows) : .min
+        }
     }
 }

@@ -24,7 +24,9 @@ import SagaCore
 /// for a WAL flush of its own: a lost mark only re-publishes a message that consumers ignore).
 ///
 /// Version 7 adds `sagakit_keys`: the key that seals the copies of saga states that commands
-/// carry (``PostgresStateSeal``), made by the first process that opens the store, shared by all.
+/// carry (``PostgresStateSeal``), made by the first process that opens the store, shared by all;
+/// and `sagakit_commit_with_writes`, which commits a batch of transitions with their local writes
+/// in one statement (one round trip instead of `BEGIN`, the commit, one per write and `COMMIT`).
 ///
 /// `sagakit_schema` holds one row with the version of the schema. Opening a store runs, in one
 /// transaction holding an advisory lock on the schema's name, every migration after the
@@ -134,15 +136,17 @@ enum PostgresSchema {
         // 5 → 6: the hot-path functions with a generic plan, and sent marks committed
         // asynchronously (see the type's documentation).
         [commitFunction, createFunction, loadFunction, markSentFunction],
-        // 6 → 7: the key that seals state copies in commands (made by `migrate` when missing).
+        // 6 → 7: the key that seals state copies in commands (made by `migrate` when missing),
+        // and transitions with local writes in one statement.
         [
+            commitWithWritesFunction,
             """
             CREATE TABLE IF NOT EXISTS S.sagakit_keys (
                 name text PRIMARY KEY,
                 key bytea NOT NULL,
                 created_at timestamptz NOT NULL DEFAULT now()
             )
-            """
+            """,
         ],
     ]
 
@@ -203,6 +207,38 @@ enum PostgresSchema {
                 \(insertOutbox(from: "updated"))
             )
             SELECT updated.id FROM updated;
+        END
+        $$
+        """
+
+    /// ``commitFunction`` and then, in the same statement (so in one transaction), the local writes
+    /// of the sagas whose compare-and-swap held, in order, each with `EXECUTE … USING` its
+    /// parameters as text (the statement refers to `($1)[n]` with a cast; see
+    /// ``PostgresBatches``). A write that affects a number of rows its expectation refuses
+    /// (`-1` any, `-2` at least one, another value exactly that many) raises `P0001`; any failure rolls the
+    /// whole statement back, and the caller runs the batch again with a savepoint per saga. Not
+    /// `indexOnly`: those settings would apply to the services' own statements.
+    private static let commitWithWritesFunction = """
+        CREATE OR REPLACE FUNCTION S.sagakit_commit_with_writes(\(sagaParameters), \(outboxParameters),
+            w_saga_ids text[], w_statements text[], w_values text[], w_first int4[], w_counts int4[], w_expected int8[])
+        RETURNS SETOF text LANGUAGE plpgsql AS $$
+        DECLARE
+            swapped text[];
+            affected int8;
+        BEGIN
+            SELECT coalesce(array_agg(c.id), '{}') INTO swapped
+            FROM S.sagakit_commit(p_ids, p_expected, p_names, p_statuses, p_steps, p_attempts, p_payloads, p_contexts,
+                p_histories, p_failure_reasons, p_has_failure, p_deadlines, p_reap_attempts, p_created_at, p_updated_at,
+                m_ids, m_saga_ids, m_exchanges, m_routing_keys, m_bodies, m_headers, m_created_at, m_topologies) AS c(id);
+            FOR i IN 1 .. coalesce(array_length(w_statements, 1), 0) LOOP
+                CONTINUE WHEN NOT (w_saga_ids[i] = ANY (swapped));
+                EXECUTE w_statements[i] USING w_values[w_first[i] : w_first[i] + w_counts[i] - 1];
+                GET DIAGNOSTICS affected = ROW_COUNT;
+                IF (w_expected[i] = -2 AND affected < 1) OR (w_expected[i] NOT IN (-1, -2) AND affected <> w_expected[i]) THEN
+                    RAISE EXCEPTION 'local write % affected % rows', i, affected USING ERRCODE = 'P0001';
+                END IF;
+            END LOOP;
+            RETURN QUERY SELECT unnest(swapped);
         END
         $$
         """

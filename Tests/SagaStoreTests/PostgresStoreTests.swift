@@ -183,6 +183,59 @@ struct PostgresStoreTests {
         }
     }
 
+    /// A batch of transitions with local writes is one statement (`sagakit_commit_with_writes`):
+    /// every parameter type reads back exactly, a lost compare-and-swap runs none of its saga's
+    /// writes, and a row count the expectation refuses rolls the whole statement back. (The
+    /// store falls back to a transaction with savepoints when this statement fails, so the
+    /// conformance checks alone would pass without it.)
+    @Test func aBatchWithLocalWritesIsOneStatement() async throws {
+        guard let url = try await TestPostgres.url() else { return }
+        var configuration = try PostgresSagaStore.Configuration(url: url)
+        configuration.schema = "sagakit_test_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+        try await PostgresSagaStore(configuration: configuration).withRunning { store in
+            let table = "\(store.namespace).local_values"
+            try await store.executeForTesting(
+                "CREATE TABLE \(table) (k text PRIMARY KEY, i int8, d float8, t text, b bool, y bytea, n int8)")
+            let state = Conformance.makeState()
+            _ = try await store.create(state, outbox: [])
+            func commit(expected: Int64, _ writes: [LocalWrite]) async throws -> [String] {
+                var next = state
+                next.version = expected + 1
+                next.currentStep = Int(expected)
+                let item = PostgresBatches.LocalCommit(saga: try EncodedSaga(next, expected: expected, outbox: []), writes: writes)
+                return try await store.batches.rows("test", store.batches.commitWithWritesQuery([item])).map {
+                    try $0["id"].decode(String.self)
+                }
+            }
+            let text = "it's \"quoted\", $1 and $$dollars$$ -- not a comment"
+            let insert = LocalWrite(
+                "INSERT INTO \(table) VALUES ($1, $2, $3, $4, $5, $6, $7) -- $8 is no placeholder",
+                parameters: [.text("a"), .int(-42), .double(0.1), .text(text), .bool(true), .bytes([0, 255, 16]), .null],
+                expecting: .rows(1))
+            #expect(
+                try await commit(expected: 1, [insert, LocalWrite("UPDATE \(table) SET i = i + $1 WHERE k = 'a'", .int(2))]) == [state.id])
+            let row = try #require(
+                try await store.rows("read", "SELECT i, d, t, b, encode(y, 'hex') AS y, n FROM \(unescaped: table) WHERE k = 'a'").first)
+            #expect(try row["i"].decode(Int64.self) == -40)
+            #expect(try row["d"].decode(Double.self) == 0.1)
+            #expect(try row["t"].decode(String.self) == text)
+            #expect(try row["b"].decode(Bool.self) == true)
+            #expect(try row["y"].decode(String.self) == "00ff10")
+            #expect(try row["n"].decode(Int64?.self) == nil)
+
+            // A lost compare-and-swap (version 1 is gone) runs none of its writes.
+            let other = LocalWrite("INSERT INTO \(table) (k) VALUES ($1)", .text("lost"))
+            #expect(try await commit(expected: 1, [other]).isEmpty)
+            // A refused row count rolls everything back: the saga stays at version 2.
+            let refused = LocalWrite("UPDATE \(table) SET i = 0 WHERE k = $1", parameters: [.text("a")], expecting: .rows(2))
+            await #expect(throws: (any Error).self) { try await commit(expected: 2, [other, refused]) }
+            #expect(try await store.load(state.id).version == 2)
+            let count = try await store.rows("count", "SELECT count(*) AS n FROM \(unescaped: table)")
+            #expect(try count.first?["n"].decode(Int64.self) == 1)
+            try await store.executeForTesting("DROP SCHEMA \(store.namespace) CASCADE")
+        }
+    }
+
     /// A migration that cannot finish (here: another session holds the schema's lock for good)
     /// makes `run()` fail with a clear error after twice the statement timeout, instead of
     /// waiting for ever at start-up.

@@ -148,6 +148,20 @@ extension LocalWrite {
     /// The statement with `$n` placeholders written `?n` (SQLite's numbered parameters);
     /// string literals, quoted identifiers and comments are left alone.
     package var sqliteSQL: String { LocalSQLScan.cached(sql).rewritten }
+
+    /// The statement with each placeholder `$n` (outside literals, quoted identifiers and
+    /// comments) replaced by `replacement(n)`.
+    package func sql(replacingPlaceholders replacement: (Int) -> String) -> String {
+        var text = ""
+        text.reserveCapacity(sql.utf8.count + 16)
+        for piece in LocalSQLScan.cached(sql).pieces {
+            switch piece {
+            case .text(let part): text += part
+            case .placeholder(let number): text += replacement(number)
+            }
+        }
+        return text
+    }
 }
 
 /// One pass over a statement: its placeholders outside literals and comments, and its first
@@ -173,11 +187,20 @@ struct LocalSQLScan: Sendable {
     private(set) var highestPlaceholder = 0
     private(set) var rewritten = ""
     private(set) var firstKeyword: String?
+    /// The statement as text between its placeholders.
+    private(set) var pieces: [Piece] = []
+
+    /// Text of the statement, or a placeholder `$n`.
+    enum Piece: Sendable, Hashable {
+        case text(String)
+        case placeholder(Int)
+    }
 
     init(_ sql: String) {
         let characters = Array(sql.unicodeScalars)
         var output = String.UnicodeScalarView()
         var index = 0
+        var pieceStart = 0
         func isDigit(_ c: Unicode.Scalar) -> Bool { c >= "0" && c <= "9" }
         func isWordCharacter(_ c: Unicode.Scalar) -> Bool { c == "_" || c.properties.isAlphabetic || isDigit(c) }
         while index < characters.count {
@@ -208,6 +231,9 @@ struct LocalSQLScan: Sendable {
                 while end < characters.count, isDigit(characters[end]) { end += 1 }
                 let number = Int(String(String.UnicodeScalarView(characters[(index + 1)..<end]))) ?? 0
                 highestPlaceholder = max(highestPlaceholder, number)
+                pieces.append(.text(String(String.UnicodeScalarView(characters[pieceStart..<index]))))
+                pieces.append(.placeholder(number))
+                pieceStart = end
                 output.append("?")
                 output.append(contentsOf: characters[(index + 1)..<end])
                 index = end
@@ -240,5 +266,6 @@ struct LocalSQLScan: Sendable {
             }
         }
         rewritten = String(output)
+        pieces.append(.text(String(String.UnicodeScalarView(characters[pieceStart..<characters.count]))))
     }
 }
