@@ -11,7 +11,8 @@ import Testing
     static let values: [JSONValue] = [
         .null, true, false, 0, -1, 42, .number(Int64.max), .number(Int64.min), .number(JSONNumber(UInt64.max)),
         0.1, -2.5, 1e-7, 1e20, 123_456_789.125, .number(Decimal(string: "3.14159265358979323846")!),
-        "", "plain", "a/b", "quote \" backslash \\", .string(controlCharacters), "\u{7F} é 漢字 😀 \u{2028}",
+        "", "plain", "a/b", "quote \" backslash \\", .string(controlCharacters), "\"quoted at both ends\"",
+        "runs\"between\\escapes/and\ntext\u{1}\u{1F}é\"", "/", "\\", "\u{7F} é 漢字 😀 \u{2028}",
         [], [1, "two", [3], ["four": 4]], [:],
         [
             "b": 1, "B": 2, "a10": 3, "a9": 4, "é": 5, "e": 6, "_x": 7, "Z": 8, "a": 9, "aa": 10, "😀": 11, "\u{2028}": 12,

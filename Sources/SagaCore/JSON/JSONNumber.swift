@@ -105,6 +105,13 @@ public struct JSONNumber: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// The number when it is a `Double` that reads back as the number written (not a whole
+    /// number, not one only `Decimal` holds).
+    package var exactDouble: Double? {
+        if case .double(let value) = storage { return value }
+        return nil
+    }
+
     /// The number as a `Decimal` (exact for integers and for numbers that came as decimals).
     public var decimalValue: Decimal {
         switch storage {

@@ -187,9 +187,12 @@ public enum JSONCoding {
         return object
     }
 
-    /// Decodes a `Decodable` value from a JSON object (missing keys are errors as usual).
+    /// Decodes a `Decodable` value from a JSON object (missing keys are errors as usual), as
+    /// `JSONDecoder` decodes the object's text.
     public static func value<T: Decodable>(_ type: T.Type, from object: JSONObject) throws -> T {
-        // The object's text without JSONEncoder: only the type's side needs Codable.
+        // Straight from the values where that is exactly what JSONDecoder does (see
+        // JSONValueDecoder); otherwise, and for every error, JSONDecoder on the object's text.
+        if let decoded = try? JSONValueDecoder.decode(type, from: .object(object)) { return decoded }
         var writer = JSONWriter()
         try writer.write(object)
         return try decoder.decode(type, from: Data(writer.bytes))

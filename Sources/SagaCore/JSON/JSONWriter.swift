@@ -94,28 +94,44 @@ package struct JSONWriter {
     /// Writes `true` or `false`.
     package mutating func write(_ bool: Bool) { raw(bool ? "true" : "false") }
 
-    /// Writes a string, quoted and escaped.
+    /// Writes a string, quoted and escaped. Runs of bytes that need no escape are copied at once
+    /// (a command's state copy is a kilobyte of JSON inside a header).
     package mutating func write(_ string: String) {
         bytes.append(UInt8(ascii: "\""))
-        for byte in string.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""): raw("\\\"")
-            case UInt8(ascii: "\\"): raw("\\\\")
-            case UInt8(ascii: "/") where escapesSlashes: raw("\\/")
-            case 0x08: raw("\\b")
-            case 0x0C: raw("\\f")
-            case 0x0A: raw("\\n")
-            case 0x0D: raw("\\r")
-            case 0x09: raw("\\t")
-            case ..<0x20:
-                raw("\\u00")
-                bytes.append(Self.hexDigits[Int(byte >> 4)])
-                bytes.append(Self.hexDigits[Int(byte & 0x0F)])
-            default:
-                bytes.append(byte)
+        let utf8 = string.utf8
+        var run = utf8.startIndex
+        var index = run
+        while index != utf8.endIndex {
+            let byte = utf8[index]
+            if byte >= 0x20, byte != UInt8(ascii: "\""), byte != UInt8(ascii: "\\"), byte != UInt8(ascii: "/") || !escapesSlashes {
+                utf8.formIndex(after: &index)
+                continue
             }
+            if run != index { bytes.append(contentsOf: utf8[run..<index]) }
+            writeEscaped(byte)
+            utf8.formIndex(after: &index)
+            run = index
         }
+        if run != utf8.endIndex { bytes.append(contentsOf: utf8[run...]) }
         bytes.append(UInt8(ascii: "\""))
+    }
+
+    /// Writes the escape of one byte that needs one.
+    private mutating func writeEscaped(_ byte: UInt8) {
+        switch byte {
+        case UInt8(ascii: "\""): raw("\\\"")
+        case UInt8(ascii: "\\"): raw("\\\\")
+        case UInt8(ascii: "/"): raw("\\/")
+        case 0x08: raw("\\b")
+        case 0x0C: raw("\\f")
+        case 0x0A: raw("\\n")
+        case 0x0D: raw("\\r")
+        case 0x09: raw("\\t")
+        default:
+            raw("\\u00")
+            bytes.append(Self.hexDigits[Int(byte >> 4)])
+            bytes.append(Self.hexDigits[Int(byte & 0x0F)])
+        }
     }
 
     // MARK: Objects written field by field
