@@ -65,6 +65,10 @@ own_processes+="|PrometheusEndpointTests"  # the example services as processes, 
 timeout --kill-after=30 2400 swift test --skip-build --disable-xctest --skip "$own_processes" "$@"
 log "the suites that start servers or processes of their own, one at a time"
 timeout --kill-after=30 2400 swift test --skip-build --disable-xctest --no-parallel --filter "$own_processes" "$@"
+# The crash matrix again on PostgreSQL, whose commands carry a sealed copy of their saga (the
+# SQLite store seals none): every crash point with the copies in use (about 15 seconds).
+log "the crash-point matrix on PostgreSQL (commands carrying state copies)"
+CRASH_MATRIX_STORE=postgres timeout --kill-after=30 600 swift test --skip-build --disable-xctest --filter CrashMatrixTests "$@"
 
 # A user's package (Examples/TripSaga: its own Package.swift, SagaKit by path, public products only):
 # its handler tests with SagaTesting, then its services as separate processes on the real broker.
