@@ -377,15 +377,20 @@ enum PostgresSchema {
                         """
                     _ = try await run(record)
                 }
-                let insertKey: PostgresQuery = """
-                    INSERT INTO \(unescaped: namespace).sagakit_keys (name, key) VALUES (\(keyName), decode(\(keyHex), 'hex'))
-                    ON CONFLICT (name) DO NOTHING
-                    """
-                _ = try await run(insertKey)
-                var key: [UInt8] = []
+                // The key: made by the first process (under the lock), read by every other one,
+                // which then writes nothing. Bound, never part of the statement's text.
                 let selectKey: PostgresQuery =
                     "SELECT encode(key, 'hex') FROM \(unescaped: namespace).sagakit_keys WHERE name = \(keyName)"
+                var key: [UInt8] = []
                 for row in try await run(selectKey).rows { key = try Self.bytes(hex: row.decode(String.self)) }
+                if key.isEmpty {
+                    let insertKey: PostgresQuery = """
+                        INSERT INTO \(unescaped: namespace).sagakit_keys (name, key) VALUES (\(keyName), decode(\(keyHex), 'hex'))
+                        ON CONFLICT (name) DO NOTHING
+                        """
+                    _ = try await run(insertKey)
+                    for row in try await run(selectKey).rows { key = try Self.bytes(hex: row.decode(String.self)) }
+                }
                 _ = try await run("COMMIT")
                 return (found, currentVersion, key)
             } catch {

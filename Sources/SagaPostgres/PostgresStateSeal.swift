@@ -12,8 +12,10 @@ import Synchronization
 final class PostgresStateSeal: SagaStateSeal {
     private let key = Mutex<SymmetricKey?>(nil)
 
-    /// Sets the key read from the store.
+    /// Sets the key read from the store (an empty one, which only a changed table holds, is not
+    /// used: nothing is sealed).
     func use(key bytes: [UInt8]) {
+        guard !bytes.isEmpty else { return }
         let symmetric = SymmetricKey(data: bytes)
         key.withLock { $0 = symmetric }
     }
