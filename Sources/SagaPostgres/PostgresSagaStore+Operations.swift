@@ -242,11 +242,19 @@ struct SagaRow {
         payload = try StoreCoding.json(state.payload)
         context = try StoreCoding.json(state.context)
         history = try StoreCoding.json(state.history)
-        failureReason = state.failureReason
+        failureReason = state.failureReason.map(Self.text)
         deadline = state.deadline.map(StoreCoding.milliseconds)
         reapAttempts = state.reapAttempts
         createdAt = StoreCoding.milliseconds(state.createdAt)
         updatedAt = StoreCoding.milliseconds(state.updatedAt)
+    }
+
+    /// `text` as a PostgreSQL `text` value holds it: U+0000, which PostgreSQL refuses in text
+    /// (SQLSTATE 22021), becomes U+FFFD. A failure reason is free text (a handler's error, an
+    /// operator's reason); refused, it would fail its transition's commit on every delivery. (The
+    /// JSON columns keep it, escaped.)
+    static func text(_ text: String) -> String {
+        text.contains("\u{0}") ? text.replacingOccurrences(of: "\u{0}", with: "\u{FFFD}") : text
     }
 
     static func state(from row: PostgresRandomAccessRow) throws -> SagaState {

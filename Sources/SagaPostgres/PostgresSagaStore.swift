@@ -440,6 +440,17 @@ public final class PostgresSagaStore: SagaStore, Service {
                 return storeError(inner, location: location, doing: action)
             }
         }
+        // A statement or its data refused (data, integrity, syntax classes) is no connection
+        // problem, and running it again changes nothing: say so instead of blaming the server.
+        if let state = (error as? PSQLError)?.serverInfo?[.sqlState], ["22", "23", "42", "44", "0A"].contains(String(state.prefix(2))) {
+            return SagaError(
+                .storeUnavailable,
+                "cannot \(action) in PostgreSQL at \(location): \(describe(error))",
+                recoverySuggestion:
+                    "the server refused the statement or its data (SQLSTATE \(state)), which running it again does not change; the message says which value",
+                underlying: error
+            )
+        }
         return SagaError(
             .storeUnavailable,
             "cannot \(action) in PostgreSQL at \(location): \(describe(error))",

@@ -236,6 +236,37 @@ struct PostgresStoreTests {
         }
     }
 
+    /// PostgreSQL's `text` cannot hold U+0000: a failure reason with one (a handler's error text)
+    /// is stored with U+FFFD instead of failing its transition's commit on every delivery; the
+    /// history (JSON) keeps it. A statement the server refuses says so, not "check the server".
+    @Test func aFailureReasonWithANulCharacterIsStored() async throws {
+        guard let url = try await TestPostgres.url() else { return }
+        var configuration = try PostgresSagaStore.Configuration(url: url)
+        configuration.schema = "sagakit_test_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+        try await PostgresSagaStore(configuration: configuration).withRunning { store in
+            let state = Conformance.makeState()
+            _ = try await store.create(state, outbox: [])
+            var next = state
+            next.failureReason = "card\u{0}declined"
+            next.history = [
+                StepRecord(
+                    step: 0, stepName: "charge", phase: .action, attempt: 1, startedAt: Date(), finishedAt: Date(), outcome: .failed,
+                    error: "card\u{0}declined")
+            ]
+            try await store.commit(SagaTransition(state: next, expectedVersion: 1, outbox: []))
+            let stored = try await store.load(state.id)
+            #expect(stored.version == 2 && stored.failureReason == "card\u{FFFD}declined")
+            #expect(stored.history.first?.error == "card\u{0}declined")
+
+            let refused = await Conformance.expectSagaError(.storeUnavailable) {
+                try await store.rows("refused", "SELECT 'x'::int")
+            }
+            #expect(refused?.recoverySuggestion?.contains("SQLSTATE 22P02") == true, "\(String(describing: refused))")
+            #expect(refused?.recoverySuggestion?.contains("check that the server runs") == false)
+            try await store.executeForTesting("DROP SCHEMA \(store.namespace) CASCADE")
+        }
+    }
+
     /// A migration that cannot finish (here: another session holds the schema's lock for good)
     /// makes `run()` fail with a clear error after twice the statement timeout, instead of
     /// waiting for ever at start-up.
