@@ -32,10 +32,20 @@ swift build --build-tests
 log "running its handler tests (SagaTesting)"
 swift test --skip-build --disable-xctest
 
+BIN="$(swift build --show-bin-path)"
+log "a service given a store URL it cannot use says so in one line and exits with status 1"
+status=0
+SAGAKIT_STORE_URL="postgres://app:s3cret-pw@127.0.0.1:1/x" "$BIN/trip-flight" >"$WORK/bad-url.out" 2>"$WORK/bad-url.err" || status=$?
+if ((status != 1)) || ! grep -q "^trip-flight: .*is not a SQLite URL" "$WORK/bad-url.err" \
+    || grep -q "s3cret-pw\|Fatal error" "$WORK/bad-url.err" "$WORK/bad-url.out"; then
+    echo "example-package.sh: expected exit status 1 and one clean line without the password; got status $status:" >&2
+    cat "$WORK/bad-url.err" >&2
+    exit 1
+fi
+
 export SAGAKIT_STORE_URL="sqlite://$WORK/sagas.db"
 export SAGAKIT_PREFIX="trip-$$"
 export SAGAKIT_LOG_LEVEL=notice
-BIN="$(swift build --show-bin-path)"
 for service in flight hotel payment; do
     "$BIN/trip-$service" >"$WORK/$service.log" 2>&1 &
     pids+=($!)

@@ -13,12 +13,14 @@ import Synchronization
 /// import SagaPostgres
 ///
 /// @main struct PaymentService {
-///     static func main() async throws {
-///         let app = try SagaApplication(service: "payment", definitions: [TripSaga.definition])
-///         var handlers = SagaHandlerRegistry()
-///         handlers.register("payment.charge") { try await $0.completeStep() }
-///         handlers.register("payment.refund") { try await $0.completeCompensation() }
-///         try await app.runParticipant(handlers: handlers, store: PostgresSagaStore(reader: app.config.scoped(to: "postgres")))
+///     static func main() async {
+///         await SagaApplication.exitOnFailure {
+///             let app = try SagaApplication(service: "payment", definitions: [TripSaga.definition])
+///             var handlers = SagaHandlerRegistry()
+///             handlers.register("payment.charge") { try await $0.completeStep() }
+///             handlers.register("payment.refund") { try await $0.completeCompensation() }
+///             try await app.runParticipant(handlers: handlers, store: PostgresSagaStore(reader: app.config.scoped(to: "postgres")))
+///         }
 ///     }
 /// }
 /// ```
@@ -182,5 +184,34 @@ extension ConsoleLogHandler {
             return
         }
         bootstrap(level: level)
+    }
+}
+
+extension SagaApplication {
+    /// Runs a service's `main` so that a failure ends the process cleanly: one line on standard
+    /// error with the program's name and what is wrong and what to do (a ``SagaCore/SagaError``'s
+    /// message and recovery suggestion; SagaKit's messages never hold a password), then exit
+    /// status 1. Without it, an error thrown out of `main` ends the process with Swift's crash
+    /// report (a signal and a backtrace) for what is usually a configuration mistake.
+    ///
+    /// ```swift
+    /// @main struct PaymentService {
+    ///     static func main() async {
+    ///         await SagaApplication.exitOnFailure {
+    ///             let app = try SagaApplication(service: "payment", definitions: [TripSaga.definition])
+    ///             try await app.runParticipant(handlers: handlers, store: PostgresSagaStore(reader: app.config.scoped(to: "postgres")))
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    /// The body runs in the caller's isolation (`main`'s, the main actor).
+    public static func exitOnFailure(isolation: isolated (any Actor)? = #isolation, _ body: () async throws -> Void) async {
+        do {
+            try await body()
+        } catch {
+            let program = CommandLine.arguments.first.map { URL(fileURLWithPath: $0).lastPathComponent } ?? "service"
+            FileHandle.standardError.write(Data("\(program): \(error)\n".utf8))
+            exit(1)
+        }
     }
 }

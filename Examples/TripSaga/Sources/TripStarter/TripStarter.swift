@@ -7,21 +7,24 @@ import TripSaga
 /// Starts `TRIPS` trips (every fifth one too long for the hotel), waits for each to finish and
 /// prints how they ended. Exits with status 1 when a trip did not end as expected.
 @main struct TripStarter {
-    static func main() async throws {
-        let app = try SagaApplication(service: "trip-starter", definitions: [TripSaga.definition])
-        let store = try SQLiteSagaStore(reader: app.config.scoped(to: "sagakit.store"), logger: app.logger)
-        let trips = app.config.int(forKey: "trips", default: 20)
-        let manager = SagaManager(runtime: app.runtime(store: store))
-        let batch = TripBatch(manager: manager, trips: trips, logger: app.logger)
-        // The manager runs as a service: it hears the trips' lifecycle events, so outcome(of:)
-        // returns as soon as a trip ends instead of reading the store over and over.
-        try await app.run(store: store, services: [manager, batch])
-        guard batch.result.withLock({ $0 }) else { throw ExitCode.failure }
+    static func main() async {
+        await SagaApplication.exitOnFailure {
+            let app = try SagaApplication(service: "trip-starter", definitions: [TripSaga.definition])
+            let store = try SQLiteSagaStore(reader: app.config.scoped(to: "sagakit.store"), logger: app.logger)
+            let trips = app.config.int(forKey: "trips", default: 20)
+            let manager = SagaManager(runtime: app.runtime(store: store))
+            let batch = TripBatch(manager: manager, trips: trips, logger: app.logger)
+            // The manager runs as a service: it hears the trips' lifecycle events, so outcome(of:)
+            // returns as soon as a trip ends instead of reading the store over and over.
+            try await app.run(store: store, services: [manager, batch])
+            guard batch.result.withLock({ $0 }) else { throw TripsEndedWrong() }
+        }
     }
 }
 
-struct ExitCode: Error {
-    static let failure = ExitCode()
+/// Some trips did not end as their payload says they should.
+struct TripsEndedWrong: Error, CustomStringConvertible {
+    var description: String { "some trips did not end as expected (see the summary above)" }
 }
 
 final class TripBatch: Service, Sendable {
