@@ -154,13 +154,7 @@ struct PostgresStoreTests {
     /// process sealed verifies in another, a changed copy or a seal from another schema does not,
     /// and a store seals nothing before it has read the key.
     @Test func theStateSealsKeyIsSharedByTheSchemasStoresAndNoOthers() async throws {
-        guard let url = try await TestPostgres.url() else { return }
-        func configuration() throws -> PostgresSagaStore.Configuration {
-            var configuration = try PostgresSagaStore.Configuration(url: url)
-            configuration.schema = "sagakit_test_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
-            return configuration
-        }
-        let shared = try configuration()
+        guard let shared = try await testPostgresConfiguration(), let another = try await testPostgresConfiguration() else { return }
         let bytes = Array(#"{"id":"s-1","payload":{"amount":5}}"#.utf8)
         let first = try PostgresSagaStore(configuration: shared)
         #expect(first.stateSeal?.seal(bytes) == nil)
@@ -177,7 +171,7 @@ struct PostgresStoreTests {
             #expect(try keys.first?["bytes"].decode(Int.self) == 32)
             try await second.executeForTesting("DROP SCHEMA \(second.namespace) CASCADE")
         }
-        try await PostgresSagaStore(configuration: try configuration()).withRunning { other in
+        try await PostgresSagaStore(configuration: another).withRunning { other in
             #expect(other.stateSeal?.verifies(seal, of: bytes) == false)
             try await other.executeForTesting("DROP SCHEMA \(other.namespace) CASCADE")
         }
@@ -189,10 +183,7 @@ struct PostgresStoreTests {
     /// store falls back to a transaction with savepoints when this statement fails, so the
     /// conformance checks alone would pass without it.)
     @Test func aBatchWithLocalWritesIsOneStatement() async throws {
-        guard let url = try await TestPostgres.url() else { return }
-        var configuration = try PostgresSagaStore.Configuration(url: url)
-        configuration.schema = "sagakit_test_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
-        try await PostgresSagaStore(configuration: configuration).withRunning { store in
+        try await withPostgresStore { _, store in
             let table = "\(store.namespace).local_values"
             try await store.executeForTesting(
                 "CREATE TABLE \(table) (k text PRIMARY KEY, i int8, d float8, t text, b bool, y bytea, n int8)")
@@ -232,7 +223,6 @@ struct PostgresStoreTests {
             #expect(try await store.load(state.id).version == 2)
             let count = try await store.rows("count", "SELECT count(*) AS n FROM \(unescaped: table)")
             #expect(try count.first?["n"].decode(Int64.self) == 1)
-            try await store.executeForTesting("DROP SCHEMA \(store.namespace) CASCADE")
         }
     }
 
@@ -240,10 +230,7 @@ struct PostgresStoreTests {
     /// is stored with U+FFFD instead of failing its transition's commit on every delivery; the
     /// history (JSON) keeps it. A statement the server refuses says so, not "check the server".
     @Test func aFailureReasonWithANulCharacterIsStored() async throws {
-        guard let url = try await TestPostgres.url() else { return }
-        var configuration = try PostgresSagaStore.Configuration(url: url)
-        configuration.schema = "sagakit_test_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
-        try await PostgresSagaStore(configuration: configuration).withRunning { store in
+        try await withPostgresStore { _, store in
             let state = Conformance.makeState()
             _ = try await store.create(state, outbox: [])
             var next = state
@@ -259,11 +246,10 @@ struct PostgresStoreTests {
             #expect(stored.history.first?.error == "card\u{0}declined")
 
             let refused = await Conformance.expectSagaError(.storeUnavailable) {
-                try await store.rows("refused", "SELECT 'x'::int")
+                _ = try await store.rows("refused", "SELECT 'x'::int")
             }
             #expect(refused?.recoverySuggestion?.contains("SQLSTATE 22P02") == true, "\(String(describing: refused))")
             #expect(refused?.recoverySuggestion?.contains("check that the server runs") == false)
-            try await store.executeForTesting("DROP SCHEMA \(store.namespace) CASCADE")
         }
     }
 
