@@ -799,15 +799,7 @@ extension LocalValue {
         case .text(let value): return value
         case .bool(let value): return value ? "true" : "false"
         case .null: return ""
-        case .bytes(let value):
-            let digits = Array("0123456789abcdef".utf8)
-            var text: [UInt8] = [UInt8(ascii: "\\"), UInt8(ascii: "x")]
-            text.reserveCapacity(2 + value.count * 2)
-            for byte in value {
-                text.append(digits[Int(byte >> 4)])
-                text.append(digits[Int(byte & 0x0f)])
-            }
-            return String(decoding: text, as: UTF8.self)
+        case .bytes(let value): return Hex.text(value, prefix: "\\x")
         }
     }
 }

@@ -199,11 +199,7 @@ extension PostgresSagaStore {
             if let file = reader.string(forKey: "tls.ca.file"), !file.isEmpty { caCertificateFile = file }
             connectTimeout = try reader.sagaSeconds("connect.timeout.seconds", default: connectTimeout)
             maximumConnections = try reader.sagaInt("connections.max", default: maximumConnections)
-            if let text = reader.string(forKey: "keepalive.seconds") {
-                let trimmed = text.trimmingCharacters(in: .whitespaces).lowercased()
-                let off = trimmed == "off" || Double(trimmed) == 0
-                keepAliveInterval = off ? nil : try reader.sagaSeconds("keepalive.seconds", default: .seconds(30))
-            }
+            keepAliveInterval = try reader.sagaSecondsOrOff("keepalive.seconds", default: keepAliveInterval)
             statementTimeout = try reader.sagaSeconds("statement.timeout.seconds", default: statementTimeout)
             startupTimeout = try reader.sagaSeconds("startup.timeout.seconds", default: startupTimeout)
         }

@@ -339,7 +339,7 @@ enum PostgresSchema {
             _ = try await run(PostgresQuery(unsafeSQL: text))
         }
         let lockKey = "sagakit.schema.\(schema)"
-        let keyHex = newKey.map { String($0, radix: 16).leftPadded(to: 2) }.joined()
+        let keyHex = Hex.text(newKey)
         let keyName = stateSealKeyName
         let steps: @Sendable () async throws -> (Int, Int, [UInt8]) = {
             _ = try await run("BEGIN")
@@ -382,14 +382,14 @@ enum PostgresSchema {
                 let selectKey: PostgresQuery =
                     "SELECT encode(key, 'hex') FROM \(unescaped: namespace).sagakit_keys WHERE name = \(keyName)"
                 var key: [UInt8] = []
-                for row in try await run(selectKey).rows { key = try Self.bytes(hex: row.decode(String.self)) }
+                for row in try await run(selectKey).rows { key = try Self.key(row.decode(String.self)) }
                 if key.isEmpty {
                     let insertKey: PostgresQuery = """
                         INSERT INTO \(unescaped: namespace).sagakit_keys (name, key) VALUES (\(keyName), decode(\(keyHex), 'hex'))
                         ON CONFLICT (name) DO NOTHING
                         """
                     _ = try await run(insertKey)
-                    for row in try await run(selectKey).rows { key = try Self.bytes(hex: row.decode(String.self)) }
+                    for row in try await run(selectKey).rows { key = try Self.key(row.decode(String.self)) }
                 }
                 _ = try await run("COMMIT")
                 return (found, currentVersion, key)
@@ -426,25 +426,9 @@ enum PostgresSchema {
         return key
     }
 
-    /// The bytes of hexadecimal text (as `encode(…, 'hex')` writes it).
-    static func bytes(hex: String) throws -> [UInt8] {
-        let digits = Array(hex.utf8)
-        guard digits.count.isMultiple(of: 2) else { throw SagaError(.invalidState, "a key in sagakit_keys is not hexadecimal") }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(digits.count / 2)
-        for index in stride(from: 0, to: digits.count, by: 2) {
-            guard let byte = UInt8(String(decoding: digits[index...index + 1], as: UTF8.self), radix: 16) else {
-                throw SagaError(.invalidState, "a key in sagakit_keys is not hexadecimal")
-            }
-            bytes.append(byte)
-        }
+    /// The key as `encode(key, 'hex')` reads it.
+    static func key(_ text: String) throws -> [UInt8] {
+        guard let bytes = Hex.bytes(text) else { throw SagaError(.invalidState, "a key in sagakit_keys is not hexadecimal") }
         return bytes
-    }
-}
-
-extension String {
-    /// The string with leading zeros up to `width` characters.
-    fileprivate func leftPadded(to width: Int) -> String {
-        count >= width ? self : String(repeating: "0", count: width - count) + self
     }
 }

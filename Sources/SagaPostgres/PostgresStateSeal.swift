@@ -27,24 +27,13 @@ final class PostgresStateSeal: SagaStateSeal {
 
     func seal(_ bytes: [UInt8]) -> String? {
         guard let key = key.withLock({ $0 }) else { return nil }
-        return Self.hex(HMAC<SHA256>.authenticationCode(for: bytes, using: key))
+        return Hex.text(HMAC<SHA256>.authenticationCode(for: bytes, using: key))
     }
 
     func verifies(_ seal: String, of bytes: [UInt8]) -> Bool {
-        guard let key = key.withLock({ $0 }), seal.utf8.count == 64, let code = try? PostgresSchema.bytes(hex: seal) else {
+        guard let key = key.withLock({ $0 }), seal.utf8.count == 64, let code = Hex.bytes(seal) else {
             return false
         }
         return HMAC<SHA256>.isValidAuthenticationCode(code, authenticating: bytes, using: key)
-    }
-
-    private static func hex(_ bytes: some Sequence<UInt8>) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        var text: [UInt8] = []
-        text.reserveCapacity(64)
-        for byte in bytes {
-            text.append(digits[Int(byte >> 4)])
-            text.append(digits[Int(byte & 0x0f)])
-        }
-        return String(decoding: text, as: UTF8.self)
     }
 }
