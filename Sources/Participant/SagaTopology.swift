@@ -76,11 +76,7 @@ public struct SagaTopology: Sendable, Hashable {
             levels = parsed.compactMap { $0 }
         }
         let events = try reader.sagaChoice("events", default: "all", choices: SagaLifecycleEvent.Selection.allCases.map(\.rawValue))
-        var stateInCommands = SagaTopology().stateInCommands
-        if let text = reader.string(forKey: "state.in.commands.seconds")?.trimmingCharacters(in: .whitespaces) {
-            stateInCommands =
-                text.lowercased() == "off" || Double(text) == 0 ? nil : try reader.sagaSeconds("state.in.commands.seconds", default: .zero)
-        }
+        let stateInCommands = try reader.sagaSecondsOrOff("state.in.commands.seconds", default: SagaTopology().stateInCommands)
         self.init(
             prefix: prefix, queueKind: kind == "quorum" ? .quorum : .classic, delayLevels: levels,
             events: SagaLifecycleEvent.Selection(rawValue: events) ?? .all, stateInCommands: stateInCommands)

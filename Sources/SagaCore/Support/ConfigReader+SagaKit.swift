@@ -37,6 +37,25 @@ extension ConfigReader {
         return .milliseconds(Int64((seconds * 1000).rounded()))
     }
 
+    /// A duration in (possibly fractional) seconds that can be turned off: `off` or any zero is
+    /// `nil`; `defaultValue` when the key is absent.
+    /// - Throws: `invalidConfiguration` when the value is neither `off` nor a number of seconds
+    ///   of 0 or more.
+    public func sagaSecondsOrOff(_ key: ConfigKey, default defaultValue: Duration?) throws -> Duration? {
+        guard let text = string(forKey: key) else { return defaultValue }
+        let trimmed = text.trimmed.lowercased()
+        if trimmed == "off" || Double(trimmed) == 0 { return nil }
+        guard let seconds = Double(trimmed), seconds > 0, seconds.isFinite else {
+            throw SagaError(
+                .invalidConfiguration,
+                "configuration value '\(key)' must be a number of seconds greater than 0, or 0 or off for none, not '\(text)'",
+                recoverySuggestion:
+                    "fix or remove the setting (as an environment variable its name is the full key in capitals with _ for .)"
+            )
+        }
+        return .milliseconds(Int64((seconds * 1000).rounded()))
+    }
+
     /// One of `choices` (compared case-insensitively), or `defaultValue` when absent.
     /// - Throws: `invalidConfiguration` listing the choices.
     public func sagaChoice(_ key: ConfigKey, default defaultValue: String, choices: [String]) throws -> String {
