@@ -58,11 +58,9 @@ struct SagaEngine: Sendable {
                     ? []
                     : SagaLifecycleEvent.events(
                         of: event, from: state, to: next, version: state.version + 1, definition: machine.definition, at: now)
-                // One command carries the state it is sent with (branches of a parallel group
-                // would find each other's copies stale).
                 var committed = next
                 committed.version = state.version + 1
-                let copy = commands.count == 1 ? sealedCopy(of: committed) : nil
+                let copy = sealedCopy(of: committed, sending: commands)
                 let outbox =
                     try commands.map { try SagaMessages.outbox($0, state: next, topology: topology, now: now, stateCopy: copy) }
                     + SagaMessages.eventOutbox(events, state: next, topology: topology)
@@ -98,6 +96,12 @@ struct SagaEngine: Sendable {
             bytes.count <= Self.maxStateCopyBytes, let sealText = seal.seal(bytes)
         else { return nil }
         return SealedState(text: String(decoding: bytes, as: UTF8.self), seal: sealText)
+    }
+
+    /// The copy a transition's commands carry: a single command carries one, the members of a
+    /// parallel group none (each would find the others' copies stale).
+    func sealedCopy(of state: SagaState, sending commands: [ScheduledCommand]) -> SealedState? {
+        commands.count == 1 ? sealedCopy(of: state) : nil
     }
 
     /// The state `delivery` carries for `command`, when it may be used instead of loading the

@@ -187,7 +187,7 @@ public struct SagaManager: Service {
         // Steps whose condition does not hold are skipped at the start; when every step is, the
         // saga is stored completed and no command is sent.
         let start = SagaStateMachine(definition: definition, circuits: circuits).begin(id: id, payload: payload, context: context, now: now)
-        let copy = start.commands.count == 1 ? engine.sealedCopy(of: start.state) : nil
+        let copy = engine.sealedCopy(of: start.state, sending: start.commands)
         let messages = try start.commands.map {
             try SagaMessages.outbox($0, state: start.state, topology: engine.topology, now: now, stateCopy: copy)
         }
