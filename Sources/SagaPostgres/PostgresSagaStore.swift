@@ -430,8 +430,9 @@ public final class PostgresSagaStore: SagaStore, Service {
         return "\(error)"
     }
 
-    /// Passes ``SagaCore/SagaError`` and cancellation through; wraps everything else as
-    /// `storeUnavailable` naming the server.
+    /// Passes ``SagaCore/SagaError`` and cancellation through; wraps data the server refuses
+    /// (SQLSTATE classes 22, 23, 44, 0A, P0) as `storeRefused` and everything else as
+    /// `storeUnavailable`, naming the server.
     static func storeError(_ error: any Error, location: String, doing action: String) -> any Error {
         if error is SagaError || error is CancellationError { return error }
         if let transaction = error as? PostgresTransactionError {
@@ -440,16 +441,29 @@ public final class PostgresSagaStore: SagaStore, Service {
                 return storeError(inner, location: location, doing: action)
             }
         }
-        // A statement or its data refused (data, integrity, syntax classes) is no connection
-        // problem, and running it again changes nothing: say so instead of blaming the server.
-        if let state = (error as? PSQLError)?.serverInfo?[.sqlState], ["22", "23", "42", "44", "0A"].contains(String(state.prefix(2))) {
-            return SagaError(
-                .storeUnavailable,
-                "cannot \(action) in PostgreSQL at \(location): \(describe(error))",
-                recoverySuggestion:
-                    "the server refused the statement or its data (SQLSTATE \(state)), which running it again does not change; the message says which value",
-                underlying: error
-            )
+        if let state = (error as? PSQLError)?.serverInfo?[.sqlState] {
+            switch String(state.prefix(2)) {
+            case "22", "23", "44", "0A", "P0":
+                // The data (or a constraint, a trigger) refused: running it again changes nothing.
+                return SagaError(
+                    .storeRefused,
+                    "PostgreSQL at \(location) refused to \(action): \(describe(error))",
+                    recoverySuggestion:
+                        "the server refused the data (SQLSTATE \(state)), which running it again does not change; the message says which value or constraint",
+                    underlying: error
+                )
+            case "42":
+                // Privileges, a missing table or function: an operator's fix, after which it works.
+                return SagaError(
+                    .storeUnavailable,
+                    "PostgreSQL at \(location) refused to \(action): \(describe(error))",
+                    recoverySuggestion:
+                        "the server refused the statement (SQLSTATE \(state)): check that the role may use the schema's tables and functions, and that the schema was migrated by this SagaKit",
+                    underlying: error
+                )
+            default:
+                break
+            }
         }
         return SagaError(
             .storeUnavailable,

@@ -248,8 +248,9 @@ public final class SQLiteSagaStore: SagaStore, Service {
 
     // MARK: Errors
 
-    /// Passes ``SagaCore/SagaError`` and cancellation through; wraps everything else as
-    /// `storeUnavailable` naming the file.
+    /// Passes ``SagaCore/SagaError`` and cancellation through; wraps data SQLite refuses (a
+    /// constraint or trigger, a value too big or of the wrong type) as `storeRefused` and
+    /// everything else as `storeUnavailable`, naming the file.
     static func storeError(_ error: any Error, path: String, doing action: String) -> any Error {
         if error is SagaError || error is CancellationError { return error }
         if let error = error as? DatabaseError, error.resultCode == .SQLITE_BUSY {
@@ -257,6 +258,14 @@ public final class SQLiteSagaStore: SagaStore, Service {
                 .storeUnavailable,
                 "the SQLite store \(path) stayed locked by another connection while trying to \(action)",
                 recoverySuggestion: "another process holds a long transaction; raise busyTimeout or find it",
+                underlying: error
+            )
+        }
+        if let error = error as? DatabaseError, [.SQLITE_CONSTRAINT, .SQLITE_TOOBIG, .SQLITE_MISMATCH].contains(error.resultCode) {
+            return SagaError(
+                .storeRefused,
+                "cannot \(action) the SQLite store \(path): it refused the data: \(error.message ?? "\(error.resultCode)")",
+                recoverySuggestion: "running it again does not change that; the message says which value or constraint refused it",
                 underlying: error
             )
         }

@@ -110,6 +110,51 @@ struct WriteCoalescerTests {
         #expect(log.maxRunning.withLock { $0 } <= 2)
     }
 
+    /// A store that refuses one request's data rolls its whole batch back: the coalescer runs
+    /// each refused request again alone, so that only the request the store refuses fails.
+    @Test("a refused request fails alone; the others of its batch run again and succeed")
+    func aRefusedRequestFailsAlone() async throws {
+        let log = BatchLog()
+        let coalescer = WriteCoalescer<Int, Int>(maxBatch: 16, maxConcurrentBatches: 1) { batch in
+            log.record(batch.map(String.init))
+            try? await Task.sleep(for: .milliseconds(5))
+            log.finished()
+            // Like a transaction: one refused value fails every request of the batch.
+            guard !batch.contains(13) else {
+                return batch.map { _ in .failure(SagaError(.storeRefused, "value 13 violates a check constraint")) }
+            }
+            return batch.map { .success($0 * 10) }
+        }
+        let results = try await whileRunning(coalescer) {
+            await withTaskGroup(of: (Int, Result<Int, SagaError>).self) { group in
+                for value in 0..<40 {
+                    group.addTask {
+                        do {
+                            return (value, .success(try await coalescer.submit(value, key: "k\(value)")))
+                        } catch {
+                            return (value, .failure(error as? SagaError ?? SagaError(.invalidState, "\(error)")))
+                        }
+                    }
+                }
+                var results: [Int: Result<Int, SagaError>] = [:]
+                for await (value, result) in group { results[value] = result }
+                return results
+            }
+        }
+        for value in 0..<40 where value != 13 {
+            #expect((try? results[value]?.get()) == value * 10, "request \(value)")
+        }
+        guard case .failure(let refused) = results[13] else {
+            Issue.record("the refused request succeeded")
+            return
+        }
+        #expect(refused.code == .storeRefused)
+        let batches = log.batches.withLock { $0 }
+        // Request 13 shared a batch first (or the test proves nothing), then ran alone.
+        #expect(batches.contains { $0.contains("13") && $0.count > 1 })
+        #expect(batches.last { $0.contains("13") } == ["13"])
+    }
+
     @Test("one key is never twice in a batch nor in two running batches")
     func keysAreSerialised() async throws {
         let log = BatchLog()

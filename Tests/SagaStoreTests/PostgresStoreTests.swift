@@ -228,7 +228,8 @@ struct PostgresStoreTests {
 
     /// PostgreSQL's `text` cannot hold U+0000: a failure reason with one (a handler's error text)
     /// is stored with U+FFFD instead of failing its transition's commit on every delivery; the
-    /// history (JSON) keeps it. A statement the server refuses says so, not "check the server".
+    /// history (JSON) keeps it. Data the server refuses is `storeRefused` and says so, not
+    /// "check the server".
     @Test func aFailureReasonWithANulCharacterIsStored() async throws {
         try await withPostgresStore { _, store in
             let state = Conformance.makeState()
@@ -245,7 +246,7 @@ struct PostgresStoreTests {
             #expect(stored.version == 2 && stored.failureReason == "card\u{FFFD}declined")
             #expect(stored.history.first?.error == "card\u{0}declined")
 
-            let refused = await Conformance.expectSagaError(.storeUnavailable) {
+            let refused = await Conformance.expectSagaError(.storeRefused) {
                 _ = try await store.rows("refused", "SELECT 'x'::int")
             }
             #expect(refused?.recoverySuggestion?.contains("SQLSTATE 22P02") == true, "\(String(describing: refused))")

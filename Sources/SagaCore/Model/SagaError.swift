@@ -21,6 +21,11 @@ public struct SagaError: Error, Sendable, CustomStringConvertible {
         public static let duplicateSaga = Code("duplicateSaga")
         /// The store cannot be reached or opened.
         public static let storeUnavailable = Code("storeUnavailable")
+        /// The store refused an operation's data or statement (a constraint, a value it cannot
+        /// hold, a trigger that raised): running it again gives the same error, unlike
+        /// `storeUnavailable`. A participant tries a command whose transition is refused once
+        /// more, then dead-letters it with the store's message (`Docs/Guarantees.md`).
+        public static let storeRefused = Code("storeRefused")
         /// The database was created by a newer SagaKit.
         public static let schemaTooNew = Code("schemaTooNew")
         /// A configuration value is invalid.

@@ -15,6 +15,9 @@ import Synchronization
 /// key is never in two running batches at once: a second change of one saga waits for the batch
 /// of the first, so the outcome is the same as running them one after the other, and concurrent
 /// batches of one process never lock the same row.
+///
+/// A request whose data the store refuses (`storeRefused`) fails alone: the requests of a
+/// refused batch are run again one at a time.
 package final class WriteCoalescer<Request: Sendable, Response: Sendable>: Sendable {
     /// Runs one batch; returns one result per request, in order.
     package typealias Execute = @Sendable ([Request]) async -> [Result<Response, any Error>]
@@ -123,9 +126,7 @@ package final class WriteCoalescer<Request: Sendable, Response: Sendable>: Senda
             for worker in wake { worker.resume() }
             switch step {
             case .batch(let batch):
-                let started = ContinuousClock.now
-                let results = await execute(batch.map(\.request))
-                observe?(batch.count, ContinuousClock.now - started)
+                let results = await executeIsolatingRefusals(batch.map(\.request))
                 for (index, pending) in batch.enumerated() {
                     if index < results.count {
                         pending.continuation.resume(with: results[index])
@@ -141,6 +142,31 @@ package final class WriteCoalescer<Request: Sendable, Response: Sendable>: Senda
                 return
             }
         }
+    }
+
+    /// Runs a batch; when the store refused some of its requests (`storeRefused`: a
+    /// constraint, a trigger, a value it cannot hold), runs each of those again alone. A refused
+    /// statement rolls back its whole batch, so the others failed only for being in it: alone,
+    /// they succeed, and the request whose data is refused fails by itself.
+    private func executeIsolatingRefusals(_ requests: [Request]) async -> [Result<Response, any Error>] {
+        var results = await executeObserved(requests)
+        guard requests.count > 1, results.count == requests.count else { return results }
+        for index in results.indices where Self.isRefusal(results[index]) {
+            results[index] = await executeObserved([requests[index]]).first ?? results[index]
+        }
+        return results
+    }
+
+    private func executeObserved(_ requests: [Request]) async -> [Result<Response, any Error>] {
+        let started = ContinuousClock.now
+        let results = await execute(requests)
+        observe?(requests.count, ContinuousClock.now - started)
+        return results
+    }
+
+    private static func isRefusal(_ result: Result<Response, any Error>) -> Bool {
+        guard case .failure(let error) = result else { return false }
+        return (error as? SagaError)?.code == .storeRefused
     }
 
     private enum Next {
