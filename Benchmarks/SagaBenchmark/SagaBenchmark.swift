@@ -37,7 +37,12 @@ struct SagaBenchmark: AsyncParsableCommand {
             handler tells the starter in-process: no broker or store hop, an upper bound).
             """)
     var wait = "events"
-    @Option(help: "Lifecycle events published: all, outcomes or none.") var events = "all"
+    @Option(
+        help: """
+            Lifecycle events published: terminal, outcomes, all or none. The default, terminal, is what SystemBenchmark \
+            and the yardstick's peer publish (one event per saga, the one the starter waits for).
+            """)
+    var events = "terminal"
     @Option(
         help: """
             Measure starts only: M sagas started one call each (with each --concurrency in flight) versus one batch call \
@@ -48,8 +53,10 @@ struct SagaBenchmark: AsyncParsableCommand {
 
     func validate() throws {
         guard ["events", "poll", "board"].contains(wait) else { throw ValidationError("--wait must be events, poll or board") }
-        guard SagaLifecycleEvent.Selection(rawValue: events) != nil else { throw ValidationError("--events must be all, outcomes or none") }
-        if wait == "events" && events == "none" { throw ValidationError("--wait events needs --events all or outcomes") }
+        guard SagaLifecycleEvent.Selection(rawValue: events) != nil else {
+            throw ValidationError("--events must be terminal, outcomes, all or none")
+        }
+        if wait == "events" && events == "none" { throw ValidationError("--wait events needs --events terminal, outcomes or all") }
     }
 
     func run() async throws {
