@@ -20,6 +20,8 @@ struct PostgresBatches: Sendable {
     let statementTimeout: Duration
     /// Keeps the attempts' deadlines while the store runs.
     let watch = AttemptWatch()
+    /// The connections the store keeps leased between statements (none for a caller's client).
+    var held = PostgresHeldConnections(count: 0)
     /// The executor of the event loop of the store's own connections, where its batches run
     /// too; set, an attempt's statements run on their connection's event loop (see
     /// ``EventLoopTaskExecutor``). Only for the store's own client, whose event loop is one of
@@ -426,7 +428,7 @@ struct PostgresBatches: Sendable {
                 statementTimeout: statementTimeout, remaining: remaining, safety: safety)
             do {
                 let value = try await Self.withStatementTimeout(
-                    timeout, pool: pool, watch: watch, storeExecutor: storeExecutor, operation)
+                    timeout, pool: pool, watch: watch, storeExecutor: storeExecutor, held: held, operation)
                 if attempt > 1 {
                     logger.info(
                         "PostgreSQL statement succeeded after \(attempt) attempts",
@@ -492,28 +494,38 @@ struct PostgresBatches: Sendable {
     /// ``PostgresPool/waiting(_:for:)``); otherwise by a timer of the attempt's own.
     static func withStatementTimeout<T: Sendable>(
         _ timeout: Duration, pool: PostgresPool, watch: AttemptWatch, storeExecutor: EventLoopTaskExecutor? = nil,
-        _ operation: @escaping @Sendable (PostgresConnection) async throws -> T
+        held: PostgresHeldConnections? = nil, _ operation: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         let leased = LeasedConnection()
         let current = pool.current
+        @Sendable func run(on connection: PostgresConnection) async throws -> T {
+            leased.set(connection)
+            pool.leased(current.generation, connection)
+            defer {
+                pool.released(current.generation, connection)
+                leased.set(nil)
+            }
+            if let storeExecutor {
+                let loop = connection.eventLoop
+                let executor = storeExecutor.eventLoop === loop ? storeExecutor : EventLoopTaskExecutor(loop)
+                return try await withTaskExecutorPreference(executor) {
+                    try await operation(connection)
+                }
+            }
+            return try await operation(connection)
+        }
         @Sendable func attempt() async throws -> T {
             do {
-                return try await current.client.withConnection { connection in
-                    leased.set(connection)
-                    pool.leased(current.generation, connection)
-                    defer {
-                        pool.released(current.generation, connection)
-                        leased.set(nil)
-                    }
-                    if let storeExecutor {
-                        let loop = connection.eventLoop
-                        let executor = storeExecutor.eventLoop === loop ? storeExecutor : EventLoopTaskExecutor(loop)
-                        return try await withTaskExecutorPreference(executor) {
-                            try await operation(connection)
-                        }
-                    }
-                    return try await operation(connection)
+                // A connection the store holds, when one is idle (see PostgresHeldConnections):
+                // kept after a success, given up after any failure.
+                if let taken = held?.take(generation: current.generation) {
+                    var healthy = false
+                    defer { held?.giveBack(taken, healthy: healthy) }
+                    let value = try await run(on: taken.connection)
+                    healthy = true
+                    return value
                 }
+                return try await current.client.withConnection { connection in try await run(on: connection) }
             } catch {
                 throw AttemptFailure(error: error, leased: leased.everLeased, generation: current.generation)
             }

@@ -116,7 +116,8 @@ public final class PostgresSagaStore: SagaStore, Service {
         self.lifecycle = lifecycle
         (batches, commits, loads, creations, marks, localCommits) = Self.batching(
             pool: pool, namespace: namespace, location: location, logger: logger,
-            statementTimeout: configuration.statementTimeout, lifecycle: lifecycle, eventLoop: eventLoop)
+            statementTimeout: configuration.statementTimeout, lifecycle: lifecycle, eventLoop: eventLoop,
+            heldConnections: Self.heldConnections(configuration))
     }
 
     /// Creates a store on a `PostgresClient` that the caller runs (`client.run()`, or a
@@ -186,6 +187,10 @@ public final class PostgresSagaStore: SagaStore, Service {
                 let watch = batches.watch
                 group.addTask { await watch.run(pool: pool) }
                 try await migrate()
+                // Keeps connections leased between statements (none on a caller's client), from
+                // now on: the client runs.
+                let (held, logger) = (batches.held, logger)
+                group.addTask { await held.run(pool: pool, logger: logger) }
                 await withDiscardingTaskGroup { coalescers in
                     coalescers.addTask { await self.commits.run() }
                     coalescers.addTask { await self.loads.run() }
@@ -342,6 +347,14 @@ public final class PostgresSagaStore: SagaStore, Service {
 
     // MARK: Helpers
 
+    /// How many connections the store holds: ``Configuration/heldConnections``, leaving the pool
+    /// at least one; none with a keep-alive, which postgres-nio sends only on the connections
+    /// in its pool (held ones would never be pinged).
+    static func heldConnections(_ configuration: Configuration) -> Int {
+        guard configuration.keepAliveInterval == nil else { return 0 }
+        return max(0, min(configuration.heldConnections, configuration.maximumConnections - 1))
+    }
+
     /// The most sagas in one batched statement.
     static let maxBatch = 64
 
@@ -350,7 +363,7 @@ public final class PostgresSagaStore: SagaStore, Service {
     /// made smaller batches, more statements and lower throughput.
     private static func batching(
         pool: PostgresPool, namespace: String, location: String, logger: Logger, statementTimeout: Duration,
-        lifecycle: StoreLifecycle, eventLoop: (any EventLoop)?
+        lifecycle: StoreLifecycle, eventLoop: (any EventLoop)?, heldConnections: Int = 0
     ) -> (
         PostgresBatches, WriteCoalescer<EncodedSaga, SagaState>, WriteCoalescer<SagaID, PostgresRandomAccessRow>,
         WriteCoalescer<EncodedSaga, SagaCreation>, WriteCoalescer<[String], Void>,
@@ -362,6 +375,7 @@ public final class PostgresSagaStore: SagaStore, Service {
         // (a job handed to a loop that has shut down would be dropped, its task never resumed).
         let executor = eventLoop.map { EventLoopTaskExecutor($0) }
         configured.storeExecutor = executor
+        configured.held = PostgresHeldConnections(count: heldConnections)
         let batches = configured
         let closed: @Sendable () -> any Error = { lifecycle.notRunningError }
         func observer(_ operation: String) -> @Sendable (Int, Duration) -> Void {

@@ -199,6 +199,51 @@ struct PostgresClosedConnectionTests {
     }
 }
 
+/// The connections the store keeps leased between statements (`heldConnections`), on a real
+/// server: statements run on them, and one the server closes is given up, its statement runs
+/// again on another connection, and the store holds a fresh one.
+@Suite("PostgreSQL held connections")
+struct PostgresHeldConnectionTests {
+    @Test func statementsRunOnHeldConnectionsAndOneTheServerClosesIsReplaced() async throws {
+        try await withPostgresStore { stores, store in
+            let held = store.batches.held
+            #expect(held.count == 2)
+            try await eventually("the store holds two connections") { held.holding == 2 }
+            let pid = { @Sendable () async throws -> Int32 in
+                try #require(try await store.rows("pid", "SELECT pg_backend_pid() AS pid").first?["pid"].decode(Int32.self))
+            }
+            let served = held.attemptsServed
+            var pids: Set<Int32> = []
+            for _ in 0..<10 { pids.insert(try await pid()) }
+            // One after the other, every statement took the first idle held connection.
+            #expect(held.attemptsServed - served == 10)
+            #expect(pids.count == 1)
+            let first = try #require(pids.first)
+
+            // Another pool ends that session; the next statements still answer, on others.
+            let other = try #require(stores.other as? PostgresSagaStore)
+            _ = try await other.rows("terminate", "SELECT pg_terminate_backend(\(first))")
+            for _ in 0..<5 { #expect(try await pid() != first) }
+            try await eventually("the store holds two open connections again") { held.holding == 2 }
+            let again = held.attemptsServed
+            #expect(try await pid() != first)
+            #expect(held.attemptsServed == again + 1)
+        }
+    }
+
+    /// Waits up to 10 s for `condition`.
+    private func eventually(_ what: String, _ condition: () -> Bool) async throws {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !condition() {
+            guard ContinuousClock.now < deadline else {
+                Issue.record("not within 10 s: \(what)")
+                return
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+}
+
 /// Runs `body` in a task of its own and waits for it at most `limit`: `nil` when it has not ended
 /// by then (it is left running), so that an await that is never resumed fails the test instead of
 /// hanging it.

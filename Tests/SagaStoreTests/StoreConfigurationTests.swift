@@ -16,6 +16,7 @@ struct StoreConfigurationTests {
                 "sagakit.store.tls": "require",
                 "sagakit.store.connect.timeout.seconds": "2.5",
                 "sagakit.store.connections.max": "7",
+                "sagakit.store.connections.held": "3",
                 "sagakit.store.keepalive.seconds": "45",
                 "sagakit.store.statement.timeout.seconds": "9",
                 "sagakit.store.startup.timeout.seconds": "60",
@@ -27,11 +28,20 @@ struct StoreConfigurationTests {
         #expect(configuration.connectTimeout == .milliseconds(2500) && configuration.maximumConnections == 7)
         #expect(configuration.statementTimeout == .seconds(9) && configuration.startupTimeout == .seconds(60))
         #expect(configuration.keepAliveInterval == .seconds(45))
+        #expect(configuration.heldConnections == 3)
+        // postgres-nio pings only the connections in its pool: with a keep-alive, none are held.
+        #expect(PostgresSagaStore.heldConnections(configuration) == 0)
 
         let minimal = try PostgresSagaStore.Configuration(
             reader: ConfigReader(provider: InMemoryProvider(values: ["url": "postgres://app@127.0.0.1/shop"])))
         #expect(minimal.tls == .disable && minimal.schema == "public" && minimal.maximumConnections == 20)
         #expect(minimal.keepAliveInterval == nil)
+        #expect(minimal.heldConnections == 2 && PostgresSagaStore.heldConnections(minimal) == 2)
+        var small = minimal
+        small.maximumConnections = 2
+        #expect(PostgresSagaStore.heldConnections(small) == 1, "the pool keeps at least one connection")
+        small.heldConnections = 0
+        #expect(PostgresSagaStore.heldConnections(small) == 0)
         for off in ["0", "0.0", "off", " OFF "] {
             let reader = ConfigReader(
                 provider: InMemoryProvider(values: [
@@ -54,7 +64,8 @@ struct StoreConfigurationTests {
         }
         #expect(bad?.message.contains("connections.max") == true)
         let refusals: [(String, [AbsoluteConfigKey: ConfigValue])] = [
-            ("keepalive.seconds", ["url": "postgres://app:s3cret@h/db", "keepalive.seconds": "soon"])
+            ("keepalive.seconds", ["url": "postgres://app:s3cret@h/db", "keepalive.seconds": "soon"]),
+            ("connections.held", ["url": "postgres://app:s3cret@h/db", "connections.held": "-1"]),
         ]
         for (key, values) in refusals {
             let refused = #expect(throws: SagaError.self, "\(key)") {
