@@ -14,7 +14,7 @@ import Synchronization
 /// store closes. A statement's attempt takes an idle held connection when there is one (never
 /// waiting for it) and leases from the pool as before otherwise; it gives the connection back
 /// after a success, and gives it up after any failure (the holder then leases a fresh one).
-/// Measured: a participant's CPU per step at C = 50 about 10 % lower (`Docs/Operations.md`,
+/// Measured: a participant's CPU per step about 15 % lower at C = 50 (`Docs/Operations.md`,
 /// "Throughput").
 final class PostgresHeldConnections: Sendable {
     /// A held connection an attempt has taken.
