@@ -158,7 +158,7 @@ struct PostgresBatches: Sendable {
                 swapped.insert(try row.decode(String.self))
             }
         } catch let error as PSQLError {
-            guard let state = error.serverInfo?[.sqlState], isStatementError(state) else { throw error }
+            guard let state = error.serverInfo?[.sqlState], PostgresRecovery.isStatementSQLState(state) else { throw error }
             throw LocalWriteFailedWithoutSavepoint()
         }
         return items.map { swapped.contains($0.saga.state.id) ? .committed : .lost }
@@ -226,7 +226,7 @@ struct PostgresBatches: Sendable {
                     } catch let error as SagaError {
                         failure = error
                     } catch let error as PSQLError {
-                        guard let state = error.serverInfo?[.sqlState], isStatementError(state) else { throw error }
+                        guard let state = error.serverInfo?[.sqlState], PostgresRecovery.isStatementSQLState(state) else { throw error }
                         let message = error.serverInfo?[.message] ?? "SQLSTATE \(state)"
                         failure = LocalWrite.failure(
                             index: index, of: item.writes.count, sql: write.sql, "failed: \(message) (SQLSTATE \(state))",
@@ -267,14 +267,6 @@ struct PostgresBatches: Sendable {
 
     private static func execute(_ sql: String, on connection: PostgresConnection, logger: Logger) async throws {
         _ = try await PostgresStatement.run(PostgresQuery(unsafeSQL: sql), on: connection, logger: logger)
-    }
-
-    /// SQLSTATE classes that come from a statement and its data, not from the server or the
-    /// connection: data exceptions (22), integrity constraints (23), syntax and access rules
-    /// (42), with-check-option (44), PL/pgSQL raises (P0), and features not supported (0A).
-    /// Deadlocks (40P01) are not among them: the whole transaction is run again.
-    private static func isStatementError(_ state: String) -> Bool {
-        ["22", "23", "42", "44", "P0", "0A"].contains(String(state.prefix(2)))
     }
 
     // MARK: Create
@@ -494,7 +486,7 @@ struct PostgresBatches: Sendable {
     /// ``PostgresPool/waiting(_:for:)``); otherwise by a timer of the attempt's own.
     static func withStatementTimeout<T: Sendable>(
         _ timeout: Duration, pool: PostgresPool, watch: AttemptWatch, storeExecutor: EventLoopTaskExecutor? = nil,
-        held: PostgresHeldConnections? = nil, _ operation: @escaping @Sendable (PostgresConnection) async throws -> T
+        held: PostgresHeldConnections, _ operation: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         let leased = LeasedConnection()
         let current = pool.current
@@ -518,9 +510,9 @@ struct PostgresBatches: Sendable {
             do {
                 // A connection the store holds, when one is idle (see PostgresHeldConnections):
                 // kept after a success, given up after any failure.
-                if let taken = held?.take(generation: current.generation) {
+                if let taken = held.take(generation: current.generation) {
                     var healthy = false
-                    defer { held?.giveBack(taken, healthy: healthy) }
+                    defer { held.giveBack(taken, healthy: healthy) }
                     let value = try await run(on: taken.connection)
                     healthy = true
                     return value

@@ -129,7 +129,7 @@ final class PostgresHeldConnections: Sendable {
                 logger.debug(
                     "could not lease a connection to hold; trying again",
                     metadata: ["store.held.slot": "\(slot)", "error": "\(PostgresSagaStore.describe(error))"])
-                try? await Task.sleep(for: .milliseconds(min(5_000, 50 << min(failures, 7))))
+                try? await Task.sleep(for: PostgresRecovery.backoff(after: failures))
             }
         }
     }

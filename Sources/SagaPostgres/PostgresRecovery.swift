@@ -31,6 +31,19 @@ enum PostgresRecovery {
         state.hasPrefix("08") || ["57P01", "57P02", "57P03", "57P05", "53300"].contains(state)
     }
 
+    /// SQLSTATE classes of data the server refuses — data exceptions (22), integrity constraints
+    /// (23), with-check-option (44), PL/pgSQL raises (P0), features not supported (0A): the
+    /// statement was fine, its values or a rule were not, and running it again changes nothing.
+    static func isRefusedDataSQLState(_ state: String) -> Bool {
+        ["22", "23", "44", "P0", "0A"].contains(String(state.prefix(2)))
+    }
+
+    /// SQLSTATEs of a statement and its data rather than the server or the connection: the
+    /// refused data above and syntax or access rules (42: a missing table, a privilege).
+    static func isStatementSQLState(_ state: String) -> Bool {
+        isRefusedDataSQLState(state) || state.hasPrefix("42")
+    }
+
     /// Classifies the error of one attempt. `leased` says whether the attempt had a connection
     /// when it failed (then the statement may have been sent).
     static func classify(_ error: any Error, leased: Bool) -> Failure {

@@ -456,8 +456,7 @@ public final class PostgresSagaStore: SagaStore, Service {
             }
         }
         if let state = (error as? PSQLError)?.serverInfo?[.sqlState] {
-            switch String(state.prefix(2)) {
-            case "22", "23", "44", "0A", "P0":
+            if PostgresRecovery.isRefusedDataSQLState(state) {
                 // The data (or a constraint, a trigger) refused: running it again changes nothing.
                 return SagaError(
                     .storeRefused,
@@ -466,7 +465,8 @@ public final class PostgresSagaStore: SagaStore, Service {
                         "the server refused the data (SQLSTATE \(state)), which running it again does not change; the message says which value or constraint",
                     underlying: error
                 )
-            case "42":
+            }
+            if PostgresRecovery.isStatementSQLState(state) {
                 // Privileges, a missing table or function: an operator's fix, after which it works.
                 return SagaError(
                     .storeUnavailable,
@@ -475,8 +475,6 @@ public final class PostgresSagaStore: SagaStore, Service {
                         "the server refused the statement (SQLSTATE \(state)): check that the role may use the schema's tables and functions, and that the schema was migrated by this SagaKit",
                     underlying: error
                 )
-            default:
-                break
             }
         }
         return SagaError(

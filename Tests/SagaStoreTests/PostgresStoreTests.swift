@@ -251,6 +251,13 @@ struct PostgresStoreTests {
             }
             #expect(refused?.recoverySuggestion?.contains("SQLSTATE 22P02") == true, "\(String(describing: refused))")
             #expect(refused?.recoverySuggestion?.contains("check that the server runs") == false)
+            // A statement the server refuses itself (SQLSTATE class 42) is an operator's fix
+            // after which it works: not refused data, and the suggestion says what to check.
+            let missing = await Conformance.expectSagaError(.storeUnavailable) {
+                _ = try await store.rows("missing", "SELECT * FROM sagakit_no_such_table")
+            }
+            #expect(missing?.recoverySuggestion?.contains("SQLSTATE 42P01") == true, "\(String(describing: missing))")
+            #expect(missing?.recoverySuggestion?.contains("migrated by this SagaKit") == true)
         }
     }
 

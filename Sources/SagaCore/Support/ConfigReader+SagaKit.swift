@@ -12,12 +12,7 @@ extension ConfigReader {
     public func sagaInt(_ key: ConfigKey, default defaultValue: Int, in range: ClosedRange<Int> = 1...Int.max) throws -> Int {
         guard let text = string(forKey: key) else { return defaultValue }
         guard let value = Int(text.trimmed), range.contains(value) else {
-            throw SagaError(
-                .invalidConfiguration,
-                "configuration value '\(key)' must be a whole number \(Self.describe(range)), not '\(text)'",
-                recoverySuggestion:
-                    "fix or remove the setting (as an environment variable its name is the full key in capitals with _ for .)"
-            )
+            throw Self.invalidValue(key, mustBe: "a whole number \(Self.describe(range))", not: text)
         }
         return value
     }
@@ -27,12 +22,7 @@ extension ConfigReader {
     public func sagaSeconds(_ key: ConfigKey, default defaultValue: Duration) throws -> Duration {
         guard let text = string(forKey: key) else { return defaultValue }
         guard let seconds = Double(text.trimmed), seconds > 0, seconds.isFinite else {
-            throw SagaError(
-                .invalidConfiguration,
-                "configuration value '\(key)' must be a number of seconds greater than 0, not '\(text)'",
-                recoverySuggestion:
-                    "fix or remove the setting (as an environment variable its name is the full key in capitals with _ for .)"
-            )
+            throw Self.invalidValue(key, mustBe: "a number of seconds greater than 0", not: text)
         }
         return .milliseconds(Int64((seconds * 1000).rounded()))
     }
@@ -46,12 +36,7 @@ extension ConfigReader {
         let trimmed = text.trimmed.lowercased()
         if trimmed == "off" || Double(trimmed) == 0 { return nil }
         guard let seconds = Double(trimmed), seconds > 0, seconds.isFinite else {
-            throw SagaError(
-                .invalidConfiguration,
-                "configuration value '\(key)' must be a number of seconds greater than 0, or 0 or off for none, not '\(text)'",
-                recoverySuggestion:
-                    "fix or remove the setting (as an environment variable its name is the full key in capitals with _ for .)"
-            )
+            throw Self.invalidValue(key, mustBe: "a number of seconds greater than 0, or 0 or off for none", not: text)
         }
         return .milliseconds(Int64((seconds * 1000).rounded()))
     }
@@ -61,14 +46,17 @@ extension ConfigReader {
     public func sagaChoice(_ key: ConfigKey, default defaultValue: String, choices: [String]) throws -> String {
         guard let text = string(forKey: key) else { return defaultValue }
         guard let match = choices.first(where: { $0.lowercased() == text.lowercased() }) else {
-            throw SagaError(
-                .invalidConfiguration,
-                "configuration value '\(key)' must be one of \(choices.joined(separator: ", ")), not '\(text)'",
-                recoverySuggestion:
-                    "fix or remove the setting (as an environment variable its name is the full key in capitals with _ for .)"
-            )
+            throw Self.invalidValue(key, mustBe: "one of \(choices.joined(separator: ", "))", not: text)
         }
         return match
+    }
+
+    /// The error of a malformed value: what `key` must be, and what it was.
+    private static func invalidValue(_ key: ConfigKey, mustBe expectation: String, not text: String) -> SagaError {
+        SagaError(
+            .invalidConfiguration, "configuration value '\(key)' must be \(expectation), not '\(text)'",
+            recoverySuggestion:
+                "fix or remove the setting (as an environment variable its name is the full key in capitals with _ for .)")
     }
 
     /// The environment variable a key is read from by `EnvironmentVariablesProvider`
