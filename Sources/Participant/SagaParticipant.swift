@@ -324,10 +324,11 @@ public struct SagaParticipant: Service {
             await settle(delivery, .ack, logger: logger)
         } catch let error as SagaError where error.code == .storeRefused {
             // The store refused the data (a constraint, a trigger, a value it cannot hold), so
-            // redelivering for ever would change nothing. Once more, in case another change of
-            // the saga was the cause; then to the dead-letter queue with the store's message. The
-            // saga stays where it was: the reaper re-sends its command and, after its attempts,
-            // marks it needs-attention; `saga dlq requeue` sends it again once the cause is fixed.
+            // redelivering for ever would change nothing. Once more (the broker's redelivery), in
+            // case another change of the saga was the cause; then to the dead-letter queue with
+            // the store's message. The saga stays where it was: the reaper re-sends its command
+            // and, after its attempts, marks it needs-attention; `saga dlq requeue` sends it again
+            // once the cause is fixed.
             span.recordError(error)
             guard delivery.redelivered else {
                 logger.warning("the store refused this command's change; trying it once more", metadata: ["error": "\(error)"])
