@@ -169,10 +169,9 @@ final class ConnectionWorker {
         while true {
             guard let current = connection else { return machine.tick(now: clock.now) }
             for command in mailbox.takeAll() { execute(command) }
-            flushAcks()
             guard connection === current else { continue }
             do {
-                try pumpPublishes(current)
+                try sendAcksAndPublishes(current)
                 let now = clock.now
                 if heartbeatInterval > .zero, now - lastServiced >= heartbeatInterval / 2 {
                     socketReadable = true
@@ -347,6 +346,7 @@ final class ConnectionWorker {
                 metadata: ["amqp.channel": "\(channel)", "amqp.reply": "\(code) \(text)"])
         }
         partials.removeAll()
+        channelsWithAcks.removeAll()
         requeueOutstandingPublishes()
         channelConsumers.removeAll()
         for (id, consumer) in consumers {
@@ -452,13 +452,30 @@ final class ConnectionWorker {
 
     // MARK: Publishing
 
-    private func pumpPublishes(_ current: AMQPConnection) throws(AMQPFailure) {
-        guard !queued.isEmpty, !blocked, tracker.count < window else { return }
-        if !publishChannelOpen {
+    /// Sends the acks collected while draining the mailbox and the publishes the confirm window
+    /// lets out; when that is more than one write, batched into full TCP segments
+    /// (``AMQPConnection/batchingWrites(_:)``).
+    private func sendAcksAndPublishes(_ current: AMQPConnection) throws(AMQPFailure) {
+        let publishable = blocked ? 0 : min(queued.count, max(0, window - tracker.count))
+        if publishable > 0, !publishChannelOpen {
+            // channel.open and confirm.select wait for their replies: never batched.
             try current.openChannel(Self.publishChannel)
             try current.confirmSelect(Self.publishChannel)
             publishChannelOpen = true
         }
+        if channelsWithAcks.count + publishable > 1 {
+            try current.batchingWrites { () throws(AMQPFailure) in
+                try flushAcks(current)
+                try pumpPublishes(current)
+            }
+        } else {
+            try flushAcks(current)
+            try pumpPublishes(current)
+        }
+    }
+
+    private func pumpPublishes(_ current: AMQPConnection) throws(AMQPFailure) {
+        guard !queued.isEmpty, !blocked, tracker.count < window, publishChannelOpen else { return }
         while tracker.count < window, let request = queued.popFirst() {
             tracker.add(request)
             try current.publish(Self.publishChannel, request.message)
@@ -651,18 +668,11 @@ final class ConnectionWorker {
     }
 
     /// Sends the acks collected while draining the mailbox (coalesced per channel).
-    private func flushAcks() {
-        guard !channelsWithAcks.isEmpty, let current = connection else {
-            channelsWithAcks.removeAll()
-            return
-        }
+    private func flushAcks(_ current: AMQPConnection) throws(AMQPFailure) {
+        guard !channelsWithAcks.isEmpty else { return }
         let channels = channelsWithAcks
         channelsWithAcks.removeAll(keepingCapacity: true)
-        do throws(AMQPFailure) {
-            for channel in channels { try flushAcks(channel: channel, current) }
-        } catch {
-            connectionLost(error)
-        }
+        for channel in channels { try flushAcks(channel: channel, current) }
     }
 
     private func flushAcks(channel: UInt16, _ current: AMQPConnection) throws(AMQPFailure) {
