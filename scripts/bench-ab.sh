@@ -10,7 +10,8 @@
 #
 # Environment: PG_ADMIN_URL (a database to create and drop the scratch database from, default
 # postgres://postgres@127.0.0.1:55433/postgres, the yardstick's server), AMQP_URL, C (50), M
-# (2000), REPS (3), A_ARGS and B_ARGS (extra options of each side).
+# (2000), REPS (3), A_ARGS and B_ARGS (extra options of each side), PG_DATA (the server's data
+# directory: with it each line also says the PostgreSQL server's CPU per saga).
 set -euo pipefail
 
 : "${A:?A=<SystemBenchmark binary>}" "${B:?B=<SystemBenchmark binary>}"
@@ -29,7 +30,7 @@ for rep in $(seq 1 "$REPS"); do
         psql "$ADMIN" -qc "CREATE DATABASE $DB"
         before=$(psql "$ADMIN" -Atc "SELECT xact_commit FROM pg_stat_database WHERE datname = '$DB'")
         line=$("$bin" --store postgres --postgres-url "$SCRATCH" --sagas "$M" --warmup 100 --concurrency "$C" \
-            --local transaction --json "${extra[@]}" 2>/dev/null | grep '^{' | tail -1 || true)
+            --local transaction --json ${PG_DATA:+--pg-data "$PG_DATA"} "${extra[@]}" 2>/dev/null | grep '^{' | tail -1 || true)
         after=$(psql "$ADMIN" -Atc "SELECT xact_commit FROM pg_stat_database WHERE datname = '$DB'")
         if [ -z "$line" ]; then
             echo "bench-ab: side $side ($bin) printed no result in repetition $rep; run it by hand to see why:" >&2
@@ -42,8 +43,10 @@ d = json.load(sys.stdin)
 rep, side, tx, m = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 steps = "/".join(str(v) for v in d.get("cpu_us_per_step", {}).values())
 rate, p50, ok = d["sagas_per_s"], d["latency_ms"].get("p50"), d["verify"]["ok"]
+cores = d.get("cpu_cores", {})
+per_saga = ", ".join(f"{k} {cores[k] * 1e6 / rate:.0f}" for k in ("broker", "pg", "driver") if cores.get(k) is not None)
 print(f"rep {rep} {side}: {rate:.1f} sagas/s, p50 {p50} ms, CPU us/step {steps}, "
-      f"{tx / (m + 100):.2f} PostgreSQL tx/saga, verify {ok}")
+      f"{tx / (m + 100):.2f} PostgreSQL tx/saga, CPU us/saga {per_saga}, verify {ok}")
 ' "$rep" "$side" "$((after - before))" "$M"
     done
 done
