@@ -23,7 +23,13 @@ enum OperatorStore {
             return try await SQLiteSagaStore(url: url, logger: logger).withRunning { try await body($0) }
         }
         if lowered.hasPrefix("postgres://") || lowered.hasPrefix("postgresql://") {
-            return try await PostgresSagaStore(url: url, logger: logger).withRunning { try await body($0) }
+            // An operator's statements are few (one command, or the console's pages): the store
+            // holds no connections between them (`saga list` opens two sessions, not four).
+            var configuration = try PostgresSagaStore.Configuration(url: url)
+            configuration.heldConnections = 0
+            return try await PostgresSagaStore(configuration: configuration, logger: logger).withRunning {
+                try await body($0)
+            }
         }
         throw SagaError(
             .invalidConfiguration,
