@@ -74,7 +74,7 @@ final class LocalStepDispatch: Sendable {
     func delivery(of message: OutboxMessage, engine: SagaEngine) -> Delivery {
         Delivery(
             exchange: message.exchange, routingKey: message.routingKey, queue: queue, body: message.body,
-            headers: MessageHeaders(message.headers), messageId: message.id, contentType: SagaHeaders.contentType,
+            headers: MessageHeaders(message.allHeaders), messageId: message.id, contentType: SagaHeaders.contentType,
             type: message.routingKey, correlationId: message.sagaID, persistent: true,
             settler: LocalSettler(message: message, engine: engine, dispatch: self))
     }

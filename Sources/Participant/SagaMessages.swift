@@ -71,9 +71,12 @@ enum SagaMessages {
             headers[SagaHeaders.delay] = String(level)
         }
         SagaTracing.inject(into: &headers)
+        // The copy goes with the publish after the commit, not into the store: the outbox relay
+        // sends a command later without it, and its receiver loads the saga.
+        var transientHeaders: [String: String] = [:]
         if let stateCopy {
-            headers[SagaHeaders.state] = stateCopy.text
-            headers[SagaHeaders.stateSeal] = stateCopy.seal
+            transientHeaders[SagaHeaders.state] = stateCopy.text
+            transientHeaders[SagaHeaders.stateSeal] = stateCopy.seal
         }
         return OutboxMessage(
             id: "\(command.messageID):\(UniqueTag.next(length: 8))",
@@ -82,6 +85,7 @@ enum SagaMessages {
             routingKey: command.command,
             body: command.jsonBytes,
             headers: headers,
+            transientHeaders: transientHeaders,
             createdAt: now
         )
     }
@@ -114,7 +118,7 @@ enum SagaMessages {
             exchange: message.exchange,
             routingKey: message.routingKey,
             body: message.body,
-            headers: MessageHeaders(message.headers),
+            headers: MessageHeaders(message.allHeaders),
             messageId: message.id,
             contentType: SagaHeaders.contentType,
             type: message.routingKey,

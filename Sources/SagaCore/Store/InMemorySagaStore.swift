@@ -43,7 +43,7 @@ public final class InMemorySagaStore: SagaStore {
         /// stores), since it is the same message recorded again.
         mutating func record(_ messages: [OutboxMessage]) {
             for message in messages where outbox[message.id] == nil {
-                var stored = message
+                var stored = message.stored
                 stored.publishAttempts = 0
                 outbox[message.id] = OutboxRow(message: stored, sequence: nextSequence, sent: false, dueAt: message.createdAt)
                 nextSequence += 1

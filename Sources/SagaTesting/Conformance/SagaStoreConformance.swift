@@ -108,6 +108,7 @@ public enum SagaStoreConformance {
         claimStalledForATopologyLeavesOtherTopologiesAlone,
         aCommitEndsTheLease,
         twoTopologiesSharingAStoreSeeOnlyTheirOwnMessages,
+        transientHeadersAreNotStored,
         messagesThatKeepFailingDoNotKeepAGoodOneWaiting,
         localWritesThatCannotRunStoreNothing,
         circuitsAreComparedAndSwapped,
