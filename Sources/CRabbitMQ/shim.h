@@ -45,14 +45,14 @@ static inline void sagakit_eventfd_drain(int fd) {
     (void)eventfd_read(fd, &value);
 }
 
-/// Waits until `socket_fd` is readable or `wake_fd` is signalled, at most `timeout_ms`.
-/// Returns a bit set: 1 = socket readable (or in error), 2 = woken; 0 on timeout; -1 on error.
 /// Sets or clears TCP_CORK on a socket: while set, the kernel sends only full segments; clearing
 /// it sends what is held at once. Returns setsockopt's result.
 static inline int sagakit_set_cork(int fd, int on) {
     return setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof(on));
 }
 
+/// Waits until `socket_fd` is readable or `wake_fd` is signalled, at most `timeout_ms`.
+/// Returns a bit set: 1 = socket readable (or in error), 2 = woken; 0 on timeout; -1 on error.
 static inline int sagakit_poll2(int socket_fd, int wake_fd, int timeout_ms) {
     struct pollfd fds[2];
     int n = 0;

@@ -453,8 +453,8 @@ final class ConnectionWorker {
     // MARK: Publishing
 
     /// Sends the acks collected while draining the mailbox and the publishes the confirm window
-    /// lets out; when that is more than one write, batched into full TCP segments
-    /// (``AMQPConnection/batchingWrites(_:)``).
+    /// lets out; when that may be more than one write (several acks may still go out as one
+    /// `multiple` ack), batched into full TCP segments (``AMQPConnection/batchingWrites(_:)``).
     private func sendAcksAndPublishes(_ current: AMQPConnection) throws(AMQPFailure) {
         let publishable = blocked ? 0 : min(queued.count, max(0, window - tracker.count))
         if publishable > 0, !publishChannelOpen {

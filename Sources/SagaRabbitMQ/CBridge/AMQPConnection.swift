@@ -534,7 +534,6 @@ final class AMQPConnection {
 
     // MARK: Waiting
 
-    /// Waits until the socket is readable or `wake` is signalled, at most `timeoutMilliseconds`.
     /// Runs `body`, whose frames (publishes, acks: writes that wait for no reply) leave in as few
     /// TCP segments as they fill (`TCP_CORK`, released when `body` ends), instead of one segment per
     /// publish or ack. The broker then reads a run of them at once: fewer reads and wake-ups in
@@ -546,6 +545,7 @@ final class AMQPConnection {
         return try body()
     }
 
+    /// Waits until the socket is readable or `wake` is signalled, at most `timeoutMilliseconds`.
     func wait(wake: WakeSignal, timeoutMilliseconds: Int32) -> (readable: Bool, woken: Bool) {
         let result = sagakit_poll2(socketFD, wake.fd, timeoutMilliseconds)
         if result < 0 { return (false, false) }
