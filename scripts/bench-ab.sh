@@ -44,7 +44,7 @@ rep, side, tx, m = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 steps = "/".join(str(v) for v in d.get("cpu_us_per_step", {}).values())
 rate, p50, ok = d["sagas_per_s"], d["latency_ms"].get("p50"), d["verify"]["ok"]
 cores = d.get("cpu_cores", {})
-per_saga = ", ".join(f"{k} {cores[k] * 1e6 / rate:.0f}" for k in ("broker", "pg", "driver") if cores.get(k) is not None)
+per_saga = ", ".join(f"{k} {cores[k] * 1e6 / rate:.0f}" for k in ("broker", "postgres", "driver") if cores.get(k) is not None)
 print(f"rep {rep} {side}: {rate:.1f} sagas/s, p50 {p50} ms, CPU us/step {steps}, "
       f"{tx / (m + 100):.2f} PostgreSQL tx/saga, CPU us/saga {per_saga}, verify {ok}")
 ' "$rep" "$side" "$((after - before))" "$M"
