@@ -17,9 +17,9 @@ struct OperatorConnectionTests {
         let database = configuration.database
         try await PostgresSagaStore(configuration: configuration).withRunning { counter in
             // The first command may create the schema; the sessions are counted around the second.
-            try Self.saga(["list", "--store-url", url])
+            try await Self.saga(["list", "--store-url", url])
             let before = try await Self.settledSessions(counter, database)
-            try Self.saga(["list", "--store-url", url])
+            try await Self.saga(["list", "--store-url", url])
             let after = try await Self.settledSessions(counter, database)
             // One for the schema check at start, one for the queries; a participant's store
             // would add its two held connections (4 before the tool held none).
@@ -48,23 +48,13 @@ struct OperatorConnectionTests {
         throw Failure("the session count of \(database) did not settle within 15 s")
     }
 
-    /// Runs the `saga` executable built next to the tests; throws unless it exits with 0.
-    static func saga(_ arguments: [String]) throws {
-        var directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-        if directory.lastPathComponent.hasSuffix(".xctest") { directory = directory.deletingLastPathComponent() }
-        let process = Process()
-        process.executableURL = directory.appendingPathComponent("saga")
-        process.arguments = arguments
-        var environment = ProcessInfo.processInfo.environment
-        for key in ["SAGAKIT_STORE_URL", "SAGAKIT_PREFIX", "SAGA_OPERATOR"] { environment[key] = nil }
-        process.environment = environment
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw Failure("saga \(arguments.first ?? "") exited with \(process.terminationStatus)")
+    /// Runs the `saga` product built next to the tests; throws unless it exits with 0.
+    static func saga(_ arguments: [String]) async throws {
+        let saga = try ProductProcess(
+            "saga", arguments, environment: ["SAGAKIT_STORE_URL": nil, "SAGAKIT_PREFIX": nil, "SAGA_OPERATOR": nil])
+        let status = try await saga.waitForExit(timeout: .seconds(60))
+        guard status == 0 else {
+            throw Failure("saga \(arguments.first ?? "") exited with \(status):\n\(saga.output)")
         }
     }
 }
