@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Interleaved A/B of two SystemBenchmark builds (or one build with and without an option), the
 # way the figures in Docs/Operations.md "Throughput" were measured: REPS repetitions, each runs A
-# then B on a fresh database, one JSON line per run reduced to sagas/s, p50, CPU per step and the
-# PostgreSQL transactions per saga. Compare medians; identical runs spread by about ±8 %.
+# then B on a fresh database, one JSON line per run reduced to sagas/s, p50, CPU per step, the
+# PostgreSQL transactions per saga and each process's peak resident set. Compare medians; identical runs spread by about ±8 %.
 #
 #   A=/old/SystemBenchmark B=.build/release/SystemBenchmark scripts/bench-ab.sh
 #   A=.build/release/SystemBenchmark B=.build/release/SystemBenchmark B_ARGS="--executor event-loops" \
@@ -45,8 +45,9 @@ steps = "/".join(str(v) for v in d.get("cpu_us_per_step", {}).values())
 rate, p50, ok = d["sagas_per_s"], d["latency_ms"].get("p50"), d["verify"]["ok"]
 cores = d.get("cpu_cores", {})
 per_saga = ", ".join(f"{k} {cores[k] * 1e6 / rate:.0f}" for k in ("broker", "postgres", "driver") if cores.get(k) is not None)
+rss = "/".join(f"{v:.1f}" for v in d.get("peak_rss_mb", {}).values())
 print(f"rep {rep} {side}: {rate:.1f} sagas/s, p50 {p50} ms, CPU us/step {steps}, "
-      f"{tx / (m + 100):.2f} PostgreSQL tx/saga, CPU us/saga {per_saga}, verify {ok}")
+      f"{tx / (m + 100):.2f} PostgreSQL tx/saga, CPU us/saga {per_saga}, peak RSS MB {rss}, verify {ok}")
 ' "$rep" "$side" "$((after - before))" "$M"
     done
 done

@@ -20,6 +20,8 @@ struct Settings: Sendable {
     var events: SagaLifecycleEvent.Selection
     /// Prefetch of each participant.
     var prefetch: Int
+    /// Deliveries each participant processes at once (`nil`: the participant's default).
+    var handlers: Int?
     /// `transaction` (the step's local write commits with the saga's transition, `LocalWrite`)
     /// or `separate` (its own transaction in the service's database, keyed by the step's
     /// idempotency key; then the transition) or `none` (no local write, for comparison).
@@ -63,9 +65,11 @@ enum ParticipantRole {
             if case .postgres(let pg) = separate { client = pg }
             let handlers = makeHandlers(role: role, separate: client, noWrites: settings.local == "none")
             let bus = try await RabbitMQBus.connect(url: settings.amqpURL)
+            var configuration = ParticipantConfiguration(
+                service: role, topology: settings.topology, prefetch: settings.prefetch, reaper: nil)
+            if let handlers = settings.handlers { configuration.maxConcurrentHandlers = handlers }
             let participant = SagaParticipant(
-                configuration: ParticipantConfiguration(
-                    service: role, topology: settings.topology, prefetch: settings.prefetch, reaper: nil),
+                configuration: configuration,
                 definitions: BenchSaga.definitions(stepTimeout: settings.stepTimeout), handlers: handlers, bus: bus, store: store,
                 logger: logger)
             say("READY \(role)")

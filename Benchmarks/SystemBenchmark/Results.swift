@@ -84,7 +84,8 @@ struct RunResult {
             "cpu_us_per_step": cpuMicrosecondsPerStep.mapValues { round($0, 1) },
             "cpu_us_per_saga_starter": round(starterMicrosecondsPerSaga, 1),
             "peak_rss_mb": peakRSS.compactMapValues { $0.map { round($0, 10) } },
-            "machine_busy": cores["machine_busy"] ?? 0, "load1": load1, "prefetch": settings.prefetch, "events": options.events,
+            "machine_busy": cores["machine_busy"] ?? 0, "load1": load1, "prefetch": settings.prefetch, "handlers": settings.handlers ?? 0,
+            "events": options.events,
         ]
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
         return String(decoding: data, as: UTF8.self)

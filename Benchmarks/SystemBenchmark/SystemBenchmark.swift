@@ -43,6 +43,7 @@ struct SystemBenchmark: AsyncParsableCommand {
     var local = "transaction"
     @Option(help: "Database of the services' tables with --local separate (default: the store's).") var localURL: String?
     @Option(help: "Prefetch of each participant.") var prefetch = 256
+    @Option(help: "Deliveries each participant processes at once (default: the participant's default).") var handlers: Int?
     @Option(
         help:
             "Lifecycle events published: all, outcomes or terminal (the starter needs only the terminal ones, the only ones the peer publishes)."
@@ -98,7 +99,8 @@ struct SystemBenchmark: AsyncParsableCommand {
             store: store, postgresURL: postgresURL ?? environment["POSTGRES_URL"],
             sqlitePath: sqlitePath ?? "/tmp/system-benchmark-\(prefix).sqlite",
             amqpURL: amqpURL ?? environment["AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/%2F", prefix: prefix,
-            events: SagaLifecycleEvent.Selection(rawValue: events) ?? .terminal, prefetch: prefetch, local: local, localURL: localURL,
+            events: SagaLifecycleEvent.Selection(rawValue: events) ?? .terminal, prefetch: prefetch, handlers: handlers, local: local,
+            localURL: localURL,
             stepTimeout: stepTimeout > 0 ? .milliseconds(Int64(stepTimeout * 1000)) : nil)
         if let role {
             try await ParticipantRole.run(role: role, settings: settings)
@@ -150,7 +152,7 @@ struct Starter: Sendable {
                         if !options.json {
                             say(
                                 "system-benchmark: store \(settings.store), local writes \(settings.local), M=\(options.sagas), "
-                                    + "fail \(options.failPct) %, prefetch \(settings.prefetch), events \(options.events), executor \(options.executor), "
+                                    + "fail \(options.failPct) %, prefetch \(settings.prefetch), handlers \(settings.handlers.map(String.init) ?? "default"), events \(options.events), executor \(options.executor), "
                                     + "load1 \(ProcessProbe.load1())"
                             )
                             say(
@@ -180,6 +182,7 @@ struct Starter: Sendable {
             "--executor", options.executor, "--step-timeout", String(options.stepTimeout),
         ]
         if let url = settings.postgresURL { arguments += ["--postgres-url", url] }
+        if let handlers = settings.handlers { arguments += ["--handlers", String(handlers)] }
         if let url = settings.localURL { arguments += ["--local-url", url] }
         return arguments
     }

@@ -7,9 +7,15 @@ public struct ParticipantConfiguration: Sendable {
     public var service: String
     /// Broker names and the delay levels.
     public var topology: SagaTopology
-    /// Unacknowledged deliveries the broker hands this instance at once; it bounds how many
-    /// handlers run concurrently.
+    /// Unacknowledged deliveries the broker hands this instance at once. Those beyond
+    /// ``maxConcurrentHandlers`` wait in the process, ready for the next free handler.
     public var prefetch: Int
+    /// How many deliveries this instance processes at once (default 64; at most ``prefetch``, see
+    /// ``handlerLimit``). A delivery waiting its turn costs about 2 KB; one in a handler, suspended
+    /// at a store connection or a publish, costs its task's frames, about 30 KB. Raise it for
+    /// handlers that spend long waiting on other services, not for ones the store's connections
+    /// bound.
+    public var maxConcurrentHandlers: Int
     /// Bodies larger than this are dead-lettered without being parsed.
     public var maxBodyBytes: Int
     /// How often the outbox relay looks for committed but unpublished commands, and how old they
@@ -33,6 +39,7 @@ public struct ParticipantConfiguration: Sendable {
         service: String,
         topology: SagaTopology = SagaTopology(),
         prefetch: Int = 64,
+        maxConcurrentHandlers: Int = 64,
         maxBodyBytes: Int = 64 * 1024,
         outboxPollInterval: Duration = .seconds(2),
         outboxGracePeriod: Duration = .seconds(5),
@@ -42,6 +49,7 @@ public struct ParticipantConfiguration: Sendable {
         self.service = service
         self.topology = topology
         self.prefetch = prefetch
+        self.maxConcurrentHandlers = maxConcurrentHandlers
         self.maxBodyBytes = maxBodyBytes
         self.outboxPollInterval = outboxPollInterval
         self.outboxGracePeriod = outboxGracePeriod
@@ -49,11 +57,16 @@ public struct ParticipantConfiguration: Sendable {
         self.inProcessSteps = inProcessSteps
     }
 
+    /// How many deliveries this instance processes at once: ``maxConcurrentHandlers``, at most
+    /// ``prefetch`` (the broker never hands over more).
+    public var handlerLimit: Int { max(1, min(maxConcurrentHandlers, prefetch)) }
+
     /// Reads the configuration of `service` (the service name is code, not configuration).
     ///
     /// Keys (relative to the reader; with `EnvironmentVariablesProvider` and the scope
     /// `sagakit`, `prefetch` is `SAGAKIT_PREFETCH`):
     /// - `prefetch` (int ≥ 1, default 64)
+    /// - `max.concurrent.handlers` (int ≥ 1, default 64): ``maxConcurrentHandlers``
     /// - `max.body.bytes` (int ≥ 1, default 65536)
     /// - `outbox.poll.seconds` (seconds, default 2), `outbox.grace.seconds` (seconds, default 5)
     /// - `in.process.steps` (`true`/`false`, default `false`): ``inProcessSteps``
@@ -67,6 +80,7 @@ public struct ParticipantConfiguration: Sendable {
             service: service,
             topology: try SagaTopology(reader: reader),
             prefetch: try reader.sagaInt("prefetch", default: 64, in: 1...65535),
+            maxConcurrentHandlers: try reader.sagaInt("max.concurrent.handlers", default: 64, in: 1...65535),
             maxBodyBytes: try reader.sagaInt("max.body.bytes", default: 64 * 1024),
             outboxPollInterval: try reader.sagaSeconds("outbox.poll.seconds", default: .seconds(2)),
             outboxGracePeriod: try reader.sagaSeconds("outbox.grace.seconds", default: .seconds(5)),
@@ -82,6 +96,9 @@ public struct ParticipantConfiguration: Sendable {
         guard !service.isEmpty else { throw SagaError(.invalidConfiguration, "the participant's service name is empty") }
         guard (1...65535).contains(prefetch) else {
             throw SagaError(.invalidConfiguration, "prefetch must be between 1 and 65535, not \(prefetch)")
+        }
+        guard maxConcurrentHandlers >= 1 else {
+            throw SagaError(.invalidConfiguration, "maxConcurrentHandlers must be at least 1, not \(maxConcurrentHandlers)")
         }
         guard maxBodyBytes > 0 else { throw SagaError(.invalidConfiguration, "maxBodyBytes must be positive, not \(maxBodyBytes)") }
         guard outboxPollInterval > .zero, outboxGracePeriod >= .zero else {

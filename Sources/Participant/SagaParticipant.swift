@@ -211,8 +211,21 @@ public struct SagaParticipant: Service {
             }
             defer { engine.localSteps?.close() }
             let deliveries = try await engine.bus.consume(queue: queue, prefetch: configuration.prefetch)
-            for try await delivery in deliveries.cancelOnGracefulShutdown() {
-                group.addTask { await process(delivery) }
+            // At most `handlerLimit` deliveries are processed at once; the others wait as
+            // messages in the bus's buffer (about 2 KB each) rather than as tasks suspended deep
+            // in a handler (about 30 KB of task frames each), most of them waiting for a store
+            // connection that another handler holds.
+            let limit = configuration.handlerLimit
+            try await withThrowingTaskGroup(of: Void.self) { steps in
+                var running = 0
+                for try await delivery in deliveries.cancelOnGracefulShutdown() {
+                    if running >= limit {
+                        try await steps.next()
+                        running -= 1
+                    }
+                    steps.addTask { await process(delivery) }
+                    running += 1
+                }
             }
             // The steps already taken still run; new ones go through the broker.
             engine.localSteps?.close()

@@ -108,12 +108,13 @@ func withParticipants<T: Sendable>(
     store: any SagaStore,
     reaper: ReaperConfiguration? = nil,
     prefetch: Int = 16,
+    maxConcurrentHandlers: Int = 64,
     instances: Int = 1,
     body: @Sendable (SagaManager) async throws -> T
 ) async throws -> T {
     try await withParticipants(
         handlers, buses: [bus], starterBus: bus, store: store, topology: testTopology, reaper: reaper, prefetch: prefetch,
-        instances: instances,
+        maxConcurrentHandlers: maxConcurrentHandlers, instances: instances,
         body: body
     )
 }
@@ -128,6 +129,7 @@ func withParticipants<T: Sendable>(
     topology: SagaTopology,
     reaper: ReaperConfiguration? = nil,
     prefetch: Int = 16,
+    maxConcurrentHandlers: Int = 64,
     instances: Int = 1,
     body: @Sendable (SagaManager) async throws -> T
 ) async throws -> T {
@@ -145,7 +147,8 @@ func withParticipants<T: Sendable>(
             for _ in 0..<instances {
                 let participant = SagaParticipant(
                     configuration: ParticipantConfiguration(
-                        service: service, topology: topology, prefetch: prefetch, outboxPollInterval: .milliseconds(200),
+                        service: service, topology: topology, prefetch: prefetch, maxConcurrentHandlers: maxConcurrentHandlers,
+                        outboxPollInterval: .milliseconds(200),
                         outboxGracePeriod: .milliseconds(500), reaper: reaper
                     ),
                     definitions: orderDefinitions, handlers: registry, bus: buses[next % buses.count], store: store, logger: logger

@@ -1,3 +1,4 @@
+import Configuration
 import CoreMetrics
 import Foundation
 import MetricsTestKit
@@ -266,6 +267,46 @@ struct ParticipantTests {
                 ? ["inventory.reserve", "payment.charge", "shipping.ship"] : ["inventory.reserve", "inventory.release"]
             #expect(ledger.effects(of: outcome.id) == expected)
         }
+    }
+
+    @Test func aParticipantRunsNoMoreHandlersAtOnceThanItsLimitAndStillFinishesEverySaga() async throws {
+        let probe = Mutex((running: 0, most: 0))
+        var handlers = orderHandlers(ledger: ledger)
+        var inventory = SagaHandlerRegistry()
+        inventory.register("inventory.reserve") { context in
+            probe.withLock {
+                $0.running += 1; $0.most = max($0.most, $0.running)
+            }
+            // Long enough that every delivery the broker hands over arrives while the first wait.
+            try await Task.sleep(for: .milliseconds(50))
+            probe.withLock { $0.running -= 1 }
+            try await context.completeStep()
+        }
+        inventory.register("inventory.release") { context in try await context.completeCompensation() }
+        handlers["inventory"] = inventory
+        let outcomes = try await withParticipants(handlers, bus: bus, store: store, prefetch: 16, maxConcurrentHandlers: 3) { manager in
+            var ids: [SagaID] = []
+            for index in 0..<12 { ids.append(try await manager.start("order", payload: ["orderId": .string("l-\(index)"), "amount": 1])) }
+            var outcomes: [SagaState] = []
+            for id in ids { outcomes.append(try await manager.outcome(of: id, timeout: .seconds(30))) }
+            return outcomes
+        }
+        #expect(outcomes.allSatisfy { $0.status == .completed })
+        // Twelve commands were waiting at once; three handlers ran at a time.
+        #expect(probe.withLock { $0.most } == 3)
+        #expect(ParticipantConfiguration(service: "s", prefetch: 4, maxConcurrentHandlers: 64).handlerLimit == 4)
+    }
+
+    @Test func theHandlerLimitIsReadFromConfigurationAndAMalformedOneIsNamed() throws {
+        func configuration(_ value: String?) throws -> ParticipantConfiguration {
+            var values: [AbsoluteConfigKey: ConfigValue] = [:]
+            if let value { values["max.concurrent.handlers"] = ConfigValue(stringLiteral: value) }
+            return try ParticipantConfiguration(service: "s", reader: ConfigReader(provider: InMemoryProvider(values: values)))
+        }
+        #expect(try configuration(nil).maxConcurrentHandlers == 64)
+        #expect(try configuration("8").maxConcurrentHandlers == 8)
+        let error = try #require(throws: SagaError.self) { try configuration("0") }
+        #expect(error.message.contains("max.concurrent.handlers"))
     }
 
     @Test func startingTheSameSagaIdTwiceStartsItOnce() async throws {

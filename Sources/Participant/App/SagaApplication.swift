@@ -36,6 +36,7 @@ import Synchronization
 /// | `sagakit.prefix` | `SAGAKIT_PREFIX` | `sagakit` |
 /// | `sagakit.queue.kind` | `SAGAKIT_QUEUE_KIND` | `classic` (or `quorum`) |
 /// | `sagakit.prefetch` | `SAGAKIT_PREFETCH` | `64` |
+/// | `sagakit.max.concurrent.handlers` | `SAGAKIT_MAX_CONCURRENT_HANDLERS` | `64` |
 /// | `sagakit.reaper.enabled` | `SAGAKIT_REAPER_ENABLED` | `true` |
 /// | `sagakit.reaper.poll.seconds` | `SAGAKIT_REAPER_POLL_SECONDS` | `300` |
 /// | `sagakit.reaper.stalled.seconds` | `SAGAKIT_REAPER_STALLED_SECONDS` | `900` |
