@@ -270,15 +270,16 @@ struct ParticipantTests {
     }
 
     @Test func aParticipantRunsNoMoreHandlersAtOnceThanItsLimitAndStillFinishesEverySaga() async throws {
-        let probe = Mutex((running: 0, most: 0))
+        let probe = Mutex((running: 0, most: 0, open: false))
         var handlers = orderHandlers(ledger: ledger)
         var inventory = SagaHandlerRegistry()
         inventory.register("inventory.reserve") { context in
             probe.withLock {
                 $0.running += 1; $0.most = max($0.most, $0.running)
             }
-            // Long enough that every delivery the broker hands over arrives while the first wait.
-            try await Task.sleep(for: .milliseconds(50))
+            // Every handler waits until the test opens the gate, so that all twelve deliveries
+            // are in the participant at once, however slowly the machine starts them.
+            while !probe.withLock({ $0.open }) { try await Task.sleep(for: .milliseconds(5)) }
             probe.withLock { $0.running -= 1 }
             try await context.completeStep()
         }
@@ -287,6 +288,11 @@ struct ParticipantTests {
         let outcomes = try await withParticipants(handlers, bus: bus, store: store, prefetch: 16, maxConcurrentHandlers: 3) { manager in
             var ids: [SagaID] = []
             for index in 0..<12 { ids.append(try await manager.start("order", payload: ["orderId": .string("l-\(index)"), "amount": 1])) }
+            // Three handlers are waiting at the gate; give the other nine time to (wrongly) join them.
+            let deadline = ContinuousClock.now + .seconds(20)
+            while probe.withLock({ $0.running }) < 3, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+            try await Task.sleep(for: .milliseconds(300))
+            probe.withLock { $0.open = true }
             var outcomes: [SagaState] = []
             for id in ids { outcomes.append(try await manager.outcome(of: id, timeout: .seconds(30))) }
             return outcomes
