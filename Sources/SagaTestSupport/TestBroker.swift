@@ -93,11 +93,16 @@ public enum TestBroker {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        let argv = command.map { strdup($0) } + [nil]
+        // Nothing else of this process goes along (bash closes every other descriptor before it
+        // runs the command): a server the script starts outlives the test process, and with the
+        // test's sockets it would keep their database sessions, and any advisory lock they hold,
+        // open for as long as it runs.
+        let closeOthers = #"for fd in /proc/$$/fd/*; do fd=${fd##*/}; (( fd > 2 )) && eval "exec $fd>&-"; done; exec "$@""#
+        let argv = (["/bin/bash", "-c", closeOthers, "bash"] + command).map { strdup($0) } + [nil]
         let envp = environment.map { strdup($0) } + [nil]
         defer { (argv + envp).forEach { free($0) } }
         var pid: pid_t = 0
-        guard posix_spawn(&pid, command[0], &actions, nil, argv, envp) == 0 else { return (-1, "cannot start \(command[0])") }
+        guard posix_spawn(&pid, "/bin/bash", &actions, nil, argv, envp) == 0 else { return (-1, "cannot start \(command[0])") }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0, errno == EINTR {}
         let output = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
