@@ -169,8 +169,23 @@ struct Starter: Sendable {
                 } catch is CancellationError {
                 }
                 children.close()
+                if options.prefix == nil { await removeTopology(bus: bus) }
                 await bus.shutdown()
             }
+        }
+    }
+
+    /// Deletes this invocation's queues and exchanges (their prefix was made for it), once the
+    /// participants have exited: a broker that runs benchmarks all day would otherwise keep
+    /// thousands of idle durable queues, which cost it CPU in every later run.
+    func removeTopology(bus: RabbitMQBus) async {
+        var topologies = [settings.topology.shared]
+        for (service, commands) in BenchSaga.commands {
+            topologies.append(settings.topology.topology(forService: service, commands: commands))
+        }
+        for topology in topologies {
+            for queue in topology.queues { try? await bus.deleteQueue(queue.name) }
+            for exchange in topology.exchanges { try? await bus.deleteExchange(exchange.name) }
         }
     }
 

@@ -107,6 +107,7 @@ public struct SagaParticipant: Service {
             "participant started",
             metadata: [
                 "queue": "\(queue)", "commands": "\(handlers.commands.joined(separator: ","))", "prefetch": "\(configuration.prefetch)",
+                "handlers.max": "\(configuration.handlerLimit)",
             ]
         )
         try await withThrowingDiscardingTaskGroup { outer in
