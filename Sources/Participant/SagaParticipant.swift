@@ -227,10 +227,13 @@ public struct SagaParticipant: Service {
                     steps.addTask { await process(delivery) }
                     running += 1
                 }
+                // The steps already taken still run; new ones go through the broker.
+                engine.localSteps?.close()
+                logger.info("participant stopped consuming; waiting for running handlers")
+                // When the stream ended for another reason than a graceful shutdown, the running
+                // handlers are cancelled; the group waits for them as it ends.
+                if !Task.isShuttingDownGracefully { steps.cancelAll() }
             }
-            // The steps already taken still run; new ones go through the broker.
-            engine.localSteps?.close()
-            logger.info("participant stopped consuming; waiting for running handlers")
             // The relay and reaper end on graceful shutdown too; cancel them when the stream
             // ended for another reason.
             if !Task.isShuttingDownGracefully { group.cancelAll() }
