@@ -22,6 +22,9 @@ public import Participant
 /// | prefetch | `--prefetch` | `SAGAKIT_PREFETCH` | `64` |
 /// | Prometheus endpoint | `--metrics-port` | `SAGAKIT_METRICS_PORT` | off (`SAGAKIT_METRICS_HOST`: `127.0.0.1`) |
 ///
+/// Every other setting of `SagaApplication` (Docs/Configuration.md: `SAGAKIT_MAX_CONCURRENT_HANDLERS`,
+/// `SAGAKIT_QUEUE_KIND`, `SAGAKIT_IN_PROCESS_STEPS`, …) is read from the environment as well.
+///
 /// The reading is done by apple/swift-configuration (flags become an in-memory provider in
 /// front of the environment provider).
 public struct AppConfiguration: Sendable {
