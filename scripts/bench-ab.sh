@@ -2,7 +2,8 @@
 # Interleaved A/B of two SystemBenchmark builds (or one build with and without an option), the
 # way the figures in Docs/Operations.md "Throughput" were measured: REPS repetitions, each runs A
 # then B on a fresh database, one JSON line per run reduced to sagas/s, p50, CPU per step, the
-# PostgreSQL transactions per saga and each process's peak resident set. Compare medians; identical runs spread by about ±8 %.
+# PostgreSQL transactions per saga and each process's peak resident set. Compare medians;
+# identical runs spread by about ±8 %.
 #
 #   A=/old/SystemBenchmark B=.build/release/SystemBenchmark scripts/bench-ab.sh
 #   A=.build/release/SystemBenchmark B=.build/release/SystemBenchmark B_ARGS="--executor event-loops" \

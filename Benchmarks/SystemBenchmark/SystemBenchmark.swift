@@ -48,7 +48,10 @@ struct SystemBenchmark: AsyncParsableCommand {
         help:
             "Lifecycle events published: all, outcomes or terminal (the starter needs only the terminal ones, the only ones the peer publishes)."
     ) var events = "terminal"
-    @Option(help: "Queue prefix (default: a new one per invocation).") var prefix: String?
+    @Option(
+        help:
+            "Queue prefix (default: a new one per invocation, whose queues and exchanges are deleted at the end; a given prefix's are kept)."
+    ) var prefix: String?
     @Option(help: "Repetition number: seeds the failures (12345 + run) and labels the JSON.") var run = 1
     @Option(help: "Label of the JSON lines.") var label = "sagakit-system"
     @Option(

@@ -116,7 +116,7 @@ struct Demo: AsyncParsableCommand {
         try await prepareBroker(configuration, logger: logger)
 
         let binDirectory = Self.executableDirectory()
-        var environment = ProcessInfo.processInfo.environment.merging(configuration.environment) { _, new in new }
+        var environment = configuration.processEnvironment
         environment["SAGAKIT_DECLINE_RATE"] = String(declineRate)
         environment["SAGAKIT_SHIPPING_FAILURE_RATE"] = String(shippingFailureRate)
         environment["NO_COLOR"] = "1"

@@ -115,6 +115,13 @@ public struct AppConfiguration: Sendable {
         ]
     }
 
+    /// This process's environment with ``environment`` on top: what a service or a child process
+    /// of this configuration reads, so that every SagaKit setting an operator set reaches it,
+    /// not only the ones the example has flags for.
+    public var processEnvironment: [String: String] {
+        ProcessInfo.processInfo.environment.merging(environment) { _, example in example }
+    }
+
     /// `<project>/.local/demo`, where `<project>` is the nearest directory up from the current one
     /// that has a `Package.swift` (the current directory when there is none).
     static func defaultDataDirectory() -> String {

@@ -43,14 +43,11 @@ public enum ParticipantApp {
 
     /// The `SagaApplication` of one example service.
     public static func application(service: String, instance: String, configuration: AppConfiguration) throws -> SagaApplication {
-        // The process's environment with the example's values on top: every SagaKit setting an
-        // operator sets reaches the application, not only the ones the example has flags for.
-        let environment = ProcessInfo.processInfo.environment.merging(configuration.environment) { _, example in example }
         let named = ConfigReader(providers: [
             InMemoryProvider(
                 name: "instance", values: [AbsoluteConfigKey(["sagakit", "instance"]): ConfigValue(.string(instance), isSecret: false)]),
             EnvironmentVariablesProvider(
-                environmentVariables: environment, secretsSpecifier: .specific(["AMQP_URL", "SAGAKIT_STORE_URL"])),
+                environmentVariables: configuration.processEnvironment, secretsSpecifier: .specific(["AMQP_URL", "SAGAKIT_STORE_URL"])),
         ])
         return try SagaApplication(
             service: service, definitions: [OrderSaga.definition], config: named, bootstrapLogging: false)
