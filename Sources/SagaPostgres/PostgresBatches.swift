@@ -103,7 +103,7 @@ struct PostgresBatches: Sendable {
     /// writes nothing, and is recognised as its own write).
     func commit(withLocalWrites items: [LocalCommit]) async -> [Result<SagaState, any Error>] {
         let action = "commit transitions with local writes"
-        let batchQuery = commitWithWritesQuery(items)
+        let batchQuery = items.count == 1 ? commitOneQuery(items[0].saga, writes: items[0].writes) : commitWithWritesQuery(items)
         let logger = logger
         do {
             let attempted = try await retryingDeadlocks(action) {
@@ -194,6 +194,33 @@ struct PostgresBatches: Sendable {
         ]
         return PostgresQuery(
             unsafeSQL: "SELECT id FROM \(namespace).sagakit_commit_with_writes(\(arguments.joined(separator: ", "))) AS id",
+            binds: binder.binds)
+    }
+
+    /// The call of `sagakit_commit_one` for a batch of one saga: its columns as plain
+    /// parameters, its outbox messages and local writes as for `sagakit_commit_with_writes`. Its
+    /// one row is the saga's id when the compare-and-swap held.
+    func commitOneQuery(_ saga: EncodedSaga, writes: [LocalWrite]) -> PostgresQuery {
+        var binder = Binder()
+        var statements: [String] = []
+        var values: [String] = []
+        var firsts: [Int32] = []
+        var counts: [Int32] = []
+        var expected: [Int64] = []
+        for write in writes {
+            statements.append(write.postgresFunctionSQL)
+            firsts.append(Int32(values.count + 1))
+            counts.append(Int32(write.parameters.count))
+            values.append(contentsOf: write.parameters.map(\.postgresText))
+            expected.append(write.expectation.postgresCode)
+        }
+        let arguments = [
+            SagaScalars(saga).bind(&binder), OutboxRows(saga.outbox).bind(&binder),
+            binder.bind(statements, as: "text[]"), binder.bind(values, as: "text[]"), binder.bind(firsts, as: "int4[]"),
+            binder.bind(counts, as: "int4[]"), binder.bind(expected, as: "int8[]"),
+        ]
+        return PostgresQuery(
+            unsafeSQL: "SELECT id FROM \(namespace).sagakit_commit_one(\(arguments.joined(separator: ", "))) AS id WHERE id IS NOT NULL",
             binds: binder.binds)
     }
 
@@ -351,8 +378,18 @@ struct PostgresBatches: Sendable {
         return Attempted(value: written, mayHaveRunBefore: attempted.mayHaveRunBefore)
     }
 
-    /// The call of a write function with the sagas and their outbox messages.
+    /// The call of a write function with the sagas and their outbox messages; for one saga, of
+    /// its one-saga form (`sagakit_commit_one`, `sagakit_create_one`), which costs the server
+    /// less than the array form.
     private func writeQuery(_ sagas: [EncodedSaga], with function: String) -> PostgresQuery {
+        if sagas.count == 1 {
+            if function == "sagakit_commit" { return commitOneQuery(sagas[0], writes: []) }
+            var binder = Binder()
+            let arguments = [SagaScalars(sagas[0]).bind(&binder), OutboxRows(sagas[0].outbox).bind(&binder)]
+            return PostgresQuery(
+                unsafeSQL: "SELECT id FROM \(namespace).\(function)_one(\(arguments.joined(separator: ", "))) AS id WHERE id IS NOT NULL",
+                binds: binder.binds)
+        }
         var binder = Binder()
         let arguments = [SagaColumns(sagas).bind(&binder), OutboxRows(sagas.flatMap(\.outbox)).bind(&binder)]
         return PostgresQuery(
@@ -680,6 +717,31 @@ struct SagaColumns {
             binder.bind(failureReasons, as: "text[]"), binder.bind(hasFailure, as: "bool[]"),
             binder.bind(deadlines, as: "int8[]"), binder.bind(reapAttempts, as: "int8[]"),
             binder.bind(createdAt, as: "int8[]"), binder.bind(updatedAt, as: "int8[]"),
+        ]
+        return columns.joined(separator: ", ")
+    }
+}
+
+/// One saga's columns as plain parameters, in the order of the one-saga functions' parameters
+/// (`sagakit_commit_one`, `sagakit_create_one`).
+struct SagaScalars {
+    let saga: EncodedSaga
+
+    init(_ saga: EncodedSaga) {
+        self.saga = saga
+    }
+
+    /// Binds every column; returns the placeholders.
+    func bind(_ binder: inout Binder) -> String {
+        let row = saga.row
+        let columns = [
+            binder.bind(row.id, as: "text"), binder.bind(saga.expected, as: "int8"), binder.bind(row.name, as: "text"),
+            binder.bind(row.status, as: "text"), binder.bind(Int64(row.currentStep), as: "int8"),
+            binder.bind(Int64(row.attempt), as: "int8"), binder.bind(row.payload, as: "text"),
+            binder.bind(row.context, as: "text"), binder.bind(row.history, as: "text"),
+            binder.bind(row.failureReason ?? "", as: "text"), binder.bind(row.failureReason != nil, as: "bool"),
+            binder.bind(row.deadline ?? PostgresBatches.noDeadline, as: "int8"), binder.bind(Int64(row.reapAttempts), as: "int8"),
+            binder.bind(row.createdAt, as: "int8"), binder.bind(row.updatedAt, as: "int8"),
         ]
         return columns.joined(separator: ", ")
     }

@@ -28,12 +28,18 @@ import SagaCore
 /// and `sagakit_commit_with_writes`, which commits a batch of transitions with their local writes
 /// in one statement (one round trip instead of `BEGIN`, the commit, one per write and `COMMIT`).
 ///
+/// Version 8 adds `sagakit_commit_one` and `sagakit_create_one`: the same writes for a batch of
+/// one saga, with the saga's columns as plain parameters and plain statements in place of the
+/// array functions' `unnest` CTE (and, for a transition, without calling a second function).
+/// With one saga at a time every step commits alone, and the array machinery was most of the
+/// call's cost (measured: 0.47 → 0.34 ms a call, local write included).
+///
 /// `sagakit_schema` holds one row with the version of the schema. Opening a store runs, in one
 /// transaction holding an advisory lock on the schema's name, every migration after the
 /// recorded version; processes that open the store together take turns.
 enum PostgresSchema {
     /// The version this SagaKit writes.
-    static let currentVersion = 7
+    static let currentVersion = 8
 
     /// Migration `n` brings the schema from version `n` to `n + 1`; `S` stands for the quoted
     /// schema name.
@@ -148,6 +154,8 @@ enum PostgresSchema {
             )
             """,
         ],
+        // 7 → 8: one saga's transition (with its local writes) and creation without arrays.
+        [commitOneFunction, createOneFunction],
     ]
 
     /// The name of the state seal's key in `sagakit_keys`.
@@ -243,6 +251,68 @@ enum PostgresSchema {
         $$
         """
 
+    /// One saga's compare-and-swap, its outbox rows and then its local writes (each with `EXECUTE …
+    /// USING` its parameters as text, checked as in ``commitWithWritesFunction``), in one
+    /// statement. Returns the saga's id, or `NULL` when the compare-and-swap found another version
+    /// (or no saga), in which case nothing is written. The saga's statements look it up by primary
+    /// key with a generic plan (``indexOnly``); the local writes run with the session's own
+    /// `enable_seqscan` (`SET LOCAL … TO DEFAULT`, undone when the function returns).
+    private static let commitOneFunction = """
+        CREATE OR REPLACE FUNCTION S.sagakit_commit_one(\(sagaScalarParameters), \(outboxParameters),
+            w_statements text[], w_values text[], w_first int4[], w_counts int4[], w_expected int8[])
+        RETURNS text LANGUAGE plpgsql \(indexOnly) AS $$
+        DECLARE
+            affected int8;
+        BEGIN
+            UPDATE S.sagas AS s SET name = p_name, status = p_status, current_step = p_step, attempt = p_attempt,
+                payload = p_payload::json, context = p_context::json, history = p_history::json,
+                failure_reason = CASE WHEN p_has_failure THEN p_failure_reason END,
+                deadline = \(scalarDeadline), reap_attempts = p_reap_attempts,
+                created_at = timestamptz 'epoch' + p_created_at * interval '1 millisecond',
+                updated_at = timestamptz 'epoch' + p_updated_at * interval '1 millisecond',
+                version = p_expected + 1, lease_owner = NULL, lease_until = NULL
+            WHERE s.id = p_id AND s.version = p_expected;
+            IF NOT FOUND THEN
+                RETURN NULL;
+            END IF;
+            \(insertOneSagasOutbox);
+            IF coalesce(array_length(w_statements, 1), 0) > 0 THEN
+                SET LOCAL enable_seqscan TO DEFAULT;
+                FOR i IN 1 .. array_length(w_statements, 1) LOOP
+                    EXECUTE w_statements[i] USING w_values[w_first[i] : w_first[i] + w_counts[i] - 1];
+                    GET DIAGNOSTICS affected = ROW_COUNT;
+                    IF (w_expected[i] = -2 AND affected < 1) OR (w_expected[i] NOT IN (-1, -2) AND affected <> w_expected[i]) THEN
+                        RAISE EXCEPTION 'local write % affected % rows', i, affected USING ERRCODE = 'P0001';
+                    END IF;
+                END LOOP;
+            END IF;
+            RETURN p_id;
+        END
+        $$
+        """
+
+    /// One saga's creation with its outbox rows, when its id is new. Returns the saga's id, or
+    /// `NULL` when a saga with that id exists (nothing is written then).
+    private static let createOneFunction = """
+        CREATE OR REPLACE FUNCTION S.sagakit_create_one(\(sagaScalarParameters), \(outboxParameters))
+        RETURNS text LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+        BEGIN
+            INSERT INTO S.sagas (id, name, status, current_step, attempt, payload, context, history,
+                failure_reason, deadline, reap_attempts, created_at, updated_at, version)
+            VALUES (p_id, p_name, p_status, p_step, p_attempt, p_payload::json, p_context::json, p_history::json,
+                CASE WHEN p_has_failure THEN p_failure_reason END, \(scalarDeadline), p_reap_attempts,
+                timestamptz 'epoch' + p_created_at * interval '1 millisecond',
+                timestamptz 'epoch' + p_updated_at * interval '1 millisecond', 1)
+            ON CONFLICT (id) DO NOTHING;
+            IF NOT FOUND THEN
+                RETURN NULL;
+            END IF;
+            \(insertOneSagasOutbox);
+            RETURN p_id;
+        END
+        $$
+        """
+
     /// Creation of many sagas (those whose id is new) with their outbox rows. Returns the ids of
     /// the created sagas.
     private static let createFunction = """
@@ -283,6 +353,13 @@ enum PostgresSchema {
         p_payloads text[], p_contexts text[], p_histories text[], p_failure_reasons text[], p_has_failure bool[], \
         p_deadlines int8[], p_reap_attempts int8[], p_created_at int8[], p_updated_at int8[]
         """
+    /// One saga's columns as function parameters, in the order ``SagaScalars`` binds them (the
+    /// expected version is `p_expected`).
+    private static let sagaScalarParameters = """
+        p_id text, p_expected int8, p_name text, p_status text, p_step int8, p_attempt int8, p_payload text, \
+        p_context text, p_history text, p_failure_reason text, p_has_failure bool, p_deadline int8, \
+        p_reap_attempts int8, p_created_at int8, p_updated_at int8
+        """
     /// The outbox columns as function parameters, in the order ``OutboxRows`` binds them.
     private static let outboxParameters = """
         m_ids text[], m_saga_ids text[], m_exchanges text[], m_routing_keys text[], m_bodies bytea[], \
@@ -300,6 +377,24 @@ enum PostgresSchema {
     private static let deadline = """
         CASE WHEN u.deadline = \(PostgresBatches.noDeadline) THEN NULL \
         ELSE timestamptz 'epoch' + u.deadline * interval '1 millisecond' END
+        """
+
+    /// ``deadline`` for the scalar parameter `p_deadline`.
+    private static let scalarDeadline = """
+        CASE WHEN p_deadline = \(PostgresBatches.noDeadline) THEN NULL \
+        ELSE timestamptz 'epoch' + p_deadline * interval '1 millisecond' END
+        """
+
+    /// The outbox `INSERT` of every message of the arrays (all of one saga), in order.
+    private static let insertOneSagasOutbox = """
+        INSERT INTO S.outbox (id, saga_id, exchange, routing_key, body, headers, created_at, topology, next_attempt_at)
+                SELECT m.id, m.saga_id, m.exchange, m.routing_key, m.body, m.headers::json,
+                    timestamptz 'epoch' + m.created_at * interval '1 millisecond', m.topology,
+                    timestamptz 'epoch' + m.created_at * interval '1 millisecond'
+                FROM unnest(m_ids, m_saga_ids, m_exchanges, m_routing_keys, m_bodies, m_headers, m_created_at, m_topologies)
+                    WITH ORDINALITY AS m(id, saga_id, exchange, routing_key, body, headers, created_at, topology, n)
+                ORDER BY m.n
+                ON CONFLICT (id) DO NOTHING
         """
 
     /// The outbox `INSERT` of the messages whose saga is in the CTE `source`.
