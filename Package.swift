@@ -269,9 +269,6 @@ let package = Package(
             name: "SystemBenchmark",
             dependencies: [
                 "Participant", "SagaSQLite", "SagaPostgres",
-                // For --executor event-loops (NIOSingletons' concurrency take-over).
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),

@@ -6,7 +6,7 @@
 # identical runs spread by about ±8 %.
 #
 #   A=/old/SystemBenchmark B=.build/release/SystemBenchmark scripts/bench-ab.sh
-#   A=.build/release/SystemBenchmark B=.build/release/SystemBenchmark B_ARGS="--executor event-loops" \
+#   A=.build/release/SystemBenchmark B=.build/release/SystemBenchmark B_ARGS="--handlers 32" \
 #       scripts/bench-ab.sh
 #
 # Environment: PG_ADMIN_URL (a database to create and drop the scratch database from, default

@@ -69,7 +69,7 @@ struct RunResult {
         if let postgres = cores["postgres"] { cpuCores["postgres"] = postgres }
         let object: [String: Any] = [
             "bench": options.label, "run": options.run, "M": options.sagas, "C": inFlight, "fail_pct": options.failPct,
-            "sync_commit": options.syncCommit, "store": settings.store, "local_write": settings.local, "executor": options.executor,
+            "sync_commit": options.syncCommit, "store": settings.store, "local_write": settings.local,
             "secs": round(seconds, 1000),
             "sagas_per_s": round(rate, 10),
             "latency_ms": [

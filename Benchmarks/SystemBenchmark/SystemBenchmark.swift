@@ -8,8 +8,6 @@
 // The starter re-launches its own executable with `--role inventory|payment|shipping`.
 import ArgumentParser
 import Foundation
-import NIOCore
-import NIOPosix
 import Participant
 import Synchronization
 
@@ -54,13 +52,6 @@ struct SystemBenchmark: AsyncParsableCommand {
     ) var prefix: String?
     @Option(help: "Repetition number: seeds the failures (12345 + run) and labels the JSON.") var run = 1
     @Option(help: "Label of the JSON lines.") var label = "sagakit-system"
-    @Option(
-        help: """
-            Where Swift Concurrency runs in every process: default (its own thread pool) or event-loops \
-            (NIO's event loops, NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor(): \
-            no thread switch between a task and the PostgreSQL connections).
-            """)
-    var executor = "default"
     @Option(help: "synchronous_commit the PostgreSQL server runs with (a label; the store sets no session option).")
     var syncCommit = "on"
     @Option(help: "PostgreSQL data directory, to measure the server's CPU (default: PG_DATA).") var pgData: String?
@@ -79,7 +70,6 @@ struct SystemBenchmark: AsyncParsableCommand {
         guard SagaLifecycleEvent.Selection(rawValue: events) != nil, events != "none" else {
             throw ValidationError("--events must be all, outcomes or terminal")
         }
-        guard ["default", "event-loops"].contains(executor) else { throw ValidationError("--executor must be default or event-loops") }
         if let role, BenchSaga.commands[role] == nil { throw ValidationError("--role must be inventory, payment or shipping") }
         guard sagas > 0, warmup >= 0, stepTimeout >= 0, concurrency.allSatisfy({ $0 > 0 }) else {
             throw ValidationError("counts must be positive")
@@ -87,10 +77,6 @@ struct SystemBenchmark: AsyncParsableCommand {
     }
 
     func run() async throws {
-        if executor == "event-loops" {
-            // Before any other task: from here on, jobs run on NIO's event loops.
-            _ = NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
-        }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = .error
@@ -155,7 +141,7 @@ struct Starter: Sendable {
                         if !options.json {
                             say(
                                 "system-benchmark: store \(settings.store), local writes \(settings.local), M=\(options.sagas), "
-                                    + "fail \(options.failPct) %, prefetch \(settings.prefetch), handlers \(settings.handlers.map(String.init) ?? "default"), events \(options.events), executor \(options.executor), "
+                                    + "fail \(options.failPct) %, prefetch \(settings.prefetch), handlers \(settings.handlers.map(String.init) ?? "default"), events \(options.events), "
                                     + "load1 \(ProcessProbe.load1())"
                             )
                             say(
@@ -197,7 +183,7 @@ struct Starter: Sendable {
         var arguments = [
             "--store", settings.store, "--sqlite-path", settings.sqlitePath, "--amqp-url", settings.amqpURL, "--prefix", settings.prefix,
             "--prefetch", String(settings.prefetch), "--local", settings.local, "--events", options.events,
-            "--executor", options.executor, "--step-timeout", String(options.stepTimeout),
+            "--step-timeout", String(options.stepTimeout),
         ]
         if let url = settings.postgresURL { arguments += ["--postgres-url", url] }
         if let handlers = settings.handlers { arguments += ["--handlers", String(handlers)] }

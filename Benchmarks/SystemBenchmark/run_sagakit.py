@@ -8,8 +8,6 @@ $SAGAKIT_DIR/.build/release); SAGAKIT_LOCAL=transaction|separate|none picks Syst
                   fail at step 3 -> 2 compensations, one local UPDATE per step in the saga's own
                   transaction via LocalWrite, PostgreSQL store, terminal lifecycle event observed).
                   It prints the yardstick's JSON itself (--json), CPU cores per group included.
-  sagakit-system-el  the same with --executor event-loops (every process runs Swift Concurrency on
-                  NIO's event loops); SAGAKIT_LABELS=system,system-el,inproc shows both.
   sagakit-system-jemalloc  sagakit-system with every process on jemalloc instead of glibc's malloc
                   (LD_PRELOAD of Debian's libjemalloc2, a deployment choice; label system-je).
 
@@ -107,11 +105,6 @@ def run_demo(binpath: str, amqp: str, m: int, c: int, fail: float, run: int, syn
     return out
 
 
-def run_system_el(binpath: str, amqp: str, m: int, c: int, fail: float, run: int, sync: str) -> dict:
-    """run_system with every process's Swift Concurrency on NIO's event loops (--executor event-loops)."""
-    return run_system(binpath, amqp, m, c, fail, run, sync, executor="event-loops", label="sagakit-system-el")
-
-
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 
 
@@ -126,7 +119,7 @@ def run_system_je(binpath: str, amqp: str, m: int, c: int, fail: float, run: int
 
 
 def run_system(binpath: str, amqp: str, m: int, c: int, fail: float, run: int, sync: str,
-               executor: str = "default", label: str = "", extra_env: dict | None = None) -> dict:
+               label: str = "", extra_env: dict | None = None) -> dict:
     """SystemBenchmark (issue 13): 3 participant processes + starter, local write per step in the
     saga's transaction (LocalWrite), PostgreSQL store, terminal lifecycle event observed."""
     db = "bench_sagakit_system"
@@ -139,7 +132,7 @@ def run_system(binpath: str, amqp: str, m: int, c: int, fail: float, run: int, s
             "--run", str(run), "--sync-commit", sync, "--json",
             "--local", os.environ.get("SAGAKIT_LOCAL", "transaction")]
     label = label or os.environ.get("SAGAKIT_SYSTEM_LABEL", "sagakit-system")
-    argv += ["--label", label, "--executor", executor]
+    argv += ["--label", label]
     r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
     lines = [l for l in r.stdout.splitlines() if l.startswith("{")]
     if r.returncode != 0 or not lines:
@@ -202,7 +195,7 @@ def main() -> int:
             for c, fail in configs:
                 m = a.m_for_c1 if (c == 1 and a.m_for_c1) else a.M
                 for label in labels:
-                    fn = {"demo": run_demo, "inproc": run_inproc, "system": run_system, "system-el": run_system_el,
+                    fn = {"demo": run_demo, "inproc": run_inproc, "system": run_system,
                           "system-je": run_system_je}[label]
                     res = fn(binpath, amqp, m, c, fail, run, a.sync_commit)
                     if not res["verify"].get("ok"):
