@@ -171,26 +171,10 @@ struct PostgresBatches: Sendable {
     func commitWithWritesQuery(_ items: [LocalCommit]) -> PostgresQuery {
         var binder = Binder()
         let sagas = items.map(\.saga)
-        var sagaIDs: [String] = []
-        var statements: [String] = []
-        var values: [String] = []
-        var firsts: [Int32] = []
-        var counts: [Int32] = []
-        var expected: [Int64] = []
-        for item in items {
-            for write in item.writes {
-                sagaIDs.append(item.saga.state.id)
-                statements.append(write.postgresFunctionSQL)
-                firsts.append(Int32(values.count + 1))
-                counts.append(Int32(write.parameters.count))
-                values.append(contentsOf: write.parameters.map(\.postgresText))
-                expected.append(write.expectation.postgresCode)
-            }
-        }
+        let writes = LocalWriteArrays(items.map { ($0.saga.state.id, $0.writes) })
         let arguments = [
             SagaColumns(sagas).bind(&binder), OutboxRows(sagas.flatMap(\.outbox)).bind(&binder),
-            binder.bind(sagaIDs, as: "text[]"), binder.bind(statements, as: "text[]"), binder.bind(values, as: "text[]"),
-            binder.bind(firsts, as: "int4[]"), binder.bind(counts, as: "int4[]"), binder.bind(expected, as: "int8[]"),
+            binder.bind(writes.sagaIDs, as: "text[]"), writes.bind(&binder),
         ]
         return PostgresQuery(
             unsafeSQL: "SELECT id FROM \(namespace).sagakit_commit_with_writes(\(arguments.joined(separator: ", "))) AS id",
@@ -202,22 +186,9 @@ struct PostgresBatches: Sendable {
     /// one row is the saga's id when the compare-and-swap held.
     func commitOneQuery(_ saga: EncodedSaga, writes: [LocalWrite]) -> PostgresQuery {
         var binder = Binder()
-        var statements: [String] = []
-        var values: [String] = []
-        var firsts: [Int32] = []
-        var counts: [Int32] = []
-        var expected: [Int64] = []
-        for write in writes {
-            statements.append(write.postgresFunctionSQL)
-            firsts.append(Int32(values.count + 1))
-            counts.append(Int32(write.parameters.count))
-            values.append(contentsOf: write.parameters.map(\.postgresText))
-            expected.append(write.expectation.postgresCode)
-        }
         let arguments = [
             SagaScalars(saga).bind(&binder), OutboxRows(saga.outbox).bind(&binder),
-            binder.bind(statements, as: "text[]"), binder.bind(values, as: "text[]"), binder.bind(firsts, as: "int4[]"),
-            binder.bind(counts, as: "int4[]"), binder.bind(expected, as: "int8[]"),
+            LocalWriteArrays([(saga.state.id, writes)]).bind(&binder),
         ]
         return PostgresQuery(
             unsafeSQL: "SELECT id FROM \(namespace).sagakit_commit_one(\(arguments.joined(separator: ", "))) AS id WHERE id IS NOT NULL",
@@ -719,6 +690,40 @@ struct SagaColumns {
             binder.bind(createdAt, as: "int8[]"), binder.bind(updatedAt, as: "int8[]"),
         ]
         return columns.joined(separator: ", ")
+    }
+}
+
+/// Local writes as the parallel arrays the commit functions take: the saga each belongs to, its
+/// statement with `$n` written `(($1)[n])::type`, its parameters as text, where they start and
+/// how many, its expected row count.
+struct LocalWriteArrays {
+    var sagaIDs: [String] = []
+    var statements: [String] = []
+    var values: [String] = []
+    var firsts: [Int32] = []
+    var counts: [Int32] = []
+    var expected: [Int64] = []
+
+    init(_ sagas: [(id: String, writes: [LocalWrite])]) {
+        for saga in sagas {
+            for write in saga.writes {
+                sagaIDs.append(saga.id)
+                statements.append(write.postgresFunctionSQL)
+                firsts.append(Int32(values.count + 1))
+                counts.append(Int32(write.parameters.count))
+                values.append(contentsOf: write.parameters.map(\.postgresText))
+                expected.append(write.expectation.postgresCode)
+            }
+        }
+    }
+
+    /// Binds the statements, values, starts, counts and expectations (not the saga ids, which
+    /// only the batch function takes); returns the placeholders.
+    func bind(_ binder: inout Binder) -> String {
+        [
+            binder.bind(statements, as: "text[]"), binder.bind(values, as: "text[]"), binder.bind(firsts, as: "int4[]"),
+            binder.bind(counts, as: "int4[]"), binder.bind(expected, as: "int8[]"),
+        ].joined(separator: ", ")
     }
 }
 

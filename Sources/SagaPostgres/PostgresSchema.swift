@@ -240,15 +240,22 @@ enum PostgresSchema {
                 m_ids, m_saga_ids, m_exchanges, m_routing_keys, m_bodies, m_headers, m_created_at, m_topologies) AS c(id);
             FOR i IN 1 .. coalesce(array_length(w_statements, 1), 0) LOOP
                 CONTINUE WHEN NOT (w_saga_ids[i] = ANY (swapped));
-                EXECUTE w_statements[i] USING w_values[w_first[i] : w_first[i] + w_counts[i] - 1];
-                GET DIAGNOSTICS affected = ROW_COUNT;
-                IF (w_expected[i] = -2 AND affected < 1) OR (w_expected[i] NOT IN (-1, -2) AND affected <> w_expected[i]) THEN
-                    RAISE EXCEPTION 'local write % affected % rows', i, affected USING ERRCODE = 'P0001';
-                END IF;
+                \(runLocalWrite)
             END LOOP;
             RETURN QUERY SELECT unnest(swapped);
         END
         $$
+        """
+
+    /// Local write `i` of the commit functions' arrays, run with `EXECUTE … USING` its parameters
+    /// as text; a row count its expectation refuses (`-1` any, `-2` at least one, another value
+    /// exactly that many) raises `P0001`. Needs `affected int8` declared.
+    private static let runLocalWrite = """
+        EXECUTE w_statements[i] USING w_values[w_first[i] : w_first[i] + w_counts[i] - 1];
+                        GET DIAGNOSTICS affected = ROW_COUNT;
+                        IF (w_expected[i] = -2 AND affected < 1) OR (w_expected[i] NOT IN (-1, -2) AND affected <> w_expected[i]) THEN
+                            RAISE EXCEPTION 'local write % affected % rows', i, affected USING ERRCODE = 'P0001';
+                        END IF;
         """
 
     /// One saga's compare-and-swap, its outbox rows and then its local writes (each with `EXECUTE …
@@ -279,11 +286,7 @@ enum PostgresSchema {
             IF coalesce(array_length(w_statements, 1), 0) > 0 THEN
                 SET LOCAL enable_seqscan TO DEFAULT;
                 FOR i IN 1 .. array_length(w_statements, 1) LOOP
-                    EXECUTE w_statements[i] USING w_values[w_first[i] : w_first[i] + w_counts[i] - 1];
-                    GET DIAGNOSTICS affected = ROW_COUNT;
-                    IF (w_expected[i] = -2 AND affected < 1) OR (w_expected[i] NOT IN (-1, -2) AND affected <> w_expected[i]) THEN
-                        RAISE EXCEPTION 'local write % affected % rows', i, affected USING ERRCODE = 'P0001';
-                    END IF;
+                    \(runLocalWrite)
                 END LOOP;
             END IF;
             RETURN p_id;

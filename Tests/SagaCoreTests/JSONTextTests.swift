@@ -99,6 +99,17 @@ import Testing
         #expect(throws: JSONSyntaxError(problem: "a string is not valid UTF-8", offset: 1)) {
             try JSONValue(parsing: [0x22, 0xFF, 0x22])
         }
+        // A lone continuation byte, a truncated sequence, an overlong "/", a surrogate encoded
+        // directly; each also after an escape (the reader's second path).
+        for invalid: [UInt8] in [[0x80], [0xC3], [0xE2, 0x82], [0xC0, 0xAF], [0xED, 0xA0, 0x80]] {
+            #expect(throws: JSONSyntaxError.self) { try JSONValue(parsing: [0x22, 0x61] + invalid + [0x22]) }
+            #expect(throws: JSONSyntaxError.self) { try JSONValue(parsing: [0x22, 0x5C, 0x6E] + invalid + [0x22]) }
+        }
+        // Valid non-ASCII text, including U+FFFD itself, reads back as written.
+        for text in ["é", "naïve café", "\u{1F600} ok", "\u{FFFD}", "日本語"] {
+            #expect(try JSONValue(parsing: Array("\"\(text)\"".utf8)) == .string(text))
+            #expect(try JSONValue(parsing: Array("\"\\n\(text)\"".utf8)) == .string("\n" + text))
+        }
         let deep = String(repeating: "[", count: JSONReader.maximumDepth + 1) + String(repeating: "]", count: JSONReader.maximumDepth + 1)
         #expect(throws: JSONSyntaxError.self) { try JSONValue(parsing: Array(deep.utf8)) }
         let allowed = String(repeating: "[", count: JSONReader.maximumDepth) + String(repeating: "]", count: JSONReader.maximumDepth)
