@@ -263,7 +263,8 @@ enum PostgresSchema {
     /// statement. Returns the saga's id, or `NULL` when the compare-and-swap found another version
     /// (or no saga), in which case nothing is written. The saga's statements look it up by primary
     /// key with a generic plan (``indexOnly``); the local writes run with the session's own
-    /// `enable_seqscan` (`SET LOCAL … TO DEFAULT`, undone when the function returns).
+    /// `enable_seqscan` and `plan_cache_mode` (`SET LOCAL … TO DEFAULT`, undone when the function
+    /// returns), as they do in ``commitWithWritesFunction``.
     private static let commitOneFunction = """
         CREATE OR REPLACE FUNCTION S.sagakit_commit_one(\(sagaScalarParameters), \(outboxParameters),
             w_statements text[], w_values text[], w_first int4[], w_counts int4[], w_expected int8[])
@@ -285,6 +286,7 @@ enum PostgresSchema {
             \(insertOneSagasOutbox);
             IF coalesce(array_length(w_statements, 1), 0) > 0 THEN
                 SET LOCAL enable_seqscan TO DEFAULT;
+                SET LOCAL plan_cache_mode TO DEFAULT;
                 FOR i IN 1 .. array_length(w_statements, 1) LOOP
                     \(runLocalWrite)
                 END LOOP;
