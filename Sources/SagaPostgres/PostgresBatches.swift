@@ -36,7 +36,7 @@ struct PostgresBatches: Sendable {
     func commit(_ sagas: [EncodedSaga]) async -> [Result<SagaState, any Error>] {
         do {
             let attempted = try await retryingDeadlocks("commit transitions") {
-                try await write(sagas, with: "sagakit_commit", doing: "commit transitions")
+                try await write(sagas, with: .commit, doing: "commit transitions")
             }
             return await results(of: sagas, committed: attempted.value, mayHaveRunBefore: attempted.mayHaveRunBefore)
         } catch {
@@ -111,7 +111,7 @@ struct PostgresBatches: Sendable {
                     do {
                         return try await Self.batchStatement(on: connection, items, batchQuery, logger: logger)
                     } catch is LocalWriteFailedWithoutSavepoint {
-                        let queries = items.map { writeQuery([$0.saga], with: "sagakit_commit") }
+                        let queries = items.map { writeQuery([$0.saga], with: .commit) }
                         return try await Self.batchTransactionWithSavepoints(on: connection, items, queries, logger: logger)
                     }
                 }
@@ -271,7 +271,7 @@ struct PostgresBatches: Sendable {
 
     func create(_ sagas: [EncodedSaga]) async -> [Result<SagaCreation, any Error>] {
         do {
-            let attempted = try await write(sagas, with: "sagakit_create", doing: "create sagas")
+            let attempted = try await write(sagas, with: .create, doing: "create sagas")
             let created = attempted.value
             let existingIDs = sagas.map(\.state.id).filter { !created.contains($0) }
             let existing = existingIDs.isEmpty ? [:] : try await fetch(existingIDs)
@@ -342,29 +342,40 @@ struct PostgresBatches: Sendable {
 
     /// Calls one of the write functions (`sagakit_commit`, `sagakit_create`) with the sagas and
     /// their outbox messages; returns the ids of the sagas it wrote.
-    private func write(_ sagas: [EncodedSaga], with function: String, doing action: String) async throws -> Attempted<Set<SagaID>> {
+    private func write(_ sagas: [EncodedSaga], with function: WriteFunction, doing action: String) async throws -> Attempted<Set<SagaID>> {
         var written: Set<SagaID> = []
         let attempted = try await rowsAttempted(action, writeQuery(sagas, with: function))
         for row in attempted.value { written.insert(try row["id"].decode(String.self)) }
         return Attempted(value: written, mayHaveRunBefore: attempted.mayHaveRunBefore)
     }
 
-    /// The call of a write function with the sagas and their outbox messages; for one saga, of
-    /// its one-saga form (`sagakit_commit_one`, `sagakit_create_one`), which costs the server
-    /// less than the array form.
-    private func writeQuery(_ sagas: [EncodedSaga], with function: String) -> PostgresQuery {
-        if sagas.count == 1 {
-            if function == "sagakit_commit" { return commitOneQuery(sagas[0], writes: []) }
-            var binder = Binder()
+    /// The write functions: a batch of several sagas goes to the array function, one saga to its
+    /// one-saga form, which costs the server less.
+    private enum WriteFunction: String {
+        /// One saga: `sagakit_commit_one` without local writes.
+        case commit = "sagakit_commit"
+        /// One saga: `sagakit_create_one`.
+        case create = "sagakit_create"
+    }
+
+    /// The call of a write function with the sagas and their outbox messages.
+    private func writeQuery(_ sagas: [EncodedSaga], with function: WriteFunction) -> PostgresQuery {
+        var binder = Binder()
+        switch (function, sagas.count) {
+        case (.commit, 1):
+            return commitOneQuery(sagas[0], writes: [])
+        case (.create, 1):
             let arguments = [SagaScalars(sagas[0]).bind(&binder), OutboxRows(sagas[0].outbox).bind(&binder)]
             return PostgresQuery(
-                unsafeSQL: "SELECT id FROM \(namespace).\(function)_one(\(arguments.joined(separator: ", "))) AS id WHERE id IS NOT NULL",
+                unsafeSQL:
+                    "SELECT id FROM \(namespace).sagakit_create_one(\(arguments.joined(separator: ", "))) AS id WHERE id IS NOT NULL",
+                binds: binder.binds)
+        default:
+            let arguments = [SagaColumns(sagas).bind(&binder), OutboxRows(sagas.flatMap(\.outbox)).bind(&binder)]
+            return PostgresQuery(
+                unsafeSQL: "SELECT id FROM \(namespace).\(function.rawValue)(\(arguments.joined(separator: ", "))) AS id",
                 binds: binder.binds)
         }
-        var binder = Binder()
-        let arguments = [SagaColumns(sagas).bind(&binder), OutboxRows(sagas.flatMap(\.outbox)).bind(&binder)]
-        return PostgresQuery(
-            unsafeSQL: "SELECT id FROM \(namespace).\(function)(\(arguments.joined(separator: ", "))) AS id", binds: binder.binds)
     }
 
     /// Runs a statement again when PostgreSQL chose it as a deadlock victim: two processes'
