@@ -48,7 +48,14 @@ struct StateInCommandsTests {
 
     @Test func sagasCompleteOnTheStateTheirCommandsCarryWithoutLoadingIt() async throws {
         let store = InMemorySagaStore(stateSeal: TestStateSeal())
-        let finals = try await withParticipants(handlers(suffix: "copies"), bus: bus, store: store) { manager in
+        // A window far longer than the default 2 s: this test is about copies being used, and with
+        // the serial suites running beside it a command once waited longer than 2 s in CI (the
+        // copy was then too old, and all three of payment's commands loaded their sagas).
+        var topology = testTopology
+        topology.stateInCommands = .seconds(120)
+        let finals = try await withParticipants(
+            handlers(suffix: "copies"), buses: [bus], starterBus: bus, store: store, topology: topology
+        ) { manager in
             var finals: [SagaState] = []
             for index in 0..<3 {
                 let id = try await manager.start("order", payload: ["orderId": .string("o-copy-\(index)"), "amount": 5])
