@@ -73,8 +73,8 @@ final class LocalStepDispatch: Sendable {
     /// The delivery a taken command is processed as.
     func delivery(of message: OutboxMessage, engine: SagaEngine) -> Delivery {
         Delivery(
-            exchange: message.exchange, routingKey: message.routingKey, queue: queue, body: message.body,
-            headers: MessageHeaders(message.allHeaders), messageId: message.id, contentType: SagaHeaders.contentType,
+            exchange: message.exchange, routingKey: message.routingKey, queue: queue, body: message.bodyToPublish,
+            headers: MessageHeaders(message.headers), messageId: message.id, contentType: SagaHeaders.contentType,
             type: message.routingKey, correlationId: message.sagaID, persistent: true,
             settler: LocalSettler(message: message, engine: engine, dispatch: self))
     }

@@ -89,13 +89,13 @@ struct SagaEngine: Sendable {
     /// The largest state copy a command carries (bytes of JSON): a larger saga is loaded.
     static let maxStateCopyBytes = 16 * 1024
 
-    /// The sealed copy of `state` for a command to carry (``SagaHeaders/state``), or `nil` when
+    /// The sealed copy of `state` for a command to carry (``SealedState``), or `nil` when
     /// the topology sends none, the store seals none (or not yet), or the copy is too large.
     func sealedCopy(of state: SagaState) -> SealedState? {
         guard topology.stateInCommands != nil, let seal = store.stateSeal, let bytes = try? SagaStateCopy.json(state),
             bytes.count <= Self.maxStateCopyBytes, let sealText = seal.seal(bytes)
         else { return nil }
-        return SealedState(text: String(decoding: bytes, as: UTF8.self), seal: sealText)
+        return SealedState(json: bytes, seal: sealText)
     }
 
     /// The copy a transition's commands carry: a single command carries one, the members of a
@@ -104,21 +104,21 @@ struct SagaEngine: Sendable {
         commands.count == 1 ? sealedCopy(of: state) : nil
     }
 
-    /// The state `delivery` carries for `command`, when it may be used instead of loading the
-    /// saga: a first delivery, a seal that verifies, the command's saga, and a copy no older (or
-    /// younger) than the topology's ``SagaTopology/stateInCommands`` by this process's clock.
-    func carriedState(of command: SagaCommand, in delivery: Delivery, logger: Logger, now: Date = Date()) -> SagaState? {
-        guard let maxAge = topology.stateInCommands, let text = delivery.headers[SagaHeaders.state] else { return nil }
-        guard !delivery.redelivered else { return nil }
-        guard let seal = store.stateSeal, let sealText = delivery.headers[SagaHeaders.stateSeal] else { return nil }
-        let bytes = Array(text.utf8)
-        guard seal.verifies(sealText, of: bytes) else {
+    /// The state a command's body carries, when it may be used instead of loading the saga: a
+    /// first delivery (`redelivered` false), a seal that verifies, the command's saga, and a copy
+    /// no older (or younger) than the topology's ``SagaTopology/stateInCommands`` by this
+    /// process's clock.
+    func carriedState(of body: SagaCommandBody, redelivered: Bool, logger: Logger, now: Date = Date()) -> SagaState? {
+        guard let maxAge = topology.stateInCommands, let copy = body.stateCopy, !redelivered else { return nil }
+        guard let seal = store.stateSeal else { return nil }
+        guard seal.verifies(copy.seal, of: copy.json) else {
             logger.warning(
                 "the command's copy of its saga's state has no valid seal; loading the saga",
                 metadata: ["hint": "copies are sealed with a key in the store: the sender uses another store, or changed the copy"])
             return nil
         }
-        guard let state = try? SagaStateCopy.state(from: bytes), state.id == command.sagaID, state.name == command.sagaName
+        let command = body.command
+        guard let state = try? SagaStateCopy.state(from: copy.value), state.id == command.sagaID, state.name == command.sagaName
         else { return nil }
         let (seconds, attoseconds) = maxAge.components
         let limit = Double(seconds) + Double(attoseconds) / 1e18

@@ -2,21 +2,12 @@ import Foundation
 public import Tracing
 
 /// Header names SagaKit writes on its messages.
+///
+/// What a command or an event is about (its saga, step, phase, attempt, kind) is in its JSON body
+/// and its properties (`correlation-id` is the saga id, `type` the command or routing key,
+/// `message-id` names the saga, step, phase and attempt), so the headers carry only what is
+/// not: the saga's context, trace context, and the `x-sagakit-` headers of dead letters.
 public enum SagaHeaders {
-    /// The saga id.
-    public static let sagaID = "x-saga-id"
-    /// The saga definition's name.
-    public static let sagaName = "x-saga-name"
-    /// The lifecycle event's kind (``SagaLifecycleEvent/Kind``), on events.
-    public static let event = "x-saga-event"
-    /// The saga's version after the transition, on events.
-    public static let sagaVersion = "x-saga-version"
-    /// The step name.
-    public static let step = "x-saga-step"
-    /// Action or compensation.
-    public static let phase = "x-saga-phase"
-    /// The attempt number.
-    public static let attempt = "x-saga-attempt"
     /// The delay a message waited for, in seconds.
     public static let delay = "x-saga-delay-seconds"
     /// Why a message was dead-lettered.
@@ -39,13 +30,6 @@ public enum SagaHeaders {
     /// because RabbitMQ refuses a `user-id` other than the publishing connection's user, and the
     /// service that dead-letters may log in as another user. `saga dlq requeue` restores it.
     public static let deadLetterOriginalUserID = "x-sagakit-original-user-id"
-    /// A copy of the saga's state as the command's transition committed it (JSON text), on
-    /// commands: a participant may use it instead of loading the saga (see
-    /// `SagaTopology.stateInCommands`). Dead letters do not keep it.
-    public static let state = "x-saga-state"
-    /// The seal of ``state`` (HMAC-SHA-256 in hexadecimal, see ``SagaStateSeal``): a copy whose
-    /// seal does not verify is ignored.
-    public static let stateSeal = "x-saga-state-seal"
     /// The content type of saga commands.
     public static let contentType = "application/json"
 }
@@ -53,17 +37,12 @@ public enum SagaHeaders {
 /// Conversions between saga commands and broker messages.
 enum SagaMessages {
     /// The outbox message that sends `scheduled` for `state`.
-    /// `stateCopy` is the sealed copy of the state the command carries (see ``SagaHeaders/state``).
+    /// `stateCopy` is the sealed copy of the state the command carries (see ``SealedState``).
     static func outbox(
         _ scheduled: ScheduledCommand, state: SagaState, topology: SagaTopology, now: Date, stateCopy: SealedState? = nil
     ) throws -> OutboxMessage {
         let command = scheduled.command
-        var headers = state.context
-        headers[SagaHeaders.sagaID] = command.sagaID
-        headers[SagaHeaders.sagaName] = command.sagaName
-        headers[SagaHeaders.step] = command.stepName
-        headers[SagaHeaders.phase] = command.phase.rawValue
-        headers[SagaHeaders.attempt] = String(command.attempt)
+        var headers = contextHeaders(of: state)
         var exchange = topology.commandsExchange
         if let delay = scheduled.delay, delay > .zero {
             let level = topology.delayLevel(for: delay)
@@ -73,11 +52,6 @@ enum SagaMessages {
         SagaTracing.inject(into: &headers)
         // The copy goes with the publish after the commit, not into the store: the outbox relay
         // sends a command later without it, and its receiver loads the saga.
-        var transientHeaders: [String: String] = [:]
-        if let stateCopy {
-            transientHeaders[SagaHeaders.state] = stateCopy.text
-            transientHeaders[SagaHeaders.stateSeal] = stateCopy.seal
-        }
         return OutboxMessage(
             id: "\(command.messageID):\(UniqueTag.next(length: 8))",
             sagaID: command.sagaID,
@@ -85,7 +59,7 @@ enum SagaMessages {
             routingKey: command.command,
             body: command.jsonBytes,
             headers: headers,
-            transientHeaders: transientHeaders,
+            transientBody: stateCopy.map { command.jsonBytes(stateCopy: ($0.json, $0.seal)) },
             createdAt: now
         )
     }
@@ -93,14 +67,19 @@ enum SagaMessages {
     /// The outbox message that publishes a lifecycle event (recorded with the transition that
     /// caused it). The saga's context (trace ids) travels in the headers, as on commands.
     static func outbox(_ event: SagaLifecycleEvent, state: SagaState, topology: SagaTopology) throws -> OutboxMessage {
-        var headers = state.context
-        headers[SagaHeaders.sagaID] = event.sagaID
-        headers[SagaHeaders.sagaName] = event.sagaName
-        headers[SagaHeaders.event] = event.kind.rawValue
-        headers[SagaHeaders.sagaVersion] = String(event.sagaVersion)
-        return OutboxMessage(
+        OutboxMessage(
             id: event.id, sagaID: event.sagaID, exchange: topology.eventsExchange, routingKey: event.routingKey,
-            body: event.jsonBytes, headers: headers, createdAt: event.at)
+            body: event.jsonBytes, headers: contextHeaders(of: state), createdAt: event.at)
+    }
+
+    /// The headers of a saga's messages: its context entries (a caller's correlation id, the trace
+    /// ids recorded at its start), without SagaKit's own `sagakit-` entries, which receivers read
+    /// from the saga. Every header costs the broker CPU on every publish and delivery (it decodes
+    /// the table), so nothing the body or the properties already say is repeated here.
+    static func contextHeaders(of state: SagaState) -> [String: String] {
+        var headers: [String: String] = [:]
+        for (key, value) in state.context where !key.hasPrefix("sagakit-") { headers[key] = value }
+        return headers
     }
 
     /// The outbox messages of a transition's lifecycle events that `topology` publishes.
@@ -117,8 +96,8 @@ enum SagaMessages {
         OutgoingMessage(
             exchange: message.exchange,
             routingKey: message.routingKey,
-            body: message.body,
-            headers: MessageHeaders(message.allHeaders),
+            body: message.bodyToPublish,
+            headers: MessageHeaders(message.headers),
             messageId: message.id,
             contentType: SagaHeaders.contentType,
             type: message.routingKey,
@@ -127,24 +106,26 @@ enum SagaMessages {
         )
     }
 
-    /// Decodes a delivery into a command, or says why it cannot be one.
-    static func command(from delivery: Delivery, maxBodyBytes: Int) -> Result<SagaCommand, SagaError> {
+    /// Decodes a delivery into a command (with the copy of its saga's state its body may carry), or
+    /// says why it cannot be one.
+    static func command(from delivery: Delivery, maxBodyBytes: Int) -> Result<SagaCommandBody, SagaError> {
         if delivery.body.count > maxBodyBytes {
             return .failure(SagaError(.invalidMessage, "body of \(delivery.body.count) bytes exceeds the limit of \(maxBodyBytes) bytes"))
         }
         if let contentType = delivery.contentType, !contentType.lowercased().hasPrefix(SagaHeaders.contentType) {
             return .failure(SagaError(.invalidMessage, "content type '\(contentType)' is not \(SagaHeaders.contentType)"))
         }
-        let command: SagaCommand
+        let body: SagaCommandBody
         do {
-            command = try SagaCommand(jsonBytes: delivery.body)
+            body = try SagaCommandBody(jsonBytes: delivery.body)
         } catch {
             return .failure(SagaError(.invalidMessage, "body is not a saga command (\(describe(error)))"))
         }
+        let command = body.command
         if command.attempt < 1 || command.step < 0 {
             return .failure(SagaError(.invalidMessage, "step \(command.step) / attempt \(command.attempt) out of range"))
         }
-        return .success(command)
+        return .success(body)
     }
 
     /// The dead letter for a delivery that cannot be processed: the same message (body, every
@@ -162,9 +143,13 @@ enum SagaMessages {
         var message = OutgoingMessage(
             republishing: delivery, exchange: topology.deadLetterExchange, routingKey: delivery.queue)
         // The state copy is of no use once dead-lettered (too old to be used when requeued), and
-        // keeps the saga's payload out of the dead-letter queue and `saga dlq show`.
-        message.headers[field: SagaHeaders.state] = nil
-        message.headers[field: SagaHeaders.stateSeal] = nil
+        // keeps the saga's payload out of the dead-letter queue and `saga dlq show`: the dead
+        // letter's body is the command alone (as the outbox row keeps it). Releases before the
+        // copy moved into the body carried it in two headers.
+        if let body = try? SagaCommandBody(jsonBytes: delivery.body), body.stateCopy != nil {
+            message.body = body.command.jsonBytes
+        }
+        for legacy in ["x-saga-state", "x-saga-state-seal"] { message.headers[field: legacy] = nil }
         message.headers[SagaHeaders.deadLetterReason] = reason
         message.headers[SagaHeaders.deadLetterQueue] = delivery.queue
         message.headers[SagaHeaders.deadLetterExchange] = delivery.exchange
@@ -308,8 +293,9 @@ public enum DeadLetters {
     }
 }
 
-/// A copy of a saga's state as a command carries it (``SagaHeaders/state``), with its seal.
+/// A copy of a saga's state as a command's body carries it (`state` and `stateSeal`, see
+/// `SagaCommand.jsonBytes(stateCopy:)`): its JSON text and the seal made for exactly that text.
 struct SealedState: Sendable {
-    let text: String
+    let json: [UInt8]
     let seal: String
 }

@@ -245,14 +245,15 @@ public struct SagaParticipant: Service {
     /// Processes one delivery to the end: it is always settled, never left hanging.
     func process(_ delivery: Delivery) async {
         var logger = self.logger
-        let command: SagaCommand
+        let body: SagaCommandBody
         switch SagaMessages.command(from: delivery, maxBodyBytes: configuration.maxBodyBytes) {
         case .failure(let error):
             logger[metadataKey: "saga.command"] = "\(delivery.routingKey)"
             return await deadLetter(delivery, reason: error.message, logger: logger)
         case .success(let decoded):
-            command = decoded
+            body = decoded
         }
+        let command = body.command
         logger.addMetadata([
             "saga.command": "\(delivery.routingKey)", "saga.id": "\(command.sagaID)", "saga.name": "\(command.sagaName)",
             "saga.step": "\(command.stepName)", "saga.phase": "\(command.phase.rawValue)", "saga.attempt": "\(command.attempt)",
@@ -260,7 +261,7 @@ public struct SagaParticipant: Service {
         // One span per delivery, a child of the span that sent the command.
         await withSpan(command.command, context: SagaTracing.context(from: delivery.headers), ofKind: .consumer) { span in
             SagaTracing.describe(span, command: command, queue: delivery.queue)
-            await handle(command, delivery: delivery, span: span, logger: logger)
+            await handle(body, delivery: delivery, span: span, logger: logger)
         }
     }
 
@@ -271,7 +272,8 @@ public struct SagaParticipant: Service {
     /// version sends it, another release of this service handles it — a rolling upgrade runs
     /// both on one queue — and it is handed back (``handBack(_:command:definition:logger:)``);
     /// otherwise it is dead-lettered.
-    private func handle(_ command: SagaCommand, delivery: Delivery, span: any Span, logger: Logger) async {
+    private func handle(_ body: SagaCommandBody, delivery: Delivery, span: any Span, logger: Logger) async {
+        let command = body.command
         let handler = handlers.handler(for: command.command)
         let noHandler = "service '\(configuration.service)' has no handler for command '\(command.command)'"
         // Says first that there is no handler here, when there is none.
@@ -285,7 +287,7 @@ public struct SagaParticipant: Service {
         do {
             let state: SagaState
             do {
-                if let carried = engine.carriedState(of: command, in: delivery, logger: logger) {
+                if let carried = engine.carriedState(of: body, redelivered: delivery.redelivered, logger: logger) {
                     state = carried
                     engine.metrics.commandState(saga: command.sagaName, service: configuration.service, carried: true)
                 } else {

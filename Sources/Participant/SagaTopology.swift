@@ -28,7 +28,7 @@ public struct SagaTopology: Sendable, Hashable {
     /// How old a command's copy of its saga's state may be for a participant to use it instead of
     /// loading the saga (default 2 seconds); `nil`: commands carry no copy.
     ///
-    /// A command carries a copy (``SagaHeaders/state``, sealed in ``SagaHeaders/stateSeal``) when
+    /// A command carries a copy (in its body: `state`, sealed in `stateSeal`; see WireFormat.md) when
     /// the store seals copies (``SagaStore/stateSeal``: the PostgreSQL store does) and the
     /// transition sends exactly one command (not the branches of a parallel group, which would
     /// find each other's copies stale). A participant uses it only on a first delivery

@@ -36,9 +36,7 @@ struct DeadLetter: Encodable {
         sourceExchange = headers[SagaHeaders.deadLetterExchange] ?? death?.exchange
         sourceRoutingKey = headers[SagaHeaders.deadLetterRoutingKey] ?? death?.routingKeys.first
         deadLetteredAt = headers[SagaHeaders.deadLetterTime]
-        sagaId =
-            headers[SagaHeaders.sagaID] ?? (try? JSONCoding.decode(SagaCommand.self, from: Data(delivery.body)))?.sagaID
-            ?? delivery.correlationId
+        sagaId = (try? JSONCoding.decode(SagaCommand.self, from: Data(delivery.body)))?.sagaID ?? delivery.correlationId
         command = delivery.type
         redelivered = delivery.redelivered
         bytes = delivery.body.count

@@ -115,11 +115,8 @@ struct StateInCommandsTests {
         let final = try await withParticipants(services, bus: bus, store: store) { manager in
             try await bus.publish(
                 OutgoingMessage(
-                    exchange: testTopology.commandsExchange, routingKey: "inventory.reserve", body: command.jsonBytes,
-                    headers: [
-                        SagaHeaders.state: .string(String(decoding: bytes, as: UTF8.self)),
-                        SagaHeaders.stateSeal: .string(forged ? "0123456789abcdef" : TestStateSeal().seal(bytes)!),
-                    ],
+                    exchange: testTopology.commandsExchange, routingKey: "inventory.reserve",
+                    body: command.jsonBytes(stateCopy: (bytes, forged ? "0123456789abcdef" : TestStateSeal().seal(bytes)!)),
                     contentType: SagaHeaders.contentType))
             return try await manager.outcome(of: id, timeout: .seconds(30))
         }
@@ -134,29 +131,26 @@ struct StateInCommandsTests {
         let (state, _) = SagaStateMachine(definition: orderSaga).start(id: "s-1", payload: ["orderId": "o"], now: now)
         let command = SagaCommand(
             sagaID: "s-1", sagaName: "order", command: "inventory.reserve", step: 0, stepName: "reserve-stock", phase: .action, attempt: 1)
-        func delivery(_ state: SagaState, redelivered: Bool = false, seal: String? = nil) throws -> Delivery {
+        func body(_ state: SagaState, for command: SagaCommand = command, seal: String? = nil) throws -> SagaCommandBody {
             let copy = try #require(engine.sealedCopy(of: state))
-            return Delivery(
-                exchange: testTopology.commandsExchange, routingKey: command.command, queue: "q", body: command.jsonBytes,
-                headers: [SagaHeaders.state: .string(copy.text), SagaHeaders.stateSeal: .string(seal ?? copy.seal)],
-                redelivered: redelivered, settler: NoSettler())
+            return try SagaCommandBody(jsonBytes: command.jsonBytes(stateCopy: (copy.json, seal ?? copy.seal)))
         }
-        func carried(_ delivery: Delivery, for command: SagaCommand = command, engine: SagaEngine = engine) -> SagaState? {
-            engine.carriedState(of: command, in: delivery, logger: quietTestLogger, now: now)
+        func carried(_ body: SagaCommandBody, redelivered: Bool = false, engine: SagaEngine = engine) -> SagaState? {
+            engine.carriedState(of: body, redelivered: redelivered, logger: quietTestLogger, now: now)
         }
-        let used = try #require(carried(try delivery(state)))
+        let used = try #require(carried(try body(state)))
         #expect(used.id == "s-1" && used.payload == state.payload && used.version == state.version)
-        #expect(carried(try delivery(state, redelivered: true)) == nil)
-        #expect(carried(try delivery(state, seal: "00")) == nil)
+        #expect(carried(try body(state), redelivered: true) == nil)
+        #expect(carried(try body(state, seal: "00")) == nil)
         var old = state
         old.updatedAt = now.addingTimeInterval(-3)
-        #expect(carried(try delivery(old)) == nil)
+        #expect(carried(try body(old)) == nil)
         var future = state
         future.updatedAt = now.addingTimeInterval(3)
-        #expect(carried(try delivery(future)) == nil)
+        #expect(carried(try body(future)) == nil)
         var other = command
         other.sagaID = "s-2"
-        #expect(carried(try delivery(state), for: other) == nil)
+        #expect(carried(try body(state, for: other)) == nil)
         var off = engine
         off = SagaEngine(
             store: engine.store, bus: bus, definitions: orderDefinitions,
@@ -166,7 +160,7 @@ struct StateInCommandsTests {
                 return topology
             }())
         #expect(off.sealedCopy(of: state) == nil)
-        #expect(carried(try delivery(state), engine: off) == nil)
+        #expect(carried(try body(state), engine: off) == nil)
     }
 
     @Test func theCopiesAgeLimitIsReadFromConfiguration() throws {
@@ -193,13 +187,24 @@ struct StateInCommandsTests {
         #expect(engine.sealedCopy(of: large) == nil)
 
         let copy = try #require(engine.sealedCopy(of: state))
+        let command = SagaCommand(
+            sagaID: "s-big", sagaName: "order", command: "inventory.reserve", step: 0, stepName: "reserve-stock", phase: .action,
+            attempt: 1)
         let delivery = Delivery(
-            exchange: testTopology.commandsExchange, routingKey: "inventory.reserve", queue: "q", body: Array("{}".utf8),
-            headers: [SagaHeaders.state: .string(copy.text), SagaHeaders.stateSeal: .string(copy.seal), "x-other": "kept"],
-            settler: NoSettler())
+            exchange: testTopology.commandsExchange, routingKey: "inventory.reserve", queue: "q",
+            body: command.jsonBytes(stateCopy: (copy.json, copy.seal)),
+            headers: ["x-saga-state": "{}", "x-saga-state-seal": "00", "x-other": "kept"], settler: NoSettler())
         let letter = SagaMessages.deadLetter(delivery, reason: "test", service: "s", topology: testTopology, now: Date())
-        #expect(letter.headers[SagaHeaders.state] == nil && letter.headers[SagaHeaders.stateSeal] == nil)
+        // The dead letter is the command alone, as the outbox keeps it; the headers in which older
+        // releases carried the copy go too, and others stay.
+        #expect(letter.body == command.jsonBytes)
+        #expect(letter.headers["x-saga-state"] == nil && letter.headers["x-saga-state-seal"] == nil)
         #expect(letter.headers["x-other"] == "kept")
+        // A body that is not a command is dead-lettered as it is.
+        let junk = Delivery(
+            exchange: testTopology.commandsExchange, routingKey: "inventory.reserve", queue: "q", body: Array("{not json".utf8),
+            settler: NoSettler())
+        #expect(SagaMessages.deadLetter(junk, reason: "test", service: "s", topology: testTopology, now: Date()).body == junk.body)
     }
 
     @Test func theBranchesOfAParallelGroupCarryNoCopyAndASingleCommandDoes() async throws {
@@ -213,7 +218,10 @@ struct StateInCommandsTests {
             .build()
         let store = InMemorySagaStore(stateSeal: TestStateSeal())
         let engine = SagaEngine(store: store, bus: bus, definitions: try SagaDefinitionRegistry([definition]), topology: testTopology)
-        let (state, _) = SagaStateMachine(definition: definition).start(id: "fan", payload: [:], now: Date())
+        let (state, _) = SagaStateMachine(definition: definition).start(
+            id: "fan", payload: [:],
+            context: [SagaTopology.contextKey: testTopology.prefix, SagaState.definitionVersionKey: "1", "correlationId": "c-1"],
+            now: Date())
         _ = try await store.create(state, outbox: [])
         try await bus.declare(testTopology.shared)
         let queue = testTopology.queue(forService: "fan-out")
@@ -232,6 +240,13 @@ struct StateInCommandsTests {
             if commands.count == 2 { break }
         }
         #expect(Set(commands.map(\.routingKey)) == ["inventory.reserve", "payment.authorize"])
-        #expect(commands.allSatisfy { $0.headers[SagaHeaders.state] == nil && $0.headers[SagaHeaders.stateSeal] == nil })
+        #expect(try commands.allSatisfy { try SagaCommandBody(jsonBytes: $0.body).stateCopy == nil })
+        // What the body and the properties say is not repeated in headers (the broker decodes
+        // every header of every message), nor are SagaKit's own context entries.
+        #expect(
+            commands.allSatisfy { delivery in
+                delivery.headers.keys.allSatisfy { !$0.hasPrefix("x-saga-") && !$0.hasPrefix("sagakit-") }
+            })
+        #expect(commands.allSatisfy { $0.correlationId == "fan" && $0.headers["correlationId"] == "c-1" })
     }
 }

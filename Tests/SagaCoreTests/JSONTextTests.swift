@@ -122,6 +122,60 @@ import Testing
         }
     }
 
+    @Test func aCommandBodyCarriesItsStateCopyAsSealedText() throws {
+        let command = SagaCommand(
+            sagaID: "s-1", sagaName: "order", command: "payment.charge", step: 1, stepName: "charge", phase: .action, attempt: 1)
+        let state = SagaState(
+            id: "s-1", name: "order", status: .running, currentStep: 1, attempt: 1, payload: ["note": "a \"quoted\" é"],
+            context: ["trace": "t"], history: [], createdAt: Date(timeIntervalSince1970: 1_796_000_000),
+            updatedAt: Date(timeIntervalSince1970: 1_796_000_001), version: 3)
+        let copy = try SagaStateCopy.json(state)
+        let bytes = command.jsonBytes(stateCopy: (copy, "00ff"))
+        // Keys in the sorted order of every other body, so JSONDecoder-written text and this agree.
+        let text = String(decoding: bytes, as: UTF8.self)
+        #expect(text.hasPrefix(#"{"attempt":1,"command":"payment.charge","phase":"action","sagaID":"s-1","sagaName":"order","state":{"#))
+        #expect(text.hasSuffix(#"},"stateSeal":"00ff","step":1,"stepName":"charge"}"#))
+        // Older releases read the command and ignore the copy.
+        #expect(try SagaCommand(jsonBytes: bytes) == command)
+
+        let body = try SagaCommandBody(jsonBytes: bytes)
+        #expect(body.command == command)
+        let carried = try #require(body.stateCopy)
+        #expect(carried.json == copy, "the copy's text must be the exact bytes that were sealed")
+        #expect(carried.seal == "00ff")
+        let read = try SagaStateCopy.state(from: carried.value)
+        #expect(read == state)
+
+        // Without a copy the body is the command's usual text; a copy without a seal, or one that
+        // is not an object, is no copy (the receiver loads the saga) but the command still reads.
+        #expect(command.jsonBytes(stateCopy: nil) == command.jsonBytes)
+        #expect(try SagaCommandBody(jsonBytes: command.jsonBytes).stateCopy == nil)
+        let unsealed = Array(
+            #"{"attempt":1,"command":"c","phase":"action","sagaID":"s","sagaName":"o","state":{},"step":0,"stepName":"a"}"#.utf8)
+        #expect(try SagaCommandBody(jsonBytes: unsealed).stateCopy == nil)
+        let notAnObject = Array(
+            #"{"attempt":1,"command":"c","phase":"action","sagaID":"s","sagaName":"o","state":"{}","stateSeal":"00","step":0,"stepName":"a"}"#
+                .utf8)
+        #expect(try SagaCommandBody(jsonBytes: notAnObject).stateCopy == nil)
+        // A body that is not JSON is refused whole, copy or not.
+        #expect(throws: JSONSyntaxError.self) { try SagaCommandBody(jsonBytes: Array(bytes.dropLast())) }
+    }
+
+    @Test func theReaderLocatesATopLevelMemberOnly() throws {
+        let text = Array(#" {"a":{"state":1},"state" : [1, {"x":"}"}] ,"b":2,"state":3} "#.utf8)
+        let (value, member) = try text.withUnsafeBytes { try JSONReader.value(from: $0, locatingMember: "state") }
+        let range = try #require(member)
+        // The first top-level occurrence (as the parsed object keeps it), not the nested one.
+        #expect(String(decoding: text[range], as: UTF8.self) == #"[1, {"x":"}"}]"#)
+        guard case .object(let object) = value else {
+            Issue.record("not an object")
+            return
+        }
+        #expect(object["b"] == .number(JSONNumber(2)))
+        let (_, none) = try Array("[1]".utf8).withUnsafeBytes { try JSONReader.value(from: $0, locatingMember: "state") }
+        #expect(none == nil)
+    }
+
     @Test func commandsAndEventsWriteAndReadTheirCodableForm() throws {
         let command = SagaCommand(
             sagaID: "s/1", sagaName: "order", command: "inventory.reserve", step: 2, stepName: "reserve \"stock\"", phase: .compensation,

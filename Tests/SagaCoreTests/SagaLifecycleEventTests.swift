@@ -178,7 +178,10 @@ struct WireFormatSchemaTests {
         let properties = try #require(schema["properties"] as? [String: Any])
         let command = SagaCommand(sagaID: "s", sagaName: "n", command: "c", step: 0, stepName: "a", phase: .action, attempt: 1)
         let encoded = try #require(try JSONSerialization.jsonObject(with: JSONCoding.encode(command)) as? [String: Any])
-        #expect(Set(encoded.keys) == Set(properties.keys))
+        let withCopy = try #require(
+            try JSONSerialization.jsonObject(with: Data(command.jsonBytes(stateCopy: (Array(#"{"id":"s"}"#.utf8), "0a1b"))))
+                as? [String: Any])
+        #expect(Set(withCopy.keys) == Set(properties.keys))
         #expect(Set(try #require(schema["required"] as? [String])) == Set(encoded.keys))
     }
 }

@@ -98,38 +98,3 @@ package struct JSONFields {
         return value
     }
 }
-
-extension SagaCommand {
-    /// The command as a message body: the JSON text of its `Codable` form (keys sorted),
-    /// written without `JSONEncoder`.
-    package var jsonBytes: [UInt8] {
-        var writer = JSONWriter(capacity: 160)
-        writer.beginObject()
-        writer.key("attempt")
-        writer.write(attempt)
-        writer.key("command")
-        writer.write(command)
-        writer.key("phase")
-        writer.write(phase.rawValue)
-        writer.key("sagaID")
-        writer.write(sagaID)
-        writer.key("sagaName")
-        writer.write(sagaName)
-        writer.key("step")
-        writer.write(step)
-        writer.key("stepName")
-        writer.write(stepName)
-        writer.endObject()
-        return writer.bytes
-    }
-
-    /// Reads a command from a message body, as its `Codable` form reads it (other keys ignored).
-    /// - Throws: ``JSONSyntaxError`` or ``JSONFieldError``.
-    package init(jsonBytes: some Collection<UInt8>) throws {
-        let fields = try JSONFields(JSONValue(parsing: jsonBytes))
-        self.init(
-            sagaID: try fields.string("sagaID"), sagaName: try fields.string("sagaName"), command: try fields.string("command"),
-            step: try fields.int("step"), stepName: try fields.string("stepName"), phase: try fields.value("phase", as: StepPhase.self),
-            attempt: try fields.int("attempt"))
-    }
-}

@@ -34,17 +34,37 @@ package struct JSONReader {
     private var depth = 0
     /// Reused between strings with escapes.
     private var scratch: [UInt8] = []
+    /// The key of the top-level object's member whose text ``locatedMember`` records.
+    private var memberToLocate: String?
+    /// Where the value of ``memberToLocate`` lies in the input (its first occurrence).
+    private var locatedMember: Range<Int>?
 
     private init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
 
     /// Parses one JSON value that fills `bytes` (whitespace around it allowed).
     package static func value(from bytes: UnsafeRawBufferPointer) throws -> JSONValue {
+        try parse(bytes, locatingMember: nil).value
+    }
+
+    /// Parses one JSON value that fills `bytes`, and says where the value of the top-level object's
+    /// member `key` lies in `bytes` (offsets from the first byte; `nil` when the value is not an
+    /// object or has no such member). For a member whose exact text matters, such as a sealed copy.
+    package static func value(
+        from bytes: UnsafeRawBufferPointer, locatingMember key: String
+    ) throws -> (value: JSONValue, member: Range<Int>?) {
+        try parse(bytes, locatingMember: key)
+    }
+
+    private static func parse(
+        _ bytes: UnsafeRawBufferPointer, locatingMember key: String?
+    ) throws -> (value: JSONValue, member: Range<Int>?) {
         var reader = JSONReader(bytes)
+        reader.memberToLocate = key
         reader.skipWhitespace()
         let value = try reader.readValue()
         reader.skipWhitespace()
         if reader.index < bytes.count { throw reader.error("unexpected \(reader.describeCurrent()) after the JSON value") }
-        return value
+        return (value, reader.locatedMember)
     }
 
     /// Parses one JSON value from bytes.
@@ -104,8 +124,12 @@ package struct JSONReader {
             index += 1
             skipWhitespace()
             // A repeated key keeps its first value, as JSONDecoder does.
+            let start = index
             let value = try readValue()
-            if object[key] == nil { object[key] = value }
+            if object[key] == nil {
+                object[key] = value
+                if depth == 1, let memberToLocate, key == memberToLocate { locatedMember = start..<index }
+            }
             skipWhitespace()
             switch peek {
             case UInt8(ascii: ","):

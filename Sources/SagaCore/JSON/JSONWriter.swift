@@ -152,6 +152,12 @@ package struct JSONWriter {
         raw("\":")
     }
 
+    /// Writes the text of one complete JSON value as it is (for a value written and sealed
+    /// before, whose bytes must not change). The caller vouches that it is JSON.
+    package mutating func write(json value: some Collection<UInt8>) {
+        bytes.append(contentsOf: value)
+    }
+
     /// Ends the object started by ``beginObject()``.
     package mutating func endObject() {
         bytes.append(UInt8(ascii: "}"))

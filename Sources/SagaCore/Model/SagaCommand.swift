@@ -1,8 +1,8 @@
 /// The body of a saga command message: which saga, which step, which phase, which attempt.
 ///
 /// Bodies stay small; the saga lives in the store. A participant that receives a command loads
-/// the saga (or uses the sealed copy the message may carry, see `SagaHeaders.state` in
-/// Participant) and runs the handler only when the command is the saga's current one.
+/// the saga (or uses the sealed copy of it that the body may carry, see ``SagaCommandBody``) and
+/// runs the handler only when the command is the saga's current one.
 public struct SagaCommand: Sendable, Hashable, Codable {
     /// The saga id.
     public var sagaID: SagaID

@@ -63,7 +63,16 @@ package enum SagaStateCopy {
     /// Reads a state written by ``json(_:)``.
     /// - Throws: ``JSONSyntaxError`` or ``JSONFieldError``.
     package static func state(from bytes: some Collection<UInt8>) throws -> SagaState {
-        let fields = try JSONFields(JSONReader.value(from: bytes))
+        try state(from: JSONFields(JSONReader.value(from: bytes)))
+    }
+
+    /// Reads a state written by ``json(_:)`` and parsed already (a copy a command's body carries).
+    /// - Throws: ``JSONFieldError``.
+    package static func state(from object: JSONObject) throws -> SagaState {
+        try state(from: JSONFields(object))
+    }
+
+    private static func state(from fields: JSONFields) throws -> SagaState {
         guard case .object(let payload)? = fields.object["payload"] else {
             throw JSONFieldError.wrongType("payload", expected: "object")
         }

@@ -268,12 +268,12 @@ public struct OutboxMessage: Sendable, Hashable, Codable {
     public var body: [UInt8]
     /// Application headers.
     public var headers: [String: String]
-    /// Headers sent with the publish that follows the commit, which a store does not keep: a
-    /// message the outbox relay sends later (after a failed publish or a crash) goes without
-    /// them. SagaKit puts a command's copy of its saga's state here (`x-saga-state`), which a
-    /// receiver may use instead of loading the saga and does without by loading it. Not part of
-    /// the message's `Codable` form.
-    public var transientHeaders: [String: String]
+    /// The body the publish that follows the commit sends instead of ``body``, which a store
+    /// does not keep: a message the outbox relay sends later (after a failed publish or a crash)
+    /// goes with ``body``. SagaKit puts a command with a sealed copy of its saga's state here,
+    /// which a receiver may use instead of loading the saga and does without by loading it. Not
+    /// part of the message's `Codable` form.
+    public var transientBody: [UInt8]?
     /// When the message was recorded.
     public var createdAt: Date
     /// How many attempts to publish it failed (see ``SagaStore/recordFailedAttempts(_:retryAt:)``);
@@ -284,7 +284,7 @@ public struct OutboxMessage: Sendable, Hashable, Codable {
     /// Creates an outbox message.
     public init(
         id: String, sagaID: SagaID, exchange: String, routingKey: String, body: [UInt8], headers: [String: String],
-        transientHeaders: [String: String] = [:], createdAt: Date, publishAttempts: Int = 0
+        transientBody: [UInt8]? = nil, createdAt: Date, publishAttempts: Int = 0
     ) {
         self.id = id
         self.sagaID = sagaID
@@ -292,22 +292,21 @@ public struct OutboxMessage: Sendable, Hashable, Codable {
         self.routingKey = routingKey
         self.body = body
         self.headers = headers
-        self.transientHeaders = transientHeaders
+        self.transientBody = transientBody
         self.createdAt = createdAt
         self.publishAttempts = publishAttempts
     }
 
-    /// The message as a store keeps it: without ``transientHeaders``.
+    /// The message as a store keeps it: without ``transientBody``.
     public var stored: OutboxMessage {
         var stored = self
-        stored.transientHeaders = [:]
+        stored.transientBody = nil
         return stored
     }
 
-    /// The headers a publish sends: ``headers`` and ``transientHeaders``.
-    public var allHeaders: [String: String] {
-        transientHeaders.isEmpty ? headers : headers.merging(transientHeaders) { _, transient in transient }
-    }
+    /// The body the publish right after the commit sends: ``transientBody`` when there is one,
+    /// otherwise ``body``.
+    public var bodyToPublish: [UInt8] { transientBody ?? body }
 
     private enum CodingKeys: String, CodingKey {
         case id, sagaID, exchange, routingKey, body, headers, createdAt, publishAttempts
@@ -322,7 +321,7 @@ public struct OutboxMessage: Sendable, Hashable, Codable {
         routingKey = try container.decode(String.self, forKey: .routingKey)
         body = try container.decode([UInt8].self, forKey: .body)
         headers = try container.decode([String: String].self, forKey: .headers)
-        transientHeaders = [:]
+        transientBody = nil
         createdAt = try container.decode(Date.self, forKey: .createdAt)
         publishAttempts = try container.decodeIfPresent(Int.self, forKey: .publishAttempts) ?? 0
     }

@@ -41,22 +41,22 @@ extension SagaStoreConformance {
                 .map(\.exchange) == ["beta.commands"])
     }
 
-    /// A message's ``OutboxMessage/transientHeaders`` go with the publish after the commit only:
-    /// the store keeps the message without them, whether it was recorded by `create` or by
-    /// `commit`, and its other headers as they were.
-    public static let transientHeadersAreNotStored = Check("transientHeadersAreNotStored") { fixture in
+    /// A message's ``OutboxMessage/transientBody`` goes with the publish after the commit only:
+    /// the store keeps the message without it, whether it was recorded by `create` or by
+    /// `commit`, and its body and headers as they were.
+    public static let transientBodyIsNotStored = Check("transientBodyIsNotStored") { fixture in
         let state = makeState()
         var created = makeMessage(sagaID: state.id, createdAt: milliseconds(Date().addingTimeInterval(-2)))
-        created.transientHeaders = ["x-saga-state": "{\"id\":\"\(state.id)\"}", "x-saga-state-seal": "00"]
+        created.transientBody = Array("{\"state\":{\"id\":\"\(state.id)\"},\"stateSeal\":\"00\"}".utf8)
         let stored = try await fixture.store.create(state, outbox: [created]).state
         var committed = makeMessage(sagaID: state.id, createdAt: milliseconds(Date().addingTimeInterval(-1)))
-        committed.transientHeaders = ["x-saga-state": "{}"]
+        committed.transientBody = Array("{}".utf8)
         var next = stored
         next.currentStep += 1
         _ = try await fixture.store.commit(SagaTransition(state: next, expectedVersion: stored.version, outbox: [committed]))
         let pending = try await fixture.other.pendingOutbox(createdBefore: .distantFuture, limit: 10)
         #expect(pending == [created.stored, committed.stored])
-        #expect(pending.allSatisfy { $0.transientHeaders.isEmpty && $0.headers == created.headers })
+        #expect(pending.allSatisfy { $0.transientBody == nil && $0.body == created.body && $0.headers == created.headers })
     }
 
     /// `recordFailedAttempts` counts each failure and keeps a message from being due before its

@@ -108,7 +108,7 @@ public enum SagaStoreConformance {
         claimStalledForATopologyLeavesOtherTopologiesAlone,
         aCommitEndsTheLease,
         twoTopologiesSharingAStoreSeeOnlyTheirOwnMessages,
-        transientHeadersAreNotStored,
+        transientBodyIsNotStored,
         messagesThatKeepFailingDoNotKeepAGoodOneWaiting,
         localWritesThatCannotRunStoreNothing,
         circuitsAreComparedAndSwapped,
