@@ -254,9 +254,11 @@ public struct SagaParticipant: Service {
             body = decoded
         }
         let command = body.command
+        // The strings themselves (`.string`), not interpolations that copy each into a new one.
         logger.addMetadata([
-            "saga.command": "\(delivery.routingKey)", "saga.id": "\(command.sagaID)", "saga.name": "\(command.sagaName)",
-            "saga.step": "\(command.stepName)", "saga.phase": "\(command.phase.rawValue)", "saga.attempt": "\(command.attempt)",
+            "saga.command": .string(delivery.routingKey), "saga.id": .string(command.sagaID), "saga.name": .string(command.sagaName),
+            "saga.step": .string(command.stepName), "saga.phase": .string(command.phase.rawValue),
+            "saga.attempt": .string(String(command.attempt)),
         ])
         // One span per delivery, a child of the span that sent the command.
         await withSpan(command.command, context: SagaTracing.context(from: delivery.headers), ofKind: .consumer) { span in

@@ -126,7 +126,9 @@ package final class WriteCoalescer<Request: Sendable, Response: Sendable>: Senda
             for worker in wake { worker.resume() }
             switch step {
             case .batch(let batch):
-                let results = await executeIsolatingRefusals(batch.map(\.request))
+                // Closures, not key paths: a key path into this generic type is instantiated at run
+                // time on every use (about 0.6 % of a participant's CPU at C = 50).
+                let results = await executeIsolatingRefusals(batch.map { $0.request })
                 for (index, pending) in batch.enumerated() {
                     if index < results.count {
                         pending.continuation.resume(with: results[index])
@@ -134,7 +136,7 @@ package final class WriteCoalescer<Request: Sendable, Response: Sendable>: Senda
                         pending.continuation.resume(throwing: SagaError(.invalidState, "a store batch returned too few results"))
                     }
                 }
-                finished = batch.map(\.key)
+                finished = batch.map { $0.key }
             case .wait(let id):
                 finished = []
                 await waitForWork(id)
