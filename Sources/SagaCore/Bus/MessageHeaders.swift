@@ -111,9 +111,9 @@ extension HeaderValue: CustomStringConvertible {
 /// Plain string headers — what SagaKit itself writes — read and write as strings:
 ///
 /// ```swift
-/// var headers: MessageHeaders = ["x-saga-id": "s-1"]
-/// headers["x-saga-attempt"] = "2"              // a string header
-/// let id: String? = headers["x-saga-id"]        // nil unless the header is a string
+/// var headers: MessageHeaders = ["tenant": "acme"]
+/// headers["traceparent"] = "00-…-01"            // a string header
+/// let tenant: String? = headers["tenant"]      // nil unless the header is a string
 /// headers[field: "x-priority"] = .int32(5)      // any AMQP type
 /// ```
 ///
@@ -132,7 +132,7 @@ public struct MessageHeaders: Sendable, Hashable, ExpressibleByDictionaryLiteral
     /// String headers.
     public init(_ strings: [String: String]) { fields = strings.mapValues(HeaderValue.string) }
 
-    /// Headers from a literal: `["x-saga-id": "s-1", "count": 3, "flag": true]`.
+    /// Headers from a literal: `["tenant": "acme", "count": 3, "flag": true]`.
     public init(dictionaryLiteral elements: (String, HeaderValue)...) {
         fields = Dictionary(elements, uniquingKeysWith: { _, last in last })
     }
