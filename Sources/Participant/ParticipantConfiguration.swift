@@ -16,7 +16,9 @@ public struct ParticipantConfiguration: Sendable {
     /// handlers that spend long waiting on other services, not for ones the store's connections
     /// bound.
     public var maxConcurrentHandlers: Int
-    /// Bodies larger than this are dead-lettered without being parsed.
+    /// Command bodies larger than this are dead-lettered. The copy of its saga's state that a
+    /// command's body may carry (at most 16 KiB) does not count; a body larger than the limit plus
+    /// that is dead-lettered without being parsed.
     public var maxBodyBytes: Int
     /// How often the outbox relay looks for committed but unpublished commands, and how old they
     /// must be (so that it does not race the participant that is publishing them right now).

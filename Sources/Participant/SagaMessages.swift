@@ -106,12 +106,21 @@ enum SagaMessages {
         )
     }
 
+    /// How many bytes more than a participant's `maxBodyBytes` a command's body may have for the
+    /// copy of its saga's state: the largest copy, its seal and their two keys.
+    static let stateCopyAllowance = SagaEngine.maxStateCopyBytes + 128
+
     /// Decodes a delivery into a command (with the copy of its saga's state its body may carry), or
     /// says why it cannot be one.
+    ///
+    /// `maxBodyBytes` limits the command itself: the copy of its saga's state a body may carry
+    /// (at most ``SagaEngine/maxStateCopyBytes``, sent by SagaKit) does not count, so that a
+    /// service with a small limit still takes the commands SagaKit sends it. A body larger than
+    /// the limit plus ``stateCopyAllowance`` is refused without being parsed.
     static func command(from delivery: Delivery, maxBodyBytes: Int) -> Result<SagaCommandBody, SagaError> {
-        if delivery.body.count > maxBodyBytes {
-            return .failure(SagaError(.invalidMessage, "body of \(delivery.body.count) bytes exceeds the limit of \(maxBodyBytes) bytes"))
-        }
+        let size = delivery.body.count
+        let tooLarge = SagaError(.invalidMessage, "body of \(size) bytes exceeds the limit of \(maxBodyBytes) bytes")
+        if size > maxBodyBytes + stateCopyAllowance { return .failure(tooLarge) }
         if let contentType = delivery.contentType, !contentType.lowercased().hasPrefix(SagaHeaders.contentType) {
             return .failure(SagaError(.invalidMessage, "content type '\(contentType)' is not \(SagaHeaders.contentType)"))
         }
@@ -119,8 +128,12 @@ enum SagaMessages {
         do {
             body = try SagaCommandBody(jsonBytes: delivery.body)
         } catch {
+            if size > maxBodyBytes { return .failure(tooLarge) }
             return .failure(SagaError(.invalidMessage, "body is not a saga command (\(describe(error)))"))
         }
+        // The copy, its seal and their keys (`,"state":` and `,"stateSeal":""`).
+        let copyBytes = body.stateCopy.map { $0.json.count + $0.seal.utf8.count + 24 } ?? 0
+        if size - copyBytes > maxBodyBytes { return .failure(tooLarge) }
         let command = body.command
         if command.attempt < 1 || command.step < 0 {
             return .failure(SagaError(.invalidMessage, "step \(command.step) / attempt \(command.attempt) out of range"))

@@ -131,6 +131,7 @@ func withParticipants<T: Sendable>(
     prefetch: Int = 16,
     maxConcurrentHandlers: Int = 64,
     instances: Int = 1,
+    outboxGracePeriod: Duration = .milliseconds(500),
     body: @Sendable (SagaManager) async throws -> T
 ) async throws -> T {
     let logger = quietTestLogger
@@ -149,7 +150,7 @@ func withParticipants<T: Sendable>(
                     configuration: ParticipantConfiguration(
                         service: service, topology: topology, prefetch: prefetch, maxConcurrentHandlers: maxConcurrentHandlers,
                         outboxPollInterval: .milliseconds(200),
-                        outboxGracePeriod: .milliseconds(500), reaper: reaper
+                        outboxGracePeriod: outboxGracePeriod, reaper: reaper
                     ),
                     definitions: orderDefinitions, handlers: registry, bus: buses[next % buses.count], store: store, logger: logger
                 )

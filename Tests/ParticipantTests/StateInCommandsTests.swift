@@ -48,13 +48,16 @@ struct StateInCommandsTests {
 
     @Test func sagasCompleteOnTheStateTheirCommandsCarryWithoutLoadingIt() async throws {
         let store = InMemorySagaStore(stateSeal: TestStateSeal())
-        // A window far longer than the default 2 s: this test is about copies being used, and with
-        // the serial suites running beside it a command once waited longer than 2 s in CI (the
-        // copy was then too old, and all three of payment's commands loaded their sagas).
+        // A window far longer than the default 2 s, and an outbox relay that waits a minute
+        // before it sends a command again: this test is about copies being used. Under the load of
+        // the other suites a command once waited longer than 2 s in CI (its copy was then too
+        // old), and the fixture's usual 0.5 s grace let the relay send duplicates, which carry no
+        // copy: either way the receivers loaded their sagas.
         var topology = testTopology
         topology.stateInCommands = .seconds(120)
         let finals = try await withParticipants(
-            handlers(suffix: "copies"), buses: [bus], starterBus: bus, store: store, topology: topology
+            handlers(suffix: "copies"), buses: [bus], starterBus: bus, store: store, topology: topology,
+            outboxGracePeriod: .seconds(60)
         ) { manager in
             var finals: [SagaState] = []
             for index in 0..<3 {
@@ -65,10 +68,9 @@ struct StateInCommandsTests {
         }
         #expect(finals.allSatisfy { $0.status == .completed })
         #expect(finals.allSatisfy { $0.payload["trackingId"] == "t-1" && $0.payload["chargeId"] != nil })
-        // At least one delivery per saga and service (an outbox relay's duplicate of a command
-        // whose publish took longer than the fixture's 0.5 s grace counts too), none loaded.
+        // One delivery per saga and service, none loaded.
         for service in ["inventory-copies", "payment-copies", "shipping-copies"] {
-            #expect(count(service, "command") >= 3, "\(service)")
+            #expect(count(service, "command") == 3, "\(service)")
             #expect(count(service, "store") == 0, "\(service)")
         }
     }
@@ -205,6 +207,42 @@ struct StateInCommandsTests {
             exchange: testTopology.commandsExchange, routingKey: "inventory.reserve", queue: "q", body: Array("{not json".utf8),
             settler: NoSettler())
         #expect(SagaMessages.deadLetter(junk, reason: "test", service: "s", topology: testTopology, now: Date()).body == junk.body)
+    }
+
+    @Test func aCopyDoesNotCountAgainstTheBodyLimit() throws {
+        let engine = SagaEngine(
+            store: InMemorySagaStore(stateSeal: TestStateSeal()), bus: bus, definitions: orderDefinitions, topology: testTopology)
+        var (state, _) = SagaStateMachine(definition: orderSaga).start(id: "s-limit", payload: ["orderId": "o"], now: Date())
+        state.payload["notes"] = .string(String(repeating: "n", count: 2_000))
+        let copy = try #require(engine.sealedCopy(of: state))
+        let command = SagaCommand(
+            sagaID: "s-limit", sagaName: "order", command: "inventory.reserve", step: 0, stepName: "reserve-stock", phase: .action,
+            attempt: 1)
+        func decode(_ body: [UInt8], limit: Int) -> Result<SagaCommandBody, SagaError> {
+            SagaMessages.command(
+                from: Delivery(
+                    exchange: testTopology.commandsExchange, routingKey: command.command, queue: "q", body: body,
+                    contentType: SagaHeaders.contentType, settler: NoSettler()),
+                maxBodyBytes: limit)
+        }
+        // A limit the command fits in takes it with its 2 KB copy.
+        let carried = command.jsonBytes(stateCopy: (copy.json, copy.seal))
+        let limit = command.jsonBytes.count + 20
+        #expect(carried.count > limit)
+        #expect(try decode(carried, limit: limit).get().stateCopy != nil)
+        // The command itself over the limit is refused, copy or not.
+        func refusal(_ body: [UInt8], limit: Int) -> String? {
+            guard case .failure(let error) = decode(body, limit: limit) else { return nil }
+            return error.message
+        }
+        #expect(refusal(carried, limit: 100) == "body of \(carried.count) bytes exceeds the limit of 100 bytes")
+        // So is a body that is not a command and larger than the limit, and one larger than the
+        // limit plus the largest copy is not even parsed.
+        let spaces = [UInt8](repeating: 0x20, count: limit + 10)
+        #expect(refusal(spaces, limit: limit) == "body of \(spaces.count) bytes exceeds the limit of \(limit) bytes")
+        let huge = [UInt8](repeating: 0x20, count: limit + SagaMessages.stateCopyAllowance + 1)
+        #expect(refusal(huge, limit: limit) == "body of \(huge.count) bytes exceeds the limit of \(limit) bytes")
+        #expect(refusal(Array("{}".utf8), limit: limit)?.hasPrefix("body is not a saga command") == true)
     }
 
     @Test func theBranchesOfAParallelGroupCarryNoCopyAndASingleCommandDoes() async throws {
