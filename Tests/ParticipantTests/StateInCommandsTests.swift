@@ -126,6 +126,44 @@ struct StateInCommandsTests {
         #expect(seen.withLock { $0 } == (forged ? "from-the-store" : "from-the-command"))
     }
 
+    /// Releases before 2026-12-01 sent the copy in two headers: a command from one of them runs
+    /// on the saga loaded from the store (a rolling upgrade is only slower, never wrong).
+    @Test func aCopyInTheHeadersOfAnOlderReleaseIsIgnored() async throws {
+        let store = InMemorySagaStore(stateSeal: TestStateSeal())
+        let seen = Mutex<String?>(nil)
+        var services = handlers(suffix: "legacy")
+        var inventory = SagaHandlerRegistry()
+        inventory.register("inventory.reserve") { context in
+            seen.withLock { $0 = context.payload["orderId"]?.stringValue }
+            try await context.completeStep()
+        }
+        services["inventory-legacy"] = inventory
+        let id = "legacy-copy"
+        let (stored, _) = SagaStateMachine(definition: orderSaga).start(
+            id: id, payload: ["orderId": "from-the-store", "amount": 1], context: [SagaTopology.contextKey: testTopology.prefix],
+            now: Date())
+        _ = try await store.create(stored, outbox: [])
+        var copy = try await store.load(id)
+        copy.payload["orderId"] = "from-the-headers"
+        let bytes = try SagaStateCopy.json(copy)
+        let command = SagaCommand(
+            sagaID: id, sagaName: "order", command: "inventory.reserve", step: 0, stepName: "reserve-stock", phase: .action, attempt: 1)
+        let final = try await withParticipants(services, bus: bus, store: store) { manager in
+            try await bus.publish(
+                OutgoingMessage(
+                    exchange: testTopology.commandsExchange, routingKey: "inventory.reserve", body: command.jsonBytes,
+                    headers: [
+                        "x-saga-state": .string(String(decoding: bytes, as: UTF8.self)),
+                        "x-saga-state-seal": .string(TestStateSeal().seal(bytes)!),
+                    ],
+                    contentType: SagaHeaders.contentType))
+            return try await manager.outcome(of: id, timeout: .seconds(30))
+        }
+        #expect(final.status == .completed)
+        #expect(seen.withLock { $0 } == "from-the-store")
+        #expect(count("inventory-legacy", "store") >= 1)
+    }
+
     @Test func aCopyIsRefusedWhenRedeliveredTooOldFromTheFutureOrOfAnotherSaga() throws {
         let engine = SagaEngine(
             store: InMemorySagaStore(stateSeal: TestStateSeal()), bus: bus, definitions: orderDefinitions, topology: testTopology)
