@@ -93,74 +93,69 @@ struct StateInCommandsTests {
         }
     }
 
-    @Test(arguments: [false, true])
-    func aCopyIsUsedOnlyWhenItsSealVerifies(forged: Bool) async throws {
+    /// Stores a saga whose `orderId` is "from-the-store", runs the services (inventory's handler
+    /// under `service` records the `orderId` it sees) and publishes the message `message` makes
+    /// of the saga's first command and the text of a copy whose `orderId` is `copied`. Returns
+    /// the saga's end and what the handler saw.
+    private func probe(
+        _ id: String, service: String, services: [String: SagaHandlerRegistry], copied: String,
+        message: @Sendable (SagaCommand, [UInt8]) -> OutgoingMessage
+    ) async throws -> (final: SagaState, seen: String?) {
         let store = InMemorySagaStore(stateSeal: TestStateSeal())
         let seen = Mutex<String?>(nil)
-        var services = orderHandlers(ledger: ledger)
+        var services = services
         var inventory = SagaHandlerRegistry()
         inventory.register("inventory.reserve") { context in
             seen.withLock { $0 = context.payload["orderId"]?.stringValue }
             try await context.completeStep()
         }
-        services["inventory"] = inventory
-        let id = "copy-probe-\(forged)"
+        services[service] = inventory
         let (stored, _) = SagaStateMachine(definition: orderSaga).start(
             id: id, payload: ["orderId": "from-the-store", "amount": 1], context: [SagaTopology.contextKey: testTopology.prefix],
             now: Date())
         _ = try await store.create(stored, outbox: [])
         var copy = try await store.load(id)
-        copy.payload["orderId"] = "from-the-command"
+        copy.payload["orderId"] = .string(copied)
         let bytes = try SagaStateCopy.json(copy)
         let command = SagaCommand(
             sagaID: id, sagaName: "order", command: "inventory.reserve", step: 0, stepName: "reserve-stock", phase: .action, attempt: 1)
         let final = try await withParticipants(services, bus: bus, store: store) { manager in
-            try await bus.publish(
-                OutgoingMessage(
-                    exchange: testTopology.commandsExchange, routingKey: "inventory.reserve",
-                    body: command.jsonBytes(stateCopy: (bytes, forged ? "0123456789abcdef" : TestStateSeal().seal(bytes)!)),
-                    contentType: SagaHeaders.contentType))
+            try await bus.publish(message(command, bytes))
             return try await manager.outcome(of: id, timeout: .seconds(30))
         }
+        return (final, seen.withLock { $0 })
+    }
+
+    @Test(arguments: [false, true])
+    func aCopyIsUsedOnlyWhenItsSealVerifies(forged: Bool) async throws {
+        let (final, seen) = try await probe(
+            "copy-probe-\(forged)", service: "inventory", services: orderHandlers(ledger: ledger), copied: "from-the-command"
+        ) { command, bytes in
+            OutgoingMessage(
+                exchange: testTopology.commandsExchange, routingKey: "inventory.reserve",
+                body: command.jsonBytes(stateCopy: (bytes, forged ? "0123456789abcdef" : TestStateSeal().seal(bytes)!)),
+                contentType: SagaHeaders.contentType)
+        }
         #expect(final.status == .completed)
-        #expect(seen.withLock { $0 } == (forged ? "from-the-store" : "from-the-command"))
+        #expect(seen == (forged ? "from-the-store" : "from-the-command"))
     }
 
     /// Releases before 2026-12-01 sent the copy in two headers: a command from one of them runs
     /// on the saga loaded from the store (a rolling upgrade is only slower, never wrong).
     @Test func aCopyInTheHeadersOfAnOlderReleaseIsIgnored() async throws {
-        let store = InMemorySagaStore(stateSeal: TestStateSeal())
-        let seen = Mutex<String?>(nil)
-        var services = handlers(suffix: "legacy")
-        var inventory = SagaHandlerRegistry()
-        inventory.register("inventory.reserve") { context in
-            seen.withLock { $0 = context.payload["orderId"]?.stringValue }
-            try await context.completeStep()
-        }
-        services["inventory-legacy"] = inventory
-        let id = "legacy-copy"
-        let (stored, _) = SagaStateMachine(definition: orderSaga).start(
-            id: id, payload: ["orderId": "from-the-store", "amount": 1], context: [SagaTopology.contextKey: testTopology.prefix],
-            now: Date())
-        _ = try await store.create(stored, outbox: [])
-        var copy = try await store.load(id)
-        copy.payload["orderId"] = "from-the-headers"
-        let bytes = try SagaStateCopy.json(copy)
-        let command = SagaCommand(
-            sagaID: id, sagaName: "order", command: "inventory.reserve", step: 0, stepName: "reserve-stock", phase: .action, attempt: 1)
-        let final = try await withParticipants(services, bus: bus, store: store) { manager in
-            try await bus.publish(
-                OutgoingMessage(
-                    exchange: testTopology.commandsExchange, routingKey: "inventory.reserve", body: command.jsonBytes,
-                    headers: [
-                        "x-saga-state": .string(String(decoding: bytes, as: UTF8.self)),
-                        "x-saga-state-seal": .string(TestStateSeal().seal(bytes)!),
-                    ],
-                    contentType: SagaHeaders.contentType))
-            return try await manager.outcome(of: id, timeout: .seconds(30))
+        let (final, seen) = try await probe(
+            "legacy-copy", service: "inventory-legacy", services: handlers(suffix: "legacy"), copied: "from-the-headers"
+        ) { command, bytes in
+            OutgoingMessage(
+                exchange: testTopology.commandsExchange, routingKey: "inventory.reserve", body: command.jsonBytes,
+                headers: [
+                    "x-saga-state": .string(String(decoding: bytes, as: UTF8.self)),
+                    "x-saga-state-seal": .string(TestStateSeal().seal(bytes)!),
+                ],
+                contentType: SagaHeaders.contentType)
         }
         #expect(final.status == .completed)
-        #expect(seen.withLock { $0 } == "from-the-store")
+        #expect(seen == "from-the-store")
         #expect(count("inventory-legacy", "store") >= 1)
     }
 
