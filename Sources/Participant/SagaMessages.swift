@@ -131,9 +131,7 @@ enum SagaMessages {
             if size > maxBodyBytes { return .failure(tooLarge) }
             return .failure(SagaError(.invalidMessage, "body is not a saga command (\(describe(error)))"))
         }
-        // The copy, its seal and their keys (`,"state":` and `,"stateSeal":""`).
-        let copyBytes = body.stateCopy.map { $0.json.count + $0.seal.utf8.count + 24 } ?? 0
-        if size - copyBytes > maxBodyBytes { return .failure(tooLarge) }
+        if size - (body.stateCopy?.bytesInBody ?? 0) > maxBodyBytes { return .failure(tooLarge) }
         let command = body.command
         if command.attempt < 1 || command.step < 0 {
             return .failure(SagaError(.invalidMessage, "step \(command.step) / attempt \(command.attempt) out of range"))

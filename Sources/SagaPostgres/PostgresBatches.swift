@@ -352,9 +352,9 @@ struct PostgresBatches: Sendable {
     /// The write functions: a batch of several sagas goes to the array function, one saga to its
     /// one-saga form, which costs the server less.
     private enum WriteFunction: String {
-        /// One saga: `sagakit_commit_one` without local writes.
+        /// Transitions without local writes: `sagakit_commit`; one saga, `sagakit_commit_one`.
         case commit = "sagakit_commit"
-        /// One saga: `sagakit_create_one`.
+        /// Creations: `sagakit_create`; one saga, `sagakit_create_one`.
         case create = "sagakit_create"
     }
 

@@ -63,6 +63,10 @@ package struct SagaCommandBody: Sendable {
         package let value: JSONObject
         /// The seal of ``json``.
         package let seal: String
+
+        /// The bytes the copy takes in the body as ``SagaCommand/jsonBytes(stateCopy:)`` writes
+        /// it: its text, its seal and their keys (`,"state":` and `,"stateSeal":""`).
+        package var bytesInBody: Int { json.count + seal.utf8.count + 24 }
     }
 
     /// The command.
