@@ -219,6 +219,31 @@ public enum SagaHandlerReport: Sendable, Hashable {
     case compensated
     /// The compensation failed; it is retried by the definition's compensation policy.
     case compensationFailed(String)
+
+    /// The report for a handler of `phase` that threw `error` without reporting an outcome.
+    ///
+    /// An action's error is retried by the step's policy, unless no retry can mend it
+    /// (``isPermanent(_:)``): then the step fails at once, as a refusal does (compensation before the
+    /// pivot, *needs attention* from the pivot on), instead of being retried (for ever, past the
+    /// pivot) on the same payload. A compensation's error is always retried by the definition's
+    /// compensation policy.
+    public static func thrown(_ error: any Error, phase: StepPhase) -> SagaHandlerReport {
+        let message = String(describing: error)
+        guard phase == .action else { return .compensationFailed(message) }
+        return isPermanent(error)
+            ? .failed("\(message) (not retried: \(permanenceReason))", retryable: false) : .failed(message, retryable: true)
+    }
+
+    /// Whether `error` fails the same way on every attempt with the same payload: the payload does
+    /// not decode as the handler's type (``SagaContext/payload(as:)``'s `invalidPayload`, or a
+    /// `DecodingError` of the handler's own decoding), or a value does not encode (`EncodingError`).
+    public static func isPermanent(_ error: any Error) -> Bool {
+        if let error = error as? SagaError { return error.code == .invalidPayload }
+        return error is DecodingError || error is EncodingError
+    }
+
+    /// Said in a permanent failure's reason.
+    static let permanenceReason = "the same payload fails the same way on every attempt"
 }
 
 /// One run of a handler: lets exactly one outcome be reported, and remembers whether reporting

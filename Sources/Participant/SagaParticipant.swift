@@ -428,12 +428,17 @@ public struct SagaParticipant: Service {
                 }
                 return
             }
-            logger.warning("handler failed", metadata: ["error": "\(error)"])
+            let report = SagaHandlerReport.thrown(error, phase: command.phase)
+            if case .failed(_, retryable: false) = report {
+                logger.error(
+                    "handler failed with an error no retry can mend; the step fails without retries",
+                    metadata: ["error": "\(error)", "hint": "\(SagaHandlerReport.permanenceReason): fix the payload or the handler's type"])
+            } else {
+                logger.warning("handler failed", metadata: ["error": "\(error)"])
+            }
             span.recordError(error)
-            let message = String(describing: error)
             do {
-                try await execution.finishIfNeeded(
-                    command.phase == .action ? .failed(message, retryable: true) : .compensationFailed(message))
+                try await execution.finishIfNeeded(report)
             } catch let error as SagaError where error.code == .outcomeDiscarded {
                 return
             }

@@ -136,17 +136,17 @@ public struct SagaStepTester: Sendable {
             sagaID: state.id, sagaName: state.name, stepName: current.stepName, step: current.step, phase: current.phase,
             attempt: current.attempt, command: current.command, payload: state.payload, sagaContext: state.context,
             idempotencyKey: current.idempotencyKey, reportWithLocalWrites: { report, writes in recorder.record(report, writes) })
-        var thrown: String?
+        var thrown: (any Error)?
         do {
             try await handler(context)
         } catch {
-            if !context.hasReported { thrown = String(describing: error) }
+            if !context.hasReported { thrown = error }
         }
         let report: SagaHandlerReport
         if let recorded = recorder.report {
             report = recorded
         } else if let thrown {
-            report = current.phase == .action ? .failed(thrown, retryable: true) : .compensationFailed(thrown)
+            report = .thrown(thrown, phase: current.phase)
         } else {
             report = current.phase == .action ? .completed([:]) : .compensated
         }
@@ -162,7 +162,8 @@ public struct SagaStepTester: Sendable {
         switch machine.apply(event, to: state, now: now) {
         case .transition(let next, let commands):
             return SagaStepRun(
-                command: current, report: report, handlerThrew: thrown, before: state, after: next, scheduled: commands,
+                command: current, report: report, handlerThrew: thrown.map { String(describing: $0) }, before: state, after: next,
+                scheduled: commands,
                 localWrites: recorder.localWrites)
         case .ignored(let reason), .rejected(let reason):
             throw SagaError(.invalidState, "the state machine did not accept the handler's outcome: \(reason)")

@@ -1,3 +1,4 @@
+import Foundation
 import Participant
 import SagaTesting
 import Synchronization
@@ -80,6 +81,35 @@ struct SagaStepTesterTests {
         #expect(last.after.status == .compensated)
     }
 
+    /// A payload that does not decode fails the same way on every attempt: the step fails at
+    /// once (compensation before the pivot, needs attention from it on), with no retries.
+    @Test func aPayloadThatDoesNotDecodeIsNotRetried() async throws {
+        struct Flight: Decodable { var nights: Int }
+        let tester = try SagaStepTester(definitions: [trip])
+        let before = try await tester.run("hotel.book", payload: ["nights": "three"]) { context in
+            _ = try context.payload(as: Flight.self)
+        }
+        #expect(!before.willRetry)
+        #expect(before.startedCompensation)
+        #expect(before.next.map(\.command) == ["flight.cancel"])
+        guard case .failed(let reason, retryable: false) = before.report else {
+            Issue.record("expected a failure without retries, got \(before.report)")
+            return
+        }
+        #expect(reason.contains("does not decode as Flight") && reason.contains("not retried"), "\(reason)")
+        // The pivot: a thrown error would be retried for ever; this one needs attention at once.
+        let pivot = try await tester.run("payment.charge", payload: ["nights": "three"]) { context in
+            _ = try context.payload(as: Flight.self)
+        }
+        #expect(!pivot.willRetry)
+        #expect(pivot.after.status == .needsAttention)
+        // The handler's own decoding counts too; any other error is retried.
+        let own = try await tester.run("flight.book") { _ in _ = try JSONDecoder().decode(Flight.self, from: Data("{}".utf8)) }
+        #expect(!own.willRetry)
+        let other = try await tester.run("flight.book") { _ in throw Booking() }
+        #expect(other.willRetry)
+    }
+
     @Test func compensationHandlersArePositionedOnACompensatingSaga() async throws {
         let tester = try SagaStepTester(definitions: [trip])
         let run = try await tester.run("hotel.cancel") { context in
@@ -149,6 +179,26 @@ struct SagaTestSystemTests {
         let final = try await system.run("trip", payload: [:])
         #expect(final.status == .compensated)
         #expect(await system.handled.map(\.command) == ["flight.book", "hotel.book", "flight.cancel"])
+    }
+
+    @Test func aPayloadThatDoesNotDecodeCompensatesWithoutRetries() async throws {
+        struct Hotel: Decodable { var nights: Int }
+        let system = try SagaTestSystem(definitions: [trip])
+        let attempts = Mutex(0)
+        var handlers = Self.registries(hotelFails: false)
+        for index in handlers.indices where handlers[index].0 == "hotel" {
+            var hotel = SagaHandlerRegistry()
+            hotel.register("hotel.book") { context in
+                attempts.withLock { $0 += 1 }
+                _ = try context.payload(as: Hotel.self)
+            }
+            hotel.register("hotel.cancel") { try await $0.completeCompensation() }
+            handlers[index].1 = hotel
+        }
+        for (service, registry) in handlers { try await system.register(service: service, handlers: registry) }
+        let final = try await system.run("trip", payload: ["nights": "three"])
+        #expect(final.status == .compensated)
+        #expect(attempts.withLock { $0 } == 1)
     }
 
     @Test func retryDelaysAdvanceAVirtualClockWithoutWaiting() async throws {
