@@ -174,7 +174,8 @@ struct Pages: Sendable {
             var row = [
                 HTML.sagaLink(saga.id),
                 "<a href=\"/definitions/\(HTML.urlComponent(saga.name))?version=\(saga.definitionVersion)\">\(HTML.escape(saga.name))</a> v\(saga.definitionVersion)",
-                HTML.badge(saga.status), HTML.escape(position(saga, registry: registry)), HTML.age(saga.createdAt, now: now),
+                HTML.badge(saga.status), saga.status.hasEnded ? "–" : HTML.escape(position(saga, registry: registry)),
+                HTML.age(saga.createdAt, now: now),
                 HTML.age(saga.updatedAt, now: now),
                 HTML.seconds(end.timeIntervalSince(saga.createdAt)),
             ]

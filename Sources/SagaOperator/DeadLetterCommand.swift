@@ -125,7 +125,7 @@ struct DeadLetterList: AsyncParsableCommand {
         print(
             "\n\(letters.count) dead letter(s) in \(topology.deadLetterQueue)\(letters.count == limit ? " (limit reached; there may be more)" : "")"
         )
-        print("put them back with: saga dlq requeue --all   (or --id <message id>)")
+        print("put them back with: \(SagaOperatorTool.toolName) dlq requeue --all   (or --id <message id>)")
     }
 }
 
@@ -151,7 +151,9 @@ struct DeadLetterRequeue: AsyncParsableCommand {
     var json = false
 
     func validate() throws {
-        guard all || !ids.isEmpty else { throw ValidationError("say which: --all, or --id <message id> (see `saga dlq list`)") }
+        guard all || !ids.isEmpty else {
+            throw ValidationError("say which: --all, or --id <message id> (see `\(SagaOperatorTool.toolName) dlq list`)")
+        }
     }
 
     struct Result: Encodable {

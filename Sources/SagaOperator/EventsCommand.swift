@@ -4,16 +4,18 @@ import Participant
 
 /// `saga events`: the sagas' lifecycle events as they happen.
 struct EventsCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "events",
-        abstract: "Print saga lifecycle events as they are published (started, step completed/failed, compensated, …).",
-        discussion: """
-            Subscribes to the topology's events exchange with a private queue (gone when the command ends) and prints one \
-            line per event, or one JSON object per line with --json. Only events published while it runs are seen: the \
-            store (`saga show`) has the state. Examples: saga events --follow · saga events --follow --name order --kind \
-            needs-attention · saga events --saga <id> --until-terminal · saga events --count 10 --json
-            """
-    )
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(
+            commandName: "events",
+            abstract: "Print saga lifecycle events as they are published (started, step completed/failed, compensated, …).",
+            discussion: """
+                Subscribes to the topology's events exchange with a private queue (gone when the command ends) and prints one \
+                line per event, or one JSON object per line with --json. Only events published while it runs are seen: the \
+                store (`\(SagaOperatorTool.toolName) show`) has the state. Examples: \(SagaOperatorTool.toolName) events --follow · \(SagaOperatorTool.toolName) events --follow --name order --kind \
+                needs-attention · \(SagaOperatorTool.toolName) events --saga <id> --until-terminal · \(SagaOperatorTool.toolName) events --count 10 --json
+                """
+        )
+    }
 
     @OptionGroup var connection: OperatorOptions
 

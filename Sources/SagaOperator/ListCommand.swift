@@ -5,15 +5,17 @@ import Participant
 /// `saga list`: sagas matching filters the store applies (status, definition name and version,
 /// stalled, stuck retrying), most recently updated first.
 struct ListCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "list",
-        abstract: "List sagas, most recently updated first.",
-        discussion: """
-            Filters combine (AND). Examples: saga list --status needs-attention · saga list --status waiting (sagas waiting for a signal) · saga list --stalled 300 · \
-            saga list --name trip --version 2 · saga list --stuck-retrying (attempt ≥ 5) · saga list --stuck-retrying 3 --json. \
-            JSON (--json): an array of saga states; see Docs/Operations.md.
-            """
-    )
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(
+            commandName: "list",
+            abstract: "List sagas, most recently updated first.",
+            discussion: """
+                Filters combine (AND). Examples: \(SagaOperatorTool.toolName) list --status needs-attention · \(SagaOperatorTool.toolName) list --status waiting (sagas waiting for a signal) · \(SagaOperatorTool.toolName) list --stalled 300 · \
+                \(SagaOperatorTool.toolName) list --name trip --version 2 · \(SagaOperatorTool.toolName) list --stuck-retrying (attempt ≥ 5) · \(SagaOperatorTool.toolName) list --stuck-retrying 3 --json. \
+                JSON (--json): an array of saga states; see Docs/Operations.md.
+                """
+        )
+    }
 
     /// The attempt from which `--stuck-retrying` given alone counts a saga as stuck.
     static let defaultStuckAttempts = 5
@@ -120,7 +122,8 @@ struct ListCommand: AsyncParsableCommand {
                 ["ID", "NAME", "VERSION", "STATUS", "AT", "STARTED", "UPDATED"],
                 sagas.map {
                     [
-                        $0.id, $0.name, "\($0.definitionVersion)", $0.status.cliName, position($0), age($0.createdAt, now: now),
+                        $0.id, $0.name, "\($0.definitionVersion)", $0.status.cliName, $0.status.hasEnded ? "-" : position($0),
+                        age($0.createdAt, now: now),
                         age($0.updatedAt, now: now),
                     ]
                 }
@@ -129,7 +132,9 @@ struct ListCommand: AsyncParsableCommand {
         let totals = SagaStatus.allCases.map { "\($0.cliName) \(counts[$0] ?? 0)" }.joined(separator: " · ")
         print("\nin the store\(query.name.map { " (\($0))" } ?? ""): \(totals)")
         if let attempts = query.minimumAttempt, !sagas.isEmpty {
-            print("stuck retrying (attempt \(attempts) or more): see why with `saga show <id>`; fix the handler, then `saga retry <id>`")
+            print(
+                "stuck retrying (attempt \(attempts) or more): see why with `\(SagaOperatorTool.toolName) show <id>`; fix the handler, then `\(SagaOperatorTool.toolName) retry <id>`"
+            )
         }
         if sagas.count == limit { print("(showing \(limit); use --limit for more)") }
     }

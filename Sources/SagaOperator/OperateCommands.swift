@@ -20,11 +20,14 @@ struct OperatorActionOptions: ParsableArguments, Sendable {
 }
 
 struct RetryCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "retry",
-        abstract: "Send a saga's current command again, as a new attempt (also for a saga that needs attention).",
-        discussion: "Recorded in the saga's history with --by and --reason (see `saga show`). JSON (--json): the new saga state."
-    )
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(
+            commandName: "retry",
+            abstract: "Send a saga's current command again, as a new attempt (also for a saga that needs attention).",
+            discussion:
+                "Recorded in the saga's history with --by and --reason (see `\(SagaOperatorTool.toolName) show`). JSON (--json): the new saga state."
+        )
+    }
 
     @OptionGroup var connection: OperatorOptions
 
@@ -51,11 +54,14 @@ struct RetryCommand: AsyncParsableCommand {
 }
 
 struct CompensateCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "compensate",
-        abstract: "Compensate a saga now: undo its completed steps, newest first (only before the pivot).",
-        discussion: "Recorded in the saga's history with --by and --reason (see `saga show`). JSON (--json): the new saga state."
-    )
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(
+            commandName: "compensate",
+            abstract: "Compensate a saga now: undo its completed steps, newest first (only before the pivot).",
+            discussion:
+                "Recorded in the saga's history with --by and --reason (see `\(SagaOperatorTool.toolName) show`). JSON (--json): the new saga state."
+        )
+    }
 
     @OptionGroup var connection: OperatorOptions
 
@@ -197,7 +203,7 @@ struct ReapCommand: AsyncParsableCommand {
             if let prefix = saga.context[SagaTopology.contextKey], prefix != topology.prefix {
                 leave(
                     "other-topology",
-                    "started on topology prefix '\(prefix)', this tool uses '\(topology.prefix)': the reapers of that deployment handle it (or run `saga reap --prefix \(prefix)`)"
+                    "started on topology prefix '\(prefix)', this tool uses '\(topology.prefix)': the reapers of that deployment handle it (or run `\(SagaOperatorTool.toolName) reap --prefix \(prefix)`)"
                 )
                 continue
             }
@@ -218,7 +224,7 @@ struct ReapCommand: AsyncParsableCommand {
             if free.contains(saga.id) {
                 leave(
                     "not-claimed",
-                    "not reached by this pass (it claims at most \(batchSize) sagas, or re-sending failed: see the errors above); run `saga reap` again"
+                    "not reached by this pass (it claims at most \(batchSize) sagas, or re-sending failed: see the errors above); run `\(SagaOperatorTool.toolName) reap` again"
                 )
             } else {
                 leave(

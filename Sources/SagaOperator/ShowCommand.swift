@@ -181,9 +181,9 @@ struct ShowCommand: AsyncParsableCommand {
             return "\(head)  signalled      by \(entry.actor ?? "(nobody named)")\(waited): \(entry.reason ?? "a signal")"
         }
         if entry.event == "operator" {
-            let what = entry.outcome == StepOutcome.compensationRequested.rawValue ? "requested compensation" : "requested a retry"
+            let what = entry.outcome == StepOutcome.compensationRequested.rawValue ? "compensation requested" : "retry requested"
             let why = entry.reason.map { ": \"\($0)\"" } ?? " (no reason given)"
-            return "\(head)  operator \(entry.actor ?? "?") \(what) at \(isoFormatter.string(from: entry.at))\(why)"
+            return "\(head)  \(what) by \(entry.actor ?? "an unnamed operator") at \(isoFormatter.string(from: entry.at))\(why)"
         }
         let outcome = entry.outcome.flatMap(StepOutcome.init(rawValue:)).map(describe) ?? (entry.outcome ?? "?")
         let took = entry.handlerSeconds.map { $0 < 0.001 ? "<1 ms" : formatSeconds($0) } ?? ""
@@ -315,9 +315,11 @@ struct ShowCommand: AsyncParsableCommand {
             var lines = [
                 "needs an operator: " + commands.map { "`\($0)`" }.joined(separator: " or "),
                 "stopped: \(state.failureReason ?? "no reason recorded")",
-                "`saga retry \(state.id) --reason …` sends '\(command)' again as attempt \(state.attempt + 1)",
+                "`\(SagaOperatorTool.toolName) retry \(state.id) --reason …` sends '\(command)' again as attempt \(state.attempt + 1)",
             ]
-            if canCompensate { lines.append("`saga compensate \(state.id) --reason …` undoes the completed steps instead") }
+            if canCompensate {
+                lines.append("`\(SagaOperatorTool.toolName) compensate \(state.id) --reason …` undoes the completed steps instead")
+            }
             var next = make("needs-operator", lines, commands: commands)
             next.command = command
             next.step = state.currentStep
@@ -362,7 +364,8 @@ struct ShowCommand: AsyncParsableCommand {
             lines.append("past the pivot: failures are retried forward until the handler succeeds, never compensated")
             if state.attempt >= 5 {
                 lines.append(
-                    "attempted \(state.attempt) times: fix what makes the handler fail; `saga retry \(state.id)` then runs it at once")
+                    "attempted \(state.attempt) times: fix what makes the handler fail; `\(SagaOperatorTool.toolName) retry \(state.id)` then runs it at once"
+                )
             }
         } else if state.status == .running {
             let left = max(0, step.options.retry.maxAttempts - state.attempt)
@@ -406,7 +409,7 @@ struct ShowCommand: AsyncParsableCommand {
             "to approve: `\(signal)` (the data is merged into the saga's payload; the saga goes on with \(after))",
         ]
         if canCompensate {
-            lines.append("to reject: `saga compensate \(state.id) --reason …` (\(undoes))")
+            lines.append("to reject: `\(SagaOperatorTool.toolName) compensate \(state.id) --reason …` (\(undoes))")
         }
         let timeout = humanDuration(wait.wait.timeout.seconds)
         switch wait.wait.onTimeout {
@@ -418,7 +421,7 @@ struct ShowCommand: AsyncParsableCommand {
             )
         }
         lines.append(
-            "the reaper ends an expired wait at its first pass after the timeout (every \(humanDuration(configuration.reaper.pollInterval.seconds)); `saga reap` runs a pass now); a signal after that is ignored"
+            "the reaper ends an expired wait at its first pass after the timeout (every \(humanDuration(configuration.reaper.pollInterval.seconds)); `\(SagaOperatorTool.toolName) reap` runs a pass now); a signal after that is ignored"
         )
         var commands = ["saga signal \(state.id) \(wait.wait.signal)"]
         if canCompensate { commands.append("saga compensate \(state.id)") }
@@ -483,13 +486,13 @@ struct ShowCommand: AsyncParsableCommand {
             ]
             if !targets.isEmpty {
                 lines.append(
-                    "`saga retry \(state.id) --reason …` sends again: "
+                    "`\(SagaOperatorTool.toolName) retry \(state.id) --reason …` sends again: "
                         + targets.map { "'\(definition.steps[$0.0.step].action)' as attempt \($0.1) (\(located($0.0)))" }.joined(
                             separator: ", "))
             }
             if !forwardOnly {
                 lines.append(
-                    "`saga compensate \(state.id) --reason …` undoes instead: the completed and unfinished members (newest declared first), then the steps before"
+                    "`\(SagaOperatorTool.toolName) compensate \(state.id) --reason …` undoes instead: the completed and unfinished members (newest declared first), then the steps before"
                 )
             }
             var next = NextStep(

@@ -183,7 +183,7 @@ struct OperatorCLITests {
                 let cancelledShown = try cli.succeed(["show", cancelled])
                 print("saga show of a saga an operator compensated:\n\(cancelledShown)")
                 #expect(
-                    cancelledShown.contains("operator alice requested compensation at ")
+                    cancelledShown.contains("compensation requested by alice at ")
                         && cancelledShown.contains(": \"customer cancelled the trip\""), "\(cancelledShown)")
                 let operatorEntry = (try cli.json(["show", cancelled]) as? [String: Any]).flatMap { $0["timeline"] as? [[String: Any]] }?
                     .first { $0["event"] as? String == "operator" }
@@ -209,7 +209,7 @@ struct OperatorCLITests {
                 #expect(try await manager.outcome(of: stuck, timeout: .seconds(60)).status == .completed)
                 let stuckDone = try cli.succeed(["show", stuck])
                 #expect(
-                    stuckDone.contains("operator bob requested a retry at ") && stuckDone.contains(": \"confirmation service fixed\""),
+                    stuckDone.contains("retry requested by bob at ") && stuckDone.contains(": \"confirmation service fixed\""),
                     "\(stuckDone)")
                 #expect(stuckDone.contains("next\n  finished: every step completed."), "\(stuckDone)")
                 #expect(try cli.listIDs(["--stuck-retrying", "1"]).isEmpty)
@@ -237,7 +237,7 @@ struct OperatorCLITests {
                 let carolRecord = (byEnvironment?["history"] as? [[String: Any]])?.last
                 #expect(carolRecord?["actor"] as? String == "carol", "\(String(describing: carolRecord))")
                 #expect(carolRecord?["reason"] == nil)
-                #expect(try cli.succeed(["show", another]).contains("operator carol requested a retry at "))
+                #expect(try cli.succeed(["show", another]).contains("retry requested by carol at "))
 
                 // dlq: list and a requeue of nothing, as JSON.
                 let letters = try cli.json(["dlq", "list", "--limit", "5"]) as? [[String: Any]]
@@ -257,6 +257,22 @@ struct OperatorCLITests {
 
     /// `saga reap` re-sends the stalled sagas it can and lists every one it leaves alone with
     /// why: another topology prefix, an unknown definition, a lease held by another reaper.
+    /// A tool a team builds with `SagaOperatorTool.main` is called by its own name in its help
+    /// and in the commands its hints suggest, not `saga` (here: the `saga` executable started
+    /// through a link named `travel-tool`).
+    @Test func aToolCallsItselfByTheNameItWasStartedBy() throws {
+        let link = NSTemporaryDirectory() + "sagakit-cli-\(UUID().uuidString)/travel-tool"
+        try FileManager.default.createDirectory(
+            atPath: (link as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: (link as NSString).deletingLastPathComponent) }
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: SagaCLI.executable.path)
+        let help = try SagaCLI(store: "sqlite:///nonexistent.db", amqp: "", prefix: "unused", executable: URL(fileURLWithPath: link))
+            .run(["list", "--help"])
+        #expect(help.stdout.contains("USAGE: travel-tool list"), "\(help)")
+        #expect(help.stdout.contains("Examples: travel-tool list --status needs-attention"), "\(help)")
+        #expect(!help.stdout.contains("saga list"), "\(help)")
+    }
+
     @Test func reapSaysWhichStalledSagasItLeavesAloneAndWhy() async throws {
         guard let amqp = try TestBroker.availableURL() else { return }
         let directory = try Self.temporaryDirectory()
@@ -375,6 +391,16 @@ struct SagaCLI {
     var store: String
     var amqp: String
     var prefix: String
+    /// The executable run (the `saga` built next to the test binary, unless named).
+    var executable: URL = SagaCLI.executable
+
+    /// The `saga` executable built next to the test binary.
+    static var executable: URL {
+        let testBinary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var directory = testBinary.deletingLastPathComponent()
+        if directory.lastPathComponent.hasSuffix(".xctest") { directory = directory.deletingLastPathComponent() }
+        return directory.appendingPathComponent("saga")
+    }
 
     struct Result: CustomStringConvertible {
         var status: Int32
@@ -385,11 +411,8 @@ struct SagaCLI {
 
     /// Runs `saga <arguments> --store-url … --amqp-url … --prefix …`.
     func run(_ arguments: [String], environment extra: [String: String] = [:]) throws -> Result {
-        let testBinary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        var directory = testBinary.deletingLastPathComponent()
-        if directory.lastPathComponent.hasSuffix(".xctest") { directory = directory.deletingLastPathComponent() }
         let process = Process()
-        process.executableURL = directory.appendingPathComponent("saga")
+        process.executableURL = executable
         process.arguments = arguments + ["--store-url", store, "--amqp-url", amqp, "--prefix", prefix]
         var environment = ProcessInfo.processInfo.environment
         for key in ["SAGAKIT_STORE_URL", "SAGAKIT_PREFIX", "SAGA_OPERATOR", "SAGAKIT_LOG_LEVEL"] { environment[key] = nil }

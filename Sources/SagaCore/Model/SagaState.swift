@@ -27,6 +27,10 @@ public enum SagaStatus: String, Sendable, Hashable, Codable, CaseIterable {
         case .completed, .compensated, .needsAttention: true
         }
     }
+
+    /// Whether the saga is over for good (completed or compensated): it stands at no step. A saga
+    /// that needs attention has stopped at one, for an operator.
+    package var hasEnded: Bool { self == .completed || self == .compensated }
 }
 
 /// Whether a command performs a step or undoes it.
