@@ -236,7 +236,7 @@ public struct SagaManager: Service {
             let state = try await engine.store.load(id)
             if state.status.isTerminal { return state }
             if clock.now >= deadline {
-                throw Self.notFinished(state, within: timeout)
+                throw notFinished(state, within: timeout)
             }
             await waiter.wait(until: deadline)
         }
@@ -278,16 +278,19 @@ public struct SagaManager: Service {
             let state = try await engine.store.load(id)
             if let ending = SagaLifecycleEvent.ending(of: state) { return ending }
             if clock.now >= deadline {
-                throw Self.notFinished(state, within: timeout)
+                throw notFinished(state, within: timeout)
             }
         }
     }
 
-    /// The `timeout` error of a wait for a saga's end, naming where the saga is.
-    private static func notFinished(_ state: SagaState, within timeout: Duration) -> SagaError {
-        SagaError(
+    /// The `timeout` error of a wait for a saga's end, naming where the saga is: its step counted
+    /// from 1 and named, as `saga show` does.
+    private func notFinished(_ state: SagaState, within timeout: Duration) -> SagaError {
+        let definition = engine.definitions.definition(named: state.name, version: state.definitionVersion)
+        let name = definition.flatMap { $0.steps.indices.contains(state.currentStep) ? " '\($0.steps[state.currentStep].name)'" : nil }
+        return SagaError(
             .timeout,
-            "saga \(state.id) did not finish within \(timeout); it is \(state.status.rawValue) at step \(state.currentStep) attempt \(state.attempt)",
+            "saga \(state.id) did not finish within \(timeout); it is \(state.status.rawValue) at step \(state.currentStep + 1)\(name ?? ""), attempt \(state.attempt)",
             recoverySuggestion: "check that the participants are running (`saga show \(state.id)` shows what it waits for)"
         )
     }
