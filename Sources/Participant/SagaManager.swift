@@ -181,6 +181,12 @@ public struct SagaManager: Service {
     ) throws
         -> PreparedStart
     {
+        // An id is printed in logs, the CLI and the console, and travels in every command.
+        guard !id.isEmpty, !PrintableText.needsEscaping(id) else {
+            throw SagaError(
+                .invalidMessage, "saga id '\(PrintableText.escaped(id))' is empty or contains control characters",
+                recoverySuggestion: "use ids of printable characters (a UUID, an order number)")
+        }
         var context = context
         context[SagaTopology.contextKey] = engine.topology.prefix
         context[SagaState.definitionVersionKey] = String(definition.version)

@@ -136,6 +136,14 @@ enum SagaMessages {
         if command.attempt < 1 || command.step < 0 {
             return .failure(SagaError(.invalidMessage, "step \(command.step) / attempt \(command.attempt) out of range"))
         }
+        // No saga, definition, step or command has such a name: a message that says so was not
+        // made by SagaKit, and its text must not reach a log line or a terminal as it is.
+        for (field, text) in [
+            ("sagaID", command.sagaID), ("sagaName", command.sagaName), ("command", command.command), ("stepName", command.stepName),
+        ]
+        where PrintableText.needsEscaping(text) {
+            return .failure(SagaError(.invalidMessage, "\(field) '\(PrintableText.escaped(text))' contains control characters"))
+        }
         return .success(body)
     }
 

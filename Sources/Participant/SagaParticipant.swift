@@ -607,7 +607,9 @@ public struct SagaParticipant: Service {
 
     // MARK: - Settling
 
-    private func deadLetter(_ delivery: Delivery, reason: String, logger: Logger) async {
+    private func deadLetter(_ delivery: Delivery, reason unescaped: String, logger: Logger) async {
+        // Reasons quote what the message said (a content type, a name): printable on one line.
+        let reason = PrintableText.escaped(unescaped)
         logger.error(
             "dead-lettering a message: \(reason)", metadata: ["queue": "\(delivery.queue)", "message.id": "\(delivery.messageId ?? "-")"])
         let letter = SagaMessages.deadLetter(

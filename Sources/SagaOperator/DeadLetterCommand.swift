@@ -111,16 +111,18 @@ struct DeadLetterList: AsyncParsableCommand {
             print("\(topology.deadLetterQueue) is empty")
             return
         }
+        // Everything below comes from the messages: printed with its control characters escaped.
+        func printEscaped(_ line: String) { print(PrintableText.escaped(line)) }
         for (index, letter) in letters.enumerated() {
-            print("#\(index + 1) \(letter.messageId ?? "(no message id)")")
-            print("  reason      \(letter.reason ?? "(none recorded)")")
-            print(
+            printEscaped("#\(index + 1) \(letter.messageId ?? "(no message id)")")
+            printEscaped("  reason      \(letter.reason ?? "(none recorded)")")
+            printEscaped(
                 "  from        queue \(letter.sourceQueue ?? "?") · service \(letter.service ?? "?") · at \(letter.deadLetteredAt ?? "?")")
-            print(
+            printEscaped(
                 "  requeue to  exchange '\(letter.sourceExchange ?? "?")' routing key '\(letter.sourceRoutingKey ?? letter.command ?? "?")'"
             )
-            if let saga = letter.sagaId { print("  saga        \(saga)") }
-            print("  body        \(letter.bytes) bytes: \(letter.body)")
+            if let saga = letter.sagaId { printEscaped("  saga        \(saga)") }
+            printEscaped("  body        \(letter.bytes) bytes: \(letter.body)")
         }
         print(
             "\n\(letters.count) dead letter(s) in \(topology.deadLetterQueue)\(letters.count == limit ? " (limit reached; there may be more)" : "")"

@@ -154,8 +154,10 @@ struct ShowCommand: AsyncParsableCommand {
         for entry in timeline(state) { lines.append(line(entry)) }
         lines.append("")
         lines.append("next")
-        lines.append("  " + next.text.replacingOccurrences(of: "\n", with: "\n  "))
-        return lines.joined(separator: "\n")
+        // Errors, reasons and names come from handlers and operators: each line is printed with
+        // its control characters escaped (one entry, one line; no terminal escapes).
+        lines += next.text.split(separator: "\n", omittingEmptySubsequences: false).map { "  " + $0 }
+        return lines.map(PrintableText.escaped).joined(separator: "\n")
     }
 
     /// One timeline line for people.

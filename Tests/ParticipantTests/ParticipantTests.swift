@@ -119,6 +119,14 @@ struct ParticipantTests {
             #"{"sagaID":"x","sagaName":"order","command":"inventory.reserve","step":1,"stepName":"reserve-stock","phase":"action","attempt":1}"#,
             "inventory.reserve", "application/json", "is not step 1 action of saga definition 'order'"
         ),
+        // A saga id that would forge a log line and colour the terminal: refused, quoted escaped.
+        (
+            #"{"sagaID":"x\n05:00:00.000 ERROR payment FAKE\u001b[31m","sagaName":"order","command":"inventory.reserve","step":0,"stepName":"reserve-stock","phase":"action","attempt":1}"#,
+            "inventory.reserve", "application/json",
+            #"sagaID 'x\n05:00:00.000 ERROR payment FAKE\u{1B}[31m' contains control characters"#
+        ),
+        // A content type with an escape sequence: the reason quotes it escaped.
+        ("{}", "inventory.reserve", "text/\u{1B}[2J", #"content type 'text/\u{1B}[2J' is not application/json"#),
     ])
     func badMessagesAreDeadLetteredWithTheirReason(body: String, routingKey: String, contentType: String, reason: String) async throws {
         // Saga "x" exists (at its first step), so that a command naming it gets as far as the
@@ -313,6 +321,31 @@ struct ParticipantTests {
         #expect(try configuration("8").maxConcurrentHandlers == 8)
         let error = try #require(throws: SagaError.self) { try configuration("0") }
         #expect(error.message.contains("max.concurrent.handlers"))
+    }
+
+    /// What a message says (its saga id, a reason quoting it) cannot start a forged line or send
+    /// escape sequences to the terminal through the console log handler.
+    @Test func aLogEventIsOneLineWhateverItsTextHolds() {
+        var handler = ConsoleLogHandler(label: "payment", level: .info)
+        handler.metadata = ["saga.id": "x\n05:00:00.000 ERROR payment FAKE\u{1B}[31m"]
+        let line = handler.line(
+            for: LogEvent(
+                level: .warning, message: "dead-lettering: sagaID 'y\r\nFAKE'", metadata: ["queue": "q\u{1B}]0;title\u{7}"], source: nil,
+                file: #fileID, function: #function, line: #line))
+        #expect(line.hasSuffix("\n"))
+        #expect(line.dropLast().allSatisfy { $0 != "\n" && $0 != "\r" && $0 != "\u{1B}" && $0 != "\u{7}" }, "\(line)")
+        #expect(line.contains(#"saga.id=x\n05:00:00.000 ERROR payment FAKE\u{1B}[31m"#), "\(line)")
+        #expect(line.contains(#"sagaID 'y\r\nFAKE'"#), "\(line)")
+    }
+
+    @Test func aSagaIdWithControlCharactersIsRefusedAtTheStart() async throws {
+        try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store) { manager in
+            for id in ["", "o-1\nFAKE LINE", "o-2\u{1B}[31m", "o-3\u{202E}"] {
+                await #expect(throws: SagaError.self, "id \(PrintableText.escaped(id))") {
+                    try await manager.start("order", payload: ["orderId": "o", "amount": 1], id: id)
+                }
+            }
+        }
     }
 
     @Test func startingTheSameSagaIdTwiceStartsItOnce() async throws {

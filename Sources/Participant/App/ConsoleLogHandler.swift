@@ -43,17 +43,7 @@ public struct ConsoleLogHandler: LogHandler {
 
     // swift-format-ignore: AllPublicDeclarationsHaveDocumentation
     public func log(event: LogEvent) {
-        var all = metadata
-        if let extra = event.metadata { all.merge(extra) { _, new in new } }
-        var line = Self.timestamp()
-        line += " " + levelText(event.level)
-        line += "  " + label + "  " + "\(event.message)"
-        if !all.isEmpty {
-            let pairs = all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-            line += colors ? "  \u{1B}[2m\(pairs)\u{1B}[0m" : "  " + pairs
-        }
-        line += "\n"
-        var bytes = Array(line.utf8)
+        var bytes = Array(line(for: event).utf8)
         bytes.withUnsafeMutableBytes { buffer in
             var offset = 0
             while offset < buffer.count {
@@ -62,6 +52,22 @@ public struct ConsoleLogHandler: LogHandler {
                 offset += written
             }
         }
+    }
+
+    /// The line written for `event`, its newline included.
+    package func line(for event: LogEvent) -> String {
+        var all = metadata
+        if let extra = event.metadata { all.merge(extra) { _, new in new } }
+        var line = Self.timestamp()
+        line += " " + levelText(event.level)
+        // One event, one line: text from outside (a saga id, a dead letter's reason) cannot start
+        // a forged line or send escape sequences to the terminal.
+        line += "  " + label + "  " + PrintableText.escaped("\(event.message)")
+        if !all.isEmpty {
+            let pairs = all.sorted { $0.key < $1.key }.map { PrintableText.escaped("\($0.key)=\($0.value)") }.joined(separator: " ")
+            line += colors ? "  \u{1B}[2m\(pairs)\u{1B}[0m" : "  " + pairs
+        }
+        return line + "\n"
     }
 
     private func levelText(_ level: Logger.Level) -> String {
