@@ -143,8 +143,13 @@ public struct SagaParticipant: Service {
         var attempt = 1
         while true {
             do {
-                try await engine.bus.declare(topology)
+                // A stop (SIGTERM) while the broker is away ends the wait for the connection at once,
+                // not after the bus's operationTimeout.
+                let bus = engine.bus
+                try await cancelWhenGracefulShutdown { try await bus.declare(topology) }
                 return true
+            } catch is CancellationError where Task.isShuttingDownGracefully {
+                return false
             } catch let error as BusError where error.isRetryable && !Task.isShuttingDownGracefully {
                 logger.warning(
                     "the broker is not reachable; declaring the queue again in \(pause)",

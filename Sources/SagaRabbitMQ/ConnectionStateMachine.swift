@@ -174,14 +174,18 @@ struct ConnectionStateMachine<Parked> {
     }
 
     /// The attempt failed. `jitter` (drawn by the caller, typically in 0.8...1.0) scales the backoff delay.
-    mutating func connectFailed(now: Instant, jitter: Double) -> FailureAction {
+    /// `refused`: the broker answered and refused the login, the vhost or the access (a wrong password, a
+    /// vhost that does not exist): before the first connection that is a mistake in the settings, which no
+    /// retry mends, so the start fails at once, whatever ``Policy/failFastOnStartup`` says. After a first
+    /// connection (credentials rotated under a running service) it is retried like any other failure.
+    mutating func connectFailed(now: Instant, jitter: Double, refused: Bool = false) -> FailureAction {
         guard case .connecting(let endpoint, let failures, let everConnected) = state else {
             return isShuttingDown ? .finish : .failStartup
         }
         let failed = failures + 1
         let next = (endpoint + 1) % policy.endpointCount
-        if !everConnected, policy.failFastOnStartup, next == 0 {
-            // Every endpoint was tried once.
+        if !everConnected, refused || (policy.failFastOnStartup && next == 0) {
+            // Refused, or (fail fast) every endpoint was tried once.
             state = .closed
             return .failStartup
         }

@@ -265,7 +265,8 @@ final class ConnectionWorker {
 
     /// Tells the state machine an attempt failed, logs it, and returns the next step.
     private func connectFailed(_ error: BusError) -> ConnectionStateMachine<Command>.ConnectAction {
-        switch machine.connectFailed(now: clock.now, jitter: Double.random(in: 0.8...1.0)) {
+        let refused = [BusError.Code.authenticationFailed, .vhostNotFound, .accessRefused].contains(error.code)
+        switch machine.connectFailed(now: clock.now, jitter: Double.random(in: 0.8...1.0), refused: refused) {
         case .connect(let next):
             logger.warning(
                 "connecting failed; trying the next broker",
@@ -282,6 +283,9 @@ final class ConnectionWorker {
             report(.attemptFailed(error))
             return .wait(until: until)
         case .failStartup:
+            if refused {
+                logger.error("the broker refused this service's connection; not trying again", metadata: ["amqp.error": "\(error)"])
+            }
             report(.gaveUp(error))
             return .finish
         case .finish:

@@ -124,6 +124,10 @@ public final class RabbitMQBus: MessageBus, Service {
     /// Runs the bus as a swift-service-lifecycle `Service`: connects (retrying with backoff while the broker is
     /// unreachable, or throwing the first error when ``RabbitMQConfiguration/failFastOnStartup`` is set), serves
     /// until graceful shutdown, cancellation or ``shutdown()``, then shuts down gracefully.
+    ///
+    /// - Throws: the broker's refusal when it refuses the first connection's login, vhost or access (a wrong
+    ///   password is not mended by trying again: the service stops with the error, which names the user and
+    ///   the vhost); the first connection error with ``RabbitMQConfiguration/failFastOnStartup``.
     public func run() async throws {
         try startThreads(failFast: configuration.failFastOnStartup)
         if configuration.failFastOnStartup {
@@ -140,6 +144,7 @@ public final class RabbitMQBus: MessageBus, Service {
                     let resumeNow = state.withLock { state -> Bool in
                         if state.stopRequested { return true }
                         if case .shutDown = state.phase { return true }
+                        if case .failed = state.phase { return true }
                         state.runWaiter = waiter
                         return false
                     }
@@ -151,7 +156,12 @@ public final class RabbitMQBus: MessageBus, Service {
         } onGracefulShutdown: {
             self.requestStop()
         }
+        let failure = state.withLock { state -> BusError? in
+            if case .failed(let error) = state.phase { return error }
+            return nil
+        }
         await shutdown()
+        if let failure { throw failure }
     }
 
     /// Ends a waiting ``run()``.
@@ -200,6 +210,7 @@ public final class RabbitMQBus: MessageBus, Service {
         var resume: [CheckedContinuation<Void, any Error>] = []
         var failure: BusError?
         var stop: [Mailbox] = []
+        var runWaiter: CheckedContinuation<Void, Never>?
         state.withLock { state in
             guard state.generation == generation, case .starting = state.phase else { return }
             switch report {
@@ -217,11 +228,15 @@ public final class RabbitMQBus: MessageBus, Service {
                 stop = [state.publisher, state.consumer].compactMap { $0 }
                 state.publisher = nil
                 state.consumer = nil
+                // A waiting run() ends with the failure (see run()).
+                runWaiter = state.runWaiter
+                state.runWaiter = nil
             }
             resume = Array(state.waiters.values)
             state.waiters.removeAll()
         }
         for mailbox in stop { mailbox.send(.shutdown(nil)) }
+        runWaiter?.resume()
         for waiter in resume {
             if let failure { waiter.resume(throwing: failure) } else { waiter.resume() }
         }

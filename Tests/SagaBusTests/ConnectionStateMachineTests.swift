@@ -89,6 +89,23 @@ struct ConnectionStateMachineTests {
         #expect(m.tick(now: t0) == .finish)
     }
 
+    @Test("a refused login fails the start at once, fail fast or not; after a first connection it is retried")
+    func aRefusedLoginFailsTheStart() {
+        var m = machine(endpoints: 3, failFast: false)
+        _ = m.start()
+        #expect(m.connectFailed(now: t0, jitter: 1, refused: true) == .failStartup)
+        #expect(m.state == .closed)
+        var running = machine(failFast: false)
+        _ = running.start()
+        _ = running.connectSucceeded(now: t0)
+        _ = running.connectionLost(now: t0, jitter: 1)
+        _ = running.tick(now: t0 + .seconds(1))
+        guard case .backOff = running.connectFailed(now: t0 + .seconds(1), jitter: 1, refused: true) else {
+            Issue.record("a refused reconnect must keep trying (the credentials may be rotating)")
+            return
+        }
+    }
+
     @Test("fail fast applies to the first connection only")
     func failFastOnlyAtStart() {
         var m = machine(failFast: true)

@@ -126,4 +126,33 @@ struct RabbitMQLifecycleTests {
         let error = await #expect(throws: BusError.self) { try await bus.run() }
         #expect(error?.code == .unreachable)
     }
+
+    @Test("a refused login: run() throws it at once without fail fast, and calls fail with it, not after a timeout")
+    func refusedLoginEndsRun() async throws {
+        var configuration = try configuration()
+        configuration.password = "definitely-wrong"
+        configuration.failFastOnStartup = false
+        configuration.operationTimeout = .seconds(30)
+        let bus = RabbitMQBus(configuration: configuration)
+        let started = ContinuousClock.now
+        let outcome = await withTaskGroup(of: BusError?.self) { group in
+            group.addTask {
+                do {
+                    try await bus.run()
+                    return nil
+                } catch { return error as? BusError }
+            }
+            group.addTask {
+                do {
+                    try await bus.declare(Topology(queues: [QueueSpec(name: "never-declared")]))
+                    return nil
+                } catch { return error as? BusError }
+            }
+            var errors: [BusError?] = []
+            for await error in group { errors.append(error) }
+            return errors
+        }
+        #expect(outcome.count == 2 && outcome.allSatisfy { $0?.code == .authenticationFailed }, "\(outcome)")
+        #expect(ContinuousClock.now - started < .seconds(10))
+    }
 }
