@@ -62,7 +62,8 @@ public struct SagaTopology: Sendable, Hashable {
         let prefix = reader.string(forKey: "prefix", default: "sagakit")
         guard !prefix.isEmpty, prefix.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
             throw SagaError(
-                .invalidConfiguration, "configuration value 'prefix' must be letters, digits, '-', '_' or '.', not '\(prefix)'")
+                .invalidConfiguration,
+                "configuration value \(reader.sagaDescribe("prefix")) must be letters, digits, '-', '_' or '.', not '\(prefix)'")
         }
         let kind = try reader.sagaChoice("queue.kind", default: "classic", choices: ["classic", "quorum"])
         var levels = SagaTopology().delayLevels
@@ -71,7 +72,8 @@ public struct SagaTopology: Sendable, Hashable {
             guard !parsed.isEmpty, parsed.allSatisfy({ ($0 ?? 0) > 0 }) else {
                 throw SagaError(
                     .invalidConfiguration,
-                    "configuration value 'delay.levels' must be comma-separated whole seconds greater than 0, not '\(text)'")
+                    "configuration value \(reader.sagaDescribe("delay.levels")) must be comma-separated whole seconds greater than 0, not '\(text)'"
+                )
             }
             levels = parsed.compactMap { $0 }
         }

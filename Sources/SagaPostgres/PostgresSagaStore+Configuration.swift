@@ -199,7 +199,7 @@ extension PostgresSagaStore {
         public init(reader: ConfigReader) throws {
             guard let url = reader.string(forKey: "url", isSecret: true) else {
                 throw SagaError(
-                    .invalidConfiguration, "no PostgreSQL store URL: the configuration value 'url' is missing",
+                    .invalidConfiguration, "no PostgreSQL store URL: the configuration value \(reader.sagaDescribe("url")) is missing",
                     recoverySuggestion: "set it to postgres://user:password@host:5432/database")
             }
             try self.init(url: url)

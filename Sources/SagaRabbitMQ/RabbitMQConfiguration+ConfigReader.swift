@@ -77,7 +77,7 @@ extension RabbitMQConfiguration {
 
     private static func bool(_ reader: ConfigReader, _ key: ConfigKey) throws -> Bool? {
         if let flag = reader.bool(forKey: key) { return flag }
-        if let text = reader.string(forKey: key) { throw invalid(key, "must be true or false", text) }
+        if let text = reader.string(forKey: key) { throw invalid(reader, key, "must be true or false", text) }
         return nil
     }
 
@@ -89,7 +89,7 @@ extension RabbitMQConfiguration {
             value = Double(int)
         } else if let text = reader.string(forKey: key) {
             guard let parsed = Double(text.filter { !$0.isWhitespace }) else {
-                throw invalid(key, "must be a number of seconds", text)
+                throw invalid(reader, key, "must be a number of seconds", text)
             }
             value = parsed
         } else {
@@ -97,30 +97,30 @@ extension RabbitMQConfiguration {
         }
         guard value.isFinite, allowZero ? value >= 0 : value > 0 else {
             throw invalid(
-                key, allowZero ? "must be a number of seconds, 0 or more" : "must be a number of seconds greater than 0", "\(value)")
+                reader, key, allowZero ? "must be a number of seconds, 0 or more" : "must be a number of seconds greater than 0", "\(value)"
+            )
         }
         return .milliseconds(Int64((value * 1000).rounded()))
     }
 
     private static func positiveInt(_ reader: ConfigReader, _ key: ConfigKey) throws -> Int? {
         if let int = reader.int(forKey: key) {
-            guard int > 0 else { throw invalid(key, "must be a whole number greater than 0", "\(int)") }
+            guard int > 0 else { throw invalid(reader, key, "must be a whole number greater than 0", "\(int)") }
             return int
         }
         if let text = reader.string(forKey: key) {
             guard let int = Int(text.filter { !$0.isWhitespace }), int > 0 else {
-                throw invalid(key, "must be a whole number greater than 0", text)
+                throw invalid(reader, key, "must be a whole number greater than 0", text)
             }
             return int
         }
         return nil
     }
 
-    private static func invalid(_ key: ConfigKey, _ rule: String, _ text: String) -> SagaError {
+    private static func invalid(_ reader: ConfigReader, _ key: ConfigKey, _ rule: String, _ text: String) -> SagaError {
         SagaError(
             .invalidConfiguration,
-            "RabbitMQ configuration value '\(key)' \(rule), not '\(text)'",
-            recoverySuggestion: "fix or remove the setting (as an environment variable its name is the full key in "
-                + "capitals with _ for .)")
+            "RabbitMQ configuration value \(reader.sagaDescribe(key)) \(rule), not '\(text)'",
+            recoverySuggestion: "fix or remove the setting")
     }
 }

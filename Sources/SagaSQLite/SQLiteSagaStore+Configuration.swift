@@ -73,7 +73,8 @@ extension SQLiteSagaStore {
                 try self.init(url: url)
             } else {
                 throw SagaError(
-                    .invalidConfiguration, "no SQLite store: the configuration values 'url' and 'path' are both missing",
+                    .invalidConfiguration,
+                    "no SQLite store: the configuration values \(reader.sagaDescribe("url")) and \(reader.sagaDescribe("path")) are both missing",
                     recoverySuggestion: "set url to sqlite:///absolute/path/sagas.db")
             }
             busyTimeout = try reader.sagaSeconds("busy.timeout.seconds", default: busyTimeout)
