@@ -40,6 +40,9 @@ public struct SagaParticipant: Service {
     /// The handlers' step timeouts, kept by one task while the participant consumes (when a
     /// definition it was built with has a step timeout).
     let stepDeadlines = DeadlineTicker(tick: .milliseconds(50))
+    /// The commands this process has handed back at least once (the first hand-back of each is a
+    /// warning; the next ones only repeat it).
+    let handedBackCommands = HandedBackCommands()
 
     /// Creates a participant.
     public init(
@@ -597,9 +600,21 @@ public struct SagaParticipant: Service {
             exchange: configuration.topology.delayName(seconds: level), routingKey: command.command, body: delivery.body,
             headers: headers, messageId: delivery.messageId, contentType: delivery.contentType, type: delivery.type,
             correlationId: delivery.correlationId)
-        logger.info(
-            "handing back a command this release has no handler for: \(sender) sends it, so another release of '\(service)' handles it; it returns in \(level) s",
-            metadata: ["saga.handedBack": "\(handBacks + 1)", "saga.definitionVersion": "\(definition.version)"])
+        // The first hand-back of a command in this process says what to check: a forgotten
+        // registration looks exactly like a rolling upgrade from here.
+        let first = handedBackCommands.insert(command.command)
+        let sameDefinition = engine.definitions.definition(named: definition.name, version: definition.version) != nil
+        let hint =
+            sameDefinition
+            ? "this release runs \(sender) too but registers no handler for '\(command.command)': register one, unless another release of '\(service)' on this queue handles it"
+            : "deploy a release of '\(service)' that handles it if none runs"
+        logger.log(
+            level: first ? .warning : .info,
+            "handing back command '\(command.command)': service '\(service)' has no handler for it here; \(sender) sends it, so another release of '\(service)' may handle it; it returns in \(level) s",
+            metadata: [
+                "saga.handedBack": "\(handBacks + 1)", "saga.definitionVersion": "\(definition.version)",
+                "hint": "\(hint); after \(Self.handBackLimit) it is dead-lettered",
+            ])
         do {
             try await engine.bus.publish(message)
             await settle(delivery, .ack, logger: logger)
@@ -654,4 +669,12 @@ extension SagaHeaders {
     /// When a command was first handed back (seconds since 1970); it is dead-lettered once
     /// handed back for ten minutes.
     public static let handedBackSince = "x-sagakit-handed-back-since"
+}
+
+/// The commands a participant has handed back (``SagaParticipant``), shared by its copies.
+final class HandedBackCommands: Sendable {
+    private let commands = Mutex<Set<String>>([])
+
+    /// Records `command`; whether it is its first hand-back in this process.
+    func insert(_ command: String) -> Bool { commands.withLock { $0.insert(command).inserted } }
 }
