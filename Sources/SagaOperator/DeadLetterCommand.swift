@@ -6,8 +6,8 @@ import Synchronization
 struct DeadLetterCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dlq",
-        abstract: "Dead-lettered messages: list them with their reasons, put them back.",
-        subcommands: [DeadLetterList.self, DeadLetterRequeue.self]
+        abstract: "Dead-lettered messages: list them with their reasons, put them back, or drop them.",
+        subcommands: [DeadLetterList.self, DeadLetterRequeue.self, DeadLetterDrop.self]
     )
 }
 
@@ -48,12 +48,21 @@ struct DeadLetter: Encodable {
 /// Consumes up to `limit` dead letters (stopping when none arrived for `idle`), hands them to
 /// `body`, then stops consuming: whatever `body` did not acknowledge goes back to the queue, in
 /// its order (the broker requeues a cancelled consumer's unsettled messages).
+///
+/// Declares nothing: the services declare the dead-letter queue when they start, and a prefix
+/// that names no deployment (a typing mistake) is an error saying so, not a new empty topology.
 func withDeadLetters<T: Sendable>(
     bus: RabbitMQBus, topology: SagaTopology, limit: Int, idle: Duration = .seconds(1),
     _ body: @Sendable ([Delivery]) async throws -> T
 ) async throws -> T {
-    try await bus.declare(topology.shared)
-    let stream = try await bus.consume(queue: topology.deadLetterQueue, prefetch: min(max(limit, 1), 65_535))
+    let stream: AsyncThrowingStream<Delivery, any Error>
+    do {
+        stream = try await bus.consume(queue: topology.deadLetterQueue, prefetch: min(max(limit, 1), 65_535))
+    } catch let error as BusError where error.code == .notFound {
+        throw ValidationError(
+            "the broker has no queue '\(topology.deadLetterQueue)': no services ran with the prefix '\(topology.prefix)' "
+                + "(check --prefix or SAGAKIT_PREFIX against the services' prefix)")
+    }
     let collected = DeliveryBuffer()
     return try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask {
@@ -162,6 +171,8 @@ struct DeadLetterRequeue: AsyncParsableCommand {
         var requeued: [DeadLetter]
         var failed: [String]
         var kept: Int
+        /// Ids asked for with --id that no dead letter looked at has.
+        var missing: [String] = []
     }
 
     func run() async throws {
@@ -171,11 +182,13 @@ struct DeadLetterRequeue: AsyncParsableCommand {
         let result = try await environment.withBus { bus in
             try await withDeadLetters(bus: bus, topology: topology, limit: limit) { deliveries in
                 var result = Result(requeued: [], failed: [], kept: 0)
+                var matched: Set<String> = []
                 for delivery in deliveries {
                     guard all || wanted.contains(delivery.messageId ?? "") else {
                         result.kept += 1
                         continue
                     }
+                    matched.insert(delivery.messageId ?? "")
                     let letter = DeadLetter(delivery)
                     do {
                         try await bus.publish(Self.original(of: delivery, topology: topology))
@@ -185,28 +198,105 @@ struct DeadLetterRequeue: AsyncParsableCommand {
                         result.failed.append("\(letter.messageId ?? "?"): \(error)")
                     }
                 }
+                if !all { result.missing = wanted.subtracting(matched).sorted() }
                 return result
             }
         }
+        let outcome = result
         if json {
-            try printJSON(result)
-            if !result.failed.isEmpty { throw ExitCode(1) }
+            try printJSON(outcome)
+            if !outcome.failed.isEmpty || !outcome.missing.isEmpty { throw ExitCode(1) }
             return
         }
-        for letter in result.requeued {
+        for letter in outcome.requeued {
             print(
-                "requeued \(letter.messageId ?? "?") → '\(letter.sourceExchange ?? "")' / '\(letter.sourceRoutingKey ?? letter.command ?? "")'"
-            )
+                PrintableText.escaped(
+                    "requeued \(letter.messageId ?? "?") → '\(letter.sourceExchange ?? "")' / '\(letter.sourceRoutingKey ?? letter.command ?? "")'"
+                ))
         }
-        for failure in result.failed { print("could not requeue \(failure)") }
-        let missing = wanted.subtracting(result.requeued.compactMap(\.messageId))
-        if !all && !missing.isEmpty { print("not found in the first \(limit) dead letters: \(missing.sorted().joined(separator: ", "))") }
-        print("\(result.requeued.count) requeued, \(result.failed.count) failed, \(result.kept) left in \(topology.deadLetterQueue)")
-        if !result.failed.isEmpty { throw ExitCode(1) }
+        for failure in outcome.failed { printError("could not requeue \(failure)") }
+        if !outcome.missing.isEmpty {
+            printError("not found in the first \(limit) dead letters: \(outcome.missing.joined(separator: ", "))")
+        }
+        print("\(outcome.requeued.count) requeued, \(outcome.failed.count) failed, \(outcome.kept) left in \(topology.deadLetterQueue)")
+        if !outcome.failed.isEmpty || !outcome.missing.isEmpty { throw ExitCode(1) }
     }
 
     /// The message as it was before it was dead-lettered (see ``DeadLetters/original(of:topology:)``).
     static func original(of delivery: Delivery, topology: SagaTopology) -> OutgoingMessage {
         DeadLetters.original(of: delivery, topology: topology)
+    }
+}
+
+/// `dlq drop`: removes dead letters that must not run again (a duplicate of work already done,
+/// a message from a test), after printing each one, so that `dlq requeue --all` does not send
+/// them back. What is dropped is gone: list first.
+struct DeadLetterDrop: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "drop",
+        abstract: "Remove dead letters for good (each is printed first; list them before).",
+        discussion: "Exit status 1 when an --id was not found. JSON (--json): {dropped, kept, missing}."
+    )
+
+    @OptionGroup var connection: OperatorOptions
+
+    @Flag(help: "Drop every dead letter (up to --limit).")
+    var all = false
+
+    @Option(name: .customLong("id"), help: "Drop the dead letter with this message id (repeatable).")
+    var ids: [String] = []
+
+    @Option(help: "Look at most at this many messages.")
+    var limit = 1000
+
+    @Flag(help: "Print JSON: {dropped, kept, missing}.")
+    var json = false
+
+    func validate() throws {
+        guard all || !ids.isEmpty else {
+            throw ValidationError("say which: --all, or --id <message id> (see `\(SagaOperatorTool.toolName) dlq list`)")
+        }
+    }
+
+    struct Result: Encodable {
+        var dropped: [DeadLetter]
+        var kept: Int
+        var missing: [String]
+    }
+
+    func run() async throws {
+        let environment = try CommandEnvironment(connection)
+        let topology = environment.configuration.topology
+        let (limit, all, wanted) = (limit, all, Set(ids))
+        var result = try await environment.withBus { bus in
+            try await withDeadLetters(bus: bus, topology: topology, limit: limit) { deliveries in
+                var result = Result(dropped: [], kept: 0, missing: [])
+                for delivery in deliveries {
+                    guard all || wanted.contains(delivery.messageId ?? "") else {
+                        result.kept += 1
+                        continue
+                    }
+                    try await delivery.ack()
+                    result.dropped.append(DeadLetter(delivery))
+                }
+                return result
+            }
+        }
+        if !all { result.missing = wanted.subtracting(result.dropped.compactMap(\.messageId)).sorted() }
+        if json {
+            try printJSON(result)
+        } else {
+            for letter in result.dropped {
+                print(
+                    PrintableText.escaped(
+                        "dropped \(letter.messageId ?? "?") (saga \(letter.sagaId ?? "?"), \(letter.command ?? "?")): \(letter.reason ?? "no reason recorded")"
+                    ))
+            }
+            if !result.missing.isEmpty {
+                printError("not found in the first \(limit) dead letters: \(result.missing.joined(separator: ", "))")
+            }
+            print("\(result.dropped.count) dropped, \(result.kept) left in \(topology.deadLetterQueue)")
+        }
+        if !result.missing.isEmpty { throw ExitCode(1) }
     }
 }

@@ -23,9 +23,12 @@ struct RetryCommand: AsyncParsableCommand {
     static var configuration: CommandConfiguration {
         CommandConfiguration(
             commandName: "retry",
-            abstract: "Send a saga's current command again, as a new attempt (also for a saga that needs attention).",
-            discussion:
-                "Recorded in the saga's history with --by and --reason (see `\(SagaOperatorTool.toolName) show`). JSON (--json): the new saga state."
+            abstract: "Send sagas' current commands again, as a new attempt (also for sagas that need attention).",
+            discussion: """
+                Recorded in each saga's history with --by and --reason (see `\(SagaOperatorTool.toolName) show`). Several ids: \
+                each is retried, one failing does not stop the others, and the exit status is 1 when any failed. \
+                JSON (--json): the new saga state (an array of them for several ids).
+                """
         )
     }
 
@@ -36,20 +39,48 @@ struct RetryCommand: AsyncParsableCommand {
     @Option(help: "Why, recorded in the saga's history.")
     var reason: String?
 
-    @Argument(help: "The saga id.")
-    var id: String
+    @Argument(help: "The saga ids (one or more).")
+    var ids: [String]
 
     @Flag(help: "Print JSON (the new saga state).")
     var json = false
 
     func run() async throws {
-        let (id, json, actor, reason) = (id, json, action.actor, reason)
+        let (ids, json, actor, reason) = (ids, json, action.actor, reason)
         try await CommandEnvironment(connection).withManager { manager in
-            let state = try await manager.retry(id, by: actor, reason: reason)
-            if json { return try printJSON(state) }
-            print("saga \(id) is \(state.status.cliName) at \(position(state)); its command was sent again.")
-            print("recorded: retry requested by \(actor)\(reason.map { ": \"\($0)\"" } ?? " (no reason given)")")
+            try await forEachSaga(ids, json: json) { id in
+                let state = try await manager.retry(id, by: actor, reason: reason)
+                if !json {
+                    print("saga \(id) is \(state.status.cliName) at \(position(state)); its command was sent again.")
+                    print("recorded: retry requested by \(actor)\(reason.map { ": \"\($0)\"" } ?? " (no reason given)")")
+                }
+                return state
+            }
         }
+    }
+}
+
+/// Runs `action` on each of `ids` in turn (a failure is reported and the next id goes on), prints
+/// the states as JSON when asked (one object for one id, an array for several), and fails with
+/// exit status 1 when any id failed.
+func forEachSaga(_ ids: [String], json: Bool, _ action: (String) async throws -> SagaState) async throws {
+    var states: [SagaState] = []
+    var failures: [String] = []
+    for id in ids {
+        do {
+            states.append(try await action(id))
+        } catch {
+            if ids.count == 1 { throw error }
+            failures.append(id)
+            printError("saga \(id): \(error)")
+        }
+    }
+    if json {
+        if ids.count == 1, let state = states.first { try printJSON(state) } else { try printJSON(states) }
+    }
+    if !failures.isEmpty {
+        printError("\(failures.count) of \(ids.count) failed: \(failures.joined(separator: ", "))")
+        throw ExitCode(1)
     }
 }
 
@@ -57,9 +88,12 @@ struct CompensateCommand: AsyncParsableCommand {
     static var configuration: CommandConfiguration {
         CommandConfiguration(
             commandName: "compensate",
-            abstract: "Compensate a saga now: undo its completed steps, newest first (only before the pivot).",
-            discussion:
-                "Recorded in the saga's history with --by and --reason (see `\(SagaOperatorTool.toolName) show`). JSON (--json): the new saga state."
+            abstract: "Compensate sagas now: undo their completed steps, newest first (only before the pivot).",
+            discussion: """
+                Recorded in each saga's history with --by and --reason (see `\(SagaOperatorTool.toolName) show`). Several ids: \
+                each is compensated, one failing does not stop the others, and the exit status is 1 when any failed. \
+                JSON (--json): the new saga state (an array of them for several ids).
+                """
         )
     }
 
@@ -70,19 +104,23 @@ struct CompensateCommand: AsyncParsableCommand {
     @Option(help: "Why, recorded in the saga's history and as its failure reason.")
     var reason = "compensation requested by an operator"
 
-    @Argument(help: "The saga id.")
-    var id: String
+    @Argument(help: "The saga ids (one or more).")
+    var ids: [String]
 
     @Flag(help: "Print JSON (the new saga state).")
     var json = false
 
     func run() async throws {
-        let (id, json, actor, reason) = (id, json, action.actor, reason)
+        let (ids, json, actor, reason) = (ids, json, action.actor, reason)
         try await CommandEnvironment(connection).withManager { manager in
-            let state = try await manager.compensate(id, by: actor, reason: reason)
-            if json { return try printJSON(state) }
-            print("saga \(id) is \(state.status.cliName) at \(position(state)).")
-            print("recorded: compensation requested by \(actor): \"\(reason)\"")
+            try await forEachSaga(ids, json: json) { id in
+                let state = try await manager.compensate(id, by: actor, reason: reason)
+                if !json {
+                    print("saga \(id) is \(state.status.cliName) at \(position(state)).")
+                    print("recorded: compensation requested by \(actor): \"\(reason)\"")
+                }
+                return state
+            }
         }
     }
 }

@@ -88,6 +88,11 @@ struct CommandEnvironment: Sendable {
     }
 }
 
+/// Prints a line to standard error (control characters escaped: it may quote a saga's text).
+func printError(_ line: String) {
+    FileHandle.standardError.write(Data((PrintableText.escaped(line) + "\n").utf8))
+}
+
 /// Prints a value as pretty JSON (dates in ISO 8601).
 func printJSON<T: Encodable>(_ value: T) throws {
     let encoder = JSONEncoder()

@@ -92,6 +92,16 @@ struct DeadLetterFidelityTests {
             #expect(copy.priority == sent.priority && copy.timestamp == sent.timestamp, "\(which)")
             #expect(copy.expiration == sent.expiration && copy.persistent == sent.persistent, "\(which)")
         }
+        // `saga dlq drop`: the named dead letter is gone for good, another one stays.
+        for id in ["drop-me", "keep-me"] {
+            try await bus.publish(
+                OutgoingMessage(
+                    exchange: topology.deadLetterExchange, routingKey: topology.deadLetterQueue, body: Array("{}".utf8), messageId: id))
+        }
+        let dropped = try cli.json(["dlq", "drop", "--id", "drop-me"]) as? [String: Any]
+        #expect((dropped?["dropped"] as? [[String: Any]])?.map { $0["messageId"] as? String } == ["drop-me"], "\(dropped ?? [:])")
+        let left = try cli.json(["dlq", "list"]) as? [[String: Any]]
+        #expect(left?.compactMap { $0["messageId"] as? String } == ["keep-me"], "\(left ?? [])")
         for key in [capture, topology.deadLetterQueue] + ["inventory", "payment", "shipping"].map(topology.queue(forService:)) {
             try? await bus.deleteQueue(key)
         }

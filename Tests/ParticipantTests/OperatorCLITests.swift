@@ -242,9 +242,22 @@ struct OperatorCLITests {
                 // dlq: list and a requeue of nothing, as JSON.
                 let letters = try cli.json(["dlq", "list", "--limit", "5"]) as? [[String: Any]]
                 #expect(letters != nil)
-                let requeue = try cli.json(["dlq", "requeue", "--id", "no-such-message", "--limit", "5"]) as? [String: Any]
-                #expect((requeue?["requeued"] as? [Any])?.isEmpty == true, "\(String(describing: requeue))")
-                #expect((requeue?["failed"] as? [Any])?.isEmpty == true)
+                // An id no dead letter has: said (JSON `missing`) and exit status 1.
+                let requeue = try cli.run(["dlq", "requeue", "--id", "no-such-message", "--limit", "5", "--json"])
+                #expect(requeue.status == 1, "\(requeue)")
+                let requeued = try JSONSerialization.jsonObject(with: Data(requeue.stdout.utf8)) as? [String: Any]
+                #expect((requeued?["requeued"] as? [Any])?.isEmpty == true, "\(requeue)")
+                #expect((requeued?["failed"] as? [Any])?.isEmpty == true)
+                #expect(requeued?["missing"] as? [String] == ["no-such-message"], "\(requeue)")
+                let drop = try cli.run(["dlq", "drop", "--id", "no-such-message", "--limit", "5"])
+                #expect(drop.status == 1 && drop.stderr.contains("not found in the first 5 dead letters: no-such-message"), "\(drop)")
+                // A prefix no services ran with: said, and nothing is declared under it.
+                let typo = try SagaCLI(store: storeURL, amqp: amqp, prefix: topology.prefix + "-typo").run(["dlq", "list"])
+                #expect(typo.status != 0 && typo.stderr.contains("no queue '\(topology.prefix)-typo.dead-letters'"), "\(typo)")
+                // Several sagas at once: each retried, the unknown one named, exit status 1.
+                let several = try cli.run(["retry", another, "no-such-saga", "--reason", "bulk"])
+                #expect(several.status == 1 && several.stdout.contains("saga \(another) is"), "\(several)")
+                #expect(several.stderr.contains("1 of 2 failed: no-such-saga"), "\(several)")
 
                 // An unknown saga: an error on standard error, nothing on standard output.
                 let unknown = try cli.run(["show", "no-such-saga", "--json"])
