@@ -107,6 +107,8 @@ final class ConnectionWorker {
     private var tracker = ConfirmTracker<PublishRequest>()
 
     private var consumers: [UInt64: ActiveConsumer] = [:]
+    /// Consumers withdrawn before they started (``cancelConsumer(_:)``); their parked starts are skipped.
+    private var withdrawnConsumers: Set<UInt64> = []
     private var channelConsumers: [UInt16: UInt64] = [:]
     private var partials: [UInt16: PartialContent] = [:]
     /// Channels with acks waiting for ``flushAcks()`` (at the end of each mailbox drain).
@@ -415,7 +417,7 @@ final class ConnectionWorker {
     /// Runs declarations on the control channel; a channel error fails `reply` with a `BusError` naming the
     /// queue/exchange/argument, a connection loss parks the command until the connection is back.
     private func runControl(
-        _ command: Command, reply: CheckedContinuation<Void, any Error>, operations: [TopologyOperation],
+        _ command: Command, reply: ControlReply, operations: [TopologyOperation],
         onSuccess: () -> Void
     ) {
         switch machine.disposition(of: command, isConsume: false) {
@@ -579,10 +581,14 @@ final class ConnectionWorker {
     // MARK: Consuming
 
     private func startConsumer(
-        _ registration: ConsumerRegistration, reply: CheckedContinuation<Void, any Error>?,
+        _ registration: ConsumerRegistration, reply: ControlReply?,
         describe: (BusError) -> BusError = { $0 }
     ) {
         guard let current = connection else { return }
+        if withdrawnConsumers.remove(registration.id) != nil {
+            reply?.resume(throwing: CancellationError())
+            return
+        }
         let channel = freeChannels.popLast() ?? nextChannel
         if channel == nextChannel { nextChannel += 1 }
         epochCounter += 1
@@ -627,7 +633,13 @@ final class ConnectionWorker {
     }
 
     private func cancelConsumer(_ id: UInt64) {
-        guard let consumer = consumers[id], !consumer.stopping else { return }
+        guard let consumer = consumers[id] else {
+            // Withdrawn before it started (its caller was cancelled while the connection was down):
+            // the parked start must not open a consumer nobody reads.
+            withdrawnConsumers.insert(id)
+            return
+        }
+        guard !consumer.stopping else { return }
         machine.consumerRemoved(id)
         guard let channel = consumer.channel, let current = connection else {
             consumers[id] = nil

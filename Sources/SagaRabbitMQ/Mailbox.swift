@@ -4,14 +4,59 @@ import Synchronization
 /// Work handed from async callers to a connection thread.
 enum Command: Sendable {
     case publish(PublishRequest)
-    case declare(Topology, CheckedContinuation<Void, any Error>)
-    case deleteQueue(String, CheckedContinuation<Void, any Error>)
-    case deleteExchange(String, CheckedContinuation<Void, any Error>)
-    case consume(ConsumerRegistration, CheckedContinuation<Void, any Error>)
+    case declare(Topology, ControlReply)
+    case deleteQueue(String, ControlReply)
+    case deleteExchange(String, ControlReply)
+    case consume(ConsumerRegistration, ControlReply)
     case cancelConsumer(id: UInt64)
     case settle(channel: UInt16, epoch: UInt64, tag: UInt64, Settlement)
     /// Graceful shutdown; the continuation (if any) resumes when the thread has finished.
     case shutdown(CheckedContinuation<Void, Never>?)
+}
+
+/// The answer to a declaration, a deletion or a consumer start, resumed once: by the connection
+/// thread when the broker answered, or earlier by the caller's cancellation (a caller is not left
+/// waiting while the connection is down; the thread's later answer then goes nowhere).
+final class ControlReply: Sendable {
+    private enum State {
+        case waiting(CheckedContinuation<Void, any Error>?)
+        case answered
+    }
+    private let state = Mutex<State>(.waiting(nil))
+
+    /// Waits for the answer; `send` hands the reply to the connection thread. Cancelling the task
+    /// resumes it with `CancellationError`.
+    static func await(_ send: @Sendable (ControlReply) -> Void) async throws {
+        let reply = ControlReply()
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                let cancelled = reply.state.withLock { state -> Bool in
+                    if case .answered = state { return true }
+                    state = .waiting(continuation)
+                    return false
+                }
+                if cancelled { continuation.resume(throwing: CancellationError()) } else { send(reply) }
+            }
+        } onCancel: {
+            reply.resume(with: .failure(CancellationError()))
+        }
+    }
+
+    /// Answers; only the first answer counts.
+    func resume(with result: Result<Void, any Error>) {
+        let continuation = state.withLock { state -> CheckedContinuation<Void, any Error>?? in
+            guard case .waiting(let continuation) = state else { return nil }
+            state = .answered
+            return continuation
+        }
+        if let continuation { continuation?.resume(with: result) }
+    }
+
+    /// The broker answered.
+    func resume() { resume(with: .success(())) }
+
+    /// The operation failed.
+    func resume(throwing error: any Error) { resume(with: .failure(error)) }
 }
 
 /// One publish waiting for its confirm.

@@ -328,9 +328,12 @@ public final class RabbitMQBus: MessageBus, Service {
     ///
     /// - Throws: ``BusError`` `preconditionFailed` (naming the queue or exchange and the argument that differs),
     ///   `notFound`, `accessRefused`, `closed`.
+    ///
+    /// Cancelling the calling task ends the wait with `CancellationError` (while the connection is down the
+    /// declaration is parked; it still runs when the connection is back).
     public func declare(_ topology: Topology) async throws {
         let publisher = try await mailbox(.publisher)
-        try await withCheckedThrowingContinuation { reply in
+        try await ControlReply.await { reply in
             if !publisher.send(.declare(topology, reply)) { reply.resume(throwing: Self.closed) }
         }
     }
@@ -338,7 +341,7 @@ public final class RabbitMQBus: MessageBus, Service {
     /// Deletes a queue (and the messages in it); the bus stops re-declaring it after reconnects.
     public func deleteQueue(_ name: String) async throws {
         let publisher = try await mailbox(.publisher)
-        try await withCheckedThrowingContinuation { reply in
+        try await ControlReply.await { reply in
             if !publisher.send(.deleteQueue(name, reply)) { reply.resume(throwing: Self.closed) }
         }
     }
@@ -346,7 +349,7 @@ public final class RabbitMQBus: MessageBus, Service {
     /// Deletes an exchange; the bus stops re-declaring it after reconnects.
     public func deleteExchange(_ name: String) async throws {
         let publisher = try await mailbox(.publisher)
-        try await withCheckedThrowingContinuation { reply in
+        try await ControlReply.await { reply in
             if !publisher.send(.deleteExchange(name, reply)) { reply.resume(throwing: Self.closed) }
         }
     }
@@ -379,7 +382,9 @@ public final class RabbitMQBus: MessageBus, Service {
     /// Starts a consumer on its own channel with `basic.qos(prefetch)` and manual acknowledgements. The stream
     /// survives reconnects; ending its iteration cancels the consumer.
     ///
-    /// - Throws: ``BusError`` `notFound` (no such queue), `invalidArgument` (prefetch outside 1...65535), `closed`.
+    /// - Throws: ``BusError`` `notFound` (no such queue), `invalidArgument` (prefetch outside 1...65535), `closed`;
+    ///   `CancellationError` when the calling task is cancelled before the consumer started (while the connection
+    ///   is down): the consumer is withdrawn.
     public func consume(queue: String, prefetch: Int) async throws -> DeliveryStream {
         guard (1...Int(UInt16.max)).contains(prefetch) else {
             throw BusError(.invalidArgument, "prefetch must be between 1 and 65535, not \(prefetch)")
@@ -394,11 +399,17 @@ public final class RabbitMQBus: MessageBus, Service {
             id: id, queue: queue, prefetch: UInt16(prefetch), continuation: continuation)
         let mailbox = consumer
         continuation.onTermination = { _ in mailbox.send(.cancelConsumer(id: id)) }
-        try await withCheckedThrowingContinuation { reply in
-            if !consumer.send(.consume(registration, reply)) {
-                continuation.finish()
-                reply.resume(throwing: Self.closed)
+        do {
+            try await ControlReply.await { reply in
+                if !consumer.send(.consume(registration, reply)) {
+                    continuation.finish()
+                    reply.resume(throwing: Self.closed)
+                }
             }
+        } catch {
+            // Cancelled while the connection was down, or refused: the consumer is withdrawn.
+            continuation.finish()
+            throw error
         }
         return stream
     }

@@ -54,6 +54,7 @@ struct RabbitMQRecoveryTests {
         do {
             try await connectionsClosedWhileFlowing(bus)
             try await brokerRestartKeepsDurableMessages(bus)
+            try await aConsumerWithdrawnWhileDownNeverStarts(bus)
         } catch {
             await bus.shutdown()
             _ = try? await TestBroker.runScript(["stop"], port: Self.port)
@@ -170,6 +171,59 @@ struct RabbitMQRecoveryTests {
             ledger.consumed.isSuperset(of: confirmed)
         }
         consumer.cancel()
+        try await bus.deleteQueue(queue)
+    }
+}
+
+extension RabbitMQRecoveryTests {
+    /// A caller that gives up on `consume` while the broker is away (a console page with a
+    /// deadline) is not left waiting for the reconnect, and the consumer it withdrew does not
+    /// start when the broker is back: every message goes to the consumer that was asked for later.
+    fileprivate func aConsumerWithdrawnWhileDownNeverStarts(_ bus: RabbitMQBus) async throws {
+        let queue = "test.withdrawn.\(UUID().uuidString.prefix(8))"
+        try await bus.declare(Topology(queues: [QueueSpec(name: queue, durable: true)]))
+        try await TestBroker.runScript(["stop"], port: Self.port)
+        try await Task.sleep(for: .seconds(1))
+        let started = ContinuousClock.now
+        let outcome = await withThrowingTaskGroup(of: Bool.self) { group -> (any Error)? in
+            group.addTask {
+                _ = try await bus.consume(queue: queue, prefetch: 10)
+                return true
+            }
+            group.addTask {
+                try await Task.sleep(for: .seconds(1))
+                return false
+            }
+            defer { group.cancelAll() }
+            do {
+                _ = try await group.next()
+                group.cancelAll()
+                while try await group.next() != nil {}
+                return nil
+            } catch { return error }
+        }
+        #expect(outcome is CancellationError, "\(String(describing: outcome))")
+        #expect(ContinuousClock.now - started < .seconds(5))
+        try await TestBroker.runScript(["start"], port: Self.port)
+        try await bus.declare(Topology(queues: [QueueSpec(name: queue, durable: true)]))
+        for n in 0..<10 {
+            try await bus.publish(OutgoingMessage(exchange: "", routingKey: queue, body: Array("m".utf8), messageId: String(n)))
+        }
+        let stream = try await bus.consume(queue: queue, prefetch: 20)
+        let received = Ledger()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for try await delivery in stream {
+                    try await delivery.ack()
+                    // A message a withdrawn consumer had taken would come back redelivered.
+                    received.consume(delivery.redelivered ? -1 : Int(delivery.messageId ?? "") ?? -1)
+                }
+            }
+            try await waitUntil("the later consumer got every message", timeout: .seconds(10)) {
+                received.consumed == Set(0..<10)
+            }
+            group.cancelAll()
+        }
         try await bus.deleteQueue(queue)
     }
 }
