@@ -334,7 +334,7 @@ struct SagaEngine: Sendable {
             case .needsAttention:
                 logger.error("saga needs attention: \(new.failureReason ?? "unknown reason")", metadata: metadata)
             case .compensating:
-                logger.warning("saga is compensating: \(new.failureReason ?? "")", metadata: metadata)
+                logger.notice("saga is compensating: \(new.failureReason ?? "")", metadata: metadata)
             case .completed, .compensated:
                 logger.info("saga \(new.status.rawValue)", metadata: metadata)
             case .running:

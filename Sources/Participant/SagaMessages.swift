@@ -131,7 +131,14 @@ enum SagaMessages {
             if size > maxBodyBytes { return .failure(tooLarge) }
             return .failure(SagaError(.invalidMessage, "body is not a saga command (\(describe(error)))"))
         }
-        if size - (body.stateCopy?.bytesInBody ?? 0) > maxBodyBytes { return .failure(tooLarge) }
+        if let copy = body.stateCopy?.bytesInBody, size - copy > maxBodyBytes {
+            return .failure(
+                SagaError(
+                    .invalidMessage,
+                    "command of \(size - copy) bytes (without the \(copy) bytes of its saga's state copy) exceeds the limit of \(maxBodyBytes) bytes"
+                ))
+        }
+        if size > maxBodyBytes, body.stateCopy == nil { return .failure(tooLarge) }
         let command = body.command
         if command.attempt < 1 || command.step < 0 {
             return .failure(SagaError(.invalidMessage, "step \(command.step) / attempt \(command.attempt) out of range"))

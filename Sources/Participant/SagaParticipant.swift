@@ -101,6 +101,11 @@ public struct SagaParticipant: Service {
         // Before consuming: the definitions this process runs are kept in the store.
         try await engine.registerDefinitions(logger: logger)
         warnAboutReaperThreshold()
+        if configuration.maxBodyBytes < 1024 {
+            logger.warning(
+                "the largest command body this service accepts is \(configuration.maxBodyBytes) bytes: SagaKit's own commands take a few hundred bytes and a payload's size on top, so most will be dead-lettered",
+                metadata: ["maxBodyBytes": "\(configuration.maxBodyBytes)", "hint": "raise max.body.bytes (default 65536)"])
+        }
         warnAboutDelaysBeyondTheLargestLevel()
         guard try await declareWaitingForTheBroker() else {
             logger.info("participant stopped before the broker answered")
@@ -257,6 +262,9 @@ public struct SagaParticipant: Service {
         switch SagaMessages.command(from: delivery, maxBodyBytes: configuration.maxBodyBytes) {
         case .failure(let error):
             logger[metadataKey: "saga.command"] = "\(delivery.routingKey)"
+            // The saga a message names, as far as can be told (its correlation id is the saga id
+            // for SagaKit's own commands), so that its line is found with the saga's others.
+            if let id = delivery.correlationId, !id.isEmpty { logger[metadataKey: "saga.id"] = "\(id)" }
             return await deadLetter(delivery, reason: error.message, logger: logger)
         case .success(let decoded):
             body = decoded
@@ -367,7 +375,7 @@ public struct SagaParticipant: Service {
         } catch {
             // Infrastructure failure (store or broker). Nothing was acknowledged: the broker
             // redelivers, and a committed but unpublished command is sent by the outbox relay.
-            logger.error("processing failed; the command will be redelivered", metadata: ["error": "\(error)"])
+            logger.warning("processing failed; the command will be redelivered", metadata: ["error": "\(error)"])
             span.recordError(error)
             try? await Task.sleep(for: .milliseconds(500))
             await settle(delivery, .nack(requeue: true), logger: logger)
@@ -398,7 +406,7 @@ public struct SagaParticipant: Service {
             case .committed:
                 CrashPoints.reach(.afterPublishBeforeAck)
             case .ignored(let reason, _):
-                logger.warning("outcome not recorded: the saga moved on meanwhile (\(reason))")
+                logger.info("outcome not recorded: the saga moved on meanwhile (\(reason))")
                 throw SagaError.outcomeDiscarded(sagaID: state.id, command: command.command, reason: reason)
             case .rejected(let reason, _):
                 logger.error("outcome rejected: \(reason)")

@@ -268,7 +268,12 @@ struct StateInCommandsTests {
             guard case .failure(let error) = decode(body, limit: limit) else { return nil }
             return error.message
         }
-        #expect(refusal(carried, limit: 100) == "body of \(carried.count) bytes exceeds the limit of 100 bytes")
+        // The reason gives the size that counts (the command without its copy), and the copy's.
+        let copyBytes = carried.count - command.jsonBytes.count
+        #expect(
+            refusal(carried, limit: 100)
+                == "command of \(command.jsonBytes.count) bytes (without the \(copyBytes) bytes of its saga's state copy) exceeds the limit of 100 bytes"
+        )
         // So is a body that is not a command and larger than the limit, and one larger than the
         // limit plus the largest copy is not even parsed.
         let spaces = [UInt8](repeating: 0x20, count: limit + 10)
