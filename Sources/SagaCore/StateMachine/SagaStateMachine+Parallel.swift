@@ -194,7 +194,7 @@ extension SagaStateMachine {
             next.history.append(
                 StepRecord(
                     step: member, stepName: definition.steps[member].name, phase: .action, attempt: attempt, startedAt: now,
-                    finishedAt: now, outcome: .resent, error: "stalled since \(state.updatedAt)"))
+                    finishedAt: now, outcome: .resent, error: "stalled since \(state.updatedAt.formatted(.iso8601))"))
             Self.compact(&next.history, step: member, phase: .action)
             commands.append(ScheduledCommand(makeCommand(next, step: member, phase: .action, attempt: attempt)))
         }

@@ -310,7 +310,7 @@ public struct SagaStateMachine: Sendable {
             next.reapAttempts += 1
             record(
                 &next, step: state.currentStep, phase: phase, attempt: state.attempt, startedAt: now, now: now, outcome: .resent,
-                error: "stalled since \(state.updatedAt)")
+                error: "stalled since \(state.updatedAt.formatted(.iso8601))")
             return .transition(next, [ScheduledCommand(currentCommand(next, phase: phase))])
 
         case .retryRequested(let actor, let reason):
