@@ -116,11 +116,14 @@ struct StateInCommandsTests {
         _ = try await store.create(stored, outbox: [])
         var copy = try await store.load(id)
         copy.payload["orderId"] = .string(copied)
-        let bytes = try SagaStateCopy.json(copy)
         let command = SagaCommand(
             sagaID: id, sagaName: "order", command: "inventory.reserve", step: 0, stepName: "reserve-stock", phase: .action, attempt: 1)
-        let final = try await withParticipants(services, bus: bus, store: store) { manager in
-            try await bus.publish(message(command, bytes))
+        let final = try await withParticipants(services, bus: bus, store: store) { [copy] manager in
+            // Made when it is sent, as a participant makes it: a copy made before the participants
+            // started (slow on a loaded machine) could be older than the 2 s a copy is used for.
+            var fresh = copy
+            fresh.updatedAt = Date()
+            try await bus.publish(message(command, try SagaStateCopy.json(fresh)))
             return try await manager.outcome(of: id, timeout: .seconds(30))
         }
         return (final, seen.withLock { $0 })
