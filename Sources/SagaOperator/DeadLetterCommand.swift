@@ -149,23 +149,10 @@ struct DeadLetterRequeue: AsyncParsableCommand {
 
     @OptionGroup var connection: OperatorOptions
 
-    @Flag(help: "Requeue every dead letter (up to --limit).")
-    var all = false
-
-    @Option(name: .customLong("id"), help: "Requeue the dead letter with this message id (repeatable).")
-    var ids: [String] = []
-
-    @Option(help: "Look at most at this many messages.")
-    var limit = 1000
+    @OptionGroup var which: DeadLetterSelection
 
     @Flag(help: "Print JSON: {requeued, failed, kept}.")
     var json = false
-
-    func validate() throws {
-        guard all || !ids.isEmpty else {
-            throw ValidationError("say which: --all, or --id <message id> (see `\(SagaOperatorTool.toolName) dlq list`)")
-        }
-    }
 
     struct Result: Encodable {
         var requeued: [DeadLetter]
@@ -178,7 +165,7 @@ struct DeadLetterRequeue: AsyncParsableCommand {
     func run() async throws {
         let environment = try CommandEnvironment(connection)
         let topology = environment.configuration.topology
-        let (limit, all, wanted) = (limit, all, Set(ids))
+        let (limit, all, wanted) = (which.limit, which.all, Set(which.ids))
         let result = try await environment.withBus { bus in
             try await withDeadLetters(bus: bus, topology: topology, limit: limit) { deliveries in
                 var result = Result(requeued: [], failed: [], kept: 0)
@@ -234,29 +221,16 @@ struct DeadLetterRequeue: AsyncParsableCommand {
 struct DeadLetterDrop: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "drop",
-        abstract: "Remove dead letters for good (each is printed first; list them before).",
+        abstract: "Remove dead letters for good (each is printed as it goes; list them first).",
         discussion: "Exit status 1 when an --id was not found. JSON (--json): {dropped, kept, missing}."
     )
 
     @OptionGroup var connection: OperatorOptions
 
-    @Flag(help: "Drop every dead letter (up to --limit).")
-    var all = false
-
-    @Option(name: .customLong("id"), help: "Drop the dead letter with this message id (repeatable).")
-    var ids: [String] = []
-
-    @Option(help: "Look at most at this many messages.")
-    var limit = 1000
+    @OptionGroup var which: DeadLetterSelection
 
     @Flag(help: "Print JSON: {dropped, kept, missing}.")
     var json = false
-
-    func validate() throws {
-        guard all || !ids.isEmpty else {
-            throw ValidationError("say which: --all, or --id <message id> (see `\(SagaOperatorTool.toolName) dlq list`)")
-        }
-    }
 
     struct Result: Encodable {
         var dropped: [DeadLetter]
@@ -267,7 +241,7 @@ struct DeadLetterDrop: AsyncParsableCommand {
     func run() async throws {
         let environment = try CommandEnvironment(connection)
         let topology = environment.configuration.topology
-        let (limit, all, wanted) = (limit, all, Set(ids))
+        let (limit, all, wanted) = (which.limit, which.all, Set(which.ids))
         var result = try await environment.withBus { bus in
             try await withDeadLetters(bus: bus, topology: topology, limit: limit) { deliveries in
                 var result = Result(dropped: [], kept: 0, missing: [])
@@ -298,5 +272,23 @@ struct DeadLetterDrop: AsyncParsableCommand {
             print("\(result.dropped.count) dropped, \(result.kept) left in \(topology.deadLetterQueue)")
         }
         if !result.missing.isEmpty { throw ExitCode(1) }
+    }
+}
+
+/// Which dead letters `dlq requeue` and `dlq drop` act on.
+struct DeadLetterSelection: ParsableArguments {
+    @Flag(help: "Every dead letter (up to --limit).")
+    var all = false
+
+    @Option(name: .customLong("id"), help: "The dead letter with this message id (repeatable).")
+    var ids: [String] = []
+
+    @Option(help: "Look at most at this many messages.")
+    var limit = 1000
+
+    func validate() throws {
+        guard all || !ids.isEmpty else {
+            throw ValidationError("say which: --all, or --id <message id> (see `\(SagaOperatorTool.toolName) dlq list`)")
+        }
     }
 }

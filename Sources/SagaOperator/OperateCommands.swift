@@ -24,11 +24,7 @@ struct RetryCommand: AsyncParsableCommand {
         CommandConfiguration(
             commandName: "retry",
             abstract: "Send sagas' current commands again, as a new attempt (also for sagas that need attention).",
-            discussion: """
-                Recorded in each saga's history with --by and --reason (see `\(SagaOperatorTool.toolName) show`). Several ids: \
-                each is retried, one failing does not stop the others, and the exit status is 1 when any failed. \
-                JSON (--json): the new saga state (an array of them for several ids).
-                """
+            discussion: severalSagasDiscussion(each: "retried")
         )
     }
 
@@ -60,6 +56,15 @@ struct RetryCommand: AsyncParsableCommand {
     }
 }
 
+/// The help of a command that acts on several sagas (`retry`, `compensate`).
+func severalSagasDiscussion(each verb: String) -> String {
+    """
+    Recorded in each saga's history with --by and --reason (see `\(SagaOperatorTool.toolName) show`). Several ids: \
+    each is \(verb), one failing does not stop the others, and the exit status is 1 when any failed. \
+    JSON (--json): the new saga state (an array of them for several ids).
+    """
+}
+
 /// Runs `action` on each of `ids` in turn (a failure is reported and the next id goes on), prints
 /// the states as JSON when asked (one object for one id, an array for several), and fails with
 /// exit status 1 when any id failed.
@@ -89,11 +94,7 @@ struct CompensateCommand: AsyncParsableCommand {
         CommandConfiguration(
             commandName: "compensate",
             abstract: "Compensate sagas now: undo their completed steps, newest first (only before the pivot).",
-            discussion: """
-                Recorded in each saga's history with --by and --reason (see `\(SagaOperatorTool.toolName) show`). Several ids: \
-                each is compensated, one failing does not stop the others, and the exit status is 1 when any failed. \
-                JSON (--json): the new saga state (an array of them for several ids).
-                """
+            discussion: severalSagasDiscussion(each: "compensated")
         )
     }
 
