@@ -150,6 +150,9 @@ struct ConsoleRoutes: Sendable {
             return html(pages.errorPage(refusal.message, session: session), status: refusal.status)
         } catch let error as SagaError where error.code == .unknownSaga {
             return html(pages.errorPage("\(error)", session: session, back: "/sagas"), status: .notFound)
+        } catch let error as BusError where error.code == .unreachable {
+            // The broker is away (dead letters): the console is fine, the page can be tried again.
+            return html(pages.errorPage("\(error)", session: session), status: .serviceUnavailable)
         } catch {
             logger.warning("console page failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
             return html(pages.errorPage("\(error)", session: session), status: .internalServerError)

@@ -57,9 +57,11 @@ struct SignalCommand: AsyncParsableCommand {
     static func payload(_ data: String?) throws -> JSONObject {
         guard let data else { return [:] }
         do {
-            return try JSONDecoder().decode(JSONObject.self, from: Data(data.utf8))
-        } catch {
-            throw CommandFailure("--data is not a JSON object (\(error.localizedDescription)); for example --data '{\"approved\": true}'")
+            return try JSONCoding.object(fromJSON: Data(data.utf8))
+        } catch let error as SagaError {
+            // Says where the text stops being JSON (`… at byte 4`).
+            let why = error.message.replacingOccurrences(of: "payload is ", with: "")
+            throw CommandFailure("--data is not a JSON object (\(why)); for example --data '{\"approved\": true}'")
         }
     }
 }

@@ -89,6 +89,9 @@ struct WaitStepIntegrationTests {
             #expect(wrong.status != 0 && wrong.stderr.contains("waits for no signal named 'aproved' (its signals: approved)"), "\(wrong)")
             let badData = try cli.run(["signal", byCLI, "approved", "--data", "[1]"])
             #expect(badData.status != 0 && badData.stderr.contains("--data is not a JSON object"), "\(badData)")
+            // Text that is not JSON: where it stops being JSON.
+            let broken = try cli.run(["signal", byCLI, "approved", "--data", "[1,2"])
+            #expect(broken.status != 0 && broken.stderr.contains("at byte 4"), "\(broken)")
             let output = try cli.succeed(["signal", byCLI, "approved", "--data", #"{"ticket": 42}"#, "--by", "bob"])
             #expect(output.contains("signal 'approved' delivered to saga \(byCLI) by bob"), "\(output)")
             let viaCLI = try await manager.outcome(of: byCLI, timeout: .seconds(30))
