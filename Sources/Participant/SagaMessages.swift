@@ -145,11 +145,15 @@ enum SagaMessages {
         }
         // No saga, definition, step or command has such a name: a message that says so was not
         // made by SagaKit, and its text must not reach a log line or a terminal as it is.
-        for (field, text) in [
-            ("sagaID", command.sagaID), ("sagaName", command.sagaName), ("command", command.command), ("stepName", command.stepName),
-        ]
-        where PrintableText.needsEscaping(text) {
+        // Checked field by field (no array per delivery: this runs for every message).
+        func refuse(_ field: String, _ text: String) -> Result<SagaCommandBody, SagaError>? {
+            guard PrintableText.needsEscaping(text) else { return nil }
             return .failure(SagaError(.invalidMessage, "\(field) '\(PrintableText.escaped(text))' contains control characters"))
+        }
+        if let refusal = refuse("sagaID", command.sagaID) ?? refuse("sagaName", command.sagaName)
+            ?? refuse("command", command.command) ?? refuse("stepName", command.stepName)
+        {
+            return refusal
         }
         return .success(body)
     }

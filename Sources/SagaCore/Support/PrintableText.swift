@@ -6,7 +6,7 @@
 public enum PrintableText {
     /// `text` with every character that could change how a line prints escaped.
     public static func escaped(_ text: String) -> String {
-        guard text.unicodeScalars.contains(where: needsEscape) else { return text }
+        guard needsEscaping(text) else { return text }
         var result = ""
         result.reserveCapacity(text.utf8.count + 8)
         for scalar in text.unicodeScalars {
@@ -24,9 +24,12 @@ public enum PrintableText {
         return result
     }
 
-    /// Whether `text` holds a character ``escaped(_:)`` would escape.
+    /// Whether `text` holds a character ``escaped(_:)`` would escape. Printable ASCII, the usual
+    /// case (every saga id and log line), is told by its bytes alone.
     public static func needsEscaping(_ text: some StringProtocol) -> Bool {
-        text.unicodeScalars.contains(where: needsEscape)
+        // Every character to escape is a control byte, DEL, or starts with a lead byte ≥ 0xC2.
+        guard text.utf8.contains(where: { $0 < 0x20 || $0 == 0x7F || $0 >= 0xC2 }) else { return false }
+        return text.unicodeScalars.contains(where: needsEscape)
     }
 
     private static func needsEscape(_ scalar: Unicode.Scalar) -> Bool {
