@@ -98,32 +98,17 @@ struct ConsoleCommand: AsyncParsableCommand {
                 retry: { id, actor, reason in try await manager().retry(id, by: actor, reason: reason) },
                 compensate: { id, actor, reason in try await manager().compensate(id, by: actor, reason: reason) },
                 deadLetters: { limit in
-                    try await Self.answeringSoon {
-                        try await withDeadLetters(bus: bus, topology: topology, limit: limit) { deliveries in
-                            deliveries.map { Self.consoleLetter(DeadLetter($0)) }
-                        }
+                    try await withDeadLetters(bus: bus, topology: topology, limit: limit, patience: Self.brokerPatience) {
+                        deliveries in deliveries.map { Self.consoleLetter(DeadLetter($0)) }
                     }
                 },
                 requeue: { wanted, limit in
-                    // What `saga dlq requeue` does: republish where it came from, then remove it.
-                    try await Self.answeringSoon {
-                        try await withDeadLetters(bus: bus, topology: topology, limit: limit) { deliveries in
-                            var result = SagaConsoleRequeueResult(requeued: [], failed: [], kept: 0)
-                            for delivery in deliveries {
-                                guard wanted?.contains(delivery.messageId ?? "") ?? true else {
-                                    result.kept += 1
-                                    continue
-                                }
-                                do {
-                                    try await bus.publish(DeadLetterRequeue.original(of: delivery, topology: topology))
-                                    try await delivery.ack()
-                                    result.requeued.append(delivery.messageId ?? "?")
-                                } catch {
-                                    result.failed.append("\(delivery.messageId ?? "?"): \(error)")
-                                }
-                            }
-                            return result
-                        }
+                    // What `saga dlq requeue` does.
+                    try await withDeadLetters(bus: bus, topology: topology, limit: limit, patience: Self.brokerPatience) {
+                        deliveries in
+                        let done = await requeueDeadLetters(deliveries, wanted: wanted, bus: bus, topology: topology)
+                        return SagaConsoleRequeueResult(
+                            requeued: done.requeued.map { $0.messageId ?? "?" }, failed: done.failed, kept: done.kept)
                     }
                 },
                 signal: { id, name, data, actor in try await manager().signal(id, name: name, payload: data, by: actor) })
@@ -140,30 +125,9 @@ struct ConsoleCommand: AsyncParsableCommand {
         }
     }
 
-    /// How long a console page waits for the broker before it says it cannot reach it.
+    /// How long a console page waits for the broker before it says it cannot reach it (instead of
+    /// waiting for the bus's reconnection for as long as the browser does).
     static let brokerPatience: Duration = .seconds(5)
-
-    /// `body`, or an error saying the broker did not answer within ``brokerPatience``: a page
-    /// that needs the broker (dead letters) answers while the broker is away, instead of waiting
-    /// for the bus's reconnection for as long as the browser does.
-    static func answeringSoon<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
-        try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await body() }
-            group.addTask {
-                try await Task.sleep(for: brokerPatience)
-                return nil
-            }
-            defer { group.cancelAll() }
-            guard let first = try await group.next(), let value = first else {
-                throw BusError(
-                    .unreachable, "the broker did not answer within \(brokerPatience)",
-                    recoverySuggestion:
-                        "check that RabbitMQ runs and that this console's --amqp-url reaches it; the page works again once it does",
-                    isRetryable: true)
-            }
-            return value
-        }
-    }
 
     static func consoleLetter(_ letter: DeadLetter) -> SagaConsoleDeadLetter {
         SagaConsoleDeadLetter(

@@ -51,13 +51,17 @@ struct DeadLetter: Encodable {
 ///
 /// Declares nothing: the services declare the dead-letter queue when they start, and a prefix
 /// that names no deployment (a typing mistake) is an error saying so, not a new empty topology.
+///
+/// `patience` bounds the wait for the broker (a bus whose connection is down waits for it to come
+/// back): after it, `unreachable` is thrown. What `body` does once the letters are there is not
+/// bounded.
 func withDeadLetters<T: Sendable>(
-    bus: RabbitMQBus, topology: SagaTopology, limit: Int, idle: Duration = .seconds(1),
+    bus: RabbitMQBus, topology: SagaTopology, limit: Int, idle: Duration = .seconds(1), patience: Duration? = nil,
     _ body: @Sendable ([Delivery]) async throws -> T
 ) async throws -> T {
-    let stream: AsyncThrowingStream<Delivery, any Error>
+    let stream: DeliveryStream
     do {
-        stream = try await bus.consume(queue: topology.deadLetterQueue, prefetch: min(max(limit, 1), 65_535))
+        stream = try await consumeDeadLetters(bus: bus, topology: topology, limit: limit, patience: patience)
     } catch let error as BusError where error.code == .notFound {
         throw ValidationError(
             "the broker has no queue '\(topology.deadLetterQueue)': no services ran with the prefix '\(topology.prefix)' "
@@ -87,6 +91,70 @@ func withDeadLetters<T: Sendable>(
             throw error
         }
     }
+}
+
+/// The consumer of the dead-letter queue, given up after `patience` (the consume is cancelled:
+/// it never starts later).
+private func consumeDeadLetters(bus: RabbitMQBus, topology: SagaTopology, limit: Int, patience: Duration?) async throws
+    -> DeliveryStream
+{
+    let consume: @Sendable () async throws -> DeliveryStream = {
+        try await bus.consume(queue: topology.deadLetterQueue, prefetch: min(max(limit, 1), 65_535))
+    }
+    guard let patience else { return try await consume() }
+    return try await withThrowingTaskGroup(of: DeliveryStream?.self) { group in
+        group.addTask { try await consume() }
+        group.addTask {
+            try await Task.sleep(for: patience)
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let stream = first else {
+            throw BusError(
+                .unreachable, "the broker did not answer within \(patience)",
+                recoverySuggestion: "check that RabbitMQ runs and that --amqp-url reaches it; try again once it does",
+                isRetryable: true)
+        }
+        return stream
+    }
+}
+
+/// What requeueing dead letters did.
+struct RequeueOutcome: Sendable {
+    /// The letters republished and removed.
+    var requeued: [Delivery] = []
+    /// `<message id>: <error>` of each that could not be republished (it stays).
+    var failed: [String] = []
+    /// The letters looked at and not asked for.
+    var kept = 0
+    /// Ids asked for that no letter looked at has.
+    var missing: [String] = []
+}
+
+/// Republishes the dead letters asked for (`wanted`, or all when `nil`) where they came from
+/// (``DeadLetters/original(of:topology:)``) and removes them, one after the other: what `saga
+/// dlq requeue` and the console's Requeue do.
+func requeueDeadLetters(_ deliveries: [Delivery], wanted: Set<String>?, bus: RabbitMQBus, topology: SagaTopology) async
+    -> RequeueOutcome
+{
+    var outcome = RequeueOutcome()
+    var matched: Set<String> = []
+    for delivery in deliveries {
+        guard wanted?.contains(delivery.messageId ?? "") ?? true else {
+            outcome.kept += 1
+            continue
+        }
+        matched.insert(delivery.messageId ?? "")
+        do {
+            try await bus.publish(DeadLetters.original(of: delivery, topology: topology))
+            try await delivery.ack()
+            outcome.requeued.append(delivery)
+        } catch {
+            outcome.failed.append("\(delivery.messageId ?? "?"): \(error)")
+        }
+    }
+    if let wanted { outcome.missing = wanted.subtracting(matched).sorted() }
+    return outcome
 }
 
 /// Deliveries shared between the consuming task and the command.
@@ -166,30 +234,12 @@ struct DeadLetterRequeue: AsyncParsableCommand {
         let environment = try CommandEnvironment(connection)
         let topology = environment.configuration.topology
         let (limit, all, wanted) = (which.limit, which.all, Set(which.ids))
-        let result = try await environment.withBus { bus in
+        let outcome = try await environment.withBus { bus in
             try await withDeadLetters(bus: bus, topology: topology, limit: limit) { deliveries in
-                var result = Result(requeued: [], failed: [], kept: 0)
-                var matched: Set<String> = []
-                for delivery in deliveries {
-                    guard all || wanted.contains(delivery.messageId ?? "") else {
-                        result.kept += 1
-                        continue
-                    }
-                    matched.insert(delivery.messageId ?? "")
-                    let letter = DeadLetter(delivery)
-                    do {
-                        try await bus.publish(Self.original(of: delivery, topology: topology))
-                        try await delivery.ack()
-                        result.requeued.append(letter)
-                    } catch {
-                        result.failed.append("\(letter.messageId ?? "?"): \(error)")
-                    }
-                }
-                if !all { result.missing = wanted.subtracting(matched).sorted() }
-                return result
+                let done = await requeueDeadLetters(deliveries, wanted: all ? nil : wanted, bus: bus, topology: topology)
+                return Result(requeued: done.requeued.map(DeadLetter.init), failed: done.failed, kept: done.kept, missing: done.missing)
             }
         }
-        let outcome = result
         if json {
             try printJSON(outcome)
             if !outcome.failed.isEmpty || !outcome.missing.isEmpty { throw ExitCode(1) }
@@ -209,10 +259,6 @@ struct DeadLetterRequeue: AsyncParsableCommand {
         if !outcome.failed.isEmpty || !outcome.missing.isEmpty { throw ExitCode(1) }
     }
 
-    /// The message as it was before it was dead-lettered (see ``DeadLetters/original(of:topology:)``).
-    static func original(of delivery: Delivery, topology: SagaTopology) -> OutgoingMessage {
-        DeadLetters.original(of: delivery, topology: topology)
-    }
 }
 
 /// `dlq drop`: removes dead letters that must not run again (a duplicate of work already done,
