@@ -102,21 +102,14 @@ private func consumeDeadLetters(bus: RabbitMQBus, topology: SagaTopology, limit:
         try await bus.consume(queue: topology.deadLetterQueue, prefetch: min(max(limit, 1), 65_535))
     }
     guard let patience else { return try await consume() }
-    return try await withThrowingTaskGroup(of: DeliveryStream?.self) { group in
-        group.addTask { try await consume() }
-        group.addTask {
-            try await Task.sleep(for: patience)
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let stream = first else {
-            throw BusError(
+    return try await withTimeLimit(
+        patience,
+        timedOut: {
+            BusError(
                 .unreachable, "the broker did not answer within \(patience)",
                 recoverySuggestion: "check that RabbitMQ runs and that --amqp-url reaches it; try again once it does",
                 isRetryable: true)
-        }
-        return stream
-    }
+        }, consume)
 }
 
 /// What requeueing dead letters did.

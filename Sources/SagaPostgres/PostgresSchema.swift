@@ -500,23 +500,16 @@ enum PostgresSchema {
                 throw error
             }
         }
-        let (from, to, key) = try await withThrowingTaskGroup(of: (Int, Int, [UInt8])?.self) { group in
-            group.addTask { try await steps() }
-            group.addTask {
-                try await Task.sleep(for: timeout)
-                return nil
-            }
-            defer { group.cancelAll() }
-            guard let outcome = try await group.next(), let versions = outcome else {
-                throw SagaError(
+        let (from, to, key) = try await withTimeLimit(
+            timeout,
+            timedOut: {
+                SagaError(
                     .storeUnavailable,
                     "the PostgreSQL store at \(location) did not finish creating or migrating its schema (\(schema)) within \(timeout)",
                     recoverySuggestion:
                         "check that the server answers, and that no other session holds a lock on the schema's tables for long"
                 )
-            }
-            return versions
-        }
+            }, steps)
         if from != to {
             logger.info(
                 "migrated the PostgreSQL saga store",

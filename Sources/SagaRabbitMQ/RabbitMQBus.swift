@@ -264,15 +264,7 @@ public final class RabbitMQBus: MessageBus, Service {
     /// says what is missing).
     private func waitUntilConnected(timeout: Duration?) async throws {
         guard let timeout else { return try await waitForConnection() }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await self.waitForConnection() }
-            group.addTask {
-                try await Task.sleep(for: timeout)
-                throw self.notConnectedError(after: timeout)
-            }
-            defer { group.cancelAll() }
-            try await group.next()
-        }
+        try await withTimeLimit(timeout, timedOut: { self.notConnectedError(after: timeout) }) { try await self.waitForConnection() }
     }
 
     private func waitForConnection() async throws {
