@@ -1,5 +1,5 @@
 import Foundation
-import Participant
+package import Participant
 
 /// Small helpers for server-rendered HTML: every text that comes from data goes through
 /// ``escape(_:)``.
@@ -91,13 +91,21 @@ extension SagaStatus {
     }
 }
 
-/// Shows listed payload keys as `••••`, at any depth.
-struct Redactor: Sendable {
+/// Shows listed payload keys as `••••`, at any depth: the console's pages and the `saga`
+/// commands that print payloads or message bodies (`--redact`, `SAGAKIT_REDACT`).
+package struct Redactor: Sendable {
     /// The mask shown instead of a value.
-    static let mask = "••••"
-    let keys: Set<String>
+    package static let mask = "••••"
+    package let keys: Set<String>
 
-    func redact(_ object: JSONObject) -> JSONObject {
+    package init(keys: Set<String>) { self.keys = keys }
+
+    /// The keys of a comma-separated list (`cardNumber, email`), blanks dropped.
+    package init(list: [String]) {
+        keys = Set(list.flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+    }
+
+    package func redact(_ object: JSONObject) -> JSONObject {
         var result = JSONObject()
         for (key, value) in object {
             result[key] = keys.contains(key) ? .string(Self.mask) : redact(value)
@@ -105,7 +113,7 @@ struct Redactor: Sendable {
         return result
     }
 
-    func redact(_ value: JSONValue) -> JSONValue {
+    package func redact(_ value: JSONValue) -> JSONValue {
         switch value {
         case .object(let object): .object(redact(object))
         case .array(let array): .array(array.map(redact))
@@ -114,22 +122,34 @@ struct Redactor: Sendable {
     }
 
     /// Context values under a listed key are masked too.
-    func redact(_ context: [String: String]) -> [String: String] {
+    package func redact(_ context: [String: String]) -> [String: String] {
         context.reduce(into: [:]) { result, entry in result[entry.key] = keys.contains(entry.key) ? Self.mask : entry.value }
     }
 
-    /// A message body: JSON is redacted key by key; other text is shown only when nothing is to
-    /// be redacted (it cannot be searched for keys).
-    func redact(body: String) -> String {
-        guard !keys.isEmpty else { return body }
-        guard let value = try? JSONCoding.decode(JSONValue.self, from: Data(body.utf8)) else {
-            return "(not shown: the body is not complete JSON, and payload keys are redacted)"
+    /// A saga's payload and context, redacted.
+    package func redact(_ state: SagaState) -> SagaState {
+        guard !keys.isEmpty else { return state }
+        var redacted = state
+        redacted.payload = redact(state.payload)
+        redacted.context = redact(state.context)
+        return redacted
+    }
+
+    /// A whole message body: JSON is redacted key by key (and comes back compact, keys sorted);
+    /// other text is shown only when nothing is to be redacted (it cannot be searched for keys).
+    /// Redact before shortening a body: a shortened one is no longer JSON.
+    package func redact(body: [UInt8]) -> String {
+        guard !keys.isEmpty else { return String(decoding: body, as: UTF8.self) }
+        guard let value = try? JSONCoding.decode(JSONValue.self, from: Data(body)) else {
+            return "(not shown: the body is not JSON, and payload keys are redacted)"
         }
-        return Self.pretty(redact(value))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return (try? encoder.encode(redact(value))).map { String(decoding: $0, as: UTF8.self) } ?? "?"
     }
 
     /// Pretty JSON with sorted keys.
-    static func pretty(_ value: JSONValue) -> String {
+    package static func pretty(_ value: JSONValue) -> String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         return (try? encoder.encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? "?"

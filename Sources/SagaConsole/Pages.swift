@@ -569,7 +569,8 @@ struct Pages: Sendable {
                     <button class="requeue">Requeue</button></form>
                     """
             }
-            let body = redactor.redact(body: letter.body)
+            // Redacted by the backend, before it was shortened (``SagaConsoleDeadLetter/body``).
+            let body = letter.body
             rows.append([
                 "<span class=\"mono\">\(HTML.escape(letter.messageID ?? "(none)"))</span>",
                 "<span class=\"reason dlq-reason\">\(HTML.escape(letter.reason ?? "(none recorded)"))</span>",

@@ -149,7 +149,8 @@ public struct SagaConsoleDeadLetter: Sendable, Hashable {
     public var command: String?
     /// The body size.
     public var bytes: Int
-    /// The body's beginning, as text.
+    /// The body's beginning, as text, with the ``SagaConsoleConfiguration/redactedKeys``
+    /// already masked (the console shows it as it is: redact the whole body before shortening it).
     public var body: String
 
     /// Creates a dead letter.

@@ -14,7 +14,8 @@ struct ConsoleCommand: AsyncParsableCommand {
         discussion: """
             Listens on 127.0.0.1:8080 unless --host/--port say otherwise. Read-only unless an operator token is \
             configured (--token-file, or the environment variable SAGA_CONSOLE_TOKEN): operators then log in with it and \
-            a name, recorded with every retry and compensation they ask for. --redact hides payload keys. Stops on \
+            a name, recorded with every retry and compensation they ask for. --redact (or SAGAKIT_REDACT) hides payload \
+            keys in payloads and dead-letter bodies. Stops on \
             SIGINT/SIGTERM. See Docs/Operations.md, "Web console".
             """
     )
@@ -31,9 +32,6 @@ struct ConsoleCommand: AsyncParsableCommand {
         name: .customLong("token-file"),
         help: "A file holding the operator token that enables actions (else env SAGA_CONSOLE_TOKEN; neither: read-only).")
     var tokenFile: String?
-
-    @Option(help: "Payload keys to show as •••• (comma-separated, any depth), e.g. --redact cardNumber,email.")
-    var redact: [String] = []
 
     @Option(
         help: "A running saga not updated for this many seconds is stalled (default: the reaper's, SAGAKIT_REAPER_STALLED_SECONDS or 900).")
@@ -69,8 +67,7 @@ struct ConsoleCommand: AsyncParsableCommand {
         let stalled = stalledSeconds.map { Duration.seconds($0) } ?? operatorConfiguration.reaper.stalledThreshold
         let console = SagaConsoleConfiguration(
             host: host, port: port, operatorToken: try Self.operatorToken(file: tokenFile),
-            redactedKeys: Set(
-                redact.flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }),
+            redactedKeys: environment.redactor.keys,
             stalledThreshold: stalled, prefix: topology.prefix,
             storeDescription: ConnectionURL.redact(try operatorConfiguration.requireStoreURL()))
         try await environment.withStoreAndBus { store, bus in
@@ -99,7 +96,7 @@ struct ConsoleCommand: AsyncParsableCommand {
                 compensate: { id, actor, reason in try await manager().compensate(id, by: actor, reason: reason) },
                 deadLetters: { limit in
                     try await withDeadLetters(bus: bus, topology: topology, limit: limit, patience: Self.brokerPatience) {
-                        deliveries in deliveries.map { Self.consoleLetter(DeadLetter($0)) }
+                        deliveries in deliveries.map { Self.consoleLetter(DeadLetter($0, redactor: environment.redactor)) }
                     }
                 },
                 requeue: { wanted, limit in

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Participant
+import SagaConsole
 import Synchronization
 
 struct DeadLetterCommand: AsyncParsableCommand {
@@ -26,7 +27,8 @@ struct DeadLetter: Encodable {
     var bytes: Int
     var body: String
 
-    init(_ delivery: Delivery) {
+    /// - Parameter redactor: masks payload keys in the body, before it is shortened to 512 bytes.
+    init(_ delivery: Delivery, redactor: Redactor) {
         let headers = delivery.headers
         messageId = delivery.messageId
         let death = DeadLetters.brokerDeath(of: headers)
@@ -40,8 +42,8 @@ struct DeadLetter: Encodable {
         command = delivery.type
         redelivered = delivery.redelivered
         bytes = delivery.body.count
-        let text = String(decoding: delivery.body.prefix(512), as: UTF8.self)
-        body = text + (delivery.body.count > 512 ? "…" : "")
+        let text = redactor.redact(body: delivery.body)
+        body = text.utf8.count > 512 ? String(decoding: text.utf8.prefix(512), as: UTF8.self) + "…" : text
     }
 }
 
@@ -174,7 +176,9 @@ struct DeadLetterList: AsyncParsableCommand {
         let topology = environment.configuration.topology
         let limit = limit
         let letters = try await environment.withBus { bus in
-            try await withDeadLetters(bus: bus, topology: topology, limit: limit) { deliveries in deliveries.map(DeadLetter.init) }
+            try await withDeadLetters(bus: bus, topology: topology, limit: limit) { deliveries in
+                deliveries.map { DeadLetter($0, redactor: environment.redactor) }
+            }
         }
         if json { return try printJSON(letters) }
         if letters.isEmpty {
@@ -230,7 +234,9 @@ struct DeadLetterRequeue: AsyncParsableCommand {
         let outcome = try await environment.withBus { bus in
             try await withDeadLetters(bus: bus, topology: topology, limit: limit) { deliveries in
                 let done = await requeueDeadLetters(deliveries, wanted: all ? nil : wanted, bus: bus, topology: topology)
-                return Result(requeued: done.requeued.map(DeadLetter.init), failed: done.failed, kept: done.kept, missing: done.missing)
+                return Result(
+                    requeued: done.requeued.map { DeadLetter($0, redactor: environment.redactor) }, failed: done.failed, kept: done.kept,
+                    missing: done.missing)
             }
         }
         if json {
@@ -290,7 +296,7 @@ struct DeadLetterDrop: AsyncParsableCommand {
                         continue
                     }
                     try await delivery.ack()
-                    result.dropped.append(DeadLetter(delivery))
+                    result.dropped.append(DeadLetter(delivery, redactor: environment.redactor))
                 }
                 return result
             }

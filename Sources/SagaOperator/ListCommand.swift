@@ -103,7 +103,7 @@ struct ListCommand: AsyncParsableCommand {
         let query = try query()
         let (name, json, limit) = (name, json, limit)
         try await environment.withStore { store in
-            let sagas = try await store.list(query)
+            let sagas = try await store.list(query).map { environment.redactor.redact($0) }
             if json {
                 try printJSON(sagas)
                 return

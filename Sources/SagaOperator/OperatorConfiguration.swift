@@ -2,6 +2,7 @@ import ArgumentParser
 import Configuration
 import Foundation
 import Participant
+import SagaConsole
 
 /// The flags every `saga` command accepts. Each overrides an environment variable.
 struct OperatorOptions: ParsableArguments, Sendable {
@@ -16,6 +17,12 @@ struct OperatorOptions: ParsableArguments, Sendable {
 
     @Option(help: "Prefix of every exchange and queue name (env SAGAKIT_PREFIX; default sagakit).")
     var prefix: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "Payload keys to show as •••• in payloads and dead-letter bodies, at any depth (comma-separated, e.g. cardNumber,email; env SAGAKIT_REDACT).",
+            valueName: "keys"))
+    var redact: [String] = []
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error (env SAGAKIT_LOG_LEVEL; default error).")
     var logLevel: String?
@@ -32,6 +39,7 @@ struct OperatorOptions: ParsableArguments, Sendable {
         flag("sagakit.store.url", storeURL, secret: true)
         flag("sagakit.prefix", prefix)
         flag("sagakit.log.level", logLevel)
+        flag("sagakit.redact", redact.isEmpty ? nil : redact.joined(separator: ","))
         let reader = ConfigReader(providers: [
             InMemoryProvider(name: "flags", values: values),
             EnvironmentVariablesProvider(
@@ -49,6 +57,8 @@ struct OperatorConfiguration: Sendable {
     var topology: SagaTopology
     var reaper: ReaperConfiguration
     var logLevel: Logger.Level
+    /// Payload keys the commands show as `••••` (`sagakit.redact`, comma-separated).
+    var redactedKeys: Set<String>
 
     init(reader: ConfigReader) throws {
         let sagakit = reader.scoped(to: "sagakit")
@@ -59,6 +69,7 @@ struct OperatorConfiguration: Sendable {
         // Quiet by default: the command's output is what matters.
         let level = try sagakit.sagaChoice("log.level", default: "error", choices: Logger.Level.allCases.map(\.rawValue))
         logLevel = Logger.Level(rawValue: level) ?? .error
+        redactedKeys = Redactor(list: [sagakit.string(forKey: "redact") ?? ""]).keys
     }
 
     /// The store URL; there is no default, so that a command never opens (and creates) a store

@@ -38,7 +38,7 @@ struct ShowCommand: AsyncParsableCommand {
         let json = json
         // Inside the store's scope: its definitions say what happens next.
         try await environment.withStore { store in
-            let state = try await store.load(id)
+            let state = environment.redactor.redact(try await store.load(id))
             let next = Self.next(state, configuration: configuration)
             if json {
                 try printJSON(Output(saga: state, timeline: Self.timeline(state), next: next.text, nextStep: next))

@@ -1,17 +1,22 @@
 import ArgumentParser
 import Foundation
 import Participant
+import SagaConsole
 
 /// What every subcommand needs: the configuration, a logger, and JSON output.
 struct CommandEnvironment: Sendable {
     let configuration: OperatorConfiguration
     let logger: Logger
+    /// Masks the payload keys the operator asked to hide (`--redact`, `SAGAKIT_REDACT`) wherever
+    /// a command prints a payload, a context or a message body.
+    let redactor: Redactor
 
     init(_ options: OperatorOptions) throws {
         let configuration = try options.configuration()
         ConsoleLogHandler.bootstrapOnce(level: configuration.logLevel)
         self.configuration = configuration
         self.logger = Logger(label: "saga")
+        self.redactor = Redactor(keys: configuration.redactedKeys)
     }
 
     /// The definitions this tool knows: those compiled in by whoever built it and, while
@@ -155,7 +160,7 @@ func position(_ state: SagaState) -> String {
     guard let definition = pinnedDefinition(of: state),
         definition.steps.indices.contains(state.currentStep)
     else {
-        return "step \(state.currentStep) #\(state.attempt)"
+        return "step \(state.currentStep + 1) (\(state.phase.rawValue) #\(state.attempt))"
     }
     if let group = GroupProgress(state, definition: definition) { return group.text }
     if let wait = WaitProgress(state, definition: definition) { return wait.text(now: Date()) }

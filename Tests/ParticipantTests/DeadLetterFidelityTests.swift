@@ -93,15 +93,25 @@ struct DeadLetterFidelityTests {
             #expect(copy.expiration == sent.expiration && copy.persistent == sent.persistent, "\(which)")
         }
         // `saga dlq drop`: the named dead letter is gone for good, another one stays.
-        for id in ["drop-me", "keep-me"] {
+        // The one kept holds a card number behind 600 bytes of notes (after it in sorted order).
+        let secretBody = "{\"notes\": \"\(String(repeating: "n", count: 600))\", \"cardNumber\": \"4111111111111111\"}"
+        for (id, body) in [("drop-me", "{}"), ("keep-me", secretBody)] {
             try await bus.publish(
                 OutgoingMessage(
-                    exchange: topology.deadLetterExchange, routingKey: topology.deadLetterQueue, body: Array("{}".utf8), messageId: id))
+                    exchange: topology.deadLetterExchange, routingKey: topology.deadLetterQueue, body: Array(body.utf8), messageId: id))
         }
         let dropped = try cli.json(["dlq", "drop", "--id", "drop-me"]) as? [String: Any]
         #expect((dropped?["dropped"] as? [[String: Any]])?.map { $0["messageId"] as? String } == ["drop-me"], "\(dropped ?? [:])")
         let left = try cli.json(["dlq", "list"]) as? [[String: Any]]
         #expect(left?.compactMap { $0["messageId"] as? String } == ["keep-me"], "\(left ?? [])")
+        // --redact masks the key in the whole body before it is shortened (a shortened body is no
+        // longer JSON), for people and as JSON; SAGAKIT_REDACT does the same.
+        let listed = try cli.succeed(["dlq", "list", "--redact", "cardNumber"])
+        #expect(listed.contains("\"cardNumber\":\"••••\"") && !listed.contains("4111"), "\(listed)")
+        #expect(listed.contains("body        \(secretBody.utf8.count) bytes: {"), "\(listed)")
+        let redactedJSON = try cli.json(["dlq", "list"], environment: ["SAGAKIT_REDACT": "email,cardNumber"]) as? [[String: Any]]
+        let shownBody = redactedJSON?.first?["body"] as? String ?? ""
+        #expect(shownBody.hasPrefix("{\"cardNumber\":\"••••\",\"notes\":\"nnn") && shownBody.hasSuffix("…"), "\(shownBody)")
         for key in [capture, topology.deadLetterQueue] + ["inventory", "payment", "shipping"].map(topology.queue(forService:)) {
             try? await bus.deleteQueue(key)
         }

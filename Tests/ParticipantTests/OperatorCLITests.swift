@@ -150,6 +150,13 @@ struct OperatorCLITests {
                         "next\n  finished: the completed steps were compensated. Why: step 'flight' failed: no seats on TP123\n"),
                     "\(shown)")
                 print("saga show of a compensated saga of a user-defined definition:\n\(shown)")
+                // --redact (or SAGAKIT_REDACT): payload keys masked in show and in list's JSON.
+                #expect(shown.contains("Pestana"), "\(shown)")
+                let redacted = try cli.succeed(["show", compensated, "--redact", "hotel, email"])
+                #expect(redacted.contains("\"hotel\":\"••••\"") && !redacted.contains("Pestana"), "\(redacted)")
+                let listedJSON = try cli.json(["list", "--status", "compensated"], environment: ["SAGAKIT_REDACT": "hotel"])
+                let listedPayload = ((listedJSON as? [[String: Any]])?.first?["payload"] as? [String: Any]) ?? [:]
+                #expect(listedPayload["hotel"] as? String == "••••" && listedPayload["noSeats"] as? Bool == true, "\(listedPayload)")
 
                 // show: the stuck saga says it is retrying past the pivot.
                 let stuckShown = try cli.json(["show", stuck]) as? [String: Any]
@@ -428,7 +435,9 @@ struct SagaCLI {
         process.executableURL = executable
         process.arguments = arguments + ["--store-url", store, "--amqp-url", amqp, "--prefix", prefix]
         var environment = ProcessInfo.processInfo.environment
-        for key in ["SAGAKIT_STORE_URL", "SAGAKIT_PREFIX", "SAGA_OPERATOR", "SAGAKIT_LOG_LEVEL"] { environment[key] = nil }
+        for key in ["SAGAKIT_STORE_URL", "SAGAKIT_PREFIX", "SAGA_OPERATOR", "SAGAKIT_LOG_LEVEL", "SAGAKIT_REDACT"] {
+            environment[key] = nil
+        }
         environment.merge(extra) { $1 }
         process.environment = environment
         let base = NSTemporaryDirectory() + "sagakit-cli-\(UUID().uuidString)"
