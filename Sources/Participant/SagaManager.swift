@@ -383,7 +383,7 @@ public struct SagaManager: Service {
                 metadata: ["signal": "\(name)", "saga.status": "\(next.status.rawValue)", "signal.by": "\(sender ?? "-")"])
             return .delivered(next)
         case .ignored(let reason, let current):
-            logger.notice("signal ignored: \(reason)", metadata: ["signal": "\(name)"])
+            logger.notice("signal '\(name)' ignored: \(reason)", metadata: ["signal": "\(name)"])
             return .ignored(reason, current)
         case .rejected(let reason, _):
             throw SagaError(

@@ -345,7 +345,8 @@ public struct SagaParticipant: Service {
                     "ignoring a stale or duplicate command",
                     metadata: [
                         "saga.status": "\(state.status.rawValue)",
-                        "saga.current": "\(state.currentStep)/\(state.phase.rawValue)#\(state.attempt)",
+                        // Counted from 1 and named, as `saga show` says it.
+                        "saga.current": .string(Self.position(of: state, in: definition)),
                     ]
                 )
                 return await settle(delivery, .ack, logger: logger)
@@ -571,6 +572,12 @@ public struct SagaParticipant: Service {
 
     /// The pause before the `n`th hand-back (from 0): 1, 2, 4, 8, then 10 seconds, each rounded
     /// up to a delay level of the topology.
+    /// Where a saga stands, in the words `saga show` uses: `step 3 'ship' (action #1)`.
+    static func position(of state: SagaState, in definition: SagaDefinition) -> String {
+        let name = definition.steps.indices.contains(state.currentStep) ? " '\(definition.steps[state.currentStep].name)'" : ""
+        return "step \(state.currentStep + 1)\(name) (\(state.phase.rawValue) #\(state.attempt))"
+    }
+
     static func handBackDelay(after handBacks: Int) -> Duration {
         .seconds(min(1 << min(handBacks, 4), 10))
     }

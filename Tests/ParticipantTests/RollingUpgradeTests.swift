@@ -1,4 +1,6 @@
 import Foundation
+import InMemoryLogging
+import Logging
 import Participant
 import SagaTestSupport
 import Synchronization
@@ -160,6 +162,12 @@ struct RollingUpgradeTests {
         let bus = try await RabbitMQBus.connect(url: servers.amqp)
         let ledger = UpgradeLedger()
         let flights = CountingBus(try await RabbitMQBus.connect(url: servers.amqp))
+        // Copies of an in-memory handler share its entries.
+        let logs = {
+            var handler = InMemoryLogHandler()
+            handler.logLevel = .info
+            return handler
+        }()
         var deployment: Deployment?
         do {
             // A v2 saga at its new step `seat`; only release 1 (no handler for flights.seat) runs.
@@ -176,7 +184,8 @@ struct RollingUpgradeTests {
             try await manager.declareTopology()
             try await bus.declare(topology.topology(forService: "flights", commands: Trip.servicesV2["flights"]!))
             deployment = try await Deployment.start(
-                release1.only("flights"), store: store, topology: topology, amqp: servers.amqp, buses: ["flights": flights])
+                release1.only("flights"), store: store, topology: topology, amqp: servers.amqp, buses: ["flights": flights],
+                logger: Logger(label: "flights", factory: { _ in logs }))
 
             // Fresh: handed back, again and again, while no instance with the handler runs.
             let seat = SagaCommand(
@@ -219,6 +228,15 @@ struct RollingUpgradeTests {
             )
             // The saga still waits at `seat`.
             #expect(try await store.load(atSeat.id).currentStep == 2)
+            // The first hand-back of a command in a process is a warning that says what to check
+            // (this release does not run version 2, so: deploy one that handles it); the later
+            // ones are info lines.
+            let handBacks = logs.entries.filter { "\($0.message)".hasPrefix("handing back command 'flights.seat'") }
+            #expect(handBacks.count >= 2)
+            #expect(handBacks.first?.level == .warning)
+            #expect(handBacks.dropFirst().allSatisfy { $0.level == .info }, "\(handBacks.map(\.level))")
+            let hint = handBacks.first?.metadata["hint"].map { "\($0)" } ?? ""
+            #expect(hint.hasPrefix("deploy a release of 'flights' that handles it if none runs"), "\(hint)")
         } catch {
             try? await deployment?.stop()
             await bus.shutdown()
@@ -401,7 +419,8 @@ struct Deployment: Sendable {
 
     /// Starts one participant per service of `release` (on `buses[service]` when given).
     static func start(
-        _ release: Release, store: any SagaStore, topology: SagaTopology, amqp: String, buses given: [String: any MessageBus] = [:]
+        _ release: Release, store: any SagaStore, topology: SagaTopology, amqp: String, buses given: [String: any MessageBus] = [:],
+        logger: Logger = quietTestLogger
     ) async throws -> Deployment {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         var buses: [any MessageBus] = []
@@ -413,7 +432,7 @@ struct Deployment: Sendable {
                 configuration: ParticipantConfiguration(
                     service: service, topology: topology, prefetch: 8, outboxPollInterval: .milliseconds(200),
                     outboxGracePeriod: .milliseconds(500), reaper: nil),
-                definitions: release.definitions, handlers: handlers, bus: bus, store: store, logger: quietTestLogger)
+                definitions: release.definitions, handlers: handlers, bus: bus, store: store, logger: logger)
             services.append(.init(service: participant))
         }
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: services, logger: quietTestLogger))

@@ -395,22 +395,22 @@ public struct SagaStateMachine: Sendable {
         }
         let stepName = definition.steps[wait].name
         if state.status.isTerminal {
-            return .ignored("saga \(state.id) is already \(state.status.rawValue); signal '\(name)' came too late")
+            return .ignored("saga \(state.id) is already \(state.status.rawValue): the signal came too late")
         }
         if let ended = state.history.last(where: { $0.step == wait && $0.phase == .action }) {
             return .ignored(
-                "the wait '\(stepName)' of saga \(state.id) already ended (\(ended.outcome.rawValue)\(ended.reason.map { ": \($0)" } ?? "")); signal '\(name)' ignored"
+                "the wait '\(stepName)' of saga \(state.id) already ended (\(ended.outcome.rawValue)\(ended.reason.map { ": \($0)" } ?? ""))"
             )
         }
         if state.status == .compensating {
-            return .ignored("saga \(state.id) is compensating; signal '\(name)' ignored")
+            return .ignored("saga \(state.id) is compensating")
         }
         var next = state
         next.payload = state.payload.merging(patch: payload)
         let waiting = state.status == .waiting && state.currentStep == wait
         let lastForward = definition.groupRange(of: state.currentStep)?.upperBound ?? state.currentStep
         guard waiting || wait > lastForward else {
-            return .ignored("saga \(state.id) is past the wait '\(stepName)'; signal '\(name)' ignored")
+            return .ignored("saga \(state.id) is past the wait '\(stepName)'")
         }
         next.history.append(
             StepRecord(
