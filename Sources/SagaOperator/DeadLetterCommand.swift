@@ -168,21 +168,33 @@ struct DeadLetterList: AsyncParsableCommand {
     @Option(help: "At most this many messages.")
     var limit = 100
 
+    @Option(
+        name: .customLong("saga"),
+        help: "Only the dead letters of this saga (repeatable; its command's saga id, or the message's correlation id).")
+    var sagas: [String] = []
+
     @Flag(help: "Print JSON (an array of dead letters).")
     var json = false
 
     func run() async throws {
         let environment = try CommandEnvironment(connection)
         let topology = environment.configuration.topology
-        let limit = limit
-        let letters = try await environment.withBus { bus in
+        let (limit, sagas) = (limit, Set(sagas))
+        let looked = try await environment.withBus { bus in
             try await withDeadLetters(bus: bus, topology: topology, limit: limit) { deliveries in
                 deliveries.map { DeadLetter($0, redactor: environment.redactor) }
             }
         }
+        let letters = sagas.isEmpty ? looked : looked.filter { $0.sagaId.map(sagas.contains) ?? false }
         if json { return try printJSON(letters) }
         if letters.isEmpty {
-            print("\(topology.deadLetterQueue) is empty")
+            if looked.isEmpty {
+                print("\(topology.deadLetterQueue) is empty")
+            } else {
+                print(
+                    "no dead letter of \(sagas.sorted().joined(separator: ", ")) among the \(looked.count) in \(topology.deadLetterQueue)\(looked.count == limit ? " looked at (limit reached; raise --limit to look further)" : "")"
+                )
+            }
             return
         }
         // Everything below comes from the messages: printed with its control characters escaped.
@@ -198,8 +210,9 @@ struct DeadLetterList: AsyncParsableCommand {
             if let saga = letter.sagaId { printEscaped("  saga        \(saga)") }
             printEscaped("  body        \(letter.bytes) bytes: \(letter.body)")
         }
+        let of = sagas.isEmpty ? "" : " of \(sagas.sorted().joined(separator: ", ")), among \(looked.count)"
         print(
-            "\n\(letters.count) dead letter(s) in \(topology.deadLetterQueue)\(letters.count == limit ? " (limit reached; there may be more)" : "")"
+            "\n\(letters.count) dead letter(s)\(of) in \(topology.deadLetterQueue)\(looked.count == limit ? " (limit reached; there may be more)" : "")"
         )
         print("put them back with: \(SagaOperatorTool.toolName) dlq requeue --all   (or --id <message id>)")
     }

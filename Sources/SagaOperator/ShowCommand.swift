@@ -382,6 +382,10 @@ struct ShowCommand: AsyncParsableCommand {
         lines.append(
             "if nothing happens by \(isoFormatter.string(from: stalledAt)), the reaper re-sends it (\(max(0, reaper.maxReapAttempts - state.reapAttempts)) re-send(s) left before the saga needs an operator)"
         )
+        // The store cannot know that a service refused the command; the broker's queue can.
+        lines.append(
+            "a command a service could not take is in the dead-letter queue, with the reason: `\(SagaOperatorTool.toolName) dlq list --saga \(state.id)`"
+        )
         var next = make(kind, lines)
         next.command = command.command
         next.step = state.currentStep

@@ -98,7 +98,8 @@ struct DeadLetterFidelityTests {
         for (id, body) in [("drop-me", "{}"), ("keep-me", secretBody)] {
             try await bus.publish(
                 OutgoingMessage(
-                    exchange: topology.deadLetterExchange, routingKey: topology.deadLetterQueue, body: Array(body.utf8), messageId: id))
+                    exchange: topology.deadLetterExchange, routingKey: topology.deadLetterQueue, body: Array(body.utf8), messageId: id,
+                    correlationId: "saga-\(id)"))
         }
         let dropped = try cli.json(["dlq", "drop", "--id", "drop-me"]) as? [String: Any]
         #expect((dropped?["dropped"] as? [[String: Any]])?.map { $0["messageId"] as? String } == ["drop-me"], "\(dropped ?? [:])")
@@ -112,6 +113,11 @@ struct DeadLetterFidelityTests {
         let redactedJSON = try cli.json(["dlq", "list"], environment: ["SAGAKIT_REDACT": "email,cardNumber"]) as? [[String: Any]]
         let shownBody = redactedJSON?.first?["body"] as? String ?? ""
         #expect(shownBody.hasPrefix("{\"cardNumber\":\"••••\",\"notes\":\"nnn") && shownBody.hasSuffix("…"), "\(shownBody)")
+        // --saga: one saga's dead letters (by its command's saga id, else the correlation id).
+        let ofSaga = try cli.json(["dlq", "list", "--saga", "saga-keep-me"]) as? [[String: Any]]
+        #expect(ofSaga?.compactMap { $0["messageId"] as? String } == ["keep-me"], "\(ofSaga ?? [])")
+        let ofAnother = try cli.succeed(["dlq", "list", "--saga", "saga-nobody"])
+        #expect(ofAnother.contains("no dead letter of saga-nobody among the 1 in \(topology.deadLetterQueue)"), "\(ofAnother)")
         for key in [capture, topology.deadLetterQueue] + ["inventory", "payment", "shipping"].map(topology.queue(forService:)) {
             try? await bus.deleteQueue(key)
         }

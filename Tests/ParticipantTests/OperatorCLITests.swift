@@ -165,6 +165,8 @@ struct OperatorCLITests {
                 #expect(next?["command"] as? String == "trip-cli.trips.confirm")
                 #expect((next?["attempt"] as? Int ?? 0) >= 5)
                 #expect((stuckShown?["next"] as? String)?.contains("past the pivot") == true, "\(String(describing: stuckShown))")
+                // The store cannot see a dead-lettered command: show says where to look.
+                #expect((stuckShown?["next"] as? String)?.contains("`saga dlq list --saga \(stuck)`") == true)
                 let stuckTimeline = stuckShown?["timeline"] as? [[String: Any]] ?? []
                 #expect(
                     stuckTimeline.contains {
