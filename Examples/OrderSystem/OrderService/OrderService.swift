@@ -155,12 +155,19 @@ final class OrderBatch: Service, Sendable {
     func cancelLater(_ id: String) async {
         let wait = Duration.milliseconds(Int(OrderSaga.fraction("\(id)#cancel-delay") * 150))
         try? await Task.sleep(for: wait)
-        do {
-            try await manager.compensate(id, by: "customer", reason: "cancelled by the customer")
-            cancelled.withLock { $0.append(id) }
-            logger.info("order cancelled by the customer", metadata: ["saga.id": "\(id)"])
-        } catch {
-            logger.info("cancellation refused: \(error)", metadata: ["saga.id": "\(id)"])
+        // The order is placed beside this task: a customer can cancel only once it exists.
+        for placed in 1...100 {
+            do {
+                try await manager.compensate(id, by: "customer", reason: "cancelled by the customer")
+                cancelled.withLock { $0.append(id) }
+                logger.info("order cancelled by the customer", metadata: ["saga.id": "\(id)"])
+                return
+            } catch let error as SagaError where error.code == .unknownSaga && placed < 100 {
+                try? await Task.sleep(for: .milliseconds(20))
+            } catch {
+                logger.info("cancellation refused: \(error)", metadata: ["saga.id": "\(id)"])
+                return
+            }
         }
     }
 

@@ -38,8 +38,14 @@ struct ShippingService: AsyncParsableCommand {
                 // Thrown errors are retried by the step's policy; the pivot retries until success.
                 throw CarrierUnavailable(orderID: order.orderId, attempt: context.attempt)
             }
-            let tracking = try await shipments.ship(order, sagaID: context.sagaID, key: context.idempotencyKey, attempt: context.attempt)
-            context.logger.info("shipped \(order.quantity) × \(order.sku)", metadata: ["tracking": "\(tracking)"])
+            let (tracking, isNew) = try await shipments.ship(
+                order, sagaID: context.sagaID, key: context.idempotencyKey, attempt: context.attempt)
+            if isNew {
+                context.logger.info("shipped \(order.quantity) × \(order.sku)", metadata: ["tracking": "\(tracking)"])
+            } else {
+                // A redelivery after a crash between the shipment and the step's commit.
+                context.logger.info("already shipped; completing the step", metadata: ["tracking": "\(tracking)"])
+            }
             try await context.completeStep(merging: ["trackingNumber": .string(tracking)])
         }
         try await ParticipantApp.run(
@@ -82,17 +88,18 @@ struct Shipments: Sendable {
         }
     }
 
-    /// Records the shipment once per idempotency key; returns its tracking number.
-    func ship(_ request: ShipmentRequest, sagaID: String, key: String, attempt: Int) async throws -> String {
+    /// Records the shipment once per idempotency key; returns its tracking number, and whether
+    /// this call recorded it (false: an earlier delivery of the same step did).
+    func ship(_ request: ShipmentRequest, sagaID: String, key: String, attempt: Int) async throws -> (tracking: String, isNew: Bool) {
         try await database.write { db in
             if let tracking = try String.fetchOne(db, sql: "SELECT tracking FROM shipments WHERE ship_key = ?", arguments: [key]) {
-                return tracking
+                return (tracking, false)
             }
             let tracking = "TRK-\(sagaID)"
             try db.execute(
                 sql: "INSERT INTO shipments (saga_id, sku, quantity, tracking, ship_key, attempt, shipped_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 arguments: [sagaID, request.sku, request.quantity, tracking, key, attempt, Date().timeIntervalSince1970])
-            return tracking
+            return (tracking, true)
         }
     }
 }
