@@ -112,7 +112,8 @@ struct PostgresBatches: Sendable {
                         return try await Self.batchStatement(on: connection, items, batchQuery, logger: logger)
                     } catch is LocalWriteFailedWithoutSavepoint {
                         let queries = items.map { writeQuery([$0.saga], with: .commit) }
-                        return try await Self.batchTransactionWithSavepoints(on: connection, items, queries, logger: logger)
+                        return try await Self.batchTransactionWithSavepoints(
+                            on: connection, items, queries, schemaHint: localWriteSchemaHint, logger: logger)
                     }
                 }
             }
@@ -201,7 +202,8 @@ struct PostgresBatches: Sendable {
     /// together. Deadlocks and connection failures are thrown (after `ROLLBACK`): the caller runs
     /// the batch again.
     private static func batchTransactionWithSavepoints(
-        on connection: PostgresConnection, _ items: [LocalCommit], _ queries: [PostgresQuery], logger: Logger
+        on connection: PostgresConnection, _ items: [LocalCommit], _ queries: [PostgresQuery], schemaHint localWriteSchemaHint: String?,
+        logger: Logger
     ) async throws -> [LocalCommitOutcome] {
         try await execute("BEGIN", on: connection, logger: logger)
         var outcomes: [LocalCommitOutcome] = []
@@ -226,9 +228,16 @@ struct PostgresBatches: Sendable {
                     } catch let error as PSQLError {
                         guard let state = error.serverInfo?[.sqlState], PostgresRecovery.isStatementSQLState(state) else { throw error }
                         let message = error.serverInfo?[.message] ?? "SQLSTATE \(state)"
-                        failure = LocalWrite.failure(
-                            index: index, of: item.writes.count, sql: write.sql, "failed: \(message) (SQLSTATE \(state))",
-                            underlying: error)
+                        if PostgresRecovery.isRefusedDataSQLState(state) {
+                            failure = LocalWrite.failure(
+                                index: index, of: item.writes.count, sql: write.sql, "failed: \(message) (SQLSTATE \(state))",
+                                underlying: error)
+                        } else {
+                            // Class 42: a missing table or column, a privilege, the SQL. Not the step's failure.
+                            failure = LocalWrite.statementRefused(
+                                index: index, of: item.writes.count, sql: write.sql, "failed: \(message) (SQLSTATE \(state))",
+                                schemaHint: localWriteSchemaHint, underlying: error)
+                        }
                     }
                     if failure != nil { break }
                 }
@@ -248,6 +257,15 @@ struct PostgresBatches: Sendable {
             try? await execute("ROLLBACK", on: connection, logger: logger)
             throw error
         }
+    }
+
+    /// Where a local write's unqualified table names are looked up, when the store's own tables
+    /// are elsewhere (a `schema` other than `public`).
+    var localWriteSchemaHint: String? {
+        guard namespace != "\"public\"" else { return nil }
+        let schema = namespace.trimmingCharacters(in: CharacterSet(charactersIn: "\""))
+        return
+            "local writes run with the connection's search_path (the database user's, usually public), not in the store's schema \(schema): qualify a table that lives there (\(schema).table)"
     }
 
     /// A local write failed in a batch run without savepoints: the batch was rolled back and is

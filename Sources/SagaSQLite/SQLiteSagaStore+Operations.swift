@@ -111,13 +111,23 @@ extension SQLiteSagaStore {
         return .success(stored)
     }
 
-    /// Runs local writes in order; returns the `localWriteFailed` error of the first one that
-    /// fails for a reason of its own (a constraint, its SQL, its row count). Throws what is the
-    /// database's problem instead (busy, I/O, full disk), which fails the whole batch.
+    /// Runs local writes in order; returns the error of the first one that fails for a reason of
+    /// its own: `localWriteFailed` for its data (a constraint, a value, its row count),
+    /// `storeUnavailable` when SQLite cannot compile it (a missing table or column, a syntax
+    /// error, an authorizer's refusal: a deployment's mistake, redelivered until fixed, see
+    /// ``SagaCore/LocalWrite/statementRefused(index:of:sql:_:schemaHint:underlying:)``). Throws
+    /// what is the database's problem instead (busy, I/O, full disk), which fails the whole batch.
     private static func run(_ writes: [LocalWrite], in db: Database) throws -> SagaError? {
         for (index, write) in writes.enumerated() {
             do {
-                let statement = try db.makeStatement(sql: write.sqliteSQL)
+                let statement: Statement
+                do {
+                    statement = try db.makeStatement(sql: write.sqliteSQL)
+                } catch let error as DatabaseError where isStatementError(error) {
+                    return LocalWrite.statementRefused(
+                        index: index, of: writes.count, sql: write.sql, "failed: \(error.message ?? "\(error.resultCode)")",
+                        schemaHint: nil, underlying: error)
+                }
                 let before = db.totalChangesCount
                 try statement.execute(arguments: StatementArguments(write.parameters.map(\.sqliteValue)))
                 // changesCount keeps the last INSERT/UPDATE/DELETE's count: 0 when nothing changed.

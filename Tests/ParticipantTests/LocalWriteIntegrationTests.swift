@@ -64,6 +64,45 @@ struct LocalWriteIntegrationTests {
         await bus.shutdown()
         await close()
     }
+
+    /// A deployment that forgot a migration: the handlers' table does not exist. No saga is
+    /// compensated for it and no retry is spent: the commands are redelivered, the sagas wait at
+    /// their first step, and once the table is created they all complete.
+    @Test(arguments: StoreKind.allCases)
+    func aMissingTableMakesSagasWaitUntilItIsCreatedNotCompensate(store kind: StoreKind) async throws {
+        let servers = try IntegrationServers.require()
+        let (store, close) = try await openStore(kind.url(postgres: servers.postgres))
+        let tables = try await ServiceTables(store: store)
+        try await tables.dropEffects()
+        let bus = try await RabbitMQBus.connect(url: servers.amqp)
+        let topology = SagaTopology(prefix: "lwm-\(UUID().uuidString.prefix(8))", delayLevels: [1])
+        let results = try await withParticipants(
+            tables.handlers(calls: HandlerCalls()), buses: [bus], starterBus: bus, store: store, topology: topology
+        ) { manager in
+            var ids: [SagaID] = []
+            for index in 0..<4 {
+                ids.append(try await manager.start("order", payload: ["orderId": .string("lwm-\(index)"), "amount": 5]))
+            }
+            // Several redeliveries (every half second) later, every saga still waits at its first step.
+            try await Task.sleep(for: .seconds(3))
+            for id in ids {
+                let waiting = try await store.load(id)
+                #expect(waiting.status == .running && waiting.currentStep == 0 && waiting.attempt == 1, "\(waiting)")
+                #expect(waiting.history.isEmpty, "\(waiting.history)")
+            }
+            try await tables.createEffects()
+            var results: [SagaState] = []
+            for id in ids { results.append(try await manager.outcome(of: id, timeout: .seconds(60))) }
+            return results
+        }
+        for saga in results {
+            #expect(saga.status == .completed, "\(saga.failureReason ?? "")")
+            #expect(try await tables.effects(of: saga.id) == ["inventory.reserve", "payment.charge", "shipping.ship"])
+        }
+        try await tables.drop()
+        await bus.shutdown()
+        await close()
+    }
 }
 
 /// The service's own tables, in the saga store's database: `effects` (one row per effect, no
@@ -139,6 +178,10 @@ private struct ServiceTables: Sendable {
     func reserved() async throws -> Int {
         Int(try await strings("SELECT CAST(reserved AS TEXT) FROM \(stockTable)").first ?? "") ?? -1
     }
+
+    /// Removes the effects table (a forgotten migration) and creates it again.
+    func dropEffects() async throws { try await execute("DROP TABLE \(effectsTable)") }
+    func createEffects() async throws { try await execute("CREATE TABLE \(effectsTable) (saga_id TEXT NOT NULL, command TEXT NOT NULL)") }
 
     func drop() async throws {
         try await execute("DROP TABLE \(effectsTable)")

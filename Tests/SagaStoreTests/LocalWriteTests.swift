@@ -5,6 +5,8 @@ import SagaTestSupport
 import SagaTesting
 import Testing
 
+@testable import SagaPostgres
+
 /// Local writes (`LocalWrite`): a handler's statements on the service's tables, committed in the
 /// transaction of the saga's transition.
 @Suite("Local writes", .timeLimit(.minutes(1)))
@@ -86,6 +88,64 @@ struct LocalWriteTests {
     }
 
     // MARK: Shared batches
+
+    /// A write the database cannot run as a statement (it names a table that does not exist, or
+    /// does not compile) is a deployment's mistake: `storeUnavailable`, redelivered until fixed,
+    /// not the step's `localWriteFailed`; nothing of the transition is stored.
+    @Test(arguments: sqlStores) func aStatementTheDatabaseCannotRunIsNotTheStepsFailure(kind: StoreKind) async throws {
+        if kind == .postgres, try await TestPostgres.url() == nil { return }
+        try await withStore(kind) { fixture in
+            let state = Conformance.makeState()
+            _ = try await fixture.store.create(state, outbox: [])
+            var next = state
+            next.currentStep = 1
+            for write in [
+                LocalWrite("INSERT INTO sagakit_missing_\(UUID().uuidString.prefix(8)) (id) VALUES ($1)", "x"),
+                LocalWrite("UPDATE WHERE nothing"),
+            ] {
+                do {
+                    try await fixture.store.commit(SagaTransition(state: next, expectedVersion: 1, outbox: [], localWrites: [write]))
+                    Issue.record("stored with \(write.sql)")
+                } catch let error as SagaError {
+                    #expect(error.code == .storeUnavailable, "\(error)")
+                    #expect(error.message.hasPrefix("local write 1 of 1 (\(write.sql.debugDescription)) failed: "), "\(error)")
+                }
+            }
+            #expect(try await fixture.other.load(state.id).version == 1)
+        }
+    }
+
+    /// With a schema of its own, the store says where a write's unqualified table was looked up:
+    /// in the connection's search_path, not in the store's schema, where a qualified name finds it.
+    @Test func aStoreWithASchemaSaysWhereUnqualifiedTablesAreLookedUp() async throws {
+        try await withPostgresStore { fixture, store in
+            let schema = store.namespace.trimmingCharacters(in: CharacterSet(charactersIn: "\""))
+            let table = "effects_\(UUID().uuidString.prefix(8).lowercased())"
+            try await store.executeForTesting("CREATE TABLE \(store.namespace).\(table) (id text PRIMARY KEY)")
+            let state = Conformance.makeState()
+            _ = try await fixture.store.create(state, outbox: [])
+            var next = state
+            next.currentStep = 1
+            do {
+                try await fixture.store.commit(
+                    SagaTransition(
+                        state: next, expectedVersion: 1, outbox: [],
+                        localWrites: [LocalWrite("INSERT INTO \(table) (id) VALUES ($1)", .text(state.id))]))
+                Issue.record("an unqualified table of the store's schema was found")
+            } catch let error as SagaError {
+                #expect(error.code == .storeUnavailable, "\(error)")
+                #expect(error.message.contains("does not exist (SQLSTATE 42P01)"), "\(error)")
+                #expect(
+                    error.recoverySuggestion?.contains(
+                        "not in the store's schema \(schema): qualify a table that lives there (\(schema).table)")
+                        == true, "\(error)")
+            }
+            try await fixture.store.commit(
+                SagaTransition(
+                    state: next, expectedVersion: 1, outbox: [],
+                    localWrites: [LocalWrite("INSERT INTO \(schema).\(table) (id) VALUES ($1)", .text(state.id), expecting: .rows(1))]))
+        }
+    }
 
     /// Transitions of many sagas committed at once share transactions; one saga's failing local
     /// write rolls back that saga only (a savepoint; PostgreSQL runs such a batch again with

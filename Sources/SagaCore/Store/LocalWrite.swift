@@ -109,6 +109,25 @@ extension LocalWrite {
             underlying: underlying)
     }
 
+    /// The error for a write the database refused as a statement — a missing table or column, a
+    /// privilege, SQL it cannot compile — rather than for its data: a deployment's mistake, which
+    /// an operator fixes, not the step's failure. It is `storeUnavailable`, like the store's own
+    /// missing tables: the command is redelivered until the statement works, no retry of the step
+    /// is spent and no saga is compensated for it. `schemaHint` says where unqualified names are
+    /// looked up when that differs from the store's tables.
+    package static func statementRefused(
+        index: Int, of count: Int, sql: String, _ reason: String, schemaHint: String?, underlying: any Error
+    )
+        -> SagaError
+    {
+        SagaError(
+            .storeUnavailable,
+            "local write \(index + 1) of \(count) (\(sql.debugDescription)) \(reason); the database refused the statement itself (a missing table or column, a privilege, SQL it cannot compile), so nothing of the transition was stored and the command is redelivered until it works",
+            recoverySuggestion:
+                "create the table or column, grant the privilege, or fix the statement and deploy it; the saga waits at this step and goes on by itself\(schemaHint.map { " (\($0))" } ?? "")",
+            underlying: underlying)
+    }
+
     /// Checks the number of rows the statement affected (`nil`: the database did not say).
     /// - Throws: `localWriteFailed` when it does not meet the ``expectation``.
     package func check(affectedRows: Int?, index: Int, of count: Int) throws {
