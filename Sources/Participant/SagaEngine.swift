@@ -342,6 +342,10 @@ struct SagaEngine: Sendable {
             case .waiting:
                 logger.info("saga waits for a signal", metadata: metadata)
             }
+        } else if let next = commands.first, next.command.attempt > 1 {
+            // Says what follows the handler's failure (logged as a warning by its participant).
+            let when = next.delay.map { "in \($0)" } ?? "now"
+            logger.info("step '\(next.command.stepName)' will be retried \(when) (attempt \(next.command.attempt))", metadata: metadata)
         } else {
             logger.debug("saga advanced", metadata: metadata)
         }

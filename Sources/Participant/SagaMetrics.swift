@@ -53,10 +53,15 @@ struct SagaMetrics: Sendable {
         // action failed (in a parallel group, the failed member, not the last to report).
         let failed: Set<SagaStatus> = [.compensating, .compensated, .needsAttention]
         if old.status == .running || old.status == .waiting, failed.contains(new.status) {
-            // The action that failed in this transition, else (a deadline, an operator) the last
-            // action recorded.
+            // The action that failed in this transition; in a parallel group, whose compensation
+            // starts when its last member reports, the member that failed before; else (a
+            // deadline, an operator) the last action recorded.
+            let group = definition.groupRange(of: old.currentStep)
             let step =
                 new.history.last(where: { $0.phase == .action && $0.outcome == .failed && !old.history.contains($0) })?.stepName
+                ?? group.flatMap { group in
+                    new.history.last(where: { $0.phase == .action && $0.outcome == .failed && group.contains($0.step) })?.stepName
+                }
                 ?? new.history.last(where: { $0.phase == .action })?.stepName ?? "none"
             Counter(label: "saga_failed_total", dimensions: [("saga", saga), ("step", step)]).increment()
         }

@@ -451,7 +451,7 @@ public struct SagaParticipant: Service {
                     "handler failed with an error no retry can mend; the step fails without retries",
                     metadata: ["error": "\(error)", "hint": "\(SagaHandlerReport.permanenceReason): fix the payload or the handler's type"])
             } else {
-                logger.warning("handler failed", metadata: ["error": "\(error)"])
+                logger.warning("handler failed: \(error)", metadata: ["error": "\(error)"])
             }
             span.recordError(error)
             do {

@@ -110,11 +110,12 @@ func withParticipants<T: Sendable>(
     prefetch: Int = 16,
     maxConcurrentHandlers: Int = 64,
     instances: Int = 1,
+    logger: Logger = quietTestLogger,
     body: @Sendable (SagaManager) async throws -> T
 ) async throws -> T {
     try await withParticipants(
         handlers, buses: [bus], starterBus: bus, store: store, topology: testTopology, reaper: reaper, prefetch: prefetch,
-        maxConcurrentHandlers: maxConcurrentHandlers, instances: instances,
+        maxConcurrentHandlers: maxConcurrentHandlers, instances: instances, logger: logger,
         body: body
     )
 }
@@ -132,9 +133,9 @@ func withParticipants<T: Sendable>(
     maxConcurrentHandlers: Int = 64,
     instances: Int = 1,
     outboxGracePeriod: Duration = .milliseconds(500),
+    logger: Logger = quietTestLogger,
     body: @Sendable (SagaManager) async throws -> T
 ) async throws -> T {
-    let logger = quietTestLogger
     let manager = SagaManager(definitions: orderDefinitions, bus: starterBus, store: store, topology: topology, logger: logger)
     try await manager.declareTopology()
     // Declare every service queue up front, so that no command published before a participant

@@ -1,4 +1,5 @@
 import Foundation
+import MetricsTestKit
 import Participant
 import SagaTestSupport
 import Synchronization
@@ -104,6 +105,7 @@ struct ParallelGroupIntegrationTests {
     @Test(arguments: StoreKind.allCases, [false, true])
     func membersRunAtOnceJoinAndAreCompensatedWhenOneFails(store kind: StoreKind, inProcess: Bool) async throws {
         let servers = try IntegrationServers.require()
+        let metrics = TestMetricsBackend.shared
         let storeURL = kind.url(postgres: servers.postgres)
         let (store, close) = try await openStore(storeURL)
         let bus = try await RabbitMQBus.connect(url: servers.amqp)
@@ -168,6 +170,13 @@ struct ParallelGroupIntegrationTests {
         #expect(declinedGift.status == .compensated)
         #expect(Array(timeline.commands(of: declinedGift.id).suffix(3)) == ["inventory.unwrap", "inventory.release", "orders.cancel"])
         #expect(!timeline.commands(of: declinedGift.id).contains("payment.void"))
+        // The failure counts against the member that failed, not the one whose later completion
+        // started the compensation (every test case counts, at once: the reservation never).
+        func failed(at step: String) throws -> Int64 {
+            try metrics.expectCounter("saga_failed_total", [("saga", "parallel-order"), ("step", step)]).totalValue
+        }
+        #expect(try failed(at: "authorize") >= 2)
+        #expect(try failed(at: "reserve") == 0 && failed(at: "gift-wrap") == 0)
         await bus.shutdown()
         await close()
     }

@@ -1,6 +1,8 @@
 import Configuration
 import CoreMetrics
 import Foundation
+import InMemoryLogging
+import Logging
 import MetricsTestKit
 import Participant
 import Synchronization
@@ -72,6 +74,50 @@ struct ParticipantTests {
                 == "compensation of step 'charge-card' failed 2 time(s): refund service down (compensating because: compensation requested by an operator (compensation requested by operator))"
         )
         #expect(final.history.filter { $0.phase == .compensation }.map(\.outcome) == [.retrying, .failed])
+    }
+
+    /// An operator's log shows what needs a person: a saga that completes or is compensated by a
+    /// business decision logs nothing above notice; a thrown error is a warning followed by what
+    /// comes of it (a retry); a saga that needs attention logs an error.
+    @Test func logLevelsRiseOnlyForWhatNeedsAPerson() async throws {
+        let logs = {
+            var handler = InMemoryLogHandler()
+            handler.logLevel = .trace
+            return handler
+        }()
+        let logger = Logger(label: "participants", factory: { _ in logs })
+        let ids = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store, logger: logger) { manager in
+            let completed = try await manager.start("order", payload: ["orderId": "o-l1", "amount": 30])
+            let declined = try await manager.start("order", payload: ["orderId": "o-l2", "amount": 30, "declinePayment": true])
+            let retried = try await manager.start("order", payload: ["orderId": "o-l3", "amount": 30, "failShippingTimes": 1])
+            var (state, _) = SagaStateMachine(definition: orderSaga).start(
+                id: "o-l4-stuck", payload: ["orderId": "o-l4", "amount": 1, "failRefundAlways": true], now: Date())
+            state.currentStep = 1
+            _ = try await store.create(state, outbox: [])
+            try await manager.compensate(state.id)
+            for id in [completed, declined, retried, state.id] { _ = try await manager.outcome(of: id, timeout: .seconds(20)) }
+            return (completed: completed, declined: declined, retried: retried, stuck: state.id)
+        }
+        func entries(of id: SagaID) -> [InMemoryLogHandler.Entry] {
+            logs.entries.filter { $0.metadata["saga.id"].map { "\($0)" } == id }
+        }
+        func describe(_ entries: [InMemoryLogHandler.Entry]) -> String {
+            entries.map { "\($0.level) \($0.message)" }.joined(separator: "\n")
+        }
+        for id in [ids.completed, ids.declined] {
+            let lines = entries(of: id)
+            #expect(!lines.isEmpty && lines.allSatisfy { $0.level <= .notice }, "saga \(id):\n\(describe(lines))")
+        }
+        let retried = entries(of: ids.retried).filter { $0.level >= .info }.map { "\($0.level) \($0.message)" }
+        #expect(
+            retried.count == 4 && retried[1] == "warning handler failed: carrier unavailable"
+                && retried[2].hasPrefix("info step 'ship' will be retried in ") && retried[2].hasSuffix(" (attempt 2)")
+                && retried[3] == "info saga completed", "\(retried)")
+        let compensating = entries(of: ids.declined).filter { "\($0.message)".hasPrefix("saga is compensating") }
+        #expect(compensating.map(\.level) == [.notice], "\(describe(entries(of: ids.declined)))")
+        let stuck = entries(of: ids.stuck)
+        #expect(
+            stuck.contains { $0.level == .error && "\($0.message)".hasPrefix("saga needs attention") }, "\(describe(stuck))")
     }
 
     @Test func staleAndDuplicateCommandsAreAcknowledgedIgnoredAndCounted() async throws {
