@@ -575,7 +575,8 @@ public struct SagaParticipant: Service {
     /// Where a saga stands, in the words `saga show` uses: `step 3 'ship' (action #1)`.
     static func position(of state: SagaState, in definition: SagaDefinition) -> String {
         let name = definition.steps.indices.contains(state.currentStep) ? " '\(definition.steps[state.currentStep].name)'" : ""
-        return "step \(state.currentStep + 1)\(name) (\(state.phase.rawValue) #\(state.attempt))"
+        let phase = SagaStateMachine(definition: definition).phase(of: state)
+        return "step \(state.currentStep + 1)\(name) (\(phase.rawValue) #\(state.attempt))"
     }
 
     static func handBackDelay(after handBacks: Int) -> Duration {

@@ -164,7 +164,8 @@ func position(_ state: SagaState) -> String {
     }
     if let group = GroupProgress(state, definition: definition) { return group.text }
     if let wait = WaitProgress(state, definition: definition) { return wait.text(now: Date()) }
-    return "\(definition.steps[state.currentStep].name) (\(state.phase.rawValue) #\(state.attempt))"
+    let phase = SagaStateMachine(definition: definition).phase(of: state)
+    return "\(definition.steps[state.currentStep].name) (\(phase.rawValue) #\(state.attempt))"
 }
 
 /// Where the members of the parallel group a saga is in stand, read from its history with

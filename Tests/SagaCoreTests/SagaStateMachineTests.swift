@@ -128,6 +128,8 @@ struct SagaStateMachineTests {
         #expect(decision.state?.status == .needsAttention)
         #expect(decision.commands.isEmpty)
         #expect(decision.state?.failureReason?.contains("after the pivot") == true)
+        // Stopped in its action (what `saga list` shows).
+        #expect(decision.state.map(machine.phase(of:)) == .action)
     }
 
     @Test func failingCompensationIsRetriedThenNeedsAttention() {
@@ -146,6 +148,8 @@ struct SagaStateMachineTests {
         #expect(delays == [.seconds(1), .seconds(2)])
         let last = machine.apply(.compensationFailed(step: 0, attempt: 3, error: "db down", startedAt: t0), to: state, now: t0)
         #expect(last.state?.status == .needsAttention)
+        // Stopped in a compensation, which the state's own phase cannot tell (`saga list` said "action #3").
+        #expect(last.state?.phase == .action && last.state.map(machine.phase(of:)) == .compensation)
         // Why it stopped, and why it was compensating: neither is lost.
         #expect(
             last.state?.failureReason == "compensation of step 'a' failed 3 time(s): db down (compensating because: step 'b' failed: no)")

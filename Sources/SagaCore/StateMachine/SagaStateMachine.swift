@@ -502,6 +502,13 @@ public struct SagaStateMachine: Sendable {
         return uncertain ? compensate(next, from: step, reason: reason) : compensate(next, before: step, reason: reason)
     }
 
+    /// The phase a saga is in at its current step: ``SagaState/phase`` while it runs or
+    /// compensates; for a saga that needs attention, the phase it stopped in (an action past the
+    /// pivot, or a compensation that failed), which ``SagaState/phase`` cannot tell.
+    public func phase(of state: SagaState) -> StepPhase {
+        state.status == .needsAttention ? stoppedPhase(state) : state.phase
+    }
+
     /// The phase a saga that needs attention stopped in: compensation once it has compensated
     /// anything or moved back from a later step, or when its last record of the current step is
     /// a compensation (a compensation that failed, or that the reaper gave up on).
