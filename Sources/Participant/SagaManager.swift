@@ -355,6 +355,20 @@ public struct SagaManager: Service {
         try await operate(id, event: .compensationRequested(by: actor, reason: reason))
     }
 
+    /// Records that an operator did by hand what a saga that needs attention stopped at, and lets
+    /// the saga go on as if that work had succeeded: a compensation that keeps failing (the refund
+    /// was made by hand: the earlier compensations run next, then the saga is compensated), or an
+    /// action past the pivot that cannot succeed (shipped by hand: the next step runs, or the saga
+    /// completes). `patch` is merged into the saga's data first (a tracking number, a refund id).
+    ///
+    /// Only a saga that needs attention can be resolved: while it runs, its handler may still
+    /// report. The history records it as completed, with who (`actor`) and why (`reason`).
+    /// - Throws: `unknownSaga`; `invalidState` when the saga does not need attention.
+    @discardableResult
+    public func resolve(_ id: SagaID, by actor: String = "operator", reason: String, patch: JSONObject = [:]) async throws -> SagaState {
+        try await operate(id, event: .resolvedByOperator(by: actor, reason: reason, patch: patch))
+    }
+
     /// Delivers the signal `name` to a saga, for its wait step that waits for it (see
     /// ``SagaBuilder/wait(_:for:timeout:onTimeout:when:)``): `payload` is merged into the saga's
     /// data and the saga goes on with its next step. A signal that arrives before the saga

@@ -126,6 +126,59 @@ struct CompensateCommand: AsyncParsableCommand {
     }
 }
 
+struct ResolveCommand: AsyncParsableCommand {
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(
+            commandName: "resolve",
+            abstract: "Record that what sagas that need attention stopped at was done by hand, and let them go on.",
+            discussion: """
+                For a saga whose compensation keeps failing (you refunded by hand) the earlier compensations run next, then \
+                it is compensated; for one stopped at an action past its pivot (you shipped by hand) its next step runs, or \
+                it completes. --data is merged into the saga's data first. Only sagas that need attention: while a saga \
+                runs, its handler may still report.
+                """ + " " + severalSagasDiscussion(each: "resolved")
+        )
+    }
+
+    @OptionGroup var connection: OperatorOptions
+
+    @OptionGroup var action: OperatorActionOptions
+
+    @Option(help: "What was done by hand, recorded in the saga's history (required).")
+    var reason: String
+
+    @Option(help: "A JSON object merged into the saga's data (e.g. '{\"refundId\": \"R-17\"}').")
+    var data: String?
+
+    @Argument(help: "The saga ids (one or more).")
+    var ids: [String]
+
+    @Flag(help: "Print JSON (the new saga state).")
+    var json = false
+
+    func validate() throws {
+        guard !reason.trimmingCharacters(in: .whitespaces).isEmpty else {
+            throw ValidationError("--reason must say what was done by hand (it is recorded in the saga's history)")
+        }
+    }
+
+    func run() async throws {
+        let (ids, json, actor, reason) = (ids, json, action.actor, reason)
+        let patch = try SignalCommand.payload(data)
+        try await CommandEnvironment(connection).withManager { manager in
+            try await forEachSaga(ids, json: json) { id in
+                let state = try await manager.resolve(id, by: actor, reason: reason, patch: patch)
+                if !json {
+                    let now = state.status.hasEnded ? "" : " at \(position(state))"
+                    print("saga \(id) is \(state.status.cliName)\(now).")
+                    print("recorded: resolved by hand by \(actor): \"\(reason)\"")
+                }
+                return state
+            }
+        }
+    }
+}
+
 struct ReapCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "reap",

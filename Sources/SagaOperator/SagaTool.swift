@@ -75,6 +75,7 @@ struct SagaRootCommand: AsyncParsableCommand {
                 """,
             subcommands: [
                 ListCommand.self, ShowCommand.self, GraphCommand.self, DefinitionsCommand.self, RetryCommand.self, CompensateCommand.self,
+                ResolveCommand.self,
                 SignalCommand.self, ReapCommand.self, DeadLetterCommand.self, EventsCommand.self, ConsoleCommand.self,
             ]
         )

@@ -48,6 +48,12 @@ struct ShowCommand: AsyncParsableCommand {
         }
     }
 
+    /// An operator command (`saga retry <id>`, as JSON and the console name it) as this tool is
+    /// called.
+    static func spelled(_ command: String) -> String {
+        command.hasPrefix("saga ") ? SagaOperatorTool.toolName + command.dropFirst(4) : command
+    }
+
     // MARK: - Timeline
 
     /// One line of the timeline.
@@ -314,14 +320,21 @@ struct ShowCommand: AsyncParsableCommand {
             let canCompensate = !stuckInCompensation && !definition.isForwardOnly(state.currentStep)
             var commands = ["saga retry \(state.id)"]
             if canCompensate { commands.append("saga compensate \(state.id)") }
+            commands.append("saga resolve \(state.id)")
+            let tool = SagaOperatorTool.toolName
             var lines = [
-                "needs an operator: " + commands.map { "`\($0)`" }.joined(separator: " or "),
+                "needs an operator: " + commands.map { "`\(Self.spelled($0))`" }.joined(separator: " or "),
                 "stopped: \(state.failureReason ?? "no reason recorded")",
-                "`\(SagaOperatorTool.toolName) retry \(state.id) --reason …` sends '\(command)' again as attempt \(state.attempt + 1)",
+                "`\(tool) retry \(state.id) --reason …` sends '\(command)' again as attempt \(state.attempt + 1)",
             ]
             if canCompensate {
-                lines.append("`\(SagaOperatorTool.toolName) compensate \(state.id) --reason …` undoes the completed steps instead")
+                lines.append("`\(tool) compensate \(state.id) --reason …` undoes the completed steps instead")
             }
+            let after =
+                stuckInCompensation
+                ? "the earlier compensations run next" : "the saga goes on with the step after '\(step.name)'"
+            lines.append(
+                "`\(tool) resolve \(state.id) --reason …` records that you did '\(command)' by hand (it will not run); \(after)")
             var next = make("needs-operator", lines, commands: commands)
             next.command = command
             next.step = state.currentStep
@@ -485,8 +498,9 @@ struct ShowCommand: AsyncParsableCommand {
             }
             var commands = ["saga retry \(state.id)"]
             if !forwardOnly { commands.append("saga compensate \(state.id)") }
+            commands.append("saga resolve \(state.id)")
             var lines = [
-                "needs an operator: " + commands.map { "`\($0)`" }.joined(separator: " or "),
+                "needs an operator: " + commands.map { "`\(Self.spelled($0))`" }.joined(separator: " or "),
                 "stopped: \(state.failureReason ?? "no reason recorded")",
                 "stopped in \(group.text)",
             ]
@@ -501,6 +515,9 @@ struct ShowCommand: AsyncParsableCommand {
                     "`\(SagaOperatorTool.toolName) compensate \(state.id) --reason …` undoes instead: the completed and unfinished members (newest declared first), then the steps before"
                 )
             }
+            lines.append(
+                "`\(SagaOperatorTool.toolName) resolve \(state.id) --reason …` records that you did the unfinished members' actions by hand (they will not run); the saga goes on after the group"
+            )
             var next = NextStep(
                 kind: "needs-operator", summary: lines[0], text: lines.joined(separator: "\n"), operatorCommands: commands, group: data)
             if let (member, attempt) = targets.first {

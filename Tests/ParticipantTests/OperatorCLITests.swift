@@ -263,6 +263,41 @@ struct OperatorCLITests {
                 // A prefix no services ran with: said, and nothing is declared under it.
                 let typo = try SagaCLI(store: storeURL, amqp: amqp, prefix: topology.prefix + "-typo").run(["dlq", "list"])
                 #expect(typo.status != 0 && typo.stderr.contains("no queue '\(topology.prefix)-typo.dead-letters'"), "\(typo)")
+                // resolve: a hotel cancellation that keeps failing was done by phone.
+                var stopped = SagaStateMachine(definition: Self.trip).start(
+                    id: "trip-stuck-cancel", payload: [:], context: [SagaTopology.contextKey: topology.prefix], now: Date()
+                ).0
+                let machine = SagaStateMachine(definition: Self.trip)
+                for event in [
+                    SagaEvent.stepCompleted(step: 0, attempt: 1, patch: [:], startedAt: Date()),
+                    .stepFailed(step: 1, attempt: 1, error: "no seats", retryable: false, startedAt: Date()),
+                ] {
+                    stopped = try #require(machine.apply(event, to: stopped, now: Date()).state)
+                }
+                while stopped.status == .compensating {
+                    stopped = try #require(
+                        machine.apply(
+                            .compensationFailed(step: 0, attempt: stopped.attempt, error: "hotel API down", startedAt: Date()), to: stopped,
+                            now: Date()
+                        ).state)
+                }
+                _ = try await store.create(stopped, outbox: [])
+                let stoppedShown = try cli.succeed(["show", stopped.id])
+                #expect(
+                    stoppedShown.contains(
+                        "`saga resolve \(stopped.id) --reason …` records that you did 'trip-cli.hotels.cancel' by hand (it will not run); the earlier compensations run next"
+                    ), "\(stoppedShown)")
+                let resolved =
+                    try cli.json([
+                        "resolve", stopped.id, "--reason", "cancelled by phone", "--by", "dora", "--data", #"{"cancellation": "C-9"}"#,
+                    ]) as? [String: Any]
+                #expect(resolved?["status"] as? String == "compensated", "\(resolved ?? [:])")
+                #expect((resolved?["payload"] as? [String: Any])?["cancellation"] as? String == "C-9")
+                let byHand = (resolved?["history"] as? [[String: Any]])?.last
+                #expect(byHand?["actor"] as? String == "dora" && byHand?["reason"] as? String == "resolved by hand: cancelled by phone")
+                let again = try cli.run(["resolve", stopped.id, "--reason", "twice"])
+                #expect(again.status == 1 && again.stderr.contains("only a saga that needs attention can be resolved by hand"), "\(again)")
+
                 // Several sagas at once: each retried, the unknown one named, exit status 1.
                 let several = try cli.run(["retry", another, "no-such-saga", "--reason", "bulk"])
                 #expect(several.status == 1 && several.stdout.contains("saga \(another) is"), "\(several)")

@@ -362,6 +362,12 @@ extension SagaLifecycleEvent {
                 make(
                     .operatorAction, step: old.currentStep, phase: old.phase, attempt: old.attempt, action: "compensate", actor: actor,
                     reason: reason))
+        case .resolvedByOperator(let actor, let reason, _):
+            let phase = definition.map { SagaStateMachine(definition: $0).phase(of: old) } ?? old.phase
+            events.append(
+                make(
+                    .operatorAction, step: old.currentStep, phase: phase, attempt: old.attempt, action: "resolve", actor: actor,
+                    reason: reason))
         case .signalReceived:
             // The wait completed (now, or ahead of the saga for an early signal).
             if let record = new.history.last, record.outcome == .completed, old.history.last != record {

@@ -29,6 +29,13 @@ public enum SagaEvent: Sendable, Hashable {
     /// An operator (`actor`) asked to compensate the saga now (only before the pivot). Recorded in
     /// the history with who and why.
     case compensationRequested(by: String, reason: String)
+    /// An operator (`actor`) did by hand what a saga that needs attention stopped at — the
+    /// action of its step past the pivot (every unfinished member of its parallel group), or the
+    /// compensation that kept failing — and says so (`reason`); `patch` is merged into the
+    /// saga's data. The saga goes on as if that work had succeeded: forward to its next step, or
+    /// on with the earlier compensations. Only from needs-attention (a running saga's handler may
+    /// still report). Recorded in the history as completed, with who and why.
+    case resolvedByOperator(by: String, reason: String, patch: JSONObject)
     /// The signal `name` arrived (``SagaBuilder/wait(_:for:timeout:onTimeout:when:)``), sent by
     /// `by` when known: its `payload` is merged into the saga's data. At the wait that waits for
     /// it, the saga goes on; before the saga reaches that wait, it is kept (the wait completes as
@@ -348,6 +355,9 @@ public struct SagaStateMachine: Sendable {
         case .waitExpired:
             return waitExpired(state, now: now)
 
+        case .resolvedByOperator(let actor, let reason, let patch):
+            return resolved(state, by: actor, reason: reason, patch: patch, now: now)
+
         case .compensationRequested(let actor, let reason):
             switch state.status {
             case .completed, .compensated, .compensating:
@@ -367,6 +377,44 @@ public struct SagaStateMachine: Sendable {
                     reason: "\(reason) (compensation requested by \(actor))")
             }
         }
+    }
+
+    // MARK: - Resolved by hand
+
+    private func resolved(_ state: SagaState, by actor: String, reason: String, patch: JSONObject, now: Date) -> SagaDecision {
+        guard state.status == .needsAttention else {
+            return .rejected(
+                "saga \(state.id) is \(state.status.rawValue); only a saga that needs attention can be resolved by hand (its handlers may still report)"
+            )
+        }
+        var next = state
+        next.payload = state.payload.merging(patch: patch)
+        next.reapAttempts = 0
+        func recordResolved(step: Int, phase: StepPhase, attempt: Int) {
+            next.history.append(
+                StepRecord(
+                    step: step, stepName: definition.steps[step].name, phase: phase, attempt: attempt, startedAt: now, finishedAt: now,
+                    outcome: .completed, actor: actor, reason: "resolved by hand: \(reason)"))
+            Self.compact(&next.history, step: step, phase: phase)
+        }
+        if stoppedPhase(state) == .compensation {
+            // The compensation that kept failing was done by hand: on with the earlier ones.
+            next.status = .compensating
+            next.failureReason = Self.compensationReason(in: state.failureReason) ?? state.failureReason
+            recordResolved(step: state.currentStep, phase: .compensation, attempt: state.attempt)
+            return compensate(next, before: state.currentStep, reason: nil)
+        }
+        // The action (past the pivot, or one the reaper gave up on) was done by hand: forward.
+        next.status = .running
+        next.failureReason = nil
+        let group = definition.groupRange(of: state.currentStep)
+        for member in group.map(Array.init) ?? [state.currentStep] {
+            if group != nil, [.completed, .skipped].contains(progress(of: member, in: state)) { continue }
+            let attempt = state.history.last { $0.step == member && $0.phase == .action }?.attempt ?? state.attempt
+            recordResolved(step: member, phase: .action, attempt: attempt)
+        }
+        let (moved, commands) = moveForward(next, to: (group?.upperBound ?? state.currentStep) + 1, now: now)
+        return .transition(moved, commands)
     }
 
     // MARK: - Fallbacks
@@ -542,7 +590,7 @@ public struct SagaStateMachine: Sendable {
             guard current.version != aimed.version else { return nil }
             return
                 "saga \(current.id) changed (version \(aimed.version) → \(current.version)) since it was found stalled; it is not stalled"
-        case .retryRequested, .compensationRequested:
+        case .retryRequested, .compensationRequested, .resolvedByOperator:
             if current.status == aimed.status, current.currentStep == aimed.currentStep, current.phase == aimed.phase,
                 current.attempt == aimed.attempt
             {
