@@ -120,6 +120,46 @@ public actor SagaTestSystem {
         }
     }
 
+    /// An operator's retry, as `SagaManager.retry(_:by:reason:)` does: the current command is
+    /// queued again as a new attempt (also for a saga that needs attention).
+    /// - Throws: `unknownSaga`; `invalidState` when the saga has finished.
+    @discardableResult
+    public func retry(_ id: SagaID, by actor: String = "operator", reason: String? = nil) throws -> SagaState {
+        try operate(id, .retryRequested(by: actor, reason: reason))
+    }
+
+    /// An operator's compensation, as `SagaManager.compensate(_:by:reason:)` does (only before the
+    /// pivot).
+    /// - Throws: `unknownSaga`; `invalidState` when the saga is past its pivot or finished.
+    @discardableResult
+    public func compensate(_ id: SagaID, by actor: String = "operator", reason: String = "compensation requested by an operator")
+        throws -> SagaState
+    {
+        try operate(id, .compensationRequested(by: actor, reason: reason))
+    }
+
+    /// An operator's resolution by hand, as `SagaManager.resolve(_:by:reason:patch:)` does: what a
+    /// saga that needs attention stopped at was done by hand, and it goes on.
+    /// - Throws: `unknownSaga`; `invalidState` when the saga does not need attention.
+    @discardableResult
+    public func resolve(_ id: SagaID, by actor: String = "operator", reason: String, patch: JSONObject = [:]) throws -> SagaState {
+        try operate(id, .resolvedByOperator(by: actor, reason: reason, patch: patch))
+    }
+
+    private func operate(_ id: SagaID, _ event: SagaEvent) throws -> SagaState {
+        let state = try state(of: id)
+        let machine = SagaStateMachine(definition: try definitions.definition(named: state.name))
+        switch machine.apply(event, to: state, now: now) {
+        case .transition(var next, let commands):
+            next.version = state.version + 1
+            sagas[id] = next
+            enqueue(commands)
+            return next
+        case .ignored(let reason), .rejected(let reason):
+            throw SagaError(.invalidState, reason)
+        }
+    }
+
     /// Moves the virtual clock forward by `duration` and ends the waits whose timeout passed, as
     /// the reaper does (their sagas are compensated or go on, as each wait declares; deliver the
     /// resulting commands with ``runUntilIdle(maxDeliveries:)``).

@@ -228,6 +228,27 @@ struct SagaTestSystemTests {
         #expect(clock.now - wall < .seconds(2))
     }
 
+    /// An operator's runbook, tested: the flight's cancellation keeps failing, the saga needs
+    /// attention, the operator cancels by phone and resolves it; it ends compensated.
+    @Test func anOperatorResolvesACompensationThatCannotSucceed() async throws {
+        let system = try SagaTestSystem(definitions: [trip])
+        var flight = SagaHandlerRegistry()
+        flight.register("flight.book") { try await $0.completeStep(merging: ["flight": "F-1"]) }
+        flight.register("flight.cancel") { _ in throw Booking() }
+        try await system.register(service: "flight", handlers: flight)
+        for (service, handlers) in Self.registries(hotelFails: true) where service != "flight" {
+            try await system.register(service: service, handlers: handlers)
+        }
+        let stopped = try await system.run("trip", payload: [:])
+        #expect(stopped.status == .needsAttention)
+        await #expect(throws: SagaError.self) { try await system.compensate(stopped.id) }
+        let resolved = try await system.resolve(stopped.id, by: "alice", reason: "cancelled by phone", patch: ["cancellation": "C-1"])
+        #expect(resolved.status == .compensated && resolved.payload["cancellation"] == "C-1")
+        #expect(resolved.history.last?.actor == "alice" && resolved.history.last?.reason == "resolved by hand: cancelled by phone")
+        try await system.runUntilIdle()
+        #expect(try await system.state(of: stopped.id).status == .compensated)
+    }
+
     @Test func twiceDeliveredCommandsExposeAHandlerThatIsNotIdempotent() async throws {
         let system = try SagaTestSystem(definitions: [trip], deliveries: .twice)
         let bookings = Mutex(0)
