@@ -24,6 +24,8 @@ import Synchronization
 /// - `saga_command_state_total{saga,service,source}`: where each command's saga came from:
 ///   `command` (the sealed copy it carried, ``SagaTopology/stateInCommands``) or `store` (loaded)
 /// - `saga_dead_letters_total{service}`
+/// - `saga_handed_back_total{service}`: commands this service's instance had no handler for and
+///   handed back for another release (a rolling upgrade; `Docs/Upgrades.md`)
 /// - `saga_circuit_opened_total{saga,step}`: times a step's circuit breaker opened (or opened
 ///   again after a failed probe) in this process; `saga_circuit_closed_total{saga,step}`: times a
 ///   probe closed it (``SagaFallback``)
@@ -125,6 +127,18 @@ struct SagaMetrics: Sendable {
 
     func deadLettered(service: String) {
         Counter(label: "saga_dead_letters_total", dimensions: [("service", service)]).increment()
+    }
+
+    func handedBack(service: String) {
+        Counter(label: "saga_handed_back_total", dimensions: [("service", service)]).increment()
+    }
+
+    /// Creates a participant's per-service counters at zero when it starts, so that
+    /// `increase()` (and the alerts) see its first dead letter or hand-back too.
+    func prepare(service: String) {
+        for label in ["saga_dead_letters_total", "saga_handed_back_total", "saga_stale_messages_total"] {
+            _ = Counter(label: label, dimensions: [("service", service)])
+        }
     }
 
     /// Creates the definition's counters and gauges at zero, once per process and version: a

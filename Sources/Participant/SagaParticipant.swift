@@ -98,6 +98,7 @@ public struct SagaParticipant: Service {
                 .invalidConfiguration, "service '\(configuration.service)' has no handlers",
                 recoverySuggestion: "register at least one handler before running the participant")
         }
+        engine.metrics.prepare(service: configuration.service)
         // Before consuming: the definitions this process runs are kept in the store.
         try await engine.registerDefinitions(logger: logger)
         warnAboutReaperThreshold()
@@ -618,6 +619,7 @@ public struct SagaParticipant: Service {
             correlationId: delivery.correlationId)
         // The first hand-back of a command in this process says what to check: a forgotten
         // registration looks exactly like a rolling upgrade from here.
+        engine.metrics.handedBack(service: service)
         let first = handedBackCommands.insert(command.command)
         let sameDefinition = engine.definitions.definition(named: definition.name, version: definition.version) != nil
         let hint =

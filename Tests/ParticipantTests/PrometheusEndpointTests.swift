@@ -94,8 +94,15 @@ struct PrometheusEndpointTests {
             #expect(
                 names.contains(name) || names.contains(name + "_bucket"), "\(name) is missing from every endpoint: \(names.sorted())")
         }
+        // (A participant's per-service counters carry its service instead, from its start, at zero.)
         #expect(
-            samples.allSatisfy { $0.name.hasPrefix("saga_") && !$0.name.hasPrefix("saga_store_") ? $0.labels["saga"] == "order" : true })
+            samples.allSatisfy {
+                $0.name.hasPrefix("saga_") && !$0.name.hasPrefix("saga_store_")
+                    ? $0.labels["saga"] == "order" || ($0.labels["saga"] == nil && $0.labels["service"] != nil) : true
+            })
+        for service in ["inventory", "payment", "shipping"] {
+            #expect(samples.contains { $0.name == "saga_handed_back_total" && $0.labels["service"] == service })
+        }
         // The stores' batches, by store and operation (bounded sets of values).
         let batches = samples.filter { $0.name.hasPrefix("saga_store_batch_") }
         #expect(names.contains("saga_store_batch_size_bucket") && names.contains("saga_store_batch_duration_seconds_bucket"))

@@ -1,6 +1,7 @@
 import Foundation
 import InMemoryLogging
 import Logging
+import MetricsTestKit
 import Participant
 import SagaTestSupport
 import Synchronization
@@ -162,6 +163,7 @@ struct RollingUpgradeTests {
         let bus = try await RabbitMQBus.connect(url: servers.amqp)
         let ledger = UpgradeLedger()
         let flights = CountingBus(try await RabbitMQBus.connect(url: servers.amqp))
+        let metrics = TestMetricsBackend.shared
         // Copies of an in-memory handler share its entries.
         let logs = {
             var handler = InMemoryLogHandler()
@@ -235,6 +237,8 @@ struct RollingUpgradeTests {
             #expect(handBacks.count >= 2)
             #expect(handBacks.first?.level == .warning)
             #expect(handBacks.dropFirst().allSatisfy { $0.level == .info }, "\(handBacks.map(\.level))")
+            // Counted for the alert on hand-backs that do not stop.
+            #expect(try metrics.expectCounter("saga_handed_back_total", [("service", "flights")]).totalValue >= 2)
             let hint = handBacks.first?.metadata["hint"].map { "\($0)" } ?? ""
             #expect(hint.hasPrefix("deploy a release of 'flights' that handles it if none runs"), "\(hint)")
         } catch {
