@@ -74,6 +74,34 @@ struct SagaBuilderTests {
         #expect(policy.delay(afterAttempt: 60) == .seconds(5))
     }
 
+    /// Definitions that cannot work: names the broker reads as routing-key syntax, timeouts and
+    /// deadlines of zero, delays that run backwards.
+    @Test func rejectsWhatCannotWorkOnTheBrokerOrTheClock() {
+        let step = SagaBuilder("s").step("a", action: "a.do")
+        expectInvalid(SagaBuilder("claim.v2").step("a", action: "a.do"), mentioning: "the saga name contains '.'")
+        expectInvalid(SagaBuilder("claim.v2").step("a", action: "a.do"), mentioning: "(for example 'claim-v2')")
+        expectInvalid(SagaBuilder("claims #2").step("a", action: "a.do"), mentioning: "the saga name contains '#'")
+        expectInvalid(SagaBuilder("s").step("a", action: "pay ment.do"), mentioning: "command 'pay ment.do' contains a blank")
+        expectInvalid(SagaBuilder("s").step("a", action: "payment.*"), mentioning: "command 'payment.*' contains '*'")
+        expectInvalid(
+            SagaBuilder("s").step("a", action: "a.do", options: StepOptions(timeout: .zero)), mentioning: "step 1 'a': the timeout")
+        expectInvalid(step.deadline(.zero), mentioning: "the deadline 0.0 seconds is not positive")
+        expectInvalid(
+            SagaBuilder("s").step("a", action: "a.do", options: StepOptions(retry: RetryPolicy(initialDelay: .seconds(-5)))),
+            mentioning: "step 1 'a': retry has a negative delay")
+        expectInvalid(
+            step.compensationRetry(RetryPolicy(multiplier: 0)), mentioning: "compensation retry multiplier 0.0 is not a positive number")
+        // Dots separate the words of command names: allowed there.
+        #expect((try? SagaBuilder("s").step("a", action: "payment.card.charge").build()) != nil)
+    }
+
+    /// A definition an earlier release stored keeps loading, so that its sagas in flight finish.
+    @Test func aStoredDefinitionIsNotHeldToTheNewerRules() throws {
+        var document = try SagaBuilder("claim").step("a", action: "a.do").build().document
+        document.name = "claim.v2"
+        #expect(try document.definition().name == "claim.v2")
+    }
+
     private func expectInvalid(_ builder: SagaBuilder, mentioning text: String, sourceLocation: SourceLocation = #_sourceLocation) {
         let error = #expect(throws: SagaError.self, sourceLocation: sourceLocation) { try builder.build() }
         #expect(error?.code == .invalidDefinition, sourceLocation: sourceLocation)

@@ -113,7 +113,10 @@ public struct SagaDefinitionDocument: Sendable, Hashable, Codable {
         compensationRetry = Retry(definition.compensationRetry)
     }
 
-    /// Rebuilds the definition through ``SagaBuilder``, so that it is validated like any other.
+    /// Rebuilds the definition through ``SagaBuilder``, so that it is validated like any other —
+    /// except for the rules newer than the stores' documents (see
+    /// ``SagaBuilder/build(stored:)``): a definition an earlier release stored keeps loading, so
+    /// that its sagas in flight finish.
     /// - Throws: `invalidDefinition` when the document does not describe a valid definition.
     public func definition() throws -> SagaDefinition {
         var builder = SagaBuilder(name).version(version).compensationRetry(compensationRetry.policy)
@@ -136,7 +139,7 @@ public struct SagaDefinitionDocument: Sendable, Hashable, Codable {
                             })
                     }))
         }
-        return try builder.build()
+        return try builder.build(stored: true)
     }
 
     /// The canonical bytes: JSON, sorted keys, no insignificant whitespace.

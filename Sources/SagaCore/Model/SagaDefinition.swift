@@ -389,11 +389,48 @@ public struct SagaBuilder: Sendable {
     /// Validates and returns the definition.
     ///
     /// - Throws: ``SagaError`` `invalidDefinition` naming the saga and the offending step.
-    public func build() throws -> SagaDefinition {
+    public func build() throws -> SagaDefinition { try build(stored: false) }
+
+    /// Characters a saga or command name cannot hold: they are routing keys on the broker, where
+    /// `.` separates words (lifecycle events are routed as `<saga>.<kind>`), `*` and `#` are
+    /// wildcards, and blanks and control characters are unreadable in logs.
+    private static func routingProblem(_ name: String, dotAllowed: Bool) -> String? {
+        if !dotAllowed, name.contains(".") {
+            return "contains '.', which separates the words of the lifecycle events' routing keys ('<saga>.<kind>')"
+        }
+        if let wildcard = name.first(where: { $0 == "*" || $0 == "#" }) {
+            return "contains '\(wildcard)', a wildcard in the broker's bindings"
+        }
+        if name.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.properties.generalCategory == .control }) {
+            return "contains a blank or a control character"
+        }
+        return nil
+    }
+
+    /// Validates and returns the definition; `stored` for a definition read back from a store,
+    /// which is not held to the rules added after stores began keeping definitions (names that
+    /// are routing keys, positive timeouts and delays), so that sagas an earlier release started
+    /// finish.
+    package func build(stored: Bool) throws -> SagaDefinition {
         func fail(_ message: String, _ suggestion: String? = nil) -> SagaError {
             SagaError(.invalidDefinition, "saga '\(name)': \(message)", recoverySuggestion: suggestion)
         }
         if name.trimmingCharacters(in: .whitespaces).isEmpty { throw fail("the saga name is empty") }
+        if !stored {
+            if let problem = Self.routingProblem(name, dotAllowed: false) {
+                throw fail("the saga name \(problem)", "use letters, digits, '-' and '_' (for example '\(Self.suggestedName(name))')")
+            }
+            if let deadline, deadline <= .zero {
+                throw fail("the deadline \(deadline) is not positive", "give the saga a positive deadline, or none")
+            }
+            for (label, policy) in [("compensation retry", compensationRetry)]
+                + steps.enumerated().map({
+                    ("step \($0.offset + 1) '\($0.element.name)': retry", $0.element.options.retry)
+                })
+            {
+                if let problem = Self.retryProblem(policy) { throw fail("\(label) \(problem)") }
+            }
+        }
         if version < 1 { throw fail("version \(version) is not positive", "versions start at 1") }
         if steps.isEmpty { throw fail("it has no steps", "add at least one step with .step(_:action:)") }
         var stepNames: Set<String> = []
@@ -410,6 +447,11 @@ public struct SagaBuilder: Sendable {
             let own = [step.action] + (step.fallback.map { [$0.action] } ?? []) + (step.compensation.map { [$0] } ?? [])
             for command in step.wait != nil ? [] : own {
                 if command.isEmpty { throw fail("\(position): a command name is empty") }
+                if !stored, let problem = Self.routingProblem(command, dotAllowed: true) {
+                    throw fail(
+                        "\(position): command '\(command)' \(problem)",
+                        "command names are routing keys: use letters, digits, '.', '-' and '_'")
+                }
                 if let other = commands[command] {
                     throw fail(
                         "\(position): command '\(command)' is already used by step '\(other)'",
@@ -418,6 +460,9 @@ public struct SagaBuilder: Sendable {
                 commands[command] = step.name
             }
             if step.options.retry.maxAttempts < 1 { throw fail("\(position): retry maxAttempts must be at least 1") }
+            if !stored, let timeout = step.options.timeout, timeout <= .zero {
+                throw fail("\(position): the timeout \(timeout) is not positive", "give the step a positive timeout, or none")
+            }
             if let pivot = pivotSeen {
                 if step.options.isPivot {
                     throw fail("\(position) is a second pivot (the pivot is '\(pivot)')", "a saga has at most one pivot")
@@ -486,6 +531,22 @@ public struct SagaBuilder: Sendable {
 }
 
 extension SagaBuilder {
+    /// What is wrong with a retry policy's delays, if anything.
+    fileprivate static func retryProblem(_ policy: RetryPolicy) -> String? {
+        if policy.initialDelay < .zero || policy.maxDelay < .zero {
+            return "has a negative delay (initialDelay \(policy.initialDelay), maxDelay \(policy.maxDelay))"
+        }
+        if !(policy.multiplier > 0) || !policy.multiplier.isFinite {
+            return "multiplier \(policy.multiplier) is not a positive number"
+        }
+        return nil
+    }
+
+    /// The name with the characters a saga name cannot hold replaced by '-'.
+    fileprivate static func suggestedName(_ name: String) -> String {
+        String(name.map { $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" ? $0 : "-" })
+    }
+
     /// Checks the parallel groups: each is one run of adjacent steps, has at least two steps,
     /// contains no pivot, and its name is not a step's name.
     private func validateGroups(_ fail: (String, String?) -> SagaError) throws {
