@@ -26,21 +26,29 @@ public protocol SagaStepHandler: Sendable {
 
 /// The handlers of one service, one per command.
 ///
-/// Registering two handlers for one command is a programmer error and stops the process with a
-/// message naming the command.
+/// Registering two handlers for one command, or one for an empty command name, is a mistake that
+/// ``validate(against:)`` reports (`duplicateHandler`, `invalidConfiguration`): a participant
+/// refuses to start with it, and `SagaApplication` prints it as one line and exits.
 public struct SagaHandlerRegistry: Sendable {
     private var handlers: [String: SagaHandler] = [:]
+    /// Commands registered more than once, in order (the first registration is kept).
+    private var duplicates: [String] = []
+    private var emptyNames = 0
 
     /// An empty registry.
     public init() {}
 
-    /// Registers a closure for a command.
+    /// Registers a closure for a command. A second handler for the same command is not
+    /// registered: ``validate(against:)`` reports it.
     public mutating func register(_ command: String, handler: @escaping SagaHandler) {
-        precondition(!command.isEmpty, "SagaKit: a handler was registered for an empty command name")
-        precondition(
-            handlers[command] == nil,
-            "SagaKit: a handler for command '\(command)' is already registered; each command has exactly one handler per service"
-        )
+        guard !command.isEmpty else {
+            emptyNames += 1
+            return
+        }
+        guard handlers[command] == nil else {
+            if !duplicates.contains(command) { duplicates.append(command) }
+            return
+        }
         handlers[command] = handler
     }
 
@@ -55,9 +63,24 @@ public struct SagaHandlerRegistry: Sendable {
     /// Every registered command, sorted.
     public var commands: [String] { handlers.keys.sorted() }
 
-    /// Checks that every registered command belongs to a known saga definition.
-    /// - Throws: `invalidConfiguration` naming the commands no definition sends.
+    /// Checks that each command was registered once, and that every registered command belongs to
+    /// a known saga definition.
+    /// - Throws: `duplicateHandler` naming the commands registered twice; `invalidConfiguration`
+    ///   for a handler registered for an empty command name, or naming the commands no definition
+    ///   sends.
     public func validate(against definitions: SagaDefinitionRegistry) throws {
+        if !duplicates.isEmpty {
+            let names = duplicates.map { "'\($0)'" }.joined(separator: ", ")
+            throw SagaError(
+                .duplicateHandler,
+                "handlers are registered more than once for command \(names); each command has exactly one handler per service",
+                recoverySuggestion: "remove the second register call (or merge the two handlers into one)")
+        }
+        if emptyNames > 0 {
+            throw SagaError(
+                .invalidConfiguration, "a handler is registered for an empty command name",
+                recoverySuggestion: "register it for the command of its step (SagaBuilder's action or compensation)")
+        }
         let known = Set(definitions.all.flatMap(\.commands))
         let unknown = commands.filter { !known.contains($0) }
         if !unknown.isEmpty {

@@ -415,12 +415,18 @@ struct ParticipantTests {
         #expect(error?.message.contains("inventory.resrve") == true)
     }
 
-    @Test func registeringTwoHandlersForOneCommandStopsTheProcess() async {
-        await #expect(processExitsWith: .failure) {
-            var registry = SagaHandlerRegistry()
-            registry.register("a") { _ in }
-            registry.register("a") { _ in }
-        }
+    @Test func twoHandlersForOneCommandAreRefusedAtStartupNamingIt() async throws {
+        var registry = SagaHandlerRegistry()
+        registry.register("inventory.reserve") { _ in }
+        registry.register("inventory.release") { _ in }
+        registry.register("inventory.reserve") { _ in }
+        let participant = SagaParticipant(
+            configuration: ParticipantConfiguration(service: "twice", topology: testTopology), definitions: orderDefinitions,
+            handlers: registry, bus: bus, store: store, logger: quietTestLogger
+        )
+        let error = await #expect(throws: SagaError.self) { try await participant.run() }
+        #expect(error?.code == .duplicateHandler)
+        #expect(error?.message.contains("more than once for command 'inventory.reserve'") == true)
     }
 
     @Test func contextRefusesTheWrongCompletionCall() async throws {

@@ -228,6 +228,19 @@ struct SagaTestSystemTests {
         #expect(clock.now - wall < .seconds(2))
     }
 
+    /// A command registered twice is a mistake the test (and the participant at start) reports,
+    /// naming the command, not a crash.
+    @Test func aCommandRegisteredTwiceIsReportedNotACrash() async throws {
+        let system = try SagaTestSystem(definitions: [trip])
+        var flight = SagaHandlerRegistry()
+        flight.register("flight.book") { try await $0.completeStep() }
+        flight.register("flight.cancel") { try await $0.completeCompensation() }
+        flight.register("flight.book") { try await $0.completeStep() }
+        let error = await #expect(throws: SagaError.self) { try await system.register(service: "flight", handlers: flight) }
+        #expect(error?.code == .duplicateHandler)
+        #expect(error?.message.contains("more than once for command 'flight.book'") == true, "\(String(describing: error))")
+    }
+
     /// An operator's runbook, tested: the flight's cancellation keeps failing, the saga needs
     /// attention, the operator cancels by phone and resolves it; it ends compensated.
     @Test func anOperatorResolvesACompensationThatCannotSucceed() async throws {
