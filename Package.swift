@@ -323,7 +323,7 @@ let package = Package(
         .testTarget(
             name: "ParticipantTests",
             dependencies: [
-                "Participant", "SagaSQLite", "SagaPostgres", "SagaTestSupport", "SagaTesting",
+                "Participant", "SagaSQLite", "SagaPostgres", "SagaTestSupport", "SagaTesting", "SagaPrometheus",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),

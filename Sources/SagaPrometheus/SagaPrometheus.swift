@@ -40,20 +40,39 @@ public enum SagaPrometheus {
     /// same registry without bootstrapping again.
     ///
     /// - Parameters:
-    ///   - reader: the process's configuration (unscoped: the keys start with `sagakit.`), e.g.
-    ///     `SagaApplication.config`.
+    ///   - reader: the process's configuration (the keys start with `sagakit.`), e.g.
+    ///     `SagaApplication.config`, or that reader scoped to `sagakit` or `sagakit.metrics` (as a
+    ///     store's reader is scoped to `sagakit.store`): either way the port is
+    ///     `sagakit.metrics.port`.
     ///   - logger: where the endpoint logs its address.
     /// - Returns: the ``PrometheusMetricsService`` to add to the process's services, or `nil`
     ///   when metrics are off.
-    /// - Throws: `invalidConfiguration` when the port is not a whole number from 0 to 65535.
+    /// - Throws: `invalidConfiguration` when the port is not a whole number from 0 to 65535, or
+    ///   when the reader is scoped elsewhere (where `sagakit.metrics.port` cannot be read).
     public static func bootstrap(reader: ConfigReader, logger: Logger = Logger(label: "sagakit.metrics")) throws
         -> PrometheusMetricsService?
     {
-        guard reader.string(forKey: "sagakit.metrics.port") != nil else { return nil }
-        let port = try reader.sagaInt("sagakit.metrics.port", default: 0, in: 0...65535)
-        let host = reader.string(forKey: "sagakit.metrics.host") ?? "127.0.0.1"
+        let keys = try keys(in: reader)
+        guard reader.string(forKey: keys.port) != nil else { return nil }
+        let port = try reader.sagaInt(keys.port, default: 0, in: 0...65535)
+        let host = reader.string(forKey: keys.host) ?? "127.0.0.1"
         bootstrapMetrics()
         return PrometheusMetricsService(port: port, host: host, registry: registry, logger: logger)
+    }
+
+    /// The port's and host's keys relative to `reader`'s scope: the process's reader, or one
+    /// scoped to `sagakit` or `sagakit.metrics`.
+    static func keys(in reader: ConfigReader) throws -> (port: ConfigKey, host: ConfigKey) {
+        let scope = reader.sagaFullKey(ConfigKey([])).components
+        let path = ["sagakit", "metrics"]
+        guard scope.count <= path.count, Array(path.prefix(scope.count)) == scope else {
+            throw SagaError(
+                .invalidConfiguration,
+                "SagaPrometheus.bootstrap reads sagakit.metrics.port (SAGAKIT_METRICS_PORT), which a reader scoped to '\(scope.joined(separator: "."))' cannot see",
+                recoverySuggestion: "pass the process's reader (SagaApplication.config), or one scoped to 'sagakit.metrics'")
+        }
+        let relative = Array(path.dropFirst(scope.count))
+        return (ConfigKey(relative + ["port"]), ConfigKey(relative + ["host"]))
     }
 
     /// Makes ``registry`` the process's swift-metrics backend (once; later calls do nothing),
