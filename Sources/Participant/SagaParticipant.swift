@@ -178,15 +178,33 @@ public struct SagaParticipant: Service {
     /// that are only waiting in a delay queue (harmless, but it defeats the backoff).
     private func warnAboutReaperThreshold() {
         guard let reaper = configuration.reaper else { return }
-        let policies = engine.definitions.all.flatMap { $0.steps.map(\.options.retry) + [$0.compensationRetry] }
-        guard let longest = policies.map(\.maxDelay).max() else { return }
-        let level = Duration.seconds(configuration.topology.delayLevel(for: longest))
+        var delays: [(delay: Duration, source: String)] = []
+        for definition in engine.definitions.all {
+            for (index, step) in definition.steps.enumerated() {
+                let delay = Self.longestDelay(step.options.retry, forever: definition.isForwardOnly(index))
+                delays.append((delay, "step '\(step.name)' of saga '\(definition.name)'"))
+            }
+            let compensation = Self.longestDelay(definition.compensationRetry, forever: false)
+            delays.append((compensation, "the compensations of saga '\(definition.name)'"))
+        }
+        guard let longest = delays.max(by: { $0.delay < $1.delay }), longest.delay > .zero else { return }
+        // The delay queue that holds it (delays are rounded up to a delay level).
+        let level = Duration.seconds(configuration.topology.delayLevel(for: longest.delay))
         if reaper.stalledThreshold <= level {
             logger.warning(
-                "the reaper's stalled threshold (\(reaper.stalledThreshold)) is not longer than the longest retry delay (\(level)); it will re-send commands that are waiting to be retried",
+                "the reaper's stalled threshold (\(reaper.stalledThreshold)) is not longer than the longest retry delay (\(level), \(longest.source)); it will re-send commands that are waiting to be retried",
                 metadata: ["reaper.stalledThreshold": "\(reaper.stalledThreshold)", "retry.maxDelay": "\(level)"]
             )
         }
+    }
+
+    /// The longest wait between two attempts that `policy` makes: for a step retried for ever
+    /// (from the pivot on) its cap once the delays grow to it, else the longest of its attempts.
+    package static func longestDelay(_ policy: RetryPolicy, forever: Bool) -> Duration {
+        // After 64 growths any delay that grows has reached its cap.
+        let attempts = forever ? 64 : min(policy.maxAttempts - 1, 64)
+        guard attempts >= 1 else { return .zero }
+        return (1...attempts).map { policy.delay(afterAttempt: $0) }.max() ?? .zero
     }
 
     /// Consumes the queue until cancelled or gracefully shut down, with the outbox relay and the

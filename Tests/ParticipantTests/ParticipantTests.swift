@@ -415,6 +415,18 @@ struct ParticipantTests {
         #expect(error?.message.contains("inventory.resrve") == true)
     }
 
+    /// The reaper's warning compares its threshold with the longest delay the policies really
+    /// wait, not with a cap they never reach.
+    @Test func theLongestRetryDelayIsTheOneAPolicyReaches() {
+        let short = RetryPolicy(maxAttempts: 3, initialDelay: .seconds(1), multiplier: 2)  // 1 s, 2 s (cap 60 s)
+        #expect(SagaParticipant.longestDelay(short, forever: false) == .seconds(2))
+        #expect(SagaParticipant.longestDelay(short, forever: true) == .seconds(60))
+        #expect(SagaParticipant.longestDelay(.none, forever: false) == .zero)
+        let flat = RetryPolicy(maxAttempts: 50, initialDelay: .seconds(1), multiplier: 1, maxDelay: .seconds(1))
+        #expect(SagaParticipant.longestDelay(flat, forever: true) == .seconds(1))
+        #expect(SagaParticipant.longestDelay(RetryPolicy(maxAttempts: .max), forever: false) == .seconds(60))
+    }
+
     @Test func twoHandlersForOneCommandAreRefusedAtStartupNamingIt() async throws {
         var registry = SagaHandlerRegistry()
         registry.register("inventory.reserve") { _ in }
