@@ -79,7 +79,7 @@ struct EventsCommand: AsyncParsableCommand {
             let events = try await SagaEventSubscription.subscribe(
                 bus: bus, topology: topology, bindingKeys: keys, logger: environment.logger)
             FileHandle.standardError.write(
-                Data("saga: listening on \(topology.eventsExchange) (\(keys.joined(separator: ", ")))\n".utf8))
+                Data("\(SagaOperatorTool.toolName): listening on \(topology.eventsExchange) (\(keys.joined(separator: ", ")))\n".utf8))
             return try await Self.print(
                 events, sagaID: sagaID, limit: limit, stopAtTerminal: stopAtTerminal, deadline: deadline, json: json)
         }

@@ -60,8 +60,9 @@ struct ShowCommand: AsyncParsableCommand {
     struct TimelineEntry: Encodable, Equatable {
         /// `started`, `step` (a handler's outcome), `skipped` (a step whose condition did not
         /// hold, or a wait that timed out and continued), `signal` (a wait step's signal arrived:
-        /// ``actor`` sent it, ``reason`` names it), `reaper` (a re-send, or the reaper gave up),
-        /// `operator` (a retry or compensation someone asked for), `finished`.
+        /// ``actor`` sent it, ``reason`` names it), `wait` (a wait that ended without its signal:
+        /// ``waitedSeconds``), `reaper` (a re-send, or the reaper gave up), `operator` (a retry or
+        /// compensation someone asked for, or work they resolved by hand), `finished`.
         var event: String
         /// When it happened.
         var at: Date
@@ -111,8 +112,18 @@ struct ShowCommand: AsyncParsableCommand {
                         reason: record.reason))
                 continue
             }
-            if record.outcome.isOperatorAction {
+            let resolvedByHand = record.outcome == .completed && record.actor != nil && record.reason?.hasPrefix("resolved by hand") == true
+            if record.outcome.isOperatorAction || resolvedByHand {
                 event = "operator"
+            } else if isWait && record.phase == .action {
+                // A wait that ended without its signal (its timeout): how long it waited, no handler ran.
+                entries.append(
+                    TimelineEntry(
+                        event: "wait", at: record.finishedAt, offsetSeconds: record.finishedAt.timeIntervalSince(state.createdAt),
+                        step: record.step, stepName: record.stepName, phase: record.phase.rawValue, attempt: record.attempt,
+                        outcome: record.outcome.rawValue, waitedSeconds: record.finishedAt.timeIntervalSince(record.startedAt),
+                        error: record.error, reason: record.reason))
+                continue
             } else if record.outcome == .skipped {
                 event = "skipped"
             } else if record.outcome == .resent || (record.outcome == .failed && record.error?.hasPrefix("stalled at step") == true) {
@@ -188,9 +199,20 @@ struct ShowCommand: AsyncParsableCommand {
             let waited = entry.waitedSeconds.map { " after waiting \(humanDuration($0))" } ?? ""
             return "\(head)  signalled      by \(entry.actor ?? "(nobody named)")\(waited): \(entry.reason ?? "a signal")"
         }
+        if entry.event == "wait" {
+            let waited = entry.waitedSeconds.map { " after waiting \(humanDuration($0))" } ?? ""
+            let outcome = entry.outcome.flatMap(StepOutcome.init(rawValue:)).map(describe) ?? (entry.outcome ?? "?")
+            return "\(head)  \(pad(outcome, 13))  no signal\(waited)\(entry.error.map { ": \($0)" } ?? "")"
+        }
         if entry.event == "operator" {
-            let what = entry.outcome == StepOutcome.compensationRequested.rawValue ? "compensation requested" : "retry requested"
-            let why = entry.reason.map { ": \"\($0)\"" } ?? " (no reason given)"
+            let what =
+                switch entry.outcome {
+                case StepOutcome.compensationRequested.rawValue: "compensation requested"
+                case StepOutcome.completed.rawValue: "resolved by hand"
+                default: "retry requested"
+                }
+            let reason = entry.reason.map { $0.hasPrefix("resolved by hand: ") ? String($0.dropFirst("resolved by hand: ".count)) : $0 }
+            let why = reason.map { ": \"\($0)\"" } ?? " (no reason given)"
             return "\(head)  \(what) by \(entry.actor ?? "an unnamed operator") at \(isoFormatter.string(from: entry.at))\(why)"
         }
         let outcome = entry.outcome.flatMap(StepOutcome.init(rawValue:)).map(describe) ?? (entry.outcome ?? "?")

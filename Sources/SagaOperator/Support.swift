@@ -27,7 +27,7 @@ struct CommandEnvironment: Sendable {
     /// ``definitions``). Says on standard error which store it opened.
     func withStore<T: Sendable>(_ body: @Sendable (any SagaStore) async throws -> T) async throws -> T {
         let url = try configuration.requireStoreURL()
-        FileHandle.standardError.write(Data("saga: store \(ConnectionURL.redact(url))\n".utf8))
+        FileHandle.standardError.write(Data("\(SagaOperatorTool.toolName): store \(ConnectionURL.redact(url))\n".utf8))
         let logger = logger
         return try await OperatorStore.withStore(url: url, logger: logger) { store in
             let known = try await Self.definitions(SagaOperatorTool.definitions, and: store, logger: logger)

@@ -295,6 +295,10 @@ struct OperatorCLITests {
                 #expect((resolved?["payload"] as? [String: Any])?["cancellation"] as? String == "C-9")
                 let byHand = (resolved?["history"] as? [[String: Any]])?.last
                 #expect(byHand?["actor"] as? String == "dora" && byHand?["reason"] as? String == "resolved by hand: cancelled by phone")
+                let resolvedShown = try cli.succeed(["show", stopped.id])
+                #expect(
+                    resolvedShown.contains("resolved by hand by dora at ") && resolvedShown.contains(": \"cancelled by phone\""),
+                    "\(resolvedShown)")
                 let again = try cli.run(["resolve", stopped.id, "--reason", "twice"])
                 #expect(again.status == 1 && again.stderr.contains("only a saga that needs attention can be resolved by hand"), "\(again)")
 
