@@ -15,7 +15,8 @@
 #
 # The broker runs as a plain process of the current user (not a system service) with its data, logs and
 # Erlang cookie under .local/rabbitmq/PORT in the repository. A broker already answering on the port is reused.
-# When AMQP_URL is set, everything points at that broker instead and start/stop/restart do nothing.
+# When AMQP_URL is set, everything points at that broker instead, and start/stop/restart/reset act only when it
+# names this script's broker on 127.0.0.1:RABBITMQ_PORT (a private broker for fault tests).
 #
 # Environment: RABBITMQ_PORT (default 5672; each port is its own broker with its own data directory, so tests
 # that restart a broker can use a private one on another port), AMQP_URL.
@@ -114,7 +115,7 @@ wait_until_answering() {
 }
 
 start() {
-    if [[ -n "${AMQP_URL:-}" ]]; then log "AMQP_URL is set: using that broker"; return 0; fi
+    if [[ -n "${AMQP_URL:-}" ]] && ! names_own_port; then log "AMQP_URL is set: using that broker"; return 0; fi
     if port_open; then
         log "a broker already answers on 127.0.0.1:$PORT; reusing it"
         return 0
@@ -167,6 +168,11 @@ stop() {
 # close connections or restart the broker).
 controllable() {
     own_broker_running || return 1
+    names_own_port
+}
+
+# Exit 0 when AMQP_URL is unset or names this script's broker (loopback, RABBITMQ_PORT).
+names_own_port() {
     [[ -z "${AMQP_URL:-}" ]] && return 0
     case "$AMQP_URL" in
     *@127.0.0.1:"$PORT"/* | *@localhost:"$PORT"/* | amqp://127.0.0.1:"$PORT"/* | amqp://localhost:"$PORT"/*) return 0 ;;
