@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 public import Participant
 
 /// The `saga` operator tool as a library: build your own `saga` executable that knows your
@@ -40,12 +41,42 @@ public enum SagaOperatorTool {
         }
         let arguments = ListCommand.completingStuckRetrying(arguments ?? Array(CommandLine.arguments.dropFirst()))
         let name = commandName ?? CommandLine.arguments.first.map(executableName) ?? "saga"
+        if let first = arguments.first, let message = unknownCommandMessage(first, tool: name) {
+            printError(message)
+            exit(64)  // EX_USAGE, as ArgumentParser exits for a usage error
+        }
         await $toolName.withValue(name) {
             await $definitions.withValue(registry) {
                 await SagaRootCommand.main(arguments)
             }
         }
     }
+}
+
+/// For a first argument that is neither an option nor one of the tool's commands, the error to
+/// print, with the closest command when one is a typo away (`lsit` → `list`); `nil` otherwise.
+func unknownCommandMessage(_ word: String, tool: String) -> String? {
+    guard !word.isEmpty, !word.hasPrefix("-") else { return nil }
+    let commands = SagaRootCommand.configuration.subcommands.map { $0._commandName } + ["help"]
+    guard !commands.contains(word) else { return nil }
+    let closest = commands.map { ($0, editDistance($0, word)) }.min { $0.1 < $1.1 }
+    let hint = closest.flatMap { $0.1 <= 2 ? " (did you mean '\($0.0)'?)" : nil } ?? ""
+    return
+        "Error: '\(word)' is not a command of \(tool)\(hint); its commands: \(commands.dropLast().joined(separator: ", ")) (see `\(tool) --help`)"
+}
+
+/// The Levenshtein distance between two words.
+func editDistance(_ a: String, _ b: String) -> Int {
+    let a = Array(a), b = Array(b)
+    var previous = Array(0...b.count)
+    for i in 1...max(a.count, 1) where !a.isEmpty {
+        var current = [i] + Array(repeating: 0, count: b.count)
+        for j in stride(from: 1, through: b.count, by: 1) {
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+        }
+        previous = current
+    }
+    return a.isEmpty ? b.count : previous[b.count]
 }
 
 /// The last component of the path an executable was started by (`.build/debug/travel-tool` →

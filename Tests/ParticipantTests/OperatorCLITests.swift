@@ -332,6 +332,13 @@ struct OperatorCLITests {
         #expect(help.stdout.contains("USAGE: travel-tool list"), "\(help)")
         #expect(help.stdout.contains("Examples: travel-tool list --status needs-attention"), "\(help)")
         #expect(!help.stdout.contains("saga list"), "\(help)")
+        // A mistyped command: the closest one, by the tool's name.
+        let typo = try SagaCLI(store: "sqlite:///nonexistent.db", amqp: "", prefix: "unused", executable: URL(fileURLWithPath: link))
+            .run(["lsit"])
+        #expect(typo.status == 64 && typo.stdout.isEmpty, "\(typo)")
+        #expect(
+            typo.stderr.hasPrefix("Error: 'lsit' is not a command of travel-tool (did you mean 'list'?); its commands: list, show"),
+            "\(typo)")
     }
 
     @Test func reapSaysWhichStalledSagasItLeavesAloneAndWhy() async throws {
