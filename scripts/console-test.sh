@@ -348,6 +348,7 @@ try:
     check(token not in driver.page_source, "the token is not in the page")
     cookie = driver.get_cookie("saga_console_session")
     check(cookie and cookie.get("httpOnly") and cookie.get("sameSite") == "Strict", "session cookie HttpOnly, SameSite=Strict")
+    check(count("#resolve-button") == 1, "a saga that needs attention can also be resolved by hand")
     shot("06-saga-needs-attention.png")
     type_into("#retry-form input[name=reason]", "airline API fixed (console browser test)")
     click(By.ID, "retry-button")

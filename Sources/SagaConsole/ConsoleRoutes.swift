@@ -72,6 +72,18 @@ struct ConsoleRoutes: Sendable {
                 return "/sagas/\(HTML.urlComponent(id))?done=compensate"
             }
         }
+        router.post("/sagas/:id/resolve") { request, context in
+            let id = try context.parameters.require("id")
+            return try await act(request, back: "/sagas/\(HTML.urlComponent(id))") { session, form in
+                guard let resolve = backend.resolve else {
+                    throw ConsoleRefusal(status: .notFound, message: "this console does not resolve sagas; use saga resolve")
+                }
+                let reason = try Self.reason(form)
+                _ = try await resolve(id, session.name, reason)
+                logger.notice("console: resolved by hand", metadata: ["saga.id": "\(id)", "operator": "\(session.name)"])
+                return "/sagas/\(HTML.urlComponent(id))?done=resolve"
+            }
+        }
         router.post("/sagas/:id/signal") { request, context in
             let id = try context.parameters.require("id")
             return try await act(request, back: "/sagas/\(HTML.urlComponent(id))") { session, form in
@@ -257,6 +269,9 @@ struct ConsoleRoutes: Sendable {
         case "retry":
             return "Retry requested: the saga's current command was sent again; recorded in its history with your name and reason."
         case "compensate": return "Compensation requested: recorded in the saga's history with your name and reason."
+        case "resolve":
+            return
+                "Resolved by hand: the saga goes on as if that work had succeeded; recorded in its history with your name and what you did."
         case "signal": return "Signal delivered: the saga goes on with its next step; recorded in its history with your name."
         case "signal-kept":
             return

@@ -428,7 +428,8 @@ struct Pages: Sendable {
         let canCompensate =
             next.operatorCommands.contains { $0.hasPrefix("saga compensate") } || (state.status == .running && next.kind != "unknown")
         let canSignal = wait != nil && backend.signal != nil
-        guard canRetry || canCompensate || canSignal else { return "" }
+        let canResolve = state.status == .needsAttention && backend.resolve != nil
+        guard canRetry || canCompensate || canSignal || canResolve else { return "" }
         var html = "<section id=\"actions\"><h2>Operate</h2>"
         guard security.actionsEnabled else {
             return html
@@ -466,6 +467,12 @@ struct Pages: Sendable {
             html += form(
                 "compensate", "Compensate", "Undo the completed steps of saga \(state.id), recorded as \(session.name)'s request?",
                 placeholder: "e.g. the customer cancelled")
+        }
+        if canResolve {
+            html += form(
+                "resolve", "Resolve by hand",
+                "Record that what saga \(state.id) stopped at was done by hand (it will not run), and let the saga go on, as \(session.name)?",
+                placeholder: "what you did, e.g. refunded by phone")
         }
         html +=
             "<p class=\"quiet\">recorded in the saga's history as <b>\(HTML.escape(session.name))</b>, with the reason (a signal with its name).</p></section>"

@@ -76,6 +76,10 @@ public struct SagaConsoleBackend: Sendable {
     /// who), as ``SagaManager/signal(_:name:payload:by:)`` does; `nil` hides the console's Signal
     /// form.
     public var signal: (@Sendable (_ id: SagaID, _ name: String, _ data: JSONObject, _ actor: String) async throws -> SagaSignalResult)?
+    /// Records that what a saga that needs attention stopped at was done by hand (`id`, who,
+    /// what was done), as ``SagaManager/resolve(_:by:reason:patch:)`` does; `nil` hides the
+    /// console's Resolve form.
+    public var resolve: (@Sendable (_ id: SagaID, _ actor: String, _ reason: String) async throws -> SagaState)?
 
     /// Creates a backend.
     public init(
@@ -86,7 +90,8 @@ public struct SagaConsoleBackend: Sendable {
         compensate: @escaping @Sendable (SagaID, String, String) async throws -> SagaState,
         deadLetters: @escaping @Sendable (Int) async throws -> [SagaConsoleDeadLetter],
         requeue: @escaping @Sendable (Set<String>?, Int) async throws -> SagaConsoleRequeueResult,
-        signal: (@Sendable (SagaID, String, JSONObject, String) async throws -> SagaSignalResult)? = nil
+        signal: (@Sendable (SagaID, String, JSONObject, String) async throws -> SagaSignalResult)? = nil,
+        resolve: (@Sendable (SagaID, String, String) async throws -> SagaState)? = nil
     ) {
         self.store = store
         self.subscribe = subscribe
@@ -97,6 +102,7 @@ public struct SagaConsoleBackend: Sendable {
         self.deadLetters = deadLetters
         self.requeue = requeue
         self.signal = signal
+        self.resolve = resolve
     }
 }
 

@@ -108,7 +108,8 @@ struct ConsoleCommand: AsyncParsableCommand {
                             requeued: done.requeued.map { $0.messageId ?? "?" }, failed: done.failed, kept: done.kept)
                     }
                 },
-                signal: { id, name, data, actor in try await manager().signal(id, name: name, payload: data, by: actor) })
+                signal: { id, name, data, actor in try await manager().signal(id, name: name, payload: data, by: actor) },
+                resolve: { id, actor, reason in try await manager().resolve(id, by: actor, reason: reason) })
             let server = SagaConsole(configuration: console, backend: backend, logger: logger) { url in
                 let mode =
                     console.actionsEnabled
