@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Participant
+import SagaConsole
 
 /// Who acts and why, for the commands that move a saga: recorded in the saga's history.
 struct OperatorActionOptions: ParsableArguments, Sendable {
@@ -43,8 +44,9 @@ struct RetryCommand: AsyncParsableCommand {
 
     func run() async throws {
         let (ids, json, actor, reason) = (ids, json, action.actor, reason)
-        try await CommandEnvironment(connection).withManager { manager in
-            try await forEachSaga(ids, json: json) { id in
+        let environment = try CommandEnvironment(connection)
+        try await environment.withManager { manager in
+            try await forEachSaga(ids, json: json, redactor: environment.redactor) { id in
                 let state = try await manager.retry(id, by: actor, reason: reason)
                 if !json {
                     print("saga \(id) is \(state.status.cliName) at \(position(state)); its command was sent again.")
@@ -68,12 +70,12 @@ func severalSagasDiscussion(each verb: String) -> String {
 /// Runs `action` on each of `ids` in turn (a failure is reported and the next id goes on), prints
 /// the states as JSON when asked (one object for one id, an array for several), and fails with
 /// exit status 1 when any id failed.
-func forEachSaga(_ ids: [String], json: Bool, _ action: (String) async throws -> SagaState) async throws {
+func forEachSaga(_ ids: [String], json: Bool, redactor: Redactor, _ action: (String) async throws -> SagaState) async throws {
     var states: [SagaState] = []
     var failures: [String] = []
     for id in ids {
         do {
-            states.append(try await action(id))
+            states.append(redactor.redact(try await action(id)))
         } catch {
             if ids.count == 1 { throw error }
             failures.append(id)
@@ -113,8 +115,9 @@ struct CompensateCommand: AsyncParsableCommand {
 
     func run() async throws {
         let (ids, json, actor, reason) = (ids, json, action.actor, reason)
-        try await CommandEnvironment(connection).withManager { manager in
-            try await forEachSaga(ids, json: json) { id in
+        let environment = try CommandEnvironment(connection)
+        try await environment.withManager { manager in
+            try await forEachSaga(ids, json: json, redactor: environment.redactor) { id in
                 let state = try await manager.compensate(id, by: actor, reason: reason)
                 if !json {
                     print("saga \(id) is \(state.status.cliName) at \(position(state)).")
@@ -165,8 +168,9 @@ struct ResolveCommand: AsyncParsableCommand {
     func run() async throws {
         let (ids, json, actor, reason) = (ids, json, action.actor, reason)
         let patch = try SignalCommand.payload(data)
-        try await CommandEnvironment(connection).withManager { manager in
-            try await forEachSaga(ids, json: json) { id in
+        let environment = try CommandEnvironment(connection)
+        try await environment.withManager { manager in
+            try await forEachSaga(ids, json: json, redactor: environment.redactor) { id in
                 let state = try await manager.resolve(id, by: actor, reason: reason, patch: patch)
                 if !json {
                     let now = state.status.hasEnded ? "" : " at \(position(state))"

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Participant
+import SagaConsole
 
 struct SignalCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -33,10 +34,12 @@ struct SignalCommand: AsyncParsableCommand {
     func run() async throws {
         let payload = try Self.payload(data)
         let (id, name, json, actor) = (id, name, json, action.actor)
-        try await CommandEnvironment(connection).withManager { manager in
+        let environment = try CommandEnvironment(connection)
+        let redactor = environment.redactor
+        try await environment.withManager { manager in
             switch try await manager.signal(id, name: name, payload: payload, by: actor) {
             case .delivered(let state):
-                if json { return try printJSON(state) }
+                if json { return try printJSON(redactor.redact(state)) }
                 let early = state.history.last { $0.outcome == .completed && $0.actor == actor }?.reason?.hasSuffix(
                     "before the saga reached the wait")
                 if early == true {
@@ -47,7 +50,7 @@ struct SignalCommand: AsyncParsableCommand {
                     print("signal '\(name)' delivered to saga \(id) by \(actor): it is \(state.status.cliName) at \(position(state)).")
                 }
             case .ignored(let reason, let state):
-                if json { try printJSON(state) }
+                if json { try printJSON(redactor.redact(state)) }
                 throw CommandFailure("signal '\(name)' ignored: \(reason)")
             }
         }

@@ -242,7 +242,11 @@ struct OperatorCLITests {
                 // Without --by, the actor is $SAGA_OPERATOR.
                 let another = try await manager.start("trip", payload: ["flightDown": true], id: "trip-retried")
                 try await Self.waitUntil("the flight has been tried") { try await store.load(another).attempt >= 2 }
-                let byEnvironment = try cli.json(["retry", another], environment: ["SAGA_OPERATOR": "carol"]) as? [String: Any]
+                let byEnvironment =
+                    try cli.json(["retry", another], environment: ["SAGA_OPERATOR": "carol", "SAGAKIT_REDACT": "flightDown"])
+                    as? [String: Any]
+                // The state the command prints is redacted too.
+                #expect((byEnvironment?["payload"] as? [String: Any])?["flightDown"] as? String == "••••", "\(byEnvironment ?? [:])")
                 let carolRecord = (byEnvironment?["history"] as? [[String: Any]])?.last
                 #expect(carolRecord?["actor"] as? String == "carol", "\(String(describing: carolRecord))")
                 #expect(carolRecord?["reason"] == nil)
