@@ -68,7 +68,8 @@ struct Pages: Sendable {
         let counts = try await store.countByStatus(name: nil)
         let stalledBefore = now.addingTimeInterval(-configuration.stalledThreshold.consoleSeconds)
         let attention = try await store.list(SagaQuery(statuses: [.needsAttention], limit: 20))
-        let stalled = try await store.list(SagaQuery(statuses: [.running, .compensating], updatedBefore: stalledBefore, limit: 20))
+        let stalled = try await store.listStalled(
+            SagaQuery(statuses: [.running, .compensating], limit: 20), noProgressSince: stalledBefore)
         let stuck = try await store.list(
             SagaQuery(statuses: [.running, .compensating], minimumAttempt: configuration.stuckAttempts, limit: 20))
         let sampleLimit = 5000
@@ -225,10 +226,16 @@ struct Pages: Sendable {
         }
         let filtering = search != nil || ageMinutes != nil
         let query = SagaQuery(
-            statuses: wanted.isEmpty && !(stalled || stuck) ? nil : wanted, name: name,
-            updatedBefore: stalled ? now.addingTimeInterval(-configuration.stalledThreshold.consoleSeconds) : nil,
-            definitionVersion: version, minimumAttempt: stuck ? configuration.stuckAttempts : nil, limit: filtering ? 5000 : limit)
-        var sagas = (stalled || stuck) && wanted.isEmpty ? [] : try await backend.store.list(query)
+            statuses: wanted.isEmpty && !(stalled || stuck) ? nil : wanted, name: name, definitionVersion: version,
+            minimumAttempt: stuck ? configuration.stuckAttempts : nil, limit: filtering ? 5000 : limit)
+        var sagas: [SagaState] = []
+        if !((stalled || stuck) && wanted.isEmpty) {
+            sagas =
+                stalled
+                ? try await backend.store.listStalled(
+                    query, noProgressSince: now.addingTimeInterval(-configuration.stalledThreshold.consoleSeconds))
+                : try await backend.store.list(query)
+        }
         if let ageMinutes {
             let since = now.addingTimeInterval(-ageMinutes * 60)
             sagas = sagas.filter { $0.createdAt >= since }

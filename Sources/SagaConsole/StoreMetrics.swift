@@ -7,8 +7,9 @@ import Participant
 ///
 /// - `sagakit_store_sagas{saga,status}`: sagas per definition and status (every status,
 ///   `waiting` included: sagas stopped at a wait step until their signal arrives).
-/// - `sagakit_store_sagas_stalled{saga}`: running or compensating sagas not updated for the
-///   console's stalled threshold.
+/// - `sagakit_store_sagas_stalled{saga}`: running or compensating sagas that made no progress
+///   for the console's stalled threshold (``SagaStore/listStalled(_:noProgressSince:)``: a
+///   reaper's re-send is no progress).
 /// - `sagakit_store_sagas_stuck_retrying{saga}`: running or compensating sagas whose current step
 ///   was attempted at least the console's stuck-attempts number of times.
 ///
@@ -18,8 +19,8 @@ enum StoreMetrics {
         var names = Set<String>()
         if let stored = try? await store.definitions() { names.formUnion(stored.map(\.name)) }
         let active: Set<SagaStatus> = [.running, .compensating]
-        let stalled = try await store.list(
-            SagaQuery(statuses: active, updatedBefore: now.addingTimeInterval(-stalledThreshold), limit: 10_000))
+        let stalled = try await store.listStalled(
+            SagaQuery(statuses: active, limit: 10_000), noProgressSince: now.addingTimeInterval(-stalledThreshold))
         let stuck = try await store.list(SagaQuery(statuses: active, minimumAttempt: stuckAttempts, limit: 10_000))
         names.formUnion(stalled.map(\.name))
         names.formUnion(stuck.map(\.name))

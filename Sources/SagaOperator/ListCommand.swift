@@ -33,7 +33,10 @@ struct ListCommand: AsyncParsableCommand {
     @Option(help: "Only sagas pinned to this definition version.")
     var version: Int?
 
-    @Option(help: "Only running or compensating sagas not updated for this many seconds.")
+    @Option(
+        help:
+            "Only running or compensating sagas that made no progress for this many seconds (a reaper's re-send of their command is no progress)."
+    )
     var stalled: Double?
 
     @Option(
@@ -102,8 +105,14 @@ struct ListCommand: AsyncParsableCommand {
         let environment = try CommandEnvironment(connection)
         let query = try query()
         let (name, json, limit) = (name, json, limit)
+        let stalledSince = stalled.map { Date().addingTimeInterval(-$0) }
         try await environment.withStore { store in
-            let sagas = try await store.list(query).map { environment.redactor.redact($0) }
+            // Stalled: no progress since, which a reaper's re-send (an update) is not.
+            let found =
+                if let stalledSince { try await store.listStalled(query, noProgressSince: stalledSince) } else {
+                    try await store.list(query)
+                }
+            let sagas = found.map { environment.redactor.redact($0) }
             if json {
                 try printJSON(sagas)
                 return

@@ -56,6 +56,7 @@ extension PostgresSagaStore {
         let version = query.definitionVersion.map(String.init)
         let versionKey = SagaState.definitionVersionKey
         let minimumAttempt = query.minimumAttempt
+        let minimumReapAttempts = query.minimumReapAttempts
         let result = try await rows(
             "list sagas",
             """
@@ -65,6 +66,7 @@ extension PostgresSagaStore {
               AND (\(before)::int8 IS NULL OR updated_at < timestamptz 'epoch' + \(before)::int8 * interval '1 millisecond')
               AND (\(version)::text IS NULL OR COALESCE(context->>\(versionKey)::text, '1') = \(version)::text)
               AND (\(minimumAttempt)::int8 IS NULL OR attempt >= \(minimumAttempt)::int8)
+              AND (\(minimumReapAttempts)::int8 IS NULL OR reap_attempts >= \(minimumReapAttempts)::int8)
             ORDER BY updated_at DESC, id
             LIMIT \(max(0, query.limit))
             """

@@ -176,6 +176,10 @@ extension SQLiteSagaStore {
             conditions.append("attempt >= ?")
             arguments += [minimumAttempt]
         }
+        if let minimumReapAttempts = query.minimumReapAttempts {
+            conditions.append("reap_attempts >= ?")
+            arguments += [minimumReapAttempts]
+        }
         arguments += [max(0, query.limit)]
         let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
         let sql = "SELECT \(SagaRow.columns) FROM sagas \(filter) ORDER BY updated_at DESC, id LIMIT ?"

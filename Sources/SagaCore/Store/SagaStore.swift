@@ -366,19 +366,25 @@ public struct SagaQuery: Sendable, Hashable {
     /// it finds sagas retrying a step over and over, for example past their pivot with a handler
     /// that always throws.
     public var minimumAttempt: Int?
+    /// Only sagas the reaper found stalled and re-sent at least this many times without progress
+    /// since (``SagaState/reapAttempts`` ≥ `minimumReapAttempts`). A re-send updates a saga, so
+    /// `updatedBefore` alone misses a saga that has been stalled for long but was re-sent a
+    /// moment ago; `1` finds those.
+    public var minimumReapAttempts: Int?
     /// At most this many.
     public var limit: Int
 
     /// Creates a query.
     public init(
         statuses: Set<SagaStatus>? = nil, name: String? = nil, updatedBefore: Date? = nil, definitionVersion: Int? = nil,
-        minimumAttempt: Int? = nil, limit: Int = 100
+        minimumAttempt: Int? = nil, minimumReapAttempts: Int? = nil, limit: Int = 100
     ) {
         self.statuses = statuses
         self.name = name
         self.updatedBefore = updatedBefore
         self.definitionVersion = definitionVersion
         self.minimumAttempt = minimumAttempt
+        self.minimumReapAttempts = minimumReapAttempts
         self.limit = limit
     }
 
@@ -390,6 +396,7 @@ public struct SagaQuery: Sendable, Hashable {
         if let updatedBefore, !(state.updatedAt < updatedBefore) { return false }
         if let definitionVersion, state.definitionVersion != definitionVersion { return false }
         if let minimumAttempt, state.attempt < minimumAttempt { return false }
+        if let minimumReapAttempts, state.reapAttempts < minimumReapAttempts { return false }
         return true
     }
 }

@@ -505,4 +505,28 @@ extension SagaStoreConformance {
         let afterCommit = try await fixture.other.list(SagaQuery(statuses: [.running, .compensating], name: name, minimumAttempt: 5))
         #expect(afterCommit.map(\.id) == [fourth.id, ninthCompensating.id, fifth.id])
     }
+
+    /// `list` filters by ``SagaQuery/minimumReapAttempts`` (the reaper re-sent the saga at least
+    /// that many times without progress since); re-sends written by `commit` count.
+    public static let listFiltersByMinimumReapAttempts = Check("listFiltersByMinimumReapAttempts") { fixture in
+        let store = fixture.store
+        let name = uniqueID("definition")
+        let base = milliseconds(Date().addingTimeInterval(-1000))
+        func saga(reaped: Int, at offset: Double) -> SagaState {
+            var state = makeState(name: name, status: .running, updatedAt: base.addingTimeInterval(offset))
+            state.reapAttempts = reaped
+            return state
+        }
+        let moving = saga(reaped: 0, at: 0)
+        let once = saga(reaped: 1, at: 1)
+        let thrice = saga(reaped: 3, at: 2)
+        for state in [moving, once, thrice] { _ = try await store.create(state, outbox: []) }
+        #expect(try await fixture.other.list(SagaQuery(name: name, minimumReapAttempts: 1)).map(\.id) == [thrice.id, once.id])
+        #expect(try await fixture.other.list(SagaQuery(name: name, minimumReapAttempts: 3)).map(\.id) == [thrice.id])
+        var resent = try await store.load(moving.id)
+        resent.reapAttempts = 1
+        resent.updatedAt = base.addingTimeInterval(10)
+        try await store.commit(SagaTransition(state: resent, expectedVersion: 1, outbox: []))
+        #expect(try await fixture.other.list(SagaQuery(name: name, minimumReapAttempts: 1)).map(\.id) == [moving.id, thrice.id, once.id])
+    }
 }

@@ -103,6 +103,7 @@ public enum SagaStoreConformance {
         listFiltersAndSortsByUpdateTime,
         listFiltersByDefinitionVersion,
         listFiltersByMinimumAttempt,
+        listFiltersByMinimumReapAttempts,
         countByStatusCountsEveryStatus,
         claimStalledLeasesSagasUntilTheLeaseExpires,
         claimStalledForATopologyLeavesOtherTopologiesAlone,
