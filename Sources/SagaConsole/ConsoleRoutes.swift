@@ -6,7 +6,15 @@ import Participant
 
 /// The console's routes: pages (GET), actions (POST, checked by ``ConsoleSecurity``), the
 /// assets and the server-sent events.
+/// The store did not answer a `/metrics` scrape in time.
+struct StoreMetricsTimedOut: Error, CustomStringConvertible {
+    var description: String { "no answer within \(ConsoleRoutes.metricsPatience)" }
+}
+
 struct ConsoleRoutes: Sendable {
+    /// How long `/metrics` waits for the store.
+    static let metricsPatience: Duration = .seconds(8)
+
     let pages: Pages
     let security: ConsoleSecurity
     let broadcaster: EventBroadcaster
@@ -132,15 +140,22 @@ struct ConsoleRoutes: Sendable {
         }
         router.get("/metrics") { _, _ in
             do {
-                let text = try await StoreMetrics.render(
-                    store: backend.store, stalledThreshold: pages.configuration.stalledThreshold.consoleSeconds,
-                    stuckAttempts: pages.configuration.stuckAttempts)
+                // Within Prometheus' default scrape timeout (10 s): a store that does not answer
+                // makes a quick 503 (the scrape's `up` is 0), not a scrape that times out.
+                let (store, configuration) = (backend.store, pages.configuration)
+                let text = try await withTimeLimit(Self.metricsPatience, timedOut: { StoreMetricsTimedOut() }) {
+                    try await StoreMetrics.render(
+                        store: store, stalledThreshold: configuration.stalledThreshold.consoleSeconds,
+                        stuckAttempts: configuration.stuckAttempts)
+                }
                 return Response(
                     status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8", .cacheControl: "no-store"],
                     body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
             } catch {
                 logger.warning("console /metrics failed", metadata: ["error": "\(error)"])
-                return Response(status: .serviceUnavailable)
+                return Response(
+                    status: .serviceUnavailable, headers: [.contentType: "text/plain; charset=utf-8"],
+                    body: ResponseBody(byteBuffer: ByteBuffer(string: "# the saga store did not answer: \(error)\n")))
             }
         }
         router.get("/assets/console.css") { _, _ in

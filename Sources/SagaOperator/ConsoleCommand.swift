@@ -60,7 +60,8 @@ struct ConsoleCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let environment = try CommandEnvironment(connection)
+        // A server: its log keeps operators' actions and refused logins (notice and up).
+        let environment = try CommandEnvironment(connection, defaultLogLevel: .notice)
         let operatorConfiguration = environment.configuration
         let topology = operatorConfiguration.topology
         let logger = environment.logger

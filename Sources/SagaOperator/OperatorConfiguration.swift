@@ -28,7 +28,9 @@ struct OperatorOptions: ParsableArguments, Sendable {
     var logLevel: String?
 
     /// The configuration these flags, the environment and the defaults give.
-    func configuration(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> OperatorConfiguration {
+    func configuration(
+        environment: [String: String] = ProcessInfo.processInfo.environment, defaultLogLevel: Logger.Level = .error
+    ) throws -> OperatorConfiguration {
         var values: [AbsoluteConfigKey: ConfigValue] = [:]
         func flag(_ key: String, _ value: String?, secret: Bool = false) {
             if let value {
@@ -45,7 +47,7 @@ struct OperatorOptions: ParsableArguments, Sendable {
             EnvironmentVariablesProvider(
                 environmentVariables: environment, secretsSpecifier: .specific(["AMQP_URL", "SAGAKIT_STORE_URL"])),
         ])
-        return try OperatorConfiguration(reader: reader)
+        return try OperatorConfiguration(reader: reader, defaultLogLevel: defaultLogLevel)
     }
 }
 
@@ -60,15 +62,18 @@ struct OperatorConfiguration: Sendable {
     /// Payload keys the commands show as `••••` (`sagakit.redact`, comma-separated).
     var redactedKeys: Set<String>
 
-    init(reader: ConfigReader) throws {
+    /// - Parameter defaultLogLevel: the level when none is configured: `error` for a command
+    ///   (its output is what matters), `notice` for the console (a server whose operators'
+    ///   actions and refused logins belong in its log).
+    init(reader: ConfigReader, defaultLogLevel: Logger.Level = .error) throws {
         let sagakit = reader.scoped(to: "sagakit")
         amqpURL = reader.string(forKey: "amqp.url", isSecret: true) ?? "amqp://guest:guest@127.0.0.1:5672/%2F"
         storeURL = sagakit.string(forKey: "store.url", isSecret: true)
         topology = try SagaTopology(reader: sagakit)
         reaper = try ReaperConfiguration(reader: sagakit.scoped(to: "reaper"))
-        // Quiet by default: the command's output is what matters.
-        let level = try sagakit.sagaChoice("log.level", default: "error", choices: Logger.Level.allCases.map(\.rawValue))
-        logLevel = Logger.Level(rawValue: level) ?? .error
+        let level = try sagakit.sagaChoice(
+            "log.level", default: defaultLogLevel.rawValue, choices: Logger.Level.allCases.map(\.rawValue))
+        logLevel = Logger.Level(rawValue: level) ?? defaultLogLevel
         redactedKeys = Redactor(list: [sagakit.string(forKey: "redact") ?? ""]).keys
     }
 

@@ -11,8 +11,8 @@ struct CommandEnvironment: Sendable {
     /// a command prints a payload, a context or a message body.
     let redactor: Redactor
 
-    init(_ options: OperatorOptions) throws {
-        let configuration = try options.configuration()
+    init(_ options: OperatorOptions, defaultLogLevel: Logger.Level = .error) throws {
+        let configuration = try options.configuration(defaultLogLevel: defaultLogLevel)
         ConsoleLogHandler.bootstrapOnce(level: configuration.logLevel)
         self.configuration = configuration
         self.logger = Logger(label: "saga")
