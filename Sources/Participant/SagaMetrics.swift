@@ -12,7 +12,8 @@ import Synchronization
 ///   the saga needs attention); `step` is the step it stopped at
 /// - `saga_compensated_total{saga}`
 /// - `saga_needs_attention_total{saga}`
-/// - `saga_duration_seconds{saga,outcome}`: start to terminal state (`completed`,
+/// - `saga_duration_seconds{saga,outcome,waited}`: start to terminal state; `waited` is `true`
+///   when the saga waited for a signal (a human's approval takes what it takes) (`completed`,
 ///   `compensated`, `needsAttention`)
 /// - `saga_step_duration_seconds{saga,step,phase}`: handler run time
 /// - `saga_in_progress{saga}`: started minus finished (per process: sum it over processes)
@@ -24,6 +25,10 @@ import Synchronization
 /// - `saga_command_state_total{saga,service,source}`: where each command's saga came from:
 ///   `command` (the sealed copy it carried, ``SagaTopology/stateInCommands``) or `store` (loaded)
 /// - `saga_dead_letters_total{service}`
+/// - `saga_processing_failures_total{service}`: deliveries that could not be processed for want
+///   of the store or the broker (an outage, a lock, a statement the database refuses) and were
+///   redelivered
+/// - `saga_broker_connected{connection}` (SagaRabbitMQ): 1 while the bus's connection is up
 /// - `saga_handed_back_total{service}`: commands this service's instance had no handler for and
 ///   handed back for another release (a rolling upgrade; `Docs/Upgrades.md`)
 /// - `saga_circuit_opened_total{saga,step}`: times a step's circuit breaker opened (or opened
@@ -93,9 +98,18 @@ struct SagaMetrics: Sendable {
         Meter(label: "saga_in_progress", dimensions: [("saga", saga)]).decrement()
         let seconds = max(0, new.updatedAt.timeIntervalSince(new.createdAt))
         Timer(
-            label: "saga_duration_seconds", dimensions: [("saga", saga), ("outcome", new.status.rawValue)], preferredDisplayUnit: .seconds
+            label: "saga_duration_seconds",
+            dimensions: [("saga", saga), ("outcome", new.status.rawValue), ("waited", Self.waited(new, definition) ? "true" : "false")],
+            preferredDisplayUnit: .seconds
         )
         .recordNanoseconds(Int64(seconds * 1e9))
+    }
+
+    /// Whether the saga reached a wait step (its duration then includes a wait for a signal).
+    private static func waited(_ state: SagaState, _ definition: SagaDefinition) -> Bool {
+        state.history.contains { record in
+            record.phase == .action && definition.steps.indices.contains(record.step) && definition.steps[record.step].wait != nil
+        }
     }
 
     func stepDuration(saga: String, step: String, phase: StepPhase, duration: Duration) {
@@ -129,6 +143,12 @@ struct SagaMetrics: Sendable {
         Counter(label: "saga_dead_letters_total", dimensions: [("service", service)]).increment()
     }
 
+    /// A delivery this service could not process for want of its store or broker (an outage, a
+    /// lock, a statement the database refuses): redelivered.
+    func processingFailed(service: String) {
+        Counter(label: "saga_processing_failures_total", dimensions: [("service", service)]).increment()
+    }
+
     func handedBack(service: String) {
         Counter(label: "saga_handed_back_total", dimensions: [("service", service)]).increment()
     }
@@ -136,7 +156,7 @@ struct SagaMetrics: Sendable {
     /// Creates a participant's per-service counters at zero when it starts, so that
     /// `increase()` (and the alerts) see its first dead letter or hand-back too.
     func prepare(service: String) {
-        for label in ["saga_dead_letters_total", "saga_handed_back_total", "saga_stale_messages_total"] {
+        for label in ["saga_dead_letters_total", "saga_handed_back_total", "saga_stale_messages_total", "saga_processing_failures_total"] {
             _ = Counter(label: label, dimensions: [("service", service)])
         }
     }

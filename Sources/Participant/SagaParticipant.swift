@@ -396,6 +396,7 @@ public struct SagaParticipant: Service {
             // Infrastructure failure (store or broker). Nothing was acknowledged: the broker
             // redelivers, and a committed but unpublished command is sent by the outbox relay.
             logger.warning("processing failed; the command will be redelivered", metadata: ["error": "\(error)"])
+            engine.metrics.processingFailed(service: configuration.service)
             span.recordError(error)
             try? await Task.sleep(for: .milliseconds(500))
             await settle(delivery, .nack(requeue: true), logger: logger)

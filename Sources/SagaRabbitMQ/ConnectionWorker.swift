@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import SagaCore
 
 /// What a connection is used for (see ``RabbitMQBus`` for why publishing and consuming are separated).
@@ -90,6 +91,8 @@ final class ConnectionWorker {
     private let mailbox: Mailbox
     private let registry: TopologyRegistry
     private var logger: Logger
+    /// `saga_broker_connected{connection}`: 1 while connected, 0 otherwise.
+    private let connectedGauge: Gauge
     private let clock = ContinuousClock()
     private var place: String
     private var machine: ConnectionStateMachine<Command>
@@ -137,6 +140,10 @@ final class ConnectionWorker {
                 publishRecoveryTimeout: configuration.publishRecoveryTimeout,
                 shutdownTimeout: configuration.shutdownTimeout,
                 failFastOnStartup: failFast))
+        // 1 while this connection is up (`saga_broker_connected{connection}`): a process that runs
+        // but cannot reach the broker shows it on its metrics endpoint.
+        connectedGauge = Gauge(label: "saga_broker_connected", dimensions: [("connection", role.rawValue)])
+        connectedGauge.record(0)
         var logger = configuration.logger
         logger[metadataKey: "amqp.connection"] = "\(role.rawValue)"
         logger[metadataKey: "amqp.broker"] = "\(place)"
@@ -247,6 +254,7 @@ final class ConnectionWorker {
         lastServiced = clock.now
 
         let action = machine.connectSucceeded(now: clock.now)
+        connectedGauge.record(1)
         if action.isFirstConnection {
             logger.debug("connected", metadata: ["amqp.failed_attempts": "\(action.failedAttempts)"])
             if action.failedAttempts > 0 {
@@ -340,6 +348,7 @@ final class ConnectionWorker {
         guard let lost = connection else { return }
         lost.destroy()
         connection = nil
+        connectedGauge.record(0)
         _ = machine.connectionLost(now: clock.now, jitter: Double.random(in: 0.8...1.0))
         switch failure {
         case .connectionLost(let reason, let code):

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import MetricsTestKit
 import Participant
 import PostgresNIO
 import SagaPostgres
@@ -71,6 +72,7 @@ struct LocalWriteIntegrationTests {
     @Test(arguments: StoreKind.allCases)
     func aMissingTableMakesSagasWaitUntilItIsCreatedNotCompensate(store kind: StoreKind) async throws {
         let servers = try IntegrationServers.require()
+        let metrics = TestMetricsBackend.shared
         let (store, close) = try await openStore(kind.url(postgres: servers.postgres))
         let tables = try await ServiceTables(store: store)
         try await tables.dropEffects()
@@ -90,6 +92,8 @@ struct LocalWriteIntegrationTests {
                 #expect(waiting.status == .running && waiting.currentStep == 0 && waiting.attempt == 1, "\(waiting)")
                 #expect(waiting.history.isEmpty, "\(waiting.history)")
             }
+            // Counted for the alert on a service that cannot process its commands.
+            #expect(try metrics.expectCounter("saga_processing_failures_total", [("service", "inventory")]).totalValue >= 2)
             try await tables.createEffects()
             var results: [SagaState] = []
             for id in ids { results.append(try await manager.outcome(of: id, timeout: .seconds(60))) }

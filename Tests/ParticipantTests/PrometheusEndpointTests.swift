@@ -32,7 +32,7 @@ struct PrometheusEndpointTests {
         "saga_step_duration_seconds", "saga_in_progress", "saga_compensation_retries_total",
     ]
     static let boundedLabels: Set<String> = [
-        "saga", "step", "phase", "service", "outcome", "status", "le", "store", "operation", "source",
+        "saga", "step", "phase", "service", "outcome", "status", "le", "store", "operation", "source", "waited", "connection",
     ]
 
     @Test func aBatchOfSagasAddsUpAcrossTheServicesEndpoints() async throws {
@@ -98,11 +98,16 @@ struct PrometheusEndpointTests {
         #expect(
             samples.allSatisfy {
                 $0.name.hasPrefix("saga_") && !$0.name.hasPrefix("saga_store_")
-                    ? $0.labels["saga"] == "order" || ($0.labels["saga"] == nil && $0.labels["service"] != nil) : true
+                    ? $0.labels["saga"] == "order"
+                        || ($0.labels["saga"] == nil && ($0.labels["service"] != nil || $0.labels["connection"] != nil))
+                    : true
             })
         for service in ["inventory", "payment", "shipping"] {
             #expect(samples.contains { $0.name == "saga_handed_back_total" && $0.labels["service"] == service })
         }
+        // Every service says its connections to the broker are up (the SagaBrokerUnreachable alert).
+        let connected = samples.filter { $0.name == "saga_broker_connected" }
+        #expect(connected.count >= 6 && connected.allSatisfy { $0.value == 1 }, "\(connected)")
         // The stores' batches, by store and operation (bounded sets of values).
         let batches = samples.filter { $0.name.hasPrefix("saga_store_batch_") }
         #expect(names.contains("saga_store_batch_size_bucket") && names.contains("saga_store_batch_duration_seconds_bucket"))
