@@ -108,7 +108,8 @@ stop() {
     log "stopped"
 }
 
-url() { echo "amqps://guest:guest@127.0.0.1:$1/%2F?cacertfile=$(cd "$2" && pwd)/ca.pem"; }
+# localhost, not 127.0.0.1: librabbitmq checks the certificate's DNS names, not its IP addresses (Docs/Transport.md).
+url() { echo "amqps://guest:guest@localhost:$1/%2F?cacertfile=$(cd "$2" && pwd)/ca.pem"; }
 
 cmd="${1:-}"
 shift || true

@@ -175,7 +175,9 @@ struct ConnectionStateMachine<Parked> {
 
     /// The attempt failed. `jitter` (drawn by the caller, typically in 0.8...1.0) scales the backoff delay.
     /// `refused`: the broker answered and refused the login, the vhost or the access (a wrong password, a
-    /// vhost that does not exist): before the first connection that is a mistake in the settings, which no
+    /// vhost that does not exist), or the TLS settings cannot work (a certificate that does not verify against
+    /// the CA given or does not name the host, a CA file that cannot be loaded): before the first connection
+    /// that is a mistake in the settings, which no
     /// retry mends, so the start fails at once, whatever ``Policy/failFastOnStartup`` says. After a first
     /// connection (credentials rotated under a running service) it is retried like any other failure.
     mutating func connectFailed(now: Instant, jitter: Double, refused: Bool = false) -> FailureAction {

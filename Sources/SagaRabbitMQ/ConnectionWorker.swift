@@ -275,7 +275,11 @@ final class ConnectionWorker {
 
     /// Tells the state machine an attempt failed, logs it, and returns the next step.
     private func connectFailed(_ error: BusError) -> ConnectionStateMachine<Command>.ConnectAction {
-        let refused = [BusError.Code.authenticationFailed, .vhostNotFound, .accessRefused].contains(error.code)
+        // Settings no retry mends: the broker refused the login, the vhost or the access; the
+        // broker's certificate does not verify against the CA given, or does not name the host;
+        // a CA or client certificate file that cannot be loaded.
+        let refused = [BusError.Code.authenticationFailed, .vhostNotFound, .accessRefused, .tlsVerificationFailed, .invalidArgument]
+            .contains(error.code)
         switch machine.connectFailed(now: clock.now, jitter: Double.random(in: 0.8...1.0), refused: refused) {
         case .connect(let next):
             logger.warning(
@@ -294,7 +298,9 @@ final class ConnectionWorker {
             return .wait(until: until)
         case .failStartup:
             if refused {
-                logger.error("the broker refused this service's connection; not trying again", metadata: ["amqp.error": "\(error)"])
+                logger.error(
+                    "this service's connection to the broker cannot succeed with these settings; not trying again",
+                    metadata: ["amqp.error": "\(error)"])
             }
             report(.gaveUp(error))
             return .finish

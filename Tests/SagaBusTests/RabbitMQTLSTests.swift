@@ -60,16 +60,23 @@ struct RabbitMQTLSTests {
         wrongCA.connectTimeout = .seconds(5)
         let refused = await #expect(throws: BusError.self) { try await RabbitMQBus.connect(wrongCA) }
         #expect(refused?.code == .tlsVerificationFailed, "\(String(describing: refused))")
-        #expect(refused?.message.contains("not signed by a trusted CA") == true, "\(String(describing: refused))")
+        #expect(refused?.message.contains("does not verify: not signed by the CA in") == true, "\(String(describing: refused))")
         #expect(refused?.message.contains("other-ca.pem") == true)
         #expect(refused?.description.contains("tls-secret-pw") == false)
+        // A service's bus (no fail-fast start) gives up at once too: no retry mends a wrong CA.
+        wrongCA.failFastOnStartup = false
+        let service = RabbitMQBus(configuration: wrongCA)
+        let started = ContinuousClock.now
+        let ended = await #expect(throws: BusError.self) { try await service.run() }
+        #expect(ended?.code == .tlsVerificationFailed, "\(String(describing: ended))")
+        #expect(ContinuousClock.now - started < .seconds(10))
 
         // A plaintext client cannot reach the TLS port: it fails within the connect timeout, pointing at amqps.
         var plain = try RabbitMQConfiguration(url: "amqp://guest:tls-secret-pw@127.0.0.1:\(port)/%2F")
         plain.connectTimeout = .seconds(3)
-        let started = ContinuousClock.now
+        let plainStarted = ContinuousClock.now
         let plaintext = await #expect(throws: BusError.self) { try await RabbitMQBus.connect(plain) }
-        #expect(ContinuousClock.now - started < .seconds(6))
+        #expect(ContinuousClock.now - plainStarted < .seconds(6))
         print("a plaintext client on the TLS port: \(plaintext.map { "\($0)" } ?? "no error")")
         #expect(plaintext?.code == .unreachable, "\(String(describing: plaintext))")
         #expect(plaintext?.description.contains("amqps://") == true, "\(String(describing: plaintext))")

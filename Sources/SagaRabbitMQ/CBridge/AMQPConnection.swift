@@ -229,12 +229,14 @@ final class AMQPConnection {
             let what =
                 status == AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED.rawValue
                 ? "its certificate does not name host '\(p.host)'"
-                : "its certificate is not signed by a trusted CA"
-                    + (p.tls?.caCertificateFile.map { " (CA file '\($0)')" } ?? " (no CA file given)")
+                : "its certificate does not verify: not signed by the CA"
+                    + (p.tls?.caCertificateFile.map { " in '\($0)'" } ?? " (no CA file given: the system's CAs)")
+                    + ", or expired or not valid yet"
             return BusError(
                 .tlsVerificationFailed, "The TLS connection to \(place) was refused: \(what)",
-                recoverySuggestion: "give the CA that signed the broker's certificate (cacertfile), or connect with "
-                    + "the host name the certificate names", isRetryable: false)
+                recoverySuggestion: "give the CA that signed the broker's certificate (cacertfile), check the certificate's "
+                    + "dates (openssl x509 -noout -dates -in …), or connect with the host name the certificate names",
+                isRetryable: false)
         case AMQP_STATUS_SSL_ERROR.rawValue, AMQP_STATUS_SSL_CONNECTION_FAILED.rawValue:
             return BusError(
                 .unreachable, "The TLS handshake with \(place) failed (\(describe(status)))",
