@@ -402,6 +402,22 @@ try:
     wait.until(EC.presence_of_element_located((By.ID, "flash")))
     check("1 dead letter(s) requeued" in text("#flash"), "one dead letter requeued")
     shot("08-dlq-requeued.png")
+
+    # 9. Drop it for good: it is malformed, so a requeue only brings it back.
+    print("drop")
+    for _ in range(40):
+        driver.get(base + "/dlq")
+        if count("button.drop") > 0:
+            break
+        time.sleep(0.25)
+    click(By.CSS_SELECTOR, "button.drop")
+    alert = wait.until(EC.alert_is_present())
+    check("for good" in alert.text, "a drop asks for a confirmation")
+    alert.accept()
+    wait.until(EC.presence_of_element_located((By.ID, "flash")))
+    check("Dead letter dropped" in text("#flash"), "the dead letter was dropped")
+    driver.get(base + "/dlq")
+    check("the dead-letter queue is empty" in driver.page_source, "and the queue is empty")
     print(f"browser: {checks} checks passed")
 except Exception:
     try:

@@ -118,6 +118,22 @@ struct ConsoleRoutes: Sendable {
                 }
             }
         }
+        router.post("/dlq/drop") { request, _ in
+            try await act(request, back: "/dlq") { session, form in
+                guard let drop = backend.drop else {
+                    throw ConsoleRefusal(status: .notFound, message: "this console does not drop dead letters; use saga dlq drop")
+                }
+                guard let id = form["id"], !id.isEmpty else {
+                    throw ConsoleRefusal(status: .badRequest, message: "say which dead letter to drop")
+                }
+                guard try await drop(id, 1000) else {
+                    throw ConsoleRefusal(
+                        status: .notFound, message: "no dead letter '\(id)' among the first 1000 (dropped or requeued already?)")
+                }
+                logger.notice("console: dead letter dropped", metadata: ["operator": "\(session.name)", "dead_letter": "\(id)"])
+                return "/dlq?done=dropped"
+            }
+        }
         router.post("/dlq/requeue") { request, _ in
             try await act(request, back: "/dlq") { session, form in
                 let ids: Set<String>? = form["all"] == "1" ? nil : form["id"].map { [$0] }
@@ -288,6 +304,7 @@ struct ConsoleRoutes: Sendable {
             return
                 "Resolved by hand: the saga goes on as if that work had succeeded; recorded in its history with your name and what you did."
         case "signal": return "Signal delivered: the saga goes on with its next step; recorded in its history with your name."
+        case "dropped": return "Dead letter dropped for good (the console's log records who dropped it)."
         case "signal-kept":
             return
                 "Signal kept: the saga has not reached the wait for it yet; when it does, it goes on at once. Recorded in its history with your name."

@@ -582,6 +582,13 @@ struct Pages: Sendable {
                     <input type="hidden" name="csrf" value="\(session.csrf)"><input type="hidden" name="id" value="\(HTML.escape(id))">\
                     <button class="requeue">Requeue</button></form>
                     """
+                if backend.drop != nil {
+                    requeue += """
+                        <form method="post" action="/dlq/drop" class="action" data-confirm="Drop message \(HTML.escape(id)) for good? It will never run.">\
+                        <input type="hidden" name="csrf" value="\(session.csrf)"><input type="hidden" name="id" value="\(HTML.escape(id))">\
+                        <button class="drop">Drop</button></form>
+                        """
+                }
             }
             // Redacted by the backend, before it was shortened (``SagaConsoleDeadLetter/body``).
             let body = letter.body

@@ -80,6 +80,10 @@ public struct SagaConsoleBackend: Sendable {
     /// what was done), as ``SagaManager/resolve(_:by:reason:patch:)`` does; `nil` hides the
     /// console's Resolve form.
     public var resolve: (@Sendable (_ id: SagaID, _ actor: String, _ reason: String) async throws -> SagaState)?
+    /// Removes the dead letter with this id (as ``SagaConsoleDeadLetter/messageID`` gives it) for
+    /// good, as `saga dlq drop --id` does; `false` when it is not among the first `limit`. `nil`
+    /// hides the console's Drop buttons.
+    public var drop: (@Sendable (_ messageID: String, _ limit: Int) async throws -> Bool)?
 
     /// Creates a backend.
     public init(
@@ -91,7 +95,8 @@ public struct SagaConsoleBackend: Sendable {
         deadLetters: @escaping @Sendable (Int) async throws -> [SagaConsoleDeadLetter],
         requeue: @escaping @Sendable (Set<String>?, Int) async throws -> SagaConsoleRequeueResult,
         signal: (@Sendable (SagaID, String, JSONObject, String) async throws -> SagaSignalResult)? = nil,
-        resolve: (@Sendable (SagaID, String, String) async throws -> SagaState)? = nil
+        resolve: (@Sendable (SagaID, String, String) async throws -> SagaState)? = nil,
+        drop: (@Sendable (String, Int) async throws -> Bool)? = nil
     ) {
         self.store = store
         self.subscribe = subscribe
@@ -103,6 +108,7 @@ public struct SagaConsoleBackend: Sendable {
         self.requeue = requeue
         self.signal = signal
         self.resolve = resolve
+        self.drop = drop
     }
 }
 

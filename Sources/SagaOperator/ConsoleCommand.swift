@@ -106,11 +106,19 @@ struct ConsoleCommand: AsyncParsableCommand {
                         deliveries in
                         let done = await requeueDeadLetters(deliveries, wanted: wanted, bus: bus, topology: topology)
                         return SagaConsoleRequeueResult(
-                            requeued: done.requeued.map { $0.messageId ?? "?" }, failed: done.failed, kept: done.kept)
+                            requeued: done.requeued.map(deadLetterID), failed: done.failed, kept: done.kept)
                     }
                 },
                 signal: { id, name, data, actor in try await manager().signal(id, name: name, payload: data, by: actor) },
-                resolve: { id, actor, reason in try await manager().resolve(id, by: actor, reason: reason) })
+                resolve: { id, actor, reason in try await manager().resolve(id, by: actor, reason: reason) },
+                drop: { id, limit in
+                    // What `saga dlq drop --id` does.
+                    try await withDeadLetters(bus: bus, topology: topology, limit: limit, patience: Self.brokerPatience) { deliveries in
+                        guard let letter = deliveries.first(where: { deadLetterID($0) == id }) else { return false }
+                        try await letter.ack()
+                        return true
+                    }
+                })
             let server = SagaConsole(configuration: console, backend: backend, logger: logger) { url in
                 let mode =
                     console.actionsEnabled
@@ -130,7 +138,7 @@ struct ConsoleCommand: AsyncParsableCommand {
 
     static func consoleLetter(_ letter: DeadLetter) -> SagaConsoleDeadLetter {
         SagaConsoleDeadLetter(
-            messageID: letter.messageId, reason: letter.reason, service: letter.service, sourceQueue: letter.sourceQueue,
+            messageID: letter.id, reason: letter.reason, service: letter.service, sourceQueue: letter.sourceQueue,
             sourceExchange: letter.sourceExchange, sourceRoutingKey: letter.sourceRoutingKey, deadLetteredAt: letter.deadLetteredAt,
             sagaID: letter.sagaId, command: letter.command, bytes: letter.bytes, body: letter.body)
     }

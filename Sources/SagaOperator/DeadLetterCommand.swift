@@ -12,8 +12,23 @@ struct DeadLetterCommand: AsyncParsableCommand {
     )
 }
 
+/// The value `--id` selects a dead letter by: its message id, or for a message without one
+/// `body-` and a hash of its body (the same in every listing, unlike a position in the queue).
+func deadLetterID(_ delivery: Delivery) -> String {
+    if let id = delivery.messageId, !id.isEmpty { return id }
+    // FNV-1a, 64 bits: a stable name for the body, not a secret.
+    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+    for byte in delivery.body {
+        hash ^= UInt64(byte)
+        hash = hash &* 0x0000_0100_0000_01b3
+    }
+    return "body-" + String(hash, radix: 16)
+}
+
 /// One dead letter as the CLI shows it.
 struct DeadLetter: Encodable {
+    /// What `--id` selects it by (``deadLetterID(_:)``).
+    var id: String
     var messageId: String?
     var reason: String?
     var service: String?
@@ -30,6 +45,7 @@ struct DeadLetter: Encodable {
     /// - Parameter redactor: masks payload keys in the body, before it is shortened to 512 bytes.
     init(_ delivery: Delivery, redactor: Redactor) {
         let headers = delivery.headers
+        id = deadLetterID(delivery)
         messageId = delivery.messageId
         let death = DeadLetters.brokerDeath(of: headers)
         reason = DeadLetters.reason(of: delivery)
@@ -118,7 +134,7 @@ private func consumeDeadLetters(bus: RabbitMQBus, topology: SagaTopology, limit:
 struct RequeueOutcome: Sendable {
     /// The letters republished and removed.
     var requeued: [Delivery] = []
-    /// `<message id>: <error>` of each that could not be republished (it stays).
+    /// `<id>: <error>` of each that could not be republished (it stays).
     var failed: [String] = []
     /// The letters looked at and not asked for.
     var kept = 0
@@ -135,17 +151,18 @@ func requeueDeadLetters(_ deliveries: [Delivery], wanted: Set<String>?, bus: Rab
     var outcome = RequeueOutcome()
     var matched: Set<String> = []
     for delivery in deliveries {
-        guard wanted?.contains(delivery.messageId ?? "") ?? true else {
+        let id = deadLetterID(delivery)
+        guard wanted?.contains(id) ?? true else {
             outcome.kept += 1
             continue
         }
-        matched.insert(delivery.messageId ?? "")
+        matched.insert(id)
         do {
             try await bus.publish(DeadLetters.original(of: delivery, topology: topology))
             try await delivery.ack()
             outcome.requeued.append(delivery)
         } catch {
-            outcome.failed.append("\(delivery.messageId ?? "?"): \(error)")
+            outcome.failed.append("\(id): \(error)")
         }
     }
     if let wanted { outcome.missing = wanted.subtracting(matched).sorted() }
@@ -200,7 +217,7 @@ struct DeadLetterList: AsyncParsableCommand {
         // Everything below comes from the messages: printed with its control characters escaped.
         func printEscaped(_ line: String) { print(PrintableText.escaped(line)) }
         for (index, letter) in letters.enumerated() {
-            printEscaped("#\(index + 1) \(letter.messageId ?? "(no message id)")")
+            printEscaped("#\(index + 1) \(letter.messageId != nil ? letter.id : "\(letter.id) (no message id: select it by this)")")
             printEscaped("  reason      \(letter.reason ?? "(none recorded)")")
             printEscaped(
                 "  from        queue \(letter.sourceQueue ?? "?") · service \(letter.service ?? "?") · at \(letter.deadLetteredAt ?? "?")")
@@ -214,7 +231,9 @@ struct DeadLetterList: AsyncParsableCommand {
         print(
             "\n\(letters.count) dead letter(s)\(of) in \(topology.deadLetterQueue)\(looked.count == limit ? " (limit reached; there may be more)" : "")"
         )
-        print("put them back with: \(SagaOperatorTool.toolName) dlq requeue --all   (or --id <message id>)")
+        let tool = SagaOperatorTool.toolName
+        print("once the cause is fixed, put them back: \(tool) dlq requeue --id <id>   (or --all)")
+        print("remove one that must not run again:     \(tool) dlq drop --id <id>")
     }
 }
 
@@ -260,7 +279,7 @@ struct DeadLetterRequeue: AsyncParsableCommand {
         for letter in outcome.requeued {
             print(
                 PrintableText.escaped(
-                    "requeued \(letter.messageId ?? "?") → '\(letter.sourceExchange ?? "")' / '\(letter.sourceRoutingKey ?? letter.command ?? "")'"
+                    "requeued \(letter.id) → '\(letter.sourceExchange ?? "")' / '\(letter.sourceRoutingKey ?? letter.command ?? "")'"
                 ))
         }
         for failure in outcome.failed { printError("could not requeue \(failure)") }
@@ -304,7 +323,7 @@ struct DeadLetterDrop: AsyncParsableCommand {
             try await withDeadLetters(bus: bus, topology: topology, limit: limit) { deliveries in
                 var result = Result(dropped: [], kept: 0, missing: [])
                 for delivery in deliveries {
-                    guard all || wanted.contains(delivery.messageId ?? "") else {
+                    guard all || wanted.contains(deadLetterID(delivery)) else {
                         result.kept += 1
                         continue
                     }
@@ -314,14 +333,14 @@ struct DeadLetterDrop: AsyncParsableCommand {
                 return result
             }
         }
-        if !all { result.missing = wanted.subtracting(result.dropped.compactMap(\.messageId)).sorted() }
+        if !all { result.missing = wanted.subtracting(result.dropped.map(\.id)).sorted() }
         if json {
             try printJSON(result)
         } else {
             for letter in result.dropped {
                 print(
                     PrintableText.escaped(
-                        "dropped \(letter.messageId ?? "?") (saga \(letter.sagaId ?? "?"), \(letter.command ?? "?")): \(letter.reason ?? "no reason recorded")"
+                        "dropped \(letter.id) (saga \(letter.sagaId ?? "?"), \(letter.command ?? "?")): \(letter.reason ?? "no reason recorded")"
                     ))
             }
             if !result.missing.isEmpty {
@@ -338,7 +357,9 @@ struct DeadLetterSelection: ParsableArguments {
     @Flag(help: "Every dead letter (up to --limit).")
     var all = false
 
-    @Option(name: .customLong("id"), help: "The dead letter with this message id (repeatable).")
+    @Option(
+        name: .customLong("id"),
+        help: "The dead letter with this id, as `dlq list` shows it: its message id, or body-… for one without (repeatable).")
     var ids: [String] = []
 
     @Option(help: "Look at most at this many messages.")
@@ -346,7 +367,7 @@ struct DeadLetterSelection: ParsableArguments {
 
     func validate() throws {
         guard all || !ids.isEmpty else {
-            throw ValidationError("say which: --all, or --id <message id> (see `\(SagaOperatorTool.toolName) dlq list`)")
+            throw ValidationError("say which: --all, or --id <id> (see `\(SagaOperatorTool.toolName) dlq list`)")
         }
     }
 }

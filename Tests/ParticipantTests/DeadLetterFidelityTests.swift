@@ -113,6 +113,16 @@ struct DeadLetterFidelityTests {
         let redactedJSON = try cli.json(["dlq", "list"], environment: ["SAGAKIT_REDACT": "email,cardNumber"]) as? [[String: Any]]
         let shownBody = redactedJSON?.first?["body"] as? String ?? ""
         #expect(shownBody.hasPrefix("{\"cardNumber\":\"••••\",\"notes\":\"nnn") && shownBody.hasSuffix("…"), "\(shownBody)")
+        // A dead letter without a message id is selected by the hash of its body, as listed.
+        try await bus.publish(
+            OutgoingMessage(exchange: topology.deadLetterExchange, routingKey: topology.deadLetterQueue, body: Array("poison".utf8)))
+        let withAnonymous = try cli.json(["dlq", "list"]) as? [[String: Any]] ?? []
+        let anonymous = withAnonymous.first { $0["messageId"] == nil }
+        let anonymousID = anonymous?["id"] as? String ?? ""
+        #expect(anonymousID.hasPrefix("body-"), "\(withAnonymous)")
+        #expect(try cli.succeed(["dlq", "list"]).contains("\(anonymousID) (no message id: select it by this)"))
+        let droppedAnonymous = try cli.json(["dlq", "drop", "--id", anonymousID]) as? [String: Any]
+        #expect((droppedAnonymous?["dropped"] as? [[String: Any]])?.map { $0["id"] as? String } == [anonymousID])
         // --saga: one saga's dead letters (by its command's saga id, else the correlation id).
         let ofSaga = try cli.json(["dlq", "list", "--saga", "saga-keep-me"]) as? [[String: Any]]
         #expect(ofSaga?.compactMap { $0["messageId"] as? String } == ["keep-me"], "\(ofSaga ?? [])")
