@@ -73,7 +73,7 @@ public struct SagaReaper: Service {
         )
         var changed = try await endExpiredWaits(now: now)
         for state in stalled {
-            let logger = logger.with(saga: state.id, name: state.name)
+            var logger = logger.with(saga: state.id, name: state.name)
             // A store can be shared by deployments with other topologies or other definitions:
             // their sagas are theirs to reap. The store claimed only this topology's sagas (and
             // those that name none); this guards against a store whose claim does not filter.
@@ -81,10 +81,14 @@ public struct SagaReaper: Service {
                 logger.debug("skipping a stalled saga of another topology", metadata: ["saga.topology": "\(prefix)"])
                 continue
             }
-            if (try? engine.definitions.definition(named: state.name)) == nil {
+            guard let definition = try? engine.definitions.definition(named: state.name) else {
                 logger.debug("skipping a stalled saga whose definition this process does not know")
                 continue
             }
+            // Its lines name the commands it waits for, whose service is the one to look at (the
+            // reaper runs in any participant).
+            let waitingFor = SagaStateMachine(definition: definition).commands(for: state).map(\.command.command)
+            logger[metadataKey: "saga.waitingFor"] = "\(waitingFor.joined(separator: ","))"
             let pastDeadline = state.deadline.map { $0 < now } ?? false
             let event: SagaEvent =
                 pastDeadline && state.status == .running ? .deadlinePassed : .foundStalled(maxReapAttempts: configuration.maxReapAttempts)
@@ -101,7 +105,7 @@ public struct SagaReaper: Service {
                         "stalled saga handled",
                         metadata: [
                             "saga.status": "\(next.status.rawValue)", "saga.reapAttempts": "\(next.reapAttempts)",
-                            "saga.stalledSince": "\(state.updatedAt)",
+                            "saga.stalledSince": "\(state.lastProgressAt.formatted(.iso8601))",
                         ]
                     )
                     changed.append(next)

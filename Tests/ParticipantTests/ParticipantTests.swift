@@ -266,6 +266,30 @@ struct ParticipantTests {
         #expect(compensating.status == .compensating && compensating.failureReason?.hasPrefix("deadline passed") == true)
     }
 
+    /// The reaper runs in any participant: its lines name the command the saga waits for (whose
+    /// service is the one to look at) and since when it made no progress.
+    @Test func theReapersLinesNameTheCommandTheSagaWaitsFor() async throws {
+        let (stuck, _) = SagaStateMachine(definition: orderSaga).start(
+            id: "stuck-log-1", payload: ["orderId": "o-12", "amount": 1], context: [SagaTopology.contextKey: testTopology.prefix],
+            now: Date().addingTimeInterval(-60))
+        _ = try await store.create(stuck, outbox: [])
+        try await SagaManager(definitions: orderDefinitions, bus: bus, store: store, topology: testTopology, logger: quietTestLogger)
+            .declareTopology()
+        try await bus.declare(testTopology.topology(forService: "inventory", commands: ["inventory.reserve"]))
+        let logs = {
+            var handler = InMemoryLogHandler()
+            handler.logLevel = .info
+            return handler
+        }()
+        let reaper = SagaReaper(
+            configuration: ReaperConfiguration(stalledThreshold: .seconds(1)), definitions: orderDefinitions, bus: bus, store: store,
+            topology: testTopology, logger: Logger(label: "inventory", factory: { _ in logs }))
+        #expect(try await reaper.reapOnce().count == 1)
+        let line = logs.entries.first { "\($0.message)" == "stalled saga handled" }
+        #expect(line?.metadata["saga.waitingFor"].map { "\($0)" } == "inventory.reserve", "\(logs.entries)")
+        #expect(line?.metadata["saga.stalledSince"].map { "\($0)" }?.hasSuffix("Z") == true, "\(String(describing: line))")
+    }
+
     @Test func theReaperLeavesSagasOfAnotherTopologyAlone() async throws {
         // Two deployments share one store: a saga started on another topology is not re-sent here.
         let (foreign, _) = SagaStateMachine(definition: orderSaga).start(

@@ -216,14 +216,24 @@ final class OrderBatch: Service, Sendable {
             try await withThrowingTaskGroup(of: SagaStatus?.self) { orders in
                 func place(_ number: Int) {
                     orders.addTask { [self] in
-                        do {
-                            // Returns the saga's terminal lifecycle event; the store is read
-                            // only when no event comes.
-                            return try await manager.startAndWait(
-                                OrderSaga.name, payload: order(number), id: id(number), timeout: deadline - clock.now
-                            ).status
-                        } catch let error as SagaError where error.code == .timeout {
-                            return nil
+                        // A store that does not answer for a while (an outage, a lock) fails this
+                        // order's start or wait, not the whole batch: the order is placed again
+                        // with the same id (a start is idempotent by id) until the batch's deadline.
+                        while true {
+                            do {
+                                // Returns the saga's terminal lifecycle event; the store is read
+                                // only when no event comes.
+                                return try await manager.startAndWait(
+                                    OrderSaga.name, payload: order(number), id: id(number), timeout: deadline - clock.now
+                                ).status
+                            } catch let error as SagaError where error.code == .timeout {
+                                return nil
+                            } catch let error as SagaError where error.code == .storeUnavailable && clock.now < deadline {
+                                logger.warning(
+                                    "placing the order failed for want of the store; trying again in 1 s",
+                                    metadata: ["saga.id": "\(id(number))", "error": "\(error)"])
+                                try await Task.sleep(for: .seconds(1))
+                            }
                         }
                     }
                     if OrderSaga.fraction("\(id(number))#cancel") < cancelRate {
