@@ -75,7 +75,7 @@ struct Verifier {
         // (--manual-review: `saga compensate` of a waiting order).
         let review = FraudReviews(states: states, report: report)
         let expectedDeclines = Set(report.ids.filter { OrderSaga.isDeclined(orderID: $0, rate: declineRate) })
-        let cancelled = Set(report.cancelled)
+        let cancelled = review.cancelled
         let expected = expectedDeclines.union(cancelled).union(review.rejected).union(review.timedOut).union(review.byOperator)
         let compensated = Set(states.filter { $0.status == .compensated }.map(\.id))
         let completed = Set(states.filter { $0.status == .completed }.map(\.id))
@@ -204,9 +204,11 @@ struct Verifier {
     }
 }
 
-/// What the fraud review did to each order, read from the sagas' history (the `fraud-review`
-/// step's record: skipped for a small order, completed by the approving signal, failed when the
-/// wait timed out) and from the fraud desk's report.
+/// What the fraud review did to each order, and who asked for which compensation, read from the
+/// sagas' history (the `fraud-review` step's record: skipped for a small order, completed by the
+/// approving signal, failed when the wait timed out; the actor of a compensation request) and
+/// checked against the fraud desk's and the customer's reports. The history is the authority: a
+/// request the store applied but whose answer was lost is in it and not in the reports.
 struct FraudReviews {
     /// Orders whose amount is above ``OrderSaga/fraudReviewThreshold``.
     var large: Set<String> = []
@@ -216,10 +218,17 @@ struct FraudReviews {
     var approvedBy: [String: String] = [:]
     /// Orders whose wait timed out.
     var timedOut: Set<String> = []
-    /// Orders the fraud desk rejected (from its report).
-    var rejected: Set<String>
+    /// Orders whose compensation the fraud desk requested (from the sagas' history: a request
+    /// whose answer was lost still counts).
+    var rejected: Set<String> = []
+    /// Orders the fraud desk reported as rejected.
+    var deskRejected: Set<String>
     /// Orders the fraud desk approved (from its report).
     var deskApproved: Set<String>
+    /// Orders whose compensation the customer requested (from the sagas' history).
+    var cancelled: Set<String> = []
+    /// Orders the starter reported as cancelled by the customer.
+    var reportedCancelled: Set<String>
     /// Orders compensated on request by someone other than the customer and the fraud desk.
     var byOperator: Set<String> = []
     /// Whether operators decided (`--manual-review`).
@@ -227,17 +236,20 @@ struct FraudReviews {
     var approved: Set<String> { Set(approvedBy.keys) }
 
     init(states: [SagaState], report: BatchReport) {
-        rejected = Set(report.rejected)
+        deskRejected = Set(report.rejected)
+        reportedCancelled = Set(report.cancelled)
         deskApproved = Set(report.approved)
         manual = report.manualReview
         for state in states {
             if case .number(let amount) = state.payload["amount"], amount.doubleValue > OrderSaga.fraudReviewThreshold {
                 large.insert(state.id)
             }
-            if let request = state.history.first(where: { $0.outcome == .compensationRequested }),
-                !["customer", OrderSaga.fraudDesk].contains(request.actor ?? "")
-            {
-                byOperator.insert(state.id)
+            if let request = state.history.first(where: { $0.outcome == .compensationRequested }) {
+                switch request.actor {
+                case OrderSaga.fraudDesk: rejected.insert(state.id)
+                case "customer": cancelled.insert(state.id)
+                default: byOperator.insert(state.id)
+                }
             }
             guard let record = state.history.last(where: { $0.stepName == OrderSaga.fraudReviewStep && $0.phase == .action }) else {
                 continue
@@ -273,6 +285,8 @@ struct FraudReviews {
         add("small orders that did not skip the review", completed.subtracting(large).subtracting(skipped))
         add("small orders that waited", Set(approvedBy.keys).union(timedOut).subtracting(large))
         add("approved by the desk but not completed", deskApproved.subtracting(completed))
+        add("reported rejected by the desk without its request in the history", deskRejected.subtracting(rejected))
+        add("reported cancelled by the customer without their request in the history", reportedCancelled.subtracting(cancelled))
         add("approved by the desk without a signal in the history", deskApproved.filter { approvedBy[$0] != OrderSaga.fraudDesk })
         if !manual {
             add(

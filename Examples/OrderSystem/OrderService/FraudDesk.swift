@@ -99,7 +99,16 @@ final class FraudDesk: Sendable {
                 logger.info("fraud review: rejection refused: \(error)", metadata: ["saga.id": "\(id)"])
                 return true
             } catch {
-                logger.warning("fraud review: could not reject: \(error)", metadata: ["saga.id": "\(id)"])
+                // The store may have applied the request although its answer did not arrive (a
+                // commit that timed out): the saga's history says whether it did.
+                if await manager.historyHoldsCompensationRequest(of: id, by: Self.reviewer) {
+                    decisions.withLock { $0.rejected.append(id) }
+                    logger.info(
+                        "fraud review: rejected (the store did not answer in time, but the saga's history holds the rejection): \(error)",
+                        metadata: ["saga.id": "\(id)"])
+                    return true
+                }
+                logger.warning("fraud review: could not reject, will try again: \(error)", metadata: ["saga.id": "\(id)"])
                 return false
             }
         case .automatic:
@@ -114,9 +123,26 @@ final class FraudDesk: Sendable {
                 }
                 return true
             } catch {
-                logger.warning("fraud review: could not approve: \(error)", metadata: ["saga.id": "\(id)"])
+                if await approvalRecorded(for: id) {
+                    decisions.withLock { $0.approved.append(id) }
+                    logger.info(
+                        "fraud review: approved (the store did not answer in time, but the saga's history holds the approval): \(error)",
+                        metadata: ["saga.id": "\(id)"])
+                    return true
+                }
+                logger.warning("fraud review: could not approve, will try again: \(error)", metadata: ["saga.id": "\(id)"])
                 return false
             }
+        }
+    }
+
+    /// Whether the saga's history holds the review step completed by the desk's signal (`false`
+    /// when the store cannot be read either: the next round looks again).
+    private func approvalRecorded(for id: String) async -> Bool {
+        guard let state = try? await manager.store.load(id) else { return false }
+        return state.history.contains {
+            $0.stepName == OrderSaga.fraudReviewStep && $0.phase == .action && $0.outcome == .completed
+                && $0.actor == Self.reviewer
         }
     }
 

@@ -164,8 +164,19 @@ final class OrderBatch: Service, Sendable {
                 return
             } catch let error as SagaError where error.code == .unknownSaga && placed < 100 {
                 try? await Task.sleep(for: .milliseconds(20))
-            } catch {
+            } catch let error as SagaError where error.code == .invalidState || error.code == .unknownSaga {
                 logger.info("cancellation refused: \(error)", metadata: ["saga.id": "\(id)"])
+                return
+            } catch {
+                // Not a refusal: the request may have been applied although its answer was lost.
+                if await manager.historyHoldsCompensationRequest(of: id, by: "customer") {
+                    cancelled.withLock { $0.append(id) }
+                    logger.info(
+                        "order cancelled by the customer (the answer was lost, the saga's history holds it)", metadata: ["saga.id": "\(id)"]
+                    )
+                } else {
+                    logger.warning("could not cancel the order (the customer gives up): \(error)", metadata: ["saga.id": "\(id)"])
+                }
                 return
             }
         }
