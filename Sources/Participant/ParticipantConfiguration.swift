@@ -35,6 +35,9 @@ public struct ParticipantConfiguration: Sendable {
     /// still go through the broker's delay queues. Register the handlers of several steps in one
     /// participant to run those steps as local functions; steps of other services stay remote.
     public var inProcessSteps: Bool
+    /// Where the participant says whether it consumes its queue and processes its commands
+    /// (for readiness probes): the process's registry unless told otherwise.
+    public var health: SagaHealth = .process
 
     /// Creates a configuration.
     public init(

@@ -43,6 +43,8 @@ public struct SagaParticipant: Service {
     /// The commands this process has handed back at least once (the first hand-back of each is a
     /// warning; the next ones only repeat it).
     let handedBackCommands = HandedBackCommands()
+    /// What the participant tells the health registry while it runs.
+    let health: ParticipantHealth
 
     /// Creates a participant.
     public init(
@@ -67,6 +69,7 @@ public struct SagaParticipant: Service {
                 queue: configuration.topology.queue(forService: configuration.service), limit: configuration.prefetch)
         }
         self.engine = engine
+        self.health = ParticipantHealth(registry: configuration.health, service: configuration.service)
     }
 
     /// Creates a participant from the values the process's components share.
@@ -99,6 +102,8 @@ public struct SagaParticipant: Service {
                 recoverySuggestion: "register at least one handler before running the participant")
         }
         engine.metrics.prepare(service: configuration.service)
+        health.begin("starting: registering the saga definitions in the store")
+        defer { health.end() }
         // Before consuming: the definitions this process runs are kept in the store.
         try await engine.registerDefinitions(logger: logger)
         warnAboutReaperThreshold()
@@ -108,6 +113,7 @@ public struct SagaParticipant: Service {
                 metadata: ["maxBodyBytes": "\(configuration.maxBodyBytes)", "hint": "raise max.body.bytes (default 65536)"])
         }
         warnAboutDelaysBeyondTheLargestLevel()
+        health.notReady("starting: declaring queue '\(queue)' on the broker")
         guard try await declareWaitingForTheBroker() else {
             logger.info("participant stopped before the broker answered")
             return
@@ -244,6 +250,7 @@ public struct SagaParticipant: Service {
             }
             defer { engine.localSteps?.close() }
             let deliveries = try await engine.bus.consume(queue: queue, prefetch: configuration.prefetch)
+            health.consuming("consuming queue '\(queue)'")
             // At most `handlerLimit` deliveries are processed at once; the others wait as
             // messages in the bus's buffer (about 2 KB each) rather than as tasks suspended deep
             // in a handler (about 30 KB of task frames each), most of them waiting for a store
@@ -261,6 +268,7 @@ public struct SagaParticipant: Service {
                 }
                 // The steps already taken still run; new ones go through the broker.
                 engine.localSteps?.close()
+                health.notReady("stopping: finishing the running handlers")
                 logger.info("participant stopped consuming; waiting for running handlers")
                 // When the stream ended for another reason than a graceful shutdown, the running
                 // handlers are cancelled; the group waits for them as it ends.
@@ -378,6 +386,7 @@ public struct SagaParticipant: Service {
                 return await settle(delivery, .ack, logger: logger)
             }
             try await runHandler(handler, command: command, state: state, definition: definition, span: span, logger: logger)
+            health.processed()
             await settle(delivery, .ack, logger: logger)
         } catch let error as SagaError where error.code == .storeRefused {
             // The store refused the data (a constraint, a trigger, a value it cannot hold), so
@@ -397,6 +406,7 @@ public struct SagaParticipant: Service {
             // redelivers, and a committed but unpublished command is sent by the outbox relay.
             logger.warning("processing failed; the command will be redelivered", metadata: ["error": "\(error)"])
             engine.metrics.processingFailed(service: configuration.service)
+            health.processingFailed(error)
             span.recordError(error)
             try? await Task.sleep(for: .milliseconds(500))
             await settle(delivery, .nack(requeue: true), logger: logger)

@@ -3,10 +3,19 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 public import Prometheus
+public import SagaCore
 public import ServiceLifecycle
 
 /// A tiny HTTP server that serves a Prometheus registry at `GET /metrics` in the text exposition
-/// format (version 0.0.4) and answers 404 to any other path, 405 to any other method.
+/// format (version 0.0.4), and the process's health for orchestrators' probes:
+///
+/// - `GET /health/live`: 200 while the process answers at all (a liveness probe);
+/// - `GET /health/ready`: 200 when every part registered in the ``SagaCore/SagaHealth`` registry
+///   is ready (the broker connections are up, the participant consumes its queue and its commands
+///   are processed), 503 otherwise; the body says which part is not and why, as JSON
+///   (``SagaCore/SagaHealthReport/json()``).
+///
+/// Any other path gets 404, any other method 405.
 ///
 /// A `Service`: add it to the process's `ServiceGroup` (or pass it to
 /// `SagaApplication.runParticipant(handlers:store:configuration:services:)`). It binds when
@@ -23,6 +32,8 @@ public struct PrometheusMetricsService: Service {
     public let host: String
     /// The registry served.
     public let registry: PrometheusCollectorRegistry
+    /// The health registry served at `/health/ready`.
+    public let health: SagaHealth
     let logger: Logger
 
     /// Creates the service; binds nothing until ``run()``.
@@ -31,16 +42,20 @@ public struct PrometheusMetricsService: Service {
     ///   - host: the address to bind (`127.0.0.1` by default; `0.0.0.0` for every interface).
     ///   - registry: the registry to serve (``SagaPrometheus/registry`` by default, the one
     ///     ``SagaPrometheus/bootstrap(reader:logger:)`` makes the metrics backend).
+    ///   - health: the health registry served at `/health/ready` (the process's by default, the
+    ///     one SagaKit's parts report to).
     ///   - logger: where the bound address and serving errors are logged.
     public init(
         port: Int,
         host: String = "127.0.0.1",
         registry: PrometheusCollectorRegistry = SagaPrometheus.registry,
+        health: SagaHealth = .process,
         logger: Logger = Logger(label: "sagakit.metrics")
     ) {
         self.port = port
         self.host = host
         self.registry = registry
+        self.health = health
         self.logger = logger
     }
 
@@ -49,6 +64,7 @@ public struct PrometheusMetricsService: Service {
     ///   address of this machine); the error names the address.
     public func run() async throws {
         let registry = self.registry
+        let health = self.health
         let channel: any Channel
         do {
             channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -57,7 +73,7 @@ public struct PrometheusMetricsService: Service {
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                        try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(registry: registry))
+                        try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(registry: registry, health: health))
                     }
                 }
                 .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -72,7 +88,7 @@ public struct PrometheusMetricsService: Service {
         }
         let bound = channel.localAddress?.port ?? port
         logger.info(
-            "serving Prometheus metrics on http://\(host):\(bound)/metrics",
+            "serving Prometheus metrics on http://\(host):\(bound)/metrics (health: /health/live, /health/ready)",
             metadata: ["metrics.host": "\(host)", "metrics.port": "\(bound)"])
         await withTaskCancellationOrGracefulShutdownHandler {
             try? await channel.closeFuture.get()
@@ -101,10 +117,12 @@ final class MetricsHTTPHandler: ChannelInboundHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let registry: PrometheusCollectorRegistry
+    private let health: SagaHealth
     private var request: HTTPRequestHead?
 
-    init(registry: PrometheusCollectorRegistry) {
+    init(registry: PrometheusCollectorRegistry, health: SagaHealth) {
         self.registry = registry
+        self.health = health
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -130,14 +148,23 @@ final class MetricsHTTPHandler: ChannelInboundHandler {
             status = .ok
             contentType = "text/plain; version=0.0.4; charset=utf-8"
             body.writeBytes(registry.emitToBuffer())
-        case (_, "/metrics"):
+        case (.GET, "/health/live"):
+            status = .ok
+            contentType = "text/plain; charset=utf-8"
+            body.writeString("live\n")
+        case (.GET, "/health/ready"):
+            let report = health.report()
+            status = report.isReady ? .ok : .serviceUnavailable
+            contentType = "application/json"
+            body.writeString(report.json() + "\n")
+        case (_, "/metrics"), (_, "/health/live"), (_, "/health/ready"):
             status = .methodNotAllowed
             contentType = "text/plain; charset=utf-8"
-            body.writeString("only GET /metrics is served here\n")
+            body.writeString("only GET is served here\n")
         default:
             status = .notFound
             contentType = "text/plain; charset=utf-8"
-            body.writeString("not found: metrics are at /metrics\n")
+            body.writeString("not found: metrics are at /metrics, health at /health/live and /health/ready\n")
         }
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: contentType)

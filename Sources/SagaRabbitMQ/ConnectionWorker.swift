@@ -93,6 +93,8 @@ final class ConnectionWorker {
     private var logger: Logger
     /// `saga_broker_connected{connection}`: 1 while connected, 0 otherwise.
     private let connectedGauge: Gauge
+    /// This connection's entry in the health registry (readiness probes).
+    private let health: SagaHealth.Component
     private let clock = ContinuousClock()
     private var place: String
     private var machine: ConnectionStateMachine<Command>
@@ -144,6 +146,8 @@ final class ConnectionWorker {
         // but cannot reach the broker shows it on its metrics endpoint.
         connectedGauge = Gauge(label: "saga_broker_connected", dimensions: [("connection", role.rawValue)])
         connectedGauge.record(0)
+        health = configuration.health.register(
+            "broker connection (\(role.rawValue))", detail: "not connected yet (\(configuration.endpoints[0]))")
         var logger = configuration.logger
         logger[metadataKey: "amqp.connection"] = "\(role.rawValue)"
         logger[metadataKey: "amqp.broker"] = "\(place)"
@@ -255,6 +259,7 @@ final class ConnectionWorker {
 
         let action = machine.connectSucceeded(now: clock.now)
         connectedGauge.record(1)
+        health.ready("connected to \(place)")
         if action.isFirstConnection {
             logger.debug("connected", metadata: ["amqp.failed_attempts": "\(action.failedAttempts)"])
             if action.failedAttempts > 0 {
@@ -280,6 +285,7 @@ final class ConnectionWorker {
         // a CA or client certificate file that cannot be loaded.
         let refused = [BusError.Code.authenticationFailed, .vhostNotFound, .accessRefused, .tlsVerificationFailed, .invalidArgument]
             .contains(error.code)
+        health.notReady("\(error)")
         switch machine.connectFailed(now: clock.now, jitter: Double.random(in: 0.8...1.0), refused: refused) {
         case .connect(let next):
             logger.warning(
@@ -355,6 +361,12 @@ final class ConnectionWorker {
         lost.destroy()
         connection = nil
         connectedGauge.record(0)
+        let why =
+            switch failure {
+            case .connectionLost(let reason, _): reason
+            case .channelClosed(_, let code, let text): "channel closed by the broker (\(code) \(text))"
+            }
+        health.notReady("connection to \(place) lost, reconnecting: \(why)")
         _ = machine.connectionLost(now: clock.now, jitter: Double.random(in: 0.8...1.0))
         switch failure {
         case .connectionLost(let reason, let code):
@@ -949,6 +961,7 @@ final class ConnectionWorker {
 
     /// Ends the thread's work: refuses new commands, fails whatever is left, closes the connection.
     private func finish() {
+        health.remove()
         let leftovers = mailbox.close()
         for command in leftovers + machine.finish() { refuse(command) }
         for entry in tracker.removeAll() {

@@ -123,6 +123,9 @@ public struct RabbitMQConfiguration: Sendable {
     public var connectionName: String = "SagaKit"
     /// Where the bus logs (connection losses and recoveries at `info`/`warning`, details at `debug`).
     public var logger: Logger = Logger(label: "SagaKit.RabbitMQ")
+    /// Where each connection says whether it is up (`broker connection (publisher)`, `… (consumer)`),
+    /// for readiness probes: the process's registry unless told otherwise.
+    public var health: SagaHealth = .process
 
     /// Creates a configuration; the defaults reach a local broker as `guest`.
     public init(

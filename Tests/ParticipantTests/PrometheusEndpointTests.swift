@@ -81,6 +81,17 @@ struct PrometheusEndpointTests {
             let (status, body) = try await get("http://127.0.0.1:\(port)/metrics")
             #expect(status == 200, "\(service): GET /metrics answered \(status)")
             scrapes[service] = body
+            // The same endpoint answers the orchestrator's probes: every service ready, its
+            // broker connections up, each participant consuming its queue.
+            let (ready, health) = try await get("http://127.0.0.1:\(port)/health/ready")
+            #expect(
+                ready == 200 && health.contains(#""status":"ready""#) && health.contains("broker connection (publisher)"),
+                "\(service): \(health)")
+            if service != "order-service" {
+                #expect(
+                    health.contains("consuming queue 'prom-\(run).\(service.replacing("-service", with: ""))'"), "\(service): \(health)")
+            }
+            #expect(try await get("http://127.0.0.1:\(port)/health/live").0 == 200)
         }
         let samples = scrapes.values.flatMap(Self.parse)
         func total(_ name: String, _ labels: [String: String] = [:]) -> Double {
