@@ -127,21 +127,40 @@ public struct SagaStepTester: Sendable {
     }
 
     func execute(
-        _ handler: SagaHandler, definition: SagaDefinition, state: SagaState, command: SagaCommand? = nil, now: Date
+        _ handler: SagaHandler, definition: SagaDefinition, state: SagaState, command: SagaCommand? = nil, now: Date,
+        localWrites runner: SagaTestSystem.LocalWriteRunner? = nil
     ) async throws -> SagaStepRun {
         let machine = SagaStateMachine(definition: definition)
         let current = command ?? machine.command(for: state).command
         let recorder = ReportRecorder()
+        let runnerFailure = Mutex<(any Error)?>(nil)
+        let sagaID = state.id
         let context = SagaContext(
             sagaID: state.id, sagaName: state.name, stepName: current.stepName, step: current.step, phase: current.phase,
             attempt: current.attempt, command: current.command, payload: state.payload, sagaContext: state.context,
-            idempotencyKey: current.idempotencyKey, reportWithLocalWrites: { report, writes in recorder.record(report, writes) })
+            idempotencyKey: current.idempotencyKey,
+            reportWithLocalWrites: { report, writes in
+                if let runner, !writes.isEmpty {
+                    do {
+                        try await runner(sagaID, writes)
+                    } catch let error as SagaError where error.code == .localWriteFailed {
+                        // As from a store: nothing stored, the handler may report another outcome.
+                        throw error
+                    } catch {
+                        // Not the writes' fault (the test's database): the test fails with it.
+                        runnerFailure.withLock { $0 = error }
+                        throw error
+                    }
+                }
+                recorder.record(report, writes)
+            })
         var thrown: (any Error)?
         do {
             try await handler(context)
         } catch {
             if !context.hasReported { thrown = error }
         }
+        if let failure = runnerFailure.withLock({ $0 }) { throw failure }
         let report: SagaHandlerReport
         if let recorded = recorder.report {
             report = recorded

@@ -44,12 +44,25 @@ public actor SagaTestSystem {
         public var attempt: Int
         /// What the handler reported (or the runtime recorded for it).
         public var report: SagaHandlerReport
+        /// The local writes reported with the outcome (``LocalWrite``: the statements a SQL
+        /// store would run in the outcome's transaction), whether or not a
+        /// ``LocalWriteRunner`` ran them.
+        public var localWrites: [LocalWrite]
         /// The virtual time it ran at.
         public var at: Date
     }
 
+    /// Runs the local writes one outcome reports (``LocalWrite``) against the test's own
+    /// database, as a SQL store runs them in the transaction that records the outcome: all of
+    /// them or none. Throw ``SagaCore/SagaError/Code/localWriteFailed`` for a write that fails (a
+    /// constraint, a row count other than its expectation): as in production, the outcome is not
+    /// recorded and the handler's report call throws it. Any other error ends the delivery (and
+    /// ``runUntilIdle(maxDeliveries:)``) with it.
+    public typealias LocalWriteRunner = @Sendable (_ sagaID: SagaID, _ writes: [LocalWrite]) async throws -> Void
+
     private let definitions: SagaDefinitionRegistry
     private let deliveries: Deliveries
+    private let localWriteRunner: LocalWriteRunner?
     private var handlers: [String: (service: String, handler: SagaHandler)] = [:]
     private var sagas: [SagaID: SagaState] = [:]
     private var queue: [(due: Date, sequence: Int, command: SagaCommand)] = []
@@ -61,13 +74,21 @@ public actor SagaTestSystem {
     public private(set) var handled: [Handled] = []
 
     /// Creates a system for the definitions.
+    /// - Parameters:
+    ///   - definitions: the sagas the handlers take part in.
+    ///   - deliveries: how often each command reaches its handler.
+    ///   - start: the virtual clock's first instant.
+    ///   - localWrites: runs the handlers' local writes against the test's database; without it
+    ///     they are only recorded (``Handled/localWrites``) and every outcome counts.
     /// - Throws: `invalidDefinition` when two definitions share a name.
-    public init(definitions: [SagaDefinition], deliveries: Deliveries = .once, start: Date = Date(timeIntervalSince1970: 1_700_000_000))
-        throws
-    {
+    public init(
+        definitions: [SagaDefinition], deliveries: Deliveries = .once, start: Date = Date(timeIntervalSince1970: 1_700_000_000),
+        localWrites: LocalWriteRunner? = nil
+    ) throws {
         self.definitions = try SagaDefinitionRegistry(definitions)
         self.deliveries = deliveries
         self.now = start
+        self.localWriteRunner = localWrites
     }
 
     /// Adds a service's handlers.
@@ -231,13 +252,18 @@ public actor SagaTestSystem {
                 recoverySuggestion: "register the service that handles it with register(service:handlers:)")
         }
         let tester = SagaStepTester(definitions: definitions, now: now)
-        var run = try await tester.execute(handler, definition: definition, state: state, command: command, now: now)
+        // With `.twice`, the first run's writes roll back with its lost commit: the runner sees
+        // only the run that counts.
+        let run: SagaStepRun
         if case .twice = deliveries {
-            run = try await tester.execute(handler, definition: definition, state: state, command: command, now: now)
+            _ = try await tester.execute(handler, definition: definition, state: state, command: command, now: now)
         }
+        run = try await tester.execute(
+            handler, definition: definition, state: state, command: command, now: now, localWrites: localWriteRunner)
         handled.append(
             Handled(
-                service: service, command: command.command, sagaID: command.sagaID, attempt: command.attempt, report: run.report, at: now))
+                service: service, command: command.command, sagaID: command.sagaID, attempt: command.attempt, report: run.report,
+                localWrites: run.localWrites, at: now))
         var next = run.after
         next.version = state.version + 1
         sagas[command.sagaID] = next

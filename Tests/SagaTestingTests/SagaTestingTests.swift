@@ -173,6 +173,60 @@ struct SagaTestSystemTests {
         #expect(await system.handled.map(\.command) == ["flight.book", "hotel.book", "payment.charge"])
     }
 
+    /// A test's own "database" of hotel rooms: the runner applies the handlers' writes to it,
+    /// all of an outcome's or none, and refuses a booking when no room is free.
+    @Test func localWritesRunAgainstTheTestsDatabaseAndAFailedOneIsTheHandlersToHandle() async throws {
+        let rooms = Mutex(["r-1": 1])
+        let runner: SagaTestSystem.LocalWriteRunner = { sagaID, writes in
+            try rooms.withLock { rooms in
+                var next = rooms
+                for write in writes {
+                    guard case .text(let room) = write.parameters.first, let free = next[room] else { continue }
+                    let delta = write.sql.hasPrefix("UPDATE rooms SET free = free - 1") ? -1 : 1
+                    guard free + delta >= 0 else {
+                        throw SagaError(.localWriteFailed, "\(write) for \(sagaID) changed no row", recoverySuggestion: "none")
+                    }
+                    next[room] = free + delta
+                }
+                rooms = next
+            }
+        }
+        var hotel = SagaHandlerRegistry()
+        hotel.register("hotel.book") { context in
+            let take = LocalWrite("UPDATE rooms SET free = free - 1 WHERE id = $1 AND free > 0", "r-1", expecting: .rows(1))
+            do {
+                try await context.completeStep(merging: ["room": "r-1"], writing: [take])
+            } catch let error as SagaError where error.code == .localWriteFailed {
+                try await context.failAndCompensate(reason: "no room free")
+            }
+        }
+        hotel.register("hotel.cancel") { context in
+            try await context.completeCompensation(writing: [LocalWrite("UPDATE rooms SET free = free + 1 WHERE id = $1", "r-1")])
+        }
+        var flight = SagaHandlerRegistry()
+        flight.register("flight.book") { try await $0.completeStep() }
+        flight.register("flight.cancel") { try await $0.completeCompensation() }
+        var payment = SagaHandlerRegistry()
+        payment.register("payment.charge") { try await $0.completeStep() }
+
+        let system = try SagaTestSystem(definitions: [trip], localWrites: runner)
+        for (service, handlers) in [("flight", flight), ("hotel", hotel), ("payment", payment)] {
+            try await system.register(service: service, handlers: handlers)
+        }
+        let first = try await system.run("trip", payload: [:])
+        #expect(first.status == .completed)
+        #expect(rooms.withLock { $0["r-1"] } == 0)
+        let booked = await system.handled.first { $0.command == "hotel.book" }
+        #expect(booked?.localWrites.map(\.sql) == ["UPDATE rooms SET free = free - 1 WHERE id = $1 AND free > 0"])
+
+        // The only room is taken: the write fails, the handler compensates, nothing changed.
+        let second = try await system.run("trip", payload: [:])
+        #expect(second.status == .compensated)
+        #expect(second.failureReason?.contains("no room free") == true)
+        #expect(rooms.withLock { $0["r-1"] } == 0)
+        #expect(await system.handled.filter { $0.sagaID == second.id }.map(\.command) == ["flight.book", "hotel.book", "flight.cancel"])
+    }
+
     @Test func aFailureCompensatesNewestFirst() async throws {
         let system = try SagaTestSystem(definitions: [trip])
         for (service, handlers) in Self.registries(hotelFails: true) { try await system.register(service: service, handlers: handlers) }
