@@ -52,7 +52,11 @@ struct ListCommand: AsyncParsableCommand {
     @Flag(help: "Print JSON (an array of saga states).")
     var json = false
 
+    @Flag(help: "Print only the ids, one per line (for `retry -`, `compensate -`, `resolve -`).")
+    var ids = false
+
     func validate() throws {
+        if json && ids { throw ValidationError("choose --json or --ids") }
         if let version, version < 1 { throw ValidationError("--version must be 1 or more") }
         if let stuckRetrying, stuckRetrying < 1 { throw ValidationError("--stuck-retrying must be 1 or more") }
         if let stalled, stalled < 0 { throw ValidationError("--stalled must be 0 or more seconds") }
@@ -104,7 +108,7 @@ struct ListCommand: AsyncParsableCommand {
     func run() async throws {
         let environment = try CommandEnvironment(connection)
         let query = try query()
-        let (name, json, limit) = (name, json, limit)
+        let (name, json, limit, idsOnly) = (name, json, limit, ids)
         let stalledSince = stalled.map { Date().addingTimeInterval(-$0) }
         try await environment.withStore { store in
             // Stalled: no progress since, which a reaper's re-send (an update) is not.
@@ -115,6 +119,12 @@ struct ListCommand: AsyncParsableCommand {
             let sagas = found.map { environment.redactor.redact($0) }
             if json {
                 try printJSON(sagas)
+                return
+            }
+            if idsOnly {
+                for saga in sagas { print(PrintableText.escaped(saga.id)) }
+                // Said on standard error, so that a pipe gets ids only.
+                if sagas.count == limit { printError("(\(limit) ids, the --limit; there may be more)") }
                 return
             }
             try Self.report(sagas, counts: try await store.countByStatus(name: name), query: query, limit: limit)

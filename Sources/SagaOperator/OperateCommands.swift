@@ -25,7 +25,7 @@ struct RetryCommand: AsyncParsableCommand {
         CommandConfiguration(
             commandName: "retry",
             abstract: "Send sagas' current commands again, as a new attempt (also for sagas that need attention).",
-            discussion: severalSagasDiscussion(each: "retried")
+            discussion: severalSagasDiscussion(each: "retried", command: "retry")
         )
     }
 
@@ -59,10 +59,12 @@ struct RetryCommand: AsyncParsableCommand {
 }
 
 /// The help of a command that acts on several sagas (`retry`, `compensate`).
-func severalSagasDiscussion(each verb: String) -> String {
+func severalSagasDiscussion(each verb: String, command: String) -> String {
     """
     Recorded in each saga's history with --by and --reason (see `\(SagaOperatorTool.toolName) show`). Several ids: \
     each is \(verb), one failing does not stop the others, and the exit status is 1 when any failed. \
+    The id - reads ids from standard input, one per line, e.g. \
+    `\(SagaOperatorTool.toolName) list --status needs-attention --name order --ids | \(SagaOperatorTool.toolName) \(command) --reason "…" -`. \
     JSON (--json): the new saga state (an array of them for several ids).
     """
 }
@@ -71,6 +73,7 @@ func severalSagasDiscussion(each verb: String) -> String {
 /// the states as JSON when asked (one object for one id, an array for several), and fails with
 /// exit status 1 when any id failed.
 func forEachSaga(_ ids: [String], json: Bool, redactor: Redactor, _ action: (String) async throws -> SagaState) async throws {
+    let ids = try expandingStandardInput(ids)
     var states: [SagaState] = []
     var failures: [String] = []
     for id in ids {
@@ -96,7 +99,7 @@ struct CompensateCommand: AsyncParsableCommand {
         CommandConfiguration(
             commandName: "compensate",
             abstract: "Compensate sagas now: undo their completed steps, newest first (only before the pivot).",
-            discussion: severalSagasDiscussion(each: "compensated")
+            discussion: severalSagasDiscussion(each: "compensated", command: "compensate")
         )
     }
 
@@ -139,7 +142,7 @@ struct ResolveCommand: AsyncParsableCommand {
                 it is compensated; for one stopped at an action past its pivot (you shipped by hand) its next step runs, or \
                 it completes. --data is merged into the saga's data first. Only sagas that need attention: while a saga \
                 runs, its handler may still report.
-                """ + " " + severalSagasDiscussion(each: "resolved")
+                """ + " " + severalSagasDiscussion(each: "resolved", command: "resolve")
         )
     }
 
@@ -331,4 +334,19 @@ struct ReapCommand: AsyncParsableCommand {
         }
         return result
     }
+}
+
+/// `ids` with `-` replaced by the ids on standard input (one per line; blank lines skipped).
+/// - Throws: a validation error when `-` is given and standard input holds no id.
+func expandingStandardInput(_ ids: [String], input: () -> String? = { readLine(strippingNewline: true) }) throws -> [String] {
+    guard ids.contains("-") else { return ids }
+    var read: [String] = []
+    while let line = input() {
+        let id = line.trimmingCharacters(in: .whitespaces)
+        if !id.isEmpty { read.append(id) }
+    }
+    guard !read.isEmpty else {
+        throw ValidationError("no saga ids on standard input (the id - reads them from there, one per line)")
+    }
+    return ids.flatMap { $0 == "-" ? read : [$0] }
 }

@@ -310,6 +310,15 @@ struct OperatorCLITests {
                 let several = try cli.run(["retry", another, "no-such-saga", "--reason", "bulk"])
                 #expect(several.status == 1 && several.stdout.contains("saga \(another) is"), "\(several)")
                 #expect(several.stderr.contains("1 of 2 failed: no-such-saga"), "\(several)")
+                // The ids from `list --ids`, one per line, through standard input (`-`).
+                let listedIDs = try cli.succeed(["list", "--ids", "--limit", "1000"])
+                #expect(listedIDs.split(separator: "\n").map(String.init).contains(another), "\(listedIDs)")
+                #expect(!listedIDs.contains(" "), "ids only: \(listedIDs)")
+                let piped = try cli.run(["retry", "-", "--reason", "piped"], input: "\n\(another)\n  \n")
+                #expect(piped.status == 0 && piped.stdout.contains("saga \(another) is"), "\(piped)")
+                #expect(try cli.succeed(["show", another]).contains(": \"piped\""))
+                let nothing = try cli.run(["compensate", "-"], input: "")
+                #expect(nothing.status != 0 && nothing.stderr.contains("no saga ids on standard input"), "\(nothing)")
 
                 // An unknown saga: an error on standard error, nothing on standard output.
                 let unknown = try cli.run(["show", "no-such-saga", "--json"])
@@ -482,7 +491,7 @@ struct SagaCLI {
     }
 
     /// Runs `saga <arguments> --store-url … --amqp-url … --prefix …`.
-    func run(_ arguments: [String], environment extra: [String: String] = [:]) throws -> Result {
+    func run(_ arguments: [String], environment extra: [String: String] = [:], input: String? = nil) throws -> Result {
         let process = Process()
         process.executableURL = executable
         process.arguments = arguments + ["--store-url", store, "--amqp-url", amqp, "--prefix", prefix]
@@ -504,8 +513,13 @@ struct SagaCLI {
         let err = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
         process.standardOutput = out
         process.standardError = err
-        process.standardInput = FileHandle.nullDevice
+        let stdin = Pipe()
+        process.standardInput = input == nil ? FileHandle.nullDevice : stdin
         try process.run()
+        if let input {
+            try stdin.fileHandleForWriting.write(contentsOf: Data(input.utf8))
+            try stdin.fileHandleForWriting.close()
+        }
         process.waitUntilExit()
         try out.close()
         try err.close()
