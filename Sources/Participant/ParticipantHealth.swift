@@ -52,7 +52,7 @@ final class ParticipantHealth: Sendable {
         component.withLock { $0?.notReady("processing fails, commands are redelivered: \(error)") }
     }
 
-    /// A command was processed.
+    /// A command was acknowledged (processed, stale, or dead-lettered).
     func processed() {
         guard failing.load(ordering: .relaxed),
             failing.compareExchange(expected: true, desired: false, ordering: .relaxed).exchanged

@@ -386,7 +386,6 @@ public struct SagaParticipant: Service {
                 return await settle(delivery, .ack, logger: logger)
             }
             try await runHandler(handler, command: command, state: state, definition: definition, span: span, logger: logger)
-            health.processed()
             await settle(delivery, .ack, logger: logger)
         } catch let error as SagaError where error.code == .storeRefused {
             // The store refused the data (a constraint, a trigger, a value it cannot hold), so
@@ -701,6 +700,9 @@ public struct SagaParticipant: Service {
     }
 
     private func settle(_ delivery: Delivery, _ settlement: Settlement, logger: Logger) async {
+        // Acknowledged: the command went through (handled, stale, or dead-lettered) without the
+        // store or the broker failing it.
+        if case .ack = settlement { health.processed() }
         do {
             try await delivery.settler.settle(settlement)
         } catch {

@@ -111,11 +111,12 @@ func withParticipants<T: Sendable>(
     maxConcurrentHandlers: Int = 64,
     instances: Int = 1,
     logger: Logger = quietTestLogger,
+    waitUntilConsuming: Bool = false,
     body: @Sendable (SagaManager) async throws -> T
 ) async throws -> T {
     try await withParticipants(
         handlers, buses: [bus], starterBus: bus, store: store, topology: testTopology, reaper: reaper, prefetch: prefetch,
-        maxConcurrentHandlers: maxConcurrentHandlers, instances: instances, logger: logger,
+        maxConcurrentHandlers: maxConcurrentHandlers, instances: instances, logger: logger, waitUntilConsuming: waitUntilConsuming,
         body: body
     )
 }
@@ -134,8 +135,11 @@ func withParticipants<T: Sendable>(
     instances: Int = 1,
     outboxGracePeriod: Duration = .milliseconds(500),
     logger: Logger = quietTestLogger,
+    waitUntilConsuming: Bool = false,
     body: @Sendable (SagaManager) async throws -> T
 ) async throws -> T {
+    // The participants' readiness, theirs alone (not the process's, which other tests share).
+    let health = SagaHealth()
     let manager = SagaManager(definitions: orderDefinitions, bus: starterBus, store: store, topology: topology, logger: logger)
     try await manager.declareTopology()
     // Declare every service queue up front, so that no command published before a participant
@@ -147,16 +151,26 @@ func withParticipants<T: Sendable>(
         var next = 0
         for (service, registry) in handlers.sorted(by: { $0.key < $1.key }) {
             for _ in 0..<instances {
-                let participant = SagaParticipant(
-                    configuration: ParticipantConfiguration(
-                        service: service, topology: topology, prefetch: prefetch, maxConcurrentHandlers: maxConcurrentHandlers,
-                        outboxPollInterval: .milliseconds(200),
-                        outboxGracePeriod: outboxGracePeriod, reaper: reaper
-                    ),
-                    definitions: orderDefinitions, handlers: registry, bus: buses[next % buses.count], store: store, logger: logger
+                var configuration = ParticipantConfiguration(
+                    service: service, topology: topology, prefetch: prefetch, maxConcurrentHandlers: maxConcurrentHandlers,
+                    outboxPollInterval: .milliseconds(200),
+                    outboxGracePeriod: outboxGracePeriod, reaper: reaper
                 )
+                configuration.health = health
+                let participant = SagaParticipant(
+                    configuration: configuration, definitions: orderDefinitions, handlers: registry, bus: buses[next % buses.count],
+                    store: store, logger: logger)
                 next += 1
                 group.addTask { try await participant.run() }
+            }
+        }
+        if waitUntilConsuming {
+            // Every participant consumes its queue (a loaded machine may take seconds to start them).
+            let expected = handlers.count * instances
+            for _ in 0..<600 {
+                let report = health.report()
+                if report.components.count == expected && report.isReady { break }
+                try await Task.sleep(for: .milliseconds(50))
             }
         }
         let result = try await body(manager)

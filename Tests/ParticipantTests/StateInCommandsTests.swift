@@ -118,9 +118,10 @@ struct StateInCommandsTests {
         copy.payload["orderId"] = .string(copied)
         let command = SagaCommand(
             sagaID: id, sagaName: "order", command: "inventory.reserve", step: 0, stepName: "reserve-stock", phase: .action, attempt: 1)
-        let final = try await withParticipants(services, bus: bus, store: store) { [copy] manager in
-            // Made when it is sent, as a participant makes it: a copy made before the participants
-            // started (slow on a loaded machine) could be older than the 2 s a copy is used for.
+        // Sent once the participants consume: a copy waiting in the queue while they start (slow
+        // on a loaded machine; a CI run failed on it) could be older than the 2 s a copy is used for.
+        let final = try await withParticipants(services, bus: bus, store: store, waitUntilConsuming: true) { [copy] manager in
+            // Made when it is sent, as a participant makes it.
             var fresh = copy
             fresh.updatedAt = Date()
             try await bus.publish(message(command, try SagaStateCopy.json(fresh)))
