@@ -338,10 +338,10 @@ struct ReapCommand: AsyncParsableCommand {
 
 /// `ids` with `-` replaced by the ids on standard input (one per line; blank lines skipped).
 /// - Throws: a validation error when `-` is given and standard input holds no id.
-func expandingStandardInput(_ ids: [String], input: () -> String? = { readLine(strippingNewline: true) }) throws -> [String] {
+func expandingStandardInput(_ ids: [String]) throws -> [String] {
     guard ids.contains("-") else { return ids }
     var read: [String] = []
-    while let line = input() {
+    while let line = readLine(strippingNewline: true) {
         let id = line.trimmingCharacters(in: .whitespaces)
         if !id.isEmpty { read.append(id) }
     }

@@ -254,11 +254,10 @@ public actor SagaTestSystem {
         let tester = SagaStepTester(definitions: definitions, now: now)
         // With `.twice`, the first run's writes roll back with its lost commit: the runner sees
         // only the run that counts.
-        let run: SagaStepRun
         if case .twice = deliveries {
             _ = try await tester.execute(handler, definition: definition, state: state, command: command, now: now)
         }
-        run = try await tester.execute(
+        let run = try await tester.execute(
             handler, definition: definition, state: state, command: command, now: now, localWrites: localWriteRunner)
         handled.append(
             Handled(

@@ -123,7 +123,7 @@ final class FraudDesk: Sendable {
                 }
                 return true
             } catch {
-                if await approvalRecorded(for: id) {
+                if await manager.historyHoldsApproval(of: id, by: Self.reviewer) {
                     decisions.withLock { $0.approved.append(id) }
                     logger.info(
                         "fraud review: approved (the store did not answer in time, but the saga's history holds the approval): \(error)",
@@ -133,16 +133,6 @@ final class FraudDesk: Sendable {
                 logger.warning("fraud review: could not approve, will try again: \(error)", metadata: ["saga.id": "\(id)"])
                 return false
             }
-        }
-    }
-
-    /// Whether the saga's history holds the review step completed by the desk's signal (`false`
-    /// when the store cannot be read either: the next round looks again).
-    private func approvalRecorded(for id: String) async -> Bool {
-        guard let state = try? await manager.store.load(id) else { return false }
-        return state.history.contains {
-            $0.stepName == OrderSaga.fraudReviewStep && $0.phase == .action && $0.outcome == .completed
-                && $0.actor == Self.reviewer
         }
     }
 
