@@ -117,6 +117,24 @@ struct CoreCorrectnessTests {
         #expect(SagaStateMachine.staleness(of: .foundStalled(maxReapAttempts: 3), aimedAt: aimed, reloaded: resent) != nil)
     }
 
+    /// An operator's `saga retry` on a saga that retries its step by itself (past the pivot, every
+    /// second) must not be refused because the saga took its next attempt between the tool's load
+    /// and its commit: it is where the operator saw it. (A CI run's CLI test was refused so.)
+    @Test func anOperatorsRetryStillAppliesAfterTheSagaRetriedByItself() throws {
+        var aimed = at(step: 4)
+        aimed.attempt = 6
+        let retried = try #require(
+            machine.apply(.stepFailed(step: 4, attempt: 6, error: "down", retryable: true, startedAt: t0), to: aimed, now: t0).state)
+        #expect(retried.status == .running && retried.currentStep == 4 && retried.attempt == 7)
+        #expect(SagaStateMachine.staleness(of: .retryRequested(by: "bob", reason: nil), aimedAt: aimed, reloaded: retried) == nil)
+        #expect(
+            SagaStateMachine.staleness(of: .compensationRequested(by: "bob", reason: "x"), aimedAt: aimed, reloaded: retried) == nil)
+        // Moved on to another step: the request no longer means what the operator saw.
+        let completed = try #require(
+            machine.apply(.stepCompleted(step: 4, attempt: 7, patch: [:], startedAt: t0), to: retried, now: t0).state)
+        #expect(SagaStateMachine.staleness(of: .retryRequested(by: "bob", reason: nil), aimedAt: aimed, reloaded: completed) != nil)
+    }
+
     // MARK: - Defect 4: retry resumes a compensation
 
     @Test func retryAfterTheReaperGaveUpOnACompensationResumesTheCompensation() throws {

@@ -578,9 +578,10 @@ public struct SagaStateMachine: Sendable {
     ///
     /// Handler outcomes name their step, phase and attempt, and ``apply(_:to:now:)`` ignores them
     /// when they do not fit. The others are judged here: the reaper's `foundStalled` applies only
-    /// to a saga that did not change at all (any change is progress), an operator's retry or
-    /// compensation only to a saga still at the same status, step, phase and attempt; a deadline
-    /// applies to whatever state the saga is in.
+    /// to a saga that did not change at all (any change is progress), an operator's resolution only
+    /// to a saga still at the same status, step, phase and attempt, an operator's retry or
+    /// compensation to that too or to a running saga at a later attempt of the same step and phase
+    /// (it retried by itself meanwhile); a deadline applies to whatever state the saga is in.
     public static func staleness(of event: SagaEvent, aimedAt aimed: SagaState, reloaded current: SagaState) -> String? {
         switch event {
         case .stepCompleted, .stepFailed, .stepTimedOut, .compensationCompleted, .compensationFailed, .deadlinePassed,
@@ -590,15 +591,28 @@ public struct SagaStateMachine: Sendable {
             guard current.version != aimed.version else { return nil }
             return
                 "saga \(current.id) changed (version \(aimed.version) → \(current.version)) since it was found stalled; it is not stalled"
-        case .retryRequested, .compensationRequested, .resolvedByOperator:
-            if current.status == aimed.status, current.currentStep == aimed.currentStep, current.phase == aimed.phase,
-                current.attempt == aimed.attempt
-            {
-                return nil
-            }
-            return
-                "saga \(current.id) moved meanwhile (from \(aimed.status.rawValue) at step \(aimed.currentStep) attempt \(aimed.attempt) to \(current.status.rawValue) at step \(current.currentStep) attempt \(current.attempt)); look at it again before acting"
+        case .resolvedByOperator:
+            return samePosition(aimed, current) ? nil : movedMeanwhile(from: aimed, to: current)
+        case .retryRequested, .compensationRequested:
+            // A running saga that retried its step by itself meanwhile (a later attempt of the
+            // same step and phase) is where the operator saw it: retrying it now, or compensating
+            // it, still means the same.
+            let retriedByItself =
+                current.status == .running && aimed.status == .running && current.currentStep == aimed.currentStep
+                && current.phase == aimed.phase && current.attempt > aimed.attempt
+            return samePosition(aimed, current) || retriedByItself ? nil : movedMeanwhile(from: aimed, to: current)
         }
+    }
+
+    /// Whether two states of a saga are at the same status, step, phase and attempt.
+    private static func samePosition(_ aimed: SagaState, _ current: SagaState) -> Bool {
+        current.status == aimed.status && current.currentStep == aimed.currentStep && current.phase == aimed.phase
+            && current.attempt == aimed.attempt
+    }
+
+    /// Why an operator's request aimed at `aimed` does not apply to `current`.
+    private static func movedMeanwhile(from aimed: SagaState, to current: SagaState) -> String {
+        "saga \(current.id) moved meanwhile (from \(aimed.status.rawValue) at step \(aimed.currentStep) attempt \(aimed.attempt) to \(current.status.rawValue) at step \(current.currentStep) attempt \(current.attempt)); look at it again before acting"
     }
 
     /// Why an event for (step, phase, attempt) does not apply to `state`, or `nil` when it does.
