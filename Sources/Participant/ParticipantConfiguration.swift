@@ -38,6 +38,10 @@ public struct ParticipantConfiguration: Sendable {
     /// Where the participant says whether it consumes its queue and processes its commands
     /// (for readiness probes): the process's registry unless told otherwise.
     public var health: SagaHealth = .process
+    /// How often the participant records in the store that it runs, with its service and
+    /// commands (``ParticipantInstance``), for `saga services` and `saga show` to say which
+    /// service a saga waits for and whether it is alive; `nil` records nothing. Default 15 s.
+    public var presenceInterval: Duration? = .seconds(15)
 
     /// Creates a configuration.
     public init(
@@ -75,6 +79,7 @@ public struct ParticipantConfiguration: Sendable {
     /// - `max.body.bytes` (int ≥ 1, default 65536)
     /// - `outbox.poll.seconds` (seconds, default 2), `outbox.grace.seconds` (seconds, default 5)
     /// - `in.process.steps` (`true`/`false`, default `false`): ``inProcessSteps``
+    /// - `presence.seconds` (seconds, default 15; `off` or 0 records nothing): ``presenceInterval``
     /// - `reaper.enabled` (`true`/`false`, default `true`) and the keys of
     ///   ``ReaperConfiguration/init(reader:)`` under `reaper`
     /// - the keys of ``SagaTopology/init(reader:)``
@@ -93,6 +98,7 @@ public struct ParticipantConfiguration: Sendable {
                 ? ReaperConfiguration(reader: reader.scoped(to: "reaper")) : nil,
             inProcessSteps: try reader.sagaChoice("in.process.steps", default: "false", choices: ["true", "false"]) == "true"
         )
+        presenceInterval = try reader.sagaSecondsOrOff("presence.seconds", default: .seconds(15))
     }
 
     /// Checks the values a program set.
@@ -111,6 +117,9 @@ public struct ParticipantConfiguration: Sendable {
                 .invalidConfiguration,
                 "the outbox poll interval must be positive and the grace period not negative (got \(outboxPollInterval), \(outboxGracePeriod))"
             )
+        }
+        if let presenceInterval, presenceInterval <= .zero {
+            throw SagaError(.invalidConfiguration, "the presence interval must be positive (or nil for none), not \(presenceInterval)")
         }
         try reaper?.validate()
     }

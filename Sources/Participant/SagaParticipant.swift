@@ -233,6 +233,12 @@ public struct SagaParticipant: Service {
                 engine: engine, pollInterval: configuration.outboxPollInterval, gracePeriod: configuration.outboxGracePeriod, logger: logger
             )
             group.addTask { await relay.run() }
+            if let interval = configuration.presenceInterval {
+                let presence = PresenceReporter(
+                    store: engine.store, topology: configuration.topology.prefix, service: configuration.service,
+                    commands: handlers.commands, interval: interval, logger: logger)
+                group.addTask { await presence.run() }
+            }
             if let reaperConfiguration = configuration.reaper {
                 let reaper = SagaReaper(engine: engine, configuration: reaperConfiguration, logger: logger)
                 group.addTask { try await reaper.run() }

@@ -105,7 +105,8 @@ struct SagaRootCommand: AsyncParsableCommand {
                 standard error with a non-zero exit status.
                 """,
             subcommands: [
-                ListCommand.self, ShowCommand.self, GraphCommand.self, DefinitionsCommand.self, RetryCommand.self, CompensateCommand.self,
+                ListCommand.self, ShowCommand.self, GraphCommand.self, DefinitionsCommand.self, ServicesCommand.self, RetryCommand.self,
+                CompensateCommand.self,
                 ResolveCommand.self,
                 SignalCommand.self, ReapCommand.self, DeadLetterCommand.self, EventsCommand.self, ConsoleCommand.self,
             ]

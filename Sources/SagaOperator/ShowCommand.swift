@@ -39,7 +39,10 @@ struct ShowCommand: AsyncParsableCommand {
         // Inside the store's scope: its definitions say what happens next.
         try await environment.withStore { store in
             let state = environment.redactor.redact(try await store.load(id))
-            let next = Self.next(state, configuration: configuration)
+            var next = Self.next(state, configuration: configuration)
+            if let directory = await ServiceDirectory.load(from: store) {
+                next.addHandlers(from: directory, topology: state.topology ?? configuration.topology.prefix)
+            }
             if json {
                 try printJSON(Output(saga: state, timeline: Self.timeline(state), next: next.text, nextStep: next))
                 return
@@ -268,6 +271,18 @@ struct ShowCommand: AsyncParsableCommand {
         /// For a saga waiting for a signal: the signal, until when, and what the timeout does;
         /// absent otherwise.
         var wait: Wait? = nil
+        /// The services whose processes handle ``command``, from their records in the store;
+        /// absent when there is no command to run or the store keeps no such records.
+        var handledBy: ServiceDirectory.Handlers? = nil
+
+        /// Adds who handles ``command`` (as data, and as the text's second line).
+        mutating func addHandlers(from directory: ServiceDirectory, topology: String) {
+            guard let command, kind != "finished", kind != "waiting-for-signal" else { return }
+            handledBy = directory.handlers(of: command, topology: topology)
+            var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            lines.insert(directory.describe(command, topology: topology), at: min(1, lines.count))
+            text = lines.joined(separator: "\n")
+        }
 
         /// What a waiting saga waits for.
         struct Wait: Encodable, Equatable {

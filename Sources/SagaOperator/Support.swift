@@ -111,6 +111,11 @@ func printJSON<T: Encodable>(_ value: T) throws {
 
 /// Prints rows as aligned columns.
 func printTable(_ header: [String], _ rows: [[String]]) {
+    print(tableText(header, rows))
+}
+
+/// Rows as aligned columns, one line each, the header first.
+func tableText(_ header: [String], _ rows: [[String]]) -> String {
     var widths = header.map(\.count)
     for row in rows {
         for (index, cell) in row.enumerated() { widths[index] = max(widths[index], cell.count) }
@@ -120,8 +125,7 @@ func printTable(_ header: [String], _ rows: [[String]]) {
             index == cells.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
         }.joined(separator: "  ")
     }
-    print(line(header))
-    for row in rows { print(line(row)) }
+    return ([header] + rows).map(line).joined(separator: "\n")
 }
 
 /// ISO 8601 with milliseconds, in UTC (`2026-11-29T10:42:51.747Z`). A `Sendable` format style:

@@ -16,12 +16,15 @@ import SagaCore
 /// Version 4 adds `saga_circuits`: the state of the steps' circuit breakers (see
 /// ``SagaCore/SagaStore/circuit(_:)``), shared by every process of the store.
 ///
+/// Version 5 adds `saga_participants`: the participant processes that run, their services and
+/// commands (see ``SagaCore/SagaStore/recordParticipant(_:)``).
+///
 /// `sagakit_schema` holds one row with the version of the schema in the file. Opening a store
 /// runs, in one `IMMEDIATE` transaction, every migration after the recorded version; processes
 /// that open the same file at once take turns, and the later ones find nothing to do.
 enum SQLiteSchema {
     /// The version this SagaKit writes.
-    static let currentVersion = 4
+    static let currentVersion = 5
 
     /// Migration `n` brings the schema from version `n` to `n + 1`.
     static let migrations: [String] = [
@@ -89,6 +92,19 @@ enum SQLiteSchema {
             opened_at INTEGER,
             version INTEGER NOT NULL,
             updated_at INTEGER NOT NULL
+        );
+        """,
+        // 4 → 5
+        """
+        CREATE TABLE IF NOT EXISTS saga_participants (
+            topology TEXT NOT NULL,
+            service TEXT NOT NULL,
+            instance TEXT NOT NULL,
+            commands TEXT NOT NULL,
+            started_at INTEGER NOT NULL,
+            last_seen INTEGER NOT NULL,
+            report_interval_ms INTEGER NOT NULL,
+            PRIMARY KEY (topology, service, instance)
         );
         """,
     ]

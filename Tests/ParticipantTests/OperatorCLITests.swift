@@ -167,6 +167,26 @@ struct OperatorCLITests {
                 #expect((stuckShown?["next"] as? String)?.contains("past the pivot") == true, "\(String(describing: stuckShown))")
                 // The store cannot see a dead-lettered command: show says where to look.
                 #expect((stuckShown?["next"] as? String)?.contains("`saga dlq list --saga \(stuck)`") == true)
+                // …and which service runs that command, from the participants' records.
+                let handledBy = next?["handledBy"] as? [String: Any]
+                #expect(handledBy?["services"] as? [String] == ["trips"], "\(String(describing: next))")
+                #expect(handledBy?["live"] as? Int == 1 && handledBy?["silent"] as? Int == 0)
+                #expect(
+                    (stuckShown?["next"] as? String)?.contains("handled by service 'trips': 1 process(es) report in") == true,
+                    "\(String(describing: stuckShown))")
+
+                // services: the three participants, live, with their commands; nothing unhandled.
+                let services = try cli.json(["services", "--check"]) as? [String: Any]
+                let byService = Dictionary(
+                    ((services?["services"] as? [[String: Any]]) ?? []).map { ($0["service"] as? String ?? "", $0) },
+                    uniquingKeysWith: { first, _ in first })
+                #expect(Set(byService.keys) == ["hotels", "flights", "trips"], "\(String(describing: services))")
+                #expect(byService["hotels"]?["commands"] as? [String] == ["trip-cli.hotels.book", "trip-cli.hotels.cancel"])
+                #expect((byService["trips"]?["instances"] as? [[String: Any]])?.map { $0["live"] as? Bool } == [true])
+                #expect((services?["unhandled"] as? [Any])?.isEmpty == true, "\(String(describing: services))")
+                let servicesTable = try cli.succeed(["services"])
+                #expect(servicesTable.contains("every command of the known definitions has a live handler"), "\(servicesTable)")
+
                 let stuckTimeline = stuckShown?["timeline"] as? [[String: Any]] ?? []
                 #expect(
                     stuckTimeline.contains {
@@ -352,6 +372,72 @@ struct OperatorCLITests {
         #expect(
             typo.stderr.hasPrefix("Error: 'lsit' is not a command of travel-tool (did you mean 'list'?); its commands: list, show"),
             "\(typo)")
+    }
+
+    /// The participants' records in the store say which service runs a saga's next step: `saga
+    /// show` and `saga services` name a service whose processes stopped reporting, and the
+    /// commands no live process handles (`--check` fails on them).
+    @Test func showAndServicesNameTheSilentAndTheMissingServices() async throws {
+        guard let amqp = try TestBroker.availableURL() else { return }
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("sagas.db").path
+        let prefix = "cli-\(UUID().uuidString.prefix(8).lowercased())"
+        let cli = SagaCLI(store: "sqlite://\(path)", amqp: amqp, prefix: prefix)
+        try await SQLiteSagaStore(path: path).withRunning { store in
+            try await store.register(Self.trip)
+            let now = Date()
+            // The hotels service was killed ten minutes ago; flights runs, without its cancellation
+            // handler; trips never ran.
+            try await store.recordParticipant(
+                ParticipantInstance(
+                    topology: prefix, service: "hotels", instance: "host:1:a",
+                    commands: ["trip-cli.hotels.book", "trip-cli.hotels.cancel"],
+                    startedAt: now.addingTimeInterval(-3600), lastSeen: now.addingTimeInterval(-600), reportInterval: .seconds(15)))
+            try await store.recordParticipant(
+                ParticipantInstance(
+                    topology: prefix, service: "flights", instance: "host:2:b", commands: ["trip-cli.flights.book"],
+                    startedAt: now.addingTimeInterval(-60), lastSeen: now, reportInterval: .seconds(15)))
+            // Another deployment's hotels service runs: it does not handle this topology's commands.
+            try await store.recordParticipant(
+                ParticipantInstance(
+                    topology: prefix + "-other", service: "hotels", instance: "host:3:c", commands: ["trip-cli.hotels.book"],
+                    startedAt: now, lastSeen: now, reportInterval: .seconds(15)))
+            let saga = SagaStateMachine(definition: Self.trip).start(
+                id: "trip-waits", payload: [:], context: [SagaTopology.contextKey: prefix, SagaState.definitionVersionKey: "2"], now: now
+            ).0
+            _ = try await store.create(saga, outbox: [])
+
+            let shown = try cli.json(["show", saga.id]) as? [String: Any]
+            let handledBy = (shown?["nextStep"] as? [String: Any])?["handledBy"] as? [String: Any]
+            #expect(handledBy?["services"] as? [String] == ["hotels"], "\(String(describing: shown))")
+            #expect(handledBy?["live"] as? Int == 0 && handledBy?["silent"] as? Int == 1)
+            let text = try cli.succeed(["show", saga.id])
+            print("saga show:\n\(text)")
+            #expect(
+                text.contains("handled by service 'hotels', but none of its 1 process(es) reported in lately (last report 10 min ago)"),
+                "\(text)")
+
+            let checked = try cli.run(["services", "--check"])
+            print("saga services --check:\n\(checked.stdout)")
+            #expect(checked.status == 1, "\(checked)")
+            #expect(checked.stdout.contains("4 command(s) with no live handler on topology '\(prefix)'"), "\(checked)")
+            #expect(
+                checked.stdout.contains(
+                    "trip-cli.hotels.book: handled by hotels, all silent; used by trip v2 step 'hotel' (action)"),
+                "\(checked)")
+            #expect(checked.stdout.contains("trip-cli.flights.cancel: no service handles it; used by trip v2 step 'flight' (compensation)"))
+            #expect(checked.stdout.contains("trip-cli.trips.confirm: no service handles it"))
+            #expect(!checked.stdout.contains("trip-cli.flights.book:"), "\(checked)")
+            let table = checked.stdout.split(separator: "\n").map(String.init)
+            #expect(
+                table.contains { $0.hasPrefix("hotels ") && $0.contains("0 live, 1 silent") && $0.contains("10 min ago") }, "\(checked)")
+            #expect(table.contains { $0.hasPrefix("flights ") && $0.contains("1 live") }, "\(checked)")
+
+            let all = try cli.json(["services", "--all-topologies"]) as? [String: Any]
+            let topologies = ((all?["services"] as? [[String: Any]]) ?? []).map { "\($0["topology"] ?? "")/\($0["service"] ?? "")" }
+            #expect(topologies == ["\(prefix)/flights", "\(prefix)/hotels", "\(prefix)-other/hotels"], "\(String(describing: all))")
+        }
     }
 
     @Test func reapSaysWhichStalledSagasItLeavesAloneAndWhy() async throws {

@@ -38,6 +38,7 @@ public final class InMemorySagaStore: SagaStore {
         var nextSequence = 0
         var definitions: [String: (definition: SagaDefinition, hash: String, registeredAt: Date)] = [:]
         var circuits: [String: StoredCircuit] = [:]
+        var participants: [String: ParticipantInstance] = [:]
 
         /// Records messages; a message whose id is already recorded is ignored (as in the SQL
         /// stores), since it is the same message recorded again.
@@ -267,6 +268,31 @@ extension InMemorySagaStore {
             storage.circuits[key] = StoredCircuit(state: state, version: expectedVersion + 1)
             return true
         }
+    }
+
+    /// Records a participant process (and removes those not refreshed for the retention).
+    public func recordParticipant(_ participant: ParticipantInstance) async throws {
+        storage.withLock { storage in
+            storage.participants[Self.participantKey(participant.topology, participant.service, participant.instance)] = participant
+            let oldest = participant.lastSeen.addingTimeInterval(-ParticipantInstance.retention.seconds)
+            storage.participants = storage.participants.filter { $0.value.lastSeen >= oldest }
+        }
+    }
+
+    /// Removes a participant process's record.
+    public func removeParticipant(topology: String, service: String, instance: String) async throws {
+        _ = storage.withLock { $0.participants.removeValue(forKey: Self.participantKey(topology, service, instance)) }
+    }
+
+    /// Every recorded participant process, by topology, service and instance.
+    public func participants() async throws -> [ParticipantInstance] {
+        storage.withLock { storage in
+            storage.participants.values.sorted { ($0.topology, $0.service, $0.instance) < ($1.topology, $1.service, $1.instance) }
+        }
+    }
+
+    private static func participantKey(_ topology: String, _ service: String, _ instance: String) -> String {
+        "\(topology)\u{0}\(service)\u{0}\(instance)"
     }
 }
 

@@ -125,6 +125,20 @@ public protocol SagaStore: Sendable {
     /// again and decide again).
     /// - Throws: `unsupported` when the store does not keep circuit breakers.
     func saveCircuit(_ key: String, _ state: CircuitBreakerState, expectedVersion: Int64) async throws -> Bool
+
+    /// Records that a participant process runs: inserts or refreshes the record of its topology,
+    /// service and instance, and removes records not refreshed for
+    /// ``ParticipantInstance/retention``.
+    /// - Throws: `unsupported` when the store does not keep participants.
+    func recordParticipant(_ participant: ParticipantInstance) async throws
+
+    /// Removes a participant process's record (it stopped gracefully); no record is no error.
+    /// - Throws: `unsupported` when the store does not keep participants.
+    func removeParticipant(topology: String, service: String, instance: String) async throws
+
+    /// Every recorded participant process, by topology, service and instance.
+    /// - Throws: `unsupported` when the store does not keep participants.
+    func participants() async throws -> [ParticipantInstance]
 }
 
 extension SagaStore {
@@ -169,6 +183,25 @@ extension SagaStore {
         throw SagaError(.unsupported, "this store (\(Self.self)) keeps no circuit breakers")
     }
 
+    /// Stores written before SagaKit recorded participants do not keep them (the tools then
+    /// cannot say which service handles a saga's next step).
+    /// - Throws: `unsupported`.
+    public func recordParticipant(_ participant: ParticipantInstance) async throws {
+        throw Self.participantsUnsupported
+    }
+
+    /// Stores written before SagaKit recorded participants do not keep them.
+    /// - Throws: `unsupported`.
+    public func removeParticipant(topology: String, service: String, instance: String) async throws {
+        throw Self.participantsUnsupported
+    }
+
+    /// Stores written before SagaKit recorded participants do not keep them.
+    /// - Throws: `unsupported`.
+    public func participants() async throws -> [ParticipantInstance] {
+        throw Self.participantsUnsupported
+    }
+
     /// Stores written before SagaKit ran local writes do not run them.
     public var supportsLocalWrites: Bool { false }
 
@@ -182,6 +215,14 @@ extension SagaStore {
             "this store (\(Self.self)) cannot run local writes in the transaction of a saga's transition",
             recoverySuggestion:
                 "use SQLiteSagaStore or PostgresSagaStore with the service's tables in the same database, or write to the service's own database in the handler (with the idempotency key) and report the outcome without `writing:`"
+        )
+    }
+
+    private static var participantsUnsupported: SagaError {
+        SagaError(
+            .unsupported, "this store (\(Self.self)) does not keep the participants that run",
+            recoverySuggestion:
+                "implement recordParticipant(_:), removeParticipant(topology:service:instance:) and participants() in the store"
         )
     }
 

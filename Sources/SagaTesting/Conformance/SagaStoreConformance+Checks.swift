@@ -300,6 +300,48 @@ extension SagaStoreConformance {
         #expect(try await store.circuit(uniqueID("other")).version == 0)
     }
 
+    /// A participant's record is inserted, then refreshed in place (its commands and last-seen
+    /// time, not its start), read back to the millisecond by the other handle, and removed; a
+    /// record not refreshed for ``ParticipantInstance/retention`` is removed by the next record.
+    public static let participantsAreRecordedRefreshedAndRemoved = Check("participantsAreRecordedRefreshedAndRemoved") {
+        fixture in
+        let topology = uniqueID("topology")
+        let started = milliseconds(Date().addingTimeInterval(-60))
+        let first = ParticipantInstance(
+            topology: topology, service: "inventory", instance: "host-a:1:x", commands: ["inventory.reserve"],
+            startedAt: started, lastSeen: started, reportInterval: .seconds(15))
+        let second = ParticipantInstance(
+            topology: topology, service: "inventory", instance: "host-b:2:y", commands: ["inventory.reserve"],
+            startedAt: started, lastSeen: started, reportInterval: .milliseconds(2500))
+        try await fixture.store.recordParticipant(first)
+        try await fixture.other.recordParticipant(second)
+        func recorded() async throws -> [ParticipantInstance] {
+            try await fixture.other.participants().filter { $0.topology == topology }
+        }
+        #expect(try await recorded() == [first, second])
+        // A newer release of the first instance's process handles one more command.
+        var refreshed = first
+        refreshed.commands = ["inventory.release", "inventory.reserve"]
+        refreshed.lastSeen = milliseconds()
+        refreshed.reportInterval = .seconds(5)
+        try await fixture.store.recordParticipant(refreshed)
+        #expect(try await recorded() == [refreshed, second])
+        try await fixture.store.removeParticipant(topology: topology, service: "inventory", instance: second.instance)
+        try await fixture.store.removeParticipant(topology: topology, service: "inventory", instance: "never-recorded")
+        #expect(try await recorded() == [refreshed])
+        // A process killed without a graceful stop: its record goes once the retention passed.
+        let long = ParticipantInstance.retention.seconds + 3600
+        let dead = ParticipantInstance(
+            topology: topology, service: "payments", instance: "host-c:3:z", commands: ["payments.charge"],
+            startedAt: milliseconds(Date().addingTimeInterval(-long - 60)), lastSeen: milliseconds(Date().addingTimeInterval(-long)),
+            reportInterval: .seconds(15))
+        try await fixture.store.recordParticipant(dead)
+        #expect(try await recorded().map(\.instance) == [refreshed.instance, dead.instance])
+        refreshed.lastSeen = milliseconds()
+        try await fixture.other.recordParticipant(refreshed)
+        #expect(try await recorded().map(\.instance) == [refreshed.instance])
+    }
+
     /// `countByStatus` has an entry for every status (0 when there is none), for one definition name
     /// or for all.
     public static let countByStatusCountsEveryStatus = Check("countByStatusCountsEveryStatus") { fixture in

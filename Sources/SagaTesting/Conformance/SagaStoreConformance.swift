@@ -113,6 +113,7 @@ public enum SagaStoreConformance {
         messagesThatKeepFailingDoNotKeepAGoodOneWaiting,
         localWritesThatCannotRunStoreNothing,
         circuitsAreComparedAndSwapped,
+        participantsAreRecordedRefreshedAndRemoved,
         stateSealsVerifyInEveryProcessOfTheStoreOnly,
     ]
 }

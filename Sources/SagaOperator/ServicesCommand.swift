@@ -1,0 +1,152 @@
+import ArgumentParser
+import Foundation
+import Participant
+
+/// `saga services`: the participant processes that report in to the store, by service, and the
+/// commands of the known definitions that no live process handles.
+struct ServicesCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "services",
+        abstract: "List the services whose participants report in: their commands, live and silent processes, and unhandled commands.",
+        discussion: """
+            Every participant records itself in the store while it runs (every 15 s by default, \
+            SAGAKIT_PRESENCE_SECONDS) and removes its record when it stops gracefully. A process \
+            that misses three reports is silent: killed, hung, or cut off from the store. Commands \
+            of the known saga definitions that no live process handles are listed last: sagas that \
+            reach those steps wait until a service that handles them runs. Exit status 0 either \
+            way; with --check, 1 when a command has no live handler.
+            """
+    )
+
+    @OptionGroup var connection: OperatorOptions
+
+    @Flag(help: "Show every topology's services, not only this tool's (--prefix).")
+    var allTopologies = false
+
+    @Flag(help: "Exit with status 1 when a command of a known definition has no live handler.")
+    var check = false
+
+    @Flag(help: "Print JSON: {topology, services: [{service, topology, commands, instances}], unhandled}.")
+    var json = false
+
+    struct Service: Encodable {
+        var service: String
+        var topology: String
+        var commands: [String]
+        var instances: [Instance]
+    }
+
+    struct Instance: Encodable {
+        var instance: String
+        var live: Bool
+        var startedAt: Date
+        var lastSeen: Date
+        var reportIntervalSeconds: Double
+    }
+
+    /// A command of a known definition that no live process of the topology handles.
+    struct Unhandled: Encodable, Equatable {
+        var command: String
+        /// `definition vN step 'name' (action|compensation|fallback)`, for each use.
+        var usedBy: [String]
+        /// Services with a handler for it whose processes are all silent.
+        var silentServices: [String]
+    }
+
+    struct Output: Encodable {
+        var topology: String?
+        var services: [Service]
+        var unhandled: [Unhandled]
+    }
+
+    func run() async throws {
+        let environment = try CommandEnvironment(connection)
+        let topology = environment.configuration.topology.prefix
+        let allTopologies = allTopologies
+        let now = Date()
+        let (participants, definitions) = try await environment.withStore { store in
+            do {
+                return (try await store.participants(), environment.definitions.all)
+            } catch let error as SagaError where error.code == .unsupported {
+                throw ValidationError(
+                    "this store keeps no participant records (\(error.message)); its participants cannot be listed")
+            }
+        }
+        let shown = participants.filter { allTopologies || $0.topology == topology }
+        let services = Dictionary(grouping: shown) { "\($0.topology)\u{0}\($0.service)" }.values.map { instances in
+            Service(
+                service: instances[0].service, topology: instances[0].topology,
+                commands: Array(Set(instances.flatMap(\.commands))).sorted(),
+                instances: instances.map {
+                    Instance(
+                        instance: $0.instance, live: $0.isLive(at: now), startedAt: $0.startedAt, lastSeen: $0.lastSeen,
+                        reportIntervalSeconds: $0.reportInterval.seconds)
+                })
+        }.sorted { ($0.topology, $0.service) < ($1.topology, $1.service) }
+        let directory = ServiceDirectory(participants: participants, now: now)
+        let unhandled = Self.unhandled(definitions, directory: directory, topology: topology)
+
+        if json {
+            try printJSON(Output(topology: allTopologies ? nil : topology, services: services, unhandled: unhandled))
+        } else {
+            print(Self.render(services, unhandled: unhandled, topology: topology, allTopologies: allTopologies, now: now))
+        }
+        if check && !unhandled.isEmpty { throw ExitCode(1) }
+    }
+
+    /// The commands of `definitions` that no live process of `topology` handles.
+    static func unhandled(_ definitions: [SagaDefinition], directory: ServiceDirectory, topology: String) -> [Unhandled] {
+        var uses: [String: [String]] = [:]
+        for definition in definitions {
+            for step in definition.steps where step.wait == nil {
+                let at = "\(definition.name) v\(definition.version) step '\(step.name)'"
+                uses[step.action, default: []].append("\(at) (action)")
+                if let compensation = step.compensation { uses[compensation, default: []].append("\(at) (compensation)") }
+                if let fallback = step.fallback?.action { uses[fallback, default: []].append("\(at) (fallback)") }
+            }
+        }
+        return uses.keys.sorted().compactMap { command in
+            let handlers = directory.handlers(of: command, topology: topology)
+            guard handlers.live == 0 else { return nil }
+            return Unhandled(command: command, usedBy: uses[command] ?? [], silentServices: handlers.services)
+        }
+    }
+
+    static func render(_ services: [Service], unhandled: [Unhandled], topology: String, allTopologies: Bool, now: Date) -> String {
+        var lines: [String] = []
+        if services.isEmpty {
+            lines.append(
+                allTopologies
+                    ? "no participant has reported in to this store"
+                    : "no participant has reported in on topology '\(topology)' (another prefix? try --all-topologies)")
+        } else {
+            var header = ["SERVICE", "PROCESSES", "LAST REPORT", "COMMANDS"]
+            if allTopologies { header.insert("TOPOLOGY", at: 1) }
+            let rows = services.map { service -> [String] in
+                let live = service.instances.filter(\.live).count
+                let silent = service.instances.count - live
+                let last = service.instances.map(\.lastSeen).max().map { age($0, now: now) } ?? "-"
+                var row = [
+                    service.service, "\(live) live" + (silent > 0 ? ", \(silent) silent" : ""), last,
+                    service.commands.joined(separator: ", "),
+                ]
+                if allTopologies { row.insert(service.topology, at: 1) }
+                return row
+            }
+            lines.append(tableText(header, rows))
+        }
+        if unhandled.isEmpty {
+            lines.append("every command of the known definitions has a live handler on topology '\(topology)'")
+        } else {
+            lines.append("")
+            lines.append("\(unhandled.count) command(s) with no live handler on topology '\(topology)' (sagas that reach them wait):")
+            for entry in unhandled {
+                let silent =
+                    entry.silentServices.isEmpty
+                    ? "no service handles it" : "handled by \(entry.silentServices.joined(separator: ", ")), all silent"
+                lines.append("  \(entry.command): \(silent); used by \(entry.usedBy.joined(separator: ", "))")
+            }
+        }
+        return lines.joined(separator: "\n")
+    }
+}

@@ -1,0 +1,57 @@
+import Foundation
+import Participant
+import SagaTestSupport
+import ServiceLifecycle
+import Testing
+
+/// A participant records itself in the store while it runs (its service, its commands, every
+/// `presenceInterval`) and removes its record when it stops gracefully; with `presenceInterval`
+/// `nil` it records nothing.
+@Suite("Participant presence", .timeLimit(.minutes(1)))
+struct PresenceTests {
+    @Test func aParticipantReportsItselfWhileItRunsAndLeavesOnAGracefulStop() async throws {
+        let bus = InMemoryBus()
+        let store = InMemorySagaStore()
+        let topology = SagaTopology(prefix: "presence-\(UUID().uuidString.prefix(6))", delayLevels: [1])
+        let runtime = SagaRuntime(definitions: orderDefinitions, bus: bus, store: store, topology: topology, logger: quietTestLogger)
+        let handlers = orderHandlers(ledger: Ledger())
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        for (service, registry) in handlers.sorted(by: { $0.key < $1.key }) {
+            try await bus.declare(topology.topology(forService: service, commands: registry.commands))
+            var configuration = ParticipantConfiguration(service: service, topology: topology, reaper: nil)
+            configuration.health = SagaHealth()
+            // Payment reports every 100 ms; inventory records nothing; shipping keeps the default.
+            configuration.presenceInterval = service == "payment" ? .milliseconds(100) : service == "inventory" ? nil : .seconds(15)
+            services.append(.init(service: SagaParticipant(configuration: configuration, handlers: registry, runtime: runtime)))
+        }
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: services, logger: quietTestLogger))
+        // Test code: the group runs until the test shuts it down gracefully.
+        let running = Task { try await group.run() }
+
+        try await eventually("payment and shipping report in") {
+            Set(try await store.participants().map(\.service)) == ["payment", "shipping"]
+        }
+        let payments = try #require(try await store.participants().first { $0.service == "payment" })
+        #expect(payments.topology == topology.prefix)
+        #expect(payments.commands == (handlers["payment"]?.commands ?? []).sorted())
+        #expect(payments.reportInterval == .milliseconds(100))
+        #expect(payments.instance.contains(":\(ProcessInfo.processInfo.processIdentifier):"), "\(payments.instance)")
+        #expect(payments.isLive(at: Date()))
+        try await eventually("payment reports again") {
+            (try await store.participants().first { $0.service == "payment" }?.lastSeen ?? .distantPast) > payments.lastSeen
+        }
+        #expect(try await store.participants().first { $0.service == "payment" }?.startedAt == payments.startedAt)
+
+        await group.triggerGracefulShutdown()
+        try await running.value
+        #expect(try await store.participants().isEmpty, "a graceful stop removes the records")
+    }
+
+    private func eventually(_ what: String, _ condition: () async throws -> Bool) async throws {
+        for _ in 0..<200 {
+            if try await condition() { return }
+            try await Task.sleep(for: .milliseconds(25))
+        }
+        Issue.record("timed out waiting until \(what)")
+    }
+}
