@@ -314,10 +314,21 @@ try:
     check(count("button.requeue") == 0, "no requeue without logging in")
     shot("05-dlq.png")
 
+    # 5b. The services that report in: the fixture's participant, live, handling every command.
+    print("services")
+    click(By.LINK_TEXT, "Services")
+    wait.until(EC.presence_of_element_located((By.ID, "unhandled")))
+    services = text("table.services")
+    check("fixture" in services and "1 live" in services, f"the fixture's participant reports in, live: {services}")
+    check("flight.book" in services and "refund.pay" in services, "with its commands")
+    check("every command of the known definitions has a live handler" in text("#unhandled"), "no command without a handler")
+    shot("05b-services.png")
+
     # Live: the saga retrying past its pivot moves on every second; its page follows, no reload.
     print("live updates")
     driver.get(base + "/sagas/" + ids["stuck"])
     wait.until(lambda d: d.execute_script("return document.body.dataset.sse") == "open")
+    check("handled by service 'fixture': 1 process(es) report in" in text("#next"), "the next step names the service that runs it")
     driver.execute_script("window.__noReload = 7")
     before = text("#saga-status")
     wait.until(lambda d: int(d.execute_script("return document.body.dataset.events || '0'")) >= 2)

@@ -39,6 +39,8 @@ enum ConsoleAssets {
         section.next.finished { background:#ebfbee; border-color:#b2f2bb; } section.next.needs-operator { background:#fff5f5; border-color:#ffa8a8; }
         section.next.waiting-for-signal, section.wait { background:#fefce8; border:1px solid #facc15; border-radius:6px; padding:4px 14px; margin-top:12px; }
         section.next ul { margin:4px 0 10px; padding-left:20px; }
+        .svc { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px; color:#fff; font-weight:600; }
+        .svc.ok { background:var(--ok); } .svc.degraded { background:var(--wait); } .svc.dead { background:var(--bad); }
         form.action { display:inline-flex; gap:8px; align-items:center; margin:4px 12px 4px 0; background:var(--card); padding:6px 10px; border:1px solid var(--line); border-radius:6px; }
         form.inline { display:inline; } button { font:inherit; padding:4px 12px; border-radius:5px; border:1px solid #868e96; background:#fff; cursor:pointer; }
         button.retry { background:var(--run); color:#fff; border-color:var(--run); } button.compensate { background:var(--comp); color:#fff; border-color:var(--comp); } button.signal { background:var(--wait); color:#fff; border-color:var(--wait); }

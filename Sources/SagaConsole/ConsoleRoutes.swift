@@ -42,6 +42,9 @@ struct ConsoleRoutes: Sendable {
             let version = Self.query(request)["version"]?.last.flatMap { Int($0) }
             return await page(request) { session in try await pages.definition(name, version: version, session: session) }
         }
+        router.get("/services") { request, _ in
+            await page(request) { session in try await pages.services(session: session) }
+        }
         router.get("/dlq") { request, _ in
             await page(request) { session in
                 try await pages.deadLetters(session: session, flash: Self.flash(Self.query(request)["done"]?.last))

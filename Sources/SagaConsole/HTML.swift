@@ -33,18 +33,6 @@ enum HTML {
         "<span class=\"badge st-\(status.consoleName)\">\(status.consoleName)</span>"
     }
 
-    /// `3 s ago`, `2 min ago`…
-    static func age(_ date: Date, now: Date) -> String {
-        let seconds = max(0, now.timeIntervalSince(date))
-        switch seconds {
-        case ..<1: return "now"
-        case ..<120: return "\(Int(seconds)) s ago"
-        case ..<7200: return "\(Int(seconds / 60)) min ago"
-        case ..<172_800: return "\(Int(seconds / 3600)) h ago"
-        default: return "\(Int(seconds / 86400)) d ago"
-        }
-    }
-
     /// A duration for people: `850 µs`, `35 ms`, `1.24 s`, `2 min 5 s`.
     static func seconds(_ seconds: Double) -> String {
         switch seconds {

@@ -41,7 +41,7 @@ struct Pages: Sendable {
             <link rel="stylesheet" href="/assets/console.css"><script src="/assets/console.js" defer></script></head>
             <body data-saga="\(HTML.escape(sagaID ?? ""))" data-refresh="\(refresh ? "on" : "off")">
             <header><a class="brand" href="/">saga console</a>
-            <nav>\(tab("/", "Overview", "overview"))\(tab("/sagas", "Sagas", "sagas"))\(tab("/definitions", "Definitions", "definitions"))\
+            <nav>\(tab("/", "Overview", "overview"))\(tab("/sagas", "Sagas", "sagas"))\(tab("/definitions", "Definitions", "definitions"))\(tab("/services", "Services", "services"))\
             \(tab("/dlq", "Dead letters", "dlq"))</nav>
             <span class="where">prefix \(HTML.escape(configuration.prefix))\(store)</span>
             <span id="live-status" class="live off" title="live updates from the saga lifecycle events">live</span>
@@ -176,8 +176,8 @@ struct Pages: Sendable {
                 HTML.sagaLink(saga.id),
                 "<a href=\"/definitions/\(HTML.urlComponent(saga.name))?version=\(saga.definitionVersion)\">\(HTML.escape(saga.name))</a> v\(saga.definitionVersion)",
                 HTML.badge(saga.status), saga.status.hasEnded ? "–" : HTML.escape(position(saga, registry: registry)),
-                HTML.age(saga.createdAt, now: now),
-                HTML.age(saga.updatedAt, now: now),
+                age(saga.createdAt, now: now),
+                age(saga.updatedAt, now: now),
                 HTML.seconds(end.timeIntervalSince(saga.createdAt)),
             ]
             if showReason {
@@ -293,8 +293,8 @@ struct Pages: Sendable {
             "<dt>definition</dt><dd><a href=\"/definitions/\(HTML.urlComponent(state.name))?version=\(state.definitionVersion)\">\(HTML.escape(state.name)) version \(state.definitionVersion)</a></dd>"
         html +=
             "<dt>status</dt><dd id=\"saga-status\">\(HTML.escape(state.status.consoleName))\(state.status.isTerminal ? "" : " at " + HTML.escape(position(state, registry: registry)))</dd>"
-        html += "<dt>started</dt><dd>\(HTML.escape(HTML.time(state.createdAt))) (\(HTML.age(state.createdAt, now: now)))</dd>"
-        html += "<dt>updated</dt><dd>\(HTML.escape(HTML.time(state.updatedAt))) (\(HTML.age(state.updatedAt, now: now)))</dd>"
+        html += "<dt>started</dt><dd>\(HTML.escape(HTML.time(state.createdAt))) (\(age(state.createdAt, now: now)))</dd>"
+        html += "<dt>updated</dt><dd>\(HTML.escape(HTML.time(state.updatedAt))) (\(age(state.updatedAt, now: now)))</dd>"
         html +=
             "<dt>\(state.status.isTerminal ? "took" : "running for")</dt><dd>\(HTML.seconds(end.timeIntervalSince(state.createdAt)))</dd>"
         if let reason = state.failureReason {
@@ -509,6 +509,58 @@ struct Pages: Sendable {
             ? "<p class=\"quiet\">the store keeps no definitions yet: participants register theirs when they start</p>"
             : HTML.table(["name", "version", "hash", "registered", "sagas"], rows)
         return layout(title: "Definitions", active: "definitions", session: session, body: html)
+    }
+
+    /// The participant processes that report in, by service, and the commands of the known
+    /// definitions that no live process of the console's topology handles.
+    func services(session: Session?, now: Date = Date()) async throws -> String {
+        var html = "<h1>Services</h1>"
+        let participants: [ParticipantInstance]
+        do {
+            participants = try await backend.store.participants()
+        } catch let error as SagaError where error.code == .unsupported {
+            html += "<p class=\"quiet\">\(HTML.escape(error.message))</p>"
+            return layout(title: "Services", active: "services", session: session, body: html)
+        }
+        let directory = ServiceDirectory(participants: participants, now: now)
+        let mine = participants.filter { $0.topology == configuration.prefix }
+        html +=
+            "<p class=\"quiet\">every participant records itself in the store while it runs and removes its record when it stops; a process that missed three reports is silent (killed, hung, or cut off from the store)</p>"
+        if mine.isEmpty {
+            html +=
+                "<p class=\"quiet\" id=\"no-services\">no participant has reported in on prefix \(HTML.escape(configuration.prefix))</p>"
+        } else {
+            let rows = Dictionary(grouping: mine, by: \.service).sorted { $0.key < $1.key }.map { service, instances -> [String] in
+                let live = instances.filter { $0.isLive(at: now) }.count
+                let silent = instances.count - live
+                let state = live == 0 ? "dead" : silent > 0 ? "degraded" : "ok"
+                let last = instances.map(\.lastSeen).max().map { age($0, now: now) } ?? "-"
+                return [
+                    "<b>\(HTML.escape(service))</b>",
+                    "<span class=\"svc \(state)\">\(live) live\(silent > 0 ? ", \(silent) silent" : "")</span>", HTML.escape(last),
+                    Array(Set(instances.flatMap(\.commands))).sorted().map { "<span class=\"mono\">\(HTML.escape($0))</span>" }
+                        .joined(separator: "<br>"),
+                ]
+            }
+            html += HTML.table(["service", "processes", "last report", "commands"], rows, classes: "services")
+        }
+        let definitions = (try? await backend.definitions().all) ?? []
+        let unhandled = directory.unhandled(definitions, topology: configuration.prefix)
+        if unhandled.isEmpty {
+            html += "<p id=\"unhandled\" class=\"quiet\">every command of the known definitions has a live handler</p>"
+        } else {
+            html += "<section id=\"unhandled\" class=\"next needs-operator\"><h2>Commands no live process handles</h2>"
+            html += "<p>sagas that reach these steps wait until a service that handles them runs</p><ul>"
+            html += unhandled.map { entry in
+                let who =
+                    entry.silentServices.isEmpty
+                    ? "no service handles it" : "handled by \(entry.silentServices.joined(separator: ", ")), all silent"
+                return
+                    "<li><span class=\"mono\">\(HTML.escape(entry.command))</span>: \(HTML.escape(who)); used by \(HTML.escape(entry.usedBy.joined(separator: ", ")))</li>"
+            }.joined()
+            html += "</ul></section>"
+        }
+        return layout(title: "Services", active: "services", session: session, body: html)
     }
 
     func definition(_ name: String, version: Int?, session: Session?) async throws -> String {

@@ -86,8 +86,11 @@ struct ConsoleCommand: AsyncParsableCommand {
                 definitions: definitions,
                 next: { state in
                     let registry = (try? await definitions()) ?? known
-                    let next = SagaOperatorTool.$definitions.withValue(registry) {
+                    var next = SagaOperatorTool.$definitions.withValue(registry) {
                         ShowCommand.next(state, configuration: operatorConfiguration)
+                    }
+                    if let directory = await ServiceDirectory.load(from: store) {
+                        next.addHandlers(from: directory, topology: state.topology ?? topology.prefix)
                     }
                     return SagaConsoleNextStep(
                         kind: next.kind, summary: next.summary, text: next.text, retryAt: next.retryAt, stalledAt: next.stalledAt,

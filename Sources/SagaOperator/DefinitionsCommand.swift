@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Participant
+import SagaConsole
 
 /// `saga definitions`: the definitions the store keeps (and those compiled into this tool), with
 /// how many sagas run on each.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Participant
+import SagaConsole
 
 /// `saga list`: sagas matching filters the store applies (status, definition name and version,
 /// stalled, stuck retrying), most recently updated first.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Participant
+import SagaConsole
 
 /// `saga services`: the participant processes that report in to the store, by service, and the
 /// commands of the known definitions that no live process handles.
@@ -44,19 +45,10 @@ struct ServicesCommand: AsyncParsableCommand {
         var reportIntervalSeconds: Double
     }
 
-    /// A command of a known definition that no live process of the topology handles.
-    struct Unhandled: Encodable, Equatable {
-        var command: String
-        /// `definition vN step 'name' (action|compensation|fallback)`, for each use.
-        var usedBy: [String]
-        /// Services with a handler for it whose processes are all silent.
-        var silentServices: [String]
-    }
-
     struct Output: Encodable {
         var topology: String?
         var services: [Service]
-        var unhandled: [Unhandled]
+        var unhandled: [ServiceDirectory.Unhandled]
     }
 
     func run() async throws {
@@ -84,7 +76,7 @@ struct ServicesCommand: AsyncParsableCommand {
                 })
         }.sorted { ($0.topology, $0.service) < ($1.topology, $1.service) }
         let directory = ServiceDirectory(participants: participants, now: now)
-        let unhandled = Self.unhandled(definitions, directory: directory, topology: topology)
+        let unhandled = directory.unhandled(definitions, topology: topology)
 
         if json {
             try printJSON(Output(topology: allTopologies ? nil : topology, services: services, unhandled: unhandled))
@@ -94,25 +86,9 @@ struct ServicesCommand: AsyncParsableCommand {
         if check && !unhandled.isEmpty { throw ExitCode(1) }
     }
 
-    /// The commands of `definitions` that no live process of `topology` handles.
-    static func unhandled(_ definitions: [SagaDefinition], directory: ServiceDirectory, topology: String) -> [Unhandled] {
-        var uses: [String: [String]] = [:]
-        for definition in definitions {
-            for step in definition.steps where step.wait == nil {
-                let at = "\(definition.name) v\(definition.version) step '\(step.name)'"
-                uses[step.action, default: []].append("\(at) (action)")
-                if let compensation = step.compensation { uses[compensation, default: []].append("\(at) (compensation)") }
-                if let fallback = step.fallback?.action { uses[fallback, default: []].append("\(at) (fallback)") }
-            }
-        }
-        return uses.keys.sorted().compactMap { command in
-            let handlers = directory.handlers(of: command, topology: topology)
-            guard handlers.live == 0 else { return nil }
-            return Unhandled(command: command, usedBy: uses[command] ?? [], silentServices: handlers.services)
-        }
-    }
-
-    static func render(_ services: [Service], unhandled: [Unhandled], topology: String, allTopologies: Bool, now: Date) -> String {
+    static func render(_ services: [Service], unhandled: [ServiceDirectory.Unhandled], topology: String, allTopologies: Bool, now: Date)
+        -> String
+    {
         var lines: [String] = []
         if services.isEmpty {
             lines.append(

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Participant
+import SagaConsole
 
 /// `saga show <id>`: a saga's state, its history as a timeline (handlers, the reaper and
 /// operators: who, when, why), and what happens next.
@@ -280,7 +281,7 @@ struct ShowCommand: AsyncParsableCommand {
             guard let command, kind != "finished", kind != "waiting-for-signal" else { return }
             handledBy = directory.handlers(of: command, topology: topology)
             var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-            lines.insert(directory.describe(command, topology: topology), at: min(1, lines.count))
+            lines.insert(directory.describe(command, topology: topology, tool: SagaOperatorTool.toolName), at: min(1, lines.count))
             text = lines.joined(separator: "\n")
         }
 

@@ -140,18 +140,6 @@ struct ISOTimestamp: Sendable {
     func string(from date: Date) -> String { style.format(date) }
 }
 
-/// "3 s ago", "2 min ago", "5 h ago".
-func age(_ date: Date, now: Date = Date()) -> String {
-    let seconds = max(0, now.timeIntervalSince(date))
-    switch seconds {
-    case ..<1: return "now"
-    case ..<120: return "\(Int(seconds)) s ago"
-    case ..<7200: return "\(Int(seconds / 60)) min ago"
-    case ..<172_800: return "\(Int(seconds / 3600)) h ago"
-    default: return "\(Int(seconds / 86400)) d ago"
-    }
-}
-
 /// The definition a saga is pinned to (its name and version), if this tool or its store knows it.
 func pinnedDefinition(of state: SagaState) -> SagaDefinition? {
     SagaOperatorTool.definitions.definition(named: state.name, version: state.definitionVersion)
