@@ -103,6 +103,10 @@ assert value("sagakit_store_sagas", saga="trip", status="compensated") >= 2, tex
 assert value("sagakit_store_sagas", saga="trip", status="needsAttention") >= 1, text
 assert value("sagakit_store_sagas_stalled", saga="trip") >= 1, text
 assert value("sagakit_store_sagas_stuck_retrying", saga="trip") >= 1, text
+assert value("sagakit_store_participants", service="fixture", state="live") == 1, text
+assert value("sagakit_store_participants", service="fixture", state="silent") == 0, text
+assert value("sagakit_store_command_live_handlers", command="refund.pay") == 1, text
+assert value("sagakit_store_command_live_handlers", command="warehouse.unpack") == 1, text
 ids = json.load(open(sys.argv[2]))
 for saga_id in (v for v in ids.values() if isinstance(v, str)):
     assert saga_id not in text, f"a saga id is in /metrics: {saga_id}"

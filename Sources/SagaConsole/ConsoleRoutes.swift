@@ -161,11 +161,12 @@ struct ConsoleRoutes: Sendable {
             do {
                 // Within Prometheus' default scrape timeout (10 s): a store that does not answer
                 // makes a quick 503 (the scrape's `up` is 0), not a scrape that times out.
-                let (store, configuration) = (backend.store, pages.configuration)
+                let (store, configuration, backend) = (backend.store, pages.configuration, backend)
                 let text = try await withTimeLimit(Self.metricsPatience, timedOut: { StoreMetricsTimedOut() }) {
                     try await StoreMetrics.render(
                         store: store, stalledThreshold: configuration.stalledThreshold.consoleSeconds,
-                        stuckAttempts: configuration.stuckAttempts)
+                        stuckAttempts: configuration.stuckAttempts, topology: configuration.prefix,
+                        definitions: (try? await backend.definitions().all) ?? [])
                 }
                 return Response(
                     status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8", .cacheControl: "no-store"],

@@ -13,9 +13,19 @@ import Participant
 /// - `sagakit_store_sagas_stuck_retrying{saga}`: running or compensating sagas whose current step
 ///   was attempted at least the console's stuck-attempts number of times.
 ///
-/// Labels are definition names and statuses only, never a saga id.
+/// - `sagakit_store_participants{service,state}`: the participant processes of the console's
+///   topology that report in (`state="live"`) or stopped reporting (`state="silent"`), per
+///   service (``ServiceDirectory``; absent when the store keeps no participant records).
+/// - `sagakit_store_command_live_handlers{command}`: for every command of the known definitions,
+///   how many live processes of the console's topology handle it; 0 means sagas that reach its
+///   step wait (the alert `SagaCommandWithoutHandler`).
+///
+/// Labels are definition names, statuses, services and commands only, never a saga id.
 enum StoreMetrics {
-    static func render(store: any SagaStore, stalledThreshold: Double, stuckAttempts: Int, now: Date = Date()) async throws -> String {
+    static func render(
+        store: any SagaStore, stalledThreshold: Double, stuckAttempts: Int, topology: String, definitions: [SagaDefinition],
+        now: Date = Date()
+    ) async throws -> String {
         var names = Set<String>()
         if let stored = try? await store.definitions() { names.formUnion(stored.map(\.name)) }
         let active: Set<SagaStatus> = [.running, .compensating]
@@ -48,7 +58,37 @@ enum StoreMetrics {
         for name in names.sorted() {
             lines.append("sagakit_store_sagas_stuck_retrying{saga=\"\(escape(name))\"} \(stuck.count { $0.name == name })")
         }
+        if let participants = try? await store.participants() {
+            lines += services(ServiceDirectory(participants: participants, now: now), topology: topology, definitions: definitions)
+        }
         return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// The participants' gauges (see the type's documentation).
+    static func services(_ directory: ServiceDirectory, topology: String, definitions: [SagaDefinition]) -> [String] {
+        var lines = [
+            "# HELP sagakit_store_participants Participant processes that report in to the store (live) or stopped reporting (silent).",
+            "# TYPE sagakit_store_participants gauge",
+        ]
+        let mine = directory.participants.filter { $0.topology == topology }
+        for (service, instances) in Dictionary(grouping: mine, by: \.service).sorted(by: { $0.key < $1.key }) {
+            let live = instances.count { $0.isLive(at: directory.now) }
+            lines.append("sagakit_store_participants{service=\"\(escape(service))\",state=\"live\"} \(live)")
+            lines.append("sagakit_store_participants{service=\"\(escape(service))\",state=\"silent\"} \(instances.count - live)")
+        }
+        lines += [
+            "# HELP sagakit_store_command_live_handlers Live participant processes that handle each command of the known definitions.",
+            "# TYPE sagakit_store_command_live_handlers gauge",
+        ]
+        let commands = Set(
+            definitions.flatMap { definition in
+                definition.steps.filter { $0.wait == nil }.flatMap { [$0.action, $0.compensation, $0.fallback?.action].compactMap { $0 } }
+            })
+        for command in commands.sorted() {
+            let live = directory.handlers(of: command, topology: topology).live
+            lines.append("sagakit_store_command_live_handlers{command=\"\(escape(command))\"} \(live)")
+        }
+        return lines
     }
 
     /// A label value in the exposition format: backslash, quote and newline escaped.

@@ -437,6 +437,29 @@ struct OperatorCLITests {
             let all = try cli.json(["services", "--all-topologies"]) as? [String: Any]
             let topologies = ((all?["services"] as? [[String: Any]]) ?? []).map { "\($0["topology"] ?? "")/\($0["service"] ?? "")" }
             #expect(topologies == ["\(prefix)/flights", "\(prefix)/hotels", "\(prefix)-other/hotels"], "\(String(describing: all))")
+
+            // The console says the same: its Services page, a saga's next step, and /metrics
+            // for the alert SagaCommandWithoutHandler.
+            let console = try ProductProcess(
+                "saga", ["console", "--port", "0", "--store-url", "sqlite://\(path)", "--amqp-url", amqp, "--prefix", prefix],
+                environment: ["SAGAKIT_STORE_URL": nil, "SAGAKIT_PREFIX": nil, "SAGA_CONSOLE_TOKEN": nil])
+            defer { console.process.terminate() }
+            #expect(try await console.waitForOutput(containing: "listening on http://", timeout: .seconds(60)), "\(console.output)")
+            let base = try #require(
+                console.output.split(separator: " ").first { $0.hasPrefix("http://127.0.0.1:") }.map { String($0) }, "\(console.output)")
+            let page = try await OperatorParallelGroupTests.get(base + "services")
+            #expect(page.contains("<span class=\"svc dead\">0 live, 1 silent</span>"), "\(page)")
+            #expect(page.contains("<span class=\"svc ok\">1 live</span>"), "\(page)")
+            #expect(
+                page.contains("Commands no live process handles") && page.contains("trip-cli.trips.confirm</span>: no service handles it"))
+            let sagaPage = try await OperatorParallelGroupTests.get(base + "sagas/\(saga.id)")
+            #expect(
+                sagaPage.contains("handled by service &#39;hotels&#39;, but none of its 1 process(es) reported in lately"), "\(sagaPage)")
+            let metrics = try await OperatorParallelGroupTests.get(base + "metrics")
+            #expect(metrics.contains("sagakit_store_participants{service=\"hotels\",state=\"silent\"} 1"), "\(metrics)")
+            #expect(metrics.contains("sagakit_store_participants{service=\"flights\",state=\"live\"} 1"), "\(metrics)")
+            #expect(metrics.contains("sagakit_store_command_live_handlers{command=\"trip-cli.hotels.book\"} 0"), "\(metrics)")
+            #expect(metrics.contains("sagakit_store_command_live_handlers{command=\"trip-cli.flights.book\"} 1"), "\(metrics)")
         }
     }
 
