@@ -24,17 +24,48 @@ struct PresenceReporter: Sendable {
             commands: commands, startedAt: now, lastSeen: now, reportInterval: interval)
     }
 
+    /// Says once, at start, when the service's other live processes handle commands this one
+    /// does not (a release that lost a handler: its sagas' commands are handed back to the queue
+    /// whenever this process takes them), or this one handles commands they do not (a rolling
+    /// upgrade that adds a step: expected while it rolls).
+    func compareWithTheServicesOtherProcesses(at now: Date) async {
+        guard let participants = try? await store.participants() else { return }
+        let others = participants.filter {
+            $0.topology == record.topology && $0.service == record.service && $0.instance != record.instance && $0.isLive(at: now)
+        }
+        guard !others.isEmpty else { return }
+        let mine = Set(record.commands)
+        let theirs = Set(others.flatMap(\.commands))
+        let missing = theirs.subtracting(mine).sorted()
+        let added = mine.subtracting(theirs).sorted()
+        if !missing.isEmpty {
+            logger.warning(
+                "other live processes of service '\(record.service)' handle commands this one has no handler for: \(missing.joined(separator: ", ")); it hands them back to the queue when it takes them (a release that lost a handler? register them, or finish the rollout) — `saga services` lists every process",
+                metadata: ["service.commands.missing": "\(missing.joined(separator: ","))", "service.processes.others": "\(others.count)"])
+        }
+        if !added.isEmpty {
+            logger.info(
+                "this process of service '\(record.service)' handles commands its other live processes do not: \(added.joined(separator: ", ")) (a rolling upgrade: they go to this release's processes)",
+                metadata: ["service.commands.added": "\(added.joined(separator: ","))", "service.processes.others": "\(others.count)"])
+        }
+    }
+
     /// Reports until cancelled or gracefully shut down, then removes the record (a process killed
     /// leaves it, and the tools see it stop reporting). A store that keeps no participants is
     /// told once and not again.
     func run() async {
         var record = self.record
         var failing = false
+        var compared = false
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             record.lastSeen = Date()
             do {
                 try await store.recordParticipant(record)
                 failing = false
+                if !compared {
+                    compared = true
+                    await compareWithTheServicesOtherProcesses(at: record.lastSeen)
+                }
             } catch let error as SagaError where error.code == .unsupported {
                 logger.debug("the store keeps no participants; the tools will not know this process: \(error.message)")
                 return

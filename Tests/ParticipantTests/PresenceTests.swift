@@ -1,4 +1,5 @@
 import Foundation
+import InMemoryLogging
 import Participant
 import SagaTestSupport
 import ServiceLifecycle
@@ -45,6 +46,48 @@ struct PresenceTests {
         await group.triggerGracefulShutdown()
         try await running.value
         #expect(try await store.participants().isEmpty, "a graceful stop removes the records")
+    }
+
+    /// A process that lacks a handler its service's other live processes have says so at start
+    /// (a release that lost a handler); one that adds a command says that too, at info.
+    @Test func aProcessSaysWhenItHandlesOtherCommandsThanItsServicesOtherProcesses() async throws {
+        let bus = InMemoryBus()
+        let store = InMemorySagaStore()
+        let topology = SagaTopology(prefix: "presence-\(UUID().uuidString.prefix(6))", delayLevels: [1])
+        let registry = try #require(orderHandlers(ledger: Ledger())["payment"])
+        try await bus.declare(topology.topology(forService: "payment", commands: registry.commands))
+        // The previous release's process still runs: it handles payment.authorize, which this
+        // release dropped, and not the newest command.
+        let newest = try #require(registry.commands.sorted().last)
+        let previous = registry.commands.filter { $0 != newest } + ["payment.authorize"]
+        try await store.recordParticipant(
+            ParticipantInstance(
+                topology: topology.prefix, service: "payment", instance: "old-host:1:a", commands: previous, startedAt: Date(),
+                lastSeen: Date(), reportInterval: .seconds(15)))
+        let logs = {
+            var handler = InMemoryLogHandler()
+            handler.logLevel = .info
+            return handler
+        }()
+        var configuration = ParticipantConfiguration(service: "payment", topology: topology, reaper: nil)
+        configuration.health = SagaHealth()
+        let participant = SagaParticipant(
+            configuration: configuration, definitions: orderDefinitions, handlers: registry, bus: bus, store: store,
+            logger: Logger(label: "payment", factory: { _ in logs }))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await participant.run() }
+            try await eventually("the new process compared itself") {
+                logs.entries.contains { "\($0.message)".contains("handles commands its other live processes do not") }
+            }
+            group.cancelAll()
+        }
+        let warning = logs.entries.first { $0.level == .warning && "\($0.message)".contains("has no handler for") }
+        #expect(
+            "\(warning?.message ?? "")".hasPrefix(
+                "other live processes of service 'payment' handle commands this one has no handler for: payment.authorize;"),
+            "\(logs.entries)")
+        let info = logs.entries.first { "\($0.message)".contains("handles commands its other live processes do not") }
+        #expect(info?.level == .info && "\(info?.message ?? "")".contains(": \(newest) (a rolling upgrade"), "\(String(describing: info))")
     }
 
     private func eventually(_ what: String, _ condition: () async throws -> Bool) async throws {
