@@ -50,9 +50,9 @@ struct PresenceReporter: Sendable {
         }
     }
 
-    /// Reports until cancelled or gracefully shut down, then removes the record (a process killed
-    /// leaves it, and the tools see it stop reporting). A store that keeps no participants is
-    /// told once and not again.
+    /// Reports until cancelled or gracefully shut down, then, on a graceful stop, removes the
+    /// record (a process killed or cancelled leaves it, and the tools see it stop reporting). A
+    /// store that keeps no participants is told once and not again.
     func run() async {
         var record = self.record
         var failing = false
@@ -78,6 +78,9 @@ struct PresenceReporter: Sendable {
             }
             do { try await gracefulSleep(interval) } catch { break }
         }
+        // Cancelled (not a graceful stop): the process is torn down, and the store may be going
+        // with it; the record goes silent and the tools say so.
+        guard !Task.isCancelled else { return }
         do {
             try await store.removeParticipant(topology: record.topology, service: record.service, instance: record.instance)
         } catch {

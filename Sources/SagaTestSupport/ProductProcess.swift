@@ -1,5 +1,9 @@
 public import Foundation
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// An executable of this package (`saga`, `ParticipantTestHost`, …) started by a test, with its
 /// standard output and error captured in one file.
 public final class ProductProcess: Sendable {
@@ -59,9 +63,12 @@ public final class ProductProcess: Sendable {
         let deadline = ContinuousClock.now.advanced(by: timeout)
         while process.isRunning && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
         if process.isRunning {
+            // Polled, never `waitUntilExit()` (see ``CommandRun``): SIGTERM, then SIGKILL.
             process.terminate()
-            process.waitUntilExit()
+            for _ in 0..<100 where process.isRunning { try await Task.sleep(for: .milliseconds(50)) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            for _ in 0..<100 where process.isRunning { try await Task.sleep(for: .milliseconds(50)) }
         }
-        return process.terminationStatus
+        return process.isRunning ? -1 : process.terminationStatus
     }
 }

@@ -217,8 +217,11 @@ public struct SagaStepRun: Sendable {
         next.contains { $0.step == command.step && $0.phase == command.phase && $0.attempt > command.attempt }
     }
 
-    /// Whether this run started compensating the saga.
-    public var startedCompensation: Bool { before.status == .running && after.status == .compensating }
+    /// Whether this run ended the saga's forward path: the saga is compensating now, or is
+    /// compensated at once because no completed step needs undoing (a first step that refuses).
+    public var startedCompensation: Bool {
+        before.status == .running && (after.status == .compensating || after.status == .compensated)
+    }
 
     /// The payload after the handler's patch.
     public var payload: JSONObject { after.payload }

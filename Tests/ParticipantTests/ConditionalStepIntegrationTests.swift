@@ -119,13 +119,13 @@ struct ConditionalStepIntegrationTests {
         // The `saga` CLI (which reads the definition from the store) shows the skip and the
         // condition.
         let cli = SagaCLI(store: storeURL, amqp: servers.amqp, prefix: topology.prefix)
-        let shown = try cli.succeed(["show", small.id])
+        let shown = try await cli.succeed(["show", small.id])
         #expect(shown.contains("skipped      condition not met: amount > 1000"), "\(shown)")
         #expect(shown.contains("skipped      condition not met: vip is true"), "\(shown)")
-        let graph = try cli.succeed(["graph", "conditional-order"])
+        let graph = try await cli.succeed(["graph", "conditional-order"])
         #expect(graph.contains("when amount #62; 1000") && graph.contains("fraud.forget<br/>if it ran"), "\(graph)")
         #expect(graph.contains("a2 -.->|condition false: skipped| a3"), "\(graph)")
-        let graphJSON = try cli.json(["graph", "conditional-order"]) as? [String: Any]
+        let graphJSON = try await cli.json(["graph", "conditional-order"]) as? [String: Any]
         let steps = try #require(graphJSON?["steps"] as? [[String: Any]])
         #expect(steps.map { $0["condition"] as? String } == ["vip is true", nil, "amount > 1000", nil])
         print("saga show of a saga with skipped steps:\n\(shown)\nsaga graph:\n\(graph)")

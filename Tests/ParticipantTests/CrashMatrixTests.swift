@@ -93,7 +93,7 @@ struct CrashTrial: Sendable, CustomStringConvertible {
         var result = CrashTrialResult(trial: self)
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sagakit-crash-\(UUID().uuidString.prefix(8))")
         let topology = SagaTopology(prefix: "crash-\(UUID().uuidString.prefix(8))", delayLevels: [1])
-        var hosts: [String: CrashHost] = [:]
+        var hosts: [String: HostProcess] = [:]
         var closeStore: (@Sendable () async -> Void)?
         do {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -115,9 +115,11 @@ struct CrashTrial: Sendable, CustomStringConvertible {
                 try await bus.declare(topology.topology(forService: service, commands: commands))
             }
 
-            hosts[service] = try CrashHost(service: service, environment: armed)
+            hosts[service] = try HostProcess(service: service, environment: armed)
             if !armedRunsAlone {
-                for other in Self.services where other != service { hosts[other] = try CrashHost(service: other, environment: environment) }
+                for other in Self.services where other != service {
+                    hosts[other] = try HostProcess(service: other, environment: environment)
+                }
             }
             // The relay's point needs outbox messages that were never published: the starter's
             // publishes fail, so the sagas are stored with their first command unsent.
@@ -152,8 +154,10 @@ struct CrashTrial: Sendable, CustomStringConvertible {
             result.unsentAtCrash = try await Self.unsent(topology, store: store).count
 
             // Started again unarmed (and the others, when the armed one ran alone).
-            hosts[service] = try CrashHost(service: service, environment: environment)
-            for other in Self.services where hosts[other] == nil { hosts[other] = try CrashHost(service: other, environment: environment) }
+            hosts[service] = try HostProcess(service: service, environment: environment)
+            for other in Self.services where hosts[other] == nil {
+                hosts[other] = try HostProcess(service: other, environment: environment)
+            }
 
             var finals: [SagaState] = []
             for (index, id) in ids.enumerated() {
@@ -213,7 +217,7 @@ struct CrashTrial: Sendable, CustomStringConvertible {
         await withTaskGroup(of: Void.self) { group in
             for host in hosts.values { group.addTask { await host.stop() } }
         }
-        if hosts.values.contains(where: \.isRunning) { result.problems.append("a participant process is still running") }
+        if hosts.values.contains(where: { !$0.hasEnded }) { result.problems.append("a participant process is still running") }
         await closeStore?()
         await Self.deleteTopology(topology, bus: bus)
         try? FileManager.default.removeItem(at: directory)
@@ -322,52 +326,4 @@ final class UnpublishedBus: MessageBus {
     func consume(queue: String, prefetch: Int) async throws -> DeliveryStream { try await base.consume(queue: queue, prefetch: prefetch) }
 
     func shutdown() async {}
-}
-
-/// One `ParticipantTestHost` process of a crash trial.
-final class CrashHost: Sendable {
-    let service: String
-    private let process: Process
-
-    init(service: String, environment: [String: String]) throws {
-        self.service = service
-        let process = Process()
-        process.executableURL = ProductProcess.productsDirectory.appendingPathComponent("ParticipantTestHost")
-        var env = ProcessInfo.processInfo.environment
-        env.merge(environment) { _, new in new }
-        env["SERVICE"] = service
-        process.environment = env
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        self.process = process
-    }
-
-    var isRunning: Bool { process.isRunning }
-
-    /// How an ended process ended: "signal N" or "exit status N".
-    var exitDescription: String {
-        process.terminationReason == .uncaughtSignal ? "signal \(process.terminationStatus)" : "exit status \(process.terminationStatus)"
-    }
-
-    /// Waits until the process ends by itself; the signal that ended it (0 for an exit), or
-    /// `nil` when it still runs after `timeout`.
-    func waitForExit(timeout: Duration) async -> Int32? {
-        let deadline = ContinuousClock.now.advanced(by: timeout)
-        while process.isRunning {
-            if ContinuousClock.now > deadline { return nil }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        return process.terminationReason == .uncaughtSignal ? process.terminationStatus : 0
-    }
-
-    /// SIGTERM: graceful shutdown; SIGKILL when it has not exited after five seconds. Waits
-    /// without blocking a thread (trials run side by side on a two-thread pool).
-    func stop() async {
-        guard process.isRunning else { return }
-        process.terminate()
-        if await waitForExit(timeout: .seconds(5)) == nil {
-            Glibc.kill(process.processIdentifier, SIGKILL)
-            _ = await waitForExit(timeout: .seconds(5))
-        }
-    }
 }

@@ -76,7 +76,7 @@ struct DeadLetterFidelityTests {
 
         // `saga dlq requeue`, the binary: the message goes back where it was published, as it was.
         let cli = SagaCLI(store: storeURL, amqp: url, prefix: topology.prefix)
-        let requeued = try cli.json(["dlq", "requeue", "--id", "fidelity-1"]) as? [String: Any]
+        let requeued = try await cli.json(["dlq", "requeue", "--id", "fidelity-1"]) as? [String: Any]
         #expect((requeued?["requeued"] as? [Any])?.count == 1, "\(requeued ?? [:])")
         let copies = try await Self.take(2, on: bus, queue: capture, within: .seconds(20))
         #expect(copies.count == 2)
@@ -101,32 +101,32 @@ struct DeadLetterFidelityTests {
                     exchange: topology.deadLetterExchange, routingKey: topology.deadLetterQueue, body: Array(body.utf8), messageId: id,
                     correlationId: "saga-\(id)"))
         }
-        let dropped = try cli.json(["dlq", "drop", "--id", "drop-me"]) as? [String: Any]
+        let dropped = try await cli.json(["dlq", "drop", "--id", "drop-me"]) as? [String: Any]
         #expect((dropped?["dropped"] as? [[String: Any]])?.map { $0["messageId"] as? String } == ["drop-me"], "\(dropped ?? [:])")
-        let left = try cli.json(["dlq", "list"]) as? [[String: Any]]
+        let left = try await cli.json(["dlq", "list"]) as? [[String: Any]]
         #expect(left?.compactMap { $0["messageId"] as? String } == ["keep-me"], "\(left ?? [])")
         // --redact masks the key in the whole body before it is shortened (a shortened body is no
         // longer JSON), for people and as JSON; SAGAKIT_REDACT does the same.
-        let listed = try cli.succeed(["dlq", "list", "--redact", "cardNumber"])
+        let listed = try await cli.succeed(["dlq", "list", "--redact", "cardNumber"])
         #expect(listed.contains("\"cardNumber\":\"••••\"") && !listed.contains("4111"), "\(listed)")
         #expect(listed.contains("body        \(secretBody.utf8.count) bytes: {"), "\(listed)")
-        let redactedJSON = try cli.json(["dlq", "list"], environment: ["SAGAKIT_REDACT": "email,cardNumber"]) as? [[String: Any]]
+        let redactedJSON = try await cli.json(["dlq", "list"], environment: ["SAGAKIT_REDACT": "email,cardNumber"]) as? [[String: Any]]
         let shownBody = redactedJSON?.first?["body"] as? String ?? ""
         #expect(shownBody.hasPrefix("{\"cardNumber\":\"••••\",\"notes\":\"nnn") && shownBody.hasSuffix("…"), "\(shownBody)")
         // A dead letter without a message id is selected by the hash of its body, as listed.
         try await bus.publish(
             OutgoingMessage(exchange: topology.deadLetterExchange, routingKey: topology.deadLetterQueue, body: Array("poison".utf8)))
-        let withAnonymous = try cli.json(["dlq", "list"]) as? [[String: Any]] ?? []
+        let withAnonymous = try await cli.json(["dlq", "list"]) as? [[String: Any]] ?? []
         let anonymous = withAnonymous.first { $0["messageId"] == nil }
         let anonymousID = anonymous?["id"] as? String ?? ""
         #expect(anonymousID.hasPrefix("body-"), "\(withAnonymous)")
-        #expect(try cli.succeed(["dlq", "list"]).contains("\(anonymousID) (no message id: select it by this)"))
-        let droppedAnonymous = try cli.json(["dlq", "drop", "--id", anonymousID]) as? [String: Any]
+        #expect(try await cli.succeed(["dlq", "list"]).contains("\(anonymousID) (no message id: select it by this)"))
+        let droppedAnonymous = try await cli.json(["dlq", "drop", "--id", anonymousID]) as? [String: Any]
         #expect((droppedAnonymous?["dropped"] as? [[String: Any]])?.map { $0["id"] as? String } == [anonymousID])
         // --saga: one saga's dead letters (by its command's saga id, else the correlation id).
-        let ofSaga = try cli.json(["dlq", "list", "--saga", "saga-keep-me"]) as? [[String: Any]]
+        let ofSaga = try await cli.json(["dlq", "list", "--saga", "saga-keep-me"]) as? [[String: Any]]
         #expect(ofSaga?.compactMap { $0["messageId"] as? String } == ["keep-me"], "\(ofSaga ?? [])")
-        let ofAnother = try cli.succeed(["dlq", "list", "--saga", "saga-nobody"])
+        let ofAnother = try await cli.succeed(["dlq", "list", "--saga", "saga-nobody"])
         #expect(ofAnother.contains("no dead letter of saga-nobody among the 1 in \(topology.deadLetterQueue)"), "\(ofAnother)")
         for key in [capture, topology.deadLetterQueue] + ["inventory", "payment", "shipping"].map(topology.queue(forService:)) {
             try? await bus.deleteQueue(key)

@@ -108,28 +108,28 @@ struct OperatorCLITests {
                 try await Self.waitUntil("the stuck saga reaches attempt 5") { try await store.load(stuck).attempt >= 5 }
 
                 // list: each filter.
-                #expect(try cli.listIDs(["--name", "trip", "--status", "compensated"]) == [compensated])
-                #expect(try cli.listIDs(["--status", "completed"]) == [onV1])
-                #expect(try cli.listIDs(["--name", "trip", "--version", "1"]) == [onV1])
-                #expect(Set(try cli.listIDs(["--version", "2"])) == [compensated, stuck])
-                #expect(try cli.listIDs(["--name", "nobody"]).isEmpty)
+                #expect(try await cli.listIDs(["--name", "trip", "--status", "compensated"]) == [compensated])
+                #expect(try await cli.listIDs(["--status", "completed"]) == [onV1])
+                #expect(try await cli.listIDs(["--name", "trip", "--version", "1"]) == [onV1])
+                #expect(Set(try await cli.listIDs(["--version", "2"])) == [compensated, stuck])
+                #expect(try await cli.listIDs(["--name", "nobody"]).isEmpty)
                 // The saga retrying forever past its pivot: neither needs-attention nor stalled…
-                #expect(try cli.listIDs(["--status", "needs-attention"]).isEmpty)
-                #expect(try cli.listIDs(["--stalled", "60"]).isEmpty)
+                #expect(try await cli.listIDs(["--status", "needs-attention"]).isEmpty)
+                #expect(try await cli.listIDs(["--stalled", "60"]).isEmpty)
                 // …but stuck retrying: alone (5 attempts), with a number, before another option.
-                #expect(try cli.listIDs(["--stuck-retrying"]) == [stuck])
-                #expect(try cli.listIDs(["--stuck-retrying", "3", "--name", "trip"]) == [stuck])
-                #expect(try cli.listIDs(["--stuck-retrying", "--version", "2"]) == [stuck])
-                #expect(try cli.listIDs(["--stuck-retrying", "1000"]).isEmpty)
-                let table = try cli.succeed(["list", "--stuck-retrying"])
+                #expect(try await cli.listIDs(["--stuck-retrying"]) == [stuck])
+                #expect(try await cli.listIDs(["--stuck-retrying", "3", "--name", "trip"]) == [stuck])
+                #expect(try await cli.listIDs(["--stuck-retrying", "--version", "2"]) == [stuck])
+                #expect(try await cli.listIDs(["--stuck-retrying", "1000"]).isEmpty)
+                let table = try await cli.succeed(["list", "--stuck-retrying"])
                 #expect(table.contains(stuck) && table.contains("confirm (action #"), "\(table)")
                 #expect(table.contains("stuck retrying (attempt 5 or more)"), "\(table)")
-                let badStatus = try cli.run(["list", "--status", "asleep", "--json"])
+                let badStatus = try await cli.run(["list", "--status", "asleep", "--json"])
                 #expect(badStatus.status != 0 && badStatus.stdout.isEmpty, "\(badStatus)")
                 #expect(badStatus.stderr.contains("unknown status 'asleep'"), "\(badStatus)")
 
                 // show: the compensated saga's timeline, line by line.
-                let shown = try cli.succeed(["show", compensated])
+                let shown = try await cli.succeed(["show", compensated])
                 let lines = shown.split(separator: "\n", omittingEmptySubsequences: false).map { String($0) }
                 let timeline = Array(lines.drop { !$0.hasPrefix("timeline") }.dropFirst().prefix { !$0.isEmpty })
                 #expect(timeline.count == 5, "\(shown)")
@@ -152,14 +152,14 @@ struct OperatorCLITests {
                 print("saga show of a compensated saga of a user-defined definition:\n\(shown)")
                 // --redact (or SAGAKIT_REDACT): payload keys masked in show and in list's JSON.
                 #expect(shown.contains("Pestana"), "\(shown)")
-                let redacted = try cli.succeed(["show", compensated, "--redact", "hotel, email"])
+                let redacted = try await cli.succeed(["show", compensated, "--redact", "hotel, email"])
                 #expect(redacted.contains("\"hotel\":\"••••\"") && !redacted.contains("Pestana"), "\(redacted)")
-                let listedJSON = try cli.json(["list", "--status", "compensated"], environment: ["SAGAKIT_REDACT": "hotel"])
+                let listedJSON = try await cli.json(["list", "--status", "compensated"], environment: ["SAGAKIT_REDACT": "hotel"])
                 let listedPayload = ((listedJSON as? [[String: Any]])?.first?["payload"] as? [String: Any]) ?? [:]
                 #expect(listedPayload["hotel"] as? String == "••••" && listedPayload["noSeats"] as? Bool == true, "\(listedPayload)")
 
                 // show: the stuck saga says it is retrying past the pivot.
-                let stuckShown = try cli.json(["show", stuck]) as? [String: Any]
+                let stuckShown = try await cli.json(["show", stuck]) as? [String: Any]
                 let next = stuckShown?["nextStep"] as? [String: Any]
                 #expect(["retrying", "waiting"].contains(next?["kind"] as? String), "\(String(describing: next))")
                 #expect(next?["command"] as? String == "trip-cli.trips.confirm")
@@ -176,7 +176,7 @@ struct OperatorCLITests {
                     "\(String(describing: stuckShown))")
 
                 // services: the three participants, live, with their commands; nothing unhandled.
-                let services = try cli.json(["services", "--check"]) as? [String: Any]
+                let services = try await cli.json(["services", "--check"]) as? [String: Any]
                 let byService = Dictionary(
                     ((services?["services"] as? [[String: Any]]) ?? []).map { ($0["service"] as? String ?? "", $0) },
                     uniquingKeysWith: { first, _ in first })
@@ -184,7 +184,7 @@ struct OperatorCLITests {
                 #expect(byService["hotels"]?["commands"] as? [String] == ["trip-cli.hotels.book", "trip-cli.hotels.cancel"])
                 #expect((byService["trips"]?["instances"] as? [[String: Any]])?.map { $0["live"] as? Bool } == [true])
                 #expect((services?["unhandled"] as? [Any])?.isEmpty == true, "\(String(describing: services))")
-                let servicesTable = try cli.succeed(["services"])
+                let servicesTable = try await cli.succeed(["services"])
                 #expect(servicesTable.contains("every command of the known definitions has a live handler"), "\(servicesTable)")
 
                 let stuckTimeline = stuckShown?["timeline"] as? [[String: Any]] ?? []
@@ -194,9 +194,9 @@ struct OperatorCLITests {
                     })
 
                 // graph, for people and as JSON.
-                let graph = try cli.succeed(["graph", "trip"])
+                let graph = try await cli.succeed(["graph", "trip"])
                 #expect(graph.contains("flowchart LR") && graph.contains("trip-cli.trips.confirm · PIVOT"), "\(graph)")
-                let graphJSON = try cli.json(["graph", "trip", "--version", "1"]) as? [String: Any]
+                let graphJSON = try await cli.json(["graph", "trip", "--version", "1"]) as? [String: Any]
                 #expect(graphJSON?["version"] as? Int == 1)
                 #expect((graphJSON?["steps"] as? [[String: Any]])?.map { $0["name"] as? String } == ["hotel", "flight"])
                 #expect((graphJSON?["mermaid"] as? String)?.hasPrefix("flowchart LR") == true)
@@ -204,30 +204,33 @@ struct OperatorCLITests {
                 // compensate, by someone, with a reason.
                 let cancelled = try await manager.start("trip", payload: ["flightDown": true], id: "trip-cancelled")
                 try await Self.waitUntil("the flight has been tried twice") { try await store.load(cancelled).attempt >= 2 }
-                let compensateOutput = try cli.succeed([
+                let compensateOutput = try await cli.succeed([
                     "compensate", cancelled, "--by", "alice", "--reason", "customer cancelled the trip",
                 ])
                 #expect(compensateOutput.contains("recorded: compensation requested by alice"), "\(compensateOutput)")
                 #expect(try await manager.outcome(of: cancelled, timeout: .seconds(60)).status == .compensated)
-                let cancelledShown = try cli.succeed(["show", cancelled])
+                let cancelledShown = try await cli.succeed(["show", cancelled])
                 print("saga show of a saga an operator compensated:\n\(cancelledShown)")
                 #expect(
                     cancelledShown.contains("compensation requested by alice at ")
                         && cancelledShown.contains(": \"customer cancelled the trip\""), "\(cancelledShown)")
-                let operatorEntry = (try cli.json(["show", cancelled]) as? [String: Any]).flatMap { $0["timeline"] as? [[String: Any]] }?
-                    .first { $0["event"] as? String == "operator" }
+                let operatorEntry = (try await cli.json(["show", cancelled]) as? [String: Any]).flatMap {
+                    $0["timeline"] as? [[String: Any]]
+                }?
+                .first { $0["event"] as? String == "operator" }
                 #expect(operatorEntry?["actor"] as? String == "alice")
                 #expect(operatorEntry?["reason"] as? String == "customer cancelled the trip")
                 #expect(operatorEntry?["outcome"] as? String == "compensationRequested")
                 #expect(operatorEntry?["stepName"] as? String == "flight")
                 // Past the pivot, compensating is refused, on standard error.
-                let refused = try cli.run(["compensate", stuck, "--json"])
+                let refused = try await cli.run(["compensate", stuck, "--json"])
                 #expect(refused.status != 0 && refused.stdout.isEmpty, "\(refused)")
                 #expect(refused.stderr.contains("past its pivot"), "\(refused)")
 
                 // retry, by someone, with a reason (JSON: the new state). The fix lands after the retry:
                 // before it, the saga's own delayed retry could complete it first.
-                let retried = try cli.json(["retry", stuck, "--by", "bob", "--reason", "confirmation service fixed"]) as? [String: Any]
+                let retried =
+                    try await cli.json(["retry", stuck, "--by", "bob", "--reason", "confirmation service fixed"]) as? [String: Any]
                 #expect(retried?["id"] as? String == stuck)
                 #expect(retried?["status"] as? String == "running")
                 let lastRecord = (retried?["history"] as? [[String: Any]])?.last
@@ -236,21 +239,21 @@ struct OperatorCLITests {
                 #expect(lastRecord?["reason"] as? String == "confirmation service fixed")
                 confirmFixed.turnOn()
                 #expect(try await manager.outcome(of: stuck, timeout: .seconds(60)).status == .completed)
-                let stuckDone = try cli.succeed(["show", stuck])
+                let stuckDone = try await cli.succeed(["show", stuck])
                 #expect(
                     stuckDone.contains("retry requested by bob at ") && stuckDone.contains(": \"confirmation service fixed\""),
                     "\(stuckDone)")
                 #expect(stuckDone.contains("next\n  finished: every step completed."), "\(stuckDone)")
-                #expect(try cli.listIDs(["--stuck-retrying", "1"]).isEmpty)
+                #expect(try await cli.listIDs(["--stuck-retrying", "1"]).isEmpty)
 
                 // list --json carries the whole state.
-                let listed = try cli.json(["list", "--name", "trip", "--version", "1"]) as? [[String: Any]]
+                let listed = try await cli.json(["list", "--name", "trip", "--version", "1"]) as? [[String: Any]]
                 #expect(listed?.count == 1)
                 #expect(listed?.first?["status"] as? String == "completed")
                 #expect((listed?.first?["context"] as? [String: String])?[SagaState.definitionVersionKey] == "1")
 
                 // definitions: both versions, with their sagas.
-                let definitions = try cli.json(["definitions"]) as? [[String: Any]] ?? []
+                let definitions = try await cli.json(["definitions"]) as? [[String: Any]] ?? []
                 let byVersion = Dictionary(
                     definitions.filter { $0["name"] as? String == "trip" }.map { ($0["version"] as? Int ?? 0, $0) },
                     uniquingKeysWith: { first, _ in first })
@@ -263,29 +266,29 @@ struct OperatorCLITests {
                 let another = try await manager.start("trip", payload: ["flightDown": true], id: "trip-retried")
                 try await Self.waitUntil("the flight has been tried") { try await store.load(another).attempt >= 2 }
                 let byEnvironment =
-                    try cli.json(["retry", another], environment: ["SAGA_OPERATOR": "carol", "SAGAKIT_REDACT": "flightDown"])
+                    try await cli.json(["retry", another], environment: ["SAGA_OPERATOR": "carol", "SAGAKIT_REDACT": "flightDown"])
                     as? [String: Any]
                 // The state the command prints is redacted too.
                 #expect((byEnvironment?["payload"] as? [String: Any])?["flightDown"] as? String == "••••", "\(byEnvironment ?? [:])")
                 let carolRecord = (byEnvironment?["history"] as? [[String: Any]])?.last
                 #expect(carolRecord?["actor"] as? String == "carol", "\(String(describing: carolRecord))")
                 #expect(carolRecord?["reason"] == nil)
-                #expect(try cli.succeed(["show", another]).contains("retry requested by carol at "))
+                #expect(try await cli.succeed(["show", another]).contains("retry requested by carol at "))
 
                 // dlq: list and a requeue of nothing, as JSON.
-                let letters = try cli.json(["dlq", "list", "--limit", "5"]) as? [[String: Any]]
+                let letters = try await cli.json(["dlq", "list", "--limit", "5"]) as? [[String: Any]]
                 #expect(letters != nil)
                 // An id no dead letter has: said (JSON `missing`) and exit status 1.
-                let requeue = try cli.run(["dlq", "requeue", "--id", "no-such-message", "--limit", "5", "--json"])
+                let requeue = try await cli.run(["dlq", "requeue", "--id", "no-such-message", "--limit", "5", "--json"])
                 #expect(requeue.status == 1, "\(requeue)")
                 let requeued = try JSONSerialization.jsonObject(with: Data(requeue.stdout.utf8)) as? [String: Any]
                 #expect((requeued?["requeued"] as? [Any])?.isEmpty == true, "\(requeue)")
                 #expect((requeued?["failed"] as? [Any])?.isEmpty == true)
                 #expect(requeued?["missing"] as? [String] == ["no-such-message"], "\(requeue)")
-                let drop = try cli.run(["dlq", "drop", "--id", "no-such-message", "--limit", "5"])
+                let drop = try await cli.run(["dlq", "drop", "--id", "no-such-message", "--limit", "5"])
                 #expect(drop.status == 1 && drop.stderr.contains("not found in the first 5 dead letters: no-such-message"), "\(drop)")
                 // A prefix no services ran with: said, and nothing is declared under it.
-                let typo = try SagaCLI(store: storeURL, amqp: amqp, prefix: topology.prefix + "-typo").run(["dlq", "list"])
+                let typo = try await SagaCLI(store: storeURL, amqp: amqp, prefix: topology.prefix + "-typo").run(["dlq", "list"])
                 #expect(typo.status != 0 && typo.stderr.contains("no queue '\(topology.prefix)-typo.dead-letters'"), "\(typo)")
                 // resolve: a hotel cancellation that keeps failing was done by phone.
                 var stopped = SagaStateMachine(definition: Self.trip).start(
@@ -306,42 +309,42 @@ struct OperatorCLITests {
                         ).state)
                 }
                 _ = try await store.create(stopped, outbox: [])
-                let stoppedShown = try cli.succeed(["show", stopped.id])
+                let stoppedShown = try await cli.succeed(["show", stopped.id])
                 #expect(
                     stoppedShown.contains(
                         "`saga resolve \(stopped.id) --reason …` records that you did 'trip-cli.hotels.cancel' by hand (it will not run); the earlier compensations run next"
                     ), "\(stoppedShown)")
                 let resolved =
-                    try cli.json([
+                    try await cli.json([
                         "resolve", stopped.id, "--reason", "cancelled by phone", "--by", "dora", "--data", #"{"cancellation": "C-9"}"#,
                     ]) as? [String: Any]
                 #expect(resolved?["status"] as? String == "compensated", "\(resolved ?? [:])")
                 #expect((resolved?["payload"] as? [String: Any])?["cancellation"] as? String == "C-9")
                 let byHand = (resolved?["history"] as? [[String: Any]])?.last
                 #expect(byHand?["actor"] as? String == "dora" && byHand?["reason"] as? String == "resolved by hand: cancelled by phone")
-                let resolvedShown = try cli.succeed(["show", stopped.id])
+                let resolvedShown = try await cli.succeed(["show", stopped.id])
                 #expect(
                     resolvedShown.contains("resolved by hand by dora at ") && resolvedShown.contains(": \"cancelled by phone\""),
                     "\(resolvedShown)")
-                let again = try cli.run(["resolve", stopped.id, "--reason", "twice"])
+                let again = try await cli.run(["resolve", stopped.id, "--reason", "twice"])
                 #expect(again.status == 1 && again.stderr.contains("only a saga that needs attention can be resolved by hand"), "\(again)")
 
                 // Several sagas at once: each retried, the unknown one named, exit status 1.
-                let several = try cli.run(["retry", another, "no-such-saga", "--reason", "bulk"])
+                let several = try await cli.run(["retry", another, "no-such-saga", "--reason", "bulk"])
                 #expect(several.status == 1 && several.stdout.contains("saga \(another) is"), "\(several)")
                 #expect(several.stderr.contains("1 of 2 failed: no-such-saga"), "\(several)")
                 // The ids from `list --ids`, one per line, through standard input (`-`).
-                let listedIDs = try cli.succeed(["list", "--ids", "--limit", "1000"])
+                let listedIDs = try await cli.succeed(["list", "--ids", "--limit", "1000"])
                 #expect(listedIDs.split(separator: "\n").map(String.init).contains(another), "\(listedIDs)")
                 #expect(!listedIDs.contains(" "), "ids only: \(listedIDs)")
-                let piped = try cli.run(["retry", "-", "--reason", "piped"], input: "\n\(another)\n  \n")
+                let piped = try await cli.run(["retry", "-", "--reason", "piped"], input: "\n\(another)\n  \n")
                 #expect(piped.status == 0 && piped.stdout.contains("saga \(another) is"), "\(piped)")
-                #expect(try cli.succeed(["show", another]).contains(": \"piped\""))
-                let nothing = try cli.run(["compensate", "-"], input: "")
+                #expect(try await cli.succeed(["show", another]).contains(": \"piped\""))
+                let nothing = try await cli.run(["compensate", "-"], input: "")
                 #expect(nothing.status != 0 && nothing.stderr.contains("no saga ids on standard input"), "\(nothing)")
 
                 // An unknown saga: an error on standard error, nothing on standard output.
-                let unknown = try cli.run(["show", "no-such-saga", "--json"])
+                let unknown = try await cli.run(["show", "no-such-saga", "--json"])
                 #expect(unknown.status != 0 && unknown.stdout.isEmpty, "\(unknown)")
                 #expect(unknown.stderr.contains("no-such-saga"), "\(unknown)")
             }
@@ -354,19 +357,19 @@ struct OperatorCLITests {
     /// A tool a team builds with `SagaOperatorTool.main` is called by its own name in its help
     /// and in the commands its hints suggest, not `saga` (here: the `saga` executable started
     /// through a link named `travel-tool`).
-    @Test func aToolCallsItselfByTheNameItWasStartedBy() throws {
+    @Test func aToolCallsItselfByTheNameItWasStartedBy() async throws {
         let link = NSTemporaryDirectory() + "sagakit-cli-\(UUID().uuidString)/travel-tool"
         try FileManager.default.createDirectory(
             atPath: (link as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: (link as NSString).deletingLastPathComponent) }
         try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: SagaCLI.executable.path)
-        let help = try SagaCLI(store: "sqlite:///nonexistent.db", amqp: "", prefix: "unused", executable: URL(fileURLWithPath: link))
+        let help = try await SagaCLI(store: "sqlite:///nonexistent.db", amqp: "", prefix: "unused", executable: URL(fileURLWithPath: link))
             .run(["list", "--help"])
         #expect(help.stdout.contains("USAGE: travel-tool list"), "\(help)")
         #expect(help.stdout.contains("Examples: travel-tool list --status needs-attention"), "\(help)")
         #expect(!help.stdout.contains("saga list"), "\(help)")
         // A mistyped command: the closest one, by the tool's name.
-        let typo = try SagaCLI(store: "sqlite:///nonexistent.db", amqp: "", prefix: "unused", executable: URL(fileURLWithPath: link))
+        let typo = try await SagaCLI(store: "sqlite:///nonexistent.db", amqp: "", prefix: "unused", executable: URL(fileURLWithPath: link))
             .run(["lsit"])
         #expect(typo.status == 64 && typo.stdout.isEmpty, "\(typo)")
         #expect(
@@ -408,17 +411,17 @@ struct OperatorCLITests {
             ).0
             _ = try await store.create(saga, outbox: [])
 
-            let shown = try cli.json(["show", saga.id]) as? [String: Any]
+            let shown = try await cli.json(["show", saga.id]) as? [String: Any]
             let handledBy = (shown?["nextStep"] as? [String: Any])?["handledBy"] as? [String: Any]
             #expect(handledBy?["services"] as? [String] == ["hotels"], "\(String(describing: shown))")
             #expect(handledBy?["live"] as? Int == 0 && handledBy?["silent"] as? Int == 1)
-            let text = try cli.succeed(["show", saga.id])
+            let text = try await cli.succeed(["show", saga.id])
             print("saga show:\n\(text)")
             #expect(
                 text.contains("handled by service 'hotels', but none of its 1 process(es) reported in lately (last report 10 min ago)"),
                 "\(text)")
 
-            let checked = try cli.run(["services", "--check"])
+            let checked = try await cli.run(["services", "--check"])
             print("saga services --check:\n\(checked.stdout)")
             #expect(checked.status == 1, "\(checked)")
             #expect(checked.stdout.contains("4 command(s) with no live handler on topology '\(prefix)'"), "\(checked)")
@@ -434,7 +437,7 @@ struct OperatorCLITests {
                 table.contains { $0.hasPrefix("hotels ") && $0.contains("0 live, 1 silent") && $0.contains("10 min ago") }, "\(checked)")
             #expect(table.contains { $0.hasPrefix("flights ") && $0.contains("1 live") }, "\(checked)")
 
-            let all = try cli.json(["services", "--all-topologies"]) as? [String: Any]
+            let all = try await cli.json(["services", "--all-topologies"]) as? [String: Any]
             let topologies = ((all?["services"] as? [[String: Any]]) ?? []).map { "\($0["topology"] ?? "")/\($0["service"] ?? "")" }
             #expect(topologies == ["\(prefix)/flights", "\(prefix)/hotels", "\(prefix)-other/hotels"], "\(String(describing: all))")
 
@@ -495,8 +498,8 @@ struct OperatorCLITests {
                 updatedBefore: Date().addingTimeInterval(-1), now: Date(), owner: "another-reaper", lease: .seconds(300), limit: 1)
             #expect(claimed.map(\.id) == [leased])
 
-            #expect(Set(try cli.listIDs(["--stalled", "1"])) == [leased, stalled, elsewhere, "ghost-1"])
-            let reaped = try cli.succeed(["reap", "--stalled-seconds", "1"])
+            #expect(Set(try await cli.listIDs(["--stalled", "1"])) == [leased, stalled, elsewhere, "ghost-1"])
+            let reaped = try await cli.succeed(["reap", "--stalled-seconds", "1"])
             let reapLines = reaped.split(separator: "\n").map { String($0) }
             print("saga reap:\n\(reaped)")
             #expect(reapLines.contains { $0.hasPrefix(stalled) && $0.contains("running") && $0.contains("hotel (action #1)") }, "\(reaped)")
@@ -510,7 +513,7 @@ struct OperatorCLITests {
 
             // Again, as JSON, once the re-sent saga is stalled again.
             try await Task.sleep(for: .milliseconds(1200))
-            let json = try cli.json(["reap", "--stalled-seconds", "1"]) as? [String: Any]
+            let json = try await cli.json(["reap", "--stalled-seconds", "1"]) as? [String: Any]
             #expect(json?["stalledSeconds"] as? Int == 1)
             let changed = json?["changed"] as? [[String: Any]] ?? []
             #expect(changed.map { $0["id"] as? String } == [stalled], "\(String(describing: json))")
@@ -600,53 +603,35 @@ struct SagaCLI {
     }
 
     /// Runs `saga <arguments> --store-url … --amqp-url … --prefix …`.
-    func run(_ arguments: [String], environment extra: [String: String] = [:], input: String? = nil) throws -> Result {
-        let process = Process()
-        process.executableURL = executable
-        process.arguments = arguments + ["--store-url", store, "--amqp-url", amqp, "--prefix", prefix]
-        var environment = ProcessInfo.processInfo.environment
+    func run(_ arguments: [String], environment extra: [String: String] = [:], input: String? = nil) async throws -> Result {
+        var environment: [String: String?] = [:]
         for key in ["SAGAKIT_STORE_URL", "SAGAKIT_PREFIX", "SAGA_OPERATOR", "SAGAKIT_LOG_LEVEL", "SAGAKIT_REDACT"] {
-            environment[key] = nil
+            environment[key] = .some(nil)
         }
-        environment.merge(extra) { $1 }
-        process.environment = environment
-        let base = NSTemporaryDirectory() + "sagakit-cli-\(UUID().uuidString)"
-        let (outPath, errPath) = (base + ".out", base + ".err")
-        _ = FileManager.default.createFile(atPath: outPath, contents: nil)
-        _ = FileManager.default.createFile(atPath: errPath, contents: nil)
-        defer {
-            try? FileManager.default.removeItem(atPath: outPath)
-            try? FileManager.default.removeItem(atPath: errPath)
-        }
-        let out = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
-        let err = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
-        process.standardOutput = out
-        process.standardError = err
-        let stdin = Pipe()
-        process.standardInput = input == nil ? FileHandle.nullDevice : stdin
-        try process.run()
-        if let input {
-            try stdin.fileHandleForWriting.write(contentsOf: Data(input.utf8))
-            try stdin.fileHandleForWriting.close()
-        }
-        process.waitUntilExit()
-        try out.close()
-        try err.close()
-        return Result(
-            status: process.terminationStatus, stdout: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
-            stderr: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
+        for (key, value) in extra { environment[key] = value }
+        let run = await CommandRun.run(
+            executable.path, arguments + ["--store-url", store, "--amqp-url", amqp, "--prefix", prefix],
+            environment: Self.merged(environment), input: input)
+        return Result(status: run.status, stdout: run.stdout, stderr: run.stderr)
+    }
+
+    /// The test's environment with `changes` applied (a `nil` value removes the variable).
+    private static func merged(_ changes: [String: String?]) -> [String: String] {
+        var merged = ProcessInfo.processInfo.environment
+        for (key, value) in changes { merged[key] = value }
+        return merged
     }
 
     /// Standard output of a run that must succeed.
-    func succeed(_ arguments: [String], environment: [String: String] = [:]) throws -> String {
-        let result = try run(arguments, environment: environment)
+    func succeed(_ arguments: [String], environment: [String: String] = [:]) async throws -> String {
+        let result = try await run(arguments, environment: environment)
         guard result.status == 0 else { throw TestFailure("saga \(arguments.joined(separator: " ")) failed: \(result)") }
         return result.stdout
     }
 
     /// The one JSON document a `--json` run prints on standard output.
-    func json(_ arguments: [String], environment: [String: String] = [:]) throws -> Any {
-        let output = try succeed(arguments + ["--json"], environment: environment)
+    func json(_ arguments: [String], environment: [String: String] = [:]) async throws -> Any {
+        let output = try await succeed(arguments + ["--json"], environment: environment)
         do {
             return try JSONSerialization.jsonObject(with: Data(output.utf8))
         } catch {
@@ -655,8 +640,8 @@ struct SagaCLI {
     }
 
     /// The ids `saga list <filters> --json` prints, in order.
-    func listIDs(_ filters: [String]) throws -> [String] {
-        guard let sagas = try json(["list"] + filters) as? [[String: Any]] else {
+    func listIDs(_ filters: [String]) async throws -> [String] {
+        guard let sagas = try await json(["list"] + filters) as? [[String: Any]] else {
             throw TestFailure("saga list \(filters.joined(separator: " ")) --json did not print an array")
         }
         return sagas.compactMap { $0["id"] as? String }

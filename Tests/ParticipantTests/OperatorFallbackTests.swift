@@ -23,7 +23,7 @@ struct OperatorFallbackTests {
             group.cancelAll()
         }
         let cli = SagaCLI(store: "sqlite://" + path, amqp: "amqp://127.0.0.1:1", prefix: "graph")
-        let lines = try cli.succeed(["graph", "fallback-graph"]).split(separator: "\n").map(String.init)
+        let lines = try await cli.succeed(["graph", "fallback-graph"]).split(separator: "\n").map(String.init)
         #expect(
             lines.contains(#"    f1["fallback of charge<br/>backup.charge<br/>circuit opens after 5 failure(s) for 30 s"]"#), "\(lines)")
         #expect(lines.contains("    a1 -.->|fails for good, or circuit open| f1"))
@@ -32,7 +32,7 @@ struct OperatorFallbackTests {
         #expect(lines.contains("    f1 -.->|fails| c0"))
         #expect(lines.contains("    class f1 fallback"))
         #expect(!lines.contains("    a1 -.->|fails| c0"))
-        let json = try cli.json(["graph", "fallback-graph"]) as? [String: Any]
+        let json = try await cli.json(["graph", "fallback-graph"]) as? [String: Any]
         let steps = try #require(json?["steps"] as? [[String: Any]])
         let fallback = try #require(steps[1]["fallback"] as? [String: Any])
         #expect(fallback["action"] as? String == "backup.charge" && fallback["failureThreshold"] as? Int == 5)

@@ -138,7 +138,7 @@ struct OperatorParallelGroupTests {
     @Test func graphDrawsAGroupAsAForkAndAJoinAndPlainDefinitionsAsBefore() async throws {
         let store = try await Self.seededStore([])
         defer { try? FileManager.default.removeItem(at: store.directory) }
-        let graph = try Self.runSaga(["graph", "checkout", "--store-url", store.url])
+        let graph = try await Self.runSaga(["graph", "checkout", "--store-url", store.url])
         #expect(graph.status == 0, "\(graph.output)")
         print("saga graph checkout:\n\(graph.output)")
         let mermaid = graph.output.split(separator: "\n", omittingEmptySubsequences: false)
@@ -146,12 +146,12 @@ struct OperatorParallelGroupTests {
             .trimmingCharacters(in: .newlines)
         #expect(mermaid == Self.checkoutGraph, "\(mermaid)")
 
-        let json = try Self.runSaga(["graph", "checkout", "--json", "--store-url", store.url])
+        let json = try await Self.runSaga(["graph", "checkout", "--json", "--store-url", store.url])
         let steps = try Self.jsonObject(json.stdout)["steps"] as? [[String: Any]]
         #expect(steps?.map { $0["group"] as? String } == [nil, "prepare", "prepare", "prepare", nil, nil], "\(json.output)")
 
         // Groups back to back, and a group after the pivot.
-        let chained = try Self.runSaga(["graph", "fulfilment", "--store-url", store.url])
+        let chained = try await Self.runSaga(["graph", "fulfilment", "--store-url", store.url])
         print("saga graph fulfilment:\n\(chained.output)")
         let lines = Set(chained.stdout.split(separator: "\n").map(String.init))
         for expected in [
@@ -167,7 +167,7 @@ struct OperatorParallelGroupTests {
         }
         #expect(!lines.contains { $0.hasPrefix("    c5") || $0.hasPrefix("    c6") }, "no compensations after the pivot")
 
-        let plain = try Self.runSaga(["graph", "order", "--store-url", store.url])
+        let plain = try await Self.runSaga(["graph", "order", "--store-url", store.url])
         #expect(plain.output.contains("\n" + Self.plainOrderGraph + "\n"), "\(plain.output)")
         #expect(!plain.output.contains("subgraph") && !plain.output.contains("parallel"), "\(plain.output)")
     }
@@ -198,7 +198,7 @@ struct OperatorParallelGroupTests {
         let store = try await Self.seededStore([mixed, fresh, stopped])
         defer { try? FileManager.default.removeItem(at: store.directory) }
 
-        let show = try Self.runSaga(["show", "pg-mixed", "--store-url", store.url])
+        let show = try await Self.runSaga(["show", "pg-mixed", "--store-url", store.url])
         print("saga show of a saga in a parallel group:\n\(show.output)")
         #expect(show.status == 0, "\(show.output)")
         #expect(
@@ -214,7 +214,7 @@ struct OperatorParallelGroupTests {
         #expect(show.output.contains("routing key(s) 'payment.authorize'"), "\(show.output)")
         #expect(!show.output.contains("'inventory.reserve' attempt"), "the completed member is not waited for: \(show.output)")
 
-        let mixedJSON = try Self.jsonObject(try Self.runSaga(["show", "pg-mixed", "--json", "--store-url", store.url]).stdout)
+        let mixedJSON = try Self.jsonObject(try await Self.runSaga(["show", "pg-mixed", "--json", "--store-url", store.url]).stdout)
         let next = try #require(mixedJSON["nextStep"] as? [String: Any])
         #expect(next["kind"] as? String == "retrying")
         #expect(next["command"] as? String == "payment.authorize" && next["attempt"] as? Int == 2)
@@ -222,14 +222,14 @@ struct OperatorParallelGroupTests {
         #expect(members?.map { $0["progress"] as? String } == ["completed", "running", "skipped"], "\(mixedJSON)")
         #expect(members?[1]["attempt"] as? Int == 2)
 
-        let freshShow = try Self.runSaga(["show", "pg-fresh", "--store-url", store.url])
+        let freshShow = try await Self.runSaga(["show", "pg-fresh", "--store-url", store.url])
         #expect(
             freshShow.output.contains(
                 "waiting for 2 member(s) of parallel group 'prepare' to finish: 'inventory.reserve' attempt 1, 'payment.authorize' attempt 1"
             ), "\(freshShow.output)")
         #expect(freshShow.output.contains("screen-fraud skipped"), "\(freshShow.output)")
 
-        let stoppedShow = try Self.runSaga(["show", "pg-stopped", "--store-url", store.url])
+        let stoppedShow = try await Self.runSaga(["show", "pg-stopped", "--store-url", store.url])
         print("saga show of a saga stopped in a parallel group:\n\(stoppedShow.output)")
         #expect(
             stoppedShow.output.contains("needs an operator: `saga retry pg-stopped` or `saga compensate pg-stopped`"),
@@ -247,7 +247,7 @@ struct OperatorParallelGroupTests {
                 "undoes instead: the completed and unfinished members (newest declared first), then the steps before"),
             "\(stoppedShow.output)")
 
-        let list = try Self.runSaga(["list", "--store-url", store.url])
+        let list = try await Self.runSaga(["list", "--store-url", store.url])
         let line = list.output.split(separator: "\n").first { $0.hasPrefix("pg-mixed") }
         #expect(
             line?.contains("parallel group 'prepare': reserve-stock completed, authorize-payment running (attempt 2), screen-fraud skipped")
@@ -332,28 +332,9 @@ struct OperatorParallelGroupTests {
 
     /// Runs the `saga` executable built next to the test binary: its exit status, its standard
     /// output, and both outputs interleaved.
-    static func runSaga(_ arguments: [String]) throws -> (status: Int32, stdout: String, output: String) {
-        let process = Process()
-        process.executableURL = ProductProcess.productsDirectory.appendingPathComponent("saga")
-        process.arguments = arguments
-        var environment = ProcessInfo.processInfo.environment
-        for key in ["SAGAKIT_STORE_URL", "SAGAKIT_PREFIX"] { environment[key] = nil }
-        process.environment = environment
-        let base = NSTemporaryDirectory() + "sagakit-groups-\(UUID().uuidString)"
-        for suffix in [".out", ".err"] { _ = FileManager.default.createFile(atPath: base + suffix, contents: nil) }
-        defer { for suffix in [".out", ".err"] { try? FileManager.default.removeItem(atPath: base + suffix) } }
-        let out = try FileHandle(forWritingTo: URL(fileURLWithPath: base + ".out"))
-        let err = try FileHandle(forWritingTo: URL(fileURLWithPath: base + ".err"))
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        try out.close()
-        try err.close()
-        let stdout = (try? String(contentsOfFile: base + ".out", encoding: .utf8)) ?? ""
-        let stderr = (try? String(contentsOfFile: base + ".err", encoding: .utf8)) ?? ""
-        return (process.terminationStatus, stdout, stderr + stdout)
+    static func runSaga(_ arguments: [String]) async throws -> (status: Int32, stdout: String, output: String) {
+        let run = await CommandRun.product("saga", arguments, environment: ["SAGAKIT_STORE_URL": nil, "SAGAKIT_PREFIX": nil])
+        return (run.status, run.stdout, run.stderr + run.stdout)
     }
 
     static func jsonObject(_ text: String) throws -> [String: Any] {

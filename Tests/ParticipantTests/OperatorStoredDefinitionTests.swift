@@ -37,17 +37,17 @@ struct OperatorStoredDefinitionTests {
         }
 
         let url = "sqlite://\(path)"
-        let graph = try runSaga(["graph", "trip", "--store-url", url])
+        let graph = try await runSaga(["graph", "trip", "--store-url", url])
         #expect(graph.status == 0, "\(graph.output)")
         #expect(graph.output.contains("flowchart"), "\(graph.output)")
         #expect(graph.output.contains("trip-test.flights.book"), "\(graph.output)")
         #expect(graph.output.contains("version 2"), "\(graph.output)")
 
-        let missing = try runSaga(["graph", "trip", "--version", "1", "--store-url", url])
+        let missing = try await runSaga(["graph", "trip", "--version", "1", "--store-url", url])
         #expect(missing.status != 0)
         #expect(missing.output.contains("no saga definition 'trip' version 1"), "\(missing.output)")
 
-        let definitions = try runSaga(["definitions", "--store-url", url])
+        let definitions = try await runSaga(["definitions", "--store-url", url])
         #expect(definitions.status == 0, "\(definitions.output)")
         let line = definitions.output.split(separator: "\n").first { $0.hasPrefix("trip ") }
         #expect(line != nil, "\(definitions.output)")
@@ -59,7 +59,7 @@ struct OperatorStoredDefinitionTests {
             #expect(line.contains("store"))
         }
 
-        let show = try runSaga(["show", id, "--store-url", url])
+        let show = try await runSaga(["show", id, "--store-url", url])
         #expect(show.status == 0, "\(show.output)")
         #expect(show.output.contains("definition  trip version 2"), "\(show.output)")
         #expect(show.output.contains("at hotel (action #1)"), "\(show.output)")
@@ -70,23 +70,8 @@ struct OperatorStoredDefinitionTests {
     }
 
     /// Runs the `saga` executable built next to the test binary; its exit status and output.
-    private func runSaga(_ arguments: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = ProductProcess.productsDirectory.appendingPathComponent("saga")
-        process.arguments = arguments
-        var environment = ProcessInfo.processInfo.environment
-        for key in ["SAGAKIT_STORE_URL", "SAGAKIT_PREFIX"] { environment[key] = nil }
-        process.environment = environment
-        let outputPath = NSTemporaryDirectory() + "sagakit-cli-\(UUID().uuidString).log"
-        _ = FileManager.default.createFile(atPath: outputPath, contents: nil)
-        defer { try? FileManager.default.removeItem(atPath: outputPath) }
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: outputPath))
-        process.standardOutput = handle
-        process.standardError = handle
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        try handle.close()
-        return (process.terminationStatus, (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "")
+    private func runSaga(_ arguments: [String]) async throws -> (status: Int32, output: String) {
+        let run = await CommandRun.product("saga", arguments, environment: ["SAGAKIT_STORE_URL": nil, "SAGAKIT_PREFIX": nil])
+        return (run.status, run.stdout + run.stderr)
     }
 }

@@ -64,7 +64,7 @@ struct OperatorWaitStepTests {
     @Test func graphDrawsAWaitWithItsSignalAndTimeoutAndDocsShowIt() async throws {
         let store = try await Self.seededStore([])
         defer { try? FileManager.default.removeItem(at: store.directory) }
-        let graph = try OperatorParallelGroupTests.runSaga(["graph", "payout", "--store-url", store.url])
+        let graph = try await OperatorParallelGroupTests.runSaga(["graph", "payout", "--store-url", store.url])
         #expect(graph.status == 0, "\(graph.output)")
         print("saga graph payout:\n\(graph.output)")
         let mermaid = graph.stdout.split(separator: "\n", omittingEmptySubsequences: false)
@@ -82,7 +82,7 @@ struct OperatorWaitStepTests {
             })
         #expect(block == Self.payoutGraph, "Docs/Concepts.md's diagram is not saga graph's output:\n\(block)")
 
-        let json = try OperatorParallelGroupTests.runSaga(["graph", "payout", "--json", "--store-url", store.url])
+        let json = try await OperatorParallelGroupTests.runSaga(["graph", "payout", "--json", "--store-url", store.url])
         let steps = try #require(try OperatorParallelGroupTests.jsonObject(json.stdout)["steps"] as? [[String: Any]])
         let waits = steps.map { $0["wait"] as? [String: Any] }
         #expect(waits.map { $0?["signal"] as? String } == [nil, "fraud.approved", nil, "bank.confirmed", nil], "\(json.output)")
@@ -116,7 +116,7 @@ struct OperatorWaitStepTests {
         defer { try? FileManager.default.removeItem(at: store.directory) }
         let until = waiting.updatedAt.addingTimeInterval(86_400)
 
-        let show = try OperatorParallelGroupTests.runSaga(["show", "wait-review", "--store-url", store.url])
+        let show = try await OperatorParallelGroupTests.runSaga(["show", "wait-review", "--store-url", store.url])
         print("saga show of a waiting saga:\n\(show.output)")
         #expect(show.status == 0, "\(show.output)")
         #expect(
@@ -135,7 +135,7 @@ struct OperatorWaitStepTests {
         #expect(show.output.contains("the reaper ends an expired wait at its first pass after the timeout (every 5 min"), "\(show.output)")
 
         let json = try OperatorParallelGroupTests.jsonObject(
-            try OperatorParallelGroupTests.runSaga(["show", "wait-review", "--json", "--store-url", store.url]).stdout)
+            try await OperatorParallelGroupTests.runSaga(["show", "wait-review", "--json", "--store-url", store.url]).stdout)
         let next = try #require(json["nextStep"] as? [String: Any])
         #expect(next["kind"] as? String == "waiting-for-signal")
         #expect(next["stepName"] as? String == "fraud-review" && next["step"] as? Int == 1)
@@ -151,7 +151,7 @@ struct OperatorWaitStepTests {
             next["operatorCommands"] as? [String] == ["saga signal wait-review fraud.approved", "saga compensate wait-review"],
             "\(next)")
 
-        let approvedShow = try OperatorParallelGroupTests.runSaga(["show", "wait-approved", "--store-url", store.url])
+        let approvedShow = try await OperatorParallelGroupTests.runSaga(["show", "wait-approved", "--store-url", store.url])
         print("saga show of a signalled saga:\n\(approvedShow.output)")
         #expect(approvedShow.output.contains("RUNNING at send-money (action #1)"), "\(approvedShow.output)")
         #expect(
@@ -159,17 +159,18 @@ struct OperatorWaitStepTests {
             "\(approvedShow.output)")
         let timeline = try #require(
             try OperatorParallelGroupTests.jsonObject(
-                try OperatorParallelGroupTests.runSaga(["show", "wait-approved", "--json", "--store-url", store.url]).stdout)["timeline"]
+                try await OperatorParallelGroupTests.runSaga(["show", "wait-approved", "--json", "--store-url", store.url]).stdout)[
+                    "timeline"]
                 as? [[String: Any]])
         let signal = try #require(timeline.first { $0["event"] as? String == "signal" }, "\(timeline)")
         #expect(signal["actor"] as? String == "alice" && signal["stepName"] as? String == "fraud-review")
 
-        let earlyShow = try OperatorParallelGroupTests.runSaga(["show", "wait-early", "--store-url", store.url])
+        let earlyShow = try await OperatorParallelGroupTests.runSaga(["show", "wait-early", "--store-url", store.url])
         #expect(
             earlyShow.output.contains("signalled      by bob: signal 'fraud.approved', before the saga reached the wait"),
             "\(earlyShow.output)")
 
-        let bankShow = try OperatorParallelGroupTests.runSaga(["show", "wait-bank", "--store-url", store.url])
+        let bankShow = try await OperatorParallelGroupTests.runSaga(["show", "wait-bank", "--store-url", store.url])
         print("saga show of a saga waiting after the pivot:\n\(bankShow.output)")
         #expect(bankShow.output.contains("for signal 'bank.confirmed' until "), "\(bankShow.output)")
         #expect(!bankShow.output.contains("to reject"), "past the pivot nothing is compensated: \(bankShow.output)")
@@ -177,7 +178,7 @@ struct OperatorWaitStepTests {
             bankShow.output.contains(
                 "without the signal, the saga goes on with step 5 'notify' (the wait is recorded as skipped)"), "\(bankShow.output)")
 
-        let list = try OperatorParallelGroupTests.runSaga(["list", "--status", "waiting", "--store-url", store.url])
+        let list = try await OperatorParallelGroupTests.runSaga(["list", "--status", "waiting", "--store-url", store.url])
         print("saga list --status waiting:\n\(list.output)")
         #expect(list.status == 0, "\(list.output)")
         let rows = list.stdout.split(separator: "\n").filter { $0.hasPrefix("wait-") }

@@ -8,46 +8,6 @@ import Testing
     import Glibc
 #endif
 
-/// One participant process (`ParticipantTestHost`), killed and restarted by the fault tests.
-final class HostProcess: Sendable {
-    let service: String
-    private let process: Process
-
-    init(service: String, environment: [String: String]) throws {
-        self.service = service
-        let process = Process()
-        process.executableURL = ProductProcess.productsDirectory.appendingPathComponent("ParticipantTestHost")
-        var env = ProcessInfo.processInfo.environment
-        env.merge(environment) { _, new in new }
-        env["SERVICE"] = service
-        process.environment = env
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        self.process = process
-    }
-
-    var isRunning: Bool { process.isRunning }
-
-    /// How an ended process ended: "signal N" or "exit status N".
-    var exitDescription: String {
-        process.terminationReason == .uncaughtSignal ? "signal \(process.terminationStatus)" : "exit status \(process.terminationStatus)"
-    }
-
-    /// SIGKILL: the process dies wherever it is (mid-handler, between commit and publish, …).
-    func kill() {
-        Glibc.kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-    }
-
-    /// SIGTERM: graceful shutdown; SIGKILL when it has not exited after five seconds.
-    func stop() {
-        guard process.isRunning else { return }
-        process.terminate()
-        for _ in 0..<50 where process.isRunning { usleep(100_000) }
-        if process.isRunning { kill() }
-    }
-}
-
 @Suite(
     "Crash recovery with participant processes",
     .enabled(if: IntegrationServers.available, "set AMQP_URL and POSTGRES_URL, or run `make test`"),
@@ -74,73 +34,78 @@ struct ParticipantFaultTests {
 
         // Two competing payment instances, one of each other service.
         var hosts = try ["inventory", "payment", "payment", "shipping"].map { try HostProcess(service: $0, environment: environment) }
-        defer { for host in hosts { host.stop() } }
+        do {
+            try await Self.waitUntilReporting(hosts.count, topology: topology, store: store)
+            let count = 40
+            let ids = try await withThrowingTaskGroup(of: SagaID.self) { group in
+                for index in 0..<count {
+                    group.addTask {
+                        try await manager.start(
+                            "order", payload: ["orderId": .string("f-\(index)"), "amount": 1, "declinePayment": .bool(index % 4 == 0)])
+                    }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            // As soon as sagas are reaching the payment step, kill one payment instance and the
+            // shipping service (SIGKILL: wherever they are in a step), and restart them a moment later.
+            try await waitUntil {
+                for id in ids where try await store.load(id).currentStep >= 1 { return true }
+                return false
+            }
+            await hosts[1].kill()
+            await hosts[3].kill()
+            var unfinished = 0
+            for id in ids where !(try await store.load(id).status.isTerminal) { unfinished += 1 }
+            // The kill really interrupted running sagas (otherwise this test proves nothing).
+            try #require(unfinished > 0)
+            try await Task.sleep(for: .milliseconds(500))
+            hosts[1] = try HostProcess(service: "payment", environment: environment)
+            hosts[3] = try HostProcess(service: "shipping", environment: environment)
 
-        let count = 40
-        let ids = try await withThrowingTaskGroup(of: SagaID.self) { group in
-            for index in 0..<count {
-                group.addTask {
-                    try await manager.start(
-                        "order", payload: ["orderId": .string("f-\(index)"), "amount": 1, "declinePayment": .bool(index % 4 == 0)])
+            var finals: [SagaState] = []
+            for id in ids {
+                do {
+                    finals.append(try await manager.outcome(of: id, timeout: .seconds(90)))
+                } catch {
+                    // A process that died by itself explains a saga that never ends.
+                    for host in hosts where !host.isRunning {
+                        Issue.record("the \(host.service) process ended by itself (\(host.exitDescription)); its standard error is above")
+                    }
+                    throw error
                 }
             }
-            return try await group.reduce(into: []) { $0.append($1) }
-        }
-        // As soon as sagas are reaching the payment step, kill one payment instance and the
-        // shipping service (SIGKILL: wherever they are in a step), and restart them a moment later.
-        try await waitUntil {
-            for id in ids where try await store.load(id).currentStep >= 1 { return true }
-            return false
-        }
-        hosts[1].kill()
-        hosts[3].kill()
-        var unfinished = 0
-        for id in ids where !(try await store.load(id).status.isTerminal) { unfinished += 1 }
-        // The kill really interrupted running sagas (otherwise this test proves nothing).
-        try #require(unfinished > 0)
-        try await Task.sleep(for: .milliseconds(500))
-        hosts[1] = try HostProcess(service: "payment", environment: environment)
-        hosts[3] = try HostProcess(service: "shipping", environment: environment)
+            for host in hosts { #expect(host.isRunning, "the \(host.service) process ended by itself (\(host.exitDescription))") }
+            #expect(finals.filter { $0.status == .completed }.count == 30)
+            #expect(finals.filter { $0.status == .compensated }.count == 10)
 
-        var finals: [SagaState] = []
-        for id in ids {
-            do {
-                finals.append(try await manager.outcome(of: id, timeout: .seconds(90)))
-            } catch {
-                // A process that died by itself explains a saga that never ends.
-                for host in hosts where !host.isRunning {
-                    Issue.record("the \(host.service) process ended by itself (\(host.exitDescription)); its standard error is above")
-                }
-                throw error
+            // Every saga's effects, read from the services' own table, are exactly its outcome's.
+            let effects = try DatabaseQueue(path: effectsPath)
+            let rows = try effects.read { db in
+                try Row.fetchAll(db, sql: "SELECT saga_id, command FROM effects")
             }
+            var bySaga: [String: Set<String>] = [:]
+            for row in rows { bySaga[row["saga_id"], default: []].insert(row["command"]) }
+            for saga in finals {
+                let expected: Set<String> =
+                    saga.status == .completed
+                    ? ["inventory.reserve", "payment.charge", "shipping.ship"] : ["inventory.reserve", "inventory.release"]
+                #expect(bySaga[saga.id] ?? [] == expected, "saga \(saga.id) (\(saga.status)) has effects \(bySaga[saga.id] ?? [])")
+            }
+            // Nothing left in flight. A saga can end before its last messages are marked sent (the
+            // terminal event wakes `outcome(of:)`; marks are batched), and a message committed by a
+            // killed process waits for an outbox relay's grace period (5 s): allow 15 s.
+            var unsent = try await store.pendingOutbox(createdBefore: .distantFuture, limit: 10_000).filter { ids.contains($0.sagaID) }
+            let deadline = ContinuousClock.now.advanced(by: .seconds(15))
+            while !unsent.isEmpty && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(200))
+                unsent = try await store.pendingOutbox(createdBefore: .distantFuture, limit: 10_000).filter { ids.contains($0.sagaID) }
+            }
+            #expect(unsent.isEmpty, "outbox messages never sent: \(unsent.map(\.routingKey))")
+        } catch {
+            for host in hosts { await host.stop() }
+            throw error
         }
-        for host in hosts { #expect(host.isRunning, "the \(host.service) process ended by itself (\(host.exitDescription))") }
-        #expect(finals.filter { $0.status == .completed }.count == 30)
-        #expect(finals.filter { $0.status == .compensated }.count == 10)
-
-        // Every saga's effects, read from the services' own table, are exactly its outcome's.
-        let effects = try DatabaseQueue(path: effectsPath)
-        let rows = try effects.read { db in
-            try Row.fetchAll(db, sql: "SELECT saga_id, command FROM effects")
-        }
-        var bySaga: [String: Set<String>] = [:]
-        for row in rows { bySaga[row["saga_id"], default: []].insert(row["command"]) }
-        for saga in finals {
-            let expected: Set<String> =
-                saga.status == .completed
-                ? ["inventory.reserve", "payment.charge", "shipping.ship"] : ["inventory.reserve", "inventory.release"]
-            #expect(bySaga[saga.id] ?? [] == expected, "saga \(saga.id) (\(saga.status)) has effects \(bySaga[saga.id] ?? [])")
-        }
-        // Nothing left in flight. A saga can end before its last messages are marked sent (the
-        // terminal event wakes `outcome(of:)`; marks are batched), and a message committed by a
-        // killed process waits for an outbox relay's grace period (5 s): allow 15 s.
-        var unsent = try await store.pendingOutbox(createdBefore: .distantFuture, limit: 10_000).filter { ids.contains($0.sagaID) }
-        let deadline = ContinuousClock.now.advanced(by: .seconds(15))
-        while !unsent.isEmpty && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(200))
-            unsent = try await store.pendingOutbox(createdBefore: .distantFuture, limit: 10_000).filter { ids.contains($0.sagaID) }
-        }
-        #expect(unsent.isEmpty, "outbox messages never sent: \(unsent.map(\.routingKey))")
+        for host in hosts { await host.stop() }
         await bus.shutdown()
         await close()
     }
@@ -166,46 +131,65 @@ struct ParticipantFaultTests {
         try await manager.declareTopology()
         try await bus.declare(topology.topology(forService: "all", commands: TestSagas.commandsByService.values.flatMap { $0 }))
         var hosts = try [HostProcess(service: "all", environment: environment), HostProcess(service: "all", environment: environment)]
-        defer { for host in hosts { host.stop() } }
+        do {
+            // Both consume before the sagas start: on a loaded machine the later one would find
+            // the first one holding every saga, and the kill would interrupt nothing.
+            try await Self.waitUntilReporting(hosts.count, topology: topology, store: store)
+            let count = 24
+            let ids = try await manager.start(
+                "order",
+                payloads: (0..<count).map { ["orderId": .string("k-\($0)"), "amount": 1, "declinePayment": .bool($0 % 4 == 0)] }
+            ).map(\.id)
+            try await waitUntil {
+                for id in ids where try await store.load(id).currentStep >= 1 { return true }
+                return false
+            }
+            await hosts[0].kill()
+            var unfinished = 0
+            for id in ids where !(try await store.load(id).status.isTerminal) { unfinished += 1 }
+            try #require(unfinished > 0)
+            try await Task.sleep(for: .milliseconds(500))
+            hosts[0] = try HostProcess(service: "all", environment: environment)
 
-        let count = 24
-        let ids = try await manager.start(
-            "order",
-            payloads: (0..<count).map { ["orderId": .string("k-\($0)"), "amount": 1, "declinePayment": .bool($0 % 4 == 0)] }
-        ).map(\.id)
-        try await waitUntil {
-            for id in ids where try await store.load(id).currentStep >= 1 { return true }
-            return false
+            var finals: [SagaState] = []
+            for id in ids { finals.append(try await manager.outcome(of: id, timeout: .seconds(90))) }
+            #expect(finals.filter { $0.status == .completed }.count == count - count / 4)
+            #expect(finals.filter { $0.status == .compensated }.count == count / 4)
+            let effects = try DatabaseQueue(path: effectsPath)
+            let rows = try effects.read { db in try Row.fetchAll(db, sql: "SELECT saga_id, command FROM effects") }
+            var bySaga: [String: Set<String>] = [:]
+            for row in rows { bySaga[row["saga_id"], default: []].insert(row["command"]) }
+            for saga in finals {
+                let expected: Set<String> =
+                    saga.status == .completed
+                    ? ["inventory.reserve", "payment.charge", "shipping.ship"] : ["inventory.reserve", "inventory.release"]
+                #expect(bySaga[saga.id] ?? [] == expected, "saga \(saga.id) (\(saga.status)) has effects \(bySaga[saga.id] ?? [])")
+            }
+            var unsent = try await store.pendingOutbox(createdBefore: .distantFuture, limit: 10_000).filter { ids.contains($0.sagaID) }
+            let deadline = ContinuousClock.now.advanced(by: .seconds(15))
+            while !unsent.isEmpty && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(200))
+                unsent = try await store.pendingOutbox(createdBefore: .distantFuture, limit: 10_000).filter { ids.contains($0.sagaID) }
+            }
+            #expect(unsent.isEmpty, "outbox messages never sent: \(unsent.map(\.routingKey))")
+        } catch {
+            for host in hosts { await host.stop() }
+            throw error
         }
-        hosts[0].kill()
-        var unfinished = 0
-        for id in ids where !(try await store.load(id).status.isTerminal) { unfinished += 1 }
-        try #require(unfinished > 0)
-        try await Task.sleep(for: .milliseconds(500))
-        hosts[0] = try HostProcess(service: "all", environment: environment)
-
-        var finals: [SagaState] = []
-        for id in ids { finals.append(try await manager.outcome(of: id, timeout: .seconds(90))) }
-        #expect(finals.filter { $0.status == .completed }.count == count - count / 4)
-        #expect(finals.filter { $0.status == .compensated }.count == count / 4)
-        let effects = try DatabaseQueue(path: effectsPath)
-        let rows = try effects.read { db in try Row.fetchAll(db, sql: "SELECT saga_id, command FROM effects") }
-        var bySaga: [String: Set<String>] = [:]
-        for row in rows { bySaga[row["saga_id"], default: []].insert(row["command"]) }
-        for saga in finals {
-            let expected: Set<String> =
-                saga.status == .completed
-                ? ["inventory.reserve", "payment.charge", "shipping.ship"] : ["inventory.reserve", "inventory.release"]
-            #expect(bySaga[saga.id] ?? [] == expected, "saga \(saga.id) (\(saga.status)) has effects \(bySaga[saga.id] ?? [])")
-        }
-        var unsent = try await store.pendingOutbox(createdBefore: .distantFuture, limit: 10_000).filter { ids.contains($0.sagaID) }
-        let deadline = ContinuousClock.now.advanced(by: .seconds(15))
-        while !unsent.isEmpty && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(200))
-            unsent = try await store.pendingOutbox(createdBefore: .distantFuture, limit: 10_000).filter { ids.contains($0.sagaID) }
-        }
-        #expect(unsent.isEmpty, "outbox messages never sent: \(unsent.map(\.routingKey))")
+        for host in hosts { await host.stop() }
         await bus.shutdown()
         await close()
+    }
+
+    /// Waits until `count` participant processes of `topology` have reported in to the store
+    /// (their presence records: each does as it starts to consume), and a moment more for their
+    /// consumers to subscribe.
+    static func waitUntilReporting(_ count: Int, topology: SagaTopology, store: any SagaStore) async throws {
+        let deadline = ContinuousClock.now.advanced(by: .seconds(60))
+        while try await store.participants().filter({ $0.topology == topology.prefix }).count < count {
+            if ContinuousClock.now > deadline { throw TestFailure("\(count) participant processes did not report in within 60 s") }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        try await Task.sleep(for: .milliseconds(300))
     }
 }

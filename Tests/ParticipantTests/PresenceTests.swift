@@ -82,8 +82,9 @@ struct PresenceTests {
             group.cancelAll()
         }
         let warning = logs.entries.first { $0.level == .warning && "\($0.message)".contains("has no handler for") }
+        let warningText = warning.map { "\($0.message)" } ?? ""
         #expect(
-            "\(warning?.message ?? "")".hasPrefix(
+            warningText.hasPrefix(
                 "other live processes of service 'payment' handle commands this one has no handler for: payment.authorize;"),
             "\(logs.entries)")
         let info = logs.entries.first { "\($0.message)".contains("handles commands its other live processes do not") }

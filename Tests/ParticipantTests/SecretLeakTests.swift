@@ -1,4 +1,5 @@
 import Foundation
+import SagaTestSupport
 import Testing
 
 /// Feeds malformed broker and store URLs that carry a known password to the real executables —
@@ -35,7 +36,7 @@ struct SecretLeakTests {
             for arguments in [
                 ["list", "--store-url", url], ["dlq", "list", "--amqp-url", url, "--store-url", "sqlite:///nonexistent.db"],
             ] {
-                let (status, output) = try run("saga", arguments: arguments, timeout: .seconds(60))
+                let (status, output) = try await run("saga", arguments: arguments, timeout: .seconds(60))
                 if output.contains(Self.password) { failures.append("saga \(arguments.joined(separator: " ")) printed: \(output)") }
                 if status == 0 { failures.append("saga \(arguments.joined(separator: " ")) succeeded with a malformed URL") }
             }
@@ -52,7 +53,7 @@ struct SecretLeakTests {
             for flag in ["--amqp-url", "--store-url"] {
                 // A URL that parses but names no reachable server keeps the service retrying:
                 // it is stopped after 1.5 s, and what it printed until then is checked.
-                let (_, output) = try run(
+                let (_, output) = try await run(
                     "inventory-service", arguments: [flag, url, "--data-dir", NSTemporaryDirectory() + "sagakit-leak"],
                     timeout: .milliseconds(1500))
                 if output.contains(Self.password) { failures.append("inventory-service \(flag) \(url) printed: \(output)") }
@@ -63,37 +64,10 @@ struct SecretLeakTests {
 
     /// Runs a product of this package; returns its exit status (-1 when it was stopped) and its
     /// output and error, interleaved.
-    private func run(_ product: String, arguments: [String], timeout: Duration) throws -> (Int32, String) {
-        let testBinary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        var directory = testBinary.deletingLastPathComponent()
-        if directory.lastPathComponent.hasSuffix(".xctest") { directory = directory.deletingLastPathComponent() }
-        let process = Process()
-        process.executableURL = directory.appendingPathComponent(product)
-        process.arguments = arguments
-        var environment = ProcessInfo.processInfo.environment
-        for key in ["AMQP_URL", "SAGAKIT_STORE_URL", "POSTGRES_URL"] { environment[key] = nil }
-        environment["SAGAKIT_LOG_LEVEL"] = "trace"
-        process.environment = environment
-        let outputPath = NSTemporaryDirectory() + "sagakit-leak-\(UUID().uuidString).log"
-        _ = FileManager.default.createFile(atPath: outputPath, contents: nil)
-        defer { try? FileManager.default.removeItem(atPath: outputPath) }
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: outputPath))
-        process.standardOutput = handle
-        process.standardError = handle
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        let deadline = ContinuousClock.now.advanced(by: timeout)
-        while process.isRunning && ContinuousClock.now < deadline { usleep(20_000) }
-        var status: Int32 = -1
-        if process.isRunning {
-            process.terminate()
-            for _ in 0..<100 where process.isRunning { usleep(20_000) }
-            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-            process.waitUntilExit()
-        } else {
-            status = process.terminationStatus
-        }
-        try handle.close()
-        return (status, (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "")
+    private func run(_ product: String, arguments: [String], timeout: Duration) async throws -> (Int32, String) {
+        let run = await CommandRun.product(
+            product, arguments,
+            environment: ["AMQP_URL": nil, "SAGAKIT_STORE_URL": nil, "POSTGRES_URL": nil, "SAGAKIT_LOG_LEVEL": "trace"], timeout: timeout)
+        return (run.timedOut ? -1 : run.status, run.stdout + run.stderr)
     }
 }

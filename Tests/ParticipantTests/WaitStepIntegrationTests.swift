@@ -11,6 +11,14 @@ private let approvalOrder = try! SagaBuilder("approval-order")
     .step("charge", action: "payment.charge")
     .build()
 
+/// The same with a wait of a minute: an operator's `saga signal` runs (a process of its own,
+/// seconds on a loaded machine) while the saga still waits.
+private let approvalOrderForOperators = try! SagaBuilder("approval-order-ops")
+    .step("reserve", action: "inventory.reserve", compensation: "inventory.release")
+    .wait("approval", for: "approved", timeout: .seconds(60))
+    .step("charge", action: "payment.charge")
+    .build()
+
 @Suite(
     "Wait steps and signals on RabbitMQ with SQLite and PostgreSQL",
     .enabled(if: IntegrationServers.available, "set AMQP_URL and POSTGRES_URL, or run `make test`"),
@@ -24,7 +32,7 @@ struct WaitStepIntegrationTests {
         let (store, close) = try await openStore(storeURL)
         let bus = try await RabbitMQBus.connect(url: servers.amqp)
         let topology = SagaTopology(prefix: "wait-\(UUID().uuidString.prefix(8))", delayLevels: [1])
-        let definitions = try SagaDefinitionRegistry([approvalOrder])
+        let definitions = try SagaDefinitionRegistry([approvalOrder, approvalOrderForOperators])
         let ledger = Ledger()
         var inventory = SagaHandlerRegistry()
         inventory.register("inventory.reserve") { context in
@@ -83,20 +91,20 @@ struct WaitStepIntegrationTests {
             #expect(reason.contains("came too late"))
 
             // From the CLI: `saga signal`, with a clear error for a signal the saga does not wait for.
-            let byCLI = try await manager.start("approval-order", payload: [:])
+            let byCLI = try await manager.start("approval-order-ops", payload: [:])
             try await Self.waitUntilWaiting(byCLI, store: store)
-            let wrong = try cli.run(["signal", byCLI, "aproved"])
+            let wrong = try await cli.run(["signal", byCLI, "aproved"])
             #expect(wrong.status != 0 && wrong.stderr.contains("waits for no signal named 'aproved' (its signals: approved)"), "\(wrong)")
-            let badData = try cli.run(["signal", byCLI, "approved", "--data", "[1]"])
+            let badData = try await cli.run(["signal", byCLI, "approved", "--data", "[1]"])
             #expect(badData.status != 0 && badData.stderr.contains("--data is not a JSON object"), "\(badData)")
             // Text that is not JSON: where it stops being JSON.
-            let broken = try cli.run(["signal", byCLI, "approved", "--data", "[1,2"])
+            let broken = try await cli.run(["signal", byCLI, "approved", "--data", "[1,2"])
             #expect(broken.status != 0 && broken.stderr.contains("at byte 4"), "\(broken)")
-            let output = try cli.succeed(["signal", byCLI, "approved", "--data", #"{"ticket": 42}"#, "--by", "bob"])
+            let output = try await cli.succeed(["signal", byCLI, "approved", "--data", #"{"ticket": 42}"#, "--by", "bob"])
             #expect(output.contains("signal 'approved' delivered to saga \(byCLI) by bob"), "\(output)")
             let viaCLI = try await manager.outcome(of: byCLI, timeout: .seconds(30))
             #expect(viaCLI.status == .completed && viaCLI.payload["ticket"] == 42)
-            let again = try cli.run(["signal", byCLI, "approved"])
+            let again = try await cli.run(["signal", byCLI, "approved"])
             #expect(again.status != 0 && again.stderr.contains("ignored"), "\(again)")
             group.cancelAll()
         }

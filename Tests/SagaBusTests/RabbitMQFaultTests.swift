@@ -196,6 +196,8 @@ final class SilentListener: Sendable {
     /// Ends the listener (SIGKILL: a process started from the test runner may not see SIGTERM).
     func close() {
         kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        // Polled, never `waitUntilExit()`, which can miss an exit and spin for ever (see
+        // `CommandRun` in SagaTestSupport).
+        for _ in 0..<250 where process.isRunning { usleep(20_000) }
     }
 }

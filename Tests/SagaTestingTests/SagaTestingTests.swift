@@ -79,6 +79,12 @@ struct SagaStepTesterTests {
         let last = try await tester.run("flight.book", attempt: 3) { _ in throw Booking() }
         #expect(!last.willRetry)
         #expect(last.after.status == .compensated)
+        #expect(last.startedCompensation, "ending compensated at once is the start (and end) of compensation")
+        // A first step that refuses: compensated at once too (a user's test found it reported false).
+        let refused = try await tester.run("flight.book") { try await $0.failAndCompensate(reason: "no seats") }
+        #expect(refused.after.status == .compensated && refused.startedCompensation && refused.next.isEmpty)
+        // A completed step starts nothing.
+        #expect(!(try await tester.run("flight.book") { _ in }).startedCompensation)
     }
 
     /// A payload that does not decode fails the same way on every attempt: the step fails at
