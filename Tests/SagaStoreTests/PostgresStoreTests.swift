@@ -290,6 +290,31 @@ struct PostgresStoreTests {
         try await holder.close()
     }
 
+    /// A schema that is current is read without the migration lock: a process starts even while
+    /// another session holds that lock (replicas starting together do not take turns; a user saw
+    /// a participant wait 23 s silently behind another client's open migration).
+    @Test func aCurrentSchemaStartsWithoutTheMigrationLock() async throws {
+        guard let url = try await TestPostgres.url() else { return }
+        var configuration = try PostgresSagaStore.Configuration(url: url)
+        configuration.schema = "sagakit_test_\(UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))"
+        configuration.statementTimeout = .seconds(1)
+        // Created (and current) first.
+        try await PostgresSagaStore(configuration: configuration).withRunning { _ in }
+        let holder = try await PostgresConnection.connect(
+            configuration: PostgresConnection.Configuration(
+                host: configuration.host, port: configuration.port, username: configuration.username,
+                password: configuration.password, database: configuration.database, tls: .disable),
+            id: 1, logger: Logger(label: "test"))
+        let lockKey = "sagakit.schema.\(configuration.schema)"
+        _ = try await holder.query("SELECT pg_advisory_lock(hashtext(\(lockKey)))", logger: Logger(label: "test"))
+        let started = ContinuousClock.now
+        try await PostgresSagaStore(configuration: configuration).withRunning { store in
+            _ = try await store.countByStatus(name: nil)
+        }
+        #expect(ContinuousClock.now - started < .seconds(10), "a current schema waited for the migration lock")
+        try await holder.close()
+    }
+
     @Test func aStoreCanUseAClientTheCallerRuns() async throws {
         guard let url = try await TestPostgres.url() else { return }
         let configuration = try PostgresSagaStore.Configuration(url: url)

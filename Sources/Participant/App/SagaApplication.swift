@@ -175,6 +175,60 @@ public struct SagaApplication: Sendable {
     }
 }
 
+extension SagaApplication {
+    /// Runs `body` with a ``SagaManager`` while the store (when it is a `Service`), the bus and
+    /// the manager run around it, then stops them gracefully and returns what `body` returned:
+    /// the whole of a process that starts sagas and waits for them (a starter, a batch job, a
+    /// script).
+    ///
+    /// ```swift
+    /// let final = try await app.withManager(store: store) { manager in
+    ///     let id = try await manager.start("trip", payload: Trip(tripId: "t-1", nights: 3), id: "trip-t-1")
+    ///     return try await manager.outcome(of: id, timeout: .seconds(60))
+    /// }
+    /// ```
+    ///
+    /// The manager runs as a service, so it hears the sagas' lifecycle events: `outcome(of:)`
+    /// returns as a saga ends instead of reading the store over and over. SIGTERM or SIGINT
+    /// cancel `body` (it throws `CancellationError`). A process that also serves requests runs
+    /// the manager next to its server with ``run(store:services:)`` instead.
+    /// - Throws: what `body` throws, or what stopped the store or the bus.
+    public func withManager<T: Sendable>(
+        store: any SagaStore, _ body: @escaping @Sendable (SagaManager) async throws -> T
+    ) async throws -> T {
+        let manager = SagaManager(runtime: runtime(store: store))
+        let outcome = Mutex<Result<T, any Error>?>(nil)
+        let job = ManagerJob {
+            let result: Result<T, any Error>
+            do {
+                result = .success(try await cancelWhenGracefulShutdown { try await body(manager) })
+            } catch {
+                result = .failure(error)
+            }
+            outcome.withLock { $0 = result }
+        }
+        try await run(store: store, services: [manager, job])
+        guard let result = outcome.withLock({ $0 }) else {
+            throw CancellationError()
+        }
+        return try result.get()
+    }
+}
+
+/// The body of ``SagaApplication/withManager(store:_:)`` as a service: it returns when the body
+/// has, which shuts the group down gracefully.
+private struct ManagerJob: Service {
+    let body: @Sendable () async -> Void
+
+    init(_ body: @escaping @Sendable () async -> Void) {
+        self.body = body
+    }
+
+    func run() async {
+        await body()
+    }
+}
+
 extension ConsoleLogHandler {
     private static let bootstrapped = Atomic<Bool>(false)
 
