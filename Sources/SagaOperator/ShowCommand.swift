@@ -332,7 +332,10 @@ struct ShowCommand: AsyncParsableCommand {
         case .completed:
             return make("finished", ["finished: every step completed."])
         case .compensated:
-            return make("finished", ["finished: the completed steps were compensated. Why: \(state.failureReason ?? "no reason recorded")"])
+            // A saga whose first step refused completed nothing: nothing was undone.
+            let undone = state.history.contains { $0.phase == .compensation && $0.outcome == .completed }
+            let what = undone ? "the completed steps were compensated" : "compensated with nothing to undo (no step had completed)"
+            return make("finished", ["finished: \(what). Why: \(state.failureReason ?? "no reason recorded")"])
         default:
             break
         }
@@ -435,7 +438,7 @@ struct ShowCommand: AsyncParsableCommand {
         )
         // The store cannot know that a service refused the command; the broker's queue can.
         lines.append(
-            "a command a service could not take is in the dead-letter queue, with the reason: `\(SagaOperatorTool.toolName) dlq list --saga \(state.id)`"
+            "if a service could not take the command, it is in the dead-letter queue with the reason (the store cannot tell): `\(SagaOperatorTool.toolName) dlq list --saga \(state.id)`"
         )
         var next = make(kind, lines)
         next.command = command.command

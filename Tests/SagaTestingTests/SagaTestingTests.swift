@@ -52,6 +52,15 @@ struct SagaStepTesterTests {
         #expect(run.payload["seat"] == "12A")
     }
 
+    /// An `Int` field goes into a local write as it is (a user's `.int(order.quantity)` did not
+    /// compile: `.int` takes an `Int64`).
+    @Test func anIntegerOfAnyWidthIsALocalValue() {
+        let quantity = 3
+        #expect(LocalValue(quantity) == .int(3))
+        #expect(LocalValue(UInt8(200)) == .int(200))
+        #expect(LocalValue(Int32(-5)) == .int(-5))
+    }
+
     @Test func returningWithoutReportingCountsAsSuccess() async throws {
         let tester = try SagaStepTester(definitions: [trip])
         let run = try await tester.run("hotel.book") { _ in }

@@ -19,7 +19,7 @@ import Synchronization
 /// ```swift
 /// LocalWrite(
 ///     "UPDATE stock SET reserved = reserved + $1 WHERE sku = $2 AND available - reserved >= $1",
-///     .int(order.quantity), .text(order.sku), expecting: .atLeastOneRow)
+///     LocalValue(order.quantity), .text(order.sku), expecting: .atLeastOneRow)
 /// ```
 ///
 /// The SQL stores run local writes (`SQLiteSagaStore`, `PostgresSagaStore`); a store that does
@@ -79,6 +79,9 @@ public enum LocalValue: Sendable, Hashable, ExpressibleByIntegerLiteral, Express
 
     /// An integer.
     public init(integerLiteral value: Int64) { self = .int(value) }
+    /// An integer of any width (`LocalValue(order.quantity)` for an `Int`), as a 64-bit integer.
+    /// - Precondition: `value` fits in 64 signed bits.
+    public init(_ value: some BinaryInteger) { self = .int(Int64(value)) }
     /// A double.
     public init(floatLiteral value: Double) { self = .double(value) }
     /// A string.
