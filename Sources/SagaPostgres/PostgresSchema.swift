@@ -460,37 +460,10 @@ enum PostgresSchema {
         let keyHex = Hex.text(newKey)
         let keyName = stateSealKeyName
         let steps: @Sendable () async throws -> (Int, Int, [UInt8]) = {
-            // The usual case, a schema that is current with its key: read without a transaction
-            // or the lock, so that processes starting together do not take turns (a migration in
-            // progress is not seen until it commits, and then the schema is current). A schema
-            // that is missing or older makes the query fail or differ: the locked path below.
-            let current: PostgresQuery = """
-                SELECT (SELECT version FROM \(unescaped: namespace).sagakit_schema WHERE id = 1) AS version,
-                       (SELECT encode(key, 'hex') FROM \(unescaped: namespace).sagakit_keys WHERE name = \(keyName)) AS key
-                """
-            var upToDate: [UInt8]?
-            if let result = try? await run(current) {
-                for row in result.rows {
-                    if let (version, hex) = try? row.decode((Int?, String?).self), version == currentVersion, let hex,
-                        let key = try? Self.key(hex), !key.isEmpty
-                    {
-                        upToDate = key
-                    }
-                }
-            }
-            if let upToDate { return (currentVersion, currentVersion, upToDate) }
             _ = try await run("BEGIN")
             do {
-                let tryLock: PostgresQuery = "SELECT pg_try_advisory_xact_lock(hashtext(\(lockKey)))"
-                var locked = false
-                for row in try await run(tryLock).rows { locked = try row.decode(Bool.self) }
-                if !locked {
-                    logger.info(
-                        "waiting for another process that creates or migrates the schema of the PostgreSQL saga store",
-                        metadata: ["store.location": "\(location)", "store.schema": "\(schema)"])
-                    let lock: PostgresQuery = "SELECT pg_advisory_xact_lock(hashtext(\(lockKey)))"
-                    _ = try await run(lock)
-                }
+                let lock: PostgresQuery = "SELECT pg_advisory_xact_lock(hashtext(\(lockKey)))"
+                _ = try await run(lock)
                 try await run("CREATE SCHEMA IF NOT EXISTS \(namespace)")
                 try await run(
                     """
