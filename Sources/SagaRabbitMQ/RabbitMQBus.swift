@@ -73,6 +73,9 @@ public final class RabbitMQBus: MessageBus, Service {
         var consumer: Mailbox?
         var publisherUp = false
         var consumerUp = false
+        /// Why ``run()`` stopped the bus, when it stopped for an error (a refused login): calls
+        /// made afterwards fail with it, not with a bare "shut down".
+        var stoppedBy: BusError?
         /// The latest connection failure while starting, for the error of calls that time out.
         var lastStartupError: BusError?
         var waiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
@@ -134,6 +137,7 @@ public final class RabbitMQBus: MessageBus, Service {
             do {
                 try await waitUntilConnected(timeout: nil)
             } catch {
+                if let cause = error as? BusError { state.withLock { $0.stoppedBy = cause } }
                 await shutdown()
                 throw error
             }
@@ -157,7 +161,10 @@ public final class RabbitMQBus: MessageBus, Service {
             self.requestStop()
         }
         let failure = state.withLock { state -> BusError? in
-            if case .failed(let error) = state.phase { return error }
+            if case .failed(let error) = state.phase {
+                state.stoppedBy = error
+                return error
+            }
             return nil
         }
         await shutdown()
@@ -180,7 +187,7 @@ public final class RabbitMQBus: MessageBus, Service {
     private func startThreads(failFast: Bool) throws(BusError) {
         let start = try state.withLock { state throws(BusError) -> (UInt64, Mailbox, Mailbox)? in
             switch state.phase {
-            case .shutDown: throw Self.closed
+            case .shutDown: throw state.stoppedBy ?? Self.closed
             case .starting, .connected: return nil
             case .idle, .failed: break
             }
@@ -246,7 +253,7 @@ public final class RabbitMQBus: MessageBus, Service {
     private func mailbox(_ role: ConnectionRole) async throws -> Mailbox {
         if let ready = try readyMailbox(role) { return ready }
         try await waitUntilConnected(timeout: configuration.operationTimeout)
-        guard let ready = try readyMailbox(role) else { throw Self.closed }
+        guard let ready = try readyMailbox(role) else { throw closedError }
         return ready
     }
 
@@ -254,7 +261,7 @@ public final class RabbitMQBus: MessageBus, Service {
         try state.withLock { state throws(BusError) -> Mailbox? in
             switch state.phase {
             case .connected: return role == .publisher ? state.publisher : state.consumer
-            case .shutDown: throw Self.closed
+            case .shutDown: throw state.stoppedBy ?? Self.closed
             case .idle, .starting, .failed: return nil
             }
         }
@@ -278,7 +285,7 @@ public final class RabbitMQBus: MessageBus, Service {
                     if Task.isCancelled { return .failure(CancellationError()) }
                     switch state.phase {
                     case .connected: return .success(())
-                    case .shutDown: return .failure(Self.closed)
+                    case .shutDown: return .failure(state.stoppedBy ?? Self.closed)
                     case .failed(let error):
                         return .failure(error)
                     case .idle, .starting:
@@ -326,7 +333,7 @@ public final class RabbitMQBus: MessageBus, Service {
     public func declare(_ topology: Topology) async throws {
         let publisher = try await mailbox(.publisher)
         try await ControlReply.await { reply in
-            if !publisher.send(.declare(topology, reply)) { reply.resume(throwing: Self.closed) }
+            if !publisher.send(.declare(topology, reply)) { reply.resume(throwing: closedError) }
         }
     }
 
@@ -334,7 +341,7 @@ public final class RabbitMQBus: MessageBus, Service {
     public func deleteQueue(_ name: String) async throws {
         let publisher = try await mailbox(.publisher)
         try await ControlReply.await { reply in
-            if !publisher.send(.deleteQueue(name, reply)) { reply.resume(throwing: Self.closed) }
+            if !publisher.send(.deleteQueue(name, reply)) { reply.resume(throwing: closedError) }
         }
     }
 
@@ -342,7 +349,7 @@ public final class RabbitMQBus: MessageBus, Service {
     public func deleteExchange(_ name: String) async throws {
         let publisher = try await mailbox(.publisher)
         try await ControlReply.await { reply in
-            if !publisher.send(.deleteExchange(name, reply)) { reply.resume(throwing: Self.closed) }
+            if !publisher.send(.deleteExchange(name, reply)) { reply.resume(throwing: closedError) }
         }
     }
 
@@ -367,7 +374,7 @@ public final class RabbitMQBus: MessageBus, Service {
         let publisher = try await mailbox(.publisher)
         try await withCheckedThrowingContinuation { reply in
             let request = PublishRequest(message: message, continuation: reply, enqueued: .now)
-            if !publisher.send(.publish(request)) { reply.resume(throwing: Self.closed) }
+            if !publisher.send(.publish(request)) { reply.resume(throwing: closedError) }
         }
     }
 
@@ -395,7 +402,7 @@ public final class RabbitMQBus: MessageBus, Service {
             try await ControlReply.await { reply in
                 if !consumer.send(.consume(registration, reply)) {
                     continuation.finish()
-                    reply.resume(throwing: Self.closed)
+                    reply.resume(throwing: closedError)
                 }
             }
         } catch {
@@ -410,14 +417,14 @@ public final class RabbitMQBus: MessageBus, Service {
     /// delivered messages to be settled and published ones to be confirmed, then closes both connections.
     /// Publishes still unconfirmed then fail with `connectionLost`. Calling it again does nothing more.
     public func shutdown() async {
-        let (publisher, consumer, waiters, runWaiter) = state.withLock { state in
+        let (publisher, consumer, waiters, runWaiter, cause) = state.withLock { state in
             state.phase = .shutDown
             let waiters = Array(state.waiters.values)
             state.waiters.removeAll()
             defer { state.runWaiter = nil }
-            return (state.publisher, state.consumer, waiters, state.runWaiter)
+            return (state.publisher, state.consumer, waiters, state.runWaiter, state.stoppedBy)
         }
-        for waiter in waiters { waiter.resume(throwing: Self.closed) }
+        for waiter in waiters { waiter.resume(throwing: cause ?? Self.closed) }
         runWaiter?.resume()
         if let consumer {
             await withCheckedContinuation { done in
@@ -430,6 +437,9 @@ public final class RabbitMQBus: MessageBus, Service {
             }
         }
     }
+
+    /// Why calls fail once the bus stopped: the error that stopped ``run()``, or "shut down".
+    private var closedError: BusError { state.withLock { $0.stoppedBy } ?? Self.closed }
 
     private static var closed: BusError {
         BusError(.closed, "The RabbitMQ bus has been shut down", recoverySuggestion: "connect a new bus")
