@@ -523,23 +523,21 @@ struct Pages: Sendable {
             return layout(title: "Services", active: "services", session: session, body: html)
         }
         let directory = ServiceDirectory(participants: participants, now: now)
-        let mine = participants.filter { $0.topology == configuration.prefix }
+        let mine = directory.services(topology: configuration.prefix)
         html +=
             "<p class=\"quiet\">every participant records itself in the store while it runs and removes its record when it stops; a process that missed three reports is silent (killed, hung, or cut off from the store)</p>"
         if mine.isEmpty {
             html +=
                 "<p class=\"quiet\" id=\"no-services\">no participant has reported in on prefix \(HTML.escape(configuration.prefix))</p>"
         } else {
-            let rows = Dictionary(grouping: mine, by: \.service).sorted { $0.key < $1.key }.map { service, instances -> [String] in
-                let live = instances.filter { $0.isLive(at: now) }.count
-                let silent = instances.count - live
-                let state = live == 0 ? "dead" : silent > 0 ? "degraded" : "ok"
-                let last = instances.map(\.lastSeen).max().map { age($0, now: now) } ?? "-"
+            let rows = mine.map { service -> [String] in
+                let state = service.live == 0 ? "dead" : service.silent > 0 ? "degraded" : "ok"
+                let last = service.lastSeen.map { age($0, now: now) } ?? "-"
                 return [
-                    "<b>\(HTML.escape(service))</b>",
-                    "<span class=\"svc \(state)\">\(live) live\(silent > 0 ? ", \(silent) silent" : "")</span>", HTML.escape(last),
-                    Array(Set(instances.flatMap(\.commands))).sorted().map { "<span class=\"mono\">\(HTML.escape($0))</span>" }
-                        .joined(separator: "<br>"),
+                    "<b>\(HTML.escape(service.service))</b>",
+                    "<span class=\"svc \(state)\">\(service.live) live\(service.silent > 0 ? ", \(service.silent) silent" : "")</span>",
+                    HTML.escape(last),
+                    service.commands.map { "<span class=\"mono\">\(HTML.escape($0))</span>" }.joined(separator: "<br>"),
                 ]
             }
             html += HTML.table(["service", "processes", "last report", "commands"], rows, classes: "services")

@@ -40,6 +40,17 @@ package struct ServiceDirectory: Sendable {
     /// The commands of `definitions` (their steps' actions, compensations and fallbacks) that no
     /// live process of `topology` handles, by command.
     package func unhandled(_ definitions: [SagaDefinition], topology: String) -> [Unhandled] {
+        let uses = Self.commandUses(definitions)
+        return uses.keys.sorted().compactMap { command in
+            let found = handlers(of: command, topology: topology)
+            guard found.live == 0 else { return nil }
+            return Unhandled(command: command, usedBy: uses[command] ?? [], silentServices: found.services)
+        }
+    }
+
+    /// Every command the steps of `definitions` send (actions, compensations, fallbacks; not
+    /// waits), with where each is used: `definition vN step 'name' (action)`.
+    package static func commandUses(_ definitions: [SagaDefinition]) -> [String: [String]] {
         var uses: [String: [String]] = [:]
         for definition in definitions {
             for step in definition.steps where step.wait == nil {
@@ -49,11 +60,33 @@ package struct ServiceDirectory: Sendable {
                 if let fallback = step.fallback?.action { uses[fallback, default: []].append("\(at) (fallback)") }
             }
         }
-        return uses.keys.sorted().compactMap { command in
-            let found = handlers(of: command, topology: topology)
-            guard found.live == 0 else { return nil }
-            return Unhandled(command: command, usedBy: uses[command] ?? [], silentServices: found.services)
-        }
+        return uses
+    }
+
+    /// The processes of one service on one topology.
+    package struct Service: Sendable {
+        package var topology: String
+        package var service: String
+        /// Its processes, live and silent.
+        package var instances: [ParticipantInstance]
+        /// How many of them report in.
+        package var live: Int
+        /// How many stopped reporting.
+        package var silent: Int { instances.count - live }
+        /// The commands any of them handles, sorted.
+        package var commands: [String] { Array(Set(instances.flatMap(\.commands))).sorted() }
+        /// The last report of any of them.
+        package var lastSeen: Date? { instances.map(\.lastSeen).max() }
+    }
+
+    /// The services of `topology` (of every topology when `nil`), by topology then name.
+    package func services(topology: String?) -> [Service] {
+        let shown = participants.filter { topology == nil || $0.topology == topology }
+        return Dictionary(grouping: shown) { "\($0.topology)\u{0}\($0.service)" }.values.map { instances in
+            Service(
+                topology: instances[0].topology, service: instances[0].service, instances: instances,
+                live: instances.count { $0.isLive(at: now) })
+        }.sorted { ($0.topology, $0.service) < ($1.topology, $1.service) }
     }
 
     /// The records of `store`; `nil` when the store keeps none (a store written before SagaKit

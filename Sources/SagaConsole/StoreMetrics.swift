@@ -70,21 +70,15 @@ enum StoreMetrics {
             "# HELP sagakit_store_participants Participant processes that report in to the store (live) or stopped reporting (silent).",
             "# TYPE sagakit_store_participants gauge",
         ]
-        let mine = directory.participants.filter { $0.topology == topology }
-        for (service, instances) in Dictionary(grouping: mine, by: \.service).sorted(by: { $0.key < $1.key }) {
-            let live = instances.count { $0.isLive(at: directory.now) }
-            lines.append("sagakit_store_participants{service=\"\(escape(service))\",state=\"live\"} \(live)")
-            lines.append("sagakit_store_participants{service=\"\(escape(service))\",state=\"silent\"} \(instances.count - live)")
+        for service in directory.services(topology: topology) {
+            lines.append("sagakit_store_participants{service=\"\(escape(service.service))\",state=\"live\"} \(service.live)")
+            lines.append("sagakit_store_participants{service=\"\(escape(service.service))\",state=\"silent\"} \(service.silent)")
         }
         lines += [
             "# HELP sagakit_store_command_live_handlers Live participant processes that handle each command of the known definitions.",
             "# TYPE sagakit_store_command_live_handlers gauge",
         ]
-        let commands = Set(
-            definitions.flatMap { definition in
-                definition.steps.filter { $0.wait == nil }.flatMap { [$0.action, $0.compensation, $0.fallback?.action].compactMap { $0 } }
-            })
-        for command in commands.sorted() {
+        for command in ServiceDirectory.commandUses(definitions).keys.sorted() {
             let live = directory.handlers(of: command, topology: topology).live
             lines.append("sagakit_store_command_live_handlers{command=\"\(escape(command))\"} \(live)")
         }

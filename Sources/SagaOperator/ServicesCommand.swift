@@ -64,18 +64,16 @@ struct ServicesCommand: AsyncParsableCommand {
                     "this store keeps no participant records (\(error.message)); its participants cannot be listed")
             }
         }
-        let shown = participants.filter { allTopologies || $0.topology == topology }
-        let services = Dictionary(grouping: shown) { "\($0.topology)\u{0}\($0.service)" }.values.map { instances in
+        let directory = ServiceDirectory(participants: participants, now: now)
+        let services = directory.services(topology: allTopologies ? nil : topology).map { service in
             Service(
-                service: instances[0].service, topology: instances[0].topology,
-                commands: Array(Set(instances.flatMap(\.commands))).sorted(),
-                instances: instances.map {
+                service: service.service, topology: service.topology, commands: service.commands,
+                instances: service.instances.map {
                     Instance(
                         instance: $0.instance, live: $0.isLive(at: now), startedAt: $0.startedAt, lastSeen: $0.lastSeen,
                         reportIntervalSeconds: $0.reportInterval.seconds)
                 })
-        }.sorted { ($0.topology, $0.service) < ($1.topology, $1.service) }
-        let directory = ServiceDirectory(participants: participants, now: now)
+        }
         let unhandled = directory.unhandled(definitions, topology: topology)
 
         if json {
