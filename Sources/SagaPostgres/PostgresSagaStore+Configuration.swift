@@ -90,6 +90,11 @@ extension PostgresSagaStore {
         /// How long an operation made before the store runs waits for
         /// ``PostgresSagaStore/run()`` to connect, before failing with `storeUnavailable`.
         public var startupTimeout: Duration
+        /// The `application_name` the store's connections give the server, which
+        /// `pg_stat_activity` and the server's log show (and a start that waits for another
+        /// session's migration names): by default `sagakit` and the process's name, for example
+        /// `sagakit payment-service`. The server keeps at most 63 bytes.
+        public var applicationName: String
 
         /// Creates a configuration.
         public init(
@@ -97,7 +102,7 @@ extension PostgresSagaStore {
             tls: TLSMode? = nil, schema: String = "public", connectTimeout: Duration = .seconds(10),
             maximumConnections: Int = 20, statementTimeout: Duration = .seconds(30),
             startupTimeout: Duration = .seconds(30), caCertificateFile: String? = nil,
-            keepAliveInterval: Duration? = nil, heldConnections: Int = 2
+            keepAliveInterval: Duration? = nil, heldConnections: Int = 2, applicationName: String? = nil
         ) {
             self.host = host
             self.port = port
@@ -113,13 +118,20 @@ extension PostgresSagaStore {
             self.heldConnections = heldConnections
             self.statementTimeout = statementTimeout
             self.startupTimeout = startupTimeout
+            self.applicationName = applicationName ?? Self.defaultApplicationName
+        }
+
+        /// `sagakit` and the process's name.
+        static var defaultApplicationName: String {
+            "sagakit \(ProcessInfo.processInfo.processName)"
         }
 
         /// Parses `postgres://user:password@host:port/database?sslmode=verify-full&sslrootcert=/etc/ca.pem&schema=sagas`
         /// (`postgresql://` too) with ``SagaCore/ConnectionURL``. `sslmode` is `disable`, `prefer`,
         /// `require`, `verify-ca` or `verify-full` (see ``TLSMode``; libpq's `allow` means
         /// `disable`); `sslrootcert` is the CA file (``caCertificateFile``; `system` for the
-        /// system's CAs); `schema` defaults to `public`; the database defaults to the user name.
+        /// system's CAs); `schema` defaults to `public`; `application_name` sets
+        /// ``applicationName``; the database defaults to the user name.
         /// Client certificates (`sslcert`, `sslkey`) are not supported and refused.
         ///
         /// - Throws: ``SagaCore/SagaError`` `invalidConfiguration`, quoting the URL without its
@@ -172,7 +184,8 @@ extension PostgresSagaStore {
                 host: host.name, port: host.port ?? 5432, username: username, password: parsed.password,
                 database: database.isEmpty ? username : database, tls: tls,
                 schema: parsed.queryItems["schema"].flatMap { $0.isEmpty ? nil : $0 } ?? "public",
-                caCertificateFile: caCertificateFile
+                caCertificateFile: caCertificateFile,
+                applicationName: parsed.queryItems["application_name"].flatMap { $0.isEmpty ? nil : $0 }
             )
         }
 
@@ -193,6 +206,7 @@ extension PostgresSagaStore {
         /// | `keepalive.seconds` | ``keepAliveInterval`` (`0` or `off`: none) | none |
         /// | `statement.timeout.seconds` | ``statementTimeout`` | `30` |
         /// | `startup.timeout.seconds` | ``startupTimeout`` | `30` |
+        /// | `application.name` | ``applicationName`` | the URL's `application_name`, or `sagakit <process>` |
         ///
         /// - Throws: ``SagaCore/SagaError`` `invalidConfiguration` naming the key that is missing
         ///   or malformed (never quoting a secret).
@@ -216,6 +230,7 @@ extension PostgresSagaStore {
             keepAliveInterval = try reader.sagaSecondsOrOff("keepalive.seconds", default: keepAliveInterval)
             statementTimeout = try reader.sagaSeconds("statement.timeout.seconds", default: statementTimeout)
             startupTimeout = try reader.sagaSeconds("startup.timeout.seconds", default: startupTimeout)
+            if let name = reader.string(forKey: "application.name"), !name.isEmpty { applicationName = name }
         }
 
         /// `host:port/database`, as error messages say it.

@@ -67,6 +67,8 @@ extension PostgresSagaStore {
               AND (\(version)::text IS NULL OR COALESCE(context->>\(versionKey)::text, '1') = \(version)::text)
               AND (\(minimumAttempt)::int8 IS NULL OR attempt >= \(minimumAttempt)::int8)
               AND (\(minimumReapAttempts)::int8 IS NULL OR reap_attempts >= \(minimumReapAttempts)::int8)
+              AND (\(query.topology)::text IS NULL
+                OR coalesce(context ->> \(SagaState.topologyKey)::text, \(query.topology)::text) = \(query.topology)::text)
             ORDER BY updated_at DESC, id
             LIMIT \(max(0, query.limit))
             """
@@ -76,11 +78,19 @@ extension PostgresSagaStore {
 
     /// The number of sagas in each status; every status is present, with 0 when none.
     public func countByStatus(name: String?) async throws -> [SagaStatus: Int] {
+        try await countByStatus(name: name, topology: nil)
+    }
+
+    /// The number of sagas in each status, for one name and topology when given (see
+    /// ``SagaCore/SagaQuery/topology``); every status is present, with 0 when none.
+    public func countByStatus(name: String?, topology: String?) async throws -> [SagaStatus: Int] {
         let result = try await rows(
             "count sagas",
             """
             SELECT status, count(*) AS n FROM \(unescaped: namespace).sagas
-            WHERE \(name)::text IS NULL OR name = \(name)::text
+            WHERE (\(name)::text IS NULL OR name = \(name)::text)
+              AND (\(topology)::text IS NULL
+                OR coalesce(context ->> \(SagaState.topologyKey)::text, \(topology)::text) = \(topology)::text)
             GROUP BY status
             """
         )

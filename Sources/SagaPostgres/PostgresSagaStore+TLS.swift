@@ -21,6 +21,7 @@ extension PostgresSagaStore {
             password: configuration.password, database: configuration.database, tls: clientTLS
         )
         client.options.connectTimeout = configuration.connectTimeout
+        client.options.additionalStartupParameters = [("application_name", configuration.applicationName)]
         client.options.maximumConnections = max(1, configuration.maximumConnections)
         // No connections kept open (postgres-nio's `minimumConnections`, 0): with any, its
         // pool 1.33 fails a precondition when a statement asks for a connection while a kept one

@@ -311,6 +311,9 @@ public final class PostgresSagaStore: SagaStore, Service {
         connectionConfiguration.options.connectTimeout = .milliseconds(
             StoreCoding.milliseconds(connectTimeout ?? configuration.connectTimeout)
         )
+        connectionConfiguration.options.additionalStartupParameters = [
+            ("application_name", configuration.applicationName)
+        ]
         return connectionConfiguration
     }
 

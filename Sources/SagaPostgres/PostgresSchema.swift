@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import PostgresNIO
 import SagaCore
+import Synchronization
 
 /// The PostgreSQL schema and its migrations.
 ///
@@ -457,13 +458,34 @@ enum PostgresSchema {
             _ = try await run(PostgresQuery(unsafeSQL: text))
         }
         let lockKey = "sagakit.schema.\(schema)"
+        let holder = Mutex<LockHolder?>(nil)
         let keyHex = Hex.text(newKey)
         let keyName = stateSealKeyName
         let steps: @Sendable () async throws -> (Int, Int, [UInt8]) = {
             _ = try await run("BEGIN")
             do {
-                let lock: PostgresQuery = "SELECT pg_advisory_xact_lock(hashtext(\(lockKey)))"
-                _ = try await run(lock)
+                let tryLock: PostgresQuery = "SELECT pg_try_advisory_xact_lock(hashtext(\(lockKey)))"
+                // Processes starting together take turns within milliseconds; one that waits
+                // longer than a second says for whom.
+                var locked = false
+                for attempt in 0..<10 where !locked {
+                    if attempt > 0 { try await Task.sleep(for: .milliseconds(100)) }
+                    for row in try await run(tryLock).rows { locked = try row.decode(Bool.self) }
+                }
+                if !locked {
+                    // Another session is creating or migrating the schema, or is stuck doing so:
+                    // say who, then wait for it (bounded by `timeout`).
+                    let found = try await lockHolder(lockKey, run: run)
+                    holder.withLock { $0 = found }
+                    logger.warning(
+                        "waiting for another session's migration of the PostgreSQL saga store's schema",
+                        metadata: [
+                            "store.location": "\(location)", "store.schema.name": "\(schema)",
+                            "store.lock.holder": "\(found?.description ?? "(gone)")",
+                        ])
+                    let lock: PostgresQuery = "SELECT pg_advisory_xact_lock(hashtext(\(lockKey)))"
+                    _ = try await run(lock)
+                }
                 try await run("CREATE SCHEMA IF NOT EXISTS \(namespace)")
                 try await run(
                     """
@@ -521,9 +543,18 @@ enum PostgresSchema {
         let (from, to, key) = try await withTimeLimit(
             timeout,
             timedOut: {
-                SagaError(
-                    .storeUnavailable,
-                    "the PostgreSQL store at \(location) did not finish creating or migrating its schema (\(schema)) within \(timeout)",
+                let message =
+                    "the PostgreSQL store at \(location) did not finish creating or migrating its schema (\(schema)) within \(timeout)"
+                if let found = holder.withLock({ $0 }) {
+                    return SagaError(
+                        .storeUnavailable,
+                        "\(message): \(found.description) holds the schema's migration lock",
+                        recoverySuggestion:
+                            "if that session is stuck, end it (SELECT pg_terminate_backend(\(found.pid))) and start again"
+                    )
+                }
+                return SagaError(
+                    .storeUnavailable, message,
                     recoverySuggestion:
                         "check that the server answers, and that no other session holds a lock on the schema's tables for long"
                 )
@@ -535,6 +566,43 @@ enum PostgresSchema {
             )
         }
         return key
+    }
+
+    /// A session holding the schema's migration lock, as `pg_stat_activity` shows it.
+    struct LockHolder: Sendable, CustomStringConvertible {
+        var pid: Int
+        var applicationName: String
+        var client: String
+        var state: String
+        /// How long its transaction has been open, in seconds.
+        var transactionSeconds: Int?
+
+        var description: String {
+            let application = applicationName.isEmpty ? "" : ", application '\(PrintableText.escaped(applicationName))'"
+            let open = transactionSeconds.map { ", transaction open for \($0) s" } ?? ""
+            return "session \(pid) (\(PrintableText.escaped(client))\(application), \(PrintableText.escaped(state))\(open))"
+        }
+    }
+
+    /// The session that holds the advisory lock on `lockKey` now, if any (a lock on one 64-bit
+    /// key: its high half in `classid`, its low half in `objid`, `objsubid` 1).
+    static func lockHolder(
+        _ lockKey: String, run: @Sendable (PostgresQuery) async throws -> PostgresQueryResult
+    ) async throws -> LockHolder? {
+        let query: PostgresQuery = """
+            SELECT a.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local socket'),
+                coalesce(a.state, 'unknown'), extract(epoch FROM now() - a.xact_start)::int8
+            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+              AND ((l.classid::int8 << 32) | l.objid::int8) = hashtext(\(lockKey))::int8
+            LIMIT 1
+            """
+        for row in try await run(query).rows {
+            let (pid, application, client, state, seconds) = try row.decode((Int, String, String, String, Int?).self)
+            return LockHolder(
+                pid: pid, applicationName: application, client: client, state: state, transactionSeconds: seconds)
+        }
+        return nil
     }
 
     /// The key as `encode(key, 'hex')` reads it.

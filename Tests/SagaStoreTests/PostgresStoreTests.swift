@@ -28,6 +28,8 @@ struct PostgresStoreTests {
         #expect(local.password == nil)
         #expect(local.tls == .disable)
         #expect(local.schema == "public")
+        #expect(local.applicationName.hasPrefix("sagakit "))
+        #expect(try PostgresSagaStore.Configuration(url: "postgres://app@h/d?application_name=orders").applicationName == "orders")
         #expect(try PostgresSagaStore.Configuration(url: "postgres://app@db.internal/shop").tls == .prefer)
 
         for bad in ["mysql://a@b/c", "postgres:///db", "postgres://host/db", "postgres://a@h/d?sslmode=sometimes"] {
@@ -263,7 +265,8 @@ struct PostgresStoreTests {
 
     /// A migration that cannot finish (here: another session holds the schema's lock for good)
     /// makes `run()` fail with a clear error after twice the statement timeout, instead of
-    /// waiting for ever at start-up.
+    /// waiting for ever at start-up; the start says at once that it waits, and both name the
+    /// session that holds the lock (a user's store waited 23 s without a word).
     @Test func aMigrationThatCannotFinishFailsTheStart() async throws {
         guard let url = try await TestPostgres.url() else { return }
         var configuration = try PostgresSagaStore.Configuration(url: url)
@@ -275,8 +278,14 @@ struct PostgresStoreTests {
                 password: configuration.password, database: configuration.database, tls: .disable),
             id: 1, logger: Logger(label: "test"))
         let lockKey = "sagakit.schema.\(configuration.schema)"
+        _ = try await holder.query("SET application_name = 'stuck-migrator'", logger: Logger(label: "test"))
         _ = try await holder.query("SELECT pg_advisory_lock(hashtext(\(lockKey)))", logger: Logger(label: "test"))
-        let store = try PostgresSagaStore(configuration: configuration)
+        var holderPID = 0
+        for try await pid in try await holder.query("SELECT pg_backend_pid()", logger: Logger(label: "test"))
+            .decode(Int.self)
+        { holderPID = pid }
+        let logs = CapturedLogs()
+        let store = try PostgresSagaStore(configuration: configuration, logger: logs.logger)
         let started = ContinuousClock.now
         await #expect {
             try await store.run()
@@ -284,10 +293,40 @@ struct PostgresStoreTests {
             let message = "\(error)"
             return (error as? SagaError)?.code == .storeUnavailable
                 && message.contains("did not finish creating or migrating its schema")
+                && message.contains("session \(holderPID) (")
+                && message.contains("application 'stuck-migrator'")
+                && (error as? SagaError)?.recoverySuggestion?.contains("pg_terminate_backend(\(holderPID))") == true
         }
         let waited = ContinuousClock.now - started
         #expect(waited >= .seconds(2) && waited < .seconds(15), "run() failed after \(waited)")
+        let waiting = logs.warnings.filter { $0.contains("waiting for another session's migration") }
+        #expect(waiting.count == 1, "\(logs.warnings)")
+        #expect(waiting.first?.contains("session \(holderPID) (") == true, "\(waiting)")
         try await holder.close()
+    }
+
+    /// The store's connections carry its application name, so an operator looking at
+    /// `pg_stat_activity` sees which process holds a session.
+    @Test func connectionsNameTheApplication() async throws {
+        guard var configuration = try await testPostgresConfiguration() else { return }
+        let name = "sagakit-test-\(UUID().uuidString.prefix(8).lowercased())"
+        configuration.applicationName = name
+        let store = try PostgresSagaStore(configuration: configuration)
+        let observer = try await PostgresConnection.connect(
+            configuration: PostgresConnection.Configuration(
+                host: configuration.host, port: configuration.port, username: configuration.username,
+                password: configuration.password, database: configuration.database, tls: .disable),
+            id: 1, logger: Logger(label: "test"))
+        try await store.withRunning { store in
+            _ = try await store.list(SagaQuery(limit: 1))
+            var sessions = 0
+            for try await count in try await observer.query(
+                "SELECT count(*)::int8 FROM pg_stat_activity WHERE application_name = \(name)", logger: Logger(label: "test")
+            ).decode(Int.self) { sessions = count }
+            #expect(sessions >= 1)
+            try await store.executeForTesting("DROP SCHEMA \(store.namespace) CASCADE")
+        }
+        try await observer.close()
     }
 
     @Test func aStoreCanUseAClientTheCallerRuns() async throws {
