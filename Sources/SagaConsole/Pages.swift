@@ -65,15 +65,17 @@ struct Pages: Sendable {
 
     func overview(session: Session?, now: Date = Date()) async throws -> String {
         let store = backend.store
-        let counts = try await store.countByStatus(name: nil)
+        let counts = try await store.countByStatus(name: nil, topology: configuration.prefix)
         let stalledBefore = now.addingTimeInterval(-configuration.stalledThreshold.consoleSeconds)
-        let attention = try await store.list(SagaQuery(statuses: [.needsAttention], limit: 20))
+        let attention = try await store.list(SagaQuery(statuses: [.needsAttention], topology: configuration.prefix, limit: 20))
         let stalled = try await store.listStalled(
-            SagaQuery(statuses: [.running, .compensating], limit: 20), noProgressSince: stalledBefore)
+            SagaQuery(statuses: [.running, .compensating], topology: configuration.prefix, limit: 20), noProgressSince: stalledBefore)
         let stuck = try await store.list(
-            SagaQuery(statuses: [.running, .compensating], minimumAttempt: configuration.stuckAttempts, limit: 20))
+            SagaQuery(
+                statuses: [.running, .compensating], minimumAttempt: configuration.stuckAttempts, topology: configuration.prefix, limit: 20)
+        )
         let sampleLimit = 5000
-        let recent = try await store.list(SagaQuery(limit: sampleLimit))
+        let recent = try await store.list(SagaQuery(topology: configuration.prefix, limit: sampleLimit))
         let hourAgo = now.addingTimeInterval(-3600)
         let registry = try? await backend.definitions()
         var names = Set(recent.map(\.name))
@@ -107,7 +109,7 @@ struct Pages: Sendable {
         html += "<section id=\"by-definition\"><h2>By definition</h2>"
         var rows: [[String]] = []
         for name in names.sorted() {
-            let byStatus = try await store.countByStatus(name: name)
+            let byStatus = try await store.countByStatus(name: name, topology: configuration.prefix)
             var row = ["<a href=\"/definitions/\(HTML.urlComponent(name))\">\(HTML.escape(name))</a>"]
             for status in SagaStatus.allCases {
                 let count = byStatus[status] ?? 0
@@ -227,7 +229,7 @@ struct Pages: Sendable {
         let filtering = search != nil || ageMinutes != nil
         let query = SagaQuery(
             statuses: wanted.isEmpty && !(stalled || stuck) ? nil : wanted, name: name, definitionVersion: version,
-            minimumAttempt: stuck ? configuration.stuckAttempts : nil, limit: filtering ? 5000 : limit)
+            minimumAttempt: stuck ? configuration.stuckAttempts : nil, topology: configuration.prefix, limit: filtering ? 5000 : limit)
         var sagas: [SagaState] = []
         if !((stalled || stuck) && wanted.isEmpty) {
             sagas =
@@ -494,7 +496,7 @@ struct Pages: Sendable {
         let grouped = Dictionary(grouping: stored, by: \.name)
         var rows: [[String]] = []
         for name in grouped.keys.sorted() {
-            let counts = try await backend.store.countByStatus(name: name)
+            let counts = try await backend.store.countByStatus(name: name, topology: configuration.prefix)
             for info in grouped[name] ?? [] {
                 rows.append([
                     "<a href=\"/definitions/\(HTML.urlComponent(name))?version=\(info.version)\">\(HTML.escape(name))</a>",
@@ -574,7 +576,10 @@ struct Pages: Sendable {
         var html =
             "<h1>Definition \(HTML.escape(name)) <span class=\"quiet\">version \(chosen)</span></h1><p class=\"versions\" id=\"versions\">versions: "
         for candidate in versions {
-            let count = (try? await backend.store.list(SagaQuery(name: name, definitionVersion: candidate, limit: 1000)).count) ?? 0
+            let count =
+                (try? await backend.store.list(
+                    SagaQuery(name: name, definitionVersion: candidate, topology: configuration.prefix, limit: 1000)
+                ).count) ?? 0
             html +=
                 candidate == chosen
                 ? "<b>v\(candidate)</b> (\(count)\(count == 1000 ? "+" : "") sagas) "

@@ -50,6 +50,13 @@ struct ListCommand: AsyncParsableCommand {
     @Option(help: "At most this many sagas.")
     var limit = 50
 
+    @Flag(
+        name: .customLong("all-topologies"),
+        help:
+            "List the sagas of every topology in the store (default: those started on the topology of --prefix, and those that record none)."
+    )
+    var allTopologies = false
+
     @Flag(help: "Print JSON (an array of saga states).")
     var json = false
 
@@ -64,8 +71,9 @@ struct ListCommand: AsyncParsableCommand {
         if limit < 1 { throw ValidationError("--limit must be 1 or more") }
     }
 
-    /// The store query these options make.
-    func query(now: Date = Date()) throws -> SagaQuery {
+    /// The store query these options make, for the sagas of `topology` (every topology when
+    /// `nil`).
+    func query(now: Date = Date(), topology: String? = nil) throws -> SagaQuery {
         var statuses = try Set(status.flatMap { $0.split(separator: ",") }.map { try parseStatus(String($0)) })
         var updatedBefore: Date?
         if let stalled {
@@ -80,7 +88,7 @@ struct ListCommand: AsyncParsableCommand {
         }
         return SagaQuery(
             statuses: statuses.isEmpty ? nil : statuses, name: name, updatedBefore: updatedBefore, definitionVersion: version,
-            minimumAttempt: stuckRetrying, limit: limit)
+            minimumAttempt: stuckRetrying, topology: topology, limit: limit)
     }
 
     /// `--stuck-retrying` given without a number (last, or before another option) means
@@ -108,7 +116,7 @@ struct ListCommand: AsyncParsableCommand {
 
     func run() async throws {
         let environment = try CommandEnvironment(connection)
-        let query = try query()
+        let query = try query(topology: allTopologies ? nil : environment.configuration.topology.prefix)
         let (name, json, limit, idsOnly) = (name, json, limit, ids)
         let stalledSince = stalled.map { Date().addingTimeInterval(-$0) }
         try await environment.withStore { store in
@@ -128,12 +136,39 @@ struct ListCommand: AsyncParsableCommand {
                 if sagas.count == limit { printError("(\(limit) ids, the --limit; there may be more)") }
                 return
             }
-            try Self.report(sagas, counts: try await store.countByStatus(name: name), query: query, limit: limit)
+            let counts = try await Self.counts(in: store, name: name, topology: query.topology)
+            try Self.report(sagas, counts: counts, query: query, limit: limit)
+            if sagas.isEmpty, let topology = query.topology, counts.topology != nil {
+                // Nothing on this topology: say so when other topologies have matching sagas.
+                let others = try await store.list(
+                    SagaQuery(
+                        statuses: query.statuses, name: query.name, updatedBefore: query.updatedBefore,
+                        definitionVersion: query.definitionVersion, minimumAttempt: query.minimumAttempt, limit: 1))
+                if !others.isEmpty {
+                    print(
+                        "(other topologies than '\(PrintableText.escaped(topology))' have matching sagas: use --all-topologies, or --prefix for theirs)"
+                    )
+                }
+            }
+        }
+    }
+
+    /// Counts by status for the topology; every topology's counts, saying so, when the store
+    /// cannot count by topology.
+    private static func counts(
+        in store: any SagaStore, name: String?, topology: String?
+    ) async throws -> (byStatus: [SagaStatus: Int], topology: String?) {
+        do {
+            return (try await store.countByStatus(name: name, topology: topology), topology)
+        } catch let error as SagaError where error.code == .unsupported {
+            return (try await store.countByStatus(name: name), nil)
         }
     }
 
     /// Prints inside the store's scope, so that positions use its definitions too.
-    private static func report(_ sagas: [SagaState], counts: [SagaStatus: Int], query: SagaQuery, limit: Int) throws {
+    private static func report(
+        _ sagas: [SagaState], counts: (byStatus: [SagaStatus: Int], topology: String?), query: SagaQuery, limit: Int
+    ) throws {
         if sagas.isEmpty {
             print("no sagas match")
         } else {
@@ -149,8 +184,12 @@ struct ListCommand: AsyncParsableCommand {
                 }
             )
         }
-        let totals = SagaStatus.allCases.map { "\($0.cliName) \(counts[$0] ?? 0)" }.joined(separator: " · ")
-        print("\nin the store\(query.name.map { " (\($0))" } ?? ""): \(totals)")
+        let totals = SagaStatus.allCases.map { "\($0.cliName) \(counts.byStatus[$0] ?? 0)" }.joined(separator: " · ")
+        let scope = [
+            query.name.map { PrintableText.escaped($0) },
+            counts.topology.map { "topology \(PrintableText.escaped($0))" } ?? "every topology",
+        ].compactMap { $0 }.joined(separator: ", ")
+        print("\nin the store (\(scope)): \(totals)")
         if let attempts = query.minimumAttempt, !sagas.isEmpty {
             print(
                 "stuck retrying (attempt \(attempts) or more): see why with `\(SagaOperatorTool.toolName) show <id>`; fix the handler, then `\(SagaOperatorTool.toolName) retry <id>`"

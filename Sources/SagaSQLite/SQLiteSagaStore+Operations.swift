@@ -180,6 +180,10 @@ extension SQLiteSagaStore {
             conditions.append("reap_attempts >= ?")
             arguments += [minimumReapAttempts]
         }
+        if let topology = query.topology {
+            conditions.append(Self.topologyCondition)
+            arguments += [Self.topologyPath, topology, topology]
+        }
         arguments += [max(0, query.limit)]
         let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
         let sql = "SELECT \(SagaRow.columns) FROM sagas \(filter) ORDER BY updated_at DESC, id LIMIT ?"
@@ -191,14 +195,32 @@ extension SQLiteSagaStore {
 
     /// The number of sagas in each status; every status is present, with 0 when none.
     public func countByStatus(name: String?) async throws -> [SagaStatus: Int] {
+        try await countByStatus(name: name, topology: nil)
+    }
+
+    /// A saga of the topology bound to the second and third arguments, or of none (the first
+    /// argument is ``topologyPath``).
+    private static let topologyCondition = "coalesce(json_extract(context, ?), ?) = ?"
+    private static let topologyPath = "$.\"\(SagaState.topologyKey)\""
+
+    /// The number of sagas in each status, for one name and topology when given (see
+    /// ``SagaCore/SagaQuery/topology``); every status is present, with 0 when none.
+    public func countByStatus(name: String?, topology: String?) async throws -> [SagaStatus: Int] {
+        var conditions: [String] = []
+        var arguments = StatementArguments()
+        if let name {
+            conditions.append("name = ?")
+            arguments += [name]
+        }
+        if let topology {
+            conditions.append(Self.topologyCondition)
+            arguments += [Self.topologyPath, topology, topology]
+        }
+        let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        let sql = "SELECT status, COUNT(*) AS n FROM sagas \(filter) GROUP BY status"
+        let finalArguments = arguments
         let rows = try await read("count sagas in") { db in
-            if let name {
-                return try Row.fetchAll(
-                    db, sql: "SELECT status, COUNT(*) AS n FROM sagas WHERE name = ? GROUP BY status", arguments: [name]
-                ).map { ($0["status"] as String, $0["n"] as Int) }
-            }
-            return try Row.fetchAll(db, sql: "SELECT status, COUNT(*) AS n FROM sagas GROUP BY status")
-                .map { ($0["status"] as String, $0["n"] as Int) }
+            try Row.fetchAll(db, sql: sql, arguments: finalArguments).map { ($0["status"] as String, $0["n"] as Int) }
         }
         var counts = Dictionary(uniqueKeysWithValues: SagaStatus.allCases.map { ($0, 0) })
         for (status, count) in rows {

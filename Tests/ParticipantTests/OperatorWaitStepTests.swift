@@ -300,6 +300,64 @@ struct OperatorWaitStepTests {
     }
 
     /// A SQLite store in a new directory that knows `payout` and holds `sagas`.
+    /// Two deployments sharing one store: `saga list` shows the sagas of its own topology (the
+    /// prefix, `sagakit` by default) and those that record none, counts only those, says when
+    /// other topologies have matching sagas, and `--all-topologies` shows all (a user's list
+    /// mixed both deployments).
+    @Test func listShowsItsOwnTopologyUnlessAskedForAll() async throws {
+        let machine = SagaStateMachine(definition: try Self.payout())
+        let now = Date()
+        func saga(_ id: String, topology: String?, status: SagaStatus = .running) -> SagaState {
+            var state = machine.begin(id: id, payload: ["amount": 10], now: now).state
+            state.context[SagaState.topologyKey] = topology
+            state.status = status
+            return state
+        }
+        let store = try await Self.seededStore([
+            saga("shop-1", topology: "shop"), saga("shop-2", topology: "shop"),
+            saga("billing-1", topology: "billing", status: .needsAttention), saga("untagged-1", topology: nil),
+        ])
+        defer { try? FileManager.default.removeItem(at: store.directory) }
+        func ids(_ output: String) -> [String] {
+            output.split(separator: "\n").map { String($0.prefix { $0 != " " }) }.filter { $0.contains("-") }.sorted()
+        }
+
+        let shop = try await OperatorParallelGroupTests.runSaga(["list", "--prefix", "shop", "--store-url", store.url])
+        #expect(shop.status == 0, "\(shop.output)")
+        #expect(ids(shop.stdout) == ["shop-1", "shop-2", "untagged-1"], "\(shop.output)")
+        #expect(shop.stdout.contains("in the store (topology shop): running 3 ·"), "\(shop.output)")
+
+        let shopIDs = try await OperatorParallelGroupTests.runSaga(["list", "--ids", "--prefix", "shop", "--store-url", store.url])
+        #expect(shopIDs.stdout.split(separator: "\n").sorted() == ["shop-1", "shop-2", "untagged-1"], "\(shopIDs.output)")
+
+        let all = try await OperatorParallelGroupTests.runSaga([
+            "list", "--all-topologies", "--prefix", "shop", "--store-url", store.url,
+        ])
+        #expect(ids(all.stdout) == ["billing-1", "shop-1", "shop-2", "untagged-1"], "\(all.output)")
+        #expect(all.stdout.contains("in the store (every topology): running 3 ·"), "\(all.output)")
+        #expect(all.stdout.contains("needs-attention 1"), "\(all.output)")
+
+        let attention = try await OperatorParallelGroupTests.runSaga([
+            "list", "--prefix", "shop", "--status", "needs-attention", "--store-url", store.url,
+        ])
+        #expect(attention.stdout.contains("no sagas match"), "\(attention.output)")
+        #expect(
+            attention.stdout.contains("(other topologies than 'shop' have matching sagas: use --all-topologies, or --prefix for theirs)"),
+            "\(attention.output)")
+        #expect(attention.stdout.contains("needs-attention 0"), "\(attention.output)")
+
+        let other = try await OperatorParallelGroupTests.runSaga([
+            "list", "--name", "payout", "--prefix", "shop", "--status", "completed", "--store-url", store.url,
+        ])
+        #expect(other.stdout.contains("no sagas match"), "\(other.output)")
+        #expect(!other.stdout.contains("other topologies"), "none of them completed either: \(other.output)")
+
+        let elsewhere = try await OperatorParallelGroupTests.runSaga([
+            "list", "--prefix", "nobody", "--status", "running", "--store-url", store.url,
+        ])
+        #expect(ids(elsewhere.stdout) == ["untagged-1"], "\(elsewhere.output)")
+    }
+
     static func seededStore(_ sagas: [SagaState]) async throws -> (directory: URL, url: String) {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sagakit-waits-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)

@@ -123,9 +123,16 @@ public final class InMemorySagaStore: SagaStore {
 
     /// The number of sagas in each status; every status is present, with 0 when none.
     public func countByStatus(name: String?) async throws -> [SagaStatus: Int] {
-        storage.withLock { storage in
+        try await countByStatus(name: name, topology: nil)
+    }
+
+    /// The number of sagas in each status, for one name and topology when given (see
+    /// ``SagaQuery/topology``); every status is present, with 0 when none.
+    public func countByStatus(name: String?, topology: String?) async throws -> [SagaStatus: Int] {
+        let query = SagaQuery(name: name, topology: topology)
+        return storage.withLock { storage in
             var counts = Dictionary(uniqueKeysWithValues: SagaStatus.allCases.map { ($0, 0) })
-            for row in storage.sagas.values where name == nil || row.state.name == name {
+            for row in storage.sagas.values where query.matches(row.state) {
                 counts[row.state.status, default: 0] += 1
             }
             return counts

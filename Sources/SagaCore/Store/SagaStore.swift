@@ -51,6 +51,13 @@ public protocol SagaStore: Sendable {
     /// How many sagas are in each status (optionally for one definition name).
     func countByStatus(name: String?) async throws -> [SagaStatus: Int]
 
+    /// How many sagas are in each status, optionally for one definition name and for one
+    /// topology (the sagas started on it and those that record none, as
+    /// ``SagaQuery/topology`` selects them).
+    /// - Throws: `unsupported` for a topology when the store cannot count by topology (the
+    ///   default for stores written before this requirement).
+    func countByStatus(name: String?, topology: String?) async throws -> [SagaStatus: Int]
+
     /// Atomically claims up to `limit` stalled sagas: status running or compensating, not updated
     /// since `updatedBefore`, and not claimed by anyone else whose lease is still valid at `now`.
     /// Claiming sets a lease (`owner`, until `now + lease`) without changing the version. Two
@@ -181,6 +188,16 @@ extension SagaStore {
     /// - Throws: `unsupported`.
     public func saveCircuit(_ key: String, _ state: CircuitBreakerState, expectedVersion: Int64) async throws -> Bool {
         throw SagaError(.unsupported, "this store (\(Self.self)) keeps no circuit breakers")
+    }
+
+    /// Counts with ``countByStatus(name:)`` when no topology is asked for.
+    /// - Throws: `unsupported` for a topology: stores written before this requirement cannot
+    ///   count by topology.
+    public func countByStatus(name: String?, topology: String?) async throws -> [SagaStatus: Int] {
+        guard topology != nil else { return try await countByStatus(name: name) }
+        throw SagaError(
+            .unsupported, "this store (\(Self.self)) cannot count sagas by topology",
+            recoverySuggestion: "implement countByStatus(name:topology:) in the store, or count every topology")
     }
 
     /// Stores written before SagaKit recorded participants do not keep them (the tools then
@@ -412,13 +429,17 @@ public struct SagaQuery: Sendable, Hashable {
     /// `updatedBefore` alone misses a saga that has been stalled for long but was re-sent a
     /// moment ago; `1` finds those.
     public var minimumReapAttempts: Int?
+    /// Only sagas started on this topology (the prefix their context records under
+    /// ``SagaState/topologyKey``) and those that record none (started before SagaKit recorded
+    /// it): what a deployment sharing its store with others calls its own.
+    public var topology: String?
     /// At most this many.
     public var limit: Int
 
     /// Creates a query.
     public init(
         statuses: Set<SagaStatus>? = nil, name: String? = nil, updatedBefore: Date? = nil, definitionVersion: Int? = nil,
-        minimumAttempt: Int? = nil, minimumReapAttempts: Int? = nil, limit: Int = 100
+        minimumAttempt: Int? = nil, minimumReapAttempts: Int? = nil, topology: String? = nil, limit: Int = 100
     ) {
         self.statuses = statuses
         self.name = name
@@ -426,6 +447,7 @@ public struct SagaQuery: Sendable, Hashable {
         self.definitionVersion = definitionVersion
         self.minimumAttempt = minimumAttempt
         self.minimumReapAttempts = minimumReapAttempts
+        self.topology = topology
         self.limit = limit
     }
 
@@ -438,6 +460,7 @@ public struct SagaQuery: Sendable, Hashable {
         if let definitionVersion, state.definitionVersion != definitionVersion { return false }
         if let minimumAttempt, state.attempt < minimumAttempt { return false }
         if let minimumReapAttempts, state.reapAttempts < minimumReapAttempts { return false }
+        if let topology, let recorded = state.topology, recorded != topology { return false }
         return true
     }
 }

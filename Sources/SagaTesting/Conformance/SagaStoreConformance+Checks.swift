@@ -448,6 +448,40 @@ extension SagaStoreConformance {
         #expect(all.count == 4, "without a topology, every stalled saga")
     }
 
+    /// `list` with ``SagaQuery/topology`` and `countByStatus(name:topology:)` find the sagas of
+    /// that topology and those that name none, and leave another topology's out; without a
+    /// topology they find all.
+    public static let listingAndCountingForATopologyLeaveOtherTopologiesOut = Check(
+        "listingAndCountingForATopologyLeaveOtherTopologiesOut"
+    ) { fixture in
+        let store = fixture.store
+        let name = uniqueID("definition")
+        let base = milliseconds()
+        var ours = makeState(name: name, status: .running, updatedAt: base)
+        ours.context[SagaState.topologyKey] = "shop"
+        var theirs = makeState(name: name, status: .running, updatedAt: base.addingTimeInterval(1))
+        theirs.context[SagaState.topologyKey] = "billing"
+        let untagged = makeState(name: name, status: .completed, updatedAt: base.addingTimeInterval(2))
+        var theirsDone = makeState(name: name, status: .completed, updatedAt: base.addingTimeInterval(3))
+        theirsDone.context[SagaState.topologyKey] = "billing"
+        for state in [ours, theirs, untagged, theirsDone] {
+            _ = try await store.create(state, outbox: [])
+        }
+        let shop = try await fixture.other.list(SagaQuery(name: name, topology: "shop"))
+        #expect(shop.map(\.id) == [untagged.id, ours.id], "its own and the untagged, newest first")
+        let billingRunning = try await store.list(SagaQuery(statuses: [.running], name: name, topology: "billing"))
+        #expect(billingRunning.map(\.id) == [theirs.id])
+        #expect(try await store.list(SagaQuery(name: name)).count == 4, "without a topology, all")
+        #expect(try await store.list(SagaQuery(name: name, topology: "none-of-these")).map(\.id) == [untagged.id])
+
+        let shopCounts = try await fixture.other.countByStatus(name: name, topology: "shop")
+        #expect(shopCounts[.running] == 1 && shopCounts[.completed] == 1 && shopCounts.count == SagaStatus.allCases.count)
+        let billingCounts = try await store.countByStatus(name: name, topology: "billing")
+        #expect(billingCounts[.running] == 1 && billingCounts[.completed] == 2)
+        let all = try await store.countByStatus(name: name, topology: nil)
+        #expect(all[.running] == 2 && all[.completed] == 2)
+    }
+
     /// A `commit` of a claimed saga ends its lease: once stalled again, another owner can claim it at
     /// once, and receives the committed version.
     public static let aCommitEndsTheLease = Check("aCommitEndsTheLease") { fixture in

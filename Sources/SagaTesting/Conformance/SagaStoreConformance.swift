@@ -107,6 +107,7 @@ public enum SagaStoreConformance {
         countByStatusCountsEveryStatus,
         claimStalledLeasesSagasUntilTheLeaseExpires,
         claimStalledForATopologyLeavesOtherTopologiesAlone,
+        listingAndCountingForATopologyLeaveOtherTopologiesOut,
         aCommitEndsTheLease,
         twoTopologiesSharingAStoreSeeOnlyTheirOwnMessages,
         transientBodyIsNotStored,
