@@ -121,11 +121,14 @@ struct ListCommand: AsyncParsableCommand {
         let stalledSince = stalled.map { Date().addingTimeInterval(-$0) }
         try await environment.withStore { store in
             // Stalled: no progress since, which a reaper's re-send (an update) is not.
-            let found =
-                if let stalledSince { try await store.listStalled(query, noProgressSince: stalledSince) } else {
+            func find(_ query: SagaQuery) async throws -> [SagaState] {
+                if let stalledSince {
+                    try await store.listStalled(query, noProgressSince: stalledSince)
+                } else {
                     try await store.list(query)
                 }
-            let sagas = found.map { environment.redactor.redact($0) }
+            }
+            let sagas = try await find(query).map { environment.redactor.redact($0) }
             if json {
                 try printJSON(sagas)
                 return
@@ -140,11 +143,10 @@ struct ListCommand: AsyncParsableCommand {
             try Self.report(sagas, counts: counts, query: query, limit: limit)
             if sagas.isEmpty, let topology = query.topology, counts.topology != nil {
                 // Nothing on this topology: say so when other topologies have matching sagas.
-                let others = try await store.list(
-                    SagaQuery(
-                        statuses: query.statuses, name: query.name, updatedBefore: query.updatedBefore,
-                        definitionVersion: query.definitionVersion, minimumAttempt: query.minimumAttempt, limit: 1))
-                if !others.isEmpty {
+                var anywhere = query
+                anywhere.topology = nil
+                anywhere.limit = 1
+                if try await !find(anywhere).isEmpty {
                     print(
                         "(other topologies than '\(PrintableText.escaped(topology))' have matching sagas: use --all-topologies, or --prefix for theirs)"
                     )
