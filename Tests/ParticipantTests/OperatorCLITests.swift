@@ -498,7 +498,9 @@ struct OperatorCLITests {
                 updatedBefore: Date().addingTimeInterval(-1), now: Date(), owner: "another-reaper", lease: .seconds(300), limit: 1)
             #expect(claimed.map(\.id) == [leased])
 
-            #expect(Set(try await cli.listIDs(["--stalled", "1"])) == [leased, stalled, elsewhere, "ghost-1"])
+            // Its own topology's stalled sagas; every topology's with --all-topologies.
+            #expect(Set(try await cli.listIDs(["--stalled", "1"])) == [leased, stalled, "ghost-1"])
+            #expect(Set(try await cli.listIDs(["--stalled", "1", "--all-topologies"])) == [leased, stalled, elsewhere, "ghost-1"])
             let reaped = try await cli.succeed(["reap", "--stalled-seconds", "1"])
             let reapLines = reaped.split(separator: "\n").map { String($0) }
             print("saga reap:\n\(reaped)")
