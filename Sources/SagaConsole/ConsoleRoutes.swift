@@ -20,6 +20,7 @@ struct ConsoleRoutes: Sendable {
     let broadcaster: EventBroadcaster
     let backend: SagaConsoleBackend
     let logger: Logger
+    let health: ConsoleHealth
 
     func register(on router: Router<BasicRequestContext>) {
         router.get("/") { request, _ in
@@ -177,6 +178,18 @@ struct ConsoleRoutes: Sendable {
                     status: .serviceUnavailable, headers: [.contentType: "text/plain; charset=utf-8"],
                     body: ResponseBody(byteBuffer: ByteBuffer(string: "# the saga store did not answer: \(error)\n")))
             }
+        }
+        router.get("/health/live") { _, _ in
+            Response(
+                status: .ok, headers: [.contentType: "text/plain; charset=utf-8", .cacheControl: "no-store"],
+                body: ResponseBody(byteBuffer: ByteBuffer(string: "live\n")))
+        }
+        router.get("/health/ready") { _, _ in
+            let report = await health.probe(backend.store)
+            return Response(
+                status: report.isReady ? .ok : .serviceUnavailable,
+                headers: [.contentType: "application/json", .cacheControl: "no-store"],
+                body: ResponseBody(byteBuffer: ByteBuffer(string: report.json() + "\n")))
         }
         router.get("/assets/console.css") { _, _ in
             asset(ConsoleAssets.css, type: "text/css; charset=utf-8")

@@ -42,7 +42,10 @@ public struct SagaConsole: Service {
             configuration: configuration, backend: backend, security: security, redactor: Redactor(keys: configuration.redactedKeys))
         let router = Router()
         router.add(middleware: SecurityHeaders(security: security))
-        ConsoleRoutes(pages: pages, security: security, broadcaster: broadcaster, backend: backend, logger: logger).register(on: router)
+        ConsoleRoutes(
+            pages: pages, security: security, broadcaster: broadcaster, backend: backend, logger: logger,
+            health: ConsoleHealth(storeDescription: configuration.storeDescription)
+        ).register(on: router)
         let host = configuration.host
         let onListening = onListening
         let app = Application(

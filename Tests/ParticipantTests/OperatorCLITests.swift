@@ -463,6 +463,11 @@ struct OperatorCLITests {
             #expect(metrics.contains("sagakit_store_participants{service=\"flights\",state=\"live\"} 1"), "\(metrics)")
             #expect(metrics.contains("sagakit_store_command_live_handlers{command=\"trip-cli.hotels.book\"} 0"), "\(metrics)")
             #expect(metrics.contains("sagakit_store_command_live_handlers{command=\"trip-cli.flights.book\"} 1"), "\(metrics)")
+            // Its own probes: live, and ready while its store answers (`get` expects a 200).
+            #expect(try await OperatorParallelGroupTests.get(base + "health/live") == "live\n")
+            let ready = try await OperatorParallelGroupTests.get(base + "health/ready")
+            #expect(ready.contains("\"status\":\"ready\"") && ready.contains("\"name\":\"saga store (sqlite://"), "\(ready)")
+            #expect(ready.contains("\"detail\":\"answers\""), "\(ready)")
         }
     }
 
