@@ -2,10 +2,11 @@ import Configuration
 import Foundation
 import Participant
 import SagaTestSupport
+import Synchronization
 import Testing
 
-/// `SagaApplication.withManager(store:_:)`, what a starter's `main` calls: the store, the bus and
-/// the manager run around the body, the body's sagas run to their end on the real broker, and
+/// `SagaApplication.withManager(store:services:_:)`, what a starter's `main` calls: the store, the
+/// bus, the manager and the caller's services run around the body, the body's sagas run to their end on the real broker, and
 /// everything stops once it returns; what it throws comes out.
 @Suite(
     "SagaApplication on RabbitMQ",
@@ -27,12 +28,15 @@ struct SagaApplicationTests {
         let store = InMemorySagaStore()
         let participantsBus = try await RabbitMQBus.connect(url: amqp)
         let ledger = Ledger()
+        let exporter = RecordingService()
         // The services run beside the starter, on a connection of their own.
         let outcomes = try await withParticipants(
             orderHandlers(ledger: ledger), buses: [participantsBus], starterBus: participantsBus, store: store, topology: topology,
             waitUntilConsuming: true
         ) { _ in
-            try await app.withManager(store: store) { manager in
+            try await app.withManager(store: store, services: [exporter]) { manager in
+                // A service passed in runs while the body does.
+                #expect(exporter.events == ["started"])
                 let completed = try await manager.start("order", payload: ["orderId": "app-1", "amount": 5])
                 let declined = try await manager.start("order", payload: ["orderId": "app-2", "amount": 5, "declinePayment": true])
                 return [
@@ -42,6 +46,7 @@ struct SagaApplicationTests {
             }
         }
         #expect(outcomes == [.completed, .compensated])
+        #expect(exporter.events == ["started", "stopped"], "stopped gracefully after the body, like a tracer's exporter")
 
         // What the body throws comes out, after everything stopped (a process runs once: a
         // second application for it).
@@ -53,5 +58,18 @@ struct SagaApplicationTests {
             try await another.withManager(store: store) { _ in throw Refused() }
         }
         await participantsBus.shutdown()
+    }
+}
+
+/// A service of the process beside the manager (a tracer's exporter, say): records that it ran
+/// and that it was stopped gracefully.
+private final class RecordingService: Service {
+    private let recorded = Mutex<[String]>([])
+    var events: [String] { recorded.withLock { $0 } }
+
+    func run() async throws {
+        recorded.withLock { $0.append("started") }
+        try? await gracefulShutdown()
+        recorded.withLock { $0.append("stopped") }
     }
 }

@@ -192,9 +192,15 @@ extension SagaApplication {
     /// returns as a saga ends instead of reading the store over and over. SIGTERM or SIGINT
     /// cancel `body` (it throws `CancellationError`). A process that also serves requests runs
     /// the manager next to its server with ``run(store:services:)`` instead.
+    ///
+    /// - Parameters:
+    ///   - store: the saga store.
+    ///   - services: more services of the process, started before the manager and stopped after
+    ///     it (a tracer's exporter, so that the spans of `body` are flushed at the end).
+    ///   - body: the work, with the running manager.
     /// - Throws: what `body` throws, or what stopped the store or the bus.
     public func withManager<T: Sendable>(
-        store: any SagaStore, _ body: @escaping @Sendable (SagaManager) async throws -> T
+        store: any SagaStore, services: [any Service] = [], _ body: @escaping @Sendable (SagaManager) async throws -> T
     ) async throws -> T {
         let manager = SagaManager(runtime: runtime(store: store))
         let outcome = Mutex<Result<T, any Error>?>(nil)
@@ -207,7 +213,7 @@ extension SagaApplication {
             }
             outcome.withLock { $0 = result }
         }
-        try await run(store: store, services: [manager, job])
+        try await run(store: store, services: services + [manager, job])
         guard let result = outcome.withLock({ $0 }) else {
             throw CancellationError()
         }
