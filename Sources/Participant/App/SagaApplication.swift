@@ -75,7 +75,8 @@ public struct SagaApplication: Sendable {
     ///   - definitions: the saga definitions this service takes part in.
     ///   - config: where to read settings; the process environment when `nil`.
     ///   - bootstrapLogging: whether to make ``ConsoleLogHandler`` the process's log backend (at
-    ///     the configured level). Pass `false` when `main` bootstraps its own backend.
+    ///     the configured level). A backend the process bootstrapped before is kept either way;
+    ///     pass `false` when `main` bootstraps its own backend after this.
     /// - Throws: `invalidConfiguration` naming the setting that is malformed, or
     ///   `invalidDefinition` when two definitions share a name.
     public init(
@@ -91,7 +92,7 @@ public struct SagaApplication: Sendable {
         let sagakit = config.scoped(to: "sagakit")
         let level = try sagakit.sagaChoice(
             "log.level", default: "info", choices: Logger.Level.allCases.map(\.rawValue))
-        if bootstrapLogging { ConsoleLogHandler.bootstrapOnce(level: Logger.Level(rawValue: level) ?? .info) }
+        let kept = bootstrapLogging && !ConsoleLogHandler.bootstrapOnce(level: Logger.Level(rawValue: level) ?? .info)
         let instance = sagakit.string(forKey: "instance") ?? "\(service)-\(ProcessInfo.processInfo.processIdentifier)"
         var logger = Logger(label: service)
         logger[metadataKey: "instance"] = "\(instance)"
@@ -111,6 +112,9 @@ public struct SagaApplication: Sendable {
         self.topology = participant.topology
         self.participantConfiguration = participant
         self.bus = RabbitMQBus(configuration: rabbit)
+        if kept {
+            logger.info("the process bootstrapped its own logging backend before; SagaKit's console handler is not installed")
+        }
     }
 
     /// The values this process's SagaKit components share, with `store`.
@@ -238,14 +242,27 @@ private struct ManagerJob: Service {
 extension ConsoleLogHandler {
     private static let bootstrapped = Atomic<Bool>(false)
 
-    /// Bootstraps the console handler unless this process bootstrapped it already (swift-log
-    /// allows one bootstrap per process).
-    public static func bootstrapOnce(level: Logger.Level) {
+    /// Bootstraps the console handler unless this process bootstrapped it already, or bootstrapped
+    /// another backend before (swift-otel's `OTel.bootstrap()` does by default): swift-log allows
+    /// one bootstrap per process, and a second one stops it.
+    ///
+    /// - Returns: whether the console handler is now the process's backend.
+    @discardableResult
+    public static func bootstrapOnce(level: Logger.Level) -> Bool {
         guard bootstrapped.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else {
-            return
+            return !keptOtherBackend.load(ordering: .acquiring)
+        }
+        // swift-log's default backend until someone bootstraps one; anything else is the
+        // process's own choice, kept.
+        guard Logger(label: "sagakit").handler is StreamLogHandler else {
+            keptOtherBackend.store(true, ordering: .releasing)
+            return false
         }
         bootstrap(level: level)
+        return true
     }
+
+    private static let keptOtherBackend = Atomic<Bool>(false)
 }
 
 extension SagaApplication {
