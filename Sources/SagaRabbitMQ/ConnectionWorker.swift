@@ -71,6 +71,9 @@ final class ConnectionWorker {
         var acks = AckCoalescer()
         /// Cancelled by shutdown: the stream is finished, settlements are still accepted.
         var stopping = false
+        /// Cancelled by its stream's end while deliveries were unsettled: the channel is closed
+        /// once the last one is settled (see ``ConnectionWorker/cancelConsumer(_:)``).
+        var closeWhenSettled = false
     }
 
     private struct PartialContent {
@@ -672,11 +675,37 @@ final class ConnectionWorker {
             consumers[id] = nil
             return
         }
+        guard consumer.unsettled > 0 else {
+            closeConsumerChannel(id, channel: channel, current)
+            return
+        }
+        // Deliveries are still held (a handler runs on one): closing the channel now would requeue
+        // them while they run, and another instance would run them a second time, concurrently
+        // (seen on every graceful stop of a slow service). So: no new deliveries (basic.cancel),
+        // let go of the stream (each delivery it still buffered is released unsettled, and its
+        // settler hands it back), and close the channel once the last one is settled (`settle`).
+        consumers[id]?.stopping = true
+        consumers[id]?.closeWhenSettled = true
+        // Holding the stream's continuation would keep its buffered deliveries alive: a finished
+        // stand-in takes its place (deliveries still arriving find it finished and go back).
+        let standIn = DeliveryStream.makeStream().continuation
+        standIn.finish()
+        consumers[id]?.registration.continuation = standIn
+        do throws(AMQPFailure) {
+            try current.cancel(channel, consumerTag: consumer.consumerTag)
+        } catch .channelClosed {
+        } catch {
+            connectionLost(error)
+        }
+    }
+
+    /// Closes a consumer's channel (after sending its pending acks) and forgets the consumer; the
+    /// broker requeues whatever it had not settled.
+    private func closeConsumerChannel(_ id: UInt64, channel: UInt16, _ current: AMQPConnection) {
         do throws(AMQPFailure) {
             try flushAcks(channel: channel, current)
             consumers[id] = nil
             channelConsumers[channel] = nil
-            // Closing the channel makes the broker requeue what this consumer had not settled.
             try current.closeChannel(channel)
             freeChannels.append(channel)
         } catch .channelClosed {
@@ -692,6 +721,12 @@ final class ConnectionWorker {
             consumer.epoch == epoch
         else { return }
         consumers[id]?.unsettled -= 1
+        defer {
+            // A cancelled consumer's last delivery is settled: its channel can go.
+            if let drained = consumers[id], drained.closeWhenSettled, drained.unsettled <= 0, let current = connection {
+                closeConsumerChannel(id, channel: channel, current)
+            }
+        }
         if case .ack = settlement {
             consumers[id]?.acks.ack(tag)
             channelsWithAcks.append(channel)
@@ -730,6 +765,7 @@ final class ConnectionWorker {
         throws(AMQPFailure)
     {
         guard let id = channelConsumers[channel], let consumer = consumers[id] else { return }
+        let settler = RabbitMQSettler(mailbox: mailbox, channel: channel, epoch: consumer.epoch, tag: tag)
         let delivery = Delivery(
             exchange: content.exchange,
             routingKey: content.routingKey,
@@ -749,10 +785,11 @@ final class ConnectionWorker {
             expiration: content.properties.expiration,
             persistent: content.properties.persistent,
             redelivered: redelivered,
-            settler: RabbitMQSettler(mailbox: mailbox, channel: channel, epoch: consumer.epoch, tag: tag)
+            settler: settler
         )
         if case .terminated = consumer.registration.continuation.yield(delivery) {
             // Nobody reads this stream any more: hand the message back at once.
+            settler.markSettled()
             guard let current = connection else { return }
             try flushAcks(channel: channel, current)
             try current.nack(channel, tag: tag, requeue: true)

@@ -163,6 +163,21 @@ final class RabbitMQSettler: DeliverySettler {
         guard !settled.exchange(true, ordering: .relaxed) else { return }
         mailbox.send(.settle(channel: channel, epoch: epoch, tag: tag, settlement))
     }
+
+    /// Marks the delivery settled by the connection thread itself (it handed the message back
+    /// without yielding it), so that its release does not settle it again.
+    func markSettled() {
+        settled.store(true, ordering: .relaxed)
+    }
+
+    deinit {
+        // Released without a settlement (left in the buffer of a stream that ended, or dropped by
+        // a consumer): back to the queue now. Its consumer's channel stays open until its
+        // deliveries are settled, so this is what returns them (see `ConnectionWorker`).
+        if !settled.load(ordering: .relaxed) {
+            mailbox.send(.settle(channel: channel, epoch: epoch, tag: tag, .nack(requeue: true)))
+        }
+    }
 }
 
 /// Every topology declared through the bus, re-declared after a reconnect.

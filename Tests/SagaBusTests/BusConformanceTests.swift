@@ -365,19 +365,52 @@ struct BusConformanceTests {
         }
     }
 
-    @Test("a consumer that stops hands its unsettled deliveries to the next one", arguments: BusKind.allCases)
+    @Test("a consumer that stops hands the deliveries it releases unsettled to the next one", arguments: BusKind.allCases)
     func cancelledConsumerRequeues(kind: BusKind) async throws {
         try await BusFixture.with(kind) { f in
             let queue = try await f.queue("handover")
             try await f.publish(queue, body: "held")
             let first = try await f.consume(queue)
-            _ = try await first.next()
+            var dropped: Delivery? = try await first.next()
+            #expect(dropped != nil)
             first.stop()
+            try await Task.sleep(for: .milliseconds(200))  // the stream has ended
+            dropped = nil  // released unsettled: back to the queue
             let second = try await f.consume(queue)
             let again = try await second.next()
             #expect(again.text == "held")
             #expect(again.redelivered)
             try await again.ack()
+        }
+    }
+
+    /// A participant that stops gracefully lets its running handlers finish: the delivery a
+    /// handler still holds must not go to another consumer meanwhile (it did on RabbitMQ, whose
+    /// channel was closed at once: every graceful stop of a slow service ran its in-flight steps
+    /// a second time, concurrently, elsewhere). What the stopped consumer releases unsettled goes
+    /// back at once.
+    @Test("a consumer that stops keeps the delivery a handler holds until it is settled", arguments: BusKind.allCases)
+    func stoppedConsumerKeepsHeldDeliveries(kind: BusKind) async throws {
+        try await BusFixture.with(kind) { f in
+            let queue = try await f.queue("held-on-stop")
+            for i in 0..<2 { try await f.publish(queue, body: "m\(i)") }
+            let first = try await f.consume(queue)
+            var taken = try await first.take(2)
+            let held = taken.removeFirst()
+            #expect(held.text == "m0")
+            first.stop()
+            try await Task.sleep(for: .milliseconds(200))  // the stream has ended
+            taken.removeAll()  // m1 released unsettled: back to the queue
+
+            let second = try await f.consume(queue)
+            let handedBack = try await second.next()
+            #expect(handedBack.text == "m1" && handedBack.redelivered)
+            try await Task.sleep(for: .milliseconds(700))
+            #expect(second.count == 0, "the delivery a handler still holds went to another consumer")
+            try await held.ack()
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(second.count == 0, "an acknowledged delivery came back")
+            try await handedBack.ack()
         }
     }
 

@@ -8,8 +8,9 @@ import Synchronization
 /// - `publish` returns once the message sits in every queue it routes to; a mandatory message that routes to
 ///   none fails with `unroutable`, an unknown exchange with `notFound`;
 /// - consumers get deliveries round-robin, at most `prefetch` unsettled each; `nack(requeue: true)` puts the
-///   message back at the head of its queue with ``Delivery/redelivered`` set, as does cancelling a consumer
-///   (ending its stream) for what it had not settled;
+///   message back at the head of its queue with ``Delivery/redelivered`` set, as does releasing a delivery
+///   unsettled; cancelling a consumer (ending its stream) stops its deliveries, and what it had not settled
+///   stays with it until settled or released (a handler still running on one finishes first);
 /// - `reject` / `nack(requeue: false)`, an expired message (queue TTL or per-message expiration, expired at the
 ///   head of the queue) and overflow of `maxLength` dead-letter to the queue's dead-letter exchange with the
 ///   headers `x-first-death-reason` (`rejected` / `expired` / `maxlen`), `x-first-death-queue`,
@@ -37,7 +38,8 @@ public final class InMemoryBus: MessageBus {
         try core.publish(message)
     }
 
-    /// Starts a consumer; ending the stream's iteration cancels it and requeues what it had not settled.
+    /// Starts a consumer; ending the stream's iteration cancels it: no more deliveries, and each one it
+    /// had not settled goes back when it is released unsettled (not while a handler still holds it).
     public func consume(queue: String, prefetch: Int) async throws -> DeliveryStream {
         try core.consume(queue: queue, prefetch: prefetch)
     }
@@ -75,6 +77,8 @@ extension InMemoryBus {
         var properties: OutgoingMessage
         var redelivered = false
         var expiresAt: ContinuousClock.Instant?
+        /// The delivery tag it had when it was last handed back (`nack(requeue: true)`).
+        var requeuedTag: UInt64?
 
         var headers: MessageHeaders {
             get { properties.headers }
@@ -370,18 +374,20 @@ extension InMemoryBus {
                     let tag = state.nextTag
                     state.nextTag += 1
                     let p = message.properties
+                    let settler = InMemorySettler(core: self, tag: tag)
                     let delivery = Delivery(
                         exchange: message.exchange, routingKey: message.routingKey, queue: name, body: message.body,
                         headers: p.headers, messageId: p.messageId, contentType: p.contentType, type: p.type,
                         correlationId: p.correlationId, contentEncoding: p.contentEncoding, replyTo: p.replyTo,
                         appId: p.appId, userId: p.userId, priority: p.priority, timestamp: p.timestamp,
                         expiration: p.expiration, persistent: p.persistent, redelivered: message.redelivered,
-                        settler: InMemorySettler(core: self, tag: tag))
+                        settler: settler)
                     // Yielding under the lock keeps each consumer's deliveries in queue order; `yield` runs no
                     // user code.
                     if case .terminated = consumer.continuation.yield(delivery) {
                         // The stream ended and its onTermination is about to cancel the consumer: put the message
-                        // back and cancel it here.
+                        // back and cancel it here (the delivery is released under the lock: disarmed first).
+                        settler.markSettled()
                         state.queues[name]?.ready.insert(message, at: 0)
                         removeConsumer(&state, id, &effects)
                         continue
@@ -442,22 +448,15 @@ extension InMemoryBus {
             run(effects)
         }
 
-        /// Removes a consumer; what it had not settled goes back to the head of its queue, in delivery order,
-        /// marked redelivered.
+        /// Removes a consumer. What it had not settled stays unsettled, as on RabbitMQ: a delivery
+        /// still held (a handler runs on it) is settled as usual, and one released unsettled (left in
+        /// the ended stream's buffer, or dropped) goes back to its queue through its settler.
         private func removeConsumer(_ state: inout State, _ id: UInt64, _ effects: inout Effects) {
             guard let consumer = state.consumers.removeValue(forKey: id) else { return }
-            // Released after the lock: dropping the last continuation may end its stream.
+            // Released after the lock: dropping the last continuation may end its stream (and
+            // release its buffered deliveries, whose settlers take the lock).
             effects.finishes.append((consumer.continuation, nil))
             state.queues[consumer.queue]?.consumerOrder.removeAll { $0 == id }
-            let returned = state.unsettled.filter { $0.value.consumer == id }.sorted { $0.key < $1.key }
-            var requeued: [Message] = []
-            for (tag, entry) in returned {
-                state.unsettled[tag] = nil
-                var message = entry.message
-                message.redelivered = true
-                requeued.append(message)
-            }
-            state.queues[consumer.queue]?.ready.insert(contentsOf: requeued, at: 0)
         }
 
         // MARK: Settle
@@ -473,7 +472,12 @@ extension InMemoryBus {
                 case .nack(requeue: true):
                     var message = entry.message
                     message.redelivered = true
-                    state.queues[entry.queue]?.ready.insert(message, at: 0)
+                    // Back where it was among the messages handed back before it (RabbitMQ keeps
+                    // the original positions): several released at once keep their order.
+                    message.requeuedTag = tag
+                    let ready = state.queues[entry.queue]?.ready ?? []
+                    let position = ready.prefix { ($0.requeuedTag ?? .max) < tag }.count
+                    state.queues[entry.queue]?.ready.insert(message, at: position)
                 case .nack(requeue: false), .reject:
                     deadLetter(&state, entry.message, from: entry.queue, reason: "rejected", &effects)
                 }
@@ -533,6 +537,16 @@ private final class InMemorySettler: DeliverySettler {
     init(core: InMemoryBus.Core, tag: UInt64) {
         self.core = core
         self.tag = tag
+    }
+
+    /// Marks the delivery settled by the bus itself, so that its release settles nothing.
+    func markSettled() {
+        settled.store(true, ordering: .relaxed)
+    }
+
+    deinit {
+        // Released without a settlement: back to its queue, as RabbitMQ's settler does.
+        if !settled.load(ordering: .relaxed) { core?.settle(tag: tag, .nack(requeue: true)) }
     }
 
     func settle(_ settlement: Settlement) async throws {

@@ -31,6 +31,11 @@ public protocol MessageBus: Sendable {
     /// The returned sequence ends when the bus is shut down or the consumer is cancelled. After a
     /// connection loss it resumes by itself; deliveries that were not settled before the loss are
     /// redelivered by the broker and settling the old ones is a no-op.
+    ///
+    /// Ending the iteration cancels the consumer: no more deliveries come, and each delivery it
+    /// had not settled stays with it until it is settled (a handler still running on it finishes
+    /// and acknowledges, and nobody else receives it meanwhile) or released unsettled (left in
+    /// the stream's buffer, or dropped), which hands it back to the queue.
     func consume(queue: String, prefetch: Int) async throws -> DeliveryStream
 
     /// Stops consuming, waits for in-flight publishes to be confirmed and closes the connection.
