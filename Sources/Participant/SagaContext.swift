@@ -38,6 +38,10 @@ public struct SagaContext: Sendable {
     /// A logger whose metadata carries the saga id, name, step, phase and attempt.
     public var logger: Logger
 
+    /// After a report threw ``SagaError/Code/outcomeDiscarded``: what to do with this run's
+    /// effect, decided from where the saga was when the report was discarded; `nil` before.
+    public var discardedOutcome: DiscardedOutcome? { execution.discarded }
+
     let execution: StepExecution
 
     init(
@@ -120,8 +124,9 @@ public struct SagaContext: Sendable {
     ///
     /// - Throws: ``SagaError/Code/outcomeDiscarded`` when the outcome was not recorded because the
     ///   saga moved on while the handler ran (an operator compensated it, its deadline passed, the
-    ///   step timed out): the step did not count, so undo this run's effect (see
-    ///   WritingParticipants.md). Other errors (store or broker) mean the delivery is retried.
+    ///   step timed out): this report did not count; ``discardedOutcome`` says whether to undo this
+    ///   run's effect (see WritingParticipants.md). Other errors (store or broker) mean the
+    ///   delivery is retried.
     public func completeStep(merging patch: JSONObject = [:]) async throws {
         try requirePhase(.action, "completeStep")
         try await execution.finish(.completed(patch), sagaID: sagaID, command: command)
@@ -246,6 +251,49 @@ public enum SagaHandlerReport: Sendable, Hashable {
     static let permanenceReason = "the same payload fails the same way on every attempt"
 }
 
+/// What a handler does with its run's effect when its report was discarded
+/// (``SagaError/Code/outcomeDiscarded``): ``SagaContext/discardedOutcome``.
+public enum DiscardedOutcome: Sendable, Equatable {
+    /// The saga is compensating (or compensated) and no run of this step counted: undo this
+    /// run's effect, idempotently by the idempotency key, as the step's compensation would.
+    case undoThisRun
+    /// Leave the effect: another run of this step counted (a duplicate delivery, a re-send),
+    /// or the saga may still count on it (a later attempt replays it by its key; the step's
+    /// compensation undoes it if the saga compensates), or this was a compensation.
+    case leaveTheEffect
+
+    /// What to do after a report of `command` was discarded with the saga at `latest`.
+    static func decide(phase: StepPhase, step: Int, latest: SagaState) -> DiscardedOutcome {
+        guard phase == .action else { return .leaveTheEffect }
+        let counted = latest.history.contains { $0.step == step && $0.phase == .action && $0.outcome == .completed }
+        let undoing = latest.status == .compensating || latest.status == .compensated
+        return undoing && !counted ? .undoThisRun : .leaveTheEffect
+    }
+
+    /// The recovery suggestion of the `outcomeDiscarded` error.
+    func advice(phase: StepPhase, counted: Bool) -> String {
+        switch self {
+        case .undoThisRun:
+            return
+                "the step did not count and the saga is compensating: undo this run's effect (idempotently, as the step's compensation would); do not report again"
+        case .leaveTheEffect where phase == .compensation:
+            return "nothing to undo: another delivery or an operator already moved the saga on; do not report again"
+        case .leaveTheEffect where counted:
+            return "the step counted in another run of it (a duplicate delivery or a re-send): leave its effect; do not report again"
+        case .leaveTheEffect:
+            return
+                "leave this run's effect: the saga may still count on it (a later attempt replays it by its idempotency key, and the step's compensation undoes it if the saga compensates); do not report again"
+        }
+    }
+}
+
+/// A report the runtime discarded, with the decision about the run's effect; the handler sees
+/// `error` (``StepExecution`` unwraps it) and the decision as ``SagaContext/discardedOutcome``.
+struct DiscardedReport: Error {
+    var error: SagaError
+    var decision: DiscardedOutcome
+}
+
 /// One run of a handler: lets exactly one outcome be reported, and remembers whether reporting
 /// it failed (then the delivery must not be acknowledged).
 ///
@@ -262,6 +310,7 @@ final class StepExecution: Sendable {
         case failed(any Error)
     }
     private let progress = Mutex(Progress.pending)
+    private let discardedDecision = Mutex<DiscardedOutcome?>(nil)
     private let report: @Sendable (SagaHandlerReport, [LocalWrite]) async throws -> Void
 
     init(report: @escaping @Sendable (SagaHandlerReport, [LocalWrite]) async throws -> Void) {
@@ -277,6 +326,14 @@ final class StepExecution: Sendable {
     /// The timeout, when the step's timeout claimed the outcome before the handler reported one.
     var timeout: Duration? {
         progress.withLock { if case .timedOut(let limit) = $0 { limit } else { nil } }
+    }
+
+    /// What to do with the run's effect, once a report was discarded.
+    var discarded: DiscardedOutcome? { discardedDecision.withLock { $0 } }
+
+    /// Records the decision for a discarded report (see ``SagaContext/discardedOutcome``).
+    func recordDiscarded(_ outcome: DiscardedOutcome) {
+        discardedDecision.withLock { $0 = outcome }
     }
 
     /// The error that reporting the outcome ended with, if it failed.
@@ -305,6 +362,10 @@ final class StepExecution: Sendable {
         do {
             try await body()
             progress.withLock { $0 = .reported }
+        } catch let discarded as DiscardedReport {
+            recordDiscarded(discarded.decision)
+            progress.withLock { $0 = .reported }
+            throw discarded.error
         } catch let error as SagaError where error.code == .outcomeDiscarded {
             progress.withLock { $0 = .reported }
             throw error
@@ -323,8 +384,12 @@ final class StepExecution: Sendable {
     func finish(_ result: SagaHandlerReport, localWrites: [LocalWrite] = [], sagaID: SagaID = "", command: String = "") async throws {
         guard claim() else {
             if let limit = timeout {
+                // The timeout is the outcome: a later attempt replays the effect by its key, or
+                // the step's compensation (it runs for a step whose attempts ran out) undoes it.
+                recordDiscarded(.leaveTheEffect)
                 throw SagaError.outcomeDiscarded(
-                    sagaID: sagaID, command: command, reason: "the step timed out after \(limit); the timeout is its outcome")
+                    sagaID: sagaID, command: command, reason: "the step timed out after \(limit); the timeout is its outcome",
+                    advice: DiscardedOutcome.leaveTheEffect.advice(phase: .action, counted: false))
             }
             throw SagaError(
                 .invalidState, "the outcome of this step was already reported",

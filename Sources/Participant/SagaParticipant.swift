@@ -255,30 +255,52 @@ public struct SagaParticipant: Service {
                 }
             }
             defer { engine.localSteps?.close() }
-            let deliveries = try await engine.bus.consume(queue: queue, prefetch: configuration.prefetch)
+            var deliveries: DeliveryStream? = try await engine.bus.consume(queue: queue, prefetch: configuration.prefetch)
             health.consuming("consuming queue '\(queue)'")
             // At most `handlerLimit` deliveries are processed at once; the others wait as
             // messages in the bus's buffer (about 2 KB each) rather than as tasks suspended deep
             // in a handler (about 30 KB of task frames each), most of them waiting for a store
             // connection that another handler holds.
             let limit = configuration.handlerLimit
-            try await withThrowingTaskGroup(of: Void.self) { steps in
-                var running = 0
-                for try await delivery in deliveries.cancelOnGracefulShutdown() {
-                    if running >= limit {
-                        try await steps.next()
-                        running -= 1
+            // A handler that finishes frees its place; a graceful stop ends the wait for one (a
+            // delivery waiting for a place has not started: it goes back to the queue at once).
+            let (places, place) = AsyncStream<PlaceSignal>.makeStream()
+            try await withGracefulShutdownHandler {
+                try await withThrowingDiscardingTaskGroup { steps in
+                    var running = 0
+                    var freed = places.makeAsyncIterator()
+                    consuming: for try await delivery in deliveries!.cancelOnGracefulShutdown() {
+                        var stopping = false
+                        while running >= limit, !stopping {
+                            switch await freed.next() {
+                            case .freed: running -= 1
+                            case .stop, nil: stopping = true
+                            }
+                        }
+                        if stopping || Task.isShuttingDownGracefully {
+                            await settle(delivery, .nack(requeue: true), logger: logger)
+                            break consuming
+                        }
+                        steps.addTask {
+                            await process(delivery)
+                            place.yield(.freed)
+                        }
+                        running += 1
                     }
-                    steps.addTask { await process(delivery) }
-                    running += 1
+                    // The deliveries the stream still buffered go back to the queue now, for the
+                    // service's other instances (released unsettled); those in handlers stay with
+                    // this instance until their handlers settle them.
+                    deliveries = nil
+                    // The steps already taken still run; new ones go through the broker.
+                    engine.localSteps?.close()
+                    health.notReady("stopping: finishing the running handlers")
+                    logger.info("participant stopped consuming; waiting for running handlers")
+                    // When the stream ended for another reason than a graceful shutdown, the
+                    // running handlers are cancelled; the group waits for them as it ends.
+                    if !Task.isShuttingDownGracefully { steps.cancelAll() }
                 }
-                // The steps already taken still run; new ones go through the broker.
-                engine.localSteps?.close()
-                health.notReady("stopping: finishing the running handlers")
-                logger.info("participant stopped consuming; waiting for running handlers")
-                // When the stream ended for another reason than a graceful shutdown, the running
-                // handlers are cancelled; the group waits for them as it ends.
-                if !Task.isShuttingDownGracefully { steps.cancelAll() }
+            } onGracefulShutdown: {
+                place.yield(.stop)
             }
             // The relay and reaper end on graceful shutdown too; cancel them when the stream
             // ended for another reason.
@@ -430,6 +452,16 @@ public struct SagaParticipant: Service {
         let metrics = engine.metrics
         /// Records an outcome; throws `outcomeDiscarded` when the saga moved on meanwhile, so that
         /// the handler learns that its step did not count.
+        /// The error for a discarded report, with what to do about this run's effect decided from
+        /// where the saga is now (the handler reads it as `context.discardedOutcome`).
+        @Sendable func discarded(_ reason: String, latest: SagaState) -> DiscardedReport {
+            let decision = DiscardedOutcome.decide(phase: command.phase, step: command.step, latest: latest)
+            let counted = latest.history.contains { $0.step == command.step && $0.phase == .action && $0.outcome == .completed }
+            let error = SagaError.outcomeDiscarded(
+                sagaID: state.id, command: command.command, reason: reason,
+                advice: decision.advice(phase: command.phase, counted: counted))
+            return DiscardedReport(error: error, decision: decision)
+        }
         let record: @Sendable (SagaEvent, [LocalWrite]) async throws -> Void = { event, localWrites in
             metrics.stepDuration(saga: command.sagaName, step: command.stepName, phase: command.phase, duration: clock.now - began)
             if command.phase == .compensation { CrashPoints.reach(.duringCompensation) }
@@ -441,12 +473,12 @@ public struct SagaParticipant: Service {
             switch try await engine.advance(state.id, from: state, event: event, localWrites: localWrites, logger: logger) {
             case .committed:
                 CrashPoints.reach(.afterPublishBeforeAck)
-            case .ignored(let reason, _):
+            case .ignored(let reason, let latest):
                 logger.info("outcome not recorded: the saga moved on meanwhile (\(reason))")
-                throw SagaError.outcomeDiscarded(sagaID: state.id, command: command.command, reason: reason)
-            case .rejected(let reason, _):
+                throw discarded(reason, latest: latest)
+            case .rejected(let reason, let latest):
                 logger.error("outcome rejected: \(reason)")
-                throw SagaError.outcomeDiscarded(sagaID: state.id, command: command.command, reason: reason)
+                throw discarded(reason, latest: latest)
             }
         }
         let execution = StepExecution { result, localWrites in
@@ -732,4 +764,12 @@ final class HandedBackCommands: Sendable {
 
     /// Records `command`; whether it is its first hand-back in this process.
     func insert(_ command: String) -> Bool { commands.withLock { $0.insert(command).inserted } }
+}
+
+/// What frees a participant's loop waiting for a place among its running handlers.
+private enum PlaceSignal: Sendable {
+    /// A handler finished.
+    case freed
+    /// A graceful stop began.
+    case stop
 }

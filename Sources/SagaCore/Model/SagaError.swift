@@ -99,15 +99,16 @@ public struct SagaError: Error, Sendable, CustomStringConvertible {
 
     /// A handler's outcome that was not recorded because the saga moved on while it ran.
     ///
-    /// The handler must not assume its step counted: it should undo what this run did (the
-    /// same as its compensation would, keyed by the idempotency key), because the compensation
-    /// of the step may already have run — before this run's effect existed — or may never run.
-    public static func outcomeDiscarded(sagaID: SagaID, command: String, reason: String) -> SagaError {
+    /// This run's report did not count. Whether its effect must be undone depends on where the
+    /// saga is: only when it is compensating or compensated and its history records no
+    /// completion of the step (another run of the step may have counted, with this very effect).
+    /// `advice` says which, when the caller knows where the saga is.
+    public static func outcomeDiscarded(sagaID: SagaID, command: String, reason: String, advice: String? = nil) -> SagaError {
         SagaError(
             .outcomeDiscarded,
             "saga \(sagaID) moved on while the handler of '\(command)' ran; its outcome was not recorded (\(reason))",
-            recoverySuggestion:
-                "the step did not count: undo this run's effect (idempotently, as the step's compensation would) and do not report again"
+            recoverySuggestion: advice
+                ?? "undo this run's effect only if the saga is compensating or compensated and its history records no completion of this step (Docs/WritingParticipants.md, 'When the call throws outcomeDiscarded'); do not report again"
         )
     }
 }
