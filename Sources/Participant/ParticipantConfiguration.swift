@@ -42,6 +42,10 @@ public struct ParticipantConfiguration: Sendable {
     /// commands (``ParticipantInstance``), for `saga services` and `saga show` to say which
     /// service a saga waits for and whether it is alive; `nil` records nothing. Default 15 s.
     public var presenceInterval: Duration? = .seconds(15)
+    /// The name this process goes by in its presence record (`saga services`), for example the
+    /// `instance` its log lines carry; `nil` for `<host>:<pid>`. `SagaApplication` sets it to
+    /// its ``SagaApplication/instance``. The record's id adds the host when the name lacks it.
+    public var instanceName: String?
 
     /// Creates a configuration.
     public init(

@@ -12,16 +12,27 @@ struct PresenceReporter: Sendable {
     let logger: Logger
     private let record: ParticipantInstance
 
-    init(store: any SagaStore, topology: String, service: String, commands: [String], interval: Duration, logger: Logger) {
+    init(
+        store: any SagaStore, topology: String, service: String, commands: [String], interval: Duration, instanceName: String? = nil,
+        logger: Logger
+    ) {
         self.store = store
         self.interval = interval
         self.logger = logger
         let now = Date()
-        let process = ProcessInfo.processInfo
         self.record = ParticipantInstance(
-            topology: topology, service: service,
-            instance: "\(process.hostName):\(process.processIdentifier):\(UUID().uuidString.prefix(8).lowercased())",
-            commands: commands, startedAt: now, lastSeen: now, reportInterval: interval)
+            topology: topology, service: service, instance: Self.instanceID(instanceName), commands: commands, startedAt: now,
+            lastSeen: now, reportInterval: interval)
+    }
+
+    /// `<name>@<host>` (the name the process's log lines carry, so that an operator finds its
+    /// lines), or `<host>:<pid>:<random>` without a name (several participants of one service
+    /// in one process each have their own record).
+    static func instanceID(_ name: String?, process: ProcessInfo = .processInfo) -> String {
+        guard let name, !name.isEmpty else {
+            return "\(process.hostName):\(process.processIdentifier):\(UUID().uuidString.prefix(8).lowercased())"
+        }
+        return "\(name)@\(process.hostName)"
     }
 
     /// Says once, at start, when the service's other live processes handle commands this one

@@ -236,7 +236,7 @@ public struct SagaParticipant: Service {
             if let interval = configuration.presenceInterval {
                 let presence = PresenceReporter(
                     store: engine.store, topology: configuration.topology.prefix, service: configuration.service,
-                    commands: handlers.commands, interval: interval, logger: logger)
+                    commands: handlers.commands, interval: interval, instanceName: configuration.instanceName, logger: logger)
                 group.addTask { await presence.run() }
             }
             if let reaperConfiguration = configuration.reaper {

@@ -39,6 +39,7 @@ struct ServicesCommand: AsyncParsableCommand {
 
     struct Instance: Encodable {
         var instance: String
+        var commands: [String]
         var live: Bool
         var startedAt: Date
         var lastSeen: Date
@@ -70,8 +71,8 @@ struct ServicesCommand: AsyncParsableCommand {
                 service: service.service, topology: service.topology, commands: service.commands,
                 instances: service.instances.map {
                     Instance(
-                        instance: $0.instance, live: $0.isLive(at: now), startedAt: $0.startedAt, lastSeen: $0.lastSeen,
-                        reportIntervalSeconds: $0.reportInterval.seconds)
+                        instance: $0.instance, commands: $0.commands.sorted(), live: $0.isLive(at: now), startedAt: $0.startedAt,
+                        lastSeen: $0.lastSeen, reportIntervalSeconds: $0.reportInterval.seconds)
                 })
         }
         let unhandled = directory.unhandled(definitions, topology: topology)
@@ -108,6 +109,21 @@ struct ServicesCommand: AsyncParsableCommand {
                 return row
             }
             lines.append(tableText(header, rows))
+            // A service whose processes handle different commands (a rolling upgrade, or a release
+            // that lost a handler): which process handles what.
+            for service in services {
+                let differing = Set(service.instances.map(\.commands)).count > 1
+                guard differing else { continue }
+                lines.append("")
+                lines.append("\(service.service): its processes handle different commands (a rolling upgrade?):")
+                for instance in service.instances.sorted(by: { $0.instance < $1.instance }) {
+                    let missing = Set(service.commands).subtracting(instance.commands).sorted()
+                    lines.append(
+                        "  \(PrintableText.escaped(instance.instance)) (\(instance.live ? "live" : "silent")): "
+                            + instance.commands.joined(separator: ", ")
+                            + (missing.isEmpty ? "" : " (not: \(missing.joined(separator: ", ")))"))
+                }
+            }
         }
         if unhandled.isEmpty {
             lines.append("every command of the known definitions has a live handler on topology '\(topology)'")

@@ -358,6 +358,37 @@ struct OperatorWaitStepTests {
         #expect(ids(elsewhere.stdout) == ["untagged-1"], "\(elsewhere.output)")
     }
 
+    /// During a rolling upgrade the processes of one service handle different commands: `saga
+    /// services` says which process handles what (a user could not tell which shipping process
+    /// lacked the new command), under the name its log lines carry.
+    @Test func servicesSaysWhichProcessHandlesWhatWhenTheyDiffer() async throws {
+        let store = try await Self.seededStore([])
+        defer { try? FileManager.default.removeItem(at: store.directory) }
+        let now = Date()
+        try await SQLiteSagaStore(path: String(store.url.dropFirst("sqlite://".count))).withRunning { sqlite in
+            for (instance, commands) in [
+                ("shipping-101@vm", ["funds.reserve"]), ("shipping-102@vm", ["funds.reserve", "bank.transfer"]),
+                ("payment-103@vm", ["email.send"]), ("payment-104@vm", ["email.send"]),
+            ] {
+                try await sqlite.recordParticipant(
+                    ParticipantInstance(
+                        topology: "roll", service: String(instance.prefix { $0 != "-" }), instance: instance, commands: commands,
+                        startedAt: now, lastSeen: now, reportInterval: .seconds(15)))
+            }
+        }
+        let services = try await OperatorParallelGroupTests.runSaga(["services", "--prefix", "roll", "--store-url", store.url])
+        print("saga services during a rolling upgrade:\n\(services.stdout)")
+        #expect(services.stdout.contains("shipping: its processes handle different commands (a rolling upgrade?):"), "\(services.output)")
+        #expect(services.stdout.contains("  shipping-101@vm (live): funds.reserve (not: bank.transfer)"), "\(services.output)")
+        #expect(services.stdout.contains("  shipping-102@vm (live): bank.transfer, funds.reserve\n"), "\(services.output)")
+        #expect(!services.stdout.contains("payment: its processes"), "the same commands: \(services.output)")
+        let json = try OperatorParallelGroupTests.jsonObject(
+            try await OperatorParallelGroupTests.runSaga(["services", "--json", "--prefix", "roll", "--store-url", store.url]).stdout)
+        let shipping = (json["services"] as? [[String: Any]])?.first { $0["service"] as? String == "shipping" }
+        let commands = (shipping?["instances"] as? [[String: Any]])?.map { "\($0["instance"] ?? "")=\($0["commands"] ?? "")" }
+        #expect(commands?.count == 2 && commands?.first?.hasPrefix("shipping-101@vm=") == true, "\(String(describing: commands))")
+    }
+
     static func seededStore(_ sagas: [SagaState]) async throws -> (directory: URL, url: String) {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sagakit-waits-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)

@@ -103,6 +103,7 @@ public struct SagaApplication: Sendable {
         rabbit.connectionName = "\(service) \(instance)"
         rabbit.logger = logger
         participant.service = service
+        participant.instanceName = instance
 
         self.service = service
         self.instance = instance
