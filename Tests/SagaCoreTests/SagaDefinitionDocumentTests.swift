@@ -1,6 +1,7 @@
 import Foundation
-import SagaCore
 import Testing
+
+@testable import SagaCore
 
 @Suite("SagaDefinition documents")
 struct SagaDefinitionDocumentTests {
@@ -79,6 +80,36 @@ struct SagaDefinitionDocumentTests {
         #expect(differences.contains("step 1 'reserve': timeout 3000 ms vs none"))
         #expect(differences.contains("step 1 'reserve': retry maxAttempts 5 vs 3"))
         #expect(differences.contains("step 4 'notify': absent vs present"))
+    }
+
+    /// A step inserted in the middle reads as that, not as every later step renamed (a user's
+    /// unbumped release read "step 3 'ship': name ship vs verify-address"); a moved step says so.
+    @Test func differencesMatchStepsByName() throws {
+        let one = try Self.order()
+        let inserted = try SagaBuilder("order")
+            .step("reserve", action: "inventory.reserve", compensation: "inventory.release")
+            .step("charge", action: "payment.charge", compensation: "payment.refund")
+            .step("verify-address", action: "shipping.verify")
+            .step("ship", action: "shipping.send", options: .pivot)
+            .step("notify", action: "mail.send")
+            .build()
+        let differences = one.differences(from: inserted)
+        #expect(differences.contains("step 3 'verify-address': absent vs present"), "\(differences)")
+        #expect(differences.contains("step 5 'notify': absent vs present"), "\(differences)")
+        #expect(differences.contains("step 'ship' (3 vs 4): action shipping.ship vs shipping.send"), "\(differences)")
+        #expect(!differences.contains { $0.contains("name ship vs") }, "\(differences)")
+        #expect(!differences.contains { $0.contains(": name ") }, "no step reads as renamed: \(differences)")
+
+        #expect(
+            SagaDefinition.alignSteps(["a", "b", "c"], ["a", "c", "b"]) == [
+                .matched(0, 0, moved: false), .matched(1, 2, moved: true), .matched(2, 1, moved: false),
+            ])
+        #expect(SagaDefinition.alignSteps(["a", "b"], ["a"]) == [.matched(0, 0, moved: false), .removed(1)])
+        // Duplicate names: by position.
+        #expect(
+            SagaDefinition.alignSteps(["a", "a"], ["a", "b", "a"]) == [
+                .matched(0, 0, moved: false), .matched(1, 1, moved: false), .added(2),
+            ])
     }
 
     @Test func aRegistryHoldsSeveralVersionsAndReturnsTheLatest() throws {

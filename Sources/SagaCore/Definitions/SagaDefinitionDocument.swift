@@ -193,19 +193,7 @@ extension SagaDefinition {
         compare("version", mine.version, theirs.version) { "\($0)" }
         compare("deadline", mine.deadlineMilliseconds, theirs.deadlineMilliseconds, Self.describe(milliseconds:))
         compareRetry("compensation retry", mine.compensationRetry, theirs.compensationRetry, into: &differences)
-        for index in 0..<max(mine.steps.count, theirs.steps.count) {
-            let position = "step \(index + 1)"
-            guard index < mine.steps.count else {
-                differences.append("\(position) '\(theirs.steps[index].name)': absent vs present")
-                continue
-            }
-            guard index < theirs.steps.count else {
-                differences.append("\(position) '\(mine.steps[index].name)': present vs absent")
-                continue
-            }
-            let lhs = mine.steps[index]
-            let rhs = theirs.steps[index]
-            let label = "\(position) '\(lhs.name)':"
+        func compareStep(_ label: String, _ lhs: SagaDefinitionDocument.Step, _ rhs: SagaDefinitionDocument.Step) {
             compare("\(label) name", lhs.name, rhs.name) { $0 }
             compare("\(label) action", lhs.action, rhs.action) { $0 }
             compare("\(label) compensation", lhs.compensation, rhs.compensation) { $0 ?? "none" }
@@ -226,7 +214,78 @@ extension SagaDefinition {
             compare("\(label) timeout", lhs.timeoutMilliseconds, rhs.timeoutMilliseconds, Self.describe(milliseconds:))
             compareRetry("\(label) retry", lhs.retry, rhs.retry, into: &differences)
         }
+        // Steps are matched by name when both have unique names, so that a step inserted or
+        // removed reads as that (not as every later step renamed); by position otherwise.
+        for pair in Self.alignSteps(mine.steps.map(\.name), theirs.steps.map(\.name)) {
+            switch pair {
+            case .added(let index):
+                differences.append("step \(index + 1) '\(theirs.steps[index].name)': absent vs present")
+            case .removed(let index):
+                differences.append("step \(index + 1) '\(mine.steps[index].name)': present vs absent")
+            case .matched(let index, let other, let moved):
+                let lhs = mine.steps[index]
+                let rhs = theirs.steps[other]
+                let label = index == other ? "step \(index + 1) '\(lhs.name)':" : "step '\(lhs.name)' (\(index + 1) vs \(other + 1)):"
+                if moved { differences.append("\(label) order: moved") }
+                compareStep(label, lhs, rhs)
+            }
+        }
         return differences
+    }
+
+    /// How two step lists line up, in the order of the first.
+    enum StepPair: Equatable {
+        /// A step of the second list only (its index there).
+        case added(Int)
+        /// A step of the first list only.
+        case removed(Int)
+        /// The same step in both (by name, or by position); `moved` when their order differs.
+        case matched(Int, Int, moved: Bool)
+    }
+
+    /// Lines up steps by name (the longest common subsequence keeps the order; a step in both
+    /// outside it has moved) when every name is unique in both lists, by position otherwise.
+    static func alignSteps(_ mine: [String], _ theirs: [String]) -> [StepPair] {
+        guard mine != theirs, Set(mine).count == mine.count, Set(theirs).count == theirs.count else {
+            return (0..<max(mine.count, theirs.count)).map { index in
+                index >= mine.count ? .added(index) : index >= theirs.count ? .removed(index) : .matched(index, index, moved: false)
+            }
+        }
+        // Longest common subsequence of the names.
+        var lengths = Array(repeating: Array(repeating: 0, count: theirs.count + 1), count: mine.count + 1)
+        for i in stride(from: mine.count - 1, through: 0, by: -1) {
+            for j in stride(from: theirs.count - 1, through: 0, by: -1) {
+                lengths[i][j] = mine[i] == theirs[j] ? lengths[i + 1][j + 1] + 1 : max(lengths[i + 1][j], lengths[i][j + 1])
+            }
+        }
+        var inOrder: [Int: Int] = [:]
+        var (i, j) = (0, 0)
+        while i < mine.count && j < theirs.count {
+            if mine[i] == theirs[j] {
+                inOrder[i] = j
+                (i, j) = (i + 1, j + 1)
+            } else if lengths[i + 1][j] >= lengths[i][j + 1] {
+                i += 1
+            } else {
+                j += 1
+            }
+        }
+        let theirIndex = Dictionary(uniqueKeysWithValues: theirs.enumerated().map { ($1, $0) })
+        var pairs: [StepPair] = []
+        var matchedTheirs: Set<Int> = []
+        for (index, name) in mine.enumerated() {
+            if let other = inOrder[index] {
+                pairs.append(.matched(index, other, moved: false))
+                matchedTheirs.insert(other)
+            } else if let other = theirIndex[name] {
+                pairs.append(.matched(index, other, moved: true))
+                matchedTheirs.insert(other)
+            } else {
+                pairs.append(.removed(index))
+            }
+        }
+        for index in theirs.indices where !matchedTheirs.contains(index) { pairs.append(.added(index)) }
+        return pairs
     }
 
     private func compareRetry(
