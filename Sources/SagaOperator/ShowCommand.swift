@@ -44,6 +44,9 @@ struct ShowCommand: AsyncParsableCommand {
             if let directory = await ServiceDirectory.load(from: store) {
                 next.addHandlers(from: directory, topology: state.topology ?? configuration.topology.prefix)
             }
+            if !state.status.hasEnded, let pending = try? await store.pendingOutbox(of: state.id) {
+                next.addOutbox(pending, now: Date())
+            }
             if json {
                 try printJSON(Output(saga: state, timeline: Self.timeline(state), next: next.text, nextStep: next))
                 return
@@ -275,6 +278,42 @@ struct ShowCommand: AsyncParsableCommand {
         /// The services whose processes handle ``command``, from their records in the store;
         /// absent when there is no command to run or the store keeps no such records.
         var handledBy: ServiceDirectory.Handlers? = nil
+
+        /// The saga's messages still in the outbox (not yet published), from the store; absent
+        /// when there are none or the store cannot list them.
+        var unpublished: Unpublished? = nil
+
+        /// Messages of the saga the outbox relay has not published yet.
+        struct Unpublished: Encodable, Equatable {
+            /// Their routing keys (commands), oldest first.
+            var routingKeys: [String]
+            /// Failed publishes of the oldest: the broker refused it (no queue bound to its routing
+            /// key, say) or did not confirm it.
+            var failedPublishes: Int
+        }
+
+        /// Replaces "sent to exchange …" by what the outbox says when the saga's messages have not
+        /// reached the broker (a user's `saga show` said "sent" for a command the broker kept
+        /// refusing: no queue was bound to it yet).
+        mutating func addOutbox(_ pending: [OutboxMessage], now: Date, gracePeriod: Duration = .seconds(5)) {
+            guard let oldest = pending.first else { return }
+            // A message a process is publishing right now is not news.
+            guard oldest.publishAttempts > 0 || now.timeIntervalSince(oldest.createdAt) > gracePeriod.seconds else { return }
+            let keys = pending.map(\.routingKey)
+            unpublished = Unpublished(routingKeys: keys, failedPublishes: oldest.publishAttempts)
+            let quoted = keys.map { "'\($0)'" }.joined(separator: ", ")
+            let line =
+                oldest.publishAttempts > 0
+                ? "not published yet: \(quoted) is in the outbox, and \(oldest.publishAttempts) publish(es) failed — unroutable when no queue is bound to it yet (start the service that handles it), or the broker refused it (the services' logs say which); the outbox relay keeps trying"
+                : "not published yet: \(quoted) is in the outbox since \(age(oldest.createdAt, now: now)); the outbox relay of a running participant publishes it"
+            var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            if let index = lines.firstIndex(where: { $0.hasPrefix("sent to exchange ") }) {
+                lines[index] = line
+            } else {
+                lines.insert(line, at: min(1, lines.count))
+            }
+            text = lines.joined(separator: "\n")
+        }
 
         /// Adds who handles ``command`` (as data, and as the text's second line).
         mutating func addHandlers(from directory: ServiceDirectory, topology: String) {

@@ -172,6 +172,20 @@ extension PostgresSagaStore {
         return try result.map(OutboxColumns.message(from:))
     }
 
+    /// One saga's outbox messages not yet marked sent, oldest first (the unsent rows are few:
+    /// the partial index of the relay's reads finds them).
+    public func pendingOutbox(of sagaID: SagaID) async throws -> [OutboxMessage] {
+        let result = try await rows(
+            "read a saga's outbox",
+            """
+            SELECT \(unescaped: OutboxColumns.selection) FROM \(unescaped: namespace).outbox
+            WHERE sent_at IS NULL AND saga_id = \(sagaID)
+            ORDER BY seq
+            """
+        )
+        return try result.map(OutboxColumns.message(from:))
+    }
+
     /// Unsent messages of every topology created before `createdBefore`, oldest first.
     public func pendingOutbox(createdBefore: Date, limit: Int) async throws -> [OutboxMessage] {
         let before = StoreCoding.milliseconds(createdBefore)

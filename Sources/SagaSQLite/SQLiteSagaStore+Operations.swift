@@ -300,6 +300,16 @@ extension SQLiteSagaStore {
         }
     }
 
+    /// One saga's outbox messages not yet marked sent, oldest first.
+    public func pendingOutbox(of sagaID: SagaID) async throws -> [OutboxMessage] {
+        try await read("read the outbox of") { db in
+            try Row.fetchAll(
+                db, sql: "SELECT \(OutboxRow.columns) FROM outbox WHERE sent_at IS NULL AND saga_id = ? ORDER BY seq",
+                arguments: [sagaID]
+            ).map(OutboxRow.message(from:))
+        }
+    }
+
     /// Unsent messages of every topology created before `createdBefore`, oldest first.
     public func pendingOutbox(createdBefore: Date, limit: Int) async throws -> [OutboxMessage] {
         let before = StoreCoding.milliseconds(createdBefore)

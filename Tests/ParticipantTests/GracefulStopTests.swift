@@ -77,15 +77,24 @@ struct GracefulStopTests {
 
         func instance(_ name: String) async throws -> (ServiceGroup, Task<Void, any Error>, RabbitMQBus) {
             let bus = try await RabbitMQBus.connect(url: amqp)
+            // The relay's grace is long: on a loaded machine a relay that re-publishes a command
+            // whose sent mark is late would run a step twice (at-least-once, not this test's
+            // subject).
+            var configuration = ParticipantConfiguration(
+                service: "slow", topology: topology, prefetch: 8, maxConcurrentHandlers: handlerLimit,
+                outboxPollInterval: .seconds(1), outboxGracePeriod: .seconds(60), reaper: nil)
+            let health = SagaHealth()
+            configuration.health = health
             let participant = SagaParticipant(
-                configuration: ParticipantConfiguration(
-                    service: "slow", topology: topology, prefetch: 8, maxConcurrentHandlers: handlerLimit,
-                    outboxPollInterval: .milliseconds(200), outboxGracePeriod: .milliseconds(500), reaper: nil),
-                definitions: definitions, handlers: handlers(instance: name), bus: bus, store: store, logger: quietTestLogger)
+                configuration: configuration, definitions: definitions, handlers: handlers(instance: name), bus: bus, store: store,
+                logger: quietTestLogger)
             let group = ServiceGroup(
                 configuration: ServiceGroupConfiguration(services: [.init(service: participant)], logger: quietTestLogger))
             // Test code: the group runs until the test shuts it down gracefully.
             let running = Task { try await group.run() }
+            // Consuming before it counts.
+            let deadline = ContinuousClock.now + .seconds(30)
+            while !health.report().isReady, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
             return (group, running, bus)
         }
 
@@ -98,7 +107,6 @@ struct GracefulStopTests {
             try await Task.sleep(for: .milliseconds(20))
         }
         let (groupB, runningB, busB) = try await instance("b")
-        try await Task.sleep(for: .milliseconds(300))
 
         // a stops gracefully while its handlers run.
         await groupA.triggerGracefulShutdown()

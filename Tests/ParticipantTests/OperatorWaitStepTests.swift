@@ -389,6 +389,36 @@ struct OperatorWaitStepTests {
         #expect(commands?.count == 2 && commands?.first?.hasPrefix("shipping-101@vm=") == true, "\(String(describing: commands))")
     }
 
+    /// A saga whose next command the broker keeps refusing (no queue bound to it yet, during a
+    /// rollout): `saga show` says it is not published yet and how often publishing failed,
+    /// instead of "sent to exchange …" (a user's show said "sent").
+    @Test func showSaysWhenTheNextCommandIsStillInTheOutbox() async throws {
+        let machine = SagaStateMachine(definition: try Self.payout())
+        let now = Date()
+        let started = machine.begin(id: "unrouted-1", payload: ["amount": 10], now: now).state
+        let store = try await Self.seededStore([])
+        defer { try? FileManager.default.removeItem(at: store.directory) }
+        try await SQLiteSagaStore(path: String(store.url.dropFirst("sqlite://".count))).withRunning { sqlite in
+            let message = OutboxMessage(
+                id: "m-1", sagaID: started.id, exchange: "sagakit.commands", routingKey: "funds.reserve", body: Array("{}".utf8),
+                headers: [:], createdAt: now.addingTimeInterval(-120))
+            _ = try await sqlite.create(started, outbox: [message])
+            try await sqlite.recordFailedAttempts(["m-1"], retryAt: now.addingTimeInterval(30))
+            try await sqlite.recordFailedAttempts(["m-1"], retryAt: now.addingTimeInterval(60))
+        }
+        let show = try await OperatorParallelGroupTests.runSaga(["show", "unrouted-1", "--store-url", store.url])
+        print("saga show of an unpublished command:\n\(show.stdout)")
+        #expect(
+            show.stdout.contains(
+                "not published yet: 'funds.reserve' is in the outbox, and 2 publish(es) failed — unroutable when no queue"),
+            "\(show.output)")
+        #expect(!show.stdout.contains("sent to exchange"), "\(show.output)")
+        let json = try OperatorParallelGroupTests.jsonObject(
+            try await OperatorParallelGroupTests.runSaga(["show", "unrouted-1", "--json", "--store-url", store.url]).stdout)
+        let unpublished = (json["nextStep"] as? [String: Any])?["unpublished"] as? [String: Any]
+        #expect(unpublished?["failedPublishes"] as? Int == 2 && unpublished?["routingKeys"] as? [String] == ["funds.reserve"], "\(json)")
+    }
+
     static func seededStore(_ sagas: [SagaState]) async throws -> (directory: URL, url: String) {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sagakit-waits-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)

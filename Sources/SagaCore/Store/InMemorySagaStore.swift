@@ -192,6 +192,13 @@ public final class InMemorySagaStore: SagaStore {
         }
     }
 
+    /// One saga's outbox messages not yet marked sent, oldest first.
+    public func pendingOutbox(of sagaID: SagaID) async throws -> [OutboxMessage] {
+        storage.withLock { storage in
+            storage.outbox.values.filter { !$0.sent && $0.message.sagaID == sagaID }.sorted { $0.sequence < $1.sequence }.map(\.message)
+        }
+    }
+
     /// Unsent messages of every topology created before `createdBefore`, oldest first.
     public func pendingOutbox(createdBefore: Date, limit: Int) async throws -> [OutboxMessage] {
         storage.withLock { storage in

@@ -93,6 +93,12 @@ public protocol SagaStore: Sendable {
     /// ``pendingOutbox(topology:createdBefore:now:limit:)``.
     func pendingOutbox(createdBefore: Date, limit: Int) async throws -> [OutboxMessage]
 
+    /// The outbox messages of one saga not yet marked sent, oldest first: what `saga show` reads
+    /// to say that a saga's next command has not reached the broker (and how many publishes
+    /// failed).
+    /// - Throws: `unsupported` when the store cannot (the default for stores written before it).
+    func pendingOutbox(of sagaID: SagaID) async throws -> [OutboxMessage]
+
     /// Records a failed attempt to publish each message: its ``OutboxMessage/publishAttempts``
     /// grows by one and it is not due again before `retryAt`. Unknown (or already sent) ids are
     /// ignored.
@@ -188,6 +194,14 @@ extension SagaStore {
     /// - Throws: `unsupported`.
     public func saveCircuit(_ key: String, _ state: CircuitBreakerState, expectedVersion: Int64) async throws -> Bool {
         throw SagaError(.unsupported, "this store (\(Self.self)) keeps no circuit breakers")
+    }
+
+    /// Stores written before this requirement cannot list one saga's outbox.
+    /// - Throws: `unsupported`.
+    public func pendingOutbox(of sagaID: SagaID) async throws -> [OutboxMessage] {
+        throw SagaError(
+            .unsupported, "this store (\(Self.self)) cannot list one saga's outbox",
+            recoverySuggestion: "implement pendingOutbox(of:) in the store")
     }
 
     /// Counts with ``countByStatus(name:)`` when no topology is asked for.

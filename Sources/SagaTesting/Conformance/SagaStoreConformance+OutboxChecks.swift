@@ -111,4 +111,23 @@ extension SagaStoreConformance {
         #expect(all.count == 600)
         #expect(all.first { $0.id == badMessages[0].id }?.publishAttempts == 2)
     }
+
+    /// `pendingOutbox(of:)` lists one saga's unsent messages with their failed publishes, oldest
+    /// first, and none of another saga's or of those sent.
+    public static let oneSagasOutboxIsListedWithItsFailedPublishes = Check("oneSagasOutboxIsListedWithItsFailedPublishes") { fixture in
+        let store = fixture.store
+        let base = milliseconds().addingTimeInterval(-10)
+        let saga = makeState()
+        let messages = (0..<3).map { makeMessage(sagaID: saga.id, createdAt: base.addingTimeInterval(Double($0))) }
+        _ = try await store.create(saga, outbox: messages)
+        let other = makeState()
+        _ = try await store.create(other, outbox: [makeMessage(sagaID: other.id, createdAt: base)])
+        try await store.markSent([messages[0].id])
+        try await store.recordFailedAttempts([messages[2].id], retryAt: base.addingTimeInterval(60))
+
+        let pending = try await fixture.other.pendingOutbox(of: saga.id)
+        #expect(pending.map(\.id) == [messages[1].id, messages[2].id])
+        #expect(pending.map(\.publishAttempts) == [0, 1])
+        #expect(try await store.pendingOutbox(of: "no-such-saga").isEmpty)
+    }
 }

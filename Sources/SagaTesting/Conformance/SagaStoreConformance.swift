@@ -112,6 +112,7 @@ public enum SagaStoreConformance {
         twoTopologiesSharingAStoreSeeOnlyTheirOwnMessages,
         transientBodyIsNotStored,
         messagesThatKeepFailingDoNotKeepAGoodOneWaiting,
+        oneSagasOutboxIsListedWithItsFailedPublishes,
         localWritesThatCannotRunStoreNothing,
         circuitsAreComparedAndSwapped,
         participantsAreRecordedRefreshedAndRemoved,
