@@ -262,29 +262,31 @@ public enum DiscardedOutcome: Sendable, Equatable {
     /// compensation undoes it if the saga compensates), or this was a compensation.
     case leaveTheEffect
 
-    /// What to do after a report of `command` was discarded with the saga at `latest`.
-    static func decide(phase: StepPhase, step: Int, latest: SagaState) -> DiscardedOutcome {
-        guard phase == .action else { return .leaveTheEffect }
-        let counted = latest.history.contains { $0.step == step && $0.phase == .action && $0.outcome == .completed }
-        let undoing = latest.status == .compensating || latest.status == .compensated
-        return undoing && !counted ? .undoThisRun : .leaveTheEffect
+    /// What to do after a report of the action or compensation of `step` was discarded with the
+    /// saga at `latest`, and the recovery suggestion that says it.
+    static func decide(phase: StepPhase, step: Int, latest: SagaState) -> (outcome: DiscardedOutcome, advice: String) {
+        guard phase == .action else {
+            return (.leaveTheEffect, "nothing to undo: another delivery or an operator already moved the saga on; do not report again")
+        }
+        if latest.history.contains(where: { $0.step == step && $0.phase == .action && $0.outcome == .completed }) {
+            return (
+                .leaveTheEffect,
+                "the step counted in another run of it (a duplicate delivery or a re-send): leave its effect; do not report again"
+            )
+        }
+        if latest.status == .compensating || latest.status == .compensated {
+            return (
+                .undoThisRun,
+                "the step did not count and the saga is compensating: undo this run's effect (idempotently, as the step's compensation would); do not report again"
+            )
+        }
+        return (.leaveTheEffect, mayStillCountAdvice)
     }
 
-    /// The recovery suggestion of the `outcomeDiscarded` error.
-    func advice(phase: StepPhase, counted: Bool) -> String {
-        switch self {
-        case .undoThisRun:
-            return
-                "the step did not count and the saga is compensating: undo this run's effect (idempotently, as the step's compensation would); do not report again"
-        case .leaveTheEffect where phase == .compensation:
-            return "nothing to undo: another delivery or an operator already moved the saga on; do not report again"
-        case .leaveTheEffect where counted:
-            return "the step counted in another run of it (a duplicate delivery or a re-send): leave its effect; do not report again"
-        case .leaveTheEffect:
-            return
-                "leave this run's effect: the saga may still count on it (a later attempt replays it by its idempotency key, and the step's compensation undoes it if the saga compensates); do not report again"
-        }
-    }
+    /// The advice when the saga may still count on the run's effect (it runs the step again, or
+    /// timed it out).
+    static let mayStillCountAdvice =
+        "leave this run's effect: the saga may still count on it (a later attempt replays it by its idempotency key, and the step's compensation undoes it if the saga compensates); do not report again"
 }
 
 /// A report the runtime discarded, with the decision about the run's effect; the handler sees
@@ -389,7 +391,7 @@ final class StepExecution: Sendable {
                 recordDiscarded(.leaveTheEffect)
                 throw SagaError.outcomeDiscarded(
                     sagaID: sagaID, command: command, reason: "the step timed out after \(limit); the timeout is its outcome",
-                    advice: DiscardedOutcome.leaveTheEffect.advice(phase: .action, counted: false))
+                    advice: DiscardedOutcome.mayStillCountAdvice)
             }
             throw SagaError(
                 .invalidState, "the outcome of this step was already reported",

@@ -450,18 +450,16 @@ public struct SagaParticipant: Service {
         let began = clock.now
         let engine = self.engine
         let metrics = engine.metrics
-        /// Records an outcome; throws `outcomeDiscarded` when the saga moved on meanwhile, so that
-        /// the handler learns that its step did not count.
         /// The error for a discarded report, with what to do about this run's effect decided from
         /// where the saga is now (the handler reads it as `context.discardedOutcome`).
         @Sendable func discarded(_ reason: String, latest: SagaState) -> DiscardedReport {
             let decision = DiscardedOutcome.decide(phase: command.phase, step: command.step, latest: latest)
-            let counted = latest.history.contains { $0.step == command.step && $0.phase == .action && $0.outcome == .completed }
             let error = SagaError.outcomeDiscarded(
-                sagaID: state.id, command: command.command, reason: reason,
-                advice: decision.advice(phase: command.phase, counted: counted))
-            return DiscardedReport(error: error, decision: decision)
+                sagaID: state.id, command: command.command, reason: reason, advice: decision.advice)
+            return DiscardedReport(error: error, decision: decision.outcome)
         }
+        /// Records an outcome; throws `outcomeDiscarded` when the saga moved on meanwhile, so that
+        /// the handler learns that its step did not count.
         let record: @Sendable (SagaEvent, [LocalWrite]) async throws -> Void = { event, localWrites in
             metrics.stepDuration(saga: command.sagaName, step: command.stepName, phase: command.phase, duration: clock.now - began)
             if command.phase == .compensation { CrashPoints.reach(.duringCompensation) }

@@ -65,7 +65,8 @@ struct DeadLetter: Encodable {
 
 /// Consumes up to `limit` dead letters (stopping when none arrived for `idle`), hands them to
 /// `body`, then stops consuming: whatever `body` did not acknowledge goes back to the queue, in
-/// its order (the broker requeues a cancelled consumer's unsettled messages).
+/// its order, when it is released (each unsettled delivery's settler nacks it with requeue, and
+/// the broker puts it back where it was).
 ///
 /// Declares nothing: the services declare the dead-letter queue when they start, and a prefix
 /// that names no deployment (a typing mistake) is an error saying so, not a new empty topology.

@@ -253,11 +253,9 @@ extension SQLiteSagaStore {
         let nowMS = StoreCoding.milliseconds(now)
         let until = nowMS + StoreCoding.milliseconds(lease)
         let limit = max(0, limit)
-        let sameTopology =
-            topology == nil
-            ? "" : "AND coalesce(json_extract(context, '$.\"\(SagaState.topologyKey)\"'), ?) = ?"
+        let sameTopology = topology == nil ? "" : "AND \(Self.topologyCondition)"
         let arguments: StatementArguments =
-            topology.map { [before, nowMS, $0, $0, limit] } ?? [before, nowMS, limit]
+            topology.map { [before, nowMS, Self.topologyPath, $0, $0, limit] } ?? [before, nowMS, limit]
         return try await write("claim stalled sagas in") { db in
             let rows = try Row.fetchAll(
                 db,

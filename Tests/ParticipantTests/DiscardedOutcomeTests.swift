@@ -23,23 +23,32 @@ struct DiscardedOutcomeTests {
 
     @Test func anActionIsUndoneOnlyWhenTheSagaUndoesAndTheStepNeverCounted() {
         // An operator compensated the saga while the charge ran: undo it.
-        #expect(DiscardedOutcome.decide(phase: .action, step: 1, latest: Self.saga(.compensating, completedSteps: [0])) == .undoThisRun)
-        #expect(DiscardedOutcome.decide(phase: .action, step: 1, latest: Self.saga(.compensated, completedSteps: [0])) == .undoThisRun)
-        // Another run of the charge counted (a duplicate, a redelivery): the saga owns the effect.
-        #expect(DiscardedOutcome.decide(phase: .action, step: 1, latest: Self.saga(.completed, completedSteps: [0, 1])) == .leaveTheEffect)
         #expect(
-            DiscardedOutcome.decide(phase: .action, step: 1, latest: Self.saga(.compensating, completedSteps: [0, 1])) == .leaveTheEffect)
+            DiscardedOutcome.decide(phase: .action, step: 1, latest: Self.saga(.compensating, completedSteps: [0])).outcome == .undoThisRun)
+        #expect(
+            DiscardedOutcome.decide(phase: .action, step: 1, latest: Self.saga(.compensated, completedSteps: [0])).outcome == .undoThisRun)
+        // Another run of the charge counted (a duplicate, a redelivery): the saga owns the effect.
+        #expect(
+            DiscardedOutcome.decide(phase: .action, step: 1, latest: Self.saga(.completed, completedSteps: [0, 1])).outcome
+                == .leaveTheEffect)
+        #expect(
+            DiscardedOutcome.decide(phase: .action, step: 1, latest: Self.saga(.compensating, completedSteps: [0, 1])).outcome
+                == .leaveTheEffect)
         // Still running (a later attempt replays the effect by its key).
-        #expect(DiscardedOutcome.decide(phase: .action, step: 1, latest: Self.saga(.running, completedSteps: [0])) == .leaveTheEffect)
+        #expect(
+            DiscardedOutcome.decide(phase: .action, step: 1, latest: Self.saga(.running, completedSteps: [0])).outcome == .leaveTheEffect)
         // A compensation's report: nothing to undo.
         #expect(
-            DiscardedOutcome.decide(phase: .compensation, step: 1, latest: Self.saga(.compensated, completedSteps: [0])) == .leaveTheEffect)
+            DiscardedOutcome.decide(phase: .compensation, step: 1, latest: Self.saga(.compensated, completedSteps: [0])).outcome
+                == .leaveTheEffect)
     }
 
     @Test func theAdviceSaysWhatTheDecisionIs() {
-        #expect(DiscardedOutcome.undoThisRun.advice(phase: .action, counted: false).contains("undo this run's effect"))
-        let counted = DiscardedOutcome.leaveTheEffect.advice(phase: .action, counted: true)
+        let undo = DiscardedOutcome.decide(phase: .action, step: 1, latest: Self.saga(.compensating, completedSteps: [0])).advice
+        #expect(undo.contains("undo this run's effect"))
+        let counted = DiscardedOutcome.decide(phase: .action, step: 1, latest: Self.saga(.completed, completedSteps: [0, 1])).advice
         #expect(counted.contains("counted in another run") && counted.contains("leave its effect") && !counted.contains("undo this run"))
-        #expect(DiscardedOutcome.leaveTheEffect.advice(phase: .compensation, counted: false).hasPrefix("nothing to undo"))
+        let compensation = DiscardedOutcome.decide(phase: .compensation, step: 1, latest: Self.saga(.compensated, completedSteps: [0]))
+        #expect(compensation.advice.hasPrefix("nothing to undo"))
     }
 }
