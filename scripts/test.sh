@@ -63,6 +63,7 @@ own_processes="ClusterTests|BrokerLateTests|RabbitMQTLSTests|RabbitMQRecoveryTes
 own_processes+="|ParticipantFaultTests|CrashMatrixTests|StoreOutageTests|SecretLeakTests|OperatorStoredDefinitionTests|PostgresTLSTests|OperatorCLITests"
 own_processes+="|PrometheusEndpointTests"  # the example services as processes, scraped over HTTP
 own_processes+="|OperatorConnectionTests"  # counts the sessions of the test database
+own_processes+="|GracefulStopTests"  # times a stopping instance's hand-back against its running steps
 timeout --kill-after=30 2400 swift test --skip-build --disable-xctest --skip "$own_processes" "$@"
 log "the suites that start servers or processes of their own, one at a time"
 timeout --kill-after=30 2400 swift test --skip-build --disable-xctest --no-parallel --filter "$own_processes" "$@"
