@@ -14,10 +14,15 @@ import Testing
     .timeLimit(.minutes(2))
 )
 struct GracefulStopTests {
-    /// Every step is running on instance a (handlers at once ≥ its deliveries) when it stops.
+    /// Every step is running on instance a (handlers at once ≥ its deliveries) when it stops, and
+    /// its handlers go on for a while after the stop: had the stop requeued them, instance b would
+    /// have run them meanwhile.
     @Test func anInstanceThatStopsFinishesItsRunningStepsAndNobodyRunsThemTwice() async throws {
-        guard let result = try await Self.stopWhileRunning(handlerLimit: 64) else { return }
+        guard let result = try await Self.stopWhileRunning(handlerLimit: 64, releaseA: .afterTheStop(.milliseconds(1500))) else {
+            return
+        }
         #expect(result.finals.allSatisfy { $0 == .completed }, "\(result.finals)")
+        #expect(result.inFlightOnA.count == 6, "\(result.inFlightOnA)")
         #expect(result.runs.endedCount(instance: "a") == result.inFlightOnA.count, "a's running handlers finished")
         for id in result.inFlightOnA {
             #expect(result.runs.runs(of: id) == ["a"], "saga \(id), started on a before it stopped, ran on \(result.runs.runs(of: id))")
@@ -26,19 +31,28 @@ struct GracefulStopTests {
     }
 
     /// Instance a runs 2 steps at once and holds the others as deliveries it has not started:
-    /// those go to instance b as soon as a stops, not once a's running steps end (3 s: a margin
-    /// for a loaded machine).
+    /// those go to instance b as soon as a stops, not once a's running steps end. a's steps end
+    /// only once b has started one (or after 20 s), so that the order does not depend on how
+    /// loaded the machine is.
     @Test func theDeliveriesItHadNotStartedGoToTheOtherInstanceAtOnce() async throws {
-        guard let result = try await Self.stopWhileRunning(handlerLimit: 2, stepTime: .seconds(3)) else { return }
+        guard let result = try await Self.stopWhileRunning(handlerLimit: 2, releaseA: .whenBStarts(orAfter: .seconds(20))) else {
+            return
+        }
         #expect(result.finals.allSatisfy { $0 == .completed }, "\(result.finals)")
         #expect(result.inFlightOnA.count == 2, "\(result.inFlightOnA)")
         #expect(result.runs.startedCount(instance: "b") == 4)
-        // Before a's running steps ended, not after (timed relative to them: a loaded machine
-        // delays both alike).
         let firstOnB = try #require(result.runs.firstStart(instance: "b"))
         let lastEndOnA = try #require(result.runs.lastEnd(instance: "a"))
-        #expect(firstOnB < lastEndOnA, "b started the first handed-back step \(firstOnB - lastEndOnA) after a's running steps ended")
+        #expect(firstOnB < lastEndOnA, "b started the first handed-back step only \(firstOnB - lastEndOnA) after a's running steps ended")
         #expect(result.runs.overlapping().isEmpty, "steps ran twice at the same time: \(result.runs.overlapping())")
+    }
+
+    /// When instance a's handlers finish.
+    enum ReleaseOfA {
+        /// This long after a was told to stop.
+        case afterTheStop(Duration)
+        /// When instance b starts a step, or after the given time at the latest.
+        case whenBStarts(orAfter: Duration)
     }
 
     struct Result {
@@ -47,10 +61,10 @@ struct GracefulStopTests {
         var finals: [SagaStatus]
     }
 
-    /// Six one-step sagas whose step takes `stepTime`; instance a (prefetch 8, `handlerLimit` at once)
-    /// takes them, instance b comes up, a stops gracefully while its handlers run; then every
-    /// saga is waited for. `nil` without a broker.
-    static func stopWhileRunning(handlerLimit: Int, stepTime: Duration = .milliseconds(1500)) async throws -> Result? {
+    /// Six one-step sagas; instance a (prefetch 8, `handlerLimit` at once) takes them, instance b
+    /// comes up, a stops gracefully while its handlers run, which end as `releaseA` says (b's
+    /// steps take 50 ms); then every saga is waited for. `nil` without a broker.
+    static func stopWhileRunning(handlerLimit: Int, releaseA: ReleaseOfA) async throws -> Result? {
         guard let amqp = try TestBroker.availableURL() else { return nil }
         let tag = UUID().uuidString.prefix(8).lowercased()
         let topology = SagaTopology(prefix: "stop-\(tag)", delayLevels: [1])
@@ -58,13 +72,19 @@ struct GracefulStopTests {
         let definitions = try SagaDefinitionRegistry([definition])
         let store = InMemorySagaStore()
         let runs = RunLedger()
+        let aMayFinish = Gate()
 
         func handlers(instance: String) -> SagaHandlerRegistry {
             var registry = SagaHandlerRegistry()
             registry.register("slow-\(tag).work") { context in
                 let started = ContinuousClock.now
                 runs.started(context.sagaID, instance: instance)
-                try? await Task.sleep(for: stepTime)  // not cut short by the stop
+                if instance == "a" {
+                    await aMayFinish.wait()
+                } else {
+                    if releaseA.opensWhenBStarts { aMayFinish.open() }
+                    try? await Task.sleep(for: .milliseconds(50))
+                }
                 runs.ended(context.sagaID, instance: instance, started: started)
                 try await context.completeStep()
             }
@@ -110,6 +130,15 @@ struct GracefulStopTests {
 
         // a stops gracefully while its handlers run.
         await groupA.triggerGracefulShutdown()
+        switch releaseA {
+        case .afterTheStop(let time):
+            try await Task.sleep(for: time)
+            aMayFinish.open()
+        case .whenBStarts(let time):
+            let end = ContinuousClock.now + time
+            while !aMayFinish.isOpen, ContinuousClock.now < end { try await Task.sleep(for: .milliseconds(20)) }
+            aMayFinish.open()
+        }
         try await runningA.value
         await busA.shutdown()
         let inFlightOnA = runs.sagas(instance: "a")
@@ -129,6 +158,13 @@ struct GracefulStopTests {
         await busB.shutdown()
         await starterBus.shutdown()
         return Result(runs: runs, inFlightOnA: inFlightOnA, finals: finals)
+    }
+}
+
+extension GracefulStopTests.ReleaseOfA {
+    var opensWhenBStarts: Bool {
+        if case .whenBStarts = self { return true }
+        return false
     }
 }
 

@@ -244,6 +244,8 @@ final class Gate: Sendable {
 
     var waiting: Bool { state.withLock { !$0.waiters.isEmpty } }
 
+    var isOpen: Bool { state.withLock { $0.open } }
+
     func wait() async {
         await withCheckedContinuation { continuation in
             let resumeNow = state.withLock { state -> Bool in
