@@ -256,10 +256,17 @@ try:
     click(By.PARTIAL_LINK_TEXT, "trip version 1")
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "svg.graph")))
     check("v2" in text("#versions"), "versions listed")
+    check("v2 (1 saga)" in text("#versions"), "each version's sagas counted")
     check(count("svg.graph rect.step") == 4, "four steps drawn")
     check(count("svg.graph rect.step.pivot") == 1, "the pivot marked")
     check(count("svg.graph rect.comp") == 2, "two compensations drawn")
     shot("04-definition.png")
+    driver.get(base + "/definitions")
+    v2_link = driver.find_elements(By.CSS_SELECTOR, 'a[href="/sagas?name=trip&version=2"]')
+    check(len(v2_link) == 1 and v2_link[0].text == "1", "the definitions page counts version 2's saga on its own row")
+    v1_link = driver.find_elements(By.CSS_SELECTOR, 'a[href="/sagas?name=trip&version=1"]')
+    check(len(v1_link) == 1 and int(v1_link[0].text) >= 6, "and version 1's on its own")
+    shot("04-definitions.png")
 
     # 4b. A saga in a parallel group: each member's state, the members side by side.
     print("parallel group")

@@ -496,21 +496,46 @@ struct Pages: Sendable {
         let grouped = Dictionary(grouping: stored, by: \.name)
         var rows: [[String]] = []
         for name in grouped.keys.sorted() {
-            let counts = try await backend.store.countByStatus(name: name, topology: configuration.prefix)
+            let counts = try await sagaCounts(of: name)
             for info in grouped[name] ?? [] {
+                let sagas: String
+                if let counts {
+                    let byStatus = counts[info.version] ?? [:]
+                    let total = byStatus.values.reduce(0, +)
+                    let unfinished = byStatus.filter { !$0.key.hasEnded && $0.value > 0 }.sorted { $0.key.rawValue < $1.key.rawValue }
+                    sagas =
+                        total == 0
+                        ? "0"
+                        : "<a href=\"/sagas?name=\(HTML.urlComponent(name))&version=\(info.version)\">\(total)</a>"
+                            + (unfinished.isEmpty
+                                ? " <span class=\"quiet\">(all ended)</span>"
+                                : " (" + unfinished.map { "\($0.value) \(HTML.escape($0.key.rawValue))" }.joined(separator: ", ") + ")")
+                } else {
+                    sagas = "<span class=\"quiet\">the store cannot count by version</span>"
+                }
                 rows.append([
                     "<a href=\"/definitions/\(HTML.urlComponent(name))?version=\(info.version)\">\(HTML.escape(name))</a>",
                     "v\(info.version)",
                     "<span class=\"mono\">\(HTML.escape(String(info.hash.prefix(12))))</span>", HTML.escape(HTML.time(info.registeredAt)),
-                    info == grouped[name]?.last ? "\(counts.values.reduce(0, +)) (all versions)" : "",
+                    sagas,
                 ])
             }
         }
         html +=
             rows.isEmpty
             ? "<p class=\"quiet\">the store keeps no definitions yet: participants register theirs when they start</p>"
-            : HTML.table(["name", "version", "hash", "registered", "sagas"], rows)
+            : HTML.table(["name", "version", "hash", "registered", "sagas (not ended)"], rows)
         return layout(title: "Definitions", active: "definitions", session: session, body: html)
+    }
+
+    /// The sagas of the console's topology on each version of the definition `name`, by status;
+    /// `nil` when the store cannot count by version.
+    private func sagaCounts(of name: String) async throws -> [Int: [SagaStatus: Int]]? {
+        do {
+            return try await backend.store.countByVersion(name: name, topology: configuration.prefix)
+        } catch let error as SagaError where error.code == .unsupported {
+            return nil
+        }
     }
 
     /// The participant processes that report in, by service, and the commands of the known
@@ -575,15 +600,17 @@ struct Pages: Sendable {
         }
         var html =
             "<h1>Definition \(HTML.escape(name)) <span class=\"quiet\">version \(chosen)</span></h1><p class=\"versions\" id=\"versions\">versions: "
+        let counts = (try? await sagaCounts(of: name)) ?? nil
         for candidate in versions {
-            let count =
-                (try? await backend.store.list(
-                    SagaQuery(name: name, definitionVersion: candidate, topology: configuration.prefix, limit: 1000)
-                ).count) ?? 0
+            let sagas =
+                counts.map { counts in
+                    let total = counts[candidate]?.values.reduce(0, +) ?? 0
+                    return "\(total) saga\(total == 1 ? "" : "s")"
+                } ?? "sagas not counted"
             html +=
                 candidate == chosen
-                ? "<b>v\(candidate)</b> (\(count)\(count == 1000 ? "+" : "") sagas) "
-                : "<a href=\"/definitions/\(HTML.urlComponent(name))?version=\(candidate)\">v\(candidate)</a> (\(count)\(count == 1000 ? "+" : "") sagas) "
+                ? "<b>v\(candidate)</b> (\(sagas)) "
+                : "<a href=\"/definitions/\(HTML.urlComponent(name))?version=\(candidate)\">v\(candidate)</a> (\(sagas)) "
         }
         html += "· hash <span class=\"mono\">\(HTML.escape(definition.contentHash))</span>"
         if let deadline = definition.deadline { html += " · deadline \(HTML.seconds(deadline.consoleSeconds))" }

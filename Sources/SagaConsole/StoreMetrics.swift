@@ -7,6 +7,9 @@ import Participant
 ///
 /// - `sagakit_store_sagas{saga,status}`: sagas per definition and status (every status,
 ///   `waiting` included: sagas stopped at a wait step until their signal arrives).
+/// - `sagakit_store_sagas_by_version{saga,version,status}`: the same per definition version
+///   (``SagaStore/countByVersion(name:topology:)``; absent when the store cannot count by
+///   version): a version is retired once its sagas have all ended (`Docs/Upgrades.md`).
 /// - `sagakit_store_sagas_stalled{saga}`: running or compensating sagas that made no progress
 ///   for the console's stalled threshold (``SagaStore/listStalled(_:noProgressSince:)``: a
 ///   reaper's re-send is no progress).
@@ -38,10 +41,34 @@ enum StoreMetrics {
             "# HELP sagakit_store_sagas Sagas in the store by definition and status.",
             "# TYPE sagakit_store_sagas gauge",
         ]
+        // One count per definition: by version when the store can (the total is their sum).
+        var byVersion: [String: [Int: [SagaStatus: Int]]] = [:]
         for name in names.sorted() {
-            let counts = try await store.countByStatus(name: name)
+            let counts: [SagaStatus: Int]
+            do {
+                let versions = try await store.countByVersion(name: name, topology: nil)
+                byVersion[name] = versions
+                counts = versions.values.reduce(into: [:]) { total, one in total.merge(one, uniquingKeysWith: +) }
+            } catch let error as SagaError where error.code == .unsupported {
+                counts = try await store.countByStatus(name: name)
+            }
             for status in SagaStatus.allCases {
                 lines.append("sagakit_store_sagas{saga=\"\(escape(name))\",status=\"\(status.rawValue)\"} \(counts[status] ?? 0)")
+            }
+        }
+        if !byVersion.isEmpty {
+            lines += [
+                "# HELP sagakit_store_sagas_by_version Sagas in the store by definition, definition version and status.",
+                "# TYPE sagakit_store_sagas_by_version gauge",
+            ]
+            for (name, versions) in byVersion.sorted(by: { $0.key < $1.key }) {
+                for (version, counts) in versions.sorted(by: { $0.key < $1.key }) {
+                    for status in SagaStatus.allCases {
+                        lines.append(
+                            "sagakit_store_sagas_by_version{saga=\"\(escape(name))\",version=\"\(version)\",status=\"\(status.rawValue)\"} \(counts[status] ?? 0)"
+                        )
+                    }
+                }
             }
         }
         lines += [

@@ -14,7 +14,7 @@ struct DefinitionsCommand: AsyncParsableCommand {
 
     @OptionGroup var connection: OperatorOptions
 
-    @Option(help: "How many sagas per definition name to read when counting.")
+    @Option(help: "For a store that cannot count by version: how many sagas per definition name to read when counting.")
     var countLimit = 100_000
 
     @Flag(help: "Print JSON (an array of definitions with their saga counts).")
@@ -56,10 +56,22 @@ struct DefinitionsCommand: AsyncParsableCommand {
                     source: "tool", sagas: 0, byStatus: [:])
             }
             for name in Set(rows.values.map(\.name)) {
-                for saga in try await store.list(SagaQuery(name: name, limit: countLimit)) {
-                    let rowKey = key(name, saga.definitionVersion)
-                    rows[rowKey]?.sagas += 1
-                    rows[rowKey]?.byStatus[saga.status.cliName, default: 0] += 1
+                let counts: [Int: [SagaStatus: Int]]
+                do {
+                    counts = try await store.countByVersion(name: name, topology: nil)
+                } catch let error as SagaError where error.code == .unsupported {
+                    var listed: [Int: [SagaStatus: Int]] = [:]
+                    for saga in try await store.list(SagaQuery(name: name, limit: countLimit)) {
+                        listed.add(1, version: saga.definitionVersion, status: saga.status)
+                    }
+                    counts = listed
+                }
+                for (version, byStatus) in counts {
+                    let rowKey = key(name, version)
+                    for (status, count) in byStatus where count > 0 {
+                        rows[rowKey]?.sagas += count
+                        rows[rowKey]?.byStatus[status.cliName, default: 0] += count
+                    }
                 }
             }
             return rows.values.sorted { ($0.name, $0.version) < ($1.name, $1.version) }

@@ -102,6 +102,31 @@ extension PostgresSagaStore {
         return counts
     }
 
+    /// The number of sagas of `name` on each definition version, by status (see
+    /// ``SagaCore/SagaStore/countByVersion(name:topology:)``): one statement, grouped by the
+    /// version the saga's context records.
+    public func countByVersion(name: String, topology: String?) async throws -> [Int: [SagaStatus: Int]] {
+        let result = try await rows(
+            "count sagas by version",
+            """
+            SELECT COALESCE(context ->> \(SagaState.definitionVersionKey)::text, '1') AS version, status, count(*) AS n
+            FROM \(unescaped: namespace).sagas
+            WHERE name = \(name)::text
+              AND (\(topology)::text IS NULL
+                OR coalesce(context ->> \(SagaState.topologyKey)::text, \(topology)::text) = \(topology)::text)
+            GROUP BY 1, 2
+            """
+        )
+        var counts: [Int: [SagaStatus: Int]] = [:]
+        for row in result {
+            let status = try StoreCoding.status(row["status"].decode(String.self), sagaID: "(any)")
+            // As SagaState.definitionVersion reads it: a version that is not a number is 1.
+            let version = Int(try row["version"].decode(String.self)) ?? 1
+            counts.add(try row["n"].decode(Int.self), version: version, status: status)
+        }
+        return counts
+    }
+
     /// Claims up to `limit` stalled sagas, oldest update first, in one statement that locks the
     /// candidates with `FOR UPDATE SKIP LOCKED`: a concurrent claimer skips them (and, once this
     /// claim commits, sees the new lease), so two claimers never take the same saga. A valid

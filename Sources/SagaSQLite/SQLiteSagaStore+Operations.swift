@@ -229,6 +229,34 @@ extension SQLiteSagaStore {
         return counts
     }
 
+    /// The number of sagas of `name` on each definition version, by status (see
+    /// ``SagaCore/SagaStore/countByVersion(name:topology:)``): one statement, grouped by the
+    /// version the saga's context records.
+    public func countByVersion(name: String, topology: String?) async throws -> [Int: [SagaStatus: Int]] {
+        var conditions = ["name = ?"]
+        var arguments: StatementArguments = ["$.\"\(SagaState.definitionVersionKey)\"", name]
+        if let topology {
+            conditions.append(Self.topologyCondition)
+            arguments += [Self.topologyPath, topology, topology]
+        }
+        let sql = """
+            SELECT CAST(COALESCE(json_extract(context, ?), '1') AS TEXT) AS version, status, COUNT(*) AS n FROM sagas
+            WHERE \(conditions.joined(separator: " AND ")) GROUP BY 1, 2
+            """
+        let finalArguments = arguments
+        let rows = try await read("count sagas by version in") { db in
+            try Row.fetchAll(db, sql: sql, arguments: finalArguments).map {
+                ($0["version"] as String, $0["status"] as String, $0["n"] as Int)
+            }
+        }
+        var counts: [Int: [SagaStatus: Int]] = [:]
+        for (version, status, count) in rows {
+            // As SagaState.definitionVersion reads it: a version that is not a number is 1.
+            counts.add(count, version: Int(version) ?? 1, status: try StoreCoding.status(status, sagaID: "(any)"))
+        }
+        return counts
+    }
+
     /// Claims up to `limit` stalled sagas, oldest update first, in one `IMMEDIATE` transaction
     /// (writers are serialized, across processes too, so two claimers never take the same
     /// saga). A valid lease excludes everyone, its owner too.

@@ -236,6 +236,7 @@ struct OperatorWaitStepTests {
         #expect(filtered.contains("wait-console") && filtered.contains("1 saga(s)"), "the status filter")
         let metrics = try await OperatorParallelGroupTests.get(base + "metrics")
         #expect(metrics.contains("sagakit_store_sagas{saga=\"payout\",status=\"waiting\"} 1"), "\(metrics)")
+        #expect(metrics.contains("sagakit_store_sagas_by_version{saga=\"payout\",version=\"1\",status=\"waiting\"} 1"), "\(metrics)")
 
         // Signalled: who sent it, in the timeline and the drawing.
         let approvedPage = try await OperatorParallelGroupTests.get(base + "sagas/wait-console-approved")

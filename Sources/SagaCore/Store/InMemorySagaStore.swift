@@ -139,6 +139,19 @@ public final class InMemorySagaStore: SagaStore {
         }
     }
 
+    /// The number of sagas of `name` on each definition version, by status (see
+    /// ``SagaStore/countByVersion(name:topology:)``).
+    public func countByVersion(name: String, topology: String?) async throws -> [Int: [SagaStatus: Int]] {
+        let query = SagaQuery(name: name, topology: topology)
+        return storage.withLock { storage in
+            var counts: [Int: [SagaStatus: Int]] = [:]
+            for row in storage.sagas.values where query.matches(row.state) {
+                counts.add(1, version: row.state.definitionVersion, status: row.state.status)
+            }
+            return counts
+        }
+    }
+
     /// Claims up to `limit` stalled sagas, oldest update first. A valid lease excludes everyone,
     /// its owner too, so that two reapers that happen to share a name still never receive the
     /// same saga, and a reaper that claims in a loop does not get its own sagas back.

@@ -58,6 +58,16 @@ public protocol SagaStore: Sendable {
     ///   default for stores written before this requirement).
     func countByStatus(name: String?, topology: String?) async throws -> [SagaStatus: Int]
 
+    /// How many sagas of the definition `name` each of its versions has, by status (a saga
+    /// started before definitions had versions is on version 1), optionally for one topology as
+    /// ``SagaQuery/topology`` selects it. Every version with a saga is present, with every status
+    /// (0 when none); versions without sagas are absent. Exact, however many sagas the store
+    /// keeps: what `saga definitions`, the console and `sagakit_store_sagas_by_version` show
+    /// while a version is retired.
+    /// - Throws: `unsupported` when the store cannot count by version (the default for stores
+    ///   written before this requirement): the tools then count the sagas they can list.
+    func countByVersion(name: String, topology: String?) async throws -> [Int: [SagaStatus: Int]]
+
     /// Atomically claims up to `limit` stalled sagas: status running or compensating, not updated
     /// since `updatedBefore`, and not claimed by anyone else whose lease is still valid at `now`.
     /// Claiming sets a lease (`owner`, until `now + lease`) without changing the version. Two
@@ -212,6 +222,14 @@ extension SagaStore {
         throw SagaError(
             .unsupported, "this store (\(Self.self)) cannot count sagas by topology",
             recoverySuggestion: "implement countByStatus(name:topology:) in the store, or count every topology")
+    }
+
+    /// Stores written before this requirement cannot count by definition version.
+    /// - Throws: `unsupported`.
+    public func countByVersion(name: String, topology: String?) async throws -> [Int: [SagaStatus: Int]] {
+        throw SagaError(
+            .unsupported, "this store (\(Self.self)) cannot count sagas by definition version",
+            recoverySuggestion: "implement countByVersion(name:topology:) in the store")
     }
 
     /// Stores written before SagaKit recorded participants do not keep them (the tools then
@@ -476,5 +494,13 @@ public struct SagaQuery: Sendable, Hashable {
         if let minimumReapAttempts, state.reapAttempts < minimumReapAttempts { return false }
         if let topology, let recorded = state.topology, recorded != topology { return false }
         return true
+    }
+}
+
+extension Dictionary where Key == Int, Value == [SagaStatus: Int] {
+    /// Adds `count` sagas of `status` to `version`'s counts, creating them with every status at 0
+    /// for a version not seen yet (``SagaStore/countByVersion(name:topology:)``).
+    package mutating func add(_ count: Int, version: Int, status: SagaStatus) {
+        self[version, default: [SagaStatus: Int](uniqueKeysWithValues: SagaStatus.allCases.map { ($0, 0) })][status, default: 0] += count
     }
 }

@@ -505,6 +505,37 @@ extension SagaStoreConformance {
         #expect(again.first?.reapAttempts == 1)
     }
 
+    /// `countByVersion(name:topology:)` counts each version's sagas by status, a saga without a
+    /// version on version 1, every status present for a version found; another name's sagas and
+    /// another topology's are left out.
+    public static let countByVersionCountsEachVersionsSagas = Check("countByVersionCountsEachVersionsSagas") { fixture in
+        let store = fixture.store
+        let name = uniqueID("definition")
+        func saga(version: Int?, status: SagaStatus = .running, name: String = name, topology: String? = nil) -> SagaState {
+            var state = makeState(name: name, status: status)
+            if let version { state.definitionVersion = version }
+            if let topology { state.context[SagaState.topologyKey] = topology }
+            return state
+        }
+        let sagas = [
+            saga(version: nil), saga(version: 1, status: .compensated), saga(version: 2), saga(version: 2),
+            saga(version: 2, status: .needsAttention), saga(version: 12, status: .completed, topology: "shop"),
+            saga(version: 2, topology: "billing"), saga(version: 2, name: uniqueID("other")),
+        ]
+        for state in sagas { _ = try await store.create(state, outbox: []) }
+
+        let counts = try await fixture.other.countByVersion(name: name, topology: nil)
+        #expect(counts.keys.sorted() == [1, 2, 12])
+        #expect(counts[1]?[.running] == 1 && counts[1]?[.compensated] == 1, "a saga without a version is on version 1")
+        #expect(counts[2]?[.running] == 3 && counts[2]?[.needsAttention] == 1 && counts[2]?[.completed] == 0)
+        #expect(counts[12]?[.completed] == 1)
+        #expect(counts.values.allSatisfy { $0.count == SagaStatus.allCases.count }, "every status, 0 when none")
+        let shop = try await store.countByVersion(name: name, topology: "shop")
+        #expect(shop[2]?[.running] == 2 && shop[2]?[.needsAttention] == 1, "the untagged, not billing's")
+        #expect(shop[12]?[.completed] == 1)
+        #expect(try await store.countByVersion(name: uniqueID("unknown"), topology: nil).isEmpty)
+    }
+
     /// `list` filters by ``SagaQuery/definitionVersion``: the version is read from the saga's
     /// context (``SagaState/definitionVersionKey``), and a saga without that key is on version 1.
     /// The filter combines with the name and the statuses, and sees versions written by `commit`.

@@ -105,6 +105,7 @@ public enum SagaStoreConformance {
         listFiltersByMinimumAttempt,
         listFiltersByMinimumReapAttempts,
         countByStatusCountsEveryStatus,
+        countByVersionCountsEachVersionsSagas,
         claimStalledLeasesSagasUntilTheLeaseExpires,
         claimStalledForATopologyLeavesOtherTopologiesAlone,
         listingAndCountingForATopologyLeaveOtherTopologiesOut,
