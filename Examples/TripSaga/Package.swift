@@ -1,5 +1,6 @@
 // swift-tools-version: 6.1
-// A team's own saga in its own package: three services, a starter, handler tests.
+// A team's own saga in its own package: three services, a starter, handler tests and the team's
+// own operator tool.
 // It depends on SagaKit the way any user's package does (here by path; from a release, by URL)
 // and uses only SagaKit's public products.
 import PackageDescription
@@ -12,6 +13,7 @@ let package = Package(
         .executable(name: "trip-hotel", targets: ["HotelService"]),
         .executable(name: "trip-payment", targets: ["PaymentService"]),
         .executable(name: "trip-starter", targets: ["TripStarter"]),
+        .executable(name: "trip-tool", targets: ["TripTool"]),
     ],
     dependencies: [
         .package(name: "SagaKit", path: "../..")
@@ -31,6 +33,11 @@ let package = Package(
         .executableTarget(
             name: "TripStarter",
             dependencies: ["TripSaga", .product(name: "Participant", package: "SagaKit"), .product(name: "SagaSQLite", package: "SagaKit")]),
+        // The operator tool (SagaOperator: the CLI and the web console; the services do not
+        // link it).
+        .executableTarget(
+            name: "TripTool",
+            dependencies: ["TripSaga", .product(name: "SagaOperator", package: "SagaKit")]),
         .testTarget(
             name: "TripSagaTests",
             dependencies: ["TripSaga", .product(name: "SagaTesting", package: "SagaKit")]),
