@@ -389,7 +389,7 @@ public struct SagaParticipant: Service {
                 return await deadLetter(
                     delivery,
                     reason: reason(
-                        "command '\(command.command)' is not step \(command.step) \(command.phase.rawValue) of saga definition '\(definition.name)' version \(definition.version)"
+                        "command '\(command.command)' is not \(definition.describeStep(command.step)) \(command.phase.rawValue) of saga definition '\(definition.name)' version \(definition.version)"
                     ),
                     logger: logger
                 )
@@ -635,15 +635,14 @@ public struct SagaParticipant: Service {
     /// dead-lettered: long enough for a rolling upgrade to bring up the release that handles it.
     static let handBackLimit: Duration = .seconds(600)
 
-    /// The pause before the `n`th hand-back (from 0): 1, 2, 4, 8, then 10 seconds, each rounded
-    /// up to a delay level of the topology.
     /// Where a saga stands, in the words `saga show` uses: `step 3 'ship' (action #1)`.
     static func position(of state: SagaState, in definition: SagaDefinition) -> String {
-        let name = definition.steps.indices.contains(state.currentStep) ? " '\(definition.steps[state.currentStep].name)'" : ""
         let phase = SagaStateMachine(definition: definition).phase(of: state)
-        return "step \(state.currentStep + 1)\(name) (\(phase.rawValue) #\(state.attempt))"
+        return "\(definition.describeStep(state.currentStep)) (\(phase.rawValue) #\(state.attempt))"
     }
 
+    /// The pause before the `n`th hand-back (from 0): 1, 2, 4, 8, then 10 seconds, each rounded
+    /// up to a delay level of the topology.
     static func handBackDelay(after handBacks: Int) -> Duration {
         .seconds(min(1 << min(handBacks, 4), 10))
     }

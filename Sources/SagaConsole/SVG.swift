@@ -60,7 +60,8 @@ enum SVG {
         for (index, row) in rows.enumerated() {
             let rowY = y(index + 1)
             let phaseMark = row.phase == .compensation ? "↩ " : ""
-            svg += "<text class=\"label\" x=\"8\" y=\"\(f(rowY + 19))\">\(phaseMark)\(HTML.escape(names[row] ?? "step \(row.step)"))</text>"
+            svg +=
+                "<text class=\"label\" x=\"8\" y=\"\(f(rowY + 19))\">\(phaseMark)\(HTML.escape(names[row] ?? "step \(row.step + 1)"))</text>"
             var previousEnd: Date?
             for (recordIndex, record) in records.enumerated() where record.step == row.step && record.phase == row.phase {
                 if record.outcome.isOperatorAction || record.outcome == .resent { continue }

@@ -166,7 +166,7 @@ struct ParticipantTests {
         ),
         (
             #"{"sagaID":"x","sagaName":"order","command":"inventory.reserve","step":1,"stepName":"reserve-stock","phase":"action","attempt":1}"#,
-            "inventory.reserve", "application/json", "is not step 1 action of saga definition 'order'"
+            "inventory.reserve", "application/json", "is not step 2 'charge-card' action of saga definition 'order'"
         ),
         // A saga id that would forge a log line and colour the terminal: refused, quoted escaped.
         (

@@ -226,7 +226,7 @@ struct RollingUpgradeTests {
             let other = letters.first { $0.headers[SagaHeaders.deadLetterRoutingKey] != "flights.seat" }
             #expect(
                 other?.headers[SagaHeaders.deadLetterReason]
-                    == "service 'flights' has no handler for command 'flights.upgrade'; command 'flights.upgrade' is not step 2 action of saga definition '\(trip.name)' version 2"
+                    == "service 'flights' has no handler for command 'flights.upgrade'; command 'flights.upgrade' is not step 3 'seat' action of saga definition '\(trip.name)' version 2"
             )
             // The saga still waits at `seat`.
             #expect(try await store.load(atSeat.id).currentStep == 2)

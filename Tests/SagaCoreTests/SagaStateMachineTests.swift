@@ -167,7 +167,7 @@ struct SagaStateMachineTests {
         // A redelivery of step 0's completion.
         #expect(
             machine.apply(.stepCompleted(step: 0, attempt: 1, patch: ["x": 1], startedAt: t0), to: atB, now: t0)
-                == .ignored("saga s1 waits for step 1 action attempt 1, not step 0 action attempt 1"))
+                == .ignored("saga s1 waits for step 2 'b' action attempt 1, not step 1 'a' action attempt 1"))
         // An older attempt of the current step.
         let retried = machine.apply(.stepFailed(step: 1, attempt: 1, error: "e", retryable: true, startedAt: t0), to: atB, now: t0).state!
         if case .ignored = machine.apply(.stepCompleted(step: 1, attempt: 1, patch: [:], startedAt: t0), to: retried, now: t0) {

@@ -608,6 +608,16 @@ public struct SagaParallelGroup: Sendable {
     }
 }
 
+extension SagaDefinition {
+    /// Step `index` (counted from 0, as the model and the command messages count) in the words
+    /// people read: counted from 1, as `saga show` and the console say it, with the step's name
+    /// when the definition has the step (`step 3 'ship'`). Every message that names a step
+    /// says it this way.
+    package func describeStep(_ index: Int) -> String {
+        steps.indices.contains(index) ? "step \(index + 1) '\(steps[index].name)'" : "step \(index + 1)"
+    }
+}
+
 /// The saga definitions a process knows, by name and version.
 ///
 /// Several versions of one name may be registered (a process that still runs sagas of an older

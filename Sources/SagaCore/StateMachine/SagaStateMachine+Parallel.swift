@@ -93,11 +93,11 @@ extension SagaStateMachine {
     private func memberStaleness(_ state: SagaState, group: ClosedRange<Int>, step: Int, attempt: Int) -> String? {
         guard group.contains(step) else {
             return
-                "saga \(state.id) runs parallel group '\(definition.steps[group.lowerBound].group ?? "")' (steps \(group.lowerBound)–\(group.upperBound)), not step \(step)"
+                "saga \(state.id) runs parallel group '\(definition.steps[group.lowerBound].group ?? "")' (steps \(group.lowerBound + 1)–\(group.upperBound + 1)), not \(definition.describeStep(step))"
         }
         let progress = progress(of: step, in: state)
         guard progress == .running(attempt: attempt) else {
-            return "saga \(state.id) expects step \(step) \(Self.describe(progress)), not attempt \(attempt)"
+            return "saga \(state.id) expects \(definition.describeStep(step)) \(Self.describe(progress)), not attempt \(attempt)"
         }
         return nil
     }

@@ -219,7 +219,8 @@ public struct SagaStateMachine: Sendable {
             return .rejected("saga \(state.id) follows '\(state.name)', not '\(definition.name)'")
         }
         guard definition.steps.indices.contains(state.currentStep) else {
-            return .rejected("saga \(state.id) is at step \(state.currentStep), which definition '\(definition.name)' does not have")
+            return .rejected(
+                "saga \(state.id) is at \(definition.describeStep(state.currentStep)), which definition '\(definition.name)' does not have")
         }
         switch event {
         case .stepCompleted(let step, let attempt, let patch, let startedAt):
@@ -612,7 +613,7 @@ public struct SagaStateMachine: Sendable {
 
     /// Why an operator's request aimed at `aimed` does not apply to `current`.
     private static func movedMeanwhile(from aimed: SagaState, to current: SagaState) -> String {
-        "saga \(current.id) moved meanwhile (from \(aimed.status.rawValue) at step \(aimed.currentStep) attempt \(aimed.attempt) to \(current.status.rawValue) at step \(current.currentStep) attempt \(current.attempt)); look at it again before acting"
+        "saga \(current.id) moved meanwhile (from \(aimed.status.rawValue) at step \(aimed.currentStep + 1) attempt \(aimed.attempt) to \(current.status.rawValue) at step \(current.currentStep + 1) attempt \(current.attempt)); look at it again before acting"
     }
 
     /// Why an event for (step, phase, attempt) does not apply to `state`, or `nil` when it does.
@@ -622,11 +623,11 @@ public struct SagaStateMachine: Sendable {
         }
         if state.status == .waiting {
             return
-                "saga \(state.id) waits for a signal at step \(state.currentStep), not for step \(step) \(phase.rawValue) attempt \(attempt)"
+                "saga \(state.id) waits for a signal at \(definition.describeStep(state.currentStep)), not for \(definition.describeStep(step)) \(phase.rawValue) attempt \(attempt)"
         }
         if state.phase != phase || state.currentStep != step || state.attempt != attempt {
             return
-                "saga \(state.id) waits for step \(state.currentStep) \(state.phase.rawValue) attempt \(state.attempt), not step \(step) \(phase.rawValue) attempt \(attempt)"
+                "saga \(state.id) waits for \(definition.describeStep(state.currentStep)) \(state.phase.rawValue) attempt \(state.attempt), not \(definition.describeStep(step)) \(phase.rawValue) attempt \(attempt)"
         }
         return nil
     }
