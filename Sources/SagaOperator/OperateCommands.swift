@@ -252,7 +252,7 @@ struct ReapCommand: AsyncParsableCommand {
             let stalled = try await store.list(SagaQuery(statuses: [.running, .compensating], updatedBefore: cutoff, limit: 10_000))
             let changed = try await SagaReaper(
                 configuration: reaper, definitions: definitions, bus: bus, store: store, topology: topology, logger: logger
-            ).reapOnce(now: now)
+            ).reapOnce(now: now).map { environment.redactor.redact($0) }
             let leftAlone = try await Self.leftAlone(
                 stalled: stalled, changed: changed, store: store, definitions: definitions, topology: topology,
                 cutoff: cutoff, now: now, batchSize: reaper.batchSize)

@@ -492,7 +492,7 @@ struct OperatorCLITests {
             }
             let leased = try await manager.start("trip", payload: [:], id: "trip-leased")
             try await Task.sleep(for: .milliseconds(50))
-            let stalled = try await manager.start("trip", payload: [:], id: "trip-stalled")
+            let stalled = try await manager.start("trip", payload: ["card": "4111-0000-SECRET"], id: "trip-stalled")
             let elsewhere = try await other.start("trip", payload: [:], id: "trip-elsewhere")
             var ghost = try await store.load(stalled)
             ghost.id = "ghost-1"
@@ -520,11 +520,15 @@ struct OperatorCLITests {
 
             // Again, as JSON, once the re-sent saga is stalled again.
             try await Task.sleep(for: .milliseconds(1200))
-            let json = try await cli.json(["reap", "--stalled-seconds", "1"]) as? [String: Any]
+            // The states it prints are masked like every other command's (SAGAKIT_REDACT).
+            let json =
+                try await cli.json(["reap", "--stalled-seconds", "1"], environment: ["SAGAKIT_REDACT": "card"]) as? [String: Any]
+            #expect(!"\(String(describing: json))".contains("SECRET"), "\(String(describing: json))")
             #expect(json?["stalledSeconds"] as? Int == 1)
             let changed = json?["changed"] as? [[String: Any]] ?? []
             #expect(changed.map { $0["id"] as? String } == [stalled], "\(String(describing: json))")
             #expect(changed.first?["reapAttempts"] as? Int == 2)
+            #expect((changed.first?["payload"] as? [String: Any])?["card"] as? String == "••••")
             let leftAlone = json?["leftAlone"] as? [[String: Any]] ?? []
             let codes = Dictionary(leftAlone.map { ($0["id"] as? String ?? "", $0["code"] as? String ?? "") }, uniquingKeysWith: { $1 })
             #expect(codes == [elsewhere: "other-topology", "ghost-1": "unknown-definition", leased: "lease-held"], "\(leftAlone)")
