@@ -29,7 +29,8 @@ extension SagaManager {
     /// stored will run (what could not be published is sent by a participant's outbox relay);
     /// one whose result is a failure was not stored. Idempotent by id: a saga whose id was
     /// started before is reported ``SagaStartResult/alreadyStarted(_:)`` and nothing is sent
-    /// for it, so a failed batch can be retried with the same ids.
+    /// for it, so a failed batch can be retried with the same ids; an id that belongs to a saga
+    /// of another definition is a `duplicateSaga` failure.
     ///
     /// ```swift
     /// let orders: [JSONObject] = ...
@@ -114,7 +115,11 @@ extension SagaManager {
                     do {
                         switch try await store.create(start.state, outbox: start.outbox) {
                         case .created(let stored): return (index, .success(.started(stored)))
-                        case .existing(let existing): return (index, .success(.alreadyStarted(existing)))
+                        case .existing(let existing):
+                            if let taken = SagaManager.idTaken(by: existing, starting: start.state.name) {
+                                return (index, .failure(taken))
+                            }
+                            return (index, .success(.alreadyStarted(existing)))
                         }
                     } catch {
                         return (index, .failure(error))

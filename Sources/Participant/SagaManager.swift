@@ -109,8 +109,9 @@ public struct SagaManager: Service {
     ///   - id: the saga id; a new UUID when `nil`.
     ///   - context: trace and correlation ids to carry along.
     /// - Returns: the saga id.
-    /// - Throws: `unknownDefinition`; the bus's error when the topology cannot be declared and
-    ///   the store's when the saga cannot be stored — in both cases nothing was stored.
+    /// - Throws: `unknownDefinition`; `duplicateSaga` when `id` belongs to a saga of another
+    ///   definition; the bus's error when the topology cannot be declared and the store's when the
+    ///   saga cannot be stored — in every case nothing was stored or sent.
     @discardableResult
     public func start(_ name: String, payload: JSONObject, id: SagaID? = nil, context: [String: String] = [:]) async throws -> SagaID {
         try await startIfAbsent(name, payload: payload, id: id, context: context).id
@@ -119,8 +120,11 @@ public struct SagaManager: Service {
     /// Starts a saga unless one with this id exists, and says which happened.
     ///
     /// The same as ``start(_:payload:id:context:)``, with an explicit result: `.started` when
-    /// this call stored the saga, `.alreadyStarted` when a saga with this id was stored before
-    /// (then nothing is stored or sent, and its current state is returned).
+    /// this call stored the saga, `.alreadyStarted` when a saga of this definition with this id
+    /// was stored before (then nothing is stored or sent, and its current state is returned).
+    /// - Throws: as ``start(_:payload:id:context:)``, and `duplicateSaga` when the id belongs to a
+    ///   saga of another definition (ids are unique across definitions: returning that saga
+    ///   would pass off another saga's outcome as this one's).
     public func startIfAbsent(_ name: String, payload: JSONObject, id: SagaID? = nil, context: [String: String] = [:]) async throws
         -> SagaStartResult
     {
@@ -137,6 +141,18 @@ public struct SagaManager: Service {
         }
     }
 
+    /// The error for a start of `name` whose id an existing saga of another definition holds,
+    /// or `nil` when the existing saga is of `name` (an idempotent repeat).
+    static func idTaken(by existing: SagaState, starting name: String) -> SagaError? {
+        guard existing.name != name else { return nil }
+        return SagaError(
+            .duplicateSaga,
+            "saga id '\(PrintableText.escaped(existing.id))' belongs to a '\(existing.name)' saga (\(existing.status.rawValue)), not to a '\(name)' one; nothing was started",
+            recoverySuggestion:
+                "saga ids are unique across definitions: give this saga its own id, for example prefixed with its definition's name ('\(name)-\(existing.id)')"
+        )
+    }
+
     private func start(_ name: String, payload: JSONObject, id: SagaID, context: [String: String], logger: Logger) async throws
         -> SagaStartResult
     {
@@ -146,6 +162,7 @@ public struct SagaManager: Service {
         let start = try prepareStart(definition, payload: payload, id: id, context: context, circuits: circuits, now: Date())
         switch try await engine.store.create(start.state, outbox: start.outbox) {
         case .existing(let existing):
+            if let taken = Self.idTaken(by: existing, starting: name) { throw taken }
             logger.info("saga already started; nothing sent", metadata: ["saga.status": "\(existing.status.rawValue)"])
             return .alreadyStarted(existing)
         case .created(let stored):

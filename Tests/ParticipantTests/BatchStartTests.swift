@@ -47,6 +47,37 @@ struct BatchStartTests {
         #expect(bus.messageCount(queue: testTopology.queue(forService: "inventory")) == 10, "one command per saga, not 14")
     }
 
+    @Test("an id that belongs to a saga of another definition is refused, by one start and in a batch")
+    func anIDOfAnotherDefinitionsSagaIsRefused() async throws {
+        let bus = InMemoryBus()
+        let store = InMemorySagaStore()
+        var definitions = orderDefinitions
+        try definitions.register(try SagaBuilder("refund").step("refund", action: "payment.refund").build())
+        let manager = SagaManager(definitions: definitions, bus: bus, store: store, topology: testTopology, logger: quietTestLogger)
+        try await bus.declare(testTopology.topology(forService: "inventory", commands: ["inventory.reserve", "inventory.release"]))
+        try await bus.declare(testTopology.topology(forService: "payment", commands: ["payment.refund"]))
+        let id = try await manager.start("order", payload: ["orderId": "o-42", "amount": 1], id: "o-42")
+
+        // The same definition again: idempotent.
+        let again = try await manager.startIfAbsent("order", payload: ["orderId": "o-42", "amount": 1], id: id)
+        guard case .alreadyStarted = again else { Issue.record("\(again)"); return }
+        // Another definition: refused, saying whose id it is and what to do; nothing stored or sent.
+        do {
+            _ = try await manager.startAndWait("refund", payload: [:], id: id, timeout: .seconds(1))
+            Issue.record("a refund started on the order's id")
+        } catch let error as SagaError {
+            #expect(error.code == .duplicateSaga)
+            #expect("\(error)".contains("saga id 'o-42' belongs to a 'order' saga (running), not to a 'refund' one"), "\(error)")
+            #expect(error.recoverySuggestion?.contains("'refund-o-42'") == true, "\(error)")
+        }
+        let batch = try await manager.start("refund", payloads: [[:], [:]], ids: [id, "r-1"])
+        guard case .failure(let error as SagaError) = batch[0].result else { Issue.record("\(batch[0].result)"); return }
+        #expect(error.code == .duplicateSaga)
+        #expect(batch[1].isStored)
+        #expect(try await store.load(id).name == "order")
+        #expect(bus.messageCount(queue: testTopology.queue(forService: "payment")) == 1, "only r-1's refund")
+    }
+
     @Test("ids that do not match the payloads are refused before anything is stored")
     func badIDsAreRefused() async throws {
         let store = InMemorySagaStore()
