@@ -45,7 +45,8 @@ struct OperatorOptions: ParsableArguments, Sendable {
         let reader = ConfigReader(providers: [
             InMemoryProvider(name: "flags", values: values),
             EnvironmentVariablesProvider(
-                environmentVariables: environment, secretsSpecifier: .specific(["AMQP_URL", "SAGAKIT_STORE_URL"])),
+                environmentVariables: environment,
+                secretsSpecifier: .specific(["AMQP_URL", "SAGAKIT_STORE_URL", "SAGAKIT_STORE_PASSWORD"])),
         ])
         return try OperatorConfiguration(reader: reader, defaultLogLevel: defaultLogLevel)
     }
@@ -54,20 +55,24 @@ struct OperatorOptions: ParsableArguments, Sendable {
 /// What the operator commands read: where the store and the broker are, the names on the broker,
 /// and the reaper settings the participants use (so that `saga reap` and `saga show` match them).
 struct OperatorConfiguration: Sendable {
-    var amqpURL: String
     var storeURL: String?
     var topology: SagaTopology
     var reaper: ReaperConfiguration
     var logLevel: Logger.Level
     /// Payload keys the commands show as `••••` (`sagakit.redact`, comma-separated).
     var redactedKeys: Set<String>
+    /// The store's keys (`sagakit.store.*`: its URL and every other setting the services read,
+    /// such as `schema`, `password` and `tls`), so that the tool opens the store exactly as the
+    /// services do.
+    var storeReader: ConfigReader
+    /// The broker's keys (`amqp.*`: its URL, TLS files, timeouts), read as the services read them.
+    var amqpReader: ConfigReader
 
     /// - Parameter defaultLogLevel: the level when none is configured: `error` for a command
     ///   (its output is what matters), `notice` for the console (a server whose operators'
     ///   actions and refused logins belong in its log).
     init(reader: ConfigReader, defaultLogLevel: Logger.Level = .error) throws {
         let sagakit = reader.scoped(to: "sagakit")
-        amqpURL = reader.string(forKey: "amqp.url", isSecret: true) ?? "amqp://guest:guest@127.0.0.1:5672/%2F"
         storeURL = sagakit.string(forKey: "store.url", isSecret: true)
         topology = try SagaTopology(reader: sagakit)
         reaper = try ReaperConfiguration(reader: sagakit.scoped(to: "reaper"))
@@ -75,6 +80,8 @@ struct OperatorConfiguration: Sendable {
             "log.level", default: defaultLogLevel.rawValue, choices: Logger.Level.allCases.map(\.rawValue))
         logLevel = Logger.Level(rawValue: level) ?? defaultLogLevel
         redactedKeys = Redactor(list: [sagakit.string(forKey: "redact") ?? ""]).keys
+        storeReader = sagakit.scoped(to: "store")
+        amqpReader = reader.scoped(to: "amqp")
     }
 
     /// The store URL; there is no default, so that a command never opens (and creates) a store

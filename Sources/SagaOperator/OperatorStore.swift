@@ -1,3 +1,4 @@
+import Configuration
 import Foundation
 import Participant
 import SagaPostgres
@@ -7,11 +8,19 @@ import SagaSQLite
 enum OperatorStore {
     /// Runs the store while `body` runs, then shuts it down.
     ///
+    /// `reader` holds the store's other settings (`sagakit.store.*`: a PostgreSQL store's
+    /// `schema`, `password`, `tls`, …), read as a service reads them: a tool that ignored
+    /// `SAGAKIT_STORE_SCHEMA` would open, and create, SagaKit's tables in another schema.
+    ///
     /// A SQLite file that does not exist is an error, not a new empty store: an operator who
-    /// mistyped the path must not be told "no sagas match".
-    static func withStore<T: Sendable>(url: String, logger: Logger, _ body: @Sendable (any SagaStore) async throws -> T) async throws
-        -> T
-    {
+    /// mistyped the path must not be told "no sagas match". Neither does the tool create or
+    /// migrate a store's schema unless `schema.migrate` says so (`SAGAKIT_STORE_SCHEMA_MIGRATE=true`):
+    /// a newer tool must not move a store that older services use to a schema they refuse, and
+    /// a schema name that names no store is an error (`schemaTooOld`), not a new empty store.
+    static func withStore<T: Sendable>(
+        url: String, reader: ConfigReader, logger: Logger, _ body: @Sendable (any SagaStore) async throws -> T
+    ) async throws -> T {
+        let migrates = try reader.sagaChoice("schema.migrate", default: "false", choices: ["true", "false"]) == "true"
         let lowered = url.lowercased()
         if lowered.hasPrefix("sqlite:") {
             let path = try ConnectionURL(parsing: url).path
@@ -20,13 +29,17 @@ enum OperatorStore {
                     .invalidConfiguration, "there is no SQLite saga store at \(path)",
                     recoverySuggestion: "point --store-url (or SAGAKIT_STORE_URL) at the file your services use")
             }
-            return try await SQLiteSagaStore(url: url, logger: logger).withRunning { try await body($0) }
+            var configuration = try SQLiteSagaStore.Configuration(reader: reader)
+            configuration.path = path
+            configuration.migratesSchema = migrates
+            return try await SQLiteSagaStore(configuration: configuration, logger: logger).withRunning { try await body($0) }
         }
         if lowered.hasPrefix("postgres://") || lowered.hasPrefix("postgresql://") {
             // An operator's statements are few (one command, or the console's pages): the store
             // holds no connections between them (`saga list` opens two sessions, not four).
-            var configuration = try PostgresSagaStore.Configuration(url: url)
+            var configuration = try PostgresSagaStore.Configuration(reader: reader)
             configuration.heldConnections = 0
+            configuration.migratesSchema = migrates
             return try await PostgresSagaStore(configuration: configuration, logger: logger).withRunning {
                 try await body($0)
             }

@@ -29,7 +29,7 @@ struct CommandEnvironment: Sendable {
         let url = try configuration.requireStoreURL()
         FileHandle.standardError.write(Data("\(SagaOperatorTool.toolName): store \(ConnectionURL.redact(url))\n".utf8))
         let logger = logger
-        return try await OperatorStore.withStore(url: url, logger: logger) { store in
+        return try await OperatorStore.withStore(url: url, reader: configuration.storeReader, logger: logger) { store in
             let known = try await Self.definitions(SagaOperatorTool.definitions, and: store, logger: logger)
             return try await SagaOperatorTool.$definitions.withValue(known) { try await body(store) }
         }
@@ -78,7 +78,9 @@ struct CommandEnvironment: Sendable {
     /// Runs `body` with the broker connected (one attempt: a command fails fast when the broker
     /// is down).
     func withBus<T: Sendable>(_ body: @Sendable (RabbitMQBus) async throws -> T) async throws -> T {
-        var rabbit = try RabbitMQConfiguration(url: configuration.amqpURL)
+        // Read as the services read it: the URL (a local broker as guest by default) and every
+        // other `amqp.*` setting, such as TLS files and timeouts.
+        var rabbit = try RabbitMQConfiguration(reader: configuration.amqpReader)
         rabbit.connectionName = "saga CLI"
         rabbit.logger = logger
         let bus = try await RabbitMQBus.connect(rabbit)

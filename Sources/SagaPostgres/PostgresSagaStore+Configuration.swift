@@ -95,6 +95,11 @@ extension PostgresSagaStore {
         /// session's migration names): by default `sagakit` and the process's name, for example
         /// `sagakit payment-service`. The server keeps at most 63 bytes.
         public var applicationName: String
+        /// Whether ``PostgresSagaStore/run()`` creates a missing schema and migrates an older one
+        /// (`true`, what services do), or fails with `schemaTooOld` instead (`false`: the `saga`
+        /// tool and the console, so that an operator's newer tool never migrates a store that
+        /// older services use, and a wrong schema name is reported instead of created).
+        public var migratesSchema = true
 
         /// Creates a configuration.
         public init(
@@ -207,6 +212,7 @@ extension PostgresSagaStore {
         /// | `statement.timeout.seconds` | ``statementTimeout`` | `30` |
         /// | `startup.timeout.seconds` | ``startupTimeout`` | `30` |
         /// | `application.name` | ``applicationName`` | the URL's `application_name`, or `sagakit <process>` |
+        /// | `schema.migrate` | ``migratesSchema`` (`true` or `false`) | `true` |
         ///
         /// - Throws: ``SagaCore/SagaError`` `invalidConfiguration` naming the key that is missing
         ///   or malformed (never quoting a secret).
@@ -231,6 +237,7 @@ extension PostgresSagaStore {
             statementTimeout = try reader.sagaSeconds("statement.timeout.seconds", default: statementTimeout)
             startupTimeout = try reader.sagaSeconds("startup.timeout.seconds", default: startupTimeout)
             if let name = reader.string(forKey: "application.name"), !name.isEmpty { applicationName = name }
+            migratesSchema = try reader.sagaChoice("schema.migrate", default: "true", choices: ["true", "false"]) == "true"
         }
 
         /// `host:port/database`, as error messages say it.

@@ -59,6 +59,8 @@ public final class PostgresSagaStore: SagaStore, Service {
     /// Where ``run()`` connects to migrate, when the store owns its client (`nil` for a client of
     /// the caller's, which is then used).
     private let ownConfiguration: Configuration?
+    /// ``Configuration/migratesSchema``; `true` for a store on the caller's client.
+    private let migratesSchema: Bool
     let lifecycle: StoreLifecycle
     /// The current client, and its replacement when wedged.
     let pool: PostgresPool
@@ -113,6 +115,7 @@ public final class PostgresSagaStore: SagaStore, Service {
         self.namespace = namespace
         self.logger = logger
         self.ownConfiguration = configuration
+        self.migratesSchema = configuration.migratesSchema
         self.lifecycle = lifecycle
         (batches, commits, loads, creations, marks, localCommits) = Self.batching(
             pool: pool, namespace: namespace, location: location, logger: logger,
@@ -147,6 +150,7 @@ public final class PostgresSagaStore: SagaStore, Service {
         self.namespace = namespace
         self.logger = logger
         self.ownConfiguration = nil
+        self.migratesSchema = true
         self.lifecycle = lifecycle
         (batches, commits, loads, creations, marks, localCommits) = Self.batching(
             pool: pool, namespace: namespace, location: location, logger: logger, statementTimeout: statementTimeout,
@@ -253,7 +257,7 @@ public final class PostgresSagaStore: SagaStore, Service {
     /// The migration gives up after twice the statement timeout (a server that stops answering,
     /// or another session holding the schema's lock), so ``run()`` fails instead of waiting.
     private func migrate() async throws {
-        let (namespace, schema, location, logger) = (namespace, schema, location, logger)
+        let (namespace, schema, location, logger, migrates) = (namespace, schema, location, logger, migratesSchema)
         let timeout = batches.statementTimeout * 2
         let newKey = PostgresStateSeal.newKey()
         guard let configuration = ownConfiguration else {
@@ -261,7 +265,7 @@ public final class PostgresSagaStore: SagaStore, Service {
                 let key = try await pool.current.client.withConnection { connection in
                     try await PostgresSchema.migrate(
                         connection, namespace: namespace, schema: schema, location: location, timeout: timeout,
-                        newKey: newKey, logger: logger)
+                        newKey: newKey, migrates: migrates, logger: logger)
                 }
                 seal.use(key: key)
             } catch {
@@ -285,7 +289,7 @@ public final class PostgresSagaStore: SagaStore, Service {
         do {
             key = try await PostgresSchema.migrate(
                 connection, namespace: namespace, schema: schema, location: location, timeout: timeout,
-                newKey: newKey, logger: logger)
+                newKey: newKey, migrates: migrates, logger: logger)
             try? await connection.close()
         } catch {
             try? await connection.close()

@@ -445,10 +445,11 @@ enum PostgresSchema {
     /// at start-up.
     ///
     /// Returns the key of the state seal (``PostgresStateSeal``), made from `newKey` by the first
-    /// process that opens the store.
+    /// process that opens the store. With `migrates` false, a schema that is missing or older
+    /// fails with `schemaTooOld` and the transaction (with whatever it created) is rolled back.
     static func migrate(
         _ connection: PostgresConnection, namespace: String, schema: String, location: String,
-        timeout: Duration, newKey: [UInt8], logger: Logger
+        timeout: Duration, newKey: [UInt8], migrates: Bool = true, logger: Logger
     ) async throws -> [UInt8] {
         @Sendable func run(_ query: PostgresQuery) async throws -> PostgresQueryResult {
             try await PostgresStatement.run(query, on: connection, logger: logger)
@@ -508,6 +509,11 @@ enum PostgresSchema {
                         "the PostgreSQL store at \(location) (schema \(schema)) has schema version \(found); this SagaKit knows up to \(currentVersion)",
                         recoverySuggestion: "upgrade SagaKit in this process, or use another schema"
                     )
+                }
+                if found < currentVersion && !migrates {
+                    throw SagaError.schemaNotMigrated(
+                        found: found, current: currentVersion, store: "the PostgreSQL store at \(location) (schema \(schema))",
+                        check: "the schema (SAGAKIT_STORE_SCHEMA, or the URL's ?schema=) and the database")
                 }
                 if found < currentVersion {
                     for version in found..<currentVersion {

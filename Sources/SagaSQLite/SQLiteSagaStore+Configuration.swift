@@ -19,6 +19,11 @@ extension SQLiteSagaStore {
         /// How long an operation made before the store runs waits for ``SQLiteSagaStore/run()``
         /// to open it, before failing with `storeUnavailable`.
         public var startupTimeout: Duration
+        /// Whether ``SQLiteSagaStore/run()`` creates a missing schema and migrates an older one
+        /// (`true`, what services do), or fails with `schemaTooOld` instead (`false`: the `saga`
+        /// tool and the console, so that an operator's newer tool never migrates a store that
+        /// older services use).
+        public var migratesSchema = true
 
         /// SQLite's `synchronous` setting.
         public enum Synchronous: String, Sendable {
@@ -63,6 +68,7 @@ extension SQLiteSagaStore {
         /// | `synchronous` | `full` or `normal` (``synchronous``) | `full` |
         /// | `readers.max` | ``maximumReaderCount`` | `4` |
         /// | `startup.timeout.seconds` | ``startupTimeout`` | `30` |
+        /// | `schema.migrate` | ``migratesSchema`` (`true` or `false`) | `true` |
         ///
         /// - Throws: ``SagaCore/SagaError`` `invalidConfiguration` naming the key that is missing
         ///   or malformed.
@@ -82,6 +88,7 @@ extension SQLiteSagaStore {
             synchronous = mode == "normal" ? .normal : .full
             maximumReaderCount = try reader.sagaInt("readers.max", default: maximumReaderCount)
             startupTimeout = try reader.sagaSeconds("startup.timeout.seconds", default: startupTimeout)
+            migratesSchema = try reader.sagaChoice("schema.migrate", default: "true", choices: ["true", "false"]) == "true"
         }
 
         /// The file path of a `sqlite:` URL, parsed by ``SagaCore/ConnectionURL``: the path of

@@ -140,7 +140,7 @@ public final class SQLiteSagaStore: SagaStore, Service {
         do {
             pool = try await Self.open(path: path, configuration: configuration)
             do {
-                try await SQLiteSchema.migrate(pool, path: path, logger: logger)
+                try await SQLiteSchema.migrate(pool, path: path, migrates: configuration.migratesSchema, logger: logger)
             } catch {
                 try? await Self.onDispatchQueue { try pool.close() }
                 throw Self.storeError(error, path: path, doing: "migrate")

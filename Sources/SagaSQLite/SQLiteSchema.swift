@@ -119,7 +119,10 @@ enum SQLiteSchema {
         }
     }
 
-    static func migrate(_ pool: DatabasePool, path: String, logger: Logger) async throws {
+    /// Creates or migrates the schema; with `migrates` false, a schema that is missing or older
+    /// fails with `schemaTooOld` (the write transaction, with the table it created, is rolled
+    /// back).
+    static func migrate(_ pool: DatabasePool, path: String, migrates: Bool = true, logger: Logger) async throws {
         let (from, to) = try await pool.write { db -> (Int, Int) in
             try db.execute(
                 sql: """
@@ -139,6 +142,11 @@ enum SQLiteSchema {
                 )
             }
             guard found < currentVersion else { return (found, found) }
+            guard migrates else {
+                throw SagaError.schemaNotMigrated(
+                    found: found, current: currentVersion, store: "the SQLite store \(path)",
+                    check: "the file (SAGAKIT_STORE_URL)")
+            }
             for version in found..<currentVersion {
                 try db.execute(sql: migrations[version])
                 if version == 1 { try backfillTopologies(db) }

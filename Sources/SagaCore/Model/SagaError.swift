@@ -28,6 +28,9 @@ public struct SagaError: Error, Sendable, CustomStringConvertible {
         public static let storeRefused = Code("storeRefused")
         /// The database was created by a newer SagaKit.
         public static let schemaTooNew = Code("schemaTooNew")
+        /// The store's schema is missing or older than this SagaKit's, and the store was told
+        /// not to create or migrate it (the operator tools: `schema.migrate` is `false`).
+        public static let schemaTooOld = Code("schemaTooOld")
         /// A configuration value is invalid.
         public static let invalidConfiguration = Code("invalidConfiguration")
         /// A handler for the command was already registered.
@@ -109,6 +112,27 @@ public struct SagaError: Error, Sendable, CustomStringConvertible {
             "saga \(sagaID) moved on while the handler of '\(command)' ran; its outcome was not recorded (\(reason))",
             recoverySuggestion: advice
                 ?? "undo this run's effect only if the saga is compensating or compensated and its history records no completion of this step (Docs/WritingParticipants.md, 'When the call throws outcomeDiscarded'); do not report again"
+        )
+    }
+
+    /// A store told not to create or migrate its schema (`schema.migrate` false, as the operator
+    /// tools open it) found it missing (`found` 0) or older than `current`.
+    /// - Parameters:
+    ///   - store: the store as messages name it (`the SQLite store /var/lib/sagas.db`).
+    ///   - check: what to check when there is no schema at all (`the file (SAGAKIT_STORE_URL)`).
+    package static func schemaNotMigrated(found: Int, current: Int, store: String, check: String) -> SagaError {
+        if found == 0 {
+            return SagaError(
+                .schemaTooOld, "\(store) has no SagaKit tables, and this process does not create them (schema.migrate is false)",
+                recoverySuggestion:
+                    "check \(check) that your services use; to create an empty store here on purpose, set SAGAKIT_STORE_SCHEMA_MIGRATE=true"
+            )
+        }
+        return SagaError(
+            .schemaTooOld,
+            "\(store) has schema version \(found); this SagaKit uses version \(current), and this process does not migrate it (schema.migrate is false)",
+            recoverySuggestion:
+                "start a service built with this SagaKit release (services migrate the store), or use the tool of your services' release; SAGAKIT_STORE_SCHEMA_MIGRATE=true lets this process migrate it"
         )
     }
 }
