@@ -114,6 +114,46 @@ public struct SagaReaper: Service {
                 logger.error("could not handle a stalled saga", metadata: ["error": "\(error)"])
             }
         }
+        changed += try await compensatePastDeadlines(now: now, skipping: Set(changed.map(\.id)))
+        return changed
+    }
+
+    /// Compensates running sagas past their deadline (before their pivot: past it the state
+    /// machine has cleared the deadline) whose command no instance has taken. A delivered
+    /// command checks the deadline itself; while the step's service is down nothing is delivered,
+    /// and the stalled threshold (15 minutes by default) would hold the compensation back that
+    /// long. For each definition of this process with a deadline, up to `batchSize` of its
+    /// sagas; several reapers may do this at once (the compare-and-swap lets one of them act).
+    private func compensatePastDeadlines(now: Date, skipping handled: Set<SagaID>) async throws -> [SagaState] {
+        var changed: [SagaState] = []
+        for name in Set(engine.definitions.all.filter { $0.deadline != nil }.map(\.name)).sorted() {
+            let due = try await engine.store.list(
+                SagaQuery(
+                    statuses: [.running], name: name, topology: engine.topology.prefix, deadlineBefore: now,
+                    limit: configuration.batchSize))
+            for state in due where !handled.contains(state.id) {
+                // The query finds them; the saga's own deadline decides (a store that does not
+                // filter by deadline returns others too).
+                guard let deadline = state.deadline, deadline < now else { continue }
+                if let prefix = state.context[SagaTopology.contextKey], prefix != engine.topology.prefix { continue }
+                var logger = logger.with(saga: state.id, name: state.name)
+                if let definition = engine.definitions.definition(named: state.name, version: state.definitionVersion) {
+                    let waitingFor = SagaStateMachine(definition: definition).commands(for: state).map(\.command.command)
+                    logger[metadataKey: "saga.waitingFor"] = "\(waitingFor.joined(separator: ","))"
+                }
+                do {
+                    let outcome = try await engine.advance(state.id, from: state, event: .deadlinePassed, logger: logger)
+                    if case .committed(let next) = outcome {
+                        logger.warning(
+                            "a saga passed its deadline while its command waited for a consumer; compensating",
+                            metadata: ["saga.deadline": "\(deadline.formatted(.iso8601))"])
+                        changed.append(next)
+                    }
+                } catch {
+                    logger.error("could not compensate a saga past its deadline", metadata: ["error": "\(error)"])
+                }
+            }
+        }
         return changed
     }
 

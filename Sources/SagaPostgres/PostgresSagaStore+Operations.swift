@@ -57,6 +57,7 @@ extension PostgresSagaStore {
         let versionKey = SagaState.definitionVersionKey
         let minimumAttempt = query.minimumAttempt
         let minimumReapAttempts = query.minimumReapAttempts
+        let deadlineBefore = query.deadlineBefore.map(StoreCoding.milliseconds)
         let result = try await rows(
             "list sagas",
             """
@@ -67,6 +68,8 @@ extension PostgresSagaStore {
               AND (\(version)::text IS NULL OR COALESCE(context->>\(versionKey)::text, '1') = \(version)::text)
               AND (\(minimumAttempt)::int8 IS NULL OR attempt >= \(minimumAttempt)::int8)
               AND (\(minimumReapAttempts)::int8 IS NULL OR reap_attempts >= \(minimumReapAttempts)::int8)
+              AND (\(deadlineBefore)::int8 IS NULL
+                OR deadline < timestamptz 'epoch' + \(deadlineBefore)::int8 * interval '1 millisecond')
               AND (\(query.topology)::text IS NULL
                 OR coalesce(context ->> \(SagaState.topologyKey)::text, \(query.topology)::text) = \(query.topology)::text)
             ORDER BY updated_at DESC, id

@@ -184,6 +184,10 @@ extension SQLiteSagaStore {
             conditions.append(Self.topologyCondition)
             arguments += [Self.topologyPath, topology, topology]
         }
+        if let deadlineBefore = query.deadlineBefore {
+            conditions.append("deadline < ?")
+            arguments += [StoreCoding.milliseconds(deadlineBefore)]
+        }
         arguments += [max(0, query.limit)]
         let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
         let sql = "SELECT \(SagaRow.columns) FROM sagas \(filter) ORDER BY updated_at DESC, id LIMIT ?"

@@ -269,6 +269,48 @@ struct ParticipantTests {
         #expect(compensating.status == .compensating && compensating.failureReason?.hasPrefix("deadline passed") == true)
     }
 
+    /// A saga past its deadline whose command nobody takes (the step's service is down) is
+    /// compensated at the reaper's next pass, not once it counts as stalled (15 minutes by
+    /// default); one that reached its pivot has no deadline any more and is left to go forward.
+    @Test func theReaperCompensatesARunningSagaPastItsDeadlineBeforeItIsStalled() async throws {
+        let definition = try SagaBuilder("hold")
+            .step("reserve", action: "inventory.reserve", compensation: "inventory.release")
+            .step("charge", action: "payment.charge", compensation: "payment.refund")
+            .step("ship", action: "shipping.ship", options: .pivot)
+            .step("notify", action: "notify.send")
+            .deadline(.seconds(60))
+            .build()
+        let machine = SagaStateMachine(definition: definition)
+        let context = [SagaTopology.contextKey: testTopology.prefix]
+        func saga(_ id: String, startedSecondsAgo: Double, completing steps: Int) throws -> SagaState {
+            let started = Date().addingTimeInterval(-startedSecondsAgo)
+            var state = machine.start(id: id, payload: [:], context: context, now: started).0
+            for step in 0..<steps {
+                state = try #require(
+                    machine.apply(.stepCompleted(step: step, attempt: 1, patch: [:], startedAt: started), to: state, now: Date()).state)
+            }
+            state.version = 1
+            return state
+        }
+        // Each moved a moment ago (none is stalled); two started two minutes ago.
+        let late = try saga("hold-late", startedSecondsAgo: 120, completing: 1)
+        let pastPivot = try saga("hold-past-pivot", startedSecondsAgo: 120, completing: 3)
+        let inTime = try saga("hold-in-time", startedSecondsAgo: 10, completing: 1)
+        #expect(late.deadline != nil && pastPivot.deadline == nil, "the deadline is cleared at the pivot")
+        for state in [late, pastPivot, inTime] { _ = try await store.create(state, outbox: []) }
+        try await bus.declare(testTopology.topology(forService: "inventory", commands: ["inventory.reserve", "inventory.release"]))
+        try await bus.declare(testTopology.topology(forService: "payment", commands: ["payment.charge", "payment.refund"]))
+        let reaper = SagaReaper(
+            configuration: ReaperConfiguration(), definitions: try SagaDefinitionRegistry([definition]), bus: bus, store: store,
+            topology: testTopology, logger: quietTestLogger)
+        #expect(try await reaper.reapOnce().map(\.id) == ["hold-late"])
+        let compensating = try await store.load("hold-late")
+        #expect(compensating.status == .compensating && compensating.failureReason?.hasPrefix("deadline passed") == true)
+        #expect(try await store.load("hold-past-pivot").status == .running)
+        #expect(try await store.load("hold-in-time").status == .running)
+        #expect(try await reaper.reapOnce().isEmpty, "nothing more to do")
+    }
+
     /// The reaper runs in any participant: its lines name the command the saga waits for (whose
     /// service is the one to look at) and since when it made no progress.
     @Test func theReapersLinesNameTheCommandTheSagaWaitsFor() async throws {

@@ -206,11 +206,17 @@ public struct SagaStateMachine: Sendable {
         return state.currentStep == command.step && state.attempt == command.attempt
     }
 
-    /// Applies an event. Every transition sets `updatedAt` to `now`.
+    /// Applies an event. Every transition sets `updatedAt` to `now`, and clears the saga's
+    /// deadline once it has reached its pivot: from there the deadline no longer applies (the
+    /// saga goes forward), and a saga without one is not found again by the reaper's search for
+    /// sagas past their deadline.
     public func apply(_ event: SagaEvent, to state: SagaState, now: Date) -> SagaDecision {
         let decision = decide(event, state, now: now)
         guard case .transition(var next, let commands) = decision else { return decision }
         next.updatedAt = now
+        if next.deadline != nil, next.status == .running || next.status == .waiting, definition.isForwardOnly(next.currentStep) {
+            next.deadline = nil
+        }
         return .transition(next, commands)
     }
 

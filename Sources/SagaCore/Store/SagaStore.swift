@@ -465,13 +465,18 @@ public struct SagaQuery: Sendable, Hashable {
     /// ``SagaState/topologyKey``) and those that record none (started before SagaKit recorded
     /// it): what a deployment sharing its store with others calls its own.
     public var topology: String?
+    /// Only sagas with a deadline (``SagaState/deadline``) before this time: how the reaper finds
+    /// sagas past their deadline whose command no instance takes (a saga whose command is
+    /// delivered is checked then).
+    public var deadlineBefore: Date?
     /// At most this many.
     public var limit: Int
 
     /// Creates a query.
     public init(
         statuses: Set<SagaStatus>? = nil, name: String? = nil, updatedBefore: Date? = nil, definitionVersion: Int? = nil,
-        minimumAttempt: Int? = nil, minimumReapAttempts: Int? = nil, topology: String? = nil, limit: Int = 100
+        minimumAttempt: Int? = nil, minimumReapAttempts: Int? = nil, topology: String? = nil, deadlineBefore: Date? = nil,
+        limit: Int = 100
     ) {
         self.statuses = statuses
         self.name = name
@@ -480,6 +485,7 @@ public struct SagaQuery: Sendable, Hashable {
         self.minimumAttempt = minimumAttempt
         self.minimumReapAttempts = minimumReapAttempts
         self.topology = topology
+        self.deadlineBefore = deadlineBefore
         self.limit = limit
     }
 
@@ -493,6 +499,7 @@ public struct SagaQuery: Sendable, Hashable {
         if let minimumAttempt, state.attempt < minimumAttempt { return false }
         if let minimumReapAttempts, state.reapAttempts < minimumReapAttempts { return false }
         if let topology, let recorded = state.topology, recorded != topology { return false }
+        if let deadlineBefore, !(state.deadline.map { $0 < deadlineBefore } ?? false) { return false }
         return true
     }
 }

@@ -636,4 +636,34 @@ extension SagaStoreConformance {
         try await store.commit(SagaTransition(state: resent, expectedVersion: 1, outbox: []))
         #expect(try await fixture.other.list(SagaQuery(name: name, minimumReapAttempts: 1)).map(\.id) == [moving.id, thrice.id, once.id])
     }
+
+    /// `list` filters by ``SagaQuery/deadlineBefore``: sagas with a deadline before the time, not
+    /// those without one or with a later one; deadlines written by `commit` count.
+    public static let listFiltersByDeadline = Check("listFiltersByDeadline") { fixture in
+        let store = fixture.store
+        let name = uniqueID("definition")
+        let now = milliseconds(Date())
+        func saga(deadline: Double?, at offset: Double) -> SagaState {
+            var state = makeState(name: name, status: .running, updatedAt: now.addingTimeInterval(offset - 100))
+            state.deadline = deadline.map { now.addingTimeInterval($0) }
+            return state
+        }
+        let none = saga(deadline: nil, at: 0)
+        let passed = saga(deadline: -10, at: 1)
+        let justPassed = saga(deadline: -0.001, at: 2)
+        let later = saga(deadline: 60, at: 3)
+        for state in [none, passed, justPassed, later] { _ = try await store.create(state, outbox: []) }
+        #expect(try await fixture.other.list(SagaQuery(name: name, deadlineBefore: now)).map(\.id) == [justPassed.id, passed.id])
+        #expect(try await fixture.other.list(SagaQuery(name: name, deadlineBefore: now.addingTimeInterval(-60))).isEmpty)
+        // A commit that sets a deadline in the past (or clears one) is what the filter sees.
+        var moved = try await store.load(later.id)
+        moved.deadline = now.addingTimeInterval(-1)
+        moved.updatedAt = now
+        try await store.commit(SagaTransition(state: moved, expectedVersion: 1, outbox: []))
+        var cleared = try await store.load(passed.id)
+        cleared.deadline = nil
+        cleared.updatedAt = now.addingTimeInterval(-0.5)
+        try await store.commit(SagaTransition(state: cleared, expectedVersion: 1, outbox: []))
+        #expect(try await fixture.other.list(SagaQuery(name: name, deadlineBefore: now)).map(\.id) == [later.id, justPassed.id])
+    }
 }

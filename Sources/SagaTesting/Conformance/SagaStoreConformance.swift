@@ -104,6 +104,7 @@ public enum SagaStoreConformance {
         listFiltersByDefinitionVersion,
         listFiltersByMinimumAttempt,
         listFiltersByMinimumReapAttempts,
+        listFiltersByDeadline,
         countByStatusCountsEveryStatus,
         countByVersionCountsEachVersionsSagas,
         claimStalledLeasesSagasUntilTheLeaseExpires,
