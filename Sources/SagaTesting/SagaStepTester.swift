@@ -34,8 +34,11 @@ public struct SagaStepTester: Sendable {
         self.now = now
     }
 
-    /// Runs `handler` for `command` (an action or a compensation of one of the definitions) at
-    /// `attempt`, on a saga positioned at that step with `payload`.
+    /// Runs `handler` for `command` (an action, a fallback or a compensation of one of the
+    /// definitions) at `attempt`, on a saga positioned at that step with `payload`. A fallback
+    /// runs on a saga whose primary action failed for good (its first attempt, in the history):
+    /// `attempt` counts the fallback's own attempts, and the command's attempt follows the
+    /// primary's, as in production.
     ///
     /// - Parameters:
     ///   - command: the command name, e.g. `payment.charge`.
@@ -49,10 +52,12 @@ public struct SagaStepTester: Sendable {
         _ command: String, payload: JSONObject = [:], attempt: Int = 1, sagaID: SagaID = "test-saga",
         handler: SagaHandler
     ) async throws -> SagaStepRun {
-        let (definition, step, phase) = try locate(command)
+        let (definition, step, phase, fallback) = try locate(command)
         let state = Self.positioned(
-            definition: definition, step: step, phase: phase, attempt: attempt, payload: payload, id: sagaID, now: now)
-        let current = SagaStateMachine(definition: definition).makeCommand(state, step: step, phase: phase, attempt: max(1, attempt))
+            definition: definition, step: step, phase: phase, attempt: attempt, payload: payload, id: sagaID, now: now,
+            primaryFailed: fallback)
+        let current = SagaStateMachine(definition: definition).makeCommand(
+            state, step: step, phase: phase, attempt: fallback ? state.attempt : max(1, attempt))
         return try await execute(handler, definition: definition, state: state, command: current, now: now)
     }
 
@@ -74,11 +79,14 @@ public struct SagaStepTester: Sendable {
         return (first, second)
     }
 
-    func locate(_ command: String) throws -> (SagaDefinition, Int, StepPhase) {
+    /// The definition, step and phase that send `command`, and whether it is the step's
+    /// fallback.
+    func locate(_ command: String) throws -> (SagaDefinition, Int, StepPhase, fallback: Bool) {
         for definition in definitions.all {
             for (index, step) in definition.steps.enumerated() {
-                if step.action == command { return (definition, index, .action) }
-                if step.compensation == command { return (definition, index, .compensation) }
+                if step.action == command { return (definition, index, .action, false) }
+                if step.fallback?.action == command { return (definition, index, .action, true) }
+                if step.compensation == command { return (definition, index, .compensation, false) }
             }
         }
         throw SagaError(
@@ -88,9 +96,12 @@ public struct SagaStepTester: Sendable {
     }
 
     /// A saga whose current command is `phase` of `step`: the steps before it completed (and,
-    /// for a compensation, the step itself completed and a later one failed).
+    /// for a compensation, the step itself completed and a later one failed; with
+    /// `primaryFailed`, the step's primary action failed for good at attempt 1, so that its
+    /// fallback runs at `attempt` of its own).
     static func positioned(
-        definition: SagaDefinition, step: Int, phase: StepPhase, attempt: Int, payload: JSONObject, id: SagaID, now: Date
+        definition: SagaDefinition, step: Int, phase: StepPhase, attempt: Int, payload: JSONObject, id: SagaID, now: Date,
+        primaryFailed: Bool = false
     ) -> SagaState {
         let machine = SagaStateMachine(definition: definition)
         var (state, _) = machine.start(id: id, payload: payload, now: now)
@@ -116,9 +127,15 @@ public struct SagaStepTester: Sendable {
                         finishedAt: now, outcome: .retrying, error: "an earlier attempt failed (simulated by SagaStepTester)"))
             }
         }
+        if primaryFailed && phase == .action {
+            history.append(
+                StepRecord(
+                    step: step, stepName: definition.steps[step].name, phase: .action, attempt: 1, startedAt: now, finishedAt: now,
+                    outcome: .failed, error: "the primary action failed for good (simulated by SagaStepTester)"))
+        }
         state.history = history
         state.currentStep = phase == .action ? (group?.lowerBound ?? step) : step
-        state.attempt = phase == .action && group != nil ? 1 : max(1, attempt)
+        state.attempt = phase == .action && group != nil ? 1 : max(1, attempt) + (primaryFailed ? 1 : 0)
         if phase == .compensation {
             state.status = .compensating
             state.failureReason = "a later step failed (simulated by SagaStepTester)"

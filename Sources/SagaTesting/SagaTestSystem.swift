@@ -181,14 +181,24 @@ public actor SagaTestSystem {
         }
     }
 
-    /// Moves the virtual clock forward by `duration` and ends the waits whose timeout passed, as
-    /// the reaper does (their sagas are compensated or go on, as each wait declares; deliver the
-    /// resulting commands with ``runUntilIdle(maxDeliveries:)``).
+    /// Moves the virtual clock forward by `duration` and does what the reaper does then: ends the
+    /// waits whose timeout passed (their sagas are compensated or go on, as each wait declares)
+    /// and compensates the sagas past their deadline (``SagaBuilder/deadline(_:)``, before the
+    /// pivot). Deliver the resulting commands with ``runUntilIdle(maxDeliveries:)``. (A command
+    /// delivered after its saga's deadline compensates the saga too, as a participant does.)
     public func advanceClock(by duration: Duration) throws {
         now = now.addingTimeInterval(duration.seconds)
-        for (id, state) in sagas.sorted(by: { $0.key < $1.key }) where state.status == .waiting {
+        for (id, state) in sagas.sorted(by: { $0.key < $1.key }) where state.status == .running || state.status == .waiting {
+            let event: SagaEvent
+            if let deadline = state.deadline, deadline < now {
+                event = .deadlinePassed
+            } else if state.status == .waiting {
+                event = .waitExpired
+            } else {
+                continue
+            }
             let machine = SagaStateMachine(definition: try definitions.definition(named: state.name))
-            if case .transition(var next, let commands) = machine.apply(.waitExpired, to: state, now: now) {
+            if case .transition(var next, let commands) = machine.apply(event, to: state, now: now) {
                 next.version = state.version + 1
                 sagas[id] = next
                 enqueue(commands)
@@ -245,7 +255,17 @@ public actor SagaTestSystem {
         guard let state = sagas[command.sagaID] else { return }
         // Stale and duplicate commands are ignored, as a participant does.
         let definition = try definitions.definition(named: state.name)
-        guard SagaStateMachine(definition: definition).isCurrent(command, in: state) else { return }
+        let machine = SagaStateMachine(definition: definition)
+        guard machine.isCurrent(command, in: state) else { return }
+        // Past the saga's deadline (before the pivot) the action is not run: the saga compensates.
+        if command.phase == .action, let deadline = state.deadline, deadline < now, !definition.isForwardOnly(command.step) {
+            if case .transition(var next, let commands) = machine.apply(.deadlinePassed, to: state, now: now) {
+                next.version = state.version + 1
+                sagas[command.sagaID] = next
+                enqueue(commands)
+            }
+            return
+        }
         guard let (service, handler) = handlers[command.command] else {
             throw SagaError(
                 .invalidState, "no registered service handles '\(command.command)' (saga \(command.sagaID))",

@@ -139,6 +139,32 @@ struct SagaStepTesterTests {
         #expect(wrongCall.report == .compensated)
     }
 
+    /// A fallback's handler is tested like any other: on a saga whose primary failed for good.
+    @Test func aFallbackRunsOnASagaWhosePrimaryFailed() async throws {
+        let order = try SagaBuilder("order")
+            .step("reserve", action: "inventory.reserve", compensation: "inventory.release")
+            .step(
+                "charge", action: "payment.charge", compensation: "payment.refund",
+                options: StepOptions(retry: RetryPolicy(maxAttempts: 2)),
+                fallback: SagaFallback(action: "backup.charge")
+            )
+            .step("ship", action: "shipping.ship", options: .pivot)
+            .build()
+        let tester = try SagaStepTester(definitions: [order])
+        let run = try await tester.run("backup.charge", payload: ["amount": 5]) { context in
+            #expect(context.command == "backup.charge" && context.stepName == "charge" && context.phase == .action)
+            #expect(context.attempt == 2, "the fallback's first attempt follows the primary's")
+            try await context.completeStep(merging: ["paidBy": "backup"])
+        }
+        #expect(run.report == .completed(["paidBy": "backup"]))
+        #expect(run.next.map(\.command) == ["shipping.ship"])
+        // Its retries are counted from its own first attempt: the second is its last.
+        let retried = try await tester.run("backup.charge", attempt: 1) { _ in throw Booking() }
+        #expect(retried.next.map(\.command) == ["backup.charge"])
+        let last = try await tester.run("backup.charge", attempt: 2) { _ in throw Booking() }
+        #expect(last.after.status == .compensating, "\(last.after)")
+    }
+
     @Test func runTwiceGivesTheSameIdempotencyKeyToBothRuns() async throws {
         let tester = try SagaStepTester(definitions: [trip])
         let keys = Mutex<[String]>([])
@@ -268,6 +294,40 @@ struct SagaTestSystemTests {
         let final = try await system.run("trip", payload: ["nights": "three"])
         #expect(final.status == .compensated)
         #expect(attempts.withLock { $0 } == 1)
+    }
+
+    /// A saga past its deadline is compensated on the virtual clock, as the reaper and the
+    /// participants do: by advanceClock, and when a retry's delay carries a command past it.
+    @Test func aDeadlineCompensatesOnTheVirtualClock() async throws {
+        let held = try SagaBuilder("held-trip")
+            .step("flight", action: "flight.book", compensation: "flight.cancel")
+            .step(
+                "hotel", action: "hotel.book", compensation: "hotel.cancel",
+                options: StepOptions(retry: RetryPolicy(maxAttempts: 5, initialDelay: .seconds(40), multiplier: 1))
+            )
+            .step("charge", action: "payment.charge", options: .pivot)
+            .deadline(.seconds(60))
+            .build()
+        let system = try SagaTestSystem(definitions: [held])
+        var registries = Self.registries(hotelFails: false)
+        var hotel = SagaHandlerRegistry()
+        hotel.register("hotel.book") { _ in throw Booking() }  // keeps failing: retried every 40 s
+        hotel.register("hotel.cancel") { try await $0.completeCompensation() }
+        registries[1] = ("hotel", hotel)
+        for (service, handlers) in registries { try await system.register(service: service, handlers: handlers) }
+
+        // Retries carry the hotel's command past the deadline: it is not run again.
+        let retried = try await system.run("held-trip", payload: [:])
+        #expect(retried.status == .compensated && retried.failureReason?.hasPrefix("deadline passed") == true, "\(retried)")
+        #expect(await system.handled.filter { $0.command == "hotel.book" }.count == 2, "attempts at 0 s and 40 s, not at 80 s")
+
+        // A saga whose command waits (nothing delivered): advanceClock finds it past its deadline.
+        let waiting = try await system.start("held-trip", payload: [:])
+        try await system.advanceClock(by: .seconds(61))
+        #expect(try await system.state(of: waiting).status == .compensating)
+        try await system.runUntilIdle()
+        #expect(try await system.state(of: waiting).status == .compensated)
+        #expect(await system.handled.filter { $0.sagaID == waiting }.map(\.command) == ["flight.cancel"])
     }
 
     @Test func retryDelaysAdvanceAVirtualClockWithoutWaiting() async throws {
