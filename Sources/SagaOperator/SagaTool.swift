@@ -108,7 +108,8 @@ struct SagaRootCommand: AsyncParsableCommand {
                 ListCommand.self, ShowCommand.self, GraphCommand.self, DefinitionsCommand.self, ServicesCommand.self, RetryCommand.self,
                 CompensateCommand.self,
                 ResolveCommand.self,
-                SignalCommand.self, ReapCommand.self, DeadLetterCommand.self, EventsCommand.self, ConsoleCommand.self,
+                SignalCommand.self, ReapCommand.self, PurgeCommand.self, DeadLetterCommand.self, EventsCommand.self,
+                ConsoleCommand.self,
             ]
         )
     }

@@ -105,6 +105,33 @@ extension PostgresSagaStore {
         return counts
     }
 
+    /// Deletes finished sagas last updated before the time, oldest first, keeping those with an
+    /// unsent outbox message (see ``SagaCore/SagaStore/purgeFinished(before:topology:limit:)``).
+    /// Not run again once sent: a delete whose reply was lost may have deleted the sagas.
+    public func purgeFinished(before finishedBefore: Date, topology: String?, limit: Int) async throws -> Int {
+        let before = StoreCoding.milliseconds(finishedBefore)
+        let result = try await rows(
+            "delete finished sagas",
+            """
+            DELETE FROM \(unescaped: namespace).sagas WHERE id IN (
+                SELECT s.id FROM \(unescaped: namespace).sagas AS s
+                WHERE s.status IN ('completed', 'compensated')
+                  AND s.updated_at < timestamptz 'epoch' + \(before) * interval '1 millisecond'
+                  AND NOT EXISTS (
+                    SELECT 1 FROM \(unescaped: namespace).outbox AS o WHERE o.saga_id = s.id AND o.sent_at IS NULL)
+                  AND (\(topology)::text IS NULL
+                    OR coalesce(s.context ->> \(SagaState.topologyKey)::text, \(topology)::text) = \(topology)::text)
+                ORDER BY s.updated_at, s.id
+                LIMIT \(max(0, limit))
+                FOR UPDATE SKIP LOCKED
+            )
+            RETURNING id
+            """,
+            safety: .onlyIfNotSent
+        )
+        return result.count
+    }
+
     /// The number of sagas of `name` on each definition version, by status (see
     /// ``SagaCore/SagaStore/countByVersion(name:topology:)``): one statement, grouped by the
     /// version the saga's context records.

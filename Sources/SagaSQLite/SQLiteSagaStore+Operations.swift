@@ -233,6 +233,30 @@ extension SQLiteSagaStore {
         return counts
     }
 
+    /// Deletes finished sagas last updated before the time, oldest first, keeping those with an
+    /// unsent outbox message (see ``SagaCore/SagaStore/purgeFinished(before:topology:limit:)``).
+    public func purgeFinished(before finishedBefore: Date, topology: String?, limit: Int) async throws -> Int {
+        var conditions = [
+            "status IN ('completed', 'compensated')", "updated_at < ?",
+            "NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.saga_id = sagas.id AND outbox.sent_at IS NULL)",
+        ]
+        var arguments: StatementArguments = [StoreCoding.milliseconds(finishedBefore)]
+        if let topology {
+            conditions.append(Self.topologyCondition)
+            arguments += [Self.topologyPath, topology, topology]
+        }
+        arguments += [max(0, limit)]
+        let sql = """
+            DELETE FROM sagas WHERE id IN (
+                SELECT id FROM sagas WHERE \(conditions.joined(separator: " AND ")) ORDER BY updated_at, id LIMIT ?)
+            """
+        let finalArguments = arguments
+        return try await write("delete finished sagas from") { db in
+            try db.execute(sql: sql, arguments: finalArguments)
+            return db.changesCount
+        }
+    }
+
     /// The number of sagas of `name` on each definition version, by status (see
     /// ``SagaCore/SagaStore/countByVersion(name:topology:)``): one statement, grouped by the
     /// version the saga's context records.

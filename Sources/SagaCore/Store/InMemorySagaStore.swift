@@ -152,6 +152,21 @@ public final class InMemorySagaStore: SagaStore {
         }
     }
 
+    /// Deletes finished sagas last updated before the time, oldest first, keeping those with an
+    /// unsent outbox message.
+    public func purgeFinished(before finishedBefore: Date, topology: String?, limit: Int) async throws -> Int {
+        let query = SagaQuery(statuses: [.completed, .compensated], updatedBefore: finishedBefore, topology: topology)
+        return storage.withLock { storage in
+            let unsent = Set(storage.outbox.values.filter { !$0.sent }.map(\.message.sagaID))
+            let doomed = storage.sagas.values.map(\.state)
+                .filter { query.matches($0) && !unsent.contains($0.id) }
+                .sorted { ($0.updatedAt, $0.id) < ($1.updatedAt, $1.id) }
+                .prefix(max(0, limit))
+            for state in doomed { storage.sagas[state.id] = nil }
+            return doomed.count
+        }
+    }
+
     /// Claims up to `limit` stalled sagas, oldest update first. A valid lease excludes everyone,
     /// its owner too, so that two reapers that happen to share a name still never receive the
     /// same saga, and a reaper that claims in a loop does not get its own sagas back.

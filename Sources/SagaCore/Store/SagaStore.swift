@@ -68,6 +68,16 @@ public protocol SagaStore: Sendable {
     ///   written before this requirement): the tools then count the sagas they can list.
     func countByVersion(name: String, topology: String?) async throws -> [Int: [SagaStatus: Int]]
 
+    /// Deletes up to `limit` finished sagas (completed or compensated; a saga that needs
+    /// attention is not finished) last updated before `finishedBefore`, optionally of one
+    /// topology as ``SagaQuery/topology`` selects it, and returns how many it deleted. A saga
+    /// with an outbox message not yet sent (its terminal lifecycle event, say) is kept until the
+    /// message is sent. Once deleted, a saga's id is free: `SagaManager.start` with that id starts
+    /// a new saga, so keep finished sagas for as long as a start may be repeated.
+    /// - Throws: `unsupported` when the store cannot (the default for stores written before this
+    ///   requirement).
+    func purgeFinished(before finishedBefore: Date, topology: String?, limit: Int) async throws -> Int
+
     /// Atomically claims up to `limit` stalled sagas: status running or compensating, not updated
     /// since `updatedBefore`, and not claimed by anyone else whose lease is still valid at `now`.
     /// Claiming sets a lease (`owner`, until `now + lease`) without changing the version. Two
@@ -222,6 +232,14 @@ extension SagaStore {
         throw SagaError(
             .unsupported, "this store (\(Self.self)) cannot count sagas by topology",
             recoverySuggestion: "implement countByStatus(name:topology:) in the store, or count every topology")
+    }
+
+    /// Stores written before this requirement cannot delete finished sagas.
+    /// - Throws: `unsupported`.
+    public func purgeFinished(before finishedBefore: Date, topology: String?, limit: Int) async throws -> Int {
+        throw SagaError(
+            .unsupported, "this store (\(Self.self)) cannot delete finished sagas",
+            recoverySuggestion: "implement purgeFinished(before:topology:limit:) in the store")
     }
 
     /// Stores written before this requirement cannot count by definition version.

@@ -666,4 +666,46 @@ extension SagaStoreConformance {
         try await store.commit(SagaTransition(state: cleared, expectedVersion: 1, outbox: []))
         #expect(try await fixture.other.list(SagaQuery(name: name, deadlineBefore: now)).map(\.id) == [later.id, justPassed.id])
     }
+
+    /// `purgeFinished` deletes completed and compensated sagas last updated before the time,
+    /// oldest first and at most `limit`, of the topology (and those that name none); it keeps
+    /// every other saga, and a finished one whose outbox message is not sent yet until it is.
+    /// (Its sagas date from 2000, older than any other check's, since the store may be shared.)
+    public static let purgeFinishedDeletesOldFinishedSagasWithNothingToSend = Check(
+        "purgeFinishedDeletesOldFinishedSagasWithNothingToSend"
+    ) { fixture in
+        let store = fixture.store
+        let topology = uniqueID("purge")
+        let base = Date(timeIntervalSince1970: 946_684_800)
+        func saga(_ status: SagaStatus, at offset: Double, topology recorded: String) -> SagaState {
+            var state = makeState(status: status, updatedAt: base.addingTimeInterval(offset))
+            state.context[SagaState.topologyKey] = recorded
+            return state
+        }
+        let completed = saga(.completed, at: 1, topology: topology)
+        let compensated = saga(.compensated, at: 2, topology: topology)
+        let unsent = saga(.completed, at: 3, topology: topology)
+        let stopped = saga(.needsAttention, at: 4, topology: topology)
+        let running = saga(.running, at: 5, topology: topology)
+        let recent = saga(.completed, at: 172_800, topology: topology)
+        let elsewhere = saga(.completed, at: 6, topology: uniqueID("other"))
+        let message = makeMessage(sagaID: unsent.id)
+        for state in [completed, compensated, unsent, stopped, running, recent, elsewhere] {
+            _ = try await store.create(state, outbox: state.id == unsent.id ? [message] : [])
+        }
+        let cutoff = base.addingTimeInterval(86_400)
+
+        #expect(try await store.purgeFinished(before: cutoff, topology: topology, limit: 1) == 1)
+        await expectSagaError(.unknownSaga) { _ = try await fixture.other.load(completed.id) }
+        #expect(try await store.purgeFinished(before: cutoff, topology: topology, limit: 100) == 1)
+        await expectSagaError(.unknownSaga) { _ = try await fixture.other.load(compensated.id) }
+        for kept in [unsent, stopped, running, recent, elsewhere] {
+            #expect(try await fixture.other.load(kept.id).status == kept.status, "\(kept.status) saga deleted")
+        }
+        // Once its message is sent, the saga goes too.
+        try await store.markSent([message.id])
+        #expect(try await store.purgeFinished(before: cutoff, topology: topology, limit: 100) == 1)
+        await expectSagaError(.unknownSaga) { _ = try await fixture.other.load(unsent.id) }
+        #expect(try await store.purgeFinished(before: cutoff, topology: topology, limit: 100) == 0)
+    }
 }

@@ -105,6 +105,7 @@ public enum SagaStoreConformance {
         listFiltersByMinimumAttempt,
         listFiltersByMinimumReapAttempts,
         listFiltersByDeadline,
+        purgeFinishedDeletesOldFinishedSagasWithNothingToSend,
         countByStatusCountsEveryStatus,
         countByVersionCountsEachVersionsSagas,
         claimStalledLeasesSagasUntilTheLeaseExpires,
