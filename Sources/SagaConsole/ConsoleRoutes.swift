@@ -282,7 +282,7 @@ struct ConsoleRoutes: Sendable {
             return html(
                 pages.login(
                     session: nil, next: next,
-                    error: "wrong operator token (it is the content of the console's --token-file or SAGA_CONSOLE_TOKEN)"),
+                    error: "wrong operator token (it is the content of the console's --token-file or SAGAKIT_CONSOLE_TOKEN)"),
                 status: .unauthorized)
         }
         logger.notice("console: operator logged in", metadata: ["operator": "\(name)"])

@@ -106,7 +106,7 @@ final class ConsoleSecurity: Sendable {
                 ConsoleRefusal(
                     status: .forbidden,
                     message:
-                        "the console is read-only: start it with --token-file <file> or SAGA_CONSOLE_TOKEN to let operators act"))
+                        "the console is read-only: start it with --token-file <file> or SAGAKIT_CONSOLE_TOKEN to let operators act"))
         }
         guard sameOrigin(request) else {
             return .failure(

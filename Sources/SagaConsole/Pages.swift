@@ -23,7 +23,7 @@ struct Pages: Sendable {
         }
         let mode: String
         if !security.actionsEnabled {
-            mode = "<span class=\"mode ro\" title=\"start with --token-file or SAGA_CONSOLE_TOKEN to enable actions\">read-only</span>"
+            mode = "<span class=\"mode ro\" title=\"start with --token-file or SAGAKIT_CONSOLE_TOKEN to enable actions\">read-only</span>"
         } else if let session {
             mode = """
                 <span class="mode op">operator <b id="operator-name">\(HTML.escape(session.name))</b></span>\
@@ -442,7 +442,7 @@ struct Pages: Sendable {
         var html = "<section id=\"actions\"><h2>Operate</h2>"
         guard security.actionsEnabled else {
             return html
-                + "<p class=\"quiet\">read-only console: actions need an operator token (--token-file or SAGA_CONSOLE_TOKEN). With the CLI: \(next.operatorCommands.map { "<code>\(HTML.escape($0))</code>" }.joined(separator: " "))</p></section>"
+                + "<p class=\"quiet\">read-only console: actions need an operator token (--token-file or SAGAKIT_CONSOLE_TOKEN). With the CLI: \(next.operatorCommands.map { "<code>\(HTML.escape($0))</code>" }.joined(separator: " "))</p></section>"
         }
         guard let session else {
             return html
@@ -696,7 +696,7 @@ struct Pages: Sendable {
         var html = "<h1>Log in</h1>"
         guard security.actionsEnabled else {
             html +=
-                "<p>This console is read-only: no operator token is configured. Start it with <code>--token-file &lt;file&gt;</code> or <code>SAGA_CONSOLE_TOKEN</code> to let operators retry, compensate and requeue.</p>"
+                "<p>This console is read-only: no operator token is configured. Start it with <code>--token-file &lt;file&gt;</code> or <code>SAGAKIT_CONSOLE_TOKEN</code> to let operators retry, compensate and requeue.</p>"
             return layout(title: "Log in", active: "", session: session, refresh: false, body: html)
         }
         if let error { html += "<p class=\"error\" id=\"error\">\(HTML.escape(error))</p>" }

@@ -13,7 +13,7 @@ struct ConsoleCommand: AsyncParsableCommand {
         abstract: "Serve the web console: overview, sagas, timelines, definitions, dead letters, live updates, actions.",
         discussion: """
             Listens on 127.0.0.1:8080 unless --host/--port say otherwise. Read-only unless an operator token is \
-            configured (--token-file, or the environment variable SAGA_CONSOLE_TOKEN): operators then log in with it and \
+            configured (--token-file, or the environment variable SAGAKIT_CONSOLE_TOKEN): operators then log in with it and \
             a name, recorded with every retry and compensation they ask for. --redact (or SAGAKIT_REDACT) hides payload \
             keys in payloads and dead-letter bodies. Stops on \
             SIGINT/SIGTERM. See Docs/Operations.md, "Web console".
@@ -30,7 +30,7 @@ struct ConsoleCommand: AsyncParsableCommand {
 
     @Option(
         name: .customLong("token-file"),
-        help: "A file holding the operator token that enables actions (else env SAGA_CONSOLE_TOKEN; neither: read-only).")
+        help: "A file holding the operator token that enables actions (else env SAGAKIT_CONSOLE_TOKEN; neither: read-only).")
     var tokenFile: String?
 
     @Option(
@@ -42,7 +42,8 @@ struct ConsoleCommand: AsyncParsableCommand {
         if let stalledSeconds, stalledSeconds < 1 { throw ValidationError("--stalled-seconds must be 1 or more") }
     }
 
-    /// The operator token: the file's content (trimmed), else `SAGA_CONSOLE_TOKEN`; never printed.
+    /// The operator token: the file's content (trimmed), else `SAGAKIT_CONSOLE_TOKEN` (or its older
+    /// name `SAGA_CONSOLE_TOKEN`); never printed.
     static func operatorToken(file: String?, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> String? {
         if let file {
             guard let data = FileManager.default.contents(atPath: file) else {
@@ -55,7 +56,8 @@ struct ConsoleCommand: AsyncParsableCommand {
             }
             return token
         }
-        let token = environment["SAGA_CONSOLE_TOKEN"]?.trimmingCharacters(in: .whitespacesAndNewlines)
+        let token = (environment["SAGAKIT_CONSOLE_TOKEN"] ?? environment["SAGA_CONSOLE_TOKEN"])?
+            .trimmingCharacters(in: .whitespacesAndNewlines)
         return token?.isEmpty == false ? token : nil
     }
 

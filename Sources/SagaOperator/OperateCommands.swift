@@ -5,12 +5,13 @@ import SagaConsole
 
 /// Who acts and why, for the commands that move a saga: recorded in the saga's history.
 struct OperatorActionOptions: ParsableArguments, Sendable {
-    @Option(help: "Who is acting, recorded in the saga's history (default: $SAGA_OPERATOR, else $USER, else operator).")
+    @Option(help: "Who is acting, recorded in the saga's history (default: $SAGAKIT_OPERATOR, else $USER, else operator).")
     var by: String?
 
-    /// The name recorded when `--by` is not given.
+    /// The name recorded when `--by` is not given: `SAGAKIT_OPERATOR` (or its older name
+    /// `SAGA_OPERATOR`), else `USER`, else `operator`.
     static func defaultActor(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
-        for key in ["SAGA_OPERATOR", "USER"] {
+        for key in ["SAGAKIT_OPERATOR", "SAGA_OPERATOR", "USER"] {
             if let value = environment[key]?.trimmingCharacters(in: .whitespaces), !value.isEmpty { return value }
         }
         return "operator"

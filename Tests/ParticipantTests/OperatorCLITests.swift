@@ -262,11 +262,11 @@ struct OperatorCLITests {
                 #expect(byVersion[2]?["hash"] as? String == Self.trip.contentHash)
                 #expect(byVersion[2]?["source"] as? String == "store")
 
-                // Without --by, the actor is $SAGA_OPERATOR.
+                // Without --by, the actor is $SAGAKIT_OPERATOR.
                 let another = try await manager.start("trip", payload: ["flightDown": true], id: "trip-retried")
                 try await Self.waitUntil("the flight has been tried") { try await store.load(another).attempt >= 2 }
                 let byEnvironment =
-                    try await cli.json(["retry", another], environment: ["SAGA_OPERATOR": "carol", "SAGAKIT_REDACT": "flightDown"])
+                    try await cli.json(["retry", another], environment: ["SAGAKIT_OPERATOR": "carol", "SAGAKIT_REDACT": "flightDown"])
                     as? [String: Any]
                 // The state the command prints is redacted too.
                 #expect((byEnvironment?["payload"] as? [String: Any])?["flightDown"] as? String == "••••", "\(byEnvironment ?? [:])")
@@ -445,7 +445,7 @@ struct OperatorCLITests {
             // for the alert SagaCommandWithoutHandler.
             let console = try ProductProcess(
                 "saga", ["console", "--port", "0", "--store-url", "sqlite://\(path)", "--amqp-url", amqp, "--prefix", prefix],
-                environment: ["SAGAKIT_STORE_URL": nil, "SAGAKIT_PREFIX": nil, "SAGA_CONSOLE_TOKEN": nil])
+                environment: ["SAGAKIT_STORE_URL": nil, "SAGAKIT_PREFIX": nil, "SAGA_CONSOLE_TOKEN": nil, "SAGAKIT_CONSOLE_TOKEN": nil])
             defer { console.process.terminate() }
             #expect(try await console.waitForOutput(containing: "listening on http://", timeout: .seconds(60)), "\(console.output)")
             let base = try #require(
@@ -616,7 +616,7 @@ struct SagaCLI {
     /// Runs `saga <arguments> --store-url … --amqp-url … --prefix …`.
     func run(_ arguments: [String], environment extra: [String: String] = [:], input: String? = nil) async throws -> Result {
         var environment: [String: String?] = [:]
-        for key in ["SAGAKIT_STORE_URL", "SAGAKIT_PREFIX", "SAGA_OPERATOR", "SAGAKIT_LOG_LEVEL", "SAGAKIT_REDACT"] {
+        for key in ["SAGAKIT_STORE_URL", "SAGAKIT_PREFIX", "SAGA_OPERATOR", "SAGAKIT_OPERATOR", "SAGAKIT_LOG_LEVEL", "SAGAKIT_REDACT"] {
             environment[key] = .some(nil)
         }
         for (key, value) in extra { environment[key] = value }

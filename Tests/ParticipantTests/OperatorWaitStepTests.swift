@@ -204,7 +204,7 @@ struct OperatorWaitStepTests {
         let console = try ProductProcess(
             "saga",
             ["console", "--port", "0", "--store-url", store.url, "--amqp-url", amqp, "--prefix", "wait-\(UUID().uuidString.prefix(8))"],
-            environment: ["SAGAKIT_STORE_URL": nil, "SAGAKIT_PREFIX": nil, "SAGA_CONSOLE_TOKEN": nil])
+            environment: ["SAGAKIT_STORE_URL": nil, "SAGAKIT_PREFIX": nil, "SAGA_CONSOLE_TOKEN": nil, "SAGAKIT_CONSOLE_TOKEN": nil])
         #expect(try await console.waitForOutput(containing: "listening on http://", timeout: .seconds(60)), "\(console.output)")
         let base = try #require(
             console.output.split(separator: " ").first { $0.hasPrefix("http://127.0.0.1:") }.map { String($0) }, "\(console.output)")
