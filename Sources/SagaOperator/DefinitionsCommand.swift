@@ -17,6 +17,9 @@ struct DefinitionsCommand: AsyncParsableCommand {
     @Option(help: "For a store that cannot count by version: how many sagas per definition name to read when counting.")
     var countLimit = 100_000
 
+    @Flag(help: "Count the sagas of every topology in the store, not only those of this prefix (and those that name none).")
+    var allTopologies = false
+
     @Flag(help: "Print JSON (an array of definitions with their saga counts).")
     var json = false
 
@@ -35,6 +38,8 @@ struct DefinitionsCommand: AsyncParsableCommand {
         let environment = try CommandEnvironment(connection)
         let compiled = SagaOperatorTool.definitions
         let countLimit = countLimit
+        // As `saga list` and the console count: this deployment's sagas unless told otherwise.
+        let topology = allTopologies ? nil : environment.configuration.topology.prefix
         let rows = try await environment.withStore { store in
             let stored: [StoredDefinitionInfo]
             do {
@@ -58,10 +63,10 @@ struct DefinitionsCommand: AsyncParsableCommand {
             for name in Set(rows.values.map(\.name)) {
                 let counts: [Int: [SagaStatus: Int]]
                 do {
-                    counts = try await store.countByVersion(name: name, topology: nil)
+                    counts = try await store.countByVersion(name: name, topology: topology)
                 } catch let error as SagaError where error.code == .unsupported {
                     var listed: [Int: [SagaStatus: Int]] = [:]
-                    for saga in try await store.list(SagaQuery(name: name, limit: countLimit)) {
+                    for saga in try await store.list(SagaQuery(name: name, topology: topology, limit: countLimit)) {
                         listed.add(1, version: saga.definitionVersion, status: saga.status)
                     }
                     counts = listed
