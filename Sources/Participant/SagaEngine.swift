@@ -30,13 +30,15 @@ struct SagaEngine: Sendable {
     /// instance changed the saga concurrently — but only when the event still applies to the
     /// reloaded saga (``SagaStateMachine/staleness(of:aimedAt:reloaded:)``); otherwise the
     /// outcome is `.ignored`. Publishes the transition's commands and marks them
-    /// sent. A publish failure is logged and left to the outbox relay (the state is committed).
+    /// sent. A publish failure is logged, and the outbox relay sends the messages later (the
+    /// state is committed); the publish error is thrown unless `publishFailuresThrow` is `false`
+    /// (an operator's action, whose caller must not read an error as "nothing changed").
     ///
     /// `localWrites` (a handler's, see ``LocalWrite``) commit with the transition, or not at all:
     /// a lost compare-and-swap rolls them back, and the re-decided transition carries them again.
     func advance(
         _ sagaID: SagaID, from loaded: SagaState, event: SagaEvent, localWrites: [LocalWrite] = [], logger: Logger,
-        maxConflicts: Int = 8
+        maxConflicts: Int = 8, publishFailuresThrow: Bool = true
     ) async throws -> Advance {
         if !localWrites.isEmpty, !store.supportsLocalWrites { throw store.localWritesUnsupported }
         var state = loaded
@@ -70,7 +72,13 @@ struct SagaEngine: Sendable {
                     metrics.transition(from: state, to: stored, definition: machine.definition)
                     logTransition(from: state, to: stored, commands: commands, logger: logger)
                     CrashPoints.reach(.afterCommitBeforePublish)
-                    try await publish(outbox, logger: logger)
+                    do {
+                        try await publish(outbox, logger: logger)
+                    } catch  where !publishFailuresThrow {
+                        logger.warning(
+                            "the saga changed, but its messages are not published yet: a participant's outbox relay sends them",
+                            metadata: ["error": "\(error)"])
+                    }
                     return .committed(stored)
                 } catch let error as SagaError where error.code == .versionConflict && conflicts < maxConflicts {
                     conflicts += 1

@@ -372,6 +372,20 @@ public struct SagaManager: Service {
         try await operate(id, event: .compensationRequested(by: actor, reason: reason))
     }
 
+    /// Stops a running or compensating saga where it is: it needs attention, and its commands
+    /// still on their way are ignored (for a step past the pivot that will never succeed and is
+    /// retried for ever). Then ``retry(_:by:reason:)``, ``compensate(_:by:reason:)`` (before the
+    /// pivot) or ``resolve(_:by:reason:patch:)``.
+    ///
+    /// The saga's history records the request: who (`actor`), when and why (`reason`). A handler
+    /// running at that moment finishes, and its report is discarded (`outcomeDiscarded`).
+    /// - Throws: `invalidState` when the saga is not running or compensating, or is in a parallel
+    ///   group.
+    @discardableResult
+    public func stop(_ id: SagaID, by actor: String = "operator", reason: String) async throws -> SagaState {
+        try await operate(id, event: .stopRequested(by: actor, reason: reason))
+    }
+
     /// Records that an operator did by hand what a saga that needs attention stopped at, and lets
     /// the saga go on as if that work had succeeded: a compensation that keeps failing (the refund
     /// was made by hand: the earlier compensations run next, then the saga is compensated), or an
@@ -407,7 +421,10 @@ public struct SagaManager: Service {
     public func signal(_ id: SagaID, name: String, payload: JSONObject = [:], by sender: String? = nil) async throws -> SagaSignalResult {
         let state = try await engine.store.load(id)
         let logger = logger.with(saga: id, name: state.name)
-        switch try await engine.advance(id, from: state, event: .signalReceived(name: name, payload: payload, by: sender), logger: logger) {
+        switch try await engine.advance(
+            id, from: state, event: .signalReceived(name: name, payload: payload, by: sender), logger: logger,
+            publishFailuresThrow: false)
+        {
         case .committed(let next):
             logger.info(
                 "signal delivered",
@@ -426,7 +443,9 @@ public struct SagaManager: Service {
     private func operate(_ id: SagaID, event: SagaEvent) async throws -> SagaState {
         let state = try await engine.store.load(id)
         let logger = logger.with(saga: id, name: state.name)
-        switch try await engine.advance(id, from: state, event: event, logger: logger) {
+        // Committed is done: the operator must not read a publish failure as "nothing changed" (and
+        // act again); the outbox relay sends what could not be published.
+        switch try await engine.advance(id, from: state, event: event, logger: logger, publishFailuresThrow: false) {
         case .committed(let next):
             return next
         case .ignored(let reason, _), .rejected(let reason, _):

@@ -133,6 +133,48 @@ struct CompensateCommand: AsyncParsableCommand {
     }
 }
 
+struct StopCommand: AsyncParsableCommand {
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(
+            commandName: "stop",
+            abstract: "Stop running or compensating sagas where they are: they need attention, and their pending commands are ignored.",
+            discussion: """
+                For a step that will never succeed and is retried for ever (past the pivot): then `retry` once it can \
+                succeed, `resolve` when you did it by hand, or `compensate` (before the pivot). A handler running at that \
+                moment finishes and its report is discarded. \(severalSagasDiscussion(each: "stopped", command: "stop"))
+                """
+        )
+    }
+
+    @OptionGroup var connection: OperatorOptions
+
+    @OptionGroup var action: OperatorActionOptions
+
+    @Option(help: "Why, recorded in the saga's history and as its failure reason (required).")
+    var reason: String
+
+    @Argument(help: "The saga ids (one or more).")
+    var ids: [String]
+
+    @Flag(help: "Print JSON (the new saga state).")
+    var json = false
+
+    func run() async throws {
+        let (ids, json, actor, reason) = (ids, json, action.actor, reason)
+        let environment = try CommandEnvironment(connection)
+        try await environment.withManager { manager in
+            try await forEachSaga(ids, json: json, redactor: environment.redactor) { id in
+                let state = try await manager.stop(id, by: actor, reason: reason)
+                if !json {
+                    print("saga \(id) is \(state.status.cliName) at \(position(state)).")
+                    print("recorded: stopped by \(actor): \"\(reason)\"")
+                }
+                return state
+            }
+        }
+    }
+}
+
 struct ResolveCommand: AsyncParsableCommand {
     static var configuration: CommandConfiguration {
         CommandConfiguration(

@@ -106,7 +106,7 @@ struct SagaRootCommand: AsyncParsableCommand {
                 """,
             subcommands: [
                 ListCommand.self, ShowCommand.self, GraphCommand.self, DefinitionsCommand.self, ServicesCommand.self, RetryCommand.self,
-                CompensateCommand.self,
+                CompensateCommand.self, StopCommand.self,
                 ResolveCommand.self,
                 SignalCommand.self, ReapCommand.self, PurgeCommand.self, DeadLetterCommand.self, EventsCommand.self,
                 ConsoleCommand.self,

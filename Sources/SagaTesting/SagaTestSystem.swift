@@ -159,6 +159,13 @@ public actor SagaTestSystem {
         try operate(id, .compensationRequested(by: actor, reason: reason))
     }
 
+    /// An operator's stop, as `SagaManager.stop(_:by:reason:)` does: the saga needs attention
+    /// where it is, and its commands still queued are ignored.
+    @discardableResult
+    public func stop(_ id: SagaID, by actor: String = "operator", reason: String) throws -> SagaState {
+        try operate(id, .stopRequested(by: actor, reason: reason))
+    }
+
     /// An operator's resolution by hand, as `SagaManager.resolve(_:by:reason:patch:)` does: what a
     /// saga that needs attention stopped at was done by hand, and it goes on.
     /// - Throws: `unknownSaga`; `invalidState` when the saga does not need attention.

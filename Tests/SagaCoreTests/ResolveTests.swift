@@ -84,6 +84,47 @@ struct ResolveTests {
         #expect(byHand == ["n"])
     }
 
+    /// An operator stops a saga retrying its pivot for ever: it needs attention where it is, its
+    /// pending retry is no longer current, and a resolution by hand moves it on.
+    @Test func aSagaRetryingForeverPastThePivotIsStoppedThenResolved() throws {
+        var state = machine.start(id: "r5", payload: [:], now: t0).0
+        for step in 0...2 { state = try apply(.stepCompleted(step: step, attempt: 1, patch: [:], startedAt: t0), state).state! }
+        let failing = try apply(.stepFailed(step: 3, attempt: 1, error: "carrier down", retryable: true, startedAt: t0), state)
+        let pendingRetry = try #require(failing.commands.first?.command)
+        #expect(failing.state?.status == .running && pendingRetry.attempt == 2)
+
+        let stopped = try apply(.stopRequested(by: "erin", reason: "the address does not exist"), failing.state!)
+        #expect(stopped.commands.isEmpty)
+        let state2 = try #require(stopped.state)
+        #expect(state2.status == .needsAttention && machine.phase(of: state2) == .action)
+        #expect(state2.failureReason == "stopped by erin: the address does not exist")
+        let record = try #require(state2.history.last)
+        #expect(record.step == 3 && record.outcome == .failed && record.actor == "erin" && record.reason == "the address does not exist")
+        #expect(!machine.isCurrent(pendingRetry, in: state2), "the retry on its way is ignored")
+        // Once more: refused, it is no longer running.
+        guard case .rejected(let why) = machine.apply(.stopRequested(by: "erin", reason: "again"), to: state2, now: t0) else {
+            Issue.record("a stopped saga was stopped again")
+            return
+        }
+        #expect(why == "saga r5 is needsAttention; only a running or compensating saga can be stopped")
+        let resolved = try apply(.resolvedByOperator(by: "erin", reason: "delivered by courier", patch: [:]), state2)
+        #expect(Set(resolved.commands.map(\.command.command)) == ["m.do", "n.do"])
+    }
+
+    /// A compensating saga stopped keeps why it was compensating: a retry resumes the
+    /// compensation.
+    @Test func aStoppedCompensationResumesOnRetry() throws {
+        var state = machine.start(id: "r6", payload: [:], now: t0).0
+        state = try apply(.stepCompleted(step: 0, attempt: 1, patch: [:], startedAt: t0), state).state!
+        state = try apply(.stepFailed(step: 1, attempt: 1, error: "no stock", retryable: false, startedAt: t0), state).state!
+        #expect(state.status == .compensating)
+        let stopped = try apply(.stopRequested(by: "erin", reason: "refund API broken"), state).state!
+        #expect(stopped.status == .needsAttention && machine.phase(of: stopped) == .compensation)
+        let retried = try apply(.retryRequested(by: "erin", reason: "fixed"), stopped)
+        #expect(retried.state?.status == .compensating && retried.commands.map(\.command.command) == ["a.undo"])
+        #expect(retried.state?.failureReason == "step 'b' failed: no stock")
+    }
+
     @Test func onlyASagaThatNeedsAttentionCanBeResolved() throws {
         let running = machine.start(id: "r3", payload: [:], now: t0).0
         let refused = machine.apply(.resolvedByOperator(by: "dave", reason: "did it", patch: [:]), to: running, now: t0)

@@ -362,6 +362,11 @@ extension SagaLifecycleEvent {
                 make(
                     .operatorAction, step: old.currentStep, phase: old.phase, attempt: old.attempt, action: "compensate", actor: actor,
                     reason: reason))
+        case .stopRequested(let actor, let reason):
+            events.append(
+                make(
+                    .operatorAction, step: old.currentStep, phase: old.phase, attempt: old.attempt, action: "stop", actor: actor,
+                    reason: reason))
         case .resolvedByOperator(let actor, let reason, _):
             let phase = definition.map { SagaStateMachine(definition: $0).phase(of: old) } ?? old.phase
             events.append(

@@ -29,6 +29,12 @@ public enum SagaEvent: Sendable, Hashable {
     /// An operator (`actor`) asked to compensate the saga now (only before the pivot). Recorded in
     /// the history with who and why.
     case compensationRequested(by: String, reason: String)
+    /// An operator (`actor`) asked to stop a running or compensating saga where it is (a step
+    /// past the pivot that will never succeed, retried for ever): it needs attention, as if the
+    /// reaper had given up, and its commands still on their way are ignored. From there the
+    /// operator retries, compensates (before the pivot) or resolves it. Not for a saga in a
+    /// parallel group. Recorded in the history with who and why.
+    case stopRequested(by: String, reason: String)
     /// An operator (`actor`) did by hand what a saga that needs attention stopped at — the
     /// action of its step past the pivot (every unfinished member of its parallel group), or the
     /// compensation that kept failing — and says so (`reason`); `patch` is merged into the
@@ -365,6 +371,29 @@ public struct SagaStateMachine: Sendable {
         case .resolvedByOperator(let actor, let reason, let patch):
             return resolved(state, by: actor, reason: reason, patch: patch, now: now)
 
+        case .stopRequested(let actor, let reason):
+            guard state.status == .running || state.status == .compensating else {
+                return .rejected(
+                    "saga \(state.id) is \(state.status.rawValue); only a running or compensating saga can be stopped")
+            }
+            if activeGroup(state) != nil {
+                return .rejected(
+                    "saga \(state.id) runs a parallel group; stopping it there is not supported: let its members finish, or compensate it (before the pivot)"
+                )
+            }
+            let phase = state.phase
+            let why = "stopped by \(actor): \(reason)"
+            var next = state
+            next.history.append(
+                StepRecord(
+                    step: state.currentStep, stepName: definition.steps[state.currentStep].name, phase: phase,
+                    attempt: state.attempt, startedAt: now, finishedAt: now, outcome: .failed, error: why, actor: actor,
+                    reason: reason))
+            Self.compact(&next.history, step: state.currentStep, phase: phase)
+            next.status = .needsAttention
+            next.failureReason = phase == .compensation ? Self.stopping(why, compensatingBecause: state.failureReason) : why
+            return .transition(next, [])
+
         case .compensationRequested(let actor, let reason):
             switch state.status {
             case .completed, .compensated, .compensating:
@@ -600,7 +629,7 @@ public struct SagaStateMachine: Sendable {
                 "saga \(current.id) changed (version \(aimed.version) → \(current.version)) since it was found stalled; it is not stalled"
         case .resolvedByOperator:
             return samePosition(aimed, current) ? nil : movedMeanwhile(from: aimed, to: current)
-        case .retryRequested, .compensationRequested:
+        case .retryRequested, .compensationRequested, .stopRequested:
             // A running saga that retried its step by itself meanwhile (a later attempt of the
             // same step and phase) is where the operator saw it: retrying it now, or compensating
             // it, still means the same.
