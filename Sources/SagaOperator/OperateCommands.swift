@@ -44,18 +44,12 @@ struct RetryCommand: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let (ids, json, actor, reason) = (ids, json, action.actor, reason)
-        let environment = try CommandEnvironment(connection)
-        try await environment.withManager { manager in
-            try await forEachSaga(ids, json: json, redactor: environment.redactor) { id in
-                let state = try await manager.retry(id, by: actor, reason: reason)
-                if !json {
-                    print("saga \(id) is \(state.status.cliName) at \(position(state)); its command was sent again.")
-                    print("recorded: retry requested by \(actor)\(reason.map { ": \"\($0)\"" } ?? " (no reason given)")")
-                }
-                return state
-            }
-        }
+        let (actor, reason) = (action.actor, reason)
+        try await operateOnEach(
+            ids, json: json, connection: connection,
+            recorded: "retry requested by \(actor)\(reason.map { ": \"\($0)\"" } ?? " (no reason given)")",
+            then: "; its command was sent again"
+        ) { try await $0.retry($1, by: actor, reason: reason) }
     }
 }
 
@@ -68,6 +62,25 @@ func severalSagasDiscussion(each verb: String, command: String) -> String {
     `\(SagaOperatorTool.toolName) list --status needs-attention --name order --ids | \(SagaOperatorTool.toolName) \(command) --reason "…" -`. \
     JSON (--json): the new saga state (an array of them for several ids).
     """
+}
+
+/// Runs an operator's action on each of `ids` with a saga manager (see ``forEachSaga``); for
+/// people, prints each saga's new position (followed by `then`) and what its history recorded.
+func operateOnEach(
+    _ ids: [String], json: Bool, connection: OperatorOptions, recorded: String, then: String = "",
+    _ action: @escaping @Sendable (SagaManager, String) async throws -> SagaState
+) async throws {
+    let environment = try CommandEnvironment(connection)
+    try await environment.withManager { manager in
+        try await forEachSaga(ids, json: json, redactor: environment.redactor) { id in
+            let state = try await action(manager, id)
+            if !json {
+                print("saga \(id) is \(state.status.cliName) at \(position(state))\(then).")
+                print("recorded: \(recorded)")
+            }
+            return state
+        }
+    }
 }
 
 /// Runs `action` on each of `ids` in turn (a failure is reported and the next id goes on), prints
@@ -118,17 +131,9 @@ struct CompensateCommand: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let (ids, json, actor, reason) = (ids, json, action.actor, reason)
-        let environment = try CommandEnvironment(connection)
-        try await environment.withManager { manager in
-            try await forEachSaga(ids, json: json, redactor: environment.redactor) { id in
-                let state = try await manager.compensate(id, by: actor, reason: reason)
-                if !json {
-                    print("saga \(id) is \(state.status.cliName) at \(position(state)).")
-                    print("recorded: compensation requested by \(actor): \"\(reason)\"")
-                }
-                return state
-            }
+        let (actor, reason) = (action.actor, reason)
+        try await operateOnEach(ids, json: json, connection: connection, recorded: "compensation requested by \(actor): \"\(reason)\"") {
+            try await $0.compensate($1, by: actor, reason: reason)
         }
     }
 }
@@ -160,17 +165,9 @@ struct StopCommand: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let (ids, json, actor, reason) = (ids, json, action.actor, reason)
-        let environment = try CommandEnvironment(connection)
-        try await environment.withManager { manager in
-            try await forEachSaga(ids, json: json, redactor: environment.redactor) { id in
-                let state = try await manager.stop(id, by: actor, reason: reason)
-                if !json {
-                    print("saga \(id) is \(state.status.cliName) at \(position(state)).")
-                    print("recorded: stopped by \(actor): \"\(reason)\"")
-                }
-                return state
-            }
+        let (actor, reason) = (action.actor, reason)
+        try await operateOnEach(ids, json: json, connection: connection, recorded: "stopped by \(actor): \"\(reason)\"") {
+            try await $0.stop($1, by: actor, reason: reason)
         }
     }
 }
