@@ -36,9 +36,10 @@ public struct SagaStepTester: Sendable {
 
     /// Runs `handler` for `command` (an action, a fallback or a compensation of one of the
     /// definitions) at `attempt`, on a saga positioned at that step with `payload`. A fallback
-    /// runs on a saga whose primary action failed for good (its first attempt, in the history):
-    /// `attempt` counts the fallback's own attempts, and the command's attempt follows the
-    /// primary's, as in production.
+    /// runs on a saga whose primary action failed for good (at the last attempt of its retry
+    /// policy, in the history): `attempt` counts the fallback's own attempts, and the command's
+    /// attempt follows the primary's, as in production (a primary of 2 attempts: the fallback's
+    /// first is attempt 3).
     ///
     /// - Parameters:
     ///   - command: the command name, e.g. `payment.charge`.
@@ -97,8 +98,8 @@ public struct SagaStepTester: Sendable {
 
     /// A saga whose current command is `phase` of `step`: the steps before it completed (and,
     /// for a compensation, the step itself completed and a later one failed; with
-    /// `primaryFailed`, the step's primary action failed for good at attempt 1, so that its
-    /// fallback runs at `attempt` of its own).
+    /// `primaryFailed`, the step's primary action failed for good at the last attempt of its
+    /// retry policy, so that its fallback runs at `attempt` of its own).
     static func positioned(
         definition: SagaDefinition, step: Int, phase: StepPhase, attempt: Int, payload: JSONObject, id: SagaID, now: Date,
         primaryFailed: Bool = false
@@ -127,15 +128,17 @@ public struct SagaStepTester: Sendable {
                         finishedAt: now, outcome: .retrying, error: "an earlier attempt failed (simulated by SagaStepTester)"))
             }
         }
+        // The primary failed for good at its last attempt (its retry policy's), as in production.
+        let primaryAttempts = primaryFailed ? max(1, definition.steps[step].options.retry.maxAttempts) : 0
         if primaryFailed && phase == .action {
             history.append(
                 StepRecord(
-                    step: step, stepName: definition.steps[step].name, phase: .action, attempt: 1, startedAt: now, finishedAt: now,
-                    outcome: .failed, error: "the primary action failed for good (simulated by SagaStepTester)"))
+                    step: step, stepName: definition.steps[step].name, phase: .action, attempt: primaryAttempts, startedAt: now,
+                    finishedAt: now, outcome: .failed, error: "the primary action failed for good (simulated by SagaStepTester)"))
         }
         state.history = history
         state.currentStep = phase == .action ? (group?.lowerBound ?? step) : step
-        state.attempt = phase == .action && group != nil ? 1 : max(1, attempt) + (primaryFailed ? 1 : 0)
+        state.attempt = phase == .action && group != nil ? 1 : max(1, attempt) + primaryAttempts
         if phase == .compensation {
             state.status = .compensating
             state.failureReason = "a later step failed (simulated by SagaStepTester)"

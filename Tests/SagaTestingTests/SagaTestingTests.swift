@@ -153,7 +153,7 @@ struct SagaStepTesterTests {
         let tester = try SagaStepTester(definitions: [order])
         let run = try await tester.run("backup.charge", payload: ["amount": 5]) { context in
             #expect(context.command == "backup.charge" && context.stepName == "charge" && context.phase == .action)
-            #expect(context.attempt == 2, "the fallback's first attempt follows the primary's")
+            #expect(context.attempt == 3, "the fallback's first attempt follows the primary's two, as in production")
             try await context.completeStep(merging: ["paidBy": "backup"])
         }
         #expect(run.report == .completed(["paidBy": "backup"]))
