@@ -6,6 +6,17 @@ import SagaSQLite
 
 /// Opens the store a URL names, for one command.
 enum OperatorStore {
+    /// The store as the tool says it opens it: the URL without its password and, for
+    /// PostgreSQL, the schema (from `SAGAKIT_STORE_SCHEMA` or the URL), so that an operator sees
+    /// which deployment's tables a command reads.
+    static func describe(url: String, reader: ConfigReader) -> String {
+        let lowered = url.lowercased()
+        guard lowered.hasPrefix("postgres://") || lowered.hasPrefix("postgresql://"),
+            let schema = try? PostgresSagaStore.Configuration(reader: reader).schema
+        else { return ConnectionURL.redact(url) }
+        return "\(ConnectionURL.redact(url)) (schema \(schema))"
+    }
+
     /// Runs the store while `body` runs, then shuts it down.
     ///
     /// `reader` holds the store's other settings (`sagakit.store.*`: a PostgreSQL store's

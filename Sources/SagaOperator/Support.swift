@@ -27,7 +27,8 @@ struct CommandEnvironment: Sendable {
     /// ``definitions``). Says on standard error which store it opened.
     func withStore<T: Sendable>(_ body: @Sendable (any SagaStore) async throws -> T) async throws -> T {
         let url = try configuration.requireStoreURL()
-        FileHandle.standardError.write(Data("\(SagaOperatorTool.toolName): store \(ConnectionURL.redact(url))\n".utf8))
+        let described = OperatorStore.describe(url: url, reader: configuration.storeReader)
+        FileHandle.standardError.write(Data("\(SagaOperatorTool.toolName): store \(described)\n".utf8))
         let logger = logger
         return try await OperatorStore.withStore(url: url, reader: configuration.storeReader, logger: logger) { store in
             let known = try await Self.definitions(SagaOperatorTool.definitions, and: store, logger: logger)

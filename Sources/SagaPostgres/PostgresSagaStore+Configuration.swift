@@ -224,7 +224,23 @@ extension PostgresSagaStore {
             }
             try self.init(url: url)
             if let password = reader.string(forKey: "password", isSecret: true) { self.password = password }
-            if let schema = reader.string(forKey: "schema"), !schema.isEmpty { self.schema = schema }
+            if let schema = reader.string(forKey: "schema") {
+                // An empty or malformed value is named, not read as "the default schema" (where
+                // the tools would find no sagas, and say so without an error).
+                guard !schema.isEmpty else {
+                    throw SagaError(
+                        .invalidConfiguration, "the configuration value \(reader.sagaDescribe("schema")) is empty",
+                        recoverySuggestion: "set it to the schema of SagaKit's tables, or remove it (then the URL's ?schema=, else public)")
+                }
+                do {
+                    _ = try PostgresSagaStore.quotedSchema(schema)
+                } catch let error as SagaError {
+                    throw SagaError(
+                        .invalidConfiguration, "the configuration value \(reader.sagaDescribe("schema")): \(error.message)",
+                        recoverySuggestion: error.recoverySuggestion)
+                }
+                self.schema = schema
+            }
             if reader.string(forKey: "tls") != nil {
                 let mode = try reader.sagaChoice("tls", default: tls.rawValue, choices: TLSMode.allCases.map(\.rawValue))
                 tls = TLSMode(rawValue: mode) ?? tls

@@ -179,12 +179,16 @@ public struct RabbitMQConfiguration: Sendable {
         vhost = parsed.path.count <= 1 ? "/" : String(parsed.path.dropFirst())
         for (name, value) in parsed.queryItems {
             if try applyTLSQueryItem(name, value, secure: secure, redactedURL: parsed.redacted) { continue }
-            guard let seconds = Int(value), seconds >= 0 else { continue }
-            switch name {
-            case "heartbeat": heartbeat = .seconds(seconds)
-            case "connection_timeout": connectTimeout = .seconds(seconds)
-            default: continue
+            // Other items of the RabbitMQ URI specification (channel_max, frame_max, …) are not
+            // used by this client and are ignored; a malformed value of one it uses is an error.
+            guard name == "heartbeat" || name == "connection_timeout" else { continue }
+            guard let seconds = Int(value), seconds >= 0 else {
+                throw BusError(
+                    .invalidURL,
+                    "the query item '\(name)' of the AMQP URL '\(parsed.redacted)' must be a whole number of seconds, not '\(PrintableText.escaped(value))'",
+                    recoverySuggestion: "fix or remove it (AMQP_HEARTBEAT_SECONDS and AMQP_CONNECT_TIMEOUT_SECONDS set the same)")
             }
+            if name == "heartbeat" { heartbeat = .seconds(seconds) } else { connectTimeout = .seconds(seconds) }
         }
     }
 

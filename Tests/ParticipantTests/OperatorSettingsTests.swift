@@ -50,6 +50,15 @@ struct OperatorSettingsTests {
             ]))
         #expect(run.status == 0, "\(run)")
         #expect(run.stdout.split(separator: "\n").map(String.init) == [id], "\(run)")
+        // It says which schema it reads.
+        #expect(run.stderr.contains("(schema \(schema))"), "\(run)")
+        // An empty or malformed schema setting is named, not read as `public`.
+        for bad in ["", "Rental-Trial"] {
+            let refused = await CommandRun.run(
+                SagaCLI.executable.path, ["list", "--ids"],
+                environment: Self.environment(["SAGAKIT_STORE_URL": servers.postgres, "SAGAKIT_STORE_SCHEMA": bad]))
+            #expect(refused.status != 0 && refused.stderr.contains("SAGAKIT_STORE_SCHEMA"), "\(refused)")
+        }
         if password.count >= 4 {
             #expect(!run.stdout.contains(password) && !run.stderr.contains(password), "the password was printed")
         }

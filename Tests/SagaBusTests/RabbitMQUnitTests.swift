@@ -143,6 +143,12 @@ struct RabbitMQConfigurationTests {
         let error = #expect(throws: BusError.self) { try RabbitMQConfiguration(url: "amqp://u:s3cret@h1:x/v") }
         #expect(error?.code == .invalidURL)
         #expect(error?.description.contains("s3cret") == false)
+        // A malformed value of a query item the client uses is refused by name; others are ignored.
+        let heartbeat = #expect(throws: BusError.self) { try RabbitMQConfiguration(url: "amqp://u:s3cret@h/v?heartbeat=xyz") }
+        #expect(heartbeat?.description.contains("the query item 'heartbeat'") == true, "\(String(describing: heartbeat))")
+        #expect(heartbeat?.description.contains("not 'xyz'") == true && heartbeat?.description.contains("s3cret") == false)
+        #expect(throws: BusError.self) { try RabbitMQConfiguration(url: "amqp://h/?connection_timeout=-1") }
+        #expect(try RabbitMQConfiguration(url: "amqp://h/?channel_max=7&heartbeat=12").heartbeat == .seconds(12))
         // amqps:// is TLS on 5671, verification on.
         let tls = try RabbitMQConfiguration(url: "amqps://u:p@h/?cacertfile=/etc/ca.pem")
         #expect(tls.endpoints == [.init(host: "h", port: 5671)] && tls.redactedURL == "amqps://u@h:5671/%2F")
