@@ -57,6 +57,15 @@ public struct SagaHandlerRegistry: Sendable {
         register(Handler.command) { context in try await handler.handle(context) }
     }
 
+    /// Adds every handler of `other`, as if each had been registered here: for one participant
+    /// that runs the handlers of several services or modules. A command both registries handle
+    /// is a duplicate that ``validate(against:)`` reports.
+    public mutating func merge(_ other: SagaHandlerRegistry) {
+        for (command, handler) in other.handlers.sorted(by: { $0.key < $1.key }) { register(command, handler: handler) }
+        for command in other.duplicates where !duplicates.contains(command) { duplicates.append(command) }
+        emptyNames += other.emptyNames
+    }
+
     /// The handler for a command, if registered.
     public func handler(for command: String) -> SagaHandler? { handlers[command] }
 

@@ -459,7 +459,7 @@ struct ShowCommand: AsyncParsableCommand {
             lines.append("past the pivot: failures are retried forward until the handler succeeds, never compensated")
             if state.attempt >= 5 {
                 lines.append(
-                    "attempted \(state.attempt) times: fix what makes the handler fail; `\(SagaOperatorTool.toolName) retry \(state.id)` then runs it at once"
+                    "attempted \(state.attempt) times: fix what makes the handler fail; `\(SagaOperatorTool.toolName) retry \(state.id)` then runs it at once; if it can never succeed, `\(SagaOperatorTool.toolName) stop \(state.id) --reason …` stops it for you to resolve by hand"
                 )
             }
         } else if state.status == .running {
@@ -470,6 +470,12 @@ struct ShowCommand: AsyncParsableCommand {
         } else {
             let left = max(0, definition.compensationRetry.maxAttempts - state.attempt)
             lines.append("a failing compensation is retried (\(left) retry(ies) left), then the saga needs an operator")
+        }
+        if state.status == .running, let deadline = state.deadline {
+            // Cleared at the pivot: a saga that still has one is before it.
+            lines.append(
+                "deadline \(isoFormatter.string(from: deadline)): still running before its pivot then, the saga is compensated (checked when its command is delivered, and by the reaper's passes while nobody takes it)"
+            )
         }
         let stalledAt = state.updatedAt.addingTimeInterval(reaper.stalledThreshold.seconds)
         lines.append(

@@ -38,15 +38,30 @@ struct OperatorStopTests {
         }
         #expect(state.status == .running && state.attempt == 4)
         let stored = state
+        // And a saga with a deadline, before its pivot.
+        let held = try SagaBuilder("held")
+            .step("hold", action: "stop-test.hold", compensation: "stop-test.release")
+            .step("pay", action: "stop-test.pay", options: .pivot)
+            .deadline(.seconds(600))
+            .build()
+        let heldSaga = SagaStateMachine(definition: held).start(
+            id: "held-1", payload: [:], context: [SagaTopology.contextKey: prefix, SagaState.definitionVersionKey: "1"], now: Date()
+        ).0
         try await SQLiteSagaStore(path: path).withRunning { store in
             try await store.register(trip)
+            try await store.register(held)
             _ = try await store.create(stored, outbox: [])
+            _ = try await store.create(heldSaga, outbox: [])
         }
         func saga(_ arguments: [String]) async -> CommandRun {
             var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SAGAKIT_") && !$0.key.hasPrefix("SAGA_") }
             environment.merge(["SAGAKIT_STORE_URL": "sqlite://\(path)", "AMQP_URL": amqp, "SAGAKIT_PREFIX": prefix]) { $1 }
             return await CommandRun.run(SagaCLI.executable.path, arguments, environment: environment)
         }
+
+        // `show` names the deadline of a saga that has one.
+        let heldShown = await saga(["show", "held-1"])
+        #expect(heldShown.stdout.contains("still running before its pivot then, the saga is compensated"), "\(heldShown)")
 
         let stop = await saga(["stop", "trip-forever", "--reason", "the address does not exist", "--by", "erin"])
         #expect(stop.status == 0, "\(stop)")

@@ -510,6 +510,22 @@ struct ParticipantTests {
         #expect(error?.message.contains("more than once for command 'inventory.reserve'") == true)
     }
 
+    @Test func mergedRegistriesKeepEveryHandlerAndReportACommandBothHandle() throws {
+        var inventory = SagaHandlerRegistry()
+        inventory.register("inventory.reserve") { _ in }
+        inventory.register("inventory.release") { _ in }
+        var payment = SagaHandlerRegistry()
+        payment.register("payment.charge") { _ in }
+        var all = inventory
+        all.merge(payment)
+        #expect(all.commands == ["inventory.release", "inventory.reserve", "payment.charge"])
+        var twice = all
+        twice.merge(inventory)
+        let error = #expect(throws: SagaError.self) { try twice.validate(against: orderDefinitions) }
+        #expect(error?.code == .duplicateHandler)
+        #expect(error?.message.contains("'inventory.release', 'inventory.reserve'") == true, "\(String(describing: error))")
+    }
+
     @Test func contextRefusesTheWrongCompletionCall() async throws {
         let seen = Mutex<String?>(nil)
         var handlers = orderHandlers(ledger: ledger)
