@@ -324,7 +324,7 @@ let package = Package(
         .testTarget(
             name: "ParticipantTests",
             dependencies: [
-                "Participant", "SagaSQLite", "SagaPostgres", "SagaTestSupport", "SagaTesting", "SagaPrometheus",
+                "Participant", "SagaSQLite", "SagaPostgres", "SagaTestSupport", "SagaTesting", "SagaPrometheus", "SagaConsole",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),

@@ -63,7 +63,7 @@ struct ConsoleRoutes: Sendable {
                 security.endSession(id)
             }
             var response = Self.redirect("/")
-            response.setCookie(Self.sessionCookie("", maxAge: 0))
+            response.setCookie(sessionCookie("", maxAge: 0, for: request))
             return response
         }
         router.post("/sagas/:id/retry") { request, context in
@@ -234,8 +234,10 @@ struct ConsoleRoutes: Sendable {
         Response(status: .seeOther, headers: [.location: location])
     }
 
-    static func sessionCookie(_ value: String, maxAge: Int? = nil) -> Cookie {
-        Cookie(name: ConsoleSecurity.cookieName, value: value, maxAge: maxAge, path: "/", secure: false, httpOnly: true, sameSite: .strict)
+    func sessionCookie(_ value: String, maxAge: Int? = nil, for request: Request) -> Cookie {
+        Cookie(
+            name: ConsoleSecurity.cookieName, value: value, maxAge: maxAge, path: "/", secure: security.cookieIsSecure(for: request),
+            httpOnly: true, sameSite: .strict)
     }
 
     // MARK: - Actions
@@ -287,7 +289,7 @@ struct ConsoleRoutes: Sendable {
         }
         logger.notice("console: operator logged in", metadata: ["operator": "\(name)"])
         var response = Self.redirect(next)
-        response.setCookie(Self.sessionCookie(security.startSession(name: name)))
+        response.setCookie(sessionCookie(security.startSession(name: name), for: request))
         return response
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import Hummingbird
 import Synchronization
 
@@ -6,10 +7,11 @@ import Synchronization
 ///
 /// Read-only unless an operator token is configured. With one, an operator logs in with the
 /// token and a name (recorded in the history of every saga they act on); the console then keeps
-/// a session in an `HttpOnly`, `SameSite=Strict` cookie, and every action must carry the
-/// session's CSRF token in its form and come from the console's own origin (`Origin`, else
-/// `Referer`). On a loopback address the `Host` header must name a loopback host too (no DNS
-/// rebinding).
+/// a session in an `HttpOnly`, `SameSite=Strict` cookie (`Secure` over HTTPS), and every action
+/// must carry the session's CSRF token in its form and come from the console's own origin
+/// (`Origin`, else `Referer`). With read access ``SagaConsoleReadAccess/operators`` the pages
+/// need a session too. On a loopback address the `Host` header must name a loopback host too
+/// (no DNS rebinding).
 final class ConsoleSecurity: Sendable {
     static let cookieName = "saga_console_session"
     static let sessionLifetime: TimeInterval = 12 * 3600
@@ -22,17 +24,54 @@ final class ConsoleSecurity: Sendable {
 
     private let token: [UInt8]?
     private let loopbackOnly: Bool
+    private let readersMustLogIn: Bool
+    private let alwaysSecureCookies: Bool
     private let sessions = Mutex<[String: Session]>([:])
 
     init(configuration: SagaConsoleConfiguration) {
         token = configuration.operatorToken.flatMap { $0.isEmpty ? nil : Array($0.utf8) }
-        loopbackOnly = Self.isLoopback(configuration.host)
+        loopbackOnly = configuration.listensOnLoopbackOnly
+        readersMustLogIn = configuration.readAccess == .operators
+        alwaysSecureCookies = configuration.secureCookies
     }
 
     var actionsEnabled: Bool { token != nil }
 
     static func isLoopback(_ host: String) -> Bool {
-        ["127.0.0.1", "localhost", "::1", "[::1]"].contains(host.lowercased()) || host.hasPrefix("127.")
+        SagaConsoleConfiguration(host: host).listensOnLoopbackOnly
+    }
+
+    /// The paths anyone who can reach the console may read whatever the read access: the login
+    /// page, the assets it needs, the health probes and `/metrics` (counts, no saga data).
+    static func isOpen(_ path: String) -> Bool {
+        path == "/login" || path == "/logout" || path == "/metrics" || path.hasPrefix("/assets/") || path.hasPrefix("/health/")
+    }
+
+    /// Whether the request may read `path`: always, unless readers must log in and it has no
+    /// live session.
+    func mayRead(_ request: Request) -> Bool {
+        !readersMustLogIn || Self.isOpen(request.uri.path) || session(of: request) != nil
+    }
+
+    /// Whether the session cookie is marked `Secure`: always when configured so, else when the
+    /// request came over HTTPS through a proxy that says so.
+    func cookieIsSecure(for request: Request) -> Bool {
+        alwaysSecureCookies || Self.cameOverHTTPS(request)
+    }
+
+    /// `X-Forwarded-Proto: https` or `Forwarded: …proto=https…` (the console itself speaks
+    /// plain HTTP: HTTPS ends at a proxy in front of it).
+    static func cameOverHTTPS(_ request: Request) -> Bool {
+        if let proto = request.headers[HTTPField.Name("X-Forwarded-Proto")!] {
+            return proto.split(separator: ",").first?.trimmingCharacters(in: .whitespaces).lowercased() == "https"
+        }
+        if let forwarded = request.headers[HTTPField.Name("Forwarded")!] {
+            let first = forwarded.split(separator: ",").first ?? ""
+            return first.split(separator: ";").contains {
+                $0.trimmingCharacters(in: .whitespaces).lowercased().replacingOccurrences(of: "\"", with: "") == "proto=https"
+            }
+        }
+        return false
     }
 
     /// Compares in time independent of where the first difference is.

@@ -79,24 +79,56 @@ extension SagaStatus {
     }
 }
 
-/// Shows listed payload keys as `••••`, at any depth: the console's pages and the `saga`
-/// commands that print payloads or message bodies (`--redact`, `SAGAKIT_REDACT`).
+/// Shows listed payload keys as `••••`, at any depth, and keys whose names look secret unless
+/// told not to: the console's pages and the `saga` commands that print payloads or message
+/// bodies (`--redact`, `SAGAKIT_REDACT`, `SAGAKIT_REDACT_DEFAULTS`).
 package struct Redactor: Sendable {
     /// The mask shown instead of a value.
     package static let mask = "••••"
+    /// The keys masked, compared exactly.
     package let keys: Set<String>
+    /// Whether keys whose names look secret (``looksSecret(_:)``) are masked too.
+    package let masksSecretLookingKeys: Bool
 
-    package init(keys: Set<String>) { self.keys = keys }
+    package init(keys: Set<String>, masksSecretLookingKeys: Bool = true) {
+        self.keys = keys
+        self.masksSecretLookingKeys = masksSecretLookingKeys
+    }
 
     /// The keys of a comma-separated list (`cardNumber, email`), blanks dropped.
-    package init(list: [String]) {
-        keys = Set(list.flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+    package init(list: [String], masksSecretLookingKeys: Bool = true) {
+        self.init(
+            keys: Set(list.flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }),
+            masksSecretLookingKeys: masksSecretLookingKeys)
     }
+
+    /// Parts of names that mark a secret (compared without case, `_` and `-`): `password`,
+    /// `client_secret`, `accessToken`, `api-key`, `cardNumber`, `cvv`… A non-secret key that
+    /// contains one is masked too: safe, and `SAGAKIT_REDACT_DEFAULTS=false` turns this off.
+    package static let secretNameParts = [
+        "passw", "passphrase", "secret", "token", "apikey", "privatekey", "authorization", "credential", "cardnumber", "cvv", "cvc",
+    ]
+    /// Whole names that mark a secret (compared the same way).
+    package static let secretNames: Set<String> = ["pin", "ssn", "iban", "otp"]
+
+    /// Whether a key's name looks like it holds a secret.
+    package static func looksSecret(_ key: String) -> Bool {
+        let name = key.lowercased().filter { $0 != "_" && $0 != "-" }
+        return secretNames.contains(name) || secretNameParts.contains { name.contains($0) }
+    }
+
+    /// Whether the value under `key` is masked.
+    package func masks(_ key: String) -> Bool {
+        keys.contains(key) || (masksSecretLookingKeys && Self.looksSecret(key))
+    }
+
+    /// Whether nothing is masked.
+    package var masksNothing: Bool { keys.isEmpty && !masksSecretLookingKeys }
 
     package func redact(_ object: JSONObject) -> JSONObject {
         var result = JSONObject()
         for (key, value) in object {
-            result[key] = keys.contains(key) ? .string(Self.mask) : redact(value)
+            result[key] = masks(key) ? .string(Self.mask) : redact(value)
         }
         return result
     }
@@ -111,12 +143,12 @@ package struct Redactor: Sendable {
 
     /// Context values under a listed key are masked too.
     package func redact(_ context: [String: String]) -> [String: String] {
-        context.reduce(into: [:]) { result, entry in result[entry.key] = keys.contains(entry.key) ? Self.mask : entry.value }
+        context.reduce(into: [:]) { result, entry in result[entry.key] = masks(entry.key) ? Self.mask : entry.value }
     }
 
     /// A saga's payload and context, redacted.
     package func redact(_ state: SagaState) -> SagaState {
-        guard !keys.isEmpty else { return state }
+        guard !masksNothing else { return state }
         var redacted = state
         redacted.payload = redact(state.payload)
         redacted.context = redact(state.context)
@@ -124,12 +156,14 @@ package struct Redactor: Sendable {
     }
 
     /// A whole message body: JSON is redacted key by key (and comes back compact, keys sorted);
-    /// other text is shown only when nothing is to be redacted (it cannot be searched for keys).
-    /// Redact before shortening a body: a shortened one is no longer JSON.
+    /// other text is shown unless the operator listed keys to redact (it cannot be searched for
+    /// keys: SagaKit's own messages are JSON, so such a body comes from elsewhere). Redact before
+    /// shortening a body: a shortened one is no longer JSON.
     package func redact(body: [UInt8]) -> String {
-        guard !keys.isEmpty else { return String(decoding: body, as: UTF8.self) }
+        guard !masksNothing else { return String(decoding: body, as: UTF8.self) }
         guard let value = try? JSONCoding.decode(JSONValue.self, from: Data(body)) else {
-            return "(not shown: the body is not JSON, and payload keys are redacted)"
+            return keys.isEmpty
+                ? String(decoding: body, as: UTF8.self) : "(not shown: the body is not JSON, and payload keys are redacted)"
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]

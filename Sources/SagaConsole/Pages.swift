@@ -31,9 +31,11 @@ struct Pages: Sendable {
                 <button class="link">log out</button></form>
                 """
         } else {
-            mode = "<a class=\"mode\" href=\"/login\">log in to act</a>"
+            mode = "<a class=\"mode\" href=\"/login\">\(configuration.readAccess == .operators ? "log in" : "log in to act")</a>"
         }
-        let store = configuration.storeDescription.isEmpty ? "" : " · " + HTML.escape(configuration.storeDescription)
+        // Someone not logged in to a console for operators only sees nothing of the deployment.
+        let hidden = configuration.readAccess == .operators && session == nil
+        let store = configuration.storeDescription.isEmpty || hidden ? "" : " · " + HTML.escape(configuration.storeDescription)
         return """
             <!doctype html>
             <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

@@ -36,10 +36,17 @@ public struct SagaConsole: Service {
 
     /// Serves until cancelled or gracefully shut down.
     public func run() async throws {
+        try configuration.validate()
+        if configuration.readAccess == .anyone, !configuration.listensOnLoopbackOnly {
+            logger.warning(
+                "the console shows every saga's data to anyone who can reach it (read access 'anyone' on \(configuration.host)): keep it behind a proxy that authenticates its users, or use read access 'operators'"
+            )
+        }
         let broadcaster = EventBroadcaster()
         let security = ConsoleSecurity(configuration: configuration)
         let pages = Pages(
-            configuration: configuration, backend: backend, security: security, redactor: Redactor(keys: configuration.redactedKeys))
+            configuration: configuration, backend: backend, security: security,
+            redactor: Redactor(keys: configuration.redactedKeys, masksSecretLookingKeys: configuration.redactsSecretLookingKeys))
         let router = Router()
         router.add(middleware: SecurityHeaders(security: security))
         ConsoleRoutes(
@@ -118,8 +125,20 @@ struct SecurityHeaders<Context: RequestContext>: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var response: Response
-        if security.hostAllowed(request) {
+        if security.hostAllowed(request), security.mayRead(request) {
             response = try await next(request, context)
+        } else if security.hostAllowed(request) {
+            // Read access 'operators', no session: pages send the browser to the login page (and
+            // back after it); the live updates and anything else get a plain 401.
+            if request.method == .get, request.uri.path != "/events" {
+                let back = request.uri.path + (request.uri.query.map { "?" + $0 } ?? "")
+                response = Response(status: .seeOther, headers: [.location: "/login?next=" + HTML.urlComponent(back)])
+            } else {
+                response = Response(
+                    status: .unauthorized, headers: [.contentType: "text/plain; charset=utf-8"],
+                    body: ResponseBody(
+                        byteBuffer: ByteBuffer(string: "log in at /login first: this console shows sagas to operators only\n")))
+            }
         } else {
             response = Response(
                 status: .misdirectedRequest, headers: [.contentType: "text/plain; charset=utf-8"],

@@ -1,9 +1,24 @@
 public import Foundation
 public import Participant
 
-/// How ``SagaConsole`` serves: where it listens, whether operators may act, what it hides.
+/// Who may read the console's pages (sagas' payloads, timelines, dead letters).
+public enum SagaConsoleReadAccess: String, Sendable, CaseIterable {
+    /// Anyone who can reach the console, which must listen on a loopback address (the default):
+    /// a console configured to listen beyond loopback with this access refuses to start.
+    case loopback
+    /// Anyone who can reach the console, on any address: for a console behind a proxy that
+    /// authenticates its users itself.
+    case anyone
+    /// Only operators logged in with the ``SagaConsoleConfiguration/operatorToken``: every page
+    /// and the live updates need a session. `/login`, the assets, the health probes and
+    /// `/metrics` (counts only, for Prometheus) stay open.
+    case operators
+}
+
+/// How ``SagaConsole`` serves: where it listens, who may read and act, what it hides.
 ///
-/// Safe by default: it listens on 127.0.0.1 only, and it is read-only unless an
+/// Safe by default: it listens on 127.0.0.1 only, it refuses to serve sagas' data beyond
+/// loopback unless told who may read them (``readAccess``), and it is read-only unless an
 /// ``operatorToken`` is set.
 public struct SagaConsoleConfiguration: Sendable, CustomStringConvertible {
     /// The address to listen on (default `127.0.0.1`: this machine only).
@@ -13,8 +28,19 @@ public struct SagaConsoleConfiguration: Sendable, CustomStringConvertible {
     /// The secret an operator enters to retry, compensate or requeue; `nil` keeps the console
     /// read-only. Never logged or shown.
     public var operatorToken: String?
+    /// Who may read the pages (default ``SagaConsoleReadAccess/loopback``).
+    public var readAccess: SagaConsoleReadAccess
+    /// Whether the session cookie is always `Secure` (sent over HTTPS only). Without it, the
+    /// cookie is `Secure` when the login request came over HTTPS through a proxy that says so
+    /// (`X-Forwarded-Proto: https` or `Forwarded: proto=https`).
+    public var secureCookies: Bool
     /// Payload (and dead-letter body) keys shown as `••••` at any depth, compared exactly.
     public var redactedKeys: Set<String>
+    /// Whether keys whose names look secret are shown as `••••` too (default `true`): names
+    /// that contain `password`, `secret`, `token`, `apiKey`, `privateKey`, `authorization`,
+    /// `credential`, `cardNumber`, `cvv` or `cvc`, and `pin`, `ssn`, `iban`, `otp` (compared
+    /// without case, `_` and `-`).
+    public var redactsSecretLookingKeys: Bool
     /// A running or compensating saga not updated for this long is stalled (match the
     /// participants' reaper setting).
     public var stalledThreshold: Duration
@@ -28,13 +54,18 @@ public struct SagaConsoleConfiguration: Sendable, CustomStringConvertible {
 
     /// Creates a configuration.
     public init(
-        host: String = "127.0.0.1", port: Int = 8080, operatorToken: String? = nil, redactedKeys: Set<String> = [],
-        stalledThreshold: Duration = .seconds(900), stuckAttempts: Int = 5, prefix: String = "sagakit", storeDescription: String = ""
+        host: String = "127.0.0.1", port: Int = 8080, operatorToken: String? = nil, readAccess: SagaConsoleReadAccess = .loopback,
+        secureCookies: Bool = false, redactedKeys: Set<String> = [], redactsSecretLookingKeys: Bool = true,
+        stalledThreshold: Duration = .seconds(900), stuckAttempts: Int = 5,
+        prefix: String = "sagakit", storeDescription: String = ""
     ) {
         self.host = host
         self.port = port
         self.operatorToken = operatorToken
+        self.readAccess = readAccess
+        self.secureCookies = secureCookies
         self.redactedKeys = redactedKeys
+        self.redactsSecretLookingKeys = redactsSecretLookingKeys
         self.stalledThreshold = stalledThreshold
         self.stuckAttempts = stuckAttempts
         self.prefix = prefix
@@ -44,10 +75,48 @@ public struct SagaConsoleConfiguration: Sendable, CustomStringConvertible {
     /// Whether operators may act (an operator token is set).
     public var actionsEnabled: Bool { !(operatorToken ?? "").isEmpty }
 
+    /// Whether ``host`` is a loopback address (this machine only).
+    public var listensOnLoopbackOnly: Bool {
+        let host = host.lowercased()
+        return ["localhost", "::1", "[::1]"].contains(host) || host.hasPrefix("127.")
+    }
+
+    /// Throws ``SagaConsoleConfigurationError`` when the console would serve sagas' data to
+    /// people it should not, or could not let anyone in: ``SagaConsoleReadAccess/loopback`` on
+    /// an address beyond loopback, or ``SagaConsoleReadAccess/operators`` without an operator
+    /// token. ``SagaConsole/run()`` checks it before it listens.
+    public func validate() throws {
+        if readAccess == .loopback, !listensOnLoopbackOnly {
+            throw SagaConsoleConfigurationError(
+                message:
+                    "the console would let anyone who can reach \(host):\(port) read every saga's data: "
+                    + "set the read access to 'operators' (they log in with the operator token; saga console --read-access operators, "
+                    + "or SAGAKIT_CONSOLE_READ_ACCESS=operators), or to 'anyone' when a proxy in front of it authenticates its users")
+        }
+        if readAccess == .operators, !actionsEnabled {
+            throw SagaConsoleConfigurationError(
+                message:
+                    "read access 'operators' needs an operator token to log in with: "
+                    + "set one (saga console --token-file <file>, or SAGAKIT_CONSOLE_TOKEN)")
+        }
+    }
+
     /// Describes the configuration without the token.
     public var description: String {
-        "SagaConsoleConfiguration(host: \(host), port: \(port), actions: \(actionsEnabled ? "enabled (token set)" : "read-only"), redacted: \(redactedKeys.sorted()))"
+        "SagaConsoleConfiguration(host: \(host), port: \(port), read: \(readAccess.rawValue), actions: \(actionsEnabled ? "enabled (token set)" : "read-only"), redacted: \(redactedKeys.sorted()))"
     }
+}
+
+/// A ``SagaConsoleConfiguration`` the console refuses to serve with.
+public struct SagaConsoleConfigurationError: Error, Sendable, CustomStringConvertible {
+    /// What is wrong and what to set instead.
+    public var message: String
+
+    /// Creates an error.
+    public init(message: String) { self.message = message }
+
+    /// The message.
+    public var description: String { message }
 }
 
 /// What the console reads and does, as closures: the `saga` tool wires them to its store,

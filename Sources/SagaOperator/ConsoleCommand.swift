@@ -14,7 +14,8 @@ struct ConsoleCommand: AsyncParsableCommand {
         discussion: """
             Listens on 127.0.0.1:8080 unless --host/--port say otherwise. Read-only unless an operator token is \
             configured (--token-file, or the environment variable SAGAKIT_CONSOLE_TOKEN): operators then log in with it and \
-            a name, recorded with every retry and compensation they ask for. --redact (or SAGAKIT_REDACT) hides payload \
+            a name, recorded with every retry and compensation they ask for. Beyond loopback (--host 0.0.0.0), say who may \
+            read sagas' data: --read-access operators (log in first) or anyone (a proxy authenticates). --redact (or SAGAKIT_REDACT) hides payload \
             keys in payloads and dead-letter bodies. Stops on \
             SIGINT/SIGTERM. See Docs/Operations.md, "Web console".
             """
@@ -34,12 +35,41 @@ struct ConsoleCommand: AsyncParsableCommand {
     var tokenFile: String?
 
     @Option(
+        name: .customLong("read-access"),
+        help: ArgumentHelp(
+            "Who may read the pages: loopback (anyone, on a loopback address only; the default), operators (log in with the operator token), anyone (behind a proxy that authenticates its users). Env SAGAKIT_CONSOLE_READ_ACCESS.",
+            valueName: "who"))
+    var readAccess: String?
+
+    @Flag(
+        name: .customLong("secure-cookies"),
+        help:
+            "Always mark the session cookie Secure (HTTPS only; without it, only when a proxy says the login came over HTTPS). Env SAGAKIT_CONSOLE_SECURE_COOKIES=true."
+    )
+    var secureCookies = false
+
+    @Option(
         help: "A running saga not updated for this many seconds is stalled (default: the reaper's, SAGAKIT_REAPER_STALLED_SECONDS or 900).")
     var stalledSeconds: Int?
 
     func validate() throws {
         guard (0...65_535).contains(port) else { throw ValidationError("--port must be between 0 and 65535") }
         if let stalledSeconds, stalledSeconds < 1 { throw ValidationError("--stalled-seconds must be 1 or more") }
+    }
+
+    /// The read access: `--read-access`, else `SAGAKIT_CONSOLE_READ_ACCESS`, else `loopback`.
+    static func readAccess(_ flag: String?, environment: [String: String] = ProcessInfo.processInfo.environment) throws
+        -> SagaConsoleReadAccess
+    {
+        let (given, source) =
+            flag.map { ($0, "--read-access") } ?? environment["SAGAKIT_CONSOLE_READ_ACCESS"].map { ($0, "SAGAKIT_CONSOLE_READ_ACCESS") }
+            ?? ("loopback", "")
+        guard let access = SagaConsoleReadAccess(rawValue: given.trimmingCharacters(in: .whitespaces).lowercased()) else {
+            throw CommandFailure(
+                "\(source) '\(given)' is not a read access: use one of "
+                    + SagaConsoleReadAccess.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        return access
     }
 
     /// The operator token: the file's content (trimmed), else `SAGAKIT_CONSOLE_TOKEN` (or its older
@@ -68,11 +98,21 @@ struct ConsoleCommand: AsyncParsableCommand {
         let topology = operatorConfiguration.topology
         let logger = environment.logger
         let stalled = stalledSeconds.map { Duration.seconds($0) } ?? operatorConfiguration.reaper.stalledThreshold
+        let secure =
+            secureCookies
+            || ["true", "1", "yes"].contains(ProcessInfo.processInfo.environment["SAGAKIT_CONSOLE_SECURE_COOKIES"]?.lowercased() ?? "")
         let console = SagaConsoleConfiguration(
-            host: host, port: port, operatorToken: try Self.operatorToken(file: tokenFile),
-            redactedKeys: environment.redactor.keys,
+            host: host, port: port, operatorToken: try Self.operatorToken(file: tokenFile), readAccess: try Self.readAccess(readAccess),
+            secureCookies: secure, redactedKeys: environment.redactor.keys,
+            redactsSecretLookingKeys: environment.redactor.masksSecretLookingKeys,
             stalledThreshold: stalled, prefix: topology.prefix,
             storeDescription: ConnectionURL.redact(try operatorConfiguration.requireStoreURL()))
+        // Before connecting anywhere: a console that would show sagas' data to anyone says so now.
+        do {
+            try console.validate()
+        } catch let error as SagaConsoleConfigurationError {
+            throw CommandFailure(error.message)
+        }
         try await environment.withStoreAndBus { store, bus in
             let known = SagaOperatorTool.definitions
             // The definitions known now and any registered since the console started.
@@ -128,8 +168,14 @@ struct ConsoleCommand: AsyncParsableCommand {
                 let mode =
                     console.actionsEnabled
                     ? "actions enabled: operators log in with the operator token"
-                    : "read-only: set --token-file or SAGA_CONSOLE_TOKEN to enable actions"
-                FileHandle.standardOutput.write(Data("saga console listening on \(url) (\(mode))\n".utf8))
+                    : "read-only: set --token-file or SAGAKIT_CONSOLE_TOKEN to enable actions"
+                let readers =
+                    switch console.readAccess {
+                    case .operators: "pages for logged-in operators only"
+                    case .anyone: "pages readable by anyone who can reach it"
+                    case .loopback: "pages readable from this machine"
+                    }
+                FileHandle.standardOutput.write(Data("saga console listening on \(url) (\(readers); \(mode))\n".utf8))
             }
             try await ServiceGroup(
                 configuration: .init(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

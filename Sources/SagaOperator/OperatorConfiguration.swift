@@ -61,6 +61,9 @@ struct OperatorConfiguration: Sendable {
     var logLevel: Logger.Level
     /// Payload keys the commands show as `••••` (`sagakit.redact`, comma-separated).
     var redactedKeys: Set<String>
+    /// Whether keys whose names look secret (`password`, `apiToken`…) are masked too
+    /// (`sagakit.redact.defaults`, default `true`).
+    var redactsSecretLookingKeys: Bool
     /// The store's keys (`sagakit.store.*`: its URL and every other setting the services read,
     /// such as `schema`, `password` and `tls`), so that the tool opens the store exactly as the
     /// services do.
@@ -80,6 +83,7 @@ struct OperatorConfiguration: Sendable {
             "log.level", default: defaultLogLevel.rawValue, choices: Logger.Level.allCases.map(\.rawValue))
         logLevel = Logger.Level(rawValue: level) ?? defaultLogLevel
         redactedKeys = Redactor(list: [sagakit.string(forKey: "redact") ?? ""]).keys
+        redactsSecretLookingKeys = try sagakit.sagaChoice("redact.defaults", default: "true", choices: ["true", "false"]) == "true"
         storeReader = sagakit.scoped(to: "store")
         amqpReader = reader.scoped(to: "amqp")
     }

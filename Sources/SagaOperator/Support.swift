@@ -7,8 +7,9 @@ import SagaConsole
 struct CommandEnvironment: Sendable {
     let configuration: OperatorConfiguration
     let logger: Logger
-    /// Masks the payload keys the operator asked to hide (`--redact`, `SAGAKIT_REDACT`) wherever
-    /// a command prints a payload, a context or a message body.
+    /// Masks the payload keys the operator asked to hide (`--redact`, `SAGAKIT_REDACT`), and keys
+    /// that look secret unless `SAGAKIT_REDACT_DEFAULTS=false`, wherever a command prints a
+    /// payload, a context or a message body.
     let redactor: Redactor
 
     init(_ options: OperatorOptions, defaultLogLevel: Logger.Level = .error) throws {
@@ -16,7 +17,8 @@ struct CommandEnvironment: Sendable {
         ConsoleLogHandler.bootstrapOnce(level: configuration.logLevel)
         self.configuration = configuration
         self.logger = Logger(label: "saga")
-        self.redactor = Redactor(keys: configuration.redactedKeys)
+        self.redactor = Redactor(
+            keys: configuration.redactedKeys, masksSecretLookingKeys: configuration.redactsSecretLookingKeys)
     }
 
     /// The definitions this tool knows: those compiled in by whoever built it and, while
