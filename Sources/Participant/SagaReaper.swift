@@ -81,8 +81,15 @@ public struct SagaReaper: Service {
                 logger.debug("skipping a stalled saga of another topology", metadata: ["saga.topology": "\(prefix)"])
                 continue
             }
-            guard let definition = try? engine.definitions.definition(named: state.name) else {
-                logger.debug("skipping a stalled saga whose definition this process does not know")
+            // Any participant re-sends any stalled saga of its topology (it only re-publishes the
+            // command the saga waits for): the definition comes from this process or, for one
+            // that only other services run, from the store, where every participant registers
+            // its own. Skipping them would leave them to the other services' reapers, which this
+            // one's claims (and leases) keep from them.
+            guard let definition = try? await engine.definition(of: state) else {
+                logger.warning(
+                    "a stalled saga's definition is neither in this process nor in the store: start a service that runs it, or act on it with the saga tool (saga compensate, saga resolve)",
+                    metadata: ["saga.definitionVersion": "\(state.definitionVersion)"])
                 continue
             }
             // Its lines name the commands it waits for, whose service is the one to look at (the
@@ -118,18 +125,18 @@ public struct SagaReaper: Service {
         return changed
     }
 
-    /// Compensates running sagas past their deadline (before their pivot: past it the state
-    /// machine has cleared the deadline) whose command no instance has taken. A delivered
-    /// command checks the deadline itself; while the step's service is down nothing is delivered,
-    /// and the stalled threshold (15 minutes by default) would hold the compensation back that
-    /// long. For each definition of this process with a deadline, up to `batchSize` of its
-    /// sagas; several reapers may do this at once (the compare-and-swap lets one of them act).
+    /// Compensates running and waiting sagas past their deadline (before their pivot: past it
+    /// the state machine has cleared the deadline). A delivered command checks the deadline
+    /// itself; while the step's service is down nothing is delivered, and the stalled threshold
+    /// (15 minutes by default) would hold the compensation back that long; a waiting saga has no
+    /// command at all. For each definition of this process with a deadline, up to `batchSize` of
+    /// its sagas; several reapers may do this at once (the compare-and-swap lets one of them act).
     private func compensatePastDeadlines(now: Date, skipping handled: Set<SagaID>) async throws -> [SagaState] {
         var changed: [SagaState] = []
         for name in Set(engine.definitions.all.filter { $0.deadline != nil }.map(\.name)).sorted() {
             let due = try await engine.store.list(
                 SagaQuery(
-                    statuses: [.running], name: name, topology: engine.topology.prefix, deadlineBefore: now,
+                    statuses: [.running, .waiting], name: name, topology: engine.topology.prefix, deadlineBefore: now,
                     limit: configuration.batchSize))
             for state in due where !handled.contains(state.id) {
                 // The query finds them; the saga's own deadline decides (a store that does not
@@ -145,7 +152,9 @@ public struct SagaReaper: Service {
                     let outcome = try await engine.advance(state.id, from: state, event: .deadlinePassed, logger: logger)
                     if case .committed(let next) = outcome {
                         logger.warning(
-                            "a saga passed its deadline while its command waited for a consumer; compensating",
+                            state.status == .waiting
+                                ? "a waiting saga passed its deadline; compensating"
+                                : "a saga passed its deadline while its command waited for a consumer; compensating",
                             metadata: ["saga.deadline": "\(deadline.formatted(.iso8601))"])
                         changed.append(next)
                     }
@@ -158,33 +167,31 @@ public struct SagaReaper: Service {
     }
 
     /// Ends the waits whose timeout passed (waiting sagas are never stalled: they are not
-    /// claimed above): each is compensated or goes on, as its wait step declares. For each
-    /// definition of this process with wait steps, looks at up to `batchSize` of its sagas that
-    /// have waited longer than its shortest wait (a saga's `updatedAt` is when it began to wait:
-    /// nothing changes a waiting saga but what ends the wait); the state machine decides whether
-    /// each one's own timeout passed. (With waits of very different timeouts in one definition,
-    /// sagas at the longer wait may fill a pass; the next passes get to the others.) A waiting
-    /// saga past its own deadline is compensated: for a definition with a deadline, every
-    /// waiting saga is looked at (up to `batchSize`), since a deadline may pass before the wait's
-    /// timeout. Several reapers may do this at once: the compare-and-swap lets one of them end a
-    /// wait.
+    /// claimed above): each is compensated or goes on, as its wait step declares. For each wait
+    /// step of each definition version of this process, up to `batchSize` of the sagas waiting
+    /// there since before its timeout (a saga's `updatedAt` is when it began to wait: nothing
+    /// but what ends the wait moves it, see ``SagaStateMachine/apply(_:to:now:)``), so every
+    /// saga found has timed out and leaves the wait: no saga still within its wait takes a place
+    /// in the batch. A waiting saga past its deadline is compensated, here or by
+    /// ``compensatePastDeadlines(now:skipping:)``. Several reapers may do this at once: the
+    /// compare-and-swap lets one of them end a wait.
     private func endExpiredWaits(now: Date) async throws -> [SagaState] {
         var candidates: [SagaState] = []
-        for name in Set(engine.definitions.all.map(\.name)).sorted() {
-            let versions = engine.definitions.all.filter { $0.name == name }
-            let timeouts = versions.flatMap { $0.steps.compactMap { $0.wait?.timeout } }
-            guard let shortest = timeouts.min() else { continue }
-            let hasDeadline = versions.contains { $0.deadline != nil }
-            candidates += try await engine.store.list(
-                SagaQuery(
-                    statuses: [.waiting], name: name, updatedBefore: hasDeadline ? nil : now.addingTimeInterval(-shortest.seconds),
-                    limit: configuration.batchSize))
+        let definitions = engine.definitions.all.sorted { ($0.name, $0.version) < ($1.name, $1.version) }
+        for definition in definitions {
+            for (index, step) in definition.steps.enumerated() {
+                guard let wait = step.wait else { continue }
+                candidates += try await engine.store.list(
+                    SagaQuery(
+                        statuses: [.waiting], name: definition.name, updatedBefore: now.addingTimeInterval(-wait.timeout.seconds),
+                        definitionVersion: definition.version, topology: engine.topology.prefix, currentStep: index,
+                        limit: configuration.batchSize))
+            }
         }
         var changed: [SagaState] = []
         for state in candidates {
             let logger = logger.with(saga: state.id, name: state.name)
             if let prefix = state.context[SagaTopology.contextKey], prefix != engine.topology.prefix { continue }
-            if (try? engine.definitions.definition(named: state.name)) == nil { continue }
             do {
                 let event: SagaEvent = (state.deadline.map { $0 < now } ?? false) ? .deadlinePassed : .waitExpired
                 if case .committed(let next) = try await engine.advance(state.id, from: state, event: event, logger: logger) {

@@ -58,6 +58,7 @@ extension PostgresSagaStore {
         let minimumAttempt = query.minimumAttempt
         let minimumReapAttempts = query.minimumReapAttempts
         let deadlineBefore = query.deadlineBefore.map(StoreCoding.milliseconds)
+        let currentStep = query.currentStep
         let result = try await rows(
             "list sagas",
             """
@@ -70,6 +71,7 @@ extension PostgresSagaStore {
               AND (\(minimumReapAttempts)::int8 IS NULL OR reap_attempts >= \(minimumReapAttempts)::int8)
               AND (\(deadlineBefore)::int8 IS NULL
                 OR deadline < timestamptz 'epoch' + \(deadlineBefore)::int8 * interval '1 millisecond')
+              AND (\(currentStep)::int8 IS NULL OR current_step = \(currentStep)::int8)
               AND (\(query.topology)::text IS NULL
                 OR coalesce(context ->> \(SagaState.topologyKey)::text, \(query.topology)::text) = \(query.topology)::text)
             ORDER BY updated_at DESC, id

@@ -188,6 +188,10 @@ extension SQLiteSagaStore {
             conditions.append("deadline < ?")
             arguments += [StoreCoding.milliseconds(deadlineBefore)]
         }
+        if let currentStep = query.currentStep {
+            conditions.append("current_step = ?")
+            arguments += [currentStep]
+        }
         arguments += [max(0, query.limit)]
         let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
         let sql = "SELECT \(SagaRow.columns) FROM sagas \(filter) ORDER BY updated_at DESC, id LIMIT ?"

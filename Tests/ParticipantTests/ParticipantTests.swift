@@ -269,6 +269,62 @@ struct ParticipantTests {
         #expect(compensating.status == .compensating && compensating.failureReason?.hasPrefix("deadline passed") == true)
     }
 
+    /// Every timed-out wait ends at the next pass, however many sagas of the same definition
+    /// still wait within their (longer) timeout: they take no place in the reaper's batch.
+    @Test func theReaperEndsEveryTimedOutWaitWhateverTheSagasStillWithinTheirs() async throws {
+        // A review of a day, then a bank confirmation of two hours.
+        let definition = try SagaBuilder("payout")
+            .step("reserve", action: "ledger.hold", compensation: "ledger.release")
+            .wait("review", for: "review.approved", timeout: .seconds(86_400))
+            .wait("bank", for: "bank.confirmed", timeout: .seconds(7200))
+            .step("pay", action: "ledger.pay")
+            .build()
+        let machine = SagaStateMachine(definition: definition)
+        let now = Date()
+        func waiting(_ id: String, at step: Int, sinceSecondsAgo seconds: Double) async throws {
+            var state = machine.start(id: id, payload: [:], context: [SagaTopology.contextKey: testTopology.prefix], now: now).0
+            state.status = .waiting
+            state.currentStep = step
+            state.updatedAt = now.addingTimeInterval(-seconds)
+            _ = try await store.create(state, outbox: [])
+        }
+        // Two and a half hours into their day of review: newer than the bank waits that timed out.
+        for index in 0..<3 { try await waiting("payout-review-\(index)", at: 1, sinceSecondsAgo: 9000) }
+        for index in 0..<2 { try await waiting("payout-bank-\(index)", at: 2, sinceSecondsAgo: 10_800) }
+        try await bus.declare(testTopology.topology(forService: "ledger", commands: ["ledger.hold", "ledger.release", "ledger.pay"]))
+        let reaper = SagaReaper(
+            configuration: ReaperConfiguration(batchSize: 2), definitions: try SagaDefinitionRegistry([definition]), bus: bus,
+            store: store, topology: testTopology, logger: quietTestLogger)
+        #expect(Set(try await reaper.reapOnce().map(\.id)) == ["payout-bank-0", "payout-bank-1"])
+        for index in 0..<2 { #expect(try await store.load("payout-bank-\(index)").status == .compensating) }
+        for index in 0..<3 { #expect(try await store.load("payout-review-\(index)").status == .waiting) }
+        #expect(try await reaper.reapOnce().isEmpty, "nothing more to do")
+    }
+
+    /// A reaper re-sends the stalled sagas of its topology whatever their definition: one that
+    /// only another service runs comes from the store. (It used to skip them while its claim
+    /// leased them, keeping them from the reapers of the services that run them.)
+    @Test func theReaperResendsStalledSagasOfADefinitionOnlyTheStoreKnows() async throws {
+        let refund = try SagaBuilder("refund")
+            .step("debit", action: "wallet.debit", compensation: "wallet.credit")
+            .step("notify", action: "notify.send")
+            .build()
+        try await store.register(refund)
+        let (stalled, _) = SagaStateMachine(definition: refund).start(
+            id: "refund-stalled", payload: [:], context: [SagaTopology.contextKey: testTopology.prefix],
+            now: Date().addingTimeInterval(-60))
+        _ = try await store.create(stalled, outbox: [])
+        try await bus.declare(testTopology.topology(forService: "wallet", commands: ["wallet.debit", "wallet.credit"]))
+        // This process runs only the order saga.
+        let reaper = SagaReaper(
+            configuration: ReaperConfiguration(stalledThreshold: .seconds(1)), definitions: orderDefinitions, bus: bus, store: store,
+            topology: testTopology, logger: quietTestLogger)
+        let changed = try await reaper.reapOnce()
+        #expect(changed.map(\.id) == ["refund-stalled"])
+        let resent = try await store.load("refund-stalled")
+        #expect(resent.reapAttempts == 1 && resent.history.last?.outcome == .resent, "\(resent)")
+    }
+
     /// A saga past its deadline whose command nobody takes (the step's service is down) is
     /// compensated at the reaper's next pass, not once it counts as stalled (15 minutes by
     /// default); one that reached its pivot has no deadline any more and is left to go forward.

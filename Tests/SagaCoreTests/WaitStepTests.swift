@@ -90,6 +90,20 @@ struct WaitStepTests {
         #expect(record.reason == "signal 'fraud.approved'" && record.startedAt == t0 && record.finishedAt == later)
     }
 
+    /// A signal kept for a later wait changes the waiting saga (its data, its history) but not
+    /// when its current wait began: the wait still times out when it would have.
+    @Test func aSignalForALaterWaitDoesNotPushTheCurrentWaitsTimeoutBack() throws {
+        let state = try waiting()
+        let until = try #require(machine.waiting(state)?.until)
+        #expect(until == t0.addingTimeInterval(3600))
+        let kept = try #require(signal("delivered", state, payload: ["early": true], at: t0.addingTimeInterval(1800)).state)
+        #expect(kept.status == .waiting && kept.currentStep == 1 && kept.payload["early"] == true)
+        #expect(kept.history.last?.reason == "signal 'delivered', before the saga reached the wait")
+        #expect(kept.updatedAt == t0 && machine.waiting(kept)?.until == until)
+        let expired = machine.apply(.waitExpired, to: kept, now: until.addingTimeInterval(1))
+        #expect(expired.state?.status == .compensating, "\(expired)")
+    }
+
     @Test func aSignalBeforeTheWaitIsKeptAndTheWaitCompletesWhenReached() throws {
         let (start, _) = machine.start(id: "s1", payload: ["amount": 5000], now: t0)
         let early = signal("fraud.approved", start, payload: ["approved": true])

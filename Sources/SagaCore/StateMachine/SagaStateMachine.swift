@@ -212,14 +212,17 @@ public struct SagaStateMachine: Sendable {
         return state.currentStep == command.step && state.attempt == command.attempt
     }
 
-    /// Applies an event. Every transition sets `updatedAt` to `now`, and clears the saga's
-    /// deadline once it has reached its pivot: from there the deadline no longer applies (the
-    /// saga goes forward), and a saga without one is not found again by the reaper's search for
-    /// sagas past their deadline.
+    /// Applies an event. Every transition sets `updatedAt` to `now`, except one that leaves a
+    /// waiting saga waiting at the same step (a signal kept for a later wait): a waiting saga's
+    /// `updatedAt` is when it began to wait, which its timeout counts from. A transition also
+    /// clears the saga's deadline once it has reached its pivot: from there the deadline no
+    /// longer applies (the saga goes forward), and a saga without one is not found again by the
+    /// reaper's search for sagas past their deadline.
     public func apply(_ event: SagaEvent, to state: SagaState, now: Date) -> SagaDecision {
         let decision = decide(event, state, now: now)
         guard case .transition(var next, let commands) = decision else { return decision }
-        next.updatedAt = now
+        let stillWaiting = state.status == .waiting && next.status == .waiting && next.currentStep == state.currentStep
+        next.updatedAt = stillWaiting ? state.updatedAt : now
         if next.deadline != nil, next.status == .running || next.status == .waiting, definition.isForwardOnly(next.currentStep) {
             next.deadline = nil
         }
@@ -508,7 +511,8 @@ public struct SagaStateMachine: Sendable {
     }
 
     /// What a waiting saga waits for and until when: its wait step, the wait, and the time its
-    /// timeout passes (it began to wait at its last update: nothing else changes a waiting saga);
+    /// timeout passes (it began to wait at its last update: ``apply(_:to:now:)`` keeps it while
+    /// the saga waits at that step);
     /// `nil` when it is not waiting. The reaper ends the wait at its first pass after `until`.
     public func waiting(_ state: SagaState) -> (step: Int, wait: SagaWait, until: Date)? {
         guard state.status == .waiting, definition.steps.indices.contains(state.currentStep),

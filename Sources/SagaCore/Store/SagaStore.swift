@@ -487,6 +487,10 @@ public struct SagaQuery: Sendable, Hashable {
     /// sagas past their deadline whose command no instance takes (a saga whose command is
     /// delivered is checked then).
     public var deadlineBefore: Date?
+    /// Only sagas whose current step (``SagaState/currentStep``, 0-based) is this one: with
+    /// `statuses` `[.waiting]`, `name`, `definitionVersion` and `updatedBefore`, how the reaper
+    /// finds the sagas whose wait at that step has timed out, and only those.
+    public var currentStep: Int?
     /// At most this many.
     public var limit: Int
 
@@ -494,7 +498,7 @@ public struct SagaQuery: Sendable, Hashable {
     public init(
         statuses: Set<SagaStatus>? = nil, name: String? = nil, updatedBefore: Date? = nil, definitionVersion: Int? = nil,
         minimumAttempt: Int? = nil, minimumReapAttempts: Int? = nil, topology: String? = nil, deadlineBefore: Date? = nil,
-        limit: Int = 100
+        currentStep: Int? = nil, limit: Int = 100
     ) {
         self.statuses = statuses
         self.name = name
@@ -504,6 +508,7 @@ public struct SagaQuery: Sendable, Hashable {
         self.minimumReapAttempts = minimumReapAttempts
         self.topology = topology
         self.deadlineBefore = deadlineBefore
+        self.currentStep = currentStep
         self.limit = limit
     }
 
@@ -518,6 +523,7 @@ public struct SagaQuery: Sendable, Hashable {
         if let minimumReapAttempts, state.reapAttempts < minimumReapAttempts { return false }
         if let topology, let recorded = state.topology, recorded != topology { return false }
         if let deadlineBefore, !(state.deadline.map { $0 < deadlineBefore } ?? false) { return false }
+        if let currentStep, state.currentStep != currentStep { return false }
         return true
     }
 }

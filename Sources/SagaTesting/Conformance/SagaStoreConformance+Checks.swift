@@ -667,6 +667,36 @@ extension SagaStoreConformance {
         #expect(try await fixture.other.list(SagaQuery(name: name, deadlineBefore: now)).map(\.id) == [later.id, justPassed.id])
     }
 
+    /// `list` filters by ``SagaQuery/currentStep``, combined with the other filters (how the
+    /// reaper finds the sagas whose wait at one step has timed out); a commit that moves a saga
+    /// to another step is what the filter sees.
+    public static let listFiltersByCurrentStep = Check("listFiltersByCurrentStep") { fixture in
+        let store = fixture.store
+        let name = uniqueID("definition")
+        let now = milliseconds(Date())
+        func saga(step: Int, status: SagaStatus = .waiting, updatedSecondsAgo: Double) -> SagaState {
+            var state = makeState(name: name, status: status, updatedAt: now.addingTimeInterval(-updatedSecondsAgo))
+            state.currentStep = step
+            return state
+        }
+        let longAgoAtOne = saga(step: 1, updatedSecondsAgo: 7200)
+        let recentAtOne = saga(step: 1, updatedSecondsAgo: 60)
+        let longAgoAtThree = saga(step: 3, updatedSecondsAgo: 7100)
+        let runningAtOne = saga(step: 1, status: .running, updatedSecondsAgo: 7000)
+        for state in [longAgoAtOne, recentAtOne, longAgoAtThree, runningAtOne] { _ = try await store.create(state, outbox: []) }
+        let expiredAtOne = SagaQuery(statuses: [.waiting], name: name, updatedBefore: now.addingTimeInterval(-3600), currentStep: 1)
+        #expect(try await fixture.other.list(expiredAtOne).map(\.id) == [longAgoAtOne.id])
+        #expect(
+            try await fixture.other.list(SagaQuery(name: name, currentStep: 1)).map(\.id) == [
+                recentAtOne.id, runningAtOne.id, longAgoAtOne.id,
+            ])
+        #expect(try await fixture.other.list(SagaQuery(name: name, currentStep: 0)).isEmpty)
+        var moved = try await store.load(longAgoAtThree.id)
+        moved.currentStep = 1
+        try await store.commit(SagaTransition(state: moved, expectedVersion: 1, outbox: []))
+        #expect(try await fixture.other.list(expiredAtOne).map(\.id) == [longAgoAtThree.id, longAgoAtOne.id])
+    }
+
     /// `purgeFinished` deletes completed and compensated sagas last updated before the time,
     /// oldest first and at most `limit`, of the topology (and those that name none); it keeps
     /// every other saga, and a finished one whose outbox message is not sent yet until it is.

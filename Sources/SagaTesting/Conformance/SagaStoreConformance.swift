@@ -105,6 +105,7 @@ public enum SagaStoreConformance {
         listFiltersByMinimumAttempt,
         listFiltersByMinimumReapAttempts,
         listFiltersByDeadline,
+        listFiltersByCurrentStep,
         purgeFinishedDeletesOldFinishedSagasWithNothingToSend,
         countByStatusCountsEveryStatus,
         countByVersionCountsEachVersionsSagas,
