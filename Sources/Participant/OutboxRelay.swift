@@ -36,22 +36,33 @@ struct OutboxRelay: Sendable {
         }
     }
 
-    /// Publishes this topology's due messages older than the grace period; returns how many were
-    /// sent. Each failed message is recorded with its next attempt time.
+    /// How long a relay holds the messages it claimed before another relay may take them:
+    /// publishing a batch takes far less; a relay that dies mid-batch leaves them this long.
+    var claimLease: Duration = .seconds(60)
+    /// How many sagas' messages are published at once (each saga's in their order): the bus
+    /// pipelines their confirms instead of waiting for each before the next.
+    var concurrentSagas = 64
+
+    /// Publishes this topology's due messages older than the grace period, `limit` at a time
+    /// (claimed in the store, so that other processes' relays do not publish them too), until
+    /// none is left or a batch had a failure (the broker's trouble waits for the next poll);
+    /// returns how many were sent. Each failed message is recorded with its next attempt time.
     func relayOnce(limit: Int = 500, now: Date = Date()) async throws -> Int {
         let cutoff = now.addingTimeInterval(-gracePeriod.seconds)
-        let pending = try await engine.store.pendingOutbox(
-            topology: engine.topology.prefix, createdBefore: cutoff, now: now, limit: limit)
-        guard !pending.isEmpty else { return 0 }
-        logger.info("relaying \(pending.count) unpublished command(s) from the outbox")
-        var sent: [String] = []
-        var failed: [Date: [String]] = [:]
-        for message in pending {
-            do {
-                try await engine.bus.publish(SagaMessages.outgoing(message))
-                sent.append(message.id)
-                CrashPoints.reach(.insideOutboxRelay)
-            } catch {
+        var total = 0
+        while !Task.isCancelled {
+            let pending = try await engine.store.claimPendingOutbox(
+                topology: engine.topology.prefix, createdBefore: cutoff, now: now, lease: claimLease, limit: limit)
+            guard !pending.isEmpty else { break }
+            logger.info("relaying \(pending.count) unpublished command(s) from the outbox")
+            let errors = await publish(pending)
+            var sent: [String] = []
+            var failed: [Date: [String]] = [:]
+            for (message, error) in zip(pending, errors) {
+                guard let error else {
+                    sent.append(message.id)
+                    continue
+                }
                 let attempts = message.publishAttempts + 1
                 let retryAt = now.addingTimeInterval(backoff(afterAttempts: attempts).seconds)
                 failed[retryAt, default: []].append(message.id)
@@ -68,18 +79,56 @@ struct OutboxRelay: Sendable {
                     logger.warning("relaying an outbox message failed; it will be retried", metadata: metadata)
                 }
             }
+            // Marked at once (not by the engine's sent marker a moment later): the next batch
+            // must not find them again in a store that only reads.
+            try await engine.store.markSent(sent)
+            for (retryAt, ids) in failed {
+                try await engine.store.recordFailedAttempts(ids, retryAt: retryAt)
+            }
+            total += sent.count
+            guard pending.count == limit, failed.isEmpty else { break }
         }
-        if !sent.isEmpty {
-            if let sentMarker = engine.sentMarker {
-                sentMarker.enqueue(sent)
-            } else {
-                try await engine.store.markSent(sent)
+        return total
+    }
+
+    /// Publishes the messages, up to ``concurrentSagas`` sagas at a time and each saga's in
+    /// their order; the error of each message that failed, by index.
+    private func publish(_ messages: [OutboxMessage]) async -> [(any Error)?] {
+        var sagas: [SagaID: [Int]] = [:]
+        var order: [SagaID] = []
+        for (index, message) in messages.enumerated() {
+            if sagas[message.sagaID] == nil { order.append(message.sagaID) }
+            sagas[message.sagaID, default: []].append(index)
+        }
+        let bus = engine.bus
+        @Sendable func publishInOrder(_ indices: [Int]) async -> [(Int, (any Error)?)] {
+            var results: [(Int, (any Error)?)] = []
+            for index in indices {
+                do {
+                    try await bus.publish(SagaMessages.outgoing(messages[index]))
+                    results.append((index, nil))
+                    CrashPoints.reach(.insideOutboxRelay)
+                } catch {
+                    results.append((index, error))
+                }
+            }
+            return results
+        }
+        var errors = [(any Error)?](repeating: nil, count: messages.count)
+        await withTaskGroup(of: [(Int, (any Error)?)].self) { group in
+            var waiting = order.makeIterator()
+            for _ in 0..<max(1, concurrentSagas) {
+                guard let saga = waiting.next(), let indices = sagas[saga] else { break }
+                group.addTask { await publishInOrder(indices) }
+            }
+            while let done = await group.next() {
+                for (index, error) in done { errors[index] = error }
+                if let saga = waiting.next(), let indices = sagas[saga] {
+                    group.addTask { await publishInOrder(indices) }
+                }
             }
         }
-        for (retryAt, ids) in failed {
-            try await engine.store.recordFailedAttempts(ids, retryAt: retryAt)
-        }
-        return sent.count
+        return errors
     }
 
     /// The wait before the next attempt of a message that failed `attempts` times: the poll

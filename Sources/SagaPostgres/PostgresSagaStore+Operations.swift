@@ -229,6 +229,37 @@ extension PostgresSagaStore {
         return try result.map(OutboxColumns.message(from:))
     }
 
+    /// The due messages of `topology`, each not due again before `now + lease`: rows another
+    /// relay is claiming at the same moment are skipped (`FOR UPDATE SKIP LOCKED`), so two relays
+    /// never claim the same message. Not run again once sent: a claim whose reply was lost leases
+    /// its messages until the lease ends, and the next claim after that takes them.
+    public func claimPendingOutbox(topology: String, createdBefore: Date, now: Date, lease: Duration, limit: Int) async throws
+        -> [OutboxMessage]
+    {
+        let before = StoreCoding.milliseconds(createdBefore)
+        let due = StoreCoding.milliseconds(now)
+        let until = due + StoreCoding.milliseconds(lease)
+        let result = try await rows(
+            "claim outbox messages",
+            """
+            UPDATE \(unescaped: namespace).outbox
+            SET next_attempt_at = timestamptz 'epoch' + \(until) * interval '1 millisecond'
+            WHERE seq IN (
+                SELECT seq FROM \(unescaped: namespace).outbox
+                WHERE topology = \(topology) AND sent_at IS NULL
+                  AND next_attempt_at <= timestamptz 'epoch' + \(due) * interval '1 millisecond'
+                  AND created_at < timestamptz 'epoch' + \(before) * interval '1 millisecond'
+                ORDER BY next_attempt_at, seq
+                LIMIT \(max(0, limit))
+                FOR UPDATE SKIP LOCKED
+            )
+            RETURNING seq, \(unescaped: OutboxColumns.selection)
+            """,
+            safety: .onlyIfNotSent
+        )
+        return try result.sorted { try $0["seq"].decode(Int64.self) < $1["seq"].decode(Int64.self) }.map(OutboxColumns.message(from:))
+    }
+
     /// One saga's outbox messages not yet marked sent, oldest first (the unsent rows are few:
     /// the partial index of the relay's reads finds them).
     public func pendingOutbox(of sagaID: SagaID) async throws -> [OutboxMessage] {

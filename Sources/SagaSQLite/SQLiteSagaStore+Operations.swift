@@ -358,6 +358,38 @@ extension SQLiteSagaStore {
         }
     }
 
+    /// The due messages of `topology`, each not due again before `now + lease`, in one write
+    /// transaction (SQLite runs one at a time, so two relays never claim the same message).
+    public func claimPendingOutbox(topology: String, createdBefore: Date, now: Date, lease: Duration, limit: Int) async throws
+        -> [OutboxMessage]
+    {
+        let before = StoreCoding.milliseconds(createdBefore)
+        let due = StoreCoding.milliseconds(now)
+        let until = due + StoreCoding.milliseconds(lease)
+        let limit = max(0, limit)
+        return try await write("claim outbox messages in") { db in
+            let rows = try Row.fetchAll(
+                db.cachedStatement(
+                    sql: """
+                        SELECT seq, \(OutboxRow.columns) FROM outbox
+                        WHERE topology = ? AND sent_at IS NULL AND next_attempt_at <= ? AND created_at < ?
+                        ORDER BY next_attempt_at, seq LIMIT ?
+                        """),
+                arguments: [topology, due, before, limit])
+            let sequences: [Int64] = rows.map { $0["seq"] }
+            var start = 0
+            while start < sequences.count {
+                let chunk = sequences[start..<min(sequences.count, start + 500)]
+                try db.execute(
+                    sql:
+                        "UPDATE outbox SET next_attempt_at = ? WHERE seq IN (\(Array(repeating: "?", count: chunk.count).joined(separator: ", ")))",
+                    arguments: StatementArguments([until]) + StatementArguments(Array(chunk)))
+                start += chunk.count
+            }
+            return try rows.sorted { ($0["seq"] as Int64) < ($1["seq"] as Int64) }.map(OutboxRow.message(from:))
+        }
+    }
+
     /// One saga's outbox messages not yet marked sent, oldest first.
     public func pendingOutbox(of sagaID: SagaID) async throws -> [OutboxMessage] {
         try await read("read the outbox of") { db in

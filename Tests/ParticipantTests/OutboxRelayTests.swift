@@ -106,6 +106,41 @@ struct OutboxRelayTests {
         #expect(try await store.pendingOutbox(createdBefore: .distantFuture, limit: 100).allSatisfy { $0.publishAttempts == 2 })
     }
 
+    /// A backlog larger than a batch is drained in one pass, and two relays working on it at
+    /// once (two processes of a service after a broker outage) publish each message once: each
+    /// claims its batch in the store.
+    private func checkTwoRelaysDrainABacklogPublishingEachMessageOnce(store: any SagaStore) async throws {
+        let bus = try await makeBus()
+        let sagas = 120
+        for saga in 0..<sagas {
+            let messages = (0..<10).map { index in
+                message(alpha.commandsExchange, sagaID: "backlog-\(saga)", age: 60 - Double(index) / 100)
+            }
+            _ = try await store.create(state("backlog-\(saga)"), outbox: messages)
+        }
+        let first = try relay(alpha, bus: bus, store: store)
+        let second = try relay(alpha, bus: bus, store: store)
+        async let one = first.relayOnce(limit: 100)
+        async let two = second.relayOnce(limit: 100)
+        let (sentByOne, sentByTwo) = try await (one, two)
+        #expect(sentByOne + sentByTwo == sagas * 10, "\(sentByOne) + \(sentByTwo)")
+        #expect(bus.messageCount(queue: alpha.queue(forService: "inventory")) == sagas * 10, "each message published once")
+        #expect(try await store.pendingOutbox(createdBefore: .distantFuture, limit: 10).isEmpty)
+    }
+
+    @Test func twoRelaysDrainABacklogPublishingEachMessageOnceInMemory() async throws {
+        try await checkTwoRelaysDrainABacklogPublishingEachMessageOnce(store: InMemorySagaStore())
+    }
+
+    @Test func twoRelaysDrainABacklogPublishingEachMessageOnceOnSQLite() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sagakit-relay-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try await SQLiteSagaStore(path: directory.appendingPathComponent("sagas.db").path, logger: quietTestLogger).withRunning {
+            store in
+            try await checkTwoRelaysDrainABacklogPublishingEachMessageOnce(store: store)
+        }
+    }
+
     @Test func theBackoffDoublesUpToItsMaximum() throws {
         let relay = try relay(alpha, bus: InMemoryBus(), store: InMemorySagaStore())
         #expect(relay.backoff(afterAttempts: 1) == .seconds(1))

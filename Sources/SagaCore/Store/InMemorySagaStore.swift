@@ -220,6 +220,24 @@ public final class InMemorySagaStore: SagaStore {
         }
     }
 
+    /// The due messages of `topology`, each not due again before `now + lease`.
+    public func claimPendingOutbox(topology: String, createdBefore: Date, now: Date, lease: Duration, limit: Int) async throws
+        -> [OutboxMessage]
+    {
+        storage.withLock { storage in
+            let claimed = storage.outbox.values
+                .filter {
+                    !$0.sent && $0.message.topology == topology && $0.message.createdAt < createdBefore && $0.dueAt <= now
+                }
+                .sorted { lhs, rhs in lhs.dueAt != rhs.dueAt ? lhs.dueAt < rhs.dueAt : lhs.sequence < rhs.sequence }
+                .prefix(max(0, limit))
+                .sorted { $0.sequence < $1.sequence }
+            let until = now.addingTimeInterval(lease.seconds)
+            for entry in claimed { storage.outbox[entry.message.id]?.dueAt = until }
+            return claimed.map(\.message)
+        }
+    }
+
     /// One saga's outbox messages not yet marked sent, oldest first.
     public func pendingOutbox(of sagaID: SagaID) async throws -> [OutboxMessage] {
         storage.withLock { storage in

@@ -108,6 +108,17 @@ public protocol SagaStore: Sendable {
     /// messages.
     func pendingOutbox(topology: String, createdBefore: Date, now: Date, limit: Int) async throws -> [OutboxMessage]
 
+    /// What ``pendingOutbox(topology:createdBefore:now:limit:)`` returns, each message claimed:
+    /// not due again before `now + lease`, so that the relays of other processes do not publish
+    /// it too while this one does. The relay then marks it sent, or
+    /// ``recordFailedAttempts(_:retryAt:)`` defers it; a relay that dies in between leaves it to
+    /// be claimed again once the lease ends. One saga's messages come in their insertion order.
+    ///
+    /// The default (stores written before it) only reads, as `pendingOutbox` does: several
+    /// processes' relays then publish the same messages (duplicates participants ignore).
+    func claimPendingOutbox(topology: String, createdBefore: Date, now: Date, lease: Duration, limit: Int) async throws
+        -> [OutboxMessage]
+
     /// Every outbox message not yet marked sent, of every topology and due or not, created
     /// before `createdBefore`, oldest first: for tools and tests. A relay uses
     /// ``pendingOutbox(topology:createdBefore:now:limit:)``.
@@ -214,6 +225,14 @@ extension SagaStore {
     /// - Throws: `unsupported`.
     public func saveCircuit(_ key: String, _ state: CircuitBreakerState, expectedVersion: Int64) async throws -> Bool {
         throw SagaError(.unsupported, "this store (\(Self.self)) keeps no circuit breakers")
+    }
+
+    /// Stores written before this requirement only read (they do not claim): see
+    /// ``claimPendingOutbox(topology:createdBefore:now:lease:limit:)``.
+    public func claimPendingOutbox(topology: String, createdBefore: Date, now: Date, lease: Duration, limit: Int) async throws
+        -> [OutboxMessage]
+    {
+        try await pendingOutbox(topology: topology, createdBefore: createdBefore, now: now, limit: limit)
     }
 
     /// Stores written before this requirement cannot list one saga's outbox.

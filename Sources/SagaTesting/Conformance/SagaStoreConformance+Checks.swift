@@ -667,6 +667,43 @@ extension SagaStoreConformance {
         #expect(try await fixture.other.list(SagaQuery(name: name, deadlineBefore: now)).map(\.id) == [later.id, justPassed.id])
     }
 
+    /// `claimPendingOutbox` returns what `pendingOutbox` would, and defers each message it
+    /// returns until the lease ends: a second claim (another process) gets the others, never the
+    /// same ones; after the lease they are due again; sent ones never come back, and a failed
+    /// attempt's retry time replaces the lease.
+    public static let claimPendingOutboxLeasesTheMessagesItReturns = Check("claimPendingOutboxLeasesTheMessagesItReturns") {
+        fixture in
+        let store = fixture.store
+        let topology = uniqueID("claim")
+        let now = milliseconds(Date())
+        var messages: [OutboxMessage] = []
+        for saga in 0..<3 {
+            let state = makeState()
+            let own = (0..<2).map { index in
+                var message = makeMessage(sagaID: state.id, createdAt: now.addingTimeInterval(-60 + Double(saga * 2 + index)))
+                message.exchange = topology + ".commands"
+                return message
+            }
+            messages += own
+            _ = try await store.create(state, outbox: own)
+        }
+        let lease = Duration.seconds(30)
+        func claim(_ store: any SagaStore, at time: Date, limit: Int) async throws -> [String] {
+            try await store.claimPendingOutbox(topology: topology, createdBefore: time, now: time, lease: lease, limit: limit).map(\.id)
+        }
+        let first = try await claim(store, at: now, limit: 4)
+        #expect(first == messages.prefix(4).map(\.id), "the oldest, in their order")
+        let second = try await claim(fixture.other, at: now, limit: 4)
+        #expect(second == messages.suffix(2).map(\.id), "the others only")
+        #expect(try await claim(store, at: now.addingTimeInterval(29), limit: 10).isEmpty, "all leased")
+        try await store.markSent([first[0]])
+        try await store.recordFailedAttempts([first[1]], retryAt: now.addingTimeInterval(90))
+        let afterLease = try await claim(fixture.other, at: now.addingTimeInterval(31), limit: 10)
+        #expect(Set(afterLease) == Set(first.dropFirst(2) + second), "due again after the lease; sent and deferred ones not")
+        try await fixture.other.markSent(afterLease)
+        #expect(try await claim(store, at: now.addingTimeInterval(91), limit: 10) == [first[1]])
+    }
+
     /// `list` filters by ``SagaQuery/currentStep``, combined with the other filters (how the
     /// reaper finds the sagas whose wait at one step has timed out); a commit that moves a saga
     /// to another step is what the filter sees.

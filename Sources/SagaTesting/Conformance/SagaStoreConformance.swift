@@ -106,6 +106,7 @@ public enum SagaStoreConformance {
         listFiltersByMinimumReapAttempts,
         listFiltersByDeadline,
         listFiltersByCurrentStep,
+        claimPendingOutboxLeasesTheMessagesItReturns,
         purgeFinishedDeletesOldFinishedSagasWithNothingToSend,
         countByStatusCountsEveryStatus,
         countByVersionCountsEachVersionsSagas,
