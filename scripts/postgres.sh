@@ -121,7 +121,7 @@ init_cluster() {
 # SagaKit test server (scripts/postgres.sh)
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$RUN'
-max_connections = 300
+max_connections = 1000
 synchronous_commit = on
 EOF
 }
