@@ -32,8 +32,11 @@ public struct SagaContext: Sendable {
     public let payload: JSONObject
     /// Trace and correlation ids of the saga.
     public let sagaContext: [String: String]
-    /// The same for every delivery and attempt of this step and phase of this saga. Use it to apply
-    /// the handler's effect once (for example as a unique key in the service's own table).
+    /// The same for every delivery and attempt of this step and phase of this saga, and
+    /// different for a later saga that reuses the id of a purged one
+    /// (`"<saga id>:<step name>:<phase>:<incarnation>"`, see
+    /// ``SagaCommand/idempotencyKey(incarnation:)``). Use it to apply the handler's effect once
+    /// (for example as a unique key in the service's own table).
     public let idempotencyKey: String
     /// A logger whose metadata carries the saga id, name, step, phase and attempt.
     public var logger: Logger
@@ -100,7 +103,11 @@ public struct SagaContext: Sendable {
     ) {
         self.init(
             sagaID: sagaID, sagaName: sagaName, stepName: stepName, step: step, phase: phase, attempt: attempt, command: command,
-            payload: payload, sagaContext: sagaContext, idempotencyKey: idempotencyKey ?? "\(sagaID):\(stepName):\(phase.rawValue)",
+            payload: payload, sagaContext: sagaContext,
+            idempotencyKey: idempotencyKey
+                ?? SagaCommand(
+                    sagaID: sagaID, sagaName: sagaName, command: command, step: step, stepName: stepName, phase: phase, attempt: attempt
+                ).idempotencyKey(incarnation: sagaContext[SagaState.incarnationKey]),
             logger: logger, execution: StepExecution(report: report))
     }
 

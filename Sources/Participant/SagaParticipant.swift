@@ -485,7 +485,7 @@ public struct SagaParticipant: Service {
         let context = SagaContext(
             sagaID: state.id, sagaName: state.name, stepName: command.stepName, step: command.step, phase: command.phase,
             attempt: command.attempt, command: command.command, payload: state.payload, sagaContext: state.context,
-            idempotencyKey: command.idempotencyKey, logger: logger, execution: execution
+            idempotencyKey: command.idempotencyKey(incarnation: state.incarnation), logger: logger, execution: execution
         )
         let timeout = command.phase == .action ? definition.steps[command.step].options.timeout : nil
         CrashPoints.reach(.beforeHandler)

@@ -72,6 +72,7 @@ public struct SagaReaper: Service {
             topology: engine.topology.prefix
         )
         var changed = try await endExpiredWaits(now: now)
+        let handlers = stalled.isEmpty ? nil : await liveHandlers(now: now)
         for state in stalled {
             var logger = logger.with(saga: state.id, name: state.name)
             // A store can be shared by deployments with other topologies or other definitions:
@@ -97,15 +98,27 @@ public struct SagaReaper: Service {
             let waitingFor = SagaStateMachine(definition: definition).commands(for: state).map(\.command.command)
             logger[metadataKey: "saga.waitingFor"] = "\(waitingFor.joined(separator: ","))"
             let pastDeadline = state.deadline.map { $0 < now } ?? false
+            // A command no live process handles (its service is down, for a deploy or a
+            // maintenance window) is not lost: the saga waits for the service instead of needing
+            // attention once the re-sends are used up. The re-sends go on, so that the saga keeps
+            // its turn among the stalled ones, and the attempts count again once a process of the
+            // service is back.
+            let nobodyToTakeIt = handlers.map { handlers in !waitingFor.contains(where: handlers.contains) } ?? false
+            let maxReapAttempts = nobodyToTakeIt ? Int.max : configuration.maxReapAttempts
+            if nobodyToTakeIt, state.reapAttempts >= configuration.maxReapAttempts {
+                logger.warning(
+                    "no live process handles the command this stalled saga waits for: it keeps waiting for one instead of needing attention (saga services shows which service is down)"
+                )
+            }
             let event: SagaEvent =
-                pastDeadline && state.status == .running ? .deadlinePassed : .foundStalled(maxReapAttempts: configuration.maxReapAttempts)
+                pastDeadline && state.status == .running ? .deadlinePassed : .foundStalled(maxReapAttempts: maxReapAttempts)
             CrashPoints.reach(.insideReaper)
             do {
                 var outcome = try await engine.advance(state.id, from: state, event: event, logger: logger)
                 if case .ignored = outcome, case .deadlinePassed = event {
                     // Past the pivot a deadline does not compensate: re-send instead.
                     outcome = try await engine.advance(
-                        state.id, from: state, event: .foundStalled(maxReapAttempts: configuration.maxReapAttempts), logger: logger)
+                        state.id, from: state, event: .foundStalled(maxReapAttempts: maxReapAttempts), logger: logger)
                 }
                 if case .committed(let next) = outcome {
                     logger.warning(
@@ -123,6 +136,16 @@ public struct SagaReaper: Service {
         }
         changed += try await compensatePastDeadlines(now: now, skipping: Set(changed.map(\.id)))
         return changed
+    }
+
+    /// The commands that a live process of this topology handles, from the participants'
+    /// presence records; `nil` when the store keeps none or none of this topology reports itself
+    /// (presence off): then every command counts as handled.
+    private func liveHandlers(now: Date) async -> Set<String>? {
+        guard let instances = try? await engine.store.participants() else { return nil }
+        let own = instances.filter { $0.topology == engine.topology.prefix }
+        guard !own.isEmpty else { return nil }
+        return Set(own.filter { $0.isLive(at: now) }.flatMap(\.commands))
     }
 
     /// Compensates running and waiting sagas past their deadline (before their pivot: past it

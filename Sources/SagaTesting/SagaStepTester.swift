@@ -158,7 +158,7 @@ public struct SagaStepTester: Sendable {
         let context = SagaContext(
             sagaID: state.id, sagaName: state.name, stepName: current.stepName, step: current.step, phase: current.phase,
             attempt: current.attempt, command: current.command, payload: state.payload, sagaContext: state.context,
-            idempotencyKey: current.idempotencyKey,
+            idempotencyKey: current.idempotencyKey(incarnation: state.incarnation),
             reportWithLocalWrites: { report, writes in
                 if let runner, !writes.isEmpty {
                     do {

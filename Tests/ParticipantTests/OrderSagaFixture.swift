@@ -32,6 +32,11 @@ final class Ledger: Sendable {
         state.withLock { Set($0.effects.values.filter { $0.sagaID == sagaID }.map(\.command)) }
     }
 
+    /// How many effects were applied for a saga (every incarnation of its id).
+    func effectCount(of sagaID: SagaID) -> Int {
+        state.withLock { $0.effects.values.filter { $0.sagaID == sagaID }.count }
+    }
+
     /// How many times a command's handler ran for a saga.
     func calls(_ command: String, of sagaID: SagaID) -> Int {
         state.withLock { $0.calls.filter { $0.command == command && $0.sagaID == sagaID }.count }

@@ -227,6 +227,38 @@ struct ParticipantTests {
         #expect(letters.first?.headers[SagaHeaders.deadLetterReason] == "body of 70000 bytes exceeds the limit of 65536 bytes")
     }
 
+    /// A saga started with the id of one that was purged is another incarnation: its handlers
+    /// get other idempotency keys, so a service that applied the first saga's effects applies
+    /// the new saga's too (with the same keys it would take them for done and skip them).
+    @Test func aSagaReusingAPurgedIdGetsItsOwnIdempotencyKeys() async throws {
+        let keys = Mutex<[String]>([])
+        var handlers = orderHandlers(ledger: ledger)
+        var inventory = SagaHandlerRegistry()
+        inventory.register("inventory.reserve") { context in
+            keys.withLock { $0.append(context.idempotencyKey) }
+            ledger.record(context)
+            try await context.completeStep()
+        }
+        handlers["inventory"] = inventory
+        try await withParticipants(handlers, bus: bus, store: store) { manager in
+            _ = try await manager.start("order", payload: ["orderId": "o-31", "amount": 1], id: "reused-1")
+            #expect(try await manager.outcome(of: "reused-1", timeout: .seconds(30)).status == .completed)
+            // Purged once its last messages are marked sent (a moment after they are published).
+            var purged = 0
+            for _ in 0..<100 where purged == 0 {
+                purged = try await store.purgeFinished(before: Date().addingTimeInterval(60), topology: nil, limit: 10)
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(purged == 1)
+            _ = try await manager.start("order", payload: ["orderId": "o-31", "amount": 1], id: "reused-1")
+            #expect(try await manager.outcome(of: "reused-1", timeout: .seconds(30)).status == .completed)
+        }
+        let seen = keys.withLock { $0 }
+        #expect(seen.count == 2 && Set(seen).count == 2, "\(seen)")
+        #expect(seen.allSatisfy { $0.hasPrefix("reused-1:reserve-stock:action:") }, "\(seen)")
+        #expect(ledger.effectCount(of: "reused-1") == 6, "both incarnations' three effects")
+    }
+
     @Test func theReaperResendsTheCommandOfAStalledSaga() async throws {
         let reaper = ReaperConfiguration(pollInterval: .milliseconds(200), stalledThreshold: .milliseconds(300), maxReapAttempts: 3)
         let final = try await withParticipants(orderHandlers(ledger: ledger), bus: bus, store: store, reaper: reaper) { manager in
@@ -299,6 +331,41 @@ struct ParticipantTests {
         for index in 0..<2 { #expect(try await store.load("payout-bank-\(index)").status == .compensating) }
         for index in 0..<3 { #expect(try await store.load("payout-review-\(index)").status == .waiting) }
         #expect(try await reaper.reapOnce().isEmpty, "nothing more to do")
+    }
+
+    /// A saga stalled because its service is down (no live process handles its command, as the
+    /// participants' presence records say) waits for the service instead of needing attention
+    /// once the re-sends are used up; with a live process that does not make it progress, it
+    /// needs attention as before.
+    @Test func aSagaWhoseServiceIsDownWaitsForItInsteadOfNeedingAttention() async throws {
+        var (stalled, _) = SagaStateMachine(definition: orderSaga).start(
+            id: "down-1", payload: ["orderId": "o-21", "amount": 1], context: [SagaTopology.contextKey: testTopology.prefix],
+            now: Date().addingTimeInterval(-60))
+        stalled.reapAttempts = 1
+        _ = try await store.create(stalled, outbox: [])
+        try await bus.declare(testTopology.topology(forService: "inventory", commands: ["inventory.reserve"]))
+        func report(_ service: String, commands: [String], lastSeen: Date) async throws {
+            try await store.recordParticipant(
+                ParticipantInstance(
+                    topology: testTopology.prefix, service: service, instance: "\(service)-1", commands: commands,
+                    startedAt: lastSeen.addingTimeInterval(-3600), lastSeen: lastSeen, reportInterval: .seconds(15)))
+        }
+        // inventory's only process stopped reporting ten minutes ago; payment is alive.
+        try await report("inventory", commands: ["inventory.reserve"], lastSeen: Date().addingTimeInterval(-600))
+        try await report("payment", commands: ["payment.charge"], lastSeen: Date())
+        let reaper = SagaReaper(
+            configuration: ReaperConfiguration(stalledThreshold: .seconds(1), maxReapAttempts: 1), definitions: orderDefinitions, bus: bus,
+            store: store, topology: testTopology, logger: quietTestLogger)
+        #expect(try await reaper.reapOnce().map(\.id) == ["down-1"])
+        let waiting = try await store.load("down-1")
+        #expect(waiting.status == .running && waiting.reapAttempts == 2 && waiting.history.last?.outcome == .resent, "\(waiting)")
+
+        // inventory is back, and the saga still does not move: it needs attention.
+        // (A pass after the first one's lease, a poll interval, has ended.)
+        let later = Date().addingTimeInterval(400)
+        try await report("inventory", commands: ["inventory.reserve"], lastSeen: later)
+        _ = try await reaper.reapOnce(now: later)
+        #expect(try await store.load("down-1").status == .needsAttention)
     }
 
     /// A reaper re-sends the stalled sagas of its topology whatever their definition: one that

@@ -34,6 +34,12 @@ struct SagaStateMachineTests {
         #expect(state.deadline == t0.addingTimeInterval(60))
         #expect(first.command.command == "a.do" && first.command.phase == .action && first.delay == nil)
         #expect(first.command.idempotencyKey == "s1:a:action")
+        // The incarnation (when it started) goes into the keys handlers get; a saga stored
+        // without one keeps the keys it had.
+        #expect(state.context["correlationId"] == "c-1")
+        #expect(state.incarnation == SagaState.incarnation(startedAt: t0) && state.incarnation?.isEmpty == false)
+        #expect(first.command.idempotencyKey(incarnation: state.incarnation) == "s1:a:action:\(state.incarnation ?? "")")
+        #expect(first.command.idempotencyKey(incarnation: nil) == "s1:a:action")
     }
 
     @Test func happyPathRunsEveryActionInOrderAndMergesPatches() {

@@ -30,9 +30,19 @@ public struct SagaCommand: Sendable, Hashable, Codable {
         self.attempt = attempt
     }
 
+    /// The key of a saga stored without an incarnation (started before SagaKit recorded one):
+    /// `"<saga id>:<step name>:<phase>"`. Handlers get ``idempotencyKey(incarnation:)`` with the
+    /// saga's ``SagaState/incarnation`` in ``SagaContext/idempotencyKey``.
+    public var idempotencyKey: String { idempotencyKey(incarnation: nil) }
+
     /// A key that is the same for every delivery and every attempt of this step's phase of this
-    /// saga: `"<saga id>:<step name>:<phase>"`. Handlers use it to apply their effect once.
-    public var idempotencyKey: String { "\(sagaID):\(stepName):\(phase.rawValue)" }
+    /// saga, and differs for a later saga with the same id (after the first was purged):
+    /// `"<saga id>:<step name>:<phase>:<incarnation>"` (``SagaState/incarnation``), or without
+    /// `:<incarnation>` for a saga that records none. Handlers use it to apply their effect once.
+    public func idempotencyKey(incarnation: String?) -> String {
+        let key = "\(sagaID):\(stepName):\(phase.rawValue)"
+        return incarnation.map { key + ":" + $0 } ?? key
+    }
 
     /// A unique id for this command message (saga, step, phase and attempt).
     public var messageID: String { "\(sagaID):\(step):\(phase.rawValue):\(attempt)" }

@@ -194,6 +194,23 @@ extension SagaState {
     /// stored before SagaKit recorded it.
     public var topology: String? { context[Self.topologyKey] }
 
+    /// The key under which ``context`` records the saga's incarnation: when it was started (in
+    /// milliseconds, base 36), set by ``SagaStateMachine/begin(id:payload:context:now:)``. A saga
+    /// started with the id of one that was purged (`saga purge`) is another incarnation, and its
+    /// idempotency keys (``SagaCommand/idempotencyKey(incarnation:)``) differ from the purged
+    /// one's: a handler that applied the old saga's effect does not take the new saga's step for
+    /// done.
+    public static let incarnationKey = "sagakit-incarnation"
+
+    /// The saga's incarnation (``incarnationKey``); `nil` for a saga started before SagaKit
+    /// recorded it, whose idempotency keys stay as they were.
+    public var incarnation: String? { context[Self.incarnationKey] }
+
+    /// The incarnation of a saga started at `date`.
+    public static func incarnation(startedAt date: Date) -> String {
+        String(Int64((date.timeIntervalSince1970 * 1000).rounded()), radix: 36)
+    }
+
     /// The version of the definition the saga is pinned to (set at start, kept in the context
     /// under ``definitionVersionKey``); 1 when absent (sagas started before versions existed).
     public var definitionVersion: Int {

@@ -166,6 +166,8 @@ public struct SagaStateMachine: Sendable {
     /// completed at once, with every step skipped and no command.
     /// ``SagaLifecycleEvent/startEvents(_:at:)`` gives the start's lifecycle events.
     public func begin(id: SagaID, payload: JSONObject, context: [String: String] = [:], now: Date) -> SagaStart {
+        var context = context
+        if context[SagaState.incarnationKey] == nil { context[SagaState.incarnationKey] = SagaState.incarnation(startedAt: now) }
         let state = SagaState(
             id: id,
             name: definition.name,
