@@ -64,6 +64,7 @@ own_processes+="|ParticipantFaultTests|CrashMatrixTests|StoreOutageTests|SecretL
 own_processes+="|PrometheusEndpointTests"  # the example services as processes, scraped over HTTP
 own_processes+="|OperatorConnectionTests"  # counts the sessions of the test database
 own_processes+="|GracefulStopTests"  # times a stopping instance's hand-back against its running steps
+own_processes+="|ConsoleAccessTests"  # starts the saga tool and its console as processes
 timeout --kill-after=30 2400 swift test --skip-build --disable-xctest --skip "$own_processes" "$@"
 log "the suites that start servers or processes of their own, one at a time"
 timeout --kill-after=30 2400 swift test --skip-build --disable-xctest --no-parallel --filter "$own_processes" "$@"
