@@ -316,7 +316,9 @@ public struct SagaParticipant: Service {
         let body: SagaCommandBody
         switch SagaMessages.command(from: delivery, maxBodyBytes: configuration.maxBodyBytes) {
         case .failure(let error):
-            logger[metadataKey: "saga.command"] = "\(delivery.routingKey)"
+            // Undecodable: the routing key is what names it (a command published through the
+            // default exchange names its queue there), and the dead-letter queue keeps it.
+            logger[metadataKey: "amqp.routingKey"] = "\(delivery.routingKey)"
             // The saga a message names, as far as can be told (its correlation id is the saga id
             // for SagaKit's own commands), so that its line is found with the saga's others.
             if let id = delivery.correlationId, !id.isEmpty { logger[metadataKey: "saga.id"] = "\(id)" }
@@ -327,7 +329,7 @@ public struct SagaParticipant: Service {
         let command = body.command
         // The strings themselves (`.string`), not interpolations that copy each into a new one.
         logger.addMetadata([
-            "saga.command": .string(delivery.routingKey), "saga.id": .string(command.sagaID), "saga.name": .string(command.sagaName),
+            "saga.command": .string(command.command), "saga.id": .string(command.sagaID), "saga.name": .string(command.sagaName),
             "saga.step": .string(command.stepName), "saga.phase": .string(command.phase.rawValue),
             "saga.attempt": .string(String(command.attempt)),
         ])
@@ -712,7 +714,8 @@ public struct SagaParticipant: Service {
         // Reasons quote what the message said (a content type, a name): printable on one line.
         let reason = PrintableText.escaped(unescaped)
         logger.error(
-            "dead-lettering a message: \(reason)", metadata: ["queue": "\(delivery.queue)", "message.id": "\(delivery.messageId ?? "-")"])
+            "dead-lettering a message: \(reason) (saga dlq list shows it; saga dlq requeue sends it again once the cause is fixed)",
+            metadata: ["queue": "\(delivery.queue)", "message.id": "\(delivery.messageId ?? "-")"])
         let letter = SagaMessages.deadLetter(
             delivery, reason: reason, service: configuration.service, topology: configuration.topology, now: Date())
         do {

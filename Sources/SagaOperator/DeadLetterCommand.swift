@@ -83,8 +83,9 @@ func withDeadLetters<T: Sendable>(
         stream = try await consumeDeadLetters(bus: bus, topology: topology, limit: limit, patience: patience)
     } catch let error as BusError where error.code == .notFound {
         throw ValidationError(
-            "the broker has no queue '\(topology.deadLetterQueue)': no services ran with the prefix '\(topology.prefix)' "
-                + "(check --prefix or SAGAKIT_PREFIX against the services' prefix)")
+            "the broker has no queue '\(topology.deadLetterQueue)': either no service ran with the prefix '\(topology.prefix)' "
+                + "(check --prefix or SAGAKIT_PREFIX against the services' prefix), or the queue was deleted "
+                + "(a running service declares it again when it next dead-letters a message, or when it restarts)")
     }
     let collected = DeliveryBuffer()
     return try await withThrowingTaskGroup(of: Void.self) { group in

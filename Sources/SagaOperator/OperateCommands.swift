@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Participant
 import SagaConsole
+import Synchronization
 
 /// Who acts and why, for the commands that move a saga: recorded in the saga's history.
 struct OperatorActionOptions: ParsableArguments, Sendable {
@@ -71,6 +72,7 @@ func operateOnEach(
     _ action: @escaping @Sendable (SagaManager, String) async throws -> SagaState
 ) async throws {
     let environment = try CommandEnvironment(connection)
+    let pastDeadline = Mutex(0)
     try await environment.withManager { manager in
         try await forEachSaga(ids, json: json, redactor: environment.redactor) { id in
             let state = try await action(manager, id)
@@ -78,8 +80,20 @@ func operateOnEach(
                 print("saga \(id) is \(state.status.cliName) at \(position(state))\(then).")
                 print("recorded: \(recorded)")
             }
+            // A running saga past its deadline (before its pivot) compensates when its command
+            // arrives: say so, or an operator resuming sagas after an outage sees them compensate.
+            if state.status == .running, let deadline = state.deadline, deadline < Date() {
+                pastDeadline.withLock { $0 += 1 }
+                printError(
+                    "saga \(id): its deadline passed at \(deadline.formatted(.iso8601)): when its command arrives, it compensates (the definition's deadline applies until the pivot)"
+                )
+            }
             return state
         }
+    }
+    let late = pastDeadline.withLock { $0 }
+    if late > 1 {
+        printError("\(late) of these sagas are past their deadline: they compensate instead of going on")
     }
 }
 

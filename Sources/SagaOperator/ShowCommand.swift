@@ -304,7 +304,7 @@ struct ShowCommand: AsyncParsableCommand {
             let quoted = keys.map { "'\($0)'" }.joined(separator: ", ")
             let line =
                 oldest.publishAttempts > 0
-                ? "not published yet: \(quoted) is in the outbox, and \(oldest.publishAttempts) publish(es) failed — unroutable when no queue is bound to it yet (start the service that handles it), or the broker refused it (the services' logs say which); the outbox relay keeps trying"
+                ? "not published yet: \(quoted) is in the outbox, and \(oldest.publishAttempts) publish(es) failed — unroutable when no queue is bound to it yet (start the service that handles it), the broker lost an exchange or a queue (deleted while the services ran: a service declares its topology again at its next publish, or restart it), or the broker refused it (the services' logs say which); the outbox relay keeps trying"
                 : "not published yet: \(quoted) is in the outbox since \(age(oldest.createdAt, now: now)); the outbox relay of a running participant publishes it"
             var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
             if let index = lines.firstIndex(where: { $0.hasPrefix("sent to exchange ") }) {

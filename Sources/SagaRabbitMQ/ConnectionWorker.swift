@@ -110,6 +110,11 @@ final class ConnectionWorker {
     private var freeChannels: [UInt16] = []
     private var epochCounter: UInt64 = 0
     private var blocked = false
+    /// Why the recorded topology must be declared again before the next publishes go out (the
+    /// broker lost part of it while connected: an operator deleted an exchange or a queue).
+    private var pendingRepair: String?
+    /// When the recorded topology was last declared again for that reason.
+    private var lastTopologyRepair: ContinuousClock.Instant?
 
     private var queued = FIFO<PublishRequest>()
     private var tracker = ConfirmTracker<PublishRequest>()
@@ -492,6 +497,13 @@ final class ConnectionWorker {
     /// lets out; when that may be more than one write (several acks may still go out as one
     /// `multiple` ack), batched into full TCP segments (``AMQPConnection/batchingWrites(_:)``).
     private func sendAcksAndPublishes(_ current: AMQPConnection) throws(AMQPFailure) {
+        if let reason = pendingRepair {
+            pendingRepair = nil
+            logger.warning(
+                "the broker lost part of this service's topology while connected (\(reason)); declaring it again and sending the publishes that needed it once more"
+            )
+            redeclareTopology()
+        }
         let publishable = blocked ? 0 : min(queued.count, max(0, window - tracker.count))
         if publishable > 0, !publishChannelOpen {
             // channel.open and confirm.select wait for their replies: never batched.
@@ -531,11 +543,35 @@ final class ConnectionWorker {
                             + "publish it again later",
                         isRetryable: true))
             } else if entry.returned != nil {
-                entry.item.continuation.resume(throwing: unroutable(message))
+                var request = entry.item
+                if registry.current.declaresRoute(exchange: message.exchange, routingKey: message.routingKey),
+                    resendAfterRepair(
+                        &request,
+                        because: "no queue bound to exchange '\(message.exchange)' for routing key '\(message.routingKey)'")
+                {
+                    queued.prepend(contentsOf: [request])
+                } else {
+                    entry.item.continuation.resume(throwing: unroutable(message))
+                }
             } else {
                 entry.item.continuation.resume()
             }
         }
+    }
+
+    /// Whether a publish that failed because the broker lost part of the topology this bus
+    /// declared (an exchange, a queue or a binding deleted while the service runs) is sent again:
+    /// once per publish, after the recorded topology is declared again (at most every 5 s, before
+    /// the next publishes go out).
+    private func resendAfterRepair(_ request: inout PublishRequest, because reason: String) -> Bool {
+        guard !request.resentAfterRepair else { return false }
+        let now = clock.now
+        if pendingRepair == nil, lastTopologyRepair.map({ now - $0 >= .seconds(5) }) ?? true {
+            pendingRepair = reason
+            lastTopologyRepair = now
+        }
+        request.resentAfterRepair = true
+        return true
     }
 
     private func returned(_ content: PartialContent, code: UInt16, text: String) {
@@ -557,12 +593,21 @@ final class ConnectionWorker {
         let missingExchange = code == 404 ? BrokerErrorText.quoted(in: text, after: "no exchange '") : nil
         var resend: [PublishRequest] = []
         var failedOne = false
+        // An exchange this bus declared: the broker lost it (an operator deleted it); declare
+        // the topology again and send its publishes once more.
+        let recorded = missingExchange.map { name in registry.current.exchanges.contains { $0.name == name } } ?? false
+        let reason = "exchange '\(missingExchange ?? "")' does not exist"
         for entry in outstanding {
             let message = entry.item.message
             if let missingExchange, message.exchange == missingExchange {
-                entry.item.continuation.resume(
-                    throwing: BrokerErrorText.channelError(
-                        code: code, text: text, operation: "publishing to exchange '\(message.exchange)'"))
+                var request = entry.item
+                if recorded, resendAfterRepair(&request, because: reason) {
+                    resend.append(request)
+                } else {
+                    entry.item.continuation.resume(
+                        throwing: BrokerErrorText.channelError(
+                            code: code, text: text, operation: "publishing to exchange '\(message.exchange)'"))
+                }
             } else if entry.returned != nil {
                 entry.item.continuation.resume(throwing: unroutable(message))
             } else if missingExchange == nil, !failedOne {
@@ -575,7 +620,7 @@ final class ConnectionWorker {
                 resend.append(entry.item)
             }
         }
-        if let missingExchange {
+        if let missingExchange, !recorded {
             for request in queued.removeAll(where: { $0.message.exchange == missingExchange }) {
                 request.continuation.resume(
                     throwing: BrokerErrorText.channelError(
@@ -1065,6 +1110,35 @@ enum TopologyOperation: CustomStringConvertible {
 }
 
 extension Topology {
+    /// Whether a binding of this topology routes `routingKey` from `exchange`: a mandatory
+    /// publish returned from there means the broker lost the queue or the binding.
+    func declaresRoute(exchange: String, routingKey: String) -> Bool {
+        guard let spec = exchanges.first(where: { $0.name == exchange }) else { return false }
+        return bindings.contains { binding in
+            guard binding.exchange == exchange else { return false }
+            switch spec.kind {
+            case .fanout: return true
+            case .direct: return binding.routingKey == routingKey
+            case .topic: return Self.topic(binding.routingKey, matches: routingKey)
+            }
+        }
+    }
+
+    /// AMQP topic matching: `*` is one word, `#` zero or more.
+    static func topic(_ pattern: String, matches key: String) -> Bool {
+        func match(_ pattern: ArraySlice<Substring>, _ words: ArraySlice<Substring>) -> Bool {
+            guard let first = pattern.first else { return words.isEmpty }
+            if first == "#" {
+                return match(pattern.dropFirst(), words) || (!words.isEmpty && match(pattern, words.dropFirst()))
+            }
+            guard let word = words.first, first == "*" || first == word else { return false }
+            return match(pattern.dropFirst(), words.dropFirst())
+        }
+        return match(
+            ArraySlice(pattern.split(separator: ".", omittingEmptySubsequences: false)),
+            ArraySlice(key.split(separator: ".", omittingEmptySubsequences: false)))
+    }
+
     /// What declares `queue` again: the queue, its bindings and the exchanges they name (empty when the queue is
     /// not part of this topology).
     func operations(forQueue queue: String) -> [TopologyOperation] {

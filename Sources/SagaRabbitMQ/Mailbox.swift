@@ -64,6 +64,9 @@ struct PublishRequest: Sendable {
     var message: OutgoingMessage
     var continuation: CheckedContinuation<Void, any Error>
     var enqueued: ContinuousClock.Instant
+    /// Sent again once already because the broker had lost part of the recorded topology it
+    /// needs (a second such failure is the publisher's).
+    var resentAfterRepair = false
 }
 
 /// A consumer as the bus knows it; survives reconnects.

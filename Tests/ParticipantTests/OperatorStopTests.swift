@@ -47,11 +47,17 @@ struct OperatorStopTests {
         let heldSaga = SagaStateMachine(definition: held).start(
             id: "held-1", payload: [:], context: [SagaTopology.contextKey: prefix, SagaState.definitionVersionKey: "1"], now: Date()
         ).0
+        // One whose deadline passed (its service was down for longer).
+        let lateSaga = SagaStateMachine(definition: held).start(
+            id: "held-late", payload: [:], context: [SagaTopology.contextKey: prefix, SagaState.definitionVersionKey: "1"],
+            now: Date().addingTimeInterval(-700)
+        ).0
         try await SQLiteSagaStore(path: path).withRunning { store in
             try await store.register(trip)
             try await store.register(held)
             _ = try await store.create(stored, outbox: [])
             _ = try await store.create(heldSaga, outbox: [])
+            _ = try await store.create(lateSaga, outbox: [])
         }
         func saga(_ arguments: [String]) async -> CommandRun {
             var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SAGAKIT_") && !$0.key.hasPrefix("SAGA_") }
@@ -76,6 +82,15 @@ struct OperatorStopTests {
         #expect(shown.stdout.contains("stopped by erin: the address does not exist"), "\(shown)")
         let again = await saga(["stop", "trip-forever", "--reason", "again"])
         #expect(again.status == 1 && again.stderr.contains("only a running or compensating saga can be stopped"), "\(again)")
+
+        // Resuming a saga past its deadline says that it will compensate, not go on.
+        #expect(await saga(["stop", "held-late", "--reason", "hold service down"]).status == 0)
+        let resumed = await saga(["retry", "held-late", "--reason", "hold service back"])
+        #expect(resumed.status == 0, "\(resumed)")
+        #expect(resumed.stderr.contains("saga held-late: its deadline passed at") && resumed.stderr.contains("it compensates"), "\(resumed)")
+        #expect(await saga(["stop", "held-1", "--reason", "hold service down"]).status == 0)
+        let retriedInTime = await saga(["retry", "held-1", "--reason", "hold service back"])
+        #expect(retriedInTime.status == 0 && !retriedInTime.stderr.contains("deadline"), "\(retriedInTime)")
 
         let resolved = await saga(["resolve", "trip-forever", "--reason", "confirmed by phone", "--by", "erin", "--json"])
         #expect(resolved.status == 0, "\(resolved)")

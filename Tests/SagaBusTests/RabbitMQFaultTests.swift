@@ -42,6 +42,59 @@ struct RabbitMQFaultTests {
         await other.shutdown()
     }
 
+    /// An operator deletes an exchange, or a queue a publisher's exchange routes to, while the
+    /// services run: the next publish that needs it makes the bus declare its recorded topology
+    /// again and send it once more, so the publish succeeds (it used to fail until a reconnect).
+    @Test("a deleted exchange or bound queue of the bus's own topology is declared again and the publish succeeds")
+    func deletedExchangeOrBoundQueueIsDeclaredAgainOnPublish() async throws {
+        guard let url = try TestBroker.availableURL() else { return }
+        let bus = try await RabbitMQBus.connect(url: url)
+        let operator_ = try await RabbitMQBus.connect(url: url)
+        let name = "test.repair.\(UUID().uuidString.prefix(8).lowercased())"
+        let commands = name + ".commands"
+        let delay = name + ".delay.1s"
+        let queue = name + ".service"
+        try await bus.declare(
+            Topology(
+                exchanges: [ExchangeSpec(name: commands, kind: .direct), ExchangeSpec(name: delay, kind: .fanout)],
+                queues: [QueueSpec(name: queue), QueueSpec(name: delay)],
+                bindings: [
+                    BindingSpec(queue: queue, exchange: commands, routingKey: "svc.do"),
+                    BindingSpec(queue: delay, exchange: delay, routingKey: ""),
+                ]))
+        func publish(_ exchange: String, _ key: String) async throws {
+            try await bus.publish(OutgoingMessage(exchange: exchange, routingKey: key, body: Array("x".utf8)))
+        }
+        try await publish(commands, "svc.do")
+
+        // The command exchange is deleted (with its bindings): the publish declares it again.
+        try await operator_.deleteExchange(commands)
+        try await publish(commands, "svc.do")
+        // The delay queue is deleted: the returned publish declares it again (after the 5 s
+        // that keep repairs from repeating).
+        try await Task.sleep(for: .seconds(5))
+        try await operator_.deleteQueue(delay)
+        try await publish(delay, "svc.do")
+
+        // A route this bus never declared still fails as unroutable.
+        do {
+            try await publish(commands, "nobody.listens")
+            Issue.record("a publish nobody is bound for succeeded")
+        } catch let error as BusError {
+            #expect(error.code == .unroutable, "\(error)")
+        }
+        let service = StreamCollector(try await operator_.consume(queue: queue, prefetch: 10))
+        let delayed = StreamCollector(try await operator_.consume(queue: delay, prefetch: 10))
+        try await service.waitFor(count: 2, within: .seconds(10))
+        try await delayed.waitFor(count: 1, within: .seconds(10))
+        await bus.shutdown()
+        await operator_.shutdown()
+        let cleanUp = try await RabbitMQBus.connect(url: url)
+        for queue in [queue, delay] { try await cleanUp.deleteQueue(queue) }
+        for exchange in [commands, delay] { try await cleanUp.deleteExchange(exchange) }
+        await cleanUp.shutdown()
+    }
+
     @Test("a consumer whose queue is deleted and cannot be re-declared ends its stream with an error")
     func deletedQueueThatCannotBeRedeclaredFailsLoudly() async throws {
         guard let url = try TestBroker.availableURL() else { return }
