@@ -87,7 +87,8 @@ struct OperatorStopTests {
         #expect(await saga(["stop", "held-late", "--reason", "hold service down"]).status == 0)
         let resumed = await saga(["retry", "held-late", "--reason", "hold service back"])
         #expect(resumed.status == 0, "\(resumed)")
-        #expect(resumed.stderr.contains("saga held-late: its deadline passed at") && resumed.stderr.contains("it compensates"), "\(resumed)")
+        #expect(
+            resumed.stderr.contains("saga held-late: its deadline passed at") && resumed.stderr.contains("it compensates"), "\(resumed)")
         #expect(await saga(["stop", "held-1", "--reason", "hold service down"]).status == 0)
         let retriedInTime = await saga(["retry", "held-1", "--reason", "hold service back"])
         #expect(retriedInTime.status == 0 && !retriedInTime.stderr.contains("deadline"), "\(retriedInTime)")
