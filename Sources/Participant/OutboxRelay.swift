@@ -36,9 +36,9 @@ struct OutboxRelay: Sendable {
         }
     }
 
-    /// How long a relay holds the messages it claimed before another relay may take them:
-    /// publishing a batch takes far less; a relay that dies mid-batch leaves them this long.
-    var claimLease: Duration = .seconds(60)
+    /// How long a relay holds the messages it claimed before another relay may take them
+    /// (`nil`: ``claimLease(forGracePeriod:)``).
+    var claimLease: Duration?
     /// How many sagas' messages are published at once (each saga's in their order): the bus
     /// pipelines their confirms instead of waiting for each before the next.
     var concurrentSagas = 64
@@ -52,7 +52,8 @@ struct OutboxRelay: Sendable {
         var total = 0
         while !Task.isCancelled {
             let pending = try await engine.store.claimPendingOutbox(
-                topology: engine.topology.prefix, createdBefore: cutoff, now: now, lease: claimLease, limit: limit)
+                topology: engine.topology.prefix, createdBefore: cutoff, now: now,
+                lease: claimLease ?? Self.claimLease(forGracePeriod: gracePeriod), limit: limit)
             guard !pending.isEmpty else { break }
             logger.info("relaying \(pending.count) unpublished command(s) from the outbox")
             let errors = await publish(pending)
@@ -89,6 +90,14 @@ struct OutboxRelay: Sendable {
             guard pending.count == limit, failed.isEmpty else { break }
         }
         return total
+    }
+
+    /// Four grace periods, at least 2 and at most 60 seconds: publishing a batch takes far less
+    /// (a relay still publishing when it ends only risks duplicates, which participants ignore),
+    /// and the messages of a relay that dies mid-batch wait no longer than the grace period's
+    /// order of magnitude for another relay.
+    static func claimLease(forGracePeriod gracePeriod: Duration) -> Duration {
+        min(max(gracePeriod * 4, .seconds(2)), .seconds(60))
     }
 
     /// Publishes the messages, up to ``concurrentSagas`` sagas at a time and each saga's in
