@@ -103,7 +103,8 @@ public struct SagaReaper: Service {
             // attention once the re-sends are used up. The re-sends go on, so that the saga keeps
             // its turn among the stalled ones, and the attempts count again once a process of the
             // service is back.
-            let nobodyToTakeIt = handlers.map { handlers in !waitingFor.contains(where: handlers.contains) } ?? false
+            let nobodyToTakeIt =
+                !waitingFor.isEmpty && (handlers.map { handlers in !waitingFor.contains(where: handlers.contains) } ?? false)
             let maxReapAttempts = nobodyToTakeIt ? Int.max : configuration.maxReapAttempts
             if nobodyToTakeIt, state.reapAttempts >= configuration.maxReapAttempts {
                 logger.warning(

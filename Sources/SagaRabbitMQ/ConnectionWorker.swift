@@ -337,7 +337,7 @@ final class ConnectionWorker {
                 controlChannelOpen = false
                 failures += 1
                 logger.warning(
-                    "re-declaring after reconnect failed",
+                    "declaring the recorded topology again failed",
                     metadata: ["amqp.operation": "\(item.description)", "amqp.reply": "\(code) \(text)"])
             } catch {
                 connectionLost(error)

@@ -25,6 +25,31 @@ struct RabbitMQUnitTests {
         #expect(RabbitMQConfiguration.redacted("amqp://u:secret@h/") == "amqp://u:***@h/")
     }
 
+    @Test("a returned publish counts as a lost route only where a recorded binding routes it (direct, fanout, topic)")
+    func recordedRoutes() {
+        let topology = Topology(
+            exchanges: [
+                ExchangeSpec(name: "c", kind: .direct), ExchangeSpec(name: "d", kind: .fanout), ExchangeSpec(name: "e", kind: .topic),
+                ExchangeSpec(name: "unbound", kind: .fanout),
+            ],
+            queues: [QueueSpec(name: "q")],
+            bindings: [
+                BindingSpec(queue: "q", exchange: "c", routingKey: "svc.do"), BindingSpec(queue: "q", exchange: "d", routingKey: ""),
+                BindingSpec(queue: "q", exchange: "e", routingKey: "order.*.done"),
+                BindingSpec(queue: "q", exchange: "e", routingKey: "audit.#"),
+            ])
+        #expect(topology.declaresRoute(exchange: "c", routingKey: "svc.do"))
+        #expect(!topology.declaresRoute(exchange: "c", routingKey: "svc.undo"))
+        #expect(topology.declaresRoute(exchange: "d", routingKey: "anything"))
+        #expect(!topology.declaresRoute(exchange: "unbound", routingKey: "x"), "no binding from it")
+        #expect(!topology.declaresRoute(exchange: "elsewhere", routingKey: "svc.do"), "not declared here")
+        #expect(topology.declaresRoute(exchange: "e", routingKey: "order.42.done"))
+        #expect(!topology.declaresRoute(exchange: "e", routingKey: "order.42.x.done"))
+        #expect(topology.declaresRoute(exchange: "e", routingKey: "audit"))
+        #expect(topology.declaresRoute(exchange: "e", routingKey: "audit.a.b"))
+        #expect(!topology.declaresRoute(exchange: "e", routingKey: "auditor"))
+    }
+
     @Test("confirm tracker: single and multiple acks, returns, reset")
     func confirmTracker() {
         var tracker = ConfirmTracker<String>()
