@@ -37,10 +37,6 @@ final class ConsoleSecurity: Sendable {
 
     var actionsEnabled: Bool { token != nil }
 
-    static func isLoopback(_ host: String) -> Bool {
-        SagaConsoleConfiguration(host: host).listensOnLoopbackOnly
-    }
-
     /// The paths anyone who can reach the console may read whatever the read access: the login
     /// page, the assets it needs, the health probes and `/metrics` (counts, no saga data).
     static func isOpen(_ path: String) -> Bool {
@@ -112,7 +108,7 @@ final class ConsoleSecurity: Sendable {
     func hostAllowed(_ request: Request) -> Bool {
         guard loopbackOnly else { return true }
         guard let authority = request.head.authority else { return false }
-        return Self.isLoopback(Self.hostName(of: authority))
+        return SagaConsoleConfiguration.isLoopback(Self.hostName(of: authority))
     }
 
     /// `127.0.0.1` of `127.0.0.1:8080`, `::1` of `[::1]:8080`.

@@ -76,7 +76,10 @@ public struct SagaConsoleConfiguration: Sendable, CustomStringConvertible {
     public var actionsEnabled: Bool { !(operatorToken ?? "").isEmpty }
 
     /// Whether ``host`` is a loopback address (this machine only).
-    public var listensOnLoopbackOnly: Bool {
+    public var listensOnLoopbackOnly: Bool { Self.isLoopback(host) }
+
+    /// Whether `host` names this machine only (`localhost`, `127.x.x.x`, `::1`).
+    static func isLoopback(_ host: String) -> Bool {
         let host = host.lowercased()
         return ["localhost", "::1", "[::1]"].contains(host) || host.hasPrefix("127.")
     }

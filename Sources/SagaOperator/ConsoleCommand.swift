@@ -72,6 +72,17 @@ struct ConsoleCommand: AsyncParsableCommand {
         return access
     }
 
+    /// `SAGAKIT_CONSOLE_SECURE_COOKIES`: `true` or `false` (unset: `false`); anything else is
+    /// refused by name rather than read as `false`.
+    static func secureCookies(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Bool {
+        guard let given = environment["SAGAKIT_CONSOLE_SECURE_COOKIES"] else { return false }
+        switch given.trimmingCharacters(in: .whitespaces).lowercased() {
+        case "true": return true
+        case "false", "": return false
+        default: throw CommandFailure("SAGAKIT_CONSOLE_SECURE_COOKIES '\(given)' is not true or false")
+        }
+    }
+
     /// The operator token: the file's content (trimmed), else `SAGAKIT_CONSOLE_TOKEN` (or its older
     /// name `SAGA_CONSOLE_TOKEN`); never printed.
     static func operatorToken(file: String?, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> String? {
@@ -98,9 +109,7 @@ struct ConsoleCommand: AsyncParsableCommand {
         let topology = operatorConfiguration.topology
         let logger = environment.logger
         let stalled = stalledSeconds.map { Duration.seconds($0) } ?? operatorConfiguration.reaper.stalledThreshold
-        let secure =
-            secureCookies
-            || ["true", "1", "yes"].contains(ProcessInfo.processInfo.environment["SAGAKIT_CONSOLE_SECURE_COOKIES"]?.lowercased() ?? "")
+        let secure = try secureCookies || Self.secureCookies()
         let console = SagaConsoleConfiguration(
             host: host, port: port, operatorToken: try Self.operatorToken(file: tokenFile), readAccess: try Self.readAccess(readAccess),
             secureCookies: secure, redactedKeys: environment.redactor.keys,

@@ -68,7 +68,10 @@ struct ConsoleAccessTests {
         let directory = try OperatorCLITests.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
         let store = "sqlite://" + directory.appendingPathComponent("sagas.db").path
-        let environment: [String: String?] = ["SAGAKIT_CONSOLE_TOKEN": nil, "SAGA_CONSOLE_TOKEN": nil, "SAGAKIT_CONSOLE_READ_ACCESS": nil]
+        let environment: [String: String?] = [
+            "SAGAKIT_CONSOLE_TOKEN": nil, "SAGA_CONSOLE_TOKEN": nil, "SAGAKIT_CONSOLE_READ_ACCESS": nil,
+            "SAGAKIT_CONSOLE_SECURE_COOKIES": nil,
+        ]
         func console(_ arguments: [String], _ extra: [String: String?] = [:]) async -> CommandRun {
             await CommandRun.product(
                 "saga", ["console", "--port", "0", "--store-url", store] + arguments, environment: environment.merging(extra) { $1 },
@@ -81,6 +84,10 @@ struct ConsoleAccessTests {
         #expect(noToken.status != 0 && noToken.stderr.contains("needs an operator token"), "\(noToken)")
         let typo = await console([], ["SAGAKIT_CONSOLE_READ_ACCESS": "everyone"])
         #expect(typo.status != 0 && typo.stderr.contains("SAGAKIT_CONSOLE_READ_ACCESS 'everyone' is not a read access"), "\(typo)")
+        let cookieTypo = await console([], ["SAGAKIT_CONSOLE_SECURE_COOKIES": "ture"])
+        #expect(
+            cookieTypo.status != 0 && cookieTypo.stderr.contains("SAGAKIT_CONSOLE_SECURE_COOKIES 'ture' is not true or false"),
+            "\(cookieTypo)")
         // The library refuses the same configurations.
         #expect(throws: SagaConsoleConfigurationError.self) { try SagaConsoleConfiguration(host: "10.0.0.5").validate() }
         #expect(throws: SagaConsoleConfigurationError.self) { try SagaConsoleConfiguration(readAccess: .operators).validate() }
