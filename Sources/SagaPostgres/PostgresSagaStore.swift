@@ -188,8 +188,8 @@ public final class PostgresSagaStore: SagaStore, Service {
                     group.addTask { await pool.run() }
                 }
                 // Keeps the statements' deadlines until the store closes.
-                let watch = batches.watch
-                group.addTask { await watch.run(pool: pool) }
+                let (watch, report) = (batches.watch, stallReporter())
+                group.addTask { await watch.run(pool: pool, report: report) }
                 try await migrate()
                 // Keeps connections leased between statements (none on a caller's client), from
                 // now on: the client runs.
@@ -502,6 +502,24 @@ public final class PostgresSagaStore: SagaStore, Service {
     }
 
     /// Runs raw SQL (tests use it to simulate a newer schema).
+    /// Logs what ``StatementStallWatch`` reports: a stall as a warning that says what it costs
+    /// and what to look at, the end of one as a notice.
+    private func stallReporter() -> @Sendable (StatementStallWatch.Event) -> Void {
+        let (logger, location, timeout) = (logger, location, batches.statementTimeout)
+        return { event in
+            switch event {
+            case .stalled(let silent, let waiting), .stillStalled(let silent, let waiting):
+                let still = if case .stillStalled = event { "still " } else { "" }
+                logger.warning(
+                    "the PostgreSQL store at \(location) has \(still)had no answer to a statement for \(silent.readable) (\(waiting) waiting): is the server paused, overloaded or unreachable, or does a session hold a lock on SagaKit's tables? Sagas wait meanwhile, nothing is lost; each statement gives up after \(timeout.readable) and runs again",
+                    metadata: ["store.waitingStatements": "\(waiting)"])
+            case .finishingAgain(let silent):
+                logger.notice(
+                    "the PostgreSQL store at \(location) answers again, after \(silent.readable) without an answer")
+            }
+        }
+    }
+
     func executeForTesting(_ sql: String) async throws {
         try await lifecycle.waitUntilRunning()
         _ = try await batches.rows("execute", PostgresQuery(unsafeSQL: sql), safety: .onlyIfNotSent)

@@ -231,6 +231,75 @@ struct PostgresHeldConnectionTests {
         }
     }
 
+    /// When the store says its statements get no answer: only after the threshold without any
+    /// attempt finishing while some run, again each minute while it lasts, and once when one
+    /// finishes again; an attempt that timed out is no answer (``AttemptWatch`` does not count
+    /// it as finished).
+    @Test func aStallIsReportedAfterTheThresholdAndItsEndOnce() {
+        let t0 = ContinuousClock.now
+        var watch = StatementStallWatch(threshold: .seconds(10))
+        func observe(at seconds: Int, lastFinished: Int?, silentSince: Int?, running: Int) -> StatementStallWatch.Event? {
+            let observation = StatementStallWatch.Observation(
+                lastFinished: lastFinished.map { t0 + .seconds($0) }, silentSince: silentSince.map { t0 + .seconds($0) },
+                running: running)
+            return watch.observe(observation, at: t0 + .seconds(seconds))
+        }
+        // Nothing runs: nothing to say, however long the silence.
+        #expect(observe(at: 100, lastFinished: 1, silentSince: 2, running: 0) == nil)
+        // Attempts that run long while others finish: a busy server, not a silent one.
+        #expect(observe(at: 120, lastFinished: 119, silentSince: 119, running: 2) == nil)
+        // Silent since 119: for 9 s, then 10 s.
+        #expect(observe(at: 128, lastFinished: 119, silentSince: 119, running: 2) == nil)
+        #expect(observe(at: 129, lastFinished: 119, silentSince: 119, running: 2) == .stalled(silent: .seconds(10), waiting: 2))
+        #expect(watch.stalledSince == t0 + .seconds(119))
+        // Said once; again a minute later, with what runs then.
+        #expect(observe(at: 150, lastFinished: 119, silentSince: 119, running: 1) == nil)
+        #expect(observe(at: 189, lastFinished: 119, silentSince: 119, running: 3) == .stillStalled(silent: .seconds(70), waiting: 3))
+        #expect(observe(at: 200, lastFinished: 119, silentSince: 119, running: 3) == nil)
+        // An answer ends it, once.
+        #expect(observe(at: 201, lastFinished: 200, silentSince: 200, running: 1) == .finishingAgain(silent: .seconds(81)))
+        #expect(watch.stalledSince == nil)
+        #expect(observe(at: 202, lastFinished: 201, silentSince: nil, running: 0) == nil)
+    }
+
+    /// The watch's silence spans attempts that ran out of time and were tried again (a retried
+    /// load waits for the same answer), and starts afresh when nothing ran in between.
+    @Test func theSilenceSpansAttemptsThatRanOutOfTime() async throws {
+        let watch = AttemptWatch(tick: .milliseconds(20), stallThreshold: .milliseconds(300))
+        let pool = PostgresPool(
+            client: PostgresClient(
+                configuration: .init(host: "127.0.0.1", port: 1, username: "u", password: nil, database: nil, tls: .disable)),
+            waitBound: .seconds(2), logger: Logger(label: "test"))
+        let events = Mutex<[StatementStallWatch.Event]>([])
+        let run = Task { await watch.run(pool: pool) { event in events.withLock { $0.append(event) } } }
+        defer { run.cancel() }
+        try await eventually("the watch runs") {
+            guard let probe = watch.watch(deadline: .now, generation: 0, leased: LeasedConnection(), expire: {}) else { return false }
+            watch.unwatch(probe)
+            return true
+        }
+        // Long after that attempt, the silence starts afresh.
+        try await Task.sleep(for: AttemptWatch.retryWindow + .milliseconds(100))
+        // Attempts of 150 ms that run out of time, one after the other: 450 ms without an answer.
+        // (Without the silence spanning them, each one alone would stay below the threshold.)
+        for _ in 0..<3 {
+            let attempt = watch.watch(deadline: .now + .milliseconds(150), generation: 0, leased: LeasedConnection(), expire: {})
+            let id = try #require(attempt)
+            try await Task.sleep(for: .milliseconds(160))
+            watch.unwatch(id)
+        }
+        // Reported while they ran, though none ran for the threshold.
+        try await eventually("the stall is reported") { events.withLock { !$0.isEmpty } }
+        let answered = watch.watch(deadline: .now + .seconds(5), generation: 0, leased: LeasedConnection(), expire: {})
+        watch.unwatch(try #require(answered))
+        try await eventually("its end is reported") { events.withLock { $0.count == 2 } }
+        let reported = events.withLock { $0 }
+        guard case .stalled = reported[0], case .finishingAgain = reported[1] else {
+            Issue.record("\(reported)")
+            return
+        }
+    }
+
     /// Waits up to 10 s for `condition`.
     private func eventually(_ what: String, _ condition: () -> Bool) async throws {
         let deadline = ContinuousClock.now + .seconds(10)

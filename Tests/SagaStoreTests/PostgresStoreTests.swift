@@ -232,6 +232,42 @@ struct PostgresStoreTests {
     /// is stored with U+FFFD instead of failing its transition's commit on every delivery; the
     /// history (JSON) keeps it. Data the server refuses is `storeRefused` and says so, not
     /// "check the server".
+    /// Statements that stop getting answers — here another session holds a lock on the sagas'
+    /// table, as a paused or unreachable server would look — are reported once they have been
+    /// waiting for the threshold, and their end is reported too (an operator's outside trial:
+    /// a 20 s pause of PostgreSQL logged nothing of SagaKit's while every saga waited).
+    @Test func statementsThatGetNoAnswerAreReportedAndSoIsTheirEnd() async throws {
+        guard var configuration = try await testPostgresConfiguration() else { return }
+        let logs = CapturedLogs()
+        configuration.maximumConnections = 4
+        try await PostgresSagaStore(configuration: configuration, logger: logs.logger).withRunning { store in
+            let state = Conformance.makeState()
+            _ = try await store.create(state, outbox: [])
+            // Holds the lock for 13 s, from a connection of its own pool.
+            let holder = try PostgresSagaStore(configuration: configuration)
+            try await holder.withRunning { holder in
+                async let held: Void = holder.executeForTesting(
+                    "DO $$ BEGIN LOCK TABLE \(store.namespace).sagas IN ACCESS EXCLUSIVE MODE; PERFORM pg_sleep(13); END $$")
+                try await Task.sleep(for: .milliseconds(500))
+                let started = ContinuousClock.now
+                let loaded = try await store.load(state.id)
+                let waited = started.duration(to: .now)
+                try await held
+                #expect(loaded.id == state.id)
+                #expect(waited >= .seconds(10), "the load waited \(waited)")
+                let stalls = logs.warnings.filter { $0.contains("had no answer to a statement for") }
+                #expect(stalls.count == 1, "\(logs.warnings)")
+                #expect(stalls.first?.contains("at \(configuration.location)") == true)
+                #expect(stalls.first?.contains("nothing is lost") == true)
+                #expect(stalls.first?.contains("store.waitingStatements=") == true, "\(stalls)")
+                // The end is said within a tick after the statement finished.
+                try await Task.sleep(for: .milliseconds(600))
+                #expect(logs.all.contains { $0.contains("answers again, after") }, "\(logs.all.suffix(5))")
+            }
+            try await store.executeForTesting("DROP SCHEMA \(store.namespace) CASCADE")
+        }
+    }
+
     @Test func aFailureReasonWithANulCharacterIsStored() async throws {
         try await withPostgresStore { _, store in
             let state = Conformance.makeState()
