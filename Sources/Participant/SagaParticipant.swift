@@ -40,9 +40,9 @@ public struct SagaParticipant: Service {
     /// The handlers' step timeouts, kept by one task while the participant consumes (when a
     /// definition it was built with has a step timeout).
     let stepDeadlines = DeadlineTicker(tick: .milliseconds(50))
-    /// The commands this process has handed back at least once (the first hand-back of each is a
-    /// warning; the next ones only repeat it).
-    let handedBackCommands = HandedBackCommands()
+    /// How each hand-back is logged: the first of each command as a warning, then a line a
+    /// minute at most (a rolling upgrade hands back hundreds).
+    let handBackLog = HandBackLog()
     /// What the participant tells the health registry while it runs.
     let health: ParticipantHealth
 
@@ -685,15 +685,16 @@ public struct SagaParticipant: Service {
         // The first hand-back of a command in this process says what to check: a forgotten
         // registration looks exactly like a rolling upgrade from here.
         engine.metrics.handedBack(service: service)
-        let first = handedBackCommands.insert(command.command)
+        let line = handBackLog.line(for: command.command, at: .now)
         let sameDefinition = engine.definitions.definition(named: definition.name, version: definition.version) != nil
         let hint =
             sameDefinition
             ? "this release runs \(sender) too but registers no handler for '\(command.command)': register one, unless another release of '\(service)' on this queue handles it"
             : "deploy a release of '\(service)' that handles it if none runs"
+        let others = line.othersSinceLastLine > 0 ? " (and \(line.othersSinceLastLine) more hand-backs of it since the last line)" : ""
         logger.log(
-            level: first ? .warning : .info,
-            "handing back command '\(command.command)': service '\(service)' has no handler for it here; \(sender) sends it, so another release of '\(service)' may handle it; it returns in \(level) s",
+            level: line.level,
+            "handing back command '\(command.command)'\(others): service '\(service)' has no handler for it here; \(sender) sends it, so another release of '\(service)' may handle it; it returns in \(level) s",
             metadata: [
                 "saga.handedBack": "\(handBacks + 1)", "saga.definitionVersion": "\(definition.version)",
                 "hint": "\(hint); after \(Self.handBackLimit) it is dead-lettered",
@@ -759,11 +760,37 @@ extension SagaHeaders {
 }
 
 /// The commands a participant has handed back (``SagaParticipant``), shared by its copies.
-final class HandedBackCommands: Sendable {
-    private let commands = Mutex<Set<String>>([])
+final class HandBackLog: Sendable {
+    /// How often a command's hand-backs are logged at `info` after the first (a warning); the
+    /// others are `debug`.
+    static let interval: Duration = .seconds(60)
 
-    /// Records `command`; whether it is its first hand-back in this process.
-    func insert(_ command: String) -> Bool { commands.withLock { $0.insert(command).inserted } }
+    /// How one hand-back is logged.
+    struct Line: Equatable {
+        /// `warning` for a command's first, `info` at most once per ``HandBackLog/interval``,
+        /// `debug` otherwise.
+        let level: Logger.Level
+        /// The hand-backs of the command logged at `debug` since its last line above `debug`.
+        let othersSinceLastLine: Int
+    }
+
+    private let commands = Mutex<[String: (lastLine: ContinuousClock.Instant, quiet: Int)]>([:])
+
+    /// Records a hand-back of `command` at `now`; how to log it.
+    func line(for command: String, at now: ContinuousClock.Instant) -> Line {
+        commands.withLock { commands in
+            guard let seen = commands[command] else {
+                commands[command] = (now, 0)
+                return Line(level: .warning, othersSinceLastLine: 0)
+            }
+            guard seen.lastLine.duration(to: now) >= Self.interval else {
+                commands[command] = (seen.lastLine, seen.quiet + 1)
+                return Line(level: .debug, othersSinceLastLine: 0)
+            }
+            commands[command] = (now, 0)
+            return Line(level: .info, othersSinceLastLine: seen.quiet)
+        }
+    }
 }
 
 /// What frees a participant's loop waiting for a place among its running handlers.
