@@ -59,6 +59,25 @@ public struct SagaReaper: Service {
         }
     }
 
+    /// What the reaper did to a stalled saga, for its log line: the command it re-sent, or why it
+    /// stopped re-sending, with what to do.
+    static func describe(
+        _ next: SagaState, from state: SagaState, after event: SagaEvent, waitingFor: [String], maxReapAttempts: Int
+    ) -> String {
+        let commands = waitingFor.isEmpty ? "its command" : waitingFor.map { "'\($0)'" }.joined(separator: ", ")
+        if case .deadlinePassed = event {
+            return "a stalled saga passed its deadline; it is \(next.status.rawValue) now"
+        }
+        switch next.status {
+        case .needsAttention:
+            return
+                "a stalled saga needs attention: \(commands) re-sent \(state.reapAttempts) times without progress; see why its service does not take it (saga show, saga services), then saga retry"
+        default:
+            let of = maxReapAttempts == Int.max ? "no live process handles it yet" : "re-send \(next.reapAttempts) of \(maxReapAttempts)"
+            return "re-sent \(commands) to a stalled saga (\(of))"
+        }
+    }
+
     /// One pass: claims stalled sagas and re-sends (or gives up on) each. Returns the sagas it
     /// changed.
     @discardableResult
@@ -115,15 +134,16 @@ public struct SagaReaper: Service {
                 pastDeadline && state.status == .running ? .deadlinePassed : .foundStalled(maxReapAttempts: maxReapAttempts)
             CrashPoints.reach(.insideReaper)
             do {
+                var applied = event
                 var outcome = try await engine.advance(state.id, from: state, event: event, logger: logger)
                 if case .ignored = outcome, case .deadlinePassed = event {
                     // Past the pivot a deadline does not compensate: re-send instead.
-                    outcome = try await engine.advance(
-                        state.id, from: state, event: .foundStalled(maxReapAttempts: maxReapAttempts), logger: logger)
+                    applied = .foundStalled(maxReapAttempts: maxReapAttempts)
+                    outcome = try await engine.advance(state.id, from: state, event: applied, logger: logger)
                 }
                 if case .committed(let next) = outcome {
                     logger.warning(
-                        "stalled saga handled",
+                        "\(Self.describe(next, from: state, after: applied, waitingFor: waitingFor, maxReapAttempts: maxReapAttempts))",
                         metadata: [
                             "saga.status": "\(next.status.rawValue)", "saga.reapAttempts": "\(next.reapAttempts)",
                             "saga.stalledSince": "\(state.lastProgressAt.formatted(.iso8601))",

@@ -4,9 +4,10 @@ import Foundation
 import InMemoryLogging
 import Logging
 import MetricsTestKit
-import Participant
 import Synchronization
 import Testing
+
+@testable import Participant
 
 /// Choreography semantics on the in-memory bus and store (fast, deterministic). The same
 /// scenarios run against RabbitMQ with SQLite and PostgreSQL in the integration suite.
@@ -453,9 +454,31 @@ struct ParticipantTests {
             configuration: ReaperConfiguration(stalledThreshold: .seconds(1)), definitions: orderDefinitions, bus: bus, store: store,
             topology: testTopology, logger: Logger(label: "inventory", factory: { _ in logs }))
         #expect(try await reaper.reapOnce().count == 1)
-        let line = logs.entries.first { "\($0.message)" == "stalled saga handled" }
+        let line = logs.entries.first { "\($0.message)" == "re-sent 'inventory.reserve' to a stalled saga (re-send 1 of 3)" }
         #expect(line?.metadata["saga.waitingFor"].map { "\($0)" } == "inventory.reserve", "\(logs.entries)")
         #expect(line?.metadata["saga.stalledSince"].map { "\($0)" }?.hasSuffix("Z") == true, "\(String(describing: line))")
+    }
+
+    /// The reaper's line says what it did to a stalled saga and what to do next.
+    @Test func theReapersLineSaysWhatItDid() {
+        let state = SagaState(
+            id: "s-1", name: "order", status: .running, currentStep: 0, attempt: 1, payload: [:], context: [:], history: [],
+            reapAttempts: 3, createdAt: Date(), updatedAt: Date(), version: 1)
+        var next = state
+        next.status = .needsAttention
+        #expect(
+            SagaReaper.describe(next, from: state, after: .foundStalled(maxReapAttempts: 3), waitingFor: ["pay"], maxReapAttempts: 3)
+                == "a stalled saga needs attention: 'pay' re-sent 3 times without progress; see why its service does not take it (saga show, saga services), then saga retry"
+        )
+        next.status = .running
+        next.reapAttempts = 4
+        #expect(
+            SagaReaper.describe(next, from: state, after: .foundStalled(maxReapAttempts: .max), waitingFor: ["pay"], maxReapAttempts: .max)
+                == "re-sent 'pay' to a stalled saga (no live process handles it yet)")
+        next.status = .compensating
+        #expect(
+            SagaReaper.describe(next, from: state, after: .deadlinePassed, waitingFor: ["pay"], maxReapAttempts: 3)
+                == "a stalled saga passed its deadline; it is compensating now")
     }
 
     @Test func theReaperLeavesSagasOfAnotherTopologyAlone() async throws {
