@@ -336,8 +336,60 @@ public struct SagaParticipant: Service {
         // One span per delivery, a child of the span that sent the command.
         await withSpan(command.command, context: SagaTracing.context(from: delivery.headers), ofKind: .consumer) { span in
             SagaTracing.describe(span, command: command, queue: delivery.queue)
-            await handle(body, delivery: delivery, span: span, logger: logger)
+            await handleRetryingInPlace(body, delivery: delivery, span: span, logger: logger)
         }
+    }
+
+    /// Handles a command; when the store or the broker fails it, tries again here, after
+    /// ``retryPause(after:)``, for as long as the delivery is still this consumer's
+    /// (``SagaCore/DeliverySettler/isStillHeld``) and the participant is not stopping; then hands
+    /// it back to the queue.
+    ///
+    /// Handing it back at once (`nack` with requeue) would count a delivery each time: RabbitMQ
+    /// 4's quorum queues dead-letter a message after 20 deliveries by default (a queue's
+    /// `delivery-limit`), so a store outage of seconds would send commands to the dead-letter
+    /// queue. Kept here, the command is delivered once however long the outage lasts, and the
+    /// consumer takes no more deliveries than it has room for meanwhile.
+    private func handleRetryingInPlace(_ body: SagaCommandBody, delivery: Delivery, span: any Span, logger: Logger) async {
+        var attempt = delivery
+        var failures = 0
+        while true {
+            do throws(InfrastructureFailure) {
+                return try await handle(body, delivery: attempt, span: span, logger: logger)
+            } catch {
+                failures += 1
+                engine.metrics.processingFailed(service: configuration.service)
+                health.processingFailed(error.underlying)
+                span.recordError(error.underlying)
+                let pause = Self.retryPause(after: failures)
+                let held = attempt.settler.isStillHeld && !Task.isShuttingDownGracefully && !Task.isCancelled
+                // The first failure and one a minute after it say so; the others are debug lines.
+                let level: Logger.Level = failures == 1 || failures % 12 == 0 || !held ? .warning : .debug
+                logger.log(
+                    level: level,
+                    held
+                        ? "processing failed (\(failures == 1 ? "once" : "\(failures) times")); trying again in \(pause.readable), the command staying with this process"
+                        : "processing failed (\(failures == 1 ? "once" : "\(failures) times")); the command goes back to its queue",
+                    metadata: ["error": "\(error.underlying)"])
+                guard held else {
+                    return await settle(attempt, .nack(requeue: true), logger: logger)
+                }
+                do {
+                    try await cancelWhenGracefulShutdown { try await Task.sleep(for: pause) }
+                } catch {
+                    return await settle(attempt, .nack(requeue: true), logger: logger)
+                }
+                // Processed again from the store, as a redelivery is (not from the copy of the
+                // state the command carries: the store may have moved).
+                attempt.redelivered = true
+            }
+        }
+    }
+
+    /// The pause before trying a command again after its `n`th failure (from 1): 0.5 s, doubling
+    /// to 5 s.
+    static func retryPause(after failures: Int) -> Duration {
+        .milliseconds(min(500 << min(max(failures - 1, 0), 4), 5_000))
     }
 
     /// Processes a decoded command to the end (always settling the delivery).
@@ -347,7 +399,9 @@ public struct SagaParticipant: Service {
     /// version sends it, another release of this service handles it — a rolling upgrade runs
     /// both on one queue — and it is handed back (``handBack(_:command:definition:logger:)``);
     /// otherwise it is dead-lettered.
-    private func handle(_ body: SagaCommandBody, delivery: Delivery, span: any Span, logger: Logger) async {
+    private func handle(
+        _ body: SagaCommandBody, delivery: Delivery, span: any Span, logger: Logger
+    ) async throws(InfrastructureFailure) {
         let command = body.command
         let handler = handlers.handler(for: command.command)
         let noHandler = "service '\(configuration.service)' has no handler for command '\(command.command)'"
@@ -431,14 +485,10 @@ public struct SagaParticipant: Service {
             }
             await deadLetter(delivery, reason: "the store refused this command's change twice: \(error)", logger: logger)
         } catch {
-            // Infrastructure failure (store or broker). Nothing was acknowledged: the broker
-            // redelivers, and a committed but unpublished command is sent by the outbox relay.
-            logger.warning("processing failed; the command will be redelivered", metadata: ["error": "\(error)"])
-            engine.metrics.processingFailed(service: configuration.service)
-            health.processingFailed(error)
-            span.recordError(error)
-            try? await Task.sleep(for: .milliseconds(500))
-            await settle(delivery, .nack(requeue: true), logger: logger)
+            // Infrastructure failure (store or broker). Nothing was acknowledged: the caller tries
+            // again (``handleRetryingInPlace``), and a committed but unpublished command is sent
+            // by the outbox relay.
+            throw InfrastructureFailure(underlying: error)
         }
     }
 
@@ -760,6 +810,11 @@ extension SagaHeaders {
 }
 
 /// The commands a participant has handed back (``SagaParticipant``), shared by its copies.
+/// The store or the broker failed a command's processing (not the handler, not the data).
+struct InfrastructureFailure: Error {
+    let underlying: any Error
+}
+
 final class HandBackLog: Sendable {
     /// How often a command's hand-backs are logged at `info` after the first (a warning); the
     /// others are `debug`.

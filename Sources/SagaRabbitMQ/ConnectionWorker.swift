@@ -391,6 +391,8 @@ final class ConnectionWorker {
         requeueOutstandingPublishes()
         channelConsumers.removeAll()
         for (id, consumer) in consumers {
+            // Its deliveries are the broker's again.
+            consumer.registration.liveEpoch.set(0)
             if consumer.stopping {
                 consumers[id] = nil
             } else {
@@ -674,6 +676,7 @@ final class ConnectionWorker {
             consumer.consumerTag = try current.consume(channel, queue: registration.queue)
             consumer.channel = channel
             consumer.epoch = epochCounter
+            consumer.registration.liveEpoch.set(epochCounter)
             consumer.unsettled = 0
             consumer.acks = AckCoalescer()
             consumers[registration.id] = consumer
@@ -810,7 +813,8 @@ final class ConnectionWorker {
         throws(AMQPFailure)
     {
         guard let id = channelConsumers[channel], let consumer = consumers[id] else { return }
-        let settler = RabbitMQSettler(mailbox: mailbox, channel: channel, epoch: consumer.epoch, tag: tag)
+        let settler = RabbitMQSettler(
+            mailbox: mailbox, channel: channel, epoch: consumer.epoch, tag: tag, liveEpoch: consumer.registration.liveEpoch)
         let delivery = Delivery(
             exchange: content.exchange,
             routingKey: content.routingKey,
@@ -866,6 +870,7 @@ final class ConnectionWorker {
     private func brokerCancelled(_ channel: UInt16) {
         guard let id = channelConsumers.removeValue(forKey: channel), let consumer = consumers[id] else { return }
         let queue = consumer.registration.queue
+        consumer.registration.liveEpoch.set(0)
         consumers[id]?.channel = nil
         partials[channel] = nil
         if let current = connection {

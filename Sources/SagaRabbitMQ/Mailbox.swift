@@ -75,6 +75,19 @@ struct ConsumerRegistration: Sendable {
     var queue: String
     var prefetch: UInt16
     var continuation: DeliveryStream.Continuation
+    /// The epoch of the channel the consumer runs on now (0 while it has none), read by its
+    /// deliveries' settlers (``RabbitMQSettler/isStillHeld``).
+    let liveEpoch = LiveEpoch()
+}
+
+/// The epoch of a consumer's current channel, written by the connection thread and read by any
+/// thread.
+final class LiveEpoch: Sendable {
+    private let value = Atomic<UInt64>(0)
+
+    var current: UInt64 { value.load(ordering: .relaxed) }
+
+    func set(_ epoch: UInt64) { value.store(epoch, ordering: .relaxed) }
 }
 
 /// The hand-off point between async callers (any thread) and one connection thread.
@@ -153,14 +166,20 @@ final class RabbitMQSettler: DeliverySettler {
     private let channel: UInt16
     private let epoch: UInt64
     private let tag: UInt64
+    private let liveEpoch: LiveEpoch
     private let settled = Atomic<Bool>(false)
 
-    init(mailbox: Mailbox, channel: UInt16, epoch: UInt64, tag: UInt64) {
+    init(mailbox: Mailbox, channel: UInt16, epoch: UInt64, tag: UInt64, liveEpoch: LiveEpoch) {
         self.mailbox = mailbox
         self.channel = channel
         self.epoch = epoch
         self.tag = tag
+        self.liveEpoch = liveEpoch
     }
+
+    /// Whether the channel the delivery came on is still its consumer's: not after a reconnect,
+    /// a lost connection or a channel reopened (the broker has requeued the delivery).
+    var isStillHeld: Bool { liveEpoch.current == epoch }
 
     func settle(_ settlement: Settlement) async throws {
         guard !settled.exchange(true, ordering: .relaxed) else { return }

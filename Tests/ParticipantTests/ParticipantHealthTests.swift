@@ -64,7 +64,7 @@ struct ParticipantHealthTests {
 }
 
 /// An in-memory store whose commits and loads fail with `storeUnavailable` while ``down`` is set.
-private final class OutageStore: SagaStore {
+final class OutageStore: SagaStore {
     let base = InMemorySagaStore()
     let down = Atomic<Bool>(false)
 

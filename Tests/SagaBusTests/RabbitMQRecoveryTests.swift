@@ -53,6 +53,7 @@ struct RabbitMQRecoveryTests {
 
         do {
             try await connectionsClosedWhileFlowing(bus)
+            try await aDeliveryIsNoLongerHeldOnceItsConnectionIsGone(bus)
             try await brokerRestartKeepsDurableMessages(bus)
             try await aConsumerWithdrawnWhileDownNeverStarts(bus)
         } catch {
@@ -121,6 +122,26 @@ struct RabbitMQRecoveryTests {
         #expect(ledger.failed.values.allSatisfy { $0 == .connectionLost }, "\(ledger.failed)")
         #expect(confirmed.count > 1000)
         consumer.cancel()
+        try await bus.deleteQueue(queue)
+    }
+
+    /// A delivery held unsettled says it is held (``DeliverySettler/isStillHeld``) until its
+    /// connection is closed; the broker then delivers it again, and the new delivery is held. (A
+    /// participant tries a command again in place only while it holds it.)
+    private func aDeliveryIsNoLongerHeldOnceItsConnectionIsGone(_ bus: RabbitMQBus) async throws {
+        let queue = "test.held.\(UUID().uuidString.prefix(8))"
+        try await bus.declare(Topology(queues: [QueueSpec(name: queue)]))
+        try await bus.publish(OutgoingMessage(exchange: "", routingKey: queue, body: Array("held".utf8), messageId: "held-1"))
+        let stream = try await bus.consume(queue: queue, prefetch: 1)
+        var deliveries = stream.makeAsyncIterator()
+        let first = try #require(try await deliveries.next())
+        #expect(first.settler.isStillHeld && !first.redelivered)
+        try await TestBroker.runScript(["ctl", "close_all_connections", "SagaKit held-delivery test"], port: Self.port)
+        try await waitUntil("the delivery is no longer held after the close") { !first.settler.isStillHeld }
+        let again = try #require(try await deliveries.next())
+        #expect(again.messageId == "held-1" && again.redelivered)
+        #expect(again.settler.isStillHeld && !first.settler.isStillHeld)
+        try await again.ack()
         try await bus.deleteQueue(queue)
     }
 

@@ -257,4 +257,16 @@ public enum Settlement: Sendable, Hashable {
 public protocol DeliverySettler: Sendable {
     /// Settles the delivery this settler belongs to. Idempotent.
     func settle(_ settlement: Settlement) async throws
+
+    /// Whether the delivery is still this consumer's to settle: `false` once the channel or
+    /// connection it came on is gone (the broker has put it back in its queue, for another
+    /// consumer). A consumer that tries the delivery again in place, instead of handing it back,
+    /// stops when this turns `false`. The default is `true`.
+    var isStillHeld: Bool { get }
+}
+
+extension DeliverySettler {
+    /// `true`: a bus that cannot tell keeps the delivery held (settling it later is a no-op if
+    /// the broker has taken it back).
+    public var isStillHeld: Bool { true }
 }
