@@ -354,11 +354,16 @@ public struct SagaManager: Service {
 
     /// Re-sends the current command of a saga (also one that needs attention) with a new attempt.
     ///
-    /// The saga's history records the request: who (`actor`), when and why (`reason`).
+    /// `deadline` moves or removes the saga's deadline at the same time: a saga resumed after an
+    /// outage longer than its deadline compensates when its command arrives, unless its deadline
+    /// moves. The saga's history records the request: who (`actor`), when and why (`reason`),
+    /// and the deadline's move.
     /// - Throws: `invalidState` when the saga has finished.
     @discardableResult
-    public func retry(_ id: SagaID, by actor: String = "operator", reason: String? = nil) async throws -> SagaState {
-        try await operate(id, event: .retryRequested(by: actor, reason: reason))
+    public func retry(
+        _ id: SagaID, by actor: String = "operator", reason: String? = nil, deadline: SagaDeadlineChange = .keep
+    ) async throws -> SagaState {
+        try await operate(id, event: .retryRequested(by: actor, reason: reason, deadline: deadline))
     }
 
     /// Compensates a saga now (only before its pivot).

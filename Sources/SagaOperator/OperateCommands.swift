@@ -38,19 +38,41 @@ struct RetryCommand: AsyncParsableCommand {
     @Option(help: "Why, recorded in the saga's history.")
     var reason: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "Move the sagas' deadline to this many minutes from now (a saga past its deadline compensates when its command arrives).",
+            valueName: "minutes"))
+    var deadlineMinutes: Int?
+
+    @Flag(help: "Remove the sagas' deadline.")
+    var noDeadline = false
+
     @Argument(help: "The saga ids (one or more).")
     var ids: [String]
 
     @Flag(help: "Print JSON (the new saga state).")
     var json = false
 
+    func validate() throws {
+        if deadlineMinutes != nil, noDeadline { throw ValidationError("--deadline-minutes and --no-deadline exclude each other") }
+        if let minutes = deadlineMinutes, minutes < 1 { throw ValidationError("--deadline-minutes must be at least 1, not \(minutes)") }
+    }
+
     func run() async throws {
         let (actor, reason) = (action.actor, reason)
+        let deadline: SagaDeadlineChange =
+            noDeadline ? .remove : deadlineMinutes.map { .set(Date().addingTimeInterval(Double($0) * 60)) } ?? .keep
+        let moved =
+            switch deadline {
+            case .keep: ""
+            case .remove: "; deadline removed"
+            case .set(let date): "; deadline moved to \(date.formatted(.iso8601))"
+            }
         try await operateOnEach(
             ids, json: json, connection: connection,
-            recorded: "retry requested by \(actor)\(reason.map { ": \"\($0)\"" } ?? " (no reason given)")",
+            recorded: "retry requested by \(actor)\(reason.map { ": \"\($0)\"" } ?? " (no reason given)")\(moved)",
             then: "; its command was sent again"
-        ) { try await $0.retry($1, by: actor, reason: reason) }
+        ) { try await $0.retry($1, by: actor, reason: reason, deadline: deadline) }
     }
 }
 
@@ -85,7 +107,7 @@ func operateOnEach(
             if state.status == .running, let deadline = state.deadline, deadline < Date() {
                 pastDeadline.withLock { $0 += 1 }
                 printError(
-                    "saga \(id): its deadline passed at \(deadline.formatted(.iso8601)): when its command arrives, it compensates (the definition's deadline applies until the pivot)"
+                    "saga \(id): its deadline passed at \(deadline.formatted(.iso8601)): when its command arrives, it compensates (the definition's deadline applies until the pivot); to let it go on instead, retry it with --deadline-minutes N or --no-deadline at once"
                 )
             }
             return state
@@ -93,7 +115,9 @@ func operateOnEach(
     }
     let late = pastDeadline.withLock { $0 }
     if late > 1 {
-        printError("\(late) of these sagas are past their deadline: they compensate instead of going on")
+        printError(
+            "\(late) of these sagas are past their deadline: they compensate instead of going on (retry them with --deadline-minutes N or --no-deadline to let them go on)"
+        )
     }
 }
 

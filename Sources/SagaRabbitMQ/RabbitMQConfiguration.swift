@@ -146,7 +146,8 @@ public struct RabbitMQConfiguration: Sendable {
     ///
     /// User, password and vhost are percent-decoded, so the default vhost `/` is written `%2F`; an empty path
     /// means `/` too. The port defaults to 5672; without a host the broker is `127.0.0.1`. Query parameters
-    /// `heartbeat` and `connection_timeout` (seconds) are understood.
+    /// `heartbeat` (seconds) and `connection_timeout` (milliseconds, as RabbitMQ's URI specification and other
+    /// clients read it; under 100 is refused as a likely count of seconds) are understood.
     ///
     /// `amqps://` connects with TLS (port 5671 by default) and understands the query items `cacertfile` (PEM CA
     /// file), `certfile` and `keyfile` (client certificate and key), `verify` (`verify_peer`, the default, or
@@ -182,13 +183,28 @@ public struct RabbitMQConfiguration: Sendable {
             // Other items of the RabbitMQ URI specification (channel_max, frame_max, …) are not
             // used by this client and are ignored; a malformed value of one it uses is an error.
             guard name == "heartbeat" || name == "connection_timeout" else { continue }
-            guard let seconds = Int(value), seconds >= 0 else {
+            // RabbitMQ's URI specification: heartbeat in seconds, connection_timeout in milliseconds.
+            let unit = name == "heartbeat" ? "seconds" : "milliseconds"
+            guard let number = Int(value), number >= 0 else {
                 throw BusError(
                     .invalidURL,
-                    "the query item '\(name)' of the AMQP URL '\(parsed.redacted)' must be a whole number of seconds, not '\(PrintableText.escaped(value))'",
-                    recoverySuggestion: "fix or remove it (AMQP_HEARTBEAT_SECONDS and AMQP_CONNECT_TIMEOUT_SECONDS set the same)")
+                    "the query item '\(name)' of the AMQP URL '\(parsed.redacted)' must be a whole number of \(unit), not '\(PrintableText.escaped(value))'",
+                    recoverySuggestion:
+                        "fix or remove it (AMQP_HEARTBEAT_SECONDS and AMQP_CONNECT_TIMEOUT_SECONDS set the same, in seconds)")
             }
-            if name == "heartbeat" { heartbeat = .seconds(seconds) } else { connectTimeout = .seconds(seconds) }
+            if name == "heartbeat" {
+                heartbeat = .seconds(number)
+            } else {
+                guard number >= 100 else {
+                    throw BusError(
+                        .invalidURL,
+                        "the query item 'connection_timeout' of the AMQP URL '\(parsed.redacted)' is in milliseconds (RabbitMQ's URI specification): \(number) ms is too short to connect",
+                        recoverySuggestion:
+                            "for \(number) seconds write connection_timeout=\(number * 1000), or set AMQP_CONNECT_TIMEOUT_SECONDS=\(number)"
+                    )
+                }
+                connectTimeout = .milliseconds(number)
+            }
         }
     }
 

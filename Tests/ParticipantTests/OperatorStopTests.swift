@@ -89,6 +89,19 @@ struct OperatorStopTests {
         #expect(resumed.status == 0, "\(resumed)")
         #expect(
             resumed.stderr.contains("saga held-late: its deadline passed at") && resumed.stderr.contains("it compensates"), "\(resumed)")
+        #expect(resumed.stderr.contains("retry it with --deadline-minutes N or --no-deadline"), "\(resumed)")
+        // Retried with a new deadline, it goes on: no warning, the deadline moved, and the history
+        // says who moved it, from when to when.
+        #expect(await saga(["stop", "held-late", "--reason", "hold service down again"]).status == 0)
+        let extended = await saga(["retry", "held-late", "--reason", "outage over", "--deadline-minutes", "90", "--json"])
+        #expect(extended.status == 0 && !extended.stderr.contains("deadline passed"), "\(extended)")
+        let moved = try await SQLiteSagaStore(path: path).withRunning { try await $0.load("held-late") }
+        let newDeadline = try #require(moved.deadline)
+        #expect(abs(newDeadline.timeIntervalSinceNow - 5_400) < 120, "\(newDeadline)")
+        #expect(
+            moved.history.last?.reason?.hasPrefix("outage over (deadline moved from ") == true, "\(String(describing: moved.history.last))")
+        let bothWays = await saga(["retry", "held-late", "--deadline-minutes", "5", "--no-deadline"])
+        #expect(bothWays.status != 0 && bothWays.stderr.contains("exclude each other"), "\(bothWays)")
         #expect(await saga(["stop", "held-1", "--reason", "hold service down"]).status == 0)
         let retriedInTime = await saga(["retry", "held-1", "--reason", "hold service back"])
         #expect(retriedInTime.status == 0 && !retriedInTime.stderr.contains("deadline"), "\(retriedInTime)")

@@ -161,9 +161,14 @@ struct AckCoalescerTests {
 struct RabbitMQConfigurationTests {
     @Test("several hosts become endpoints; the redacted URL names them without the password")
     func endpoints() throws {
-        let c = try RabbitMQConfiguration(url: "amqp://u:s3cret@h1:5673,h2/v?connection_timeout=4")
+        let c = try RabbitMQConfiguration(url: "amqp://u:s3cret@h1:5673,h2/v?connection_timeout=4000")
         #expect(c.endpoints == [.init(host: "h1", port: 5673), .init(host: "h2", port: 5672)])
         #expect(c.host == "h1" && c.port == 5673 && c.vhost == "v" && c.connectTimeout == .seconds(4))
+        // connection_timeout is in milliseconds, as in RabbitMQ's URI specification; a count that
+        // looks like seconds is refused, saying what to write.
+        let short = #expect(throws: BusError.self) { try RabbitMQConfiguration(url: "amqp://u:s3cret@h/v?connection_timeout=30") }
+        #expect(short?.description.contains("30 ms is too short") == true, "\(String(describing: short))")
+        #expect(short?.recoverySuggestion?.contains("connection_timeout=30000") == true)
         #expect(c.redactedURL == "amqp://u@h1:5673,h2:5672/v")
         let error = #expect(throws: BusError.self) { try RabbitMQConfiguration(url: "amqp://u:s3cret@h1:x/v") }
         #expect(error?.code == .invalidURL)

@@ -221,6 +221,27 @@ struct SagaStateMachineTests {
         }
     }
 
+    /// An operator's retry can move the deadline or remove it (a saga resumed after an outage
+    /// longer than its deadline would compensate otherwise); the history and the lifecycle event
+    /// say so, from when to when.
+    @Test func aRetryMovesOrRemovesTheDeadline() throws {
+        let late = state(atStep: 2)
+        let later = t0.addingTimeInterval(3600)
+        let moved = try #require(
+            machine.apply(.retryRequested(by: "ops", reason: "outage over", deadline: .set(later)), to: late, now: t0).state)
+        #expect(moved.deadline == later && moved.status == .running && moved.attempt == late.attempt + 1)
+        #expect(
+            moved.history.last?.reason
+                == "outage over (deadline moved from \(t0.addingTimeInterval(60).formatted(.iso8601)) to \(later.formatted(.iso8601)))")
+        let removed = try #require(machine.apply(.retryRequested(by: "ops", reason: nil, deadline: .remove), to: late, now: t0).state)
+        #expect(removed.deadline == nil)
+        #expect(removed.history.last?.reason == "deadline from \(t0.addingTimeInterval(60).formatted(.iso8601)) removed")
+        let kept = try #require(machine.apply(.retryRequested(by: "ops", reason: "again"), to: late, now: t0).state)
+        #expect(kept.deadline == late.deadline && kept.history.last?.reason == "again")
+        // Past its new deadline, the saga compensates as before.
+        #expect(machine.apply(.deadlinePassed, to: moved, now: later.addingTimeInterval(1)).state?.status == .compensating)
+    }
+
     @Test func stalledSagasAreResentThenNeedAttention() {
         var state = state(atStep: 1)
         for round in 1...2 {

@@ -352,7 +352,8 @@ extension SagaLifecycleEvent {
                 make(
                     .compensationStepFailed, step: step, phase: .compensation, attempt: attempt, error: error,
                     willRetry: retried(step, .compensation)))
-        case .retryRequested(let actor, let reason):
+        case .retryRequested(let actor, let requested, let change):
+            let reason = SagaStateMachine.reason(requested, moving: old.deadline, change)
             events.append(
                 make(
                     .operatorAction, step: old.currentStep, phase: old.phase, attempt: old.attempt, action: "retry", actor: actor,

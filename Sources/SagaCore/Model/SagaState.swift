@@ -41,6 +41,16 @@ public enum StepPhase: String, Sendable, Hashable, Codable {
     case compensation
 }
 
+/// What an operator's action does to a saga's deadline (``SagaEvent/retryRequested(by:reason:deadline:)``).
+public enum SagaDeadlineChange: Sendable, Hashable {
+    /// The deadline stays.
+    case keep
+    /// The saga has no deadline any more.
+    case remove
+    /// The deadline is this instant.
+    case set(Date)
+}
+
 /// What happened to one attempt of a step.
 public enum StepOutcome: String, Sendable, Hashable, Codable {
     /// The attempt succeeded.

@@ -24,8 +24,10 @@ public enum SagaEvent: Sendable, Hashable {
     case foundStalled(maxReapAttempts: Int)
     /// An operator (`actor`, with an optional `reason`) asked to run the current step again (also
     /// from needs-attention). From needs-attention, a saga that was compensating resumes its
-    /// compensation. Recorded in the history with who and why.
-    case retryRequested(by: String, reason: String?)
+    /// compensation. `deadline` moves or removes the saga's deadline with it (a saga resumed
+    /// after an outage longer than its deadline would compensate otherwise). Recorded in the
+    /// history with who and why (and the deadline's move).
+    case retryRequested(by: String, reason: String?, deadline: SagaDeadlineChange = .keep)
     /// An operator (`actor`) asked to compensate the saga now (only before the pivot). Recorded in
     /// the history with who and why.
     case compensationRequested(by: String, reason: String)
@@ -338,7 +340,7 @@ public struct SagaStateMachine: Sendable {
                 error: "stalled since \(state.updatedAt.formatted(.iso8601))")
             return .transition(next, [ScheduledCommand(currentCommand(next, phase: phase))])
 
-        case .retryRequested(let actor, let reason):
+        case .retryRequested(let actor, let requested, let deadlineChange):
             guard state.status != .completed, state.status != .compensated else {
                 return .rejected("saga \(state.id) is \(state.status.rawValue); there is nothing to retry")
             }
@@ -347,6 +349,12 @@ public struct SagaStateMachine: Sendable {
                     "saga \(state.id) waits for signal '\(wait.signal)'; there is nothing to retry (send the signal, or compensate it)")
             }
             var next = state
+            let reason = Self.reason(requested, moving: state.deadline, deadlineChange)
+            switch deadlineChange {
+            case .keep: break
+            case .remove: next.deadline = nil
+            case .set(let date): next.deadline = date
+            }
             let phase: StepPhase
             if state.status == .needsAttention {
                 phase = stoppedPhase(state)
@@ -803,6 +811,19 @@ public struct SagaStateMachine: Sendable {
     }
 
     /// Records an operator's action on the current step: who and why, at `now`.
+    /// An operator's reason with the move of the saga's deadline that came with the action:
+    /// `"outage over (deadline moved from 2026-12-03T10:00:00Z to 2026-12-03T12:00:00Z)"`.
+    static func reason(_ reason: String?, moving deadline: Date?, _ change: SagaDeadlineChange) -> String? {
+        let from = deadline.map { " from \($0.formatted(.iso8601))" } ?? ""
+        let note: String
+        switch change {
+        case .keep: return reason
+        case .remove: note = "deadline\(from) removed"
+        case .set(let date): note = "deadline moved\(from) to \(date.formatted(.iso8601))"
+        }
+        return reason.map { "\($0) (\(note))" } ?? note
+    }
+
     func recordOperatorAction(
         _ state: inout SagaState, phase: StepPhase, outcome: StepOutcome, actor: String, reason: String?, now: Date
     ) {
