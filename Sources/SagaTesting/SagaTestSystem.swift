@@ -141,12 +141,15 @@ public actor SagaTestSystem {
         }
     }
 
-    /// An operator's retry, as `SagaManager.retry(_:by:reason:)` does: the current command is
-    /// queued again as a new attempt (also for a saga that needs attention).
+    /// An operator's retry, as `SagaManager.retry(_:by:reason:deadline:)` does: the current
+    /// command is queued again as a new attempt (also for a saga that needs attention), with the
+    /// saga's deadline moved or removed when `deadline` says so.
     /// - Throws: `unknownSaga`; `invalidState` when the saga has finished.
     @discardableResult
-    public func retry(_ id: SagaID, by actor: String = "operator", reason: String? = nil) throws -> SagaState {
-        try operate(id, .retryRequested(by: actor, reason: reason))
+    public func retry(
+        _ id: SagaID, by actor: String = "operator", reason: String? = nil, deadline: SagaDeadlineChange = .keep
+    ) throws -> SagaState {
+        try operate(id, .retryRequested(by: actor, reason: reason, deadline: deadline))
     }
 
     /// An operator's compensation, as `SagaManager.compensate(_:by:reason:)` does (only before the
