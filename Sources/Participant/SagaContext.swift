@@ -30,8 +30,14 @@ public struct SagaContext: Sendable {
     public let command: String
     /// The saga payload as JSON.
     public let payload: JSONObject
-    /// Trace and correlation ids of the saga.
+    /// What SagaKit and the starter keep with the saga besides its payload: trace and
+    /// correlation ids, the definition version (``definitionVersion``), the topology.
     public let sagaContext: [String: String]
+
+    /// The version of the saga's definition, which decides the shape of its payload: a handler
+    /// that serves sagas of several versions during a rolling upgrade can decode by it
+    /// (`Docs/Upgrades.md`). 1 for sagas started before versions existed.
+    public var definitionVersion: Int { sagaContext[SagaState.definitionVersionKey].flatMap { Int($0) } ?? 1 }
     /// The same for every delivery and attempt of this step and phase of this saga, and
     /// different for a later saga that reuses the id of a purged one
     /// (`"<saga id>:<step name>:<phase>:<incarnation>"`, see

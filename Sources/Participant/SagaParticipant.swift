@@ -397,7 +397,7 @@ public struct SagaParticipant: Service {
     /// A command this instance has no handler for is checked against the definition version its
     /// saga is pinned to (from the store when this release was not built with it). When that
     /// version sends it, another release of this service handles it — a rolling upgrade runs
-    /// both on one queue — and it is handed back (``handBack(_:command:definition:logger:)``);
+    /// both on one queue — and it is handed back (``handBack(_:command:definition:cause:logger:)``);
     /// otherwise it is dead-lettered.
     private func handle(
         _ body: SagaCommandBody, delivery: Delivery, span: any Span, logger: Logger
@@ -463,13 +463,17 @@ public struct SagaParticipant: Service {
                 return await settle(delivery, .ack, logger: logger)
             }
             guard let handler else {
-                return await handBack(delivery, command: command, definition: definition, logger: logger)
+                return await handBack(delivery, command: command, definition: definition, cause: .noHandler, logger: logger)
             }
             if command.phase == .action, let deadline = state.deadline, deadline < Date(), !definition.isForwardOnly(command.step) {
                 _ = try await engine.advance(state.id, from: state, event: .deadlinePassed, logger: logger)
                 return await settle(delivery, .ack, logger: logger)
             }
-            try await runHandler(handler, command: command, state: state, definition: definition, span: span, logger: logger)
+            if case .handBack(let cause) = try await runHandler(
+                handler, command: command, state: state, definition: definition, span: span, logger: logger)
+            {
+                return await handBack(delivery, command: command, definition: definition, cause: cause, logger: logger)
+            }
             await settle(delivery, .ack, logger: logger)
         } catch let error as SagaError where error.code == .storeRefused {
             // The store refused the data (a constraint, a trigger, a value it cannot hold), so
@@ -496,7 +500,7 @@ public struct SagaParticipant: Service {
     private func runHandler(
         _ handler: @escaping SagaHandler, command: SagaCommand, state: SagaState, definition: SagaDefinition, span: any Span,
         logger: Logger
-    ) async throws {
+    ) async throws -> HandlerDisposition {
         let startedAt = Date()
         let clock = ContinuousClock()
         let began = clock.now
@@ -551,7 +555,7 @@ public struct SagaParticipant: Service {
                 try await execution.finishIfNeeded(command.phase == .action ? .completed([:]) : .compensated)
             } catch let error as SagaError where error.code == .outcomeDiscarded {
                 // The handler returned without reporting: its implicit success came too late.
-                return
+                return .settled
             }
         case .threw(let error):
             if execution.isFinished {
@@ -560,7 +564,12 @@ public struct SagaParticipant: Service {
                 } else {
                     logger.warning("handler threw after reporting its outcome; the error is ignored", metadata: ["error": "\(error)"])
                 }
-                return
+                return .settled
+            }
+            // A payload this release cannot decode may be another version's, which another
+            // release decodes (a rolling upgrade): not this release's to fail the step for.
+            if SagaHandlerReport.isPermanent(error), !judgesPayloads(of: definition) {
+                return .handBack(.payloadOfAnotherVersion(error: "\(error)"))
             }
             let report = SagaHandlerReport.thrown(error, phase: command.phase)
             if case .failed(_, retryable: false) = report {
@@ -574,7 +583,7 @@ public struct SagaParticipant: Service {
             do {
                 try await execution.finishIfNeeded(report)
             } catch let error as SagaError where error.code == .outcomeDiscarded {
-                return
+                return .settled
             }
         case .timedOut(let limit):
             // The handler has returned (cancellation is cooperative): whatever it did may have
@@ -585,9 +594,36 @@ public struct SagaParticipant: Service {
                     try await record(.stepTimedOut(step: command.step, attempt: command.attempt, after: limit, startedAt: startedAt), [])
                 }
             } catch let error as SagaError where error.code == .outcomeDiscarded {
-                return
+                return .settled
             }
         }
+        return .settled
+    }
+
+    /// What is left to do with a delivery once its handler ran.
+    enum HandlerDisposition: Sendable, Equatable {
+        /// Acknowledge it: the outcome is recorded (or was discarded).
+        case settled
+        /// Hand it back for another release (``handBack(_:command:definition:cause:logger:)``).
+        case handBack(HandBackCause)
+    }
+
+    /// Why a command goes back to its queue for another release of the service.
+    enum HandBackCause: Sendable, Equatable {
+        /// No handler for it here.
+        case noHandler
+        /// Its handler here could not decode the saga's payload (`error`), and the saga runs a
+        /// version this release does not judge (``judgesPayloads(of:)``).
+        case payloadOfAnotherVersion(error: String)
+    }
+
+    /// Whether a payload of `definition`'s sagas that the handlers here cannot decode is a
+    /// failure of the step: only for the newest version of the name this release was built with.
+    /// For an older version, or one only the store knows, the payload may be of a shape another
+    /// release decodes (a rolling upgrade that changed it: `Docs/Upgrades.md`).
+    func judgesPayloads(of definition: SagaDefinition) -> Bool {
+        guard let newest = try? engine.definitions.definition(named: definition.name) else { return false }
+        return newest.version == definition.version
     }
 
     private enum HandlerOutcome: Sendable {
@@ -683,7 +719,7 @@ public struct SagaParticipant: Service {
 
     // MARK: - Handing back
 
-    /// How long a command is handed back (``handBack(_:command:definition:logger:)``) before it is
+    /// How long a command is handed back (``handBack(_:command:definition:cause:logger:)``) before it is
     /// dead-lettered: long enough for a rolling upgrade to bring up the release that handles it.
     static let handBackLimit: Duration = .seconds(600)
 
@@ -706,22 +742,30 @@ public struct SagaParticipant: Service {
     /// possibly to an instance that has the handler. Each hand-back is logged; after
     /// ``handBackLimit`` (counted from the first one, carried in a header) the command is
     /// dead-lettered, saying which release to deploy.
-    private func handBack(_ delivery: Delivery, command: SagaCommand, definition: SagaDefinition, logger: Logger) async {
+    private func handBack(
+        _ delivery: Delivery, command: SagaCommand, definition: SagaDefinition, cause: HandBackCause, logger: Logger
+    ) async {
         let now = Date()
         let handBacks = delivery.headers[SagaHeaders.handedBack].flatMap { Int($0) } ?? 0
         let since = delivery.headers[SagaHeaders.handedBackSince].flatMap { Double($0) }.map { Date(timeIntervalSince1970: $0) } ?? now
         let service = configuration.service
         let sender = "saga definition '\(definition.name)' version \(definition.version)"
+        let built = engine.definitions.all.filter { $0.name == definition.name }.map { String($0.version) }
+        let builtWith =
+            built.isEmpty ? "no version of '\(definition.name)'" : "version \(built.joined(separator: ", ")) of '\(definition.name)'"
         if now.timeIntervalSince(since) >= Self.handBackLimit.seconds {
             // Without the hand-back headers: requeued from the dead-letter queue, it gets a new limit.
             var letter = delivery
             letter.headers.removeValue(forKey: SagaHeaders.handedBack)
             letter.headers.removeValue(forKey: SagaHeaders.handedBackSince)
-            return await deadLetter(
-                letter,
-                reason:
-                    "service '\(service)' has no handler for command '\(command.command)', which \(sender) sends; no instance of '\(service)' with a handler took it within \(Self.handBackLimit) (handed back \(handBacks) times): deploy a release of '\(service)' that handles it, then requeue the dead letter",
-                logger: logger)
+            let reason =
+                switch cause {
+                case .noHandler:
+                    "service '\(service)' has no handler for command '\(command.command)', which \(sender) sends; no instance of '\(service)' with a handler took it within \(Self.handBackLimit) (handed back \(handBacks) times): deploy a release of '\(service)' that handles it, then requeue the dead letter"
+                case .payloadOfAnotherVersion(let error):
+                    "no instance of service '\(service)' that took command '\(command.command)' within \(Self.handBackLimit) decoded the payload of its saga, of \(sender) (handed back \(handBacks) times; the last, built with \(builtWith), failed with: \(error)): deploy a release of '\(service)' whose handler decodes that version's payload (while its sagas run, handlers must accept every version's shape: Docs/Upgrades.md), then requeue the dead letter"
+                }
+            return await deadLetter(letter, reason: reason, logger: logger)
         }
         let level = configuration.topology.delayLevel(for: Self.handBackDelay(after: handBacks))
         var headers = delivery.headers
@@ -735,20 +779,35 @@ public struct SagaParticipant: Service {
         // The first hand-back of a command in this process says what to check: a forgotten
         // registration looks exactly like a rolling upgrade from here.
         engine.metrics.handedBack(service: service)
-        let line = handBackLog.line(for: command.command, at: .now)
-        let sameDefinition = engine.definitions.definition(named: definition.name, version: definition.version) != nil
-        let hint =
-            sameDefinition
-            ? "this release runs \(sender) too but registers no handler for '\(command.command)': register one, unless another release of '\(service)' on this queue handles it"
-            : "deploy a release of '\(service)' that handles it if none runs"
-        let others = line.othersSinceLastLine > 0 ? " (and \(line.othersSinceLastLine) more hand-backs of it since the last line)" : ""
-        logger.log(
-            level: line.level,
-            "handing back command '\(command.command)'\(others): service '\(service)' has no handler for it here; \(sender) sends it, so another release of '\(service)' may handle it; it returns in \(level) s",
-            metadata: [
-                "saga.handedBack": "\(handBacks + 1)", "saga.definitionVersion": "\(definition.version)",
-                "hint": "\(hint); after \(Self.handBackLimit) it is dead-lettered",
-            ])
+        let others = { (line: HandBackLog.Line) in
+            line.othersSinceLastLine > 0 ? " (and \(line.othersSinceLastLine) more hand-backs of it since the last line)" : ""
+        }
+        switch cause {
+        case .noHandler:
+            let line = handBackLog.line(for: command.command, at: .now)
+            let sameDefinition = engine.definitions.definition(named: definition.name, version: definition.version) != nil
+            let hint =
+                sameDefinition
+                ? "this release runs \(sender) too but registers no handler for '\(command.command)': register one, unless another release of '\(service)' on this queue handles it"
+                : "deploy a release of '\(service)' that handles it if none runs"
+            logger.log(
+                level: line.level,
+                "handing back command '\(command.command)'\(others(line)): service '\(service)' has no handler for it here; \(sender) sends it, so another release of '\(service)' may handle it; it returns in \(level) s",
+                metadata: [
+                    "saga.handedBack": "\(handBacks + 1)", "saga.definitionVersion": "\(definition.version)",
+                    "hint": "\(hint); after \(Self.handBackLimit) it is dead-lettered",
+                ])
+        case .payloadOfAnotherVersion(let error):
+            let line = handBackLog.line(for: "\(command.command) payload v\(definition.version)", at: .now)
+            logger.log(
+                level: line.level,
+                "handing back command '\(command.command)'\(others(line)): its handler here cannot decode the payload of \(sender), and this release is built with \(builtWith), so another release of '\(service)' may decode it; it returns in \(level) s",
+                metadata: [
+                    "saga.handedBack": "\(handBacks + 1)", "saga.definitionVersion": "\(definition.version)", "error": "\(error)",
+                    "hint":
+                        "a rolling upgrade that changed the payload: the step is not failed for it; if no release decodes it, it is dead-lettered after \(Self.handBackLimit) (handlers must accept every running version's payload: Docs/Upgrades.md)",
+                ])
+        }
         do {
             try await engine.bus.publish(message)
             await settle(delivery, .ack, logger: logger)

@@ -553,3 +553,115 @@ struct HandBackLogTests {
         #expect(log.line(for: "meal", at: t0 + .seconds(30)) == .init(level: .debug, othersSinceLastLine: 0))
     }
 }
+
+/// A rolling upgrade that changes a command's payload (a field renamed under the same command
+/// name): a release whose handler cannot decode the payload of a saga of a version it does not
+/// judge — one it was not built with, or an older one — hands the command back instead of failing
+/// the step (an outside trial: 121 sagas were compensated that way during a rollout); the release
+/// that decodes it runs the step. For the newest version a release was built with, a payload
+/// that does not decode still fails the step.
+@Suite("Rolling upgrade: a changed payload", .timeLimit(.minutes(2)))
+struct ChangedPayloadUpgradeTests {
+    struct ChargeV1: Codable { var card: String }
+    struct ChargeV2: Codable { var paymentToken: String }
+    final class Calls: Sendable {
+        let list = Mutex<[String]>([])
+    }
+
+    static func definitions(_ name: String) throws -> (v1: SagaDefinition, v2: SagaDefinition) {
+        let v1 = try SagaBuilder(name).version(1)
+            .step("reserve", action: "seats.reserve", compensation: "seats.release")
+            .step("charge", action: "billing.charge", compensation: "billing.refund")
+            .build()
+        let v2 = try SagaBuilder(name).version(2)
+            .step("reserve", action: "seats.reserve", compensation: "seats.release")
+            .step("charge", action: "billing.charge", compensation: "billing.refund")
+            .build()
+        return (v1, v2)
+    }
+
+    /// The billing handlers of a release that decodes `Payload` strictly.
+    static func billing<Payload: Codable & Sendable>(_: Payload.Type, calls: Calls, release: Int) -> SagaHandlerRegistry {
+        var registry = SagaHandlerRegistry()
+        registry.register("billing.charge") { context in
+            _ = try context.payload(as: Payload.self)
+            calls.list.withLock { $0.append("release \(release)") }
+            try await context.completeStep()
+        }
+        registry.register("billing.refund") { context in try await context.completeCompensation() }
+        return registry
+    }
+
+    @Test func aPayloadOfAVersionThisReleaseDoesNotJudgeIsHandedBackToTheReleaseThatDecodesIt() async throws {
+        let name = "ticket-\(UUID().uuidString.prefix(6).lowercased())"
+        let (v1, v2) = try Self.definitions(name)
+        let bus = InMemoryBus()
+        let store = InMemorySagaStore()
+        let topology = SagaTopology(prefix: "cp-\(name)", delayLevels: [1])
+        let calls = Calls()
+        var seats = SagaHandlerRegistry()
+        seats.register("seats.reserve") { try await $0.completeStep() }
+        seats.register("seats.release") { try await $0.completeCompensation() }
+        let logs = {
+            var handler = InMemoryLogHandler()
+            handler.logLevel = .info
+            return handler
+        }()
+        let logger = Logger(label: "billing", factory: { _ in logs })
+
+        // The new release starts v2 sagas; only the old release's billing (built with v1, whose
+        // handler decodes ChargeV1) runs for now.
+        let manager = SagaManager(
+            definitions: try SagaDefinitionRegistry([v1, v2]), bus: bus, store: store, topology: topology, logger: quietTestLogger)
+        try await manager.declareTopology()
+        for (service, commands) in [("seats", ["seats.reserve", "seats.release"]), ("billing", ["billing.charge", "billing.refund"])] {
+            try await bus.declare(topology.topology(forService: service, commands: commands))
+        }
+        func participant(_ service: String, _ definitions: [SagaDefinition], _ handlers: SagaHandlerRegistry, logger: Logger)
+            throws -> SagaParticipant
+        {
+            SagaParticipant(
+                configuration: ParticipantConfiguration(service: service, topology: topology, reaper: nil),
+                definitions: try SagaDefinitionRegistry(definitions), handlers: handlers, bus: bus, store: store, logger: logger)
+        }
+        let seatsService = try participant("seats", [v1, v2], seats, logger: quietTestLogger)
+        let oldBilling = try participant("billing", [v1], Self.billing(ChargeV1.self, calls: calls, release: 1), logger: logger)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await seatsService.run() }
+            group.addTask { try await oldBilling.run() }
+            let id = try await manager.start(name, payload: ["paymentToken": "tok-1"])
+            // The old release cannot decode it: handed back, not compensated.
+            try await eventually("the old release hands the command back") {
+                logs.entries.contains { "\($0.message)".contains("cannot decode the payload of saga definition '\(name)' version 2") }
+            }
+            #expect(try await store.load(id).status == .running)
+            // The new release's billing (built with v1 and v2, decoding ChargeV2) comes up; the
+            // hand-backs reach it.
+            let newBilling = try participant(
+                "billing", [v1, v2], Self.billing(ChargeV2.self, calls: calls, release: 2), logger: quietTestLogger)
+            group.addTask { try await newBilling.run() }
+            let final = try await manager.outcome(of: id, timeout: .seconds(30))
+            #expect(final.status == .completed, "\(final.status): \(final.failureReason ?? "")")
+            #expect(calls.list.withLock { $0 } == ["release 2"])
+            let handBack = logs.entries.first { "\($0.message)".contains("cannot decode the payload") }
+            #expect(handBack?.level == .warning)
+
+            // The newest version the new release was built with is its to judge: a payload that
+            // no release decodes fails the step there, which compensates, as before (the old
+            // release hands it back).
+            let broken = try await manager.start(name, payload: ["amount": 3])
+            let failed = try await manager.outcome(of: broken, timeout: .seconds(30))
+            #expect(failed.status == .compensated, "\(failed.status)")
+            #expect(failed.failureReason?.contains("does not decode as ChargeV2") == true, "\(failed.failureReason ?? "")")
+            group.cancelAll()
+        }
+    }
+
+    private func eventually(_ what: String, _ condition: () -> Bool) async throws {
+        for _ in 0..<200 {
+            if condition() { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        Issue.record("not within 10 s: \(what)")
+    }
+}
