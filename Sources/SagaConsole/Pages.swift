@@ -571,7 +571,8 @@ struct Pages: Sendable {
             }
             html += HTML.table(["service", "processes", "last report", "commands"], rows, classes: "services")
         }
-        let definitions = (try? await backend.definitions().all) ?? []
+        let definitions = await ServiceDirectory.inUse(
+            (try? await backend.definitions().all) ?? [], store: backend.store, topology: configuration.prefix)
         let unhandled = directory.unhandled(definitions, topology: configuration.prefix)
         if unhandled.isEmpty {
             html += "<p id=\"unhandled\" class=\"quiet\">every command of the known definitions has a live handler</p>"

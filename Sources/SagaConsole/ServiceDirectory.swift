@@ -48,6 +48,29 @@ package struct ServiceDirectory: Sendable {
         }
     }
 
+    /// The definitions whose commands still need handlers: the newest version of each name, and
+    /// older versions only while sagas of theirs are unfinished (running, waiting, compensating
+    /// or needing attention) on `topology`. A retired version — none of its sagas left — needs
+    /// none (``SagaStore/countByVersion(name:topology:)``; a store that cannot count keeps them
+    /// all).
+    package static func inUse(_ definitions: [SagaDefinition], store: any SagaStore, topology: String?) async -> [SagaDefinition] {
+        var kept: [SagaDefinition] = []
+        for name in Set(definitions.map(\.name)).sorted() {
+            let versions = definitions.filter { $0.name == name }.sorted { $0.version < $1.version }
+            guard let newest = versions.last else { continue }
+            guard let counts = try? await store.countByVersion(name: name, topology: topology) else {
+                kept += versions
+                continue
+            }
+            for definition in versions.dropLast() {
+                let unfinished = (counts[definition.version] ?? [:]).filter { !$0.key.hasEnded && $0.value > 0 }
+                if !unfinished.isEmpty { kept.append(definition) }
+            }
+            kept.append(newest)
+        }
+        return kept
+    }
+
     /// Every command the steps of `definitions` send (actions, compensations, fallbacks; not
     /// waits), with where each is used: `definition vN step 'name' (action)`.
     package static func commandUses(_ definitions: [SagaDefinition]) -> [String: [String]] {

@@ -14,8 +14,10 @@ struct ServicesCommand: AsyncParsableCommand {
             SAGAKIT_PRESENCE_SECONDS) and removes its record when it stops gracefully. A process \
             that misses three reports is silent: killed, hung, or cut off from the store. Commands \
             of the known saga definitions that no live process handles are listed last: sagas that \
-            reach those steps wait until a service that handles them runs. Exit status 0 either \
-            way; with --check, 1 when a command has no live handler.
+            reach those steps wait until a service that handles them runs (the newest version of \
+            each definition, and older ones while they have unfinished sagas: a retired version \
+            needs no handlers). Exit status 0 either way; with --check, 1 when a command has no \
+            live handler.
             """
     )
 
@@ -59,7 +61,9 @@ struct ServicesCommand: AsyncParsableCommand {
         let now = Date()
         let (participants, definitions) = try await environment.withStore { store in
             do {
-                return (try await store.participants(), environment.definitions.all)
+                // A retired version (no unfinished saga of its own) needs no handlers any more.
+                let inUse = await ServiceDirectory.inUse(environment.definitions.all, store: store, topology: topology)
+                return (try await store.participants(), inUse)
             } catch let error as SagaError where error.code == .unsupported {
                 throw ValidationError(
                     "this store keeps no participant records (\(error.message)); its participants cannot be listed")

@@ -1,6 +1,7 @@
 import Foundation
 import InMemoryLogging
 import Participant
+import SagaConsole
 import SagaTestSupport
 import ServiceLifecycle
 import Testing
@@ -97,5 +98,41 @@ struct PresenceTests {
             try await Task.sleep(for: .milliseconds(25))
         }
         Issue.record("timed out waiting until \(what)")
+    }
+}
+
+/// Which stored definitions still need handlers (`saga services --check`, the console's
+/// services page): an outside trial retired version 1 as Upgrades.md says, and `--check` kept
+/// failing for its commands for good.
+@Suite("Definitions in use")
+struct DefinitionsInUseTests {
+    @Test func aRetiredVersionNeedsNoHandlersAndOneWithUnfinishedSagasDoes() async throws {
+        let v1 = try SagaBuilder("ticket").version(1)
+            .step("reserve", action: "seats.reserve", compensation: "seats.release")
+            .step("issue", action: "tickets.issue")
+            .build()
+        let v2 = try SagaBuilder("ticket").version(2)
+            .step("reserve", action: "seats.reserve", compensation: "seats.release-v2")
+            .step("issue", action: "tickets.issue")
+            .build()
+        let other = try SagaBuilder("refund").version(1).step("pay", action: "billing.refund").build()
+        let store = InMemorySagaStore()
+        func create(_ definition: SagaDefinition, _ id: String, status: SagaStatus) async throws {
+            var (state, _) = SagaStateMachine(definition: definition).start(
+                id: id, payload: [:], context: [SagaTopology.contextKey: "t", SagaState.definitionVersionKey: "\(definition.version)"],
+                now: Date())
+            state.status = status
+            _ = try await store.create(state, outbox: [])
+        }
+        try await create(v1, "done-1", status: .completed)
+        try await create(v1, "done-2", status: .compensated)
+        try await create(v2, "new-1", status: .running)
+        // Every v1 saga has ended: only v2 (and the other definition's newest) need handlers.
+        var inUse = await ServiceDirectory.inUse([v1, v2, other], store: store, topology: "t")
+        #expect(inUse.map { "\($0.name) v\($0.version)" } == ["refund v1", "ticket v2"])
+        // A v1 saga that needs attention is unfinished: v1 needs its handlers again.
+        try await create(v1, "stuck-1", status: .needsAttention)
+        inUse = await ServiceDirectory.inUse([v1, v2, other], store: store, topology: "t")
+        #expect(inUse.map { "\($0.name) v\($0.version)" } == ["refund v1", "ticket v1", "ticket v2"])
     }
 }
