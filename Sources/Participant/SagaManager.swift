@@ -23,6 +23,8 @@ public struct SagaManager: Service {
     let engine: SagaEngine
     let logger: Logger
     private let declared = DeclaredOnce()
+    /// Whether the first start has compared this process's definitions with the store's.
+    private let newerVersionsChecked = ClaimedOnce()
     let hub = SagaEventHub()
     /// How often a waiting ``outcome(of:timeout:)`` or ``updates(of:)`` reads the store when no
     /// event wakes it (default 1 s while ``run()`` receives events; 50 ms when the manager is not
@@ -188,6 +190,34 @@ public struct SagaManager: Service {
     func prepareToStart() async throws {
         if !declared.isDone { try await declareTopology() }
         try await engine.registerDefinitions(logger: self.logger)
+        if newerVersionsChecked.claim() {
+            await warnAboutNewerStoredVersions()
+        }
+    }
+
+    /// Says once, at the first start, which definitions this process starts sagas on while the
+    /// store has a newer version of them: a starter of an older release (its sagas need that
+    /// version's handlers until they finish, and a retired version's are gone).
+    func warnAboutNewerStoredVersions() async {
+        guard let stored = try? await engine.store.definitions() else { return }
+        for line in Self.olderThanStored(engine.definitions.all, stored: stored) {
+            logger.warning("\(line)")
+        }
+    }
+
+    /// The warnings for the newest local version of each definition that is older than the
+    /// newest the store keeps.
+    static func olderThanStored(_ local: [SagaDefinition], stored: [StoredDefinitionInfo]) -> [String] {
+        var lines: [String] = []
+        for name in Set(local.map(\.name)).sorted() {
+            guard let mine = local.filter({ $0.name == name }).map(\.version).max(),
+                let newest = stored.filter({ $0.name == name }).max(by: { $0.version < $1.version }), newest.version > mine
+            else { continue }
+            lines.append(
+                "this process starts sagas of '\(name)' on version \(mine), but the store has version \(newest.version) (registered \(newest.registeredAt.formatted(.iso8601))): a starter of an older release? Its sagas need version \(mine)'s handlers until they finish — deploy this starter's newer release, or keep version \(mine)'s handlers running (Docs/Upgrades.md)"
+            )
+        }
+        return lines
     }
 
     /// A new saga's first state and the messages stored with it (its first command, then its
@@ -597,6 +627,13 @@ private func gracefulSleepForever() async throws {
     do {
         while true { try await gracefulSleep(.seconds(3600)) }
     } catch is CancellationError {}
+}
+
+/// Lets one caller, of all copies of one manager, do something once.
+private final class ClaimedOnce: Sendable {
+    private let claimed = Atomic<Bool>(false)
+    /// `true` for the first caller only.
+    func claim() -> Bool { !claimed.exchange(true, ordering: .acquiringAndReleasing) }
 }
 
 /// Remembers, for all copies of one manager, that its topology was declared.

@@ -665,3 +665,35 @@ struct ChangedPayloadUpgradeTests {
         Issue.record("not within 10 s: \(what)")
     }
 }
+
+/// A starter of an older release that starts sagas on a version older than the store's newest
+/// says so at its first start (an outside trial's old starter created sagas on a retired
+/// version without a word).
+@Suite("Starters of an older release")
+struct OlderStarterTests {
+    @Test func aStarterOnAnOlderVersionThanTheStoresSaysSoOnce() async throws {
+        let name = "ticket-\(UUID().uuidString.prefix(6).lowercased())"
+        let (v1, v2) = try ChangedPayloadUpgradeTests.definitions(name)
+        let store = InMemorySagaStore()
+        let bus = InMemoryBus()
+        let topology = SagaTopology(prefix: "os-\(name)", delayLevels: [1])
+        let newer = SagaManager(
+            definitions: try SagaDefinitionRegistry([v1, v2]), bus: bus, store: store, topology: topology, logger: quietTestLogger)
+        _ = try await newer.start(name, payload: [:])
+        let logs = {
+            var handler = InMemoryLogHandler()
+            handler.logLevel = .info
+            return handler
+        }()
+        let older = SagaManager(
+            definitions: try SagaDefinitionRegistry([v1]), bus: bus, store: store, topology: topology,
+            logger: Logger(label: "starter", factory: { _ in logs }))
+        _ = try await older.start(name, payload: [:])
+        _ = try await older.start(name, payload: [:])
+        let warnings = logs.entries.filter { $0.level == .warning }.map { "\($0.message)" }
+        #expect(warnings.filter { $0.contains("starts sagas of") }.count == 1, "\(warnings)")
+        #expect(warnings.first?.hasPrefix("this process starts sagas of '\(name)' on version 1, but the store has version 2") == true)
+        // Nothing to say for the newest.
+        #expect(SagaManager.olderThanStored([v1, v2], stored: try await store.definitions()).isEmpty)
+    }
+}
