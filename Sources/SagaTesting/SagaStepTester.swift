@@ -27,8 +27,9 @@ public struct SagaStepTester: Sendable {
     /// The instant the simulated saga runs at (fixed, so results are deterministic).
     public var now: Date
 
-    /// Creates a tester for the definitions your handlers take part in.
-    /// - Throws: `invalidDefinition` when two definitions share a name.
+    /// Creates a tester for the definitions your handlers take part in (several versions of a
+    /// saga are welcome: ``run(_:payload:attempt:sagaID:version:handler:)`` picks one).
+    /// - Throws: `invalidDefinition` when two definitions share a name and a version.
     public init(definitions: [SagaDefinition], now: Date = Date(timeIntervalSince1970: 1_700_000_000)) throws {
         self.definitions = try SagaDefinitionRegistry(definitions)
         self.now = now
@@ -46,14 +47,19 @@ public struct SagaStepTester: Sendable {
     ///   - payload: the saga payload the handler sees.
     ///   - attempt: the attempt number (retries are attempts 2, 3, …).
     ///   - sagaID: the saga id; the idempotency key derives from it, so two runs with the same id
-    ///     and command share a key (see ``runTwice(_:payload:sagaID:handler:)``).
+    ///     and command share a key (see ``runTwice(_:payload:sagaID:version:handler:)``).
+    ///   - version: the version of the saga's definition (``SagaContext/definitionVersion``): the
+    ///     saga is positioned at the step that sends `command` in that version. By default the
+    ///     newest version that sends it. To test that a handler of your new release still takes
+    ///     the payload of sagas started on the older version (a rolling upgrade), run it with
+    ///     the older version and an older payload.
     ///   - handler: your handler.
-    /// - Throws: `unknownDefinition` when no definition sends `command`.
+    /// - Throws: `unknownDefinition` when no definition (of that version) sends `command`.
     public func run(
-        _ command: String, payload: JSONObject = [:], attempt: Int = 1, sagaID: SagaID = "test-saga",
+        _ command: String, payload: JSONObject = [:], attempt: Int = 1, sagaID: SagaID = "test-saga", version: Int? = nil,
         handler: SagaHandler
     ) async throws -> SagaStepRun {
-        let (definition, step, phase, fallback) = try locate(command)
+        let (definition, step, phase, fallback) = try locate(command, version: version)
         let state = Self.positioned(
             definition: definition, step: step, phase: phase, attempt: attempt, payload: payload, id: sagaID, now: now,
             primaryFailed: fallback)
@@ -64,26 +70,32 @@ public struct SagaStepTester: Sendable {
 
     /// Runs `handler` for a value handler type's command.
     public func run<Handler: SagaStepHandler>(
-        _ handler: Handler, payload: JSONObject = [:], attempt: Int = 1, sagaID: SagaID = "test-saga"
+        _ handler: Handler, payload: JSONObject = [:], attempt: Int = 1, sagaID: SagaID = "test-saga", version: Int? = nil
     ) async throws -> SagaStepRun {
-        try await run(Handler.command, payload: payload, attempt: attempt, sagaID: sagaID) { try await handler.handle($0) }
+        try await run(Handler.command, payload: payload, attempt: attempt, sagaID: sagaID, version: version) {
+            try await handler.handle($0)
+        }
     }
 
     /// Delivers the same command twice (same saga, step, attempt and idempotency key), as the
     /// broker may after a crash, and returns both runs: assert that your service applied its
     /// effect once and reported the same outcome both times.
     public func runTwice(
-        _ command: String, payload: JSONObject = [:], sagaID: SagaID = "test-saga", handler: SagaHandler
+        _ command: String, payload: JSONObject = [:], sagaID: SagaID = "test-saga", version: Int? = nil, handler: SagaHandler
     ) async throws -> (first: SagaStepRun, second: SagaStepRun) {
-        let first = try await run(command, payload: payload, sagaID: sagaID, handler: handler)
-        let second = try await run(command, payload: payload, sagaID: sagaID, handler: handler)
+        let first = try await run(command, payload: payload, sagaID: sagaID, version: version, handler: handler)
+        let second = try await run(command, payload: payload, sagaID: sagaID, version: version, handler: handler)
         return (first, second)
     }
 
     /// The definition, step and phase that send `command`, and whether it is the step's
     /// fallback.
-    func locate(_ command: String) throws -> (SagaDefinition, Int, StepPhase, fallback: Bool) {
-        for definition in definitions.all {
+    func locate(_ command: String, version: Int? = nil) throws -> (SagaDefinition, Int, StepPhase, fallback: Bool) {
+        // The newest version first, unless one is asked for.
+        let candidates = definitions.all.filter { version == nil || $0.version == version }.sorted {
+            ($0.name, -$0.version) < ($1.name, -$1.version)
+        }
+        for definition in candidates {
             for (index, step) in definition.steps.enumerated() {
                 if step.action == command { return (definition, index, .action, false) }
                 if step.fallback?.action == command { return (definition, index, .action, true) }
@@ -92,7 +104,7 @@ public struct SagaStepTester: Sendable {
         }
         throw SagaError(
             .unknownDefinition,
-            "no saga definition sends the command '\(command)' (known: \(definitions.all.flatMap(\.commands).sorted().joined(separator: ", ")))",
+            "no saga definition\(version.map { " of version \($0)" } ?? "") sends the command '\(command)' (known: \(definitions.all.flatMap(\.commands).sorted().joined(separator: ", ")))",
             recoverySuggestion: "pass the definition that contains this command to SagaStepTester(definitions:)")
     }
 
@@ -105,7 +117,9 @@ public struct SagaStepTester: Sendable {
         primaryFailed: Bool = false
     ) -> SagaState {
         let machine = SagaStateMachine(definition: definition)
-        var (state, _) = machine.start(id: id, payload: payload, now: now)
+        // Pinned to its version, as a manager pins a saga.
+        var (state, _) = machine.start(
+            id: id, payload: payload, context: [SagaState.definitionVersionKey: String(definition.version)], now: now)
         let group = definition.groupRange(of: step)
         // An action in a parallel group runs as the group's last member to finish: the other
         // members completed.

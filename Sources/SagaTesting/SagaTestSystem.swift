@@ -80,7 +80,8 @@ public actor SagaTestSystem {
     ///   - start: the virtual clock's first instant.
     ///   - localWrites: runs the handlers' local writes against the test's database; without it
     ///     they are only recorded (``Handled/localWrites``) and every outcome counts.
-    /// - Throws: `invalidDefinition` when two definitions share a name.
+    /// - Throws: `invalidDefinition` when two definitions share a name and a version (several
+    ///   versions of one saga are welcome: ``start(_:payload:id:version:)`` picks one).
     public init(
         definitions: [SagaDefinition], deliveries: Deliveries = .once, start: Date = Date(timeIntervalSince1970: 1_700_000_000),
         localWrites: LocalWriteRunner? = nil
@@ -106,17 +107,39 @@ public actor SagaTestSystem {
         }
     }
 
-    /// Starts a saga (it runs when you call ``runUntilIdle(maxDeliveries:)``).
+    /// Starts a saga (it runs when you call ``runUntilIdle(maxDeliveries:)``) on `version` of the
+    /// definition, or on its newest version, as `SagaManager` does. Starting one on an older
+    /// version and running it on your newer handlers is what a rolling upgrade does
+    /// (`Docs/Upgrades.md`).
+    /// - Throws: `unknownDefinition` when no definition has that name (and version).
     @discardableResult
-    public func start(_ name: String, payload: JSONObject, id: SagaID? = nil) throws -> SagaID {
-        let definition = try definitions.definition(named: name)
+    public func start(_ name: String, payload: JSONObject, id: SagaID? = nil, version: Int? = nil) throws -> SagaID {
+        let definition = try self.definition(named: name, version: version)
         let id = id ?? "saga-\(nextSagaNumber)"
         nextSagaNumber += 1
         guard sagas[id] == nil else { return id }
-        let start = SagaStateMachine(definition: definition).begin(id: id, payload: payload, now: now)
+        // The saga is pinned to its version, as a manager pins it.
+        let start = SagaStateMachine(definition: definition).begin(
+            id: id, payload: payload, context: [SagaState.definitionVersionKey: String(definition.version)], now: now)
         sagas[id] = start.state
         enqueue(start.commands)
         return id
+    }
+
+    /// The definition named `name` at `version`, or its newest.
+    private func definition(named name: String, version: Int?) throws -> SagaDefinition {
+        guard let version else { return try definitions.definition(named: name) }
+        guard let definition = definitions.definition(named: name, version: version) else {
+            throw SagaError(
+                .unknownDefinition, "no version \(version) of saga definition '\(name)'",
+                recoverySuggestion: "pass that version to SagaTestSystem(definitions:)")
+        }
+        return definition
+    }
+
+    /// The definition a saga is pinned to.
+    private func definition(of state: SagaState) throws -> SagaDefinition {
+        try definition(named: state.name, version: state.definitionVersion)
     }
 
     /// Delivers the signal `name` to a saga, as `SagaManager.signal(_:name:payload:by:)` does: the
@@ -127,7 +150,7 @@ public actor SagaTestSystem {
     @discardableResult
     public func signal(_ id: SagaID, name: String, payload: JSONObject = [:], by sender: String? = nil) throws -> SagaSignalResult {
         let state = try state(of: id)
-        let machine = SagaStateMachine(definition: try definitions.definition(named: state.name))
+        let machine = SagaStateMachine(definition: try definition(of: state))
         switch machine.apply(.signalReceived(name: name, payload: payload, by: sender), to: state, now: now) {
         case .transition(var next, let commands):
             next.version = state.version + 1
@@ -179,7 +202,7 @@ public actor SagaTestSystem {
 
     private func operate(_ id: SagaID, _ event: SagaEvent) throws -> SagaState {
         let state = try state(of: id)
-        let machine = SagaStateMachine(definition: try definitions.definition(named: state.name))
+        let machine = SagaStateMachine(definition: try definition(of: state))
         switch machine.apply(event, to: state, now: now) {
         case .transition(var next, let commands):
             next.version = state.version + 1
@@ -207,7 +230,7 @@ public actor SagaTestSystem {
             } else {
                 continue
             }
-            let machine = SagaStateMachine(definition: try definitions.definition(named: state.name))
+            let machine = SagaStateMachine(definition: try definition(of: state))
             if case .transition(var next, let commands) = machine.apply(event, to: state, now: now) {
                 next.version = state.version + 1
                 sagas[id] = next
@@ -264,7 +287,7 @@ public actor SagaTestSystem {
     private func deliver(_ command: SagaCommand) async throws {
         guard let state = sagas[command.sagaID] else { return }
         // Stale and duplicate commands are ignored, as a participant does.
-        let definition = try definitions.definition(named: state.name)
+        let definition = try definition(of: state)
         let machine = SagaStateMachine(definition: definition)
         guard machine.isCurrent(command, in: state) else { return }
         // Past the saga's deadline (before the pivot) the action is not run: the saga compensates.

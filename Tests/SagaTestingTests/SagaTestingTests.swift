@@ -422,3 +422,67 @@ struct SagaTestSystemTests {
         await #expect(throws: SagaError.self) { try await system.register(service: "other-hotel", handlers: one) }
     }
 }
+
+/// Several versions of one saga in the test kits, as a rolling upgrade has them (an outside
+/// trial could not test its v1 sagas on its v2 handlers: the test system lost the version, and the
+/// step tester always took the first version).
+@Suite("SagaTesting with several versions")
+struct SagaTestingVersionTests {
+    static let v1 = try! SagaBuilder("ticket").version(1)
+        .step("reserve", action: "seats.reserve", compensation: "seats.release")
+        .step("charge", action: "billing.charge", compensation: "billing.refund")
+        .build()
+    static let v2 = try! SagaBuilder("ticket").version(2)
+        .step("reserve", action: "seats.reserve", compensation: "seats.release")
+        .step("check", action: "billing.fraud-check")
+        .step("charge", action: "billing.charge", compensation: "billing.refund")
+        .build()
+
+    struct ChargeV2: Codable { var paymentToken: String }
+    struct ChargeV1: Codable { var card: String }
+
+    /// Release 2's charge: decodes by the saga's version.
+    static let charge: SagaHandler = { context in
+        let token: String =
+            context.definitionVersion >= 2
+            ? try context.payload(as: ChargeV2.self).paymentToken : try context.payload(as: ChargeV1.self).card
+        try await context.completeStep(merging: ["charged": .string(token)])
+    }
+
+    @Test func theSystemStartsTheNewestOrAGivenVersionAndKeepsEachSagaOnItsOwn() async throws {
+        let system = try SagaTestSystem(definitions: [Self.v1, Self.v2])
+        var seats = SagaHandlerRegistry()
+        seats.register("seats.reserve") { try await $0.completeStep() }
+        seats.register("seats.release") { try await $0.completeCompensation() }
+        var billing = SagaHandlerRegistry()
+        billing.register("billing.fraud-check") { try await $0.completeStep() }
+        billing.register("billing.charge", handler: Self.charge)
+        billing.register("billing.refund") { try await $0.completeCompensation() }
+        try await system.register(service: "seats", handlers: seats)
+        try await system.register(service: "billing", handlers: billing)
+        let new = try await system.start("ticket", payload: ["paymentToken": "tok"])
+        let old = try await system.start("ticket", payload: ["card": "4242"], version: 1)
+        try await system.runUntilIdle()
+        let newFinal = try await system.state(of: new)
+        let oldFinal = try await system.state(of: old)
+        #expect(newFinal.definitionVersion == 2 && newFinal.status == .completed && newFinal.payload["charged"] == "tok")
+        #expect(oldFinal.definitionVersion == 1 && oldFinal.status == .completed && oldFinal.payload["charged"] == "4242")
+        #expect(newFinal.history.map(\.stepName) == ["reserve", "check", "charge"])
+        #expect(oldFinal.history.map(\.stepName) == ["reserve", "charge"])
+        await #expect(throws: SagaError.self) { try await system.start("ticket", payload: [:], version: 3) }
+    }
+
+    @Test func theStepTesterTakesTheNewestVersionOrTheOneAskedFor() async throws {
+        let tester = try SagaStepTester(definitions: [Self.v1, Self.v2])
+        let newest = try await tester.run("billing.charge", payload: ["paymentToken": "tok"], handler: Self.charge)
+        #expect(newest.before.definitionVersion == 2 && newest.command.step == 2)
+        #expect(newest.report == .completed(["charged": "tok"]))
+        // A v1 saga's payload on release 2's handler.
+        let older = try await tester.run("billing.charge", payload: ["card": "4242"], version: 1, handler: Self.charge)
+        #expect(older.before.definitionVersion == 1 && older.command.step == 1)
+        #expect(older.report == .completed(["charged": "4242"]))
+        await #expect(throws: SagaError.self) {
+            _ = try await tester.run("billing.fraud-check", version: 1) { try await $0.completeStep() }
+        }
+    }
+}
