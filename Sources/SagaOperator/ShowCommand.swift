@@ -122,8 +122,9 @@ struct ShowCommand: AsyncParsableCommand {
             let resolvedByHand = record.outcome == .completed && record.actor != nil && record.reason?.hasPrefix("resolved by hand") == true
             if record.outcome.isOperatorAction || resolvedByHand {
                 event = "operator"
-            } else if isWait && record.phase == .action {
+            } else if isWait && record.phase == .action && record.outcome != .skipped {
                 // A wait that ended without its signal (its timeout): how long it waited, no handler ran.
+                // (A wait skipped by its condition never waited: it is a skipped step.)
                 entries.append(
                     TimelineEntry(
                         event: "wait", at: record.finishedAt, offsetSeconds: record.finishedAt.timeIntervalSince(state.createdAt),

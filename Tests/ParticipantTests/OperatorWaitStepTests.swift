@@ -112,9 +112,24 @@ struct OperatorWaitStepTests {
         bank.id = "wait-bank"
         #expect(bank.status == .waiting && bank.currentStep == 3)
 
-        let store = try await Self.seededStore([waiting, approved, early, bank])
+        // A small payout skips the review (its condition does not hold): it never waited.
+        var small = try #require(
+            machine.apply(
+                .stepCompleted(step: 0, attempt: 1, patch: [:], startedAt: now),
+                to: machine.begin(id: "wait-skipped", payload: ["amount": 10], now: now).state, now: now
+            ).state)
+        small.id = "wait-skipped"
+        #expect(small.status == .running && small.currentStep == 2)
+
+        let store = try await Self.seededStore([waiting, approved, early, bank, small])
         defer { try? FileManager.default.removeItem(at: store.directory) }
         let until = waiting.updatedAt.addingTimeInterval(86_400)
+
+        // Its timeline says the review was skipped by its condition, not that no signal came.
+        let skipped = try await OperatorParallelGroupTests.runSaga(["show", "wait-skipped", "--store-url", store.url])
+        let review = skipped.stdout.split(separator: "\n").filter { $0.contains("fraud-review") }
+        #expect(review.contains { $0.contains("skipped") && $0.contains("condition") }, "\(skipped.output)")
+        #expect(!review.contains { $0.contains("no signal") }, "\(skipped.output)")
 
         let show = try await OperatorParallelGroupTests.runSaga(["show", "wait-review", "--store-url", store.url])
         print("saga show of a waiting saga:\n\(show.output)")

@@ -106,6 +106,20 @@ struct WaitStepIntegrationTests {
             #expect(viaCLI.status == .completed && viaCLI.payload["ticket"] == 42)
             let again = try await cli.run(["signal", byCLI, "approved"])
             #expect(again.status != 0 && again.stderr.contains("ignored"), "\(again)")
+            // Several sagas at once, ids from standard input: each signalled, the one past its
+            // wait reported, exit status 1.
+            let first = try await manager.start("approval-order-ops", payload: [:])
+            let second = try await manager.start("approval-order-ops", payload: [:])
+            try await Self.waitUntilWaiting(first, store: store)
+            try await Self.waitUntilWaiting(second, store: store)
+            let piped = try await cli.run(["signal", "-", "approved", "--by", "carol"], input: "\(first)\n\(byCLI)\n\(second)\n")
+            #expect(piped.status == 1, "\(piped)")
+            #expect(
+                piped.stdout.contains("delivered to saga \(first) by carol")
+                    && piped.stdout.contains("delivered to saga \(second) by carol"), "\(piped)")
+            #expect(piped.stderr.contains("saga \(byCLI): signal 'approved' ignored") && piped.stderr.contains("1 of 3 failed"), "\(piped)")
+            #expect(try await manager.outcome(of: first, timeout: .seconds(30)).status == .completed)
+            #expect(try await manager.outcome(of: second, timeout: .seconds(30)).status == .completed)
             group.cancelAll()
         }
         await bus.shutdown()
