@@ -61,6 +61,42 @@ struct PresenceReporter: Sendable {
         }
     }
 
+    /// Says once, a report interval after the process started, which commands unfinished sagas
+    /// still need while no live process of the topology handles them: a release that dropped a
+    /// handler while sagas of an older version still send its command (an outside trial's v3
+    /// started without `billing.fraud-check` while 65 v2 sagas needed it, and nothing said so
+    /// until their commands were dead-lettered ten minutes later). Versions are read from the
+    /// store, counted by ``SagaStore/countByVersion(name:topology:)``; a store that cannot count,
+    /// or keeps no definitions or participants, is skipped.
+    func warnAboutNeededCommandsNobodyHandles(at now: Date) async {
+        guard let lines = try? await Self.neededCommandsNobodyHandles(store: store, topology: record.topology, now: now),
+            !lines.isEmpty
+        else { return }
+        logger.warning(
+            "\(lines.count) command(s) that unfinished sagas still need have no live handler on topology '\(record.topology)': \(lines.joined(separator: "; ")). Sagas that reach them wait, and after 10 min of hand-backs their commands are dead-lettered: did a release drop a handler an older version still uses? Keep it until that version is retired (Docs/Upgrades.md); `saga services` shows which service handled it",
+            metadata: ["service.commands.unhandled": "\(lines.count)"])
+    }
+
+    /// `"billing.fraud-check (ticket v2: 65 unfinished sagas)"` for each command of a definition
+    /// version with unfinished sagas on `topology` that no live process of it handles.
+    static func neededCommandsNobodyHandles(store: any SagaStore, topology: String, now: Date) async throws -> [String] {
+        let live = try await store.participants().filter { $0.topology == topology && $0.isLive(at: now) }
+        guard !live.isEmpty else { return [] }
+        let handled = Set(live.flatMap(\.commands))
+        var needed: [String: [String]] = [:]
+        for name in Set(try await store.definitions().map(\.name)).sorted() {
+            for (version, byStatus) in try await store.countByVersion(name: name, topology: topology).sorted(by: { $0.key < $1.key }) {
+                let unfinished = byStatus.filter { !$0.key.hasEnded }.values.reduce(0, +)
+                guard unfinished > 0 else { continue }
+                let definition = try await store.definition(named: name, version: version)
+                for command in Set(definition.commands).subtracting(handled) {
+                    needed[command, default: []].append("\(name) v\(version): \(unfinished) unfinished saga\(unfinished == 1 ? "" : "s")")
+                }
+            }
+        }
+        return needed.keys.sorted().map { "\($0) (\(needed[$0, default: []].joined(separator: ", ")))" }
+    }
+
     /// Reports until cancelled or gracefully shut down, then, on a graceful stop, removes the
     /// record (a process killed or cancelled leaves it, and the tools see it stop reporting). A
     /// store that keeps no participants is told once and not again.
@@ -68,15 +104,20 @@ struct PresenceReporter: Sendable {
         var record = self.record
         var failing = false
         var compared = false
+        var reports = 0
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             record.lastSeen = Date()
             do {
                 try await store.recordParticipant(record)
                 failing = false
+                reports += 1
                 if !compared {
                     compared = true
                     await compareWithTheServicesOtherProcesses(at: record.lastSeen)
                 }
+                // One interval after the first report, when the deployment's other processes
+                // have had time to report in too.
+                if reports == 2 { await warnAboutNeededCommandsNobodyHandles(at: record.lastSeen) }
             } catch let error as SagaError where error.code == .unsupported {
                 logger.debug("the store keeps no participants; the tools will not know this process: \(error.message)")
                 return

@@ -1,10 +1,11 @@
 import Foundation
 import InMemoryLogging
-import Participant
 import SagaConsole
 import SagaTestSupport
 import ServiceLifecycle
 import Testing
+
+@testable import Participant
 
 /// A participant records itself in the store while it runs (its service, its commands, every
 /// `presenceInterval`) and removes its record when it stops gracefully; with `presenceInterval`
@@ -134,5 +135,69 @@ struct DefinitionsInUseTests {
         try await create(v1, "stuck-1", status: .needsAttention)
         inUse = await ServiceDirectory.inUse([v1, v2, other], store: store, topology: "t")
         #expect(inUse.map { "\($0.name) v\($0.version)" } == ["refund v1", "ticket v1", "ticket v2"])
+    }
+
+    /// A participant says, a report interval after it started, which commands unfinished sagas
+    /// need while no live process handles them (an outside trial's v3 dropped a command its v2
+    /// sagas still sent, and nothing said so for ten minutes).
+    @Test func aParticipantSaysWhichNeededCommandsNobodyHandles() async throws {
+        let v1 = try SagaBuilder("ticket").version(1)
+            .step("reserve", action: "seats.reserve", compensation: "seats.release")
+            .step("check", action: "billing.fraud-check")
+            .step("charge", action: "billing.charge")
+            .build()
+        let v2 = try SagaBuilder("ticket").version(2)
+            .step("reserve", action: "seats.reserve", compensation: "seats.release")
+            .step("charge", action: "billing.charge-and-check")
+            .build()
+        let store = InMemorySagaStore()
+        let topology = SagaTopology(prefix: "needed-\(UUID().uuidString.prefix(6))", delayLevels: [1])
+        try await store.register(v1)
+        try await store.register(v2)
+        for index in 0..<3 {
+            let (state, _) = SagaStateMachine(definition: v1).start(
+                id: "old-\(index)", payload: [:],
+                context: [SagaTopology.contextKey: topology.prefix, SagaState.definitionVersionKey: "1"], now: Date())
+            _ = try await store.create(state, outbox: [])
+        }
+        // The seats service runs (another process).
+        try await store.recordParticipant(
+            ParticipantInstance(
+                topology: topology.prefix, service: "seats", instance: "seats-1", commands: ["seats.reserve", "seats.release"],
+                startedAt: Date(), lastSeen: Date(), reportInterval: .seconds(15)))
+        // Release 2's billing: no handler for v1's billing.fraud-check and billing.charge.
+        var billing = SagaHandlerRegistry()
+        billing.register("billing.charge-and-check") { try await $0.completeStep() }
+        let logs = {
+            var handler = InMemoryLogHandler()
+            handler.logLevel = .info
+            return handler
+        }()
+        var configuration = ParticipantConfiguration(service: "billing", topology: topology, reaper: nil)
+        configuration.presenceInterval = .milliseconds(200)
+        configuration.health = SagaHealth()
+        let participant = SagaParticipant(
+            configuration: configuration, definitions: try SagaDefinitionRegistry([v2]), handlers: billing, bus: InMemoryBus(),
+            store: store, logger: Logger(label: "billing", factory: { _ in logs }))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await participant.run() }
+            for _ in 0..<200 where !logs.entries.contains(where: { "\($0.message)".contains("that unfinished sagas still need") }) {
+                try await Task.sleep(for: .milliseconds(25))
+            }
+            group.cancelAll()
+        }
+        let warning = logs.entries.first { "\($0.message)".contains("that unfinished sagas still need") }
+        #expect(warning?.level == .warning, "\(logs.entries.map(\.message))")
+        let text = warning.map { "\($0.message)" } ?? ""
+        let expected =
+            "2 command(s) that unfinished sagas still need have no live handler on topology '\(topology.prefix)': billing.charge (ticket v1: 3 unfinished sagas); billing.fraud-check (ticket v1: 3 unfinished sagas)."
+        #expect(text.hasPrefix(expected), "\(text)")
+        // Nothing to say once they are handled, or when no saga needs them.
+        try await store.recordParticipant(
+            ParticipantInstance(
+                topology: topology.prefix, service: "billing", instance: "billing-old",
+                commands: ["billing.fraud-check", "billing.charge"],
+                startedAt: Date(), lastSeen: Date(), reportInterval: .seconds(15)))
+        #expect(try await PresenceReporter.neededCommandsNobodyHandles(store: store, topology: topology.prefix, now: Date()).isEmpty)
     }
 }
