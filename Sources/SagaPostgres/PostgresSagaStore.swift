@@ -254,11 +254,13 @@ public final class PostgresSagaStore: SagaStore, Service {
     /// (so that an unreachable server is reported at once: the pool would retry forever), through
     /// the caller's client otherwise.
     ///
-    /// The migration gives up after twice the statement timeout (a server that stops answering,
+    /// The migration gives up after twice the statement timeout, at least 10 s (a server that stops answering,
     /// or another session holding the schema's lock), so ``run()`` fails instead of waiting.
     private func migrate() async throws {
         let (namespace, schema, location, logger, migrates) = (namespace, schema, location, logger, migratesSchema)
-        let timeout = batches.statementTimeout * 2
+        // At least 10 s: a short statement timeout must not make a start on a busy server fail
+        // (the migration opens a connection and runs several statements).
+        let timeout = max(batches.statementTimeout * 2, .seconds(10))
         let newKey = PostgresStateSeal.newKey()
         guard let configuration = ownConfiguration else {
             do {
