@@ -758,12 +758,18 @@ public struct SagaParticipant: Service {
             var letter = delivery
             letter.headers.removeValue(forKey: SagaHeaders.handedBack)
             letter.headers.removeValue(forKey: SagaHeaders.handedBackSince)
+            letter.headers.removeValue(forKey: SagaHeaders.handedBackUndecoded)
+            // Whichever instance hands it back last, the reason says what every one of them saw:
+            // a handler that could not decode it (carried in a header) is the cause to fix.
+            let undecoded: String? =
+                if case .payloadOfAnotherVersion(let error) = cause { error } else {
+                    delivery.headers[SagaHeaders.handedBackUndecoded]
+                }
             let reason =
-                switch cause {
-                case .noHandler:
+                if let undecoded {
+                    "no instance of service '\(service)' that took command '\(command.command)' within \(Self.handBackLimit) decoded the payload of its saga, of \(sender) (handed back \(handBacks) times; a handler failed with: \(undecoded)\(cause == .noHandler ? "; the last instance had no handler for it" : "")): deploy a release of '\(service)' whose handler decodes that version's payload (while its sagas run, handlers must accept every version's shape: Docs/Upgrades.md), then requeue the dead letter"
+                } else {
                     "service '\(service)' has no handler for command '\(command.command)', which \(sender) sends; no instance of '\(service)' with a handler took it within \(Self.handBackLimit) (handed back \(handBacks) times): deploy a release of '\(service)' that handles it, then requeue the dead letter"
-                case .payloadOfAnotherVersion(let error):
-                    "no instance of service '\(service)' that took command '\(command.command)' within \(Self.handBackLimit) decoded the payload of its saga, of \(sender) (handed back \(handBacks) times; the last, built with \(builtWith), failed with: \(error)): deploy a release of '\(service)' whose handler decodes that version's payload (while its sagas run, handlers must accept every version's shape: Docs/Upgrades.md), then requeue the dead letter"
                 }
             return await deadLetter(letter, reason: reason, logger: logger)
         }
@@ -771,6 +777,9 @@ public struct SagaParticipant: Service {
         var headers = delivery.headers
         headers[SagaHeaders.handedBack] = String(handBacks + 1)
         headers[SagaHeaders.handedBackSince] = String(since.timeIntervalSince1970)
+        if case .payloadOfAnotherVersion(let error) = cause {
+            headers[SagaHeaders.handedBackUndecoded] = String(error.prefix(500))
+        }
         headers[SagaHeaders.delay] = String(level)
         let message = OutgoingMessage(
             exchange: configuration.topology.delayName(seconds: level), routingKey: command.command, body: delivery.body,
@@ -866,6 +875,10 @@ extension SagaHeaders {
     /// When a command was first handed back (seconds since 1970); it is dead-lettered once
     /// handed back for ten minutes.
     public static let handedBackSince = "x-sagakit-handed-back-since"
+    /// The error of the last handler that could not decode a handed-back command's payload (a
+    /// release of another version took it), so that its dead letter names that cause whichever
+    /// instance hands it back last.
+    public static let handedBackUndecoded = "x-sagakit-handed-back-undecoded"
 }
 
 /// The commands a participant has handed back (``SagaParticipant``), shared by its copies.

@@ -204,6 +204,16 @@ struct RollingUpgradeTests {
                     exchange: topology.commandsExchange, routingKey: "flights.seat", body: Array(try JSONCoding.encode(seat)),
                     headers: [SagaHeaders.handedBack: .string("37"), SagaHeaders.handedBackSince: .string(String(since))],
                     contentType: SagaHeaders.contentType))
+            // The same, after an instance of another release could not decode its payload: the
+            // dead letter names that cause, though this instance, the last, has no handler.
+            try await bus.publish(
+                OutgoingMessage(
+                    exchange: topology.commandsExchange, routingKey: "flights.seat", body: Array(try JSONCoding.encode(seat)),
+                    headers: [
+                        SagaHeaders.handedBack: .string("12"), SagaHeaders.handedBackSince: .string(String(since)),
+                        SagaHeaders.handedBackUndecoded: .string("keyNotFound 'seatClass'"),
+                    ],
+                    contentType: SagaHeaders.contentType))
             // Sent by no version of the saga.
             var unknown = seat
             unknown.command = "flights.upgrade"
@@ -212,11 +222,21 @@ struct RollingUpgradeTests {
                     exchange: "", routingKey: topology.queue(forService: "flights"), body: Array(try JSONCoding.encode(unknown)),
                     contentType: SagaHeaders.contentType))
 
-            let letters = try await drain(queue: topology.deadLetterQueue, bus: bus, for: .seconds(10), until: 2)
+            let letters = try await drain(queue: topology.deadLetterQueue, bus: bus, for: .seconds(10), until: 3)
             try await waitUntil { flights.handedBack >= 2 }
             try await deployment?.stop()
-            #expect(letters.count == 2)
-            let expired = letters.first { $0.headers[SagaHeaders.deadLetterRoutingKey] == "flights.seat" }
+            #expect(letters.count == 3)
+            let undecoded = letters.first { ($0.headers[SagaHeaders.deadLetterReason] ?? "").contains("decoded the payload") }
+            let undecodedReason = undecoded?.headers[SagaHeaders.deadLetterReason] ?? ""
+            #expect(
+                undecodedReason.contains(
+                    "(handed back 12 times; a handler failed with: keyNotFound 'seatClass'; the last instance had no handler for it): deploy a release of 'flights' whose handler decodes that version's payload"
+                ), "\(letters.map { $0.headers[SagaHeaders.deadLetterReason] ?? "" })")
+            #expect(undecoded?.headers[SagaHeaders.handedBackUndecoded] == nil)
+            let expired = letters.first {
+                $0.headers[SagaHeaders.deadLetterRoutingKey] == "flights.seat"
+                    && !($0.headers[SagaHeaders.deadLetterReason] ?? "").contains("decoded the payload")
+            }
             let reason = expired?.headers[SagaHeaders.deadLetterReason] ?? ""
             #expect(
                 reason.contains("has no handler for command 'flights.seat', which saga definition '\(trip.name)' version 2 sends"),
