@@ -30,12 +30,13 @@ for rep in $(seq 1 "$REPS"); do
         psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB" 2>/dev/null
         psql "$ADMIN" -qc "CREATE DATABASE $DB"
         before=$(psql "$ADMIN" -Atc "SELECT xact_commit FROM pg_stat_database WHERE datname = '$DB'")
-        line=$("$bin" --store postgres --postgres-url "$SCRATCH" --sagas "$M" --warmup 100 --concurrency "$C" \
+        # The URL (with its password) in the environment: arguments show in the process list.
+        line=$(POSTGRES_URL="$SCRATCH" "$bin" --store postgres --sagas "$M" --warmup 100 --concurrency "$C" \
             --local transaction --json ${PG_DATA:+--pg-data "$PG_DATA"} "${extra[@]}" 2>/dev/null | grep '^{' | tail -1 || true)
         after=$(psql "$ADMIN" -Atc "SELECT xact_commit FROM pg_stat_database WHERE datname = '$DB'")
         if [ -z "$line" ]; then
             echo "bench-ab: side $side ($bin) printed no result in repetition $rep; run it by hand to see why:" >&2
-            echo "  $bin --store postgres --postgres-url $SCRATCH --sagas $M --concurrency $C --local transaction ${extra[*]}" >&2
+            echo "  POSTGRES_URL=<the scratch database's URL> $bin --store postgres --sagas $M --concurrency $C --local transaction ${extra[*]}" >&2
             exit 1
         fi
         echo "$line" | python3 -c '

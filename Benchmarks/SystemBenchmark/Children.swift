@@ -34,8 +34,10 @@ final class Children: Sendable {
     }
 
     /// Launches one process per role; its stdout is read for `READY <role>`, its stderr is ours,
-    /// its stdin a pipe that ``close()`` closes (the process then exits).
-    static func launch(roles: [String], arguments: [String]) throws -> Children {
+    /// its stdin a pipe that ``close()`` closes (the process then exits). `environment` is added
+    /// to this process's own: URLs with passwords go there, not into `arguments`, which every
+    /// user of the machine can read in the process list.
+    static func launch(roles: [String], arguments: [String], environment: [String: String]) throws -> Children {
         let ready = ReadyRoles()
         var processes: [Child] = []
         var inputs: [FileHandle] = []
@@ -44,6 +46,7 @@ final class Children: Sendable {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: executablePath)
             process.arguments = ["--role", role] + arguments
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, given in given }
             let output = Pipe()
             let input = Pipe()
             process.standardOutput = output

@@ -39,7 +39,12 @@ struct SystemBenchmark: AsyncParsableCommand {
             the saga's cost alone, for comparison).
             """)
     var local = "transaction"
-    @Option(help: "Database of the services' tables with --local separate (default: the store's).") var localURL: String?
+    @Option(help: "Database of the services' tables with --local separate (default: SYSTEM_BENCHMARK_LOCAL_URL, else the store's).")
+    var localURL: String?
+
+    /// The environment variable `--local-url` defaults to (how the participant processes get it).
+    static let localURLVariable = "SYSTEM_BENCHMARK_LOCAL_URL"
+
     @Option(help: "Prefetch of each participant.") var prefetch = 256
     @Option(help: "Deliveries each participant processes at once (default: the participant's default).") var handlers: Int?
     @Option(
@@ -89,7 +94,7 @@ struct SystemBenchmark: AsyncParsableCommand {
             sqlitePath: sqlitePath ?? "/tmp/system-benchmark-\(prefix).sqlite",
             amqpURL: amqpURL ?? environment["AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/%2F", prefix: prefix,
             events: SagaLifecycleEvent.Selection(rawValue: events) ?? .terminal, prefetch: prefetch, handlers: handlers, local: local,
-            localURL: localURL,
+            localURL: localURL ?? environment[Self.localURLVariable],
             stepTimeout: stepTimeout > 0 ? .milliseconds(Int64(stepTimeout * 1000)) : nil)
         if let role {
             try await ParticipantRole.run(role: role, settings: settings)
@@ -128,7 +133,8 @@ struct Starter: Sendable {
                 for (service, commands) in BenchSaga.commands {
                     try await bus.declare(settings.topology.topology(forService: service, commands: commands))
                 }
-                let children = try Children.launch(roles: ["inventory", "payment", "shipping"], arguments: childArguments())
+                let children = try Children.launch(
+                    roles: ["inventory", "payment", "shipping"], arguments: childArguments(), environment: childEnvironment())
                 do {
                     try await withThrowingTaskGroup(of: Void.self) { group in
                         group.addTask { try await manager.run() }
@@ -178,17 +184,24 @@ struct Starter: Sendable {
         }
     }
 
-    /// The arguments a participant process gets.
+    /// The arguments a participant process gets (no URL: they may hold passwords, and a
+    /// process's arguments are readable by every user of the machine; see ``childEnvironment()``).
     func childArguments() -> [String] {
         var arguments = [
-            "--store", settings.store, "--sqlite-path", settings.sqlitePath, "--amqp-url", settings.amqpURL, "--prefix", settings.prefix,
+            "--store", settings.store, "--sqlite-path", settings.sqlitePath, "--prefix", settings.prefix,
             "--prefetch", String(settings.prefetch), "--local", settings.local, "--events", options.events,
             "--step-timeout", String(options.stepTimeout),
         ]
-        if let url = settings.postgresURL { arguments += ["--postgres-url", url] }
         if let handlers = settings.handlers { arguments += ["--handlers", String(handlers)] }
-        if let url = settings.localURL { arguments += ["--local-url", url] }
         return arguments
+    }
+
+    /// The URLs a participant process gets, in the environment variables it reads them from.
+    func childEnvironment() -> [String: String] {
+        var environment = ["AMQP_URL": settings.amqpURL]
+        if let url = settings.postgresURL { environment["POSTGRES_URL"] = url }
+        if let url = settings.localURL { environment[SystemBenchmark.localURLVariable] = url }
+        return environment
     }
 
     /// Prints each process's RSS every `rssEvery` seconds (for a soak): the whole resident set,

@@ -125,9 +125,10 @@ def run_system(binpath: str, amqp: str, m: int, c: int, fail: float, run: int, s
     db = "bench_sagakit_system"
     reset_db(db)
     env = dict(os.environ)
-    env.update({"AMQP_URL": amqp})
+    # URLs in the environment, not in argv (the process list shows argv to every user).
+    env.update({"AMQP_URL": amqp, "POSTGRES_URL": pg_url(db)})
     env.update(extra_env or {})
-    argv = [os.path.join(binpath, "SystemBenchmark"), "--store", "postgres", "--postgres-url", pg_url(db),
+    argv = [os.path.join(binpath, "SystemBenchmark"), "--store", "postgres",
             "--sagas", str(m), "--warmup", "100", "--concurrency", str(c), "--fail-pct", str(fail),
             "--run", str(run), "--sync-commit", sync, "--json",
             "--local", os.environ.get("SAGAKIT_LOCAL", "transaction")]

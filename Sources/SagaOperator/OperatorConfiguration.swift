@@ -27,6 +27,29 @@ struct OperatorOptions: ParsableArguments, Sendable {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error (env SAGAKIT_LOG_LEVEL; default error).")
     var logLevel: String?
 
+    /// What to tell the operator about passwords given in these flags: a process's arguments
+    /// can be read by every user of the machine (`ps`, `/proc/<pid>/cmdline`) for as long as it
+    /// runs, the environment only by its owner. One line per flag that carries a password
+    /// (RabbitMQ's public `guest` default aside); the password itself is never in it.
+    var passwordWarnings: [String] {
+        func carriesPassword(_ url: String?, ignoring known: Set<String> = []) -> Bool {
+            guard let url, let password = URLComponents(string: url)?.password, !password.isEmpty else { return false }
+            return !known.contains(password)
+        }
+        var lines: [String] = []
+        if carriesPassword(storeURL) {
+            lines.append(
+                "warning: --store-url carries a password, which every user of this machine can read in the process list while this command runs; set SAGAKIT_STORE_URL (or the password alone in SAGAKIT_STORE_PASSWORD) in the environment instead"
+            )
+        }
+        if carriesPassword(amqpURL, ignoring: ["guest"]) {
+            lines.append(
+                "warning: --amqp-url carries a password, which every user of this machine can read in the process list while this command runs; set AMQP_URL in the environment instead"
+            )
+        }
+        return lines
+    }
+
     /// The configuration these flags, the environment and the defaults give.
     func configuration(
         environment: [String: String] = ProcessInfo.processInfo.environment, defaultLogLevel: Logger.Level = .error
@@ -95,7 +118,7 @@ struct OperatorConfiguration: Sendable {
             throw SagaError(
                 .invalidConfiguration, "no saga store given",
                 recoverySuggestion:
-                    "pass --store-url (sqlite:///absolute/path/sagas.db or postgres://user:password@host:5432/database) or set SAGAKIT_STORE_URL to the store your services use"
+                    "set SAGAKIT_STORE_URL to the store your services use (sqlite:///absolute/path/sagas.db or postgres://user:password@host:5432/database), or pass --store-url (a password in it shows in the process list: keep it in SAGAKIT_STORE_PASSWORD)"
             )
         }
         return storeURL

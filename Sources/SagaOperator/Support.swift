@@ -14,6 +14,9 @@ struct CommandEnvironment: Sendable {
 
     init(_ options: OperatorOptions, defaultLogLevel: Logger.Level = .error) throws {
         let configuration = try options.configuration(defaultLogLevel: defaultLogLevel)
+        for line in options.passwordWarnings {
+            FileHandle.standardError.write(Data("\(SagaOperatorTool.toolName): \(line)\n".utf8))
+        }
         ConsoleLogHandler.bootstrapOnce(level: configuration.logLevel)
         self.configuration = configuration
         self.logger = Logger(label: "saga")

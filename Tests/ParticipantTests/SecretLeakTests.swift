@@ -62,12 +62,42 @@ struct SecretLeakTests {
         #expect(failures.isEmpty, "\(failures.prefix(5).joined(separator: "\n"))")
     }
 
+    /// A password in `--store-url` or `--amqp-url` is in the process list for every user of the
+    /// machine while the command runs: the tool says so and where to put it instead (without
+    /// the password); from the environment, or with RabbitMQ's public `guest`, it says nothing.
+    @Test func theSagaToolWarnsOfAPasswordOnItsCommandLine() async throws {
+        let store = "postgres://u:\(Self.password)@127.0.0.1:1/db"
+        let (_, flagged) = try await run("saga", arguments: ["list", "--store-url", store], timeout: .seconds(60))
+        #expect(flagged.contains("--store-url carries a password"), "\(flagged)")
+        #expect(flagged.contains("SAGAKIT_STORE_URL"))
+        #expect(!flagged.contains(Self.password))
+
+        let amqp = "amqp://u:\(Self.password)@127.0.0.1:1/%2F"
+        let (_, broker) = try await run(
+            "saga", arguments: ["dlq", "list", "--amqp-url", amqp, "--store-url", "sqlite:///nonexistent.db"], timeout: .seconds(60))
+        #expect(broker.contains("--amqp-url carries a password"), "\(broker)")
+        #expect(!broker.contains("--store-url carries"))
+        #expect(!broker.contains(Self.password))
+
+        let (_, fromEnvironment) = try await run(
+            "saga", arguments: ["list"], environment: ["SAGAKIT_STORE_URL": store], timeout: .seconds(60))
+        let (_, guest) = try await run(
+            "saga",
+            arguments: ["dlq", "list", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2F", "--store-url", "sqlite:///nonexistent.db"],
+            timeout: .seconds(60))
+        for output in [fromEnvironment, guest] {
+            #expect(!output.contains("carries a password"), "\(output)")
+        }
+    }
+
     /// Runs a product of this package; returns its exit status (-1 when it was stopped) and its
     /// output and error, interleaved.
-    private func run(_ product: String, arguments: [String], timeout: Duration) async throws -> (Int32, String) {
+    private func run(
+        _ product: String, arguments: [String], environment: [String: String?] = [:], timeout: Duration
+    ) async throws -> (Int32, String) {
+        let cleared: [String: String?] = ["AMQP_URL": nil, "SAGAKIT_STORE_URL": nil, "POSTGRES_URL": nil, "SAGAKIT_LOG_LEVEL": "trace"]
         let run = await CommandRun.product(
-            product, arguments,
-            environment: ["AMQP_URL": nil, "SAGAKIT_STORE_URL": nil, "POSTGRES_URL": nil, "SAGAKIT_LOG_LEVEL": "trace"], timeout: timeout)
+            product, arguments, environment: cleared.merging(environment) { _, given in given }, timeout: timeout)
         return (run.timedOut ? -1 : run.status, run.stdout + run.stderr)
     }
 }
