@@ -13,7 +13,7 @@ struct PresenceReporter: Sendable {
     private let record: ParticipantInstance
 
     init(
-        store: any SagaStore, topology: String, service: String, commands: [String], interval: Duration, instanceName: String? = nil,
+        store: any SagaStore, topology: String, service: String, commands: [String], interval: Duration, instance: String,
         logger: Logger
     ) {
         self.store = store
@@ -21,7 +21,7 @@ struct PresenceReporter: Sendable {
         self.logger = logger
         let now = Date()
         self.record = ParticipantInstance(
-            topology: topology, service: service, instance: Self.instanceID(instanceName), commands: commands, startedAt: now,
+            topology: topology, service: service, instance: instance, commands: commands, startedAt: now,
             lastSeen: now, reportInterval: interval)
     }
 
@@ -85,9 +85,8 @@ struct PresenceReporter: Sendable {
         let handled = Set(live.flatMap(\.commands))
         var needed: [String: [String]] = [:]
         for name in Set(try await store.definitions().map(\.name)).sorted() {
-            for (version, byStatus) in try await store.countByVersion(name: name, topology: topology).sorted(by: { $0.key < $1.key }) {
-                let unfinished = byStatus.filter { !$0.key.hasEnded }.values.reduce(0, +)
-                guard unfinished > 0 else { continue }
+            for (version, unfinished) in try await store.unfinishedByVersion(name: name, topology: topology).sorted(by: { $0.key < $1.key })
+            {
                 let definition = try await store.definition(named: name, version: version)
                 for command in Set(definition.commands).subtracting(handled) {
                     needed[command, default: []].append("\(name) v\(version): \(unfinished) unfinished saga\(unfinished == 1 ? "" : "s")")

@@ -18,6 +18,9 @@ struct SagaEngine: Sendable {
     let metrics = SagaMetrics()
     /// Definitions read from the store (versions this process was not compiled with).
     let storedDefinitions = StoredDefinitionCache()
+    /// The process's instance (as its presence record names it), written into the history
+    /// records its transitions add (``SagaCore/StepRecord/instance``); `nil` writes none.
+    var instance: String?
 
     /// The outcome of ``advance(_:event:logger:)``.
     enum Advance: Sendable {
@@ -52,7 +55,11 @@ struct SagaEngine: Sendable {
                 return .ignored(reason, state)
             case .rejected(let reason):
                 return .rejected(reason, state)
-            case .transition(let next, let commands):
+            case .transition(var next, let commands):
+                if let instance {
+                    // The records this transition adds say which process recorded them.
+                    for index in next.history.indices.dropFirst(state.history.count) { next.history[index].instance = instance }
+                }
                 // The commands first (the relay and the publish below keep this order), then the
                 // lifecycle events of the transition, all committed with it.
                 let events =

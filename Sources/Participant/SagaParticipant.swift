@@ -45,6 +45,8 @@ public struct SagaParticipant: Service {
     let handBackLog = HandBackLog()
     /// What the participant tells the health registry while it runs.
     let health: ParticipantHealth
+    /// This process's id in its presence record and in the history records it writes.
+    let instance: String
 
     /// Creates a participant.
     public init(
@@ -61,6 +63,9 @@ public struct SagaParticipant: Service {
         logger[metadataKey: "saga.service"] = "\(configuration.service)"
         self.logger = logger
         var engine = SagaEngine(store: store, bus: bus, definitions: definitions, topology: configuration.topology)
+        let instance = PresenceReporter.instanceID(configuration.instanceName)
+        self.instance = instance
+        engine.instance = instance
         engine.sentMarker = SentMarker(
             store: store, interval: SentMarker.interval(forGracePeriod: configuration.outboxGracePeriod), logger: logger)
         if configuration.inProcessSteps {
@@ -236,7 +241,7 @@ public struct SagaParticipant: Service {
             if let interval = configuration.presenceInterval {
                 let presence = PresenceReporter(
                     store: engine.store, topology: configuration.topology.prefix, service: configuration.service,
-                    commands: handlers.commands, interval: interval, instanceName: configuration.instanceName, logger: logger)
+                    commands: handlers.commands, interval: interval, instance: instance, logger: logger)
                 group.addTask { await presence.run() }
             }
             if let reaperConfiguration = configuration.reaper {
@@ -404,7 +409,8 @@ public struct SagaParticipant: Service {
     ) async throws(InfrastructureFailure) {
         let command = body.command
         let handler = handlers.handler(for: command.command)
-        let noHandler = "service '\(configuration.service)' has no handler for command '\(command.command)'"
+        // Built only on the paths that say it (not for every delivery).
+        var noHandler: String { "service '\(configuration.service)' has no handler for command '\(command.command)'" }
         // Says first that there is no handler here, when there is none.
         let reason = { (why: String) in handler == nil ? "\(noHandler); \(why)" : why }
         // Without a handler, the stored definitions decide (another release may know the name).

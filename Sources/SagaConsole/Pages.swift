@@ -388,7 +388,7 @@ struct Pages: Sendable {
     /// The history as a table; with the saga's definition, a wait step's signal says who sent it
     /// and how long the saga waited.
     func timelineTable(_ state: SagaState, definition: SagaDefinition? = nil) -> String {
-        var rows: [[String]] = [["+0 ms", "", "", "saga started", "", ""]]
+        var rows: [[String]] = [["+0 ms", "", "", "saga started", "", "", ""]]
         for record in state.history {
             let offset = "+" + HTML.seconds(record.finishedAt.timeIntervalSince(state.createdAt))
             let isWait = definition.map { $0.steps.indices.contains(record.step) && $0.steps[record.step].wait != nil } ?? false
@@ -398,6 +398,7 @@ struct Pages: Sendable {
                     offset, HTML.escape(record.stepName), "signal",
                     "<b>signalled by \(HTML.escape(record.actor ?? "?"))</b>",
                     early ? "" : "waited " + HTML.duration(record.finishedAt.timeIntervalSince(record.startedAt)),
+                    HTML.escape(record.instance ?? ""),
                     "<span class=\"reason\">\(HTML.escape(record.reason.map { "“\($0)”" } ?? ""))</span>",
                 ])
                 continue
@@ -420,17 +421,17 @@ struct Pages: Sendable {
             let detail = (record.error ?? record.reason.map { "“\($0)”" } ?? "") + (record.timedOut == true ? " (timed out)" : "")
             rows.append([
                 offset, HTML.escape(record.stepName), "\(record.phase.rawValue) #\(record.attempt)", what, took,
-                "<span class=\"reason\">\(HTML.escape(detail))</span>",
+                HTML.escape(record.instance ?? ""), "<span class=\"reason\">\(HTML.escape(detail))</span>",
             ])
         }
         if state.status.isTerminal {
             rows.append([
                 "+" + HTML.seconds(state.updatedAt.timeIntervalSince(state.createdAt)), "", "",
-                "saga \(HTML.escape(state.status.consoleName))", "",
+                "saga \(HTML.escape(state.status.consoleName))", "", "",
                 HTML.escape(state.failureReason ?? ""),
             ])
         }
-        return HTML.table(["after", "step", "phase", "outcome", "handler", "error or reason"], rows, classes: "timeline")
+        return HTML.table(["after", "step", "phase", "outcome", "handler", "process", "error or reason"], rows, classes: "timeline")
     }
 
     func actions(for state: SagaState, next: SagaConsoleNextStep, wait: ConsoleWait?, session: Session?) -> String {

@@ -58,14 +58,11 @@ package struct ServiceDirectory: Sendable {
         for name in Set(definitions.map(\.name)).sorted() {
             let versions = definitions.filter { $0.name == name }.sorted { $0.version < $1.version }
             guard let newest = versions.last else { continue }
-            guard let counts = try? await store.countByVersion(name: name, topology: topology) else {
+            guard let unfinished = try? await store.unfinishedByVersion(name: name, topology: topology) else {
                 kept += versions
                 continue
             }
-            for definition in versions.dropLast() {
-                let unfinished = (counts[definition.version] ?? [:]).filter { !$0.key.hasEnded && $0.value > 0 }
-                if !unfinished.isEmpty { kept.append(definition) }
-            }
+            kept += versions.dropLast().filter { unfinished[$0.version] != nil }
             kept.append(newest)
         }
         return kept

@@ -94,6 +94,8 @@ struct ShowCommand: AsyncParsableCommand {
         var actor: String?
         /// Why (operator actions, when given; skipped steps: the condition that did not hold).
         var reason: String?
+        /// The process that recorded it (``SagaCore/StepRecord/instance``), when a participant did.
+        var instance: String? = nil
     }
 
     /// The saga's history as timeline entries, with its start and, once finished, its end.
@@ -130,7 +132,7 @@ struct ShowCommand: AsyncParsableCommand {
                         event: "wait", at: record.finishedAt, offsetSeconds: record.finishedAt.timeIntervalSince(state.createdAt),
                         step: record.step, stepName: record.stepName, phase: record.phase.rawValue, attempt: record.attempt,
                         outcome: record.outcome.rawValue, waitedSeconds: record.finishedAt.timeIntervalSince(record.startedAt),
-                        error: record.error, reason: record.reason))
+                        error: record.error, reason: record.reason, instance: record.instance))
                 continue
             } else if record.outcome == .skipped {
                 event = "skipped"
@@ -145,7 +147,7 @@ struct ShowCommand: AsyncParsableCommand {
                     event: event, at: record.finishedAt, offsetSeconds: record.finishedAt.timeIntervalSince(state.createdAt),
                     step: record.step, stepName: record.stepName, phase: record.phase.rawValue, attempt: record.attempt,
                     outcome: record.outcome.rawValue, handlerSeconds: handler, error: record.error, timedOut: record.timedOut,
-                    actor: record.actor, reason: record.reason))
+                    actor: record.actor, reason: record.reason, instance: record.instance))
         }
         if state.status.isTerminal {
             entries.append(
@@ -175,7 +177,7 @@ struct ShowCommand: AsyncParsableCommand {
             lines.append("  context     \(state.context.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))")
         }
         lines.append("")
-        lines.append("timeline (time after the start · step · phase and attempt · outcome · handler time)")
+        lines.append("timeline (time after the start · step · phase and attempt · outcome · handler time · the process that recorded it)")
         for entry in timeline(state) { lines.append(line(entry)) }
         lines.append("")
         lines.append("next")
@@ -210,7 +212,8 @@ struct ShowCommand: AsyncParsableCommand {
         if entry.event == "wait" {
             let waited = entry.waitedSeconds.map { " after waiting \(humanDuration($0))" } ?? ""
             let outcome = entry.outcome.flatMap(StepOutcome.init(rawValue:)).map(describe) ?? (entry.outcome ?? "?")
-            return "\(head)  \(pad(outcome, 13))  no signal\(waited)\(entry.error.map { ": \($0)" } ?? "")"
+            return
+                "\(head)  \(pad(outcome, 13))  no signal\(waited)\(entry.instance.map { " (on \($0))" } ?? "")\(entry.error.map { ": \($0)" } ?? "")"
         }
         if entry.event == "operator" {
             let what =
@@ -227,6 +230,7 @@ struct ShowCommand: AsyncParsableCommand {
         let took = entry.handlerSeconds.map { $0 < 0.001 ? "<1 ms" : formatSeconds($0) } ?? ""
         var line = "\(head)  \(pad(outcome, 13))  \(pad(took, 8))"
         if entry.timedOut == true { line += "  (timed out)" }
+        if let instance = entry.instance { line += "  on \(instance)" }
         if let error = entry.error { line += "  \(error)" }
         return line.trimmingTrailingSpaces()
     }

@@ -138,6 +138,10 @@ struct OperatorCLITests {
                     #expect(Self.columns(timeline[1]).dropFirst(2).starts(with: ["hotel", "action", "#1", "completed"]), "\(timeline[1])")
                     #expect(Self.columns(timeline[2]).dropFirst(2).starts(with: ["flight", "action", "#1", "FAILED"]), "\(timeline[2])")
                     #expect(timeline[2].hasSuffix("no seats on TP123"), "\(timeline[2])")
+                    // Which process recorded each step: the instance `saga services` lists.
+                    #expect(timeline[1].contains(" on hotels-1@"), "\(timeline[1])")
+                    #expect(timeline[2].contains(" on flights-1@"), "\(timeline[2])")
+                    #expect(timeline[3].contains(" on hotels-1@"), "\(timeline[3])")
                     #expect(
                         Self.columns(timeline[3]).dropFirst(2).starts(with: ["hotel", "compensation", "#1", "completed"]), "\(timeline[3])")
                     #expect(timeline[4].hasSuffix("saga compensated"), "\(timeline[4])")
@@ -192,6 +196,10 @@ struct OperatorCLITests {
                     stuckTimeline.contains {
                         $0["outcome"] as? String == "retrying" && $0["error"] as? String == "confirmation service rejects the booking"
                     })
+                // The process that recorded the attempt is the one `services` lists.
+                let recordedBy = stuckTimeline.first { $0["outcome"] as? String == "retrying" }?["instance"] as? String
+                #expect(recordedBy?.hasPrefix("trips-1@") == true, "\(stuckTimeline)")
+                #expect((byService["trips"]?["instances"] as? [[String: Any]])?.map { $0["instance"] as? String } == [recordedBy])
 
                 // graph, for people and as JSON.
                 let graph = try await cli.succeed(["graph", "trip"])
@@ -553,11 +561,14 @@ struct OperatorCLITests {
         }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for (service, registry) in handlers {
+                var configuration = ParticipantConfiguration(
+                    service: service, topology: topology, outboxPollInterval: .milliseconds(200),
+                    outboxGracePeriod: .milliseconds(500), reaper: nil)
+                // Named, as `show` names the process that recorded each step.
+                configuration.instanceName = "\(service)-1"
                 let participant = SagaParticipant(
-                    configuration: ParticipantConfiguration(
-                        service: service, topology: topology, outboxPollInterval: .milliseconds(200),
-                        outboxGracePeriod: .milliseconds(500), reaper: nil),
-                    definitions: definitions, handlers: registry, bus: bus, store: store, logger: quietTestLogger)
+                    configuration: configuration, definitions: definitions, handlers: registry, bus: bus, store: store,
+                    logger: quietTestLogger)
                 group.addTask { try await participant.run() }
             }
             do {

@@ -101,11 +101,16 @@ public struct StepRecord: Sendable, Hashable, Codable {
     /// Why, for an operator's action, when they said; for a skipped step, the condition that did
     /// not hold (`condition not met: amount > 1000`); `nil` otherwise.
     public var reason: String?
+    /// The process that recorded the outcome — the instance `saga services` lists, such as
+    /// `payment-2@host-a` — when a participant recorded it; `nil` for records written elsewhere
+    /// (a manager, the `saga` tool) and before SagaKit recorded it. Says which release ran a
+    /// step during a rolling upgrade, and where to find the step's log lines.
+    public var instance: String?
 
     /// Creates a record.
     public init(
         step: Int, stepName: String, phase: StepPhase, attempt: Int, startedAt: Date, finishedAt: Date, outcome: StepOutcome,
-        error: String? = nil, timedOut: Bool? = nil, actor: String? = nil, reason: String? = nil
+        error: String? = nil, timedOut: Bool? = nil, actor: String? = nil, reason: String? = nil, instance: String? = nil
     ) {
         self.step = step
         self.stepName = stepName
@@ -118,6 +123,7 @@ public struct StepRecord: Sendable, Hashable, Codable {
         self.timedOut = timedOut
         self.actor = actor
         self.reason = reason
+        self.instance = instance
     }
 }
 

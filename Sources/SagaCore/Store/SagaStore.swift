@@ -261,6 +261,18 @@ extension SagaStore {
             recoverySuggestion: "implement purgeFinished(before:topology:limit:) in the store")
     }
 
+    /// How many unfinished sagas (running, waiting, compensating or needing attention) each
+    /// version of the definition `name` has, for the versions that have any, from
+    /// ``countByVersion(name:topology:)``: the versions whose commands still need handlers, and
+    /// the versions not yet retired (Docs/Upgrades.md).
+    /// - Throws: what ``countByVersion(name:topology:)`` throws.
+    public func unfinishedByVersion(name: String, topology: String?) async throws -> [Int: Int] {
+        try await countByVersion(name: name, topology: topology).compactMapValues { byStatus in
+            let unfinished = byStatus.filter { !$0.key.hasEnded }.values.reduce(0, +)
+            return unfinished > 0 ? unfinished : nil
+        }
+    }
+
     /// Stores written before this requirement cannot count by definition version.
     /// - Throws: `unsupported`.
     public func countByVersion(name: String, topology: String?) async throws -> [Int: [SagaStatus: Int]] {

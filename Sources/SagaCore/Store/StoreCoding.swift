@@ -97,6 +97,10 @@ package enum StoreCoding {
             }
             writer.key("finishedAt")
             writer.write(milliseconds(record.finishedAt))
+            if let instance = record.instance {
+                writer.key("instance")
+                writer.write(instance)
+            }
             writer.key("outcome")
             writer.write(record.outcome.rawValue)
             writer.key("phase")
@@ -160,7 +164,7 @@ package enum StoreCoding {
                 finishedAt: date(milliseconds: try fields.int64("finishedAt")),
                 outcome: try fields.value("outcome", as: StepOutcome.self), error: try fields.optionalString("error"),
                 timedOut: try fields.optionalBool("timedOut"), actor: try fields.optionalString("actor"),
-                reason: try fields.optionalString("reason"))
+                reason: try fields.optionalString("reason"), instance: try fields.optionalString("instance"))
         }
     }
 

@@ -155,7 +155,7 @@ extension SagaStoreConformance {
                 step: 1, stepName: "charge", phase: .action, attempt: 1,
                 startedAt: milliseconds(start.addingTimeInterval(0.2)),
                 finishedAt: milliseconds(start.addingTimeInterval(0.5)), outcome: .failed,
-                error: "card expired"
+                error: "card expired", instance: "payment-2@host-ä"
             ),
             StepRecord(
                 step: 0, stepName: "reserve", phase: .compensation, attempt: 1,
