@@ -116,6 +116,18 @@ import Testing
         #expect(try JSONValue(parsing: Array(allowed.utf8)) != .null)
     }
 
+    @Test func integersAreWrittenAsTheirDecimalDigits() {
+        let values: [Int64] = [0, 7, -1, 9, 10, -10, 99, 100, 1_796_000_000_123, -1_796_000_000_123, Int64.max, Int64.min, Int64.min + 1]
+        for value in values {
+            var writer = JSONWriter()
+            writer.write(value)
+            #expect(writer.text == String(value), "\(value)")
+            var small = JSONWriter()
+            small.write(Int(value))
+            #expect(small.text == String(value))
+        }
+    }
+
     @Test func numbersJSONCannotHoldAreRefusedByTheWriter() {
         for number in [Double.infinity, -Double.infinity, Double.nan] {
             #expect(throws: SagaError.self) { try JSONValue.number(number).jsonBytes() }

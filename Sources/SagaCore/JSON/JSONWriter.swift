@@ -83,12 +83,20 @@ package struct JSONWriter {
 
     /// Writes an integer.
     package mutating func write(_ integer: Int) {
-        bytes.append(contentsOf: integer.description.utf8)
+        write(Int64(integer))
     }
 
-    /// Writes an integer.
+    /// Writes an integer: its digits straight into the bytes (no string in between; a command
+    /// and its state copy hold a dozen integers: times, steps, attempts, versions).
     package mutating func write(_ integer: Int64) {
-        bytes.append(contentsOf: integer.description.utf8)
+        if integer < 0 { bytes.append(UInt8(ascii: "-")) }
+        var magnitude = integer.magnitude
+        let start = bytes.count
+        repeat {
+            bytes.append(UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: magnitude % 10))
+            magnitude /= 10
+        } while magnitude > 0
+        bytes[start...].reverse()
     }
 
     /// Writes `true` or `false`.
