@@ -121,6 +121,26 @@ func operateOnEach(
     }
 }
 
+/// How far a command acting on many sagas got: a line on standard error at each tenth of a run
+/// of ``minimum`` ids or more (`retry -` with the ids of an outage's thousands of sagas), so that
+/// the operator sees it moving and how many failed so far, even with `--json`.
+struct BulkProgress {
+    /// The smallest run that reports progress.
+    static let minimum = 100
+    let total: Int
+    private var nextTenth = 1
+
+    init(total: Int) { self.total = total }
+
+    /// The line to print after `done` of the ids, `failed` of them failed; `nil` between tenths,
+    /// at the end (the command's own summary follows) and for short runs.
+    mutating func line(done: Int, failed: Int) -> String? {
+        guard total >= Self.minimum, done < total, done * 10 >= nextTenth * total else { return nil }
+        while done * 10 >= nextTenth * total { nextTenth += 1 }
+        return "progress: \(done) of \(total) sagas (\(done * 100 / total) %)\(failed > 0 ? ", \(failed) failed" : "")"
+    }
+}
+
 /// Runs `action` on each of `ids` in turn (a failure is reported and the next id goes on), prints
 /// the states as JSON when asked (one object for one id, an array for several), and fails with
 /// exit status 1 when any id failed.
@@ -128,7 +148,8 @@ func forEachSaga(_ ids: [String], json: Bool, redactor: Redactor, _ action: (Str
     let ids = try expandingStandardInput(ids)
     var states: [SagaState] = []
     var failures: [String] = []
-    for id in ids {
+    var progress = BulkProgress(total: ids.count)
+    for (offset, id) in ids.enumerated() {
         do {
             states.append(redactor.redact(try await action(id)))
         } catch {
@@ -136,6 +157,7 @@ func forEachSaga(_ ids: [String], json: Bool, redactor: Redactor, _ action: (Str
             failures.append(id)
             printError("saga \(id): \(error)")
         }
+        if let line = progress.line(done: offset + 1, failed: failures.count) { printError(line) }
     }
     if json {
         if ids.count == 1, let state = states.first { try printJSON(state) } else { try printJSON(states) }

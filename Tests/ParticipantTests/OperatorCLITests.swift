@@ -348,6 +348,14 @@ struct OperatorCLITests {
                 let piped = try await cli.run(["retry", "-", "--reason", "piped"], input: "\n\(another)\n  \n")
                 #expect(piped.status == 0 && piped.stdout.contains("saga \(another) is"), "\(piped)")
                 #expect(try await cli.succeed(["show", another]).contains(": \"piped\""))
+                // A long run says how far it got, on standard error, at each tenth.
+                let many = (1...120).map { "no-such-saga-\($0)" }.joined(separator: "\n")
+                let bulk = try await cli.run(["retry", "-", "--json"], input: many)
+                let progressLines = bulk.stderr.split(separator: "\n").filter { $0.hasPrefix("progress: ") }
+                #expect(progressLines.count == 9, "\(bulk.stderr)")
+                #expect(progressLines.first == "progress: 12 of 120 sagas (10 %), 12 failed", "\(progressLines)")
+                #expect(progressLines.last == "progress: 108 of 120 sagas (90 %), 108 failed", "\(progressLines)")
+                #expect(bulk.status == 1 && bulk.stderr.contains("120 of 120 failed"), "\(bulk)")
                 let nothing = try await cli.run(["compensate", "-"], input: "")
                 #expect(nothing.status != 0 && nothing.stderr.contains("no saga ids on standard input"), "\(nothing)")
 
