@@ -159,6 +159,34 @@ extension PostgresSagaStore {
         return counts
     }
 
+    /// The statuses of sagas that have not ended, as SQL literals (`'running', …`): written into
+    /// the statement, not bound, so that the server's generic plan knows how few rows they select
+    /// and reads the status index (bound as an array, it read every saga of the name: 0.3–0.6 s
+    /// for a million, against 55 ms).
+    static let unfinishedStatuses = SagaStatus.allCases.filter { !$0.hasEnded }.map { "'\($0.rawValue)'" }.joined(separator: ", ")
+
+    /// The unfinished sagas of each version of `name`, read through the `(status, updated_at)`
+    /// index: the finished sagas, most of a store that keeps them, are not read.
+    public func unfinishedByVersion(name: String, topology: String?) async throws -> [Int: Int] {
+        let result = try await rows(
+            "count unfinished sagas by version",
+            """
+            SELECT COALESCE(context ->> \(SagaState.definitionVersionKey)::text, '1') AS version, count(*) AS n
+            FROM \(unescaped: namespace).sagas
+            WHERE status IN (\(unescaped: Self.unfinishedStatuses)) AND name = \(name)::text
+              AND (\(topology)::text IS NULL
+                OR coalesce(context ->> \(SagaState.topologyKey)::text, \(topology)::text) = \(topology)::text)
+            GROUP BY 1
+            """
+        )
+        var counts: [Int: Int] = [:]
+        for row in result {
+            // As SagaState.definitionVersion reads it: a version that is not a number is 1.
+            counts[Int(try row["version"].decode(String.self)) ?? 1, default: 0] += try row["n"].decode(Int.self)
+        }
+        return counts
+    }
+
     /// Claims up to `limit` stalled sagas, oldest update first, in one statement that locks the
     /// candidates with `FOR UPDATE SKIP LOCKED`: a concurrent claimer skips them (and, once this
     /// claim commits, sees the new lease), so two claimers never take the same saga. A valid

@@ -289,6 +289,32 @@ extension SQLiteSagaStore {
         return counts
     }
 
+    /// The unfinished sagas of each version of `name`, read through the `(status, updated_at)`
+    /// index: the finished sagas, most of a store that keeps them, are not read.
+    public func unfinishedByVersion(name: String, topology: String?) async throws -> [Int: Int] {
+        let unfinished = SagaStatus.allCases.filter { !$0.hasEnded }.map(\.rawValue)
+        var conditions = ["status IN (\(unfinished.map { _ in "?" }.joined(separator: ", ")))", "name = ?"]
+        var arguments: StatementArguments = ["$.\"\(SagaState.definitionVersionKey)\""]
+        arguments += StatementArguments(unfinished)
+        arguments += [name]
+        if let topology {
+            conditions.append(Self.topologyCondition)
+            arguments += [Self.topologyPath, topology, topology]
+        }
+        let sql = """
+            SELECT CAST(COALESCE(json_extract(context, ?), '1') AS TEXT) AS version, COUNT(*) AS n FROM sagas
+            WHERE \(conditions.joined(separator: " AND ")) GROUP BY 1
+            """
+        let finalArguments = arguments
+        let rows = try await read("count unfinished sagas by version in") { db in
+            try Row.fetchAll(db, sql: sql, arguments: finalArguments).map { ($0["version"] as String, $0["n"] as Int) }
+        }
+        var counts: [Int: Int] = [:]
+        // As SagaState.definitionVersion reads it: a version that is not a number is 1.
+        for (version, count) in rows { counts[Int(version) ?? 1, default: 0] += count }
+        return counts
+    }
+
     /// Claims up to `limit` stalled sagas, oldest update first, in one `IMMEDIATE` transaction
     /// (writers are serialized, across processes too, so two claimers never take the same
     /// saga). A valid lease excludes everyone, its owner too.

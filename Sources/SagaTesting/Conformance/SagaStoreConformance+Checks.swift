@@ -507,7 +507,8 @@ extension SagaStoreConformance {
 
     /// `countByVersion(name:topology:)` counts each version's sagas by status, a saga without a
     /// version on version 1, every status present for a version found; another name's sagas and
-    /// another topology's are left out.
+    /// another topology's are left out. `unfinishedByVersion(name:topology:)` counts the same
+    /// sagas that have not ended, and leaves out the versions without any.
     public static let countByVersionCountsEachVersionsSagas = Check("countByVersionCountsEachVersionsSagas") { fixture in
         let store = fixture.store
         let name = uniqueID("definition")
@@ -534,6 +535,12 @@ extension SagaStoreConformance {
         #expect(shop[2]?[.running] == 2 && shop[2]?[.needsAttention] == 1, "the untagged, not billing's")
         #expect(shop[12]?[.completed] == 1)
         #expect(try await store.countByVersion(name: uniqueID("unknown"), topology: nil).isEmpty)
+
+        // The unfinished ones (running, waiting, compensating, needing attention), as the counts say.
+        let unfinished = try await fixture.other.unfinishedByVersion(name: name, topology: nil)
+        #expect(unfinished == [1: 1, 2: 4], "version 12's only saga completed: absent")
+        #expect(try await store.unfinishedByVersion(name: name, topology: "shop") == [1: 1, 2: 3], "the untagged, not billing's")
+        #expect(try await store.unfinishedByVersion(name: uniqueID("unknown"), topology: nil).isEmpty)
     }
 
     /// `list` filters by ``SagaQuery/definitionVersion``: the version is read from the saga's
