@@ -85,8 +85,9 @@ struct PresenceReporter: Sendable {
         let handled = Set(live.flatMap(\.commands))
         var needed: [String: [String]] = [:]
         for name in Set(try await store.definitions().map(\.name)).sorted() {
-            for (version, unfinished) in try await store.unfinishedByVersion(name: name, topology: topology).sorted(by: { $0.key < $1.key })
-            {
+            let versions = try await store.unfinishedByVersion(name: name, topology: topology)
+            for (version, byStatus) in versions.sorted(by: { $0.key < $1.key }) {
+                let unfinished = byStatus.values.reduce(0, +)
                 let definition = try await store.definition(named: name, version: version)
                 for command in Set(definition.commands).subtracting(handled) {
                     needed[command, default: []].append("\(name) v\(version): \(unfinished) unfinished saga\(unfinished == 1 ? "" : "s")")

@@ -21,6 +21,8 @@ struct ConsoleRoutes: Sendable {
     let backend: SagaConsoleBackend
     let logger: Logger
     let health: ConsoleHealth
+    /// The counts `/metrics` serves, the finished sagas' recounted every 5 minutes.
+    let counts = SagaCountCache()
 
     func register(on router: Router<BasicRequestContext>) {
         router.get("/") { request, _ in
@@ -162,12 +164,12 @@ struct ConsoleRoutes: Sendable {
             do {
                 // Within Prometheus' default scrape timeout (10 s): a store that does not answer
                 // makes a quick 503 (the scrape's `up` is 0), not a scrape that times out.
-                let (store, configuration, backend) = (backend.store, pages.configuration, backend)
+                let (store, configuration, backend, counts) = (backend.store, pages.configuration, backend, counts)
                 let text = try await withTimeLimit(Self.metricsPatience, timedOut: { StoreMetricsTimedOut() }) {
                     try await StoreMetrics.render(
                         store: store, stalledThreshold: configuration.stalledThreshold.consoleSeconds,
                         stuckAttempts: configuration.stuckAttempts, topology: configuration.prefix,
-                        definitions: (try? await backend.definitions().all) ?? [])
+                        definitions: (try? await backend.definitions().all) ?? [], countCache: counts)
                 }
                 return Response(
                     status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8", .cacheControl: "no-store"],

@@ -1,5 +1,6 @@
 import Foundation
 import Participant
+import Synchronization
 
 /// The `/metrics` the console serves: gauges read from the shared store at scrape time, so they
 /// are the same whichever process answers and survive every restart (the participants' own
@@ -9,7 +10,9 @@ import Participant
 ///   `waiting` included: sagas stopped at a wait step until their signal arrives).
 /// - `sagakit_store_sagas_by_version{saga,version,status}`: the same per definition version
 ///   (``SagaStore/countByVersion(name:topology:)``; absent when the store cannot count by
-///   version): a version is retired once its sagas have all ended (`Docs/Upgrades.md`).
+///   version): a version is retired once its sagas have all ended (`Docs/Upgrades.md`). The
+///   finished sagas' counts (`completed`, `compensated`, in both metrics) are up to 5 minutes
+///   old (``SagaCountCache``), the others are counted at every scrape.
 /// - `sagakit_store_sagas_stalled{saga}`: running or compensating sagas that made no progress
 ///   for the console's stalled threshold (``SagaStore/listStalled(_:noProgressSince:)``: a
 ///   reaper's re-send is no progress).
@@ -27,7 +30,7 @@ import Participant
 enum StoreMetrics {
     static func render(
         store: any SagaStore, stalledThreshold: Double, stuckAttempts: Int, topology: String, definitions: [SagaDefinition],
-        now: Date = Date()
+        countCache: SagaCountCache = SagaCountCache(), now: Date = Date()
     ) async throws -> String {
         var names = Set<String>()
         if let stored = try? await store.definitions() { names.formUnion(stored.map(\.name)) }
@@ -46,7 +49,7 @@ enum StoreMetrics {
         for name in names.sorted() {
             let counts: [SagaStatus: Int]
             do {
-                let versions = try await store.countByVersion(name: name, topology: nil)
+                let versions = try await countCache.countByVersion(name: name, store: store)
                 byVersion[name] = versions
                 counts = versions.values.reduce(into: [:]) { total, one in total.merge(one, uniquingKeysWith: +) }
             } catch let error as SagaError where error.code == .unsupported {
@@ -116,5 +119,49 @@ enum StoreMetrics {
     static func escape(_ value: String) -> String {
         value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
             .replacingOccurrences(of: "\n", with: "\\n")
+    }
+}
+
+/// The counts by version and status that `/metrics` serves: the finished sagas (completed,
+/// compensated) from a count at most ``interval`` old, the unfinished ones counted at every
+/// scrape. Counting every saga a store keeps reads all of them (about a second per million on
+/// PostgreSQL, at every scrape: past 8 s the scrape fails); the unfinished ones, which the alerts
+/// watch, come from the status index (``SagaStore/unfinishedByVersion(name:topology:)``).
+final class SagaCountCache: Sendable {
+    /// How old the finished sagas' counts may be.
+    let interval: Duration
+    private let taken = Mutex<[String: (at: ContinuousClock.Instant, counts: [Int: [SagaStatus: Int]])]>([:])
+
+    init(interval: Duration = .seconds(300)) { self.interval = interval }
+
+    /// The sagas of `name` by version and status (every status present for a version found),
+    /// as ``SagaStore/countByVersion(name:topology:)`` counts them, with the finished ones up
+    /// to ``interval`` old.
+    func countByVersion(
+        name: String, store: any SagaStore, now: ContinuousClock.Instant = .now
+    ) async throws -> [Int: [SagaStatus: Int]] {
+        guard let earlier = taken.withLock({ $0[name] }), now - earlier.at < interval else {
+            let counts = try await store.countByVersion(name: name, topology: nil)
+            taken.withLock { $0[name] = (now, counts) }
+            return counts
+        }
+        return Self.merging(finishedOf: earlier.counts, unfinished: try await store.unfinishedByVersion(name: name, topology: nil))
+    }
+
+    /// `counts` with its unfinished statuses replaced by `unfinished`'s (0 where it has none).
+    static func merging(
+        finishedOf counts: [Int: [SagaStatus: Int]], unfinished: [Int: [SagaStatus: Int]]
+    ) -> [Int: [SagaStatus: Int]] {
+        var merged = counts
+        for version in Set(counts.keys).union(unfinished.keys) {
+            for status in SagaStatus.allCases {
+                if status.hasEnded {
+                    merged[version, default: [:]][status] = counts[version]?[status] ?? 0
+                } else {
+                    merged[version, default: [:]][status] = unfinished[version]?[status] ?? 0
+                }
+            }
+        }
+        return merged
     }
 }

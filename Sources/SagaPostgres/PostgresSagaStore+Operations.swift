@@ -167,22 +167,24 @@ extension PostgresSagaStore {
 
     /// The unfinished sagas of each version of `name`, read through the `(status, updated_at)`
     /// index: the finished sagas, most of a store that keeps them, are not read.
-    public func unfinishedByVersion(name: String, topology: String?) async throws -> [Int: Int] {
+    public func unfinishedByVersion(name: String, topology: String?) async throws -> [Int: [SagaStatus: Int]] {
         let result = try await rows(
             "count unfinished sagas by version",
             """
-            SELECT COALESCE(context ->> \(SagaState.definitionVersionKey)::text, '1') AS version, count(*) AS n
+            SELECT COALESCE(context ->> \(SagaState.definitionVersionKey)::text, '1') AS version, status, count(*) AS n
             FROM \(unescaped: namespace).sagas
             WHERE status IN (\(unescaped: Self.unfinishedStatuses)) AND name = \(name)::text
               AND (\(topology)::text IS NULL
                 OR coalesce(context ->> \(SagaState.topologyKey)::text, \(topology)::text) = \(topology)::text)
-            GROUP BY 1
+            GROUP BY 1, 2
             """
         )
-        var counts: [Int: Int] = [:]
+        var counts: [Int: [SagaStatus: Int]] = [:]
         for row in result {
+            let status = try StoreCoding.status(row["status"].decode(String.self), sagaID: "(any)")
             // As SagaState.definitionVersion reads it: a version that is not a number is 1.
-            counts[Int(try row["version"].decode(String.self)) ?? 1, default: 0] += try row["n"].decode(Int.self)
+            let version = Int(try row["version"].decode(String.self)) ?? 1
+            counts.addUnfinished(try row["n"].decode(Int.self), version: version, status: status)
         }
         return counts
     }

@@ -291,7 +291,7 @@ extension SQLiteSagaStore {
 
     /// The unfinished sagas of each version of `name`, read through the `(status, updated_at)`
     /// index: the finished sagas, most of a store that keeps them, are not read.
-    public func unfinishedByVersion(name: String, topology: String?) async throws -> [Int: Int] {
+    public func unfinishedByVersion(name: String, topology: String?) async throws -> [Int: [SagaStatus: Int]] {
         let unfinished = SagaStatus.allCases.filter { !$0.hasEnded }.map(\.rawValue)
         var conditions = ["status IN (\(unfinished.map { _ in "?" }.joined(separator: ", ")))", "name = ?"]
         var arguments: StatementArguments = ["$.\"\(SagaState.definitionVersionKey)\""]
@@ -302,16 +302,20 @@ extension SQLiteSagaStore {
             arguments += [Self.topologyPath, topology, topology]
         }
         let sql = """
-            SELECT CAST(COALESCE(json_extract(context, ?), '1') AS TEXT) AS version, COUNT(*) AS n FROM sagas
-            WHERE \(conditions.joined(separator: " AND ")) GROUP BY 1
+            SELECT CAST(COALESCE(json_extract(context, ?), '1') AS TEXT) AS version, status, COUNT(*) AS n FROM sagas
+            WHERE \(conditions.joined(separator: " AND ")) GROUP BY 1, 2
             """
         let finalArguments = arguments
         let rows = try await read("count unfinished sagas by version in") { db in
-            try Row.fetchAll(db, sql: sql, arguments: finalArguments).map { ($0["version"] as String, $0["n"] as Int) }
+            try Row.fetchAll(db, sql: sql, arguments: finalArguments).map {
+                ($0["version"] as String, $0["status"] as String, $0["n"] as Int)
+            }
         }
-        var counts: [Int: Int] = [:]
-        // As SagaState.definitionVersion reads it: a version that is not a number is 1.
-        for (version, count) in rows { counts[Int(version) ?? 1, default: 0] += count }
+        var counts: [Int: [SagaStatus: Int]] = [:]
+        for (version, status, count) in rows {
+            // As SagaState.definitionVersion reads it: a version that is not a number is 1.
+            counts.addUnfinished(count, version: Int(version) ?? 1, status: try StoreCoding.status(status, sagaID: "(any)"))
+        }
         return counts
     }
 

@@ -68,15 +68,16 @@ public protocol SagaStore: Sendable {
     ///   written before this requirement): the tools then count the sagas they can list.
     func countByVersion(name: String, topology: String?) async throws -> [Int: [SagaStatus: Int]]
 
-    /// How many unfinished sagas (running, waiting, compensating or needing attention) each
-    /// version of the definition `name` has, for the versions that have any, optionally for one
-    /// topology as ``countByVersion(name:topology:)`` selects them: the versions whose commands
-    /// still need handlers, not yet retired (Docs/Upgrades.md). A participant asks at every
-    /// start and `saga services` at every call, so stores answer from their status index without
+    /// The unfinished sagas (running, waiting, compensating or needing attention) of each
+    /// version of the definition `name` that has any, by status (every unfinished status
+    /// present, 0 when none), optionally for one topology as ``countByVersion(name:topology:)``
+    /// selects them: the versions whose commands still need handlers, not yet retired
+    /// (Docs/Upgrades.md). A participant asks at every start, `saga services` at every call and
+    /// the console's `/metrics` at every scrape, so stores answer from their status index without
     /// reading the finished sagas (a million finished sagas: 0.7–1.2 s to count by version, 55 ms
     /// the unfinished ones on PostgreSQL). The default counts by version.
     /// - Throws: what ``countByVersion(name:topology:)`` throws.
-    func unfinishedByVersion(name: String, topology: String?) async throws -> [Int: Int]
+    func unfinishedByVersion(name: String, topology: String?) async throws -> [Int: [SagaStatus: Int]]
 
     /// Deletes up to `limit` finished sagas (completed or compensated; a saga that needs
     /// attention is not finished) last updated before `finishedBefore`, optionally of one
@@ -273,10 +274,10 @@ extension SagaStore {
 
     /// Stores written before this requirement count the unfinished sagas from
     /// ``countByVersion(name:topology:)``.
-    public func unfinishedByVersion(name: String, topology: String?) async throws -> [Int: Int] {
+    public func unfinishedByVersion(name: String, topology: String?) async throws -> [Int: [SagaStatus: Int]] {
         try await countByVersion(name: name, topology: topology).compactMapValues { byStatus in
-            let unfinished = byStatus.filter { !$0.key.hasEnded }.values.reduce(0, +)
-            return unfinished > 0 ? unfinished : nil
+            let unfinished = byStatus.filter { !$0.key.hasEnded }
+            return unfinished.values.contains { $0 > 0 } ? unfinished : nil
         }
     }
 
@@ -567,6 +568,13 @@ public struct SagaQuery: Sendable, Hashable {
 }
 
 extension Dictionary where Key == Int, Value == [SagaStatus: Int] {
+    /// Adds `count` unfinished sagas of `status` to `version`'s counts, creating them with every
+    /// unfinished status at 0 for a version not seen yet (``SagaStore/unfinishedByVersion(name:topology:)``).
+    package mutating func addUnfinished(_ count: Int, version: Int, status: SagaStatus) {
+        let zero = [SagaStatus: Int](uniqueKeysWithValues: SagaStatus.allCases.filter { !$0.hasEnded }.map { ($0, 0) })
+        self[version, default: zero][status, default: 0] += count
+    }
+
     /// Adds `count` sagas of `status` to `version`'s counts, creating them with every status at 0
     /// for a version not seen yet (``SagaStore/countByVersion(name:topology:)``).
     package mutating func add(_ count: Int, version: Int, status: SagaStatus) {
