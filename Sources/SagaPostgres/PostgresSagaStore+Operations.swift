@@ -138,25 +138,13 @@ extension PostgresSagaStore {
     /// ``SagaCore/SagaStore/countByVersion(name:topology:)``): one statement, grouped by the
     /// version the saga's context records.
     public func countByVersion(name: String, topology: String?) async throws -> [Int: [SagaStatus: Int]] {
-        let result = try await rows(
-            "count sagas by version",
-            """
-            SELECT COALESCE(context ->> \(SagaState.definitionVersionKey)::text, '1') AS version, status, count(*) AS n
-            FROM \(unescaped: namespace).sagas
-            WHERE name = \(name)::text
-              AND (\(topology)::text IS NULL
-                OR coalesce(context ->> \(SagaState.topologyKey)::text, \(topology)::text) = \(topology)::text)
-            GROUP BY 1, 2
-            """
-        )
-        var counts: [Int: [SagaStatus: Int]] = [:]
-        for row in result {
-            let status = try StoreCoding.status(row["status"].decode(String.self), sagaID: "(any)")
-            // As SagaState.definitionVersion reads it: a version that is not a number is 1.
-            let version = Int(try row["version"].decode(String.self)) ?? 1
-            counts.add(try row["n"].decode(Int.self), version: version, status: status)
-        }
-        return counts
+        try await .init(versionCounts: versionCounts(name: name, topology: topology, unfinishedOnly: false), unfinishedOnly: false)
+    }
+
+    /// The unfinished sagas of each version of `name`, read through the `(status, updated_at)`
+    /// index: the finished sagas, most of a store that keeps them, are not read.
+    public func unfinishedByVersion(name: String, topology: String?) async throws -> [Int: [SagaStatus: Int]] {
+        try await .init(versionCounts: versionCounts(name: name, topology: topology, unfinishedOnly: true), unfinishedOnly: true)
     }
 
     /// The statuses of sagas that have not ended, as SQL literals (`'running', …`): written into
@@ -165,28 +153,30 @@ extension PostgresSagaStore {
     /// for a million, against 55 ms).
     static let unfinishedStatuses = SagaStatus.allCases.filter { !$0.hasEnded }.map { "'\($0.rawValue)'" }.joined(separator: ", ")
 
-    /// The unfinished sagas of each version of `name`, read through the `(status, updated_at)`
-    /// index: the finished sagas, most of a store that keeps them, are not read.
-    public func unfinishedByVersion(name: String, topology: String?) async throws -> [Int: [SagaStatus: Int]] {
+    /// The sagas of `name` (of the unfinished statuses only, with `unfinishedOnly`) counted by
+    /// the definition version their context records and by status.
+    private func versionCounts(
+        name: String, topology: String?, unfinishedOnly: Bool
+    ) async throws -> [(version: Int, status: SagaStatus, count: Int)] {
         let result = try await rows(
-            "count unfinished sagas by version",
+            unfinishedOnly ? "count unfinished sagas by version" : "count sagas by version",
             """
             SELECT COALESCE(context ->> \(SagaState.definitionVersionKey)::text, '1') AS version, status, count(*) AS n
             FROM \(unescaped: namespace).sagas
-            WHERE status IN (\(unescaped: Self.unfinishedStatuses)) AND name = \(name)::text
+            WHERE \(unescaped: unfinishedOnly ? "status IN (\(Self.unfinishedStatuses)) AND " : "")name = \(name)::text
               AND (\(topology)::text IS NULL
                 OR coalesce(context ->> \(SagaState.topologyKey)::text, \(topology)::text) = \(topology)::text)
             GROUP BY 1, 2
             """
         )
-        var counts: [Int: [SagaStatus: Int]] = [:]
-        for row in result {
-            let status = try StoreCoding.status(row["status"].decode(String.self), sagaID: "(any)")
+        return try result.map { row in
             // As SagaState.definitionVersion reads it: a version that is not a number is 1.
-            let version = Int(try row["version"].decode(String.self)) ?? 1
-            counts.addUnfinished(try row["n"].decode(Int.self), version: version, status: status)
+            (
+                Int(try row["version"].decode(String.self)) ?? 1,
+                try StoreCoding.status(row["status"].decode(String.self), sagaID: "(any)"),
+                try row["n"].decode(Int.self)
+            )
         }
-        return counts
     }
 
     /// Claims up to `limit` stalled sagas, oldest update first, in one statement that locks the

@@ -265,38 +265,27 @@ extension SQLiteSagaStore {
     /// ``SagaCore/SagaStore/countByVersion(name:topology:)``): one statement, grouped by the
     /// version the saga's context records.
     public func countByVersion(name: String, topology: String?) async throws -> [Int: [SagaStatus: Int]] {
-        var conditions = ["name = ?"]
-        var arguments: StatementArguments = ["$.\"\(SagaState.definitionVersionKey)\"", name]
-        if let topology {
-            conditions.append(Self.topologyCondition)
-            arguments += [Self.topologyPath, topology, topology]
-        }
-        let sql = """
-            SELECT CAST(COALESCE(json_extract(context, ?), '1') AS TEXT) AS version, status, COUNT(*) AS n FROM sagas
-            WHERE \(conditions.joined(separator: " AND ")) GROUP BY 1, 2
-            """
-        let finalArguments = arguments
-        let rows = try await read("count sagas by version in") { db in
-            try Row.fetchAll(db, sql: sql, arguments: finalArguments).map {
-                ($0["version"] as String, $0["status"] as String, $0["n"] as Int)
-            }
-        }
-        var counts: [Int: [SagaStatus: Int]] = [:]
-        for (version, status, count) in rows {
-            // As SagaState.definitionVersion reads it: a version that is not a number is 1.
-            counts.add(count, version: Int(version) ?? 1, status: try StoreCoding.status(status, sagaID: "(any)"))
-        }
-        return counts
+        try await .init(versionCounts: versionCounts(name: name, topology: topology, unfinishedOnly: false), unfinishedOnly: false)
     }
 
     /// The unfinished sagas of each version of `name`, read through the `(status, updated_at)`
     /// index: the finished sagas, most of a store that keeps them, are not read.
     public func unfinishedByVersion(name: String, topology: String?) async throws -> [Int: [SagaStatus: Int]] {
-        let unfinished = SagaStatus.allCases.filter { !$0.hasEnded }.map(\.rawValue)
-        var conditions = ["status IN (\(unfinished.map { _ in "?" }.joined(separator: ", ")))", "name = ?"]
-        var arguments: StatementArguments = ["$.\"\(SagaState.definitionVersionKey)\""]
-        arguments += StatementArguments(unfinished)
-        arguments += [name]
+        try await .init(versionCounts: versionCounts(name: name, topology: topology, unfinishedOnly: true), unfinishedOnly: true)
+    }
+
+    /// The sagas of `name` (of the unfinished statuses only, with `unfinishedOnly`) counted by
+    /// the definition version their context records and by status.
+    private func versionCounts(
+        name: String, topology: String?, unfinishedOnly: Bool
+    ) async throws -> [(version: Int, status: SagaStatus, count: Int)] {
+        var conditions = ["name = ?"]
+        var arguments: StatementArguments = ["$.\"\(SagaState.definitionVersionKey)\"", name]
+        if unfinishedOnly {
+            let unfinished = SagaStatus.allCases.filter { !$0.hasEnded }.map(\.rawValue)
+            conditions.append("status IN (\(unfinished.map { _ in "?" }.joined(separator: ", ")))")
+            arguments += StatementArguments(unfinished)
+        }
         if let topology {
             conditions.append(Self.topologyCondition)
             arguments += [Self.topologyPath, topology, topology]
@@ -306,17 +295,15 @@ extension SQLiteSagaStore {
             WHERE \(conditions.joined(separator: " AND ")) GROUP BY 1, 2
             """
         let finalArguments = arguments
-        let rows = try await read("count unfinished sagas by version in") { db in
+        let rows = try await read(unfinishedOnly ? "count unfinished sagas by version in" : "count sagas by version in") { db in
             try Row.fetchAll(db, sql: sql, arguments: finalArguments).map {
                 ($0["version"] as String, $0["status"] as String, $0["n"] as Int)
             }
         }
-        var counts: [Int: [SagaStatus: Int]] = [:]
-        for (version, status, count) in rows {
+        return try rows.map { version, status, count in
             // As SagaState.definitionVersion reads it: a version that is not a number is 1.
-            counts.addUnfinished(count, version: Int(version) ?? 1, status: try StoreCoding.status(status, sagaID: "(any)"))
+            (Int(version) ?? 1, try StoreCoding.status(status, sagaID: "(any)"), count)
         }
-        return counts
     }
 
     /// Claims up to `limit` stalled sagas, oldest update first, in one `IMMEDIATE` transaction

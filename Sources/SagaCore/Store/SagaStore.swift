@@ -568,6 +568,20 @@ public struct SagaQuery: Sendable, Hashable {
 }
 
 extension Dictionary where Key == Int, Value == [SagaStatus: Int] {
+    /// The counts of rows a store read (a version, a status, how many sagas): as
+    /// ``SagaStore/countByVersion(name:topology:)`` returns them, or, with `unfinishedOnly`, as
+    /// ``SagaStore/unfinishedByVersion(name:topology:)`` does.
+    package init(versionCounts rows: [(version: Int, status: SagaStatus, count: Int)], unfinishedOnly: Bool) {
+        self.init()
+        for (version, status, count) in rows {
+            if unfinishedOnly {
+                addUnfinished(count, version: version, status: status)
+            } else {
+                add(count, version: version, status: status)
+            }
+        }
+    }
+
     /// Adds `count` unfinished sagas of `status` to `version`'s counts, creating them with every
     /// unfinished status at 0 for a version not seen yet (``SagaStore/unfinishedByVersion(name:topology:)``).
     package mutating func addUnfinished(_ count: Int, version: Int, status: SagaStatus) {
