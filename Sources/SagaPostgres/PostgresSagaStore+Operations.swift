@@ -151,7 +151,7 @@ extension PostgresSagaStore {
     /// the statement, not bound, so that the server's generic plan knows how few rows they select
     /// and reads the status index (bound as an array, it read every saga of the name: 0.3–0.6 s
     /// for a million, against 55 ms).
-    static let unfinishedStatuses = SagaStatus.allCases.filter { !$0.hasEnded }.map { "'\($0.rawValue)'" }.joined(separator: ", ")
+    static let unfinishedStatuses = SagaStatus.unfinished.map { "'\($0.rawValue)'" }.joined(separator: ", ")
 
     /// The sagas of `name` (of the unfinished statuses only, with `unfinishedOnly`) counted by
     /// the definition version their context records and by status.

@@ -282,7 +282,7 @@ extension SQLiteSagaStore {
         var conditions = ["name = ?"]
         var arguments: StatementArguments = ["$.\"\(SagaState.definitionVersionKey)\"", name]
         if unfinishedOnly {
-            let unfinished = SagaStatus.allCases.filter { !$0.hasEnded }.map(\.rawValue)
+            let unfinished = SagaStatus.unfinished.map(\.rawValue)
             conditions.append("status IN (\(unfinished.map { _ in "?" }.joined(separator: ", ")))")
             arguments += StatementArguments(unfinished)
         }

@@ -31,6 +31,10 @@ public enum SagaStatus: String, Sendable, Hashable, Codable, CaseIterable {
     /// Whether the saga is over for good (completed or compensated): it stands at no step. A saga
     /// that needs attention has stopped at one, for an operator.
     package var hasEnded: Bool { self == .completed || self == .compensated }
+
+    /// The statuses of sagas that have not ended (``hasEnded``): running, compensating, waiting,
+    /// needing attention.
+    package static let unfinished = allCases.filter { !$0.hasEnded }
 }
 
 /// Whether a command performs a step or undoes it.

@@ -585,7 +585,7 @@ extension Dictionary where Key == Int, Value == [SagaStatus: Int] {
     /// Adds `count` unfinished sagas of `status` to `version`'s counts, creating them with every
     /// unfinished status at 0 for a version not seen yet (``SagaStore/unfinishedByVersion(name:topology:)``).
     package mutating func addUnfinished(_ count: Int, version: Int, status: SagaStatus) {
-        let zero = [SagaStatus: Int](uniqueKeysWithValues: SagaStatus.allCases.filter { !$0.hasEnded }.map { ($0, 0) })
+        let zero = [SagaStatus: Int](uniqueKeysWithValues: SagaStatus.unfinished.map { ($0, 0) })
         self[version, default: zero][status, default: 0] += count
     }
 
